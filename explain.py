@@ -1,0 +1,340 @@
+"""
+Automated interpretability (optional, off by default): an LLM explains each tracked feature from
+its top-activating contexts, then simulates the feature's activations on held-out contexts from
+the explanation alone, and the simulation is scored against the real activations
+(Bills et al. 2023, "Language models can explain neurons in language models"; the study used
+GPT-4 Turbo at temperature 0).
+
+Any OpenAI-compatible chat-completions endpoint works (POST {api_base}/chat/completions): OpenAI
+with OPENAI_API_KEY, or a local llama.cpp / vLLM / Ollama server (no key needed). Every answer is
+cached on disk by the SHA-256 of (api_base, model, messages, temperature), so a rerun costs nothing
+and an interrupted run resumes. analyze.py calls explain_features() under `--explain`; this file
+also runs alone:
+    python explain.py --features_json FILE [--api_base http://127.0.0.1:8080/v1 --llm_model NAME]
+FILE is a JSON list of {"key": "<model>/<feature>", "model", "feature", "top": [ctx, ...]
+(sorted by max activation, descending), "random": [ctx, ...]}, ctx = {"tokens": [str], "acts": [float]}.
+"""
+import hashlib
+import json
+import math
+import os
+import re
+import time
+
+import numpy as np
+import requests
+
+import common
+
+# -----------------------------------------------------------------------------
+# default config; explain_features() fills any key its cfg lacks from here
+config = {
+    "features_json": "",              # CLI only: the features to explain (format above)
+    "out_json": "",                   # CLI only: also write the results here ("" = print only)
+    "api_base": "https://api.openai.com/v1",  # or a local server, e.g. http://127.0.0.1:8080/v1
+    "llm_model": "gpt-4-turbo",       # the study's explainer and simulator
+    "temperature": 0.0,               # the study's setting: deterministic answers, cacheable
+    "max_requests": 500,              # cap on non-cached requests per run (2 per feature)
+    "cache_dir": "out/explain_cache",
+    "timeout": 120.0,                 # seconds per HTTP request
+    "retries": 5,                     # extra attempts on 429 / 5xx / connection errors
+    "backoff": 1.0,                   # first retry delay (s), doubling per attempt
+    "backoff_max": 60.0,              # cap on one delay, Retry-After included
+    "n_top": 5,                       # explanation examples: the top-activating ones ...
+    "n_quantiles": 3,                 # ... plus one from each of this many lower quantiles ...
+    "n_random": 2,                    # ... plus a few random contexts
+    "explain_format": "tab",          # tab: token<TAB>act lines (Bills et al.) | compact: text + "token (act)" for non-zero tokens
+    "max_tokens_explain": 100,
+    "max_tokens_sim": 4096,           # the simulation answers one line per held-out token
+}
+OPENAI_HOST = "api.openai.com"
+MAX_EXPLANATION_CHARS = 200
+_sleep = time.sleep  # tests replace it to see the backoff delays without waiting
+
+
+class RequestFailed(Exception):
+    """One request gave up (recorded as the feature's error; the run goes on)."""
+
+
+# -----------------------------------------------------------------------------
+# pure parts: example choice, prompts, parsing, scoring
+
+def split_contexts(feature, cfg):
+    """(shown, held_out): the contexts the explainer sees, and those kept for simulation.
+
+    Deterministic interleaved split (Bills et al. interleave their splits the same way): even-ranked
+    top contexts and even random ones may be shown, odd-ranked top and odd random ones are held out.
+    Shown: the n_top top-activating ones, the middle of each of n_quantiles equal-count bins of the
+    rest (lower quantiles of max activation), and n_random random ones."""
+    top = sorted(feature["top"], key=lambda c: -max(c["acts"], default=0.0))  # stable: keeps given order on ties
+    rnd = list(feature.get("random", []))
+    held = top[1::2] + rnd[1::2]
+    pool = top[0::2]
+    shown, rest = pool[:cfg["n_top"]], pool[cfg["n_top"]:]
+    nq = min(cfg["n_quantiles"], len(rest))
+    shown += [rest[(2 * q + 1) * len(rest) // (2 * nq)] for q in range(nq)]
+    shown += rnd[0::2][:cfg["n_random"]]
+    return shown, held
+
+
+def normalize_acts(acts, max_act):
+    """Integers 0-10: floor(10 * relu(a) / max_act), as neuron-explainer's normalize_activations (0 stays 0)."""
+    if max_act <= 0:
+        return [0 for _ in acts]
+    return [min(10, math.floor(10 * max(a, 0.0) / max_act)) for a in acts]
+
+
+def _tok(t):
+    # keep one token per line: show whitespace escapes literally
+    return t.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+
+def explanation_messages(shown, fmt="tab"):
+    max_act = max((max(c["acts"], default=0.0) for c in shown), default=0.0)
+    norm = [normalize_acts(c["acts"], max_act) for c in shown]
+    if fmt == "tab":
+        how = ("The activation format is token<tab>activation, one token per line, each text between "
+               "<start> and <end>.")
+        blocks = ["<start>\n" + "".join(f"{_tok(t)}\t{a}\n" for t, a in zip(c["tokens"], n)) + "<end>"
+                  for c, n in zip(shown, norm)]
+        n_all = sum(len(n) for n in norm)
+        if n_all and sum(a > 0 for n in norm for a in n) / n_all < 0.2:  # Bills et al. repeat sparse ones
+            blocks.append("Same activations, but with all zeros filtered out:\n" + "\n".join(
+                "<start>\n" + "".join(f"{_tok(t)}\t{a}\n" for t, a in zip(c["tokens"], n) if a > 0) + "<end>"
+                for c, n in zip(shown, norm)))
+    elif fmt == "compact":
+        how = ("Each text is shown in full, then only its tokens with a non-zero activation, "
+               "as token (activation).")
+        blocks = [f"Text {i + 1}: {_tok(''.join(c['tokens']))}\nActive: " + (", ".join(
+            f"{_tok(t)} ({a})" for t, a in zip(c["tokens"], n) if a > 0) or "none")
+            for i, (c, n) in enumerate(zip(shown, norm))]
+    else:
+        common.die(f"--explain_format takes tab or compact, got {fmt!r}")
+    system = ("We're studying neurons in a neural network. Each neuron looks for some particular thing "
+              "in a short document. Look at the parts of the document the neuron activates for and "
+              "summarize in a short phrase what the neuron is looking for. Don't list examples of words.\n\n"
+              f"{how} Activation values range from 0 to 10. A neuron finding what it's looking for is "
+              "represented by a non-zero activation value. The higher the activation value, the stronger the match.")
+    user = ("Neuron 1\nActivations:\n" + "\n".join(blocks) +
+            "\n\nWhat is neuron 1 looking for? Answer with one short phrase on a single line, nothing else.")
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def simulation_messages(explanation, held):
+    n = sum(len(c["tokens"]) for c in held)
+    lines, i = [], 0
+    for k, c in enumerate(held):
+        lines.append(f"Text {k + 1}:")
+        for t in c["tokens"]:
+            lines.append(f"{i}\t{_tok(t)}")
+            i += 1
+    system = ("We're studying neurons in a neural network. Each neuron looks for some particular thing in a "
+              "short document. Given an explanation of what a neuron looks for, predict how strongly it "
+              "activates on each token, as an integer from 0 (not at all) to 10 (strongest). "
+              "Most tokens are usually 0.")
+    user = (f"Explanation: the neuron looks for {explanation}\n\n"
+            f"The {n} tokens below come from {len(held)} texts; each line is index<TAB>token, numbered "
+            f"from 0 to {n - 1} across all texts.\n\n" + "\n".join(lines) +
+            f"\n\nReply with exactly {n} lines, one per token in order, each index<TAB>value with an "
+            f"integer value from 0 to 10 (for example `0\t0`), and nothing else.")
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def parse_explanation(text):
+    """A short phrase from the answer: first non-empty line, no "Explanation:", quotes or final period, capped."""
+    lines = [s.strip() for s in (text or "").replace("```", "\n").splitlines() if s.strip()]
+    s = lines[0] if lines else ""
+    s = re.sub(r"^[\W_]*explanation( of neuron \d+( behavior)?)?\s*[:\-]\s*", "", s, flags=re.I)
+    s = re.sub(r"^the main thing this neuron does is find\s*", "", s, flags=re.I)
+    s = s.strip(" \t\"'`*\u201c\u201d\u2018\u2019").rstrip(".").strip(" \"'`*\u201c\u201d")
+    if len(s) > MAX_EXPLANATION_CHARS:
+        s = s[:MAX_EXPLANATION_CHARS].rsplit(" ", 1)[0]
+    return s
+
+
+def parse_simulation(text, n):
+    """n predicted values in [0, 10] from `index<TAB>value` lines (or a JSON list of n numbers); None
+    when some token has no value."""
+    for m in re.finditer(r"\[[^\[\]]*\]", text or ""):  # a JSON list of exactly n numbers
+        try:
+            vals = json.loads(m.group(0))
+        except ValueError:
+            continue
+        if len(vals) == n and all(isinstance(v, (int, float)) for v in vals):
+            return [min(10.0, max(0.0, float(v))) for v in vals]
+    got = {}
+    for line in (text or "").splitlines():
+        m = re.match(r"\s*[`*(]*(\d+)\b(.*)", line)
+        nums = re.findall(r"-?\d+(?:\.\d+)?", m.group(2)) if m else []
+        if nums and int(m.group(1)) < n:  # the value is the last number (a token may be echoed between)
+            got.setdefault(int(m.group(1)), min(10.0, max(0.0, float(nums[-1]))))
+    return [got[i] for i in range(n)] if len(got) == n else None
+
+
+def score_simulation(true_acts, simulated):
+    """Pearson correlation of simulated vs true activations over all held-out tokens pooled
+    (Bills et al.'s correlation scoring, 'all at once'); None when either side is constant."""
+    t = np.asarray(true_acts, dtype=np.float64).ravel()
+    s = np.asarray(simulated, dtype=np.float64).ravel()
+    if t.shape != s.shape:
+        raise ValueError(f"{t.size} true activations but {s.size} simulated")
+    if t.size < 2 or np.ptp(t) == 0 or np.ptp(s) == 0:
+        return None
+    t, s = t - t.mean(), s - s.mean()
+    return float(np.clip(t @ s / math.sqrt((t @ t) * (s @ s)), -1.0, 1.0))
+
+
+# -----------------------------------------------------------------------------
+# the network: cache, cap, retries
+
+def cache_path(cfg, messages):
+    blob = json.dumps([cfg["api_base"], cfg["llm_model"], messages, cfg["temperature"]], sort_keys=True)
+    return os.path.join(cfg["cache_dir"], hashlib.sha256(blob.encode("utf-8")).hexdigest() + ".json")
+
+
+def chat(messages, cfg, state, max_tokens):
+    """The answer text for `messages`, from the cache or one request (retried on 429/5xx/network errors)."""
+    path = cache_path(cfg, messages)
+    if os.path.exists(path):
+        state["cached"] += 1
+        return common.read_json(path)["response"]
+    if state["requests"] >= cfg["max_requests"]:
+        raise RequestFailed("request cap reached")
+    state["requests"] += 1
+    url = cfg["api_base"].rstrip("/") + "/chat/completions"
+    headers = {"Authorization": f"Bearer {state['key']}"} if state["key"] else {}
+    body = {"model": cfg["llm_model"], "messages": messages, "temperature": cfg["temperature"],
+            "max_tokens": max_tokens}
+    attempts = cfg["retries"] + 1
+    for attempt in range(attempts):
+        retry_after, unreachable = None, False
+        try:
+            r = requests.post(url, json=body, headers=headers, timeout=cfg["timeout"])
+        except requests.ConnectionError:
+            why, unreachable = f"cannot connect to {url}", True
+        except requests.RequestException as e:  # read timeouts, broken answers
+            why = f"{type(e).__name__} from {url}"
+        else:
+            if r.status_code == 200:
+                try:
+                    text = r.json()["choices"][0]["message"]["content"] or ""
+                except (ValueError, KeyError, IndexError, TypeError):
+                    raise RequestFailed(f"unexpected answer from {url}: {r.text[:200]!r}")
+                common.atomic_write_json(path, {"api_base": cfg["api_base"], "model": cfg["llm_model"],
+                                                "temperature": cfg["temperature"], "response": text})
+                return text
+            if r.status_code in (401, 403):  # never echo the body: it may quote the key
+                common.die(f"{url} refused the API key (HTTP {r.status_code}); check OPENAI_API_KEY "
+                           "(or unset it for a local server that needs none)")
+            if r.status_code == 404:
+                common.die(f"{url} answered 404 ({r.text[:150].strip()}); check --api_base (it usually "
+                           f"ends in /v1) and --llm_model {cfg['llm_model']}")
+            if r.status_code != 429 and r.status_code < 500:
+                raise RequestFailed(f"HTTP {r.status_code} from {url}: {r.text[:200].strip()}")
+            why, retry_after = f"HTTP {r.status_code}", r.headers.get("Retry-After")
+        if attempt + 1 == attempts:
+            break
+        delay = cfg["backoff"] * 2 ** attempt
+        try:
+            delay = float(retry_after) if retry_after is not None else delay
+        except ValueError:
+            pass  # an HTTP-date: keep the exponential delay
+        delay = min(max(delay, 0.0), cfg["backoff_max"])
+        print(f"explain: {why}; retry {attempt + 1}/{cfg['retries']} in {delay:.1f} s")
+        _sleep(delay)
+    if unreachable:
+        common.die(f"cannot reach {url} after {attempts} attempts; is the server running? (check --api_base)")
+    raise RequestFailed(f"{why} after {attempts} attempts")
+
+
+# -----------------------------------------------------------------------------
+
+def explain_features(features, cfg):
+    """{key: {"explanation", "score", "n_explain_examples", "n_sim_examples", "error"}} for each feature."""
+    cfg = {**config, **{k: v for k, v in cfg.items() if v is not None}}
+    for f in features:
+        for c in f.get("top", []) + f.get("random", []):
+            if len(c["tokens"]) != len(c["acts"]):
+                common.die(f"feature {f['key']}: a context has {len(c['tokens'])} tokens but "
+                           f"{len(c['acts'])} activations")
+    # plan: 2 requests per feature, minus the cached ones (a cached explanation tells the simulation prompt)
+    plans, need = [], 0
+    for f in features:
+        shown, held = split_contexts(f, cfg)
+        msgs = explanation_messages(shown, cfg["explain_format"])
+        plans.append((f, shown, held, msgs))
+        path = cache_path(cfg, msgs)
+        if not os.path.exists(path):
+            need += 2
+        else:
+            expl = parse_explanation(common.read_json(path)["response"])
+            need += int(bool(expl) and bool(held) and not os.path.exists(
+                cache_path(cfg, simulation_messages(expl, held))))
+    key = cfg.get("api_key") or os.environ.get("OPENAI_API_KEY") or None
+    if need and OPENAI_HOST in cfg["api_base"] and not key:
+        common.die("set OPENAI_API_KEY (an OpenAI API key) or use --api_base for a local server")
+    print(f"explain: {len(features)} features with {cfg['llm_model']} at {cfg['api_base']}: ~{need} requests "
+          f"({2 * len(features) - need} cached), cap {cfg['max_requests']}, cache {cfg['cache_dir']}")
+
+    state = {"requests": 0, "cached": 0, "key": key}
+    results, scores = {}, []
+    for i, (f, shown, held, msgs) in enumerate(plans):
+        res = {"explanation": "", "score": None, "n_explain_examples": len(shown),
+               "n_sim_examples": len(held), "error": None}
+        results[f["key"]] = res
+        try:
+            if not shown or not held:
+                raise RequestFailed("too few contexts to explain and hold out")
+            res["explanation"] = parse_explanation(chat(msgs, cfg, state, cfg["max_tokens_explain"]))
+            if not res["explanation"]:
+                raise RequestFailed("empty explanation")
+            true = [a for c in held for a in c["acts"]]
+            sim_msgs = simulation_messages(res["explanation"], held)
+            max_tok = min(cfg["max_tokens_sim"], 8 * len(true) + 64)
+            answer = chat(sim_msgs, cfg, state, max_tok)
+            sim = parse_simulation(answer, len(true))
+            if sim is None:  # ask once more, showing the model its answer and the format again
+                sim_msgs = sim_msgs + [
+                    {"role": "assistant", "content": answer},
+                    {"role": "user", "content": f"That answer did not give a value for every token. Reply with "
+                                                f"exactly {len(true)} lines index<TAB>value, for indices 0 to "
+                                                f"{len(true) - 1}, and nothing else."}]
+                sim = parse_simulation(chat(sim_msgs, cfg, state, max_tok), len(true))
+            if sim is None:
+                raise RequestFailed(f"malformed simulation answer (no value for every one of {len(true)} tokens)")
+            res["score"] = score_simulation(true, sim)
+            if res["score"] is not None:
+                scores.append(res["score"])
+        except RequestFailed as e:
+            res["error"] = str(e)
+        score = "  n/a" if res["score"] is None else f"{res['score']:+.2f}"
+        print(f"explain [{i + 1}/{len(plans)}] {f['key']} score {score}: "
+              f"{res['explanation'] or ''}{' (' + res['error'] + ')' if res['error'] else ''}")
+    mean = f"{np.mean(scores):.3f}" if scores else "n/a"
+    print(f"explain: done; {state['requests']} requests, {state['cached']} answers from the cache, "
+          f"{len(scores)} scored, mean score {mean}")
+    return results
+
+
+def main(argv=None):
+    cfg = common.parse_config(dict(config), argv)
+    if not cfg["features_json"]:
+        common.die("give --features_json FILE (a JSON list of features; python explain.py --help)")
+    if not os.path.exists(cfg["features_json"]):
+        common.die(f"no file {cfg['features_json']}; check --features_json")
+    features = common.read_json(cfg["features_json"])
+    if not isinstance(features, list) or not all(isinstance(f, dict) and "key" in f and "top" in f for f in features):
+        common.die(f"{cfg['features_json']} must be a JSON list of {{\"key\", \"top\", \"random\"}} objects")
+    results = explain_features(features, cfg)
+    for k, r in results.items():
+        score = "n/a" if r["score"] is None else f"{r['score']:.3f}"
+        print(f"{k}\t{score}\t{r['explanation']}" + (f"\t[{r['error']}]" if r["error"] else ""))
+    if cfg["out_json"]:
+        common.atomic_write_json(cfg["out_json"], {"results": results, "provenance": common.provenance(
+            cfg, features_json=common.sha256_file(cfg["features_json"]))})
+        print(f"wrote {cfg['out_json']}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

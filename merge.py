@@ -1,0 +1,325 @@
+"""
+Merge the two fine-tunes into one model by spherical linear interpolation (SLERP), as the paper
+does with mergekit, and sweep the interpolation weight.
+
+  python merge.py                  # the paper's merge: --a lua --b tinystories --t 0.58 -> out/luastories/
+  python merge.py --mode task      # SLERP of the fine-tuning deltas (a - base, b - base), added back to base
+  python merge.py --sweep          # val loss on both domains at t = 0, 0.1, ..., 1 -> out/merge_sweep.json
+
+Convention (mergekit with base_model = a): t = 0 gives model a, t = 1 gives model b; the paper merged
+with base_model = lua, t = 0.58. The paper's sweep figure runs the other way (0 = tinystories,
+1 = lua); --sweep converts it before printing it beside ours.
+
+SLERP of one tensor, mergekit's semantics: flatten both, cos = <a/|a|, b/|b|>, theta = arccos(cos);
+when |cos| > 0.9995 (mergekit DOT_THRESHOLD) fall back to linear interpolation (1-t) a + t b, else
+sin((1-t) theta)/sin(theta) a + sin(t theta)/sin(theta) b, always of the raw (unnormalised) tensors,
+computed in float32 and cast back to the input dtype. t = 0 and t = 1 return copies of the inputs.
+Two fine-tunes of one base are often nearly colinear, so tensors can silently take the linear path:
+each tensor's angle and path is printed and recorded. --mode task interpolates the deltas from the
+common parent instead (task vectors), whose angles are far from 0.
+
+Per-parameter t (--t_rules): comma-separated PATTERN=T items, e.g. --t_rules "attn=0.3,mlp=0.7".
+A parameter (names like attn.wq.weight, mlp.up.weight, tok_emb.weight, lm_head.weight) takes the T
+of the FIRST pattern that matches it; a pattern containing * ? or [ is an fnmatch glob over the whole
+name, any other pattern matches as a substring. Parameters no pattern matches take --t. A pattern
+that matches no parameter is an error (a typo would otherwise be ignored silently). In --sweep
+the grid value takes the place of --t; the rules still apply.
+"""
+import fnmatch
+import math
+import os
+
+import torch
+
+import common
+from model import eval_loss, load_checkpoint, model_from_checkpoint
+
+config = {
+    "a": "lua",               # model at t = 0 (mergekit's base_model): out_dir/<a>/ckpt.pt
+    "b": "tinystories",       # model at t = 1
+    "t": 0.58,                # weight of b (paper: 0.58 with base_model = lua)
+    "t_rules": "",            # per-parameter t: "PATTERN=T,..." first match wins, else --t
+    "mode": "slerp",          # slerp: of the weights (paper) | task: of the deltas from --parent
+    "parent": "base",         # common parent of a and b, used by --mode task
+    "out": "luastories",      # writes out_dir/<out>/ckpt.pt and merge.json
+    "dot_threshold": 0.9995,  # mergekit DOT_THRESHOLD: lerp when |cos| is above it
+    "sweep": False,           # evaluate every t of --grid on both domains instead of writing a merge
+    "grid": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+    "eval_batches": 8,        # validation batches per domain and model (0: merge without evaluating)
+    "batch_size": 16,         # sequences of block_size tokens per eval batch
+    "out_dir": "out",
+    "data_dir": "data",
+    "device": "auto",         # auto: cuda when available, else cpu
+}
+PRESETS = {"tiny": {"eval_batches": 8, "batch_size": 16},
+           "paper": {"eval_batches": 50, "batch_size": 64}}
+
+# DESIGN.md: the paper's sweep. Its t is the weight of lua (0 = tinystories, 1 = lua).
+PAPER_SWEEP = {"t_lua": [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0],
+               "tinystories": [2.04, 2.18, 2.49, 2.70, 2.95, 3.53, 4.22],
+               "lua": [5.84, 4.73, 3.76, 3.36, 3.02, 2.60, 2.45]}
+
+
+def check_t(t, what="--t"):
+    if not 0.0 <= t <= 1.0:  # also rejects NaN
+        common.die(f"{what} = {t} is outside [0, 1] (0 gives model a, 1 gives model b)")
+
+
+def slerp(a, b, t, eps=1e-8, dot_threshold=0.9995):
+    """Spherical interpolation of two same-shape tensors -> (tensor in a's dtype, info dict).
+
+    info: cos and angle_deg between the flattened tensors, linear (True when |cos| > dot_threshold
+    and the result is the linear interpolation), norm_a, norm_b."""
+    if a.shape != b.shape:
+        common.die(f"cannot interpolate tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    a32, b32 = a.detach().float().flatten(), b.detach().float().flatten()  # (N,)
+    na, nb = a32.norm().item(), b32.norm().item()
+    ua = a32 / na if na > eps else a32  # mergekit normalize(): a near-zero vector is left as it is
+    ub = b32 / nb if nb > eps else b32
+    cos = (ua * ub).sum().item()
+    linear = abs(cos) > dot_threshold  # mergekit: lerp when nearly colinear (either sign)
+    theta = math.acos(max(-1.0, min(1.0, cos)))
+    info = {"cos": cos, "angle_deg": math.degrees(theta), "linear": linear, "norm_a": na, "norm_b": nb}
+    if t == 0:  # the endpoints are the inputs, bit for bit (signed zeros included)
+        return a.detach().clone(), info
+    if t == 1:
+        return b.detach().to(a.dtype, copy=True), info
+    if linear:
+        out = (1 - t) * a32 + t * b32
+    else:
+        s = math.sin(theta)
+        out = (math.sin((1 - t) * theta) / s) * a32 + (math.sin(t * theta) / s) * b32
+    return out.view(a.shape).to(a.dtype), info
+
+
+def parse_t_rules(text):
+    """'attn=0.3,mlp=0.7' -> [('attn', 0.3), ('mlp', 0.7)], order kept (first match wins)."""
+    rules = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        pat, sep, val = item.rpartition("=")
+        try:
+            t = float(val)
+        except ValueError:
+            t = None
+        if not sep or not pat.strip() or t is None:
+            common.die(f"--t_rules item {item!r} is not PATTERN=T (e.g. --t_rules \"attn=0.3,mlp=0.7\")")
+        check_t(t, f"--t_rules {pat.strip()}")
+        rules.append((pat.strip(), t))
+    return rules
+
+
+def rule_matches(name, pattern):
+    return fnmatch.fnmatchcase(name, pattern) if any(c in pattern for c in "*?[") else pattern in name
+
+
+def check_state_dicts(sds):
+    """sds {label: state_dict}: same parameter names and shapes, every value finite, else one-line error."""
+    (la, ref), *rest = sds.items()
+    for lb, sd in rest:
+        if set(sd) != set(ref):
+            diff = sorted(set(sd) ^ set(ref))
+            common.die(f"{la} and {lb} have different parameter names ({', '.join(diff[:4])}); merge models of one architecture")
+        for k, v in ref.items():
+            if tuple(sd[k].shape) != tuple(v.shape):
+                common.die(f"{la} and {lb} differ in the shape of {k}: {tuple(v.shape)} vs {tuple(sd[k].shape)}")
+    for label, sd in sds.items():
+        for k, v in sd.items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                common.die(f"{label} has NaN or inf in {k}; re-train or restore that checkpoint")
+
+
+def merge_state_dicts(sd_a, sd_b, t, t_rules=None, parent=None, dot_threshold=0.9995):
+    """SLERP every tensor of sd_a towards sd_b -> (merged state dict, {name: info}).
+
+    t_rules: "PATTERN=T,..." or [(pattern, t)], first match wins, else t (see the module docstring).
+    parent: a state dict; given, interpolates the task vectors (a - parent, b - parent) and adds the
+    result back to parent (info then describes the angle between the task vectors)."""
+    check_t(t)
+    rules = parse_t_rules(t_rules) if isinstance(t_rules, str) else [(p, float(x)) for p, x in (t_rules or [])]
+    for pat, tr in rules:
+        check_t(tr, f"t_rules {pat}")
+        if not any(rule_matches(n, pat) for n in sd_a):
+            common.die(f"t_rules pattern {pat!r} matches no parameter; names are like {', '.join(list(sd_a)[:4])}")
+    check_state_dicts({"a": sd_a, "b": sd_b, **({"parent": parent} if parent is not None else {})})
+    out, infos = {}, {}
+    for name, wa in sd_a.items():
+        tn, rule = next(((x, p) for p, x in rules if rule_matches(name, p)), (t, None))
+        wb = sd_b[name]
+        if not wa.is_floating_point():  # integer buffers (none in our model): must agree, kept as is
+            if not torch.equal(wa, wb):
+                common.die(f"a and b differ in the non-float tensor {name}; cannot interpolate it")
+            out[name], infos[name] = wa.clone(), {"t": tn, "rule": rule, "linear": None}
+            continue
+        if parent is None:
+            w, info = slerp(wa, wb, tn, dot_threshold=dot_threshold)
+        else:
+            p = parent[name].float()
+            d, info = slerp(wa.float() - p, wb.float() - p, tn, dot_threshold=dot_threshold)  # task vectors
+            w = wa.clone() if tn == 0 else wb.to(wa.dtype, copy=True) if tn == 1 else (p + d).to(wa.dtype)
+        out[name], infos[name] = w, {"t": tn, "rule": rule, **info}
+    return out, infos
+
+
+def load_models(out_dir, a, b, parent=None):
+    """Load and check the checkpoints to merge -> {"a"|"b"|"parent": {"name", "hash", "domain", "ckpt"}}.
+
+    Dies with one line when one is missing (naming the command that makes it) or when they differ in
+    architecture, tokenizer, parameter names or shapes, hold NaN/inf, or parent is not both's parent."""
+    names = {"a": a, "b": b, **({"parent": parent} if parent else {})}
+    if a == b:
+        common.die(f"--a and --b are both {a!r}; merge two different models")
+    out = {}
+    for role, name in names.items():
+        how = "python merge.py" if name == "luastories" else f"python train.py --domain {name}"
+        path = os.path.join(out_dir, name, "ckpt.pt")
+        ckpt = load_checkpoint(path, f"'{name}' model checkpoint", how)
+        # strip torch.compile / DDP prefixes, as model_from_checkpoint does
+        ckpt["model"] = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
+        out[role] = {"name": name, "hash": common.sha256_file(path), "domain": ckpt.get("domain"), "ckpt": ckpt}
+    ref = out["a"]["ckpt"]
+    for role in names:
+        c = out[role]["ckpt"]
+        diff = [k for k in sorted(set(c["model_args"]) | set(ref["model_args"]))
+                if c["model_args"].get(k) != ref["model_args"].get(k)]
+        if diff:
+            shown = ", ".join(f"{k} {ref['model_args'].get(k)} vs {c['model_args'].get(k)}" for k in diff)
+            common.die(f"{a} and {names[role]} have different architectures ({shown}); merge fine-tunes of one base")
+        if c.get("tokenizer_hash") != ref.get("tokenizer_hash"):
+            common.die(f"{a} and {names[role]} were trained with different tokenizers "
+                       f"({ref.get('tokenizer_hash')} vs {c.get('tokenizer_hash')}); re-train them on one data_dir")
+    check_state_dicts({names[r]: out[r]["ckpt"]["model"] for r in names})
+    if parent:
+        for role in ("a", "b"):
+            hashes = [p.get("hash") for p in out[role]["ckpt"].get("parents", [])]
+            if out["parent"]["hash"] not in hashes:
+                common.die(f"--parent {parent} (hash {out['parent']['hash']}) is not a parent of {names[role]} "
+                           f"(its parents: {hashes or 'none'}); pass the checkpoint both were fine-tuned from")
+    return out
+
+
+def print_angles(infos, threshold, hint="", show_t=True):
+    """One line per tensor (angle, path) and the summary line; returns how many fell back to linear."""
+    for name, i in infos.items():
+        t = f"t={i['t']:.3f}  " if show_t else ""
+        if i["linear"] is None:
+            print(f"  {name:24s} {t}(not floating point, copied)")
+            continue
+        path = f"LINEAR (|cos| > {threshold})" if i["linear"] else "slerp"
+        print(f"  {name:24s} {t}angle {i['angle_deg']:8.4f} deg  cos {i['cos']:+.6f}  {path}")
+    n = sum(bool(i["linear"]) for i in infos.values())
+    print(f"fell back to linear interpolation on {n}/{len(infos)} tensors" + (hint if n else ""))
+    return n
+
+
+def crossing(ts, loss_a, loss_b):
+    """First t where loss_a - loss_b changes sign, linearly interpolated between grid points; None if never."""
+    d = [x - y for x, y in zip(loss_a, loss_b)]
+    for i in range(len(ts)):
+        if d[i] == 0:
+            return ts[i]
+        if i + 1 < len(ts) and d[i] * d[i + 1] < 0:
+            return ts[i] + (ts[i + 1] - ts[i]) * d[i] / (d[i] - d[i + 1])
+    return None
+
+
+def paper_sweep_in_our_t(dom_a, dom_b):
+    """The paper's sweep as {"t": our t (weight of b), domain: losses}, or None unless a, b are lua, tinystories."""
+    if {dom_a, dom_b} != {"lua", "tinystories"}:
+        return None
+    ts = [w if dom_b == "lua" else 1.0 - w for w in PAPER_SWEEP["t_lua"]]
+    order = sorted(range(len(ts)), key=ts.__getitem__)
+    return {"t": [round(ts[i], 6) for i in order], **{d: [PAPER_SWEEP[d][i] for i in order] for d in (dom_a, dom_b)}}
+
+
+def main(argv=None):
+    cfg = common.parse_config(dict(config), argv, PRESETS, common.default_preset())
+    device = common.pick_device(cfg["device"])
+    if cfg["mode"] not in ("slerp", "task"):
+        common.die(f"--mode {cfg['mode']!r} is unknown; use slerp (of the weights) or task (of the deltas from --parent)")
+    check_t(cfg["t"])
+    rules = parse_t_rules(cfg["t_rules"])
+    grid = sorted(set(cfg["grid"]))
+    for t in grid:
+        check_t(t, "--grid value")
+    parent = cfg["parent"] if cfg["mode"] == "task" else None
+    if not cfg["sweep"] and cfg["out"] in (cfg["a"], cfg["b"], parent):
+        common.die(f"--out {cfg['out']} would overwrite an input checkpoint; choose another name")
+    if cfg["sweep"] and (cfg["eval_batches"] < 1 or not grid):
+        common.die("--sweep needs --eval_batches >= 1 and a non-empty --grid")
+    what = f"t {grid[0]}..{grid[-1]} ({len(grid)} points)" if cfg["sweep"] else f"t {cfg['t']}"
+    print(f"merge: preset {cfg['preset']}, device {device}, a={cfg['a']} (t=0) b={cfg['b']} (t=1), {what}, "
+          f"mode {cfg['mode']}" + (f" (parent {parent})" if parent else "") + f", rules {rules or 'none'}, "
+          f"eval {cfg['eval_batches']}x{cfg['batch_size']} seqs/domain")
+
+    m = load_models(cfg["out_dir"], cfg["a"], cfg["b"], parent)
+    ca, cb = m["a"]["ckpt"], m["b"]["ckpt"]
+    sd_p = m["parent"]["ckpt"]["model"] if parent else None
+    doms = list(dict.fromkeys(m[r]["domain"] or m[r]["name"] for r in ("a", "b")))
+    tokens = {}
+    if cfg["eval_batches"] > 0:  # read the data before merging: a missing file fails before anything is written
+        import data  # only the evaluation needs the data code
+        tokens = {d: data.load_tokens(cfg["data_dir"], d, "val") for d in doms}
+    hint = "" if parent else "; --mode task interpolates the deltas from --parent instead"
+    inputs = {r: {"name": m[r]["name"], "hash": m[r]["hash"]} for r in m}
+    net = model_from_checkpoint(ca, device)
+
+    def evaluate(sd):
+        net.load_state_dict(sd)
+        return {d: eval_loss(net, tok, cfg["batch_size"], cfg["eval_batches"], device) for d, tok in tokens.items()}
+
+    if cfg["sweep"]:
+        losses = {d: [] for d in doms}
+        for i, t in enumerate(grid):
+            sd, infos = merge_state_dicts(ca["model"], cb["model"], t, rules, sd_p, cfg["dot_threshold"])
+            if i == 0:
+                print_angles(infos, cfg["dot_threshold"], hint, show_t=bool(rules))  # angles do not depend on t
+            for d, v in evaluate(sd).items():
+                losses[d].append(v)
+            print(f"sweep {i + 1}/{len(grid)}: t={t:.3f} " + " ".join(f"{d} {losses[d][-1]:.4f}" for d in doms))
+        cross = crossing(grid, losses[doms[0]], losses[doms[-1]]) if len(doms) == 2 else None
+        paper = paper_sweep_in_our_t(*doms) if len(doms) == 2 else None
+        if paper:
+            print(f"paper figures converted to our t (weight of {cfg['b']}); the paper's own t is the weight of lua")
+        print(f"{'t':>6s} " + " ".join(f"{d:>12s}" for d in doms) + ("".join(f" {'paper ' + d:>18s}" for d in doms) if paper else ""))
+        for i, t in enumerate(grid):
+            row = f"{t:6.3f} " + " ".join(f"{losses[d][i]:12.4f}" for d in doms)
+            j = next((j for j, pt in enumerate(paper["t"]) if abs(pt - t) < 1e-6), None) if paper else None
+            if paper:
+                row += "".join(f" {paper[d][j]:18.2f}" if j is not None else f" {'':18s}" for d in doms)
+            print(row)
+        paper_cross = crossing(paper["t"], paper[doms[0]], paper[doms[1]]) if paper else None
+        print(f"losses cross at t = {cross if cross is None else round(cross, 4)} (ours)"
+              + (f", {paper_cross:.4f} (paper, in our t)" if paper else ""))
+        common.atomic_write_json(os.path.join(cfg["out_dir"], "merge_sweep.json"), {
+            "t": grid, "loss": losses, "domains": doms, "a": inputs["a"], "b": inputs["b"],
+            "mode": cfg["mode"], "parent": inputs.get("parent"), "t_rules": rules, "crossing_t": cross,
+            "paper": paper and {**paper, "crossing_t": paper_cross, "note": "paper's t (weight of lua) converted to ours (weight of b)"},
+            "provenance": common.provenance(cfg, inputs=inputs)})
+        print(f"wrote {os.path.join(cfg['out_dir'], 'merge_sweep.json')}")
+        return
+
+    sd, infos = merge_state_dicts(ca["model"], cb["model"], cfg["t"], rules, sd_p, cfg["dot_threshold"])
+    n_lin = print_angles(infos, cfg["dot_threshold"], hint)
+    val = evaluate(sd) if tokens else {}
+    for r in ("a", "b"):
+        print(f"  {m[r]['name']:12s} stored val_loss {m[r]['ckpt'].get('val_loss', {})}")
+    print(f"  {cfg['out']:12s} val_loss " + " ".join(f"{d} {v:.4f}" for d, v in val.items()))
+    record = {"a": cfg["a"], "b": cfg["b"], "t": cfg["t"], "t_rules": rules, "mode": cfg["mode"],
+              "parent": inputs.get("parent"), "dot_threshold": cfg["dot_threshold"], "fell_back_linear": n_lin,
+              "angles": {k: i.get("angle_deg") for k, i in infos.items()}}
+    prov = common.provenance(cfg, inputs=inputs)
+    ckpt = {"model": sd, "model_args": ca["model_args"], "config": cfg, "name": cfg["out"], "domain": None,
+            "iter_num": 0, "tokenizer_hash": ca.get("tokenizer_hash"), "parents": [inputs["a"], inputs["b"]],
+            "val_loss": val, "provenance": prov, "merge": record}
+    path = os.path.join(cfg["out_dir"], cfg["out"], "ckpt.pt")
+    common.atomic_torch_save(ckpt, path)
+    common.atomic_write_json(os.path.join(cfg["out_dir"], cfg["out"], "merge.json"), {
+        **record, "tensors": infos, "val_loss": val, "checkpoint": {"path": path, "hash": common.sha256_file(path)},
+        "parents": [inputs["a"], inputs["b"]], "provenance": prov})
+    print(f"wrote {path} and merge.json")
+
+
+if __name__ == "__main__":
+    main()

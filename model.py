@@ -1,0 +1,255 @@
+"""
+The one-layer decoder of the study, Mistral-style (DESIGN.md): token embedding, RMSNorm,
+causal self-attention with RoPE and grouped-query attention, SwiGLU MLP, final RMSNorm and
+an untied LM head. No biases, no dropout.
+
+The SAEs live on the MLP hidden activation h = act(gate(x)) * up(x) (width d_mlp), the input
+of the down projection. forward() can hand every h to a function `mlp_fn(h) -> h'` that sees
+it (capture, for SAE training data) and may replace it (splice in an SAE reconstruction, or
+zero-ablate, for CE-loss metrics). mlp_acts() stops after the MLP: harvesting activations
+then skips the LM head, which dominates the compute at a 32k vocabulary.
+
+Also here, because every stage needs them: building a model from a checkpoint, the
+evaluation loss over a token file, and the FLOP count for MFU.
+"""
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import die
+
+
+@dataclass
+class ModelArgs:
+    vocab_size: int = 32000
+    block_size: int = 256      # context length (tokens)
+    d_model: int = 512
+    n_head: int = 16           # query heads
+    n_kv_head: int = 8         # key/value heads (grouped-query attention); n_head % n_kv_head == 0
+    d_mlp: int = 1024          # MLP hidden width = SAE input width
+    mlp: str = "swiglu"        # swiglu (Mistral) | gelu | relu (plain 2-layer MLP, Anthropic's one-layer setup)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in float32 (as Mistral does), scale in the input dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rope_cache(block_size, head_dim, theta):
+    """cos/sin tables (T, head_dim/2) for rotary embeddings on interleaved pairs."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    t = torch.arange(block_size, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)  # (T, hd/2)
+    return freqs.cos(), freqs.sin()
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, H, T, hd); rotate each (even, odd) pair by position-dependent angle.
+    # HF's Mistral rotates the two halves instead; the two are a fixed permutation of
+    # head dimensions apart, equivalent for a model trained from scratch.
+    T = x.size(2)
+    xf = x.float().reshape(*x.shape[:-1], -1, 2)  # (B, H, T, hd/2, 2)
+    x1, x2 = xf[..., 0], xf[..., 1]
+    c, s = cos[:T], sin[:T]                        # (T, hd/2), broadcast over B, H
+    out = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        assert a.d_model % a.n_head == 0 and a.n_head % a.n_kv_head == 0
+        self.n_head, self.n_kv_head = a.n_head, a.n_kv_head
+        self.head_dim = a.d_model // a.n_head
+        self.wq = nn.Linear(a.d_model, a.n_head * self.head_dim, bias=False)
+        self.wk = nn.Linear(a.d_model, a.n_kv_head * self.head_dim, bias=False)
+        self.wv = nn.Linear(a.d_model, a.n_kv_head * self.head_dim, bias=False)
+        self.wo = nn.Linear(a.n_head * self.head_dim, a.d_model, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)     # (B, H, T, hd)
+        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.n_kv_head != self.n_head:  # GQA: each kv head serves n_head/n_kv_head query heads
+            rep = self.n_head // self.n_kv_head
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.kind = a.mlp
+        if a.mlp == "swiglu":
+            self.gate = nn.Linear(a.d_model, a.d_mlp, bias=False)
+        elif a.mlp not in ("gelu", "relu"):
+            die(f"unknown mlp {a.mlp!r}; use swiglu, gelu or relu")
+        self.up = nn.Linear(a.d_model, a.d_mlp, bias=False)
+        self.down = nn.Linear(a.d_mlp, a.d_model, bias=False)  # W_out: the SAE's decoder directions map through it
+
+    def hidden(self, x):
+        """The activation the SAEs are trained on: (B, T, d_mlp)."""
+        if self.kind == "swiglu":
+            return F.silu(self.gate(x)) * self.up(x)
+        return F.gelu(self.up(x)) if self.kind == "gelu" else F.relu(self.up(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.args = a
+        self.tok_emb = nn.Embedding(a.vocab_size, a.d_model)
+        self.attn_norm = RMSNorm(a.d_model, a.norm_eps)
+        self.attn = Attention(a)
+        self.mlp_norm = RMSNorm(a.d_model, a.norm_eps)
+        self.mlp = MLP(a)
+        self.norm_f = RMSNorm(a.d_model, a.norm_eps)
+        self.lm_head = nn.Linear(a.d_model, a.vocab_size, bias=False)  # untied from tok_emb
+        cos, sin = rope_cache(a.block_size, a.d_model // a.n_head, a.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2 style: scale the residual-writing projections down
+        for lin in (self.attn.wo, self.mlp.down):
+            nn.init.normal_(lin.weight, mean=0.0, std=0.02 / math.sqrt(2))
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def _trunk(self, idx):
+        B, T = idx.shape
+        if T > self.args.block_size:
+            die(f"sequence of {T} tokens is longer than the model's block_size {self.args.block_size}")
+        x = self.tok_emb(idx)                                               # (B, T, d_model)
+        x = x + self.attn(self.attn_norm(x), self.rope_cos, self.rope_sin)
+        return x, self.mlp.hidden(self.mlp_norm(x))                        # resid, (B, T, d_mlp)
+
+    def forward(self, idx, targets=None, mlp_fn=None):
+        """idx (B, T) int64 -> logits (B, T, vocab), loss (mean CE over targets != -1, or None).
+
+        mlp_fn(h) -> h' sees the MLP hidden activation (B, T, d_mlp) and may replace it."""
+        x, h = self._trunk(idx)
+        if mlp_fn is not None:
+            out = mlp_fn(h)
+            if out is not None:
+                if out.shape != h.shape:
+                    die(f"mlp_fn returned shape {tuple(out.shape)}, expected {tuple(h.shape)}")
+                h = out.to(h.dtype)
+        x = x + self.mlp.down(h)
+        logits = self.lm_head(self.norm_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def mlp_acts(self, idx):
+        """MLP hidden activations (B, T, d_mlp) without computing the LM head."""
+        return self._trunk(idx)[1]
+
+    def configure_optimizer(self, weight_decay, lr, betas, device_type):
+        # decay matrices (embeddings, projections, LM head); never norms' gains
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        fused = device_type == "cuda"  # fused AdamW kernel when on GPU
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+
+    def flops_per_token(self):
+        """Training FLOPs per token (forward + backward = 6 x matmul params, plus attention),
+        as in the PaLM appendix / nanoGPT's estimate_mfu. Embedding lookups are not matmuls."""
+        a = self.args
+        n = self.num_params() - self.tok_emb.weight.numel()
+        return 6 * n + 12 * 1 * a.d_model * a.block_size  # one layer; attention scores + values
+
+
+# -----------------------------------------------------------------------------
+# checkpoints (plain dicts written by train.py / merge.py, see train.py for the keys)
+
+def model_args_from_dict(d):
+    names = {f.name for f in fields(ModelArgs)}
+    return ModelArgs(**{k: v for k, v in d.items() if k in names})
+
+
+def load_checkpoint(path, what="checkpoint", how=None):
+    """torch.load a checkpoint dict on the CPU, or a one-line error naming the command that makes it."""
+    if not os.path.exists(path):
+        die(f"no {what} at {path}" + (f"; make it with: {how}" if how else ""))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign file
+        die(f"cannot read {what} {path} ({type(e).__name__}: {e}); delete it and re-run" + (f": {how}" if how else ""))
+
+
+def model_from_checkpoint(ckpt, device="cpu"):
+    model = Transformer(model_args_from_dict(ckpt["model_args"]))
+    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
+    model.load_state_dict(state)
+    return model.to(device)
+
+
+def load_model(out_dir, name, device="cpu"):
+    """The model of stage `name` (base, lua, tinystories, luastories): (model in eval mode, ckpt dict)."""
+    how = {"base": "python train.py --domain base", "lua": "python train.py --domain lua",
+           "tinystories": "python train.py --domain tinystories", "luastories": "python merge.py"}.get(name)
+    ckpt = load_checkpoint(os.path.join(out_dir, name, "ckpt.pt"), f"'{name}' model checkpoint", how)
+    model = model_from_checkpoint(ckpt, device)
+    model.eval()
+    return model, ckpt
+
+
+def args_dict(model_args):
+    return asdict(model_args)
+
+
+@torch.no_grad()
+def eval_loss(model, tokens, batch_size, max_batches=None, device="cpu", autocast=None):
+    """Mean next-token CE over consecutive non-overlapping windows of a token array (deterministic,
+    the same windows every call, so losses of different models compare on identical text).
+
+    tokens: 1-D uint16/uint32 array (memmap). Uses up to max_batches x batch_size windows."""
+    T = model.args.block_size
+    n_win = (len(tokens) - 1) // T
+    if n_win < 1:
+        die(f"evaluation set has {len(tokens)} tokens, fewer than one block of {T}; prepare more data")
+    if max_batches is not None:
+        n_win = min(n_win, max_batches * batch_size)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, n_win, batch_size):
+        w = np.arange(start, min(start + batch_size, n_win)) * T
+        chunk = np.stack([np.asarray(tokens[i:i + T + 1], dtype=np.int64) for i in w])
+        xy = torch.from_numpy(chunk).to(device)
+        ctx = autocast if autocast is not None else torch.autocast("cpu", enabled=False)
+        with ctx:
+            _, loss = model(xy[:, :-1], xy[:, 1:])
+        total += loss.item() * len(w)
+        count += len(w)
+    model.train(was_training)
+    return total / count

@@ -1,0 +1,274 @@
+"""explain.py against a fake OpenAI-compatible LLM on 127.0.0.1 (no internet): prompts, scoring,
+retries, cache, request cap, malformed answers, key errors."""
+import json
+import os
+import re
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import explain  # noqa: E402
+
+EXPLANATION = "the word foo"
+
+
+def fake_answer(messages, mode):
+    """A tiny LLM: a fixed phrase for the explanation request; for the simulation request, 10 for
+    each token "foo" and 0 otherwise, read from the numbered token lines of the prompt."""
+    if "predict" not in messages[0]["content"]:
+        return f'Explanation: "{EXPLANATION}".\nIt fires on foo.'
+    if mode == "garbage" or (mode == "garbage_once" and len(messages) == 2):
+        return "I think this neuron likes foo a lot."
+    toks = re.findall(r"^(\d+)\t(.*)$", messages[1]["content"], flags=re.M)
+    return "\n".join(f"{i}\t{10 if t == 'foo' else 0}" for i, t in toks)
+
+
+@pytest.fixture
+def llm():
+    """state: script = [(status, headers, body)] answered first, then fake_answer; requests = log."""
+    state = {"script": [], "requests": [], "mode": "ok"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state["requests"].append({"path": self.path, "headers": dict(self.headers), "body": body})
+            if state["script"]:
+                code, headers, text = state["script"].pop(0)
+            else:
+                code, headers = 200, {}
+                text = json.dumps({"choices": [{"index": 0, "message": {
+                    "role": "assistant", "content": fake_answer(body["messages"], state["mode"])}}]})
+            data = text.encode()
+            self.send_response(code)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    state["base"] = f"http://127.0.0.1:{srv.server_port}/v1"
+    yield state
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+def make_feature(key="lua/7", perfect=False):
+    """20 top contexts ctx00..ctx19 (foo activates 20 - i, or 6 everywhere when perfect; bar 1.0 unless
+    perfect) and 10 random ones rnd0..rnd9 (foo in every third, activating 3 or 6)."""
+    top = []
+    for i in range(20):
+        foo = 6.0 if perfect else 20.0 - i
+        top.append({"tokens": [f"ctx{i:02d}", " the", "foo", "bar", f" end{key}"],  # prompts differ per key
+                    "acts": [0.0, 0.0, foo, 0.0 if perfect else 1.0, 0.0]})
+    rnd = []
+    for j in range(10):
+        toks = [f"rnd{j}", " a", "foo" if j % 3 == 0 else "baz", " b"]
+        rnd.append({"tokens": toks, "acts": [0.0, 0.0, (6.0 if perfect else 3.0) if j % 3 == 0 else 0.0, 0.0]})
+    return {"key": key, "model": key.split("/")[0], "feature": int(key.split("/")[1]), "top": top, "random": rnd}
+
+
+def make_cfg(llm, tmp_path, **kw):
+    cfg = {"api_base": llm["base"], "llm_model": "fake-llm", "max_requests": 100,
+           "cache_dir": str(tmp_path / "cache"), "timeout": 10.0, "retries": 3, "temperature": 0.0,
+           "backoff": 0.001, "backoff_max": 0.01}
+    cfg.update(kw)
+    return cfg
+
+
+def prompt_lines(text, pattern):
+    return re.findall(pattern, text, flags=re.M)
+
+
+# -----------------------------------------------------------------------------
+# pure functions
+
+def test_score_simulation_known_answers():
+    assert explain.score_simulation([0, 1, 0, 2], [0, 5, 0, 10]) == pytest.approx(1.0)
+    assert explain.score_simulation([0, 1, 0, 2], [10, 5, 10, 0]) == pytest.approx(-1.0)
+    t, s = [0.0, 3.0, 1.0, 0.0, 7.0, 2.0], [0, 10, 0, 0, 10, 5]
+    assert explain.score_simulation(t, s) == pytest.approx(np.corrcoef(t, s)[0, 1], abs=1e-12)
+    assert explain.score_simulation([1, 2, 3], [4, 4, 4]) is None  # constant simulation
+    assert explain.score_simulation([0, 0, 0], [0, 10, 0]) is None  # constant truth
+    assert explain.score_simulation([1.0], [3.0]) is None
+    with pytest.raises(ValueError):
+        explain.score_simulation([1, 2], [1, 2, 3])
+
+
+def test_normalize_and_parsers():
+    assert explain.normalize_acts([0.0, 2.0, 4.0, -1.0, 3.99], 4.0) == [0, 5, 10, 0, 9]
+    assert explain.normalize_acts([0.0, 0.001], 8.0) == [0, 0]
+    assert explain.normalize_acts([1.0, 2.0], 0.0) == [0, 0]
+    assert explain.parse_explanation('Explanation: "the word foo".\nmore text') == "the word foo"
+    assert explain.parse_explanation("**Explanation:** Lua `end` keywords") == "Lua `end` keywords"
+    assert explain.parse_explanation("\n\n  'closing brackets'  ") == "closing brackets"
+    assert len(explain.parse_explanation("word " * 200)) <= explain.MAX_EXPLANATION_CHARS
+    assert explain.parse_simulation("0\t3\n1\t10\n2\t0", 3) == [3.0, 10.0, 0.0]
+    assert explain.parse_simulation("Sure:\n0: foo 12\n1 -> 0", 2) == [10.0, 0.0]  # echoed token, clipped
+    assert explain.parse_simulation("```json\n[1, 0, 7]\n```", 3) == [1.0, 0.0, 7.0]
+    assert explain.parse_simulation("0\t3\n2\t1", 3) is None  # token 1 missing
+    assert explain.parse_simulation("no numbers here", 2) is None
+
+
+# -----------------------------------------------------------------------------
+# against the fake endpoint
+
+def test_prompts_split_and_score(llm, tmp_path):
+    feat = make_feature()
+    res = explain.explain_features([feat], make_cfg(llm, tmp_path))["lua/7"]
+    assert res["error"] is None and res["explanation"] == EXPLANATION
+    assert (res["n_explain_examples"], res["n_sim_examples"]) == (5 + 3 + 2, 10 + 5)
+    assert len(llm["requests"]) == 2
+    assert all(r["path"] == "/v1/chat/completions" and "Authorization" not in r["headers"] for r in llm["requests"])
+    body = llm["requests"][0]["body"]
+    assert body["model"] == "fake-llm" and body["temperature"] == 0.0 and body["max_tokens"] > 0
+
+    # explanation prompt: shown contexts with activations normalised by the shown max (20 -> 10)
+    ex = llm["requests"][0]["body"]["messages"][1]["content"]
+    pairs = prompt_lines(ex, r"^(.*)\t(\d+)$")
+    assert ("foo", "10") in pairs and ("foo", "9") in pairs  # ctx00 (20), ctx02 (18)
+    assert ("foo", "3") in pairs  # ctx14 (6/20) from a lower quantile
+    assert ("bar", "0") in pairs  # 1/20 floors to 0
+    shown = {t for t, _ in pairs if t.startswith(("ctx", "rnd"))}
+    assert shown == {"ctx00", "ctx02", "ctx04", "ctx06", "ctx08", "ctx10", "ctx14", "ctx18", "rnd0", "rnd2"}
+
+    # simulation prompt: the explanation and only the held-out contexts (odd-ranked top, odd random)
+    sim = llm["requests"][1]["body"]["messages"][1]["content"]
+    assert EXPLANATION in sim
+    held = {t for _, t in prompt_lines(sim, r"^(\d+)\t(.*)$") if t.startswith(("ctx", "rnd"))}
+    assert held == {f"ctx{i:02d}" for i in range(1, 20, 2)} | {"rnd1", "rnd3", "rnd5", "rnd7", "rnd9"}
+    assert not held & shown
+
+    # score: Pearson over all held-out tokens pooled, simulation = 10 on foo
+    ctxs = feat["top"][1::2] + feat["random"][1::2]
+    true = [a for c in ctxs for a in c["acts"]]
+    simulated = [10.0 if t == "foo" else 0.0 for c in ctxs for t in c["tokens"]]
+    assert res["score"] == pytest.approx(np.corrcoef(true, simulated)[0, 1], abs=1e-9)
+    assert 0.3 < res["score"] < 0.99
+
+    perfect = explain.explain_features([make_feature("base/3", perfect=True)], make_cfg(llm, tmp_path))
+    assert perfect["base/3"]["score"] == pytest.approx(1.0)
+
+
+def test_compact_format_lists_only_nonzero_tokens(llm, tmp_path):
+    explain.explain_features([make_feature()], make_cfg(llm, tmp_path, explain_format="compact"))
+    ex = llm["requests"][0]["body"]["messages"][1]["content"]
+    assert "foo (10)" in ex and "foo (3)" in ex and "bar (" not in ex and "\t" not in ex
+
+
+def test_retries_and_backoff(llm, tmp_path, monkeypatch):
+    delays = []
+    monkeypatch.setattr(explain, "_sleep", delays.append)
+    llm["script"] = [(503, {}, "busy"), (503, {}, "busy")]
+    res = explain.explain_features([make_feature()], make_cfg(llm, tmp_path, backoff=0.001))
+    assert res["lua/7"]["error"] is None and res["lua/7"]["score"] is not None
+    assert len(llm["requests"]) == 4 and delays == pytest.approx([0.001, 0.002])  # exponential
+
+    delays.clear()
+    llm["script"] = [(429, {"Retry-After": "0"}, "slow down"), (429, {"Retry-After": "1000"}, "slow down")]
+    res = explain.explain_features([make_feature("lua/8")], make_cfg(llm, tmp_path, backoff_max=0.05))
+    assert res["lua/8"]["error"] is None and delays == [0.0, 0.05]  # Retry-After honoured, capped
+
+    llm["script"] = [(500, {}, "down")] * 3
+    res = explain.explain_features([make_feature("lua/9"), make_feature("lua/10")],
+                                   make_cfg(llm, tmp_path, retries=2))
+    assert res["lua/9"]["score"] is None and "HTTP 500 after 3 attempts" in res["lua/9"]["error"]
+    assert res["lua/10"]["error"] is None  # the run goes on
+
+
+def test_cache_resume_and_changed_prompt(llm, tmp_path):
+    feats = [make_feature("lua/1"), make_feature("lua/2")]
+    first = explain.explain_features(feats, make_cfg(llm, tmp_path))
+    assert len(llm["requests"]) == 4
+    again = explain.explain_features(feats, make_cfg(llm, tmp_path))
+    assert len(llm["requests"]) == 4 and again == first  # zero requests on a rerun
+    feats[0]["top"][0]["tokens"][1] = " a"  # a shown context changed: a new explanation request; the
+    explain.explain_features(feats, make_cfg(llm, tmp_path))  # same explanation -> simulation cached
+    assert len(llm["requests"]) == 5 and "ctx00\t0\n a\t0" in llm["requests"][4]["body"]["messages"][1]["content"]
+    feats[1]["top"][1]["tokens"][1] = " a"  # a held-out context changed: only a new simulation request
+    explain.explain_features(feats, make_cfg(llm, tmp_path))
+    assert len(llm["requests"]) == 6 and "predict" in llm["requests"][5]["body"]["messages"][0]["content"]
+    explain.explain_features(feats, make_cfg(llm, tmp_path, llm_model="other"))  # model is part of the key
+    assert len(llm["requests"]) == 10
+
+
+def test_request_cap_and_resume(llm, tmp_path, capsys):
+    feats = [make_feature("lua/1"), make_feature("lua/2"), make_feature("lua/3")]
+    res = explain.explain_features(feats, make_cfg(llm, tmp_path, max_requests=3))
+    assert "~6 requests" in capsys.readouterr().out
+    assert len(llm["requests"]) == 3
+    assert res["lua/1"]["error"] is None
+    assert res["lua/2"]["explanation"] == EXPLANATION and res["lua/2"]["error"] == "request cap reached"
+    assert res["lua/3"]["error"] == "request cap reached" and res["lua/3"]["score"] is None
+    res = explain.explain_features(feats, make_cfg(llm, tmp_path, max_requests=3))
+    assert "~3 requests (3 cached)" in capsys.readouterr().out
+    assert len(llm["requests"]) == 6 and all(r["error"] is None for r in res.values())
+
+
+def test_malformed_simulation(llm, tmp_path):
+    llm["mode"] = "garbage"
+    res = explain.explain_features([make_feature()], make_cfg(llm, tmp_path))["lua/7"]
+    assert res["score"] is None and "malformed" in res["error"] and res["explanation"] == EXPLANATION
+    assert len(llm["requests"]) == 3  # explanation, simulation, one corrective retry
+    assert llm["requests"][2]["body"]["messages"][-1]["role"] == "user"
+
+    llm["mode"] = "garbage_once"  # the corrective retry succeeds
+    res = explain.explain_features([make_feature("base/3", perfect=True)], make_cfg(llm, tmp_path))["base/3"]
+    assert res["error"] is None and res["score"] == pytest.approx(1.0)
+
+
+def test_key_handling(llm, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit, match="set OPENAI_API_KEY .* --api_base"):
+        explain.explain_features([make_feature()], make_cfg(llm, tmp_path, api_base="https://api.openai.com/v1"))
+
+    secret = "sk-test-secret-123"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    explain.explain_features([make_feature()], make_cfg(llm, tmp_path))
+    assert llm["requests"][0]["headers"]["Authorization"] == f"Bearer {secret}"
+
+    llm["script"] = [(401, {}, json.dumps({"error": f"Incorrect API key provided: {secret}"}))]
+    with pytest.raises(SystemExit, match="401.*OPENAI_API_KEY") as e:
+        explain.explain_features([make_feature("lua/8")], make_cfg(llm, tmp_path))
+    out = capsys.readouterr()
+    assert secret not in str(e.value) and secret not in out.out + out.err
+
+
+def test_unreachable_and_wrong_path(llm, tmp_path):
+    import socket
+    with socket.socket() as sock:  # a port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(SystemExit, match="cannot reach .* after 2 attempts"):
+        explain.explain_features([make_feature()], make_cfg(llm, tmp_path, retries=1,
+                                                            api_base=f"http://127.0.0.1:{port}/v1"))
+    llm["script"] = [(404, {}, "not found")]
+    with pytest.raises(SystemExit, match="404.*--api_base"):
+        explain.explain_features([make_feature()], make_cfg(llm, tmp_path))
+
+
+def test_cli(llm, tmp_path, capsys):
+    path = tmp_path / "features.json"
+    path.write_text(json.dumps([make_feature("base/3", perfect=True)]))
+    out = tmp_path / "explained.json"
+    explain.main(["--features_json", str(path), "--api_base", llm["base"], "--llm_model", "fake",
+                  "--cache_dir", str(tmp_path / "c"), "--out_json", str(out)])
+    assert f"base/3\t1.000\t{EXPLANATION}" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["results"]["base/3"]["score"] == pytest.approx(1.0) and "provenance" in saved
+    with pytest.raises(SystemExit, match="--features_json"):
+        explain.main([])

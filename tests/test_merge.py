@@ -1,0 +1,314 @@
+"""merge.py: SLERP with mergekit's semantics (known answers, endpoints, symmetry, the linear
+fallback, dtypes), per-parameter t, task-vector mode, the merged checkpoint, the sweep, and the
+one-line errors for every bad input."""
+import json
+import math
+import os
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+import merge
+from common import atomic_torch_save, sha256_file
+from model import ModelArgs, Transformer, eval_loss, load_model
+
+V = 64
+ARGS = ModelArgs(vocab_size=V, block_size=16, d_model=16, n_head=2, n_kv_head=1, d_mlp=32)
+EVAL = ["--eval_batches=2", "--batch_size=4"]
+
+
+def bits(x):
+    """The raw bits of a tensor, so comparisons see signed zeros and NaN payloads."""
+    return x.contiguous().view({torch.float32: torch.int32, torch.bfloat16: torch.int16,
+                                torch.float16: torch.int16}[x.dtype])
+
+
+# -----------------------------------------------------------------------------
+# slerp on tensors
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("colinear", [False, True])
+def test_endpoints_return_the_inputs_bitwise(dtype, colinear):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(7, 5, generator=g)
+    b = a + 1e-4 * torch.randn(7, 5, generator=g) if colinear else torch.randn(7, 5, generator=g)
+    a[0, 0], b[0, 0] = -0.0, -0.0  # signed zeros must survive too (0*x + 1*(-0.0) would give +0.0)
+    a, b = a.to(dtype), b.to(dtype)
+    r0, info = merge.slerp(a, b, 0.0)
+    r1, _ = merge.slerp(a, b, 1.0)
+    assert info["linear"] == colinear
+    assert r0.dtype == dtype and torch.equal(bits(r0), bits(a))
+    assert r1.dtype == dtype and torch.equal(bits(r1), bits(b))
+
+
+def test_slerp_of_a_tensor_with_itself_is_itself():
+    x = torch.randn(4, 9, generator=torch.Generator().manual_seed(1))
+    for t in (0.1, 0.58, 0.9):
+        r, info = merge.slerp(x, x, t)
+        assert info["linear"] and info["angle_deg"] < 0.1
+        torch.testing.assert_close(r, x, rtol=1e-6, atol=1e-7)
+
+
+def test_slerp_is_symmetric_in_a_b_and_t():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(300, generator=g), torch.randn(300, generator=g)
+    for t in (0.2, 0.58, 0.75):
+        r1, i1 = merge.slerp(a, b, t)
+        r2, i2 = merge.slerp(b, a, 1 - t)
+        assert not i1["linear"] and i1["angle_deg"] == pytest.approx(i2["angle_deg"])
+        torch.testing.assert_close(r1, r2, rtol=1e-5, atol=1e-6)
+
+
+def test_orthogonal_unit_vectors_stay_on_the_sphere_at_the_expected_angle():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(50, generator=g)
+    a /= a.norm()
+    b = torch.randn(50, generator=g)
+    b -= (b @ a) * a
+    b /= b.norm()
+    for t in (0.1, 0.5, 0.58, 0.9):
+        r, info = merge.slerp(a, b, t)
+        assert info["angle_deg"] == pytest.approx(90.0, abs=1e-4)
+        assert r.norm().item() == pytest.approx(1.0, abs=1e-5)
+        assert math.acos(min(1.0, (r @ a).item())) == pytest.approx(t * math.pi / 2, abs=1e-4)
+
+
+def test_known_answers_on_2d_vectors():
+    r, info = merge.slerp(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), 0.5)
+    torch.testing.assert_close(r, torch.tensor([1.0, 1.0]) / math.sqrt(2))
+    assert not info["linear"] and info["angle_deg"] == pytest.approx(90.0)
+    # the raw tensors are interpolated, not the normalised copies: norms 2 and 4 at 90 degrees
+    r, _ = merge.slerp(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 4.0]), 0.5)
+    torch.testing.assert_close(r, torch.tensor([2.0, 4.0]) / math.sqrt(2))
+    # 60 degrees apart, t = 0.5 -> the unit vector at 30 degrees
+    r, _ = merge.slerp(torch.tensor([1.0, 0.0]), torch.tensor([0.5, math.sqrt(3) / 2]), 0.5)
+    torch.testing.assert_close(r, torch.tensor([math.sqrt(3) / 2, 0.5]))
+
+
+def test_nearly_colinear_inputs_take_the_flagged_linear_path():
+    a = torch.tensor([1.0, 0.0])
+    for deg, linear in ((1.0, True), (2.5, False)):  # cos(1 deg) = 0.99985 > 0.9995 > cos(2.5 deg) = 0.99905
+        b = 3.0 * torch.tensor([math.cos(math.radians(deg)), math.sin(math.radians(deg))])
+        r, info = merge.slerp(a, b, 0.3)
+        assert info["linear"] is linear and info["angle_deg"] == pytest.approx(deg, abs=1e-3)
+        if linear:
+            torch.testing.assert_close(r, 0.7 * a + 0.3 * b)
+        else:  # slerp of the raw vectors differs from the linear blend
+            assert (r - (0.7 * a + 0.3 * b)).abs().max() > 1e-4
+    # anti-colinear also falls back (mergekit compares |cos|)
+    assert merge.slerp(a, -2 * a, 0.5)[1]["linear"]
+
+
+def test_dtype_is_kept():
+    g = torch.Generator().manual_seed(4)
+    for dt in (torch.bfloat16, torch.float16):
+        a, b = torch.randn(8, 8, generator=g).to(dt), torch.randn(8, 8, generator=g).to(dt)
+        r, _ = merge.slerp(a, b, 0.58)
+        ref, _ = merge.slerp(a.float(), b.float(), 0.58)  # computed in float32, rounded once
+        assert r.dtype == dt and torch.equal(r, ref.to(dt))
+
+
+# -----------------------------------------------------------------------------
+# state dicts, t rules, task vectors
+
+def state(seed, args=ARGS):
+    torch.manual_seed(seed)
+    return Transformer(args).state_dict()
+
+
+def finetune(sd, seed, scale):
+    """A stand-in fine-tune: every tensor moved by independent Gaussian noise of std `scale`."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + scale * torch.randn(v.shape, generator=g) for k, v in sd.items()}
+
+
+def test_t_rules_first_match_wins_and_fall_back_to_t():
+    sd_a, sd_b = state(0), state(1)
+    out, info = merge.merge_state_dicts(sd_a, sd_b, 0.5, "attn.w[qk]*=0.0,attn=0.25,mlp=1")
+    assert info["attn.wq.weight"]["t"] == 0.0 and info["attn.wq.weight"]["rule"] == "attn.w[qk]*"
+    assert info["attn.wv.weight"]["t"] == 0.25 and info["attn_norm.weight"]["t"] == 0.25  # substring
+    assert info["mlp.up.weight"]["t"] == 1.0 and info["mlp_norm.weight"]["t"] == 1.0
+    assert info["lm_head.weight"]["t"] == 0.5 and info["lm_head.weight"]["rule"] is None
+    assert torch.equal(out["attn.wq.weight"], sd_a["attn.wq.weight"])
+    assert torch.equal(out["mlp.down.weight"], sd_b["mlp.down.weight"])
+    ref, _ = merge.slerp(sd_a["lm_head.weight"], sd_b["lm_head.weight"], 0.5)
+    assert torch.equal(out["lm_head.weight"], ref)
+
+
+def test_task_mode_interpolates_the_deltas_from_the_parent():
+    p = state(0)
+    sd_a, sd_b = finetune(p, 1, 3e-4), finetune(p, 2, 3e-4)  # small moves, as a fine-tune makes
+    plain, info_plain = merge.merge_state_dicts(sd_a, sd_b, 0.4)
+    task, info_task = merge.merge_state_dicts(sd_a, sd_b, 0.4, parent=p)
+    k = "mlp.up.weight"
+    # fine-tunes of one parent are nearly colinear (plain lerps), their deltas are not (task slerps)
+    assert info_plain[k]["linear"] and not info_task[k]["linear"]
+    ref, _ = merge.slerp(sd_a[k] - p[k], sd_b[k] - p[k], 0.4)
+    torch.testing.assert_close(task[k], p[k] + ref)
+    assert not torch.allclose(task[k], plain[k], atol=1e-5)
+    e0, _ = merge.merge_state_dicts(sd_a, sd_b, 0.0, parent=p)
+    assert all(torch.equal(e0[n], sd_a[n]) for n in p)
+
+
+# -----------------------------------------------------------------------------
+# checkpoints, the command line, the sweep
+
+def write_ckpt(out_dir, name, sd, args=ARGS, parents=(), tok="tok-A", domain=None):
+    ck = {"model": sd, "model_args": asdict(args), "config": {}, "name": name, "domain": domain or name,
+          "iter_num": 1, "tokenizer_hash": tok, "parents": list(parents), "val_loss": {}, "provenance": {}}
+    path = os.path.join(out_dir, name, "ckpt.pt")
+    atomic_torch_save(ck, path)
+    return {"name": name, "hash": sha256_file(path)}
+
+
+def write_val(data_dir, domain, seed, n=600):
+    d = os.path.join(data_dir, domain)
+    os.makedirs(d, exist_ok=True)
+    toks = np.random.default_rng(seed).integers(0, V, n).astype(np.uint16)
+    toks.tofile(os.path.join(d, "val.bin"))
+    toks.tofile(os.path.join(d, "train.bin"))
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump({"domain": domain, "source": "test", "vocab_size": V, "dtype": "uint16", "tokenizer_hash": "tok-A",
+                   "tokens": {"train": n, "val": n}}, f)
+    return toks
+
+
+@pytest.fixture
+def world(tmp_path):
+    """base, and lua / tinystories "fine-tuned" from it (random deltas), with val tokens."""
+    data, out = str(tmp_path / "data"), str(tmp_path / "out")
+    p = state(0)
+    base = write_ckpt(out, "base", p)
+    write_ckpt(out, "lua", finetune(p, 1, 0.01), parents=[base])  # matrices slerp, norm gains lerp
+    write_ckpt(out, "tinystories", finetune(p, 2, 0.01), parents=[base])
+    toks = {d: write_val(data, d, i) for i, d in enumerate(("lua", "tinystories"))}
+    return data, out, toks
+
+
+def run(world, *args):
+    data, out, _ = world
+    return merge.main([f"--data_dir={data}", f"--out_dir={out}", "--device=cpu", "--preset=tiny", *EVAL, *args])
+
+
+def test_default_merge_writes_a_loadable_checkpoint_with_provenance(world):
+    data, out, toks = world
+    run(world)
+    net, ck = load_model(out, "luastories")
+    logits, _ = net(torch.zeros(1, 5, dtype=torch.long))
+    assert logits.shape == (1, 5, V) and torch.isfinite(logits).all()
+    assert "optimizer" not in ck and ck["name"] == "luastories" and ck["domain"] is None
+    assert ck["parents"] == [{"name": n, "hash": sha256_file(os.path.join(out, n, "ckpt.pt"))} for n in ("lua", "tinystories")]
+    m = ck["merge"]
+    assert (m["a"], m["b"], m["t"], m["mode"], m["parent"]) == ("lua", "tinystories", 0.58, "slerp", None)
+    assert set(m["angles"]) == set(ck["model"]) and m["fell_back_linear"] == sum(
+        a < math.degrees(math.acos(0.9995)) for a in m["angles"].values())
+    for d in ("lua", "tinystories"):
+        assert ck["val_loss"][d] == pytest.approx(eval_loss(net, toks[d], 4, 2))
+    js = json.load(open(os.path.join(out, "luastories", "merge.json")))
+    assert js["checkpoint"]["hash"] == sha256_file(os.path.join(out, "luastories", "ckpt.pt"))
+    assert set(js["tensors"]) == set(ck["model"]) and js["provenance"]["config"]["t"] == 0.58
+
+
+def test_task_mode_merge_from_the_command_line(world):
+    data, out, _ = world
+    run(world, "--mode=task", "--out=ls_task", "--t=0.3", "--eval_batches=0")
+    ck = torch.load(os.path.join(out, "ls_task", "ckpt.pt"), weights_only=False)
+    assert ck["merge"]["mode"] == "task" and ck["merge"]["fell_back_linear"] == 0
+    assert ck["merge"]["parent"]["hash"] == sha256_file(os.path.join(out, "base", "ckpt.pt"))
+    p, a, b = (torch.load(os.path.join(out, n, "ckpt.pt"), weights_only=False)["model"] for n in ("base", "lua", "tinystories"))
+    k = "attn.wo.weight"
+    torch.testing.assert_close(ck["model"][k], p[k] + merge.slerp(a[k] - p[k], b[k] - p[k], 0.3)[0])
+
+
+def test_sweep_writes_eleven_points_with_the_parents_losses_at_the_ends(world, capsys):
+    data, out, toks = world
+    run(world, "--sweep")
+    js = json.load(open(os.path.join(out, "merge_sweep.json")))
+    assert len(js["t"]) == 11 and js["t"][0] == 0.0 and js["t"][-1] == 1.0
+    assert js["a"]["hash"] == sha256_file(os.path.join(out, "lua", "ckpt.pt"))
+    for name, i in (("lua", 0), ("tinystories", -1)):  # t=0 is model a, t=1 model b, exactly
+        net, _ = load_model(out, name)
+        for d in ("lua", "tinystories"):
+            assert js["loss"][d][i] == eval_loss(net, toks[d], 4, 2)
+    la, lb = js["loss"]["lua"], js["loss"]["tinystories"]
+    assert js["crossing_t"] == merge.crossing(js["t"], la, lb)
+    assert js["paper"]["t"][0] == 0.0 and js["paper"]["lua"][0] == 2.45  # paper's t=1 (lua) is our t=0
+    assert "paper" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(out, "luastories"))  # the sweep writes no checkpoint
+
+
+def test_crossing_and_paper_conversion_known_answers():
+    assert merge.crossing([0, 0.5, 1], [1.0, 2.0, 3.0], [3.0, 2.5, 1.0]) == pytest.approx(0.5 + 0.5 * 0.5 / 2.5)
+    assert merge.crossing([0, 0.5, 1], [1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == 0.5
+    assert merge.crossing([0, 1], [1.0, 1.5], [2.0, 3.0]) is None
+    p = merge.paper_sweep_in_our_t("lua", "tinystories")  # a = lua: our t = 1 - paper t
+    assert p["t"] == [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
+    assert p["lua"] == [2.45, 2.60, 3.02, 3.36, 3.76, 4.73, 5.84] and p["tinystories"][0] == 4.22
+    assert merge.paper_sweep_in_our_t("tinystories", "lua")["lua"][0] == 5.84
+    assert merge.paper_sweep_in_our_t("lua", "python") is None
+
+
+# -----------------------------------------------------------------------------
+# bad input: one line, nothing written
+
+def corrupt(out, name, fn):
+    path = os.path.join(out, name, "ckpt.pt")
+    ck = torch.load(path, weights_only=False)
+    fn(ck)
+    atomic_torch_save(ck, path)
+
+
+def set_(ck, key, value):
+    ck[key] = value
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda ck: ck["model_args"].update(d_mlp=48), "different architectures"),
+    (lambda ck: set_(ck, "tokenizer_hash", "tok-B"), "different tokenizers"),
+    (lambda ck: ck["model"].update({"extra.weight": torch.zeros(2)}), "different parameter names"),
+    (lambda ck: ck["model"].update({"norm_f.weight": torch.ones(17)}), "shape of norm_f.weight"),
+    (lambda ck: ck["model"]["mlp.up.weight"].__setitem__((0, 0), float("nan")), "NaN or inf in mlp.up.weight"),
+    (lambda ck: ck["model"]["tok_emb.weight"].__setitem__((1, 1), float("inf")), "NaN or inf in tok_emb.weight"),
+])
+def test_incompatible_or_broken_inputs_are_refused(world, change, message):
+    out = world[1]
+    corrupt(out, "tinystories", change)
+    with pytest.raises(SystemExit, match=message):
+        run(world)
+    assert not os.path.exists(os.path.join(out, "luastories"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--t=1.5"], r"--t = 1.5 is outside \[0, 1\]"),
+    (["--t=-0.1"], "outside"),
+    (["--t_rules=attn=2"], r"--t_rules attn = 2.0 is outside \[0, 1\]"),
+    (["--t_rules=attn"], "is not PATTERN=T"),
+    (["--t_rules=atn=0.3"], "matches no parameter"),
+    (["--grid=0,1.2"], "--grid value"),
+    (["--mode=ties"], "--mode 'ties' is unknown"),
+    (["--out=lua"], "would overwrite an input"),
+    (["--b=lua"], "both 'lua'"),
+    (["--a=python"], r"no 'python' model checkpoint .*python train.py --domain python"),
+])
+def test_bad_arguments_are_refused(world, args, message):
+    with pytest.raises(SystemExit, match=message):
+        run(world, *args)
+    assert not os.path.exists(os.path.join(world[1], "luastories"))
+
+
+def test_missing_checkpoint_names_the_command(world):
+    out = world[1]
+    os.remove(os.path.join(out, "lua", "ckpt.pt"))
+    with pytest.raises(SystemExit, match="make it with: python train.py --domain lua"):
+        run(world)
+
+
+def test_task_mode_refuses_a_parent_that_is_not_the_common_parent(world):
+    out = world[1]
+    write_ckpt(out, "other", state(9))
+    with pytest.raises(SystemExit, match="--parent other .* is not a parent of lua"):
+        run(world, "--mode=task", "--parent=other")
+    assert not os.path.exists(os.path.join(out, "luastories"))
+

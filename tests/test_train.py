@@ -1,0 +1,119 @@
+"""train.py end to end on a tiny learnable token stream: loss falls, fine-tunes start from the
+parent's exact weights, resumes continue exactly, and the user's mistakes get one-line errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from common import sha256_file
+
+V = 64
+MODEL = ["--block_size=16", "--d_model=32", "--n_head=4", "--n_kv_head=2", "--d_mlp=64",
+         "--batch_size=8", "--log_interval=5", "--eval_iters=4", "--warmup_iters=2"]
+
+
+def write_domain(data_dir, domain, seed, tok_hash="tok-A", n=6000):
+    """A learnable stream: each token mostly follows from the previous one by a domain rule."""
+    rng = np.random.default_rng(seed)
+    mult = {"base": 5, "lua": 7, "tinystories": 11}[domain]
+    toks = np.empty(n, dtype=np.uint16)
+    toks[0] = 1
+    for i in range(1, n):
+        toks[i] = rng.integers(V) if rng.random() < 0.1 else (toks[i - 1] * mult + 3) % V
+    d = os.path.join(data_dir, domain)
+    os.makedirs(d, exist_ok=True)
+    toks[: n * 9 // 10].tofile(os.path.join(d, "train.bin"))
+    toks[n * 9 // 10:].tofile(os.path.join(d, "val.bin"))
+    meta = {"domain": domain, "source": "test", "vocab_size": V, "dtype": "uint16", "tokenizer_hash": tok_hash,
+            "tokens": {"train": n * 9 // 10, "val": n - n * 9 // 10}}
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump(meta, f)
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    data, out = str(tmp_path / "data"), str(tmp_path / "out")
+    for i, d in enumerate(("base", "lua", "tinystories")):
+        write_domain(data, d, seed=i)
+    return data, out
+
+
+def run(dirs, *args):
+    data, out = dirs
+    return train.main(["--preset=tiny", f"--data_dir={data}", f"--out_dir={out}", *MODEL, *args])
+
+
+def load(dirs, name):
+    return torch.load(os.path.join(dirs[1], name, "ckpt.pt"), weights_only=False)
+
+
+def test_pretraining_loss_falls_clearly(dirs):
+    run(dirs, "--domain=base", "--max_iters=60", "--lr=3e-3", "--eval_interval=1000")
+    ck = load(dirs, "base")
+    assert ck["finished"] and ck["iter_num"] == 60 and ck["parents"] == []
+    # uniform guessing is ln(64) = 4.16; the rule is 90% deterministic, so a model that learned it is far below
+    assert ck["val_loss"]["base"] < 2.5
+    m = json.load(open(os.path.join(dirs[1], "base", "metrics.json")))
+    assert set(m["val_loss"]) == {"base", "lua", "tinystories"}
+    assert m["checkpoint_sha256"] == sha256_file(os.path.join(dirs[1], "base", "ckpt.pt"))
+    assert m["provenance"]["config"]["domain"] == "base"
+
+
+def test_finetune_starts_from_parent_weights_and_learns_its_domain(dirs):
+    run(dirs, "--domain=base", "--max_iters=30", "--lr=3e-3")
+    base = load(dirs, "base")
+    # lr 0: one step of AdamW (decay is scaled by lr) must leave every weight exactly the parent's
+    run(dirs, "--domain=lua", "--name=lua0", "--max_iters=1", "--lr=0", "--warmup_iters=0")
+    ft0 = load(dirs, "lua0")
+    assert ft0["model"].keys() == base["model"].keys()
+    assert all(torch.equal(ft0["model"][k], base["model"][k]) for k in base["model"])
+    assert ft0["parents"] == [{"name": "base", "hash": sha256_file(os.path.join(dirs[1], "base", "ckpt.pt"))}]
+    # a real fine-tune: lower loss on its own domain than the parent had
+    run(dirs, "--domain=lua", "--max_iters=40", "--lr=3e-3")
+    ft = load(dirs, "lua")
+    assert ft["val_loss"]["lua"] < base["val_loss"]["lua"] - 0.3
+
+
+def test_resumed_run_continues_exactly(dirs):
+    run(dirs, "--domain=base", "--name=straight", "--max_iters=12", "--eval_interval=6")
+    assert run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=6", "--stop_iter=5") is None
+    assert load(dirs, "split")["iter_num"] == 5 and not load(dirs, "split")["finished"]
+    run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=6", "--resume")
+    a, b = load(dirs, "straight"), load(dirs, "split")
+    assert b["iter_num"] == 12 and b["finished"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    # a finished run is left alone by --resume
+    before = sha256_file(os.path.join(dirs[1], "split", "ckpt.pt"))
+    run(dirs, "--domain=base", "--name=split", "--resume")
+    assert sha256_file(os.path.join(dirs[1], "split", "ckpt.pt")) == before
+
+
+def test_errors_are_one_line(dirs, tmp_path):
+    with pytest.raises(SystemExit, match="unknown domain 'python3'"):
+        run(dirs, "--domain=python3")
+    with pytest.raises(SystemExit, match=r"no parent checkpoint 'base'.*python train.py --domain base"):
+        run(dirs, "--domain=lua")
+    with pytest.raises(SystemExit, match="unknown option --learning_rate"):
+        run(dirs, "--domain=base", "--learning_rate=1")
+    with pytest.raises(SystemExit, match="takes an integer"):
+        run(dirs, "--domain=base", "--max_iters=ten")
+    run(dirs, "--domain=base", "--max_iters=4")
+    with pytest.raises(SystemExit, match="exists; add --resume"):
+        run(dirs, "--domain=base", "--max_iters=4")
+    # data made with another tokenizer than the parent's
+    write_domain(dirs[0], "tinystories", seed=5, tok_hash="tok-B")
+    with pytest.raises(SystemExit, match="another tokenizer"):
+        run(dirs, "--domain=tinystories")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dirs):
+    run(dirs, "--domain=base", "--max_iters=10", "--stop_iter=3")
+    path = os.path.join(dirs[1], "base", "ckpt.pt")
+    before = sha256_file(path)
+    with pytest.raises(SystemExit, match="loss became nan.*last good checkpoint"):
+        run(dirs, "--domain=base", "--resume", "--lr=1e30", "--grad_clip=0")
+    assert sha256_file(path) == before
