@@ -14,8 +14,11 @@ sae   : sae.py's training step in activations/s vs SAELens's standard SAE traini
 corr  : analyze.py's streamed correlation in tokens/s and peak memory vs all activations
         in memory + numpy.corrcoef.
 """
+import multiprocessing as mp
+import resource
 import time
 
+import numpy as np
 import torch
 
 from common import parse_config, pick_device
@@ -26,6 +29,8 @@ config = dict(
     device="auto",
     steps=10,           # timed steps per measurement (after 3 warm-up steps)
     threads=0,          # > 0: torch.set_num_threads
+    corpora="../shared/corpora",  # bpe: real text samples (layout of shared/corpora), if present
+    corr_tokens=50_000, # corr: tokens (2048 x 2048 features; the naive way holds them all)
 )
 
 SHAPES = {
@@ -96,17 +101,72 @@ def bench_train(cfg, device):
 
 
 def bench_bpe(cfg, device):
+    """BPE training speed on the base mix: the real text samples when --corpora has them, else the built-in sample."""
+    import os
     import data
-    text = data.sample_corpus_text() if hasattr(data, "sample_corpus_text") else None
-    if text is None:
-        print("bpe: data.sample_corpus_text() not available")
-        return
-    mb = len(text.encode("utf-8")) / 1e6
-    for vocab in (1024, 4096):
+    files = [os.path.join(cfg["corpora"], d, "train.txt") for d in ("babylm", "python")]
+    if all(os.path.exists(f) for f in files):
+        texts = [d for f in files for d in data.split_eot(open(f, encoding="utf-8").read())]
+        what = f"{cfg['corpora']} babylm + python train"
+    else:
+        texts, what = [data.sample_corpus_text()], "the built-in sample corpus"
+    mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    for vocab in (4096, 32000):
         t0 = time.perf_counter()
-        data.train_bpe(text, vocab)
+        data.train_bpe(texts, vocab, log=lambda *a: None)
         dt = time.perf_counter() - t0
-        print(f"bpe trainer: {mb:.2f} MB of built-in sample text, vocab {vocab}: {dt:.2f} s = {mb / dt:.2f} MB/s")
+        print(f"bpe trainer: {mb:.1f} MB of {what}, vocab {vocab}: {dt:.1f} s = {mb / dt:.2f} MB/s")
+
+
+# --- corr: analyze.py's streamed correlation vs all activations in memory + numpy.corrcoef
+# Each method runs in a fresh process so its peak resident memory (ru_maxrss) is its own; on CUDA the
+# streamed side also reports torch.cuda.max_memory_allocated.
+def _corr_data(seed, n, n_feat, density):
+    """Sparse non-negative 'feature activations' x and y (y shares part of x), made per chunk."""
+    g = torch.Generator().manual_seed(seed)
+    mask = lambda: (torch.rand(n, n_feat, generator=g) < density).float()
+    x = torch.rand(n, n_feat, generator=g) * mask()
+    y = x[:, torch.randperm(n_feat, generator=g)] * mask() + torch.rand(n, n_feat, generator=g) * mask()
+    return x, y
+
+
+def _corr_worker(how, n_feat, n_tokens, chunk, density, device, q):
+    import analyze
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    if how == "streamed":
+        acc = analyze.CorrAccumulator(n_feat, n_feat, device)
+        for i, s in enumerate(range(0, n_tokens, chunk)):
+            x, y = _corr_data(i, min(chunk, n_tokens - s), n_feat, density)
+            acc.update(x.to(device), y.to(device))
+        r = acc.finalize().cpu().numpy()
+    else:  # every activation in memory (float32, as a harvest would hold them), then numpy.corrcoef
+        parts = [_corr_data(i, min(chunk, n_tokens - s), n_feat, density) for i, s in enumerate(range(0, n_tokens, chunk))]
+        x = torch.cat([p[0] for p in parts]).numpy()
+        y = torch.cat([p[1] for p in parts]).numpy()
+        del parts
+        r = np.nan_to_num(np.corrcoef(x.T, y.T)[:n_feat, n_feat:])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    q.put((dt, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, gpu, r[:64, :64]))
+
+
+def bench_corr(device="cpu", n_feat=2048, n_tokens=100_000, chunk=8192, density=0.02):
+    ctx, out = mp.get_context("spawn"), {}
+    for how in ("streamed", "naive"):
+        q = ctx.Queue()
+        p = ctx.Process(target=_corr_worker, args=(how, n_feat, n_tokens, chunk, density,
+                                                    device if how == "streamed" else "cpu", q))
+        p.start()
+        out[how] = q.get()
+        p.join()
+    (ts, ms, gs, rs), (tn, mn, _, rn) = out["streamed"], out["naive"]
+    print(f"corr {n_feat} x {n_feat} features, {n_tokens:,} tokens: streamed ({device}) {n_tokens / ts:,.0f} tok/s, "
+          f"peak +{ms:,.0f} MiB RSS" + (f", {gs:,.0f} MiB GPU" if gs is not None else "") +
+          f" | naive (numpy.corrcoef) {n_tokens / tn:,.0f} tok/s, peak +{mn:,.0f} MiB RSS"
+          f" | max |r diff| {np.abs(rs - rn).max():.1e}")
 
 
 if __name__ == "__main__":
@@ -115,7 +175,8 @@ if __name__ == "__main__":
         torch.set_num_threads(cfg["threads"])
     device = pick_device(cfg["device"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    parts = {"train": bench_train, "bpe": bench_bpe}
+    parts = {"train": bench_train, "bpe": bench_bpe,
+             "corr": lambda c, d: bench_corr(d, n_feat=2048, n_tokens=c["corr_tokens"])}
     for part in cfg["only"].split(","):
         if part in parts:
             parts[part](cfg, device)

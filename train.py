@@ -267,7 +267,8 @@ def main(argv=None):
             tps = tokens_per_iter / dt
             mfu = raw_model.flops_per_token() * tps / world / cfg["peak_flops"]
             print(f"iter {iter_num}/{max_iters}: loss {lossf:.4f}, {dt * 1000:.1f}ms, "
-                  f"{tps / 1e3:.1f}k tok/s, lr {lr_at(iter_num - 1):.2e}, mfu {mfu * 100:.2f}%")
+                  f"{tps / 1e3:.1f}k tok/s, lr {lr_at(iter_num - 1):.2e}" +
+                  (f", mfu {mfu * 100:.1f}%" if device_type == "cuda" else ""))  # MFU vs a GPU peak means nothing on a CPU
             t0, last_logged = time.time(), iter_num
         last = iter_num == max_iters
         stopping = cfg["stop_iter"] > 0 and iter_num >= cfg["stop_iter"]

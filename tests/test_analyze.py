@@ -1,0 +1,397 @@
+"""analyze.py: the streamed correlation against numpy.corrcoef (any chunk size, constant and dead
+features), classification, matching and families on constructed cases, the token set, the running
+top-k, an end-to-end run on tiny random models and SAEs, the --explain hook, and the one-line errors."""
+import json
+import os
+import re
+import sys
+import types
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+import analyze
+import data as datalib
+import sae as saelib
+from common import atomic_torch_save, atomic_write_json, sha256_file
+from model import ModelArgs, Transformer
+
+
+def corr(x, y, chunk, mm_dtype=torch.float64):
+    acc = analyze.CorrAccumulator(x.shape[1], y.shape[1], mm_dtype=mm_dtype)
+    for i in range(0, len(x), chunk):
+        acc.update(torch.as_tensor(x[i:i + chunk]), torch.as_tensor(y[i:i + chunk]))
+    return acc.finalize().numpy()
+
+
+def sparse_feats(rng, n, f, density=0.2):
+    return (rng.random((n, f)) < density) * rng.exponential(1.0, (n, f))
+
+
+# -----------------------------------------------------------------------------
+# streamed correlation
+
+def test_streamed_correlation_equals_numpy_corrcoef_for_any_chunk_size():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(600, 4)), sparse_feats(rng, 600, 5)], 1)
+    y = np.concatenate([x[:, :3] @ rng.normal(size=(3, 3)) + 0.5 * rng.normal(size=(600, 3)), sparse_feats(rng, 600, 4)], 1)
+    want = np.corrcoef(x.T, y.T)[:x.shape[1], x.shape[1]:]
+    results = [corr(x, y, chunk) for chunk in (1, 7, 64, 600)]
+    for r in results:
+        np.testing.assert_allclose(r, want, atol=1e-10)
+    # float32 products per chunk (the default) stay within 1e-5 of the exact answer
+    np.testing.assert_allclose(corr(x.astype(np.float32), y.astype(np.float32), 64, torch.float32), want, atol=1e-5)
+
+
+def test_shift_keeps_float32_exact_for_features_far_from_zero():
+    # a feature of mean 1000 and std 1: E[x^2] - E[x]^2 without the shift loses every digit in float32
+    rng = np.random.default_rng(1)
+    x = 1000 + rng.normal(size=(2000, 3))
+    y = x[:, :2] + 0.3 * rng.normal(size=(2000, 2))
+    want = np.corrcoef(x.T, y.T)[:3, 3:]
+    got = corr(x.astype(np.float32), y.astype(np.float32), 256, torch.float32)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_constant_and_dead_features_have_r_zero_not_nan():
+    rng = np.random.default_rng(2)
+    x = sparse_feats(rng, 300, 4)
+    x[:, 1] = 0.0     # dead
+    x[:, 2] = 3.5     # constant
+    y = np.concatenate([x[:, :1], np.zeros((300, 1)), np.full((300, 1), 0.1), sparse_feats(rng, 300, 2)], 1)
+    for chunk in (1, 50, 300):
+        r = corr(x, y, chunk)
+        assert np.isfinite(r).all()
+        assert (r[[1, 2]] == 0).all() and (r[:, [1, 2]] == 0).all()
+        assert r[0, 0] == pytest.approx(1.0)
+        keep_x, keep_y = [0, 3], [0, 3, 4]
+        np.testing.assert_allclose(r[np.ix_(keep_x, keep_y)],
+                                   np.corrcoef(x[:, keep_x].T, y[:, keep_y].T)[:2, 2:], atol=1e-10)
+
+
+def test_too_few_tokens_is_a_one_line_error():
+    acc = analyze.CorrAccumulator(2, 2)
+    acc.update(torch.ones(1, 2), torch.ones(1, 2))
+    with pytest.raises(SystemExit, match="cannot estimate a correlation"):
+        acc.finalize()
+
+
+# -----------------------------------------------------------------------------
+# classification, matching, families
+
+def constructed_edge():
+    """Parent features p0..p5 (p5 dead); the child copies p0 (index 0), scales p1 (index 2), permutes
+    p2 -> 3 and p3 -> 4, drops p4, adds a new feature (index 1) and a dead one (index 5)."""
+    rng = np.random.default_rng(3)
+    p = sparse_feats(rng, 2000, 6)
+    p[:, 5] = 0
+    c = np.stack([p[:, 0], sparse_feats(rng, 2000, 1)[:, 0], 2 * p[:, 1], p[:, 2], p[:, 3], np.zeros(2000)], 1)
+    return p, c
+
+
+def test_classify_copied_permuted_removed_new_and_dead_features():
+    p, c = constructed_edge()
+    r = corr(p, c, 500)
+    out = analyze.classify(r, (p > 0).sum(0) == 0, (c > 0).sum(0) == 0, 0.8)
+    assert out["parent_best"][:4].tolist() == [0, 2, 3, 4]                  # copies, found at their new index
+    np.testing.assert_allclose(out["parent_best_r"][:4], 1.0, atol=1e-12)
+    assert np.nonzero(out["persisting"])[0].tolist() == [0, 1, 2, 3]
+    assert np.nonzero(out["disappearing"])[0].tolist() == [4]               # removed
+    assert np.nonzero(out["emerging"])[0].tolist() == [1]                   # new
+    assert out["parent_best"][5] == -1 and out["child_best"][5] == -1       # dead: no partner
+    assert out["counts"] == {"parent_live": 5, "parent_dead": 1, "child_live": 5, "child_dead": 1, "persisting": 4,
+                             "disappearing": 1, "emerging": 1, "child_matched": 4, "pairs": 4}
+    assert sorted(map(tuple, out["pairs"].tolist())) == [(0, 0), (1, 2), (2, 3), (3, 4)]
+
+
+def test_dead_features_are_never_matched_even_at_a_low_threshold():
+    r = np.array([[0.9, 0.0], [0.0, 0.0]])
+    out = analyze.classify(r, np.array([False, True]), np.array([False, True]), 0.01)
+    assert out["counts"]["disappearing"] == 0 and out["counts"]["emerging"] == 0
+    assert out["counts"]["parent_dead"] == 1 and out["counts"]["child_dead"] == 1 and out["counts"]["pairs"] == 1
+
+
+def test_one_to_one_matching_is_one_to_one_greedy_and_maximal():
+    r = np.array([[0.95, 0.90, 0.1], [0.85, 0.2, 0.3], [0.1, 0.88, 0.82]])
+    pairs, vals = analyze.match_one_to_one(r, 0.8)
+    assert pairs.tolist() == [[0, 0], [2, 1]] and vals.tolist() == [0.95, 0.88]   # (1, 0) lost to (0, 0)
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        r = rng.random((30, 25))
+        pairs, vals = analyze.match_one_to_one(r, 0.7)
+        assert len(set(pairs[:, 0])) == len(pairs) and len(set(pairs[:, 1])) == len(pairs)
+        assert (vals >= 0.7).all() and (np.diff(vals) <= 0).all()
+        free = r >= 0.7
+        free[pairs[:, 0], :] = False
+        free[:, pairs[:, 1]] = False
+        assert not free.any()                                                 # maximal: no pair left to add
+
+
+def cls_from(r, dead_p=None, dead_c=None, thr=0.8):
+    r = np.asarray(r, dtype=float)
+    dp = np.zeros(r.shape[0], bool) if dead_p is None else np.asarray(dead_p)
+    dc = np.zeros(r.shape[1], bool) if dead_c is None else np.asarray(dead_c)
+    return analyze.classify(r, dp, dc, thr)
+
+
+def test_families_on_a_constructed_tree():
+    # base b0..b5 (b5 dead); lua l0..l4, tinystories t0..t4, luastories L0..L5
+    bl = np.zeros((6, 5)); bl[0, 0] = bl[2, 2] = bl[3, 3] = 1          # b0->l0, b2->l2, b3->l3; l4 new in lua
+    bt = np.zeros((6, 5)); bt[1, 1] = bt[2, 2] = 1                     # b1->t1, b2->t2; t0, t3, t4 new
+    lL = np.zeros((5, 6)); lL[0, 0] = lL[2, 2] = lL[4, 4] = 1          # l0->L0, l2->L2, l4->L4 (l3 lost)
+    tL = np.zeros((5, 6)); tL[1, 1] = tL[2, 2] = tL[3, 3] = 1          # t1->L1, t2->L2, t3->L3
+    dead_b = np.array([0, 0, 0, 0, 0, 1], bool)
+    cls = {"base->lua": cls_from(bl, dead_b), "base->tinystories": cls_from(bt, dead_b),
+           "lua->luastories": cls_from(lL), "tinystories->luastories": cls_from(tL)}
+    counts, code, _ = analyze.families(cls)
+    assert counts["base_live"] == 5
+    assert counts["fine_tunes"] == {"both": 1, "lua_only": 2, "tinystories_only": 1, "neither": 1}
+    assert counts["reach"] == {"both": 1, "lua_only": 1, "tinystories_only": 1, "neither": 0}
+    assert counts["paths"] == {"both": 1, "lua_only": 1, "tinystories_only": 1, "neither": 2}
+    assert counts["new_lua"] == {"n": 2, "reach": 1}                   # l1, l4; l4 reaches
+    assert counts["new_tinystories"] == {"n": 3, "reach": 1}           # t0, t3, t4; t3 reaches
+    assert counts["new_luastories"] == 1                               # L5
+    assert code.tolist() == [1 + 4, 2 + 8, 1 + 2 + 4 + 8, 1, 0, -1]
+
+
+# -----------------------------------------------------------------------------
+# token set, running top-k, windows, logit effects
+
+def test_token_set_is_seeded_shared_out_and_made_of_distinct_windows():
+    arrays = {"a": np.arange(1000) % 65000, "b": 5000 + np.arange(160), "c": np.arange(3)}
+    s1, n1 = analyze.draw_token_set(arrays, 400, 16, seed=7)
+    s2, _ = analyze.draw_token_set(arrays, 400, 16, seed=7)
+    s3, _ = analyze.draw_token_set(arrays, 400, 16, seed=8)
+    assert np.array_equal(s1, s2) and not np.array_equal(s1, s3)
+    assert n1 == {"a": 9, "b": 8, "c": 0}                               # 25 windows asked: b has 10, c none
+    assert s1.shape == (17, 16) and len({tuple(r) for r in s1}) == 17
+    assert all((np.diff(r) == 1).all() for r in s1)                     # contiguous windows of the arrays
+
+
+def test_running_topk_equals_the_global_topk_of_sequence_maxima():
+    rng = np.random.default_rng(5)
+    T, Fn, n_seq = 8, 6, 50
+    f = torch.tensor(sparse_feats(rng, n_seq * T, Fn, 0.05), dtype=torch.float32)
+    st = analyze.stats_init(Fn, 5, "cpu")
+    for s in range(0, n_seq, 7):
+        b = min(7, n_seq - s)
+        analyze.stats_update(st, f[s * T:(s + b) * T], s, b)
+    smax = f.view(n_seq, T, Fn).amax(1)
+    want = smax.topk(5, dim=0)
+    torch.testing.assert_close(st["top_v"], want.values)
+    assert torch.equal(smax.gather(0, st["top_i"]), st["top_v"])
+    assert torch.equal(st["nnz"], (f > 0).sum(0).double())
+
+
+def test_window_start_keeps_the_max_inside():
+    for t in range(32):
+        s = analyze.window_start(t, 32, 12)
+        assert 0 <= s <= 20 and s <= t < s + 12
+    assert analyze.window_start(20, 32, 12) == 11                        # 3/4 of the window before the max
+
+
+def test_logit_effects_follow_w_out_norm_gain_and_lm_head():
+    torch.manual_seed(0)
+    m = Transformer(ModelArgs(vocab_size=50, block_size=8, d_model=16, n_head=2, n_kv_head=1, d_mlp=24))
+    with torch.no_grad():
+        m.norm_f.weight.uniform_(0.5, 2.0)
+    d = torch.randn(3, 24)
+    ti, tv, bi, bv = analyze.logit_effects(m, d, n=4)
+    full = (d @ m.mlp.down.weight.T * m.norm_f.weight) @ m.lm_head.weight.T   # (3, 50)
+    for k in range(3):
+        order = torch.argsort(full[k], descending=True)
+        assert ti[k].tolist() == order[:4].tolist() and bi[k].tolist() == order.flip(0)[:4].tolist()
+        np.testing.assert_allclose(tv[k], full[k, order[:4]].detach().numpy(), rtol=1e-5)
+
+
+def test_json_for_script_cannot_close_the_script_or_inject_html():
+    nasty = {"t": "</script><script>alert(1)</script>", "u": "a & b \u2028 <!--"}
+    s = analyze.json_for_script(nasty)
+    assert not set("<>&\u2028") & set(s) and json.loads(s) == nasty
+
+
+# -----------------------------------------------------------------------------
+# end to end on tiny random models, SAEs and token files
+
+ARGS = ModelArgs(vocab_size=257, block_size=16, d_model=32, n_head=4, n_kv_head=2, d_mlp=64)
+N_FEAT, N_DEAD = 96, 5
+
+
+def write_tokenizer(data_dir):
+    """A byte-level tokenizer (256 byte tokens + <|endoftext|>) in data.py's files."""
+    tdir = os.path.join(data_dir, "tokenizer")
+    os.makedirs(tdir, exist_ok=True)
+    import base64
+    with open(os.path.join(tdir, "bpe.tiktoken"), "w") as f:
+        f.writelines(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256))
+    atomic_write_json(os.path.join(tdir, "tokenizer.json"), {"name": "bytes257", "vocab_size": 257, "pattern": datalib.PATTERN,
+                                                             "special_tokens": {datalib.EOT: 256}})
+    return datalib.tokenizer_hash(data_dir)
+
+
+def make_study(root, null_models=("base", "lua", "tinystories"), val_tokens=1500, source="sample"):
+    """data/ with val splits of bytes of text, out/ with four models (lua and luastories are exact copies
+    of base, tinystories another random model) and their SAEs (lua's and luastories' copy base's, with
+    N_DEAD dead features), seed-1 SAEs for null_models, and a merge sweep."""
+    data_dir, out_dir = os.path.join(root, "data"), os.path.join(root, "out")
+    th = write_tokenizer(data_dir)
+    texts = {"base": "def main():\n    return 'ok' # the <b>cat</b> & \"dog\" </script>\n",
+             "lua": "local t = {} for i = 1, 10 do t[i] = i end\n", "tinystories": "Once upon a time, a dog ran.\n"}
+    for d, text in texts.items():
+        ids = (list(text.encode()) + [256]) * (val_tokens // (len(text) + 1) + 1)
+        os.makedirs(os.path.join(data_dir, d), exist_ok=True)
+        np.asarray(ids[:val_tokens], dtype=np.uint16).tofile(os.path.join(data_dir, d, "val.bin"))
+        atomic_write_json(os.path.join(data_dir, d, "meta.json"), {"domain": d, "source": source, "dtype": "uint16",
+                                                                   "vocab_size": 257, "tokenizer_hash": th})
+    torch.manual_seed(0)
+    base = Transformer(ARGS).state_dict()
+    states = {"base": base, "lua": base, "tinystories": Transformer(ARGS).state_dict(), "luastories": base}
+    for name, state in states.items():
+        ck = {"model": state, "model_args": asdict(ARGS), "config": {}, "name": name, "domain": name, "iter_num": 0,
+              "tokenizer_hash": th, "parents": [], "val_loss": {}, "provenance": {}}
+        atomic_torch_save(ck, os.path.join(out_dir, name, "ckpt.pt"))
+        for seed in (0, 1):
+            if seed == 1 and name not in null_models:
+                continue
+            init_seed = (0 if name in ("base", "lua", "luastories") else 1) if seed == 0 else 10 + seed
+            write_sae(out_dir, name, seed, ck, saelib.init_sae(ARGS.d_mlp, N_FEAT, "relu", 0, init_seed))
+    atomic_write_json(os.path.join(out_dir, "merge_sweep.json"), {
+        "t": [0, 0.5, 1], "loss": {"lua": [1.0, 2.0, 3.0], "tinystories": [3.0, 2.0, 1.0]}, "a": {"name": "lua"},
+        "b": {"name": "tinystories"}, "crossing_t": 0.5})
+    return data_dir, out_dir
+
+
+def write_sae(out_dir, name, seed, model_ckpt, sae, d_in=None):
+    with torch.no_grad():
+        sae.b_enc[:N_DEAD] = -1e4                                             # dead on any input
+    path = saelib.sae_path(out_dir, name, seed)
+    atomic_torch_save({"sae": sae.state_dict(), "sae_args": saelib.sae_args(sae), "finished": True, "seed": seed,
+                       "step": 1, "total_steps": 1, "model_name": name,
+                       "model_hash": sha256_file(os.path.join(out_dir, name, "ckpt.pt")),
+                       "model_fingerprint": saelib.model_fingerprint(model_ckpt),
+                       "tokenizer_hash": model_ckpt["tokenizer_hash"], "config": {}, "metrics": {"fvu": 0.25, "l0": 9.0},
+                       "provenance": {}}, path)
+
+
+def run(data_dir, out_dir, *extra):
+    return analyze.main(["--preset=tiny", f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--device=cpu",
+                         "--n_tokens=2048", "--min_tokens=1024", "--batch_size=16", "--n_select=2", "--ctx_window=12",
+                         *extra])
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    data_dir, out_dir = make_study(str(root))
+    res = run(data_dir, out_dir)
+    return data_dir, out_dir, res
+
+
+def test_end_to_end_results_and_report(study):
+    data_dir, out_dir, res = study
+    disk = json.load(open(os.path.join(out_dir, "analysis", "results.json")))
+    for k in ("threshold", "token_set", "models", "edges", "null", "null_missing", "families", "density", "selection",
+              "provenance"):
+        assert k in disk
+    assert list(disk["edges"]) == ["base->lua", "base->tinystories", "lua->luastories", "tinystories->luastories",
+                                   "base->luastories"]
+    ts = disk["token_set"]
+    assert ts["n_tokens"] == 2048 and ts["per_domain"] == {"base": 43, "lua": 43, "tinystories": 42} and ts["smoke_scale_demo"]
+    # lua is base with base's SAE: every live feature persists onto itself with r = 1, nothing else happens
+    e = disk["edges"]["base->lua"]
+    live = e["counts"]["parent_live"]
+    assert e["counts"]["parent_dead"] == N_DEAD and live == N_FEAT - N_DEAD
+    assert e["counts"]["persisting"] == live and e["counts"]["disappearing"] == 0 and e["counts"]["emerging"] == 0
+    assert e["parent_best"]["feature"][N_DEAD:] == list(range(N_DEAD, N_FEAT)) and min(e["parent_best"]["r"][N_DEAD:]) >= 0.9999
+    assert e["parent_best"]["feature"][:N_DEAD] == [-1] * N_DEAD
+    assert e["one_to_one"]["n"] == live and e["one_to_one"]["mean_cos"] == pytest.approx(1.0)
+    assert e["null_parent_persisting_frac"] == disk["null"]["base"]["persisting_frac"]
+    assert e["null_child_persisting_frac"] == disk["null"]["lua"]["persisting_frac"]
+    assert disk["edges"]["lua->luastories"]["null_child_persisting_frac"] is None   # no seed-1 SAE for luastories
+    assert disk["null_missing"] == ["luastories"] and set(disk["null"]) == {"base", "lua", "tinystories"}
+    f = disk["families"]["counts"]
+    assert f["base_live"] == live and f["fine_tunes"]["both"] + f["fine_tunes"]["lua_only"] == live
+    assert f["reach"]["both"] + f["reach"]["lua_only"] == live                     # lua and luastories are base
+    assert len(disk["density"]["base"]) == N_FEAT and sum(d == 0 for d in disk["density"]["base"]) == N_DEAD
+    assert set(disk["provenance"]["saes"]["base"]) == {"s0", "s1"} and disk["provenance"]["token_set_seed"] == 0
+    # the report: offline, escaped, labelled as a smoke-scale demo, with every section
+    page = open(os.path.join(out_dir, "analysis", "report.html"), encoding="utf-8").read()
+    assert "://" not in page and not re.search(r"\bsrc\s*=", page) and "@import" not in page
+    assert "Smoke-scale demo" in page and "base-&gt;lua" in page and "Merge sweep" in page
+    assert page.count("<svg") >= 1 + 5 + 3 + 1                                     # flow, 5 + 3 histograms, sweep
+    blob = page.split('id="data">')[1].split("</script>")[0]
+    assert "<" not in blob and ">" not in blob
+    data = json.loads(blob)
+    assert data["pages"] and all(len(p["top"]) <= 8 for p in data["pages"].values())
+    key = data["sel"][0]["persisting"][0]
+    assert data["pages"][key]["trail"] and len(data["pages"][key]["pos"]) == 10
+
+
+def test_printed_edge_table(tmp_path, capsys):
+    data_dir, out_dir = make_study(str(tmp_path), null_models=("base",))
+    run(data_dir, out_dir, "--models=base,lua")
+    out = capsys.readouterr().out
+    assert re.search(r"base->lua\s+91\s+91\s+91 \(100%\)\s+0\s+0\s+5/5\s+\d+%", out)
+    assert "no seed-1 SAE for lua" in out and "report.html" in out
+
+
+def test_explain_hook_gets_contexts_and_its_answers_reach_the_report(study, tmp_path, monkeypatch):
+    data_dir, out_dir, _ = study
+    seen = {}
+
+    def explain_features(features, cfg):
+        seen["features"], seen["cfg"] = features, cfg
+        return {f["key"]: {"explanation": f"fires on <{f['key']}>", "score": 0.5} for f in features}
+
+    monkeypatch.setitem(sys.modules, "explain", types.SimpleNamespace(explain_features=explain_features))
+    out2 = str(tmp_path / "out")
+    import shutil
+    shutil.copytree(out_dir, out2)
+    res = run(data_dir, out2, "--explain", "--llm_model=m1", "--n_random=4")
+    feats = seen["features"]
+    assert feats and seen["cfg"]["llm_model"] == "m1" and "api_base" not in seen["cfg"]
+    for f in feats:
+        assert f["key"] == f"{f['model']}/{f['feature']}" and 0 < len(f["top"]) <= 20 and len(f["random"]) == 4
+        for c in f["top"] + f["random"]:
+            assert len(c["tokens"]) == len(c["acts"]) == 12 and all(isinstance(t, str) for t in c["tokens"])
+        maxes = [max(c["acts"]) for c in f["top"]]
+        assert maxes == sorted(maxes, reverse=True) and maxes[0] > 0
+    assert res["explanations"][feats[0]["key"]]["score"] == 0.5
+    page = open(os.path.join(out2, "analysis", "report.html"), encoding="utf-8").read()
+    assert "fires on \\u003c" in page                                          # escaped in the embedded JSON
+
+
+# -----------------------------------------------------------------------------
+# errors
+
+def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch):
+    data_dir, out_dir = make_study(str(tmp_path))
+    with pytest.raises(SystemExit, match=r"needed to estimate a correlation"):
+        run(data_dir, out_dir, "--n_tokens=256")
+    with pytest.raises(SystemExit, match=r"--threshold must be in \(0, 1\]"):
+        run(data_dir, out_dir, "--threshold=0")
+    monkeypatch.setitem(sys.modules, "explain", None)                       # as if explain.py were absent
+    with pytest.raises(SystemExit, match="--explain needs explain.py"):
+        run(data_dir, out_dir, "--explain")
+    monkeypatch.undo()
+
+    os.rename(saelib.sae_path(out_dir, "tinystories", 0), str(tmp_path / "keep.pt"))
+    with pytest.raises(SystemExit, match="python sae.py --model tinystories"):
+        run(data_dir, out_dir)
+    os.rename(str(tmp_path / "keep.pt"), saelib.sae_path(out_dir, "tinystories", 0))
+
+    ck = torch.load(os.path.join(out_dir, "lua", "ckpt.pt"), weights_only=False)
+    write_sae(out_dir, "lua", 0, ck, saelib.init_sae(32, 64, "relu", 0, 3))
+    with pytest.raises(SystemExit, match="takes 32-wide inputs but model 'lua' has d_mlp 64"):
+        run(data_dir, out_dir)
+
+    ck["tokenizer_hash"] = "0123456789abcdef"
+    atomic_torch_save(ck, os.path.join(out_dir, "lua", "ckpt.pt"))
+    with pytest.raises(SystemExit, match="different tokenizers"):
+        run(data_dir, out_dir)
+
+    os.remove(os.path.join(out_dir, "luastories", "ckpt.pt"))
+    with pytest.raises(SystemExit, match="python merge.py"):
+        run(data_dir, out_dir)
