@@ -60,6 +60,8 @@ config = dict(
     sae_seed=0,                 # the SAEs tracked
     null_seed=1,                # the second SAE per model for the null baseline (sae.py --seeds 0,1)
     threshold=0.8,              # Pearson r for a match (the study's value)
+    skip_first=1,               # positions < skip_first are left out, as sae.py leaves them out of training and
+                                # metrics (position 0 has no context and outlier norms)
     batch_size=32,              # sequences per chunk
     corr_dtype="float32",       # per-chunk x^T y products (running sums are float64 regardless)
     n_select=6,                 # per edge and category, this many features get a full page
@@ -277,7 +279,7 @@ def window_start(t, T, w):
 
 
 @torch.no_grad()
-def collect_contexts(model, sae, seqs, feats, top_seqs, rand, w, batch, device):
+def collect_contexts(model, sae, seqs, feats, top_seqs, rand, w, batch, device, skip=0):
     """Token windows for features `feats` of one model: each one's top sequences cut to w tokens around
     the max, and the shared random windows rand [(seq, start)]. Re-runs the model on only the
     sequences needed. Returns {feature: {"top": [(ids, acts)] by max act, descending, "random": [...]}}."""
@@ -295,6 +297,7 @@ def collect_contexts(model, sae, seqs, feats, top_seqs, rand, w, batch, device):
         x = torch.from_numpy(seqs[ids]).to(device)
         h = model.mlp_acts(x).reshape(-1, model.args.d_mlp).float()
         a = sae.encode(h)[:, idx].view(len(ids), T, -1).float().cpu().numpy()  # (b, T, n_feats)
+        a[:, :skip] = 0.0  # positions left out of the statistics are shown, never counted
         for k, s in enumerate(ids):
             for f, st in want[s]:
                 if f is None:
@@ -712,16 +715,19 @@ def main(argv=None):
     # the evaluation token set: drawn once, used by every model
     arrays = {d: datalib.load_tokens(data_dir, d, "val") for d in cfg["domains"]}
     seqs, per_dom = draw_token_set(arrays, cfg["n_tokens"], T, cfg["seed"])
-    n_seq, n_tok = len(seqs), seqs.size
+    skip = cfg["skip_first"]
+    if not 0 <= skip < T - 1:
+        die(f"--skip_first {skip} must be in [0, block_size - 1) = [0, {T - 1})")
+    n_seq, n_tok = len(seqs), len(seqs) * (T - skip)  # tokens that enter every statistic
     if n_tok < max(cfg["min_tokens"], 2):
         die(f"the evaluation token set has {n_tok} tokens ({', '.join(f'{d}: {k} windows of {T}' for d, k in per_dom.items())}), "
             f"fewer than the {cfg['min_tokens']} needed to estimate a correlation; prepare more val data "
             f"(python data.py) or raise --n_tokens")
     sources = {d: datalib.read_meta(data_dir, d).get("source") for d in cfg["domains"]}
     smoke = "sample" in sources.values()
-    print(f"token set: {n_tok:,} tokens = {n_seq} windows of {T} (" + ", ".join(f"{d} {k}" for d, k in per_dom.items())
+    print(f"token set: {n_tok:,} tokens = {n_seq} windows of {T} (positions >= {skip}; " + ", ".join(f"{d} {k}" for d, k in per_dom.items())
           + f") from the val splits, seed {cfg['seed']}" + (f"; asked for {cfg['n_tokens']:,}, the val splits hold fewer"
-                                                             if n_tok < cfg["n_tokens"] - T else ""))
+                                                             if seqs.size < cfg["n_tokens"] - T else ""))
     print("SAEs: " + ", ".join(f"{m} {S[(m, s0)].n_features}" for m in models) + f" features; null baseline (seed {s0} vs "
           f"{s1}) for {', '.join(nulls) or 'no model'}" + (f"; no seed-{s1} SAE for {', '.join(null_missing)}" if null_missing else ""))
     print(f"{len(edges)} edges + {len(nulls)} null pairs, chunks of {cfg['batch_size']} x {T} tokens, "
@@ -738,7 +744,7 @@ def main(argv=None):
             x = torch.from_numpy(seqs[start:start + B]).to(device)                # (b, T)
             f = {}
             for m in models:
-                h = M[m].mlp_acts(x).reshape(-1, d_mlp).float()                  # (b*T, d_mlp)
+                h = M[m].mlp_acts(x)[:, skip:].reshape(-1, d_mlp).float()        # (b*(T-skip), d_mlp)
                 for k in ((m, s0), (m, s1)):
                     if k in S:
                         f[k] = S[k].encode(h)                                     # (b*T, n_features)
@@ -746,7 +752,7 @@ def main(argv=None):
             for n, a, b in pairs:
                 acc[n].update(f[a], f[b])
             if (c + 1) % max(1, n_chunks // 10) == 0 or c + 1 == n_chunks:
-                done = min(start + B, n_seq) * T
+                done = min(start + B, n_seq) * (T - skip)
                 print(f"chunk {c + 1}/{n_chunks}: {done:,} tokens, {done / (time.time() - t0):,.0f} tok/s")
     t_stream = time.time() - t0
 
@@ -817,7 +823,7 @@ def main(argv=None):
                 continue
             st = stats[(m, s0)]
             top_seqs = {i: [int(s) for s, v in zip(st["top_i"][:, i].tolist(), st["top_v"][:, i].tolist()) if v > 0] for i in feats}
-            got = collect_contexts(M[m], S[(m, s0)], seqs, feats, top_seqs, rand, w, B, device)
+            got = collect_contexts(M[m], S[(m, s0)], seqs, feats, top_seqs, rand, w, B, device, skip)
             ti, tv, bi, bv = logit_effects(M[m], S[(m, s0)].W_dec[torch.tensor(feats, device=S[(m, s0)].W_dec.device)])
             for k, i in enumerate(feats):
                 ctx[(m, i)] = got[i]
@@ -848,7 +854,7 @@ def main(argv=None):
     sweep = common.read_json(sweep_path) if os.path.exists(sweep_path) else None
     res = {"threshold": thr, "matching": "one-to-one: greedy on r (highest first, each feature once); "
                                          "many-to-many: every pair with r >= threshold",
-           "token_set": {"n_tokens": int(n_tok), "n_seq": n_seq, "block_size": T, "per_domain": per_dom, "seed": cfg["seed"],
+           "token_set": {"n_tokens": int(n_tok), "n_seq": n_seq, "block_size": T, "skip_first": skip, "per_domain": per_dom, "seed": cfg["seed"],
                          "sources": sources, "smoke_scale_demo": smoke},
            "models": {m: {"n_features": S[(m, s0)].n_features, "live": int((~dead[(m, s0)]).sum()),
                           "dead": int(dead[(m, s0)].sum()),

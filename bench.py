@@ -118,6 +118,46 @@ def bench_bpe(cfg, device):
         print(f"bpe trainer: {mb:.1f} MB of {what}, vocab {vocab}: {dt:.1f} s = {mb / dt:.2f} MB/s")
 
 
+# --- sae: our SAE training step vs SAELens's standard SAE on the same shapes and batch
+def bench_sae(cfg, device):
+    import sae as S
+    d_in, n_feat, batch = {"tiny": (256, 2048, 3072), "paper": (1024, 16384, 3072)}[cfg["shapes"]]
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(batch, d_in, generator=g).relu() * 2).to(device)  # non-negative-ish, like MLP activations
+    print(f"sae step, {cfg['shapes']} shapes: {d_in} -> {n_feat} features, batch {batch} activations, device {device}")
+    results = {}
+    for arch in ("relu", "topk"):
+        ours = S.init_sae(d_in, n_feat, arch, 32, seed=0).to(device)
+        opt = torch.optim.Adam(ours.parameters(), lr=1e-4, betas=(0.9, 0.9999))
+        dead = torch.zeros(n_feat, dtype=torch.bool, device=device)
+        dead[: n_feat // 10] = True  # AuxK on 10% dead latents, so the topk step includes its extra cost
+        results[f"ours (sae.py {arch}: unit-norm decoder{', AuxK' if arch == 'topk' else ', L1'})"] = (
+            lambda s=ours, o=opt: S.train_step(s, o, x, 1e-4, l1_coeff=5.0, dead_mask=dead, aux_k=d_in // 2, aux_coeff=1 / 32))
+    try:
+        from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+        from sae_lens.saes.sae import TrainStepInput
+        peer = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=n_feat, device=device, l1_coefficient=5.0))
+        popt = torch.optim.Adam(peer.parameters(), lr=1e-4, betas=(0.9, 0.9999))
+
+        def peer_step():
+            out = peer.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l1": 5.0}, dead_neuron_mask=None,
+                                                            n_training_steps=0, is_logging_step=False))
+            popt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            popt.step()
+        results["peer (SAELens StandardTrainingSAE: decoder-norm-weighted L1)"] = peer_step
+    except ImportError:
+        print("  (sae-lens not installed: pip install -r requirements-bench.txt for the peer)")
+    aps = {}
+    for name, step in results.items():
+        dt = timeit(step, cfg["steps"], device)
+        aps[name] = batch / dt
+        print(f"  {name:62s} {dt * 1000:8.1f} ms/step  {aps[name] / 1e3:9.1f}k act/s")
+    if len(aps) == 3:
+        relu, _, peer = aps.values()
+        print(f"  ratio ours relu / peer: {relu / peer:.2f}x")
+
+
 # --- corr: analyze.py's streamed correlation vs all activations in memory + numpy.corrcoef
 # Each method runs in a fresh process so its peak resident memory (ru_maxrss) is its own; on CUDA the
 # streamed side also reports torch.cuda.max_memory_allocated.
@@ -175,7 +215,7 @@ if __name__ == "__main__":
         torch.set_num_threads(cfg["threads"])
     device = pick_device(cfg["device"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    parts = {"train": bench_train, "bpe": bench_bpe,
+    parts = {"train": bench_train, "bpe": bench_bpe, "sae": bench_sae,
              "corr": lambda c, d: bench_corr(d, n_feat=2048, n_tokens=c["corr_tokens"])}
     for part in cfg["only"].split(","):
         if part in parts:

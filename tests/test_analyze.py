@@ -298,7 +298,7 @@ def test_end_to_end_results_and_report(study):
     assert list(disk["edges"]) == ["base->lua", "base->tinystories", "lua->luastories", "tinystories->luastories",
                                    "base->luastories"]
     ts = disk["token_set"]
-    assert ts["n_tokens"] == 2048 and ts["per_domain"] == {"base": 43, "lua": 43, "tinystories": 42} and ts["smoke_scale_demo"]
+    assert ts["n_tokens"] == 128 * (16 - 1) and ts["per_domain"] == {"base": 43, "lua": 43, "tinystories": 42} and ts["smoke_scale_demo"]
     # lua is base with base's SAE: every live feature persists onto itself with r = 1, nothing else happens
     e = disk["edges"]["base->lua"]
     live = e["counts"]["parent_live"]
@@ -361,6 +361,54 @@ def test_explain_hook_gets_contexts_and_its_answers_reach_the_report(study, tmp_
     assert res["explanations"][feats[0]["key"]]["score"] == 0.5
     page = open(os.path.join(out2, "analysis", "report.html"), encoding="utf-8").read()
     assert "fires on \\u003c" in page                                          # escaped in the embedded JSON
+
+
+def test_explain_end_to_end_with_a_local_llm_stub(study, tmp_path, monkeypatch):
+    """The real explain.py against an OpenAI-compatible stub on 127.0.0.1: explanations and scores land
+    in results.json and on the report's feature pages."""
+    import json as _json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Stub(BaseHTTPRequestHandler):
+        def do_POST(self):
+            msgs = _json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"]
+            if "predict" in msgs[0]["content"]:   # simulation: 10 on tokens holding a digit, 0 elsewhere
+                toks = re.findall(r"^(\d+)\t(.*)$", msgs[-1]["content"], flags=re.M)
+                text = "\n".join(f"{i}\t{10 if re.search(r'[0-9]', tok) else 0}" for i, tok in toks)
+            else:
+                text = "digits and numbers"
+            body = _json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    data_dir, out_dir, _ = study
+    out2 = str(tmp_path / "out")
+    import shutil
+    shutil.copytree(out_dir, out2)
+    try:
+        res = run(data_dir, out2, "--explain", f"--api_base=http://127.0.0.1:{srv.server_port}/v1", "--llm_model=stub")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    ex = res["explanations"]
+    assert ex and all(v["explanation"] == "digits and numbers" for v in ex.values())
+    scores = [v["score"] for v in ex.values() if v["score"] is not None]
+    assert scores and all(-1.0 <= s <= 1.0 for s in scores)
+    disk = json.load(open(os.path.join(out2, "analysis", "results.json")))
+    assert disk["explanations"] == json.loads(json.dumps(ex))
+    page = open(os.path.join(out2, "analysis", "report.html"), encoding="utf-8").read()
+    assert "digits and numbers" in page
 
 
 # -----------------------------------------------------------------------------

@@ -1,0 +1,337 @@
+"""sae.py: metric known answers, the SAE's invariants (unit decoder rows, TopK, scale folding,
+resampling, geometric median), feature recovery on synthetic data, and the training script end to
+end on tiny random models: seeds share one stream, resumes continue exactly, one-line errors."""
+import json
+import math
+import os
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+import sae as S
+from common import atomic_torch_save, sha256_file
+from model import ModelArgs, Transformer
+
+V = 64
+MARGS = dict(vocab_size=V, block_size=32, d_model=32, n_head=4, n_kv_head=2, d_mlp=32)
+# a run of 24 steps x 32 activations; buffers of 4 batches, so resumes land inside a buffer
+RUN = ["--preset=tiny", "--expansion=2", "--seqs_per_batch=8", "--tokens_per_seq=4", "--total_acts=768",
+       "--buffer_batches=4", "--harvest_batch=16", "--eval_seqs=12", "--eval_batch=6", "--lr=3e-3",
+       "--log_interval=8", "--eval_interval=1000", "--ckpt_interval=1000", "--dead_window=64",
+       "--resample_every=6", "--resample_until=0.8", "--device=cpu"]
+
+
+def write_domain(data_dir, domain, seed, tok_hash="tok-A", n=4000):
+    """A token stream with some structure (each token mostly follows from the previous one)."""
+    rng = np.random.default_rng(seed)
+    mult = {"base": 5, "lua": 7, "tinystories": 11}[domain]
+    toks = np.empty(n, dtype=np.uint16)
+    toks[0] = 1
+    for i in range(1, n):
+        toks[i] = rng.integers(V) if rng.random() < 0.2 else (toks[i - 1] * mult + 3) % V
+    d = os.path.join(data_dir, domain)
+    os.makedirs(d, exist_ok=True)
+    toks[: n * 9 // 10].tofile(os.path.join(d, "train.bin"))
+    toks[n * 9 // 10:].tofile(os.path.join(d, "val.bin"))
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump({"domain": domain, "source": "test", "vocab_size": V, "dtype": "uint16", "tokenizer_hash": tok_hash}, f)
+
+
+def write_model(out_dir, name, seed, tok_hash="tok-A", **over):
+    torch.manual_seed(seed)
+    args = ModelArgs(**{**MARGS, **over})
+    model = Transformer(args)
+    ckpt = {"model": model.state_dict(), "model_args": asdict(args), "config": {}, "name": name, "domain": name,
+            "iter_num": 0, "tokenizer_hash": tok_hash, "parents": [], "val_loss": {}, "provenance": {}}
+    atomic_torch_save(ckpt, os.path.join(out_dir, name, "ckpt.pt"))
+    return ckpt
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # every shape here is tiny: one thread is fastest and does not spin on a shared, busy CPU
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    data, out = str(tmp_path / "data"), str(tmp_path / "out")
+    for i, d in enumerate(("base", "lua", "tinystories")):
+        write_domain(data, d, seed=i)
+    for i, m in enumerate(("base", "lua")):
+        write_model(out, m, seed=i)
+    return data, out
+
+
+def run(dirs, *args, out=None):
+    return S.main([*RUN, f"--data_dir={dirs[0]}", f"--out_dir={out or dirs[1]}", *args])
+
+
+def ck(out, model, seed):
+    return torch.load(S.sae_path(out, model, seed), weights_only=False)
+
+
+def random_sae(arch="relu", d=16, n=48, k=5, seed=0):
+    sae = S.init_sae(d, n, arch, k, seed)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.3, generator=torch.Generator().manual_seed(seed + 1))
+        sae.b_dec.normal_(0, 1.0, generator=torch.Generator().manual_seed(seed + 2))
+    return sae
+
+
+# -----------------------------------------------------------------------------
+# metrics: known answers
+
+def test_fvu_known_answers_and_whole_set_accumulation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 8, generator=g) * torch.arange(1, 9) + 3.0
+    assert S.fvu(x, x.mean(0).expand_as(x)) == pytest.approx(1.0, abs=1e-9)
+    assert S.fvu(x, x.clone()) == 0.0
+    # accumulating sums over uneven batches gives the whole-set value, not a mean of per-batch ratios
+    x_hat = x + torch.randn(500, 8, generator=g) * (1 + 4 * (torch.arange(500) < 20))[:, None]  # bad on batch 1
+    sse, sx, sq, n, ratios = 0.0, 0.0, 0.0, 0, []
+    for a, b in ((0, 20), (20, 500)):
+        xb, hb = x[a:b].double(), x_hat[a:b].double()
+        sse, sx, sq, n = sse + (xb - hb).pow(2).sum(), sx + xb.sum(0), sq + xb.pow(2).sum(), n + b - a
+        ratios.append(S.fvu(x[a:b], x_hat[a:b]))
+    assert S.fvu_from_sums(sse, sx, sq, n) == pytest.approx(S.fvu(x, x_hat), rel=1e-9)
+    assert abs(np.mean(ratios) - S.fvu(x, x_hat)) > 0.01
+
+
+def test_sparsity_metrics_and_ce_formula():
+    f = torch.tensor([[0.0, 1.0, 2.0, 0.0], [0.0, 0.0, 3.0, 0.0], [0.0, 0.5, 1.0, 0.0]])
+    assert S.l0(f) == pytest.approx(5 / 3)
+    fires = (f > 0).sum(0)                                   # [0, 2, 3, 0] of 3 tokens
+    assert S.dead_fraction(fires) == 0.5
+    assert S.dense_fraction(fires, 3) == 0.5 and S.dense_fraction(fires, 100) == 0.0
+    h = S.density_histogram(torch.tensor([0, 1, 10, 100, 1000]), 1000)
+    assert h["dead"] == 1 and sum(h["counts"]) == 4
+    centers = np.array(h["log10_edges"][:-1]) + 0.125
+    assert sorted(centers[np.array(h["counts"]) > 0].round(3).tolist()) == [-2.875, -1.875, -0.875, -0.125]
+    assert S.ce_recovered(2.0, 2.0, 5.0) == 1.0 and S.ce_recovered(2.0, 5.0, 5.0) == 0.0
+    assert S.ce_recovered(2.0, 3.0, 5.0) == pytest.approx(2 / 3)
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(S.kl_div(logits, logits), torch.zeros(4), atol=1e-6)
+    assert (S.kl_div(logits, logits.flip(-1)) > 0).all()
+
+
+def test_geometric_median_known_answers():
+    pts = torch.tensor([[0.0], [1.0], [2.0], [10.0], [100.0]])
+    assert S.geometric_median(pts).item() == pytest.approx(2.0, abs=1e-3)    # 1-D: the median
+    tri = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    t = (3 - math.sqrt(3)) / 6                                              # Fermat point: 120 degree angles
+    assert torch.allclose(S.geometric_median(tri), torch.tensor([t, t], dtype=torch.float64), atol=1e-4)
+    cloud = torch.randn(400, 5, generator=torch.Generator().manual_seed(0))
+    cloud[:20] += 1000.0                                                    # 5% far outliers barely move it
+    assert S.geometric_median(cloud).norm() < 0.5 and cloud.mean(0).norm() > 40
+
+
+def test_ce_recovered_is_one_for_identity_and_zero_for_zero_ablation():
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(**MARGS)).eval()
+    with torch.no_grad():  # at init the MLP hardly moves the logits; make it matter
+        model.mlp.down.weight.mul_(30)
+        model.lm_head.weight.mul_(10)
+    wins = torch.randint(0, V, (6, MARGS["block_size"] + 1), generator=torch.Generator().manual_seed(1))
+    d = MARGS["d_mlp"]
+    ident = S.SAE(d, 2 * d, "relu")                                          # relu(x) - relu(-x) = x exactly
+    zero = S.SAE(d, 2 * d, "relu")                                          # all weights 0: x_hat = 0
+    with torch.no_grad():
+        eye = torch.eye(d)
+        ident.W_enc.copy_(torch.cat([eye, -eye], 1))
+        ident.W_dec.copy_(torch.cat([eye, -eye], 0))
+    m_id, m_zero = S.evaluate(model, [ident, zero], wins, skip=1, batch=4)
+    assert m_id["ce_recovered"] == pytest.approx(1.0, abs=1e-6) and m_id["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert m_id["fvu"] == pytest.approx(0.0, abs=1e-9) and m_id["ce_clean"] == m_id["ce_spliced"]
+    assert m_zero["ce_recovered"] == pytest.approx(0.0, abs=1e-6) and m_zero["kl"] > 0
+    assert m_zero["ce_spliced"] == pytest.approx(m_zero["ce_zero_ablation"], abs=1e-6)
+    assert abs(m_zero["ce_zero_ablation"] - m_zero["ce_clean"]) > 0.01 and m_zero["kl"] > 0.1  # a real denominator
+    assert m_id["eval_tokens"] == 6 * (MARGS["block_size"] - 1)
+
+
+# -----------------------------------------------------------------------------
+# the SAE's invariants
+
+def test_decoder_rows_stay_unit_norm_and_loss_falls():
+    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
+    sae = random_sae("relu")
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    first = S.sae_loss(sae, x, 0.1)[0].item()
+    for _ in range(30):
+        S.train_step(sae, opt, x, 1e-2, l1_coeff=0.1)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(48), atol=1e-5)   # rows = feature directions
+    assert S.sae_loss(sae, x, 0.1)[0].item() < 0.7 * first
+
+
+def test_topk_has_exactly_k_active_latents():
+    x = torch.randn(100, 16, generator=torch.Generator().manual_seed(0))
+    sae = random_sae("topk", k=5)
+    f = sae.encode(x)
+    assert ((f > 0).sum(-1) <= 5).all()
+    pre = sae.pre_acts(x)
+    kth = pre.topk(5, dim=-1).values[:, -1:]
+    assert torch.equal(f > 0, (pre >= kth) & (pre > 0))                      # the largest, when positive
+    with torch.no_grad():
+        sae.b_enc.fill_(100.0)                                              # every pre-activation positive
+    assert ((sae.encode(x) > 0).sum(-1) == 5).all()
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_folded_sae_on_raw_x_equals_trained_sae_on_scaled_x(arch):
+    sae, s = random_sae(arch), 3.7
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(3)) * 0.4 + 0.2
+    x_hat_s, f_s = sae(x * s)
+    raw = S.fold_scale(sae, s)
+    x_hat, f = raw(x)
+    assert torch.allclose(x_hat, x_hat_s / s, atol=1e-5) and torch.allclose(f, f_s / s, atol=1e-5)
+    assert torch.equal(f > 0, f_s > 0) and torch.allclose(raw.W_dec.norm(dim=1), torch.ones(48), atol=1e-6)
+
+
+def test_resampling_revives_dead_latents():
+    g = torch.Generator().manual_seed(0)
+    pool = torch.randn(512, 16, generator=g)
+    sae = random_sae("relu")
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    S.train_step(sae, opt, pool, 1e-3, l1_coeff=0.1)                        # Adam now has state
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[::4] = True
+    with torch.no_grad():
+        sae.b_enc[dead] = -1e3
+    assert (sae.encode(pool)[:, dead] == 0).all()
+    alive_before = sae.W_enc[:, ~dead].clone()
+    assert S.resample_dead(sae, opt, dead, pool, torch.Generator().manual_seed(1)) == 12
+    fires = (sae.encode(pool) > 0).sum(0)
+    assert (fires[dead] > 0).all()                                          # every resampled latent fires again
+    assert torch.equal(sae.W_enc[:, ~dead], alive_before)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(48), atol=1e-6)
+    st = opt.state[sae.W_enc]
+    assert (st["exp_avg"][:, dead] == 0).all() and (st["exp_avg_sq"][:, ~dead] != 0).any()
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_recovers_known_sparse_directions(arch):
+    """Data = sparse non-negative combinations of 32 known unit directions in 16 dims; the SAE's
+    decoder should contain most of them (max cosine > 0.9)."""
+    g = torch.Generator().manual_seed(0)
+    d, n_true, n_feat = 16, 32, 64
+    true = torch.randn(n_true, d, generator=g)
+    true /= true.norm(dim=1, keepdim=True)
+    sae = S.init_sae(d, n_feat, arch, 3, seed=0)
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    last_fired = torch.zeros(n_feat, dtype=torch.long)
+    for step in range(1500):
+        on = torch.rand(256, n_true, generator=g) < 2.0 / n_true              # ~2 active per sample
+        x = (on * (0.5 + torch.rand(256, n_true, generator=g))) @ true
+        dead = (step - last_fired) >= 50
+        _, _, f = S.train_step(sae, opt, x, 3e-3 * min(1.0, (1500 - step) / 300), l1_coeff=0.2,
+                               dead_mask=dead, aux_k=16, aux_coeff=1 / 32)
+        last_fired[(f > 0).any(0)] = step + 1
+        if arch == "relu" and step in (300, 600):
+            S.resample_dead(sae, opt, (step - last_fired) >= 100, x, torch.Generator().manual_seed(step))
+    cos = (true @ sae.W_dec.detach().T).max(dim=1).values
+    frac = (cos > 0.9).float().mean().item()
+    print(f"{arch}: {frac:.0%} of the true directions recovered (max cosine > 0.9)")
+    assert frac >= 0.8
+
+
+# -----------------------------------------------------------------------------
+# the script end to end
+
+def test_training_writes_raw_space_saes_that_reproduce_their_metrics(dirs):
+    data, out = dirs
+    m = run(dirs, "--model=lua", "--seeds=0,1")
+    assert set(m["seeds"]) == {"0", "1"} and m["steps"] == 24 and m["activations"] == 768
+    saved = json.load(open(os.path.join(out, "sae_lua", "metrics.json")))
+    assert saved["seeds"]["0"]["fvu"] == m["seeds"]["0"]["fvu"] and saved["provenance"]["config"]["model"] == "lua"
+    sae, ckpt = S.load_sae(out, "lua", seed=1)
+    assert "train" not in ckpt and ckpt["model_name"] == "lua" and ckpt["seed"] == 1
+    assert ckpt["model_hash"] == sha256_file(os.path.join(out, "lua", "ckpt.pt"))
+    assert (sae.d_in, sae.n_features, sae.arch) == (32, 64, "relu")
+    model, mckpt = S.load_model(out, "lua")
+    S.check_sae_matches(ckpt, mckpt, model_hash=sha256_file(os.path.join(out, "lua", "ckpt.pt")))
+    # the saved raw-space SAE, evaluated afresh on the same held-out windows, gives the logged metrics
+    val = S.load_domain_tokens(data, ["base", "lua"], "val", "tok-A", "lua", V)
+    again = S.evaluate(model, [sae], S.eval_windows(val, 12, 32), skip=1, batch=6)[0]
+    for k in ("fvu", "l0", "ce_recovered", "dead_frac", "kl"):
+        assert again[k] == pytest.approx(ckpt["metrics"][k], rel=1e-5, abs=1e-7), k
+    assert 0 < again["fvu"] < 1 and 0 < again["l0"] < 64 and again["eval_tokens"] == 12 * 31
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
+    # a rerun with --resume has nothing to do; without it, it refuses to overwrite
+    assert run(dirs, "--model=lua", "--seeds=0,1", "--resume") is None
+    with pytest.raises(SystemExit, match="exists; add --resume .* or --overwrite"):
+        run(dirs, "--model=lua", "--seeds=0,1")
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_seeds_share_one_stream_and_resume_continues_exactly(dirs, tmp_path, arch):
+    a, b, c = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")
+    for o in (a, b, c):
+        write_model(o, "base", seed=0)
+    extra = [f"--arch={arch}", "--k=4", "--model=base", "--l1_coeff=50", "--l1_warmup_frac=0", "--lr=0.03"]  # L1 kills latents
+    run(dirs, *extra, "--seeds=0,1", out=a)
+    run(dirs, *extra, "--seeds=1", out=b)                     # seed 1 alone: the same stream, the same SAE
+    w = lambda o, s: ck(o, "base", s)["train"]["sae"]
+    assert all(torch.equal(w(a, 1)[k], w(b, 1)[k]) for k in w(a, 1))
+    assert not torch.equal(w(a, 0)["W_dec"], w(a, 1)["W_dec"])   # different seeds: different SAEs
+    # interrupted at step 10 (inside the third buffer; relu resamples at step 18), then resumed
+    assert run(dirs, *extra, "--seeds=0,1", "--stop_step=10", out=c) is None
+    mid = ck(c, "base", 0)
+    assert mid["step"] == 10 and not mid["finished"]
+    run(dirs, *extra, "--seeds=0,1", "--resume", out=c)
+    for s in (0, 1):
+        full, res = ck(a, "base", s), ck(c, "base", s)
+        assert res["finished"] and res["step"] == 24
+        assert all(torch.equal(full["train"]["sae"][k], res["train"]["sae"][k]) for k in full["train"]["sae"])
+        assert all(torch.equal(full["sae"][k], res["sae"][k]) for k in full["sae"])
+        assert torch.equal(full["train"]["last_fired"], res["train"]["last_fired"])
+        assert full["metrics"]["fvu"] == res["metrics"]["fvu"]
+    if arch == "relu":
+        assert full["train"]["n_resampled"] > 0       # the resampling path ran inside the compared span
+
+
+def test_one_line_errors(dirs, tmp_path):
+    data, out = dirs
+    with pytest.raises(SystemExit, match="unknown model 'mistral'; choose one of: base, lua"):
+        run(dirs, "--model=mistral")
+    with pytest.raises(SystemExit, match="no 'tinystories' model checkpoint .*make it with: python train.py --domain tinystories"):
+        run(dirs, "--model=tinystories")
+    with pytest.raises(SystemExit, match=r"no SAE for 'lua' at .*sae_lua/sae_s0.pt; make it with: python sae.py --model lua"):
+        S.load_sae(out, "lua")
+    with pytest.raises(SystemExit, match="unknown model"):
+        S.load_sae(out, "gpt2")
+    # data prepared with another tokenizer than the model's
+    write_domain(str(tmp_path / "data_b"), "base", seed=0, tok_hash="tok-B")
+    with pytest.raises(SystemExit, match="another tokenizer .*pass the --data_dir the model was trained on"):
+        S.main([*RUN, f"--data_dir={tmp_path / 'data_b'}", f"--out_dir={out}", "--model=base"])
+    with pytest.raises(SystemExit, match="no prepared data for 'lua'.*python data.py --domain lua"):
+        S.main([*RUN, f"--data_dir={tmp_path / 'data_b'}", f"--out_dir={out}", "--model=lua"])
+    # an SAE checked against the wrong model: width, tokenizer, another version of the model
+    run(dirs, "--model=base", "--seeds=0", "--total_acts=64")
+    _, sck = S.load_sae(out, "base")
+    _, mck = S.load_model(out, "base")
+    S.check_sae_matches(sck, mck)
+    wide = write_model(str(tmp_path / "o2"), "base", seed=0, d_mlp=48)
+    with pytest.raises(SystemExit, match="takes 32-wide inputs but model 'base' has d_mlp 48; retrain the SAE"):
+        S.check_sae_matches(sck, wide)
+    with pytest.raises(SystemExit, match="tokenizer"):
+        S.check_sae_matches(sck, {**mck, "tokenizer_hash": "tok-B"})
+    with pytest.raises(SystemExit, match="another version of that model .*retrain the SAE: python sae.py --model base"):
+        S.check_sae_matches(sck, write_model(str(tmp_path / "o3"), "base", seed=5))
+    with pytest.raises(SystemExit, match="trained on model 'base', not 'lua'"):
+        S.check_sae_matches(sck, S.load_model(out, "lua")[1])
+    with pytest.raises(SystemExit, match="another version"):
+        S.check_sae_matches(sck, mck, model_hash="0123456789abcdef")
+    # resuming with other settings; resuming a retrained model; a loss that blows up
+    with pytest.raises(SystemExit, match="--resume with other settings .*--l1_coeff was 1.5, now 1.0"):
+        run(dirs, "--model=base", "--seeds=0", "--total_acts=64", "--resume", "--l1_coeff=1.0")
+    write_model(out, "base", seed=9)
+    with pytest.raises(SystemExit, match="another version of model 'base'; retrain with --overwrite"):
+        run(dirs, "--model=base", "--seeds=0", "--total_acts=64", "--resume")
+    with pytest.raises(SystemExit, match="became (nan|inf).*at step .*last good checkpoint"):
+        run(dirs, "--model=base", "--seeds=0", "--overwrite", "--lr=1e30", "--l1_coeff=0")
+    assert S.load_sae(out, "base")[1]["model_hash"] == sck["model_hash"]   # the earlier SAE was not touched
