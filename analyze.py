@@ -657,6 +657,7 @@ def main(argv=None):
             if e.name != "explain":
                 raise
             die("--explain needs explain.py (automated interpretability) next to analyze.py; it is not there")
+        explain.check_key({k: cfg[k] for k in ("api_base",) if cfg[k]})  # before the long pass, not after it
     if cfg["corr_dtype"] not in ("float32", "float64"):
         die(f"--corr_dtype takes float32 or float64, got {cfg['corr_dtype']!r}")
     models = list(dict.fromkeys(cfg["models"]))
@@ -688,6 +689,19 @@ def main(argv=None):
     if data_tok != toks[models[0]]:
         die(f"{data_dir} has tokenizer {data_tok} but the models were trained with {toks[models[0]]}; "
             "pass the --data_dir they were trained on")
+    # lineage: a child must descend from the parent checkpoint on disk now (a retrained base or fine-tune
+    # makes its children stale, and their correlations would compare unrelated models)
+    def ancestors(m, seen=()):
+        out = set()
+        for par in info[m]["ckpt"].get("parents", []):
+            out.add(par["hash"])
+            if par["name"] in info and par["name"] not in seen:
+                out |= ancestors(par["name"], seen + (m,))
+        return out
+    for _, p, c in edges:
+        if info[p]["model_hash"] not in ancestors(c):
+            remake = "python merge.py --overwrite" if c == "luastories" else f"python train.py --domain {c} --overwrite"
+            die(f"'{c}' was not made from the current '{p}' checkpoint ({p} was re-made since?); re-make it: {remake}")
     widths = {m: (M[m].args.d_mlp, M[m].args.block_size) for m in models}
     if len(set(widths.values())) > 1:
         die("the models differ in d_mlp / block_size (" + ", ".join(f"{m} {w}" for m, w in widths.items()) +
@@ -701,9 +715,6 @@ def main(argv=None):
                 null_missing.append(m)
                 continue
             sae, sck = saelib.load_sae(out_dir, m, seed=seed, device=device)
-            if sae.d_in != d_mlp:
-                die(f"the SAE {path} takes {sae.d_in}-wide inputs but model '{m}' has d_mlp {d_mlp}; "
-                    f"retrain it: python sae.py --model {m} --overwrite")
             saelib.check_sae_matches(sck, info[m]["ckpt"], model_hash=info[m]["model_hash"])
             S[(m, seed)] = sae
             info[m][f"sae{seed}"] = {"hash": common.sha256_file(path), "metrics": sck.get("metrics", {}),
@@ -839,7 +850,11 @@ def main(argv=None):
                   "random": [{"tokens": [tok[t] for t in c[0]], "acts": c[1]} for c in ctx[(m, i)]["random"]]}
                  for m, i in sorted(ctx) if not dead[(m, s0)][i]]
         ecfg = {k: cfg[k] for k in ("api_base", "llm_model", "max_requests") if cfg[k]}
-        explanations = explain.explain_features(feats, {**ecfg, "cache_dir": os.path.join(out_dir, "explain_cache")})
+        try:
+            explanations = explain.explain_features(feats, {**ecfg, "cache_dir": os.path.join(out_dir, "explain_cache")})
+        except common.UserError as e:  # an endpoint problem must not throw the analysis away
+            print(f"explain stopped ({e.msg}); writing the analysis without explanations. Answers so far are "
+                  f"cached: re-run with --explain to continue")
     q = lambda a: [float(f"{v:.3g}") for v in a]
     pages = {f"{m}/{i}": {"top": [[c[0], q(c[1])] for c in ctx[(m, i)]["top"][:cfg["n_show"]]],
                           "pos": [[t, round(v, 3)] for t, v in logit[(m, i)][0]],

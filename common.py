@@ -46,6 +46,12 @@ def _convert(key, text, default):
         try:
             return int(text)
         except ValueError:
+            try:  # "2e8" for an integer count is fine when it is whole
+                f = float(text)
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
             die(f"--{key} takes an integer, got {text!r}")
     if isinstance(default, float):
         try:
@@ -128,6 +134,13 @@ def parse_config(config, argv=None, presets=None, preset_default=None):
     return config
 
 
+def require_positive(cfg, keys):
+    """One-line errors for settings that must be > 0 (a zero batch size or interval would fail deep inside)."""
+    for k in keys:
+        if not cfg[k] > 0:
+            die(f"--{k} must be > 0, got {cfg[k]}")
+
+
 def _show(v):
     if isinstance(v, (list, tuple)):
         return ",".join(str(x) for x in v)
@@ -148,6 +161,9 @@ def _atomic(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)  # mkstemp makes 0600 files; give the usual permissions instead
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -249,6 +249,16 @@ def chat(messages, cfg, state, max_tokens):
 
 # -----------------------------------------------------------------------------
 
+def check_key(cfg):
+    """The API key (or None for a local server); a one-line error when OpenAI's endpoint has none.
+    analyze.py calls it before its long pass, so a missing key costs nothing."""
+    base = cfg.get("api_base") or config["api_base"]
+    key = cfg.get("api_key") or os.environ.get("OPENAI_API_KEY") or None
+    if OPENAI_HOST in base and not key:
+        common.die("set OPENAI_API_KEY (an OpenAI API key) or use --api_base for a local server")
+    return key
+
+
 def explain_features(features, cfg):
     """{key: {"explanation", "score", "n_explain_examples", "n_sim_examples", "error"}} for each feature."""
     cfg = {**config, **{k: v for k, v in cfg.items() if v is not None}}
@@ -270,9 +280,7 @@ def explain_features(features, cfg):
             expl = parse_explanation(common.read_json(path)["response"])
             need += int(bool(expl) and bool(held) and not os.path.exists(
                 cache_path(cfg, simulation_messages(expl, held))))
-    key = cfg.get("api_key") or os.environ.get("OPENAI_API_KEY") or None
-    if need and OPENAI_HOST in cfg["api_base"] and not key:
-        common.die("set OPENAI_API_KEY (an OpenAI API key) or use --api_base for a local server")
+    key = check_key(cfg) if need else None
     print(f"explain: {len(features)} features with {cfg['llm_model']} at {cfg['api_base']}: ~{need} requests "
           f"({2 * len(features) - need} cached), cap {cfg['max_requests']}, cache {cfg['cache_dir']}")
 

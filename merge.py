@@ -50,6 +50,8 @@ config = {
     "out_dir": "out",
     "data_dir": "data",
     "device": "auto",         # auto: cuda when available, else cpu
+    "overwrite": False,       # replace an output made from other inputs or settings (one made from the
+                              # same ones is left as it is: re-running is a no-op)
 }
 PRESETS = {"tiny": {"eval_batches": 8, "batch_size": 16},
            "paper": {"eval_batches": 50, "batch_size": 64}}
@@ -261,8 +263,22 @@ def main(argv=None):
     if cfg["eval_batches"] > 0:  # read the data before merging: a missing file fails before anything is written
         import data  # only the evaluation needs the data code
         tokens = {d: data.load_tokens(cfg["data_dir"], d, "val") for d in doms}
+        for d in doms:
+            if data.read_meta(cfg["data_dir"], d)["tokenizer_hash"] != ca.get("tokenizer_hash"):
+                common.die(f"{cfg['data_dir']}/{d} was tokenized with another tokenizer than the models; "
+                           f"use the --data_dir they were trained on")
     hint = "" if parent else "; --mode task interpolates the deltas from --parent instead"
     inputs = {r: {"name": m[r]["name"], "hash": m[r]["hash"]} for r in m}
+    # an output made from these very inputs and settings is kept; one made from others needs --overwrite
+    made_from = {"inputs": inputs, "mode": cfg["mode"], "t_rules": rules, "dot_threshold": cfg["dot_threshold"],
+                 "t": grid if cfg["sweep"] else cfg["t"]}
+    out_path = (os.path.join(cfg["out_dir"], "merge_sweep.json") if cfg["sweep"]
+                else os.path.join(cfg["out_dir"], cfg["out"], "merge.json"))
+    if os.path.exists(out_path) and not cfg["overwrite"]:
+        if common.read_json(out_path).get("made_from") == made_from:
+            print(f"{out_path} was made from these inputs and settings; nothing to do")
+            return
+        common.die(f"{out_path} exists but was made from other inputs or settings; add --overwrite to replace it")
     net = model_from_checkpoint(ca, device)
 
     def evaluate(sd):
@@ -293,7 +309,7 @@ def main(argv=None):
         print(f"losses cross at t = {cross if cross is None else round(cross, 4)} (ours)"
               + (f", {paper_cross:.4f} (paper, in our t)" if paper else ""))
         common.atomic_write_json(os.path.join(cfg["out_dir"], "merge_sweep.json"), {
-            "t": grid, "loss": losses, "domains": doms, "a": inputs["a"], "b": inputs["b"],
+            "made_from": made_from, "t": grid, "loss": losses, "domains": doms, "a": inputs["a"], "b": inputs["b"],
             "mode": cfg["mode"], "parent": inputs.get("parent"), "t_rules": rules, "crossing_t": cross,
             "paper": paper and {**paper, "crossing_t": paper_cross, "note": "paper's t (weight of lua) converted to ours (weight of b)"},
             "provenance": common.provenance(cfg, inputs=inputs)})
@@ -316,7 +332,7 @@ def main(argv=None):
     path = os.path.join(cfg["out_dir"], cfg["out"], "ckpt.pt")
     common.atomic_torch_save(ckpt, path)
     common.atomic_write_json(os.path.join(cfg["out_dir"], cfg["out"], "merge.json"), {
-        **record, "tensors": infos, "val_loss": val, "checkpoint": {"path": path, "hash": common.sha256_file(path)},
+        **record, "made_from": made_from, "tensors": infos, "val_loss": val, "checkpoint": {"path": path, "hash": common.sha256_file(path)},
         "parents": [inputs["a"], inputs["b"]], "provenance": prov})
     print(f"wrote {path} and merge.json")
 

@@ -22,7 +22,7 @@ import torch
 
 import data as datalib
 from common import (atomic_torch_save, atomic_write_json, default_preset, die, parse_config,
-                    pick_device, provenance, sha256_file)
+                    pick_device, provenance, require_positive, sha256_file)
 from model import ModelArgs, Transformer, eval_loss, load_checkpoint, model_from_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -68,14 +68,27 @@ PRESETS = {
     "tiny": dict(block_size=128, d_model=128, n_head=4, n_kv_head=2, d_mlp=256, batch_size=32,
                  eval_interval=200, eval_iters=20, log_interval=20, min_lr_frac=0.1, compile=False),
 }
+# settings a resume may change; every other key must equal the checkpoint's (same data, model, schedule)
+RESUME_FREE = {"resume", "overwrite", "stop_iter", "eval_interval", "eval_iters", "log_interval", "device",
+               "compile", "data_dir", "out_dir", "peak_flops", "max_iters_resolved", "preset"}
 HOW = {"base": "python train.py --domain base", "lua": "python train.py --domain lua",
        "tinystories": "python train.py --domain tinystories"}
+
+
+def lr_schedule(it, lr, warmup, max_iters, min_lr_frac):
+    """Learning rate of step `it`: linear warmup over `warmup` steps, then cosine from lr down to
+    lr * min_lr_frac at max_iters (HF's get_cosine_schedule_with_warmup when min_lr_frac = 0)."""
+    if it < warmup:
+        return lr * (it + 1) / (warmup + 1)
+    progress = min(1.0, (it - warmup) / max(1, max_iters - warmup))
+    return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def main(argv=None):
     cfg = parse_config(dict(config), argv, PRESETS, default_preset())
     if cfg["domain"] not in ("base", "lua", "tinystories"):
         die(f"unknown domain {cfg['domain']!r}; train.py takes --domain base (pretrain), lua or tinystories (fine-tune)")
+    require_positive(cfg, ["batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"])
     finetune = cfg["domain"] != "base"
     recipe = RECIPES[cfg["preset"]]["finetune" if finetune else "pretrain"]
     for k, v in recipe.items():  # -1 means "the recipe's value"
@@ -99,10 +112,9 @@ def main(argv=None):
     master = rank == 0
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     dtype = cfg["dtype"] if cfg["dtype"] != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        die(f"--dtype {dtype}: use float32, bfloat16 or float16")
-    autocast = (nullcontext() if dtype == "float32" else
-                torch.autocast(device_type, dtype={"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]))
+    if dtype not in ("float32", "bfloat16"):  # float16 would need a GradScaler; bf16 has float32's range
+        die(f"--dtype {dtype}: use float32 or bfloat16")
+    autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
     torch.manual_seed(cfg["seed"] + rank)
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -126,7 +138,15 @@ def main(argv=None):
             if master:
                 print(f"{ckpt_path} is finished (iter {resume_ckpt['iter_num']}, val loss "
                       f"{resume_ckpt['val_loss'].get(cfg['domain'], float('nan')):.4f}); nothing to do")
+            if ddp:
+                torch.distributed.destroy_process_group()
             return resume_ckpt
+        if "optimizer" not in resume_ckpt:
+            die(f"{ckpt_path} holds no training state (a merge?); it cannot be resumed, use --overwrite to train anew")
+        changed = [f"{k} {resume_ckpt['config'].get(k)!r} -> {cfg[k]!r}" for k in cfg
+                   if k not in RESUME_FREE and resume_ckpt["config"].get(k) != cfg[k]]
+        if changed:
+            die(f"--resume of {ckpt_path} with other settings ({'; '.join(changed)}); use the original ones, or --overwrite")
         if resume_ckpt["tokenizer_hash"] != tok_hash:
             die(f"{cfg['data_dir']}/{cfg['domain']} was tokenized with another tokenizer than {ckpt_path}; "
                 f"re-run python data.py with the original tokenizer or train with --overwrite")
@@ -171,11 +191,8 @@ def main(argv=None):
     cfg["max_iters_resolved"] = max_iters
     warmup = cfg["warmup_iters"]
 
-    def lr_at(it):  # linear warmup, then cosine from lr to lr * min_lr_frac at max_iters
-        if it < warmup:
-            return cfg["lr"] * (it + 1) / (warmup + 1)
-        progress = min(1.0, (it - warmup) / max(1, max_iters - warmup))
-        return cfg["lr"] * (cfg["min_lr_frac"] + (1 - cfg["min_lr_frac"]) * 0.5 * (1 + math.cos(math.pi * progress)))
+    def lr_at(it):
+        return lr_schedule(it, cfg["lr"], warmup, max_iters, cfg["min_lr_frac"])
 
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["lr"], (cfg["beta1"], cfg["beta2"]), device_type)
     gen = torch.Generator().manual_seed(cfg["seed"] + rank)  # the data order, saved for exact resumes
@@ -251,11 +268,17 @@ def main(argv=None):
             x, y = datalib.get_batch(train_tokens, B, block, device, gen)  # prefetch while the GPU works
             loss.backward()
             loss_acc += loss.detach()
-        if not torch.isfinite(loss_acc):
-            die(f"loss became {loss_acc.item()} at iter {iter_num}; stopped. The last good checkpoint "
-                f"{ckpt_path} is kept (if any): lower --lr or --grad_clip and --resume")
-        if cfg["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        # the gradient norm (clipped when grad_clip > 0) and the loss must be finite before the step, so
+        # a NaN never reaches the weights or a checkpoint; one flag, all-reduced so every DDP rank stops
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf"))
+        bad = (~torch.isfinite(loss_acc) | ~torch.isfinite(gnorm)).float()
+        if ddp:
+            torch.distributed.all_reduce(bad)
+        if bad.item():
+            if ddp:
+                torch.distributed.destroy_process_group()
+            die(f"loss {loss_acc.item():.4g}, gradient norm {gnorm.item():.4g} at iter {iter_num}: not finite; stopped "
+                f"before the step. The last good checkpoint {ckpt_path} is kept (if any): lower --lr and --overwrite")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         iter_num += 1
@@ -282,6 +305,8 @@ def main(argv=None):
         if stopping and not last:
             if master:
                 print(f"stopping at iter {iter_num} (--stop_iter); continue with --resume")
+            if ddp:
+                torch.distributed.destroy_process_group()
             return None
 
     # -------------------------------------------------------------------------

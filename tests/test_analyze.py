@@ -248,9 +248,11 @@ def make_study(root, null_models=("base", "lua", "tinystories"), val_tokens=1500
     torch.manual_seed(0)
     base = Transformer(ARGS).state_dict()
     states = {"base": base, "lua": base, "tinystories": Transformer(ARGS).state_dict(), "luastories": base}
+    lineage = {"base": [], "lua": ["base"], "tinystories": ["base"], "luastories": ["lua", "tinystories"]}
     for name, state in states.items():
+        parents = [{"name": p, "hash": sha256_file(os.path.join(out_dir, p, "ckpt.pt"))} for p in lineage[name]]
         ck = {"model": state, "model_args": asdict(ARGS), "config": {}, "name": name, "domain": name, "iter_num": 0,
-              "tokenizer_hash": th, "parents": [], "val_loss": {}, "provenance": {}}
+              "tokenizer_hash": th, "parents": parents, "val_loss": {}, "provenance": {}}
         atomic_torch_save(ck, os.path.join(out_dir, name, "ckpt.pt"))
         for seed in (0, 1):
             if seed == 1 and name not in null_models:
@@ -345,7 +347,7 @@ def test_explain_hook_gets_contexts_and_its_answers_reach_the_report(study, tmp_
         seen["features"], seen["cfg"] = features, cfg
         return {f["key"]: {"explanation": f"fires on <{f['key']}>", "score": 0.5} for f in features}
 
-    monkeypatch.setitem(sys.modules, "explain", types.SimpleNamespace(explain_features=explain_features))
+    monkeypatch.setitem(sys.modules, "explain", types.SimpleNamespace(explain_features=explain_features, check_key=lambda cfg: None))
     out2 = str(tmp_path / "out")
     import shutil
     shutil.copytree(out_dir, out2)
@@ -414,8 +416,14 @@ def test_explain_end_to_end_with_a_local_llm_stub(study, tmp_path, monkeypatch):
 # -----------------------------------------------------------------------------
 # errors
 
-def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch):
+def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch, capsys):
     data_dir, out_dir = make_study(str(tmp_path))
+    ck = torch.load(os.path.join(out_dir, "tinystories", "ckpt.pt"), weights_only=False)
+    ck["iter_num"] = 7                                                      # tinystories re-made since the merge
+    atomic_torch_save(ck, os.path.join(out_dir, "tinystories", "ckpt.pt"))
+    with pytest.raises(SystemExit, match=r"'luastories' was not made from the current 'tinystories'.*merge.py --overwrite"):
+        run(data_dir, out_dir)
+    data_dir, out_dir = make_study(str(tmp_path / "fresh"))
     with pytest.raises(SystemExit, match=r"needed to estimate a correlation"):
         run(data_dir, out_dir, "--n_tokens=256")
     with pytest.raises(SystemExit, match=r"--threshold must be in \(0, 1\]"):
@@ -423,6 +431,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "explain", None)                       # as if explain.py were absent
     with pytest.raises(SystemExit, match="--explain needs explain.py"):
         run(data_dir, out_dir, "--explain")
+    monkeypatch.delitem(sys.modules, "explain")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="set OPENAI_API_KEY"):
+        run(data_dir, out_dir, "--explain")
+    assert "chunk 1/" not in capsys.readouterr().out                       # said before the long pass, not after it
     monkeypatch.undo()
 
     os.rename(saelib.sae_path(out_dir, "tinystories", 0), str(tmp_path / "keep.pt"))

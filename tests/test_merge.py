@@ -312,3 +312,22 @@ def test_task_mode_refuses_a_parent_that_is_not_the_common_parent(world):
         run(world, "--mode=task", "--parent=other")
     assert not os.path.exists(os.path.join(out, "luastories"))
 
+
+
+def test_rerun_is_a_noop_and_other_inputs_need_overwrite(world, capsys):
+    data, out, _ = world
+    run(world)
+    path = os.path.join(out, "luastories", "ckpt.pt")
+    before = sha256_file(path)
+    run(world)                                                     # same inputs and t: nothing to do
+    assert "nothing to do" in capsys.readouterr().out and sha256_file(path) == before
+    with pytest.raises(SystemExit, match="made from other inputs or settings; add --overwrite"):
+        run(world, "--t=0.3")
+    run(world, "--t=0.3", "--overwrite")
+    assert torch.load(path, weights_only=False)["merge"]["t"] == 0.3
+    write_val(data, "lua", 0)                                      # data of another tokenizer
+    meta = json.load(open(os.path.join(data, "lua", "meta.json")))
+    meta["tokenizer_hash"] = "tok-B"
+    json.dump(meta, open(os.path.join(data, "lua", "meta.json"), "w"))
+    with pytest.raises(SystemExit, match="another tokenizer than the models"):
+        run(world, "--out=other")

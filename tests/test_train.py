@@ -110,10 +110,47 @@ def test_errors_are_one_line(dirs, tmp_path):
         run(dirs, "--domain=tinystories")
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dirs):
-    run(dirs, "--domain=base", "--max_iters=10", "--stop_iter=3")
-    path = os.path.join(dirs[1], "base", "ckpt.pt")
-    before = sha256_file(path)
-    with pytest.raises(SystemExit, match="loss became nan.*last good checkpoint"):
-        run(dirs, "--domain=base", "--resume", "--lr=1e30", "--grad_clip=0")
-    assert sha256_file(path) == before
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dirs, monkeypatch):
+    from model import Transformer
+    forward, calls = Transformer.forward, {"n": 0}
+
+    def poisoned(self, idx, targets=None, mlp_fn=None):  # the 6th training step's loss is NaN
+        logits, loss = forward(self, idx, targets, mlp_fn)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] >= 6:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(Transformer, "forward", poisoned)
+    with pytest.raises(SystemExit, match="not finite; stopped before the step.*last good checkpoint"):
+        run(dirs, "--domain=base", "--max_iters=10", "--eval_interval=2")
+    ck = load(dirs, "base")
+    assert ck["iter_num"] == 4 and not ck["finished"]                      # the checkpoint of iter 4 is kept
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_resume_refuses_other_settings(dirs):
+    run(dirs, "--domain=base", "--max_iters=10", "--stop_iter=2")
+    with pytest.raises(SystemExit, match=r"other settings \(lr 0.002 -> 0.1\)"):
+        run(dirs, "--domain=base", "--max_iters=10", "--resume", "--lr=0.1")
+    with pytest.raises(SystemExit, match=r"other settings \(domain 'base' -> 'lua'"):
+        run(dirs, "--domain=lua", "--name=base", "--max_iters=10", "--resume")
+
+
+def test_resume_with_gradient_accumulation_continues_exactly(dirs):
+    common = ["--domain=base", "--max_iters=6", "--eval_interval=3", "--grad_accum=2"]
+    run(dirs, *common, "--name=straight")
+    run(dirs, *common, "--name=split", "--stop_iter=3")
+    run(dirs, *common, "--name=split", "--resume")
+    a, b = load(dirs, "straight"), load(dirs, "split")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_lr_schedule_known_values():
+    f = lambda it: train.lr_schedule(it, 1.0, warmup=4, max_iters=14, min_lr_frac=0.1)
+    assert f(0) == pytest.approx(1 / 5) and f(3) == pytest.approx(4 / 5)  # linear warmup
+    assert f(4) == pytest.approx(1.0)                                      # peak when warmup ends
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5)                          # cosine midpoint
+    assert f(14) == pytest.approx(0.1) and f(20) == pytest.approx(0.1)     # floor at lr * min_lr_frac
+    assert train.lr_schedule(50, 6e-4, 0, 100, 0.0) == pytest.approx(3e-4)  # the paper: no warmup, to 0
