@@ -646,6 +646,7 @@ def _r(a, d=4):
 
 def main(argv=None):
     cfg = common.parse_config(dict(config), argv, presets=PRESETS, preset_default=common.default_preset())
+    common.require_positive(cfg, ["batch_size", "n_tokens", "ctx_window", "n_show"])
     thr, out_dir, data_dir = cfg["threshold"], cfg["out_dir"], cfg["data_dir"]
     if not 0.0 < thr <= 1.0:
         die(f"--threshold must be in (0, 1], got {thr}")

@@ -151,7 +151,8 @@ def _show(v):
 # atomic writes: temp file in the same folder, then os.replace, so an interrupted run
 # never leaves a half-written file under the final name
 
-def _atomic(path, write):
+def atomic_write(path, write):
+    """Call write(f) on a temp file beside path, fsync, then os.replace it into place."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -172,7 +173,7 @@ def _atomic(path, write):
 
 
 def atomic_write_bytes(path, data):
-    _atomic(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path, text):
@@ -191,7 +192,7 @@ def _json_default(o):
 
 def atomic_torch_save(obj, path):
     import torch
-    _atomic(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def read_json(path):

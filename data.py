@@ -29,7 +29,7 @@ import numpy as np
 import tiktoken
 import torch
 
-from common import (atomic_write_json, atomic_write_text, default_preset, die, parse_config,
+from common import (atomic_write, atomic_write_json, atomic_write_text, default_preset, die, parse_config,
                     provenance, read_json, sha256_bytes, sha256_file)
 
 # -----------------------------------------------------------------------------
@@ -780,17 +780,18 @@ def build_tokenizer(cfg, cache, spec):
 
 def encode_docs(enc, docs, path, dtype, threads):
     """Token ids of every document followed by EOT, streamed to path in batches (bounded memory)."""
-    eot, n, tmp = eot_id(enc), 0, path + ".tmp"
-    with open(tmp, "wb") as f:
+    eot, n = eot_id(enc), [0]
+
+    def write(f):
         for i in range(0, len(docs), 2048):
             flat = []
             for ids in enc.encode_ordinary_batch(docs[i:i + 2048], num_threads=threads):
                 flat += ids
                 flat.append(eot)
-            np.asarray(flat, dtype=dtype).tofile(f)
-            n += len(flat)
-    os.replace(tmp, path)
-    return n
+            f.write(np.asarray(flat, dtype=dtype).tobytes())
+            n[0] += len(flat)
+    atomic_write(path, write)
+    return n[0]
 
 
 def prepare(domain, cfg, cache, enc, tok_hash):

@@ -32,7 +32,7 @@ import os
 import torch
 
 import common
-from model import eval_loss, load_checkpoint, model_from_checkpoint
+from model import MAKES, clean_key, eval_loss, load_checkpoint, model_from_checkpoint
 
 config = {
     "a": "lua",               # model at t = 0 (mergekit's base_model): out_dir/<a>/ckpt.pt
@@ -174,11 +174,11 @@ def load_models(out_dir, a, b, parent=None):
         common.die(f"--a and --b are both {a!r}; merge two different models")
     out = {}
     for role, name in names.items():
-        how = "python merge.py" if name == "luastories" else f"python train.py --domain {name}"
+        how = MAKES.get(name, f"python train.py --domain {name}")
         path = os.path.join(out_dir, name, "ckpt.pt")
         ckpt = load_checkpoint(path, f"'{name}' model checkpoint", how)
         # strip torch.compile / DDP prefixes, as model_from_checkpoint does
-        ckpt["model"] = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
+        ckpt["model"] = {clean_key(k): v for k, v in ckpt["model"].items()}
         out[role] = {"name": name, "hash": common.sha256_file(path), "domain": ckpt.get("domain"), "ckpt": ckpt}
     ref = out["a"]["ckpt"]
     for role in names:
@@ -237,6 +237,7 @@ def paper_sweep_in_our_t(dom_a, dom_b):
 
 def main(argv=None):
     cfg = common.parse_config(dict(config), argv, PRESETS, common.default_preset())
+    common.require_positive(cfg, ["batch_size"])
     device = common.pick_device(cfg["device"])
     if cfg["mode"] not in ("slerp", "task"):
         common.die(f"--mode {cfg['mode']!r} is unknown; use slerp (of the weights) or task (of the deltas from --parent)")

@@ -196,6 +196,15 @@ def model_args_from_dict(d):
     return ModelArgs(**{k: v for k, v in d.items() if k in names})
 
 
+MAKES = {"base": "python train.py --domain base", "lua": "python train.py --domain lua",
+         "tinystories": "python train.py --domain tinystories", "luastories": "python merge.py"}
+
+
+def clean_key(k):
+    """A parameter name without the prefixes torch.compile (_orig_mod.) and DDP (module.) add."""
+    return k.removeprefix("_orig_mod.").removeprefix("module.")
+
+
 def load_checkpoint(path, what="checkpoint", how=None):
     """torch.load a checkpoint dict on the CPU, or a one-line error naming the command that makes it."""
     if not os.path.exists(path):
@@ -208,16 +217,14 @@ def load_checkpoint(path, what="checkpoint", how=None):
 
 def model_from_checkpoint(ckpt, device="cpu"):
     model = Transformer(model_args_from_dict(ckpt["model_args"]))
-    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
+    state = {clean_key(k): v for k, v in ckpt["model"].items()}
     model.load_state_dict(state)
     return model.to(device)
 
 
 def load_model(out_dir, name, device="cpu"):
     """The model of stage `name` (base, lua, tinystories, luastories): (model in eval mode, ckpt dict)."""
-    how = {"base": "python train.py --domain base", "lua": "python train.py --domain lua",
-           "tinystories": "python train.py --domain tinystories", "luastories": "python merge.py"}.get(name)
-    ckpt = load_checkpoint(os.path.join(out_dir, name, "ckpt.pt"), f"'{name}' model checkpoint", how)
+    ckpt = load_checkpoint(os.path.join(out_dir, name, "ckpt.pt"), f"'{name}' model checkpoint", MAKES.get(name))
     model = model_from_checkpoint(ckpt, device)
     model.eval()
     return model, ckpt

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 
 import data as datalib
 from common import (atomic_torch_save, atomic_write_json, default_preset, die, parse_config, pick_device,
-                    provenance, sha256_file)
-from model import load_checkpoint, load_model
+                    provenance, require_positive, sha256_file)
+from model import clean_key, load_checkpoint, load_model
 
 # -----------------------------------------------------------------------------
 # default config (paper preset; PRESETS below overrides)
@@ -200,6 +200,8 @@ def fvu(x, x_hat):
 
 def ce_recovered(ce_clean, ce_spliced, ce_zero):
     """1 when splicing the reconstruction costs nothing, 0 when it is as bad as zero-ablating the MLP."""
+    if abs(ce_zero - ce_clean) < 1e-12:  # the MLP does not matter to the loss: undefined
+        return float("nan")
     return (ce_zero - ce_spliced) / (ce_zero - ce_clean)
 
 
@@ -432,9 +434,9 @@ def model_fingerprint(model_ckpt):
     """A hash of a model checkpoint's weights (a model ckpt dict does not know its own file hash)."""
     h = hashlib.sha256()
     state = model_ckpt["model"]
-    for k in sorted(state, key=lambda k: k.removeprefix("_orig_mod.").removeprefix("module.")):
+    for k in sorted(state, key=clean_key):
         t = state[k].detach().cpu().contiguous()
-        h.update(f"{k.removeprefix('_orig_mod.').removeprefix('module.')}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(f"{clean_key(k)}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -493,6 +495,8 @@ def save_sae(path, run, scale, info, cfg, step, total_steps, history, finished):
 
 def main(argv=None):
     cfg = parse_config(dict(config), argv, PRESETS, default_preset())
+    require_positive(cfg, ["seqs_per_batch", "tokens_per_seq", "total_acts", "buffer_batches", "harvest_batch",
+                           "eval_seqs", "eval_batch", "eval_interval", "log_interval", "ckpt_interval", "expansion"])
     name = cfg["model"]
     domains = model_domains(name)
     seeds = list(dict.fromkeys(cfg["seeds"]))

@@ -23,7 +23,7 @@ import torch
 import data as datalib
 from common import (atomic_torch_save, atomic_write_json, default_preset, die, parse_config,
                     pick_device, provenance, require_positive, sha256_file)
-from model import ModelArgs, Transformer, eval_loss, load_checkpoint, model_from_checkpoint
+from model import MAKES, ModelArgs, Transformer, eval_loss, load_checkpoint, model_from_checkpoint
 
 # -----------------------------------------------------------------------------
 # default config (the paper preset's values unless noted; PRESETS below overrides)
@@ -71,8 +71,6 @@ PRESETS = {
 # settings a resume may change; every other key must equal the checkpoint's (same data, model, schedule)
 RESUME_FREE = {"resume", "overwrite", "stop_iter", "eval_interval", "eval_iters", "log_interval", "device",
                "compile", "data_dir", "out_dir", "peak_flops", "max_iters_resolved", "preset"}
-HOW = {"base": "python train.py --domain base", "lua": "python train.py --domain lua",
-       "tinystories": "python train.py --domain tinystories"}
 
 
 def lr_schedule(it, lr, warmup, max_iters, min_lr_frac):
@@ -160,7 +158,7 @@ def main(argv=None):
     elif finetune:
         parent_path = os.path.join(cfg["out_dir"], cfg["parent"], "ckpt.pt")
         parent = load_checkpoint(parent_path, f"parent checkpoint '{cfg['parent']}'",
-                                 HOW.get(cfg["parent"], f"python train.py --domain {cfg['parent']}"))
+                                 MAKES.get(cfg["parent"], f"python train.py --domain {cfg['parent']}"))
         if parent["tokenizer_hash"] != tok_hash:
             die(f"data in {cfg['data_dir']}/{cfg['domain']} was tokenized with another tokenizer "
                 f"({tok_hash}) than the parent {parent_path} ({parent['tokenizer_hash']}); "
