@@ -13,7 +13,6 @@ Any config key below can be overridden: --key=value (python train.py --help list
 """
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict

@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict
 
 import numpy as np
+import helpers
 import pytest
 import torch
 
@@ -24,19 +25,7 @@ RUN = ["--preset=tiny", "--expansion=2", "--seqs_per_batch=8", "--tokens_per_seq
 
 
 def write_domain(data_dir, domain, seed, tok_hash="tok-A", n=4000):
-    """A token stream with some structure (each token mostly follows from the previous one)."""
-    rng = np.random.default_rng(seed)
-    mult = {"base": 5, "lua": 7, "tinystories": 11}[domain]
-    toks = np.empty(n, dtype=np.uint16)
-    toks[0] = 1
-    for i in range(1, n):
-        toks[i] = rng.integers(V) if rng.random() < 0.2 else (toks[i - 1] * mult + 3) % V
-    d = os.path.join(data_dir, domain)
-    os.makedirs(d, exist_ok=True)
-    toks[: n * 9 // 10].tofile(os.path.join(d, "train.bin"))
-    toks[n * 9 // 10:].tofile(os.path.join(d, "val.bin"))
-    with open(os.path.join(d, "meta.json"), "w") as f:
-        json.dump({"domain": domain, "source": "test", "vocab_size": V, "dtype": "uint16", "tokenizer_hash": tok_hash}, f)
+    return helpers.write_domain(data_dir, domain, seed, V, tok_hash, n=n, noise=0.2)
 
 
 def write_model(out_dir, name, seed, tok_hash="tok-A", **over):

@@ -3,7 +3,7 @@ parent's exact weights, resumes continue exactly, and the user's mistakes get on
 import json
 import os
 
-import numpy as np
+import helpers
 import pytest
 import torch
 
@@ -16,21 +16,7 @@ MODEL = ["--block_size=16", "--d_model=32", "--n_head=4", "--n_kv_head=2", "--d_
 
 
 def write_domain(data_dir, domain, seed, tok_hash="tok-A", n=6000):
-    """A learnable stream: each token mostly follows from the previous one by a domain rule."""
-    rng = np.random.default_rng(seed)
-    mult = {"base": 5, "lua": 7, "tinystories": 11}[domain]
-    toks = np.empty(n, dtype=np.uint16)
-    toks[0] = 1
-    for i in range(1, n):
-        toks[i] = rng.integers(V) if rng.random() < 0.1 else (toks[i - 1] * mult + 3) % V
-    d = os.path.join(data_dir, domain)
-    os.makedirs(d, exist_ok=True)
-    toks[: n * 9 // 10].tofile(os.path.join(d, "train.bin"))
-    toks[n * 9 // 10:].tofile(os.path.join(d, "val.bin"))
-    meta = {"domain": domain, "source": "test", "vocab_size": V, "dtype": "uint16", "tokenizer_hash": tok_hash,
-            "tokens": {"train": n * 9 // 10, "val": n - n * 9 // 10}}
-    with open(os.path.join(d, "meta.json"), "w") as f:
-        json.dump(meta, f)
+    return helpers.write_domain(data_dir, domain, seed, V, tok_hash, n=n, noise=0.1)
 
 
 @pytest.fixture
