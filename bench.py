@@ -15,6 +15,7 @@ corr  : analyze.py's streamed correlation in tokens/s and peak memory vs all act
         in memory + numpy.corrcoef.
 """
 import multiprocessing as mp
+import os
 import resource
 import time
 
@@ -102,7 +103,6 @@ def bench_train(cfg, device):
 
 def bench_bpe(cfg, device):
     """BPE training speed on the base mix: the real text samples when --corpora has them, else the built-in sample."""
-    import os
     import data
     files = [os.path.join(cfg["corpora"], d, "train.txt") for d in ("babylm", "python")]
     if all(os.path.exists(f) for f in files):
@@ -172,7 +172,11 @@ def _corr_data(seed, n, n_feat, density):
 
 def _corr_worker(how, n_feat, n_tokens, chunk, density, device, q):
     import analyze
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:  # the resident size now (the peak so far can be higher, left by imports): the baseline of the peak
+        with open("/proc/self/statm") as f:
+            rss0 = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except OSError:
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     if how == "streamed":
         acc = analyze.CorrAccumulator(n_feat, n_feat, device)
