@@ -140,6 +140,12 @@ def read_meta(data_dir, domain):
     return read_json(path)
 
 
+def data_fingerprint(data_dir, domains):
+    """{domain: hash of its meta.json}: which token files an output was made from (meta.json holds the
+    source files' hashes, the settings, the token counts and the tokenizer hash)."""
+    return {d: sha256_file(os.path.join(data_dir, d, "meta.json")) for d in domains}
+
+
 def load_tokens(data_dir, domain, split):
     if split not in ("train", "val"):
         die(f"split must be train or val, got {split!r}")

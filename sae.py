@@ -515,6 +515,7 @@ def main(argv=None):
             "tokenizer_hash": tok_hash, "domains": domains}
     train_arrays = load_domain_tokens(cfg["data_dir"], domains, "train", tok_hash, name, margs.vocab_size)
     val_arrays = load_domain_tokens(cfg["data_dir"], domains, "val", tok_hash, name, margs.vocab_size)
+    info["data_meta_sha256"] = datalib.data_fingerprint(cfg["data_dir"], domains)
     cfg["seq_len"] = cfg["seq_len"] or margs.block_size
     T = cfg["seq_len"]
     if T > margs.block_size or not 0 < cfg["tokens_per_seq"] <= T - cfg["skip_first"]:

@@ -238,8 +238,9 @@ def main(argv=None):
                 "name": name, "domain": cfg["domain"], "iter_num": iter_num, "best_val_loss": best_val,
                 "val_loss": val_losses, "tokenizer_hash": tok_hash, "parents": parents,
                 "optimizer": optimizer.state_dict(), "data_rng": [pending_state], "finished": finished,
-                "provenance": provenance(cfg, data=meta.get("provenance", {}).get("config", {}) | {
-                    "source": meta.get("source"), "tokenizer_hash": tok_hash}, parents=parents)}
+                "provenance": provenance(cfg, data={"source": meta.get("source"), "tokenizer_hash": tok_hash,
+                                                    "meta_sha256": datalib.data_fingerprint(cfg["data_dir"], [cfg["domain"]])},
+                                         parents=parents)}
         atomic_torch_save(ckpt, ckpt_path)
 
     # -------------------------------------------------------------------------
@@ -319,7 +320,8 @@ def main(argv=None):
                    "seconds_this_run": round(elapsed, 2), "tokens_per_s": round(tokens_seen_run / max(elapsed, 1e-9)),
                    "params": raw_model.num_params(), "checkpoint": ckpt_path,
                    "checkpoint_sha256": sha256_file(ckpt_path), "data_source": meta.get("source"),
-                   "provenance": provenance(cfg, tokenizer_hash=tok_hash, parents=parents)}
+                   "provenance": provenance(cfg, tokenizer_hash=tok_hash, parents=parents,
+                                            data_meta_sha256=datalib.data_fingerprint(cfg["data_dir"], [cfg["domain"]]))}
         atomic_write_json(os.path.join(cfg["out_dir"], name, "metrics.json"), metrics)
         print("val loss: " + ", ".join(f"{d} {v:.4f}" for d, v in val_losses.items()) +
               f"  ({elapsed:.0f}s) -> {ckpt_path}")

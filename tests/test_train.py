@@ -46,6 +46,9 @@ def test_pretraining_loss_falls_clearly(dirs):
     assert set(m["val_loss"]) == {"base", "lua", "tinystories"}
     assert m["checkpoint_sha256"] == sha256_file(os.path.join(dirs[1], "base", "ckpt.pt"))
     assert m["provenance"]["config"]["domain"] == "base"
+    meta_hash = sha256_file(os.path.join(dirs[0], "base", "meta.json"))      # which token files made it
+    assert m["provenance"]["data_meta_sha256"] == {"base": meta_hash}
+    assert ck["provenance"]["data"]["meta_sha256"] == {"base": meta_hash}
 
 
 def test_finetune_starts_from_parent_weights_and_learns_its_domain(dirs):
