@@ -275,7 +275,8 @@ def main(argv=None):
                  "t": grid if cfg["sweep"] else cfg["t"]}
     out_path = (os.path.join(cfg["out_dir"], "merge_sweep.json") if cfg["sweep"]
                 else os.path.join(cfg["out_dir"], cfg["out"], "merge.json"))
-    if os.path.exists(out_path) and not cfg["overwrite"]:
+    ckpt_path = os.path.join(cfg["out_dir"], cfg["out"], "ckpt.pt")
+    if os.path.exists(out_path) and (cfg["sweep"] or os.path.exists(ckpt_path)) and not cfg["overwrite"]:
         if common.read_json(out_path).get("made_from") == made_from:
             print(f"{out_path} was made from these inputs and settings; nothing to do")
             return
@@ -309,12 +310,12 @@ def main(argv=None):
         paper_cross = crossing(paper["t"], paper[doms[0]], paper[doms[1]]) if paper else None
         print(f"losses cross at t = {cross if cross is None else round(cross, 4)} (ours)"
               + (f", {paper_cross:.4f} (paper, in our t)" if paper else ""))
-        common.atomic_write_json(os.path.join(cfg["out_dir"], "merge_sweep.json"), {
+        common.atomic_write_json(out_path, {
             "made_from": made_from, "t": grid, "loss": losses, "domains": doms, "a": inputs["a"], "b": inputs["b"],
             "mode": cfg["mode"], "parent": inputs.get("parent"), "t_rules": rules, "crossing_t": cross,
             "paper": paper and {**paper, "crossing_t": paper_cross, "note": "paper's t (weight of lua) converted to ours (weight of b)"},
             "provenance": common.provenance(cfg, inputs=inputs)})
-        print(f"wrote {os.path.join(cfg['out_dir'], 'merge_sweep.json')}")
+        print(f"wrote {out_path}")
         return
 
     sd, infos = merge_state_dicts(ca["model"], cb["model"], cfg["t"], rules, sd_p, cfg["dot_threshold"])
@@ -330,12 +331,12 @@ def main(argv=None):
     ckpt = {"model": sd, "model_args": ca["model_args"], "config": cfg, "name": cfg["out"], "domain": None,
             "iter_num": 0, "tokenizer_hash": ca.get("tokenizer_hash"), "parents": [inputs["a"], inputs["b"]],
             "val_loss": val, "provenance": prov, "merge": record}
-    path = os.path.join(cfg["out_dir"], cfg["out"], "ckpt.pt")
-    common.atomic_torch_save(ckpt, path)
-    common.atomic_write_json(os.path.join(cfg["out_dir"], cfg["out"], "merge.json"), {
-        **record, "made_from": made_from, "tensors": infos, "val_loss": val, "checkpoint": {"path": path, "hash": common.sha256_file(path)},
+    common.atomic_torch_save(ckpt, ckpt_path)
+    common.atomic_write_json(out_path, {  # written last: its made_from vouches for the checkpoint
+        **record, "made_from": made_from, "tensors": infos, "val_loss": val,
+        "checkpoint": {"path": ckpt_path, "hash": common.sha256_file(ckpt_path)},
         "parents": [inputs["a"], inputs["b"]], "provenance": prov})
-    print(f"wrote {path} and merge.json")
+    print(f"wrote {ckpt_path} and merge.json")
 
 
 if __name__ == "__main__":

@@ -123,6 +123,7 @@ def main(argv=None):
     train_tokens = datalib.load_tokens(cfg["data_dir"], cfg["domain"], "train")
     val_tokens = datalib.load_tokens(cfg["data_dir"], cfg["domain"], "val")
     tok_hash = meta["tokenizer_hash"]
+    data_hash = datalib.data_fingerprint(cfg["data_dir"], [cfg["domain"]])  # which token files made this model
 
     # -------------------------------------------------------------------------
     # model: resume, fine-tune from the parent, or fresh
@@ -239,8 +240,7 @@ def main(argv=None):
                 "val_loss": val_losses, "tokenizer_hash": tok_hash, "parents": parents,
                 "optimizer": optimizer.state_dict(), "data_rng": [pending_state], "finished": finished,
                 "provenance": provenance(cfg, data={"source": meta.get("source"), "tokenizer_hash": tok_hash,
-                                                    "meta_sha256": datalib.data_fingerprint(cfg["data_dir"], [cfg["domain"]])},
-                                         parents=parents)}
+                                                    "meta_sha256": data_hash}, parents=parents)}
         atomic_torch_save(ckpt, ckpt_path)
 
     # -------------------------------------------------------------------------
@@ -320,8 +320,7 @@ def main(argv=None):
                    "seconds_this_run": round(elapsed, 2), "tokens_per_s": round(tokens_seen_run / max(elapsed, 1e-9)),
                    "params": raw_model.num_params(), "checkpoint": ckpt_path,
                    "checkpoint_sha256": sha256_file(ckpt_path), "data_source": meta.get("source"),
-                   "provenance": provenance(cfg, tokenizer_hash=tok_hash, parents=parents,
-                                            data_meta_sha256=datalib.data_fingerprint(cfg["data_dir"], [cfg["domain"]]))}
+                   "provenance": provenance(cfg, tokenizer_hash=tok_hash, parents=parents, data_meta_sha256=data_hash)}
         atomic_write_json(os.path.join(cfg["out_dir"], name, "metrics.json"), metrics)
         print("val loss: " + ", ".join(f"{d} {v:.4f}" for d, v in val_losses.items()) +
               f"  ({elapsed:.0f}s) -> {ckpt_path}")

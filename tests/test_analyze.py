@@ -8,6 +8,7 @@ import sys
 import types
 from dataclasses import asdict
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -368,30 +369,14 @@ def test_explain_hook_gets_contexts_and_its_answers_reach_the_report(study, tmp_
 def test_explain_end_to_end_with_a_local_llm_stub(study, tmp_path, monkeypatch):
     """The real explain.py against an OpenAI-compatible stub on 127.0.0.1: explanations and scores land
     in results.json and on the report's feature pages."""
-    import json as _json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    def respond(path, headers, body):
+        msgs = body["messages"]
+        if "predict" in msgs[0]["content"]:       # simulation: 10 on tokens holding a digit, 0 elsewhere
+            toks = re.findall(r"^(\d+)\t(.*)$", msgs[-1]["content"], flags=re.M)
+            return 200, {}, "\n".join(f"{i}\t{10 if re.search(r'[0-9]', tok) else 0}" for i, tok in toks)
+        return 200, {}, "digits and numbers"
 
-    class Stub(BaseHTTPRequestHandler):
-        def do_POST(self):
-            msgs = _json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"]
-            if "predict" in msgs[0]["content"]:   # simulation: 10 on tokens holding a digit, 0 elsewhere
-                toks = re.findall(r"^(\d+)\t(.*)$", msgs[-1]["content"], flags=re.M)
-                text = "\n".join(f"{i}\t{10 if re.search(r'[0-9]', tok) else 0}" for i, tok in toks)
-            else:
-                text = "digits and numbers"
-            body = _json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv, api_base = helpers.chat_server(respond)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     data_dir, out_dir, _ = study
@@ -399,7 +384,7 @@ def test_explain_end_to_end_with_a_local_llm_stub(study, tmp_path, monkeypatch):
     import shutil
     shutil.copytree(out_dir, out2)
     try:
-        res = run(data_dir, out2, "--explain", f"--api_base=http://127.0.0.1:{srv.server_port}/v1", "--llm_model=stub")
+        res = run(data_dir, out2, "--explain", f"--api_base={api_base}", "--llm_model=stub")
     finally:
         srv.shutdown()
         srv.server_close()

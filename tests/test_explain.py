@@ -4,9 +4,8 @@ import json
 import os
 import re
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import helpers
 import numpy as np
 import pytest
 
@@ -32,31 +31,14 @@ def llm():
     """state: script = [(status, headers, body)] answered first, then fake_answer; requests = log."""
     state = {"script": [], "requests": [], "mode": "ok"}
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            state["requests"].append({"path": self.path, "headers": dict(self.headers), "body": body})
-            if state["script"]:
-                code, headers, text = state["script"].pop(0)
-            else:
-                code, headers = 200, {}
-                text = json.dumps({"choices": [{"index": 0, "message": {
-                    "role": "assistant", "content": fake_answer(body["messages"], state["mode"])}}]})
-            data = text.encode()
-            self.send_response(code)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def respond(path, headers, body):
+        state["requests"].append({"path": path, "headers": headers, "body": body})
+        if state["script"]:
+            code, extra, raw = state["script"].pop(0)
+            return code, extra, raw.encode()                                  # scripted bodies go out verbatim
+        return 200, {}, fake_answer(body["messages"], state["mode"])
 
-        def log_message(self, *args):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    state["base"] = f"http://127.0.0.1:{srv.server_port}/v1"
+    srv, state["base"] = helpers.chat_server(respond)
     yield state
     srv.shutdown()
     srv.server_close()

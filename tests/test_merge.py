@@ -325,6 +325,9 @@ def test_rerun_is_a_noop_and_other_inputs_need_overwrite(world, capsys):
         run(world, "--t=0.3")
     run(world, "--t=0.3", "--overwrite")
     assert torch.load(path, weights_only=False)["merge"]["t"] == 0.3
+    os.remove(path)                                                # a deleted checkpoint is made again
+    run(world, "--t=0.3")
+    assert torch.load(path, weights_only=False)["merge"]["t"] == 0.3
     write_val(data, "lua", 0)                                      # data of another tokenizer
     meta = json.load(open(os.path.join(data, "lua", "meta.json")))
     meta["tokenizer_hash"] = "tok-B"
