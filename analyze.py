@@ -1,40 +1,44 @@
 """
-Feature tracking through fine-tuning and merging (DESIGN.md): which SAE features persist,
-disappear and emerge along each parent -> child edge, read against a null baseline, followed as
-families across the four models, and shown in an offline HTML report.
+Feature tracking through fine-tuning and merging: which SAE features persist, disappear and emerge
+along each parent -> child edge, read against a null baseline, and followed as families across the
+four models. Writes out/analysis/results.json (the findings) and pages.json (what the feature pages
+show); report.py renders both into out/analysis/report.html.
 
-    python analyze.py                       # out/analysis/results.json + out/analysis/report.html
+    python analyze.py                       # out/analysis/results.json, pages.json, report.html
     python analyze.py --threshold 0.7 --n_tokens 65536 --explain --api_base http://127.0.0.1:8080/v1
+    python report.py                        # re-render the report alone
 
 Inputs: out/<model>/ckpt.pt (train.py, merge.py), out/sae_<model>/sae_s0.pt and, for the null
 baseline, sae_s1.pt (sae.py --seeds 0,1), data/<domain>/val.bin (data.py), out/merge_sweep.json
 (merge.py --sweep; shown when present).
 
-How:
-- One evaluation token set: whole block_size windows drawn once (seeded) from the validation
-  splits of base, lua and tinystories, run through every model and SAE, so every correlation is
-  over the very same tokens.
-- One streaming pass in chunks: each model's MLP activations and each SAE's features are computed
-  once per chunk and every edge is updated from them. Pearson r comes from running float64 sums
-  (x, x^2, y, y^2 and the (F_parent, F_child) matrix x^T y, one matmul per chunk): memory grows
-  with F_parent x F_child, never with tokens. Per feature, a running top-k of sequences by their
-  max activation; the few sequences the report needs are re-run at the end for token activations.
-- Classification at --threshold (DESIGN.md): a live parent feature persists when a live child
-  feature has r >= threshold with it, else disappears; a live child feature with no such parent
-  emerges; dead features (never active on the token set) are counted apart. A constant feature
-  has no defined r: it is 0. Many-to-many matches are every pair >= threshold; the one-to-one
-  matching is greedy on r (highest pair first, each feature used once), which never pairs a
-  feature with a worse partner while a better free one exists. Matched pairs also get the cosine
-  of their decoder directions, a data-free second signal.
-- Null baseline: the same classification between the seed-0 and seed-1 SAEs of one model. Two
-  SAEs of one model share only part of their features, so an edge's persisting fraction is read
-  against its parent's seed0 -> seed1 fraction.
-- Families: each live base feature is followed to lua and tinystories, and on to luastories.
+The method, in the order main() runs it:
+1. Load the models and SAEs and check that they belong together: one tokenizer, each child made
+   from the parent checkpoint on disk now, each SAE trained on its model.
+2. Draw one evaluation token set: whole block_size windows drawn once (seeded) from the validation
+   splits of base, lua and tinystories, run through every model and SAE, so every correlation is
+   over the very same tokens.
+3. Stream it in chunks: each model's MLP activations and each SAE's features are computed once per
+   chunk and every pair is updated from them. Pearson r comes from running float64 sums (x, x^2,
+   y, y^2 and the (F_parent, F_child) matrix x^T y, one matmul per chunk): memory grows with
+   F_parent x F_child, never with tokens. Per feature, a running top-k of sequences by their max.
+4. Classify each pair at --threshold (DESIGN.md): a live parent feature persists when a live child
+   feature has r >= threshold with it, else it disappears; a live child feature with no such parent
+   emerges; dead features (never active on the token set) are counted apart. A constant feature
+   has no defined r: it is 0. Many-to-many matches are every pair >= threshold; the one-to-one
+   matching is greedy on r (highest pair first, each feature used once), which never pairs a
+   feature with a worse partner while a better free one exists. Matched pairs also get the cosine
+   of their decoder directions, a data-free second signal. The null baseline is the same
+   classification between the seed-0 and seed-1 SAEs of one model: an edge's persisting fraction
+   is read against its parent's seed0 -> seed1 fraction. Families follow each live base feature to
+   lua and tinystories, and on to luastories.
+5. Select the features that get a page: per edge and category, with their partners across models.
+6. Collect their contexts (only the sequences needed are re-run) and their direct logit effects.
+7. Write results.json and pages.json, and render the report.
 """
-import html
-import json
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,6 +46,7 @@ import torch.nn.functional as F
 
 import common
 import data as datalib
+import report
 import sae as saelib
 from common import die
 from model import load_model
@@ -49,9 +54,10 @@ from model import load_model
 # -----------------------------------------------------------------------------
 # default config (paper preset; PRESETS below overrides)
 config = dict(
-    data_dir="data",
+    data_dir="data",            # token files and tokenizer (data.py)
     out_dir="out",              # reads the models and SAEs here, writes out_dir/analysis/
-    device="auto",
+    device="auto",              # auto = cuda when available, else cpu
+    threads=0,                  # CPU threads for torch (0 = the cores free now)
     models=["base", "lua", "tinystories", "luastories"],  # every edge with both ends here is tracked
     domains=["base", "lua", "tinystories"],  # validation splits the token set is drawn from (equal shares)
     n_tokens=1_048_576,         # evaluation tokens, as whole block_size windows (fewer if the val splits are short)
@@ -60,8 +66,7 @@ config = dict(
     sae_seed=0,                 # the SAEs tracked
     null_seed=1,                # the second SAE per model for the null baseline (sae.py --seeds 0,1)
     threshold=0.8,              # Pearson r for a match (the study's value)
-    skip_first=1,               # positions < skip_first are left out, as sae.py leaves them out of training and
-                                # metrics (position 0 has no context and outlier norms)
+    skip_first=1,               # positions < skip_first are left out, as sae.py leaves them out (position 0 has no context)
     batch_size=32,              # sequences per chunk
     corr_dtype="float32",       # per-chunk x^T y products (running sums are float64 regardless)
     n_select=6,                 # per edge and category, this many features get a full page
@@ -79,6 +84,9 @@ PRESETS = {
     "paper": dict(),
     "tiny": dict(n_tokens=131_072, n_select=4, ctx_window=32),
 }
+CHECKS = {"threads": ">=0", "n_tokens": ">0", "min_tokens": ">=0", "threshold": "(0,1]", "skip_first": ">=0",
+          "batch_size": ">0", "corr_dtype": ("float32", "float64"), "n_select": ">=0", "n_top": ">=0",
+          "n_random": ">=0", "ctx_window": ">0", "n_show": ">0", "max_pairs": ">=0", "max_requests": ">=0"}
 MODELS = ("base", "lua", "tinystories", "luastories")
 EDGES = (("base", "lua"), ("base", "tinystories"), ("lua", "luastories"), ("tinystories", "luastories"),
          ("base", "luastories"))
@@ -180,12 +188,6 @@ def greedy_matching(pairs, pair_r):
     return pairs[keep].reshape(-1, 2), pair_r[keep]
 
 
-def match_one_to_one(r, threshold):
-    """Greedy one-to-one matching of the pairs with r >= threshold."""
-    r = torch.as_tensor(r)
-    pairs = (r >= threshold).nonzero()
-    return greedy_matching(pairs.cpu().numpy(), r[pairs[:, 0], pairs[:, 1]].cpu().numpy())
-
 
 def decoder_cos(W_a, W_b, i, j):
     """Cosine between decoder rows W_a[i] and W_b[j] (index arrays of one length)."""
@@ -239,21 +241,6 @@ def histogram(best_r, live):
 # -----------------------------------------------------------------------------
 # streaming helpers
 
-def draw_token_set(arrays, n_tokens, T, seed):
-    """Windows of T tokens from each domain's val tokens: n_tokens // T in all, equal shares per domain,
-    distinct non-overlapping windows chosen at random (seeded); a short split gives what it has.
-    arrays: {domain: 1-D token array}. Returns (seqs (n, T) int64, {domain: windows drawn})."""
-    rng = np.random.default_rng(seed)
-    n_seq, names = n_tokens // T, list(arrays)
-    rows, drawn = [], {}
-    for d, name in enumerate(names):
-        want, avail = n_seq // len(names) + (d < n_seq % len(names)), len(arrays[name]) // T
-        pick = np.sort(rng.choice(avail, size=min(want, avail), replace=False)) if avail else []
-        rows += [np.asarray(arrays[name][i * T:(i + 1) * T], dtype=np.int64) for i in pick]
-        drawn[name] = len(pick)
-    return (np.stack(rows) if rows else np.zeros((0, T), dtype=np.int64)), drawn
-
-
 def stats_init(n_features, k, device):
     z = lambda *s, dt=torch.float64: torch.zeros(*s, dtype=dt, device=device)
     return {"nnz": z(n_features), "sum": z(n_features), "max": z(n_features, dt=torch.float32), "k": k,
@@ -292,11 +279,9 @@ def collect_contexts(model, sae, seqs, feats, top_seqs, rand, w, batch, device, 
         want.setdefault(int(s), []).append((None, st))
     out = {f: {"top": [], "random": []} for f in feats}
     idx, order, T = torch.tensor(feats, dtype=torch.long, device=device), sorted(want), seqs.shape[1]
-    for b in range(0, len(order), batch):
-        ids = order[b:b + batch]
-        x = torch.from_numpy(seqs[ids]).to(device)
-        h = model.mlp_acts(x).reshape(-1, model.args.d_mlp).float()
-        a = sae.encode(h)[:, idx].view(len(ids), T, -1).float().cpu().numpy()  # (b, T, n_feats)
+    for start, h in saelib.mlp_activations(model, seqs[order], batch, device):    # h (b, T, d_mlp)
+        ids = order[start:start + len(h)]
+        a = sae.encode(h.reshape(-1, h.shape[-1]))[:, idx].view(len(ids), T, -1).float().cpu().numpy()  # (b, T, n_feats)
         a[:, :skip] = 0.0  # positions left out of the statistics are shown, never counted
         for k, s in enumerate(ids):
             for f, st in want[s]:
@@ -376,266 +361,6 @@ def edge_table(res):
     return "\n".join("  ".join(str(v).ljust(w[k]) if k == 0 else str(v).rjust(w[k]) for k, v in enumerate(r)) for r in rows)
 
 
-# -----------------------------------------------------------------------------
-# report: inline SVG built here, feature pages built in the browser from embedded JSON
-
-esc = html.escape
-GREEN, GREY, ORANGE, BLUE = "#2a9d5c", "#9aa0a6", "#e8892b", "#3a6ea5"
-
-
-def sankey_svg(cols, links, width=900, height=330):
-    """Flow diagram. cols: [[(id, label, value, colour)], ...] left to right; links: [(src, dst, value)];
-    band widths proportional to value, coloured by their destination."""
-    pad, nw, lab = 14, 14, 240
-    tot = max(sum(n[2] for n in col) for col in cols) or 1
-    k = (height - 20 - pad * (max(len(c) for c in cols) - 1)) / tot
-    step = (width - lab - nw - 10) / max(len(cols) - 1, 1)
-    pos, nodes, bands, colour = {}, [], [], {}
-    for ci, col in enumerate(cols):
-        x, y = 10 + ci * step, 10.0
-        for nid, label, v, col_ in col:
-            if v <= 0:  # an empty node would only add a label over the others
-                continue
-            hh = v * k
-            pos[nid], colour[nid] = [x, y, y], col_
-            nodes.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{nw}" height="{hh:.1f}" fill="{col_}"/>'
-                         f'<text x="{x + nw + 4:.1f}" y="{y + hh / 2 + 4:.1f}">{esc(label)} ({v:,})</text>')
-            y += hh + pad
-    for s, d, v in links:
-        if v <= 0:
-            continue
-        w, x0, x1 = v * k, pos[s][0] + nw, pos[d][0]
-        y0, y1, xm = pos[s][1], pos[d][2], (pos[s][0] + nw + pos[d][0]) / 2
-        pos[s][1] += w
-        pos[d][2] += w
-        bands.append(f'<path d="M{x0:.1f},{y0:.1f}C{xm:.1f},{y0:.1f} {xm:.1f},{y1:.1f} {x1:.1f},{y1:.1f}'
-                     f'L{x1:.1f},{y1 + w:.1f}C{xm:.1f},{y1 + w:.1f} {xm:.1f},{y0 + w:.1f} {x0:.1f},{y0 + w:.1f}Z" '
-                     f'fill="{colour[d]}" opacity="0.35"><title>{esc(s)} to {esc(d)}: {v:,}</title></path>')
-    return f'<svg class="sankey" width="{width}" height="{height}">' + "".join(bands + nodes) + "</svg>"
-
-
-def family_flow(fam):
-    """Sankey columns/links: base features by fine-tune, then whether they reach luastories."""
-    g, reach, L = fam["fine_tunes"], fam["reach"], {"n": 0}
-    names = {"both": "in lua and tinystories", "lua_only": "in lua only", "tinystories_only": "in tinystories only",
-             "neither": "in neither fine-tune"}
-    col1 = [(k, names[k], g[k], GREEN if k != "neither" else GREY) for k in names]
-    col1 += [("new_lua", "new in lua", fam["new_lua"]["n"], ORANGE),
-             ("new_tinystories", "new in tinystories", fam["new_tinystories"]["n"], ORANGE)]
-    links = [("base", k, g[k]) for k in names]
-    for k in names:
-        links += [(k, "L", reach[k]), (k, "lost", g[k] - reach[k])]
-    for k in ("new_lua", "new_tinystories"):
-        links += [(k, "L", fam[k]["reach"]), (k, "lost", fam[k]["n"] - fam[k]["reach"])]
-    L = sum(v for s, d, v in links if d == "L")
-    lost = sum(v for s, d, v in links if d == "lost")
-    cols = [[("base", "base (live)", fam["base_live"], BLUE)], col1,
-            [("L", "reach luastories", L, GREEN), ("new_L", "new in luastories", fam["new_luastories"], ORANGE),
-             ("lost", "lost on the way", lost, GREY)]]
-    return cols, links
-
-
-def hist_svg(hp, hc, thr, title, w=280, h=140):
-    """Max-r histograms of one edge: parent features (bars) and child features (line); threshold in red."""
-    n, m = len(hp), max(max(hp), max(hc), 1)
-    x0, x1, y0, y1 = 30, w - 8, h - 22, 20
-    sx, sy = (x1 - x0) / n, (y0 - y1) / m
-    bars = "".join(f'<rect x="{x0 + b * sx:.1f}" y="{y0 - v * sy:.1f}" width="{sx - 0.5:.1f}" height="{v * sy:.1f}" '
-                   f'fill="{BLUE}"/>' for b, v in enumerate(hp) if v)
-    pts = " ".join(f"{x0 + b * sx:.1f},{y0 - v * sy:.1f} {x0 + (b + 1) * sx:.1f},{y0 - v * sy:.1f}" for b, v in enumerate(hc))
-    xt = x0 + thr * (x1 - x0)
-    return (f'<svg width="{w}" height="{h}"><text x="{x0}" y="13" class="t">{esc(title)}</text>{bars}'
-            f'<polyline points="{pts}" fill="none" stroke="{ORANGE}" stroke-width="1.5"/>'
-            f'<line x1="{xt:.1f}" x2="{xt:.1f}" y1="{y1}" y2="{y0}" stroke="#d33" stroke-dasharray="3,2"/>'
-            f'<line x1="{x0}" x2="{x1}" y1="{y0}" y2="{y0}" stroke="#444"/>'
-            f'<text x="{x0}" y="{h - 6}">0</text><text x="{(x0 + x1) / 2 - 8:.0f}" y="{h - 6}">0.5</text>'
-            f'<text x="{x1 - 8}" y="{h - 6}">1</text><text x="2" y="{y1 + 8}">{m}</text></svg>')
-
-
-def sweep_svg(sw, w=520, h=260):
-    """The merge sweep: val loss on each domain against t (t = 0: model a), the paper's curves dashed."""
-    t, losses = sw["t"], sw.get("losses") or sw.get("loss") or {}
-    paper = sw.get("paper") if isinstance(sw.get("paper"), dict) else {}
-    ys = [v for d in losses for v in losses[d]] + [v for d in losses for v in paper.get(d, [])]
-    lo, hi = min(ys), max(ys)
-    x0, x1, y0, y1 = 44, w - 130, h - 30, 12
-    X = lambda v: x0 + v * (x1 - x0)
-    Y = lambda v: y0 - (v - lo) / max(hi - lo, 1e-9) * (y0 - y1)
-    out, colours = [], [BLUE, ORANGE, GREEN, "#8e44ad"]
-    for k, d in enumerate(losses):
-        c = colours[k % 4]
-        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="'
-                   + " ".join(f"{X(a):.1f},{Y(b):.1f}" for a, b in zip(t, losses[d])) + '"/>')
-        out.append(f'<text x="{x1 + 8}" y="{y1 + 14 + 16 * k}" fill="{c}">{esc(str(d))} (ours)</text>')
-        if d in paper and "t" in paper:
-            out.append(f'<polyline fill="none" stroke="{c}" stroke-dasharray="4,3" points="'
-                       + " ".join(f"{X(a):.1f},{Y(b):.1f}" for a, b in zip(paper["t"], paper[d])) + '"/>')
-    if paper:
-        out.append(f'<text x="{x1 + 8}" y="{y1 + 14 + 16 * len(losses)}">dashed: paper</text>')
-    ct = sw.get("crossing_t", sw.get("cross_t"))
-    if isinstance(ct, (int, float)):
-        out.append(f'<line x1="{X(ct):.1f}" x2="{X(ct):.1f}" y1="{y1}" y2="{y0}" stroke="#888" stroke-dasharray="2,2"/>'
-                   f'<text x="{X(ct) + 3:.1f}" y="{y1 + 10}">cross {ct:.2f}</text>')
-    name = lambda v: v.get("name", "?") if isinstance(v, dict) else str(v)
-    out.append(f'<line x1="{x0}" x2="{x1}" y1="{y0}" y2="{y0}" stroke="#444"/><line x1="{x0}" x2="{x0}" y1="{y1}" y2="{y0}" stroke="#444"/>'
-               f'<text x="{x0}" y="{h - 8}">t = 0 ({esc(name(sw.get("a", "a")))})</text>'
-               f'<text x="{x1 - 110}" y="{h - 8}">t = 1 ({esc(name(sw.get("b", "b")))})</text>'
-               f'<text x="2" y="{y1 + 8}">{hi:.2f}</text><text x="2" y="{y0}">{lo:.2f}</text>')
-    return f'<svg width="{w}" height="{h}">' + "".join(out) + "</svg>"
-
-
-def json_for_script(obj):
-    """JSON safe inside <script type="application/json">: no '</script>', no HTML-significant characters."""
-    s = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=common._json_default)
-    for a, b in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        s = s.replace(a, b)
-    return s
-
-
-def table(header, rows):
-    th = "".join(f"<th>{esc(str(x))}</th>" for x in header)
-    return "<table><tr>" + th + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{esc(str(x))}</td>" for x in r) + "</tr>" for r in rows) + "</table>"
-
-
-PAGE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Feature tracking report</title>
-<script>window.onerror=function(m,s,l){document.documentElement.setAttribute('data-js','error: '+m+' (line '+l+')');};</script>
-<style>body{font:14px/1.4 system-ui,sans-serif;margin:20px auto;max-width:1100px;padding:0 12px;color:#222}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:2px 7px;text-align:right}th{background:#f2f2f2}
-td:first-child,th:first-child{text-align:left}.banner{background:#fff3cd;border:1px solid #e0c36a;padding:8px}
-.dim{color:#777}svg text{font-size:11px;paint-order:stroke;stroke:#fff;stroke-width:3px}.t{font-weight:bold}
-.ctx{font-family:monospace;white-space:pre-wrap;word-break:break-all;border-bottom:1px solid #eee;padding:2px 0}
-.mx{display:inline-block;width:58px;color:#777}.persists,.matched{color:%GREEN%}.disappears{color:#b33}.emerges{color:%ORANGE%}
-#page{border:1px solid #ccc;padding:6px 12px;margin-top:8px}.lg span{font-family:monospace;margin-right:10px}
-.hists svg{margin:4px}details pre{font-size:11px;max-height:300px;overflow:auto}</style></head><body>
-<h1>Tracking SAE features through fine-tuning and merging</h1>%BANNER%
-<p>%SUMMARY%</p>
-<h2>Edges</h2><p>A live parent feature <b>persists</b> when some live child feature correlates with it at r &ge; %THR%
-over the same tokens, else it <b>disappears</b>; a live child feature with no such parent <b>emerges</b>; dead features
-(never active on the token set) are counted apart. <b>Null</b>: the same between two SAEs of the parent model that differ
-only in seed; an edge's persisting fraction means something only against it.</p>%EDGES%
-<h3>Null baseline (seed %S0% vs seed %S1% SAE of one model)</h3>%NULL%
-<h3>Models and SAEs</h3>%MODELS%
-<h2>Feature families</h2>%FAMILY%
-<h2>Max correlation per feature</h2><p class="dim">Blue bars: each live parent feature's best r with a child feature;
-orange line: each live child feature's best r with a parent feature; red: the threshold.</p><div class="hists">%HISTS%</div>
-%SWEEP%
-<h2 id="features">Feature pages</h2><div id="sel"></div>
-<form id="q">Feature: <select id="qm"></select> <input id="qi" type="number" min="0" value="0" style="width:7em">
-<button>show</button></form><div id="page"></div>
-<details><summary>Provenance</summary><pre>%PROV%</pre></details>
-<script type="application/json" id="data">%DATA%</script>
-<script>
-const D=JSON.parse(document.getElementById('data').textContent);
-function h(t,a,...k){const e=document.createElement(t);for(const n in a||{})e.setAttribute(n,a[n]);for(const c of k)if(c!=null)e.append(c);return e;}
-function fl(x,d){return x==null?'-':(+x).toFixed(d==null?3:d);}
-function fk(m,i){return h('a',{href:'#'+m+'/'+i},m+'/'+i);}
-function tk(id){return String(D.tok[id]??('<'+id+'>')).replace(/\\n/g,'\\u21b5').replace(/\\t/g,'\\u2192');}
-function ctxs(key){const P=D.pages[key],b=h('div',{});if(!P.top.length){b.append(h('p',{class:'dim'},'no activating context in the token set'));return b;}
- const mx=Math.max(1e-9,...P.top.map(c=>Math.max(...c[1])));
- for(const c of P.top.slice(0,D.n_show)){const d=h('div',{class:'ctx'},h('span',{class:'mx'},fl(Math.max(...c[1]),2)));
-  c[0].forEach((id,t)=>{const s=h('span',{title:'act '+fl(c[1][t])},tk(id));if(c[1][t]>0)s.style.background='rgba(255,140,0,'+Math.min(1,c[1][t]/mx).toFixed(2)+')';d.append(s);});b.append(d);}
- return b;}
-function logits(P){const d=h('div',{class:'lg'});for(const [lab,L] of [['promotes',P.pos],['suppresses',P.neg]]){
- const p=h('p',{},h('b',{},lab+': '));for(const [id,v] of L)p.append(h('span',{title:fl(v)},JSON.stringify(tk(id))));d.append(p);}return d;}
-function page(key,head){const P=D.pages[key],b=h('div',{});b.append(head);if(!P)return b;
- if(P.expl)b.append(h('p',{},h('b',{},'explanation: '),String(P.expl.explanation||P.expl.error||''),' (score '+fl(P.expl.score,2)+')'));
- b.append(logits(P),ctxs(key));return b;}
-function render(key){const pg=document.getElementById('page');pg.replaceChildren();
- const p=String(key).split('/'),m=p[0],i=parseInt(p[1],10);
- if(!(m in D.density)||!(i>=0&&i<D.density[m].length)){pg.append(h('p',{},'no feature '+key));return;}
- const dn=D.density[m][i];pg.append(h('h3',{},'feature '+m+'/'+i));
- pg.append(h('p',{},'active on '+fl(100*dn,3)+'% of the tokens'+(dn===0?' (dead on the token set)':'')));
- const tb=h('table',{},h('tr',{},...['edge','role','best partner','r','status'].map(x=>h('th',{},x))));
- for(const e of D.edges){let j,r,st,role,o;
-  if(e.parent===m){j=e.pb[i];r=e.pr[i];role='parent';o=e.child;st=dn===0?'dead':r>=D.thr?'persists':'disappears';}
-  else if(e.child===m){j=e.cb[i];r=e.cr[i];role='child';o=e.parent;st=dn===0?'dead':r>=D.thr?'matched':'emerges';}
-  else continue;
-  tb.append(h('tr',{},h('td',{},e.name),h('td',{},role),h('td',{},j>=0?fk(o,j):'-'),h('td',{},fl(r)),h('td',{class:st},st)));}
- pg.append(tb);const P=D.pages[m+'/'+i];
- if(!P){pg.append(h('p',{class:'dim'},'Contexts and logit effects are stored for the selected features and their partners only.'));return;}
- pg.append(page(m+'/'+i,h('h4',{},'in '+m)));
- for(const [tm,tj,tr,via] of P.trail)pg.append(page(tm+'/'+tj,h('h4',{},'partner in '+tm+': ',fk(tm,tj),' (r = '+fl(tr)+' on '+via+')')));
- if(P.near)pg.append(page(P.near[0]+'/'+P.near[1],h('h4',{},'nearest feature in '+P.near[0]+' (below the threshold): ',fk(P.near[0],P.near[1]),' (r = '+fl(P.near[2])+')')));}
-const sl=document.getElementById('sel');
-for(const s of D.sel){const d=h('p',{},h('b',{},s.edge));for(const c of ['persisting','disappearing','emerging']){d.append(' | '+c+': ');if(!s[c].length)d.append('none ');for(const k of s[c])d.append(h('a',{href:'#'+k},k),' ');}sl.append(d);}
-const qm=document.getElementById('qm');for(const m of D.models)qm.append(h('option',{value:m},m));
-document.getElementById('q').addEventListener('submit',ev=>{ev.preventDefault();location.hash=qm.value+'/'+document.getElementById('qi').value;});
-window.addEventListener('hashchange',()=>{render(decodeURIComponent(location.hash.slice(1)));document.getElementById('features').scrollIntoView();});
-if(location.hash==='#selftest'){for(const k in D.pages)render(k);for(const m of D.models)render(m+'/0');}
-render(location.hash.length>1&&location.hash!=='#selftest'?decodeURIComponent(location.hash.slice(1)):D.first);
-document.documentElement.setAttribute('data-js',document.documentElement.getAttribute('data-js')||'ok');
-</script></body></html>
-"""
-
-
-def render_report(res, pages, tok, smoke, sweep):
-    cfg, thr = res["config"], res["threshold"]
-    ts = res["token_set"]
-    summary = (f"{ts['n_tokens']:,} evaluation tokens ({ts['n_seq']:,} windows of {ts['block_size']} from the val splits: "
-               + esc(", ".join(f"{d} {n}" for d, n in ts["per_domain"].items())) + f"; seed {ts['seed']}), threshold r &ge; {thr}. "
-               f"Created {esc(res['provenance']['created'])}.")
-    banner = ('<p class="banner"><b>Smoke-scale demo.</b> The data source is the generated sample corpus (data.py '
-              '--source sample): tiny models on synthetic text; the numbers show that the pipeline runs, not the '
-              'study\'s findings.</p>') if smoke else ""
-    edges = table(["edge", "parent live (dead)", "child live (dead)", "persisting", "disappearing", "emerging",
-                   "child matched", "pairs >= thr", "one-to-one", "mean decoder cos (1:1)", "null persisting (parent)",
-                   "null persisting (child)"],
-                  [(n, f"{e['counts']['parent_live']} ({e['counts']['parent_dead']})",
-                    f"{e['counts']['child_live']} ({e['counts']['child_dead']})",
-                    f"{e['counts']['persisting']} ({e['persisting_frac']:.1%})", e["counts"]["disappearing"],
-                    f"{e['counts']['emerging']} ({e['emerging_frac']:.1%})", e["counts"]["child_matched"],
-                    e["counts"]["pairs"], e["one_to_one"]["n"], _f(e["one_to_one"]["mean_cos"]),
-                    _pct(e["null_parent_persisting_frac"]), _pct(e["null_child_persisting_frac"]))
-                   for n, e in res["edges"].items()])
-    nul = table(["model", "live s0", "live s1", "persisting s0->s1", "emerging in s1", "one-to-one", "mean decoder cos"],
-                [(m, e["counts"]["parent_live"], e["counts"]["child_live"], f"{e['counts']['persisting']} ({e['persisting_frac']:.1%})",
-                  f"{e['counts']['emerging']} ({e['emerging_frac']:.1%})", e["one_to_one"]["n"], _f(e["one_to_one"]["mean_cos"]))
-                 for m, e in res["null"].items()])
-    if res["null_missing"]:
-        nul += f"<p>No seed-{cfg['null_seed']} SAE for: {esc(', '.join(res['null_missing']))} (make one with python sae.py --model NAME --seeds 0,1).</p>"
-    mods = table(["model", "features", "live", "dead", "median density (live)", "SAE fvu", "SAE L0", "null SAE"],
-                 [(m, v["n_features"], v["live"], v["dead"], f"{v['median_density']:.2e}", _f(v["sae_metrics"].get("fvu")),
-                   _f(v["sae_metrics"].get("l0"), 1), "yes" if v["null_sae_hash"] else "no") for m, v in res["models"].items()])
-    fam = res.get("families")
-    if fam:
-        c = fam["counts"]
-        famh = (f"<p>Live base features ({c['base_live']}) by the fine-tunes they persist into, then whether a chain of "
-                f"matches (r &ge; {thr}) carries them into luastories; features new in a fine-tune and new in luastories "
-                "flow in too. Counted as features of their model of origin.</p>" + sankey_svg(*family_flow(c)) +
-                table(["reaching luastories by", "both paths", "lua path only", "tinystories path only", "neither"],
-                      [("base features", *c["paths"].values())]))
-    else:
-        famh = "<p class='dim'>Needs all four models.</p>"
-    hists = "".join(hist_svg(e["hist"]["parent"], e["hist"]["child"], thr, n) for n, e in res["edges"].items())
-    hists += "".join(hist_svg(e["hist"]["parent"], e["hist"]["child"], thr, f"null {m} s0->s1") for m, e in res["null"].items())
-    sw = (f"<h2>Merge sweep</h2><p>Validation loss of SLERP(a, b, t) on each domain (merge.py --sweep).</p>{sweep_svg(sweep)}"
-          if sweep else "")
-    data = {"models": list(res["models"]), "thr": thr, "n_show": cfg["n_show"], "edges": [],
-            "density": {m: v for m, v in res["density"].items()}, "pages": pages, "tok": tok,
-            "sel": [{"edge": n, **{c: [f"{m}/{i}" for m, i in v] for c, v in s.items()}} for n, s in res["selection"].items()]}
-    for n, e in res["edges"].items():
-        data["edges"].append({"name": n, "parent": e["parent"], "child": e["child"], "pb": e["parent_best"]["feature"],
-                              "pr": e["parent_best"]["r"], "cb": e["child_best"]["feature"], "cr": e["child_best"]["r"]})
-    data["first"] = next((k for s in data["sel"] for c in ("persisting", "disappearing", "emerging") for k in s[c]),
-                         f"{data['models'][0]}/0")
-    prov = json.dumps(res["provenance"], indent=1, default=common._json_default)
-    out = PAGE
-    for k, v in (("%GREEN%", GREEN), ("%ORANGE%", ORANGE), ("%BANNER%", banner), ("%SUMMARY%", summary),
-                 ("%THR%", str(thr)), ("%EDGES%", edges), ("%S0%", str(cfg["sae_seed"])), ("%S1%", str(cfg["null_seed"])),
-                 ("%NULL%", nul), ("%MODELS%", mods), ("%FAMILY%", famh), ("%HISTS%", hists), ("%SWEEP%", sw),
-                 ("%PROV%", esc(prov)), ("%DATA%", json_for_script(data))):
-        out = out.replace(k, v)
-    return out
-
-
-def _f(x, d=3):
-    return "-" if x is None else f"{x:.{d}f}"
-
-
-def _pct(x):
-    return "n/a" if x is None else f"{x:.1%}"
-
 
 def _r(a, d=4):
     """r rounded down (to within 1e-10), so that a rounded value is >= a threshold of d decimals when r is."""
@@ -643,13 +368,32 @@ def _r(a, d=4):
 
 
 # -----------------------------------------------------------------------------
+# the study's steps, in the order main() runs them
 
-def main(argv=None):
-    cfg = common.parse_config(dict(config), argv, presets=PRESETS, preset_default=common.default_preset())
-    common.require_positive(cfg, ["batch_size", "n_tokens", "ctx_window", "n_show"])
-    thr, out_dir, data_dir = cfg["threshold"], cfg["out_dir"], cfg["data_dir"]
-    if not 0.0 < thr <= 1.0:
-        die(f"--threshold must be in (0, 1], got {thr}")
+@dataclass
+class Study:
+    """The models and SAEs under study, checked to belong together (load_study)."""
+    models: list           # model names, in --models order
+    edges: list            # [(name 'parent->child', parent, child)] with both ends in models
+    model: dict            # name -> Transformer (eval mode)
+    sae: dict              # (name, seed) -> SAE; seed sae_seed always, null_seed where that SAE exists
+    info: dict             # name -> {"ckpt", "model_hash", "sae<seed>": {hash, metrics, config, args}}
+    nulls: list            # models with both SAE seeds: their seed-null pair is tracked
+    null_missing: list     # models without a null_seed SAE
+    pairs: list            # [(name, (model, seed), (model, seed))]: the edges, then the seed-null pairs
+    d_mlp: int
+    block_size: int
+    tokenizer_hash: str    # the models' tokenizer; the token files are checked against it (data.open_tokens)
+
+
+def settings(argv):
+    """The config, checked; and explain.py when --explain asks for it (its API key checked before the long pass)."""
+    cfg = common.parse_config(dict(config), argv, presets=PRESETS, preset_default=common.default_preset(), checks=CHECKS)
+    if cfg["sae_seed"] == cfg["null_seed"]:
+        die(f"--null_seed must differ from --sae_seed ({cfg['sae_seed']}): the null baseline compares two SAEs of one model")
+    bad = [m for m in cfg["models"] if m not in MODELS]
+    if bad:
+        die(f"unknown model {bad[0]!r} in --models; choose from {', '.join(MODELS)}")
     explain = None
     if cfg["explain"]:  # optional: imported only under --explain, and before the long pass
         try:
@@ -659,56 +403,47 @@ def main(argv=None):
                 raise
             die("--explain needs explain.py (automated interpretability) next to analyze.py; it is not there")
         explain.check_key({k: cfg[k] for k in ("api_base",) if cfg[k]})  # before the long pass, not after it
-    if cfg["corr_dtype"] not in ("float32", "float64"):
-        die(f"--corr_dtype takes float32 or float64, got {cfg['corr_dtype']!r}")
-    models = list(dict.fromkeys(cfg["models"]))
-    bad = [m for m in models if m not in MODELS]
-    if bad:
-        die(f"unknown model {bad[0]!r} in --models; choose from {', '.join(MODELS)}")
+    return cfg, explain
+
+
+def check_lineage(info, edges):
+    """A child must descend from the parent checkpoint on disk now: a retrained base or fine-tune makes its
+    children stale, and their correlations would compare unrelated models."""
+    def ancestors(name, seen=()):
+        found = set()
+        for par in info[name]["ckpt"].get("parents", []):
+            found.add(par["hash"])
+            if par["name"] in info and par["name"] not in seen:
+                found |= ancestors(par["name"], seen + (name,))
+        return found
+    for _, parent, child in edges:
+        if info[parent]["model_hash"] not in ancestors(child):
+            remake = "python merge.py --overwrite" if child == "luastories" else f"python train.py --domain {child} --overwrite"
+            die(f"'{child}' was not made from the current '{parent}' checkpoint ({parent} was re-made since?); "
+                f"re-make it: {remake}")
+
+
+def load_study(cfg, device):
+    """Step 1: the models and SAEs, with the checks that make their correlations meaningful."""
+    models, out_dir = list(dict.fromkeys(cfg["models"])), cfg["out_dir"]
     edges = [(f"{p}->{c}", p, c) for p, c in EDGES if p in models and c in models]
     if not edges:
         die(f"--models {','.join(models)} contains no parent -> child edge ({', '.join(f'{p}->{c}' for p, c in EDGES)})")
-    device = common.pick_device(cfg["device"])
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = False  # correlations want full float32 products
-    s0, s1 = cfg["sae_seed"], cfg["null_seed"]
-    if s0 == s1:
-        die(f"--null_seed must differ from --sae_seed ({s0}): the null baseline compares two SAEs of one model")
-    print(f"preset {cfg['preset']}, device {device}, threshold {thr}, models {', '.join(models)}")
-
-    # -------------------------------------------------------------------------
-    # models and SAEs, with the checks that make their correlations meaningful
-    M, S, info = {}, {}, {}
+    net, info = {}, {}
     for m in models:
-        M[m], ck = load_model(out_dir, m, device)
-        info[m] = {"ckpt": ck, "model_hash": common.sha256_file(os.path.join(out_dir, m, "ckpt.pt"))}
+        net[m], ckpt = load_model(out_dir, m, device)
+        info[m] = {"ckpt": ckpt, "model_hash": common.sha256_file(os.path.join(out_dir, m, "ckpt.pt"))}
     toks = {m: info[m]["ckpt"].get("tokenizer_hash") for m in models}
     if len(set(toks.values())) > 1:
         die("the models use different tokenizers (" + ", ".join(f"{m} {t}" for m, t in toks.items()) +
             "); train them all from one --data_dir")
-    data_tok = datalib.tokenizer_hash(data_dir)
-    if data_tok != toks[models[0]]:
-        die(f"{data_dir} has tokenizer {data_tok} but the models were trained with {toks[models[0]]}; "
-            "pass the --data_dir they were trained on")
-    # lineage: a child must descend from the parent checkpoint on disk now (a retrained base or fine-tune
-    # makes its children stale, and their correlations would compare unrelated models)
-    def ancestors(m, seen=()):
-        out = set()
-        for par in info[m]["ckpt"].get("parents", []):
-            out.add(par["hash"])
-            if par["name"] in info and par["name"] not in seen:
-                out |= ancestors(par["name"], seen + (m,))
-        return out
-    for _, p, c in edges:
-        if info[p]["model_hash"] not in ancestors(c):
-            remake = "python merge.py --overwrite" if c == "luastories" else f"python train.py --domain {c} --overwrite"
-            die(f"'{c}' was not made from the current '{p}' checkpoint ({p} was re-made since?); re-make it: {remake}")
-    widths = {m: (M[m].args.d_mlp, M[m].args.block_size) for m in models}
+    check_lineage(info, edges)
+    widths = {m: (net[m].args.d_mlp, net[m].args.block_size) for m in models}
     if len(set(widths.values())) > 1:
         die("the models differ in d_mlp / block_size (" + ", ".join(f"{m} {w}" for m, w in widths.items()) +
             "); fine-tunes and merges of one base share its shape")
-    d_mlp, T = widths[models[0]]
-    null_missing = []
+    s0, s1 = cfg["sae_seed"], cfg["null_seed"]
+    saes, null_missing = {}, []
     for m in models:
         for seed in (s0, s1):
             path = saelib.sae_path(out_dir, m, seed)
@@ -717,18 +452,24 @@ def main(argv=None):
                 continue
             sae, sck = saelib.load_sae(out_dir, m, seed=seed, device=device)
             saelib.check_sae_matches(sck, info[m]["ckpt"], model_hash=info[m]["model_hash"])
-            S[(m, seed)] = sae
+            saes[(m, seed)] = sae
             info[m][f"sae{seed}"] = {"hash": common.sha256_file(path), "metrics": sck.get("metrics", {}),
                                      "config": sck.get("config"), "args": sck["sae_args"]}
-    nulls = [m for m in models if (m, s1) in S]
+    nulls = [m for m in models if (m, s1) in saes]
     pairs = [(n, (p, s0), (c, s0)) for n, p, c in edges] + [(m, (m, s0), (m, s1)) for m in nulls]
+    d_mlp, block_size = widths[models[0]]
+    return Study(models, edges, net, saes, info, nulls, null_missing, pairs, d_mlp, block_size, toks[models[0]])
 
-    # -------------------------------------------------------------------------
-    # the evaluation token set: drawn once, used by every model
-    arrays = {d: datalib.load_tokens(data_dir, d, "val") for d in cfg["domains"]}
-    seqs, per_dom = draw_token_set(arrays, cfg["n_tokens"], T, cfg["seed"])
-    skip = cfg["skip_first"]
-    if not 0 <= skip < T - 1:
+
+def draw_tokens(cfg, study):
+    """Step 2: the evaluation token set, drawn once and used by every model. Returns (seqs (n, T), token_set record)."""
+    data_dir, T, skip = cfg["data_dir"], study.block_size, cfg["skip_first"]
+    first = study.models[0]
+    arrays = {d: datalib.open_tokens(data_dir, d, "val", tok_hash=study.tokenizer_hash,
+                                     vocab_size=study.model[first].args.vocab_size, who=first) for d in cfg["domains"]}
+    # distinct aligned non-overlapping windows, equal shares per domain, a short split gives what it has
+    seqs, per_dom = datalib.sample_windows(arrays, cfg["n_tokens"] // T, T, "tiles", cfg["seed"], with_counts=True)
+    if not skip < T - 1:
         die(f"--skip_first {skip} must be in [0, block_size - 1) = [0, {T - 1})")
     n_seq, n_tok = len(seqs), len(seqs) * (T - skip)  # tokens that enter every statistic
     if n_tok < max(cfg["min_tokens"], 2):
@@ -736,177 +477,277 @@ def main(argv=None):
             f"fewer than the {cfg['min_tokens']} needed to estimate a correlation; prepare more val data "
             f"(python data.py) or raise --n_tokens")
     sources = {d: datalib.read_meta(data_dir, d).get("source") for d in cfg["domains"]}
-    smoke = "sample" in sources.values()
-    print(f"token set: {n_tok:,} tokens = {n_seq} windows of {T} (positions >= {skip}; " + ", ".join(f"{d} {k}" for d, k in per_dom.items())
-          + f") from the val splits, seed {cfg['seed']}" + (f"; asked for {cfg['n_tokens']:,}, the val splits hold fewer"
-                                                             if seqs.size < cfg["n_tokens"] - T else ""))
-    print("SAEs: " + ", ".join(f"{m} {S[(m, s0)].n_features}" for m in models) + f" features; null baseline (seed {s0} vs "
-          f"{s1}) for {', '.join(nulls) or 'no model'}" + (f"; no seed-{s1} SAE for {', '.join(null_missing)}" if null_missing else ""))
-    print(f"{len(edges)} edges + {len(nulls)} null pairs, chunks of {cfg['batch_size']} x {T} tokens, "
-          f"x^T y in {cfg['corr_dtype']}, sums in float64")
+    token_set = {"n_tokens": int(n_tok), "n_seq": n_seq, "block_size": T, "skip_first": skip, "per_domain": per_dom,
+                 "seed": cfg["seed"], "sources": sources, "smoke_scale_demo": "sample" in sources.values()}
+    short = f"; asked for {cfg['n_tokens']:,}, the val splits hold fewer" if seqs.size < cfg["n_tokens"] - T else ""
+    print(f"token set: {n_tok:,} tokens = {n_seq} windows of {T} (positions >= {skip}; "
+          + ", ".join(f"{d} {k}" for d, k in per_dom.items()) + f") from the val splits, seed {cfg['seed']}{short}")
+    return seqs, token_set
 
-    # -------------------------------------------------------------------------
-    # one streaming pass: every model and SAE once per chunk, every pair updated from it
+
+@torch.no_grad()
+def stream(cfg, study, seqs, device):
+    """Step 3: one pass over the token set, every model and SAE once per chunk, every pair's sums updated
+    from it. Returns ({pair name: CorrAccumulator}, {(model, seed): feature stats}, seconds)."""
+    s0, batch, T, skip = cfg["sae_seed"], cfg["batch_size"], study.block_size, cfg["skip_first"]
     mm_dtype = torch.float64 if cfg["corr_dtype"] == "float64" else torch.float32
-    acc = {n: CorrAccumulator(S[a].n_features, S[b].n_features, device, mm_dtype) for n, a, b in pairs}
-    stats = {k: stats_init(S[k].n_features, cfg["n_top"] if k[1] == s0 else 0, device) for k in S}
-    B, n_chunks, t0 = cfg["batch_size"], -(-n_seq // cfg["batch_size"]), time.time()
-    with torch.no_grad():
-        for c, start in enumerate(range(0, n_seq, B)):
-            x = torch.from_numpy(seqs[start:start + B]).to(device)                # (b, T)
-            f = {}
-            for m in models:
-                h = M[m].mlp_acts(x)[:, skip:].reshape(-1, d_mlp).float()        # (b*(T-skip), d_mlp)
-                for k in ((m, s0), (m, s1)):
-                    if k in S:
-                        f[k] = S[k].encode(h)                                     # (b*T, n_features)
-                        stats_update(stats[k], f[k], start, len(x))
-            for n, a, b in pairs:
-                acc[n].update(f[a], f[b])
-            if (c + 1) % max(1, n_chunks // 10) == 0 or c + 1 == n_chunks:
-                done = min(start + B, n_seq) * (T - skip)
-                print(f"chunk {c + 1}/{n_chunks}: {done:,} tokens, {done / (time.time() - t0):,.0f} tok/s")
-    t_stream = time.time() - t0
+    acc = {n: CorrAccumulator(study.sae[a].n_features, study.sae[b].n_features, device, mm_dtype) for n, a, b in study.pairs}
+    stats = {k: stats_init(sae.n_features, cfg["n_top"] if k[1] == s0 else 0, device) for k, sae in study.sae.items()}
+    n_seq, n_chunks, t0 = len(seqs), -(-len(seqs) // batch), time.time()
+    acts = [saelib.mlp_activations(study.model[m], seqs, batch, device, skip) for m in study.models]
+    for chunk, per_model in enumerate(zip(*acts)):
+        feats = {}
+        for m, (start, h) in zip(study.models, per_model):
+            n_rows = len(h)
+            h = h.reshape(-1, study.d_mlp)                                       # (b*(T-skip), d_mlp)
+            for key in ((m, s0), (m, cfg["null_seed"])):
+                if key in study.sae:
+                    feats[key] = study.sae[key].encode(h)                         # (b*(T-skip), n_features)
+                    stats_update(stats[key], feats[key], start, n_rows)
+        for n, a, b in study.pairs:
+            acc[n].update(feats[a], feats[b])
+        if (chunk + 1) % max(1, n_chunks // 10) == 0 or chunk + 1 == n_chunks:
+            done = min(start + batch, n_seq) * (T - skip)
+            print(f"chunk {chunk + 1}/{n_chunks}: {done:,} tokens, {done / (time.time() - t0):,.0f} tok/s")
+    return acc, stats, time.time() - t0
 
-    # -------------------------------------------------------------------------
-    # classification per pair (one r matrix in memory at a time)
-    dens = {k: (st["nnz"] / n_tok).cpu().numpy() for k, st in stats.items()}
-    dead = {k: st["nnz"].cpu().numpy() == 0 for k, st in stats.items()}
-    cls, out = {}, {}
-    for n, a, b in pairs:
+
+def one_to_one_record(c, sae_a, sae_b):
+    """The greedy one-to-one matching of a classified pair, with each matched pair's decoder cosine."""
+    one, one_r = greedy_matching(c["pairs"], c["pair_r"])
+    cos = decoder_cos(sae_a.W_dec, sae_b.W_dec, one[:, 0], one[:, 1])
+    return {"n": len(one), "mean_cos": float(cos.mean()) if len(one) else None,
+            "pairs": [[int(i), int(j), round(float(r), 4), round(float(q), 4)] for (i, j), r, q in zip(one, one_r, cos)]}
+
+
+def pair_record(c, sae_a, sae_b, dead_a, dead_b, parent, child, max_pairs):
+    """results.json's record of one classified pair (an edge or a seed-null)."""
+    counts = c["counts"]
+    many = c["pairs"][:max_pairs]
+    cos_many = decoder_cos(sae_a.W_dec, sae_b.W_dec, many[:, 0], many[:, 1])
+    return {"parent": parent, "child": child, "counts": counts,
+            "persisting_frac": counts["persisting"] / max(counts["parent_live"], 1),
+            "emerging_frac": counts["emerging"] / max(counts["child_live"], 1),
+            "one_to_one": one_to_one_record(c, sae_a, sae_b),
+            "many_to_many": {"n": counts["pairs"], "truncated": counts["pairs"] > len(many),
+                             "pairs": [[int(i), int(j), round(float(r), 4), round(float(q), 4)]
+                                       for (i, j), r, q in zip(many, c["pair_r"][:len(many)], cos_many)]},
+            "parent_best": {"feature": c["parent_best"].tolist(), "r": _r(c["parent_best_r"])},
+            "child_best": {"feature": c["child_best"].tolist(), "r": _r(c["child_best_r"])},
+            "hist": {"bins": HIST_BINS.round(3).tolist(), "parent": histogram(c["parent_best_r"], ~dead_a),
+                     "child": histogram(c["child_best_r"], ~dead_b)}}
+
+
+def classify_pairs(cfg, study, acc, dead):
+    """Step 4: r per pair (one (F, F) matrix in memory at a time), classified at the threshold.
+    Returns (classify() outputs by pair name, edge records, null records by model)."""
+    cls, records = {}, {}
+    for n, a, b in study.pairs:
         r = acc.pop(n).finalize()
-        c = cls[n] = classify(r, dead[a], dead[b], thr)
+        cls[n] = classify(r, dead[a], dead[b], cfg["threshold"])
         del r
-        one, one_r = greedy_matching(c["pairs"], c["pair_r"])
-        cos1 = decoder_cos(S[a].W_dec, S[b].W_dec, one[:, 0], one[:, 1])
-        many = c["pairs"][:cfg["max_pairs"]]
-        cosm = decoder_cos(S[a].W_dec, S[b].W_dec, many[:, 0], many[:, 1])
-        cn = c["counts"]
-        out[n] = {"parent": a[0], "child": b[0], "counts": cn,
-                  "persisting_frac": cn["persisting"] / max(cn["parent_live"], 1),
-                  "emerging_frac": cn["emerging"] / max(cn["child_live"], 1),
-                  "one_to_one": {"n": len(one), "mean_cos": float(cos1.mean()) if len(one) else None,
-                                 "pairs": [[int(i), int(j), round(float(rr), 4), round(float(q), 4)]
-                                           for (i, j), rr, q in zip(one, one_r, cos1)]},
-                  "many_to_many": {"n": cn["pairs"], "truncated": cn["pairs"] > len(many),
-                                   "pairs": [[int(i), int(j), round(float(rr), 4), round(float(q), 4)]
-                                             for (i, j), rr, q in zip(many, c["pair_r"][:len(many)], cosm)]},
-                  "parent_best": {"feature": c["parent_best"].tolist(), "r": _r(c["parent_best_r"])},
-                  "child_best": {"feature": c["child_best"].tolist(), "r": _r(c["child_best_r"])},
-                  "hist": {"bins": HIST_BINS.round(3).tolist(), "parent": histogram(c["parent_best_r"], ~dead[a]),
-                           "child": histogram(c["child_best_r"], ~dead[b])}}
-    null = {m: out.pop(m) for m in nulls}
-    for n, p, ch in edges:
-        out[n]["null_parent_persisting_frac"] = null[p]["persisting_frac"] if p in null else None
-        out[n]["null_child_persisting_frac"] = null[ch]["persisting_frac"] if ch in null else None
-    fam = None
-    if all(m in models for m in MODELS):
-        fc, codes, legend = families(cls)
-        fam = {"counts": fc, "code": codes.tolist(), "code_legend": legend}
+        records[n] = pair_record(cls[n], study.sae[a], study.sae[b], dead[a], dead[b], a[0], b[0], cfg["max_pairs"])
+    null = {m: records.pop(m) for m in study.nulls}
+    for n, p, ch in study.edges:
+        records[n]["null_parent_persisting_frac"] = null[p]["persisting_frac"] if p in null else None
+        records[n]["null_child_persisting_frac"] = null[ch]["persisting_frac"] if ch in null else None
+    return cls, records, null
 
-    # -------------------------------------------------------------------------
-    # feature pages: selection, trails, contexts (re-running only the needed sequences), logit effects
-    selection, page_keys, trails, near = {}, set(), {}, {}
-    for n, p, ch in edges:
+
+def select_pages(cfg, study, cls, dens):
+    """Step 5: the features that get a page: per edge and category (select_features), the nearest feature
+    across the edge of each disappearing / emerging one, and every selected feature's partners in the
+    other models (trail). Returns (selection {edge: {category: [(model, i)]}}, page keys, trails, near)."""
+    s0, selection, keys, near = cfg["sae_seed"], {}, set(), {}
+    for n, p, ch in study.edges:
         sel = select_features(cls[n], cfg["n_select"], dens[(p, s0)], dens[(ch, s0)])
-        selection[n] = {"persisting": [(p, i) for i in sel["persisting"]], "disappearing": [(p, i) for i in sel["disappearing"]],
+        selection[n] = {"persisting": [(p, i) for i in sel["persisting"]],
+                        "disappearing": [(p, i) for i in sel["disappearing"]],
                         "emerging": [(ch, i) for i in sel["emerging"]]}
-        for cat, v in selection[n].items():
-            for m, i in v:
-                page_keys.add((m, i))
-                if cat != "persisting":  # the nearest feature across the edge, below the threshold
+        for category, chosen in selection[n].items():
+            for m, i in chosen:
+                keys.add((m, i))
+                if category != "persisting":  # the nearest feature across the edge, below the threshold
                     other, side = (ch, "parent") if m == p else (p, "child")
                     j, r = int(cls[n][f"{side}_best"][i]), float(cls[n][f"{side}_best_r"][i])
                     if j >= 0 and r > 0:
                         near[(m, i)] = (other, j, round(r, 4))
-                        page_keys.add((other, j))
-    for m, i in list(page_keys):
-        trails[(m, i)] = trail(m, i, edges, cls, thr)
-        page_keys.update((tm, tj) for tm, tj, _, _ in trails[(m, i)])
+                        keys.add((other, j))
+    trails = {}
+    for m, i in list(keys):
+        trails[(m, i)] = trail(m, i, study.edges, cls, cfg["threshold"])
+        keys.update((tm, tj) for tm, tj, _, _ in trails[(m, i)])
+    return selection, keys, trails, near
+
+
+def collect_pages(cfg, study, stats, seqs, keys, device):
+    """Step 6: contexts (top sequences cut around the max, and shared random windows) and direct logit
+    effects of the page features. Returns ({(model, i): contexts}, {(model, i): (top, bottom)}, token strings)."""
+    s0, T = cfg["sae_seed"], study.block_size
     rng = np.random.default_rng(cfg["seed"] + 1)
-    w = min(cfg["ctx_window"], T)
-    rand = [(int(s), int(rng.integers(0, T - w + 1))) for s in rng.choice(n_seq, size=min(cfg["n_random"], n_seq), replace=False)]
+    width = min(cfg["ctx_window"], T)
+    rand = [(int(s), int(rng.integers(0, T - width + 1)))
+            for s in rng.choice(len(seqs), size=min(cfg["n_random"], len(seqs)), replace=False)]
     ctx, logit, ids_used = {}, {}, set()
-    enc = datalib.load_tokenizer(data_dir)
-    with torch.no_grad():
-        for m in models:
-            feats = sorted(i for mm, i in page_keys if mm == m)
-            if not feats:
-                continue
-            st = stats[(m, s0)]
-            top_seqs = {i: [int(s) for s, v in zip(st["top_i"][:, i].tolist(), st["top_v"][:, i].tolist()) if v > 0] for i in feats}
-            got = collect_contexts(M[m], S[(m, s0)], seqs, feats, top_seqs, rand, w, B, device, skip)
-            ti, tv, bi, bv = logit_effects(M[m], S[(m, s0)].W_dec[torch.tensor(feats, device=S[(m, s0)].W_dec.device)])
-            for k, i in enumerate(feats):
-                ctx[(m, i)] = got[i]
-                logit[(m, i)] = (list(zip(ti[k].tolist(), tv[k].tolist())), list(zip(bi[k].tolist(), bv[k].tolist())))
-                ids_used.update(ti[k].tolist() + bi[k].tolist())
-                for cc in got[i]["top"] + got[i]["random"]:
-                    ids_used.update(cc[0])
-    tok = token_strings(enc, ids_used)
-    explanations = {}
-    if cfg["explain"]:
-        feats = [{"key": f"{m}/{i}", "model": m, "feature": int(i),
-                  "top": [{"tokens": [tok[t] for t in c[0]], "acts": c[1]} for c in ctx[(m, i)]["top"]],
-                  "random": [{"tokens": [tok[t] for t in c[0]], "acts": c[1]} for c in ctx[(m, i)]["random"]]}
-                 for m, i in sorted(ctx) if not dead[(m, s0)][i]]
-        ecfg = {k: cfg[k] for k in ("api_base", "llm_model", "max_requests") if cfg[k]}
-        try:
-            explanations = explain.explain_features(feats, {**ecfg, "cache_dir": os.path.join(out_dir, "explain_cache")})
-        except common.UserError as e:  # an endpoint problem must not throw the analysis away
-            print(f"explain stopped ({e.msg}); writing the analysis without explanations. Answers so far are "
-                  f"cached: re-run with --explain to continue")
-    q = lambda a: [float(f"{v:.3g}") for v in a]
-    pages = {f"{m}/{i}": {"top": [[c[0], q(c[1])] for c in ctx[(m, i)]["top"][:cfg["n_show"]]],
+    for m in study.models:
+        feats = sorted(i for mm, i in keys if mm == m)
+        if not feats:
+            continue
+        st, sae = stats[(m, s0)], study.sae[(m, s0)]
+        top_seqs = {i: [int(s) for s, v in zip(st["top_i"][:, i].tolist(), st["top_v"][:, i].tolist()) if v > 0]
+                    for i in feats}
+        got = collect_contexts(study.model[m], sae, seqs, feats, top_seqs, rand, width, cfg["batch_size"], device,
+                               cfg["skip_first"])
+        ti, tv, bi, bv = logit_effects(study.model[m], sae.W_dec[torch.tensor(feats, device=sae.W_dec.device)])
+        for k, i in enumerate(feats):
+            ctx[(m, i)] = got[i]
+            logit[(m, i)] = (list(zip(ti[k].tolist(), tv[k].tolist())), list(zip(bi[k].tolist(), bv[k].tolist())))
+            ids_used.update(ti[k].tolist() + bi[k].tolist())
+            for c in got[i]["top"] + got[i]["random"]:
+                ids_used.update(c[0])
+    return ctx, logit, token_strings(datalib.load_tokenizer(cfg["data_dir"]), ids_used)
+
+
+def run_explain(cfg, explain, ctx, tok, dead):
+    """--explain: explanations and scores of the page features from an LLM (explain.py); {} without it.
+    An endpoint problem must not throw the analysis away: what was answered is cached and kept."""
+    if explain is None:
+        return {}
+    s0 = cfg["sae_seed"]
+    feats = [{"key": f"{m}/{i}", "model": m, "feature": int(i),
+              "top": [{"tokens": [tok[t] for t in c[0]], "acts": c[1]} for c in ctx[(m, i)]["top"]],
+              "random": [{"tokens": [tok[t] for t in c[0]], "acts": c[1]} for c in ctx[(m, i)]["random"]]}
+             for m, i in sorted(ctx) if not dead[(m, s0)][i]]
+    ecfg = {k: cfg[k] for k in ("api_base", "llm_model", "max_requests") if cfg[k]}
+    try:
+        return explain.explain_features(feats, {**ecfg, "cache_dir": os.path.join(cfg["out_dir"], "explain_cache")})
+    except common.UserError as e:
+        print(f"explain stopped ({e.msg}); writing the analysis without explanations. Answers so far are "
+              f"cached: re-run with --explain to continue")
+        return {}
+
+
+STATUS_LEGEND = {"p": "persists", "d": "disappears", "m": "matched", "e": "emerges", "x": "dead"}
+
+
+def status_strings(c):
+    """Each feature's status on one edge as a string, one letter per feature (STATUS_LEGEND): the report
+    shows these, it never re-derives them from r."""
+    parent = np.where(c["dead_parent"], "x", np.where(c["persisting"], "p", "d"))
+    child = np.where(c["dead_child"], "x", np.where(c["matched_child"], "m", "e"))
+    return {"parent": "".join(parent.tolist()), "child": "".join(child.tolist())}
+
+
+def page_data(cfg, study, cls, ctx, logit, trails, near, tok, explanations):
+    """pages.json: what the report's feature pages show (contexts, logit effects, partners) and each
+    feature's status per edge."""
+    def values(a):
+        return [float(f"{v:.3g}") for v in a]
+    pages = {f"{m}/{i}": {"top": [[c[0], values(c[1])] for c in ctx[(m, i)]["top"][:cfg["n_show"]]],
                           "pos": [[t, round(v, 3)] for t, v in logit[(m, i)][0]],
                           "neg": [[t, round(v, 3)] for t, v in logit[(m, i)][1]],
                           "trail": [[tm, tj, round(tr, 4), via] for tm, tj, tr, via in trails.get((m, i), [])],
                           "near": list(near[(m, i)]) if (m, i) in near else None,
                           "expl": explanations.get(f"{m}/{i}")} for m, i in ctx}
+    return {"pages": pages, "tok": tok, "status_legend": STATUS_LEGEND,
+            "status": {n: status_strings(cls[n]) for n, _, _ in study.edges},
+            "provenance": common.provenance(cfg)}
 
-    # -------------------------------------------------------------------------
-    # results.json and report.html
+
+def models_record(study, s0, s1, dens, dead):
+    """results.json's per-model block: features, live / dead, median density, hashes, SAE metrics."""
+    out = {}
+    for m in study.models:
+        info, live = study.info[m], ~dead[(m, s0)]
+        out[m] = {"n_features": study.sae[(m, s0)].n_features, "live": int(live.sum()), "dead": int(dead[(m, s0)].sum()),
+                  "median_density": float(np.median(dens[(m, s0)][live])) if live.any() else 0.0,
+                  "model_hash": info["model_hash"], "sae_hash": info[f"sae{s0}"]["hash"],
+                  "null_sae_hash": info.get(f"sae{s1}", {}).get("hash"),
+                  "sae_metrics": {k: v for k, v in info[f"sae{s0}"]["metrics"].items() if isinstance(v, (int, float))}}
+    return out
+
+
+def results_record(cfg, study, token_set, edges, null, fam, dens, dead, selection, explanations, seconds):
+    """results.json: the findings and everything they were computed from (config in the provenance)."""
+    s0, s1, data_dir, out_dir = cfg["sae_seed"], cfg["null_seed"], cfg["data_dir"], cfg["out_dir"]
     sweep_path = os.path.join(out_dir, "merge_sweep.json")
-    sweep = common.read_json(sweep_path) if os.path.exists(sweep_path) else None
-    res = {"threshold": thr, "matching": "one-to-one: greedy on r (highest first, each feature once); "
-                                         "many-to-many: every pair with r >= threshold",
-           "token_set": {"n_tokens": int(n_tok), "n_seq": n_seq, "block_size": T, "skip_first": skip, "per_domain": per_dom, "seed": cfg["seed"],
-                         "sources": sources, "smoke_scale_demo": smoke},
-           "models": {m: {"n_features": S[(m, s0)].n_features, "live": int((~dead[(m, s0)]).sum()),
-                          "dead": int(dead[(m, s0)].sum()),
-                          "median_density": float(np.median(dens[(m, s0)][~dead[(m, s0)]])) if (~dead[(m, s0)]).any() else 0.0,
-                          "model_hash": info[m]["model_hash"], "sae_hash": info[m][f"sae{s0}"]["hash"],
-                          "null_sae_hash": info[m].get(f"sae{s1}", {}).get("hash"),
-                          "sae_metrics": {k: v for k, v in info[m][f"sae{s0}"]["metrics"].items() if isinstance(v, (int, float))}}
-                      for m in models},
-           "edges": out, "null": null, "null_missing": null_missing, "families": fam,
-           "density": {m: [float(f"{v:.4g}") for v in dens[(m, s0)]] for m in models},
-           "selection": {n: {c: [[m, int(i)] for m, i in v] for c, v in s.items()} for n, s in selection.items()},
-           "explanations": explanations, "stream_seconds": round(t_stream, 2), "config": cfg,
-           "provenance": common.provenance(cfg, models={m: info[m]["model_hash"] for m in models},
-                                           saes={m: {f"s{s}": info[m][f"sae{s}"]["hash"] for s in (s0, s1) if f"sae{s}" in info[m]}
-                                                 for m in models},
-                                           model_configs={m: info[m]["ckpt"].get("config") for m in models},
-                                           sae_configs={m: {"args": info[m][f"sae{s0}"]["args"],
-                                                            "config": info[m][f"sae{s0}"]["config"]} for m in models},
-                                           tokenizer_hash=data_tok, token_set_seed=cfg["seed"],
-                                           val_files={d: common.sha256_file(os.path.join(data_dir, d, "val.bin")) for d in cfg["domains"]},
-                                           merge_sweep=common.sha256_file(sweep_path) if sweep else None)}
-    adir = os.path.join(out_dir, "analysis")
-    common.atomic_write_json(os.path.join(adir, "results.json"), {k: v for k, v in res.items() if k != "config"})
-    common.atomic_write_text(os.path.join(adir, "report.html"), render_report(res, pages, tok, smoke, sweep))
-    print(f"streamed {n_tok:,} tokens through {len(models)} models and {len(S)} SAEs in {t_stream:.1f} s "
-          f"({n_tok / max(t_stream, 1e-9):,.0f} tok/s)")
-    if fam:
-        c = fam["counts"]
+    info = study.info
+    prov = common.provenance(
+        cfg, models={m: info[m]["model_hash"] for m in study.models},
+        saes={m: {f"s{s}": info[m][f"sae{s}"]["hash"] for s in (s0, s1) if f"sae{s}" in info[m]} for m in study.models},
+        model_configs={m: info[m]["ckpt"].get("config") for m in study.models},
+        sae_configs={m: {"args": info[m][f"sae{s0}"]["args"], "config": info[m][f"sae{s0}"]["config"]} for m in study.models},
+        tokenizer_hash=study.tokenizer_hash, token_set_seed=cfg["seed"],
+        val_files={d: common.sha256_file(os.path.join(data_dir, d, "val.bin")) for d in cfg["domains"]},
+        merge_sweep=common.sha256_file(sweep_path) if os.path.exists(sweep_path) else None)
+    return {"threshold": cfg["threshold"],
+            "matching": "one-to-one: greedy on r (highest first, each feature once); "
+                        "many-to-many: every pair with r >= threshold",
+            "token_set": token_set, "models": models_record(study, s0, s1, dens, dead),
+            "edges": edges, "null": null, "null_missing": study.null_missing, "families": fam,
+            "density": {m: [float(f"{v:.4g}") for v in dens[(m, s0)]] for m in study.models},
+            "selection": {n: {c: [[m, int(i)] for m, i in v] for c, v in s.items()} for n, s in selection.items()},
+            "explanations": explanations, "stream_seconds": round(seconds, 2), "provenance": prov}
+
+
+def print_summary(res, study, seconds):
+    n_tok = res["token_set"]["n_tokens"]
+    print(f"streamed {n_tok:,} tokens through {len(study.models)} models and {len(study.sae)} SAEs in {seconds:.1f} s "
+          f"({n_tok / max(seconds, 1e-9):,.0f} tok/s)")
+    if res["families"]:
+        c = res["families"]["counts"]
         print(f"families: of {c['base_live']} live base features, reach luastories by both paths {c['paths']['both']}, "
-              f"lua only {c['paths']['lua_only']}, tinystories only {c['paths']['tinystories_only']}, neither {c['paths']['neither']}")
+              f"lua only {c['paths']['lua_only']}, tinystories only {c['paths']['tinystories_only']}, "
+              f"neither {c['paths']['neither']}")
     print(edge_table(res))
-    if smoke:
+    if res["token_set"]["smoke_scale_demo"]:
         print("(smoke-scale demo: the data source is data.py's generated sample)")
-    print(f"-> {os.path.join(adir, 'results.json')}\n-> {os.path.join(adir, 'report.html')}")
-    return res
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    cfg, explain = settings(argv)
+    device = common.pick_device(cfg["device"])
+    threads = common.set_threads(cfg["threads"])
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False  # correlations want full float32 products
+    s0, s1 = cfg["sae_seed"], cfg["null_seed"]
+    print(f"preset {cfg['preset']}, device {device}, {threads} CPU thread(s), threshold {cfg['threshold']}, "
+          f"models {', '.join(dict.fromkeys(cfg['models']))}")
+    adir = os.path.join(cfg["out_dir"], "analysis")
+    with torch.no_grad(), common.lock_dir(adir, "an analysis"):
+        # 1. models and SAEs; 2. the token set
+        study = load_study(cfg, device)
+        seqs, token_set = draw_tokens(cfg, study)
+        print("SAEs: " + ", ".join(f"{m} {study.sae[(m, s0)].n_features}" for m in study.models) + f" features; null "
+              f"baseline (seed {s0} vs {s1}) for {', '.join(study.nulls) or 'no model'}"
+              + (f"; no seed-{s1} SAE for {', '.join(study.null_missing)}" if study.null_missing else ""))
+        print(f"{len(study.edges)} edges + {len(study.nulls)} null pairs, chunks of {cfg['batch_size']} x "
+              f"{study.block_size} tokens, x^T y in {cfg['corr_dtype']}, sums in float64")
+        # 3. one streaming pass; 4. classification of every pair, families
+        acc, stats, seconds = stream(cfg, study, seqs, device)
+        dens = {k: (st["nnz"] / token_set["n_tokens"]).cpu().numpy() for k, st in stats.items()}
+        dead = {k: st["nnz"].cpu().numpy() == 0 for k, st in stats.items()}
+        cls, edges, null = classify_pairs(cfg, study, acc, dead)
+        fam = None
+        if all(m in study.models for m in MODELS):
+            fam_counts, codes, legend = families(cls)
+            fam = {"counts": fam_counts, "code": codes.tolist(), "code_legend": legend}
+        # 5. the features that get a page; 6. their contexts and logit effects (and explanations)
+        selection, keys, trails, near = select_pages(cfg, study, cls, dens)
+        ctx, logit, tok = collect_pages(cfg, study, stats, seqs, keys, device)
+        explanations = run_explain(cfg, explain, ctx, tok, dead)
+        # 7. results.json, pages.json, report.html
+        res = results_record(cfg, study, token_set, edges, null, fam, dens, dead, selection, explanations, seconds)
+        pages = page_data(cfg, study, cls, ctx, logit, trails, near, tok, explanations)
+        common.atomic_write_json(os.path.join(adir, "results.json"), res)
+        common.atomic_write_json(os.path.join(adir, "pages.json"), pages)
+        report_path = report.write_report(cfg["out_dir"])
+    print_summary(res, study, seconds)
+    print(f"-> {os.path.join(adir, 'results.json')}\n-> {report_path}")
+    return {**res, "config": cfg}
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -1,168 +1,346 @@
 """
-Speed and memory figures, each against a named peer run in the same process on the same shapes.
-Not a test: it prints numbers. Optional peers (pip install -r requirements-bench.txt) are
-skipped with a note when missing.
+Speed and memory figures, each against the fairest peer measured in the same run (same shapes, same
+precision, same work, the peer's own training step), with this machine's measured matmul peak and
+each stage's share of it. Not a test: it prints numbers (no timing is ever asserted).
 
-    python bench.py                      # everything, CPU-sized
-    python bench.py --only=train,bpe     # some parts: train, bpe, sae, corr
-    python bench.py --shapes=paper       # the DESIGN.md shapes (use a GPU)
+    python bench.py                      # every part, CPU-sized shapes
+    python bench.py --markdown           # ... and the README's table, with date, CPU, threads, torch
+    python bench.py --only=train,sae     # some parts: peak, train, sae, corr, bpe, rss, quickstart
+    python bench.py --paper_smoke        # every stage at the paper's shapes for a few steps + the plan
+    python bench.py --only=plan          # the full-budget projection alone
 
-train : our Transformer's training step (fwd + bwd + AdamW) in tokens/s vs a one-layer
-        transformers.MistralForCausalLM with identical shapes (the authors' architecture).
-bpe   : data.py's BPE trainer in MB/s of training text.
-sae   : sae.py's training step in activations/s vs SAELens's standard SAE training step.
-corr  : analyze.py's streamed correlation in tokens/s and peak memory vs all activations
-        in memory + numpy.corrcoef.
+Peers (optional: pip install -r requirements-bench.txt; skipped with a note when missing):
+peak  : torch.mm of two square float32 matrices (bf16 too on CUDA): the FLOP/s every share is of.
+train : train.py's step (fwd + bwd + clip + AdamW, decay groups) vs a one-layer transformers
+        MistralForCausalLM with the same shapes, loss from its own labels path, the same clip + AdamW.
+sae   : sae.py's step plus the per-step bookkeeping of its loop vs SAELens' SAETrainer.step (its
+        loss, firing statistics, grad clip, Adam, lr and coefficient schedulers), ReLU+L1 and TopK.
+corr  : analyze.CorrAccumulator (streamed chunks) vs all activations in memory + one float32
+        torch matmul of the centred (N, Fa) x (N, Fb) block (the same work), each in its own process;
+        accuracy of both over the FULL (Fa, Fb) matrix against float64; peak memory at two token counts.
+bpe   : data.train_bpe in MB/s of training text (no peer: tokenizers' BPE is a different algorithm).
+rss   : peak resident memory of `data.py --domain all` on a generated local corpus at two sizes.
+quickstart (only when asked): ./reproduce.sh from scratch into a temp folder, wall time and peak memory.
+FLOPs are dense-equivalent matmul FLOPs (an implementation that skips zeros can pass 100%).
 """
+import datetime
+import math
 import multiprocessing as mp
 import os
+import platform
 import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
 
-from common import parse_config, pick_device
+import common
+from common import die, parse_config, pick_device
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 config = dict(
-    only="train,bpe,sae,corr",
-    shapes="tiny",      # tiny (CPU) | paper (DESIGN.md)
-    device="auto",
-    steps=10,           # timed steps per measurement (after 3 warm-up steps)
-    threads=0,          # > 0: torch.set_num_threads
-    corpora="../shared/corpora",  # bpe: real text samples (layout of shared/corpora), if present
-    corr_tokens=50_000, # corr: tokens (2048 x 2048 features; the naive way holds them all)
+    only="peak,train,sae,corr,bpe,rss",  # parts to run, comma-separated: peak, train, sae, corr, bpe, rss, plan
+    shapes="tiny",          # tiny: the quickstart's shapes (CPU) | paper: DESIGN.md's shapes (use a GPU)
+    device="auto",          # auto: cuda when available, else cpu
+    threads=0,              # torch CPU threads; 0 = common.set_threads' default (fewer on a loaded machine)
+    steps=10,               # timed steps per measurement
+    warmup=3,               # untimed steps before them
+    markdown=False,         # also print every figure as the README's markdown table
+    json_out="",            # also write every figure and its conditions to this JSON file
+    corpora=os.path.join("..", "shared", "corpora"),  # real text samples (bpe, --paper_smoke), layout of shared/corpora
+    corr_features=2048,     # corr: features on each side (tiny SAEs: 2048)
+    corr_tokens=[25_000, 100_000],  # corr: two token counts (memory against tokens); speed and accuracy at the last
+    corr_chunk=8192,        # corr: tokens per streamed chunk
+    corr_density=0.02,      # corr: share of active features per token (tiny SAEs: L0 ~ 40 of 2048)
+    rss_mb=[40, 400],       # rss: two sizes of the generated corpus, MB of text over all four domains
+    rss_preset="tiny",      # rss: data.py --preset for the runs
+    paper_smoke=False,      # run each stage at the paper's shapes for smoke_steps steps, then the plan
+    smoke_dir="",           # paper_smoke: work folder ("" = a temp folder, removed at the end)
+    smoke_mb=1.0,           # paper_smoke: MB of train text per domain taken from --corpora
+    smoke_steps=2,          # paper_smoke: LM steps per training stage (SAE: 2 batches)
+    plan_steps=2,           # plan: timed steps per paper-shape measurement (after one untimed)
+    plan_batch=0,           # plan: LM sequences per measured step; 0 = the paper's 64 (a CPU needs ~8 GB for it)
+    plan_tokens_per_word=0.0,   # plan: base tokens per word; 0 = from the paper_smoke data, else 1.5 (assumed)
+    plan_base_words=200e6,      # plan: base mix words (BabyLM 100M + as many words of Python; DESIGN.md)
+    plan_lua_tokens=100e6,      # plan: Lua fine-tune tokens (ASSUMED: size of nilq/small-lua-stack unknown here)
+    plan_tinystories_tokens=470e6,  # plan: TinyStories fine-tune tokens (ASSUMED: ~2.1M stories x ~220 tokens)
 )
-
-SHAPES = {
-    "tiny": dict(vocab_size=4096, block_size=128, d_model=128, n_head=4, n_kv_head=2, d_mlp=256, batch=32),
-    "paper": dict(vocab_size=32000, block_size=256, d_model=512, n_head=16, n_kv_head=8, d_mlp=1024, batch=64),
+checks = {"steps": ">0", "warmup": ">=0", "threads": ">=0", "corr_features": ">0", "corr_chunk": ">0",
+          "corr_density": "(0,1]", "smoke_mb": ">0", "smoke_steps": ">0", "plan_steps": ">0",
+          "shapes": ("tiny", "paper")}
+SHAPES = {  # model (DESIGN.md / train.py presets), SAE (d_in, features, batch), corr features
+    "tiny": dict(vocab_size=4096, block_size=128, d_model=128, n_head=4, n_kv_head=2, d_mlp=256, batch=32,
+                 sae=(256, 2048, 3072)),
+    "paper": dict(vocab_size=32000, block_size=256, d_model=512, n_head=16, n_kv_head=8, d_mlp=1024, batch=64,
+                  sae=(1024, 16384, 3072)),
 }
+ROWS = []       # every figure: dict(part, what, ours, peer, ratio, share, note)
+CONTEXT = {}    # conditions: date, CPU, threads, versions, peaks
 
 
-def timeit(step, steps, device):
-    for _ in range(3):
-        step()
+# the project's speed goals (issue 13: ratios in one run on a quiet 2-core CPU); they live here, never in tests
+GOALS = {"train": 1.3, "sae": 1.5, "corr": 5.0}
+
+
+def row(part, what, ours, peer="", ratio=None, share="", note="", goal=None):
+    """One figure. ratio: ours / peer speed (a number); goal: the GOALS entry it is held against (or a verdict)."""
+    verdict = goal if isinstance(goal, str) else "" if ratio is None or goal is None else \
+        f">= {goal:g}x: {'met' if ratio >= goal else 'NOT met'}"
+    ROWS.append(dict(part=part, what=what, ours=ours, peer=peer, ratio="" if ratio is None else f"{ratio:.2f}x",
+                     share=share, note=note, goal=verdict))
+
+
+def sync(device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+
+
+def timeit(step, steps, warmup, device):
+    return time_rounds({"": step}, steps, warmup, device)[""]
+
+
+def time_rounds(fns, steps, warmup, device):
+    """Seconds per call of each function in fns: the median of `steps` timed calls after `warmup`
+    untimed ones, the functions taking turns call by call, so a change of load on a shared machine
+    falls on all of them alike (and one descheduled call does not move a median)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    times = {k: [] for k in fns}
     for _ in range(steps):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def bench_train(cfg, device):
+def share(flops, seconds, peak):
+    return f"{flops / seconds / peak:.0%}" if peak else ""
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def peer_versions():
+    from importlib import metadata
+    out = {}
+    for name in ("transformers", "sae-lens"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# -----------------------------------------------------------------------------
+# peak: the machine's own matmul FLOP/s at the threads in use (every share is of this)
+
+def bench_peak(cfg, device):
+    """Best of several square matmuls (float32; bfloat16 too on CUDA). TF32 stays off: float32 means float32."""
+    sizes = (1024, 2048, 3072) if device == "cpu" else (4096, 8192)
+    dtypes = [torch.float32] + ([torch.bfloat16] if device.startswith("cuda") else [])
+    peaks = {}
+    for dt in dtypes:
+        best = 0.0
+        for n in sizes:
+            a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
+            sec = timeit(lambda: torch.mm(a, b), max(3, cfg["steps"] // 2), 2, device)
+            best = max(best, 2 * n ** 3 / sec)
+        peaks[str(dt).replace("torch.", "")] = best
+        row("peak", f"{str(dt).replace('torch.', '')} matmul peak (best of {', '.join(map(str, sizes))} squared)",
+            f"{best / 1e9:,.0f} GFLOP/s", note="measured here, the denominator of every share")
+    CONTEXT["peak_flops"] = peaks
+    print("peak: " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()) + f" ({device})")
+    return peaks
+
+
+def peak_for(device, low_precision):
+    p = CONTEXT.get("peak_flops", {})
+    return p.get("bfloat16" if low_precision and device.startswith("cuda") else "float32", 0.0)
+
+
+# -----------------------------------------------------------------------------
+# train: our LM step vs transformers' MistralForCausalLM, same shapes, same step
+
+def lm_step(model, loss_fn, device, autocast):
+    """train.py's step: forward + loss, backward, clip to norm 1, finite check, AdamW (decay on matrices only)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=1e-4, betas=(0.9, 0.999), fused=device.startswith("cuda"))
+
+    def step():
+        with autocast():
+            loss = loss_fn(model)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not bool(torch.isfinite(loss.detach()) & torch.isfinite(gnorm)):
+            die("non-finite loss in the LM benchmark")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def bench_train(cfg, device, shapes=None, steps=None, warmup=None, peer=True, batch=0):
+    """Tokens/s of one LM training step, ours and the peer; returns ours in tokens/s."""
     from model import ModelArgs, Transformer
-    s = SHAPES[cfg["shapes"]]
-    B, T = s["batch"] if device != "cpu" or cfg["shapes"] == "tiny" else 8, s["block_size"]
-    margs = ModelArgs(**{k: v for k, v in s.items() if k != "batch"})
-    idx = torch.randint(0, s["vocab_size"], (B, T + 1), device=device)
+    s = SHAPES[shapes or cfg["shapes"]]
+    B, T = batch or s["batch"], s["block_size"]
+    margs = ModelArgs(**{k: v for k, v in s.items() if k not in ("batch", "sae")})
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, margs.vocab_size, (B, T + 1), generator=g).to(device)
     x, y = idx[:, :-1], idx[:, 1:]
-    dtype_ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
-                 else torch.autocast("cpu", enabled=False))
-
-    def make_step(model, loss_fn):
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.startswith("cuda"))
-
-        def step():
-            with dtype_ctx:
-                loss = loss_fn(model)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return step
-
+    cuda = device.startswith("cuda")   # train.py: bfloat16 autocast on CUDA, float32 on the CPU
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else (lambda: torch.autocast("cpu", enabled=False))
     torch.manual_seed(0)
     ours = Transformer(margs).to(device)
-    results = {"ours (model.Transformer)": (ours.num_params(), make_step(ours, lambda m: m(x, y)[1]))}
-    try:
-        from transformers import MistralConfig, MistralForCausalLM
-        hf_cfg = MistralConfig(vocab_size=margs.vocab_size, hidden_size=margs.d_model, intermediate_size=margs.d_mlp,
+    flops = ours.flops_per_token() * B * T   # 6 N + attention, the same count for both (same shapes)
+    steps_ = {"ours": lm_step(ours, lambda m: m(x, y)[1], device, autocast)}
+    if peer:
+        try:
+            from transformers import MistralConfig, MistralForCausalLM
+            hf = MistralConfig(vocab_size=margs.vocab_size, hidden_size=margs.d_model, intermediate_size=margs.d_mlp,
                                num_hidden_layers=1, num_attention_heads=margs.n_head, num_key_value_heads=margs.n_kv_head,
                                max_position_embeddings=T, rope_theta=margs.rope_theta, rms_norm_eps=margs.norm_eps,
                                tie_word_embeddings=False, sliding_window=None, attn_implementation="sdpa")
-        peer = MistralForCausalLM(hf_cfg).to(device)
-        n_peer = sum(p.numel() for p in peer.parameters())
-        results["peer (transformers MistralForCausalLM, 1 layer)"] = (
-            n_peer, make_step(peer, lambda m: m(input_ids=x, labels=idx[:, :T].clone()).loss))
-    except ImportError:
-        print("  (transformers not installed: pip install -r requirements-bench.txt for the peer)")
-    print(f"train step, {cfg['shapes']} shapes: batch {B} x {T} tokens, vocab {margs.vocab_size}, "
-          f"d_model {margs.d_model}, d_mlp {margs.d_mlp}, heads {margs.n_head}/{margs.n_kv_head}, device {device}")
+            peer_model = MistralForCausalLM(hf).to(device)
+            # its own loss path: labels shifted inside (T - 1 targets per row; logits at all T positions)
+            steps_["peer"] = lm_step(peer_model, lambda m: m(input_ids=x, labels=x).loss, device, autocast)
+        except ImportError:
+            print("  train: transformers is not installed (pip install -r requirements-bench.txt): no peer")
+    peak = peak_for(device, cuda)
+    print(f"train step, {shapes or cfg['shapes']} shapes: {B} x {T} tokens, vocab {margs.vocab_size}, d_model "
+          f"{margs.d_model}, d_mlp {margs.d_mlp}, heads {margs.n_head}/{margs.n_kv_head}, "
+          f"{'bf16 autocast' if cuda else 'float32'}, {device}, {flops / 1e9:,.1f} GFLOP/step")
     tps = {}
-    for name, (n_params, step) in results.items():
-        dt = timeit(step, cfg["steps"], device)
-        tps[name] = B * T / dt
-        print(f"  {name:50s} {n_params / 1e6:7.2f}M params  {dt * 1000:8.1f} ms/step  {tps[name] / 1e3:9.1f}k tok/s")
-    if len(tps) == 2:
-        a, b = tps.values()
-        print(f"  ratio ours / peer: {a / b:.2f}x")
+    secs = time_rounds(steps_, steps or cfg["steps"], cfg["warmup"] if warmup is None else warmup, device)
+    for name, sec in secs.items():
+        tps[name] = B * T / sec
+        print(f"  {name:5s} {sec * 1000:9.1f} ms/step {tps[name] / 1e3:9.1f}k tok/s  {share(flops, sec, peak)} of peak")
+    if not peer:
+        return tps["ours"]
+    bench_forward(cfg, ours, x, device, peak, shapes or cfg["shapes"])
+    what = (f"LM training step, {shapes or cfg['shapes']} shapes ({B} x {T} tokens, vocab {margs.vocab_size}, "
+            f"d_model {margs.d_model}); fwd + bwd + clip + AdamW")
+    ratio = tps["ours"] / tps["peer"] if "peer" in tps else None
+    row("train", what, f"{tps['ours'] / 1e3:,.1f}k tok/s",
+        f"transformers MistralForCausalLM 1 layer: {tps['peer'] / 1e3:,.1f}k tok/s" if "peer" in tps else "not installed",
+        ratio, " / ".join(share(flops, B * T / t, peak) for t in tps.values()),
+        note="peer predicts T-1 tokens per row (its labels path), ours T", goal=GOALS["train"])
+    return tps["ours"]
 
 
-def bench_bpe(cfg, device):
-    """BPE training speed on the base mix: the real text samples when --corpora has them, else the built-in sample."""
-    import data
-    files = [os.path.join(cfg["corpora"], d, "train.txt") for d in ("babylm", "python")]
-    if all(os.path.exists(f) for f in files):
-        texts = [d for f in files for d in data.split_eot(open(f, encoding="utf-8").read())]
-        what = f"{cfg['corpora']} babylm + python train"
+def bench_forward(cfg, model, x, device, peak, shapes):
+    """The MLP-activation forward (what SAE harvesting and analysis run): model.mlp_acts, no LM head."""
+    B, T = x.shape
+    a = model.args
+    trunk = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and ("attn" in n or "mlp" in n)
+                and "down" not in n)  # the down projection comes after the activations
+    flops = B * T * (2 * trunk + 4 * T * a.d_model)  # matmuls + attention scores and values (causal: counted full)
+    sec = timeit(lambda: model.mlp_acts(x), cfg["steps"], cfg["warmup"], device)
+    print(f"  forward to the MLP activations (harvest, analysis): {sec * 1000:.1f} ms for {B} x {T} tokens, "
+          f"{B * T / sec / 1e3:,.1f}k tok/s, {share(flops, sec, peak)} of peak")
+    row("train", f"MLP-activation forward (SAE harvest, analysis), {shapes} shapes, {B} x {T} tokens",
+        f"{B * T / sec / 1e3:,.1f}k tok/s", share=share(flops, sec, peak),
+        note="model.mlp_acts: every position of each window, no LM head")
+
+
+# -----------------------------------------------------------------------------
+# sae: our SAE step (and its loop's bookkeeping) vs SAELens' SAETrainer.step
+
+def ours_sae_step(S, sae, opt, x, arch, dead, stats):
+    """sae.py's loop body for one seed: train_step, then the firing record and the running sse / L0."""
+    loss, x_hat, f = S.train_step(sae, opt, x, 1e-4, l1_coeff=5.0, dead_mask=dead if arch == "topk" else None,
+                                  aux_k=x.shape[1] // 2, aux_coeff=1 / 32)
+    stats["last_fired"][(f > 0).any(0)] = 1
+    stats["sse"] += (x_hat - x).double().pow(2).sum()
+    stats["l0"] += (f > 0).sum()
+
+
+def sae_lens_step(d_in, n_feat, batch, arch, device, x):
+    """SAELens' real training step: SAETrainer.step (loss, firing stats, clip, Adam, schedulers), then
+    the step counter as its fit() advances it. 10% of latents held dead so TopK pays for AuxK, like ours."""
+    from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+    if arch == "relu":
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=n_feat, device=device, l1_coefficient=5.0))
     else:
-        texts, what = [data.sample_corpus_text()], "the built-in sample corpus"
-    mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
-    for vocab in (4096, 32000):
-        t0 = time.perf_counter()
-        data.train_bpe(texts, vocab, log=lambda *a: None)
-        dt = time.perf_counter() - t0
-        print(f"bpe trainer: {mb:.1f} MB of {what}, vocab {vocab}: {dt:.1f} s = {mb / dt:.2f} MB/s")
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=n_feat, device=device, k=32, aux_loss_coefficient=1 / 32))
+    tcfg = SAETrainerConfig(total_training_samples=10 ** 12, train_batch_size_samples=batch, lr=1e-4, lr_end=1e-4,
+                            adam_beta1=0.9, adam_beta2=0.9999, device=device, dead_feature_window=1000)
+    trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=iter(()))
+
+    def step():
+        trainer.n_forward_passes_since_fired[: n_feat // 10] = 10 ** 6
+        trainer.step(x)
+        trainer.n_training_steps += 1
+    return step
 
 
-# --- sae: our SAE training step vs SAELens's standard SAE on the same shapes and batch
-def bench_sae(cfg, device):
+def bench_sae(cfg, device, shapes=None, steps=None, warmup=None, peer=True):
+    """Activations/s of one SAE training step, ours and SAELens', ReLU+L1 and TopK+AuxK; returns ours relu."""
     import sae as S
-    d_in, n_feat, batch = {"tiny": (256, 2048, 3072), "paper": (1024, 16384, 3072)}[cfg["shapes"]]
+    d_in, n_feat, batch = SHAPES[shapes or cfg["shapes"]]["sae"]
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(batch, d_in, generator=g).relu() * 2).to(device)  # non-negative-ish, like MLP activations
-    print(f"sae step, {cfg['shapes']} shapes: {d_in} -> {n_feat} features, batch {batch} activations, device {device}")
-    results = {}
-    for arch in ("relu", "topk"):
-        ours = S.init_sae(d_in, n_feat, arch, 32, seed=0).to(device)
-        opt = torch.optim.Adam(ours.parameters(), lr=1e-4, betas=(0.9, 0.9999))
-        dead = torch.zeros(n_feat, dtype=torch.bool, device=device)
-        dead[: n_feat // 10] = True  # AuxK on 10% dead latents, so the topk step includes its extra cost
-        results[f"ours (sae.py {arch}: unit-norm decoder{', AuxK' if arch == 'topk' else ', L1'})"] = (
-            lambda s=ours, o=opt: S.train_step(s, o, x, 1e-4, l1_coeff=5.0, dead_mask=dead, aux_k=d_in // 2, aux_coeff=1 / 32))
-    try:
-        from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
-        from sae_lens.saes.sae import TrainStepInput
-        peer = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=n_feat, device=device, l1_coefficient=5.0))
-        popt = torch.optim.Adam(peer.parameters(), lr=1e-4, betas=(0.9, 0.9999))
+    dead = torch.zeros(n_feat, dtype=torch.bool, device=device)
+    dead[: n_feat // 10] = True
+    flops = 12 * batch * d_in * n_feat  # encoder + decoder, forward + backward, dense-equivalent
+    print(f"sae step, {shapes or cfg['shapes']} shapes: {d_in} -> {n_feat} features, batch {batch}, float32, {device}, "
+          f"{flops / 1e9:,.1f} GFLOP/step (dense)")
+    have_peer = peer
+    if peer:
+        try:
+            import sae_lens  # noqa: F401
+        except Exception as e:  # ImportError, or a broken install of its many dependencies
+            print(f"  sae: sae-lens unavailable ({type(e).__name__}: {e}); pip install -r requirements-bench.txt: no peer")
+            have_peer = False
+    peak, out = peak_for(device, False), {}
+    for arch in ("relu",) if not peer else ("relu", "topk"):
+        sae = S.init_sae(d_in, n_feat, arch, 32, seed=0).to(device)
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-4, betas=(0.9, 0.9999))
+        stats = {"last_fired": torch.zeros(n_feat, dtype=torch.long, device=device),
+                 "sse": torch.zeros((), dtype=torch.float64, device=device), "l0": torch.zeros((), device=device)}
+        fns = {"ours": lambda: ours_sae_step(S, sae, opt, x, arch, dead, stats)}
+        if have_peer:
+            fns["peer"] = sae_lens_step(d_in, n_feat, batch, arch, device, x)
+        sec = time_rounds(fns, steps or cfg["steps"], cfg["warmup"] if warmup is None else warmup, device)
+        for name, t in sec.items():
+            print(f"  {arch:4s} {name:5s} {t * 1000:9.1f} ms/step {batch / t / 1e3:9.1f}k act/s  {share(flops, t, peak)} of peak")
+        out[arch] = batch / sec["ours"]
+        if not peer:
+            break
+        label = {"relu": "ReLU + L1", "topk": "TopK (k 32) + AuxK"}[arch]
+        row("sae", f"SAE training step {label}, {d_in} -> {n_feat}, batch {batch}",
+            f"{batch / sec['ours'] / 1e3:,.1f}k act/s",
+            f"SAELens SAETrainer.step ({'StandardTrainingSAE' if arch == 'relu' else 'TopKTrainingSAE'}): "
+            f"{batch / sec['peer'] / 1e3:,.1f}k act/s" if "peer" in sec else "not installed",
+            sec["peer"] / sec["ours"] if "peer" in sec else None,
+            " / ".join(share(flops, t, peak) for t in sec.values()),
+            note="ours: sae.train_step + the loop's firing record, sse, L0; 10% of latents dead (AuxK)", goal=GOALS["sae"])
+    return out["relu"]
 
-        def peer_step():
-            out = peer.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l1": 5.0}, dead_neuron_mask=None,
-                                                            n_training_steps=0, is_logging_step=False))
-            popt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            popt.step()
-        results["peer (SAELens StandardTrainingSAE: decoder-norm-weighted L1)"] = peer_step
-    except ImportError:
-        print("  (sae-lens not installed: pip install -r requirements-bench.txt for the peer)")
-    aps = {}
-    for name, step in results.items():
-        dt = timeit(step, cfg["steps"], device)
-        aps[name] = batch / dt
-        print(f"  {name:62s} {dt * 1000:8.1f} ms/step  {aps[name] / 1e3:9.1f}k act/s")
-    if len(aps) == 3:
-        relu, _, peer = aps.values()
-        print(f"  ratio ours relu / peer: {relu / peer:.2f}x")
 
+# -----------------------------------------------------------------------------
+# corr: analyze.py's streamed correlation vs everything in memory + one float32 torch matmul
 
-# --- corr: analyze.py's streamed correlation vs all activations in memory + numpy.corrcoef
-# Each method runs in a fresh process so its peak resident memory (ru_maxrss) is its own; on CUDA the
-# streamed side also reports torch.cuda.max_memory_allocated.
-def _corr_data(seed, n, n_feat, density):
-    """Sparse non-negative 'feature activations' x and y (y shares part of x), made per chunk."""
+def _corr_chunk(seed, n, n_feat, density):
+    """Sparse non-negative 'feature activations' x, y (n, n_feat); y shares part of x, so some r are high."""
     g = torch.Generator().manual_seed(seed)
     mask = lambda: (torch.rand(n, n_feat, generator=g) < density).float()
     x = torch.rand(n, n_feat, generator=g) * mask()
@@ -170,59 +348,472 @@ def _corr_data(seed, n, n_feat, density):
     return x, y
 
 
-def _corr_worker(how, n_feat, n_tokens, chunk, density, device, q):
-    import analyze
-    try:  # the resident size now (the peak so far can be higher, left by imports): the baseline of the peak
+def _rss_now_mb():
+    try:  # the resident size now: the baseline of the peak (imports may have left a higher peak already)
         with open("/proc/self/statm") as f:
-            rss0 = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
     except OSError:
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pearson_in_memory(x, y):
+    """The peer: all (N, F) activations at hand; centre, one (Fa, Fb) matmul, divide by the norms; 0 for constants."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    cov = xc.T @ yc                                                   # (Fa, Fb)
+    den = xc.pow(2).sum(0).sqrt()[:, None] * yc.pow(2).sum(0).sqrt()[None, :]
+    return torch.where(den > 0, cov / den.clamp_min(1e-30), torch.zeros((), dtype=cov.dtype, device=cov.device))
+
+
+def _corr_worker(how, n_feat, n_tokens, chunk, density, device, threads, save, q):
+    """One measurement in a fresh process, so its peak memory is its own. Times only the correlation
+    (making the synthetic activations is not part of either method)."""
+    torch.set_num_threads(threads)
+    import analyze
+    rss0, busy = _rss_now_mb(), 0.0
+    starts = range(0, n_tokens, chunk)
     if how == "streamed":
         acc = analyze.CorrAccumulator(n_feat, n_feat, device)
-        for i, s in enumerate(range(0, n_tokens, chunk)):
-            x, y = _corr_data(i, min(chunk, n_tokens - s), n_feat, density)
-            acc.update(x.to(device), y.to(device))
-        r = acc.finalize().cpu().numpy()
-    else:  # every activation in memory (float32, as a harvest would hold them), then numpy.corrcoef
-        parts = [_corr_data(i, min(chunk, n_tokens - s), n_feat, density) for i, s in enumerate(range(0, n_tokens, chunk))]
-        x = torch.cat([p[0] for p in parts]).numpy()
-        y = torch.cat([p[1] for p in parts]).numpy()
+        for i, s in enumerate(starts):
+            x, y = (t.to(device) for t in _corr_chunk(i, min(chunk, n_tokens - s), n_feat, density))
+            sync(device)
+            t0 = time.perf_counter()
+            acc.update(x, y)
+            sync(device)
+            busy += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        r = acc.finalize()
+        sync(device)
+        busy += time.perf_counter() - t0
+    else:
+        parts = [_corr_chunk(i, min(chunk, n_tokens - s), n_feat, density) for i, s in enumerate(starts)]
+        x, y = torch.cat([p[0] for p in parts]).to(device), torch.cat([p[1] for p in parts]).to(device)
         del parts
-        r = np.nan_to_num(np.corrcoef(x.T, y.T)[:n_feat, n_feat:])
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    q.put((dt, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, gpu, r[:64, :64]))
+        sync(device)
+        t0 = time.perf_counter()
+        r = pearson_in_memory(x, y)
+        sync(device)
+        busy = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+    gpu = torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else None
+    if save:
+        np.save(os.path.join(save, f"{how}.npy"), r.double().cpu().numpy())
+        if how == "peer":  # the float64 reference over the full matrix (untimed, after the peak was read)
+            np.save(os.path.join(save, "ref.npy"), pearson_in_memory(x.double(), y.double()).cpu().numpy())
+    q.put((busy, peak, gpu))
 
 
-def bench_corr(device="cpu", n_feat=2048, n_tokens=100_000, chunk=8192, density=0.02):
-    ctx, out = mp.get_context("spawn"), {}
-    for how in ("streamed", "naive"):
-        q = ctx.Queue()
-        p = ctx.Process(target=_corr_worker, args=(how, n_feat, n_tokens, chunk, density,
-                                                    device if how == "streamed" else "cpu", q))
-        p.start()
-        out[how] = q.get()
-        p.join()
-    (ts, ms, gs, rs), (tn, mn, _, rn) = out["streamed"], out["naive"]
-    print(f"corr {n_feat} x {n_feat} features, {n_tokens:,} tokens: streamed ({device}) {n_tokens / ts:,.0f} tok/s, "
-          f"peak +{ms:,.0f} MiB RSS" + (f", {gs:,.0f} MiB GPU" if gs is not None else "") +
-          f" | naive (numpy.corrcoef) {n_tokens / tn:,.0f} tok/s, peak +{mn:,.0f} MiB RSS"
-          f" | max |r diff| {np.abs(rs - rn).max():.1e}")
+def bench_corr(cfg, device, threads):
+    n_feat, chunk, dens = cfg["corr_features"], cfg["corr_chunk"], cfg["corr_density"]
+    sizes = sorted(cfg["corr_tokens"])
+    if not sizes:
+        die("--corr_tokens needs one or two token counts, e.g. 25000,100000")
+    ctx, res = mp.get_context("spawn"), {}
+    tmp = tempfile.mkdtemp(prefix="bench_corr_")
+    try:
+        for n in sizes:
+            for how in ("streamed", "peer"):
+                q = ctx.Queue()
+                p = ctx.Process(target=_corr_worker, args=(how, n_feat, n, chunk, dens, device, threads,
+                                                          tmp if n == sizes[-1] else "", q))
+                p.start()
+                res[how, n] = q.get()
+                p.join()
+        r = {k: np.load(os.path.join(tmp, f"{k}.npy")) for k in ("streamed", "peer", "ref")}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    err = {k: float(np.abs(r[k] - r["ref"]).max()) for k in ("streamed", "peer")}
+    n, peak = sizes[-1], peak_for(device, False)
+    flops = 2 * n * n_feat * n_feat  # the cross block x^T y, dense-equivalent
+    t_s, t_p = res["streamed", n][0], res["peer", n][0]
+    mem = lambda how: " -> ".join(f"{res[how, m][1]:,.0f}" for m in sizes) + " MiB" + (
+        " (GPU " + " -> ".join(f"{res[how, m][2]:,.0f}" for m in sizes) + " MiB)" if device.startswith("cuda") else "")
+    print(f"corr {n_feat} x {n_feat} features, density {dens}, chunks of {chunk}, {device}: at {n:,} tokens "
+          f"streamed {n / t_s:,.0f} tok/s ({share(flops, t_s, peak)} of peak), in-memory float32 {n / t_p:,.0f} tok/s "
+          f"({share(flops, t_p, peak)}); peak RSS over {' -> '.join(f'{m:,}' for m in sizes)} tokens: streamed "
+          f"{mem('streamed')}, in-memory {mem('peer')}; max |r - float64 r| over the full matrix: streamed "
+          f"{err['streamed']:.1e}, in-memory float32 {err['peer']:.1e}")
+    what = f"feature correlation, {n_feat} x {n_feat} features, {n:,} tokens (density {dens})"
+    row("corr", what, f"streamed: {n / t_s:,.0f} tok/s", f"in memory, torch float32 matmul: {n / t_p:,.0f} tok/s",
+        t_p / t_s, f"{share(flops, t_s, peak)} / {share(flops, t_p, peak)}", goal=GOALS["corr"])
+    grow = lambda how, i: res[how, sizes[-1]][i] - res[how, sizes[0]][i]
+    flat = grow("streamed", 1) <= max(32.0, 0.1 * res["streamed", sizes[0]][1])  # MiB: allocator noise aside
+    row("corr", f"correlation peak memory, {' -> '.join(f'{m:,}' for m in sizes)} tokens",
+        f"streamed: +{mem('streamed')}", f"in memory: +{mem('peer')}",
+        note=f"peak RSS above the process's baseline; chunks of {chunk} tokens",
+        goal=f"streamed flat in tokens: {'met' if flat else 'NOT met'} ({grow('streamed', 1):+,.0f} MiB)")
+    row("corr", "correlation accuracy, max |r - float64 r| over the full matrix",
+        f"streamed: {err['streamed']:.1e}", f"in memory float32: {err['peer']:.1e}")
+
+
+# -----------------------------------------------------------------------------
+# bpe: the tokenizer trainer's speed on real text
+
+def bench_bpe(cfg, device):
+    import data
+    files = [os.path.join(cfg["corpora"], d, "train.txt") for d in ("babylm", "python")]
+    if all(os.path.exists(f) for f in files):
+        texts = [d for f in files for d in data.split_eot(open(f, encoding="utf-8").read())]
+        what = f"{sum(len(t.encode('utf-8')) for t in texts) / 1e6:.1f} MB of real text (babylm + python samples)"
+    else:
+        texts = [data.sample_corpus_text()]
+        what = f"{len(texts[0].encode('utf-8')) / 1e6:.1f} MB of the built-in sample"
+    mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    speeds = []
+    for vocab in (4096, 32000):
+        t0 = time.perf_counter()
+        data.train_bpe(texts, vocab, log=lambda *a: None)
+        sec = time.perf_counter() - t0
+        speeds.append(f"{mb / sec:.2f} MB/s (vocab {vocab:,})")
+        print(f"bpe trainer: {what}, vocab {vocab}: {sec:.1f} s = {mb / sec:.2f} MB/s")
+    row("bpe", f"BPE trainer, {what}", ", ".join(speeds), note="single-threaded Python; no peer (another algorithm)")
+
+
+# -----------------------------------------------------------------------------
+# stages as subprocesses: wall time and peak resident memory of each (rss, paper_smoke)
+
+def run_measured(cmd, log_path, env=None):
+    """Run cmd (a list) from the repository folder, output to log_path. Returns (exit code, seconds,
+    peak RSS in MiB of the process and the children it waited for, last line of its output)."""
+    with open(log_path, "wb") as log:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE, env=None if env is None else {**os.environ, **env})
+        try:
+            _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage: its peak RSS alone
+        except KeyboardInterrupt:
+            p.kill()
+            raise
+        p.returncode = os.waitstatus_to_exitcode(status)
+        sec = time.perf_counter() - t0
+    with open(log_path, "rb") as f:
+        lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    return p.returncode, sec, usage.ru_maxrss / 1024, (lines[-1] if lines else "")
+
+
+SYLLABLES = ("ba be bi bo bu da de di do du ka ke ki ko ku la le li lo lu ma me mi mo mu na ne ni no nu "
+             "pa pe pi po pu ra re ri ro ru sa se si so su ta te ti to tu va ve vi vo vu za ze zi zo zu").split()
+
+
+def _generated_pool(rng, kind, n_items=20_000):
+    """Items (sentences or code lines) of one generated domain, over a Zipf-distributed pseudo-word vocabulary."""
+    vocab = np.array(["".join(rng.choice(SYLLABLES, size=rng.integers(1, 4))) for _ in range(5000)])
+    p = 1 / np.arange(1, len(vocab) + 1)
+    words = iter(vocab[rng.choice(len(vocab), size=n_items * 24, p=p / p.sum())].tolist())
+    pick = lambda k: [next(words) for _ in range(k)]
+    items = []
+    for _ in range(n_items):
+        if kind in ("prose", "story"):
+            s = " ".join(pick(int(rng.integers(4, 18))))
+            items.append(("Once upon a time " if kind == "story" and rng.random() < 0.05 else "") + s.capitalize() + ".")
+            continue
+        w, n = pick(6), int(rng.integers(1000))
+        if kind == "python":
+            forms = [f"def {w[0]}_{w[1]}({w[2]}, {w[3]}=None):", f"    {w[0]} = {w[1]}.{w[2]}({w[3]}, {n})",
+                     f"    return {w[0]} + {n}", f"import {w[0]}", f"class {w[0].capitalize()}{w[1]}:",
+                     f"    # {' '.join(w)}", f"        if {w[0]} is not None and {w[1]} > {n}:"]
+        else:
+            forms = [f"local {w[0]} = {w[1]}.{w[2]}({w[3]}, {n})", f"function {w[0]}_{w[1]}({w[2]})", "end",
+                     f"  return {w[0]} .. \"{w[1]}\"", f"-- {' '.join(w)}", f"  if {w[0]} ~= nil then {w[1]}[{n}] = {w[2]} end"]
+        items.append(forms[int(rng.integers(len(forms)))])
+    return items
+
+
+def make_generated_corpus(folder, total_mb, seed=0):
+    """A local corpus (layout of shared/corpora: <domain>/train.txt and valid.txt, documents each followed
+    by a line <|endoftext|>) of generated text, total_mb MB over four domains, 10% of each in valid."""
+    kinds = {"babylm": "prose", "tinystories": "story", "python": "python", "lua": "lua"}
+    for i, (domain, kind) in enumerate(kinds.items()):
+        rng = np.random.default_rng(seed * 10 + i)
+        pool = np.array(_generated_pool(rng, kind), dtype=object)
+        sep = " " if kind in ("prose", "story") else "\n"
+        os.makedirs(os.path.join(folder, domain), exist_ok=True)
+        for split, share_ in (("train", 0.9), ("valid", 0.1)):
+            target, size = total_mb * 1e6 / len(kinds) * share_, 0
+            with open(os.path.join(folder, domain, f"{split}.txt"), "w", encoding="utf-8") as f:
+                while size < target:
+                    docs = [sep.join(pool[rng.integers(0, len(pool), size=int(rng.integers(8, 40)))]) for _ in range(1000)]
+                    text = "".join(d + "\n<|endoftext|>\n" for d in docs)
+                    f.write(text)
+                    size += len(text)
+
+
+def bench_rss(cfg, device):
+    """Issue 10: peak RSS of `data.py --domain all` against the size of its input, two sizes."""
+    tmp, got = tempfile.mkdtemp(prefix="bench_rss_"), []
+    try:
+        for mb in cfg["rss_mb"]:
+            corp, ddir = os.path.join(tmp, f"corpus_{mb:g}"), os.path.join(tmp, f"data_{mb:g}")
+            t0 = time.perf_counter()
+            make_generated_corpus(corp, mb)
+            print(f"rss: generated a {mb:g} MB corpus in {time.perf_counter() - t0:.0f} s; running data.py ...", flush=True)
+            cmd = [sys.executable, "data.py", "--domain", "all", "--source", f"local:{corp}", "--data_dir", ddir,
+                   "--preset", cfg["rss_preset"]]
+            rc, sec, peak, last = run_measured(cmd, os.path.join(tmp, f"log_{mb:g}.txt"))
+            if rc != 0:
+                print(f"  data.py failed (exit {rc}) on {mb:g} MB: {last}")
+                row("rss", f"data.py --domain all on {mb:g} MB", f"FAILED (exit {rc})", note=last)
+                return
+            got.append((mb, peak, sec))
+            print(f"  {mb:g} MB of text: peak RSS {peak:,.0f} MiB ({peak / mb:.1f} MiB per MB of input), {sec:.0f} s")
+            shutil.rmtree(corp, ignore_errors=True)
+            shutil.rmtree(ddir, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    (m0, p0, s0), (m1, p1, s1) = got[0], got[-1]
+    growth = (p1 - p0) / (m1 - m0) if m1 != m0 else float("nan")
+    row("rss", f"data.py --domain all --preset {cfg['rss_preset']}, generated local corpus "
+        f"{' -> '.join(f'{m:g}' for m, _, _ in got)} MB", " -> ".join(f"{p:,.0f}" for _, p, _ in got) + " MiB peak RSS",
+        note=f"{growth:.2f} MiB more per extra MB of input; {' -> '.join(f'{s:.0f}' for _, _, s in got)} s")
+
+
+def bench_quickstart(cfg, device):
+    """The quickstart (./reproduce.sh: sample corpus, tiny preset) from nothing, into a temp folder."""
+    tmp = tempfile.mkdtemp(prefix="bench_quickstart_")
+    try:
+        env = {"DATA": os.path.join(tmp, "data"), "OUT": os.path.join(tmp, "out"), "PYTHON": sys.executable}
+        print("quickstart: ./reproduce.sh from scratch (sample corpus, tiny preset) ...", flush=True)
+        rc, sec, peak, last = run_measured(["bash", "reproduce.sh"], os.path.join(tmp, "log.txt"), env)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"  quickstart: {'ok' if rc == 0 else f'FAILED (exit {rc}): {last}'} in {sec:,.0f} s, peak RSS {peak:,.0f} MiB")
+    row("quickstart", "quickstart ./reproduce.sh from scratch (sample corpus, tiny preset)",
+        f"{sec:,.0f} s, peak RSS {peak:,.0f} MiB" if rc == 0 else f"FAILED (exit {rc})", note="" if rc == 0 else last,
+        goal=f"<= 240 s: {'met' if rc == 0 and sec <= 240 else 'NOT met'}")
+
+
+# -----------------------------------------------------------------------------
+# paper_smoke: every stage at the paper's shapes, a couple of steps each, as the user runs them
+
+def make_smoke_corpus(src, folder, mb):
+    """The first `mb` MB of each domain's train documents (and a tenth of that of valid) of the real
+    text samples, copied into a temp folder (never into the repository)."""
+    for domain in ("babylm", "python", "tinystories", "lua"):
+        os.makedirs(os.path.join(folder, domain), exist_ok=True)
+        for split, limit in (("train", mb * 1e6), ("valid", max(mb * 1e5, 60_000))):
+            path = os.path.join(src, domain, f"{split}.txt")
+            if not os.path.exists(path):
+                die(f"--paper_smoke needs the text samples: no {path}; point --corpora at a folder in the layout of shared/corpora")
+            out, size = [], 0
+            for doc in open(path, encoding="utf-8").read().split("\n<|endoftext|>\n")[:-1]:
+                out.append(doc + "\n<|endoftext|>\n")
+                size += len(doc.encode("utf-8"))
+                if size >= limit:
+                    break
+            with open(os.path.join(folder, domain, f"{split}.txt"), "w", encoding="utf-8") as f:
+                f.write("".join(out))
+
+
+def smoke_stages(cfg, corp, ddir, odir, device):
+    """(name, command, stages it needs) for each stage at --preset paper with tiny budgets."""
+    py, s, dev = sys.executable, str(cfg["smoke_steps"]), ["--device", device]
+    io = ["--preset", "paper", "--data_dir", ddir, "--out_dir", odir]
+    lm = ["--max_iters", s, "--eval_iters", "1", "--eval_interval", s, "--log_interval", "1"]
+    sae = ["--total_acts", str(cfg["smoke_steps"] * 3072), "--buffer_batches", "2", "--eval_seqs", "16", "--log_interval", "1"]
+    return [
+        ("data (32k BPE, all domains)", [py, "data.py", "--domain", "all", "--source", f"local:{corp}", "--preset", "paper",
+                                         "--data_dir", ddir], []),
+        ("train base", [py, "train.py", "--domain", "base", *io, *lm, *dev], ["data (32k BPE, all domains)"]),
+        ("train lua", [py, "train.py", "--domain", "lua", *io, *lm, *dev], ["train base"]),
+        ("train tinystories", [py, "train.py", "--domain", "tinystories", *io, *lm, *dev], ["train base"]),
+        ("merge (SLERP)", [py, "merge.py", *io, "--eval_batches", "1", "--batch_size", "8", *dev], ["train lua", "train tinystories"]),
+        ("sae base (16,384 features)", [py, "sae.py", "--model", "base", *io, *sae, *dev], ["train base"]),
+        ("sae lua (16,384 features)", [py, "sae.py", "--model", "lua", *io, *sae, *dev], ["train lua"]),
+        ("analyze base,lua", [py, "analyze.py", *io, "--models", "base,lua", "--domains", "base,lua", "--n_tokens", "4096",
+                              *dev], ["sae base (16,384 features)", "sae lua (16,384 features)"]),
+    ]
+
+
+def smoke_findings(log_text):
+    """Paper-shape problems a zero exit status hides, read from a stage's output."""
+    import re
+    out = []
+    if "Traceback (most recent call last)" in log_text:
+        out.append("a traceback instead of a one-line error")
+    cos = [float(c) for c in re.findall(r"cos \+?(-?\d+\.\d+)", log_text)]
+    if cos and max(abs(c) for c in cos) > 1 + 1e-9:
+        out.append(f"merge: |cos| = {max(abs(c) for c in cos):.6f} > 1 (norms or dot products not in float64)")
+    vocab = re.search(r"tokenizer: (\d+) tokens", log_text)
+    if vocab and int(vocab.group(1)) < 32000:
+        out.append(f"data: the BPE stopped at {int(vocab.group(1)):,} tokens, not 32,000 (too little text: raise --smoke_mb)")
+    warm, iters = re.search(r"warmup (\d+)", log_text), re.findall(r"iter \d+/(\d+)", log_text)
+    if warm and iters and int(warm.group(1)) >= int(iters[-1]) > 0:
+        out.append(f"train: warmup {warm.group(1)} >= the run's {iters[-1]} steps: the lr never reaches its value")
+    return out
+
+
+def paper_smoke(cfg, device):
+    work = cfg["smoke_dir"] or tempfile.mkdtemp(prefix="paper_smoke_")
+    corp, ddir, odir, logs = (os.path.join(work, d) for d in ("corpora", "data", "out", "logs"))
+    os.makedirs(logs, exist_ok=True)
+    make_smoke_corpus(cfg["corpora"], corp, cfg["smoke_mb"])
+    print(f"paper smoke: every stage at --preset paper, {cfg['smoke_steps']} steps, on {cfg['smoke_mb']:g} MB per domain "
+          f"of {cfg['corpora']}, device {device}; logs in {logs}" + ("" if cfg["smoke_dir"] else " (removed at the end)"))
+    status, t_all = {}, time.perf_counter()
+    for name, cmd, needs in smoke_stages(cfg, corp, ddir, odir, device):
+        if any(status.get(n) != "ok" for n in needs):
+            status[name] = "skipped"
+            print(f"  {name:30s} skipped (needs {', '.join(n for n in needs if status.get(n) != 'ok')})")
+            row("smoke", name, "skipped", note="an earlier stage failed")
+            continue
+        log = os.path.join(logs, name.split(" (")[0].replace(" ", "_").replace(",", "_") + ".txt")
+        rc, sec, peak, last = run_measured(cmd, log)
+        status[name] = "ok" if rc == 0 else "FAILED"
+        with open(log, encoding="utf-8", errors="replace") as f:
+            found = smoke_findings(f.read())
+        print(f"  {name:30s} {'ok' if rc == 0 else f'FAILED (exit {rc})':16s} {sec:7.1f} s  peak RSS {peak:7,.0f} MiB"
+              + ("" if rc == 0 else f"\n      {' '.join(cmd[1:])}\n      -> {last}")
+              + "".join(f"\n      WARNING {w}" for w in found), flush=True)
+        row("smoke", name, f"{sec:,.1f} s, peak RSS {peak:,.0f} MiB" if rc == 0 else f"FAILED (exit {rc})",
+            note="; ".join(([] if rc == 0 else [last]) + found))
+    print(f"paper smoke: {sum(v == 'ok' for v in status.values())}/{len(status)} stages ok in {time.perf_counter() - t_all:.0f} s")
+    tpw = None
+    try:
+        meta = common.read_json(os.path.join(ddir, "base", "meta.json"))
+        va = meta["splits"]["val"]  # the held-out split: a BPE fitted to a few MB has nearly memorised its train split
+        tpw = va["tokens"] / max(va["words"], 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if not cfg["smoke_dir"]:
+        shutil.rmtree(work, ignore_errors=True)
+    return tpw
+
+
+# -----------------------------------------------------------------------------
+# plan: the full-budget time of each stage on this device, PROJECTED from steps measured at paper shapes
+
+def measure_forward_and_corr(cfg, device, harvest_batch):
+    """Tokens/s of the MLP-activation forward (harvest, analysis) and of one streamed correlation pair
+    at 16,384 x 16,384 features, at the paper's shapes on this device (float32, as sae.py / analyze.py)."""
+    import analyze
+    from model import ModelArgs, Transformer
+    s = SHAPES["paper"]
+    model = Transformer(ModelArgs(**{k: v for k, v in s.items() if k not in ("batch", "sae")})).to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, s["vocab_size"], (harvest_batch, s["block_size"]), generator=g).to(device)
+    sec = timeit(lambda: model.mlp_acts(idx), cfg["plan_steps"], 1, device)
+    fwd = harvest_batch * s["block_size"] / sec
+    n_feat, chunk = s["sae"][1], 1024
+    acc = analyze.CorrAccumulator(n_feat, n_feat, device)
+    x, y = (t.to(device) for t in _corr_chunk(0, chunk, n_feat, cfg["corr_density"]))
+    sec = timeit(lambda: acc.update(x, y), cfg["plan_steps"], 1, device)
+    print(f"plan: MLP-activation forward {fwd / 1e3:,.1f}k tok/s (batch {harvest_batch} x {s['block_size']}); "
+          f"correlation {n_feat:,} x {n_feat:,}: {chunk / sec:,.0f} tok/s per pair ({device})")
+    return fwd, chunk / sec
+
+
+def fmt_time(sec):
+    return f"{sec / 3600:,.1f} h" if sec >= 3600 else f"{sec / 60:,.1f} min" if sec >= 60 else f"{sec:,.0f} s"
+
+
+def plan(cfg, device, tokens_per_word=None):
+    import analyze
+    import sae as S
+    sc, ac = S.config, analyze.config
+    tpw = cfg["plan_tokens_per_word"] or tokens_per_word or 1.5
+    tpw_from = ("--plan_tokens_per_word" if cfg["plan_tokens_per_word"] else
+                "measured on the smoke's base val split with its 32k BPE" if tokens_per_word else "assumed")
+    lm = bench_train(cfg, device, shapes="paper", steps=cfg["plan_steps"], warmup=1, peer=False, batch=cfg["plan_batch"])
+    sae_rate = bench_sae(cfg, device, shapes="paper", steps=cfg["plan_steps"], warmup=1, peer=False)
+    fwd, corr = measure_forward_and_corr(cfg, device, sc.get("harvest_batch", 64))
+    seeds, acts, per_seq = len(sc.get("seeds", [0, 1])), sc.get("total_acts", 200_000_000), sc.get("tokens_per_seq", 24)
+    seq_len = sc.get("seq_len") or SHAPES["paper"]["block_size"]
+    models, n_tok = ac.get("models", ["base", "lua", "tinystories", "luastories"]), ac.get("n_tokens", 1_048_576)
+    pairs = sum(1 for a, b in analyze.EDGES if a in models and b in models) + len(models)  # edges + seed nulls
+    pre = 3 * cfg["plan_base_words"] * tpw  # DESIGN.md: 3 epochs of the base mix; fine-tunes: 1 epoch
+    stages = [
+        ("pretrain base", f"3 epochs x {cfg['plan_base_words'] / 1e6:,.0f}M words x {tpw:.2f} tokens/word ({tpw_from}) "
+         f"= {pre / 1e9:,.2f}G tokens", pre / lm),
+        ("fine-tune lua", f"1 epoch, {cfg['plan_lua_tokens'] / 1e6:,.0f}M tokens (assumed)", cfg["plan_lua_tokens"] / lm),
+        ("fine-tune tinystories", f"1 epoch, {cfg['plan_tinystories_tokens'] / 1e6:,.0f}M tokens (assumed)",
+         cfg["plan_tinystories_tokens"] / lm),
+        ("SAE training", f"{len(MODEL_NAMES)} models x {seeds} seeds x {acts / 1e6:,.0f}M activations", len(MODEL_NAMES) * seeds * acts / sae_rate),
+        ("SAE harvesting", f"{len(MODEL_NAMES)} x {acts / per_seq * seq_len / 1e9:,.2f}G tokens forward "
+         f"({per_seq} of {seq_len} positions kept)", len(MODEL_NAMES) * acts / per_seq * seq_len / fwd),
+        ("analysis", f"{n_tok:,} tokens x ({len(models)} forwards + {pairs} correlation pairs of 16,384^2)",
+         n_tok * (len(models) / fwd + pairs / corr)),
+    ]
+    total = sum(t for _, _, t in stages)
+    dev = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu_model()}, {torch.get_num_threads()} threads"
+    print(f"\nPROJECTION (not a measurement): full-budget time per stage on this device ({dev}), from "
+          f"{cfg['plan_steps']}-step measurements at the paper's shapes, eager mode, no torch.compile; merge not counted")
+    for name, work, t in stages:
+        print(f"  {name:22s} {fmt_time(t):>10s}   {work}")
+        row("plan", name, f"projected {fmt_time(t)}", note=work)
+    print(f"  {'total':22s} {fmt_time(total):>10s}")
+    row("plan", "total (projection)", f"projected {fmt_time(total)}",
+        note=f"on {dev}; LM {lm / 1e3:,.1f}k tok/s, SAE {sae_rate / 1e3:,.1f}k act/s, forward {fwd / 1e3:,.1f}k tok/s, "
+             f"correlation {corr:,.0f} tok/s per pair, all measured at paper shapes")
+
+
+MODEL_NAMES = ("base", "lua", "tinystories", "luastories")
+
+
+# -----------------------------------------------------------------------------
+# output: conditions, every figure, the README table
+
+def print_markdown():
+    c = CONTEXT
+    peers = ", ".join(f"{k} {v}" for k, v in c["peers"].items() if v) or "no peers installed"
+    peak = ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in c.get("peak_flops", {}).items())
+    print(f"\nMeasured {c['date']} with `{c['argv']}` on {c['device_name']}, {c['threads']} torch threads of "
+          f"{c['cores']} cores (load average {c['loadavg']} at the start), torch {c['torch']}, {peers}; matmul peak "
+          f"measured in the same run: {peak or 'not measured'}.\n")
+    main_rows = [r for r in ROWS if r["part"] not in ("smoke", "plan")]
+    if main_rows:
+        print("| what | ours | peer (same run) | ours / peer | share of peak (ours / peer) | goal |\n|---|---|---|---|---|---|")
+        for r in main_rows:
+            note = f" ({r['note']})" if r["note"] else ""
+            cells = [f"{r['what']}{note}", r["ours"], r["peer"] or "-", r["ratio"] or "-", r["share"] or "-", r["goal"] or "-"]
+            print("| " + " | ".join(cells) + " |")
+    for part, title in (("smoke", "Paper-shape smoke (each stage at --preset paper, a few steps)"),
+                        ("plan", "Full-budget PROJECTION (from steps measured at paper shapes; not a measurement)")):
+        rows = [r for r in ROWS if r["part"] == part]
+        if rows:
+            print(f"\n{title}:\n\n| stage | result | note |\n|---|---|---|")
+            for r in rows:
+                print(f"| {r['what']} | {r['ours']} | {r['note'] or '-'} |")
+
+
+def main(argv=None):
+    cfg = parse_config(dict(config), argv, checks=checks)
+    threads = common.set_threads(cfg["threads"])
+    device = pick_device(cfg["device"])
+    parts = ["peak", "smoke", "plan"] if cfg["paper_smoke"] else [p for p in cfg["only"].split(",") if p]
+    unknown = [p for p in parts if p not in ("peak", "train", "sae", "corr", "bpe", "rss", "quickstart", "plan", "smoke")]
+    if unknown:
+        die(f"--only: unknown part {unknown[0]!r}; choose from peak, train, sae, corr, bpe, rss, quickstart, plan")
+    if set(parts) & {"train", "sae", "corr", "plan"} and "peak" not in parts:
+        parts.insert(0, "peak")  # every share needs it
+    CONTEXT.update(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                   cpu=cpu_model(), cores=os.cpu_count(), threads=threads, torch=torch.__version__,
+                   device=device, peers=peer_versions(), argv=" ".join(["python", "bench.py", *(argv or sys.argv[1:])]),
+                   loadavg=" / ".join(f"{x:.1f}" for x in os.getloadavg()),
+                   device_name=torch.cuda.get_device_name() if device.startswith("cuda") else cpu_model())
+    print(f"bench: {threads} torch threads ({'--threads' if cfg['threads'] else 'common.set_threads: cores free now'}; "
+          f"{os.cpu_count()} cores, load average {CONTEXT['loadavg']}), device {device} ({CONTEXT['device_name']}), "
+          f"torch {torch.__version__}, " + ", ".join(f"{k} {v or 'not installed'}" for k, v in CONTEXT["peers"].items()))
+    tpw = None
+    for part in parts:
+        if part == "peak":
+            bench_peak(cfg, device)
+        elif part == "corr":
+            bench_corr(cfg, device, threads)
+        elif part == "smoke":
+            tpw = paper_smoke(cfg, device)
+        elif part == "plan":
+            plan(cfg, device, tpw)
+        else:
+            {"train": bench_train, "sae": bench_sae, "bpe": bench_bpe, "rss": bench_rss,
+             "quickstart": bench_quickstart}[part](cfg, device)
+        sys.stdout.flush()
+    goals = [f"{r['part']} {r['ratio'] or ''} {r['goal']}".replace("  ", " ") for r in ROWS if r["goal"]]
+    if goals:
+        print("goals (issue 13; valid on a quiet machine only): " + "; ".join(goals))
+    if cfg["markdown"]:
+        print_markdown()
+    if cfg["json_out"]:
+        common.atomic_write_json(cfg["json_out"], {"context": CONTEXT, "rows": ROWS, "provenance": common.provenance(cfg)})
+        print(f"-> {cfg['json_out']}")
 
 
 if __name__ == "__main__":
-    cfg = parse_config(dict(config))
-    if cfg["threads"] > 0:
-        torch.set_num_threads(cfg["threads"])
-    device = pick_device(cfg["device"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    parts = {"train": bench_train, "bpe": bench_bpe, "sae": bench_sae,
-             "corr": lambda c, d: bench_corr(d, n_feat=2048, n_tokens=c["corr_tokens"])}
-    for part in cfg["only"].split(","):
-        if part in parts:
-            parts[part](cfg, device)
-        else:
-            print(f"{part}: not in this benchmark yet")
+    common.cli(main)

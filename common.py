@@ -1,25 +1,37 @@
 """
-Small shared helpers used by every stage script: command-line config, one-line errors,
-atomic file writes, hashes and provenance. Nothing here knows about models or data.
+Small shared helpers used by every stage script: the command line and its checks, one-line
+errors, atomic file writes, output-folder locks, threads, hashes and provenance. Nothing here
+knows about models or data.
 
-Config convention (nanoGPT-style): each script keeps a dict of commented defaults at the top,
-optional per-preset overrides, and calls parse_config(), which applies `--preset NAME` first
-and then every `--key=value` / `--key value` / `--flag` from the command line, with the
-type of the default enforced and unknown keys rejected.
+Config convention (nanoGPT-style): each script keeps a dict of commented defaults at the top
+(one key per line; the comment beside a key says what it means), optional presets, and calls
+parse_config(), which applies the defaults, then `--preset NAME` (and `NAME/VARIANT` where the
+script has variants, e.g. train.py's `tiny/finetune`), then every `--key=value` / `--key value` /
+`--flag` from the command line. The default's type is enforced, unknown keys are rejected, and
+every value is checked against the script's `checks` here, in one place, before any work starts.
+`-h` / `--help` prints what the script does and each key with the value the chosen preset will
+use and the comment beside it in the script.
 """
+import contextlib
 import difflib
+import errno
 import hashlib
 import json
+import math
 import os
+import re
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class UserError(SystemExit):
-    """A problem the user can fix. Printed as one line, exit status 2, no traceback."""
+    """A problem the user can fix. common.cli() prints it as one line `error: ...` on stderr and
+    exits with status 2 (uncaught elsewhere, Python prints the same line and exits with 1)."""
 
     def __init__(self, msg):
         super().__init__(f"error: {msg}")
@@ -28,6 +40,29 @@ class UserError(SystemExit):
 
 def die(msg):
     raise UserError(msg)
+
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
+
+
+def cli(main):
+    """Run a script's main() as a command: a UserError becomes one line on stderr and exit status 2,
+    a full or read-only disk one line naming the path, Ctrl-C one line and status 130."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e.msg}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted; finished files are kept, re-run (with --resume where the script has it) "
+              "to continue", file=sys.stderr)
+        sys.exit(130)
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        print(f"error: cannot write {e.filename or 'a file'}: {e.strerror}; free some disk space or choose a "
+              f"writable --out_dir / --data_dir", file=sys.stderr)
+        sys.exit(2)
 
 
 # -----------------------------------------------------------------------------
@@ -50,7 +85,7 @@ def _convert(key, text, default):
                 f = float(text)
                 if f.is_integer():
                     return int(f)
-            except ValueError:
+            except (ValueError, OverflowError):
                 pass
             die(f"--{key} takes an integer, got {text!r}")
     if isinstance(default, float):
@@ -66,34 +101,112 @@ def _convert(key, text, default):
     return text  # str or None default: keep the string
 
 
-def parse_config(config, argv=None, presets=None, preset_default=None):
-    """Apply `--preset` and command-line overrides to `config` (a dict, modified in place).
+_RULE = re.compile(r"^\s*(?:(>=|>|<=|<)\s*(\S+)|([\[(])\s*([^,]+),\s*([^\])]+)([\])]))\s*$")
 
-    presets: {name: {key: value}} applied before the command line.
-    preset_default: the preset to use when none is given (e.g. 'paper' on CUDA, 'tiny' otherwise).
-    Returns the config dict; config['preset'] holds the preset that was used.
-    """
+
+def check_value(key, value, rule):
+    """One-line error unless `value` satisfies `rule`: '>0', '>=0', '<=1', '[0,1]', '(0,1]', ... (bounds;
+    numbers are always required to be finite) or a tuple of allowed values. Lists: every element."""
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            check_value(key, v, rule)
+        return
+    if isinstance(rule, (tuple, list, set, frozenset)):
+        if value not in rule:
+            die(f"--{key} must be one of {', '.join(map(str, rule))}; got {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not math.isfinite(value):
+        die(f"--{key} must be a finite number, got {value}")
+    if rule is None:
+        return
+    m = _RULE.match(rule)
+    if m is None:
+        raise ValueError(f"bad check rule {rule!r} for {key}")  # a programming error, not the user's
+    if m.group(1):
+        op, bound = m.group(1), float(m.group(2))
+        ok = {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+        want = f"{op} {m.group(2)}"
+    else:
+        lo, hi = float(m.group(4)), float(m.group(5))
+        ok = (value > lo if m.group(3) == "(" else value >= lo) and (value < hi if m.group(6) == ")" else value <= hi)
+        want = f"in {m.group(3)}{m.group(4).strip()}, {m.group(5).strip()}{m.group(6)}"
+    if not ok:
+        die(f"--{key} must be {want}, got {value}")
+
+
+def config_comments(path):
+    """{key: comment} from the `config = dict(...)` / `config = {...}` block of a script's source: the
+    comment beside a key (shared by the keys of one line), plus comment-only lines right below it."""
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except OSError:
+        return {}
+    out, inside, last = {}, False, []
+    for line in lines:
+        if not inside:
+            inside = re.match(r"^config\s*=\s*(dict\(|\{)", line) is not None
+            continue
+        if re.match(r"^[)}]", line):
+            break
+        if line.strip().startswith("#"):       # a comment-only line continues the previous key's comment
+            for k in last:
+                out[k] = (out.get(k, "") + " " + line.strip().lstrip("#").strip()).strip()
+            continue
+        code, _, comment = line.partition("  # ")
+        keys = re.findall(r'(?:^|,)\s*"?([A-Za-z_]\w*)"?\s*(?:=(?!=)|:)', code)
+        if keys:
+            last = keys
+            for k in keys:
+                out[k] = comment.strip()
+    return out
+
+
+def _print_help(config, presets, chosen, script_doc, script_path):
+    name = os.path.basename(script_path or sys.argv[0])
+    doc = (script_doc or "").strip().split("\n\n")[0].strip()
+    if doc:
+        print(doc + "\n")
+    print(f"usage: python {name} [--preset {'|'.join(p for p in presets if '/' not in p)}] [--key=value ...]"
+          if presets else f"usage: python {name} [--key=value ...]")
+    if chosen:
+        print(f"values below: preset {chosen}")
+    notes = config_comments(script_path) if script_path else {}
+    width = max((len(f"--{k}={_show(v)}") for k, v in config.items() if k != "preset"), default=0)
+    for k, v in config.items():
+        if k == "preset":
+            continue
+        flag = f"--{k}={_show(v)}"
+        print(f"  {flag:{min(width, 36)}s}  {notes.get(k, '')}".rstrip())
+    raise SystemExit(0)
+
+
+def parse_config(config, argv=None, presets=None, preset_default=None, checks=None, variant=None):
+    """Apply presets and command-line overrides to `config` (a dict, modified in place); check them.
+
+    presets: {name: {key: value}} applied before the command line; with `variant`, a function of
+    the config (defaults + command line) returning e.g. 'finetune', presets[f'{name}/{variant}'] is
+    applied after presets[name]. preset_default: the preset when none is given. checks: {key: rule}
+    (see check_value). Returns the config; config['preset'] holds the preset that was used."""
+    caller = sys._getframe(1).f_globals
     argv = sys.argv[1:] if argv is None else list(argv)
-    pairs = []
-    i = 0
+    pairs, want_help, i = [], False, 0
     while i < len(argv):
         arg = argv[i]
+        if arg in ("-h", "--help"):
+            want_help = True
+            i += 1
+            continue
         if not arg.startswith("--") or arg == "--":
             die(f"unexpected argument {arg!r}; use --key=value (python {os.path.basename(sys.argv[0])} --help lists the keys)")
         body = arg[2:]
-        if body in ("help", "h"):
-            print("options (default):")
-            for k, v in config.items():
-                print(f"  --{k}={_show(v)}")
-            if presets:
-                print("presets: " + ", ".join(presets))
-            raise SystemExit(0)
         if "=" in body:
             key, val = body.split("=", 1)
         else:
             key = body
             nxt = argv[i + 1] if i + 1 < len(argv) else None
-            if nxt is not None and not nxt.startswith("--"):
+            if nxt is not None and not nxt.startswith("--") and nxt != "-h":
                 val = nxt
                 i += 1
             else:
@@ -102,49 +215,196 @@ def parse_config(config, argv=None, presets=None, preset_default=None):
         i += 1
 
     preset = preset_default
-    rest = []
+    cli_pairs = []
     for key, val in pairs:
         if key == "preset":
             preset = val
         else:
-            rest.append((key, val))
-    if presets is not None:
-        if preset is None:
-            die("no preset given; use --preset " + "|".join(presets))
-        if preset not in presets:
-            die(f"unknown preset {preset!r}; choose one of: {', '.join(presets)}")
-        for k, v in presets[preset].items():
-            if k not in config:
-                raise KeyError(f"preset {preset} sets unknown key {k}")  # programming error
-            config[k] = v
-        config["preset"] = preset
-
-    for key, val in rest:
+            cli_pairs.append((key, val))
+    converted = {}
+    for key, val in cli_pairs:
         if key not in config:
             close = difflib.get_close_matches(key, list(config), n=1)
             hint = f" (did you mean --{close[0]}?)" if close else ""
             die(f"unknown option --{key}{hint}; python {os.path.basename(sys.argv[0])} --help lists them")
         default = config[key]
         if val is None:
-            if isinstance(default, bool):
-                config[key] = True
-                continue
-            die(f"--{key} needs a value")
-        config[key] = _convert(key, val, default)
+            if not isinstance(default, bool):
+                die(f"--{key} needs a value")
+            converted[key] = True
+        else:
+            converted[key] = _convert(key, val, default)
+    chosen = None
+    if presets is not None:
+        if preset is None:
+            die("no preset given; use --preset " + "|".join(p for p in presets if "/" not in p))
+        if preset not in presets or "/" in preset:
+            die(f"unknown preset {preset!r}; choose one of: {', '.join(p for p in presets if '/' not in p)}")
+        layers = [preset]
+        if variant is not None:
+            v = variant({**config, **converted})
+            if v and f"{preset}/{v}" in presets:
+                layers.append(f"{preset}/{v}")
+        for name in layers:
+            for k, v in presets[name].items():
+                if k not in config:
+                    raise KeyError(f"preset {name} sets unknown key {k}")  # programming error
+                config[k] = v
+        chosen = layers[-1]
+        config["preset"] = preset
+    config.update(converted)
+    if want_help:
+        _print_help(config, presets or {}, chosen if presets else None, caller.get("__doc__"), caller.get("__file__"))
+    for key, value in config.items():
+        check_value(key, value, (checks or {}).get(key))
     return config
 
 
 def require_positive(cfg, keys):
     """One-line errors for settings that must be > 0 (a zero batch size or interval would fail deep inside)."""
     for k in keys:
-        if not cfg[k] > 0:
-            die(f"--{k} must be > 0, got {cfg[k]}")
+        check_value(k, cfg[k], ">0")
+
+
+def check_resume(saved, cfg, free, path):
+    """`--resume` continues a run only with the settings it was started with (`free`: keys that may differ,
+    such as logging intervals or the device); a finished run is checked too, so a changed setting is
+    never silently ignored. saved: the config stored in the checkpoint."""
+    changed = [f"--{k} {saved.get(k)!r} -> {cfg[k]!r}" for k in cfg if k not in free and saved.get(k) != cfg[k]]
+    if changed:
+        die(f"--resume of {path} with other settings ({'; '.join(changed)}); use the original ones, "
+            f"or --overwrite to start over")
 
 
 def _show(v):
     if isinstance(v, (list, tuple)):
         return ",".join(str(x) for x in v)
     return v
+
+
+# -----------------------------------------------------------------------------
+# threads: torch's default of one per core is the slowest choice on a shared machine
+
+def free_cores(sample_s=0.1):
+    """Cores not busy with other work, from two reads of /proc/stat `sample_s` apart (this process is
+    idle meanwhile). All of them where /proc/stat is missing."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)  # idle + iowait, total
+    try:
+        i0, t0 = read()
+        time.sleep(sample_s)
+        i1, t1 = read()
+    except (OSError, ValueError, IndexError):
+        return cores
+    idle = (i1 - i0) / max(t1 - t0, 1)
+    return max(1, min(cores, int(cores * idle + 0.5)))
+
+
+def set_threads(n=0):
+    """torch's CPU threads: n > 0 as given, 0 = the cores that are free now (at least 1). Returns the count."""
+    import torch
+    n = n if n > 0 else free_cores()
+    torch.set_num_threads(n)
+    return n
+
+
+# -----------------------------------------------------------------------------
+# output folders: one run at a time, writable, with room for what the run will write
+
+@contextlib.contextmanager
+def lock_dir(path, what="this run"):
+    """Hold `<path>/.lock` (pid, host, command) while the block runs, so two runs never write one
+    folder at once. A live holder: one-line error naming it; a lock left by a dead process is taken
+    over. Stale temp files of interrupted atomic writes (`.*.tmp`) in the folder are removed."""
+    check_writable(path)
+    lock = os.path.join(path, ".lock")
+    mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                       "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(lock, encoding="utf-8") as f:
+                    old_text = f.read()
+                holder = json.loads(old_text)
+            except (OSError, ValueError):
+                old_text, holder = None, {}
+            if holder and _alive(holder):
+                die(f"{path} is in use by {what} in process {holder['pid']} ({holder.get('command', '?')}, since "
+                    f"{holder.get('since', '?')}); wait for it to finish, or delete {lock} if that process is gone")
+            if old_text is None and time.time() - _mtime(lock) < 5:  # being written right now
+                time.sleep(0.2)
+                continue
+            print(f"taking over the stale lock {lock} of process {holder.get('pid', '?')} (no longer running)")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(mine)
+        break
+    else:
+        die(f"could not take the lock {lock}; delete it if no other run uses {path}")
+    for name in os.listdir(path):
+        if name.startswith(".") and name.endswith(".tmp"):  # an atomic write that never finished
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(path, name))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            with open(lock, encoding="utf-8") as f:
+                if f.read() == mine:
+                    os.remove(lock)
+
+
+def _alive(holder):
+    if holder.get("host") != socket.gethostname():
+        return True  # another machine's process: cannot tell, so it holds the lock
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    return True
+
+
+def _mtime(path):
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return 0.0
+
+
+def check_writable(path):
+    """Create `path` if needed and write a probe file there, or fail now in one line (not after the work)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe.", suffix=".tmp"):
+            pass
+    except OSError as e:
+        die(f"cannot write in {path} ({e.strerror}); choose a writable folder (--out_dir / --data_dir)")
+
+
+def check_free_space(path, need_bytes, what):
+    """One-line error when the disk holding `path` has less than need_bytes free."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    free = _disk_free(probe)
+    if free < need_bytes:
+        die(f"{what} needs about {need_bytes / 1e6:,.0f} MB in {path}, but only {free / 1e6:,.0f} MB are free; "
+            f"free some space or choose another folder")
+
+
+def _disk_free(path):
+    import shutil
+    return shutil.disk_usage(path).free
 
 
 # -----------------------------------------------------------------------------
@@ -155,8 +415,11 @@ def atomic_write(path, write):
     """Call write(f) on a temp file beside path, fsync, then os.replace it into place."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as e:
+        die(f"cannot write {path} ({e.strerror}); choose a writable folder")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -166,9 +429,14 @@ def atomic_write(path, write):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        # a full disk shows up as OSError, or from torch.save as a RuntimeError ("unexpected pos")
+        if (isinstance(e, OSError) and e.errno in DISK_ERRNOS) or \
+                (isinstance(e, RuntimeError) and _disk_free(folder) < (64 << 20)):
+            die(f"cannot write {path}: the disk is full or not writable ({e}); the previous version of the "
+                f"file (if any) is kept; free some space and re-run")
         raise
 
 

@@ -3,56 +3,67 @@ data.py: the study's corpora -> a byte-level BPE tokenizer -> token files for tr
 
   python data.py --domain all                                   # built-in sample (smoke-scale demo)
   python data.py --domain all --source local:../shared/corpora  # plain-text corpora on disk
-  python data.py --domain all --source hf --preset paper        # the real datasets, downloaded
+  python data.py --domain all --source hf --preset paper        # the authors' datasets, downloaded
 
 Domains: babylm, python, tinystories, lua, and `base`, the pre-training mix (all of BabyLM plus
 Python matched to the same number of words, as in the paper). For each, writes
 <data_dir>/<domain>/{train,val}.bin (token ids; every document followed by <|endoftext|>) and
-meta.json. The tokenizer is trained on the base mix train split, shared by every model, and
-lives in <data_dir>/tokenizer/. Other scripts import DOMAINS, EOT, load_tokenizer, eot_id,
-tokenizer_hash, read_meta, load_tokens and get_batch from here.
+meta.json (sizes, settings, sources, tokenizer hash). The tokenizer is trained on the base mix train
+split, shared by every model, and lives in <data_dir>/tokenizer/. `--source hf` reads the datasets
+the authors trained on (nilq/baby-python, roneneldan/TinyStories, nilq/small-lua-stack) at pinned
+commits of the Hugging Face hub; it needs pyarrow (requirements-hf.txt), nothing else does.
+
+Text streams: documents flow from the files to the tokenizer trainer and to the token files in
+bounded batches; no domain is held whole, and nothing is encoded twice (base's tokens are copied
+from babylm's and python's token files, in the mix's order). Other scripts import from here: DOMAINS,
+EOT, load_tokenizer, eot_id, tokenizer_hash, read_meta, data_fingerprint, open_tokens (THE check that
+token files are whole and match a model's tokenizer), sample_windows (THE window sampler) and
+get_batch. The sample corpus itself is made in sample_corpus.py.
 """
+import array
 import base64
-import hashlib
 import heapq
 import json
-import math
 import os
 import platform
 import random
 import re
 import time
-import zipfile
 from collections import Counter, defaultdict
 
 import numpy as np
 import tiktoken
-import torch
 
-from common import (atomic_write, atomic_write_json, atomic_write_text, default_preset, die, parse_config,
-                    provenance, read_json, sha256_bytes, sha256_file)
+import sample_corpus
+from common import (atomic_write, atomic_write_json, atomic_write_text, cli, default_preset, die, lock_dir,
+                    parse_config, provenance, read_json, set_threads, sha256_bytes, sha256_file)
+from sample_corpus import hash_frac
 
 # -----------------------------------------------------------------------------
 # configuration: commented defaults, then --preset, then the command line (common.parse_config)
 config = dict(
-    domain="all",        # babylm | python | tinystories | lua | base | all
+    domain="all",        # which domain to prepare: babylm | python | tinystories | lua | base | all
     source="sample",     # sample (built-in demo) | local:DIR (layout of shared/corpora) | hf (download)
     data_dir="data",     # outputs: <data_dir>/<domain>/, <data_dir>/tokenizer/, downloads in <data_dir>/raw/
     tokenizer="bpe",     # bpe: our own, trained on the base mix | gpt2: tiktoken's GPT-2 ranks (network once)
     vocab_size=4096,     # bpe: merges + 256 bytes + 1 (<|endoftext|> takes the last id)
-    babylm="10M",        # hf: BabyLM 2024 training set, 10M (strict-small) or 100M (strict)
-    max_mb=20.0,         # hf: keep only the first max_mb MB of each large non-zip file (0 = whole files)
+    max_mb=20.0,         # hf: read at most max_mb MB of text per domain (val: max_mb x val_frac); 0 = all
+    bpe_mb=0.0,          # bpe: train on about this many MB of the base mix train split, a hash-chosen sample; 0 = all
     sample_kb=500,       # sample: KB of train text per domain
-    val_frac=0.1,        # held-out share: sample size, code split by hash, cap on upstream val sets
+    val_frac=0.1,        # held-out share: sample size; the split by hash of a dataset that has no val split
     seed=1337,           # sample generators and the base-mix selection
-    threads=os.cpu_count() or 1,  # tiktoken encoding threads
-    force=False,         # re-encode even when meta.json says a domain is up to date (the tokenizer
-                         # is retrained only when missing or made from other settings)
+    threads=0,           # tiktoken encoding threads; 0 = the cores free now (common.set_threads)
+    force=False,         # re-encode even when meta.json says a domain is up to date (tokenizer: only if stale)
 )
-presets = {"tiny": dict(vocab_size=4096, babylm="10M", max_mb=20.0),
-           "paper": dict(vocab_size=32000, babylm="100M", max_mb=0.0)}
-
+presets = {"tiny": dict(vocab_size=4096, max_mb=20.0, bpe_mb=0.0),
+           "paper": dict(vocab_size=32000, max_mb=0.0, bpe_mb=100.0)}
 DOMAINS = ("babylm", "python", "tinystories", "lua", "base")
+checks = {"domain": DOMAINS + ("all",), "tokenizer": ("bpe", "gpt2"), "vocab_size": "(257, 4294967296]",
+          "max_mb": ">=0", "bpe_mb": ">=0", "sample_kb": ">0", "val_frac": "(0,1)", "threads": ">=0"}
+# --preset paper expects at least these many tokens per domain (train split): a run that got far fewer
+# is not the paper's study, and says so loudly (e.g. Lua from a small fallback, or max_mb left on)
+EXPECTED_TOKENS = {"paper": {"babylm": 50e6, "python": 50e6, "base": 100e6, "tinystories": 200e6, "lua": 20e6}}
+
 EOT = "<|endoftext|>"
 SAMPLE_NOTE = ("sample: a smoke-scale demo corpus made by data.py (generated English prose, stories and "
                "Lua; Python from this interpreter's standard library), not the study's data")
@@ -61,6 +72,8 @@ SAMPLE_NOTE = ("sample: a smoke-scale demo corpus made by data.py (generated Eng
 # two agree on ordinary text; they differ only on characters whose class differs between the
 # engines (combining marks after a letter, joiners, superscript digits), where chunks split
 # differently: still lossless, just merges that training saw in slightly other contexts.
+# PATTERN is what tiktoken gets (and what the tokenizer hash covers); RE_PATTERN, the same without
+# possessive quantifiers, is what Python's `re` gets: `re` knows `?+` / `++` only from Python 3.11.
 PATTERN = "|".join([
     r"'(?i:[sdmt]|ll|ve|re)",              # English contractions
     r"(?:[^\r\n\w]|_)?+[^\W\d_]+",         # a word, with at most one leading space/symbol
@@ -70,31 +83,38 @@ PATTERN = "|".join([
     r"\s+(?!\S)",                          # whitespace, leaving one space for the next word
     r"\s+",
 ])
+# Dropping the possessive marks changes no match here: the optional leading symbol can never be a
+# letter, so giving it back cannot let a word match; and the [\r\n]* after a punctuation run cannot
+# fail, so a greedy run is never backtracked into. tests/test_data.py checks both split alike.
+RE_PATTERN = PATTERN.replace(")?+", ")?").replace(")++", ")+")
+# --source hf: the datasets the authors trained on, at pinned commits of the Hugging Face hub. PINNED
+# holds (commit sha, date pinned). A sha of None could not be looked up where this was written (no
+# network): the first download resolves the dataset's `main` to its commit sha, records it in
+# <data_dir>/raw/hf/<repo>/REVISION and in meta.json, and every later run reuses that commit.
+HF = os.environ.get("HF_ENDPOINT", "https://huggingface.co")  # tests point this at a local server
+PINNED = {"nilq/baby-python": (None, "2026-11-25"),
+          "roneneldan/TinyStories": ("f54c09fd23315a6f9c86f9dc80f725de7d8f9c64", "2026-11-25"),
+          "nilq/small-lua-stack": (None, "2026-11-25")}
+# which dataset, text column and splits each domain reads. nilq/baby-python is the authors' base mix:
+# all of BabyLM 100M plus Python from The Stack matched to it by words; its `type` column says which
+# a row is (a type naming python -> python, any other -> babylm). TinyStories: the train/validation
+# parquet files that datasets.load_dataset reads. small-lua-stack has one split: val by hash.
+HF_DATA = {"babylm": ("nilq/baby-python", "content"), "python": ("nilq/baby-python", "content"),
+           "tinystories": ("roneneldan/TinyStories", "text"), "lua": ("nilq/small-lua-stack", "content")}
+HF_SPLITS = {"train": ("train",), "val": ("validation", "valid", "val")}
+RETRIES, BACKOFF_S, TIMEOUT_S = 6, 2.0, (10, 60)  # downloads: tries, first back-off (doubles), connect/read timeouts
 
-# Every URL the hf source touches; tests point these at a local server.
-URLS = {
-    "tinystories_train": "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt",
-    "tinystories_val": "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-valid.txt",
-    "babylm_10M": "https://osf.io/download/5mk3x/",    # train_10M.zip (strict-small)
-    "babylm_100M": "https://osf.io/download/rduj2/",   # train_100M.zip (strict)
-    "babylm_dev": "https://osf.io/download/m48ed/",    # dev.zip
-    "stack_python": "https://huggingface.co/datasets/bigcode/the-stack-smol/resolve/main/data/python/data.json",
-    "stack_lua": "https://huggingface.co/datasets/bigcode/the-stack-smol/resolve/main/data/lua/data.json",
-    "codeparrot_tree": "https://huggingface.co/api/datasets/codeparrot/codeparrot-clean/tree/main?recursive=true",
-    "codeparrot_file": "https://huggingface.co/datasets/codeparrot/codeparrot-clean/resolve/main/{path}",
-    "commitpackft_lua": "https://huggingface.co/datasets/bigcode/commitpackft/resolve/main/data/lua/data.jsonl",
-}
-STACK_DENIED = ("bigcode/the-stack-smol refused access (HTTP {status}): accept its terms at "
-                "https://huggingface.co/datasets/bigcode/the-stack-smol, then set HF_TOKEN to a read token "
-                "of that account (https://huggingface.co/settings/tokens), or unset HF_TOKEN to use the ungated fallbacks")
-RETRIES, BACKOFF_S, TIMEOUT_S = 6, 2.0, 60  # downloads: tries, first back-off (doubles), socket timeout
 
 # -----------------------------------------------------------------------------
-# the API other scripts use
+# the API other scripts use: the tokenizer, the token files and their checks, token windows
 
 
 def _tok_dir(data_dir):
     return os.path.join(data_dir, "tokenizer")
+
+
+def _remake(data_dir, domain="all"):
+    return f"python data.py --domain {domain} --data_dir {data_dir}"
 
 
 def _read_ranks(path):
@@ -105,10 +125,27 @@ def _read_ranks(path):
 
 
 def _tok_info(data_dir):
-    path = os.path.join(_tok_dir(data_dir), "tokenizer.json")
+    """tokenizer.json, checked complete and with its rank file beside it (one-line errors otherwise)."""
+    tdir = _tok_dir(data_dir)
+    path = os.path.join(tdir, "tokenizer.json")
     if not os.path.exists(path):
-        die(f"no tokenizer in {_tok_dir(data_dir)}; run: python data.py --domain all --data_dir {data_dir}")
-    return read_json(path)
+        die(f"no tokenizer in {tdir}; run: {_remake(data_dir)}")
+    info = _read_json_or_none(path, ("name", "vocab_size", "pattern", "special_tokens"))
+    if info is None:
+        die(f"{path} is damaged (not JSON, or keys missing); re-make it: {_remake(data_dir)}")
+    if not os.path.exists(os.path.join(tdir, "bpe.tiktoken")):
+        die(f"no {os.path.join(tdir, 'bpe.tiktoken')} beside {path} (the rank file is part of the tokenizer); "
+            f"re-make it: {_remake(data_dir)}")
+    return info
+
+
+def _read_json_or_none(path, keys=()):
+    """A JSON object holding `keys`, or None when the file is missing, damaged or incomplete."""
+    try:
+        obj = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) and all(k in obj for k in keys) else None
 
 
 def load_tokenizer(data_dir="data"):
@@ -133,11 +170,37 @@ def eot_id(enc):
     return enc.encode_single_token(EOT)
 
 
+DTYPES = ("uint16", "uint32")  # token file dtypes: uint16 while the vocabulary fits
+
+
+def meta_problem(meta):
+    """Why a domain's meta.json cannot describe its token files (None when it can)."""
+    if meta is None:
+        return "not readable JSON"
+    missing = [k for k in ("dtype", "vocab_size", "tokenizer_hash", "splits") if k not in meta]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if meta["dtype"] not in DTYPES:
+        return f"dtype {meta['dtype']!r} is not one of {', '.join(DTYPES)}"
+    if not isinstance(meta["vocab_size"], int) or not 0 < meta["vocab_size"] <= np.iinfo(meta["dtype"]).max + 1:
+        return f"vocab_size {meta['vocab_size']!r} does not fit dtype {meta['dtype']}"
+    for s in ("train", "val"):
+        n = meta["splits"].get(s, {}).get("tokens") if isinstance(meta["splits"], dict) else None
+        if not isinstance(n, int) or n < 0:
+            return f"no token count for the {s} split"
+    return None
+
+
 def read_meta(data_dir, domain):
+    """A domain's meta.json, checked complete (one-line error naming the fix otherwise)."""
     path = os.path.join(data_dir, domain, "meta.json")
     if not os.path.exists(path):
-        die(f"no {path}; run: python data.py --domain {domain} --data_dir {data_dir}")
-    return read_json(path)
+        die(f"no {path}; run: {_remake(data_dir, domain)}")
+    meta = _read_json_or_none(path)
+    why = meta_problem(meta)
+    if why:
+        die(f"{path} is damaged ({why}); re-make it: {_remake(data_dir, domain)}")
+    return meta
 
 
 def data_fingerprint(data_dir, domains):
@@ -146,25 +209,110 @@ def data_fingerprint(data_dir, domains):
     return {d: sha256_file(os.path.join(data_dir, d, "meta.json")) for d in domains}
 
 
-def load_tokens(data_dir, domain, split):
+def open_tokens(data_dir, domain, split, tok_hash=None, vocab_size=None, who=None):
+    """A domain's train or val tokens as a read-only memmap, after THE one data check: meta.json
+    readable and complete, the file holding exactly the tokens meta.json counts, its vocabulary no
+    larger than the model's (vocab_size) and its tokenizer the model's (tok_hash; None: the tokenizer
+    now in data_dir, when there is one). who: the model's name, for the messages."""
     if split not in ("train", "val"):
         die(f"split must be train or val, got {split!r}")
-    meta = read_meta(data_dir, domain)
+    meta, fix = read_meta(data_dir, domain), _remake(data_dir, domain)
     path = os.path.join(data_dir, domain, f"{split}.bin")
     if not os.path.exists(path):
-        die(f"no {path}; run: python data.py --domain {domain} --data_dir {data_dir}")
-    if os.path.exists(os.path.join(_tok_dir(data_dir), "tokenizer.json")) and \
-            meta["tokenizer_hash"] != tokenizer_hash(data_dir):
-        die(f"{path} was encoded with another tokenizer; run: python data.py --domain {domain} --data_dir {data_dir}")
-    return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+        die(f"no {path}; run: {fix}")
+    dtype, n_tok = np.dtype(meta["dtype"]), meta["splits"][split]["tokens"]
+    if os.path.getsize(path) != n_tok * dtype.itemsize:
+        die(f"{path} has {os.path.getsize(path):,} bytes but meta.json says {n_tok:,} {dtype.name} tokens "
+            f"({n_tok * dtype.itemsize:,} bytes): truncated or replaced; re-make it: {fix} --force")
+    model = f"model '{who}'" if who else "the model"
+    if vocab_size is not None and meta["vocab_size"] > vocab_size:
+        die(f"{data_dir}/{domain} has a vocabulary of {meta['vocab_size']}, more than {model}'s {vocab_size}; "
+            f"pass the --data_dir the model was trained on")
+    if tok_hash is not None and meta["tokenizer_hash"] != tok_hash:
+        die(f"{data_dir}/{domain} was prepared with tokenizer {meta['tokenizer_hash']} but {model} uses {tok_hash}; "
+            f"pass the --data_dir the model was trained on")
+    if os.path.exists(os.path.join(_tok_dir(data_dir), "tokenizer.json")):  # the tokenizer beside the data
+        if tok_hash is None and meta["tokenizer_hash"] != tokenizer_hash(data_dir):
+            die(f"{path} was encoded with another tokenizer than the one in {_tok_dir(data_dir)}; run: {fix}")
+        if meta["vocab_size"] != _tok_info(data_dir)["vocab_size"]:
+            die(f"{data_dir}/{domain}/meta.json says vocab_size {meta['vocab_size']} but the tokenizer in "
+                f"{_tok_dir(data_dir)} has {_tok_info(data_dir)['vocab_size']}: the meta.json is damaged; "
+                f"re-make it: {fix} --force")
+    if n_tok == 0:  # numpy cannot map an empty file
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+load_tokens = open_tokens  # the old name, kept while callers move over
+
+
+SCHEMES = ("random", "uniform", "spread", "tiles", "consecutive")
+
+
+def sample_windows(arrays, n, T, scheme, rng=None, offset=0, with_counts=False):
+    """THE window sampler: (n, T) int64 token windows, equal shares per domain (the first n % k
+    domains one more) when `arrays` holds k token arrays (a list, or a dict {domain: array}; a single
+    array is one domain). Schemes, each reproducing the sampler a stage used before, RNG call for call:
+      random       uniform random starts, one torch.randint per domain (rng: a torch.Generator);
+                   the training batches (get_batch)
+      uniform      uniform random starts from ONE torch.rand(n, float64) drawn first (rng: a torch
+                   Generator); window i belongs to domain i % k; start = floor(u * (len - T + 1));
+                   the SAE's training windows (sae.harvest)
+      spread       evenly spaced starts from the first token to the last window (deterministic);
+                   the SAE's held-out evaluation windows
+      tiles        distinct aligned non-overlapping windows at multiples of T, chosen at random and
+                   sorted (rng: a numpy Generator or a seed); a short domain gives what it has
+      consecutive  windows i = offset, offset+1, ... at stride T-1 (each window's last token is the
+                   next one's first: x/y pairs that cover the array once); n=None: all of them
+    with_counts: also return {domain (or index): windows drawn}."""
+    names, arrays = (list(arrays), list(arrays.values())) if isinstance(arrays, dict) else \
+        (None, list(arrays) if isinstance(arrays, (list, tuple)) else [arrays])
+    names = names or list(range(len(arrays)))
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown window scheme {scheme!r}; one of {SCHEMES}")  # a programming error
+    if scheme == "tiles" and not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    starts, u = [], None
+    if scheme == "uniform":
+        import torch
+        u = torch.rand(n, generator=rng, dtype=torch.float64)  # one draw for every window, before anything else
+    for d, (name, a) in enumerate(zip(names, arrays)):
+        want = None if n is None else n // len(arrays) + (d < n % len(arrays))
+        if scheme != "tiles" and len(a) < T:
+            label = f"domain '{name}'" if isinstance(name, str) else "a token array"
+            die(f"{label} has {len(a):,} tokens, fewer than one window of {T}; prepare more data (python data.py)")
+        starts.append(_starts(a, want, T, scheme, rng, offset) if u is None else
+                      (u[d::len(arrays)] * (len(a) - T + 1)).long().tolist())
+    wins = cut_windows(arrays, starts, T)
+    return (wins, {name: len(s) for name, s in zip(names, starts)}) if with_counts else wins
+
+
+def _starts(a, want, T, scheme, rng, offset):
+    """Window starts in one token array for sample_windows."""
+    if scheme == "random":
+        import torch  # only the random scheme (training batches) needs torch: the rest of data.py runs without it
+        return torch.randint(len(a) - T + 1, (want,), generator=rng).tolist()
+    if scheme == "spread":
+        return np.linspace(0, len(a) - T, want).astype(np.int64).tolist()
+    if scheme == "tiles":
+        avail = len(a) // T
+        return [i * T for i in np.sort(rng.choice(avail, size=min(want, avail), replace=False))] if avail else []
+    avail = (len(a) - 1) // (T - 1) - offset  # consecutive
+    return [(offset + i) * (T - 1) for i in range(max(0, avail if want is None else min(want, avail)))]
+
+
+def cut_windows(arrays, starts_per_domain, T):
+    """(n, T) int64 windows: for each domain's array, one window of T tokens per start."""
+    rows = [np.asarray(a[s:s + T], dtype=np.int64) for a, starts in zip(arrays, starts_per_domain) for s in starts]
+    return np.stack(rows) if rows else np.zeros((0, T), dtype=np.int64)
 
 
 def get_batch(tokens, batch_size, block_size, device, generator):
     """Random windows of block_size+1 tokens: x the first block_size, y the same shifted by one."""
+    import torch
     if len(tokens) <= block_size:
         die(f"only {len(tokens)} tokens, fewer than block_size+1 = {block_size + 1}")
-    ix = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).tolist()
-    xy = torch.from_numpy(np.stack([np.asarray(tokens[i:i + block_size + 1], dtype=np.int64) for i in ix]))
+    xy = torch.from_numpy(sample_windows(tokens, batch_size, block_size + 1, "random", generator))
     x, y = xy[:, :-1], xy[:, 1:]
     if str(device).startswith("cuda"):  # pinned host memory lets the copy overlap with compute
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
@@ -184,488 +332,421 @@ def n_bytes(docs):
 
 
 def split_eot(text):
-    """Documents of a file in the corpora format (each followed by a line `<|endoftext|>`)."""
+    """Documents of a text in the corpora format (each followed by a line `<|endoftext|>`)."""
     return [d.strip("\n") for d in re.split(r"^<\|endoftext\|>$", text, flags=re.M) if d.strip()]
-
-
-def hash_frac(text):  # a deterministic number in [0, 1) per document: the split of undivided datasets
-    return int(hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:8], 16) / 2 ** 32
 
 
 def hash_split(docs, val_frac):
     return ([d for d in docs if hash_frac(d) >= val_frac], [d for d in docs if hash_frac(d) < val_frac])
 
 
-def cap(docs, max_bytes):
-    """Every k-th document so that about max_bytes remain: an even thinning of an oversized val set."""
-    k = math.ceil(n_bytes(docs) / max(max_bytes, 1))
-    return docs[::k] if k > 1 else docs
-
-
-def chunk_lines(text, min_chars=1000, max_chars=4000):
-    """BabyLM files are one source per file, with no document marks: cut at blank lines once a
-    document has min_chars, or at any line once it has max_chars (utterance-per-line sources)."""
-    docs, cur, size = [], [], 0
-    for line in text.splitlines():
-        if (not line.strip() and size >= min_chars) or size >= max_chars:
-            docs.append("\n".join(cur).strip("\n"))
-            cur, size = [], 0
-        if line.strip() or cur:
-            cur.append(line)
-            size += len(line) + 1
-    docs.append("\n".join(cur).strip("\n"))
-    return [d for d in docs if d.strip()]
+def batched(docs, max_docs=2048, max_bytes=32 << 20):
+    """Lists of consecutive documents, at most max_docs and about max_bytes each: what is held at once."""
+    batch, size = [], 0
+    for d in docs:
+        batch.append(d)
+        size += len(d)
+        if len(batch) >= max_docs or size >= max_bytes:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 # -----------------------------------------------------------------------------
-# downloads: resumable (.part + HTTP Range), retried with back-off, size-checked, skipped when done
+# downloads: resumable (.part + Range / If-Range on the ETag, Content-Range checked), retried with
+# back-off, validated before the final rename (an HTML error page never becomes a data file),
+# skipped when done. No network (a name that does not resolve) fails at once, not after the retries.
 
 
-def download(url, path, max_bytes=0, headers=None, denied=None):
-    """Fetch url to path (or only its first max_bytes bytes). A finished file is only ever the
-    result of a complete transfer (renamed from .part), so an existing path means done."""
-    import requests
-    import urllib3
+def _requests():
+    try:
+        import requests
+        return requests
+    except ImportError:
+        die("--source hf needs requests and pyarrow: pip install -r requirements-hf.txt")
+
+
+def offline_cause(err):
+    """'name resolution failed' / 'network unreachable' when a connection error means no network."""
+    import errno
+    import socket
+    seen = err
+    while seen is not None:
+        if isinstance(seen, socket.gaierror) or "NameResolution" in type(seen).__name__ \
+                or "Name or service not known" in str(seen) or "Temporary failure in name resolution" in str(seen):
+            return "name resolution failed"
+        if isinstance(seen, OSError) and seen.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "network unreachable"
+        inner = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None  # urllib3 wraps so
+        seen = seen.__cause__ or seen.__context__ or inner
+    return None
+
+
+def check_download(path, kind, url):
+    """Refuse (and delete) a downloaded file that is not what `kind` says: 'parquet' or 'json'."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    problem = None
+    if head.lstrip()[:1] == b"<":
+        problem = "an HTML/XML page (an error or login page?) instead of data"
+    elif kind == "json":
+        try:
+            with open(path, encoding="utf-8") as f:
+                json.load(f)
+        except ValueError as e:
+            problem = f"not valid JSON ({e})"
+    elif kind == "parquet":
+        problem = parquet_problem(path)
+    if problem:
+        os.remove(path)
+        die(f"download of {url} gave {problem}; deleted it. Check the URL / HF_TOKEN and run again")
+
+
+def parquet_problem(path):
+    pq = import_pyarrow()
+    if os.path.getsize(path) < 12:
+        return "a file too short to be parquet"
+    with open(path, "rb") as f:
+        start = f.read(4)
+        f.seek(-4, os.SEEK_END)
+        end = f.read(4)
+    if start != b"PAR1" or end != b"PAR1":
+        return "not a parquet file (no PAR1 marks)"
+    try:
+        pq.ParquetFile(path).metadata
+    except Exception as e:  # pyarrow raises several types for a damaged footer
+        return f"a damaged parquet file ({e})"
+    return None
+
+
+def import_pyarrow():
+    try:
+        import pyarrow.parquet as pq
+        return pq
+    except ImportError:
+        die("--source hf reads parquet with pyarrow, which is not installed: pip install -r requirements-hf.txt")
+
+
+def download(url, path, kind, headers=None, denied=None):
+    """Fetch url to path and check it is `kind` data. A finished file is only ever the result of a
+    complete, checked transfer (renamed from .part), so an existing path means done."""
+    requests = _requests()
+    import urllib3  # comes with requests
     if os.path.exists(path):
         return path
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    part, name, last = path + ".part", os.path.basename(path), None
+    part, last = path + ".part", None
     for attempt in range(RETRIES):
         if attempt:
             time.sleep(BACKOFF_S * 2 ** (attempt - 1))
-        have = os.path.getsize(part) if os.path.exists(part) else 0
-        if max_bytes and have >= max_bytes:
-            os.truncate(part, max_bytes)
-            break
-        h = {"Accept-Encoding": "identity", **(headers or {})}  # sizes must be the file's own bytes
-        if have:
-            h["Range"] = f"bytes={have}-"
         try:
-            with requests.get(url, headers=h, stream=True, timeout=TIMEOUT_S) as r:
-                if r.status_code in (401, 403):
-                    die((denied or "access denied (HTTP {status}) for {url}").format(status=r.status_code, url=url))
-                if r.status_code == 416 and have:  # nothing after what we hold: the .part is whole
-                    break
-                if r.status_code == 429 or r.status_code >= 500:
-                    raise IOError(f"HTTP {r.status_code}")
-                if r.status_code not in (200, 206):
-                    die(f"download of {url} failed: HTTP {r.status_code}")
-                if have and r.status_code == 200:
-                    print(f"  {name}: server ignored the range request; starting over")
-                    have = 0
-                length = r.headers.get("Content-Length")
-                total = have + int(length) if length is not None else None
-                t0 = t_print = time.time()
-                got = have
-                with open(part, "ab" if have else "wb") as f:
-                    for block in r.raw.stream(1 << 16, decode_content=False):
-                        if max_bytes:
-                            block = block[:max_bytes - got]
-                        f.write(block)
-                        got += len(block)
-                        if time.time() - t_print > 5:  # a progress line only for long downloads
-                            t_print = time.time()
-                            of = f" / {(max_bytes or total) / 1e6:.1f}" if (max_bytes or total) else ""
-                            print(f"  {name}: {got / 1e6:.1f}{of} MB, {(got - have) / 1e6 / (t_print - t0):.1f} MB/s")
-                        if max_bytes and got >= max_bytes:
-                            break
-            if max_bytes and got >= max_bytes:
+            if fetch_once(requests, url, part, headers or {}, denied):
                 break
-            if total is not None and got != total:
-                raise IOError(f"got {got} of {total} bytes")
-            break
         except (requests.RequestException, urllib3.exceptions.HTTPError, IOError) as e:
+            cause = offline_cause(e)
+            if cause:
+                die(f"cannot reach {url.split('/')[2]} ({cause}): no network here? --source hf needs the "
+                    "internet; use --source sample or local:DIR offline")
             last = e
-            print(f"  {name}: {type(e).__name__}: {e}; retry {attempt + 1}/{RETRIES - 1}")
+            print(f"  {os.path.basename(path)}: {type(e).__name__}: {e}; try {attempt + 2} of {RETRIES}"
+                  if attempt + 1 < RETRIES else f"  {os.path.basename(path)}: {e}")
     else:
         die(f"download of {url} failed after {RETRIES} tries: {last}")
+    check_download(part, kind, url)
     os.replace(part, path)
+    for extra in (part + ".etag",):
+        if os.path.exists(extra):
+            os.remove(extra)
     return path
 
 
-def read_text(path, max_bytes):
-    """Text of a downloaded file. A prefix (the file holds max_bytes) is cut back to its last whole line."""
-    with open(path, "rb") as f:
-        data = f.read()
-    cut = bool(max_bytes) and len(data) >= max_bytes
-    if data[:2] == b"\x1f\x8b":  # gzip magic
-        data = gunzip_tolerant(data)
-    if cut:
-        data = data[:data.rfind(b"\n") + 1]
-    return data.decode("utf-8", "replace")
-
-
-def gunzip_tolerant(data):
-    """Decompress gzip (possibly several members), keeping whatever a truncated stream yields."""
-    import zlib
-    out = []
-    while data:
-        d = zlib.decompressobj(zlib.MAX_WBITS | 16)
-        try:
-            out.append(d.decompress(data))
-        except zlib.error:
-            break
-        data = d.unused_data if d.eof else b""
-    return b"".join(out)
-
-
-def json_records(text, field):
-    text = text.strip()
-    rows = json.loads(text) if text.startswith("[") else [json.loads(ln) for ln in text.splitlines() if ln.strip()]
-    return [r[field].strip("\n") for r in rows if (r.get(field) or "").strip()]
-
-
-# -----------------------------------------------------------------------------
-# sources: each returns (train_docs, val_docs, info)
-
-
-def hf_docs(domain, cfg, cache):
-    raw = os.path.join(cfg["data_dir"], "raw", "hf")
-    mb = int(cfg["max_mb"] * 1e6)
-    tag = f".first{cfg['max_mb']:g}MB" if mb else ""
-    if domain == "tinystories":
-        out = []
-        for key, split in (("tinystories_train", "train"), ("tinystories_val", "valid")):
-            path = download(URLS[key], f"{raw}/TinyStoriesV2-GPT4-{split}{tag}.txt", mb)
-            text = read_text(path, mb)
-            if mb and os.path.getsize(path) >= mb:  # a prefix: its last story may be cut short
-                text = text[:text.rfind(EOT)]
-            out.append(split_eot(text))
-        return out[0], out[1], {"upstream": "roneneldan/TinyStories (V2-GPT4)"}
-    if domain == "babylm":
-        if cfg["babylm"] not in ("10M", "100M"):
-            die(f"--babylm takes 10M or 100M, got {cfg['babylm']!r}")
-        out = []
-        for key, suffix in ((f"babylm_{cfg['babylm']}", ".train"), ("babylm_dev", ".dev")):
-            z = zipfile.ZipFile(download(URLS[key], f"{raw}/{key}.zip"))  # zips are read whole: no prefix
-            out.append([d for m in sorted(z.namelist()) if m.endswith(suffix) and "__MACOSX" not in m
-                        for d in chunk_lines(z.read(m).decode("utf-8", "replace"))])
-        return out[0], out[1], {"upstream": f"BabyLM 2024 train_{cfg['babylm']} + dev (OSF)"}
-    lang = domain  # python or lua: The Stack (gated) or ungated fallbacks; no upstream split
-    token = os.environ.get("HF_TOKEN")
-    if token:
-        path = download(URLS[f"stack_{lang}"], f"{raw}/the-stack-smol-{lang}{tag}.jsonl", mb,
-                        {"Authorization": f"Bearer {token}"}, STACK_DENIED)
-        docs, upstream = json_records(read_text(path, mb), "content"), "bigcode/the-stack-smol"
-    elif lang == "lua":
-        print("  no HF_TOKEN: Lua from the ungated bigcode/commitpackft instead of the-stack-smol")
-        path = download(URLS["commitpackft_lua"], f"{raw}/commitpackft-lua{tag}.jsonl", mb)
-        docs, upstream = json_records(read_text(path, mb), "new_contents"), "bigcode/commitpackft (fallback)"
-    else:
-        print("  no HF_TOKEN: Python from the ungated codeparrot/codeparrot-clean instead of the-stack-smol")
-        # the shard list from the tree API, kept with the downloads so that re-runs see the same one
-        tree = read_json(download(URLS["codeparrot_tree"], f"{raw}/codeparrot-tree.json"))
-        shards = sorted(f["path"] for f in tree if f.get("path", "").endswith(".json.gz"))
-        # shards in name order until Python has as many words as BabyLM train (the mix takes equal words)
-        target, docs = n_words(get_docs("babylm", cfg, cache)[0]), []
-        for s in shards:
-            path = download(URLS["codeparrot_file"].format(path=s), f"{raw}/codeparrot{tag}-{s.replace('/', '_')}", mb)
-            docs += json_records(read_text(path, mb), "content")
-            if n_words(docs) >= target:
-                break
-        upstream = "codeparrot/codeparrot-clean (fallback)"
-    tr, va = hash_split(docs, cfg["val_frac"])
-    return tr, va, {"upstream": upstream}
-
-
-def local_docs(domain, folder):
-    out = []
-    for names in (("train.txt",), ("valid.txt", "val.txt")):
-        paths = [os.path.join(folder, domain, n) for n in names if os.path.exists(os.path.join(folder, domain, n))]
-        if not paths:
-            die(f"no {os.path.join(folder, domain, names[0])} (local:DIR wants DIR/<domain>/train.txt and valid.txt)")
-        out.append(split_eot(open(paths[0], encoding="utf-8").read()))
-    return out[0], out[1], {"dir": os.path.abspath(folder)}
-
-
-def sample_docs(domain, cfg):
-    """The built-in demo corpus: generated text (seeded) or, for Python, this interpreter's stdlib."""
-    target = {"train": cfg["sample_kb"] * 1024, "val": int(cfg["sample_kb"] * 1024 * cfg["val_frac"])}
-    if domain == "python":
-        return stdlib_docs(target, cfg["val_frac"]) + ({"python": platform.python_version()},)
-    gen = {"babylm": gen_prose, "tinystories": gen_story, "lua": gen_lua}[domain]
-    out = []
-    for split in ("train", "val"):
-        rng, docs, size = random.Random(f"{cfg['seed']}-{domain}-{split}"), [], 0
-        while size < target[split]:
-            docs.append(gen(rng))
-            size += len(docs[-1].encode())
-        out.append(docs)
-    return out[0], out[1], {}
-
-
-def stdlib_docs(target, val_frac):
-    root = os.path.dirname(os.__file__)
-    files = []
-    for d, dirs, names in os.walk(root):
-        dirs[:] = sorted(x for x in dirs if x not in ("test", "tests", "idlelib", "site-packages", "__pycache__"))
-        files += [os.path.relpath(os.path.join(d, n), root) for n in sorted(names) if n.endswith(".py")]
-    docs, size = {"train": [], "val": []}, {"train": 0, "val": 0}
-    for rel in sorted(files, key=lambda r: hashlib.sha256(r.encode()).hexdigest()):  # spread over the library
-        split = "val" if hash_frac(rel) < val_frac else "train"
-        if size[split] >= target[split]:
-            continue
-        with open(os.path.join(root, rel), encoding="utf-8", errors="replace") as f:
-            text = f.read().strip("\n")
-        if not text or len(text) > target["train"] / 16:  # no single file dominates
-            continue
-        docs[split].append(text)
-        size[split] += len(text.encode())
-    return docs["train"], docs["val"]
-
-
-# --- generators for the sample. Word lists and templates written for this project.
-NAMES = ("Anna Ben Clara David Elsa Felix Grace Henry Iris Jack Kate Leo Mia Noah Olive Peter Rosa Sam "
-          "Tom Uma Victor Wendy Lily Max Zoe Oscar Ruby Hugo Nora Eli").split()
-P_NOUN = ("house garden river city village forest window door letter book table kitchen morning evening "
-           "winter summer road bridge market church school teacher doctor farmer soldier captain merchant "
-           "king queen mother father brother sister friend neighbour stranger horse ship train station "
-           "island mountain valley field lamp fire candle paper question answer story voice music picture "
-           "journey storm harbour castle library office newspaper carriage servant painter sailor lawyer "
-           "clock mirror staircase chimney orchard meadow cottage tower factory engine coast "
-           "century language government history science argument promise secret memory silence").split()
-P_ADJ = ("old young quiet bright dark small large heavy gentle strange silent careful curious narrow wide "
-          "cold warm ancient distant familiar patient proud nervous wealthy poor grey golden crooked steep "
-          "famous ordinary serious cheerful anxious weary elegant modest remarkable peculiar").split()
-P_ADV = ("slowly quickly quietly suddenly carefully gently softly eagerly finally rarely almost perhaps "
-          "certainly scarcely presently immediately").split()
-P_VT = ("see:saw take:took find:found hold:held bring:brought build:built read:read write:wrote "
-         "leave:left keep:kept open close watch carry follow remember answer visit describe examine "
-         "notice mend paint sell:sold buy:bought forget:forgot").split()
-P_VI = ("walk sleep:slept laugh smile wait arrive listen sing:sang travel return rest hurry hesitate "
-         "whisper tremble wander disappear").split()
-P_PREP = "across near behind beside under beyond through toward along inside".split()
-P_CONJ = "because although when while after before until since".split()
-P_PLACE = "Ashford Brookmere Carrow Dunwick Elmstead Farrowdale Greyhaven Holloway Kestrel Lindmoor".split()
-
-
-def plural(n):
-    return n[:-1] + "ies" if n.endswith("y") and n[-2] not in "aeiou" else n + "es" if n[-1] in "sxh" else n + "s"
-
-
-def past(v):
-    if ":" in v:
-        return v.split(":")[1]
-    return v + "d" if v.endswith("e") else v[:-1] + "ied" if v.endswith("y") and v[-2] not in "aeiou" else v + "ed"
-
-
-def gen_prose(rng):
-    """babylm-like: narrative prose, dialogue, an encyclopedia entry, or child-directed speech."""
-    c = rng.choice
-    def lc(s): return s if s.split()[0] in NAMES else s[0].lower() + s[1:]  # noqa: E704
-    def np_(): return f"the {c(P_ADJ) + ' ' if rng.random() < 0.5 else ''}{c(P_NOUN)}"  # noqa: E704
-    def clause():
-        vt = rng.random() < 0.6
-        s = f"{c(NAMES) if rng.random() < 0.4 else np_().capitalize()} {past(c(P_VT if vt else P_VI))}"
-        s += f" {np_()}" if vt else ""
-        s += f" {c(P_PREP)} {np_()}" if rng.random() < 0.4 else ""
-        return f"{c(P_ADV).capitalize()}, {lc(s)}" if rng.random() < 0.25 else s
-    mode = rng.random()
-    if mode < 0.15:  # child-directed speech: one utterance a line, spaced punctuation
-        return "\n".join(c([f"look at the {c(P_NOUN)} .", f"do you want the {c(P_NOUN)} ?", "yes .", "no .",
-                             f"where did the {c(P_NOUN)} go ?", f"that 's a {c(P_ADJ)} {c(P_NOUN)} .",
-                             "what is that ?", f"can you say {c(P_NOUN)} ?", f"{c(NAMES).lower()} , come here .",
-                             "good job !"]) for _ in range(rng.randint(6, 20)))
-    if mode < 0.3:  # an encyclopedia entry
-        place, year = c(P_PLACE), rng.randint(1200, 1990)
-        sents = [f"= = = {place} = = =", f"{place} is a {c(P_ADJ)} town near the {c(P_NOUN)} of {c(P_PLACE)}.",
-                 f"It was founded in {year} and had {rng.randint(2, 90) * 1000} people in {rng.randint(1900, 2020)}.",
-                 f"The town is known for its {plural(c(P_NOUN))} and its {c(P_ADJ)} {c(P_NOUN)}.",
-                 f"In {year + rng.randint(5, 300)}, a {c(P_NOUN)} was built {c(P_PREP)} the {c(P_NOUN)}."]
-        return "\n".join(sents[:rng.randint(3, 5)])
-    sents = []
-    for _ in range(rng.randint(3, 12)):
-        r = rng.random()
-        if r < 0.2:
-            q = c([f"Where is {np_()}?", f"Have you seen {np_()}?", f"It is {c(P_ADJ)}, is it not?",
-                   f"I {c(['shall', 'must', 'cannot'])} {c(P_VT).split(':')[0]} {np_()}.", f"Did you know that {lc(clause())}?"])
-            sents.append(f'"{q}" {c(["said", "asked", "replied", "whispered", "cried"])} {c(NAMES)}.')
-        elif r < 0.35:
-            sents.append(f"{np_().capitalize()} was {c(P_ADJ)} and {c(P_ADJ)}, and {plural(c(P_NOUN))} lay {c(P_PREP)} it.")
-        elif r < 0.6:
-            sents.append(f"{clause()} {c(P_CONJ)} {lc(clause())}.")
+def fetch_once(requests, url, part, headers, denied):
+    """One request; appends to part. True when part is complete. A resumed request carries If-Range
+    with the ETag of the bytes we hold: a changed file comes back whole (200) and replaces them."""
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    etag = open(part + ".etag").read() if have and os.path.exists(part + ".etag") else None
+    h = {"Accept-Encoding": "identity", **headers}  # sizes must be the file's own bytes
+    if have and etag:
+        h.update({"Range": f"bytes={have}-", "If-Range": etag})
+    elif have:  # bytes of unknown version: start over
+        have = 0
+    with requests.get(url, headers=h, stream=True, timeout=TIMEOUT_S) as r:
+        if r.status_code in (401, 403):
+            die((denied or "access denied (HTTP {status}) for {url}; if the dataset is gated, accept its terms on "
+                 "the hub and set HF_TOKEN to a read token").format(status=r.status_code, url=url))
+        if r.status_code == 416 and have:  # nothing after what we hold: the .part is whole
+            return True
+        if r.status_code == 429 or r.status_code >= 500:
+            raise IOError(f"HTTP {r.status_code}")
+        if r.status_code not in (200, 206):
+            die(f"download of {url} failed: HTTP {r.status_code}")
+        if r.status_code == 206:
+            m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", r.headers.get("Content-Range", ""))
+            if not have or not m or int(m.group(1)) != have:  # not the bytes we asked for: start over
+                os.remove(part)
+                raise IOError(f"asked for the bytes from {have}, got Content-Range {r.headers.get('Content-Range')!r}")
+            total = None if m.group(3) == "*" else int(m.group(3))
         else:
-            sents.append(clause() + c([".", ".", ".", f"; {lc(clause())}.", f", and then {c(NAMES)} {past(c(P_VI))}."]))
-    return " ".join(sents)
+            have = 0
+            total = int(r.headers["Content-Length"]) if "Content-Length" in r.headers else None
+            if r.headers.get("ETag"):
+                atomic_write_text(part + ".etag", r.headers["ETag"])
+        got = stream_to(r, part, have)
+    if total is not None and got != total:
+        raise IOError(f"got {got:,} of {total:,} bytes")
+    return True
 
 
-S_KIND = "girl boy cat dog bunny bird bear frog duck puppy kitten mouse fox".split()
-S_ADJ = "little happy small kind shy brave silly curious sleepy".split()
-S_PLACE = "park garden forest house farm beach school pond".split()
-S_ACT = ["play with a ball", "draw pictures", "dance", "sing songs", "run in the grass", "build with blocks",
-         "look at the clouds", "jump in puddles", "help mom", "read books", "swim in the pond", "climb trees"]
-S_OBJ = "ball kite toy hat car doll box cake flower shell balloon blanket cookie stick".split()
-S_COL = "red blue big shiny green yellow pink soft tiny".split()
-S_FEEL = "sad scared angry worried upset lonely".split()
-S_MORAL = ["sharing is caring", "it is good to be kind", "you should always tell the truth",
-           "friends help each other", "it is okay to ask for help", "being brave is good", "we should say sorry"]
-
-
-def gen_story(rng):
-    """tinystories-like: a character, a place, a problem, a helper, a happy end and a moral."""
-    c = rng.choice
-    name, kind, helper = c(NAMES), c(S_KIND), c(["mom", "dad", "a wise owl", "a kind old man", "grandma"] + NAMES)
-    he = {"girl": "she", "boy": "he"}.get(kind) or c(["he", "she"])
-    his = {"he": "his", "she": "her"}[he]
-    obj = f"{c(S_COL)} {c(S_OBJ)}"
-    place = c(S_PLACE)
-    s = [c([f"Once upon a time, there was a {c(S_ADJ)} {kind} named {name}.",
-            f"One day, a {c(S_ADJ)} {kind} named {name} went to the {place}.",
-            f"There was a {kind} called {name}."]),
-         f"{he.capitalize()} loved to {c(S_ACT)}."]
-    if rng.random() < 0.6:
-        s.append(f"{name} had a {obj}. {he.capitalize()} liked it very much.")
-    s.append(c([f"One day, {name} lost {his} {obj} in the {place}.",
-                f"But the {obj} got stuck in a big tree.",
-                f"Then it started to rain, and {name} could not {c(S_ACT)}.",
-                f"{name} saw a {c(S_KIND)} who was {c(S_FEEL)}.",
-                f"{name} wanted the {obj}, but {his} friend {c(NAMES)} had it."]))
-    s.append(f"{name} felt {c(S_FEEL)}. {c(['', 'Big tears came out. ', ''])}")
-    s.append(f'{helper[0].upper() + helper[1:]} said, "{c(["Do not worry", "Let me help you", "We can do it together", "Be brave"])}, {name}!"')
-    s.append(c([f"They looked and looked, and at last they found the {obj}.",
-                f"{name} and {helper} played together all day.",
-                f"{name} said sorry, and they shared the {obj}.", f"{name} was brave and it was fine."]))
-    s.append(f"{name} was very {c(['happy', 'glad', 'proud'])}. {c(['They smiled.', 'They hugged.', ''])}")
-    if rng.random() < 0.7:
-        s.append(c([f"From that day on, {name} knew that {c(S_MORAL)}.",
-                    f"The moral of the story is: {c(S_MORAL)}."]))
-    return " ".join(x.strip() for x in s if x.strip()).replace("  ", " ")
-
-
-L_VERB = ("get set make parse load save find build update check count split join format render read "
-           "write push pop add remove merge sort filter map reduce encode decode validate resolve").split()
-L_NOUN = ("name value item node list key path user config buffer token line entry index size table "
-           "field record cache queue stack result options message header body chunk state event handler").split()
-L_MOD = "json utils parser lexer queue config logger http socket path template cache router".split()
-
-
-def gen_lua(rng):
-    """Lua source: a module with functions, tables, loops, string ops, a class and comments."""
-    c = rng.choice
-    camel = rng.random() < 0.5
-    def ident(k=2):
-        parts = [c(L_VERB)] + [c(L_NOUN) for _ in range(k - 1)]
-        return parts[0] + "".join(p.capitalize() for p in parts[1:]) if camel else "_".join(parts)
-    mod = c(L_MOD)
-    M = c(["M", "_M", mod.capitalize(), mod])
-    out = [f"-- {mod}.lua: {c(['helpers for', 'a small library of', 'functions that handle'])} "
-           f"{plural(c(L_NOUN))} and {plural(c(L_NOUN))}", f"local {M} = {{}}"]
-    for dep in rng.sample(L_MOD, rng.randint(0, 3)):
-        out.append(f'local {dep} = require("{dep}")')
-    const = c(L_NOUN).upper()
-    out += [f"local MAX_{const} = {rng.choice([8, 16, 64, 100, 256, 1024])}", ""]
-
-    def expr(vs):
-        a, b = c(vs), c(vs)
-        return c([f"{a} + {b}", f"{a} * {rng.randint(2, 9)}", f"#{a}", f'"{c(L_NOUN)}" .. tostring({a})',
-                  f"string.format(\"%s=%d\", {a}, {b})", f"{a}:upper()", f"{a}:sub(1, {rng.randint(2, 12)})",
-                  f"math.max({a}, {b})", f"{a} or {{}}", f'{a}:gsub("%s+", "")', f"({a} - 1) % MAX_{const}",
-                  f"{a}[{b}]", f"select('#', {a})", f"tonumber({a}) or 0"])
-
-    def block(vs, depth, ind):
-        lines = []
-        for _ in range(rng.randint(2, 5)):
-            r, pad = rng.random(), "  " * ind
-            if r < 0.25 or depth == 0:
-                v = c([c(L_NOUN), plural(c(L_NOUN)), c(L_NOUN) + c(["_count", "Len", "2"])])
-                lines.append(f"{pad}local {v} = {expr(vs)}")
-                vs = vs + [v]
-            elif r < 0.4:
-                lines += [f"{pad}for i = 1, #{c(vs)} do"] + block(vs + ["i"], depth - 1, ind + 1) + [f"{pad}end"]
-            elif r < 0.55:
-                lines += [f"{pad}for k, v in {c(['pairs', 'ipairs'])}({c(vs)}) do"] + \
-                         block(vs + ["k", "v"], depth - 1, ind + 1) + [f"{pad}end"]
-            elif r < 0.7:
-                lines += [f"{pad}if {c(vs)} {c(['==', '~=', '>', '<='])} {c(['nil', '0', 'true', c(vs)])} then"] + \
-                         block(vs, depth - 1, ind + 1)
-                if rng.random() < 0.5:
-                    lines += [f"{pad}else"] + block(vs, depth - 1, ind + 1)
-                lines.append(f"{pad}end")
-            elif r < 0.8:
-                lines.append(f"{pad}table.insert({c(vs)}, {expr(vs)})")
-            elif r < 0.87:
-                lines += [f"{pad}while {c(vs)} do"] + block(vs, depth - 1, ind + 1) + [f"{pad}end"]
-            elif r < 0.93:
-                lines.append(f"{pad}-- {c(['TODO: handle', 'skip empty', 'normalise the', 'cache the'])} {c(L_NOUN)}")
-            else:
-                lines.append(f'{pad}print(("{c(L_VERB)} %s"):format({c(vs)}))')
-        return lines
-
-    for _ in range(rng.randint(2, 6)):
-        params = rng.sample(L_NOUN, rng.randint(0, 3))
-        fname = ident(rng.randint(1, 3))
-        out.append(f"--- {c(L_VERB).capitalize()} the {c(L_NOUN)}{' of ' + params[0] if params else ''}.")
-        out += [f"-- @param {p} {c(L_NOUN)}" for p in params]
-        local = rng.random() < 0.3
-        out.append(f"{'local function ' + fname if local else 'function ' + M + '.' + fname}({', '.join(params)})")
-        out += block(params or ["self"], 2, 1) + [f"  return {c(params or ['nil'])}", "end", ""]
-    if rng.random() < 0.4:
-        cls = c(L_NOUN).capitalize()
-        out += [f"local {cls} = {{}}", f"{cls}.__index = {cls}", "",
-                f"function {cls}.new(opts)", f"  local self = setmetatable({{}}, {cls})",
-                f"  self.{c(L_NOUN)} = opts.{c(L_NOUN)} or {rng.randint(0, 9)}", "  return self", "end", "",
-                f"function {cls}:{ident()}()"] + block(["self"], 1, 1) + ["end", "", f"{M}.{cls} = {cls}"]
-    out.append(f"\nreturn {M}")
-    return "\n".join(out)
+def stream_to(r, part, have):
+    """Append the response body to part; returns the size part reaches. A progress line every ~10 s."""
+    got, t0, t_print = have, time.time(), time.time()
+    with open(part, "ab" if have else "wb") as f:
+        for block in r.raw.stream(1 << 16, decode_content=False):
+            f.write(block)
+            got += len(block)
+            if time.time() - t_print > 10:
+                t_print = time.time()
+                rate = (got - have) / 1e6 / (t_print - t0)
+                print(f"  {os.path.basename(part)[:-5]}: {got / 1e6:,.1f} MB, {rate:.1f} MB/s")
+    return got
 
 
 # -----------------------------------------------------------------------------
-# the base mix and the document cache
+# the hub: a dataset's commit, its file list (tree API) at that commit, and its files
 
 
-def mix_base(bab, py, seed, split):
-    """All of the side with fewer words, plus a seeded random selection of the other with as many."""
-    wb, wp = n_words(bab), n_words(py)
-    small, big, big_name = (py, bab, "babylm") if wb >= wp else (bab, py, "python")
+def hub_revision(data_dir, repo):
+    """The commit to read: PINNED, else the one recorded at the first download, else `main` resolved now."""
+    sha = PINNED.get(repo, (None, None))[0]
+    if sha:
+        return sha
+    rec = os.path.join(data_dir, "raw", "hf", repo, "REVISION")
+    if os.path.exists(rec):
+        return open(rec).read().strip()
+    info = read_json(download(f"{HF}/api/datasets/{repo}/revision/main", rec + ".json", "json", hub_headers()))
+    sha = info.get("sha") if isinstance(info, dict) else None
+    if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{40}", sha)):
+        die(f"the hub's answer for {repo} holds no commit sha; delete {rec}.json and run again")
+    atomic_write_text(rec, sha + "\n")
+    os.remove(rec + ".json")
+    print(f"  {repo}: not pinned in data.py; using its current commit {sha} from now on (recorded in {rec})")
+    return sha
+
+
+def hub_headers():
+    token = os.environ.get("HF_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def hub_parquet_files(data_dir, repo, split):
+    """Paths of a dataset's parquet files of one split (names as the datasets library matches them:
+    `<split>-*.parquet`, `<split>/...`) at its pinned commit, in name order."""
+    sha = hub_revision(data_dir, repo)
+    tree = read_json(download(f"{HF}/api/datasets/{repo}/tree/{sha}?recursive=true",
+                              os.path.join(data_dir, "raw", "hf", repo, sha, "tree.json"), "json", hub_headers()))
+    files = sorted(f["path"] for f in tree if isinstance(f, dict) and f.get("type") == "file"
+                   and f.get("path", "").endswith(".parquet"))
+    return [p for p in files if any(os.path.basename(p).startswith(name + "-") or name in p.split("/")[:-1]
+                                    for name in HF_SPLITS[split])]
+
+
+def hub_file(data_dir, repo, path):
+    sha = hub_revision(data_dir, repo)
+    return download(f"{HF}/datasets/{repo}/resolve/{sha}/{path}", os.path.join(data_dir, "raw", "hf", repo, sha, path),
+                    "parquet", hub_headers())
+
+
+# -----------------------------------------------------------------------------
+# sources: the documents of one domain and split, one at a time, in a fixed order (several passes
+# over a source see the same documents: counting words, training the tokenizer, encoding)
+
+
+def iter_docs(cfg, domain, split):
+    src = cfg["source"]
+    if src == "sample":
+        yield from sample_split(domain, cfg["sample_kb"], cfg["val_frac"], cfg["seed"])[split]
+    elif src.startswith("local:"):
+        yield from local_file_docs(local_path(src[len("local:"):], domain, split))
+    else:
+        yield from hf_docs(cfg, domain, split)
+
+
+def source_info(cfg, domain):
+    """What meta.json says about where a domain's text came from."""
+    src = cfg["source"]
+    if src == "sample":
+        return sample_split(domain, cfg["sample_kb"], cfg["val_frac"], cfg["seed"])["info"]
+    if src.startswith("local:"):
+        return {"dir": os.path.abspath(src[len("local:"):])}
+    repo = HF_DATA[domain][0]
+    return {"upstream": repo, "revision": hub_revision(cfg["data_dir"], repo), "pinned": PINNED[repo][0] is not None}
+
+
+_SAMPLE = {}
+
+
+def sample_split(domain, sample_kb, val_frac, seed):
+    """The built-in sample of a domain (small by design: kept in memory, made once per process)."""
+    key = (domain, sample_kb, val_frac, seed)
+    if key not in _SAMPLE:
+        tr, va, info = sample_corpus.sample_docs(domain, sample_kb, val_frac, seed)
+        _SAMPLE[key] = {"train": tr, "val": va, "info": info}
+    return _SAMPLE[key]
+
+
+def local_path(folder, domain, split):
+    names = ("train.txt",) if split == "train" else ("valid.txt", "val.txt")
+    for n in names:
+        if os.path.exists(os.path.join(folder, domain, n)):
+            return os.path.join(folder, domain, n)
+    die(f"no {os.path.join(folder, domain, names[0])} (local:DIR wants DIR/<domain>/train.txt and valid.txt)")
+
+
+def local_file_docs(path, block=1 << 20):
+    """Documents of a file in the corpora format (each followed by a line `<|endoftext|>`), read in
+    blocks: newlines as text mode reads them, a byte that is not UTF-8 -> one line naming its offset."""
+    import codecs
+    import io
+    dec = codecs.getincrementaldecoder("utf-8")()
+    text_dec = io.IncrementalNewlineDecoder(dec, translate=True)
+    doc, rest, pos = [], "", 0
+    with open(path, "rb") as f:
+        while True:
+            raw = f.read(block)
+            held = len(dec.getstate()[0])  # bytes of a character cut by the previous block
+            try:
+                text = text_dec.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                byte = e.object[e.start] if e.start < len(e.object) else 0
+                die(f"{path} is not UTF-8: byte 0x{byte:02x} at offset {pos - held + e.start:,} ({e.reason}); "
+                    f"convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+            pos += len(raw)
+            lines = (rest + text).split("\n")
+            rest = lines.pop() if raw else ""
+            for line in lines:
+                if line == EOT:
+                    yield from _finished(doc)
+                    doc = []
+                else:
+                    doc.append(line)
+            if not raw:
+                break
+    yield from _finished(doc)
+
+
+def _finished(lines):
+    text = "\n".join(lines).strip("\n")
+    if text.strip():
+        yield text
+
+
+def hf_docs(cfg, domain, split):
+    """Rows of the domain's dataset at its pinned commit, read a row group at a time (pyarrow); at
+    most max_mb MB of text (val: max_mb x val_frac). A dataset without a val split is split by hash."""
+    pq = import_pyarrow()
+    repo, column = HF_DATA[domain]
+    own = bool(hub_parquet_files(cfg["data_dir"], repo, "val"))
+    limit = cfg["max_mb"] * 1e6 * (1 if split == "train" else cfg["val_frac"])
+    size = 0
+    for path in hub_parquet_files(cfg["data_dir"], repo, split if own else "train"):
+        pf = pq.ParquetFile(hub_file(cfg["data_dir"], repo, path))
+        want = [column] + (["type"] if repo == "nilq/baby-python" else [])
+        missing = [c for c in want if c not in pf.schema_arrow.names]
+        if missing:
+            die(f"{repo}/{path} has no column {', '.join(missing)} (it has {', '.join(pf.schema_arrow.names)}); "
+                f"the dataset changed: pin the commit in data.py's PINNED")
+        for rows in pf.iter_batches(batch_size=1024, columns=want):
+            texts = rows.column(0).to_pylist()
+            kinds = rows.column(1).to_pylist() if len(want) > 1 else [None] * len(texts)
+            for text, kind in zip(texts, kinds):
+                if not text or not text.strip() or (kind is not None and type_domain(kind) != domain):
+                    continue
+                if not own and (hash_frac(text) < cfg["val_frac"]) != (split == "val"):
+                    continue
+                yield text
+                size += len(text.encode("utf-8"))
+                if limit and size >= limit:
+                    return
+
+
+def type_domain(kind):
+    """nilq/baby-python's `type` column -> our domain."""
+    return "python" if "python" in str(kind).lower() else "babylm"
+
+
+# -----------------------------------------------------------------------------
+# the base mix: all of the side with fewer words plus a seeded random selection of the other with
+# as many, shuffled. Planned from per-document word counts; its tokens are copied from the babylm
+# and python token files (nothing is encoded twice, no text is held).
+
+
+def doc_counts(cfg, domain, split, memo):
+    """(words, bytes) of every document of a domain and split, as int64 arrays (one streaming pass)."""
+    if (domain, split) not in memo:
+        words, size = array.array("q"), array.array("q")  # 8 bytes a document, not a Python int each
+        for d in iter_docs(cfg, domain, split):
+            words.append(len(d.split()))
+            size.append(len(d.encode("utf-8")))
+        if not words:
+            die(f"{domain}: no {split} documents from source {cfg['source']}")
+        memo[(domain, split)] = (np.frombuffer(words, dtype=np.int64), np.frombuffer(size, dtype=np.int64))
+    return memo[(domain, split)]
+
+
+def mix_plan(words_bab, words_py, seed, split):
+    """The base mix: (domains, indices), int arrays naming each document in the mix's order (domain
+    0 babylm, 1 python), and the word shares. Python's `random` drives the choice and the order."""
+    wb, wp = int(words_bab.sum()), int(words_py.sum())
+    small, big = ("python", "babylm") if wb >= wp else ("babylm", "python")
+    big_words = words_bab if big == "babylm" else words_py
+    n_small = len(words_py) if small == "python" else len(words_bab)
     rng, target, picked, w = random.Random(f"{seed}-base-{split}"), min(wb, wp), [], 0
-    for i in rng.sample(range(len(big)), len(big)):
+    for i in rng.sample(range(len(big_words)), len(big_words)):
         if w >= target:
             break
-        picked.append(big[i])
-        w += len(big[i].split())
-    mix = small + picked
-    rng.shuffle(mix)
-    share = {"babylm_words": min(wb, wp) if big_name == "python" else w,
-             "python_words": min(wb, wp) if big_name == "babylm" else w, "cut": big_name,
-             "cut_kept_docs": f"{len(picked)}/{len(big)}"}
+        picked.append(i)
+        w += int(big_words[i])
+    code = {"babylm": 0, "python": 1}
+    doms = np.concatenate([np.full(n_small, code[small]), np.full(len(picked), code[big])]).astype(np.int8)
+    idx = np.concatenate([np.arange(n_small), np.asarray(picked, dtype=np.int64)]).astype(np.int64)
+    order = list(range(len(idx)))
+    rng.shuffle(order)  # the same permutation as shuffling the documents themselves
+    share = {"babylm_words": min(wb, wp) if big == "python" else w,
+             "python_words": min(wb, wp) if big == "babylm" else w, "cut": big,
+             "cut_kept_docs": f"{len(picked)}/{len(big_words)}"}
     tot = share["babylm_words"] + share["python_words"]
     print(f"  base {split}: babylm {share['babylm_words']:,} words ({share['babylm_words'] / max(tot, 1):.1%}), "
           f"python {share['python_words']:,} ({share['python_words'] / max(tot, 1):.1%}); "
-          f"{big_name} cut to {len(picked)}/{len(big)} documents")
-    return mix, share
+          f"{big} cut to {len(picked)}/{len(big_words)} documents")
+    return (doms[order], idx[order]), share
 
 
-def get_docs(domain, cfg, cache):
-    if domain in cache:
-        return cache[domain]
-    t0, src = time.time(), cfg["source"]
-    if domain == "base":
-        (btr, bva, bi), (ptr, pva, pi) = get_docs("babylm", cfg, cache), get_docs("python", cfg, cache)
-        tr, s_tr = mix_base(btr, ptr, cfg["seed"], "train")
-        va, s_va = mix_base(bva, pva, cfg["seed"], "val")
-        cache[domain] = (tr, va, {"mix": {"train": s_tr, "val": s_va}, "babylm": bi, "python": pi})
-        return cache[domain]
-    if src == "sample":
-        res = sample_docs(domain, cfg)
-    elif src.startswith("local:"):
-        res = local_docs(domain, src[len("local:"):])
-    elif src == "hf":
-        res = hf_docs(domain, cfg, cache)
-    else:
-        die(f"unknown --source {src!r}; use sample, local:DIR or hf")
-    if src == "hf":  # an upstream val set can dwarf a max_mb-limited train split: thin it evenly
-        res = (res[0], cap(res[1], cfg["val_frac"] * n_bytes(res[0])), res[2])
-    if not res[0] or not res[1]:
-        die(f"{domain}: no {'train' if not res[0] else 'val'} documents from source {src}")
-    print(f"  {domain}: {len(res[0]):,} train / {len(res[1]):,} val documents, "
-          f"{n_bytes(res[0]) / 1e6:.2f} / {n_bytes(res[1]) / 1e6:.2f} MB ({time.time() - t0:.1f} s)")
-    cache[domain] = res
-    return res
+MIX_SIDES = ("babylm", "python")  # domain codes of mix_plan
+
+
+def base_plan(cfg, split, memo):
+    key = ("base-plan", split)
+    if key not in memo:
+        memo[key] = mix_plan(doc_counts(cfg, "babylm", split, memo)[0], doc_counts(cfg, "python", split, memo)[0],
+                             cfg["seed"], split)
+    return memo[key]
+
+
+def base_train_docs(cfg, memo, sample_frac=1.0):
+    """The base mix train split's documents (order: babylm's, then python's), or a hash-chosen share."""
+    doms, idx = base_plan(cfg, "train", memo)[0]
+    for code, dom in enumerate(MIX_SIDES):
+        chosen = np.zeros(len(doc_counts(cfg, dom, "train", memo)[0]), dtype=bool)
+        chosen[idx[doms == code]] = True
+        for i, d in enumerate(iter_docs(cfg, dom, "train")):
+            if chosen[i] and (sample_frac >= 1 or hash_frac(d) < sample_frac):
+                yield d
 
 
 def sample_corpus_text(**overrides):
     """The built-in sample's base mix train split as one string (for benchmarks of the trainer)."""
-    return "\n".join(get_docs("base", dict(config, source="sample", **overrides), {})[0])
+    return "\n".join(base_train_docs(dict(config, source="sample", **overrides), {}))
 
 
 def settings_of(domain, cfg):
@@ -676,7 +757,8 @@ def settings_of(domain, cfg):
     if cfg["source"] == "sample":
         s.update(sample_kb=cfg["sample_kb"], seed=cfg["seed"], python=platform.python_version())
     elif cfg["source"] == "hf":
-        s.update(babylm=cfg["babylm"], max_mb=cfg["max_mb"], code="the-stack-smol" if os.environ.get("HF_TOKEN") else "fallbacks")
+        repos = sorted({HF_DATA[d][0] for d in (("babylm", "python") if domain == "base" else (domain,))})
+        s.update(max_mb=cfg["max_mb"], revisions={r: hub_revision(cfg["data_dir"], r) for r in repos})
     elif cfg["source"].startswith("local:"):
         folder, parts = cfg["source"][len("local:"):], ("babylm", "python") if domain == "base" else (domain,)
         s["files"] = {f"{p}/{n}": sha256_file(os.path.join(folder, p, n)) for p in parts
@@ -688,7 +770,7 @@ def settings_of(domain, cfg):
 # the BPE trainer
 
 
-def train_bpe(texts, vocab_size, pattern=PATTERN, log=print):
+def train_bpe(texts, vocab_size, pattern=RE_PATTERN, log=print):
     """Byte-level BPE. Returns {token bytes: rank}: the 256 bytes, then one token per merge, in order.
     Unique pre-tokenised chunks are counted once; after each merge only the chunks that hold the
     merged pair are rewritten, pair counts are updated from them, and the most frequent pair comes
@@ -748,7 +830,8 @@ def train_bpe(texts, vocab_size, pattern=PATTERN, log=print):
     return ranks
 
 
-def build_tokenizer(cfg, cache, spec):
+
+def build_tokenizer(cfg, memo, spec):
     tdir = _tok_dir(cfg["data_dir"])
     t0 = time.time()
     if cfg["tokenizer"] == "gpt2":
@@ -756,116 +839,227 @@ def build_tokenizer(cfg, cache, spec):
             gpt2 = tiktoken.get_encoding("gpt2")
         except Exception as e:  # tiktoken fetches its files on first use
             die(f"--tokenizer gpt2: tiktoken could not load GPT-2's ranks (network needed the first time): {e}")
-        ranks, pattern, trained = gpt2._mergeable_ranks, gpt2._pat_str, "OpenAI GPT-2 (tiktoken)"
-    elif cfg["tokenizer"] == "bpe":
-        if not 257 < cfg["vocab_size"] <= 2 ** 32:
-            die(f"--vocab_size must be more than 257, got {cfg['vocab_size']}")
-        docs = get_docs("base", cfg, cache)[0]
-        mb = n_bytes(docs) / 1e6
-        print(f"training a {cfg['vocab_size']}-token byte-level BPE on the base mix train split ({mb:.1f} MB)")
-        ranks, pattern = train_bpe(docs, cfg["vocab_size"]), PATTERN
-        trained = f"base mix train split, {len(docs):,} documents, {mb:.2f} MB, source {cfg['source']}"
+        ranks, pattern, trained, mb = gpt2._mergeable_ranks, gpt2._pat_str, "OpenAI GPT-2 (tiktoken)", 0.0
     else:
-        die(f"--tokenizer takes bpe or gpt2, got {cfg['tokenizer']!r}")
+        ranks, trained, mb = bpe_on_base(cfg, memo)
+        pattern = PATTERN
     secs, n = time.time() - t0, len(ranks)
     rank_file = "".join(f"{base64.b64encode(b).decode()} {r}\n" for b, r in sorted(ranks.items(), key=lambda kv: kv[1]))
     info = {"name": f"{cfg['tokenizer']}{n + 1}", "vocab_size": n + 1, "n_ranks": n, "pattern": pattern,
             "special_tokens": {EOT: n}, "trained_on": trained, "spec": spec, "train_seconds": round(secs, 2)}
     info["hash"] = _hash(rank_file.encode(), pattern, info["special_tokens"])
     if cfg["tokenizer"] == "bpe":
-        info["train_mb_per_s"] = round(n_bytes(get_docs("base", cfg, cache)[0]) / 1e6 / max(secs, 1e-9), 3)
+        info["train_mb_per_s"] = round(mb / max(secs, 1e-9), 3)
         print(f"tokenizer: {n + 1} tokens in {secs:.1f} s ({info['train_mb_per_s']:.2f} MB/s), hash {info['hash']}")
     info["provenance"] = provenance(cfg)
     atomic_write_text(os.path.join(tdir, "bpe.tiktoken"), rank_file)
     atomic_write_json(os.path.join(tdir, "tokenizer.json"), info)
 
 
+def bpe_on_base(cfg, memo):
+    """Train the BPE on the base mix train split (streamed), or on a hash-chosen share of about
+    bpe_mb MB of it: the trainer's memory grows with the distinct chunks of the text it sees."""
+    doms, idx = base_plan(cfg, "train", memo)[0]
+    total = sum(int(doc_counts(cfg, d, "train", memo)[1][idx[doms == code]].sum()) for code, d in enumerate(MIX_SIDES))
+    frac = min(1.0, cfg["bpe_mb"] * 1e6 / total) if cfg["bpe_mb"] > 0 else 1.0
+    mb, what = total / 1e6, "the base mix train split"
+    if frac < 1:
+        what = f"a hash-chosen {frac:.1%} of the base mix train split (--bpe_mb {cfg['bpe_mb']:g} of {mb:.0f} MB)"
+        mb *= frac
+    print(f"training a {cfg['vocab_size']}-token byte-level BPE on {what} ({mb:.1f} MB)")
+    ranks = train_bpe(base_train_docs(cfg, memo, frac), cfg["vocab_size"])
+    trained = (f"base mix train split, {len(idx):,} documents, {total / 1e6:.2f} MB, source {cfg['source']}"
+               + (f"; a {frac:.2%} sample by document hash" if frac < 1 else ""))
+    return ranks, trained, mb
+
+
+def ensure_tokenizer(cfg, memo):
+    """The tokenizer belongs to the base mix: (re)train it when missing, damaged or made from other settings."""
+    spec = {"tokenizer": cfg["tokenizer"]}
+    if cfg["tokenizer"] == "bpe":
+        spec.update(vocab_size=cfg["vocab_size"], pattern=PATTERN, base=settings_of("base", cfg))
+        if cfg["bpe_mb"] > 0:
+            spec["bpe_mb"] = cfg["bpe_mb"]
+    tdir = _tok_dir(cfg["data_dir"])
+    old = _read_json_or_none(os.path.join(tdir, "tokenizer.json"), ("spec",))
+    if old is not None and old["spec"] == spec and os.path.exists(os.path.join(tdir, "bpe.tiktoken")):
+        return
+    if old is not None:
+        print(f"the tokenizer in {tdir} was made with other settings or lost its rank file; retraining "
+              "(domains encoded with the old one are re-encoded when next prepared)")
+    elif os.path.exists(os.path.join(tdir, "tokenizer.json")):
+        print(f"{tdir}/tokenizer.json is damaged; retraining the tokenizer")
+    build_tokenizer(cfg, memo, spec)
+
+
 # -----------------------------------------------------------------------------
-# encoding a domain
+# encoding a domain: documents -> token ids, each document followed by EOT, streamed to the file
 
 
-def encode_docs(enc, docs, path, dtype, threads):
-    """Token ids of every document followed by EOT, streamed to path in batches (bounded memory)."""
-    eot, n = eot_id(enc), [0]
+def encode_split(enc, docs, path, dtype, threads, what):
+    """Encode documents batch by batch into path. Returns {documents, bytes, words, tokens}."""
+    eot, st = eot_id(enc), {"documents": 0, "bytes": 0, "words": 0, "tokens": 0}
 
     def write(f):
-        for i in range(0, len(docs), 2048):
+        for batch in batched(docs):
             flat = []
-            for ids in enc.encode_ordinary_batch(docs[i:i + 2048], num_threads=threads):
+            for ids in enc.encode_ordinary_batch(batch, num_threads=threads):
                 flat += ids
                 flat.append(eot)
             f.write(np.asarray(flat, dtype=dtype).tobytes())
-            n[0] += len(flat)
+            st["documents"] += len(batch)
+            st["bytes"] += n_bytes(batch)
+            st["words"] += n_words(batch)
+            st["tokens"] += len(flat)
+        if not st["documents"]:
+            die(f"{what}: no documents from this source")
     atomic_write(path, write)
-    return n[0]
+    return st
 
 
-def prepare(domain, cfg, cache, enc, tok_hash):
+def doc_spans(tokens, eot, step=1 << 24):
+    """Token offsets (starts, ends) of every document of a token file: each ends with EOT."""
+    ends = np.concatenate([np.flatnonzero(np.asarray(tokens[i:i + step]) == eot) + i + 1
+                           for i in range(0, len(tokens), step)] or [np.zeros(0, dtype=np.int64)])
+    return np.concatenate([[0], ends[:-1]])[:len(ends)].astype(np.int64), ends.astype(np.int64)
+
+
+def assemble_base(cfg, split, memo, enc, dtype):
+    """base/<split>.bin: the planned documents' tokens, copied from babylm's and python's token files."""
+    (doms, idx), share = base_plan(cfg, split, memo)
+    parts = [open_tokens(cfg["data_dir"], d, split) for d in MIX_SIDES]
+    spans = [doc_spans(p, eot_id(enc)) for p in parts]
+    counts = [doc_counts(cfg, d, split, memo) for d in MIX_SIDES]
+    if any(len(sp[0]) != len(c[0]) for sp, c in zip(spans, counts)):
+        die(f"{cfg['data_dir']}/babylm or python changed while base was built; run data.py again")
+    st = {"documents": len(idx), "bytes": sum(int(c[1][idx[doms == k]].sum()) for k, c in enumerate(counts)),
+          "words": sum(int(c[0][idx[doms == k]].sum()) for k, c in enumerate(counts)), "tokens": 0}
+
+    def write(f):
+        for lo in range(0, len(idx), 4096):  # 4096 documents at a time
+            rows = [parts[k][spans[k][0][i]:spans[k][1][i]]
+                    for k, i in zip(doms[lo:lo + 4096].tolist(), idx[lo:lo + 4096].tolist())]
+            block = np.concatenate(rows).astype(dtype)
+            f.write(block.tobytes())
+            st["tokens"] += len(block)
+    atomic_write(os.path.join(cfg["data_dir"], "base", f"{split}.bin"), write)
+    return st, share
+
+
+def current_meta(ddir, settings, tok_hash, force):
+    """meta.json of a domain whose token files are complete and made from these settings with this
+    tokenizer (None: the domain must be (re)built; a damaged meta.json is said so and rebuilt)."""
+    mpath = os.path.join(ddir, "meta.json")
+    if not os.path.exists(mpath) or force:
+        return None
+    old = _read_json_or_none(mpath)
+    why = meta_problem(old)
+    if why:
+        print(f"{mpath} is damaged ({why}); rebuilding {os.path.basename(ddir)}")
+        return None
+    bins_ok = all(os.path.exists(os.path.join(ddir, f"{s}.bin")) and os.path.getsize(os.path.join(ddir, f"{s}.bin"))
+                  == old["splits"][s]["tokens"] * np.dtype(old["dtype"]).itemsize for s in ("train", "val"))
+    if old.get("settings") != settings or not bins_ok:
+        return None
+    if old["tokenizer_hash"] != tok_hash:
+        print(f"{ddir}: the tokenizer changed; re-encoding")
+        return None
+    print(f"{ddir} is up to date ({old['splits']['train']['tokens']:,} train tokens); --force rebuilds it")
+    return old
+
+
+def prepare(domain, cfg, memo, enc, tok_hash):
+    """A domain's token files and meta.json (kept when current)."""
     ddir = os.path.join(cfg["data_dir"], domain)
     settings = settings_of(domain, cfg)
-    mpath = os.path.join(ddir, "meta.json")
-    if os.path.exists(mpath) and not cfg["force"]:
-        old = read_json(mpath)
-        bins_ok = all(os.path.exists(os.path.join(ddir, f"{s}.bin")) and os.path.getsize(os.path.join(ddir, f"{s}.bin"))
-                      == old["splits"][s]["tokens"] * np.dtype(old["dtype"]).itemsize for s in ("train", "val"))
-        if old.get("settings") == settings and bins_ok:
-            if old.get("tokenizer_hash") == tok_hash:
-                print(f"{ddir} is up to date ({old['splits']['train']['tokens']:,} train tokens); --force rebuilds it")
-                return old
-            print(f"{ddir}: the tokenizer changed; re-encoding")
-    train, val, info = get_docs(domain, cfg, cache)
+    old = current_meta(ddir, settings, tok_hash, cfg["force"])
+    if old is not None:
+        return old
     dtype = np.uint16 if enc.n_vocab <= 2 ** 16 else np.uint32
     os.makedirs(ddir, exist_ok=True)
-    splits, t0 = {}, time.time()
-    for split, docs in (("train", train), ("val", val)):
-        tokens = encode_docs(enc, docs, os.path.join(ddir, f"{split}.bin"), dtype, cfg["threads"])
-        splits[split] = {"documents": len(docs), "bytes": n_bytes(docs), "words": n_words(docs), "tokens": tokens}
+    if os.path.exists(os.path.join(ddir, "meta.json")):  # from now on it would describe other files
+        os.remove(os.path.join(ddir, "meta.json"))
+    splits, info, t0 = {}, {}, time.time()
+    for split in ("train", "val"):
+        if domain == "base":
+            splits[split], info.setdefault("mix", {})[split] = assemble_base(cfg, split, memo, enc, dtype)
+        else:
+            splits[split] = encode_split(enc, iter_docs(cfg, domain, split), os.path.join(ddir, f"{split}.bin"),
+                                         dtype, cfg["threads"], f"{domain} {split}")
+    info.update({"babylm": source_info(cfg, "babylm"), "python": source_info(cfg, "python")} if domain == "base"
+                else source_info(cfg, domain))
     secs = time.time() - t0
-    mb, ntok = (splits["train"]["bytes"] + splits["val"]["bytes"]) / 1e6, splits["train"]["tokens"] + splits["val"]["tokens"]
-    print(f"{ddir}: {splits['train']['tokens']:,} train + {splits['val']['tokens']:,} val tokens "
-          f"({mb / max(ntok, 1) * 1e6:.2f} bytes/token), encoded at {mb / max(secs, 1e-9):.1f} MB/s, "
-          f"{ntok / max(secs, 1e-9) / 1e6:.2f} M tokens/s")
+    report_domain(ddir, splits, secs)
     meta = {"domain": domain, "source": cfg["source"], "settings": settings, "splits": splits,
             "dtype": np.dtype(dtype).name, "vocab_size": enc.n_vocab, "eot_id": eot_id(enc),
             "tokenizer_hash": tok_hash, "encode_seconds": round(secs, 2), **info}
     if cfg["source"] == "sample":
         meta["note"] = SAMPLE_NOTE
     meta["provenance"] = provenance(cfg, tokenizer_hash=tok_hash)
-    atomic_write_json(mpath, meta)
+    atomic_write_json(os.path.join(ddir, "meta.json"), meta)
     return meta
 
 
-def main(argv=None):
-    cfg = parse_config(dict(config), argv, presets, default_preset())
-    print(f"preset: {cfg['preset']}" + (" (no CUDA here)" if cfg["preset"] == "tiny" else ""))
-    if cfg["domain"] not in DOMAINS + ("all",):
-        die(f"unknown domain {cfg['domain']!r}; choose one of: {', '.join(DOMAINS + ('all',))}")
+def report_domain(ddir, splits, secs):
+    tr, va = splits["train"], splits["val"]
+    mb, ntok = (tr["bytes"] + va["bytes"]) / 1e6, tr["tokens"] + va["tokens"]
+    print(f"{ddir}: {tr['documents']:,} + {va['documents']:,} documents, {tr['tokens']:,} train + {va['tokens']:,} val "
+          f"tokens ({mb / max(ntok, 1) * 1e6:.2f} bytes/token), {mb / max(secs, 1e-9):.1f} MB/s")
+
+
+# -----------------------------------------------------------------------------
+# main: settings -> source check -> tokenizer -> each domain's token files -> what the run got
+
+
+def check_source(cfg):
     src = cfg["source"]
     if not (src in ("sample", "hf") or src.startswith("local:")):
         die(f"unknown --source {src!r}; use sample, local:DIR or hf")
     if src.startswith("local:") and not os.path.isdir(src[len("local:"):]):
         die(f"--source {src}: no such directory")
+    if src == "hf":
+        import_pyarrow()
+        _requests()
     if src == "sample":
         print(SAMPLE_NOTE)
-    cache = {}
-    requested = DOMAINS if cfg["domain"] == "all" else (cfg["domain"],)
-    # the tokenizer belongs to the base mix: (re)train it when missing or made from other settings
-    spec = {"tokenizer": cfg["tokenizer"]}
-    if cfg["tokenizer"] == "bpe":
-        spec.update(vocab_size=cfg["vocab_size"], pattern=PATTERN, base=settings_of("base", cfg))
-    tpath = os.path.join(_tok_dir(cfg["data_dir"]), "tokenizer.json")
-    old = read_json(tpath).get("spec") if os.path.exists(tpath) else None
-    if old != spec:
-        if old is not None:
-            print(f"the tokenizer in {_tok_dir(cfg['data_dir'])} was made with other settings; retraining "
-                  "(domains encoded with the old one are re-encoded when next prepared)")
-        build_tokenizer(cfg, cache, spec)
-    enc, th = load_tokenizer(cfg["data_dir"]), tokenizer_hash(cfg["data_dir"])
-    for domain in requested:
-        prepare(domain, cfg, cache, enc, th)
-    if src == "sample":
+
+
+def domains_to_prepare(cfg):
+    """The asked-for domains; base needs babylm's and python's token files (it is copied from them)."""
+    asked = DOMAINS if cfg["domain"] == "all" else (cfg["domain"],)
+    return [d for d in DOMAINS if d in asked or ("base" in asked and d in ("babylm", "python"))]
+
+
+def summarize(cfg, metas):
+    """The mix and sizes this run got, per domain and split; loud when far below what the preset expects."""
+    print(f"{'domain':12s} {'split':5s} {'documents':>11s} {'words':>14s} {'tokens':>14s}")
+    for domain, meta in metas.items():
+        for split in ("train", "val"):
+            s = meta["splits"][split]
+            print(f"{domain:12s} {split:5s} {s['documents']:11,} {s['words']:14,} {s['tokens']:14,}")
+    for domain, floor in EXPECTED_TOKENS.get(cfg["preset"], {}).items():
+        got = metas[domain]["splits"]["train"]["tokens"] if domain in metas else None
+        if got is not None and got < floor:
+            print(f"WARNING: {domain} has only {got / 1e6:.1f}M train tokens, far below the ~{floor / 1e6:.0f}M+ that "
+                  f"--preset {cfg['preset']} expects: this is not the paper's data (source {cfg['source']}"
+                  + (f", --max_mb {cfg['max_mb']:g}" if cfg["max_mb"] and cfg["source"] == "hf" else "") + ")")
+
+
+def main(argv=None):
+    cfg = parse_config(dict(config), argv, presets, default_preset(), checks=checks)
+    cfg["threads"] = set_threads(cfg["threads"])
+    print(f"preset: {cfg['preset']}" + (" (no CUDA here)" if cfg["preset"] == "tiny" else "")
+          + f", {cfg['threads']} encoding threads")
+    check_source(cfg)
+    with lock_dir(cfg["data_dir"], "data.py"):
+        memo = {}  # per-document word and byte counts, and the base mix plans, made once per run
+        ensure_tokenizer(cfg, memo)
+        enc, tok_hash = load_tokenizer(cfg["data_dir"]), tokenizer_hash(cfg["data_dir"])
+        metas = {d: prepare(d, cfg, memo, enc, tok_hash) for d in domains_to_prepare(cfg)}
+    summarize(cfg, metas)
+    if cfg["source"] == "sample":
         print("done. Reminder: " + SAMPLE_NOTE)
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -29,31 +29,64 @@ import common
 # -----------------------------------------------------------------------------
 # default config; explain_features() fills any key its cfg lacks from here
 config = {
-    "features_json": "",              # CLI only: the features to explain (format above)
+    "features_json": "",              # CLI only: the features to explain (a JSON list; format in explain.py's docstring)
     "out_json": "",                   # CLI only: also write the results here ("" = print only)
     "api_base": "https://api.openai.com/v1",  # or a local server, e.g. http://127.0.0.1:8080/v1
     "llm_model": "gpt-4-turbo",       # the study's explainer and simulator
     "temperature": 0.0,               # the study's setting: deterministic answers, cacheable
     "max_requests": 500,              # cap on non-cached requests per run (2 per feature)
-    "cache_dir": "out/explain_cache",
-    "timeout": 120.0,                 # seconds per HTTP request
-    "retries": 5,                     # extra attempts on 429 / 5xx / connection errors
+    "cache_dir": "out/explain_cache",  # every answer, by the hash of its request (analyze.py: <out_dir>/explain_cache)
+    "connect_timeout": 10.0,          # seconds to open a connection (per attempt)
+    "read_timeout": 45.0,             # seconds of server silence before a request gives up (a slow local server may need more)
+    "retries": 5,                     # extra attempts on 429 / 5xx / refused connections (a timed-out request is not retried)
+    "max_failures": 3,                # stop the run after this many failed requests in a row (the answers so far stay cached)
     "backoff": 1.0,                   # first retry delay (s), doubling per attempt
     "backoff_max": 60.0,              # cap on one delay, Retry-After included
     "n_top": 5,                       # explanation examples: the top-activating ones ...
     "n_quantiles": 3,                 # ... plus one from each of this many lower quantiles ...
     "n_random": 2,                    # ... plus a few random contexts
     "explain_format": "tab",          # tab: token<TAB>act lines (Bills et al.) | compact: text + "token (act)" for non-zero tokens
-    "max_tokens_explain": 100,
+    "max_tokens_explain": 100,        # answer length cap of the explanation request
     "max_tokens_sim": 4096,           # the simulation answers one line per held-out token
 }
+# the rule each setting must meet (common.parse_config checks them, also when analyze.py calls in)
+CHECKS = {"temperature": ">=0", "max_requests": ">=0", "connect_timeout": ">0", "read_timeout": ">0",
+          "retries": ">=0", "max_failures": ">=1", "backoff": ">=0", "backoff_max": ">=0", "n_top": ">=1",
+          "n_quantiles": ">=0", "n_random": ">=0", "explain_format": ("tab", "compact"),
+          "max_tokens_explain": ">=1", "max_tokens_sim": ">=1"}
 OPENAI_HOST = "api.openai.com"
 MAX_EXPLANATION_CHARS = 200
 _sleep = time.sleep  # tests replace it to see the backoff delays without waiting
 
 
 class RequestFailed(Exception):
-    """One request gave up (recorded as the feature's error; the run goes on)."""
+    """One request gave up: network, timeout, HTTP error (recorded as the feature's error; the run goes on
+    until max_failures requests in a row have failed)."""
+
+
+class CapReached(RequestFailed):
+    """The max_requests cap: the feature is left unexplained, but the server is fine (no failure streak)."""
+
+
+class Unusable(Exception):
+    """The LLM answered, but nothing usable came of it (recorded as the feature's result; rerunning gives
+    the same cached answer, so it does not make the run incomplete)."""
+
+
+class Incomplete(common.UserError):
+    """Explanations were asked for and some are missing (failed requests, the cap, a stopped run).
+    `results` holds every feature's result, the missing ones with their error; callers keep what
+    there is and exit non-zero (analyze.py writes its analysis first)."""
+
+    def __init__(self, msg, results):
+        super().__init__(msg)
+        self.results = results
+
+
+def clean_text(text):
+    """`text` with every lone UTF-16 surrogate (which JSON escapes such as \\ud800 can produce, but which
+    cannot be encoded as UTF-8) replaced by U+FFFD; a valid surrogate pair becomes its character."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 # -----------------------------------------------------------------------------
@@ -187,19 +220,26 @@ def score_simulation(true_acts, simulated):
 # -----------------------------------------------------------------------------
 # the network: cache, cap, retries
 
+def clean_messages(messages):
+    return [{**m, "content": clean_text(m["content"])} for m in messages]
+
+
 def cache_path(cfg, messages):
     blob = json.dumps([cfg["api_base"], cfg["llm_model"], messages, cfg["temperature"]], sort_keys=True)
     return os.path.join(cfg["cache_dir"], hashlib.sha256(blob.encode("utf-8")).hexdigest() + ".json")
 
 
 def chat(messages, cfg, state, max_tokens):
-    """The answer text for `messages`, from the cache or one request (retried on 429/5xx/network errors)."""
+    """The answer text for `messages`, from the cache or one request (retried on 429/5xx/refused
+    connections; a timeout gives up at once: a server that accepts and never answers would otherwise
+    hold every attempt for the whole read timeout)."""
+    messages = clean_messages(messages)  # encodable as UTF-8 (the body, the cache file)
     path = cache_path(cfg, messages)
     if os.path.exists(path):
         state["cached"] += 1
-        return common.read_json(path)["response"]
+        return clean_text(common.read_json(path)["response"])
     if state["requests"] >= cfg["max_requests"]:
-        raise RequestFailed("request cap reached")
+        raise CapReached("request cap reached")
     state["requests"] += 1
     url = cfg["api_base"].rstrip("/") + "/chat/completions"
     headers = {"Authorization": f"Bearer {state['key']}"} if state["key"] else {}
@@ -209,17 +249,23 @@ def chat(messages, cfg, state, max_tokens):
     for attempt in range(attempts):
         retry_after, unreachable = None, False
         try:
-            r = requests.post(url, json=body, headers=headers, timeout=cfg["timeout"])
+            r = requests.post(url, json=body, headers=headers,
+                              timeout=(cfg["connect_timeout"], cfg["read_timeout"]))
+        except requests.Timeout as e:  # before ConnectionError: a connect timeout is both
+            phase = "connect to" if isinstance(e, requests.ConnectTimeout) else "answer from"
+            limit = cfg["connect_timeout"] if isinstance(e, requests.ConnectTimeout) else cfg["read_timeout"]
+            raise RequestFailed(f"no {phase} {url} within {limit:g} s (a slow server may need a larger "
+                                f"--{'connect' if phase == 'connect to' else 'read'}_timeout)")
         except requests.ConnectionError:
             why, unreachable = f"cannot connect to {url}", True
-        except requests.RequestException as e:  # read timeouts, broken answers
+        except requests.RequestException as e:  # broken answers
             why = f"{type(e).__name__} from {url}"
         else:
             if r.status_code == 200:
                 try:
-                    text = r.json()["choices"][0]["message"]["content"] or ""
-                except (ValueError, KeyError, IndexError, TypeError):
-                    raise RequestFailed(f"unexpected answer from {url}: {r.text[:200]!r}")
+                    text = clean_text(r.json()["choices"][0]["message"]["content"] or "")
+                except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                    raise RequestFailed(f"unexpected answer from {url}: {clean_text(r.text[:200])!r}")
                 common.atomic_write_json(path, {"api_base": cfg["api_base"], "model": cfg["llm_model"],
                                                 "temperature": cfg["temperature"], "response": text})
                 return text
@@ -260,8 +306,11 @@ def check_key(cfg):
 
 
 def explain_features(features, cfg):
-    """{key: {"explanation", "score", "n_explain_examples", "n_sim_examples", "error"}} for each feature."""
-    cfg = {**config, **{k: v for k, v in cfg.items() if v is not None}}
+    """{key: {"explanation", "score", "n_explain_examples", "n_sim_examples", "error"}} for each feature.
+    Raises Incomplete (a one-line UserError carrying these results) when explanations are missing:
+    failed requests, the request cap, or a run stopped by an unreachable server, a refused key or
+    max_failures failed requests in a row. An unusable answer is the feature's result, not a failure."""
+    cfg = common.parse_config({**config, **{k: v for k, v in cfg.items() if v is not None}}, [], checks=CHECKS)
     for f in features:
         for c in f.get("top", []) + f.get("random", []):
             if len(c["tokens"]) != len(c["acts"]):
@@ -273,76 +322,108 @@ def explain_features(features, cfg):
         shown, held = split_contexts(f, cfg)
         msgs = explanation_messages(shown, cfg["explain_format"])
         plans.append((f, shown, held, msgs))
-        path = cache_path(cfg, msgs)
+        path = cache_path(cfg, clean_messages(msgs))
         if not os.path.exists(path):
             need += 2
         else:
-            expl = parse_explanation(common.read_json(path)["response"])
+            expl = parse_explanation(clean_text(common.read_json(path)["response"]))
             need += int(bool(expl) and bool(held) and not os.path.exists(
-                cache_path(cfg, simulation_messages(expl, held))))
+                cache_path(cfg, clean_messages(simulation_messages(expl, held)))))
     key = check_key(cfg) if need else None
     print(f"explain: {len(features)} features with {cfg['llm_model']} at {cfg['api_base']}: ~{need} requests "
           f"({2 * len(features) - need} cached), cap {cfg['max_requests']}, cache {cfg['cache_dir']}")
 
     state = {"requests": 0, "cached": 0, "key": key}
-    results, scores = {}, []
+    results, scores, failed, streak, stopped = {}, [], [], 0, None
     for i, (f, shown, held, msgs) in enumerate(plans):
         res = {"explanation": "", "score": None, "n_explain_examples": len(shown),
                "n_sim_examples": len(held), "error": None}
         results[f["key"]] = res
+        if stopped:
+            res["error"] = "not attempted: the run stopped"
+            failed.append(f["key"])
+            continue
         try:
-            if not shown or not held:
-                raise RequestFailed("too few contexts to explain and hold out")
-            res["explanation"] = parse_explanation(chat(msgs, cfg, state, cfg["max_tokens_explain"]))
-            if not res["explanation"]:
-                raise RequestFailed("empty explanation")
-            true = [a for c in held for a in c["acts"]]
-            sim_msgs = simulation_messages(res["explanation"], held)
-            max_tok = min(cfg["max_tokens_sim"], 8 * len(true) + 64)
-            answer = chat(sim_msgs, cfg, state, max_tok)
-            sim = parse_simulation(answer, len(true))
-            if sim is None:  # ask once more, showing the model its answer and the format again
-                sim_msgs = sim_msgs + [
-                    {"role": "assistant", "content": answer},
-                    {"role": "user", "content": f"That answer did not give a value for every token. Reply with "
-                                                f"exactly {len(true)} lines index<TAB>value, for indices 0 to "
-                                                f"{len(true) - 1}, and nothing else."}]
-                sim = parse_simulation(chat(sim_msgs, cfg, state, max_tok), len(true))
-            if sim is None:
-                raise RequestFailed(f"malformed simulation answer (no value for every one of {len(true)} tokens)")
-            res["score"] = score_simulation(true, sim)
-            if res["score"] is not None:
-                scores.append(res["score"])
+            explain_one(res, shown, held, msgs, cfg, state)
+            streak = 0
+        except Unusable as e:
+            res["error"], streak = str(e), 0
         except RequestFailed as e:
             res["error"] = str(e)
+            failed.append(f["key"])
+            streak = 0 if isinstance(e, CapReached) else streak + 1
+            if streak >= cfg["max_failures"]:
+                stopped = f"stopped after {streak} failed requests in a row (the last: {e})"
+        except common.UserError as e:  # unreachable server, refused key, wrong path: no point going on
+            res["error"], stopped = e.msg, e.msg
+            failed.append(f["key"])
+        if res["score"] is not None:
+            scores.append(res["score"])
         score = "  n/a" if res["score"] is None else f"{res['score']:+.2f}"
         print(f"explain [{i + 1}/{len(plans)}] {f['key']} score {score}: "
               f"{res['explanation'] or ''}{' (' + res['error'] + ')' if res['error'] else ''}")
     mean = f"{np.mean(scores):.3f}" if scores else "n/a"
     print(f"explain: done; {state['requests']} requests, {state['cached']} answers from the cache, "
           f"{len(scores)} scored, mean score {mean}")
+    if failed:
+        why = stopped or f"the first: {results[failed[0]]['error']}"
+        raise Incomplete(f"{len(failed)} of {len(plans)} features have no explanation or score ({why}); the answers "
+                         f"so far are cached, re-run to continue", results)
     return results
 
 
+def explain_one(res, shown, held, msgs, cfg, state):
+    """Fill res (explanation, score) for one feature: the explanation request, then the simulation."""
+    if not shown or not held:
+        raise Unusable("too few contexts to explain and hold out")
+    res["explanation"] = parse_explanation(chat(msgs, cfg, state, cfg["max_tokens_explain"]))
+    if not res["explanation"]:
+        raise Unusable("empty explanation")
+    true = [a for c in held for a in c["acts"]]
+    sim_msgs = simulation_messages(res["explanation"], held)
+    max_tok = min(cfg["max_tokens_sim"], 8 * len(true) + 64)
+    answer = chat(sim_msgs, cfg, state, max_tok)
+    sim = parse_simulation(answer, len(true))
+    if sim is None:  # ask once more, showing the model its answer and the format again
+        sim_msgs = sim_msgs + [
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": f"That answer did not give a value for every token. Reply with "
+                                        f"exactly {len(true)} lines index<TAB>value, for indices 0 to "
+                                        f"{len(true) - 1}, and nothing else."}]
+        sim = parse_simulation(chat(sim_msgs, cfg, state, max_tok), len(true))
+    if sim is None:
+        raise Unusable(f"malformed simulation answer (no value for every one of {len(true)} tokens)")
+    res["score"] = score_simulation(true, sim)
+
+
 def main(argv=None):
-    cfg = common.parse_config(dict(config), argv)
+    cfg = common.parse_config(dict(config), argv, checks=CHECKS)
     if not cfg["features_json"]:
         common.die("give --features_json FILE (a JSON list of features; python explain.py --help)")
     if not os.path.exists(cfg["features_json"]):
         common.die(f"no file {cfg['features_json']}; check --features_json")
-    features = common.read_json(cfg["features_json"])
+    try:
+        features = common.read_json(cfg["features_json"])
+    except (ValueError, UnicodeDecodeError) as e:
+        common.die(f"{cfg['features_json']} is not valid JSON ({e}); check --features_json")
     if not isinstance(features, list) or not all(isinstance(f, dict) and "key" in f and "top" in f for f in features):
         common.die(f"{cfg['features_json']} must be a JSON list of {{\"key\", \"top\", \"random\"}} objects")
-    results = explain_features(features, cfg)
+    try:
+        results, missing = explain_features(features, cfg), None
+    except Incomplete as e:  # keep (and write) what there is, then exit non-zero
+        results, missing = e.results, e
     for k, r in results.items():
         score = "n/a" if r["score"] is None else f"{r['score']:.3f}"
         print(f"{k}\t{score}\t{r['explanation']}" + (f"\t[{r['error']}]" if r["error"] else ""))
     if cfg["out_json"]:
-        common.atomic_write_json(cfg["out_json"], {"results": results, "provenance": common.provenance(
+        common.atomic_write_json(cfg["out_json"], {"results": results, "complete": missing is None,
+                                                   "provenance": common.provenance(
             cfg, features_json=common.sha256_file(cfg["features_json"]))})
         print(f"wrote {cfg['out_json']}")
+    if missing is not None:
+        raise missing
     return results
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -28,11 +28,12 @@ the grid value takes the place of --t; the rules still apply.
 import fnmatch
 import math
 import os
+from types import SimpleNamespace
 
 import torch
 
 import common
-from model import MAKES, clean_key, eval_loss, load_checkpoint, model_from_checkpoint
+from model import MAKES, check_finished, clean_key, eval_loss, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 config = {
     "a": "lua",               # model at t = 0 (mergekit's base_model): out_dir/<a>/ckpt.pt
@@ -44,17 +45,20 @@ config = {
     "out": "luastories",      # writes out_dir/<out>/ckpt.pt and merge.json
     "dot_threshold": 0.9995,  # mergekit DOT_THRESHOLD: lerp when |cos| is above it
     "sweep": False,           # evaluate every t of --grid on both domains instead of writing a merge
-    "grid": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+    "grid": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],  # the sweep's values of t
     "eval_batches": 8,        # validation batches per domain and model (0: merge without evaluating)
     "batch_size": 16,         # sequences of block_size tokens per eval batch
-    "out_dir": "out",
-    "data_dir": "data",
+    "out_dir": "out",         # where the models are, and the merge goes
+    "data_dir": "data",       # validation tokens (made by data.py)
     "device": "auto",         # auto: cuda when available, else cpu
-    "overwrite": False,       # replace an output made from other inputs or settings (one made from the
-                              # same ones is left as it is: re-running is a no-op)
+    "allow_unfinished": False,  # merge a model whose training did not finish (stopped early or killed)
+    "allow_unrelated": False,   # merge two models with no common parent (their weights are not aligned)
+    "overwrite": False,       # replace an output made from other inputs or settings (same ones: a no-op)
 }
 PRESETS = {"tiny": {"eval_batches": 8, "batch_size": 16},
            "paper": {"eval_batches": 50, "batch_size": 64}}
+CHECKS = {"t": "[0,1]", "grid": "[0,1]", "mode": ("slerp", "task"), "dot_threshold": "[0,1]",
+          "eval_batches": ">=0", "batch_size": ">=1"}
 
 # DESIGN.md: the paper's sweep. Its t is the weight of lua (0 = tinystories, 1 = lua).
 PAPER_SWEEP = {"t_lua": [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0],
@@ -116,6 +120,14 @@ def rule_matches(name, pattern):
     return fnmatch.fnmatchcase(name, pattern) if any(c in pattern for c in "*?[") else pattern in name
 
 
+def check_rules(rules, names):
+    """Each rule's t in [0, 1] and its pattern matching some parameter name (a typo would be ignored silently)."""
+    for pat, tr in rules:
+        check_t(tr, f"t_rules {pat}")
+        if not any(rule_matches(n, pat) for n in names):
+            common.die(f"t_rules pattern {pat!r} matches no parameter; names are like {', '.join(list(names)[:4])}")
+
+
 def check_state_dicts(sds):
     """sds {label: state_dict}: same parameter names and shapes, every value finite, else one-line error."""
     (la, ref), *rest = sds.items()
@@ -140,10 +152,7 @@ def merge_state_dicts(sd_a, sd_b, t, t_rules=None, parent=None, dot_threshold=0.
     result back to parent (info then describes the angle between the task vectors)."""
     check_t(t)
     rules = parse_t_rules(t_rules) if isinstance(t_rules, str) else [(p, float(x)) for p, x in (t_rules or [])]
-    for pat, tr in rules:
-        check_t(tr, f"t_rules {pat}")
-        if not any(rule_matches(n, pat) for n in sd_a):
-            common.die(f"t_rules pattern {pat!r} matches no parameter; names are like {', '.join(list(sd_a)[:4])}")
+    check_rules(rules, sd_a)
     check_state_dicts({"a": sd_a, "b": sd_b, **({"parent": parent} if parent is not None else {})})
     out, infos = {}, {}
     for name, wa in sd_a.items():
@@ -164,10 +173,11 @@ def merge_state_dicts(sd_a, sd_b, t, t_rules=None, parent=None, dot_threshold=0.
     return out, infos
 
 
-def load_models(out_dir, a, b, parent=None):
+def load_models(out_dir, a, b, parent=None, allow_unfinished=False, allow_unrelated=False):
     """Load and check the checkpoints to merge -> {"a"|"b"|"parent": {"name", "hash", "domain", "ckpt"}}.
 
-    Dies with one line when one is missing (naming the command that makes it) or when they differ in
+    Dies with one line when one is missing (naming the command that makes it), unfinished (unless
+    allow_unfinished), unrelated (no common parent, unless allow_unrelated), or when they differ in
     architecture, tokenizer, parameter names or shapes, hold NaN/inf, or parent is not both's parent."""
     names = {"a": a, "b": b, **({"parent": parent} if parent else {})}
     if a == b:
@@ -177,6 +187,7 @@ def load_models(out_dir, a, b, parent=None):
         how = MAKES.get(name, f"python train.py --domain {name}")
         path = os.path.join(out_dir, name, "ckpt.pt")
         ckpt = load_checkpoint(path, f"'{name}' model checkpoint", how)
+        check_finished(ckpt, path, name, allow_unfinished)
         # strip torch.compile / DDP prefixes, as model_from_checkpoint does
         ckpt["model"] = {clean_key(k): v for k, v in ckpt["model"].items()}
         out[role] = {"name": name, "hash": common.sha256_file(path), "domain": ckpt.get("domain"), "ckpt": ckpt}
@@ -192,6 +203,7 @@ def load_models(out_dir, a, b, parent=None):
             common.die(f"{a} and {names[role]} were trained with different tokenizers "
                        f"({ref.get('tokenizer_hash')} vs {c.get('tokenizer_hash')}); re-train them on one data_dir")
     check_state_dicts({names[r]: out[r]["ckpt"]["model"] for r in names})
+    check_related(out, allow_unrelated)
     if parent:
         for role in ("a", "b"):
             hashes = [p.get("hash") for p in out[role]["ckpt"].get("parents", [])]
@@ -199,6 +211,21 @@ def load_models(out_dir, a, b, parent=None):
                 common.die(f"--parent {parent} (hash {out['parent']['hash']}) is not a parent of {names[role]} "
                            f"(its parents: {hashes or 'none'}); pass the checkpoint both were fine-tuned from")
     return out
+
+
+def check_related(models, allow_unrelated):
+    """SLERP assumes a and b are fine-tunes of one model (or one is the other's parent): two models
+    trained apart have unaligned weights, and their interpolation means nothing, so it is refused."""
+    def lineage(model):  # its own hash and its parents'
+        return {model["hash"]} | {p.get("hash") for p in model["ckpt"].get("parents", []) if p.get("hash")}
+    a, b = models["a"], models["b"]
+    if lineage(a) & lineage(b):
+        return
+    parents = {x["name"]: [p.get("name") for p in x["ckpt"].get("parents", [])] for x in (a, b)}
+    if not allow_unrelated:
+        common.die(f"{a['name']} and {b['name']} share no parent (parents: {parents}); their weights are not aligned, "
+                   f"so their merge means nothing; merge fine-tunes of one base, or pass --allow_unrelated")
+    print(f"warning: {a['name']} and {b['name']} share no parent (parents: {parents}); merging anyway (--allow_unrelated)")
 
 
 def print_angles(infos, threshold, hint="", show_t=True):
@@ -236,108 +263,135 @@ def paper_sweep_in_our_t(dom_a, dom_b):
 
 
 def main(argv=None):
-    cfg = common.parse_config(dict(config), argv, PRESETS, common.default_preset())
-    common.require_positive(cfg, ["batch_size"])
-    device = common.pick_device(cfg["device"])
-    if cfg["mode"] not in ("slerp", "task"):
-        common.die(f"--mode {cfg['mode']!r} is unknown; use slerp (of the weights) or task (of the deltas from --parent)")
-    check_t(cfg["t"])
-    rules = parse_t_rules(cfg["t_rules"])
-    grid = sorted(set(cfg["grid"]))
-    for t in grid:
-        check_t(t, "--grid value")
-    parent = cfg["parent"] if cfg["mode"] == "task" else None
-    if not cfg["sweep"] and cfg["out"] in (cfg["a"], cfg["b"], parent):
-        common.die(f"--out {cfg['out']} would overwrite an input checkpoint; choose another name")
-    if cfg["sweep"] and (cfg["eval_batches"] < 1 or not grid):
-        common.die("--sweep needs --eval_batches >= 1 and a non-empty --grid")
-    what = f"t {grid[0]}..{grid[-1]} ({len(grid)} points)" if cfg["sweep"] else f"t {cfg['t']}"
-    print(f"merge: preset {cfg['preset']}, device {device}, a={cfg['a']} (t=0) b={cfg['b']} (t=1), {what}, "
-          f"mode {cfg['mode']}" + (f" (parent {parent})" if parent else "") + f", rules {rules or 'none'}, "
-          f"eval {cfg['eval_batches']}x{cfg['batch_size']} seqs/domain")
-
-    m = load_models(cfg["out_dir"], cfg["a"], cfg["b"], parent)
-    ca, cb = m["a"]["ckpt"], m["b"]["ckpt"]
-    sd_p = m["parent"]["ckpt"]["model"] if parent else None
-    doms = list(dict.fromkeys(m[r]["domain"] or m[r]["name"] for r in ("a", "b")))
-    tokens = {}
-    if cfg["eval_batches"] > 0:  # read the data before merging: a missing file fails before anything is written
-        import data  # only the evaluation needs the data code
-        tokens = {d: data.load_tokens(cfg["data_dir"], d, "val") for d in doms}
-        for d in doms:
-            if data.read_meta(cfg["data_dir"], d)["tokenizer_hash"] != ca.get("tokenizer_hash"):
-                common.die(f"{cfg['data_dir']}/{d} was tokenized with another tokenizer than the models; "
-                           f"use the --data_dir they were trained on")
-    hint = "" if parent else "; --mode task interpolates the deltas from --parent instead"
-    inputs = {r: {"name": m[r]["name"], "hash": m[r]["hash"]} for r in m}
+    cfg = common.parse_config(dict(config), argv, PRESETS, common.default_preset(), checks=CHECKS)
+    run = plan(cfg)
+    models = load_models(cfg["out_dir"], cfg["a"], cfg["b"], run.parent, cfg["allow_unfinished"], cfg["allow_unrelated"])
+    check_rules(run.rules, models["a"]["ckpt"]["model"])
+    tokens = load_eval_tokens(cfg, models)  # before merging: a missing file fails before anything is written
+    inputs = {r: {"name": models[r]["name"], "hash": models[r]["hash"]} for r in models}
     # an output made from these very inputs and settings is kept; one made from others needs --overwrite
-    made_from = {"inputs": inputs, "mode": cfg["mode"], "t_rules": rules, "dot_threshold": cfg["dot_threshold"],
-                 "t": grid if cfg["sweep"] else cfg["t"]}
-    out_path = (os.path.join(cfg["out_dir"], "merge_sweep.json") if cfg["sweep"]
-                else os.path.join(cfg["out_dir"], cfg["out"], "merge.json"))
-    ckpt_path = os.path.join(cfg["out_dir"], cfg["out"], "ckpt.pt")
-    if os.path.exists(out_path) and (cfg["sweep"] or os.path.exists(ckpt_path)) and not cfg["overwrite"]:
-        if common.read_json(out_path).get("made_from") == made_from:
-            print(f"{out_path} was made from these inputs and settings; nothing to do")
+    made_from = {"inputs": inputs, "mode": cfg["mode"], "t_rules": run.rules, "dot_threshold": cfg["dot_threshold"],
+                 "t": run.grid if cfg["sweep"] else cfg["t"]}
+    with common.lock_dir(run.lock_dir, "merge.py"):  # one merge (or sweep) at a time writes these files
+        if up_to_date(cfg, run, made_from):
             return
-        common.die(f"{out_path} exists but was made from other inputs or settings; add --overwrite to replace it")
-    net = model_from_checkpoint(ca, device)
+        n_params = sum(v.numel() for v in models["a"]["ckpt"]["model"].values())
+        common.check_free_space(cfg["out_dir"], 2 * 4 * n_params + (16 << 20), "merge.py's output")
+        net = model_from_checkpoint(models["a"]["ckpt"], run.device)
 
-    def evaluate(sd):
-        net.load_state_dict(sd)
-        return {d: eval_loss(net, tok, cfg["batch_size"], cfg["eval_batches"], device) for d, tok in tokens.items()}
+        def evaluate(sd):
+            net.load_state_dict(sd)
+            return {d: eval_loss(net, tok, cfg["batch_size"], cfg["eval_batches"], run.device) for d, tok in tokens.items()}
 
-    if cfg["sweep"]:
-        losses = {d: [] for d in doms}
-        for i, t in enumerate(grid):
-            sd, infos = merge_state_dicts(ca["model"], cb["model"], t, rules, sd_p, cfg["dot_threshold"])
-            if i == 0:
-                print_angles(infos, cfg["dot_threshold"], hint, show_t=bool(rules))  # angles do not depend on t
-            for d, v in evaluate(sd).items():
-                losses[d].append(v)
-            print(f"sweep {i + 1}/{len(grid)}: t={t:.3f} " + " ".join(f"{d} {losses[d][-1]:.4f}" for d in doms))
-        cross = crossing(grid, losses[doms[0]], losses[doms[-1]]) if len(doms) == 2 else None
-        paper = paper_sweep_in_our_t(*doms) if len(doms) == 2 else None
+        if cfg["sweep"]:
+            return sweep(cfg, run, models, evaluate, made_from, inputs)
+        return write_merge(cfg, run, models, evaluate if tokens else None, made_from, inputs)
+
+
+def plan(cfg):
+    """The settings checked against each other, the output paths, and the start-up line."""
+    run = SimpleNamespace(device=common.pick_device(cfg["device"]), rules=parse_t_rules(cfg["t_rules"]),
+                          grid=sorted(set(cfg["grid"])), parent=cfg["parent"] if cfg["mode"] == "task" else None)
+    if not cfg["sweep"] and cfg["out"] in (cfg["a"], cfg["b"], run.parent):
+        common.die(f"--out {cfg['out']} would overwrite an input checkpoint; choose another name")
+    if cfg["sweep"] and (cfg["eval_batches"] < 1 or not run.grid):
+        common.die("--sweep needs --eval_batches >= 1 and a non-empty --grid")
+    run.lock_dir = cfg["out_dir"] if cfg["sweep"] else os.path.join(cfg["out_dir"], cfg["out"])
+    run.out_path = (os.path.join(cfg["out_dir"], "merge_sweep.json") if cfg["sweep"]
+                    else os.path.join(cfg["out_dir"], cfg["out"], "merge.json"))
+    run.ckpt_path = os.path.join(cfg["out_dir"], cfg["out"], "ckpt.pt")
+    run.hint = "" if run.parent else "; --mode task interpolates the deltas from --parent instead"
+    grid = run.grid
+    what = f"t {grid[0]}..{grid[-1]} ({len(grid)} points)" if cfg["sweep"] else f"t {cfg['t']}"
+    print(f"merge: preset {cfg['preset']}, device {run.device}, a={cfg['a']} (t=0) b={cfg['b']} (t=1), {what}, "
+          f"mode {cfg['mode']}" + (f" (parent {run.parent})" if run.parent else "") + f", rules {run.rules or 'none'}, "
+          f"eval {cfg['eval_batches']}x{cfg['batch_size']} seqs/domain")
+    return run
+
+
+def load_eval_tokens(cfg, models):
+    """{domain: val tokens} of a's and b's domains, checked against the models' tokenizer ({} without evaluation)."""
+    if cfg["eval_batches"] == 0:
+        return {}
+    import data  # only the evaluation needs the data code
+    ca = models["a"]["ckpt"]
+    doms = list(dict.fromkeys(models[r]["domain"] or models[r]["name"] for r in ("a", "b")))
+    return {d: data.open_tokens(cfg["data_dir"], d, "val", ca.get("tokenizer_hash"), ca["model_args"]["vocab_size"],
+                                models["a"]["name"]) for d in doms}
+
+
+def up_to_date(cfg, run, made_from):
+    """True when the output exists and was made from these inputs and settings (nothing to do)."""
+    if not (os.path.exists(run.out_path) and (cfg["sweep"] or os.path.exists(run.ckpt_path))) or cfg["overwrite"]:
+        return False
+    if common.read_json(run.out_path).get("made_from") == made_from:
+        print(f"{run.out_path} was made from these inputs and settings; nothing to do")
+        return True
+    common.die(f"{run.out_path} exists but was made from other inputs or settings; add --overwrite to replace it")
+
+
+def sweep(cfg, run, models, evaluate, made_from, inputs):
+    """Val loss on both domains at every t of the grid -> merge_sweep.json (no checkpoint)."""
+    ca, cb, grid = models["a"]["ckpt"], models["b"]["ckpt"], run.grid
+    sd_p = models["parent"]["ckpt"]["model"] if run.parent else None
+    doms = list(dict.fromkeys(models[r]["domain"] or models[r]["name"] for r in ("a", "b")))
+    losses = {d: [] for d in doms}
+    for i, t in enumerate(grid):
+        sd, infos = merge_state_dicts(ca["model"], cb["model"], t, run.rules, sd_p, cfg["dot_threshold"])
+        if i == 0:
+            print_angles(infos, cfg["dot_threshold"], run.hint, show_t=bool(run.rules))  # angles do not depend on t
+        for d, v in evaluate(sd).items():
+            losses[d].append(v)
+        print(f"sweep {i + 1}/{len(grid)}: t={t:.3f} " + " ".join(f"{d} {losses[d][-1]:.4f}" for d in doms))
+    cross = crossing(grid, losses[doms[0]], losses[doms[-1]]) if len(doms) == 2 else None
+    paper = paper_sweep_in_our_t(*doms) if len(doms) == 2 else None
+    paper_cross = crossing(paper["t"], paper[doms[0]], paper[doms[1]]) if paper else None
+    print_sweep(cfg, grid, doms, losses, paper, cross, paper_cross)
+    common.atomic_write_json(run.out_path, {
+        "made_from": made_from, "t": grid, "loss": losses, "domains": doms, "a": inputs["a"], "b": inputs["b"],
+        "mode": cfg["mode"], "parent": inputs.get("parent"), "t_rules": run.rules, "crossing_t": cross,
+        "paper": paper and {**paper, "crossing_t": paper_cross, "note": "paper's t (weight of lua) converted to ours (weight of b)"},
+        "provenance": common.provenance(cfg, inputs=inputs)})
+    print(f"wrote {run.out_path}")
+
+
+def print_sweep(cfg, grid, doms, losses, paper, cross, paper_cross):
+    if paper:
+        print(f"paper figures converted to our t (weight of {cfg['b']}); the paper's own t is the weight of lua")
+    print(f"{'t':>6s} " + " ".join(f"{d:>12s}" for d in doms) + ("".join(f" {'paper ' + d:>18s}" for d in doms) if paper else ""))
+    for i, t in enumerate(grid):
+        row = f"{t:6.3f} " + " ".join(f"{losses[d][i]:12.4f}" for d in doms)
+        j = next((j for j, pt in enumerate(paper["t"]) if abs(pt - t) < 1e-6), None) if paper else None
         if paper:
-            print(f"paper figures converted to our t (weight of {cfg['b']}); the paper's own t is the weight of lua")
-        print(f"{'t':>6s} " + " ".join(f"{d:>12s}" for d in doms) + ("".join(f" {'paper ' + d:>18s}" for d in doms) if paper else ""))
-        for i, t in enumerate(grid):
-            row = f"{t:6.3f} " + " ".join(f"{losses[d][i]:12.4f}" for d in doms)
-            j = next((j for j, pt in enumerate(paper["t"]) if abs(pt - t) < 1e-6), None) if paper else None
-            if paper:
-                row += "".join(f" {paper[d][j]:18.2f}" if j is not None else f" {'':18s}" for d in doms)
-            print(row)
-        paper_cross = crossing(paper["t"], paper[doms[0]], paper[doms[1]]) if paper else None
-        print(f"losses cross at t = {cross if cross is None else round(cross, 4)} (ours)"
-              + (f", {paper_cross:.4f} (paper, in our t)" if paper else ""))
-        common.atomic_write_json(out_path, {
-            "made_from": made_from, "t": grid, "loss": losses, "domains": doms, "a": inputs["a"], "b": inputs["b"],
-            "mode": cfg["mode"], "parent": inputs.get("parent"), "t_rules": rules, "crossing_t": cross,
-            "paper": paper and {**paper, "crossing_t": paper_cross, "note": "paper's t (weight of lua) converted to ours (weight of b)"},
-            "provenance": common.provenance(cfg, inputs=inputs)})
-        print(f"wrote {out_path}")
-        return
+            row += "".join(f" {paper[d][j]:18.2f}" if j is not None else f" {'':18s}" for d in doms)
+        print(row)
+    print(f"losses cross at t = {cross if cross is None else round(cross, 4)} (ours)"
+          + (f", {paper_cross:.4f} (paper, in our t)" if paper else ""))
 
-    sd, infos = merge_state_dicts(ca["model"], cb["model"], cfg["t"], rules, sd_p, cfg["dot_threshold"])
-    n_lin = print_angles(infos, cfg["dot_threshold"], hint)
-    val = evaluate(sd) if tokens else {}
+
+def write_merge(cfg, run, models, evaluate, made_from, inputs):
+    """The merged model at --t -> out_dir/<out>/ckpt.pt (finished: a merge is complete when written), then merge.json."""
+    ca, cb = models["a"]["ckpt"], models["b"]["ckpt"]
+    sd_p = models["parent"]["ckpt"]["model"] if run.parent else None
+    sd, infos = merge_state_dicts(ca["model"], cb["model"], cfg["t"], run.rules, sd_p, cfg["dot_threshold"])
+    n_lin = print_angles(infos, cfg["dot_threshold"], run.hint)
+    val = evaluate(sd) if evaluate else {}
     for r in ("a", "b"):
-        print(f"  {m[r]['name']:12s} stored val_loss {m[r]['ckpt'].get('val_loss', {})}")
+        print(f"  {models[r]['name']:12s} stored val_loss {models[r]['ckpt'].get('val_loss', {})}")
     print(f"  {cfg['out']:12s} val_loss " + " ".join(f"{d} {v:.4f}" for d, v in val.items()))
-    record = {"a": cfg["a"], "b": cfg["b"], "t": cfg["t"], "t_rules": rules, "mode": cfg["mode"],
+    record = {"a": cfg["a"], "b": cfg["b"], "t": cfg["t"], "t_rules": run.rules, "mode": cfg["mode"],
               "parent": inputs.get("parent"), "dot_threshold": cfg["dot_threshold"], "fell_back_linear": n_lin,
               "angles": {k: i.get("angle_deg") for k, i in infos.items()}}
     prov = common.provenance(cfg, inputs=inputs)
-    ckpt = {"model": sd, "model_args": ca["model_args"], "config": cfg, "name": cfg["out"], "domain": None,
-            "iter_num": 0, "tokenizer_hash": ca.get("tokenizer_hash"), "parents": [inputs["a"], inputs["b"]],
-            "val_loss": val, "provenance": prov, "merge": record}
-    common.atomic_torch_save(ckpt, ckpt_path)
-    common.atomic_write_json(out_path, {  # written last: its made_from vouches for the checkpoint
+    save_checkpoint(run.ckpt_path, sd, ca["model_args"], finished=True, config=cfg, name=cfg["out"], domain=None,
+                    iter_num=0, tokenizer_hash=ca.get("tokenizer_hash"), parents=[inputs["a"], inputs["b"]],
+                    val_loss=val, provenance=prov, merge=record)
+    common.atomic_write_json(run.out_path, {  # written last: its made_from vouches for the checkpoint
         **record, "made_from": made_from, "tensors": infos, "val_loss": val,
-        "checkpoint": {"path": ckpt_path, "hash": common.sha256_file(ckpt_path)},
+        "checkpoint": {"path": run.ckpt_path, "hash": common.sha256_file(run.ckpt_path)},
         "parents": [inputs["a"], inputs["b"]], "provenance": prov})
-    print(f"wrote {ckpt_path} and merge.json")
+    print(f"wrote {run.ckpt_path} and merge.json")
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

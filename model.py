@@ -16,12 +16,12 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import die
+from common import atomic_torch_save, die
+from data import sample_windows
 
 
 @dataclass
@@ -71,15 +71,15 @@ def apply_rope(x, cos, sin):
 
 
 class Attention(nn.Module):
-    def __init__(self, a: ModelArgs):
+    def __init__(self, args: ModelArgs):
         super().__init__()
-        assert a.d_model % a.n_head == 0 and a.n_head % a.n_kv_head == 0
-        self.n_head, self.n_kv_head = a.n_head, a.n_kv_head
-        self.head_dim = a.d_model // a.n_head
-        self.wq = nn.Linear(a.d_model, a.n_head * self.head_dim, bias=False)
-        self.wk = nn.Linear(a.d_model, a.n_kv_head * self.head_dim, bias=False)
-        self.wv = nn.Linear(a.d_model, a.n_kv_head * self.head_dim, bias=False)
-        self.wo = nn.Linear(a.n_head * self.head_dim, a.d_model, bias=False)
+        assert args.d_model % args.n_head == 0 and args.n_head % args.n_kv_head == 0
+        self.n_head, self.n_kv_head = args.n_head, args.n_kv_head
+        self.head_dim = args.d_model // args.n_head
+        self.wq = nn.Linear(args.d_model, args.n_head * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.d_model, args.n_kv_head * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.d_model, args.n_kv_head * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_head * self.head_dim, args.d_model, bias=False)
 
     def forward(self, x, cos, sin):
         B, T, _ = x.shape
@@ -96,15 +96,15 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, a: ModelArgs):
+    def __init__(self, args: ModelArgs):
         super().__init__()
-        self.kind = a.mlp
-        if a.mlp == "swiglu":
-            self.gate = nn.Linear(a.d_model, a.d_mlp, bias=False)
-        elif a.mlp not in ("gelu", "relu"):
-            die(f"unknown mlp {a.mlp!r}; use swiglu, gelu or relu")
-        self.up = nn.Linear(a.d_model, a.d_mlp, bias=False)
-        self.down = nn.Linear(a.d_mlp, a.d_model, bias=False)  # W_out: the SAE's decoder directions map through it
+        self.kind = args.mlp
+        if args.mlp == "swiglu":
+            self.gate = nn.Linear(args.d_model, args.d_mlp, bias=False)
+        elif args.mlp not in ("gelu", "relu"):
+            die(f"unknown mlp {args.mlp!r}; use swiglu, gelu or relu")
+        self.up = nn.Linear(args.d_model, args.d_mlp, bias=False)
+        self.down = nn.Linear(args.d_mlp, args.d_model, bias=False)  # W_out: the SAE's decoder directions map through it
 
     def hidden(self, x):
         """The activation the SAEs are trained on: (B, T, d_mlp)."""
@@ -114,17 +114,17 @@ class MLP(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, a: ModelArgs):
+    def __init__(self, args: ModelArgs):
         super().__init__()
-        self.args = a
-        self.tok_emb = nn.Embedding(a.vocab_size, a.d_model)
-        self.attn_norm = RMSNorm(a.d_model, a.norm_eps)
-        self.attn = Attention(a)
-        self.mlp_norm = RMSNorm(a.d_model, a.norm_eps)
-        self.mlp = MLP(a)
-        self.norm_f = RMSNorm(a.d_model, a.norm_eps)
-        self.lm_head = nn.Linear(a.d_model, a.vocab_size, bias=False)  # untied from tok_emb
-        cos, sin = rope_cache(a.block_size, a.d_model // a.n_head, a.rope_theta)
+        self.args = args
+        self.tok_emb = nn.Embedding(args.vocab_size, args.d_model)
+        self.attn_norm = RMSNorm(args.d_model, args.norm_eps)
+        self.attn = Attention(args)
+        self.mlp_norm = RMSNorm(args.d_model, args.norm_eps)
+        self.mlp = MLP(args)
+        self.norm_f = RMSNorm(args.d_model, args.norm_eps)
+        self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)  # untied from tok_emb
+        cos, sin = rope_cache(args.block_size, args.d_model // args.n_head, args.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
@@ -183,13 +183,56 @@ class Transformer(nn.Module):
     def flops_per_token(self):
         """Training FLOPs per token (forward + backward = 6 x matmul params, plus attention),
         as in the PaLM appendix / nanoGPT's estimate_mfu. Embedding lookups are not matmuls."""
-        a = self.args
+        args = self.args
         n = self.num_params() - self.tok_emb.weight.numel()
-        return 6 * n + 12 * 1 * a.d_model * a.block_size  # one layer; attention scores + values
+        return 6 * n + 12 * 1 * args.d_model * args.block_size  # one layer; attention scores + values
 
 
 # -----------------------------------------------------------------------------
-# checkpoints (plain dicts written by train.py / merge.py, see train.py for the keys)
+# checkpoints: one writer (save_checkpoint), one reader (load_checkpoint / load_model)
+
+# Every key of a model checkpoint (out_dir/<name>/ckpt.pt, a plain dict written by torch.save),
+# documented here once. train.py writes all of them; a merge writes no training state.
+CHECKPOINT_KEYS = {
+    "model": "state dict of the Transformer (names without torch.compile / DDP prefixes)",
+    "model_args": "the ModelArgs as a dict: the architecture to rebuild",
+    "finished": "True once the run completed (always True for a merge); written last with the final weights",
+    "name": "run name: the folder under out_dir",
+    "domain": "the domain trained on (base, lua, tinystories); None for a merge",
+    "iter_num": "optimizer steps taken (0 for a merge)",
+    "tokenizer_hash": "the tokenizer the training data was made with (data.py's meta.json)",
+    "parents": "[{name, hash}] of the checkpoints this one was made from (sha256_file of their ckpt.pt)",
+    "val_loss": "{domain: validation loss} at iter_num",
+    "config": "the run's settings (train.py or merge.py config)",
+    "provenance": "common.provenance(): config, code version, inputs",
+    # training state, only in checkpoints train.py writes (what an exact --resume needs)
+    "optimizer": "optimizer state dict",
+    "data_rng": "[state of the data-order generator before the batch in hand] (rank 0's)",
+    "best_val_loss": "lowest validation loss seen so far",
+    "history": "[{iter, train_loss, val_loss, lr, tokens}] one entry per evaluation (the loss curves)",
+    # merges
+    "merge": "merge.py's record: a, b, t, t_rules, mode, parent, angles, ...",
+}
+REQUIRED_KEYS = ("model", "model_args", "finished", "name", "domain", "iter_num", "tokenizer_hash", "parents")
+
+
+def save_checkpoint(path, model, model_args, *, finished, **fields):
+    """Write a model checkpoint atomically: the one writer (train.py, merge.py and the tests use it).
+
+    model: a Transformer (its state dict is taken, prefixes removed) or a state dict.
+    model_args: ModelArgs or its dict. fields: the other CHECKPOINT_KEYS; name, domain, tokenizer_hash and
+    parents must be given; iter_num, val_loss, config and provenance default to 0 / {}."""
+    sd = model.state_dict() if isinstance(model, nn.Module) else model
+    ckpt = {"model": {clean_key(k): v for k, v in sd.items()},
+            "model_args": asdict(model_args) if isinstance(model_args, ModelArgs) else dict(model_args),
+            "finished": bool(finished), "iter_num": 0, "val_loss": {}, "config": {}, "provenance": {}, **fields}
+    unknown = set(ckpt) - set(CHECKPOINT_KEYS)
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if unknown or missing:  # a programming error, not the user's
+        raise KeyError(f"save_checkpoint: unknown keys {sorted(unknown)}, missing {missing}; see model.CHECKPOINT_KEYS")
+    atomic_torch_save(ckpt, path)
+    return path
+
 
 def model_args_from_dict(d):
     names = {f.name for f in fields(ModelArgs)}
@@ -215,6 +258,20 @@ def load_checkpoint(path, what="checkpoint", how=None):
         die(f"cannot read {what} {path} ({type(e).__name__}: {e}); delete it and re-run" + (f": {how}" if how else ""))
 
 
+def is_finished(ckpt):
+    # checkpoints from before the flag: one without training state (a merge, a hand-made one) is final
+    return bool(ckpt.get("finished", "optimizer" not in ckpt))
+
+
+def check_finished(ckpt, path, name, allow_unfinished=False):
+    """One-line refusal of an unfinished checkpoint (a run stopped early or killed) unless allowed."""
+    if allow_unfinished or is_finished(ckpt):
+        return
+    how = MAKES.get(name, f"python train.py --domain {name} --name {name}")
+    die(f"{path} is unfinished (stopped at iter {ckpt.get('iter_num')}); finish it with: {how} --resume, "
+        f"or pass --allow_unfinished to use it as it is")
+
+
 def model_from_checkpoint(ckpt, device="cpu"):
     model = Transformer(model_args_from_dict(ckpt["model_args"]))
     state = {clean_key(k): v for k, v in ckpt["model"].items()}
@@ -222,16 +279,15 @@ def model_from_checkpoint(ckpt, device="cpu"):
     return model.to(device)
 
 
-def load_model(out_dir, name, device="cpu"):
-    """The model of stage `name` (base, lua, tinystories, luastories): (model in eval mode, ckpt dict)."""
-    ckpt = load_checkpoint(os.path.join(out_dir, name, "ckpt.pt"), f"'{name}' model checkpoint", MAKES.get(name))
+def load_model(out_dir, name, device="cpu", allow_unfinished=False):
+    """The model of stage `name` (base, lua, tinystories, luastories): (model in eval mode, ckpt dict).
+    An unfinished checkpoint is refused unless allow_unfinished."""
+    path = os.path.join(out_dir, name, "ckpt.pt")
+    ckpt = load_checkpoint(path, f"'{name}' model checkpoint", MAKES.get(name))
+    check_finished(ckpt, path, name, allow_unfinished)
     model = model_from_checkpoint(ckpt, device)
     model.eval()
     return model, ckpt
-
-
-def args_dict(model_args):
-    return asdict(model_args)
 
 
 @torch.no_grad()
@@ -250,13 +306,12 @@ def eval_loss(model, tokens, batch_size, max_batches=None, device="cpu", autocas
     model.eval()
     total, count = 0.0, 0
     for start in range(0, n_win, batch_size):
-        w = np.arange(start, min(start + batch_size, n_win)) * T
-        chunk = np.stack([np.asarray(tokens[i:i + T + 1], dtype=np.int64) for i in w])
-        xy = torch.from_numpy(chunk).to(device)
+        n = min(batch_size, n_win - start)
+        xy = torch.from_numpy(sample_windows(tokens, n, T + 1, "consecutive", offset=start)).to(device)  # (n, T+1)
         ctx = autocast if autocast is not None else torch.autocast("cpu", enabled=False)
         with ctx:
             _, loss = model(xy[:, :-1], xy[:, 1:])
-        total += loss.item() * len(w)
-        count += len(w)
+        total += loss.item() * n
+        count += n
     model.train(was_training)
     return total / count

@@ -13,7 +13,8 @@ fresh random sequences whenever it drains. Buffer number c is a pure function of
 so a resume rebuilds the buffer it stopped in and continues exactly, and every seed's SAE sees
 the identical stream (the seeds differ only in their initialisation).
 
-Architectures (inputs scaled by one scalar per model so that E||x|| = sqrt(d_in)):
+Architectures (ACTIVATIONS below: the one place an architecture is defined; inputs scaled by one
+scalar per model so that E||x|| = sqrt(d_in)):
 - relu: ReLU encoder, L1 penalty (mean over tokens of the sum over features), decoder rows held at
   unit norm (gradient parallel to each row projected out, rows renormalised after each step;
   Anthropic, Towards Monosemanticity). With unit rows the plain L1 equals Anthropic's
@@ -29,11 +30,20 @@ reads like FVU); metrics.json has mse in raw units and mse_scaled. Evaluation (h
 windows, positions >= skip_first) runs the folded raw-space SAEs, i.e. exactly what is saved.
 At save time the scale is folded into the weights (b_enc, b_dec divided by it), so the saved SAE
 takes raw activations, keeps unit decoder rows, and gives features in raw units.
+
+Files in out_dir/sae_<model>/: train_state.pt holds every seed's training state at one step (one
+atomic write, so a crash can never leave the seeds at different steps; --resume reads only it);
+sae_s<seed>.pt is each seed's raw-space SAE for analyze.py (written from the state, after it);
+metrics.json is written last and lists every seed. The folder is locked while a run writes it.
+On CUDA (fast_math) the SAE trains with TF32 matmuls and the harvest forward runs in bf16;
+evaluation and the saved SAEs are full float32.
 """
+import contextlib
 import hashlib
 import math
 import os
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -41,34 +51,36 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data as datalib
-from common import (atomic_torch_save, atomic_write_json, default_preset, die, parse_config, pick_device,
-                    provenance, require_positive, sha256_file)
+from common import (atomic_torch_save, atomic_write_json, check_free_space, check_resume, cli, default_preset, die,
+                    lock_dir, parse_config, pick_device, provenance, read_json, set_threads, sha256_file)
 from model import clean_key, load_checkpoint, load_model
 
 # -----------------------------------------------------------------------------
-# default config (paper preset; PRESETS below overrides)
+# config: the paper's values; PRESETS below override them
 config = dict(
-    model="base",          # base | lua | tinystories | luastories: whose MLP activations, on its own data
-    data_dir="data",       # made by data.py
+    model="base",          # whose MLP activations, on its own data: base | lua | tinystories | luastories
+    data_dir="data",       # token files made by data.py
     out_dir="out",         # models in out_dir/<model>/ckpt.pt; SAEs go to out_dir/sae_<model>/
     seeds=[0, 1],          # one SAE per seed, all fed the identical stream (a seed pair = the null baseline)
-    resume=False,          # continue out_dir/sae_<model>/sae_s<seed>.pt exactly
+    resume=False,          # continue out_dir/sae_<model>/ exactly (a finished run: nothing to do)
     overwrite=False,       # start over even if checkpoints exist
-    arch="relu",           # relu (L1 + resampling) | topk (TopK + AuxK)
+    allow_unfinished=False,  # train on a model whose training did not finish (stopped early or killed)
+    arch="relu",           # relu (L1 + resampling) | topk (TopK + AuxK): see ACTIVATIONS
     expansion=16,          # n_features = expansion * d_mlp (paper: 16 x 1024 = 16,384)
     k=32,                  # topk: active latents per token
-    l1_coeff=3.0,          # relu: L1 weight. The soft threshold ~ l1/2 is compared with per-feature magnitudes
-                           # ~ sqrt(d_in / L0), so equal L0/d_in needs l1 ~ sqrt(d_in): tiny's tuned 1.5 x 2
+    l1_coeff=3.0,          # relu: L1 weight; equal L0/d_in needs l1 ~ sqrt(d_in) (see L1_NOTE): tiny's tuned 1.5 x 2
     l1_warmup_frac=0.05,   # relu: L1 weight ramps from 0 over the first 5% of steps (Anthropic Apr 2024)
     resample_every=12500,  # relu: every this many steps, re-initialise latents that did not fire since the last check
     resample_until=0.5,    # relu: ... only in the first half of training, so resampled latents can settle
     aux_k=0,               # topk: latents in the AuxK loss; 0 = d_in // 2 (Gao et al.)
     aux_coeff=1 / 32,      # topk: AuxK weight (Gao et al.)
     dead_window=10_000_000,  # a latent is dead after this many training activations without firing (Gao: 10M)
-    lr=1e-4, beta1=0.9, beta2=0.9999,  # Adam (DESIGN.md)
+    lr=1e-4,               # Adam learning rate (Anthropic Apr 2024 update)
+    beta1=0.9,             # Adam beta1
+    beta2=0.9999,          # Adam beta2 (Gao et al.)
     lr_decay_frac=0.2,     # lr decays linearly to 0 over the last 20% of steps
-    seqs_per_batch=128,    # a batch = seqs_per_batch sequences x tokens_per_seq random positions (DESIGN.md: 128 x 24)
-    tokens_per_seq=24,
+    seqs_per_batch=128,    # a batch = seqs_per_batch sequences x tokens_per_seq random positions (128 x 24)
+    tokens_per_seq=24,     # positions kept per harvested window
     skip_first=1,          # never use positions < skip_first (position 0: no context, outlier norms)
     seq_len=0,             # tokens per harvested window; 0 = the model's block_size
     total_acts=200_000_000,  # training budget in activations (200M = 65,104 steps of 3072)
@@ -76,10 +88,14 @@ config = dict(
     harvest_batch=64,      # sequences per model forward while harvesting
     data_seed=1234,        # the activation stream (shared by all seeds)
     eval_seqs=1024,        # held-out val windows (equal shares per domain); metrics use positions >= skip_first
-    eval_batch=16,
-    eval_interval=10000, log_interval=500, ckpt_interval=5000,
+    eval_batch=16,         # windows per model forward in evaluation
+    eval_interval=10000,   # evaluate every this many steps (and at the end)
+    log_interval=500,      # print the training metrics every this many steps
+    ckpt_interval=5000,    # save every this many steps (and at the end)
     stop_step=0,           # > 0: stop after this step as if interrupted (continue with --resume)
-    device="auto",
+    fast_math=True,        # CUDA only: TF32 SAE training and a bf16 harvest forward (evaluation stays fp32)
+    threads=0,             # CPU threads; 0 = the cores free now (common.set_threads)
+    device="auto",         # auto (cuda if available) | cpu | cuda | cuda:N
 )
 PRESETS = {
     "paper": dict(),
@@ -91,22 +107,97 @@ PRESETS = {
 }
 MODEL_DATA = {"base": ["base"], "lua": ["base", "lua"], "tinystories": ["base", "tinystories"],
               "luastories": ["base", "lua", "tinystories"]}
+CHECKS = {"model": tuple(MODEL_DATA), "seeds": ">=0", "arch": ("relu", "topk"), "expansion": ">=1", "k": ">=1",
+          "l1_coeff": ">=0", "l1_warmup_frac": "[0,1]", "resample_every": ">=0", "resample_until": "[0,1]",
+          "aux_k": ">=0", "aux_coeff": ">=0", "dead_window": ">0", "lr": ">0", "beta1": "[0,1)", "beta2": "[0,1)",
+          "lr_decay_frac": "[0,1]", "seqs_per_batch": ">0", "tokens_per_seq": ">0", "skip_first": ">=0",
+          "seq_len": ">=0", "total_acts": ">0", "buffer_batches": ">0", "harvest_batch": ">0", "eval_seqs": ">0",
+          "eval_batch": ">0", "eval_interval": ">0", "log_interval": ">0", "ckpt_interval": ">0", "stop_step": ">=0",
+          "threads": ">=0"}
 # settings a resume may change; every other config key must equal the checkpoint's
 RESUME_FREE = {"resume", "overwrite", "device", "eval_interval", "log_interval", "ckpt_interval", "stop_step",
-               "harvest_batch", "eval_batch", "data_dir", "out_dir", "seeds", "preset"}
+               "harvest_batch", "eval_batch", "data_dir", "out_dir", "preset", "allow_unfinished", "threads"}
+# L1_NOTE: the soft threshold ~ l1/2 is compared with per-feature magnitudes ~ sqrt(d_in / L0)
+STATE_FILE = "train_state.pt"  # every seed's training state at one step (see save_state)
+
+
+# -----------------------------------------------------------------------------
+# the SAE. Its architecture is its activation (with the training-loss term and the habits that go
+# with it), chosen once from ACTIVATIONS: add an architecture there and nowhere else.
+
+class ReLU:
+    """relu: f = ReLU(pre), an L1 penalty on f; dead latents are resampled (Anthropic)."""
+    resamples = True
+
+    def __init__(self, k, n_features):
+        pass
+
+    def __call__(self, pre):
+        return F.relu(pre)
+
+    def encoder_gain(self, d_in, n_features):
+        """Encoder init = decoder transpose x this: with random directions sum_i relu(<v, d_i>) d_i ~
+        (n_features / 2 d_in) v, so 2 d_in / n_features starts the SAE near the identity instead of with
+        L0 ~ n_features / 2 and a reconstruction several times too large (tiny: FVU 0.13 vs 0.18)."""
+        return min(1.0, 2 * d_in / n_features)
+
+    def penalty(self, sae, x, pre, f, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff):
+        """(name, weight, term) added to the MSE, or None."""
+        if l1_coeff > 0:
+            return "l1", l1_coeff, f.sum(-1).mean()  # = decoder-norm-weighted L1, the rows being unit norm
+        return None
+
+    def describe(self, cfg, aux_k):
+        return (f"l1 {cfg['l1_coeff']:g} (warm-up {cfg['l1_warmup_frac']:.0%}), "
+                f"resample every {cfg['resample_every']} steps")
+
+
+class TopK:
+    """topk: the k largest pre-activations through a ReLU, the others 0; AuxK on dead latents (Gao et al.)."""
+    resamples = False
+
+    def __init__(self, k, n_features):
+        if not 0 < k <= n_features:
+            die(f"--k {k} must be between 1 and n_features {n_features}")
+        self.k = k
+
+    def __call__(self, pre):
+        top = pre.topk(self.k, dim=-1)
+        return torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values))
+
+    def encoder_gain(self, d_in, n_features):
+        return 1.0
+
+    def penalty(self, sae, x, pre, f, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff):
+        """AuxK (Gao et al. 2024, A.2): the aux_k largest dead pre-activations reconstruct the residual.
+        Non-dead latents are masked to -inf, whose ReLU is 0, so asking topk for aux_k even when fewer
+        are dead gives exactly the reconstruction of the dead ones, without reading the count back
+        from the device. On the CPU (where reading it costs nothing) a step with no dead latent skips it."""
+        if aux_coeff <= 0 or dead_mask is None or (not dead_mask.is_cuda and not bool(dead_mask.any())):
+            return None
+        top = pre.masked_fill(~dead_mask, float("-inf")).topk(min(aux_k, pre.size(-1)), dim=-1)
+        e_hat = torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values)) @ sae.W_dec
+        e = (x - x_hat).detach()
+        aux = (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+        return "aux", aux_coeff, aux
+
+    def describe(self, cfg, aux_k):
+        return f"k {cfg['k']}, AuxK k {aux_k} x {cfg['aux_coeff']:.4g}"
+
+
+ACTIVATIONS = {"relu": ReLU, "topk": TopK}
 
 
 class SAE(nn.Module):
-    """x (N, d_in) -> f = act((x - b_dec) @ W_enc + b_enc) (N, n_features) -> x_hat = f @ W_dec + b_dec.
-    act: ReLU (arch 'relu') or ReLU of the k largest pre-activations, others 0 (arch 'topk')."""
+    """x (N, d_in) -> f = act((x - b_dec) @ W_enc + b_enc) (N, n_features) -> x_hat = f @ W_dec + b_dec,
+    act = ACTIVATIONS[arch]."""
 
     def __init__(self, d_in, n_features, arch="relu", k=0):
         super().__init__()
-        if arch not in ("relu", "topk"):
-            die(f"unknown --arch {arch!r}; use relu or topk")
-        if arch == "topk" and not 0 < k <= n_features:
-            die(f"--k {k} must be between 1 and n_features {n_features}")
+        if arch not in ACTIVATIONS:
+            die(f"unknown --arch {arch!r}; use {' or '.join(ACTIVATIONS)}")
         self.d_in, self.n_features, self.arch, self.k = d_in, n_features, arch, k
+        self.act = ACTIVATIONS[arch](k, n_features)
         self.W_enc = nn.Parameter(torch.zeros(d_in, n_features))
         self.b_enc = nn.Parameter(torch.zeros(n_features))
         self.W_dec = nn.Parameter(torch.zeros(n_features, d_in))  # row i = feature i's direction
@@ -116,10 +207,7 @@ class SAE(nn.Module):
         return (x.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc  # (N, n_features)
 
     def activate(self, pre):
-        if self.arch == "relu":
-            return F.relu(pre)
-        top = pre.topk(self.k, dim=-1)
-        return torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values))
+        return self.act(pre)
 
     def encode(self, x):
         return self.activate(self.pre_acts(x))
@@ -137,16 +225,14 @@ def sae_args(sae):
 
 
 def init_sae(d_in, n_features, arch, k, seed, b_dec=None):
-    """Random unit decoder rows (seeded), encoder = decoder transpose (Gao et al.; Anthropic Apr 2024),
-    for relu scaled by 2 d_in / n_features: with random directions sum_i relu(<v, d_i>) d_i ~
-    (n_features / 2 d_in) v, so the SAE starts near the identity instead of with L0 ~ n_features / 2
-    and a reconstruction several times too large (tiny preset: FVU 0.13 vs 0.18 at equal L1)."""
+    """Random unit decoder rows (seeded), encoder = decoder transpose x the activation's encoder_gain
+    (Gao et al.; Anthropic Apr 2024)."""
     sae = SAE(d_in, n_features, arch, k)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         w = torch.randn(n_features, d_in, generator=g)
         sae.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
-        sae.W_enc.copy_(sae.W_dec.T * (min(1.0, 2 * d_in / n_features) if arch == "relu" else 1.0))
+        sae.W_enc.copy_(sae.W_dec.T * sae.act.encoder_gain(d_in, n_features))
         if b_dec is not None:
             sae.b_dec.copy_(b_dec)
     return sae
@@ -181,21 +267,11 @@ def geometric_median(x, iters=200, tol=1e-7):
 # -----------------------------------------------------------------------------
 # metrics: small pure functions
 
-def l0(f):
-    """Mean number of active features per token; f (N, n_features)."""
-    return (f > 0).sum(-1).float().mean().item()
-
-
 def fvu_from_sums(sse, sum_x, sum_sq, n):
     """Fraction of variance unexplained over a whole set from running sums: total squared error over
     total squared deviation from the per-dimension mean. sum_x (d,), sum_sq = sum of all x^2."""
     total_var = float(sum_sq) - float((sum_x.double() ** 2).sum()) / n
     return float(sse) / max(total_var, 1e-30)
-
-
-def fvu(x, x_hat):
-    x, x_hat = x.detach().double(), x_hat.detach().double()
-    return fvu_from_sums((x - x_hat).pow(2).sum(), x.sum(0), x.pow(2).sum(), len(x))
 
 
 def ce_recovered(ce_clean, ce_spliced, ce_zero):
@@ -231,25 +307,19 @@ def density_histogram(fire_counts, n_tokens, lo=-6.0, step=0.25):
 # training step pieces
 
 def sae_loss(sae, x, l1_coeff=0.0, dead_mask=None, aux_k=0, aux_coeff=0.0):
-    """x (N, d_in) in training (scaled) space -> (loss, parts, x_hat, f). MSE and L1 are means over
-    tokens of sums over dimensions / features (never sums over tokens)."""
+    """x (N, d_in) in training (scaled) space -> (loss, parts, x_hat, f). MSE and the activation's
+    penalty are means over tokens of sums over dimensions / features (never sums over tokens)."""
     pre = sae.pre_acts(x)                      # (N, F)
     f = sae.activate(pre)
     x_hat = sae.decode(f)
     mse = (x_hat - x).pow(2).sum(-1).mean()
     parts = {"mse": mse}
     loss = mse
-    if sae.arch == "relu" and l1_coeff > 0:
-        parts["l1"] = f.sum(-1).mean()         # = decoder-norm-weighted L1, the rows being unit norm
-        loss = loss + l1_coeff * parts["l1"]
-    if sae.arch == "topk" and aux_coeff > 0 and dead_mask is not None and bool(dead_mask.any()):
-        # AuxK (Gao et al. 2024, A.2): the aux_k largest dead pre-activations reconstruct the residual
-        kk = min(aux_k, int(dead_mask.sum()))
-        top = pre.masked_fill(~dead_mask, float("-inf")).topk(kk, dim=-1)
-        e_hat = torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values)) @ sae.W_dec
-        e = (x - x_hat).detach()
-        parts["aux"] = (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-        loss = loss + aux_coeff * parts["aux"]
+    extra = sae.act.penalty(sae, x, pre, f, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff)
+    if extra is not None:
+        name, weight, term = extra
+        parts[name] = term
+        loss = loss + weight * term
     return loss, parts, x_hat, f
 
 
@@ -270,13 +340,12 @@ def make_optimizer(sae, cfg):
 
 
 def train_step(sae, opt, x, lr, l1_coeff=0.0, dead_mask=None, aux_k=0, aux_coeff=0.0):
-    """One Adam step on batch x (scaled space). Returns (loss, x_hat, f); does not step if the loss
-    is not finite (the caller stops)."""
+    """One Adam step on batch x (scaled space). Returns (loss, x_hat, f), all detached. The loss is not
+    read back here (no host sync per step): the caller checks its finiteness at each log, evaluation
+    and save, so a non-finite loss stops the run before anything it touched is saved."""
     for group in opt.param_groups:
         group["lr"] = lr
     loss, _, x_hat, f = sae_loss(sae, x, l1_coeff, dead_mask, aux_k, aux_coeff)
-    if not torch.isfinite(loss):
-        return loss, x_hat, f
     opt.zero_grad(set_to_none=True)
     loss.backward()
     remove_parallel_grad(sae)
@@ -312,7 +381,7 @@ def resample_dead(sae, opt, dead, pool, generator, batch=4096):
 
 
 # -----------------------------------------------------------------------------
-# data: the model's distribution, the shuffled activation stream, held-out windows
+# data: the model's distribution, THE path to MLP activations, the shuffled stream, held-out windows
 
 def model_domains(name):
     if name not in MODEL_DATA:
@@ -320,27 +389,40 @@ def model_domains(name):
     return MODEL_DATA[name]
 
 
-def load_domain_tokens(data_dir, domains, split, tok_hash, model_name, vocab_size):
-    """Token arrays of the model's domains, after checking they were made with the model's tokenizer."""
-    for d in domains:
-        if not os.path.exists(os.path.join(data_dir, d, "meta.json")):
-            die(f"no prepared data for '{d}' in {data_dir}/{d}; make it with: python data.py --domain {d} --data_dir {data_dir}")
-    arrays = []
-    for d in domains:
-        meta = datalib.read_meta(data_dir, d)
-        if meta.get("tokenizer_hash") != tok_hash:
-            die(f"{data_dir}/{d} was prepared with another tokenizer ({meta.get('tokenizer_hash')}) than model "
-                f"'{model_name}' ({tok_hash}); pass the --data_dir the model was trained on")
-        if meta.get("vocab_size", 0) > vocab_size:
-            die(f"{data_dir}/{d} has vocabulary {meta['vocab_size']} > the model's {vocab_size}; wrong --data_dir")
-        arrays.append(datalib.load_tokens(data_dir, d, split))
-    return arrays
+def open_domains(data_dir, domains, split, model_ckpt, who):
+    """{domain: token memmap} of a model's domains, checked against the model (data.open_tokens)."""
+    return {d: datalib.open_tokens(data_dir, d, split, model_ckpt["tokenizer_hash"],
+                                   model_ckpt["model_args"]["vocab_size"], who) for d in domains}
 
 
-def windows(arrays, starts_per_domain, seq_len):
-    """(n, seq_len) int64 token windows: for each domain's array, one window per start."""
-    rows = [np.asarray(a[s:s + seq_len], dtype=np.int64) for a, starts in zip(arrays, starts_per_domain) for s in starts]
-    return torch.from_numpy(np.stack(rows))
+@torch.no_grad()
+def mlp_activations(model, windows, batch_size, device, skip_first=0, positions=None, bf16=False):
+    """THE path from a model and token windows to its MLP hidden activations (sae.harvest, analyze.py).
+    windows (n, T) int64 (tensor or numpy). Yields (row_start, acts) per batch of up to batch_size
+    windows: acts (b, T - skip_first, d_mlp) float32, or with positions (n, k) the activations at those
+    positions (b, k, d_mlp). bf16: on CUDA, the forward under bf16 autocast (harvesting for training;
+    evaluation stays float32)."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and str(device).startswith("cuda") \
+        else contextlib.nullcontext()
+    for start in range(0, len(windows), batch_size):
+        idx = torch.as_tensor(windows[start:start + batch_size]).to(device)
+        with autocast:
+            h = model.mlp_acts(idx)                                                  # (b, T, d_mlp)
+        if positions is None:
+            yield start, h[:, skip_first:].float()
+        else:
+            p = torch.as_tensor(positions[start:start + batch_size]).to(device)     # (b, k)
+            yield start, h.gather(1, p[:, :, None].expand(-1, -1, h.size(-1))).float()
+
+
+def stream_windows(arrays, n_seq, T, g):
+    """The harvest's windows (n_seq, T): window i from domain i % n_domains (equal shares), its start
+    uniform over the domain's array (data.sample_windows' "uniform" scheme: the first draw from g)."""
+    n_dom = len(arrays)
+    order = torch.cat([torch.arange(d, n_seq, n_dom) for d in range(n_dom)])  # domain-major row -> sequence id
+    idx = torch.empty(n_seq, T, dtype=torch.long)
+    idx[order] = torch.from_numpy(datalib.sample_windows(arrays, n_seq, T, "uniform", g))
+    return idx
 
 
 @torch.no_grad()
@@ -350,33 +432,19 @@ def harvest(model, arrays, chunk, cfg, device):
     A pure function of (data_seed, chunk). Returns (N, d_mlp) float32 raw activations on device."""
     g = torch.Generator().manual_seed(cfg["data_seed"] * 1_000_003 + chunk)
     T, tps, skip = cfg["seq_len"], cfg["tokens_per_seq"], cfg["skip_first"]
-    n_seq, n_dom = cfg["buffer_batches"] * cfg["seqs_per_batch"], len(arrays)
-    u = torch.rand(n_seq, generator=g, dtype=torch.float64)
+    n_seq = cfg["buffer_batches"] * cfg["seqs_per_batch"]
+    idx = stream_windows(arrays, n_seq, T, g)                                       # draws first from g
     pos = torch.rand(n_seq, T - skip, generator=g).argsort(dim=1)[:, :tps] + skip  # (n_seq, tps) distinct
     perm = torch.randperm(n_seq * tps, generator=g)
-    dom = torch.arange(n_seq) % n_dom                                               # equal shares
-    starts = [(u[dom == d] * (len(a) - T + 1)).long().tolist() for d, a in enumerate(arrays)]
-    order = torch.cat([torch.nonzero(dom == d)[:, 0] for d in range(n_dom)])  # row of windows() -> sequence id
-    idx = torch.empty(n_seq, T, dtype=torch.long)
-    idx[order] = windows(arrays, starts, T)
-    out = []
-    for i in range(0, n_seq, cfg["harvest_batch"]):
-        h = model.mlp_acts(idx[i:i + cfg["harvest_batch"]].to(device))  # (b, T, d_mlp)
-        p = pos[i:i + cfg["harvest_batch"]].to(device)
-        out.append(h.gather(1, p[:, :, None].expand(-1, -1, h.size(-1))).reshape(-1, h.size(-1)).float())
+    bf16 = cfg["fast_math"]
+    out = [acts.reshape(-1, acts.size(-1)) for _, acts in
+           mlp_activations(model, idx, cfg["harvest_batch"], device, positions=pos, bf16=bf16)]
     return torch.cat(out)[perm.to(device)]
 
 
 def eval_windows(arrays, n_seqs, seq_len):
-    """Deterministic held-out windows of seq_len + 1 tokens, spread evenly over each domain's array."""
-    n_dom = len(arrays)
-    starts = []
-    for d, a in enumerate(arrays):
-        n = n_seqs // n_dom + (d < n_seqs % n_dom)
-        if len(a) < seq_len + 1:
-            die(f"a val split has {len(a)} tokens, fewer than one window of {seq_len + 1}; prepare more data")
-        starts.append(np.linspace(0, len(a) - seq_len - 1, n).astype(np.int64).tolist())
-    return windows(arrays, starts, seq_len + 1)
+    """Deterministic held-out windows (n_seqs, seq_len + 1), spread evenly over each domain's array."""
+    return torch.from_numpy(datalib.sample_windows(arrays, n_seqs, seq_len + 1, "spread"))
 
 
 @torch.no_grad()
@@ -421,6 +489,17 @@ def evaluate(model, saes, wins, skip=1, batch=16, device="cpu"):
                     "ce_zero_ablation": z, "ce_recovered": ce_recovered(c, s, z), "kl": a["kl"] / n_tok,
                     "eval_tokens": n_tok, "density_hist": density_histogram(a["fires"], n_tok)})
     return out
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """Metrics want full float32 matmuls (FVU ~ 1e-2) even where training uses TF32."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 # -----------------------------------------------------------------------------
@@ -477,209 +556,354 @@ def check_sae_matches(sae_ckpt, model_ckpt, model_hash=None):
             f"{sae_ckpt['model_hash']}); {fix}")
 
 
-def save_sae(path, run, scale, info, cfg, step, total_steps, history, finished):
-    """Raw-space SAE for users, training-space state for exact resumes; atomic."""
-    sae = run["sae"]
-    raw = fold_scale(sae, scale)
-    ckpt = {"sae": {k: v.detach().cpu() for k, v in raw.state_dict().items()}, "sae_args": sae_args(sae),
-            "seed": run["seed"], "step": step, "total_steps": total_steps, "finished": finished, "scale": scale,
-            "config": cfg, "metrics": run.get("metrics", {}), **info,
-            "provenance": provenance(cfg, **info),
-            "train": {"sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
-                      "optimizer": run["opt"].state_dict(), "last_fired": run["last_fired"].cpu(),
-                      "n_resampled": run["n_resampled"], "history": history}}
-    atomic_torch_save(ckpt, path)
+def save_seed_file(job, run, finished):
+    """One seed's raw-space SAE for users (analyze.py's load_sae), atomic; no training state."""
+    raw = fold_scale(run["sae"], job.scale)
+    ckpt = {"sae": {k: v.detach().cpu() for k, v in raw.state_dict().items()}, "sae_args": sae_args(run["sae"]),
+            "seed": run["seed"], "step": job.step, "total_steps": job.total_steps, "finished": finished,
+            "scale": job.scale, "config": job.cfg, "metrics": run.get("metrics", {}), **job.info,
+            "provenance": provenance(job.cfg, **job.info)}
+    atomic_torch_save(ckpt, job.paths[run["seed"]])
+
+
+def save_state(job, runs, finished):
+    """Every seed's training state at this step in ONE atomic file: a crash or a full disk leaves the
+    previous state or this one, never seeds at different steps. --resume reads only this file."""
+    seeds = {r["seed"]: {"sae": {k: v.detach().cpu() for k, v in r["sae"].state_dict().items()},
+                         "sae_args": sae_args(r["sae"]), "optimizer": r["opt"].state_dict(),
+                         "last_fired": r["last_fired"].cpu(), "n_resampled": r["n_resampled"],
+                         "metrics": r.get("metrics", {})} for r in runs}
+    state = {"step": job.step, "total_steps": job.total_steps, "finished": finished, "scale": job.scale,
+             "config": job.cfg, "history": job.history, "seeds": seeds, **job.info,
+             "provenance": provenance(job.cfg, **job.info)}
+    atomic_torch_save(state, job.state_path)
 
 
 # -----------------------------------------------------------------------------
 
 def main(argv=None):
-    cfg = parse_config(dict(config), argv, PRESETS, default_preset())
-    require_positive(cfg, ["seqs_per_batch", "tokens_per_seq", "total_acts", "buffer_batches", "harvest_batch",
-                           "eval_seqs", "eval_batch", "eval_interval", "log_interval", "ckpt_interval", "expansion"])
-    name = cfg["model"]
-    domains = model_domains(name)
-    seeds = list(dict.fromkeys(cfg["seeds"]))
-    if not seeds:
-        die("--seeds is empty; give e.g. --seeds 0,1")
-    device = pick_device(cfg["device"])
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = False  # SAE metrics (FVU ~ 1e-2) want full fp32 matmuls
+    cfg = parse_config(dict(config), argv, PRESETS, default_preset(), checks=CHECKS)
+    job = setup(cfg)
+    with lock_dir(job.dir, f"sae.py --model {cfg['model']}"):  # also removes temp files of killed saves
+        print_settings(job)
+        runs = open_run(job)
+        if runs is None:
+            return job.result  # finished before: nothing to do
+        print_plan(job)
+        if not train_loop(job, runs):
+            return None  # --stop_step
+        return finish(job, runs)
 
-    model_path = os.path.join(cfg["out_dir"], name, "ckpt.pt")
-    model, mckpt = load_model(cfg["out_dir"], name, device)
-    for p in model.parameters():
+
+# -----------------------------------------------------------------------------
+# the steps of main(), in order
+
+def setup(cfg):
+    """The device, the model (a finished one unless --allow_unfinished), its data checked against it,
+    the stream's shapes and the output paths."""
+    job = SimpleNamespace(cfg=cfg, name=cfg["model"], domains=model_domains(cfg["model"]),
+                          seeds=list(dict.fromkeys(cfg["seeds"])), result=None)
+    if not job.seeds:
+        die("--seeds is empty; give e.g. --seeds 0,1")
+    job.device = pick_device(cfg["device"])
+    job.threads = set_threads(cfg["threads"]) if job.device == "cpu" else torch.get_num_threads()
+    if job.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = cfg["fast_math"]  # SAE training; full_fp32() for the metrics
+    model_path = os.path.join(cfg["out_dir"], job.name, "ckpt.pt")
+    job.model, mckpt = load_model(cfg["out_dir"], job.name, job.device, allow_unfinished=cfg["allow_unfinished"])
+    for p in job.model.parameters():
         p.requires_grad_(False)
-    tok_hash, margs = mckpt["tokenizer_hash"], model.args
-    info = {"model_name": name, "model_hash": sha256_file(model_path), "model_fingerprint": model_fingerprint(mckpt),
-            "tokenizer_hash": tok_hash, "domains": domains}
-    train_arrays = load_domain_tokens(cfg["data_dir"], domains, "train", tok_hash, name, margs.vocab_size)
-    val_arrays = load_domain_tokens(cfg["data_dir"], domains, "val", tok_hash, name, margs.vocab_size)
-    info["data_meta_sha256"] = datalib.data_fingerprint(cfg["data_dir"], domains)
+    margs = job.model.args
+    job.info = {"model_name": job.name, "model_hash": sha256_file(model_path), "model_fingerprint": model_fingerprint(mckpt),
+                "tokenizer_hash": mckpt["tokenizer_hash"], "domains": job.domains}
+    job.train = open_domains(cfg["data_dir"], job.domains, "train", mckpt, job.name)
+    job.val = open_domains(cfg["data_dir"], job.domains, "val", mckpt, job.name)
+    job.info["data_meta_sha256"] = datalib.data_fingerprint(cfg["data_dir"], job.domains)
     cfg["seq_len"] = cfg["seq_len"] or margs.block_size
     T = cfg["seq_len"]
     if T > margs.block_size or not 0 < cfg["tokens_per_seq"] <= T - cfg["skip_first"]:
-        die(f"need tokens_per_seq {cfg['tokens_per_seq']} <= seq_len {T} - skip_first {cfg['skip_first']}, seq_len <= block_size {margs.block_size}")
-    for a in train_arrays:
+        die(f"need tokens_per_seq {cfg['tokens_per_seq']} <= seq_len {T} - skip_first {cfg['skip_first']}, "
+            f"seq_len <= block_size {margs.block_size}")
+    for d, a in job.train.items():
         if len(a) < T + 1:
-            die(f"a train split has {len(a)} tokens, fewer than one window of {T + 1}; prepare more data")
-    d_in = margs.d_mlp
-    n_features = cfg["expansion"] * d_in
-    aux_k = cfg["aux_k"] or d_in // 2
-    B = cfg["seqs_per_batch"] * cfg["tokens_per_seq"]
-    total_steps = max(1, cfg["total_acts"] // B)
-    nb = cfg["buffer_batches"]
-    sae_dir = os.path.join(cfg["out_dir"], f"sae_{name}")
-    paths = {s: sae_path(cfg["out_dir"], name, s) for s in seeds}
+            die(f"the {d} train split has {len(a)} tokens, fewer than one window of {T + 1}; prepare more data")
+    job.d_in = margs.d_mlp
+    job.n_features = cfg["expansion"] * job.d_in
+    job.aux_k = cfg["aux_k"] or job.d_in // 2
+    job.act = ACTIVATIONS[cfg["arch"]](cfg["k"], job.n_features)
+    job.B = cfg["seqs_per_batch"] * cfg["tokens_per_seq"]
+    job.total_steps = max(1, cfg["total_acts"] // job.B)
+    job.dir = os.path.join(cfg["out_dir"], f"sae_{job.name}")
+    job.paths = {s: sae_path(cfg["out_dir"], job.name, s) for s in job.seeds}
+    job.state_path = os.path.join(job.dir, STATE_FILE)
+    return job
 
-    print(f"preset {cfg['preset']}: SAE on '{name}' MLP activations (d_mlp {d_in}), data {'+'.join(domains)} "
-          f"(equal shares) from {cfg['data_dir']}, device {device}")
-    print(f"{cfg['arch']}: {n_features} features ({cfg['expansion']}x), " +
-          (f"l1 {cfg['l1_coeff']:g} (warm-up {cfg['l1_warmup_frac']:.0%}), resample every {cfg['resample_every']} steps"
-           if cfg["arch"] == "relu" else f"k {cfg['k']}, AuxK k {aux_k} x {cfg['aux_coeff']:.4g}") +
-          f"; Adam lr {cfg['lr']:g} betas ({cfg['beta1']}, {cfg['beta2']}); seeds {','.join(map(str, seeds))}")
-    print(f"stream: {cfg['seqs_per_batch']} seqs x {cfg['tokens_per_seq']} positions = {B} activations/step, "
-          f"{total_steps} steps = {total_steps * B:,} activations, buffer {nb} batches; "
-          f"eval {cfg['eval_seqs']} val windows x {T - cfg['skip_first']} positions")
 
-    # -------------------------------------------------------------------------
-    # fresh SAEs (scale and b_dec from the first buffer) or the checkpoints to resume
-    existing = [p for p in paths.values() if os.path.exists(p)]
+def open_run(job):
+    """Fresh SAEs, or the training state to resume; None when the run had finished (its outputs are
+    rewritten from the state if a crash left them incomplete)."""
+    cfg = job.cfg
+    existing = [p for p in (job.state_path, *job.paths.values()) if os.path.exists(p)]
     if existing and not cfg["resume"] and not cfg["overwrite"]:
         die(f"{existing[0]} exists; add --resume to continue it or --overwrite to start over")
-    runs, history, step, buf, buf_chunk = [], [], 0, None, -1
+    n_params = 2 * job.d_in * job.n_features + job.n_features + job.d_in
+    check_free_space(job.dir, len(job.seeds) * (16 * n_params + 8 * job.n_features) + (16 << 20),
+                     "the SAE checkpoints")  # the state (weights + Adam) and the raw SAEs, before the long pass
+    job.buf, job.buf_chunk = None, -1
     if cfg["resume"] and existing and not cfg["overwrite"]:
-        if len(existing) != len(paths):
-            die(f"--resume needs a checkpoint for every seed; missing {[p for p in paths.values() if p not in existing][0]}"
-                f" (train it alone with --seeds, or drop --resume and add --overwrite)")
-        cks = {s: load_checkpoint(paths[s], "SAE checkpoint to resume") for s in seeds}
-        for s, ck in cks.items():
-            if "train" not in ck:
-                die(f"{paths[s]} has no training state to resume; retrain with --overwrite")
-            if ck["model_hash"] != info["model_hash"]:
-                die(f"{paths[s]} was trained on another version of model '{name}'; retrain with --overwrite")
-            diff = [k for k in cfg if k not in RESUME_FREE and ck["config"].get(k) != cfg[k]]
-            if diff:
-                die(f"--resume with other settings than {paths[s]}: --{diff[0]} was {ck['config'].get(diff[0])!r}, "
-                    f"now {cfg[diff[0]]!r}; use the same settings or --overwrite")
-        if len({ck["step"] for ck in cks.values()}) != 1:
-            die(f"the seeds' checkpoints in {sae_dir} stopped at different steps; resume them one at a time with --seeds")
-        if all(ck["finished"] for ck in cks.values()):
-            print(f"{sae_dir}: finished at step {total_steps}; nothing to do (--overwrite to retrain)")
-            return None
-        for s, ck in cks.items():
-            sae = SAE(**ck["sae_args"]).to(device)
-            sae.load_state_dict(ck["train"]["sae"])
-            opt = make_optimizer(sae, cfg)
-            opt.load_state_dict(ck["train"]["optimizer"])
-            runs.append({"seed": s, "sae": sae, "opt": opt, "last_fired": ck["train"]["last_fired"].to(device),
-                         "n_resampled": ck["train"]["n_resampled"], "metrics": ck["metrics"]})
-            scale, step, history = ck["scale"], ck["step"], ck["train"]["history"]
-        del cks
-        print(f"resuming {len(runs)} SAE(s) from step {step}/{total_steps}")
+        runs = resume_runs(job)
     else:
-        buf, buf_chunk = harvest(model, train_arrays, 0, cfg, device), 0
-        scale = math.sqrt(d_in) / buf.norm(dim=1).mean().item()  # E||x * scale|| = sqrt(d_in)
-        b_dec = geometric_median(buf[:16384] * scale).float()
-        for s in seeds:
-            sae = init_sae(d_in, n_features, cfg["arch"], cfg["k"], s, b_dec).to(device)
-            runs.append({"seed": s, "sae": sae, "opt": make_optimizer(sae, cfg), "n_resampled": 0,
-                         "last_fired": torch.zeros(n_features, dtype=torch.long, device=device)})
-        print(f"input scale {scale:.4g} (mean raw norm {math.sqrt(d_in) / scale:.4g}); b_dec = geometric median of "
-              f"{min(len(buf), 16384)} activations, norm {b_dec.norm().item() / scale:.4g} raw")
-    wins = eval_windows(val_arrays, cfg["eval_seqs"], T)
+        runs = fresh_runs(job)
+    job.eval_wins = eval_windows(job.val, cfg["eval_seqs"], cfg["seq_len"])
+    return runs
 
-    def lr_at(i):  # constant, then linearly to 0 over the last lr_decay_frac of the steps
-        return cfg["lr"] * min(1.0, (total_steps - i) / max(1.0, cfg["lr_decay_frac"] * total_steps))
 
-    def run_eval(i):
-        raws = [fold_scale(r["sae"], scale) for r in runs]
-        for r, m in zip(runs, evaluate(model, raws, wins, cfg["skip_first"], cfg["eval_batch"], device)):
-            r["metrics"] = {"step": i, **m, "mse_scaled": m["mse"] * scale ** 2}
-        print(f"eval step {i}: " + " | ".join(
-            f"s{r['seed']} fvu {r['metrics']['fvu']:.3f} l0 {r['metrics']['l0']:.1f} ce_rec {r['metrics']['ce_recovered']:.3f} "
-            f"kl {r['metrics']['kl']:.3f} dead {r['metrics']['dead_frac']:.1%} dense {r['metrics']['dense_frac']:.1%}" for r in runs))
-        history.append({"step": i, "eval": {r["seed"]: {k: v for k, v in r["metrics"].items() if k != "density_hist"} for r in runs}})
+def new_run(seed, sae, cfg, n_features, device):
+    return {"seed": seed, "sae": sae, "opt": make_optimizer(sae, cfg), "n_resampled": 0,
+            "last_fired": torch.zeros(n_features, dtype=torch.long, device=device)}
 
-    def save_all(i, finished):
-        for r in runs:
-            if not all(torch.isfinite(p).all() for p in r["sae"].parameters()):
-                die(f"seed {r['seed']}'s weights are not finite at step {i}; not saved (the last good checkpoint is kept)")
-        for r in runs:
-            save_sae(paths[r["seed"]], r, scale, info, cfg, i, total_steps, history, finished)
 
-    # -------------------------------------------------------------------------
-    # the training loop: one harvested batch feeds every seed's SAE
-    stats = None
-    t0, last_logged = time.time(), step
-    while step < total_steps:
-        chunk, off = divmod(step, nb)
-        if chunk != buf_chunk:
-            buf, buf_chunk = harvest(model, train_arrays, chunk, cfg, device), chunk
-        x = buf[off * B:(off + 1) * B] * scale                              # (B, d_in) scaled
-        if stats is None:
-            stats = {"sum_x": torch.zeros(d_in, dtype=torch.float64, device=device), "sum_sq": 0.0, "n": 0,
-                     "sse": [0.0] * len(runs), "l0": [0.0] * len(runs)}
-        stats["sum_x"] += x.double().sum(0)
-        stats["sum_sq"] += x.double().pow(2).sum()
-        stats["n"] += B
-        l1 = cfg["l1_coeff"] * min(1.0, (step + 1) / max(1.0, cfg["l1_warmup_frac"] * total_steps))
-        for j, r in enumerate(runs):
-            dead = (step - r["last_fired"]) * B >= cfg["dead_window"]
-            loss, x_hat, f = train_step(r["sae"], r["opt"], x, lr_at(step), l1, dead, aux_k, cfg["aux_coeff"])
-            if not torch.isfinite(loss):
-                die(f"the loss of seed {r['seed']} became {loss.item()} at step {step}; stopped without saving, the last "
-                    f"good checkpoint {paths[r['seed']]} (if any) is kept; retrain with a lower --lr and --overwrite")
-            r["last_fired"][(f > 0).any(0)] = step + 1
-            stats["sse"][j] += (x_hat - x).double().pow(2).sum()
-            stats["l0"][j] += (f > 0).sum()
-        step += 1
-        if cfg["arch"] == "relu" and cfg["resample_every"] > 0 and step % cfg["resample_every"] == 0 \
-                and step <= cfg["resample_until"] * total_steps:
-            for r in runs:
-                dead = r["last_fired"] <= step - cfg["resample_every"]
-                g = torch.Generator().manual_seed(r["seed"] * 1_000_003 + step)
-                n = resample_dead(r["sae"], r["opt"], dead, buf * scale, g)
-                r["last_fired"][dead] = step
-                r["n_resampled"] += n
-                print(f"step {step}: seed {r['seed']}: resampled {n} dead latents ({n / n_features:.1%})")
-        if step % cfg["log_interval"] == 0 or step == total_steps:
-            rate = (step - last_logged) * B / max(time.time() - t0, 1e-9)
-            logs = {r["seed"]: {"mse": float(stats["sse"][j]) / (stats["n"] * d_in),  # per element, scaled space
-                                "fvu": fvu_from_sums(float(stats["sse"][j]), stats["sum_x"], float(stats["sum_sq"]), stats["n"]),
-                                "l0": float(stats["l0"][j]) / stats["n"],
-                                "dead": ((step - r["last_fired"]) * B >= cfg["dead_window"]).float().mean().item()}
-                    for j, r in enumerate(runs)}
-            print(f"step {step}/{total_steps}: " + " | ".join(
-                f"s{s} mse {m['mse']:.4f}, fvu {m['fvu']:.3f}, l0 {m['l0']:.1f}, dead {m['dead']:.1%}" for s, m in logs.items())
-                + (f", {rate / 1e6:.2f}M act/s" if rate >= 1e6 else f", {rate / 1e3:.1f}k act/s"))
-            history.append({"step": step, "train": logs, "act_per_s": rate})
-            stats, t0, last_logged = None, time.time(), step
-        stopping = cfg["stop_step"] > 0 and step >= cfg["stop_step"] and step < total_steps
-        if step < total_steps and (step % cfg["eval_interval"] == 0):
-            run_eval(step)
-        if step < total_steps and (step % cfg["ckpt_interval"] == 0 or stopping):
-            save_all(step, finished=False)
+def fresh_runs(job):
+    """Input scale and b_dec from the first buffer, then one SAE per seed."""
+    cfg, d_in = job.cfg, job.d_in
+    job.buf, job.buf_chunk = harvest(job.model, job.train, 0, cfg, job.device), 0
+    job.scale = math.sqrt(d_in) / job.buf.norm(dim=1).mean().item()  # E||x * scale|| = sqrt(d_in)
+    b_dec = geometric_median(job.buf[:16384] * job.scale).float()
+    job.step, job.history = 0, []
+    runs = [new_run(s, init_sae(d_in, job.n_features, cfg["arch"], cfg["k"], s, b_dec).to(job.device), cfg,
+                    job.n_features, job.device) for s in job.seeds]
+    print(f"input scale {job.scale:.4g} (mean raw norm {math.sqrt(d_in) / job.scale:.4g}); b_dec = geometric median "
+          f"of {min(len(job.buf), 16384)} activations, norm {b_dec.norm().item() / job.scale:.4g} raw")
+    return runs
+
+
+def resume_runs(job):
+    """The seeds' training state from train_state.pt, after checking it belongs to this run."""
+    cfg, path = job.cfg, job.state_path
+    if not os.path.exists(path):
+        die(f"{job.dir} has SAE checkpoints but no {STATE_FILE} to resume from (made by an older sae.py, or "
+            f"deleted); retrain with --overwrite")
+    st = load_checkpoint(path, "SAE training state")
+    check_resume(st["config"], cfg, RESUME_FREE | {"seeds"}, path)
+    if st["model_hash"] != job.info["model_hash"]:
+        die(f"{path} was trained on another version of model '{job.name}'; retrain with --overwrite")
+    if sorted(st["seeds"]) != sorted(job.seeds):
+        have = ",".join(map(str, st["seeds"]))
+        die(f"{path} trains seeds {have} together; resume with --seeds {have}, or start over with --overwrite")
+    job.scale, job.step, job.history = st["scale"], st["step"], st["history"]
+    runs = []
+    for s in job.seeds:
+        ck = st["seeds"][s]
+        sae = SAE(**ck["sae_args"]).to(job.device)
+        sae.load_state_dict(ck["sae"])
+        run = new_run(s, sae, cfg, job.n_features, job.device)
+        run["opt"].load_state_dict(ck["optimizer"])
+        run.update(last_fired=ck["last_fired"].to(job.device), n_resampled=ck["n_resampled"], metrics=ck["metrics"])
+        runs.append(run)
+    if st["finished"]:
+        if outputs_current(job):
+            print(f"{job.dir}: finished at step {job.total_steps}; nothing to do (--overwrite to retrain)")
+        else:
+            print(f"{job.dir}: finished at step {job.total_steps}, but the SAE files or metrics.json are missing or "
+                  f"stale (an interrupted save); rewriting them from {STATE_FILE}")
+            for run in runs:
+                save_seed_file(job, run, finished=True)
+            job.result = write_metrics(job, runs)
+        return None
+    print(f"resuming {len(runs)} SAE(s) from step {job.step}/{job.total_steps}")
+    return runs
+
+
+def print_settings(job):
+    """The SAEs and the stream."""
+    cfg, T = job.cfg, job.cfg["seq_len"]
+    print(f"preset {cfg['preset']}: SAE on '{job.name}' MLP activations (d_mlp {job.d_in}), data "
+          f"{'+'.join(job.domains)} (equal shares) from {cfg['data_dir']}, device {job.device}"
+          + (f", {job.threads} threads" if job.device == "cpu" else ""))
+    print(f"{cfg['arch']}: {job.n_features} features ({cfg['expansion']}x), {job.act.describe(cfg, job.aux_k)}; "
+          f"Adam lr {cfg['lr']:g} betas ({cfg['beta1']}, {cfg['beta2']}); seeds {','.join(map(str, job.seeds))}")
+    print(f"stream: {cfg['seqs_per_batch']} seqs x {cfg['tokens_per_seq']} positions = {job.B} activations/step, "
+          f"{job.total_steps} steps = {job.total_steps * job.B:,} activations, buffer {cfg['buffer_batches']} "
+          f"batches; eval {cfg['eval_seqs']} val windows x {T - cfg['skip_first']} positions")
+
+
+def print_plan(job):
+    """What is left to do, in FLOPs (the ETA follows in the log from the first steps' rate)."""
+    cfg, T = job.cfg, job.cfg["seq_len"]
+    steps = job.total_steps - job.step
+    sae_flops = 12 * job.d_in * job.n_features * job.B * steps * len(job.seeds)  # fwd 4dF + bwd 8dF per activation
+    harvest_flops = job.model.flops_per_token() / 3 * T * cfg["seqs_per_batch"] * steps  # forward only
+    n_evals = steps // cfg["eval_interval"] + 1
+    eval_flops = n_evals * cfg["eval_seqs"] * T * (job.model.flops_per_token() / 3 * (2 + len(job.seeds))
+                                                   + 4 * job.d_in * job.n_features * len(job.seeds))
+    print(f"plan: {steps} steps x {len(job.seeds)} SAE(s): {sae_flops:.3g} FLOP SAE training, {harvest_flops:.3g} "
+          f"harvesting, {eval_flops:.3g} in {n_evals} evaluation(s); ETA in the log from the first "
+          f"{min(cfg['log_interval'], steps)} steps")
+
+
+def train_loop(job, runs):
+    """One harvested batch feeds every seed's SAE. Returns False when stopped by --stop_step."""
+    cfg = job.cfg
+    job.stats, job.t0, job.last_logged = None, time.time(), job.step
+    for r in runs:  # the first step whose loss was not finite, and that loss (read back only at checks)
+        r["bad_step"] = torch.tensor(-1, device=job.device)
+        r["bad_loss"] = torch.tensor(0.0, device=job.device)
+    while job.step < job.total_steps:
+        train_seeds(job, runs, next_batch(job))
+        job.step += 1
+        step = job.step
+        if job.act.resamples and cfg["resample_every"] > 0 and step % cfg["resample_every"] == 0 \
+                and step <= cfg["resample_until"] * job.total_steps:
+            resample(job, runs)
+        if step % cfg["log_interval"] == 0 or step == job.total_steps:
+            log_progress(job, runs)
+        stopping = cfg["stop_step"] > 0 and step >= cfg["stop_step"] and step < job.total_steps
+        if step < job.total_steps and step % cfg["eval_interval"] == 0:
+            run_eval(job, runs)
+        if step < job.total_steps and (step % cfg["ckpt_interval"] == 0 or stopping):
+            save_all(job, runs, finished=False)
         if stopping:
             print(f"stopping at step {step} (--stop_step); continue with --resume")
-            return None
+            return False
         if step % cfg["log_interval"] == 0:
-            t0 = time.time()  # do not count evaluation and saving in the rate
+            job.t0 = time.time()  # do not count evaluation and saving in the rate
+    return True
 
-    # -------------------------------------------------------------------------
-    # final evaluation, checkpoints, metrics.json
-    run_eval(step)
-    save_all(step, finished=True)
-    per_seed = {str(r["seed"]): {**r["metrics"], "n_resampled": r["n_resampled"], "checkpoint": paths[r["seed"]],
-                                 "checkpoint_sha256": sha256_file(paths[r["seed"]])} for r in runs}
-    metrics = {"model": name, "arch": cfg["arch"], "d_in": d_in, "n_features": n_features, "scale": scale,
-               "steps": step, "activations": step * B, "seeds": per_seed, "history": history,
-               "provenance": provenance(cfg, **info)}
-    atomic_write_json(os.path.join(sae_dir, "metrics.json"), metrics)
-    print(f"-> {sae_dir}: " + " | ".join(f"s{s}: fvu {m['fvu']:.3f}, l0 {m['l0']:.1f}, dead {m['dead_frac']:.1%}, "
+
+def next_batch(job):
+    """This step's batch (B, d_in), scaled; the shuffle buffer is refilled when the step enters a new one."""
+    chunk, off = divmod(job.step, job.cfg["buffer_batches"])
+    if chunk != job.buf_chunk:
+        job.buf, job.buf_chunk = harvest(job.model, job.train, chunk, job.cfg, job.device), chunk
+    return job.buf[off * job.B:(off + 1) * job.B] * job.scale
+
+
+def lr_at(job, i):
+    """Constant, then linearly to 0 over the last lr_decay_frac of the steps."""
+    return job.cfg["lr"] * min(1.0, (job.total_steps - i) / max(1.0, job.cfg["lr_decay_frac"] * job.total_steps))
+
+
+def train_seeds(job, runs, x):
+    """One step of every seed's SAE on x, and the running sums of the training log (on the device:
+    nothing is read back here)."""
+    cfg, step, B = job.cfg, job.step, job.B
+    if job.stats is None:
+        job.stats = {"sum_x": torch.zeros(job.d_in, dtype=torch.float64, device=job.device), "sum_sq": 0.0, "n": 0,
+                     "sse": [0.0] * len(runs), "l0": [0.0] * len(runs)}
+    stats = job.stats
+    stats["sum_x"] += x.double().sum(0)
+    stats["sum_sq"] += x.double().pow(2).sum()
+    stats["n"] += B
+    l1 = cfg["l1_coeff"] * min(1.0, (step + 1) / max(1.0, cfg["l1_warmup_frac"] * job.total_steps))
+    for j, r in enumerate(runs):
+        dead = (step - r["last_fired"]) * B >= cfg["dead_window"]
+        loss, x_hat, f = train_step(r["sae"], r["opt"], x, lr_at(job, step), l1, dead, job.aux_k, cfg["aux_coeff"])
+        new_bad = (r["bad_step"] < 0) & ~torch.isfinite(loss)
+        r["bad_step"] = torch.where(new_bad, step, r["bad_step"])
+        r["bad_loss"] = torch.where(new_bad, loss, r["bad_loss"])
+        r["last_fired"].masked_fill_((f > 0).any(0), step + 1)
+        stats["sse"][j] += (x_hat - x).double().pow(2).sum()
+        stats["l0"][j] += (f > 0).sum()
+
+
+def check_finite(job, runs):
+    """Stop in one line, saving nothing, if a seed's loss was not finite at some step (a step count
+    read back at logs, resamplings, evaluations and saves instead of at every step)."""
+    for r in runs:
+        if int(r["bad_step"]) >= 0:
+            die(f"the loss of seed {r['seed']} became {float(r['bad_loss'])} at step {int(r['bad_step'])}; stopped "
+                f"without saving, the last good checkpoint in {job.dir} (if any) is kept; retrain with a lower "
+                f"--lr and --overwrite")
+
+
+def resample(job, runs):
+    check_finite(job, runs)
+    step, every = job.step, job.cfg["resample_every"]
+    for r in runs:
+        dead = r["last_fired"] <= step - every
+        g = torch.Generator().manual_seed(r["seed"] * 1_000_003 + step)
+        n = resample_dead(r["sae"], r["opt"], dead, job.buf * job.scale, g)
+        r["last_fired"][dead] = step
+        r["n_resampled"] += n
+        print(f"step {step}: seed {r['seed']}: resampled {n} dead latents ({n / job.n_features:.1%})")
+
+
+def log_progress(job, runs):
+    """The training log since the last one (sums over every step, read back once here), rate and ETA."""
+    check_finite(job, runs)
+    cfg, stats, step, B, d_in = job.cfg, job.stats, job.step, job.B, job.d_in
+    rate = (step - job.last_logged) * B / max(time.time() - job.t0, 1e-9)
+    logs = {r["seed"]: {"mse": float(stats["sse"][j]) / (stats["n"] * d_in),  # per element, scaled space
+                        "fvu": fvu_from_sums(float(stats["sse"][j]), stats["sum_x"], float(stats["sum_sq"]), stats["n"]),
+                        "l0": float(stats["l0"][j]) / stats["n"],
+                        "dead": ((step - r["last_fired"]) * B >= cfg["dead_window"]).float().mean().item()}
+            for j, r in enumerate(runs)}
+    eta = (job.total_steps - step) * B / max(rate, 1e-9)
+    print(f"step {step}/{job.total_steps}: " + " | ".join(
+        f"s{s} mse {m['mse']:.4f}, fvu {m['fvu']:.3f}, l0 {m['l0']:.1f}, dead {m['dead']:.1%}" for s, m in logs.items())
+        + (f", {rate / 1e6:.2f}M act/s" if rate >= 1e6 else f", {rate / 1e3:.1f}k act/s")
+        + (f", eta {eta / 60:.1f} min" if step < job.total_steps else ""))
+    job.history.append({"step": step, "train": logs, "act_per_s": rate})
+    job.stats, job.t0, job.last_logged = None, time.time(), step
+
+
+def run_eval(job, runs):
+    """Metrics of the raw-space SAEs (exactly what is saved) on the held-out windows, in full float32."""
+    check_finite(job, runs)
+    with full_fp32():
+        raws = [fold_scale(r["sae"], job.scale) for r in runs]
+        results = evaluate(job.model, raws, job.eval_wins, job.cfg["skip_first"], job.cfg["eval_batch"], job.device)
+    for r, m in zip(runs, results):
+        r["metrics"] = {"step": job.step, **m, "mse_scaled": m["mse"] * job.scale ** 2}
+    print(f"eval step {job.step}: " + " | ".join(
+        f"s{r['seed']} fvu {r['metrics']['fvu']:.3f} l0 {r['metrics']['l0']:.1f} ce_rec {r['metrics']['ce_recovered']:.3f} "
+        f"kl {r['metrics']['kl']:.3f} dead {r['metrics']['dead_frac']:.1%} dense {r['metrics']['dense_frac']:.1%}" for r in runs))
+    job.history.append({"step": job.step, "eval": {r["seed"]: {k: v for k, v in r["metrics"].items() if k != "density_hist"}
+                                                   for r in runs}})
+
+
+def save_all(job, runs, finished):
+    """The training state of every seed (one file), then each seed's SAE file; nothing non-finite."""
+    check_finite(job, runs)
+    for r in runs:
+        if not all(torch.isfinite(p).all() for p in r["sae"].parameters()):
+            die(f"seed {r['seed']}'s weights are not finite at step {job.step}; not saved (the last good checkpoint "
+                f"is kept)")
+    save_state(job, runs, finished)
+    for r in runs:
+        save_seed_file(job, r, finished)
+
+
+def finish(job, runs):
+    """Final evaluation, the state and SAE files, metrics.json."""
+    run_eval(job, runs)
+    save_all(job, runs, finished=True)
+    return write_metrics(job, runs)
+
+
+def write_metrics(job, runs):
+    """metrics.json, written last: every seed of the run, with the hash of its SAE file."""
+    per_seed = {str(r["seed"]): {**r["metrics"], "n_resampled": r["n_resampled"], "checkpoint": job.paths[r["seed"]],
+                                 "checkpoint_sha256": sha256_file(job.paths[r["seed"]])} for r in runs}
+    metrics = {"model": job.name, "arch": job.cfg["arch"], "d_in": job.d_in, "n_features": job.n_features,
+               "scale": job.scale, "steps": job.step, "activations": job.step * job.B, "seeds": per_seed,
+               "history": job.history, "provenance": provenance(job.cfg, **job.info)}
+    atomic_write_json(os.path.join(job.dir, "metrics.json"), metrics)
+    print(f"-> {job.dir}: " + " | ".join(f"s{s}: fvu {m['fvu']:.3f}, l0 {m['l0']:.1f}, dead {m['dead_frac']:.1%}, "
                                          f"ce recovered {m['ce_recovered']:.3f}" for s, m in per_seed.items()))
     return metrics
 
 
+def outputs_current(job):
+    """metrics.json lists exactly this run's seeds, each with the hash its SAE file has now."""
+    path = os.path.join(job.dir, "metrics.json")
+    try:
+        seeds = read_json(path)["seeds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return set(seeds) == {str(s) for s in job.seeds} and all(
+        os.path.exists(p) and seeds[str(s)].get("checkpoint_sha256") == sha256_file(p) for s, p in job.paths.items())
+
+
 if __name__ == "__main__":
-    main()
+    cli(main)

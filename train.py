@@ -10,66 +10,105 @@ The recipes follow DESIGN.md (the authors' released configs): pretraining AdamW 
 no warmup, wd 0.1, betas (0.9, 0.999), 64 x 256 tokens a step, 3 epochs; fine-tuning lr 2e-5,
 cosine, 500 warmup steps, wd 0.01, 1 epoch. The tiny preset scales everything down for a CPU.
 Any config key below can be overridden: --key=value (python train.py --help lists them).
+
+Reading order: main() is the algorithm; each of its steps is one function below it, in order.
 """
 import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from types import SimpleNamespace
 
 import torch
 
 import data as datalib
-from common import (atomic_torch_save, atomic_write_json, default_preset, die, parse_config,
-                    pick_device, provenance, require_positive, sha256_file)
-from model import MAKES, ModelArgs, Transformer, eval_loss, load_checkpoint, model_from_checkpoint
+from common import (atomic_write_json, check_free_space, check_resume, cli, default_preset, die, lock_dir,
+                    parse_config, pick_device, provenance, set_threads, sha256_file)
+from model import (MAKES, ModelArgs, Transformer, check_finished, eval_loss, load_checkpoint,
+                   model_from_checkpoint, save_checkpoint)
 
 # -----------------------------------------------------------------------------
-# default config (the paper preset's values unless noted; PRESETS below overrides)
+# config: the paper's pretraining values; PRESETS below override them per preset and per variant
 config = dict(
-    domain="base",         # base (pretrain from scratch) | lua | tinystories (fine-tune from base)
-    data_dir="data",       # made by data.py
-    out_dir="out",         # checkpoints go to out_dir/<name>/ckpt.pt
-    name="",               # run name; default: the domain
-    parent="base",         # fine-tunes start from out_dir/<parent>/ckpt.pt
-    resume=False,          # continue out_dir/<name>/ckpt.pt (a finished run is left as it is)
-    overwrite=False,       # start over even if a checkpoint exists
-    # model (pretraining only; a fine-tune inherits its parent's)
-    block_size=256, d_model=512, n_head=16, n_kv_head=8, d_mlp=1024, mlp="swiglu",
-    rope_theta=10000.0, norm_eps=1e-6,
-    # optimisation; -1 = take the recipe below for this domain (pretrain or finetune)
-    batch_size=64,         # sequences per micro-step (per GPU)
-    grad_accum=1,          # micro-steps per optimizer step
-    lr=-1.0, min_lr_frac=0.0,   # cosine from lr down to lr * min_lr_frac (HF's cosine goes to 0)
-    warmup_iters=-1, weight_decay=-1.0, epochs=-1.0,
-    max_iters=0,           # > 0: a fixed number of steps instead of epochs
-    stop_iter=0,           # > 0: stop after this step, as if interrupted (split a run; --resume later)
-    beta1=0.9, beta2=0.999, grad_clip=1.0,
+    domain="base",          # base (pretrain from scratch) | lua | tinystories (fine-tune from --parent)
+    data_dir="data",        # token files made by data.py
+    out_dir="out",          # checkpoints go to out_dir/<name>/ckpt.pt
+    name="",                # run name (folder under out_dir); empty: the domain
+    parent="base",          # fine-tunes start from out_dir/<parent>/ckpt.pt
+    allow_unfinished=False,  # fine-tune from a parent that did not finish (stopped early or killed)
+    resume=False,           # continue out_dir/<name>/ckpt.pt exactly (a finished run is left as it is)
+    overwrite=False,        # start over even if a checkpoint exists
+    # model shape (pretraining only; a fine-tune inherits its parent's)
+    block_size=256,         # context length in tokens
+    d_model=512,            # residual stream width
+    n_head=16,              # query heads; d_model / n_head must be even (RoPE rotates pairs)
+    n_kv_head=8,            # key/value heads (grouped-query attention); must divide n_head
+    d_mlp=1024,             # MLP hidden width = the SAEs' input width
+    mlp="swiglu",           # swiglu (Mistral) | gelu | relu
+    rope_theta=10000.0,     # RoPE base frequency
+    norm_eps=1e-6,          # RMSNorm epsilon
+    # optimisation (the variant presets pretrain / finetune set lr, warmup, decay and epochs)
+    batch_size=64,          # sequences per micro-step (per GPU)
+    grad_accum=1,           # micro-steps per optimizer step
+    lr=6e-4,                # peak learning rate (AdamW)
+    min_lr_frac=0.0,        # cosine decays to lr * min_lr_frac (0 as in HF's cosine schedule)
+    warmup_iters=0,         # linear warmup steps
+    weight_decay=0.1,       # AdamW decay of matrices (never of norm gains)
+    epochs=3.0,             # passes over the training tokens (unless --max_iters)
+    max_iters=0,            # > 0: this many steps instead of --epochs
+    stop_iter=0,            # > 0: stop after this step, as if interrupted (continue with --resume)
+    beta1=0.9,              # AdamW beta1
+    beta2=0.999,            # AdamW beta2
+    grad_clip=1.0,          # clip the gradient norm to this (0: no clipping)
     # evaluation and logging
-    eval_interval=1000, eval_iters=50, log_interval=50,
-    seed=1337,
+    eval_interval=1000,     # steps between validation evaluations (and checkpoints)
+    eval_iters=50,          # validation batches per evaluation
+    log_interval=50,        # steps between log lines (and checks that the loss is finite)
+    seed=1337,              # seed of the initial weights and the data order
     # system
-    device="auto",         # auto: cuda when available
-    dtype="auto",          # auto: bfloat16 autocast on CUDA, float32 on CPU
-    compile=True,          # torch.compile on CUDA (ignored on CPU)
-    peak_flops=989e12,     # for MFU: H100 SXM dense bf16
+    device="auto",          # auto: cuda when available, else cpu
+    dtype="auto",           # auto: bfloat16 autocast on CUDA, float32 on CPU
+    compile=True,           # torch.compile on CUDA (ignored on CPU); falls back to eager if it fails
+    threads=0,              # CPU threads; 0: the cores free now
+    peak_flops=989e12,      # the device's peak FLOP/s for MFU (default: H100 SXM dense bf16)
 )
-RECIPES = {  # per preset: (pretrain, finetune) optimisation recipes
-    "paper": {"pretrain": dict(lr=6e-4, warmup_iters=0, weight_decay=0.1, epochs=3.0),
-              "finetune": dict(lr=2e-5, warmup_iters=500, weight_decay=0.01, epochs=1.0)},
-    # tiny: a few minutes on 2 CPU cores; the fine-tune lr is higher than the paper's because
-    # it has ~300 steps, not ~50k, to move the model
-    "tiny": {"pretrain": dict(lr=2e-3, warmup_iters=50, weight_decay=0.1, epochs=2.0),
-             "finetune": dict(lr=3e-4, warmup_iters=30, weight_decay=0.01, epochs=1.0)},
-}
 PRESETS = {
     "paper": dict(),
+    "paper/pretrain": dict(lr=6e-4, warmup_iters=0, weight_decay=0.1, epochs=3.0),
+    "paper/finetune": dict(lr=2e-5, warmup_iters=500, weight_decay=0.01, epochs=1.0),
+    # tiny: a few minutes on 2 CPU cores
     "tiny": dict(block_size=128, d_model=128, n_head=4, n_kv_head=2, d_mlp=256, batch_size=32,
                  eval_interval=200, eval_iters=20, log_interval=20, min_lr_frac=0.1, compile=False),
+    "tiny/pretrain": dict(lr=2e-3, warmup_iters=50, weight_decay=0.1, epochs=2.0),
+    # the fine-tune lr is higher than the paper's because it has ~300 steps, not ~50k, to move the model
+    "tiny/finetune": dict(lr=3e-4, warmup_iters=30, weight_decay=0.01, epochs=1.0),
+}
+CHECKS = {
+    "domain": ("base", "lua", "tinystories"), "mlp": ("swiglu", "gelu", "relu"),
+    "dtype": ("auto", "float32", "bfloat16"),  # float16 would need a GradScaler; bf16 has float32's range
+    "block_size": ">=1", "d_model": ">=1", "n_head": ">=1", "n_kv_head": ">=1", "d_mlp": ">=1",
+    "rope_theta": ">0", "norm_eps": ">0", "batch_size": ">=1", "grad_accum": ">=1", "lr": ">=0",
+    "min_lr_frac": "[0,1]", "warmup_iters": ">=0", "weight_decay": ">=0", "epochs": ">0", "max_iters": ">=0",
+    "stop_iter": ">=0", "beta1": "[0,1)", "beta2": "[0,1)", "grad_clip": ">=0", "eval_interval": ">=1",
+    "eval_iters": ">=1", "log_interval": ">=1", "seed": ">=0", "threads": ">=0", "peak_flops": ">0",
 }
 # settings a resume may change; every other key must equal the checkpoint's (same data, model, schedule)
 RESUME_FREE = {"resume", "overwrite", "stop_iter", "eval_interval", "eval_iters", "log_interval", "device",
-               "compile", "data_dir", "out_dir", "peak_flops", "max_iters_resolved", "preset"}
+               "compile", "data_dir", "out_dir", "peak_flops", "max_iters_resolved", "preset", "threads",
+               "allow_unfinished"}
+ETA_STEPS = 5  # steps timed (after the first, which may compile) for the start-up time estimate
+
+
+def variant(cfg):
+    return "finetune" if cfg["domain"] != "base" else "pretrain"
+
+
+def check_consistency(cfg):
+    """The settings that must agree with each other (each alone is checked by CHECKS)."""
+    if cfg["d_model"] % cfg["n_head"] or (cfg["d_model"] // cfg["n_head"]) % 2:
+        die(f"--d_model {cfg['d_model']} must be n_head ({cfg['n_head']}) times an even head size")
+    if cfg["n_head"] % cfg["n_kv_head"]:
+        die(f"--n_head {cfg['n_head']} must be a multiple of --n_kv_head {cfg['n_kv_head']}")
 
 
 def lr_schedule(it, lr, warmup, max_iters, min_lr_frac):
@@ -82,253 +121,372 @@ def lr_schedule(it, lr, warmup, max_iters, min_lr_frac):
 
 
 def main(argv=None):
-    cfg = parse_config(dict(config), argv, PRESETS, default_preset())
-    if cfg["domain"] not in ("base", "lua", "tinystories"):
-        die(f"unknown domain {cfg['domain']!r}; train.py takes --domain base (pretrain), lua or tinystories (fine-tune)")
-    require_positive(cfg, ["batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"])
-    finetune = cfg["domain"] != "base"
-    recipe = RECIPES[cfg["preset"]]["finetune" if finetune else "pretrain"]
-    for k, v in recipe.items():  # -1 means "the recipe's value"
-        if cfg[k] == -1:
-            cfg[k] = v
-    name = cfg["name"] or cfg["domain"]
-    ckpt_path = os.path.join(cfg["out_dir"], name, "ckpt.pt")
+    cfg = parse_config(dict(config), argv, PRESETS, default_preset(), checks=CHECKS, variant=variant)
+    check_consistency(cfg)
+    name = cfg["name"] or cfg["domain"]  # (the saved config keeps "": resumes compare configs)
+    env = setup_devices(cfg)
+    run_dir = os.path.join(cfg["out_dir"], name)
+    try:  # the one place the DDP process group is torn down, however the run ends
+        with lock_dir(run_dir, f"train.py --name {name}") if env.master else nullcontext():
+            run = open_run(cfg, env, name, os.path.join(run_dir, "ckpt.pt"))
+            if run.finished:
+                return run.val_loss
+            build_model(run)
+            load_data(run)
+            make_schedule(run)
+            print_plan(run)
+            if not train_loop(run):
+                return None  # --stop_iter
+            return finish(run)
+    finally:
+        if env.ddp:
+            torch.distributed.destroy_process_group()
 
-    # -------------------------------------------------------------------------
-    # devices: DDP when launched by torchrun (one process per GPU), as nanoGPT does
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
+
+# -----------------------------------------------------------------------------
+# the steps of main(), in order
+
+def setup_devices(cfg):
+    """DDP when launched by torchrun (one process per GPU, as nanoGPT does), else one device."""
+    env = SimpleNamespace(ddp=int(os.environ.get("RANK", -1)) != -1, rank=0, world=1)
+    if env.ddp:
         from torch.distributed import init_process_group
         init_process_group(backend="nccl")
-        rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(device)
+        env.rank, env.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        env.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(env.device)
     else:
-        rank, world = 0, 1
-        device = pick_device(cfg["device"])
-    master = rank == 0
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    dtype = cfg["dtype"] if cfg["dtype"] != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
-    if dtype not in ("float32", "bfloat16"):  # float16 would need a GradScaler; bf16 has float32's range
-        die(f"--dtype {dtype}: use float32 or bfloat16")
-    autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
-    torch.manual_seed(cfg["seed"] + rank)
-    if device_type == "cuda":
+        env.device = pick_device(cfg["device"])
+    env.master = env.rank == 0
+    env.device_type = "cuda" if env.device.startswith("cuda") else "cpu"
+    env.dtype = cfg["dtype"] if cfg["dtype"] != "auto" else ("bfloat16" if env.device_type == "cuda" else "float32")
+    env.autocast = nullcontext() if env.dtype == "float32" else torch.autocast(env.device_type, dtype=torch.bfloat16)
+    env.threads = set_threads(cfg["threads"]) if env.device_type == "cpu" else torch.get_num_threads()
+    torch.manual_seed(cfg["seed"] + env.rank)
+    if env.device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    return env
 
-    # -------------------------------------------------------------------------
-    # data; its tokenizer must be the one the parent was trained with
-    meta = datalib.read_meta(cfg["data_dir"], cfg["domain"])
-    train_tokens = datalib.load_tokens(cfg["data_dir"], cfg["domain"], "train")
-    val_tokens = datalib.load_tokens(cfg["data_dir"], cfg["domain"], "val")
-    tok_hash = meta["tokenizer_hash"]
-    data_hash = datalib.data_fingerprint(cfg["data_dir"], [cfg["domain"]])  # which token files made this model
 
-    # -------------------------------------------------------------------------
-    # model: resume, fine-tune from the parent, or fresh
-    resume_ckpt = None
-    if os.path.exists(ckpt_path) and not cfg["overwrite"]:
-        if not cfg["resume"]:
-            die(f"{ckpt_path} exists; add --resume to continue it or --overwrite to start over")
-        resume_ckpt = load_checkpoint(ckpt_path, "checkpoint to resume")
-        if resume_ckpt.get("finished"):
-            if master:
-                print(f"{ckpt_path} is finished (iter {resume_ckpt['iter_num']}, val loss "
-                      f"{resume_ckpt['val_loss'].get(cfg['domain'], float('nan')):.4f}); nothing to do")
-            if ddp:
-                torch.distributed.destroy_process_group()
-            return resume_ckpt
-        if "optimizer" not in resume_ckpt:
-            die(f"{ckpt_path} holds no training state (a merge?); it cannot be resumed, use --overwrite to train anew")
-        changed = [f"{k} {resume_ckpt['config'].get(k)!r} -> {cfg[k]!r}" for k in cfg
-                   if k not in RESUME_FREE and resume_ckpt["config"].get(k) != cfg[k]]
-        if changed:
-            die(f"--resume of {ckpt_path} with other settings ({'; '.join(changed)}); use the original ones, or --overwrite")
-        if resume_ckpt["tokenizer_hash"] != tok_hash:
-            die(f"{cfg['data_dir']}/{cfg['domain']} was tokenized with another tokenizer than {ckpt_path}; "
-                f"re-run python data.py with the original tokenizer or train with --overwrite")
-    parents = []
-    if resume_ckpt is not None:
-        model = model_from_checkpoint(resume_ckpt, device)
-        parents = resume_ckpt["parents"]
-        cfg_saved = resume_ckpt["config"]
-        if master:
-            print(f"resuming {ckpt_path} from iter {resume_ckpt['iter_num']}")
-    elif finetune:
-        parent_path = os.path.join(cfg["out_dir"], cfg["parent"], "ckpt.pt")
-        parent = load_checkpoint(parent_path, f"parent checkpoint '{cfg['parent']}'",
+def open_run(cfg, env, name, ckpt_path):
+    """A fresh run, or the checkpoint to resume with the same settings (finished or not).
+    A finished run with unchanged settings is left as it is (run.finished)."""
+    run = SimpleNamespace(cfg=cfg, env=env, name=name, ckpt_path=ckpt_path, resume=None, finished=False,
+                          val_loss=None)
+    if not os.path.exists(ckpt_path) or cfg["overwrite"]:
+        return run
+    if not cfg["resume"]:
+        die(f"{ckpt_path} exists; add --resume to continue it or --overwrite to start over")
+    ck = load_checkpoint(ckpt_path, "checkpoint to resume")
+    if "optimizer" not in ck:
+        die(f"{ckpt_path} holds no training state (a merge?); it cannot be resumed, use --overwrite to train anew")
+    check_resume(ck["config"], cfg, RESUME_FREE, ckpt_path)
+    if ck.get("finished"):
+        if env.master:
+            print(f"{ckpt_path} is finished (iter {ck['iter_num']}, val loss "
+                  f"{ck['val_loss'].get(cfg['domain'], float('nan')):.4f}); nothing to do")
+        run.finished, run.val_loss = True, ck["val_loss"]
+    run.resume = ck
+    return run
+
+
+def build_model(run):
+    """The model and its lineage: the resumed checkpoint, the parent's exact weights (fine-tune), or fresh."""
+    cfg, env, ck = run.cfg, run.env, run.resume
+    run.tok_hash, run.lineage_name = None, run.name  # the tokenizer the data must have (None: data_dir's own)
+    if ck is not None:
+        model, run.parents, run.tok_hash = model_from_checkpoint(ck, env.device), ck["parents"], ck["tokenizer_hash"]
+        if env.master:
+            print(f"resuming {run.ckpt_path} from iter {ck['iter_num']}")
+    elif cfg["domain"] != "base":
+        path = os.path.join(cfg["out_dir"], cfg["parent"], "ckpt.pt")
+        parent = load_checkpoint(path, f"parent checkpoint '{cfg['parent']}'",
                                  MAKES.get(cfg["parent"], f"python train.py --domain {cfg['parent']}"))
-        if parent["tokenizer_hash"] != tok_hash:
-            die(f"data in {cfg['data_dir']}/{cfg['domain']} was tokenized with another tokenizer "
-                f"({tok_hash}) than the parent {parent_path} ({parent['tokenizer_hash']}); "
-                f"re-run: python data.py --domain {cfg['domain']} --data_dir <the parent's data_dir>")
-        model = model_from_checkpoint(parent, device)  # every weight, exactly the parent's
-        parents = [{"name": cfg["parent"], "hash": sha256_file(parent_path)}]
-        del parent
+        check_finished(parent, path, cfg["parent"], cfg["allow_unfinished"])
+        run.tok_hash, run.lineage_name = parent["tokenizer_hash"], cfg["parent"]
+        model = model_from_checkpoint(parent, env.device)  # every weight, exactly the parent's
+        run.parents = [{"name": cfg["parent"], "hash": sha256_file(path)}]
     else:
-        margs = ModelArgs(vocab_size=meta["vocab_size"], **{k: cfg[k] for k in (
+        margs = ModelArgs(vocab_size=datalib.read_meta(cfg["data_dir"], cfg["domain"])["vocab_size"], **{k: cfg[k] for k in (
             "block_size", "d_model", "n_head", "n_kv_head", "d_mlp", "mlp", "rope_theta", "norm_eps")})
-        if margs.d_model % margs.n_head or margs.n_head % margs.n_kv_head:
-            die(f"d_model {margs.d_model} must divide by n_head {margs.n_head}, and n_head by n_kv_head {margs.n_kv_head}")
-        model = Transformer(margs).to(device)
-    margs = model.args
-    if margs.vocab_size < meta["vocab_size"]:
-        die(f"the model's vocabulary ({margs.vocab_size}) is smaller than the data's ({meta['vocab_size']})")
-    block, B = margs.block_size, cfg["batch_size"]
+        model, run.parents = Transformer(margs).to(env.device), []
+    # a checkpoint holds the weights and AdamW's two moments (float32); the old one stays until the new is in place
+    check_free_space(os.path.dirname(run.ckpt_path), 2 * 3 * 4 * model.num_params() + (16 << 20),
+                     "train.py's checkpoint")
+    run.raw_model = run.model = model
 
-    # -------------------------------------------------------------------------
-    # schedule: epochs over the training tokens unless max_iters is given
-    tokens_per_iter = B * block * cfg["grad_accum"] * world
-    if cfg["max_iters"] > 0:
-        max_iters = cfg["max_iters"]
-    else:
-        max_iters = max(1, math.ceil(cfg["epochs"] * len(train_tokens) / tokens_per_iter))
-    if resume_ckpt is not None:
-        max_iters = cfg_saved["max_iters_resolved"]  # the schedule of the run being resumed
-    cfg["max_iters_resolved"] = max_iters
-    warmup = cfg["warmup_iters"]
 
-    def lr_at(it):
-        return lr_schedule(it, cfg["lr"], warmup, max_iters, cfg["min_lr_frac"])
-
-    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["lr"], (cfg["beta1"], cfg["beta2"]), device_type)
-    gen = torch.Generator().manual_seed(cfg["seed"] + rank)  # the data order, saved for exact resumes
-    iter_num, best_val = 0, float("inf")
-    if resume_ckpt is not None:
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        if rank == 0:
-            gen.set_state(resume_ckpt["data_rng"][0])
-        else:  # only rank 0's stream is saved; other ranks continue on a fresh, distinct stream
-            gen.manual_seed(cfg["seed"] + rank + 7919 * resume_ckpt["iter_num"])
-        iter_num, best_val = resume_ckpt["iter_num"], resume_ckpt["best_val_loss"]
-        del resume_ckpt
-    raw_model = model
-    if cfg["compile"] and device_type == "cuda":
-        if master:
-            print("compiling the model (torch.compile)...")
-        model = torch.compile(model)
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[int(device.split(":")[1])])
-
-    if master:
-        print(f"preset {cfg['preset']}" + (" (no CUDA GPU: --preset paper for the DESIGN.md figures)"
-                                            if cfg["preset"] == "tiny" and device_type == "cpu" else ""))
-        print(f"{'fine-tuning ' + name + ' from ' + cfg['parent'] if finetune else 'pretraining ' + name} "
-              f"on {cfg['data_dir']}/{cfg['domain']} (source: {meta.get('source')}); device {device}, {dtype}, world {world}")
-        print(f"model: {raw_model.num_params() / 1e6:.2f}M params, d_model {margs.d_model}, heads {margs.n_head}/{margs.n_kv_head}, "
-              f"d_mlp {margs.d_mlp} ({margs.mlp}), vocab {margs.vocab_size}, block {block}")
-        print(f"data: {len(train_tokens):,} train / {len(val_tokens):,} val tokens; {tokens_per_iter:,} tokens a step, "
-              f"{max_iters} steps = {max_iters * tokens_per_iter / max(1, len(train_tokens)):.2f} epochs; "
-              f"lr {cfg['lr']:g}, warmup {warmup}, wd {cfg['weight_decay']:g}")
-
-    # -------------------------------------------------------------------------
-    # evaluation: the own domain's val split, plus the other prepared domains at the end
-    def evaluate(domains):
-        out = {}
-        for d in domains:
-            toks = val_tokens if d == cfg["domain"] else datalib.load_tokens(cfg["data_dir"], d, "val")
-            out[d] = eval_loss(raw_model, toks, B, cfg["eval_iters"], device, autocast)
-        return out
-
-    def save(val_losses, finished):
-        if not master:
-            return
-        ckpt = {"model": raw_model.state_dict(), "model_args": asdict(margs), "config": cfg,
-                "name": name, "domain": cfg["domain"], "iter_num": iter_num, "best_val_loss": best_val,
-                "val_loss": val_losses, "tokenizer_hash": tok_hash, "parents": parents,
-                "optimizer": optimizer.state_dict(), "data_rng": [pending_state], "finished": finished,
-                "provenance": provenance(cfg, data={"source": meta.get("source"), "tokenizer_hash": tok_hash,
-                                                    "meta_sha256": data_hash}, parents=parents)}
-        atomic_torch_save(ckpt, ckpt_path)
-
-    # -------------------------------------------------------------------------
-    # the training loop
-    model.train()
-    pending_state = gen.get_state()  # the data RNG before the batch in hand: what a resume restarts from
-    x, y = datalib.get_batch(train_tokens, B, block, device, gen)
-    t0 = t_start = time.time()
-    tokens_seen_run, last_logged = 0, iter_num
-    loss_acc = torch.zeros((), device=device)
-    val_losses = {}
-    while iter_num < max_iters:
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(iter_num)
-        loss_acc.zero_()
-        for micro in range(cfg["grad_accum"]):
-            if ddp:  # sync gradients on the last micro-step only
-                model.require_backward_grad_sync = micro == cfg["grad_accum"] - 1
-            with autocast:
-                _, loss = model(x, y)
-                loss = loss / cfg["grad_accum"]
-            pending_state = gen.get_state()
-            x, y = datalib.get_batch(train_tokens, B, block, device, gen)  # prefetch while the GPU works
-            loss.backward()
-            loss_acc += loss.detach()
-        # the gradient norm (clipped when grad_clip > 0) and the loss must be finite before the step, so
-        # a NaN never reaches the weights or a checkpoint; one flag, all-reduced so every DDP rank stops
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf"))
-        bad = (~torch.isfinite(loss_acc) | ~torch.isfinite(gnorm)).float()
-        if ddp:
-            torch.distributed.all_reduce(bad)
-        if bad.item():
-            if ddp:
-                torch.distributed.destroy_process_group()
-            die(f"loss {loss_acc.item():.4g}, gradient norm {gnorm.item():.4g} at iter {iter_num}: not finite; stopped "
-                f"before the step. The last good checkpoint {ckpt_path} is kept (if any): lower --lr and --overwrite")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        iter_num += 1
-        tokens_seen_run += tokens_per_iter
-
-        if iter_num % cfg["log_interval"] == 0 and master:
-            lossf = loss_acc.item()  # syncs with the GPU only at log time
-            dt = (time.time() - t0) / max(1, iter_num - last_logged)
-            tps = tokens_per_iter / dt
-            mfu = raw_model.flops_per_token() * tps / world / cfg["peak_flops"]
-            print(f"iter {iter_num}/{max_iters}: loss {lossf:.4f}, {dt * 1000:.1f}ms, "
-                  f"{tps / 1e3:.1f}k tok/s, lr {lr_at(iter_num - 1):.2e}" +
-                  (f", mfu {mfu * 100:.1f}%" if device_type == "cuda" else ""))  # MFU vs a GPU peak means nothing on a CPU
-            t0, last_logged = time.time(), iter_num
-        last = iter_num == max_iters
-        stopping = cfg["stop_iter"] > 0 and iter_num >= cfg["stop_iter"]
-        if iter_num % cfg["eval_interval"] == 0 or last or stopping:
-            val_losses = evaluate([cfg["domain"]])
-            best_val = min(best_val, val_losses[cfg["domain"]])
-            if master:
-                print(f"iter {iter_num}: val loss {val_losses[cfg['domain']]:.4f} ({cfg['domain']})")
-            save(val_losses, finished=False)
-            t0 = time.time()  # do not count evaluation in the step time
-        if stopping and not last:
-            if master:
-                print(f"stopping at iter {iter_num} (--stop_iter); continue with --resume")
-            if ddp:
-                torch.distributed.destroy_process_group()
-            return None
-
-    # -------------------------------------------------------------------------
-    # final: validation loss on every prepared domain, the finished checkpoint, metrics.json
+def load_data(run):
+    """The token files, checked against the model (data.open_tokens: sizes, vocabulary, and the tokenizer
+    of the resumed run or the parent; a fresh model: the tokenizer in data_dir), and the other prepared
+    domains' val splits for the final evaluation."""
+    cfg, who, vocab = run.cfg, run.lineage_name, run.raw_model.args.vocab_size
+    def open_split(domain, split):
+        return datalib.open_tokens(cfg["data_dir"], domain, split, run.tok_hash, vocab, who)
+    meta = datalib.read_meta(cfg["data_dir"], cfg["domain"])
     others = [d for d in ("base", "lua", "tinystories") if d != cfg["domain"] and
               os.path.exists(os.path.join(cfg["data_dir"], d, "val.bin"))]
-    val_losses = evaluate([cfg["domain"]] + others)
-    elapsed = time.time() - t_start
-    save(val_losses, finished=True)
-    if master:
-        metrics = {"name": name, "domain": cfg["domain"], "iters": iter_num, "val_loss": val_losses,
-                   "tokens_per_step": tokens_per_iter, "tokens_this_run": tokens_seen_run,
-                   "seconds_this_run": round(elapsed, 2), "tokens_per_s": round(tokens_seen_run / max(elapsed, 1e-9)),
-                   "params": raw_model.num_params(), "checkpoint": ckpt_path,
-                   "checkpoint_sha256": sha256_file(ckpt_path), "data_source": meta.get("source"),
-                   "provenance": provenance(cfg, tokenizer_hash=tok_hash, parents=parents, data_meta_sha256=data_hash)}
-        atomic_write_json(os.path.join(cfg["out_dir"], name, "metrics.json"), metrics)
+    run.data = SimpleNamespace(
+        meta=meta, tok_hash=meta["tokenizer_hash"], train=open_split(cfg["domain"], "train"),
+        val={d: open_split(d, "val") for d in [cfg["domain"]] + others},
+        fingerprint=datalib.data_fingerprint(cfg["data_dir"], [cfg["domain"]]))  # which token files made the model
+
+
+def make_schedule(run):
+    """Steps (epochs over the training tokens unless --max_iters), optimizer, data order, step counters."""
+    cfg, env, ck, model = run.cfg, run.env, run.resume, run.raw_model
+    run.B, run.block = cfg["batch_size"], model.args.block_size
+    run.tokens_per_iter = run.B * run.block * cfg["grad_accum"] * env.world
+    if ck is not None:
+        run.max_iters = ck["config"]["max_iters_resolved"]  # the schedule of the run being resumed
+    elif cfg["max_iters"] > 0:
+        run.max_iters = cfg["max_iters"]
+    else:
+        run.max_iters = max(1, math.ceil(cfg["epochs"] * len(run.data.train) / run.tokens_per_iter))
+    cfg["max_iters_resolved"] = run.max_iters
+    run.optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["lr"], (cfg["beta1"], cfg["beta2"]),
+                                              env.device_type)
+    run.gen = torch.Generator().manual_seed(cfg["seed"] + env.rank)  # the data order, saved for exact resumes
+    run.iter_num, run.best_val, run.history = 0, float("inf"), []
+    if ck is not None:
+        run.optimizer.load_state_dict(ck["optimizer"])
+        if env.rank == 0:
+            run.gen.set_state(ck["data_rng"][0])
+        else:  # only rank 0's stream is saved; other ranks continue on a fresh, distinct stream
+            run.gen.manual_seed(cfg["seed"] + env.rank + 7919 * ck["iter_num"])
+        run.iter_num, run.best_val, run.history = ck["iter_num"], ck["best_val_loss"], ck.get("history", [])
+        run.resume = None  # free the loaded tensors
+
+
+def lr_at(run, it):
+    return lr_schedule(it, run.cfg["lr"], run.cfg["warmup_iters"], run.max_iters, run.cfg["min_lr_frac"])
+
+
+def print_plan(run):
+    """What this run will do, before it does it: model, data, schedule, tokens and FLOPs."""
+    cfg, env, margs = run.cfg, run.env, run.raw_model.args
+    if not env.master:
+        return
+    what = f"fine-tuning {run.name} from {cfg['parent']}" if cfg["domain"] != "base" else f"pretraining {run.name}"
+    print(f"preset {cfg['preset']}" + (" (no CUDA GPU: --preset paper for the DESIGN.md figures)"
+                                        if cfg["preset"] == "tiny" and env.device_type == "cpu" else ""))
+    print(f"{what} on {cfg['data_dir']}/{cfg['domain']} (source: {run.data.meta.get('source')}); device {env.device}, "
+          f"{env.dtype}, world {env.world}, {env.threads} CPU threads")
+    print(f"model: {run.raw_model.num_params() / 1e6:.2f}M params, d_model {margs.d_model}, heads {margs.n_head}/"
+          f"{margs.n_kv_head}, d_mlp {margs.d_mlp} ({margs.mlp}), vocab {margs.vocab_size}, block {run.block}")
+    print(f"data: {len(run.data.train):,} train / {len(run.data.val[cfg['domain']]):,} val tokens; {run.tokens_per_iter:,} tokens a step, "
+          f"{run.max_iters} steps = {run.max_iters * run.tokens_per_iter / max(1, len(run.data.train)):.2f} epochs; "
+          f"lr {cfg['lr']:g}, warmup {cfg['warmup_iters']}, wd {cfg['weight_decay']:g}")
+    steps = run.max_iters - run.iter_num
+    tokens = steps * run.tokens_per_iter
+    print(f"plan: {steps} steps from iter {run.iter_num}, {tokens:,} tokens, "
+          f"{run.raw_model.flops_per_token() * tokens:.3g} training FLOPs; the time estimate follows step {ETA_STEPS + 1}")
+
+
+def compile_or_eager(model, x, y, autocast, optimizer):
+    """torch.compile, tried once on the first batch (forward and backward, gradients discarded; no RNG
+    is drawn, so the run is the same either way). Where it cannot compile (e.g. Triton finds no C
+    compiler to build its launcher) the eager model is returned with a one-line warning."""
+    compiled = torch.compile(model)
+    try:
+        with autocast:
+            _, loss = compiled(x, y)
+        loss.backward()
+    except Exception as e:  # noqa: BLE001 - any compiler failure: eager is always correct
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"warning: torch.compile failed ({type(e).__name__}: {first}); training without it "
+              f"(--compile=false skips the attempt)")
+        compiled = model
+    optimizer.zero_grad(set_to_none=True)
+    return compiled
+
+
+class FiniteGuard:
+    """Stops the run when a step's loss or gradient norm is not finite, without a host sync per step
+    (an .item() each step would drain the GPU queue): flags on the device are updated every step and
+    read only at log and evaluation time, and always before a checkpoint is written. A bad step's
+    update does reach the weights in memory, but the run stops at the next check, before evaluating
+    or saving anything, so a NaN never reaches a checkpoint: the last checkpoint on disk (if any) is
+    the last good state. The flag is all-reduced so every DDP rank stops at the same check."""
+
+    def __init__(self, device, iter_num):
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)       # sticky: some step was bad
+        self.good = torch.zeros((), dtype=torch.long, device=device)      # steps before the first bad one
+        self.first = torch.zeros(2, device=device)                        # its loss and gradient norm
+        self.checked = iter_num                                           # iter of the last check
+
+    def update(self, loss, gnorm):
+        now = ~torch.isfinite(loss) | ~torch.isfinite(gnorm)
+        self.first = torch.where(now & ~self.bad, torch.stack((loss.float(), gnorm.float())), self.first)
+        self.bad |= now
+        self.good += (~self.bad).long()
+
+    def check(self, iter_num, ddp, ckpt_path):
+        flag = self.bad.float()
+        if ddp:
+            torch.distributed.all_reduce(flag)
+        if flag.item():  # the host sync, once per log or evaluation
+            loss, gnorm = self.first.tolist()
+            die(f"loss {loss:.4g}, gradient norm {gnorm:.4g} at iter {self.checked + int(self.good)}: not finite; "
+                f"stopped before saving. The last good checkpoint {ckpt_path} is kept (if any): lower --lr and --overwrite")
+        self.checked = iter_num
+        self.good.zero_()
+
+
+def evaluate(run, domains):
+    """Validation loss on each domain: its own val split, plus the other prepared domains at the end."""
+    return {d: eval_loss(run.raw_model, run.data.val[d], run.B, run.cfg["eval_iters"], run.env.device, run.env.autocast)
+            for d in domains}
+
+
+def save(run, val_losses, finished):
+    if not run.env.master:
+        return
+    cfg, tok = run.cfg, run.data.tok_hash
+    save_checkpoint(
+        run.ckpt_path, run.raw_model, run.raw_model.args, finished=finished, config=cfg, name=run.name,
+        domain=cfg["domain"], iter_num=run.iter_num, best_val_loss=run.best_val, val_loss=val_losses,
+        tokenizer_hash=tok, parents=run.parents, optimizer=run.optimizer.state_dict(),
+        data_rng=[run.pending_state], history=run.history,
+        provenance=provenance(cfg, data={"source": run.data.meta.get("source"), "tokenizer_hash": tok,
+                                         "meta_sha256": run.data.fingerprint}, parents=run.parents))
+
+
+def train_step(run, x, y):
+    """One optimizer step over grad_accum micro-batches; returns the next batch (fetched while the
+    device works) and the step's loss and gradient norm as device tensors (no host sync)."""
+    cfg, model = run.cfg, run.model
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr_at(run, run.iter_num)
+    run.loss_acc.zero_()
+    for micro in range(cfg["grad_accum"]):
+        if run.env.ddp:  # sync gradients on the last micro-step only
+            model.require_backward_grad_sync = micro == cfg["grad_accum"] - 1
+        with run.env.autocast:
+            _, loss = model(x, y)
+            loss = loss / cfg["grad_accum"]
+        run.pending_state = run.gen.get_state()  # the data RNG before the batch in hand: what a resume restarts from
+        x, y = datalib.get_batch(run.data.train, run.B, run.block, run.env.device, run.gen)
+        loss.backward()
+        run.loss_acc += loss.detach()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf"))
+    run.guard.update(run.loss_acc, gnorm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.iter_num += 1
+    return x, y
+
+
+def start_loop(run):
+    """The model as it trains (compiled, DDP-wrapped), the first batch, and the loop's counters."""
+    cfg, env = run.cfg, run.env
+    run.raw_model.train()
+    run.pending_state = run.gen.get_state()
+    x, y = datalib.get_batch(run.data.train, run.B, run.block, env.device, run.gen)
+    if cfg["compile"] and env.device_type == "cuda":
+        if env.master:
+            print("compiling the model (torch.compile)...")
+        run.model = compile_or_eager(run.raw_model, x, y, env.autocast, run.optimizer)
+    if env.ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        run.model = DDP(run.model, device_ids=[int(env.device.split(":")[1])])
+    run.guard = FiniteGuard(env.device, run.iter_num)
+    run.loss_acc = torch.zeros((), device=env.device)
+    run.train_sum, run.train_n = torch.zeros((), device=env.device), 0  # train loss since the last evaluation
+    run.start_iter, run.tokens_run, run.t_start = run.iter_num, 0, time.time()
+    return x, y
+
+
+def duration(seconds):
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def sync_time(run):
+    if run.env.device_type == "cuda":
+        torch.cuda.synchronize()
+    return time.time()
+
+
+def train_loop(run):
+    """Train to max_iters with evaluation + checkpoint every eval_interval; False when --stop_iter stopped it."""
+    cfg, env = run.cfg, run.env
+    x, y = start_loop(run)
+    t0, last_logged = time.time(), run.iter_num
+    while run.iter_num < run.max_iters:
+        x, y = train_step(run, x, y)
+        run.tokens_run += run.tokens_per_iter
+        run.train_sum += run.loss_acc
+        run.train_n += 1
+        it, done = run.iter_num, run.iter_num - run.start_iter
+        if env.master and done == 1:
+            t_eta = sync_time(run)  # the first step may include compiling: time the next ones
+        if env.master and done == ETA_STEPS + 1 and it < run.max_iters:
+            per_step = (sync_time(run) - t_eta) / ETA_STEPS
+            print(f"time estimate: {per_step * 1000:.1f} ms a step, about {duration(per_step * (run.max_iters - it))} "
+                  f"for the remaining {run.max_iters - it} steps (evaluations not counted)")
+        if it % cfg["log_interval"] == 0:
+            run.guard.check(it, env.ddp, run.ckpt_path)
+            if env.master:
+                dt = (time.time() - t0) / max(1, it - last_logged)
+                log_step(run, dt)
+                t0, last_logged = time.time(), it
+        last = it == run.max_iters
+        stopping = cfg["stop_iter"] > 0 and it >= cfg["stop_iter"]
+        if it % cfg["eval_interval"] == 0 or last or stopping:
+            evaluate_and_save(run)
+            t0 = time.time()  # do not count evaluation in the step time
+        if stopping and not last:
+            if env.master:
+                print(f"stopping at iter {it} (--stop_iter); continue with --resume")
+            return False
+    return True
+
+
+def log_step(run, dt):
+    tps = run.tokens_per_iter / dt
+    mfu = run.raw_model.flops_per_token() * tps / run.env.world / run.cfg["peak_flops"]
+    print(f"iter {run.iter_num}/{run.max_iters}: loss {run.loss_acc.item():.4f}, {dt * 1000:.1f}ms, "
+          f"{tps / 1e3:.1f}k tok/s, lr {lr_at(run, run.iter_num - 1):.2e}" +
+          (f", mfu {mfu * 100:.1f}%" if run.env.device_type == "cuda" else ""))  # MFU vs a GPU peak means nothing on a CPU
+
+
+def evaluate_and_save(run):
+    """Check the steps since the last check were finite, evaluate, record the loss curve, checkpoint."""
+    cfg, dom = run.cfg, run.cfg["domain"]
+    run.guard.check(run.iter_num, run.env.ddp, run.ckpt_path)
+    val_losses = evaluate(run, [dom])
+    run.best_val = min(run.best_val, val_losses[dom])
+    run.history.append({"iter": run.iter_num, "train_loss": (run.train_sum / max(1, run.train_n)).item(),
+                        "val_loss": val_losses[dom], "lr": lr_at(run, run.iter_num - 1),
+                        "tokens": run.iter_num * run.tokens_per_iter})
+    run.train_sum.zero_()
+    run.train_n = 0
+    if run.env.master:
+        print(f"iter {run.iter_num}: val loss {val_losses[dom]:.4f} ({dom})")
+    save(run, val_losses, finished=False)
+    return val_losses
+
+
+def finish(run):
+    """Validation loss on every prepared domain, the finished checkpoint, then metrics.json."""
+    cfg, env = run.cfg, run.env
+    val_losses = evaluate(run, list(run.data.val))
+    elapsed = time.time() - run.t_start
+    save(run, val_losses, finished=True)
+    if env.master:
+        metrics = {"name": run.name, "domain": cfg["domain"], "iters": run.iter_num, "val_loss": val_losses,
+                   "history": run.history, "tokens_per_step": run.tokens_per_iter, "tokens_this_run": run.tokens_run,
+                   "seconds_this_run": round(elapsed, 2), "tokens_per_s": round(run.tokens_run / max(elapsed, 1e-9)),
+                   "params": run.raw_model.num_params(), "checkpoint": run.ckpt_path,
+                   "checkpoint_sha256": sha256_file(run.ckpt_path), "data_source": run.data.meta.get("source"),
+                   "provenance": provenance(cfg, tokenizer_hash=run.data.tok_hash, parents=run.parents,
+                                            data_meta_sha256=run.data.fingerprint)}
+        atomic_write_json(os.path.join(os.path.dirname(run.ckpt_path), "metrics.json"), metrics)
         print("val loss: " + ", ".join(f"{d} {v:.4f}" for d, v in val_losses.items()) +
-              f"  ({elapsed:.0f}s) -> {ckpt_path}")
-    if ddp:
-        from torch.distributed import destroy_process_group
-        destroy_process_group()
+              f"  ({elapsed:.0f}s) -> {run.ckpt_path}")
     return val_losses
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -19,7 +19,7 @@ def write_domain(data_dir, domain, seed, vocab, tok_hash="tok-A", n=6000, noise=
     toks[: n * 9 // 10].tofile(os.path.join(d, "train.bin"))
     toks[n * 9 // 10:].tofile(os.path.join(d, "val.bin"))
     meta = {"domain": domain, "source": "test", "vocab_size": vocab, "dtype": "uint16", "tokenizer_hash": tok_hash,
-            "tokens": {"train": n * 9 // 10, "val": n - n * 9 // 10}}
+            "splits": {"train": {"tokens": n * 9 // 10}, "val": {"tokens": n - n * 9 // 10}}}
     with open(os.path.join(d, "meta.json"), "w") as f:
         json.dump(meta, f)
 
@@ -53,3 +53,153 @@ def chat_server(respond):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv, f"http://127.0.0.1:{srv.server_port}/v1"
+
+
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts connections and never answers (a hung LLM server).
+    Returns (close, api base, accepted): accepted is the list of accepted sockets, close() stops it."""
+    import socket
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    accepted, stop = [], threading.Event()
+
+    def loop():
+        srv.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                accepted.append(srv.accept()[0])
+            except OSError:  # the timeout, or the socket closed by close()
+                continue
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+
+    def close():
+        stop.set()
+        thread.join()
+        for s in accepted:
+            s.close()
+        srv.close()
+    return close, f"http://127.0.0.1:{srv.getsockname()[1]}/v1", accepted
+
+
+def free_port():
+    """A port on 127.0.0.1 with nothing listening (for "server unreachable" cases)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(script, *args, timeout=120, env=None, cwd=None):
+    """`python <script> args...` from the repository as a user runs it: CompletedProcess with text output."""
+    import subprocess
+    import sys
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=full_env, cwd=cwd or REPO)
+
+
+def assert_one_line_error(proc, pattern=None, status=2):
+    """The bad-input contract: exit `status`, exactly one line on stderr and it starts with `error:`
+    (matching `pattern`, a regex, when given), and no traceback anywhere."""
+    import re
+    lines = proc.stderr.splitlines()
+    why = f"exit {proc.returncode}\n--- stderr:\n{proc.stderr[-3000:]}\n--- stdout:\n{proc.stdout[-1500:]}"
+    assert "Traceback" not in proc.stderr + proc.stdout, why
+    assert proc.returncode == status, why
+    assert len(lines) == 1 and lines[0].startswith("error: "), why
+    if pattern is not None:
+        assert re.search(pattern, lines[0]), f"{pattern!r} not in: {lines[0]}"
+
+
+# -----------------------------------------------------------------------------
+# many commands at once: `python <script> args` run in forks of one interpreter that has already imported
+# torch and the scripts' modules. Each case behaves as its own `python <script>.py` would (a fresh process
+# image: runpy runs the script as __main__, exit status and stderr by the interpreter's rules: SystemExit's
+# code, a traceback and status 1 for anything else), but costs ~0.1 s of CPU instead of the ~1.6 s that
+# starting Python and importing torch take. CLI_TEST_PROCESSES=1 runs every command as a real process instead.
+
+_LAUNCHER = r'''
+import json, os, runpy, sys, traceback
+sys.path.insert(0, REPO)
+import numpy, torch, requests, tiktoken                     # the expensive imports, done once
+for name in ("common", "model", "data", "train", "merge", "sae", "analyze", "explain"):
+    try:
+        __import__(name)
+    except Exception:                                       # a broken module: each case shows its own traceback
+        sys.modules.pop(name, None)
+jobs = json.load(sys.stdin)
+running, results, todo = {}, {}, list(enumerate(jobs))
+while todo or running:
+    while todo and len(running) < PARALLEL:
+        i, job = todo.pop(0)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                out = os.open(job["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                err = os.open(job["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(out, 1)
+                os.dup2(err, 2)
+                os.environ.update(job["env"])
+                os.chdir(job["cwd"])
+                sys.argv = [job["argv"][0], *job["argv"][1:]]
+                sys.path[0] = os.path.dirname(os.path.abspath(job["argv"][0]))
+                try:
+                    runpy.run_path(job["argv"][0], run_name="__main__")
+                    code = 0
+                except SystemExit as e:
+                    if e.code is None:
+                        code = 0
+                    elif isinstance(e.code, int):
+                        code = e.code
+                    else:
+                        print(e.code, file=sys.stderr)
+                        code = 1
+                except BaseException:
+                    traceback.print_exc()
+                    code = 1
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code & 0xFF)
+        running[pid] = i
+    pid, status = os.wait()
+    results[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+json.dump([results[i] for i in range(len(jobs))], sys.stdout)
+'''
+
+
+def run_scripts(commands, folder, parallel=4, env=None, timeout=600):
+    """Run each command (a list: script path relative to the repository, then its arguments) as
+    `python <script> args`, `parallel` at a time; returns a CompletedProcess for each, in order.
+    folder: where the captured output goes."""
+    import json
+    import subprocess
+    import sys
+    full_env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    if os.environ.get("CLI_TEST_PROCESSES"):
+        return [run_script(c[0], *c[1:], timeout=timeout, env=full_env) for c in commands]
+    os.makedirs(folder, exist_ok=True)
+    jobs = [{"argv": [os.path.join(REPO, c[0]), *map(str, c[1:])], "env": full_env, "cwd": REPO,
+             "out": os.path.join(folder, f"{i}.out"), "err": os.path.join(folder, f"{i}.err")}
+            for i, c in enumerate(commands)]
+    code = f"REPO = {REPO!r}\nPARALLEL = {int(parallel)}\n" + _LAUNCHER
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(jobs), capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **full_env}, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the launcher failed: {proc.stderr[-3000:]}")
+    out = []
+    for job, status in zip(jobs, json.loads(proc.stdout)):
+        with open(job["out"], encoding="utf-8", errors="replace") as f_out, \
+                open(job["err"], encoding="utf-8", errors="replace") as f_err:
+            out.append(subprocess.CompletedProcess(job["argv"], status, f_out.read(), f_err.read()))
+    return out

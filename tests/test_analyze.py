@@ -6,7 +6,6 @@ import os
 import re
 import sys
 import types
-from dataclasses import asdict
 
 import helpers
 import numpy as np
@@ -14,10 +13,11 @@ import pytest
 import torch
 
 import analyze
+import report
 import data as datalib
 import sae as saelib
 from common import atomic_torch_save, atomic_write_json, sha256_file
-from model import ModelArgs, Transformer
+from model import ModelArgs, Transformer, save_checkpoint
 
 
 def corr(x, y, chunk, mm_dtype=torch.float64):
@@ -114,14 +114,20 @@ def test_dead_features_are_never_matched_even_at_a_low_threshold():
     assert out["counts"]["parent_dead"] == 1 and out["counts"]["child_dead"] == 1 and out["counts"]["pairs"] == 1
 
 
+def one_to_one(r, threshold):
+    """greedy_matching on the pairs classify() finds at the threshold (as analyze.main runs it)."""
+    c = cls_from(r, thr=threshold)
+    return analyze.greedy_matching(c["pairs"], c["pair_r"])
+
+
 def test_one_to_one_matching_is_one_to_one_greedy_and_maximal():
     r = np.array([[0.95, 0.90, 0.1], [0.85, 0.2, 0.3], [0.1, 0.88, 0.82]])
-    pairs, vals = analyze.match_one_to_one(r, 0.8)
+    pairs, vals = one_to_one(r, 0.8)
     assert pairs.tolist() == [[0, 0], [2, 1]] and vals.tolist() == [0.95, 0.88]   # (1, 0) lost to (0, 0)
     rng = np.random.default_rng(4)
     for _ in range(20):
         r = rng.random((30, 25))
-        pairs, vals = analyze.match_one_to_one(r, 0.7)
+        pairs, vals = one_to_one(r, 0.7)
         assert len(set(pairs[:, 0])) == len(pairs) and len(set(pairs[:, 1])) == len(pairs)
         assert (vals >= 0.7).all() and (np.diff(vals) <= 0).all()
         free = r >= 0.7
@@ -162,9 +168,9 @@ def test_families_on_a_constructed_tree():
 
 def test_token_set_is_seeded_shared_out_and_made_of_distinct_windows():
     arrays = {"a": np.arange(1000) % 65000, "b": 5000 + np.arange(160), "c": np.arange(3)}
-    s1, n1 = analyze.draw_token_set(arrays, 400, 16, seed=7)
-    s2, _ = analyze.draw_token_set(arrays, 400, 16, seed=7)
-    s3, _ = analyze.draw_token_set(arrays, 400, 16, seed=8)
+    s1, n1 = datalib.sample_windows(arrays, 400 // 16, 16, "tiles", 7, with_counts=True)   # as analyze draws it
+    s2 = datalib.sample_windows(arrays, 400 // 16, 16, "tiles", 7)
+    s3 = datalib.sample_windows(arrays, 400 // 16, 16, "tiles", 8)
     assert np.array_equal(s1, s2) and not np.array_equal(s1, s3)
     assert n1 == {"a": 9, "b": 8, "c": 0}                               # 25 windows asked: b has 10, c none
     assert s1.shape == (17, 16) and len({tuple(r) for r in s1}) == 17
@@ -209,7 +215,7 @@ def test_logit_effects_follow_w_out_norm_gain_and_lm_head():
 
 def test_json_for_script_cannot_close_the_script_or_inject_html():
     nasty = {"t": "</script><script>alert(1)</script>", "u": "a & b \u2028 <!--"}
-    s = analyze.json_for_script(nasty)
+    s = report.json_for_script(nasty)
     assert not set("<>&\u2028") & set(s) and json.loads(s) == nasty
 
 
@@ -245,16 +251,17 @@ def make_study(root, null_models=("base", "lua", "tinystories"), val_tokens=1500
         os.makedirs(os.path.join(data_dir, d), exist_ok=True)
         np.asarray(ids[:val_tokens], dtype=np.uint16).tofile(os.path.join(data_dir, d, "val.bin"))
         atomic_write_json(os.path.join(data_dir, d, "meta.json"), {"domain": d, "source": source, "dtype": "uint16",
-                                                                   "vocab_size": 257, "tokenizer_hash": th})
+                                                                   "vocab_size": 257, "tokenizer_hash": th,
+                                                                   "splits": {"train": {"tokens": 0}, "val": {"tokens": val_tokens}}})
     torch.manual_seed(0)
     base = Transformer(ARGS).state_dict()
     states = {"base": base, "lua": base, "tinystories": Transformer(ARGS).state_dict(), "luastories": base}
     lineage = {"base": [], "lua": ["base"], "tinystories": ["base"], "luastories": ["lua", "tinystories"]}
     for name, state in states.items():
         parents = [{"name": p, "hash": sha256_file(os.path.join(out_dir, p, "ckpt.pt"))} for p in lineage[name]]
-        ck = {"model": state, "model_args": asdict(ARGS), "config": {}, "name": name, "domain": name, "iter_num": 0,
-              "tokenizer_hash": th, "parents": parents, "val_loss": {}, "provenance": {}}
-        atomic_torch_save(ck, os.path.join(out_dir, name, "ckpt.pt"))
+        save_checkpoint(os.path.join(out_dir, name, "ckpt.pt"), state, ARGS, finished=True, name=name, domain=name,
+                        tokenizer_hash=th, parents=parents)
+        ck = torch.load(os.path.join(out_dir, name, "ckpt.pt"), weights_only=False)
         for seed in (0, 1):
             if seed == 1 and name not in null_models:
                 continue
@@ -332,6 +339,41 @@ def test_end_to_end_results_and_report(study):
     assert data["pages"][key]["trail"] and len(data["pages"][key]["pos"]) == 10
 
 
+def test_report_rerenders_alone_from_the_saved_files(study, tmp_path):
+    """report.py rebuilds report.html from results.json + pages.json without recomputing anything: the same page."""
+    import shutil
+    _, out_dir, _ = study
+    out2 = str(tmp_path / "out")
+    shutil.copytree(os.path.join(out_dir, "analysis"), os.path.join(out2, "analysis"))
+    shutil.copy(os.path.join(out_dir, "merge_sweep.json"), out2)
+    before = open(os.path.join(out2, "analysis", "report.html"), encoding="utf-8").read()
+    os.remove(os.path.join(out2, "analysis", "report.html"))
+    report.main([f"--out_dir={out2}"])
+    assert open(os.path.join(out2, "analysis", "report.html"), encoding="utf-8").read() == before
+    with pytest.raises(SystemExit, match="run the analysis first: python analyze.py"):
+        report.main([f"--out_dir={tmp_path / 'nothing'}"])
+
+
+def test_the_report_shows_the_status_python_gave_not_one_recomputed_from_r(study, tmp_path):
+    """Each feature's status per edge is classify()'s, saved in pages.json; the page shows it as saved (the
+    JavaScript never compares r with the threshold), so an edited status is what the page carries."""
+    _, out_dir, _ = study
+    res = json.load(open(os.path.join(out_dir, "analysis", "results.json")))
+    pages = json.load(open(os.path.join(out_dir, "analysis", "pages.json")))
+    for name, e in res["edges"].items():
+        st = pages["status"][name]
+        dens = np.array(res["density"][e["parent"]])
+        assert [s == "x" for s in st["parent"]] == (dens == 0).tolist()
+        assert st["parent"].count("p") == e["counts"]["persisting"] and st["parent"].count("d") == e["counts"]["disappearing"]
+        assert st["child"].count("e") == e["counts"]["emerging"] and st["child"].count("m") == e["counts"]["child_matched"]
+    pages["status"]["base->lua"]["parent"] = "d" * len(pages["status"]["base->lua"]["parent"])
+    page = report.render_report(res, pages, None)
+    blob = json.loads(page.split('id="data">')[1].split("</script>")[0])
+    edge = next(e for e in blob["edges"] if e["name"] == "base->lua")
+    assert set(edge["ps"]) == {"d"} and blob["status_name"]["d"] == "disappears"
+    assert "D.thr" not in page and ">=D." not in page
+
+
 def test_printed_edge_table(tmp_path, capsys):
     data_dir, out_dir = make_study(str(tmp_path), null_models=("base",))
     run(data_dir, out_dir, "--models=base,lua")
@@ -401,11 +443,16 @@ def test_explain_end_to_end_with_a_local_llm_stub(study, tmp_path, monkeypatch):
 # -----------------------------------------------------------------------------
 # errors
 
+def resave(path, **changes):
+    """Re-write a model checkpoint with some fields changed (through the one checkpoint writer)."""
+    ck = torch.load(path, weights_only=False)
+    ck.update(changes)
+    save_checkpoint(path, ck.pop("model"), ck.pop("model_args"), **ck)
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch, capsys):
     data_dir, out_dir = make_study(str(tmp_path))
-    ck = torch.load(os.path.join(out_dir, "tinystories", "ckpt.pt"), weights_only=False)
-    ck["iter_num"] = 7                                                      # tinystories re-made since the merge
-    atomic_torch_save(ck, os.path.join(out_dir, "tinystories", "ckpt.pt"))
+    resave(os.path.join(out_dir, "tinystories", "ckpt.pt"), iter_num=7)     # tinystories re-made since the merge
     with pytest.raises(SystemExit, match=r"'luastories' was not made from the current 'tinystories'.*merge.py --overwrite"):
         run(data_dir, out_dir)
     data_dir, out_dir = make_study(str(tmp_path / "fresh"))
@@ -434,11 +481,19 @@ def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="takes 32-wide inputs but model 'lua' has d_mlp 64"):
         run(data_dir, out_dir)
 
-    ck["tokenizer_hash"] = "0123456789abcdef"
-    atomic_torch_save(ck, os.path.join(out_dir, "lua", "ckpt.pt"))
+    resave(os.path.join(out_dir, "lua", "ckpt.pt"), tokenizer_hash="0123456789abcdef")
     with pytest.raises(SystemExit, match="different tokenizers"):
         run(data_dir, out_dir)
 
     os.remove(os.path.join(out_dir, "luastories", "ckpt.pt"))
     with pytest.raises(SystemExit, match="python merge.py"):
+        run(data_dir, out_dir)
+
+
+def test_val_data_of_another_tokenizer_is_a_one_line_error(tmp_path):
+    data_dir, out_dir = make_study(str(tmp_path))
+    meta_path = os.path.join(data_dir, "lua", "meta.json")
+    meta = json.load(open(meta_path))
+    atomic_write_json(meta_path, {**meta, "tokenizer_hash": "0123456789abcdef"})
+    with pytest.raises(SystemExit, match=r"data/lua was prepared with tokenizer 0123456789abcdef.*pass the --data_dir"):
         run(data_dir, out_dir)

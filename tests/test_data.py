@@ -1,6 +1,6 @@
 """Tests for data.py: tokenizer (trainer, rank file, tiktoken agreement), downloader (against a
 local HTTP server), the three sources, outputs and the API. CPU only, no internet, seconds."""
-import gzip
+import hashlib
 import http.server
 import json
 import os
@@ -8,16 +8,21 @@ import random
 import re
 import sys
 import threading
-import zipfile
 
 import numpy as np
 import pytest
 import tiktoken
 import tiktoken.load
-import torch
+
+try:
+    import torch
+except ImportError:  # Python 3.10 here has no torch: run the pattern tests only (-k pattern)
+    torch = None
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import sample_corpus  # noqa: E402
+from sample_corpus import gen_lua, gen_prose, gen_story  # noqa: E402
 
 SMALL = ["--preset", "tiny", "--vocab_size", "500", "--sample_kb", "40", "--threads", "2"]
 
@@ -39,10 +44,9 @@ ODD = ["e\u0301 combining acute, a\u0308 umlaut", "family 👨\u200d👩\u200d�
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    """No test may reach the internet: every URL points to a closed local port unless a test
-    points it at its own server; downloads retry fast."""
-    for k in data.URLS:
-        monkeypatch.setitem(data.URLS, k, "http://127.0.0.1:9/blocked")
+    """No test may reach the internet: the hub is a closed local port unless a test points it at
+    its own server; downloads retry fast."""
+    monkeypatch.setattr(data, "HF", "http://127.0.0.1:9")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(data, "BACKOFF_S", 0.001)
     monkeypatch.setattr(data, "RETRIES", 4)
@@ -101,18 +105,18 @@ def test_tiktoken_matches_reference_bpe(built, monkeypatch):
     assert sorted(ranks.values()) == list(range(len(ranks))) and len(ranks) == 499
     enc = data.load_tokenizer(built)
     rng = random.Random(0)
-    texts = VARIED + [data.gen_prose(rng), data.gen_story(rng), data.gen_lua(rng),
+    texts = VARIED + [gen_prose(rng), gen_story(rng), gen_lua(rng),
                       open(data.__file__, encoding="utf-8").read()[:20000]]
     for text in texts:
-        assert enc.encode_ordinary(text) == reference_encode(text, ranks, data.PATTERN)
+        assert enc.encode_ordinary(text) == reference_encode(text, ranks, data.RE_PATTERN)
 
 
 def test_python_and_tiktoken_split_alike():
     """Training splits with Python's re, encoding with tiktoken's regex engine: same chunks on
     ordinary text. A rank table holding every chunk whole makes tiktoken emit one token per chunk."""
     rng = random.Random(1)
-    text = "\n".join(VARIED + [data.gen_prose(rng), data.gen_story(rng), data.gen_lua(rng)])
-    chunks = re.findall(data.PATTERN, text)
+    text = "\n".join(VARIED + [gen_prose(rng), gen_story(rng), gen_lua(rng)])
+    chunks = re.findall(data.RE_PATTERN, text)
     ranks = {bytes([i]): i for i in range(256)}
     for c in chunks:
         ranks.setdefault(c.encode(), len(ranks))
@@ -165,17 +169,16 @@ def test_domains_are_distinct(built):
     """The sample domains must differ clearly: little shared vocabulary between prose and Lua."""
     rng = random.Random(3)
     words = {g: set(re.findall(r"[a-z_]+", " ".join(g(rng) for _ in range(50))))
-             for g in (data.gen_prose, data.gen_story, data.gen_lua)}
-    for a, b in [(data.gen_prose, data.gen_lua), (data.gen_story, data.gen_lua), (data.gen_prose, data.gen_story)]:
+             for g in (gen_prose, gen_story, gen_lua)}
+    for a, b in [(gen_prose, gen_lua), (gen_story, gen_lua), (gen_prose, gen_story)]:
         jac = len(words[a] & words[b]) / len(words[a] | words[b])
         assert jac < 0.3, (a.__name__, b.__name__, jac)
-    assert len(words[data.gen_prose]) > 300 and len(words[data.gen_lua]) > 100
+    assert len(words[gen_prose]) > 300 and len(words[gen_lua]) > 100
 
 
 def test_sample_is_deterministic(tmp_path):
-    cfg = dict(data.config, sample_kb=30, val_frac=0.1, seed=5)
     for domain in ("babylm", "python", "tinystories", "lua"):
-        a, b = data.sample_docs(domain, cfg), data.sample_docs(domain, cfg)
+        a, b = sample_corpus.sample_docs(domain, 30, 0.1, 5), sample_corpus.sample_docs(domain, 30, 0.1, 5)
         assert a == b and a[0] and a[1] and not set(a[0]) & set(a[1])
     for d in ("x", "y"):
         data.main(["--domain", "all", "--data_dir", str(tmp_path / d), "--vocab_size", "300", "--sample_kb", "20"])
@@ -191,7 +194,7 @@ def write_corpus(folder, domain, docs_by_split):
 
 def test_local_source(tmp_path):
     corp, rng, docs = tmp_path / "corpora", random.Random(7), {}
-    gens = {"babylm": data.gen_prose, "tinystories": data.gen_story, "lua": data.gen_lua,
+    gens = {"babylm": gen_prose, "tinystories": gen_story, "lua": gen_lua,
             "python": lambda r: f"def f{r.randint(0, 99)}(x):\n    return x * {r.randint(2, 9)}"}
     for domain, g in gens.items():
         docs[domain] = {"train": [g(rng) for _ in range(60)], "valid": [g(rng) for _ in range(8)]}
@@ -266,56 +269,100 @@ def test_get_batch():
 
 
 def test_helpers():
-    bab = [" ".join(["w"] * n) for n in (10, 20, 30, 40, 50, 60)]
-    py = ["x = 1"] * 30  # 90 words
-    mix, share = data.mix_base(bab, py, seed=0, split="train")
+    bab = np.array([10, 20, 30, 40, 50, 60])
+    py = np.array([3] * 30)  # 90 words
+    (doms, idx), share = data.mix_plan(bab, py, seed=0, split="train")
     assert share["cut"] == "babylm" and share["python_words"] == 90 and 90 <= share["babylm_words"] < 150
-    assert mix == data.mix_base(bab, py, seed=0, split="train")[0]
-    docs = data.chunk_lines("a\nb\n\n" + "\n".join(["line %d" % i for i in range(2000)]), 3, 500)
-    assert docs[0] == "a\nb" and all(len(d) <= 520 for d in docs)
+    again = data.mix_plan(bab, py, seed=0, split="train")[0]
+    assert np.array_equal(doms, again[0]) and np.array_equal(idx, again[1])
+    assert sorted(idx[doms == 1].tolist()) == list(range(30))  # all of the smaller side (python)
+    assert bab[idx[doms == 0]].sum() == share["babylm_words"] and doms[:30].tolist() != [1] * 30  # shuffled
     text = data.sample_corpus_text(sample_kb=10)  # bench.py's input: one string is fine for the trainer
     assert "def " in text and len(data.train_bpe(text, 300, log=lambda *a: None)) == 299
     tr, va = data.hash_split([f"doc {i}" for i in range(1000)], 0.1)
     assert 50 < len(va) < 150 and len(tr) + len(va) == 1000 and data.hash_split(tr + va, 0.1)[1] == va
+    assert [len(b) for b in data.batched(iter(["x" * 10] * 7), max_docs=3)] == [3, 3, 1]
+    assert [len(b) for b in data.batched(iter(["x" * 10] * 7), max_bytes=25)] == [3, 3, 1]
+
+
+def test_local_reader_matches_split_eot_across_blocks(tmp_path):
+    """The streaming reader gives split_eot's documents, whatever the block boundaries; newlines as text mode."""
+    rng = random.Random(2)
+    docs = [gen_lua(rng) if i % 2 else "\n\n" + gen_prose(rng) + "\n" for i in range(30)] + ["   ", "last ü"]
+    text = "".join(d + "\n<|endoftext|>\n" for d in docs) + "tail without a mark\r\nand a CR line\rend"
+    path = tmp_path / "f.txt"
+    path.write_bytes(text.encode("utf-8"))
+    want = data.split_eot(open(path, encoding="utf-8").read())
+    for block in (1, 7, 100, 1 << 20):
+        assert list(data.local_file_docs(str(path), block)) == want
 
 
 # -----------------------------------------------------------------------------
-# downloads, against a local server
+# the hub, served by a local server: revision and tree API, resolve redirects, Range / If-Range,
+# gated files, cut connections, HTML error pages. No test reaches the internet.
+
+TS_SHA = "f54c09fd23315a6f9c86f9dc80f725de7d8f9c64"  # TinyStories: pinned in data.PINNED
+SHAS = {"nilq/baby-python": "b" * 40, "roneneldan/TinyStories": TS_SHA, "nilq/small-lua-stack": "c" * 40}
 
 
-class Server:
-    """Serves self.files; self.plan[path] lists what to do to the next requests of that path:
-    'cut' (stop half way), '503', '401', '403', 'ignore_range' (answer 200 with the whole file)."""
+class Hub:
+    """Answers like the Hugging Face hub. self.repos[repo] = {path: bytes}; self.gated: repos that
+    answer 401 (no token) / 403 (a token without access); self.plan[path] lists what to do to the
+    next requests of that path: 'cut' (half the body, then close), '503', 'html' (an HTML error page
+    with status 200), 'bad_range' (206 with a Content-Range that is not the one asked for)."""
 
     def __init__(self):
-        self.files, self.plan, self.log = {}, {}, []
-        srv = self
+        self.repos, self.gated, self.plan, self.log = {}, set(), {}, []
+        hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
             def do_GET(self):
-                path = self.path
-                srv.log.append((path, dict(self.headers)))
-                todo = srv.plan.get(path, [])
+                hub.log.append((self.path, dict(self.headers)))
+                todo = hub.plan.get(self.path.split("?")[0], [])
                 act = todo.pop(0) if todo else None
-                if act in ("503", "401", "403") or path not in srv.files:
-                    self.send_response(int(act) if act else 404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body, start, rng = srv.files[path], 0, self.headers.get("Range")
-                if rng and act != "ignore_range":
+                if act == "503":
+                    return self.reply(503, b"")
+                if act == "html":
+                    return self.reply(200, b"<!DOCTYPE html><html><body>Internal error, try later</body></html>",
+                                      {"Content-Type": "text/html"})
+                route = hub.route(self.path)
+                if route is None:
+                    return self.reply(404, b"")
+                kind, repo, rest = route
+                if kind == "revision":
+                    return self.reply(200, json.dumps({"id": repo, "sha": SHAS[repo]}).encode())
+                if kind == "tree":
+                    files = [{"type": "file", "path": p, "size": len(b), "oid": "x"} for p, b in hub.repos[repo].items()]
+                    return self.reply(200, json.dumps([{"type": "directory", "path": "data"}] + files).encode())
+                if kind == "resolve":
+                    if repo in hub.gated:
+                        return self.reply(403 if self.headers.get("Authorization") else 401, b"")
+                    return self.reply(302, b"", {"Location": f"{hub.url}/cdn/{repo}/{rest}"})
+                self.send_file(hub.repos[repo][rest], act)
+
+            def reply(self, status, body, headers=None):
+                self.send_response(status)
+                for k, v in {"Content-Length": str(len(body)), **(headers or {})}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def send_file(self, body, act):
+                etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+                start, rng = 0, self.headers.get("Range")
+                if rng and self.headers.get("If-Range", etag) == etag:
                     start = int(re.match(r"bytes=(\d+)-$", rng).group(1))
-                    if start >= len(body):
-                        self.send_response(416)
-                        self.end_headers()
-                        return
+                if start >= len(body) and start:
+                    return self.reply(416, b"")
                 self.send_response(206 if start else 200)
                 if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                    first = start + 1 if act == "bad_range" else start
+                    self.send_header("Content-Range", f"bytes {first}-{len(body) - 1}/{len(body)}")
                 self.send_header("Content-Length", str(len(body) - start))
+                self.send_header("ETag", etag)
                 self.end_headers()
                 part = body[start:]
                 self.wfile.write(part[:len(part) // 2] if act == "cut" else part)
@@ -324,161 +371,482 @@ class Server:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
+    def route(self, path):
+        path = path.split("?")[0]
+        for repo in self.repos:
+            sha = SHAS[repo]
+            for kind, prefix in (("revision", f"/api/datasets/{repo}/revision/main"), ("tree", f"/api/datasets/{repo}/tree/{sha}"),
+                                 ("resolve", f"/datasets/{repo}/resolve/{sha}/"), ("cdn", f"/cdn/{repo}/{sha}/")):
+                if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
+                    rest = path[len(prefix):]
+                    if kind == "cdn":
+                        if rest not in self.repos[repo]:
+                            return None
+                        return kind, repo, rest
+                    return kind, repo, (sha + "/" + rest if kind == "resolve" else rest)
+        return None
+
 
 @pytest.fixture
-def server():
-    s = Server()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+def hub(monkeypatch):
+    h = Hub()
+    monkeypatch.setattr(data, "HF", h.url)
+    yield h
+    h.httpd.shutdown()
+    h.httpd.server_close()
 
 
-def blob(n, seed=0):
-    return random.Random(seed).randbytes(n)
-
-
-def test_download_resumes_after_a_cut(server, tmp_path):
-    server.files["/big.bin"] = payload = blob(1_000_000)
-    server.plan["/big.bin"] = ["cut"]
-    path = data.download(server.url + "/big.bin", str(tmp_path / "big.bin"))
-    assert open(path, "rb").read() == payload and not os.path.exists(path + ".part")
-    assert len(server.log) == 2 and "Range" not in server.log[0][1]
-    start = int(server.log[1][1]["Range"][6:-1])
-    assert 0 < start <= 500_000  # resumed where the cut left it, not from the start
-
-
-def test_download_server_ignoring_range_restarts(server, tmp_path, capsys):
-    server.files["/f.txt"] = payload = blob(200_000, 1)
-    target = tmp_path / "f.txt"
-    (tmp_path / "f.txt.part").write_bytes(b"X" * 1000)  # stale partial bytes must not survive
-    server.plan["/f.txt"] = ["ignore_range"]
-    data.download(server.url + "/f.txt", str(target))
-    assert target.read_bytes() == payload and server.log[0][1]["Range"] == "bytes=1000-"
-    assert "ignored the range" in capsys.readouterr().out
-
-
-def test_download_retries_on_503_and_gives_up(server, tmp_path):
-    server.files["/r.txt"] = payload = blob(5000, 2)
-    server.plan["/r.txt"] = ["503", "503"]
-    assert open(data.download(server.url + "/r.txt", str(tmp_path / "r.txt")), "rb").read() == payload
-    assert len(server.log) == 3
-    server.plan["/r.txt"] = ["503"] * 10
-    with pytest.raises(SystemExit) as e:
-        data.download(server.url + "/r.txt", str(tmp_path / "r2.txt"))
-    assert "failed after 4 tries" in one_line_error(e)
-
-
-@pytest.mark.parametrize("status", ["401", "403"])
-def test_download_access_denied_message(server, tmp_path, status):
-    server.files["/gated.json"] = b"{}"
-    server.plan["/gated.json"] = [status]
-    with pytest.raises(SystemExit) as e:
-        data.download(server.url + "/gated.json", str(tmp_path / "g.json"), denied=data.STACK_DENIED)
-    msg = one_line_error(e)
-    assert f"HTTP {status}" in msg and "HF_TOKEN" in msg and "accept its terms" in msg
-    assert len(server.log) == 1  # no retries on a refusal
-
-
-def test_download_skips_complete_file(server, tmp_path):
-    (tmp_path / "done.txt").write_text("already here")
-    assert data.download(server.url + "/done.txt", str(tmp_path / "done.txt")) == str(tmp_path / "done.txt")
-    assert server.log == []
-
-
-def test_download_prefix_of_gzip_json_lines(server, tmp_path):
-    rng = random.Random(4)
-    rows = [{"content": "".join(rng.choice("abcdefghij \n") for _ in range(300)) + f"#{i}"} for i in range(2000)]
-    server.files["/shard.json.gz"] = gz = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
-    limit = len(gz) // 3
-    path = data.download(server.url + "/shard.json.gz", str(tmp_path / "shard.json.gz"), max_bytes=limit)
-    assert os.path.getsize(path) == limit and open(path, "rb").read() == gz[:limit]
-    got = data.json_records(data.read_text(path, limit), "content")
-    assert 0 < len(got) < len(rows) and got == [r["content"].strip("\n") for r in rows[:len(got)]]
-    n = len(server.log)
-    data.download(server.url + "/shard.json.gz", path, max_bytes=limit)
-    assert len(server.log) == n  # complete at that size: no new request
-
-
-def zip_bytes(members):
-    buf = __import__("io").BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, text in members.items():
-            z.writestr(name, text)
+def parquet_bytes(columns, row_group_size=40):
+    import io
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    buf = io.BytesIO()
+    pq.write_table(pa.table(columns), buf, row_group_size=row_group_size)
     return buf.getvalue()
 
 
-def serve_hf(server, monkeypatch):
-    """The upstream files in their real formats, made from the sample generators."""
+def serve_datasets(hub):
+    """The authors' three datasets in their layout, small, made from the sample generators.
+    Returns {domain: {split: [documents in order]}} as data.py should read them."""
     rng = random.Random(11)
-    train_stories = [data.gen_story(rng) for _ in range(150)]
-    stories = lambda n: "".join(data.gen_story(rng) + "\n<|endoftext|>\n" for _ in range(n))  # noqa: E731
-    prose = lambda n: "\n\n".join(data.gen_prose(rng) for _ in range(n))  # noqa: E731
-    jsonl = lambda field, n, g: "".join(json.dumps({field: g(rng), "size": 1}) + "\n" for _ in range(n)).encode()  # noqa: E731
-    pyfile = lambda r: "\n".join(f"def f{i}_{r.randint(0, 999)}(a, b):\n    return a + b * {i}\n" for i in range(8))  # noqa: E731
-    files = {
-        "/ts/train.txt": "".join(s + "\n<|endoftext|>\n" for s in train_stories).encode(),
-        "/ts/valid.txt": stories(20).encode(),
-        "/osf/10M": zip_bytes({"train_10M/childes.train": prose(40), "train_10M/simple_wiki.train": prose(40),
-                               "__MACOSX/train_10M/._childes.train": "\x00\x05junk"}),
-        "/osf/dev": zip_bytes({"dev/childes.dev": prose(10), "dev/simple_wiki.dev": prose(10)}),
-        "/stack/python.json": jsonl("content", 200, pyfile), "/stack/lua.json": jsonl("content", 60, data.gen_lua),
-        "/cp/tree": json.dumps([{"type": "file", "path": "README.md"},
-                                {"type": "file", "path": "file-000000000002.json.gz"},
-                                {"type": "file", "path": "file-000000000001.json.gz"}]).encode(),
-        "/cp/file-000000000001.json.gz": gzip.compress(jsonl("content", 150, pyfile)),
-        "/cp/file-000000000002.json.gz": gzip.compress(jsonl("content", 150, pyfile)),
-        "/cpft/lua.jsonl": jsonl("new_contents", 60, data.gen_lua),
-    }
-    server.files.update(files)
-    urls = {"tinystories_train": "/ts/train.txt", "tinystories_val": "/ts/valid.txt", "babylm_10M": "/osf/10M",
-            "babylm_dev": "/osf/dev", "stack_python": "/stack/python.json", "stack_lua": "/stack/lua.json",
-            "codeparrot_tree": "/cp/tree", "codeparrot_file": "/cp/{path}", "commitpackft_lua": "/cpft/lua.jsonl"}
-    for k, v in urls.items():
-        monkeypatch.setitem(data.URLS, k, server.url + v)
-    return train_stories
+    pyfile = lambda: "\n".join(f"def f{i}_{rng.randint(0, 999)}(a, b):\n    return a + b * {i}\n" for i in range(6))  # noqa: E731
+    want = {d: {"train": [], "val": []} for d in ("babylm", "python", "tinystories", "lua")}
+    bp = {}
+    for name, split, n in (("train-00000-of-00002", "train", 120), ("train-00001-of-00002", "train", 90),
+                           ("validation-00000-of-00001", "val", 40)):
+        rows = [(gen_prose(rng), "BabyLM") if i % 3 else (pyfile(), "python") for i in range(n)]
+        rows.insert(5, ("   ", "BabyLM"))  # blank rows are skipped
+        bp[f"data/{name}.parquet"] = parquet_bytes({"content": [r[0] for r in rows], "type": [r[1] for r in rows]})
+        for text, kind in rows:
+            if text.strip():
+                want["python" if kind == "python" else "babylm"][split].append(text)
+    stories = {s: [gen_story(rng) for _ in range(n)] for s, n in (("train", 150), ("val", 30))}
+    lua = [gen_lua(rng) for _ in range(80)]
+    want["tinystories"] = stories
+    want["lua"] = {"train": [d for d in lua if data.hash_frac(d) >= 0.1], "val": [d for d in lua if data.hash_frac(d) < 0.1]}
+    hub.repos["nilq/baby-python"] = {**bp, "README.md": b"# baby-python"}
+    hub.repos["roneneldan/TinyStories"] = {
+        "data/train-00000-of-00001.parquet": parquet_bytes({"text": stories["train"]}),
+        "data/validation-00000-of-00001.parquet": parquet_bytes({"text": stories["val"]}),
+        "TinyStoriesV2-GPT4-train.txt": b"not read"}
+    hub.repos["nilq/small-lua-stack"] = {"data/train-00000-of-00001.parquet": parquet_bytes({"content": lua, "size": [len(x) for x in lua]})}
+    return want
 
 
-def test_hf_source_end_to_end(server, tmp_path, monkeypatch, capsys):
-    serve_hf(server, monkeypatch)
-    args = ["--source", "hf", "--domain", "all", "--vocab_size", "400", "--max_mb", "0", "--threads", "2"]
-    # with a token: The Stack, with the token sent
+HF_ARGS = ["--source", "hf", "--domain", "all", "--vocab_size", "400", "--max_mb", "0", "--threads", "1"]
+
+
+def decoded_docs(d, domain, split):
+    return data.load_tokenizer(d).decode(data.open_tokens(d, domain, split).tolist()).split(data.EOT)[:-1]
+
+
+def test_hf_source_end_to_end(hub, tmp_path, monkeypatch, capsys):
+    want = serve_datasets(hub)
     monkeypatch.setenv("HF_TOKEN", "hf_test")
-    d1 = str(tmp_path / "with_token")
-    data.main(args + ["--data_dir", d1])
-    stack_reqs = [h for p, h in server.log if p.startswith("/stack/")]
-    assert len(stack_reqs) == 2 and all(h["Authorization"] == "Bearer hf_test" for h in stack_reqs)
-    for domain in data.DOMAINS:
-        meta = data.read_meta(d1, domain)
-        assert meta["source"] == "hf" and meta["splits"]["train"]["tokens"] > 0 and meta["splits"]["val"]["documents"] > 0
-    assert data.read_meta(d1, "python")["upstream"] == "bigcode/the-stack-smol"
-    assert data.read_meta(d1, "babylm")["splits"]["train"]["documents"] >= 2  # junk zip member skipped
-    assert "\x00" not in data.load_tokenizer(d1).decode(data.load_tokens(d1, "babylm", "train").tolist())
-    # without: the ungated fallbacks, said so
-    monkeypatch.delenv("HF_TOKEN")
-    server.log.clear()
-    d2 = str(tmp_path / "no_token")
-    capsys.readouterr()
-    data.main(args + ["--data_dir", d2])
+    d = str(tmp_path / "d")
+    data.main(HF_ARGS + ["--data_dir", d])
+    for domain in ("babylm", "python", "tinystories", "lua"):
+        for split in ("train", "val"):
+            assert decoded_docs(d, domain, split) == want[domain][split], (domain, split)
+    meta = data.read_meta(d, "babylm")
+    assert meta["upstream"] == "nilq/baby-python" and meta["revision"] == SHAS["nilq/baby-python"] and not meta["pinned"]
+    assert data.read_meta(d, "tinystories")["revision"] == TS_SHA and data.read_meta(d, "tinystories")["pinned"]
+    assert open(os.path.join(d, "raw", "hf", "nilq", "baby-python", "REVISION")).read().strip() == SHAS["nilq/baby-python"]
+    assert not any("TinyStories/revision" in p for p, _ in hub.log)  # pinned: never asked
+    assert not any(p.endswith(".txt") for p, _ in hub.log)  # only the parquet files of the splits
+    assert all(h.get("Authorization") == "Bearer hf_test" for p, h in hub.log if "/resolve/" in p)
+    # base: the two sides matched by words, every document's tokens copied from babylm / python
+    base, mix = data.read_meta(d, "base"), data.read_meta(d, "base")["mix"]["train"]
+    got = decoded_docs(d, "base", "train")
+    assert set(got) <= set(want["babylm"]["train"]) | set(want["python"]["train"])
+    assert base["splits"]["train"]["documents"] == len(got) and mix["cut"] in ("babylm", "python")
     out = capsys.readouterr().out
-    assert "no HF_TOKEN" in out and not any(p.startswith("/stack/") for p, _ in server.log)
-    assert data.read_meta(d2, "python")["upstream"].startswith("codeparrot/codeparrot-clean")
-    assert data.read_meta(d2, "lua")["upstream"].startswith("bigcode/commitpackft")
-    shards = [p for p, _ in server.log if p.startswith("/cp/file-")]
-    assert shards[0].endswith("01.json.gz")  # in name order, as many as needed to match BabyLM's words
-    # a re-run downloads nothing and rebuilds nothing
-    server.log.clear()
-    data.main(args + ["--data_dir", d2])
-    assert server.log == [] and capsys.readouterr().out.count("is up to date") == 5
+    assert "documents" in out and "tokens" in out and "not pinned in data.py" in out
+    # a re-run asks the hub nothing and rebuilds nothing
+    hub.log.clear()
+    data.main(HF_ARGS + ["--data_dir", d])
+    assert hub.log == [] and capsys.readouterr().out.count("is up to date") == 5
 
 
-def test_hf_source_prefixes(server, tmp_path, monkeypatch):
-    """--max_mb: only the first bytes of each large file; cut stories and lines are dropped."""
-    stories = serve_hf(server, monkeypatch)
-    d = str(tmp_path)
-    data.main(["--source", "hf", "--domain", "tinystories", "--vocab_size", "300", "--max_mb", "0.02", "--data_dir", d])
-    assert os.path.getsize(os.path.join(d, "raw", "hf", "TinyStoriesV2-GPT4-train.first0.02MB.txt")) == 20000
-    got = data.load_tokenizer(d).decode(data.load_tokens(d, "tinystories", "train").tolist()).split(data.EOT)[:-1]
-    assert 0 < len(got) < len(stories) and got == stories[:len(got)]
-    # the tokenizer needed the base mix: Python came from prefixes of the gzipped shards
-    assert os.path.exists(os.path.join(d, "raw", "hf", "codeparrot.first0.02MB-file-000000000001.json.gz"))
-    assert len(data.load_tokenizer(d).encode_ordinary("def")) == 1  # a token learnt from that Python
+def test_hf_max_mb_reads_a_prefix(hub, tmp_path):
+    want = serve_datasets(hub)
+    d = str(tmp_path / "d")
+    data.main(HF_ARGS[:-4] + ["--max_mb", "0.01", "--domain", "tinystories", "--data_dir", d, "--vocab_size", "300"])
+    got = decoded_docs(d, "tinystories", "train")
+    assert 0 < len(got) < len(want["tinystories"]["train"]) and got == want["tinystories"]["train"][:len(got)]
+    assert sum(len(x.encode()) for x in got[:-1]) < 10_000 <= sum(len(x.encode()) for x in got)
+
+
+def test_download_resumes_after_a_cut_with_if_range(hub, tmp_path):
+    hub.repos["nilq/small-lua-stack"] = {"f.parquet": parquet_bytes({"content": ["x" * 1000] * 500})}
+    url = f"{hub.url}/cdn/nilq/small-lua-stack/{SHAS['nilq/small-lua-stack']}/f.parquet"
+    hub.plan["/cdn/nilq/small-lua-stack/" + SHAS["nilq/small-lua-stack"] + "/f.parquet"] = ["cut"]
+    path = data.download(url, str(tmp_path / "f.parquet"), "parquet")
+    assert open(path, "rb").read() == hub.repos["nilq/small-lua-stack"]["f.parquet"]
+    assert not os.path.exists(path + ".part") and not os.path.exists(path + ".part.etag")
+    (first, h1), (_, h2) = hub.log
+    assert "Range" not in h1 and h2["If-Range"].startswith('"') and 0 < int(h2["Range"][6:-1]) < len(open(path, "rb").read())
+
+
+def test_download_changed_file_is_not_stitched(hub, tmp_path, monkeypatch):
+    """If the file changes between the cut and the resume, If-Range brings it back whole."""
+    key = "/cdn/nilq/small-lua-stack/" + SHAS["nilq/small-lua-stack"] + "/f.parquet"
+    old, new = parquet_bytes({"content": ["a" * 900] * 400}), parquet_bytes({"content": ["b" * 900] * 400})
+    hub.repos["nilq/small-lua-stack"] = {"f.parquet": old}
+    hub.plan[key] = ["cut"]
+    real = data.fetch_once
+
+    def swap_after_first(*a):  # the upstream file is replaced after the first (cut) request
+        try:
+            return real(*a)
+        finally:
+            hub.repos["nilq/small-lua-stack"]["f.parquet"] = new
+    monkeypatch.setattr(data, "fetch_once", swap_after_first)
+    path = data.download(hub.url + key, str(tmp_path / "f.parquet"), "parquet")
+    assert open(path, "rb").read() == new and hub.log[1][1].get("If-Range")
+
+
+def test_download_checks_content_range(hub, tmp_path):
+    key = "/cdn/nilq/small-lua-stack/" + SHAS["nilq/small-lua-stack"] + "/f.parquet"
+    hub.repos["nilq/small-lua-stack"] = {"f.parquet": parquet_bytes({"content": ["z" * 700] * 300})}
+    hub.plan[key] = ["cut", "bad_range"]
+    path = data.download(hub.url + key, str(tmp_path / "f.parquet"), "parquet")
+    assert open(path, "rb").read() == hub.repos["nilq/small-lua-stack"]["f.parquet"]
+    assert len(hub.log) == 3 and "Range" not in hub.log[2][1]  # the wrong range was thrown away, then a clean start
+
+
+def test_html_error_page_is_rejected_and_deleted(hub, tmp_path):
+    want = serve_datasets(hub)
+    key = f"/cdn/roneneldan/TinyStories/{TS_SHA}/data/validation-00000-of-00001.parquet"
+    hub.plan[key] = ["html"]
+    d = str(tmp_path / "d")
+    args = HF_ARGS[:-4] + ["--domain", "tinystories", "--data_dir", d, "--vocab_size", "300", "--max_mb", "0"]
+    with pytest.raises(SystemExit) as e:
+        data.main(args)
+    msg = one_line_error(e)
+    assert "HTML" in msg and "deleted" in msg
+    raw = os.path.join(d, "raw", "hf", "roneneldan", "TinyStories", TS_SHA, "data")
+    assert not [f for f in os.listdir(raw) if f.startswith("validation")]  # neither the file nor a .part
+    data.main(args)  # the next run downloads it properly
+    assert decoded_docs(d, "tinystories", "val") == want["tinystories"]["val"]
+
+
+@pytest.mark.parametrize("token", [None, "hf_nope"])
+def test_gated_file_is_one_line_naming_hf_token(hub, tmp_path, monkeypatch, token):
+    serve_datasets(hub)
+    hub.gated.add("nilq/small-lua-stack")
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    with pytest.raises(SystemExit) as e:
+        data.main(HF_ARGS[:-4] + ["--domain", "lua", "--data_dir", str(tmp_path), "--vocab_size", "300"])
+    msg = one_line_error(e)
+    assert ("HTTP 403" if token else "HTTP 401") in msg and "HF_TOKEN" in msg
+    assert len([p for p, _ in hub.log if "small-lua-stack/resolve/" in p]) == 1  # no retries on a refusal
+
+
+def test_download_retries_on_503_and_gives_up(hub, tmp_path):
+    key = "/cdn/nilq/small-lua-stack/" + SHAS["nilq/small-lua-stack"] + "/f.parquet"
+    hub.repos["nilq/small-lua-stack"] = {"f.parquet": parquet_bytes({"content": ["q"] * 10})}
+    hub.plan[key] = ["503", "503"]
+    assert open(data.download(hub.url + key, str(tmp_path / "a.parquet"), "parquet"), "rb").read() == \
+        hub.repos["nilq/small-lua-stack"]["f.parquet"]
+    assert len(hub.log) == 3
+    hub.plan[key] = ["503"] * 10
+    with pytest.raises(SystemExit) as e:
+        data.download(hub.url + key, str(tmp_path / "b.parquet"), "parquet")
+    assert "failed after 4 tries" in one_line_error(e)
+    n = len(hub.log)
+    data.download(hub.url + key, str(tmp_path / "a.parquet"), "parquet")  # complete: no request
+    assert len(hub.log) == n
+
+
+def test_offline_fails_at_once_in_one_line(tmp_path, monkeypatch):
+    """No network: a name that does not resolve is final at once: no back-off, no retries."""
+    import socket
+    calls, sleeps = [], []
+
+    def no_dns(*a, **k):
+        calls.append(a[0])
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(data.time, "sleep", lambda s: sleeps.append(s))
+    monkeypatch.setattr(data, "HF", "https://huggingface.co")
+    with pytest.raises(SystemExit) as e:
+        data.main(HF_ARGS + ["--domain", "lua", "--data_dir", str(tmp_path), "--vocab_size", "300"])
+    msg = one_line_error(e)
+    assert "huggingface.co" in msg and "name resolution failed" in msg and "--source sample" in msg
+    assert len(calls) == 1 and sleeps == []
+
+
+def test_hf_without_pyarrow_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(SystemExit) as e:
+        data.main(["--source", "hf", "--data_dir", str(tmp_path)])
+    assert "pip install -r requirements-hf.txt" in one_line_error(e)
+
+
+def test_core_path_never_imports_pyarrow_or_requests(tmp_path):
+    import subprocess
+    code = ("import sys, data; data.main(['--domain', 'lua', '--data_dir', sys.argv[1], '--vocab_size', '300', "
+            "'--sample_kb', '10', '--threads', '1']); bad = [m for m in ('pyarrow', 'requests') if m in sys.modules]; "
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=os.path.dirname(data.__file__),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_paper_preset_warns_loudly_when_a_domain_is_small(tmp_path, capsys):
+    data.main(["--preset", "paper", "--domain", "lua", "--data_dir", str(tmp_path), "--vocab_size", "300",
+               "--sample_kb", "10", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "WARNING: lua has only" in out and "20M" in out and "not the paper's data" in out
+    assert re.search(r"lua\s+train\s+[\d,]+\s+[\d,]+\s+[\d,]+", out)  # the mix and sizes table
+
+
+# -----------------------------------------------------------------------------
+# Python 3.10: the pattern `re` gets
+
+
+def test_re_pattern_has_no_possessive_quantifiers_and_splits_like_tiktoken():
+    """Python 3.10's `re` rejects `?+` / `++` ("multiple repeat"): RE_PATTERN, exactly as train_bpe
+    hands it to re.compile, must not use them, and must split like tiktoken's PATTERN on varied text."""
+    assert "?+" not in data.RE_PATTERN and "++" not in data.RE_PATTERN and "*+" not in data.RE_PATTERN
+    assert data.train_bpe.__defaults__[0] == data.RE_PATTERN  # what the trainer compiles
+    rx = re.compile(data.RE_PATTERN)
+    rng = random.Random(5)
+    texts = VARIED + ODD[3:4] + [gen_prose(rng) for _ in range(5)] + [gen_lua(rng) for _ in range(5)] + \
+        [gen_story(rng), "x = a++ + b?? ... !!! ;; \n\n  _foo?bar +=1 'll 'S 'Ve ?!+\r\n", "  \t\n a\n\n\n b"]
+    if sys.version_info >= (3, 11):  # where `re` knows possessives: the two patterns are the same regex
+        for t in texts:
+            assert rx.findall(t) == re.findall(data.PATTERN, t)
+    ranks = {bytes([i]): i for i in range(256)}
+    chunks = [c for t in texts for c in rx.findall(t)]
+    for c in chunks:
+        ranks.setdefault(c.encode(), len(ranks))
+    enc = tiktoken.Encoding("probe310", pat_str=data.PATTERN, mergeable_ranks=ranks, special_tokens={})
+    for t in texts:
+        assert [enc.decode_single_token_bytes(i) for i in enc.encode_ordinary(t)] == [c.encode() for c in rx.findall(t)]
+
+
+# -----------------------------------------------------------------------------
+# open_tokens: THE data check (issue 12 items 3 and 12)
+
+
+@pytest.fixture
+def small_built(tmp_path):
+    d = str(tmp_path / "d")
+    data.main(["--domain", "lua", "--data_dir", d, "--vocab_size", "300", "--sample_kb", "20", "--threads", "1"])
+    return d
+
+
+def test_open_tokens_accepts_good_data(small_built):
+    th, meta = data.tokenizer_hash(small_built), data.read_meta(small_built, "lua")
+    toks = data.open_tokens(small_built, "lua", "train", tok_hash=th, vocab_size=300, who="lua")
+    assert isinstance(toks, np.memmap) and len(toks) == meta["splits"]["train"]["tokens"] > 0
+    assert data.load_tokens is data.open_tokens
+
+
+def test_truncated_token_file_is_refused(small_built):
+    path = os.path.join(small_built, "lua", "train.bin")
+    size = os.path.getsize(path)
+    for new in (size // 2, size - 1):  # half the tokens; an odd byte count (numpy used to raise)
+        os.truncate(path, new)
+        with pytest.raises(SystemExit) as e:
+            data.open_tokens(small_built, "lua", "train")
+        msg = one_line_error(e)
+        assert f"{new:,} bytes" in msg and "truncated" in msg and "python data.py --domain lua" in msg
+
+
+def edit_meta(d, domain, change):
+    path = os.path.join(d, domain, "meta.json")
+    meta = json.load(open(path))
+    change(meta)
+    with open(path, "w") as f:
+        json.dump(meta, f)
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("bad json", "not readable JSON"), ("no tokenizer_hash", "no tokenizer_hash"),
+    ("dtype", "dtype 'int7'"), ("vocab too big for dtype", "does not fit dtype"), ("no splits", "no splits")])
+def test_damaged_meta_is_one_line_and_data_py_rebuilds_it(small_built, damage, words, capsys):
+    path = os.path.join(small_built, "lua", "meta.json")
+    if damage == "bad json":
+        open(path, "w").write('{"dtype": "uint16", "splits": {')
+    else:
+        edit_meta(small_built, "lua", {"no tokenizer_hash": lambda m: m.pop("tokenizer_hash"),
+                                       "dtype": lambda m: m.update(dtype="int7"),
+                                       "vocab too big for dtype": lambda m: m.update(vocab_size=70000),
+                                       "no splits": lambda m: m.pop("splits")}[damage])
+    with pytest.raises(SystemExit) as e:
+        data.open_tokens(small_built, "lua", "train")
+    msg = one_line_error(e)
+    assert words in msg and "meta.json is damaged" in msg and "python data.py --domain lua" in msg
+    capsys.readouterr()
+    data.main(["--domain", "lua", "--data_dir", small_built, "--vocab_size", "300", "--sample_kb", "20"])
+    assert "is damaged" in capsys.readouterr().out
+    assert len(data.open_tokens(small_built, "lua", "val")) == data.read_meta(small_built, "lua")["splits"]["val"]["tokens"]
+
+
+def test_model_vocab_and_tokenizer_mismatch(small_built):
+    th = data.tokenizer_hash(small_built)
+    edit_meta(small_built, "lua", lambda m: m.update(vocab_size=32))  # lowered by hand: tokens go beyond it
+    with pytest.raises(SystemExit) as e:
+        data.open_tokens(small_built, "lua", "val")
+    assert "vocab_size 32 but the tokenizer" in one_line_error(e)
+    edit_meta(small_built, "lua", lambda m: m.update(vocab_size=300))
+    with pytest.raises(SystemExit) as e:  # the model's vocabulary is smaller than the data's
+        data.open_tokens(small_built, "lua", "val", tok_hash=th, vocab_size=256, who="lua")
+    msg = one_line_error(e)
+    assert "vocabulary of 300" in msg and "model 'lua'" in msg and "--data_dir" in msg
+    with pytest.raises(SystemExit) as e:
+        data.open_tokens(small_built, "lua", "val", tok_hash="0123abcd", vocab_size=300, who="base")
+    msg = one_line_error(e)
+    assert f"tokenizer {th}" in msg and "model 'base' uses 0123abcd" in msg and "--data_dir the model was trained on" in msg
+    for bad in (lambda: data.open_tokens(small_built, "lua", "test"), lambda: data.open_tokens(small_built, "base", "val")):
+        with pytest.raises(SystemExit) as e:
+            bad()
+        one_line_error(e)
+
+
+def test_missing_rank_file_is_one_line_and_rebuilt(small_built, capsys):
+    os.remove(os.path.join(small_built, "tokenizer", "bpe.tiktoken"))
+    for f in (data.load_tokenizer, data.tokenizer_hash):
+        with pytest.raises(SystemExit) as e:
+            f(small_built)
+        msg = one_line_error(e)
+        assert "bpe.tiktoken" in msg and "python data.py --domain all" in msg
+    capsys.readouterr()
+    data.main(["--domain", "lua", "--data_dir", small_built, "--vocab_size", "300", "--sample_kb", "20"])
+    assert "retraining" in capsys.readouterr().out and data.load_tokenizer(small_built).n_vocab == 300
+
+
+def test_non_utf8_local_corpus_names_file_and_offset(tmp_path):
+    corp = tmp_path / "corpora"
+    for domain in ("babylm", "python"):
+        write_corpus(corp, domain, {"train": ["some text here"] * 5, "valid": ["more text"] * 2})
+    bad = corp / "python" / "train.txt"
+    raw = bad.read_bytes()
+    bad.write_bytes(raw[:40] + b"caf\xe9" + raw[40:])  # latin-1 e-acute
+    with pytest.raises(SystemExit) as e:
+        data.main(["--domain", "python", "--source", f"local:{corp}", "--data_dir", str(tmp_path / "out"),
+                   "--vocab_size", "300"])
+    msg = one_line_error(e)
+    assert str(bad) in msg and "offset 43" in msg and "0xe9" in msg and "UTF-8" in msg
+
+
+@pytest.mark.parametrize("bad", [["--val_frac", "1.5"], ["--val_frac", "0"], ["--val_frac", "nan"], ["--threads", "-1"],
+                                 ["--vocab_size", "100"], ["--sample_kb", "0"], ["--domain", "klingon"]])
+def test_bad_settings_refused_at_parse_time(tmp_path, bad):
+    with pytest.raises(SystemExit) as e:
+        data.main(["--data_dir", str(tmp_path / "never")] + bad)
+    assert f"--{bad[0][2:]}" in one_line_error(e)
+    assert not os.path.exists(tmp_path / "never")  # refused before anything was made
+
+
+def test_threads_zero_means_automatic(tmp_path, capsys):
+    data.main(["--domain", "lua", "--data_dir", str(tmp_path), "--vocab_size", "300", "--sample_kb", "10", "--threads", "0"])
+    line = [ln for ln in capsys.readouterr().out.splitlines() if "encoding threads" in ln][0]
+    assert int(re.search(r"(\d+) encoding threads", line).group(1)) >= 1
+
+
+def test_help_lists_every_key_with_its_comment(capsys):
+    with pytest.raises(SystemExit) as e:
+        data.main(["-h"])
+    assert e.value.code in (0, None)
+    out = capsys.readouterr().out
+    for key in data.config:
+        assert f"--{key}" in out
+    assert "held-out share" in out and "encoding threads" in out
+
+
+# -----------------------------------------------------------------------------
+# sample_windows: THE window sampler, reproducing each stage's former sampler exactly
+
+
+def old_get_batch_windows(tokens, batch_size, block_size, generator):  # data.get_batch before
+    ix = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).tolist()
+    return np.stack([np.asarray(tokens[i:i + block_size + 1], dtype=np.int64) for i in ix])
+
+
+def old_harvest_starts(arrays, n_seq, T, g):  # sae.harvest's window starts before (rows domain-major)
+    n_dom = len(arrays)
+    u = torch.rand(n_seq, generator=g, dtype=torch.float64)
+    dom = torch.arange(n_seq) % n_dom
+    starts = [(u[dom == d] * (len(a) - T + 1)).long().tolist() for d, a in enumerate(arrays)]
+    return np.stack([np.asarray(a[s:s + T], dtype=np.int64) for a, st in zip(arrays, starts) for s in st])
+
+
+def old_eval_windows(arrays, n_seqs, seq_len):  # sae.eval_windows before
+    starts = [np.linspace(0, len(a) - seq_len - 1, n_seqs // len(arrays) + (d < n_seqs % len(arrays))).astype(np.int64).tolist()
+              for d, a in enumerate(arrays)]
+    return np.stack([np.asarray(a[s:s + seq_len + 1], dtype=np.int64) for a, st in zip(arrays, starts) for s in st])
+
+
+def old_draw_token_set(arrays, n_tokens, T, seed):  # analyze.draw_token_set before
+    rng = np.random.default_rng(seed)
+    n_seq, names = n_tokens // T, list(arrays)
+    rows, drawn = [], {}
+    for d, name in enumerate(names):
+        want, avail = n_seq // len(names) + (d < n_seq % len(names)), len(arrays[name]) // T
+        pick = np.sort(rng.choice(avail, size=min(want, avail), replace=False)) if avail else []
+        rows += [np.asarray(arrays[name][i * T:(i + 1) * T], dtype=np.int64) for i in pick]
+        drawn[name] = len(pick)
+    return (np.stack(rows) if rows else np.zeros((0, T), dtype=np.int64)), drawn
+
+
+def old_eval_loss_windows(tokens, T, batch_size, max_batches):  # model.eval_loss's windows, batch by batch
+    n_win = (len(tokens) - 1) // T
+    if max_batches is not None:
+        n_win = min(n_win, max_batches * batch_size)
+    for start in range(0, n_win, batch_size):
+        w = np.arange(start, min(start + batch_size, n_win)) * T
+        yield np.stack([np.asarray(tokens[i:i + T + 1], dtype=np.int64) for i in w])
+
+
+def test_sample_windows_reproduces_the_former_samplers():
+    rng = np.random.default_rng(0)
+    arrs = {"a": rng.integers(0, 60000, 5003).astype(np.uint16), "b": rng.integers(0, 60000, 777).astype(np.uint16),
+            "c": rng.integers(0, 60000, 40).astype(np.uint16)}
+    one = arrs["a"]
+    # random: the same torch.randint call, and the generator left in the same state
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(3):
+        assert np.array_equal(data.sample_windows(one, 16, 65, "random", g1), old_get_batch_windows(one, 16, 64, g2))
+    assert torch.equal(torch.randint(10 ** 6, (4,), generator=g1), torch.randint(10 ** 6, (4,), generator=g2))
+    x, y = data.get_batch(one, 16, 64, "cpu", torch.Generator().manual_seed(9))
+    ref = torch.from_numpy(old_get_batch_windows(one, 16, 64, torch.Generator().manual_seed(9)))
+    assert torch.equal(x, ref[:, :-1]) and torch.equal(y, ref[:, 1:])
+    # uniform (sae.harvest): one float64 draw first, the generator left where harvest left it
+    three = [arrs["a"], arrs["b"], arrs["c"]]
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    for n in (7, 30):
+        assert np.array_equal(data.sample_windows(three, n, 33, "uniform", g1), old_harvest_starts(three, n, 33, g2))
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+    # spread (sae.eval_windows), with uneven shares over three domains
+    two = [arrs["a"], arrs["b"]]
+    for n in (1, 7, 32):
+        assert np.array_equal(data.sample_windows(two, n, 33, "spread"), old_eval_windows(two, n, 32))
+    # tiles (analyze.draw_token_set): seeded, distinct, a short domain gives what it has
+    for n_tok, T in ((64 * 40, 64), (10 ** 6, 50), (300, 16)):
+        ref, drawn = old_draw_token_set(arrs, n_tok, T, seed=11)
+        got, counts = data.sample_windows(arrs, n_tok // T, T, "tiles", 11, with_counts=True)
+        assert np.array_equal(got, ref) and counts == drawn
+        got2 = data.sample_windows(arrs, n_tok // T, T, "tiles", np.random.default_rng(11))
+        assert np.array_equal(got2, ref)
+    # consecutive (model.eval_loss), batch by batch via offset
+    for T, bs, mb in ((64, 8, None), (64, 8, 3), (100, 7, None)):
+        n_win = (len(one) - 1) // T if mb is None else min((len(one) - 1) // T, mb * bs)
+        got = [data.sample_windows(one, min(bs, n_win - s), T + 1, "consecutive", offset=s) for s in range(0, n_win, bs)]
+        ref = list(old_eval_loss_windows(one, T, bs, mb))
+        assert len(got) == len(ref) and all(np.array_equal(a, b) for a, b in zip(got, ref))
+    assert len(data.sample_windows(one, None, 65, "consecutive")) == (len(one) - 1) // 64
+
+
+def test_sample_windows_too_short_is_one_line():
+    for scheme in ("random", "uniform", "spread", "consecutive"):
+        with pytest.raises(SystemExit) as e:
+            data.sample_windows({"lua": np.arange(10, dtype=np.uint16)}, 4, 11, scheme, torch.Generator())
+        assert "domain 'lua' has 10 tokens" in one_line_error(e)
+    got = data.sample_windows([np.arange(10, dtype=np.uint16)], 4, 11, "tiles", 0)
+    assert got.shape == (0, 11)

@@ -1,5 +1,6 @@
 """explain.py against a fake OpenAI-compatible LLM on 127.0.0.1 (no internet): prompts, scoring,
-retries, cache, request cap, malformed answers, key errors."""
+retries, cache, request cap, malformed answers, key errors; a hung server (timeouts, the run stops),
+a lone surrogate in an answer, and missing explanations as a non-zero exit."""
 import json
 import os
 import re
@@ -67,7 +68,7 @@ def make_feature(key="lua/7", perfect=False):
 
 def make_cfg(llm, tmp_path, **kw):
     cfg = {"api_base": llm["base"], "llm_model": "fake-llm", "max_requests": 100,
-           "cache_dir": str(tmp_path / "cache"), "timeout": 10.0, "retries": 3, "temperature": 0.0,
+           "cache_dir": str(tmp_path / "cache"), "connect_timeout": 10.0, "read_timeout": 10.0, "retries": 3, "temperature": 0.0,
            "backoff": 0.001, "backoff_max": 0.01}
     cfg.update(kw)
     return cfg
@@ -167,10 +168,11 @@ def test_retries_and_backoff(llm, tmp_path, monkeypatch):
     assert res["lua/8"]["error"] is None and delays == [0.0, 0.05]  # Retry-After honoured, capped
 
     llm["script"] = [(500, {}, "down")] * 3
-    res = explain.explain_features([make_feature("lua/9"), make_feature("lua/10")],
-                                   make_cfg(llm, tmp_path, retries=2))
+    with pytest.raises(explain.Incomplete, match="1 of 2 features have no explanation") as e:
+        explain.explain_features([make_feature("lua/9"), make_feature("lua/10")], make_cfg(llm, tmp_path, retries=2))
+    res = e.value.results
     assert res["lua/9"]["score"] is None and "HTTP 500 after 3 attempts" in res["lua/9"]["error"]
-    assert res["lua/10"]["error"] is None  # the run goes on
+    assert res["lua/10"]["error"] is None  # the run goes on, and says at the end that one is missing
 
 
 def test_cache_resume_and_changed_prompt(llm, tmp_path):
@@ -191,7 +193,9 @@ def test_cache_resume_and_changed_prompt(llm, tmp_path):
 
 def test_request_cap_and_resume(llm, tmp_path, capsys):
     feats = [make_feature("lua/1"), make_feature("lua/2"), make_feature("lua/3")]
-    res = explain.explain_features(feats, make_cfg(llm, tmp_path, max_requests=3))
+    with pytest.raises(explain.Incomplete, match="2 of 3 features .*request cap reached") as e:
+        explain.explain_features(feats, make_cfg(llm, tmp_path, max_requests=3))
+    res = e.value.results
     assert "~6 requests" in capsys.readouterr().out
     assert len(llm["requests"]) == 3
     assert res["lua/1"]["error"] is None
@@ -254,3 +258,79 @@ def test_cli(llm, tmp_path, capsys):
     assert saved["results"]["base/3"]["score"] == pytest.approx(1.0) and "provenance" in saved
     with pytest.raises(SystemExit, match="--features_json"):
         explain.main([])
+
+
+# -----------------------------------------------------------------------------
+# issue 12: a hung server, a lone surrogate, missing explanations are an error
+
+def test_default_timeouts_bound_each_request_under_a_minute(tmp_path, monkeypatch):
+    seen = []
+
+    def post(url, **kw):  # no network: record the timeout the request would get, then fail it
+        seen.append(kw["timeout"])
+        raise explain.requests.ConnectionError("refused")
+    monkeypatch.setattr(explain.requests, "post", post)
+    monkeypatch.setattr(explain, "_sleep", lambda s: None)
+    cfg = {"api_base": "http://127.0.0.1:9/v1", "cache_dir": str(tmp_path / "c")}     # every other key: the default
+    with pytest.raises(explain.Incomplete):
+        explain.explain_features([make_feature()], cfg)
+    connect, read = seen[0]  # (connect, read): requests' timeout=None would wait forever
+    assert 0 < connect and 0 < read and connect + read < 60
+
+
+def test_a_server_that_never_answers_times_out_and_stops_the_run(tmp_path):
+    close, base, accepted = helpers.silent_server()
+    try:
+        feats = [make_feature(f"lua/{i}") for i in range(6)]
+        cfg = {"api_base": base, "llm_model": "fake", "cache_dir": str(tmp_path / "c"), "read_timeout": 0.2,
+               "connect_timeout": 2.0, "max_failures": 3, "backoff": 0.001}
+        with pytest.raises(explain.Incomplete, match=r"6 of 6 features .*stopped after 3 failed requests in a row"
+                                                     r" \(the last: no answer from .* within 0.2 s") as e:
+            explain.explain_features(feats, cfg)
+    finally:
+        close()
+    assert len(accepted) == 3          # a timed-out request is not retried, and the fourth feature is never asked
+    res = e.value.results
+    assert [r["error"] for r in res.values()][3:] == ["not attempted: the run stopped"] * 3
+    assert all(r["explanation"] == "" and r["score"] is None for r in res.values())
+
+
+def test_lone_surrogate_in_an_answer(llm, tmp_path):
+    # a JSON answer may escape a lone surrogate (\ud800), which has no UTF-8 encoding: printing it, the next
+    # prompt or the report used to fail with UnicodeEncodeError
+    bad = json.dumps({"choices": [{"message": {"content": "the word \\ud800 foo"}}]}).replace("\\\\", "\\")
+    assert "\\ud800" in bad
+    llm["script"] = [(200, {}, bad)]
+    feats = tmp_path / "features.json"
+    feats.write_text(json.dumps([make_feature("base/3", perfect=True)]))
+    out = tmp_path / "explained.json"
+    proc = helpers.run_script("explain.py", "--features_json", feats, "--api_base", llm["base"], "--llm_model",
+                              "fake", "--cache_dir", tmp_path / "c", "--out_json", out,
+                              env={"NO_PROXY": "127.0.0.1,localhost", "OPENAI_API_KEY": ""})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    res = json.loads(out.read_text())["results"]["base/3"]
+    assert res["explanation"] == "the word \ufffd foo" and res["error"] is None
+    assert "the word \ufffd foo" in proc.stdout
+    assert llm["requests"][1]["body"]["messages"][1]["content"].count("the word \ufffd foo") == 1
+    again = explain.explain_features([make_feature("base/3", perfect=True)],   # from the cache, no new request
+                                     make_cfg(llm, tmp_path, cache_dir=str(tmp_path / "c"), llm_model="fake"))
+    assert again["base/3"] == res and len(llm["requests"]) == 2
+
+
+def test_missing_explanations_exit_non_zero_and_keep_what_there_is(llm, tmp_path):
+    feats = tmp_path / "features.json"
+    feats.write_text(json.dumps([make_feature("base/3", perfect=True)]))
+    out = tmp_path / "explained.json"
+    args = ["--features_json", feats, "--llm_model", "fake", "--cache_dir", tmp_path / "c", "--out_json", out,
+            "--backoff", "0.001", "--retries", "1"]
+    env = {"NO_PROXY": "127.0.0.1,localhost", "OPENAI_API_KEY": ""}
+    proc = helpers.run_script("explain.py", *args, "--api_base", f"http://127.0.0.1:{helpers.free_port()}/v1", env=env)
+    helpers.assert_one_line_error(proc, r"1 of 1 features have no explanation .*cannot reach .* after 2 attempts")
+    saved = json.loads(out.read_text())
+    assert saved["complete"] is False and "cannot reach" in saved["results"]["base/3"]["error"]
+
+    llm["script"] = [(500, {}, "down")] * 2                     # the explanation fails, the rerun works
+    proc = helpers.run_script("explain.py", *args, "--api_base", llm["base"], env=env)
+    helpers.assert_one_line_error(proc, r"1 of 1 features .*HTTP 500 after 2 attempts.*re-run to continue")
+    proc = helpers.run_script("explain.py", *args, "--api_base", llm["base"], env=env)
+    assert proc.returncode == 0 and json.loads(out.read_text())["complete"] is True, proc.stderr

@@ -4,7 +4,6 @@ one-line errors for every bad input."""
 import json
 import math
 import os
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 import merge
 from common import atomic_torch_save, sha256_file
-from model import ModelArgs, Transformer, eval_loss, load_model
+from model import ModelArgs, Transformer, eval_loss, load_model, save_checkpoint
 
 V = 64
 ARGS = ModelArgs(vocab_size=V, block_size=16, d_model=16, n_head=2, n_kv_head=1, d_mlp=32)
@@ -155,11 +154,9 @@ def test_task_mode_interpolates_the_deltas_from_the_parent():
 # -----------------------------------------------------------------------------
 # checkpoints, the command line, the sweep
 
-def write_ckpt(out_dir, name, sd, args=ARGS, parents=(), tok="tok-A", domain=None):
-    ck = {"model": sd, "model_args": asdict(args), "config": {}, "name": name, "domain": domain or name,
-          "iter_num": 1, "tokenizer_hash": tok, "parents": list(parents), "val_loss": {}, "provenance": {}}
-    path = os.path.join(out_dir, name, "ckpt.pt")
-    atomic_torch_save(ck, path)
+def write_ckpt(out_dir, name, sd, args=ARGS, parents=(), tok="tok-A", domain=None, finished=True):
+    path = save_checkpoint(os.path.join(out_dir, name, "ckpt.pt"), sd, args, finished=finished, name=name,
+                           domain=domain or name, iter_num=1, tokenizer_hash=tok, parents=list(parents))
     return {"name": name, "hash": sha256_file(path)}
 
 
@@ -171,7 +168,7 @@ def write_val(data_dir, domain, seed, n=600):
     toks.tofile(os.path.join(d, "train.bin"))
     with open(os.path.join(d, "meta.json"), "w") as f:
         json.dump({"domain": domain, "source": "test", "vocab_size": V, "dtype": "uint16", "tokenizer_hash": "tok-A",
-                   "tokens": {"train": n, "val": n}}, f)
+                   "splits": {"train": {"tokens": n}, "val": {"tokens": n}}}, f)
     return toks
 
 
@@ -199,6 +196,7 @@ def test_default_merge_writes_a_loadable_checkpoint_with_provenance(world):
     logits, _ = net(torch.zeros(1, 5, dtype=torch.long))
     assert logits.shape == (1, 5, V) and torch.isfinite(logits).all()
     assert "optimizer" not in ck and ck["name"] == "luastories" and ck["domain"] is None
+    assert ck["finished"] is True                                  # a merge is complete when written
     assert ck["parents"] == [{"name": n, "hash": sha256_file(os.path.join(out, n, "ckpt.pt"))} for n in ("lua", "tinystories")]
     m = ck["merge"]
     assert (m["a"], m["b"], m["t"], m["mode"], m["parent"]) == ("lua", "tinystories", 0.58, "slerp", None)
@@ -281,13 +279,15 @@ def test_incompatible_or_broken_inputs_are_refused(world, change, message):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--t=1.5"], r"--t = 1.5 is outside \[0, 1\]"),
-    (["--t=-0.1"], "outside"),
+    (["--t=1.5"], r"--t must be in \[0, 1\], got 1.5"),
+    (["--t=-0.1"], r"--t must be in \[0, 1\]"),
+    (["--t=nan"], "--t must be a finite number"),
     (["--t_rules=attn=2"], r"--t_rules attn = 2.0 is outside \[0, 1\]"),
     (["--t_rules=attn"], "is not PATTERN=T"),
     (["--t_rules=atn=0.3"], "matches no parameter"),
-    (["--grid=0,1.2"], "--grid value"),
-    (["--mode=ties"], "--mode 'ties' is unknown"),
+    (["--grid=0,1.2"], r"--grid must be in \[0, 1\], got 1.2"),
+    (["--mode=ties"], "--mode must be one of slerp, task; got 'ties'"),
+    (["--batch_size=0"], "--batch_size must be >= 1"),
     (["--out=lua"], "would overwrite an input"),
     (["--b=lua"], "both 'lua'"),
     (["--a=python"], r"no 'python' model checkpoint .*python train.py --domain python"),
@@ -332,5 +332,52 @@ def test_rerun_is_a_noop_and_other_inputs_need_overwrite(world, capsys):
     meta = json.load(open(os.path.join(data, "lua", "meta.json")))
     meta["tokenizer_hash"] = "tok-B"
     json.dump(meta, open(os.path.join(data, "lua", "meta.json"), "w"))
-    with pytest.raises(SystemExit, match="another tokenizer than the models"):
+    with pytest.raises(SystemExit, match="was prepared with tokenizer tok-B but model 'lua' uses tok-A"):
         run(world, "--out=other")
+
+
+def test_unfinished_input_is_refused_unless_allowed(world):
+    # issue 12.5: a fine-tune stopped early (or killed) is not silently merged
+    out = world[1]
+    base = {"name": "base", "hash": sha256_file(os.path.join(out, "base", "ckpt.pt"))}
+    write_ckpt(out, "lua", finetune(state(0), 1, 0.01), parents=[base], finished=False)
+    with pytest.raises(SystemExit, match=r"lua/ckpt.pt is unfinished .*--resume, or pass --allow_unfinished"):
+        run(world)
+    assert not os.path.exists(os.path.join(out, "luastories"))
+    run(world, "--allow_unfinished")
+    assert torch.load(os.path.join(out, "luastories", "ckpt.pt"), weights_only=False)["finished"]
+
+
+def test_models_without_a_common_parent_are_refused_unless_allowed(world, capsys):
+    # issue 12.7: two models trained apart have unaligned weights; their merge means nothing
+    out = world[1]
+    write_ckpt(out, "other", state(7), domain="tinystories")                 # trained from scratch, no parent
+    with pytest.raises(SystemExit, match="lua and other share no parent.*--allow_unrelated"):
+        run(world, "--b=other", "--out=x")
+    assert not os.path.exists(os.path.join(out, "x", "ckpt.pt"))
+    run(world, "--b=other", "--out=x", "--allow_unrelated")
+    assert "warning: lua and other share no parent" in capsys.readouterr().out
+    assert os.path.exists(os.path.join(out, "x", "ckpt.pt"))
+    run(world, "--a=base", "--b=lua", "--out=y", "--eval_batches=0")          # a model and its own parent: related
+
+
+def test_a_live_merge_into_the_same_folder_is_refused(world):
+    # issue 12.4: the output folder is locked while a merge writes it
+    import json as js
+    import socket
+    out = world[1]
+    os.makedirs(os.path.join(out, "luastories"))
+    with open(os.path.join(out, "luastories", ".lock"), "w") as f:  # held by a live process: this one
+        js.dump({"pid": os.getpid(), "host": socket.gethostname(), "command": "merge.py"}, f)
+    with pytest.raises(SystemExit, match=r"luastories is in use by merge.py in process \d+"):
+        run(world)
+    assert not os.path.exists(os.path.join(out, "luastories", "ckpt.pt"))
+
+
+def test_too_little_disk_space_is_refused_before_merging(world, monkeypatch):
+    # issue 12.14: fail before the work, not at the first write
+    import common
+    monkeypatch.setattr(common, "_disk_free", lambda path: 1000)
+    with pytest.raises(SystemExit, match="merge.py's output needs about .* MB .* but only 0 MB are free"):
+        run(world)
+    assert not os.path.exists(os.path.join(world[1], "luastories", "ckpt.pt"))

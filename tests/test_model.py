@@ -93,3 +93,64 @@ def test_sequence_longer_than_block_is_a_clear_error():
     m = make()
     with pytest.raises(SystemExit, match="longer than the model's block_size"):
         m(torch.zeros(1, 17, dtype=torch.long))
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: the one writer, the unfinished-flag refusal, and the evaluation loss
+
+def test_save_checkpoint_round_trip_and_documented_keys(tmp_path):
+    import os
+
+    from model import CHECKPOINT_KEYS, load_model, save_checkpoint
+    m = make()
+    compiled_names = {"_orig_mod." + k: v for k, v in m.state_dict().items()}  # as torch.compile names them
+    save_checkpoint(str(tmp_path / "x" / "ckpt.pt"), compiled_names, ModelArgs(**ARGS), finished=True, name="x",
+                    domain="base", tokenizer_hash="tok", parents=[])
+    net, ck = load_model(str(tmp_path), "x")
+    assert set(ck) <= set(CHECKPOINT_KEYS) and ck["finished"] is True and ck["iter_num"] == 0
+    idx = torch.randint(0, 97, (2, 16))
+    assert torch.equal(net(idx)[0], m(idx)[0])
+    with pytest.raises(KeyError, match="unknown keys \\['optimiser'\\]"):  # a typo is a programming error
+        save_checkpoint(str(tmp_path / "y.pt"), m, m.args, finished=True, name="y", domain="base",
+                        tokenizer_hash="tok", parents=[], optimiser={})
+    with pytest.raises(KeyError, match="missing \\['tokenizer_hash'\\]"):
+        save_checkpoint(str(tmp_path / "y.pt"), m, m.args, finished=True, name="y", domain="base", parents=[])
+    assert not os.path.exists(tmp_path / "y.pt")
+
+
+def test_unfinished_checkpoint_is_refused_unless_allowed(tmp_path):
+    from common import atomic_torch_save
+    from model import load_model, save_checkpoint
+    m = make()
+    path = str(tmp_path / "lua" / "ckpt.pt")
+    save_checkpoint(path, m, m.args, finished=False, name="lua", domain="lua", iter_num=7, tokenizer_hash="t",
+                    parents=[], optimizer={})
+    with pytest.raises(SystemExit, match=r"lua/ckpt.pt is unfinished \(stopped at iter 7\); finish it with: "
+                                         r"python train.py --domain lua --resume, or pass --allow_unfinished"):
+        load_model(str(tmp_path), "lua")
+    assert load_model(str(tmp_path), "lua", allow_unfinished=True)[1]["iter_num"] == 7
+    # written before the flag existed: final when it holds no training state (a merge), else unfinished
+    ck = torch.load(path, weights_only=False)
+    del ck["finished"]
+    atomic_torch_save(ck, path)
+    with pytest.raises(SystemExit, match="is unfinished"):
+        load_model(str(tmp_path), "lua")
+    del ck["optimizer"]
+    atomic_torch_save(ck, path)
+    load_model(str(tmp_path), "lua")
+
+
+def test_eval_loss_is_the_mean_over_consecutive_windows():
+    import numpy as np
+
+    from model import eval_loss
+    m = make()
+    tokens = np.random.default_rng(0).integers(0, 97, 16 * 7 + 5).astype(np.uint16)
+    want = []
+    for i in range(7):  # every window: 16 inputs, targets shifted by one, starting at i * 16
+        w = torch.from_numpy(tokens[i * 16:i * 16 + 17].astype(np.int64))[None]
+        want.append(m(w[:, :-1], w[:, 1:])[1].item())
+    assert eval_loss(m, tokens, batch_size=3) == pytest.approx(sum(want) / 7, rel=1e-6)
+    assert eval_loss(m, tokens, batch_size=3, max_batches=1) == pytest.approx(sum(want[:3]) / 3, rel=1e-6)
+    with pytest.raises(SystemExit, match="fewer than one block of 16"):
+        eval_loss(m, tokens[:16], batch_size=3)

@@ -1,10 +1,11 @@
 """sae.py: metric known answers, the SAE's invariants (unit decoder rows, TopK, scale folding,
 resampling, geometric median), feature recovery on synthetic data, and the training script end to
 end on tiny random models: seeds share one stream, resumes continue exactly, one-line errors."""
+import errno
 import json
 import math
 import os
-from dataclasses import asdict
+import socket
 
 import numpy as np
 import helpers
@@ -12,8 +13,8 @@ import pytest
 import torch
 
 import sae as S
-from common import atomic_torch_save, sha256_file
-from model import ModelArgs, Transformer
+from common import sha256_file
+from model import ModelArgs, Transformer, save_checkpoint
 
 V = 64
 MARGS = dict(vocab_size=V, block_size=32, d_model=32, n_head=4, n_kv_head=2, d_mlp=32)
@@ -28,14 +29,12 @@ def write_domain(data_dir, domain, seed, tok_hash="tok-A", n=4000):
     return helpers.write_domain(data_dir, domain, seed, V, tok_hash, n=n, noise=0.2)
 
 
-def write_model(out_dir, name, seed, tok_hash="tok-A", **over):
+def write_model(out_dir, name, seed, tok_hash="tok-A", finished=True, **over):
     torch.manual_seed(seed)
     args = ModelArgs(**{**MARGS, **over})
-    model = Transformer(args)
-    ckpt = {"model": model.state_dict(), "model_args": asdict(args), "config": {}, "name": name, "domain": name,
-            "iter_num": 0, "tokenizer_hash": tok_hash, "parents": [], "val_loss": {}, "provenance": {}}
-    atomic_torch_save(ckpt, os.path.join(out_dir, name, "ckpt.pt"))
-    return ckpt
+    path = save_checkpoint(os.path.join(out_dir, name, "ckpt.pt"), Transformer(args), args, finished=finished,
+                           name=name, domain=name, tokenizer_hash=tok_hash, parents=[])
+    return torch.load(path, weights_only=False)
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +64,15 @@ def ck(out, model, seed):
     return torch.load(S.sae_path(out, model, seed), weights_only=False)
 
 
+def state(out, model):
+    return torch.load(os.path.join(out, f"sae_{model}", S.STATE_FILE), weights_only=False)
+
+
+def fvu(x, x_hat):
+    x, x_hat = x.double(), x_hat.double()
+    return S.fvu_from_sums((x - x_hat).pow(2).sum(), x.sum(0), x.pow(2).sum(), len(x))
+
+
 def random_sae(arch="relu", d=16, n=48, k=5, seed=0):
     sae = S.init_sae(d, n, arch, k, seed)
     with torch.no_grad():
@@ -79,22 +87,21 @@ def random_sae(arch="relu", d=16, n=48, k=5, seed=0):
 def test_fvu_known_answers_and_whole_set_accumulation():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(500, 8, generator=g) * torch.arange(1, 9) + 3.0
-    assert S.fvu(x, x.mean(0).expand_as(x)) == pytest.approx(1.0, abs=1e-9)
-    assert S.fvu(x, x.clone()) == 0.0
+    assert fvu(x, x.mean(0).expand_as(x)) == pytest.approx(1.0, abs=1e-9)
+    assert fvu(x, x.clone()) == 0.0
     # accumulating sums over uneven batches gives the whole-set value, not a mean of per-batch ratios
     x_hat = x + torch.randn(500, 8, generator=g) * (1 + 4 * (torch.arange(500) < 20))[:, None]  # bad on batch 1
     sse, sx, sq, n, ratios = 0.0, 0.0, 0.0, 0, []
     for a, b in ((0, 20), (20, 500)):
         xb, hb = x[a:b].double(), x_hat[a:b].double()
         sse, sx, sq, n = sse + (xb - hb).pow(2).sum(), sx + xb.sum(0), sq + xb.pow(2).sum(), n + b - a
-        ratios.append(S.fvu(x[a:b], x_hat[a:b]))
-    assert S.fvu_from_sums(sse, sx, sq, n) == pytest.approx(S.fvu(x, x_hat), rel=1e-9)
-    assert abs(np.mean(ratios) - S.fvu(x, x_hat)) > 0.01
+        ratios.append(fvu(x[a:b], x_hat[a:b]))
+    assert S.fvu_from_sums(sse, sx, sq, n) == pytest.approx(fvu(x, x_hat), rel=1e-9)
+    assert abs(np.mean(ratios) - fvu(x, x_hat)) > 0.01
 
 
 def test_sparsity_metrics_and_ce_formula():
     f = torch.tensor([[0.0, 1.0, 2.0, 0.0], [0.0, 0.0, 3.0, 0.0], [0.0, 0.5, 1.0, 0.0]])
-    assert S.l0(f) == pytest.approx(5 / 3)
     fires = (f > 0).sum(0)                                   # [0, 2, 3, 0] of 3 tokens
     assert S.dead_fraction(fires) == 0.5
     assert S.dense_fraction(fires, 3) == 0.5 and S.dense_fraction(fires, 100) == 0.0
@@ -244,16 +251,31 @@ def test_training_writes_raw_space_saes_that_reproduce_their_metrics(dirs):
     model, mckpt = S.load_model(out, "lua")
     S.check_sae_matches(ckpt, mckpt, model_hash=sha256_file(os.path.join(out, "lua", "ckpt.pt")))
     # the saved raw-space SAE, evaluated afresh on the same held-out windows, gives the logged metrics
-    val = S.load_domain_tokens(data, ["base", "lua"], "val", "tok-A", "lua", V)
+    val = S.open_domains(data, ["base", "lua"], "val", mckpt, "lua")
     again = S.evaluate(model, [sae], S.eval_windows(val, 12, 32), skip=1, batch=6)[0]
     for k in ("fvu", "l0", "ce_recovered", "dead_frac", "kl"):
         assert again[k] == pytest.approx(ckpt["metrics"][k], rel=1e-5, abs=1e-7), k
     assert 0 < again["fvu"] < 1 and 0 < again["l0"] < 64 and again["eval_tokens"] == 12 * 31
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
+    # the training state of both seeds is in one file, at the SAE files' step
+    st = state(out, "lua")
+    assert st["finished"] and st["step"] == 24 and sorted(st["seeds"]) == [0, 1]
     # a rerun with --resume has nothing to do; without it, it refuses to overwrite
     assert run(dirs, "--model=lua", "--seeds=0,1", "--resume") is None
     with pytest.raises(SystemExit, match="exists; add --resume .* or --overwrite"):
         run(dirs, "--model=lua", "--seeds=0,1")
+
+
+def test_mlp_activations_is_the_model_forward_at_the_asked_positions():
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(**MARGS)).eval()
+    wins = torch.randint(0, V, (10, 32), generator=torch.Generator().manual_seed(1))
+    full = model.mlp_acts(wins)                                               # (10, 32, d_mlp)
+    got = list(S.mlp_activations(model, wins, 4, "cpu", skip_first=1))
+    assert [s for s, _ in got] == [0, 4, 8] and torch.equal(torch.cat([a for _, a in got]), full[:, 1:])
+    pos = torch.randint(1, 32, (10, 5), generator=torch.Generator().manual_seed(2))
+    at = torch.cat([a for _, a in S.mlp_activations(model, wins.numpy(), 3, "cpu", positions=pos)])
+    assert at.shape == (10, 5, 32) and torch.allclose(at, full[torch.arange(10)[:, None], pos], atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk"])
@@ -264,28 +286,29 @@ def test_seeds_share_one_stream_and_resume_continues_exactly(dirs, tmp_path, arc
     extra = [f"--arch={arch}", "--k=4", "--model=base", "--l1_coeff=50", "--l1_warmup_frac=0", "--lr=0.03"]  # L1 kills latents
     run(dirs, *extra, "--seeds=0,1", out=a)
     run(dirs, *extra, "--seeds=1", out=b)                     # seed 1 alone: the same stream, the same SAE
-    w = lambda o, s: ck(o, "base", s)["train"]["sae"]
+    w = lambda o, s: state(o, "base")["seeds"][s]["sae"]
     assert all(torch.equal(w(a, 1)[k], w(b, 1)[k]) for k in w(a, 1))
     assert not torch.equal(w(a, 0)["W_dec"], w(a, 1)["W_dec"])   # different seeds: different SAEs
     # interrupted at step 10 (inside the third buffer; relu resamples at step 18), then resumed
     assert run(dirs, *extra, "--seeds=0,1", "--stop_step=10", out=c) is None
-    mid = ck(c, "base", 0)
-    assert mid["step"] == 10 and not mid["finished"]
+    assert ck(c, "base", 0)["step"] == 10 and not ck(c, "base", 0)["finished"] and state(c, "base")["step"] == 10
     run(dirs, *extra, "--seeds=0,1", "--resume", out=c)
+    full, res = state(a, "base"), state(c, "base")
+    assert res["finished"] and res["step"] == 24
     for s in (0, 1):
-        full, res = ck(a, "base", s), ck(c, "base", s)
-        assert res["finished"] and res["step"] == 24
-        assert all(torch.equal(full["train"]["sae"][k], res["train"]["sae"][k]) for k in full["train"]["sae"])
-        assert all(torch.equal(full["sae"][k], res["sae"][k]) for k in full["sae"])
-        assert torch.equal(full["train"]["last_fired"], res["train"]["last_fired"])
-        assert full["metrics"]["fvu"] == res["metrics"]["fvu"]
+        assert all(torch.equal(full["seeds"][s]["sae"][k], res["seeds"][s]["sae"][k]) for k in full["seeds"][s]["sae"])
+        assert all(torch.equal(ck(a, "base", s)["sae"][k], ck(c, "base", s)["sae"][k]) for k in ck(a, "base", s)["sae"])
+        assert torch.equal(full["seeds"][s]["last_fired"], res["seeds"][s]["last_fired"])
+        assert full["seeds"][s]["metrics"]["fvu"] == res["seeds"][s]["metrics"]["fvu"]
     if arch == "relu":
-        assert full["train"]["n_resampled"] > 0       # the resampling path ran inside the compared span
+        assert full["seeds"][1]["n_resampled"] > 0       # the resampling path ran inside the compared span
+    with pytest.raises(SystemExit, match="trains seeds 0,1 together; resume with --seeds 0,1"):
+        run(dirs, *extra, "--seeds=0", "--resume", out=c)
 
 
 def test_one_line_errors(dirs, tmp_path):
     data, out = dirs
-    with pytest.raises(SystemExit, match="unknown model 'mistral'; choose one of: base, lua"):
+    with pytest.raises(SystemExit, match="--model must be one of base, lua"):
         run(dirs, "--model=mistral")
     with pytest.raises(SystemExit, match="no 'tinystories' model checkpoint .*make it with: python train.py --domain tinystories"):
         run(dirs, "--model=tinystories")
@@ -295,10 +318,11 @@ def test_one_line_errors(dirs, tmp_path):
         S.load_sae(out, "gpt2")
     # data prepared with another tokenizer than the model's
     write_domain(str(tmp_path / "data_b"), "base", seed=0, tok_hash="tok-B")
-    with pytest.raises(SystemExit, match="another tokenizer .*pass the --data_dir the model was trained on"):
+    with pytest.raises(SystemExit, match="tokenizer tok-B but model 'base' uses tok-A; pass the --data_dir the model"):
         S.main([*RUN, f"--data_dir={tmp_path / 'data_b'}", f"--out_dir={out}", "--model=base"])
-    with pytest.raises(SystemExit, match="no prepared data for 'lua'.*python data.py --domain lua"):
-        S.main([*RUN, f"--data_dir={tmp_path / 'data_b'}", f"--out_dir={out}", "--model=lua"])
+    write_domain(str(tmp_path / "data_c"), "base", seed=0)                 # lua's data not prepared
+    with pytest.raises(SystemExit, match="no .*data_c/lua/meta.json; run: python data.py --domain lua"):
+        S.main([*RUN, f"--data_dir={tmp_path / 'data_c'}", f"--out_dir={out}", "--model=lua"])
     # an SAE checked against the wrong model: width, tokenizer, another version of the model
     run(dirs, "--model=base", "--seeds=0", "--total_acts=64")
     _, sck = S.load_sae(out, "base")
@@ -315,12 +339,105 @@ def test_one_line_errors(dirs, tmp_path):
         S.check_sae_matches(sck, S.load_model(out, "lua")[1])
     with pytest.raises(SystemExit, match="another version"):
         S.check_sae_matches(sck, mck, model_hash="0123456789abcdef")
-    # resuming with other settings; resuming a retrained model; a loss that blows up
-    with pytest.raises(SystemExit, match="--resume with other settings .*--l1_coeff was 1.5, now 1.0"):
+    # resuming with other settings (a finished run too); resuming a retrained model; a loss that blows up
+    with pytest.raises(SystemExit, match="--resume of .* with other settings .*--l1_coeff 1.5 -> 1.0"):
         run(dirs, "--model=base", "--seeds=0", "--total_acts=64", "--resume", "--l1_coeff=1.0")
     write_model(out, "base", seed=9)
     with pytest.raises(SystemExit, match="another version of model 'base'; retrain with --overwrite"):
         run(dirs, "--model=base", "--seeds=0", "--total_acts=64", "--resume")
-    with pytest.raises(SystemExit, match="became (nan|inf).*at step .*last good checkpoint"):
+    with pytest.raises(SystemExit, match="loss of seed 0 became (nan|inf) at step \\d+; stopped without saving, the last good checkpoint"):
         run(dirs, "--model=base", "--seeds=0", "--overwrite", "--lr=1e30", "--l1_coeff=0")
     assert S.load_sae(out, "base")[1]["model_hash"] == sck["model_hash"]   # the earlier SAE was not touched
+
+
+# -----------------------------------------------------------------------------
+# issue 12: bad inputs refused before any work, and no state a crash can break
+
+@pytest.mark.parametrize("bad, msg", [("--l1_coeff=nan", "--l1_coeff must be a finite number"),
+                                      ("--lr=-1", "--lr must be > 0"), ("--lr=nan", "--lr must be a finite"),
+                                      ("--expansion=0", "--expansion must be >= 1"),
+                                      ("--arch=gated", "--arch must be one of relu, topk"),
+                                      ("--resample_until=1.5", "--resample_until must be in")])
+def test_bad_settings_are_refused_when_parsed(dirs, bad, msg):
+    with pytest.raises(SystemExit, match=msg):
+        run(dirs, "--model=base", bad)
+    assert not os.path.exists(os.path.join(dirs[1], "sae_base"))            # refused before any work
+
+
+def test_truncated_token_file_is_refused(dirs):
+    data, _ = dirs
+    path = os.path.join(data, "base", "train.bin")
+    os.truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(SystemExit, match=r"train\.bin has .* bytes but meta.json says .*truncated"):
+        run(dirs, "--model=base")
+
+
+def test_unfinished_model_is_refused_unless_allowed(dirs):
+    write_model(dirs[1], "base", seed=0, finished=False)
+    with pytest.raises(SystemExit, match="unfinished .*--allow_unfinished"):
+        run(dirs, "--model=base", "--seeds=0")
+    assert run(dirs, "--model=base", "--seeds=0", "--allow_unfinished")["steps"] == 24
+
+
+def test_unwritable_or_full_out_dir_fails_before_the_long_pass(dirs, monkeypatch):
+    blocker = os.path.join(dirs[1], "sae_base")                            # the SAE folder cannot be made
+    with open(blocker, "w") as f:
+        f.write("not a folder")
+    with pytest.raises(SystemExit, match="cannot write in .*sae_base .*choose a writable folder"):
+        run(dirs, "--model=base")
+    os.remove(blocker)
+    import common
+    monkeypatch.setattr(common, "_disk_free", lambda path: 1000)           # a full disk
+    with pytest.raises(SystemExit, match="the SAE checkpoints needs about .* MB .* only 0 MB are free"):
+        run(dirs, "--model=base")
+    assert not os.path.exists(os.path.join(dirs[1], "sae_base", S.STATE_FILE))
+
+
+def fail_once(monkeypatch, suffix):
+    """The next atomic write of a file ending in `suffix` fails as a full disk does."""
+    real, left = S.atomic_torch_save, [1]
+
+    def flaky(obj, path):
+        if path.endswith(suffix) and left[0]:
+            left[0] = 0
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(obj, path)
+    monkeypatch.setattr(S, "atomic_torch_save", flaky)
+
+
+def test_a_failed_save_never_leaves_the_seeds_at_different_steps(dirs, tmp_path, monkeypatch):
+    ref, out = str(tmp_path / "ref"), dirs[1]
+    write_model(ref, "base", seed=0)
+    run(dirs, "--model=base", out=ref)
+    # the disk fills while seed 1's file is written at the --stop_step save: the state holds both seeds
+    fail_once(monkeypatch, "sae_s1.pt")
+    with pytest.raises(OSError):
+        run(dirs, "--model=base", "--stop_step=10")
+    assert state(out, "base")["step"] == 10 and not os.path.exists(S.sae_path(out, "base", 1))
+    # ... and again at the final save: the state is finished, seed 1's file and metrics.json are missing
+    fail_once(monkeypatch, "sae_s1.pt")
+    with pytest.raises(OSError):
+        run(dirs, "--model=base", "--resume")
+    assert state(out, "base")["finished"] and not os.path.exists(os.path.join(out, "sae_base", "metrics.json"))
+    m = run(dirs, "--model=base", "--resume")                              # rewrites the outputs from the state
+    assert set(m["seeds"]) == {"0", "1"} and m["steps"] == 24
+    for s in (0, 1):                                                       # as if nothing had happened
+        a, b = ck(ref, "base", s), ck(out, "base", s)
+        assert b["finished"] and all(torch.equal(a["sae"][k], b["sae"][k]) for k in a["sae"])
+        assert a["metrics"]["fvu"] == b["metrics"]["fvu"]
+    assert run(dirs, "--model=base", "--resume") is None                  # now complete: nothing to do
+
+
+def test_stale_temp_files_are_removed_and_a_live_run_holds_the_folder(dirs):
+    sae_dir = os.path.join(dirs[1], "sae_base")
+    os.makedirs(sae_dir)
+    stale = os.path.join(sae_dir, ".sae_s0.pt.deadbeef.tmp")                # a kill during a save leaves this
+    with open(stale, "wb") as f:
+        f.write(b"half an SAE")
+    with open(os.path.join(sae_dir, ".lock"), "w") as f:                    # a live process (this one) holds it
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "command": "sae.py --model base"}, f)
+    with pytest.raises(SystemExit, match=f"in use by .* process {os.getpid()}"):
+        run(dirs, "--model=base", "--seeds=0")
+    os.remove(os.path.join(sae_dir, ".lock"))
+    run(dirs, "--model=base", "--seeds=0")
+    assert not os.path.exists(stale) and not os.path.exists(os.path.join(sae_dir, ".lock"))

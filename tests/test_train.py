@@ -75,14 +75,14 @@ def test_resumed_run_continues_exactly(dirs):
     assert b["iter_num"] == 12 and b["finished"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    # a finished run is left alone by --resume
+    # a finished run is left alone by --resume with its settings
     before = sha256_file(os.path.join(dirs[1], "split", "ckpt.pt"))
-    run(dirs, "--domain=base", "--name=split", "--resume")
+    run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=6", "--resume")
     assert sha256_file(os.path.join(dirs[1], "split", "ckpt.pt")) == before
 
 
 def test_errors_are_one_line(dirs, tmp_path):
-    with pytest.raises(SystemExit, match="unknown domain 'python3'"):
+    with pytest.raises(SystemExit, match="--domain must be one of base, lua, tinystories; got 'python3'"):
         run(dirs, "--domain=python3")
     with pytest.raises(SystemExit, match=r"no parent checkpoint 'base'.*python train.py --domain base"):
         run(dirs, "--domain=lua")
@@ -95,7 +95,7 @@ def test_errors_are_one_line(dirs, tmp_path):
         run(dirs, "--domain=base", "--max_iters=4")
     # data made with another tokenizer than the parent's
     write_domain(dirs[0], "tinystories", seed=5, tok_hash="tok-B")
-    with pytest.raises(SystemExit, match="another tokenizer"):
+    with pytest.raises(SystemExit, match="tinystories was prepared with tokenizer tok-B but model 'base' uses tok-A"):
         run(dirs, "--domain=tinystories")
 
 
@@ -112,7 +112,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dirs, monkeypatch):
         return logits, loss
 
     monkeypatch.setattr(Transformer, "forward", poisoned)
-    with pytest.raises(SystemExit, match="not finite; stopped before the step.*last good checkpoint"):
+    with pytest.raises(SystemExit, match="at iter 5: not finite; stopped before saving.*last good checkpoint"):
         run(dirs, "--domain=base", "--max_iters=10", "--eval_interval=2")
     ck = load(dirs, "base")
     assert ck["iter_num"] == 4 and not ck["finished"]                      # the checkpoint of iter 4 is kept
@@ -121,9 +121,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dirs, monkeypatch):
 
 def test_resume_refuses_other_settings(dirs):
     run(dirs, "--domain=base", "--max_iters=10", "--stop_iter=2")
-    with pytest.raises(SystemExit, match=r"other settings \(lr 0.002 -> 0.1\)"):
+    with pytest.raises(SystemExit, match=r"other settings \(--lr 0.002 -> 0.1\)"):
         run(dirs, "--domain=base", "--max_iters=10", "--resume", "--lr=0.1")
-    with pytest.raises(SystemExit, match=r"other settings \(domain 'base' -> 'lua'"):
+    with pytest.raises(SystemExit, match=r"other settings \(--domain 'base' -> 'lua'"):
         run(dirs, "--domain=lua", "--name=base", "--max_iters=10", "--resume")
 
 
@@ -143,3 +143,140 @@ def test_lr_schedule_known_values():
     assert f(9) == pytest.approx(0.1 + 0.9 * 0.5)                          # cosine midpoint
     assert f(14) == pytest.approx(0.1) and f(20) == pytest.approx(0.1)     # floor at lr * min_lr_frac
     assert train.lr_schedule(50, 6e-4, 0, 100, 0.0) == pytest.approx(3e-4)  # the paper: no warmup, to 0
+
+
+
+# -----------------------------------------------------------------------------
+# issue 12: bad settings refused where they are parsed, locked run folders, unfinished parents
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs=0"], "--epochs must be > 0, got 0"),                      # 12.1: trained one step
+    (["--max_iters=-5", "--epochs=0"], "must be"),
+    (["--max_iters=-5"], "--max_iters must be >= 0, got -5"),
+    (["--warmup_iters=-5"], "--warmup_iters must be >= 0, got -5"),
+    (["--lr=nan"], "--lr must be a finite number"),                        # 12.9: torch's traceback
+    (["--lr=-1e-3"], "--lr must be >= 0"),
+    (["--n_head=0"], "--n_head must be >= 1"),                             # 12.10: ZeroDivisionError
+    (["--block_size=0"], "--block_size must be >= 1"),                     # 12.10: reshape error
+    (["--n_head=3"], "--d_model 32 must be n_head \\(3\\) times an even head size"),
+    (["--n_head=8", "--n_kv_head=3"], "--n_head 8 must be a multiple of --n_kv_head 3"),
+    (["--d_model=36", "--n_head=4"], "even head size"),                    # RoPE rotates pairs of dimensions
+    (["--min_lr_frac=1.5"], r"--min_lr_frac must be in \[0, 1\]"),
+    (["--beta2=1"], "--beta2 must be in"),
+    (["--dtype=float16"], "--dtype must be one of auto, float32, bfloat16"),
+])
+def test_bad_settings_are_refused_before_any_work(dirs, args, message):
+    with pytest.raises(SystemExit, match=message):
+        run(dirs, "--domain=base", *args)
+    assert not os.path.exists(os.path.join(dirs[1], "base", "ckpt.pt"))
+
+
+def test_a_second_run_on_a_locked_folder_is_refused(dirs):
+    # 12.4: two runs on one out dir overwrote each other's work; a live holder of the lock is named
+    import socket
+    os.makedirs(os.path.join(dirs[1], "base"))
+    with open(os.path.join(dirs[1], "base", ".lock"), "w") as f:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "command": "train.py --domain base"}, f)
+    with pytest.raises(SystemExit, match=r"out/base is in use by train.py --name base in process \d+"):
+        run(dirs, "--domain=base", "--max_iters=2")
+    assert not os.path.exists(os.path.join(dirs[1], "base", "ckpt.pt"))
+    os.remove(os.path.join(dirs[1], "base", ".lock"))
+    run(dirs, "--domain=base", "--max_iters=2")                       # the lock is released at the end
+    assert not os.path.exists(os.path.join(dirs[1], "base", ".lock"))
+
+
+def test_finetune_refuses_an_unfinished_parent_unless_allowed(dirs):
+    # 12.5: a parent stopped early (the state a kill leaves) was used without a word
+    run(dirs, "--domain=base", "--max_iters=10", "--stop_iter=3")
+    with pytest.raises(SystemExit, match=r"base/ckpt.pt is unfinished \(stopped at iter 3\); finish it with: "
+                                         r"python train.py --domain base --resume, or pass --allow_unfinished"):
+        run(dirs, "--domain=lua", "--max_iters=2")
+    run(dirs, "--domain=lua", "--max_iters=2", "--allow_unfinished")
+    assert load(dirs, "lua")["finished"]
+    from model import load_model
+    with pytest.raises(SystemExit, match="is unfinished"):
+        load_model(dirs[1], "base")
+
+
+def test_resume_of_a_finished_run_with_changed_settings_is_refused(dirs):
+    # 12.6: it said "nothing to do" and ignored the new lr
+    run(dirs, "--domain=base", "--max_iters=4")
+    with pytest.raises(SystemExit, match=r"other settings \(--lr 0.002 -> 0.1\)"):
+        run(dirs, "--domain=base", "--max_iters=4", "--resume", "--lr=0.1")
+    assert run(dirs, "--domain=base", "--max_iters=4", "--resume")["base"] == load(dirs, "base")["val_loss"]["base"]
+
+
+def test_unwritable_out_dir_or_full_disk_fail_before_training(dirs, tmp_path, monkeypatch, capsys):
+    # 12.14: failed only at the first write, after the training steps
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match="cannot write in .*a_file/base"):
+        run((dirs[0], str(blocker)), "--domain=base", "--max_iters=2")
+    import common
+    monkeypatch.setattr(common, "_disk_free", lambda path: 1000)
+    with pytest.raises(SystemExit, match="train.py's checkpoint needs about .* but only 0 MB are free"):
+        run(dirs, "--domain=base", "--max_iters=2")
+    assert "iter 1" not in capsys.readouterr().out                     # refused before the first step
+
+
+# -----------------------------------------------------------------------------
+# issue 11 / 14: plan, loss curves, compile fallback
+
+def test_plan_and_loss_history(dirs, capsys):
+    run(dirs, "--domain=base", "--max_iters=12", "--eval_interval=5")
+    out = capsys.readouterr().out
+    assert "plan: 12 steps from iter 0, 1,536 tokens" in out and "time estimate:" in out
+    hist = json.load(open(os.path.join(dirs[1], "base", "metrics.json")))["history"]
+    assert [h["iter"] for h in hist] == [5, 10, 12] and [h["tokens"] for h in hist] == [640, 1280, 1536]
+    assert hist[-1]["val_loss"] == load(dirs, "base")["val_loss"]["base"]
+    assert all(h["train_loss"] > 0 and h["lr"] > 0 for h in hist)
+
+
+def test_history_survives_a_resume(dirs):
+    run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=5", "--stop_iter=5")
+    run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=5", "--resume")
+    run(dirs, "--domain=base", "--name=straight", "--max_iters=12", "--eval_interval=5")
+    a, b = (json.load(open(os.path.join(dirs[1], n, "metrics.json")))["history"] for n in ("straight", "split"))
+    assert [h["iter"] for h in b] == [5, 10, 12]
+    assert [h["val_loss"] for h in a] == [h["val_loss"] for h in b]
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):
+    # issue 11: torch.compile without a C compiler died at the first step
+    from contextlib import nullcontext
+
+    from model import ModelArgs, Transformer
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(vocab_size=V, block_size=16, d_model=32, n_head=4, n_kv_head=2, d_mlp=64))
+    opt = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu")
+
+    def broken_compile(m):
+        def call(*a, **k):
+            raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.\nmore")
+        return call
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    x = torch.randint(0, V, (2, 16))
+    used = train.compile_or_eager(model, x, x, nullcontext(), opt)
+    assert used is model and all(p.grad is None for p in model.parameters())
+    assert capsys.readouterr().out.strip() == ("warning: torch.compile failed (RuntimeError: Failed to find C compiler. "
+                                               "Please specify via CC environment variable.); training without it "
+                                               "(--compile=false skips the attempt)")
+
+
+def test_nan_between_checks_is_caught_at_the_next_check_before_any_save(dirs, monkeypatch):
+    # no host sync per step: the flag is read at the next log line (iter 5), and nothing is saved
+    from model import Transformer
+    forward, calls = Transformer.forward, {"n": 0}
+
+    def poisoned(self, idx, targets=None, mlp_fn=None):  # the 3rd training step's loss is NaN
+        logits, loss = forward(self, idx, targets, mlp_fn)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(Transformer, "forward", poisoned)
+    with pytest.raises(SystemExit, match="loss nan, gradient norm nan at iter 2: not finite"):
+        run(dirs, "--domain=base", "--max_iters=10", "--eval_interval=4")
+    assert not os.path.exists(os.path.join(dirs[1], "base", "ckpt.pt"))

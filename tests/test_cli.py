@@ -1,0 +1,338 @@
+"""Bad inputs, as a new user makes them (issue 12): each script is run as a command (`python
+<script>.py ...`) on a tiny study made once in a temporary folder, and every bad input must be
+refused with exit status 2 and exactly one line on stderr starting with `error:`, never a
+traceback. Each case runs in its own copy of the study, so a case that is wrongly accepted cannot
+change what the others see. The commands run in forks of one interpreter that has imported torch
+once (helpers.run_scripts; CLI_TEST_PROCESSES=1 starts a real process for each instead)."""
+import base64
+import errno
+import json
+import os
+import shutil
+import socket
+
+import helpers
+import numpy as np
+import pytest
+
+V = 257  # a byte tokenizer: 256 bytes + <|endoftext|>
+MODEL = ["--block_size=16", "--d_model=32", "--n_head=4", "--n_kv_head=2", "--d_mlp=64", "--batch_size=8",
+         "--log_interval=5", "--eval_iters=2", "--eval_interval=1000", "--warmup_iters=2", "--threads=1"]
+SAE = ["--expansion=2", "--seqs_per_batch=8", "--tokens_per_seq=4", "--total_acts=384", "--buffer_batches=4",
+       "--harvest_batch=16", "--eval_seqs=8", "--eval_batch=8", "--lr=3e-3", "--log_interval=8",
+       "--eval_interval=1000", "--ckpt_interval=1000", "--dead_window=64", "--resample_every=6",
+       "--device=cpu"]
+ANALYZE = ["--models=base,lua", "--domains=base,lua", "--n_tokens=512", "--min_tokens=256", "--batch_size=16",
+           "--n_select=2", "--ctx_window=8", "--device=cpu"]
+
+
+def write_tokenizer(data_dir):
+    """A byte-level tokenizer in data.py's files (tokenizer.json + bpe.tiktoken); returns its hash."""
+    import data as datalib
+    from common import atomic_write_json
+    tdir = os.path.join(data_dir, "tokenizer")
+    os.makedirs(tdir, exist_ok=True)
+    with open(os.path.join(tdir, "bpe.tiktoken"), "w") as f:
+        f.writelines(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256))
+    atomic_write_json(os.path.join(tdir, "tokenizer.json"), {"name": "bytes257", "vocab_size": V, "pattern": datalib.PATTERN,
+                                                             "special_tokens": {datalib.EOT: 256}})
+    return datalib.tokenizer_hash(data_dir)
+
+
+def run_ok(commands, folder):
+    for cmd, proc in zip(commands, helpers.run_scripts(commands, folder, parallel=3)):
+        assert proc.returncode == 0, f"{' '.join(map(str, cmd))}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """data/ (byte tokenizer, three learnable domains), out/ (base, lua, tinystories, luastories, an unrelated
+    'other', SAEs of base and lua), unfinished/ (a base stopped early). Made by the scripts themselves."""
+    root = tmp_path_factory.mktemp("study")
+    logs = str(tmp_path_factory.mktemp("study_logs"))
+    data, out, unfinished = (str(root / n) for n in ("data", "out", "unfinished"))
+    th = write_tokenizer(data)
+    for i, d in enumerate(("base", "lua", "tinystories")):
+        helpers.write_domain(data, d, seed=i, vocab=V, tok_hash=th, n=6000, noise=0.1)
+    dirs = [f"--data_dir={data}", f"--out_dir={out}", "--preset=tiny"]
+    run_ok([["train.py", "--domain=base", "--max_iters=20", "--lr=3e-3", *dirs, *MODEL],       # independent: at once
+            ["train.py", "--domain=base", "--name=other", "--seed=7", "--max_iters=4", *dirs, *MODEL],
+            ["train.py", "--domain=base", "--max_iters=10", "--stop_iter=3", f"--data_dir={data}",
+             f"--out_dir={unfinished}", "--preset=tiny", *MODEL]], os.path.join(logs, "1"))
+    run_ok([*[["train.py", f"--domain={d}", "--max_iters=4", *dirs, *MODEL] for d in ("lua", "tinystories")],
+            ["sae.py", "--model=base", *dirs, *SAE]], os.path.join(logs, "2"))
+    run_ok([["merge.py", *dirs, "--eval_batches=1", "--batch_size=4"], ["sae.py", "--model=lua", *dirs, *SAE]],
+           os.path.join(logs, "3"))
+    return root
+
+
+# -----------------------------------------------------------------------------
+# what each case does to its copy of the study before the command runs
+
+def truncate(rel, size=lambda n: n // 2):
+    def edit(ws):
+        path = os.path.join(ws, rel)
+        os.truncate(path, size(os.path.getsize(path)))
+    return edit
+
+
+def append_byte(rel):
+    def edit(ws):
+        with open(os.path.join(ws, rel), "ab") as f:
+            f.write(b"\0")
+    return edit
+
+
+def edit_meta(domain, change):
+    def edit(ws):
+        path = os.path.join(ws, "data", domain, "meta.json")
+        with open(path) as f:
+            text = f.read()
+        new = change(json.loads(text)) if callable(change) else change
+        with open(path, "w") as f:
+            f.write(new if isinstance(new, str) else json.dumps(new))
+    return edit
+
+
+def without(key):
+    return lambda meta: {k: v for k, v in meta.items() if k != key}
+
+
+def remove(rel):
+    return lambda ws: os.remove(os.path.join(ws, rel))
+
+
+def live_lock(rel):
+    """A lock held by a live process (this one) on an output folder, as a concurrent run would hold it."""
+    def edit(ws):
+        os.makedirs(os.path.join(ws, rel), exist_ok=True)
+        with open(os.path.join(ws, rel, ".lock"), "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "command": "train.py --domain base",
+                       "since": "2026-01-01T00:00:00+0000"}, f)
+    return edit
+
+
+def bad_corpus(ws):
+    """A local corpus (shared/corpora's layout) whose babylm text has a byte that is not UTF-8."""
+    for d in ("babylm", "python", "lua", "tinystories"):
+        os.makedirs(os.path.join(ws, "corpus", d))
+        for name in ("train.txt", "valid.txt"):
+            with open(os.path.join(ws, "corpus", d, name), "wb") as f:
+                f.write(b"Some text in plain words.\n\nAnother document here.\n" * 20)
+    with open(os.path.join(ws, "corpus", "babylm", "train.txt"), "ab") as f:
+        f.write(b"caf\xe9 au lait\n")
+
+
+def readonly_out(ws):
+    """An out dir that cannot be written: chmod 555, or, for root (whom permissions do not stop), a path in
+    sysfs, where nobody can create a folder."""
+    if os.geteuid() != 0:
+        os.makedirs(os.path.join(ws, "ro"))
+        os.chmod(os.path.join(ws, "ro"), 0o555)
+        return os.path.join(ws, "ro")
+    try:
+        os.makedirs("/sys/robust-test-readonly/out")
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return "/sys/robust-test-readonly/out"
+    pytest.skip("no read-only folder to try here")
+
+
+TRAIN, SAE_RUN, MERGE = "train.py", "sae.py", "merge.py"
+D, O, U = "--data_dir={ws}/data", "--out_dir={ws}/out", "--out_dir={ws}/unfinished"
+FRESH = "--out_dir={ws}/fresh"  # an empty out dir: a wrongly accepted run would train, not stop at "exists"
+BASE = [TRAIN, "--domain=base", D, FRESH, "--preset=tiny", *MODEL, "--max_iters=3"]
+
+# (id, argv, edit of the copy or None, regex the error line must match)
+CASES = [
+    # train.py: settings
+    ("train-epochs-0", [*BASE[:-1], "--epochs=0"], None, r"epochs"),
+    ("train-max_iters-neg", [*BASE[:-1], "--max_iters=-5", "--epochs=0"], None, r"max_iters|epochs"),
+    ("train-warmup-neg", [*BASE, "--warmup_iters=-5"], None, r"warmup_iters"),
+    ("train-lr-nan", [*BASE, "--lr=nan"], None, r"--lr"),
+    ("train-lr-neg", [*BASE, "--lr=-1"], None, r"--lr"),
+    ("train-n_head-0", [*BASE, "--n_head=0"], None, r"n_head"),
+    ("train-block_size-0", [*BASE, "--block_size=0"], None, r"block_size"),
+    ("train-batch_size-0", [*BASE, "--batch_size=0"], None, r"batch_size"),
+    ("train-unknown-domain", [*BASE[:1], "--domain=python3", *BASE[2:]], None, r"domain.*python3|python3.*domain"),
+    ("train-unknown-option", [*BASE, "--learning_rate=1"], None, r"unknown option --learning_rate"),
+    ("train-not-an-int", [*BASE, "--max_iters=ten"], None, r"max_iters.*integer|integer.*max_iters"),
+    # train.py: data
+    ("train-truncated-bin", BASE, truncate("data/base/train.bin"), r"train\.bin"),
+    ("train-odd-byte-bin", BASE, append_byte("data/base/train.bin"), r"train\.bin"),
+    ("train-meta-not-json", BASE, edit_meta("base", '{"domain": "base", '), r"meta\.json"),
+    ("train-meta-no-tokenizer-hash", BASE, edit_meta("base", without("tokenizer_hash")), r"meta\.json"),
+    ("train-meta-bad-dtype", BASE, edit_meta("base", lambda m: {**m, "dtype": "float32"}), r"meta\.json|dtype"),
+    ("train-meta-smaller-vocab", BASE, edit_meta("base", lambda m: {**m, "vocab_size": 32}), r"vocab"),
+    ("train-no-bpe-tiktoken", BASE, remove("data/tokenizer/bpe.tiktoken"), r"bpe\.tiktoken"),
+    # train.py: outputs and parents
+    ("train-out-locked", [TRAIN, "--domain=base", D, FRESH, "--preset=tiny", *MODEL, "--max_iters=3"],
+     live_lock("fresh/base"), r"in use|lock"),
+    ("train-readonly-out", [TRAIN, "--domain=base", D, "--out_dir={ro}", "--preset=tiny", *MODEL, "--max_iters=3"],
+     None, r"writ|read-only|permi"),
+    ("train-unfinished-parent", [TRAIN, "--domain=lua", D, U, "--preset=tiny", *MODEL, "--max_iters=3"], None,
+     r"unfinished|allow_unfinished"),
+    ("train-resume-finished-changed-lr", [TRAIN, "--domain=lua", D, O, "--preset=tiny", *MODEL, "--max_iters=4",
+                                          "--resume", "--lr=0.1"], None, r"other settings|lr"),
+    ("train-exists-no-resume", [TRAIN, "--domain=lua", D, O, "--preset=tiny", *MODEL, "--max_iters=4"], None,
+     r"exists|--resume"),
+    # sae.py
+    ("sae-l1-nan", [SAE_RUN, "--model=base", D, FRESH, "--preset=tiny", *SAE, "--l1_coeff=nan"], None, r"l1_coeff"),
+    ("sae-lr-nan", [SAE_RUN, "--model=base", D, O, "--preset=tiny", *SAE, "--lr=nan", "--overwrite"], None, r"--lr"),
+    ("sae-lr-neg", [SAE_RUN, "--model=base", D, O, "--preset=tiny", *SAE, "--lr=-1", "--overwrite"], None, r"--lr"),
+    ("sae-truncated-bin", [SAE_RUN, "--model=base", D, O, "--preset=tiny", *SAE, "--overwrite"],
+     truncate("data/base/train.bin"), r"train\.bin"),
+    ("sae-unfinished-model", [SAE_RUN, "--model=base", D, U, "--preset=tiny", *SAE], None,
+     r"unfinished|allow_unfinished"),
+    ("sae-unknown-model", [SAE_RUN, "--model=gpt5", D, O, "--preset=tiny", *SAE], None, r"gpt5"),
+    ("sae-resume-changed-lr", [SAE_RUN, "--model=lua", D, O, "--preset=tiny", *SAE[:8], "--lr=0.1", *SAE[9:],
+                               "--resume"], None, r"other settings|lr"),
+    # merge.py
+    ("merge-unrelated", [MERGE, D, O, "--preset=tiny", "--a=lua", "--b=other", "--out=mixed"], None,
+     r"common parent|unrelated"),
+    ("merge-t-above-1", [MERGE, D, O, "--preset=tiny", "--t=1.5", "--out=m2"], None, r"--t|\bt\b"),
+    ("merge-t-negative", [MERGE, D, O, "--preset=tiny", "--t=-0.1", "--out=m2"], None, r"--t|\bt\b"),
+    ("merge-t-nan", [MERGE, D, O, "--preset=tiny", "--t=nan", "--out=m2"], None, r"--t|\bt\b"),
+    ("merge-missing-model", [MERGE, D, O, "--preset=tiny", "--b=nosuch", "--out=m2"], None, r"nosuch"),
+    ("merge-unknown-option", [MERGE, D, O, "--preset=tiny", "--alpha=0.5"], None, r"unknown option --alpha"),
+    # data.py
+    ("data-val_frac-1.5", ["data.py", "--domain=all", "--data_dir={ws}/newdata", "--threads=0", "--val_frac=1.5"],
+     None, r"val_frac"),
+    ("data-unknown-domain", ["data.py", "--domain=klingon", "--data_dir={ws}/newdata"], None, r"klingon"),
+    ("data-unknown-source", ["data.py", "--domain=all", "--source=ftp", "--data_dir={ws}/newdata"], None, r"source"),
+    ("data-not-utf8", ["data.py", "--domain=all", "--source=local:{ws}/corpus", "--data_dir={ws}/newdata",
+                       "--vocab_size=300"], bad_corpus, r"babylm.train\.txt.*UTF-8|UTF-8.*babylm.train\.txt"),
+    # analyze.py
+    ("analyze-threshold-1.5", ["analyze.py", D, O, "--preset=tiny", *ANALYZE, "--threshold=1.5"], None, r"threshold"),
+    ("analyze-unknown-model", ["analyze.py", D, O, "--preset=tiny", *ANALYZE[1:], "--models=base,gpt5"], None,
+     r"gpt5"),
+    ("analyze-explain-failing", ["analyze.py", D, O, "--preset=tiny", *ANALYZE, "--explain",
+                                 "--api_base={llm}"], None, r"explain.*HTTP 400|HTTP 400.*explain"),
+    # explain.py
+    ("explain-read_timeout-0", ["explain.py", "--features_json={ws}/f.json", "--read_timeout=0"], None, r"read_timeout"),
+    ("explain-max_failures-0", ["explain.py", "--features_json={ws}/f.json", "--max_failures=0"], None, r"max_failures"),
+    ("explain-timeout-nan", ["explain.py", "--features_json={ws}/f.json", "--connect_timeout=nan"], None,
+     r"connect_timeout"),
+    ("explain-bad-format", ["explain.py", "--features_json={ws}/f.json", "--explain_format=xml"], None,
+     r"explain_format"),
+    ("explain-no-features-file", ["explain.py", "--features_json={ws}/nosuch.json"], None, r"nosuch\.json"),
+]
+
+
+@pytest.fixture(scope="module")
+def refusing_llm():
+    """An LLM endpoint that refuses every request (HTTP 400: not retried), for analyze.py --explain."""
+    srv, base = helpers.chat_server(lambda path, headers, body: (400, {}, b'{"error": "no"}'))
+    yield base
+    srv.shutdown()
+    srv.server_close()
+
+
+def prepare(study, tmp, case, llm):
+    """The case's own copy of the study, edited; returns (workspace, command)."""
+    name, argv, edit, pattern = case
+    ws = os.path.join(tmp, name)
+    shutil.copytree(study, ws, symlinks=True)
+    with open(os.path.join(ws, "f.json"), "w") as f:
+        json.dump([{"key": "base/1", "top": [], "random": []}], f)
+    subs = {"ws": ws, "llm": llm}
+    if "{ro}" in " ".join(argv):
+        subs["ro"] = readonly_out(ws)
+    if edit is not None:
+        edit(ws)
+    return ws, [a.format(**subs) for a in argv]
+
+
+def test_the_table_is_big_enough():
+    assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.fixture(scope="module")
+def outcomes(study, refusing_llm, tmp_path_factory):
+    """Every case run once, four at a time: {name: (workspace, CompletedProcess) or the skip}."""
+    tmp = str(tmp_path_factory.mktemp("cases"))
+    ready, got = {}, {}
+    for case in CASES:
+        try:
+            ready[case[0]] = prepare(str(study), tmp, case, refusing_llm)
+        except pytest.skip.Exception as e:
+            got[case[0]] = e
+    procs = helpers.run_scripts([cmd for _, cmd in ready.values()], os.path.join(tmp, "logs"), parallel=4,
+                                env={"NO_PROXY": "127.0.0.1,localhost", "OPENAI_API_KEY": ""})
+    got.update({name: (ws, proc) for (name, (ws, _)), proc in zip(ready.items(), procs)})
+    return got
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line(outcomes, case):
+    got = outcomes[case[0]]
+    if isinstance(got, pytest.skip.Exception):
+        pytest.skip(str(got))
+    ws, proc = got
+    helpers.assert_one_line_error(proc, case[3])
+    if case[0] == "analyze-explain-failing":           # the analysis is written all the same
+        assert os.path.exists(os.path.join(ws, "out", "analysis", "results.json"))
+    if case[0] == "train-out-locked":                   # the holder is named; its lock is left alone
+        assert str(os.getpid()) in proc.stderr and os.path.exists(os.path.join(ws, "fresh", "base", ".lock"))
+
+
+# -----------------------------------------------------------------------------
+# reproduce.sh's extra settings (issue 11): each goes to every stage that has the key, and only there
+
+def fake_python(tmp_path):
+    """A stand-in for python: `--help` lists a few keys per script, a stage's call is logged and succeeds,
+    and `python -` (reproduce.sh's stage table) is the real one."""
+    import sys
+    stub = tmp_path / "python"
+    stub.write_text(f"""#!/bin/sh
+case "$*" in *--help*)
+  case $1 in train.py) echo "  --compile=True      torch.compile"; echo "  --max_iters=0";;
+             sae.py) echo "  --total_acts=1000   activations";; esac; exit 0;; esac
+[ "$1" = "-" ] && exec {sys.executable} "$@"
+echo "$*" >> {tmp_path}/calls
+""")
+    stub.chmod(0o755)
+    return {**os.environ, "PYTHON": str(stub), "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data")}
+
+
+def test_reproduce_passes_extra_settings_to_the_stages_that_take_them(tmp_path):
+    import subprocess
+    env = {**fake_python(tmp_path), "EXTRA": "--compile=false"}
+    out = tmp_path / "out"                                    # what earlier runs of the stages left: their metrics
+    for name, metrics in {"base/metrics.json": {"tokens_per_s": 5000, "mfu": 0.4},
+                          "sae_lua/metrics.json": {"history": [{"step": 1, "act_per_s": 100.0},
+                                                               {"step": 2, "eval": {}}, {"step": 3, "act_per_s": 300.0}]},
+                          "analysis/results.json": {"stream_seconds": 2.0, "token_set": {"n_tokens": 4096}}}.items():
+        os.makedirs(os.path.dirname(out / name), exist_ok=True)
+        (out / name).write_text(json.dumps(metrics))
+    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh"), "--total-acts=500"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 11                                   # data, 3 x train, merge, sweep, 4 x sae, analyze
+    for call in calls:
+        script = call.split()[0]
+        assert ("--compile=false" in call) == (script == "train.py"), call
+        assert ("--total-acts=500" in call) == (script == "sae.py"), call
+    # the stage table: reproduce.sh's wall times, each stage's throughput and MFU from its metrics
+    table = json.loads((out / "analysis" / "stages.json").read_text())["stages"]
+    rows = {r["stage"]: r for r in table}
+    assert len(table) == 11 and all(r["wall_s"] >= 0 for r in table)
+    assert (rows["train base"]["rate"], rows["train base"]["unit"], rows["train base"]["mfu"]) == (5000, "tokens/s", 0.4)
+    assert rows["sae for lua"]["rate"] == 200.0 and rows["sae for lua"]["unit"] == "activations/s"
+    analysis = [r for name, r in rows.items() if name.startswith("analysis")][0]
+    assert analysis["rate"] == 2048.0 and "up to date" in analysis["note"]   # made before this run
+    assert rows["train lua"]["rate"] is None
+    md = (out / "analysis" / "stages.md").read_text()
+    assert "| train base |" in md and "5,000 tokens/s | 40.0% |" in md and md in proc.stdout
+
+
+@pytest.mark.parametrize("extra, pattern", [("--no_such_key=1", r"no stage takes --no_such_key"),
+                                            ("compile=false", r"--key=value"),
+                                            ("--out_dir=elsewhere", r"OUT=")])
+def test_reproduce_refuses_bad_extra_settings_in_one_line(tmp_path, extra, pattern):
+    import subprocess
+    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh"), extra], env=fake_python(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    helpers.assert_one_line_error(proc, pattern)
+    assert not (tmp_path / "calls").exists()                  # before any stage ran

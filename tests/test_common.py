@@ -1,0 +1,179 @@
+"""common.py: the config layer (types, checks, presets and variants, --help), the command wrapper's
+exit status, output-folder locks, early disk checks and atomic writes."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import common
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse(argv, **kw):
+    cfg = dict(lr=0.5, steps=10, arch="relu", seeds=[0, 1], flag=False, t=0.5)
+    checks = {"lr": ">=0", "steps": ">0", "arch": ("relu", "topk"), "seeds": ">=0", "t": "[0,1]"}
+    return common.parse_config(cfg, argv, checks=checks, **kw)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--lr=nan"], "--lr must be a finite number"),
+    (["--lr=inf"], "--lr must be a finite number"),
+    (["--lr=-1"], "--lr must be >= 0"),
+    (["--steps=0"], "--steps must be > 0"),
+    (["--arch=gelu"], "--arch must be one of relu, topk"),
+    (["--seeds=0,-1"], "--seeds must be >= 0"),
+    (["--t=1.5"], "--t must be in [0, 1]"),
+    (["--steps=2.5"], "--steps takes an integer"),
+    (["--flag=maybe"], "--flag takes true or false"),
+    (["--stpes=3"], "did you mean --steps?"),
+    (["--lr"], "--lr needs a value"),
+    (["lr=3"], "unexpected argument"),
+])
+def test_bad_values_are_refused_in_one_line(argv, words):
+    with pytest.raises(common.UserError) as e:
+        parse(argv)
+    assert words in e.value.msg and "\n" not in e.value.msg
+
+
+def test_good_values_convert_to_the_default_type():
+    cfg = parse(["--lr", "0", "--steps=2e3", "--seeds=3,4", "--flag", "--t=1"])
+    assert cfg == dict(lr=0.0, steps=2000, arch="relu", seeds=[3, 4], flag=True, t=1.0)
+
+
+def test_check_rules_bounds_and_open_intervals():
+    common.check_value("x", 0.999, "(0,1)")
+    for bad in (0.0, 1.0):
+        with pytest.raises(common.UserError):
+            common.check_value("x", bad, "(0,1)")
+    common.check_value("x", 1.0, "(0,1]")
+
+    with pytest.raises(common.UserError):
+        common.check_value("x", float("nan"), None)  # a number is always required to be finite
+
+
+def test_presets_then_variant_then_command_line():
+    presets = {"tiny": dict(lr=1.0, steps=5), "tiny/finetune": dict(lr=0.25), "paper": dict()}
+    variant = lambda c: "finetune" if c["arch"] == "topk" else None  # noqa: E731
+    assert parse(["--preset=tiny"], presets=presets, variant=variant)["lr"] == 1.0
+    cfg = parse(["--preset=tiny", "--arch=topk"], presets=presets, variant=variant)
+    assert cfg["lr"] == 0.25 and cfg["steps"] == 5 and cfg["preset"] == "tiny"
+    assert parse(["--preset=tiny", "--arch=topk", "--lr=2"], presets=presets, variant=variant)["lr"] == 2.0
+    with pytest.raises(common.UserError, match="unknown preset"):
+        parse(["--preset=tiny/finetune"], presets=presets)
+
+
+def test_help_shows_the_chosen_presets_values_and_each_keys_comment(tmp_path):
+    script = tmp_path / "toy.py"
+    script.write_text(textwrap.dedent('''
+        """Toy stage: does one thing.
+
+        More words that --help leaves out."""
+        import sys
+        sys.path.insert(0, %r)
+        import common
+
+        config = dict(
+            width=64,        # features per layer
+            lr=0.1,          # learning rate
+                             # (continued here)
+            name="x",
+        )
+        PRESETS = {"paper": dict(width=1024), "tiny": dict(width=8)}
+
+        def main():
+            common.parse_config(dict(config), None, PRESETS, "paper", checks={"width": ">0"})
+
+        if __name__ == "__main__":
+            common.cli(main)
+    ''' % HERE))
+    for flag in ("-h", "--help"):
+        out = subprocess.run([sys.executable, str(script), "--preset", "tiny", flag], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert "Toy stage: does one thing." in out.stdout and "More words" not in out.stdout
+        assert "--width=8" in out.stdout and "features per layer" in out.stdout  # tiny's value, not the default
+        assert "learning rate (continued here)" in out.stdout
+    bad = subprocess.run([sys.executable, str(script), "--width=0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --width must be > 0, got 0"
+    assert "Traceback" not in bad.stderr
+
+
+def test_every_stage_script_answers_help(tmp_path):
+    for name in ("data.py", "train.py", "merge.py", "sae.py", "analyze.py", "explain.py"):
+        out = subprocess.run([sys.executable, os.path.join(HERE, name), "-h"], capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0 and "usage: python " + name in out.stdout, (name, out.stderr[-500:])
+
+
+def test_resume_guard_names_every_changed_setting():
+    saved = {"lr": 0.1, "steps": 10, "log": 5}
+    common.check_resume(saved, {"lr": 0.1, "steps": 10, "log": 7}, {"log"}, "ck.pt")
+    with pytest.raises(common.UserError) as e:
+        common.check_resume(saved, {"lr": 0.2, "steps": 11, "log": 5}, {"log"}, "ck.pt")
+    assert "--lr 0.1 -> 0.2" in e.value.msg and "--steps 10 -> 11" in e.value.msg
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
+    d = tmp_path / "run"
+    with common.lock_dir(str(d), "train.py"):
+        lock = json.loads((d / ".lock").read_text())
+        assert lock["pid"] == os.getpid()
+        with pytest.raises(common.UserError, match=f"in use by train.py in process {os.getpid()}"):
+            with common.lock_dir(str(d), "train.py"):
+                pass
+    assert not (d / ".lock").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (d / ".lock").write_text(json.dumps({"pid": dead.pid, "host": common.socket.gethostname(), "command": "x"}))
+    (d / ".ckpt.pt.abc.tmp").write_bytes(b"half a file")
+    (d / "ckpt.pt").write_bytes(b"kept")
+    with common.lock_dir(str(d)):
+        assert json.loads((d / ".lock").read_text())["pid"] == os.getpid()
+    assert sorted(os.listdir(d)) == ["ckpt.pt"]  # the interrupted write's temp file is gone, the real file kept
+
+
+def test_disk_checks_fail_early_in_one_line(tmp_path, monkeypatch):
+    with pytest.raises(common.UserError, match="only .* MB are free"):
+        common.check_free_space(str(tmp_path / "new" / "dir"), 1 << 62, "training")
+    common.check_free_space(str(tmp_path), 1, "training")
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(common.UserError, match="cannot write in"):
+        common.check_writable(str(f / "sub"))  # a file where a folder should be
+
+
+def test_atomic_write_keeps_the_old_file_when_the_disk_is_full(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    common.atomic_write_bytes(path, b"old")
+
+    def full(f):
+        raise OSError(28, "No space left on device")
+    with pytest.raises(common.UserError, match="disk is full"):
+        common.atomic_write(path, full)
+    monkeypatch.setattr(common, "_disk_free", lambda p: 0)
+
+    def torch_full(f):  # torch.save on a full disk raises a RuntimeError, not an OSError
+        raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos 64 vs 0")
+    with pytest.raises(common.UserError, match="disk is full"):
+        common.atomic_write(path, torch_full)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_cli_exit_status(tmp_path):
+    code = ("import sys; sys.path.insert(0, %r); import common\n"
+            "def main():\n    common.die('bad thing; fix it')\ncommon.cli(main)\n") % HERE
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr == "error: bad thing; fix it\n"
+
+
+def test_threads(monkeypatch):
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    try:
+        assert common.set_threads(1) == 1 and torch.get_num_threads() == 1
+        n = common.set_threads(0)
+        assert 1 <= n <= (os.cpu_count() or 1)
+    finally:
+        torch.set_num_threads(before)
