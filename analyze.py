@@ -20,21 +20,29 @@ The method, in the order main() runs it:
    over the very same tokens.
 3. Stream it in chunks: each model's MLP activations and each SAE's features are computed once per
    chunk and every pair is updated from them. Pearson r comes from running float64 sums (x, x^2,
-   y, y^2 and the (F_parent, F_child) matrix x^T y, one matmul per chunk): memory grows with
-   F_parent x F_child, never with tokens. Per feature, a running top-k of sequences by their max.
+   y, y^2 and the (F_parent, F_child) matrix x^T y, over the co-active feature pairs of each token
+   only: SAE features are sparse); memory grows with F_parent x F_child, never with tokens. Pairs are
+   streamed in groups that fit --memory_gb (planned, and checked against the device, before the
+   long pass). Per feature: density, max and a running top-k of sequences by their max.
 4. Classify each pair at --threshold (DESIGN.md): a live parent feature persists when a live child
    feature has r >= threshold with it, else it disappears; a live child feature with no such parent
    emerges; dead features (never active on the token set) are counted apart. A constant feature
    has no defined r: it is 0. Many-to-many matches are every pair >= threshold; the one-to-one
-   matching is greedy on r (highest pair first, each feature used once), which never pairs a
-   feature with a worse partner while a better free one exists. Matched pairs also get the cosine
-   of their decoder directions, a data-free second signal. The null baseline is the same
-   classification between the seed-0 and seed-1 SAEs of one model: an edge's persisting fraction
-   is read against its parent's seed0 -> seed1 fraction. Families follow each live base feature to
-   lua and tinystories, and on to luastories.
-5. Select the features that get a page: per edge and category, with their partners across models.
-6. Collect their contexts (only the sequences needed are re-run) and their direct logit effects.
-7. Write results.json and pages.json, and render the report.
+   matching is greedy on r (highest pair first, each feature used once). The null baseline is the
+   same classification between the seed-0 and seed-1 SAEs of one model (and a seed-2 SAE, where it
+   exists, gives its seed-to-seed spread). Because one cut cannot say whether an edge differs from
+   noise, every pair also gets stability curves: the fraction of live features matched at r >= t for
+   t = 0.5 .. 0.95, the same weighted by firing frequency, and the maximum-weight one-to-one matching
+   (Hungarian) on r and on decoder cosine (Paulo & Belrose 2025 count cos >= 0.7), read as edge / null
+   ratios; and the classification by density band (rare / medium / common). Families follow each live
+   base feature to lua and tinystories, and on to luastories.
+5. Select the examples: per edge and category, features spread over the category's density range,
+   alternately the clearest case and the closest call, distinct across edges, each with its reason;
+   and their partners across models.
+6. For those features: one more pass for their activation histograms and contexts drawn from each
+   activation interval, then their top contexts (only the sequences needed are re-run) and their
+   direct logit effects.
+7. Write results.json and pages.json, and render the report (report.py).
 """
 import os
 import time
@@ -65,14 +73,20 @@ config = dict(
     seed=0,                     # token-set (and random-context) seed
     sae_seed=0,                 # the SAEs tracked
     null_seed=1,                # the second SAE per model for the null baseline (sae.py --seeds 0,1)
+    spread_seed=2,              # a third SAE per model where it exists (sae.py --seeds 0,1,2): the null's spread (-1: none)
     threshold=0.8,              # Pearson r for a match (the study's value)
     skip_first=1,               # positions < skip_first are left out, as sae.py leaves them out (position 0 has no context)
     batch_size=32,              # sequences per chunk
     corr_dtype="float32",       # per-chunk x^T y products (running sums are float64 regardless)
+    corr_sparse=True,           # x^T y over the co-active pairs only, where that is less work (dense: the reference)
+    memory_gb=8.0,              # device memory the analysis may use: pairs stream in groups that fit (0: all that is free)
     n_select=6,                 # per edge and category, this many features get a full page
     n_top=20,                   # top contexts kept per feature (running top-k while streaming)
     n_random=10,                # random contexts per model (for --explain)
     ctx_window=64,              # tokens per context window around the max activation
+    n_intervals=5,              # activation intervals (equal widths up to the max) that page contexts are drawn from
+    n_per_interval=2,           # contexts drawn at random from each interval
+    hist_bins=30,               # bins of a feature page's activation histogram
     n_show=8,                   # contexts shown per feature in the report
     max_pairs=200_000,          # many-to-many pairs stored per edge in results.json
     explain=False,              # automated interpretability of the selected features (explain.py)
@@ -81,16 +95,21 @@ config = dict(
     max_requests=0,             # passed to explain.py (0 = its default)
 )
 PRESETS = {
-    "paper": dict(),
+    "paper": dict(batch_size=16),  # 16 x 255-token chunks: one pair's sums and a chunk's features fit 8 GB (plan_groups)
     "tiny": dict(n_tokens=131_072, n_select=4, ctx_window=32),
 }
 CHECKS = {"threads": ">=0", "n_tokens": ">0", "min_tokens": ">=0", "threshold": "(0,1]", "skip_first": ">=0",
-          "batch_size": ">0", "corr_dtype": ("float32", "float64"), "n_select": ">=0", "n_top": ">=0",
-          "n_random": ">=0", "ctx_window": ">0", "n_show": ">0", "max_pairs": ">=0", "max_requests": ">=0"}
+          "batch_size": ">0", "corr_dtype": ("float32", "float64"), "n_select": ">=0", "n_top": ">=1",
+          "n_random": ">=0", "ctx_window": ">0", "n_show": ">0", "max_pairs": ">=0", "max_requests": ">=0",
+          "memory_gb": ">=0", "n_intervals": ">=1", "n_per_interval": ">=0", "hist_bins": ">=1"}
 MODELS = ("base", "lua", "tinystories", "luastories")
 EDGES = (("base", "lua"), ("base", "tinystories"), ("lua", "luastories"), ("tinystories", "luastories"),
          ("base", "luastories"))
 HIST_BINS = np.linspace(0.0, 1.0, 41)
+THRESHOLDS = [round(0.5 + 0.05 * k, 2) for k in range(10)]  # the cuts of the stability curves (r, and decoder cosine)
+CURVE_MIN = THRESHOLDS[0]   # pairs below this r are never candidates for the curves or the one-to-one matching
+COS_RULE = 0.7              # decoder cosine cut after one-to-one matching (Paulo & Belrose 2025)
+BANDS = {"rare": (0.0, 1e-3), "medium": (1e-3, 1e-2), "common": (1e-2, 1.01)}  # firing frequency (fraction of tokens)
 
 
 # -----------------------------------------------------------------------------
@@ -99,44 +118,154 @@ HIST_BINS = np.linspace(0.0, 1.0, 41)
 class CorrAccumulator:
     """Pearson r between every column of x (N, Fx) and every column of y (N, Fy), over chunks of rows.
 
-    Running float64 sums of x, x^2, y, y^2 and the (Fx, Fy) matrix x^T y (one matmul per chunk):
-    memory O(Fx Fy) whatever the number of rows. Values are shifted by the first row seen before
-    summing (r is shift-invariant): var = E[x^2] - E[x]^2 then does not cancel catastrophically for
-    features that are rarely zero, and a constant feature (dead included) sums to exactly 0. Each
-    chunk's sums and product are taken in mm_dtype (float32: ~1e-6 in r; float64 for a reference)."""
+    Running float64 sums of x, x^2, y, y^2 (column sums taken in float64: O(N F), cheap) and the
+    (Fx, Fy) matrix x^T y (one product per chunk in mm_dtype, added into float64): memory O(Fx Fy)
+    whatever the number of rows.
+    Shift: r is shift-invariant, and sums of values near their mean do not cancel. Each feature is
+    shifted by a stable estimate from the first `warmup` rows (held back until that many have arrived,
+    stable_shift): 0 for a feature that is zero on at least half of the tokens, so a sparse feature stays
+    sparse and is never shifted by one outlier (a shift by the first row's value put sparse features
+    15-30 SD off and cost up to 7e-3 in float32 r); the bulk of its values for a dense one; and a
+    constant feature (dead included) sums to exactly 0. Dense float32 products then agree with float64
+    to ~2e-7 in r (measured on the quickstart's SAEs); the sparse path's products are float64.
+    Sparse products (sparse=True): a chunk's x^T y over its co-active pairs only (coactive_add: about
+    L0^2 products per token instead of Fx Fy; SAE features are ~1-3% active, and far sparser at the
+    paper's 16,384 features), exact in float64; dense products are the reference the tests compare with."""
 
-    def __init__(self, fx, fy, device="cpu", mm_dtype=torch.float32):
-        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)
-        self.n, self.mm_dtype, self.cx, self.cy = 0, mm_dtype, None, None
-        self.sx, self.sxx, self.sy, self.syy, self.sxy = z(fx), z(fx), z(fy), z(fy), z(fx, fy)
+    def __init__(self, fx, fy, device="cpu", mm_dtype=torch.float32, sparse=True, warmup=1024):
+        def zeros(*shape):
+            return torch.zeros(*shape, dtype=torch.float64, device=device)
+        self.n, self.mm_dtype, self.sparse, self.warmup = 0, mm_dtype, sparse, warmup
+        self.cx = self.cy = None
+        self.shift_x = self.shift_y = False
+        self.pending = []                                                          # chunks held for the shift
+        self.sx, self.sxx, self.sy, self.syy, self.sxy = zeros(fx), zeros(fx), zeros(fy), zeros(fy), zeros(fx, fy)
 
     @torch.no_grad()
-    def update(self, x, y):
+    def update(self, x, y, cache=None):
+        """Add a chunk: x (N, Fx), y (N, Fy). cache: a dict shared by the accumulators of one chunk, so
+        that a feature matrix in several pairs has its nonzero entries extracted once."""
         if self.cx is None:
-            self.cx, self.cy = x[0].to(self.mm_dtype), y[0].to(self.mm_dtype)
-        xs, ys = x.to(self.mm_dtype) - self.cx, y.to(self.mm_dtype) - self.cy   # (N, Fx), (N, Fy)
-        f64 = torch.float64
-        self.sx += xs.sum(0).to(f64)
-        self.sxx += (xs * xs).sum(0).to(f64)
-        self.sy += ys.sum(0).to(f64)
-        self.syy += (ys * ys).sum(0).to(f64)
-        self.sxy += (xs.T @ ys).to(f64)                                           # (Fx, Fy)
+            self.pending.append((x, y))
+            if sum(len(a) for a, _ in self.pending) < self.warmup:
+                return
+            self._start()
+            return
+        self._add(x, y, cache)
+
+    def _start(self):
+        """Fix the per-feature shift from the rows held back, then add them."""
+        x = torch.cat([a for a, _ in self.pending]).to(self.mm_dtype)
+        y = torch.cat([b for _, b in self.pending]).to(self.mm_dtype)
+        self.cx, self.cy, self.pending = stable_shift(x), stable_shift(y), []
+        self.shift_x, self.shift_y = bool(self.cx.any()), bool(self.cy.any())
+        self._add(x, y)
+
+    def _add(self, x, y, cache=None):
+        key_x, key_y = (id(x), True, self.mm_dtype), (id(y), False, self.mm_dtype)   # within one chunk
+        x, y = x.to(self.mm_dtype), y.to(self.mm_dtype)
+        xs = x - self.cx if self.shift_x else x                                  # (N, Fx): most shifts are 0
+        ys = y - self.cy if self.shift_y else y                                  # (N, Fy)
         self.n += x.shape[0]
+        if self.sparse:
+            cache = {} if cache is None else cache                               # unshifted entries only
+            ex = entries(xs, by_feature=True) if self.shift_x else cache.get(key_x) or entries(xs, by_feature=True)
+            ey = entries(ys) if self.shift_y else cache.get(key_y) or entries(ys)
+            if not self.shift_x:
+                cache[key_x] = ex
+            if not self.shift_y:
+                cache[key_y] = ey
+            n_pairs = float((torch.bincount(ex[0], minlength=len(xs)).double()
+                             * torch.bincount(ey[0], minlength=len(ys)).double()).sum())
+            if n_pairs * PAIR_COST.get(xs.device.type, 30) < xs.shape[0] * xs.shape[1] * ys.shape[1]:
+                for total, square, (_, feat, val) in ((self.sx, self.sxx, ex), (self.sy, self.syy, ey)):
+                    total.index_add_(0, feat, val)                                # exact float64 sums
+                    square.index_add_(0, feat, val * val)
+                coactive_add(self.sxy, ex, ey, len(xs))
+                return
+        f64 = torch.float64
+        self.sx += xs.sum(0, dtype=f64)
+        self.sxx += (xs * xs).sum(0, dtype=f64)
+        self.sy += ys.sum(0, dtype=f64)
+        self.syy += (ys * ys).sum(0, dtype=f64)
+        self.sxy.add_(xs.T @ ys)                                                  # (Fx, Fy), float64 += mm_dtype
 
     @torch.no_grad()
     def finalize(self):
-        """(Fx, Fy) float64 r, 0 where either feature is constant (dead included): r is undefined there."""
+        """(Fx, Fy) float64 r, 0 where either feature is constant (dead included): r is undefined there.
+        The product sums become r in place (no second (Fx, Fy) matrix); the accumulator is spent."""
+        if self.pending:
+            self._start()
         n = self.n
         if n < 2:
             die(f"{n} token(s) cannot estimate a correlation; use a larger --n_tokens")
         mx, my = self.sx / n, self.sy / n
         vx, vy = self.sxx / n - mx * mx, self.syy / n - my * my
         okx, oky = vx > 1e-12 * (self.sxx / n), vy > 1e-12 * (self.syy / n)      # 0 for a constant feature
-        r = self.sxy / n
+        r, self.sxy = self.sxy.div_(n), None
         r.addr_(mx, my, alpha=-1)                                                 # covariance
         r.div_(torch.where(okx, vx, 1.0).sqrt()[:, None]).div_(torch.where(oky, vy, 1.0).sqrt()[None, :])
         r.masked_fill_(~okx[:, None], 0.0).masked_fill_(~oky[None, :], 0.0)
         return r.clamp_(-1.0, 1.0)
+
+
+PAIR_COST = {"cpu": 30, "cuda": 1000}  # a co-active pair costs about this many dense multiply-adds (scattered
+                                       # writes; measured on CPU; on CUDA an estimate: dense matmuls are far faster there)
+SLOT = 16        # y's active features per token are laid out in slots of this width
+PAIR_ROWS = 1 << 18   # at most this many (x entry, slot) rows at once: 2^18 x 16 pairs, 64 MB of indices
+
+
+def stable_shift(a):
+    """Per-column shift (F,) from rows a (n, F): 0 for a column that is zero on at least half of the rows
+    (a sparse feature: it stays sparse, and one outlier cannot move it), else the column's median (the
+    bulk of a dense one's values). Medians are taken only of the dense columns: cheap."""
+    shift = torch.zeros(a.shape[1], dtype=a.dtype, device=a.device)
+    dense = ((a != 0).sum(0) * 2 > len(a)).nonzero()[:, 0]
+    if len(dense):
+        shift[dense] = a[:, dense].median(0).values
+    return shift
+
+
+def entries(a, by_feature=False):
+    """The nonzero entries of a chunk a (n, F): (token, feature, float64 value), ordered by token then
+    feature, or by feature then token (a stable sort of the few entries, not a transposed copy of a).
+    index_select rather than a[index]: several times faster on the CPU."""
+    tok, feat = a.nonzero(as_tuple=True)
+    if by_feature:
+        order = torch.sort(feat, stable=True).indices
+        tok, feat = torch.index_select(tok, 0, order), torch.index_select(feat, 0, order)
+    return tok, feat, torch.index_select(a.reshape(-1), 0, tok * a.shape[1] + feat).double()
+
+
+def coactive_add(out, x_entries, y_entries, n):
+    """out (Fx, Fy) float64 += x^T y over the co-active entries only (x by feature, y by token, see
+    entries()): for every token, every active x feature i times every active y feature j, added at
+    (i, j). The work is the sum over tokens of |active x| |active y| (about L0^2 per token) instead of
+    Fx Fy per token. The pairs are laid out x feature by x feature, so the writes stay within one row
+    of out at a time; each token's active y features sit in slots of SLOT (padding adds zeros).
+    Products in float64: exact."""
+    take, fy = torch.index_select, out.shape[1]
+    x_tok, x_feat, x_val = x_entries
+    y_tok, y_feat, y_val = y_entries
+    dev = out.device
+    per_tok = torch.bincount(y_tok, minlength=n)
+    n_slots = (per_tok + SLOT - 1) // SLOT
+    slot0 = torch.cumsum(n_slots, 0) - n_slots                                  # first slot of each token
+    within = torch.arange(len(y_tok), device=dev) - take(torch.cumsum(per_tok, 0) - per_tok, 0, y_tok)
+    cell = take(slot0, 0, y_tok) * SLOT + within
+    total = int(n_slots.sum()) * SLOT
+    slot_feat = torch.zeros(total, dtype=torch.long, device=dev).index_copy_(0, cell, y_feat).view(-1, SLOT)
+    slot_val = torch.zeros(total, dtype=torch.float64, device=dev).index_copy_(0, cell, y_val).view(-1, SLOT)
+    reps = take(n_slots, 0, x_tok)                                               # slots each x entry meets
+    step = max(1, PAIR_ROWS // max(int(reps.max()) if len(reps) else 1, 1))      # x entries per block: bounded memory
+    for lo in range(0, len(x_tok), step):
+        part = reps[lo:lo + step]
+        entry = torch.repeat_interleave(part)                                    # (rows,) its x entry in the block
+        slot = take(take(slot0, 0, x_tok[lo:lo + step]) - (torch.cumsum(part, 0) - part), 0, entry)
+        slot += torch.arange(len(entry), device=dev)
+        flat = take(slot_feat, 0, slot).add_(take(x_feat[lo:lo + step] * fy, 0, entry)[:, None])  # (rows, SLOT)
+        vals = take(slot_val, 0, slot).mul_(take(x_val[lo:lo + step], 0, entry)[:, None])
+        out.view(-1).index_add_(0, flat.view(-1), vals.view(-1))
 
 
 # -----------------------------------------------------------------------------
@@ -148,13 +277,15 @@ def classify(r, dead_parent, dead_child, threshold):
     Returns numpy arrays: parent_best / parent_best_r (each parent's best live child partner; -1 and 0
     for a dead parent), child_best / child_best_r, boolean masks persisting, disappearing (parents),
     matched_child, emerging (children), dead_parent, dead_child, every pair >= threshold (pairs
-    (P, 2), pair_r (P,)), and counts."""
+    (P, 2), pair_r (P,)), every pair >= min(CURVE_MIN, threshold) (cand, cand_r), and counts."""
     r = torch.as_tensor(r)
     r = r if r.is_floating_point() else r.double()
     dp = torch.as_tensor(dead_parent, dtype=torch.bool, device=r.device)
     dc = torch.as_tensor(dead_child, dtype=torch.bool, device=r.device)
-    hit = (r >= threshold) & ~dp[:, None] & ~dc[None, :]
+    live = ~dp[:, None] & ~dc[None, :]
+    hit = (r >= threshold) & live
     pairs = hit.nonzero()                                                         # (P, 2)
+    cand = ((r >= min(CURVE_MIN, threshold)) & live).nonzero()                    # for the curves, one-to-one
     low = torch.finfo(r.dtype).min
     pr, pb = r.masked_fill(dc[None, :], low).max(1)
     cr, cb = r.masked_fill(dp[:, None], low).max(0)
@@ -165,7 +296,8 @@ def classify(r, dead_parent, dead_child, threshold):
     out = {"parent_best": np_(pb), "parent_best_r": np_(pr.double()), "child_best": np_(cb),
            "child_best_r": np_(cr.double()), "persisting": np_(persisting), "disappearing": np_(~persisting & ~dp),
            "matched_child": np_(matched), "emerging": np_(~matched & ~dc), "dead_parent": np_(dp),
-           "dead_child": np_(dc), "pairs": np_(pairs), "pair_r": np_(r[pairs[:, 0], pairs[:, 1]].double())}
+           "dead_child": np_(dc), "pairs": np_(pairs), "pair_r": np_(r[pairs[:, 0], pairs[:, 1]].double()),
+           "cand": np_(cand), "cand_r": np_(r[cand[:, 0], cand[:, 1]].double())}
     out["counts"] = {"parent_live": int((~dp).sum()), "parent_dead": int(dp.sum()), "child_live": int((~dc).sum()),
                      "child_dead": int(dc.sum()), "persisting": int(out["persisting"].sum()),
                      "disappearing": int(out["disappearing"].sum()), "emerging": int(out["emerging"].sum()),
@@ -189,12 +321,164 @@ def greedy_matching(pairs, pair_r):
 
 
 
+def linear_sum_assignment(cost):
+    """Minimum-cost assignment (the Hungarian method, shortest augmenting paths with potentials, O(n^2 m);
+    Kuhn 1955, Jonker & Volgenant 1987): each row of cost (n, m), n <= m (else transposed), gets a distinct
+    column. Returns (rows, cols) as scipy.optimize.linear_sum_assignment does. numpy only."""
+    cost = np.asarray(cost, dtype=np.float64)
+    if cost.shape[0] > cost.shape[1]:
+        cols, rows = linear_sum_assignment(cost.T)
+        order = np.argsort(rows)
+        return rows[order], cols[order]
+    n, m = cost.shape
+    u, v = np.zeros(n + 1), np.zeros(m + 1)           # potentials; index 0 is the virtual start
+    row_of = np.zeros(m + 1, dtype=np.int64)          # row_of[j]: the row (1-based) holding column j, 0 = free
+    way = np.zeros(m + 1, dtype=np.int64)
+    for i in range(1, n + 1):
+        row_of[0], j0 = i, 0
+        minv, used = np.full(m + 1, np.inf), np.zeros(m + 1, dtype=bool)
+        while True:                                   # grow the shortest-path tree until a free column
+            used[j0] = True
+            i0 = row_of[j0]
+            free = ~used[1:]
+            reduced = cost[i0 - 1] - u[i0] - v[1:]
+            better = free & (reduced < minv[1:])
+            minv[1:][better], way[1:][better] = reduced[better], j0
+            j1 = int(np.argmin(np.where(free, minv[1:], np.inf))) + 1
+            delta = minv[j1]
+            u[row_of[used]] += delta
+            v[used] -= delta
+            minv[1:][free] -= delta
+            j0 = j1
+            if row_of[j0] == 0:
+                break
+        while j0:                                     # augment along the path
+            j1 = way[j0]
+            row_of[j0] = row_of[j1]
+            j0 = j1
+    cols = np.nonzero(row_of[1:])[0]
+    rows = row_of[1:][cols] - 1
+    order = np.argsort(rows)
+    return rows[order], cols[order]
+
+
+def components(pairs, n_rows):
+    """Connected components of the bipartite graph of candidate pairs (P, 2): a component label per pair."""
+    parent = np.arange(n_rows + int(pairs[:, 1].max(initial=-1)) + 1)
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+    for i, j in pairs:
+        ra, rb = find(int(i)), find(n_rows + int(j))
+        if ra != rb:
+            parent[ra] = rb
+    return np.array([find(int(i)) for i in pairs[:, 0]], dtype=np.int64)
+
+
+HUNGARIAN_MAX = 2000   # a larger connected component is matched greedily (and counted as such)
+
+
+def max_weight_matching(pairs, weights, n_rows):
+    """One-to-one matching of candidate pairs (P, 2) that maximises the summed weight (P,), the Hungarian
+    method on each connected component of the candidate graph (pairs that are not candidates weigh 0 and
+    are never matched). Returns (pairs (K, 2), weights (K,), number of components matched greedily)."""
+    pairs, weights = np.asarray(pairs, dtype=np.int64).reshape(-1, 2), np.asarray(weights, dtype=np.float64)
+    if not len(pairs):
+        return pairs, weights, 0
+    label = components(pairs, n_rows)
+    keep, n_greedy = [], 0
+    for comp in np.unique(label):
+        idx = np.nonzero(label == comp)[0]
+        rows, r_inv = np.unique(pairs[idx, 0], return_inverse=True)
+        cols, c_inv = np.unique(pairs[idx, 1], return_inverse=True)
+        if len(idx) == 1 or min(len(rows), len(cols)) == 1:
+            keep.append(idx[np.argmax(weights[idx])])          # a star: its heaviest pair
+            continue
+        if min(len(rows), len(cols)) > HUNGARIAN_MAX:
+            n_greedy += 1
+            got, _ = greedy_matching(pairs[idx], weights[idx])
+            lookup = {(int(a), int(b)): k for k, (a, b) in zip(idx, pairs[idx])}
+            keep += [lookup[(int(a), int(b))] for a, b in got]
+            continue
+        w = np.zeros((len(rows), len(cols)))
+        w[r_inv, c_inv] = weights[idx]
+        at = np.full(w.shape, -1, dtype=np.int64)
+        at[r_inv, c_inv] = idx
+        ri, ci = linear_sum_assignment(-w)
+        keep += [int(at[a, b]) for a, b in zip(ri, ci) if at[a, b] >= 0]
+    keep = np.asarray(sorted(keep, key=lambda k: -weights[k]), dtype=np.int64)
+    return pairs[keep], weights[keep], n_greedy
+
+
 def decoder_cos(W_a, W_b, i, j):
     """Cosine between decoder rows W_a[i] and W_b[j] (index arrays of one length)."""
     i, j = torch.as_tensor(np.asarray(i, dtype=np.int64)), torch.as_tensor(np.asarray(j, dtype=np.int64))
     a = F.normalize(W_a.detach()[i.to(W_a.device)].double(), dim=1)
     b = F.normalize(W_b.detach()[j.to(W_b.device)].double(), dim=1)
     return (a * b).sum(1).cpu().numpy()
+
+
+@torch.no_grad()
+def decoder_cos_pairs(W_a, W_b, live_a, live_b, min_cos, rows=4096):
+    """Every pair of live features whose decoder directions have cosine >= min_cos: (pairs (P, 2), cos (P,)).
+    Row blocks keep the (F_a, F_b) cosine matrix out of memory."""
+    a = F.normalize(W_a.detach().float(), dim=1)
+    b = F.normalize(W_b.detach().float(), dim=1)
+    la = torch.as_tensor(live_a, device=a.device)
+    lb = torch.as_tensor(live_b, device=b.device)
+    pairs, vals = [], []
+    for start in range(0, len(a), rows):
+        cos = a[start:start + rows] @ b.T                                                     # (rows, F_b)
+        hit = ((cos >= min_cos) & la[start:start + rows, None] & lb[None, :]).nonzero()
+        pairs.append((hit + torch.tensor([start, 0], device=hit.device)).cpu())
+        vals.append(cos[hit[:, 0], hit[:, 1]].double().cpu())
+    return torch.cat(pairs).numpy(), torch.cat(vals).numpy()
+
+
+def stability(c, dens_p, dens_c, match_r, match_cos):
+    """How many features are found again, as a function of the cut (THRESHOLDS, r from 0.5 to 0.95):
+    parent: fraction of live parent features with a live child partner at r >= t (persisting at t);
+    child: fraction of live child features matched at t; *_weighted: the same weighted by firing
+    frequency (the share of all feature firings that is matched); one_to_one_r: fraction of live parent
+    features in the maximum-weight one-to-one matching on r (Hungarian, max_weight_matching) with r >= t;
+    one_to_one_cos: the same matching on decoder cosine, with cos >= t (cos_rule: the 0.7 cut of Paulo &
+    Belrose 2025, whose cross-seed figures it compares with)."""
+    live_p, live_c = ~c["dead_parent"], ~c["dead_child"]
+    n_p, n_c = max(int(live_p.sum()), 1), max(int(live_c.sum()), 1)
+    w_p, w_c = np.where(live_p, dens_p, 0.0), np.where(live_c, dens_c, 0.0)
+
+    def frac(mask, n):
+        return round(float(mask.sum()) / n, 5)
+
+    def weighted(mask, w):
+        return round(float(w[mask].sum() / max(w.sum(), 1e-300)), 5)
+    pr, cr = c["parent_best_r"], c["child_best_r"]
+    return {"thresholds": THRESHOLDS,
+            "parent": [frac(live_p & (pr >= t), n_p) for t in THRESHOLDS],
+            "child": [frac(live_c & (cr >= t), n_c) for t in THRESHOLDS],
+            "parent_weighted": [weighted(live_p & (pr >= t), w_p) for t in THRESHOLDS],
+            "child_weighted": [weighted(live_c & (cr >= t), w_c) for t in THRESHOLDS],
+            "one_to_one_r": [frac(match_r >= t, n_p) for t in THRESHOLDS],
+            "one_to_one_cos": [frac(match_cos >= t, n_p) for t in THRESHOLDS],
+            "cos_rule": {"cos": COS_RULE, "matched": int((match_cos >= COS_RULE).sum()),
+                         "rate": frac(match_cos >= COS_RULE, n_p)}}
+
+
+def density_bands(c, dens_p, dens_c):
+    """The classification split by firing frequency (BANDS): parents by their density, children by theirs."""
+    out = {}
+    for band, (lo, hi) in BANDS.items():
+        par = ~c["dead_parent"] & (dens_p >= lo) & (dens_p < hi)
+        chi = ~c["dead_child"] & (dens_c >= lo) & (dens_c < hi)
+        n_p, n_c = int(par.sum()), int(chi.sum())
+        pers, emg = int((c["persisting"] & par).sum()), int((c["emerging"] & chi).sum())
+        out[band] = {"density": [lo, hi], "parent_live": n_p, "persisting": pers, "disappearing": n_p - pers,
+                     "persisting_frac": round(pers / n_p, 5) if n_p else None, "child_live": n_c, "emerging": emg,
+                     "emerging_frac": round(emg / n_c, 5) if n_c else None}
+    return out
 
 
 FAMILY_CODE = "bit 1: persists into lua, 2: into tinystories, 4: reaches luastories via lua, 8: via tinystories; -1: dead"
@@ -242,22 +526,24 @@ def histogram(best_r, live):
 # streaming helpers
 
 def stats_init(n_features, k, device):
-    z = lambda *s, dt=torch.float64: torch.zeros(*s, dtype=dt, device=device)
-    return {"nnz": z(n_features), "sum": z(n_features), "max": z(n_features, dt=torch.float32), "k": k,
-            "top_v": z(0, n_features, dt=torch.float32), "top_i": z(0, n_features, dt=torch.long)}
+    """Per-feature statistics of one SAE over the token set: firing count, max, and the top-k sequences."""
+    return {"nnz": torch.zeros(n_features, dtype=torch.float64, device=device),
+            "max": torch.zeros(n_features, device=device), "k": k,
+            "top_v": torch.zeros(0, n_features, device=device),
+            "top_i": torch.zeros(0, n_features, dtype=torch.long, device=device)}
 
 
-def stats_update(st, f, seq0, B):
-    """Density, mean, max per feature, and the running top-k sequences by max activation. f (B*T, F)."""
-    st["nnz"] += (f > 0).sum(0).double()
-    st["sum"] += f.sum(0, dtype=torch.float64)
-    st["max"] = torch.maximum(st["max"], f.amax(0).float())
-    if st["k"]:
-        smax = f.reshape(B, -1, f.shape[1]).amax(1).float()                         # (B, F) per-sequence max
-        ids = torch.arange(seq0, seq0 + B, device=f.device)[:, None].expand_as(smax)
-        v, i = torch.cat([st["top_v"], smax]), torch.cat([st["top_i"], ids])
-        st["top_v"], sel = v.topk(min(st["k"], len(v)), dim=0)
-        st["top_i"] = i.gather(0, sel)
+def stats_update(stats, feats, seq0, n_seq):
+    """Add a chunk of n_seq sequences starting at seq0, feats (n_seq * positions, F): firing counts, max per
+    feature, and the running top-k sequences by their max activation."""
+    stats["nnz"] += (feats > 0).sum(0).double()
+    stats["max"] = torch.maximum(stats["max"], feats.amax(0).float())
+    if stats["k"]:
+        seq_max = feats.reshape(n_seq, -1, feats.shape[1]).amax(1).float()          # (n_seq, F)
+        ids = torch.arange(seq0, seq0 + n_seq, device=feats.device)[:, None].expand_as(seq_max)
+        values, seqs = torch.cat([stats["top_v"], seq_max]), torch.cat([stats["top_i"], ids])
+        stats["top_v"], best = values.topk(min(stats["k"], len(values)), dim=0)
+        stats["top_i"] = seqs.gather(0, best)
 
 
 def window_start(t, T, w):
@@ -266,31 +552,28 @@ def window_start(t, T, w):
 
 
 @torch.no_grad()
-def collect_contexts(model, sae, seqs, feats, top_seqs, rand, w, batch, device, skip=0):
-    """Token windows for features `feats` of one model: each one's top sequences cut to w tokens around
-    the max, and the shared random windows rand [(seq, start)]. Re-runs the model on only the
-    sequences needed. Returns {feature: {"top": [(ids, acts)] by max act, descending, "random": [...]}}."""
+def collect_contexts(model, sae, seqs, feats, wants, width, batch, device, skip=0):
+    """Token windows of `width` for features `feats` of one model, re-running only the sequences asked for.
+    wants: {seq: [(feature, kind, pos)]}: pos None = around the feature's max in that sequence; feature None
+    = a shared window starting at pos, shown for every feature. Returns {feature: {kind: [(ids, acts)]}}
+    ((ids, acts, k) with k the position of pos in the window when a position was asked for), "top" sorted by
+    max activation, descending."""
     col = {f: c for c, f in enumerate(feats)}
-    want = {}
-    for f in feats:
-        for s in top_seqs[f]:
-            want.setdefault(int(s), []).append((f, None))
-    for s, st in rand:
-        want.setdefault(int(s), []).append((None, st))
     out = {f: {"top": [], "random": []} for f in feats}
-    idx, order, T = torch.tensor(feats, dtype=torch.long, device=device), sorted(want), seqs.shape[1]
+    idx, order, T = torch.tensor(feats, dtype=torch.long, device=device), sorted(wants), seqs.shape[1]
     for start, h in saelib.mlp_activations(model, seqs[order], batch, device):    # h (b, T, d_mlp)
         ids = order[start:start + len(h)]
-        a = sae.encode(h.reshape(-1, h.shape[-1]))[:, idx].view(len(ids), T, -1).float().cpu().numpy()  # (b, T, n_feats)
-        a[:, :skip] = 0.0  # positions left out of the statistics are shown, never counted
-        for k, s in enumerate(ids):
-            for f, st in want[s]:
-                if f is None:
-                    for ff, c in col.items():
-                        out[ff]["random"].append((seqs[s, st:st + w].tolist(), a[k, st:st + w, c].tolist()))
-                else:
-                    st = window_start(int(a[k, :, col[f]].argmax()), T, w)
-                    out[f]["top"].append((seqs[s, st:st + w].tolist(), a[k, st:st + w, col[f]].tolist()))
+        acts = sae.encode(h.reshape(-1, h.shape[-1]))[:, idx].view(len(ids), T, -1).float().cpu().numpy()  # (b, T, k)
+        acts[:, :skip] = 0.0  # positions left out of the statistics are shown, never counted
+        for row, s in enumerate(ids):
+            for f, kind, pos in wants[s]:
+                for ff in (feats if f is None else [f]):
+                    c = col[ff]
+                    st = pos if f is None else window_start(int(acts[row, :, c].argmax()) if pos is None else pos, T, width)
+                    window = (seqs[s, st:st + width].tolist(), acts[row, st:st + width, c].tolist())
+                    if f is not None and pos is not None:
+                        window += (pos - st,)                                     # the drawn token in the window
+                    out[ff].setdefault(kind, []).append(window)
     for f in feats:
         out[f]["top"].sort(key=lambda c: -max(c[1]))
     return out
@@ -338,14 +621,36 @@ def trail(m, i, edges, cls, threshold):
     return [(mm, j, r, via) for mm, (j, r, via) in found.items() if mm != m]
 
 
-def select_features(c, n, dens_p, dens_c):
-    """Strongest persisting (highest best r, then density), and the most active disappearing and emerging."""
-    pers = np.nonzero(c["persisting"])[0]
-    pers = pers[np.lexsort((-dens_p[pers], -c["parent_best_r"][pers]))][:n]
-    dis = np.nonzero(c["disappearing"])[0]
-    emg = np.nonzero(c["emerging"])[0]
-    return {"persisting": pers.tolist(), "disappearing": dis[np.argsort(-dens_p[dis], kind="stable")][:n].tolist(),
-            "emerging": emg[np.argsort(-dens_c[emg], kind="stable")][:n].tolist()}
+def select_features(c, n, threshold, dens_p, dens_c, names, taken):
+    """The report's examples for one edge: per category, n features spread over the category's density
+    quantiles (the features split by density into n equal groups, one from each), within a group alternately
+    the clearest case (farthest from the threshold on its side) and the closest call, never a feature that
+    is an example on another edge already (taken: set of (model, i), updated). Returns
+    {category: [(model, feature, reason)]}."""
+    parent, child = names
+    cats = {"persisting": (c["persisting"], c["parent_best_r"], dens_p, parent),
+            "disappearing": (c["disappearing"], c["parent_best_r"], dens_p, parent),
+            "emerging": (c["emerging"], c["child_best_r"], dens_c, child)}
+    out = {}
+    for cat, (mask, best, dens, model) in cats.items():
+        idx = np.array([i for i in np.nonzero(mask)[0] if (model, int(i)) not in taken], dtype=np.int64)
+        side = 1.0 if cat == "persisting" else -1.0                                  # side * (r - threshold) >= 0
+        picks = []
+        groups = np.array_split(idx[np.argsort(dens[idx], kind="stable")], n) if len(idx) and n else []
+        for q, group in enumerate(groups):
+            if not len(group):
+                continue
+            m_group = side * (best[group] - threshold)
+            clear = q % 2 == 0
+            i = int(group[np.argmax(m_group) if clear else np.argmin(m_group)])
+            how = "the clearest case" if clear else "the closest call"
+            picks.append((model, i, f"density group {q + 1}/{len(groups)} of the {len(idx)} {cat} features (fires on "
+                                    f"{dens[i]:.2%} of tokens), {how}: best r {best[i]:.4f}, "
+                                    f"{abs(best[i] - threshold):.4f} {'above' if best[i] >= threshold else 'below'} "
+                                    f"the threshold"))
+            taken.add((model, i))
+        out[cat] = picks
+    return out
 
 
 def edge_table(res):
@@ -362,9 +667,71 @@ def edge_table(res):
 
 
 
-def _r(a, d=4):
-    """r rounded down (to within 1e-10), so that a rounded value is >= a threshold of d decimals when r is."""
-    return (np.floor(np.asarray(a, dtype=np.float64) * 10 ** d + 1e-6) / 10 ** d).tolist()
+def rounded(a, d=4):
+    return np.round(np.asarray(a, dtype=np.float64), d).tolist()
+
+
+# -----------------------------------------------------------------------------
+# device memory: the correlation sums are F_parent x F_child float64 per pair
+
+def memory_need(sizes, rows, d_mlp, n_models, sae_features, weights):
+    """Peak device bytes of streaming and then classifying one group of pairs at once.
+    sizes: [(F_parent, F_child)] of the group's pairs; rows: tokens per chunk; n_models / sae_features
+    ([F] of the SAEs run): what one pass computes; weights: bytes of the models and SAEs on the device.
+    - the group's sums: 8 Fp Fc per pair (float64 x^T y) and its column sums;
+    - a chunk: the models' MLP activations (4 rows d_mlp each) and the SAE features one pair needs plus
+      the one SAE being encoded (4 rows F each), the shifted copies of a pair and its float32 product (4 Fp Fc),
+      or a block of co-active products (coactive_add, PAIR_ROWS);
+    - classifying a pair (the group's other sums still held; r is made in place): classify's masked copy
+      (8 Fp Fc) and boolean masks (4 Fp Fc: live pairs, hits, candidates, slack), and a 4,096-row block of
+      decoder cosines."""
+    sums = sum(8 * a * b + 32 * (a + b) for a, b in sizes)
+    feats = 4 * rows * (sum(a + b for a, b in sizes) + max(sae_features, default=0))
+    chunk = 4 * rows * d_mlp * n_models + feats + max(4 * rows * (a + b) + 4 * a * b for a, b in sizes)
+    classify = max(12 * a * b + 4 * 4096 * b for a, b in sizes)
+    pairs = 3 * 16 * PAIR_ROWS * SLOT                                            # co-active products of a block
+    return weights + sums + max(chunk + pairs, classify)
+
+
+def device_free_bytes(device):
+    """Free memory on the device: CUDA's free memory, or the machine's available memory for the CPU."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def plan_groups(cfg, study, device):
+    """The pairs in groups streamed one pass each, as many per pass as fit --memory_gb (and the device's
+    free memory), checked before the long pass: a single pair that does not fit is a one-line error."""
+    rows = cfg["batch_size"] * (study.block_size - cfg["skip_first"])
+    size = {k: sae.n_features for k, sae in study.sae.items()}
+    weights = sum(p.numel() * p.element_size() for mod in list(study.model.values()) + list(study.sae.values())
+                  for p in mod.parameters())
+    free = device_free_bytes(device)
+    budget = cfg["memory_gb"] * 2 ** 30 if cfg["memory_gb"] > 0 else free
+    budget = min(budget, free) if budget and free else budget or free or float("inf")
+
+    def need(group):
+        return memory_need([(size[a], size[b]) for _, a, b in group], rows, study.d_mlp, len(study.models),
+                           list(size.values()), weights)
+    groups = []
+    for pair in study.pairs:
+        if groups and need(groups[-1] + [pair]) <= budget:
+            groups[-1].append(pair)
+        else:
+            groups.append([pair])
+    worst = max(need(g) for g in groups)
+    if worst > budget:
+        gb = lambda b: f"{b / 2 ** 30:.1f} GB"
+        by_flag = cfg["memory_gb"] > 0 and cfg["memory_gb"] * 2 ** 30 <= (free or float("inf"))
+        limit = f"--memory_gb {cfg['memory_gb']:g}" if by_flag else f"{gb(free)} free on {device}"
+        die(f"the analysis needs {gb(worst)} of {device} memory for one pair of SAEs, more than {limit}; use a smaller "
+            f"--batch_size, fewer --models, a larger --memory_gb if the device has it, or --device cpu")
+    return groups, worst
 
 
 # -----------------------------------------------------------------------------
@@ -376,11 +743,12 @@ class Study:
     models: list           # model names, in --models order
     edges: list            # [(name 'parent->child', parent, child)] with both ends in models
     model: dict            # name -> Transformer (eval mode)
-    sae: dict              # (name, seed) -> SAE; seed sae_seed always, null_seed where that SAE exists
+    sae: dict              # (name, seed) -> SAE; sae_seed always, null_seed / spread_seed where those SAEs exist
     info: dict             # name -> {"ckpt", "model_hash", "sae<seed>": {hash, metrics, config, args}}
     nulls: list            # models with both SAE seeds: their seed-null pair is tracked
     null_missing: list     # models without a null_seed SAE
-    pairs: list            # [(name, (model, seed), (model, seed))]: the edges, then the seed-null pairs
+    spread: list           # models with a spread_seed SAE too: the null's seed-to-seed spread
+    pairs: list            # [(name, (model, seed), (model, seed))]: the edges, the seed-nulls, the spread pairs
     d_mlp: int
     block_size: int
     tokenizer_hash: str    # the models' tokenizer; the token files are checked against it (data.open_tokens)
@@ -389,8 +757,10 @@ class Study:
 def settings(argv):
     """The config, checked; and explain.py when --explain asks for it (its API key checked before the long pass)."""
     cfg = common.parse_config(dict(config), argv, presets=PRESETS, preset_default=common.default_preset(), checks=CHECKS)
-    if cfg["sae_seed"] == cfg["null_seed"]:
-        die(f"--null_seed must differ from --sae_seed ({cfg['sae_seed']}): the null baseline compares two SAEs of one model")
+    seeds = [cfg["sae_seed"], cfg["null_seed"]] + ([cfg["spread_seed"]] if cfg["spread_seed"] >= 0 else [])
+    if len(set(seeds)) < len(seeds):
+        die(f"--sae_seed, --null_seed and --spread_seed must differ (got {', '.join(map(str, seeds))}): the null "
+            f"baseline compares SAEs of one model that differ in seed")
     bad = [m for m in cfg["models"] if m not in MODELS]
     if bad:
         die(f"unknown model {bad[0]!r} in --models; choose from {', '.join(MODELS)}")
@@ -423,6 +793,26 @@ def check_lineage(info, edges):
                 f"re-make it: {remake}")
 
 
+def load_saes(cfg, info, models, device):
+    """Every model's SAEs: sae_seed (required), null_seed and spread_seed (where they exist), each checked
+    against its model. Returns ({(model, seed): SAE}, models without a null_seed SAE)."""
+    s0, s1, s2 = cfg["sae_seed"], cfg["null_seed"], cfg["spread_seed"]
+    saes, null_missing = {}, []
+    for m in models:
+        for seed in [s0, s1] + ([s2] if s2 >= 0 else []):
+            path = saelib.sae_path(cfg["out_dir"], m, seed)
+            if seed != s0 and not os.path.exists(path):
+                if seed == s1:
+                    null_missing.append(m)
+                continue
+            sae, sck = saelib.load_sae(cfg["out_dir"], m, seed=seed, device=device)
+            saelib.check_sae_matches(sck, info[m]["ckpt"], model_hash=info[m]["model_hash"])
+            saes[(m, seed)] = sae
+            info[m][f"sae{seed}"] = {"hash": common.sha256_file(path), "metrics": sck.get("metrics", {}),
+                                     "config": sck.get("config"), "args": sck["sae_args"]}
+    return saes, null_missing
+
+
 def load_study(cfg, device):
     """Step 1: the models and SAEs, with the checks that make their correlations meaningful."""
     models, out_dir = list(dict.fromkeys(cfg["models"])), cfg["out_dir"]
@@ -442,23 +832,14 @@ def load_study(cfg, device):
     if len(set(widths.values())) > 1:
         die("the models differ in d_mlp / block_size (" + ", ".join(f"{m} {w}" for m, w in widths.items()) +
             "); fine-tunes and merges of one base share its shape")
-    s0, s1 = cfg["sae_seed"], cfg["null_seed"]
-    saes, null_missing = {}, []
-    for m in models:
-        for seed in (s0, s1):
-            path = saelib.sae_path(out_dir, m, seed)
-            if seed == s1 and not os.path.exists(path):
-                null_missing.append(m)
-                continue
-            sae, sck = saelib.load_sae(out_dir, m, seed=seed, device=device)
-            saelib.check_sae_matches(sck, info[m]["ckpt"], model_hash=info[m]["model_hash"])
-            saes[(m, seed)] = sae
-            info[m][f"sae{seed}"] = {"hash": common.sha256_file(path), "metrics": sck.get("metrics", {}),
-                                     "config": sck.get("config"), "args": sck["sae_args"]}
+    saes, null_missing = load_saes(cfg, info, models, device)
+    s0, s1, s2 = cfg["sae_seed"], cfg["null_seed"], cfg["spread_seed"]
     nulls = [m for m in models if (m, s1) in saes]
-    pairs = [(n, (p, s0), (c, s0)) for n, p, c in edges] + [(m, (m, s0), (m, s1)) for m in nulls]
+    spread = [m for m in nulls if (m, s2) in saes]
+    pairs = ([(n, (p, s0), (c, s0)) for n, p, c in edges] + [(m, (m, s0), (m, s1)) for m in nulls]
+             + [(f"{m}:{a}-{s2}", (m, a), (m, s2)) for m in spread for a in (s0, s1)])
     d_mlp, block_size = widths[models[0]]
-    return Study(models, edges, net, saes, info, nulls, null_missing, pairs, d_mlp, block_size, toks[models[0]])
+    return Study(models, edges, net, saes, info, nulls, null_missing, spread, pairs, d_mlp, block_size, toks[models[0]])
 
 
 def draw_tokens(cfg, study):
@@ -486,92 +867,144 @@ def draw_tokens(cfg, study):
 
 
 @torch.no_grad()
-def stream(cfg, study, seqs, device):
-    """Step 3: one pass over the token set, every model and SAE once per chunk, every pair's sums updated
-    from it. Returns ({pair name: CorrAccumulator}, {(model, seed): feature stats}, seconds)."""
+def stream(cfg, study, seqs, device, pairs, stats=None):
+    """Step 3: one pass over the token set updating the sums of `pairs`; with stats=None (the first pass)
+    also every SAE's feature statistics (density, max, top sequences). Each model and SAE needed runs once
+    per chunk; only the features the pairs need are held. Returns ({pair: CorrAccumulator}, stats, seconds)."""
     s0, batch, T, skip = cfg["sae_seed"], cfg["batch_size"], study.block_size, cfg["skip_first"]
     mm_dtype = torch.float64 if cfg["corr_dtype"] == "float64" else torch.float32
-    acc = {n: CorrAccumulator(study.sae[a].n_features, study.sae[b].n_features, device, mm_dtype) for n, a, b in study.pairs}
-    stats = {k: stats_init(sae.n_features, cfg["n_top"] if k[1] == s0 else 0, device) for k, sae in study.sae.items()}
+    acc = {n: CorrAccumulator(study.sae[a].n_features, study.sae[b].n_features, device, mm_dtype, cfg["corr_sparse"])
+           for n, a, b in pairs}
+    first = stats is None
+    if first:
+        stats = {k: stats_init(sae.n_features, cfg["n_top"] if k[1] == s0 else 0, device) for k, sae in study.sae.items()}
+    held = {k for _, a, b in pairs for k in (a, b)}
+    run = set(study.sae) if first else held
+    models = [m for m in study.models if any(k[0] == m for k in run)]
     n_seq, n_chunks, t0 = len(seqs), -(-len(seqs) // batch), time.time()
-    acts = [saelib.mlp_activations(study.model[m], seqs, batch, device, skip) for m in study.models]
+    acts = [saelib.mlp_activations(study.model[m], seqs, batch, device, skip) for m in models]
     for chunk, per_model in enumerate(zip(*acts)):
         feats = {}
-        for m, (start, h) in zip(study.models, per_model):
+        for m, (start, h) in zip(models, per_model):
             n_rows = len(h)
             h = h.reshape(-1, study.d_mlp)                                       # (b*(T-skip), d_mlp)
-            for key in ((m, s0), (m, cfg["null_seed"])):
-                if key in study.sae:
-                    feats[key] = study.sae[key].encode(h)                         # (b*(T-skip), n_features)
-                    stats_update(stats[key], feats[key], start, n_rows)
-        for n, a, b in study.pairs:
-            acc[n].update(feats[a], feats[b])
+            for key in sorted(k for k in run if k[0] == m):
+                f = study.sae[key].encode(h)                                      # (b*(T-skip), n_features)
+                if first:
+                    stats_update(stats[key], f, start, n_rows)
+                if key in held:
+                    feats[key] = f
+        cache = {}                                                               # entries shared by pairs
+        for n, a, b in pairs:
+            acc[n].update(feats[a], feats[b], cache)
         if (chunk + 1) % max(1, n_chunks // 10) == 0 or chunk + 1 == n_chunks:
             done = min(start + batch, n_seq) * (T - skip)
             print(f"chunk {chunk + 1}/{n_chunks}: {done:,} tokens, {done / (time.time() - t0):,.0f} tok/s")
     return acc, stats, time.time() - t0
 
 
-def one_to_one_record(c, sae_a, sae_b):
-    """The greedy one-to-one matching of a classified pair, with each matched pair's decoder cosine."""
+def one_to_one_record(c, sae_a, sae_b, threshold):
+    """The one-to-one matchings of a classified pair: greedy on r at the threshold (with each matched
+    pair's decoder cosine), and the maximum-weight (Hungarian) matchings on r and on decoder cosine over
+    the candidates >= CURVE_MIN, whose matched values make the one-to-one curves."""
     one, one_r = greedy_matching(c["pairs"], c["pair_r"])
     cos = decoder_cos(sae_a.W_dec, sae_b.W_dec, one[:, 0], one[:, 1])
-    return {"n": len(one), "mean_cos": float(cos.mean()) if len(one) else None,
-            "pairs": [[int(i), int(j), round(float(r), 4), round(float(q), 4)] for (i, j), r, q in zip(one, one_r, cos)]}
+    hung, hung_r, greedy_r = max_weight_matching(c["cand"], c["cand_r"], len(c["dead_parent"]))
+    cos_pairs, cos_vals = decoder_cos_pairs(sae_a.W_dec, sae_b.W_dec, ~c["dead_parent"], ~c["dead_child"], CURVE_MIN)
+    hung_cos, hung_cos_v, greedy_cos = max_weight_matching(cos_pairs, cos_vals, len(c["dead_parent"]))
+    record = {"n": len(one), "mean_cos": float(cos.mean()) if len(one) else None,
+              "pairs": [[int(i), int(j), round(float(r), 4), round(float(q), 4)] for (i, j), r, q in zip(one, one_r, cos)],
+              "hungarian_r": {"n": int((hung_r >= threshold).sum()), "greedy_components": greedy_r},
+              "hungarian_cos": {"n": int((hung_cos_v >= COS_RULE).sum()), "cos": COS_RULE,
+                                "greedy_components": greedy_cos}}
+    return record, hung_r, hung_cos_v
 
 
-def pair_record(c, sae_a, sae_b, dead_a, dead_b, parent, child, max_pairs):
+def best_partner_cos(c, sae_a, sae_b):
+    """Decoder cosine of each feature with its best partner by r (None without one), parents then children."""
+    def side(best, w_self, w_other):
+        ok = best >= 0
+        cos = decoder_cos(w_self, w_other, np.nonzero(ok)[0], best[ok])
+        out = np.full(len(best), np.nan)
+        out[ok] = cos
+        return [None if np.isnan(v) else round(float(v), 4) for v in out]
+    return side(c["parent_best"], sae_a.W_dec, sae_b.W_dec), side(c["child_best"], sae_b.W_dec, sae_a.W_dec)
+
+
+def pair_record(c, sae_a, sae_b, dens_a, dens_b, names, threshold, max_pairs):
     """results.json's record of one classified pair (an edge or a seed-null)."""
-    counts = c["counts"]
+    counts, dead_a, dead_b = c["counts"], c["dead_parent"], c["dead_child"]
     many = c["pairs"][:max_pairs]
     cos_many = decoder_cos(sae_a.W_dec, sae_b.W_dec, many[:, 0], many[:, 1])
-    return {"parent": parent, "child": child, "counts": counts,
+    one, match_r, match_cos = one_to_one_record(c, sae_a, sae_b, threshold)
+    cos_p, cos_c = best_partner_cos(c, sae_a, sae_b)
+    return {"parent": names[0], "child": names[1], "counts": counts,
             "persisting_frac": counts["persisting"] / max(counts["parent_live"], 1),
             "emerging_frac": counts["emerging"] / max(counts["child_live"], 1),
-            "one_to_one": one_to_one_record(c, sae_a, sae_b),
+            "one_to_one": one,
             "many_to_many": {"n": counts["pairs"], "truncated": counts["pairs"] > len(many),
                              "pairs": [[int(i), int(j), round(float(r), 4), round(float(q), 4)]
                                        for (i, j), r, q in zip(many, c["pair_r"][:len(many)], cos_many)]},
-            "parent_best": {"feature": c["parent_best"].tolist(), "r": _r(c["parent_best_r"])},
-            "child_best": {"feature": c["child_best"].tolist(), "r": _r(c["child_best_r"])},
+            "stability": stability(c, dens_a, dens_b, match_r, match_cos),
+            "density_bands": density_bands(c, dens_a, dens_b),
+            "status": status_strings(c),
+            "parent_best": {"feature": c["parent_best"].tolist(), "r": rounded(c["parent_best_r"]), "cos": cos_p},
+            "child_best": {"feature": c["child_best"].tolist(), "r": rounded(c["child_best_r"]), "cos": cos_c},
             "hist": {"bins": HIST_BINS.round(3).tolist(), "parent": histogram(c["parent_best_r"], ~dead_a),
                      "child": histogram(c["child_best_r"], ~dead_b)}}
 
 
-def classify_pairs(cfg, study, acc, dead):
-    """Step 4: r per pair (one (F, F) matrix in memory at a time), classified at the threshold.
-    Returns (classify() outputs by pair name, edge records, null records by model)."""
+def classify_group(cfg, study, acc, dens, dead, pairs):
+    """Step 4 for one group of pairs: r per pair (one (F, F) matrix at a time, made in place from its sums),
+    classified at the threshold. Returns ({pair: classify() output without the pair lists}, {pair: record})."""
     cls, records = {}, {}
-    for n, a, b in study.pairs:
-        r = acc.pop(n).finalize()
-        cls[n] = classify(r, dead[a], dead[b], cfg["threshold"])
-        del r
-        records[n] = pair_record(cls[n], study.sae[a], study.sae[b], dead[a], dead[b], a[0], b[0], cfg["max_pairs"])
+    for n, a, b in pairs:
+        c = classify(acc.pop(n).finalize(), dead[a], dead[b], cfg["threshold"])
+        records[n] = pair_record(c, study.sae[a], study.sae[b], dens[a], dens[b], (a[0], b[0]), cfg["threshold"],
+                                 cfg["max_pairs"])
+        for k in ("cand", "cand_r"):
+            del c[k]
+        cls[n] = c
+    return cls, records
+
+
+def vs_null(study, records):
+    """Each edge read against its parent's null: the null's curve and the ratio edge / null at each
+    threshold, with the seed-to-seed spread (min and max over the seed pairs) where a third seed exists."""
+    spread = {}
+    for m in study.spread:
+        names = [n for n, _, _ in study.pairs if n.startswith(f"{m}:")]
+        curves = [records[m]["stability"]["parent"]] + [records.pop(n)["stability"]["parent"] for n in names]
+        spread[m] = {"seed_pairs": len(curves), "min": np.min(curves, 0).round(5).tolist(),
+                     "max": np.max(curves, 0).round(5).tolist()}
     null = {m: records.pop(m) for m in study.nulls}
     for n, p, ch in study.edges:
-        records[n]["null_parent_persisting_frac"] = null[p]["persisting_frac"] if p in null else None
-        records[n]["null_child_persisting_frac"] = null[ch]["persisting_frac"] if ch in null else None
-    return cls, records, null
+        e = records[n]
+        e["null_parent_persisting_frac"] = null[p]["persisting_frac"] if p in null else None
+        e["null_child_persisting_frac"] = null[ch]["persisting_frac"] if ch in null else None
+        if p in null:
+            edge_c, null_c = e["stability"]["parent"], null[p]["stability"]["parent"]
+            e["stability"]["vs_null"] = {"null": p, "null_parent": null_c, "spread": spread.get(p),
+                                         "ratio": [round(a / b, 4) if b else None for a, b in zip(edge_c, null_c)]}
+    return records, null, spread
 
 
 def select_pages(cfg, study, cls, dens):
-    """Step 5: the features that get a page: per edge and category (select_features), the nearest feature
-    across the edge of each disappearing / emerging one, and every selected feature's partners in the
-    other models (trail). Returns (selection {edge: {category: [(model, i)]}}, page keys, trails, near)."""
-    s0, selection, keys, near = cfg["sae_seed"], {}, set(), {}
+    """Step 5: the features that get a page: per edge the examples (select_features), the nearest feature
+    across the edge of each disappearing / emerging one, and every page feature's partners in the other
+    models (trail). Returns (selection {edge: {category: [(model, i, reason)]}}, page keys, trails, near)."""
+    s0, selection, keys, near, taken = cfg["sae_seed"], {}, set(), {}, set()
     for n, p, ch in study.edges:
-        sel = select_features(cls[n], cfg["n_select"], dens[(p, s0)], dens[(ch, s0)])
-        selection[n] = {"persisting": [(p, i) for i in sel["persisting"]],
-                        "disappearing": [(p, i) for i in sel["disappearing"]],
-                        "emerging": [(ch, i) for i in sel["emerging"]]}
+        selection[n] = select_features(cls[n], cfg["n_select"], cfg["threshold"], dens[(p, s0)], dens[(ch, s0)],
+                                       (p, ch), taken)
         for category, chosen in selection[n].items():
-            for m, i in chosen:
+            for m, i, _ in chosen:
                 keys.add((m, i))
                 if category != "persisting":  # the nearest feature across the edge, below the threshold
                     other, side = (ch, "parent") if m == p else (p, "child")
                     j, r = int(cls[n][f"{side}_best"][i]), float(cls[n][f"{side}_best_r"][i])
                     if j >= 0 and r > 0:
-                        near[(m, i)] = (other, j, round(r, 4))
+                        near[(m, i)] = (other, j, round(r, 4), n)
                         keys.add((other, j))
     trails = {}
     for m, i in list(keys):
@@ -580,39 +1013,96 @@ def select_pages(cfg, study, cls, dens):
     return selection, keys, trails, near
 
 
+@torch.no_grad()
+def feature_activity(cfg, study, seqs, keys, stats, device):
+    """For the page features, one more pass over the token set: a histogram of each one's nonzero
+    activations (hist_bins equal bins up to its max), and n_per_interval occurrences drawn uniformly at
+    random from each of n_intervals equal-width activation intervals (sae_vis's quantile contexts; the
+    smallest random keys are kept, a reservoir sample). Returns {(model, i): {"max", "hist", "samples":
+    [[(seq, pos)] per interval]}}."""
+    s0, T, skip, batch = cfg["sae_seed"], study.block_size, cfg["skip_first"], cfg["batch_size"]
+    n_bins, n_int, per = cfg["hist_bins"], cfg["n_intervals"], cfg["n_per_interval"]
+    gen = torch.Generator().manual_seed(cfg["seed"] + 2)
+    out = {}
+    for m in study.models:
+        feats = sorted(i for mm, i in keys if mm == m)
+        if not feats:
+            continue
+        sae, idx = study.sae[(m, s0)], torch.tensor(feats, device=device)
+        top = stats[(m, s0)]["max"][idx].float().clamp_min(1e-30)                           # (k,)
+        hist = torch.zeros(len(feats) * n_bins, dtype=torch.float64, device=device)
+        keep_key = torch.full((n_int, per, len(feats)), float("inf"), device=device)
+        keep_row = torch.full((n_int, per, len(feats)), -1, dtype=torch.long, device=device)
+        offset = torch.arange(len(feats), device=device) * n_bins
+        for start, h in saelib.mlp_activations(study.model[m], seqs, batch, device, skip):
+            acts = sae.encode(h.reshape(-1, study.d_mlp))[:, idx]                          # (rows, k)
+            on = acts > 0
+            level = (acts / top).clamp(0, 1)
+            bins = (level * n_bins).ceil().long().clamp(1, n_bins) - 1 + offset
+            hist.index_add_(0, bins[on], torch.ones(int(on.sum()), dtype=torch.float64, device=device))
+            interval = torch.where(on, (level * n_int).ceil().long().clamp(1, n_int), 0)
+            rand = torch.rand(acts.shape, generator=gen).to(device)
+            row_id = start * (T - skip) + torch.arange(len(acts), device=device)
+            for q in range(n_int):
+                key = torch.where(interval == q + 1, rand, float("inf"))
+                val, pos = key.topk(min(per, len(key)), dim=0, largest=False)
+                both_v, both_r = torch.cat([keep_key[q], val]), torch.cat([keep_row[q], row_id[pos]])
+                keep_key[q], sel = both_v.topk(per, dim=0, largest=False)
+                keep_row[q] = both_r.gather(0, sel)
+        hist = hist.view(len(feats), n_bins).long().cpu()
+        for k, i in enumerate(feats):
+            rows = [[int(r) for r, v in zip(keep_row[q, :, k].tolist(), keep_key[q, :, k].tolist()) if v < float("inf")]
+                    for q in range(n_int)]
+            out[(m, i)] = {"max": float(top[k]), "hist": hist[k].tolist(),
+                           "samples": [[(r // (T - skip), r % (T - skip) + skip) for r in qr] for qr in rows]}
+    return out
+
+
 def collect_pages(cfg, study, stats, seqs, keys, device):
-    """Step 6: contexts (top sequences cut around the max, and shared random windows) and direct logit
-    effects of the page features. Returns ({(model, i): contexts}, {(model, i): (top, bottom)}, token strings)."""
+    """Step 6: the page features' activity (feature_activity), their contexts (top sequences cut around the
+    max, occurrences from each activation interval, shared random windows), and direct logit effects.
+    Returns ({(model, i): contexts}, {(model, i): activity}, {(model, i): (top, bottom)}, token strings)."""
     s0, T = cfg["sae_seed"], study.block_size
     rng = np.random.default_rng(cfg["seed"] + 1)
     width = min(cfg["ctx_window"], T)
     rand = [(int(s), int(rng.integers(0, T - width + 1)))
             for s in rng.choice(len(seqs), size=min(cfg["n_random"], len(seqs)), replace=False)]
+    activity = feature_activity(cfg, study, seqs, keys, stats, device)
     ctx, logit, ids_used = {}, {}, set()
     for m in study.models:
         feats = sorted(i for mm, i in keys if mm == m)
         if not feats:
             continue
         st, sae = stats[(m, s0)], study.sae[(m, s0)]
-        top_seqs = {i: [int(s) for s, v in zip(st["top_i"][:, i].tolist(), st["top_v"][:, i].tolist()) if v > 0]
-                    for i in feats}
-        got = collect_contexts(study.model[m], sae, seqs, feats, top_seqs, rand, width, cfg["batch_size"], device,
+        wants = {}
+        for s, start in rand:
+            wants.setdefault(s, []).append((None, "random", start))
+        for i in feats:
+            for s, v in zip(st["top_i"][:, i].tolist(), st["top_v"][:, i].tolist()):
+                if v > 0:
+                    wants.setdefault(int(s), []).append((i, "top", None))
+            for q, samples in enumerate(activity[(m, i)]["samples"]):
+                for s, pos in samples:
+                    wants.setdefault(int(s), []).append((i, f"q{q}", pos))
+        got = collect_contexts(study.model[m], sae, seqs, feats, wants, width, cfg["batch_size"], device,
                                cfg["skip_first"])
         ti, tv, bi, bv = logit_effects(study.model[m], sae.W_dec[torch.tensor(feats, device=sae.W_dec.device)])
         for k, i in enumerate(feats):
             ctx[(m, i)] = got[i]
             logit[(m, i)] = (list(zip(ti[k].tolist(), tv[k].tolist())), list(zip(bi[k].tolist(), bv[k].tolist())))
             ids_used.update(ti[k].tolist() + bi[k].tolist())
-            for c in got[i]["top"] + got[i]["random"]:
-                ids_used.update(c[0])
-    return ctx, logit, token_strings(datalib.load_tokenizer(cfg["data_dir"]), ids_used)
+            for kind in got[i].values():
+                for c in kind:
+                    ids_used.update(c[0])
+    return ctx, activity, logit, token_strings(datalib.load_tokenizer(cfg["data_dir"]), ids_used)
 
 
 def run_explain(cfg, explain, ctx, tok, dead):
-    """--explain: explanations and scores of the page features from an LLM (explain.py); {} without it.
-    An endpoint problem must not throw the analysis away: what was answered is cached and kept."""
+    """--explain: explanations and scores of the page features from an LLM (explain.py). Returns
+    (explanations, error or None): an endpoint problem must not throw the analysis away, so what was
+    answered is kept (and cached), the analysis is written, and main() fails afterwards."""
     if explain is None:
-        return {}
+        return {}, None
     s0 = cfg["sae_seed"]
     feats = [{"key": f"{m}/{i}", "model": m, "feature": int(i),
               "top": [{"tokens": [tok[t] for t in c[0]], "acts": c[1]} for c in ctx[(m, i)]["top"]],
@@ -620,11 +1110,10 @@ def run_explain(cfg, explain, ctx, tok, dead):
              for m, i in sorted(ctx) if not dead[(m, s0)][i]]
     ecfg = {k: cfg[k] for k in ("api_base", "llm_model", "max_requests") if cfg[k]}
     try:
-        return explain.explain_features(feats, {**ecfg, "cache_dir": os.path.join(cfg["out_dir"], "explain_cache")})
+        return explain.explain_features(feats, {**ecfg, "cache_dir": os.path.join(cfg["out_dir"], "explain_cache")}), None
     except common.UserError as e:
-        print(f"explain stopped ({e.msg}); writing the analysis without explanations. Answers so far are "
-              f"cached: re-run with --explain to continue")
-        return {}
+        print(f"explain: {e.msg}; writing the analysis with the explanations there are")
+        return getattr(e, "results", {}) or {}, e.msg
 
 
 STATUS_LEGEND = {"p": "persists", "d": "disappears", "m": "matched", "e": "emerges", "x": "dead"}
@@ -638,20 +1127,30 @@ def status_strings(c):
     return {"parent": "".join(parent.tolist()), "child": "".join(child.tolist())}
 
 
-def page_data(cfg, study, cls, ctx, logit, trails, near, tok, explanations):
-    """pages.json: what the report's feature pages show (contexts, logit effects, partners) and each
-    feature's status per edge."""
+def page_data(cfg, study, ctx, activity, logit, trails, near, tok, explanations):
+    """pages.json: what the report's feature pages show: contexts (top, per activation interval), the
+    activation histogram, logit effects, the partners (with r and decoder cosine) and the explanation."""
+    s0 = cfg["sae_seed"]
+
     def values(a):
         return [float(f"{v:.3g}") for v in a]
-    pages = {f"{m}/{i}": {"top": [[c[0], values(c[1])] for c in ctx[(m, i)]["top"][:cfg["n_show"]]],
-                          "pos": [[t, round(v, 3)] for t, v in logit[(m, i)][0]],
-                          "neg": [[t, round(v, 3)] for t, v in logit[(m, i)][1]],
-                          "trail": [[tm, tj, round(tr, 4), via] for tm, tj, tr, via in trails.get((m, i), [])],
-                          "near": list(near[(m, i)]) if (m, i) in near else None,
-                          "expl": explanations.get(f"{m}/{i}")} for m, i in ctx}
-    return {"pages": pages, "tok": tok, "status_legend": STATUS_LEGEND,
-            "status": {n: status_strings(cls[n]) for n, _, _ in study.edges},
-            "provenance": common.provenance(cfg)}
+
+    def cos(m, i, tm, tj):
+        return round(float(decoder_cos(study.sae[(m, s0)].W_dec, study.sae[(tm, s0)].W_dec, [i], [tj])[0]), 4)
+    pages = {}
+    for m, i in ctx:
+        act, n_int = activity[(m, i)], cfg["n_intervals"]
+        pages[f"{m}/{i}"] = {
+            "top": [[c[0], values(c[1])] for c in ctx[(m, i)]["top"][:cfg["n_show"]]],
+            "intervals": [{"lo": float(f"{act['max'] * q / n_int:.4g}"), "hi": float(f"{act['max'] * (q + 1) / n_int:.4g}"),
+                           "ctx": [[c[0], values(c[1]), c[2]] for c in ctx[(m, i)].get(f"q{q}", [])]} for q in range(n_int)],
+            "hist": {"max": float(f"{act['max']:.4g}"), "counts": act["hist"]},
+            "pos": [[t, round(v, 3)] for t, v in logit[(m, i)][0]],
+            "neg": [[t, round(v, 3)] for t, v in logit[(m, i)][1]],
+            "trail": [[tm, tj, round(tr, 4), via, cos(m, i, tm, tj)] for tm, tj, tr, via in trails.get((m, i), [])],
+            "near": [*near[(m, i)], cos(m, i, near[(m, i)][0], near[(m, i)][1])] if (m, i) in near else None,
+            "expl": explanations.get(f"{m}/{i}")}
+    return {"pages": pages, "tok": tok, "provenance": common.provenance(cfg)}
 
 
 def models_record(study, s0, s1, dens, dead):
@@ -667,41 +1166,73 @@ def models_record(study, s0, s1, dens, dead):
     return out
 
 
-def results_record(cfg, study, token_set, edges, null, fam, dens, dead, selection, explanations, seconds):
-    """results.json: the findings and everything they were computed from (config in the provenance)."""
+def results_record(cfg, study, token_set, found, dens, dead, selection, explanations, timing):
+    """results.json: the findings and everything they were computed from (config in the provenance).
+    found: {"edges", "null", "spread", "families"}; timing: {"stream_seconds", "stream_passes"}."""
     s0, s1, data_dir, out_dir = cfg["sae_seed"], cfg["null_seed"], cfg["data_dir"], cfg["out_dir"]
     sweep_path = os.path.join(out_dir, "merge_sweep.json")
     info = study.info
     prov = common.provenance(
         cfg, models={m: info[m]["model_hash"] for m in study.models},
-        saes={m: {f"s{s}": info[m][f"sae{s}"]["hash"] for s in (s0, s1) if f"sae{s}" in info[m]} for m in study.models},
+        saes={m: {f"s{s}": info[m][f"sae{s}"]["hash"] for s in (s0, s1, cfg["spread_seed"]) if f"sae{s}" in info[m]}
+              for m in study.models},
         model_configs={m: info[m]["ckpt"].get("config") for m in study.models},
         sae_configs={m: {"args": info[m][f"sae{s0}"]["args"], "config": info[m][f"sae{s0}"]["config"]} for m in study.models},
         tokenizer_hash=study.tokenizer_hash, token_set_seed=cfg["seed"],
         val_files={d: common.sha256_file(os.path.join(data_dir, d, "val.bin")) for d in cfg["domains"]},
         merge_sweep=common.sha256_file(sweep_path) if os.path.exists(sweep_path) else None)
     return {"threshold": cfg["threshold"],
-            "matching": "one-to-one: greedy on r (highest first, each feature once); "
-                        "many-to-many: every pair with r >= threshold",
+            "matching": "many-to-many: every pair with r >= threshold (persisting / disappearing / emerging); "
+                        "one-to-one: greedy on r (highest first, each feature once); hungarian_r / hungarian_cos: "
+                        f"maximum-weight matching (Hungarian) on r / decoder cosine over pairs >= {CURVE_MIN}",
+            "thresholds": THRESHOLDS, "density_bands": BANDS, "status_legend": STATUS_LEGEND,
             "token_set": token_set, "models": models_record(study, s0, s1, dens, dead),
-            "edges": edges, "null": null, "null_missing": study.null_missing, "families": fam,
+            "edges": found["edges"], "null": found["null"], "null_spread": found["spread"],
+            "null_missing": study.null_missing, "families": found["families"],
             "density": {m: [float(f"{v:.4g}") for v in dens[(m, s0)]] for m in study.models},
-            "selection": {n: {c: [[m, int(i)] for m, i in v] for c, v in s.items()} for n, s in selection.items()},
-            "explanations": explanations, "stream_seconds": round(seconds, 2), "provenance": prov}
+            "selection": {n: {c: [[m, int(i)] for m, i, _ in v] for c, v in s.items()} for n, s in selection.items()},
+            "selection_reasons": {n: {c: [why for _, _, why in v] for c, v in s.items()} for n, s in selection.items()},
+            "explanations": explanations, **timing, "provenance": prov}
 
 
-def print_summary(res, study, seconds):
-    n_tok = res["token_set"]["n_tokens"]
-    print(f"streamed {n_tok:,} tokens through {len(study.models)} models and {len(study.sae)} SAEs in {seconds:.1f} s "
-          f"({n_tok / max(seconds, 1e-9):,.0f} tok/s)")
+def print_summary(res, study):
+    n_tok, secs = res["token_set"]["n_tokens"], res["stream_seconds"]
+    print(f"streamed {n_tok:,} tokens through {len(study.models)} models and {len(study.sae)} SAEs in {secs:.1f} s "
+          f"({res['stream_passes']} pass(es); {n_tok / max(secs, 1e-9):,.0f} tok/s)")
     if res["families"]:
         c = res["families"]["counts"]
         print(f"families: of {c['base_live']} live base features, reach luastories by both paths {c['paths']['both']}, "
               f"lua only {c['paths']['lua_only']}, tinystories only {c['paths']['tinystories_only']}, "
-              f"neither {c['paths']['neither']}")
+              f"by no path {c['paths']['neither']}")
     print(edge_table(res))
     if res["token_set"]["smoke_scale_demo"]:
         print("(smoke-scale demo: the data source is data.py's generated sample)")
+
+
+def track(cfg, study, seqs, token_set, device):
+    """Steps 3 and 4: the pairs streamed in groups that fit the device (plan_groups), each group classified
+    right after its pass; then families. Returns (classify() outputs, found, dens, dead, stats, timing)."""
+    groups, need = plan_groups(cfg, study, device)
+    print(f"{len(study.edges)} edges + {len(study.pairs) - len(study.edges)} null pairs in {len(groups)} pass(es) of "
+          f"{cfg['batch_size']} x {study.block_size}-token chunks, x^T y in {cfg['corr_dtype']}"
+          f"{' (sparse)' if cfg['corr_sparse'] else ''}, sums in float64; about {need / 2 ** 30:.2f} GB of {device} memory")
+    stats, dens, dead, cls, records, seconds = None, None, None, {}, {}, 0.0
+    for group in groups:
+        acc, stats, secs = stream(cfg, study, seqs, device, group, stats)   # the first pass makes the stats
+        seconds += secs
+        if dens is None:
+            dens = {k: (st["nnz"] / token_set["n_tokens"]).cpu().numpy() for k, st in stats.items()}
+            dead = {k: st["nnz"].cpu().numpy() == 0 for k, st in stats.items()}
+        got_cls, got = classify_group(cfg, study, acc, dens, dead, group)
+        cls.update(got_cls)
+        records.update(got)
+    edges, null, spread = vs_null(study, records)
+    fam = None
+    if all(m in study.models for m in MODELS):
+        fam_counts, codes, legend = families(cls)
+        fam = {"counts": fam_counts, "code": codes.tolist(), "code_legend": legend}
+    found = {"edges": edges, "null": null, "spread": spread, "families": fam}
+    return cls, found, dens, dead, stats, {"stream_seconds": round(seconds, 2), "stream_passes": len(groups)}
 
 
 # -----------------------------------------------------------------------------
@@ -722,30 +1253,24 @@ def main(argv=None):
         seqs, token_set = draw_tokens(cfg, study)
         print("SAEs: " + ", ".join(f"{m} {study.sae[(m, s0)].n_features}" for m in study.models) + f" features; null "
               f"baseline (seed {s0} vs {s1}) for {', '.join(study.nulls) or 'no model'}"
-              + (f"; no seed-{s1} SAE for {', '.join(study.null_missing)}" if study.null_missing else ""))
-        print(f"{len(study.edges)} edges + {len(study.nulls)} null pairs, chunks of {cfg['batch_size']} x "
-              f"{study.block_size} tokens, x^T y in {cfg['corr_dtype']}, sums in float64")
-        # 3. one streaming pass; 4. classification of every pair, families
-        acc, stats, seconds = stream(cfg, study, seqs, device)
-        dens = {k: (st["nnz"] / token_set["n_tokens"]).cpu().numpy() for k, st in stats.items()}
-        dead = {k: st["nnz"].cpu().numpy() == 0 for k, st in stats.items()}
-        cls, edges, null = classify_pairs(cfg, study, acc, dead)
-        fam = None
-        if all(m in study.models for m in MODELS):
-            fam_counts, codes, legend = families(cls)
-            fam = {"counts": fam_counts, "code": codes.tolist(), "code_legend": legend}
-        # 5. the features that get a page; 6. their contexts and logit effects (and explanations)
+              + (f"; no seed-{s1} SAE for {', '.join(study.null_missing)}" if study.null_missing else "")
+              + (f"; seed-to-seed spread (seed {cfg['spread_seed']}) for {', '.join(study.spread)}" if study.spread else ""))
+        # 3. streaming passes; 4. classification of every pair, stability, families
+        cls, found, dens, dead, stats, timing = track(cfg, study, seqs, token_set, device)
+        # 5. the features that get a page; 6. their activity, contexts and logit effects (and explanations)
         selection, keys, trails, near = select_pages(cfg, study, cls, dens)
-        ctx, logit, tok = collect_pages(cfg, study, stats, seqs, keys, device)
-        explanations = run_explain(cfg, explain, ctx, tok, dead)
+        ctx, activity, logit, tok = collect_pages(cfg, study, stats, seqs, keys, device)
+        explanations, explain_error = run_explain(cfg, explain, ctx, tok, dead)
         # 7. results.json, pages.json, report.html
-        res = results_record(cfg, study, token_set, edges, null, fam, dens, dead, selection, explanations, seconds)
-        pages = page_data(cfg, study, cls, ctx, logit, trails, near, tok, explanations)
+        res = results_record(cfg, study, token_set, found, dens, dead, selection, explanations, timing)
+        pages = page_data(cfg, study, ctx, activity, logit, trails, near, tok, explanations)
         common.atomic_write_json(os.path.join(adir, "results.json"), res)
         common.atomic_write_json(os.path.join(adir, "pages.json"), pages)
         report_path = report.write_report(cfg["out_dir"])
-    print_summary(res, study, seconds)
+    print_summary(res, study)
     print(f"-> {os.path.join(adir, 'results.json')}\n-> {report_path}")
+    if explain_error:
+        die(f"--explain: {explain_error}; the analysis was written, but without these explanations")
     return {**res, "config": cfg}
 
 

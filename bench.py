@@ -13,7 +13,7 @@ Peers (optional: pip install -r requirements-bench.txt; skipped with a note when
 peak  : torch.mm of two square float32 matrices (bf16 too on CUDA): the FLOP/s every share is of.
 train : train.py's step (fwd + bwd + clip + AdamW, decay groups) vs a one-layer transformers
         MistralForCausalLM with the same shapes, loss from its own labels path, the same clip + AdamW.
-sae   : sae.py's step plus the per-step bookkeeping of its loop vs SAELens' SAETrainer.step (its
+sae   : sae.py's loop step (sae.train_seeds: the step and its bookkeeping) vs SAELens' SAETrainer.step (its
         loss, firing statistics, grad clip, Adam, lr and coefficient schedulers), ReLU+L1 and TopK.
 corr  : analyze.CorrAccumulator (streamed chunks) vs all activations in memory + one float32
         torch matmul of the centred (N, Fa) x (N, Fb) block (the same work), each in its own process;
@@ -24,7 +24,6 @@ quickstart (only when asked): ./reproduce.sh from scratch into a temp folder, wa
 FLOPs are dense-equivalent matmul FLOPs (an implementation that skips zeros can pass 100%).
 """
 import datetime
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -49,6 +48,9 @@ config = dict(
     threads=0,              # torch CPU threads; 0 = common.set_threads' default (fewer on a loaded machine)
     steps=10,               # timed steps per measurement
     warmup=3,               # untimed steps before them
+    compile=False,          # train: torch.compile both LM models (ours and the peer) before timing (as train.py on CUDA)
+    sae_density=0.02,       # sae: share of ReLU latents firing, as in a trained SAE (tiny: L0 27-54 of 2048); both SAEs
+                            # start from the same weights with the encoder bias set for it (TopK: k / features)
     markdown=False,         # also print every figure as the README's markdown table
     json_out="",            # also write every figure and its conditions to this JSON file
     corpora=os.path.join("..", "shared", "corpora"),  # real text samples (bpe, --paper_smoke), layout of shared/corpora
@@ -60,7 +62,7 @@ config = dict(
     rss_preset="tiny",      # rss: data.py --preset for the runs
     paper_smoke=False,      # run each stage at the paper's shapes for smoke_steps steps, then the plan
     smoke_dir="",           # paper_smoke: work folder ("" = a temp folder, removed at the end)
-    smoke_mb=1.0,           # paper_smoke: MB of train text per domain taken from --corpora
+    smoke_mb=3.0,           # paper_smoke: MB of train text per domain taken from --corpora (3: enough for 32,000 BPE tokens)
     smoke_steps=2,          # paper_smoke: LM steps per training stage (SAE: 2 batches)
     plan_steps=2,           # plan: timed steps per paper-shape measurement (after one untimed)
     plan_batch=0,           # plan: LM sequences per measured step; 0 = the paper's 64 (a CPU needs ~8 GB for it)
@@ -69,7 +71,7 @@ config = dict(
     plan_lua_tokens=100e6,      # plan: Lua fine-tune tokens (ASSUMED: size of nilq/small-lua-stack unknown here)
     plan_tinystories_tokens=470e6,  # plan: TinyStories fine-tune tokens (ASSUMED: ~2.1M stories x ~220 tokens)
 )
-checks = {"steps": ">0", "warmup": ">=0", "threads": ">=0", "corr_features": ">0", "corr_chunk": ">0",
+checks = {"steps": ">0", "warmup": ">=0", "sae_density": "(0,1]", "threads": ">=0", "corr_features": ">0", "corr_chunk": ">0",
           "corr_density": "(0,1]", "smoke_mb": ">0", "smoke_steps": ">0", "plan_steps": ">0",
           "shapes": ("tiny", "paper")}
 SHAPES = {  # model (DESIGN.md / train.py presets), SAE (d_in, features, batch), corr features
@@ -99,11 +101,11 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timeit(step, steps, warmup, device):
-    return time_rounds({"": step}, steps, warmup, device)[""]
+def timeit(step, steps, warmup, device, stat=np.median):
+    return time_rounds({"": step}, steps, warmup, device, stat)[""]
 
 
-def time_rounds(fns, steps, warmup, device):
+def time_rounds(fns, steps, warmup, device, stat=np.median):
     """Seconds per call of each function in fns: the median of `steps` timed calls after `warmup`
     untimed ones, the functions taking turns call by call, so a change of load on a shared machine
     falls on all of them alike (and one descheduled call does not move a median)."""
@@ -118,7 +120,7 @@ def time_rounds(fns, steps, warmup, device):
             fn()
             sync(device)
             times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return {k: float(stat(v)) for k, v in times.items()}
 
 
 def share(flops, seconds, peak):
@@ -153,40 +155,57 @@ def peer_versions():
 def bench_peak(cfg, device):
     """Best of several square matmuls (float32; bfloat16 too on CUDA). TF32 stays off: float32 means float32."""
     sizes = (1024, 2048, 3072) if device == "cpu" else (4096, 8192)
-    dtypes = [torch.float32] + ([torch.bfloat16] if device.startswith("cuda") else [])
-    peaks = {}
-    for dt in dtypes:
+    kinds = [("float32", torch.float32, False)]
+    if device.startswith("cuda"):
+        kinds += [("tf32", torch.float32, True), ("bfloat16", torch.bfloat16, False)]
+    peaks, tf32 = {}, torch.backends.cuda.matmul.allow_tf32
+    for name, dt, allow_tf32 in kinds:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
         best = 0.0
         for n in sizes:
             a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
-            sec = timeit(lambda: torch.mm(a, b), max(3, cfg["steps"] // 2), 2, device)
+            sec = timeit(lambda: torch.mm(a, b), max(5, cfg["steps"]), 2, device, stat=np.min)  # a peak: the best call
             best = max(best, 2 * n ** 3 / sec)
-        peaks[str(dt).replace("torch.", "")] = best
-        row("peak", f"{str(dt).replace('torch.', '')} matmul peak (best of {', '.join(map(str, sizes))} squared)",
+        peaks[name] = best
+        row("peak", f"{name} matmul peak (best of {', '.join(map(str, sizes))} squared)",
             f"{best / 1e9:,.0f} GFLOP/s", note="measured here, the denominator of every share")
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     CONTEXT["peak_flops"] = peaks
     print("peak: " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()) + f" ({device})")
     return peaks
 
 
 def peak_for(device, low_precision):
+    """The peak a stage's share is of: bf16 autocast on CUDA -> bfloat16; float32 -> tf32 when TF32 is on."""
     p = CONTEXT.get("peak_flops", {})
-    return p.get("bfloat16" if low_precision and device.startswith("cuda") else "float32", 0.0)
+    if device.startswith("cuda") and low_precision:
+        return p.get("bfloat16", 0.0)
+    tf32 = device.startswith("cuda") and torch.backends.cuda.matmul.allow_tf32
+    return p.get("tf32" if tf32 else "float32", 0.0)
 
 
 # -----------------------------------------------------------------------------
 # train: our LM step vs transformers' MistralForCausalLM, same shapes, same step
 
-def lm_step(model, loss_fn, device, autocast):
+def lm_step(model, loss_fn, device, autocast, compile_=False):
     """train.py's step: forward + loss, backward, clip to norm 1, finite check, AdamW (decay on matrices only)."""
+    state = {"run": torch.compile(model) if compile_ else model}
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                             lr=1e-4, betas=(0.9, 0.999), fused=device.startswith("cuda"))
 
     def step():
-        with autocast():
-            loss = loss_fn(model)
+        try:
+            with autocast():
+                loss = loss_fn(state["run"])
+        except Exception as e:  # noqa: BLE001 - a compiler failure (e.g. no C compiler): eager, as train.py does
+            if state["run"] is model:
+                raise
+            print(f"  warning: torch.compile failed ({type(e).__name__}); timing eager instead")
+            state["run"] = model
+            with autocast():
+                loss = loss_fn(model)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         if not bool(torch.isfinite(loss.detach()) & torch.isfinite(gnorm)):
@@ -196,7 +215,7 @@ def lm_step(model, loss_fn, device, autocast):
     return step
 
 
-def bench_train(cfg, device, shapes=None, steps=None, warmup=None, peer=True, batch=0):
+def bench_train(cfg, device, shapes=None, steps=None, warmup=None, peer=True, batch=0, compile_=None):
     """Tokens/s of one LM training step, ours and the peer; returns ours in tokens/s."""
     from model import ModelArgs, Transformer
     s = SHAPES[shapes or cfg["shapes"]]
@@ -210,7 +229,8 @@ def bench_train(cfg, device, shapes=None, steps=None, warmup=None, peer=True, ba
     torch.manual_seed(0)
     ours = Transformer(margs).to(device)
     flops = ours.flops_per_token() * B * T   # 6 N + attention, the same count for both (same shapes)
-    steps_ = {"ours": lm_step(ours, lambda m: m(x, y)[1], device, autocast)}
+    compile_ = cfg["compile"] if compile_ is None else compile_
+    steps_ = {"ours": lm_step(ours, lambda m: m(x, y)[1], device, autocast, compile_)}
     if peer:
         try:
             from transformers import MistralConfig, MistralForCausalLM
@@ -220,13 +240,14 @@ def bench_train(cfg, device, shapes=None, steps=None, warmup=None, peer=True, ba
                                tie_word_embeddings=False, sliding_window=None, attn_implementation="sdpa")
             peer_model = MistralForCausalLM(hf).to(device)
             # its own loss path: labels shifted inside (T - 1 targets per row; logits at all T positions)
-            steps_["peer"] = lm_step(peer_model, lambda m: m(input_ids=x, labels=x).loss, device, autocast)
+            steps_["peer"] = lm_step(peer_model, lambda m: m(input_ids=x, labels=x).loss, device, autocast, compile_)
         except ImportError:
             print("  train: transformers is not installed (pip install -r requirements-bench.txt): no peer")
     peak = peak_for(device, cuda)
     print(f"train step, {shapes or cfg['shapes']} shapes: {B} x {T} tokens, vocab {margs.vocab_size}, d_model "
           f"{margs.d_model}, d_mlp {margs.d_mlp}, heads {margs.n_head}/{margs.n_kv_head}, "
-          f"{'bf16 autocast' if cuda else 'float32'}, {device}, {flops / 1e9:,.1f} GFLOP/step")
+          f"{'bf16 autocast' if cuda else 'float32'}, {device}, {flops / 1e9:,.1f} GFLOP/step"
+          + (", torch.compile" if compile_ else ""))
     tps = {}
     secs = time_rounds(steps_, steps or cfg["steps"], cfg["warmup"] if warmup is None else warmup, device)
     for name, sec in secs.items():
@@ -236,7 +257,7 @@ def bench_train(cfg, device, shapes=None, steps=None, warmup=None, peer=True, ba
         return tps["ours"]
     bench_forward(cfg, ours, x, device, peak, shapes or cfg["shapes"])
     what = (f"LM training step, {shapes or cfg['shapes']} shapes ({B} x {T} tokens, vocab {margs.vocab_size}, "
-            f"d_model {margs.d_model}); fwd + bwd + clip + AdamW")
+            f"d_model {margs.d_model}); fwd + bwd + clip + AdamW" + (", both torch.compile'd" if compile_ else ""))
     ratio = tps["ours"] / tps["peer"] if "peer" in tps else None
     row("train", what, f"{tps['ours'] / 1e3:,.1f}k tok/s",
         f"transformers MistralForCausalLM 1 layer: {tps['peer'] / 1e3:,.1f}k tok/s" if "peer" in tps else "not installed",
@@ -263,16 +284,46 @@ def bench_forward(cfg, model, x, device, peak, shapes):
 # -----------------------------------------------------------------------------
 # sae: our SAE step (and its loop's bookkeeping) vs SAELens' SAETrainer.step
 
-def ours_sae_step(S, sae, opt, x, arch, dead, stats):
-    """sae.py's loop body for one seed: train_step, then the firing record and the running sse / L0."""
-    loss, x_hat, f = S.train_step(sae, opt, x, 1e-4, l1_coeff=5.0, dead_mask=dead if arch == "topk" else None,
-                                  aux_k=x.shape[1] // 2, aux_coeff=1 / 32)
-    stats["last_fired"][(f > 0).any(0)] = 1
-    stats["sse"] += (x_hat - x).double().pow(2).sum()
-    stats["l0"] += (f > 0).sum()
+def ours_sae_step(S, sae, x, arch):
+    """sae.py's training step as its loop runs it: sae.train_seeds (train_step for the seed, the firing
+    record, the running sums of the log, its own choice of the sparse path) on a run made by sae.new_run,
+    when sae.py has them; else train_step plus the same bookkeeping. 10% of latents are held dead so
+    TopK pays for AuxK (as in the peer)."""
+    import types
+    n_feat, (B, d_in) = sae.n_features, x.shape
+    cfg = dict(S.config, arch=arch, lr=1e-4, l1_coeff=5.0, dead_window=B)
+    if hasattr(S, "new_run"):
+        run = S.new_run(0, sae, cfg, n_feat, x.device)
+    else:
+        run = {"sae": sae, "opt": torch.optim.Adam(sae.parameters(), lr=1e-4, betas=(0.9, 0.9999)),
+               "last_fired": torch.zeros(n_feat, dtype=torch.long, device=x.device)}
+    run.update(bad_step=torch.tensor(-1, device=x.device), bad_loss=torch.tensor(0.0, device=x.device))
+    job = types.SimpleNamespace(cfg=cfg, step=0, B=B, stats=None, d_in=d_in, device=str(x.device),
+                                total_steps=10 ** 9, aux_k=d_in // 2)
+
+    def step():
+        run["last_fired"][: n_feat // 10] = -10 ** 9
+        if hasattr(S, "train_seeds"):
+            S.train_seeds(job, [run], x)
+            return
+        dead = run["last_fired"] <= -10 ** 9
+        _, x_hat, f = S.train_step(sae, run["opt"], x, 1e-4, 5.0 if arch == "relu" else 0.0, dead, d_in // 2, 1 / 32)
+        run["last_fired"].masked_fill_((f > 0).any(0), 1)
+        run.setdefault("sse", torch.zeros((), dtype=torch.float64, device=x.device)).add_((x_hat - x).double().pow(2).sum())
+        run.setdefault("l0", torch.zeros((), device=x.device)).add_((f > 0).sum())
+    return step
 
 
-def sae_lens_step(d_in, n_feat, batch, arch, device, x):
+@torch.no_grad()
+def set_density(sae, x, density):
+    """Lower the encoder bias so that about `density` of the latents fire on x, as in a trained ReLU SAE
+    (a fresh one fires on about half): the step then does the work a real run's steps do."""
+    pre = sae.pre_acts(x)
+    sample = pre.flatten()[torch.randperm(pre.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000].to(pre.device)]
+    sae.b_enc -= torch.quantile(sample.float().cpu(), 1 - density).to(sae.b_enc.device)
+
+
+def sae_lens_step(d_in, n_feat, batch, arch, device, x, ours):
     """SAELens' real training step: SAETrainer.step (loss, firing stats, clip, Adam, schedulers), then
     the step counter as its fit() advances it. 10% of latents held dead so TopK pays for AuxK, like ours."""
     from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
@@ -281,6 +332,9 @@ def sae_lens_step(d_in, n_feat, batch, arch, device, x):
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=n_feat, device=device, l1_coefficient=5.0))
     else:
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=n_feat, device=device, k=32, aux_loss_coefficient=1 / 32))
+    with torch.no_grad():  # the same weights as ours: the same sparsity, so the same work
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(sae, name).copy_(getattr(ours, name))
     tcfg = SAETrainerConfig(total_training_samples=10 ** 12, train_batch_size_samples=batch, lr=1e-4, lr_end=1e-4,
                             adam_beta1=0.9, adam_beta2=0.9999, device=device, dead_feature_window=1000)
     trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=iter(()))
@@ -298,27 +352,27 @@ def bench_sae(cfg, device, shapes=None, steps=None, warmup=None, peer=True):
     d_in, n_feat, batch = SHAPES[shapes or cfg["shapes"]]["sae"]
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(batch, d_in, generator=g).relu() * 2).to(device)  # non-negative-ish, like MLP activations
-    dead = torch.zeros(n_feat, dtype=torch.bool, device=device)
-    dead[: n_feat // 10] = True
     flops = 12 * batch * d_in * n_feat  # encoder + decoder, forward + backward, dense-equivalent
-    print(f"sae step, {shapes or cfg['shapes']} shapes: {d_in} -> {n_feat} features, batch {batch}, float32, {device}, "
+    precision = "TF32" if device.startswith("cuda") and torch.backends.cuda.matmul.allow_tf32 else "float32"
+    print(f"sae step, {shapes or cfg['shapes']} shapes: {d_in} -> {n_feat} features, batch {batch}, {precision}, {device}, "
           f"{flops / 1e9:,.1f} GFLOP/step (dense)")
     have_peer = peer
     if peer:
         try:
-            import sae_lens  # noqa: F401
+            __import__("sae_lens")  # its many dependencies can fail to import too
         except Exception as e:  # ImportError, or a broken install of its many dependencies
             print(f"  sae: sae-lens unavailable ({type(e).__name__}: {e}); pip install -r requirements-bench.txt: no peer")
             have_peer = False
     peak, out = peak_for(device, False), {}
     for arch in ("relu",) if not peer else ("relu", "topk"):
         sae = S.init_sae(d_in, n_feat, arch, 32, seed=0).to(device)
-        opt = torch.optim.Adam(sae.parameters(), lr=1e-4, betas=(0.9, 0.9999))
-        stats = {"last_fired": torch.zeros(n_feat, dtype=torch.long, device=device),
-                 "sse": torch.zeros((), dtype=torch.float64, device=device), "l0": torch.zeros((), device=device)}
-        fns = {"ours": lambda: ours_sae_step(S, sae, opt, x, arch, dead, stats)}
+        if arch == "relu":
+            set_density(sae, x, cfg["sae_density"])
+        if have_peer:  # made first: it copies our weights before our steps change them
+            peer_step = sae_lens_step(d_in, n_feat, batch, arch, device, x, sae)
+        fns = {"ours": ours_sae_step(S, sae, x, arch)}
         if have_peer:
-            fns["peer"] = sae_lens_step(d_in, n_feat, batch, arch, device, x)
+            fns["peer"] = peer_step
         sec = time_rounds(fns, steps or cfg["steps"], cfg["warmup"] if warmup is None else warmup, device)
         for name, t in sec.items():
             print(f"  {arch:4s} {name:5s} {t * 1000:9.1f} ms/step {batch / t / 1e3:9.1f}k act/s  {share(flops, t, peak)} of peak")
@@ -332,7 +386,10 @@ def bench_sae(cfg, device, shapes=None, steps=None, warmup=None, peer=True):
             f"{batch / sec['peer'] / 1e3:,.1f}k act/s" if "peer" in sec else "not installed",
             sec["peer"] / sec["ours"] if "peer" in sec else None,
             " / ".join(share(flops, t, peak) for t in sec.values()),
-            note="ours: sae.train_step + the loop's firing record, sse, L0; 10% of latents dead (AuxK)", goal=GOALS["sae"])
+            note="ours: sae.py's loop step (train_seeds: step, firing record, log sums); same start weights, "
+                 + (f"{cfg['sae_density']:.0%} of latents firing" if arch == "relu" else "k 32 firing")
+                 + "; 10% of latents dead (AuxK)",
+            goal=GOALS["sae"])
     return out["relu"]
 
 
@@ -348,12 +405,22 @@ def _corr_chunk(seed, n, n_feat, density):
     return x, y
 
 
-def _rss_now_mb():
-    try:  # the resident size now: the baseline of the peak (imports may have left a higher peak already)
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _proc_status_mb(key):
+    """VmRSS (now) or VmHWM (this process's own peak since exec) in MiB; ru_maxrss is no use here: it
+    starts at the parent's size at fork. None where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _peak_mb():
+    hwm = _proc_status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def pearson_in_memory(x, y):
@@ -369,7 +436,7 @@ def _corr_worker(how, n_feat, n_tokens, chunk, density, device, threads, save, q
     (making the synthetic activations is not part of either method)."""
     torch.set_num_threads(threads)
     import analyze
-    rss0, busy = _rss_now_mb(), 0.0
+    rss0, busy = _proc_status_mb("VmRSS") or _peak_mb(), 0.0  # the baseline: resident size after the imports
     starts = range(0, n_tokens, chunk)
     if how == "streamed":
         acc = analyze.CorrAccumulator(n_feat, n_feat, device)
@@ -393,7 +460,7 @@ def _corr_worker(how, n_feat, n_tokens, chunk, density, device, threads, save, q
         r = pearson_in_memory(x, y)
         sync(device)
         busy = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+    peak = _peak_mb() - rss0
     gpu = torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else None
     if save:
         np.save(os.path.join(save, f"{how}.npy"), r.double().cpu().numpy())
@@ -408,6 +475,10 @@ def bench_corr(cfg, device, threads):
     if not sizes:
         die("--corr_tokens needs one or two token counts, e.g. 25000,100000")
     ctx, res = mp.get_context("spawn"), {}
+    # a fixed mmap threshold: glibc otherwise raises it as big blocks are freed and then keeps the freed
+    # chunk buffers in its heap, so the peak would grow with the number of chunks, not with the method
+    old_env = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
     tmp = tempfile.mkdtemp(prefix="bench_corr_")
     try:
         for n in sizes:
@@ -421,6 +492,10 @@ def bench_corr(cfg, device, threads):
         r = {k: np.load(os.path.join(tmp, f"{k}.npy")) for k in ("streamed", "peer", "ref")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old_env is None:
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = old_env
     err = {k: float(np.abs(r[k] - r["ref"]).max()) for k in ("streamed", "peer")}
     n, peak = sizes[-1], peak_for(device, False)
     flops = 2 * n * n_feat * n_feat  # the cross block x^T y, dense-equivalent
@@ -471,22 +546,38 @@ def bench_bpe(cfg, device):
 # -----------------------------------------------------------------------------
 # stages as subprocesses: wall time and peak resident memory of each (rss, paper_smoke)
 
+# A child's ru_maxrss starts at its parent's resident size at fork (Linux carries the pre-exec high-water
+# mark over exec), so a stage started from this process would inherit bench's own footprint. Each stage is
+# therefore started by this small fresh interpreter, which reports its child's own peak.
+RSS_HELPER = ("import os, subprocess, sys\n"
+              "p = subprocess.Popen(sys.argv[2:])\n"
+              "_, status, usage = os.wait4(p.pid, 0)\n"
+              "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+              "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
 def run_measured(cmd, log_path, env=None):
     """Run cmd (a list) from the repository folder, output to log_path. Returns (exit code, seconds,
     peak RSS in MiB of the process and the children it waited for, last line of its output)."""
+    peak_file = log_path + ".maxrss"
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE, env=None if env is None else {**os.environ, **env})
+        p = subprocess.Popen([sys.executable, "-c", RSS_HELPER, peak_file, *cmd], stdout=log, stderr=subprocess.STDOUT,
+                             cwd=HERE, env=None if env is None else {**os.environ, **env})
         try:
-            _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage: its peak RSS alone
+            rc = p.wait()
         except KeyboardInterrupt:
             p.kill()
             raise
-        p.returncode = os.waitstatus_to_exitcode(status)
         sec = time.perf_counter() - t0
+    try:
+        with open(peak_file) as f:
+            peak = int(f.read()) / 1024  # Linux: KiB
+    except (OSError, ValueError):
+        peak = float("nan")
     with open(log_path, "rb") as f:
         lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-    return p.returncode, sec, usage.ru_maxrss / 1024, (lines[-1] if lines else "")
+    return rc, sec, peak, (lines[-1] if lines else "")
 
 
 SYLLABLES = ("ba be bi bo bu da de di do du ka ke ki ko ku la le li lo lu ma me mi mo mu na ne ni no nu "
@@ -558,7 +649,7 @@ def bench_rss(cfg, device):
             shutil.rmtree(ddir, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    (m0, p0, s0), (m1, p1, s1) = got[0], got[-1]
+    (m0, p0, _), (m1, p1, _) = got[0], got[-1]
     growth = (p1 - p0) / (m1 - m0) if m1 != m0 else float("nan")
     row("rss", f"data.py --domain all --preset {cfg['rss_preset']}, generated local corpus "
         f"{' -> '.join(f'{m:g}' for m, _, _ in got)} MB", " -> ".join(f"{p:,.0f}" for _, p, _ in got) + " MiB peak RSS",
@@ -572,6 +663,9 @@ def bench_quickstart(cfg, device):
         env = {"DATA": os.path.join(tmp, "data"), "OUT": os.path.join(tmp, "out"), "PYTHON": sys.executable}
         print("quickstart: ./reproduce.sh from scratch (sample corpus, tiny preset) ...", flush=True)
         rc, sec, peak, last = run_measured(["bash", "reproduce.sh"], os.path.join(tmp, "log.txt"), env)
+        table = os.path.join(env["OUT"], "analysis", "stages.md")  # reproduce.sh's own table of the stages
+        if os.path.exists(table):
+            print(open(table, encoding="utf-8").read().rstrip())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"  quickstart: {'ok' if rc == 0 else f'FAILED (exit {rc}): {last}'} in {sec:,.0f} s, peak RSS {peak:,.0f} MiB")
@@ -634,7 +728,7 @@ def smoke_findings(log_text):
     vocab = re.search(r"tokenizer: (\d+) tokens", log_text)
     if vocab and int(vocab.group(1)) < 32000:
         out.append(f"data: the BPE stopped at {int(vocab.group(1)):,} tokens, not 32,000 (too little text: raise --smoke_mb)")
-    warm, iters = re.search(r"warmup (\d+)", log_text), re.findall(r"iter \d+/(\d+)", log_text)
+    warm, iters = re.search(r"warmup (?:over )?(\d+)", log_text), re.findall(r"iter \d+/(\d+)", log_text)
     if warm and iters and int(warm.group(1)) >= int(iters[-1]) > 0:
         out.append(f"train: warmup {warm.group(1)} >= the run's {iters[-1]} steps: the lr never reaches its value")
     return out
@@ -680,16 +774,21 @@ def paper_smoke(cfg, device):
 # -----------------------------------------------------------------------------
 # plan: the full-budget time of each stage on this device, PROJECTED from steps measured at paper shapes
 
-def measure_forward_and_corr(cfg, device, harvest_batch):
-    """Tokens/s of the MLP-activation forward (harvest, analysis) and of one streamed correlation pair
-    at 16,384 x 16,384 features, at the paper's shapes on this device (float32, as sae.py / analyze.py)."""
+def measure_forward_and_corr(cfg, device, harvest_batch, bf16):
+    """Tokens/s of the MLP-activation forward (harvest, analysis; bf16 autocast when sae.py's fast_math
+    applies) and of one streamed correlation pair at 16,384 x 16,384 features, paper shapes, this device."""
     import analyze
     from model import ModelArgs, Transformer
     s = SHAPES["paper"]
     model = Transformer(ModelArgs(**{k: v for k, v in s.items() if k not in ("batch", "sae")})).to(device).eval()
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, s["vocab_size"], (harvest_batch, s["block_size"]), generator=g).to(device)
-    sec = timeit(lambda: model.mlp_acts(idx), cfg["plan_steps"], 1, device)
+    ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else (lambda: torch.autocast("cpu", enabled=False))
+
+    def forward():
+        with ctx():
+            model.mlp_acts(idx)
+    sec = timeit(forward, cfg["plan_steps"], 1, device)
     fwd = harvest_batch * s["block_size"] / sec
     n_feat, chunk = s["sae"][1], 1024
     acc = analyze.CorrAccumulator(n_feat, n_feat, device)
@@ -711,9 +810,17 @@ def plan(cfg, device, tokens_per_word=None):
     tpw = cfg["plan_tokens_per_word"] or tokens_per_word or 1.5
     tpw_from = ("--plan_tokens_per_word" if cfg["plan_tokens_per_word"] else
                 "measured on the smoke's base val split with its 32k BPE" if tokens_per_word else "assumed")
-    lm = bench_train(cfg, device, shapes="paper", steps=cfg["plan_steps"], warmup=1, peer=False, batch=cfg["plan_batch"])
-    sae_rate = bench_sae(cfg, device, shapes="paper", steps=cfg["plan_steps"], warmup=1, peer=False)
-    fwd, corr = measure_forward_and_corr(cfg, device, sc.get("harvest_batch", 64))
+    import train
+    compile_lm = device.startswith("cuda") and bool(train.config.get("compile", False))  # as train.py runs it
+    lm = bench_train(cfg, device, shapes="paper", steps=cfg["plan_steps"], warmup=1, peer=False, batch=cfg["plan_batch"],
+                     compile_=compile_lm)
+    fast = device.startswith("cuda") and bool(sc.get("fast_math", False))  # sae.py: TF32 SAE, bf16 harvest on CUDA
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, fast
+    try:
+        sae_rate = bench_sae(cfg, device, shapes="paper", steps=cfg["plan_steps"], warmup=1, peer=False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    fwd, corr = measure_forward_and_corr(cfg, device, sc.get("harvest_batch", 64), fast)
     seeds, acts, per_seq = len(sc.get("seeds", [0, 1])), sc.get("total_acts", 200_000_000), sc.get("tokens_per_seq", 24)
     seq_len = sc.get("seq_len") or SHAPES["paper"]["block_size"]
     models, n_tok = ac.get("models", ["base", "lua", "tinystories", "luastories"]), ac.get("n_tokens", 1_048_576)
@@ -725,7 +832,8 @@ def plan(cfg, device, tokens_per_word=None):
         ("fine-tune lua", f"1 epoch, {cfg['plan_lua_tokens'] / 1e6:,.0f}M tokens (assumed)", cfg["plan_lua_tokens"] / lm),
         ("fine-tune tinystories", f"1 epoch, {cfg['plan_tinystories_tokens'] / 1e6:,.0f}M tokens (assumed)",
          cfg["plan_tinystories_tokens"] / lm),
-        ("SAE training", f"{len(MODEL_NAMES)} models x {seeds} seeds x {acts / 1e6:,.0f}M activations", len(MODEL_NAMES) * seeds * acts / sae_rate),
+        ("SAE training", f"{len(MODEL_NAMES)} models x {seeds} seeds x {acts / 1e6:,.0f}M activations",
+         len(MODEL_NAMES) * seeds * acts / sae_rate),
         ("SAE harvesting", f"{len(MODEL_NAMES)} x {acts / per_seq * seq_len / 1e9:,.2f}G tokens forward "
          f"({per_seq} of {seq_len} positions kept)", len(MODEL_NAMES) * acts / per_seq * seq_len / fwd),
         ("analysis", f"{n_tok:,} tokens x ({len(models)} forwards + {pairs} correlation pairs of 16,384^2)",
@@ -734,7 +842,9 @@ def plan(cfg, device, tokens_per_word=None):
     total = sum(t for _, _, t in stages)
     dev = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu_model()}, {torch.get_num_threads()} threads"
     print(f"\nPROJECTION (not a measurement): full-budget time per stage on this device ({dev}), from "
-          f"{cfg['plan_steps']}-step measurements at the paper's shapes, eager mode, no torch.compile; merge not counted")
+          f"{cfg['plan_steps']}-step measurements at the paper's shapes, LM {'compiled' if compile_lm else 'eager'}, "
+          f"the rest eager; merge not counted; "
+          + ("LM bf16 autocast, SAE " + ("TF32, harvest bf16" if fast else "float32") if device.startswith("cuda") else "float32"))
     for name, work, t in stages:
         print(f"  {name:22s} {fmt_time(t):>10s}   {work}")
         row("plan", name, f"projected {fmt_time(t)}", note=work)
@@ -759,18 +869,19 @@ def print_markdown():
           f"measured in the same run: {peak or 'not measured'}.\n")
     main_rows = [r for r in ROWS if r["part"] not in ("smoke", "plan")]
     if main_rows:
-        print("| what | ours | peer (same run) | ours / peer | share of peak (ours / peer) | goal |\n|---|---|---|---|---|---|")
+        print("| what | ours | peer (same run) | ours / peer | share of peak, dense-equivalent FLOPs (ours / peer) | goal |\n"
+              "|---|---|---|---|---|---|")
         for r in main_rows:
             note = f" ({r['note']})" if r["note"] else ""
             cells = [f"{r['what']}{note}", r["ours"], r["peer"] or "-", r["ratio"] or "-", r["share"] or "-", r["goal"] or "-"]
-            print("| " + " | ".join(cells) + " |")
+            print("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     for part, title in (("smoke", "Paper-shape smoke (each stage at --preset paper, a few steps)"),
                         ("plan", "Full-budget PROJECTION (from steps measured at paper shapes; not a measurement)")):
         rows = [r for r in ROWS if r["part"] == part]
         if rows:
             print(f"\n{title}:\n\n| stage | result | note |\n|---|---|---|")
             for r in rows:
-                print(f"| {r['what']} | {r['ours']} | {r['note'] or '-'} |")
+                print("| " + " | ".join(c.replace("|", "\\|") for c in (r["what"], r["ours"], r["note"] or "-")) + " |")
 
 
 def main(argv=None):

@@ -48,15 +48,15 @@ config = dict(
     tokenizer="bpe",     # bpe: our own, trained on the base mix | gpt2: tiktoken's GPT-2 ranks (network once)
     vocab_size=4096,     # bpe: merges + 256 bytes + 1 (<|endoftext|> takes the last id)
     max_mb=20.0,         # hf: read at most max_mb MB of text per domain (val: max_mb x val_frac); 0 = all
-    bpe_mb=0.0,          # bpe: train on about this many MB of the base mix train split, a hash-chosen sample; 0 = all
+    bpe_mb=100.0,        # bpe: train on about this many MB of the base mix train split (a hash-chosen sample); 0 = all
     sample_kb=500,       # sample: KB of train text per domain
     val_frac=0.1,        # held-out share: sample size; the split by hash of a dataset that has no val split
     seed=1337,           # sample generators and the base-mix selection
     threads=0,           # tiktoken encoding threads; 0 = the cores free now (common.set_threads)
     force=False,         # re-encode even when meta.json says a domain is up to date (tokenizer: only if stale)
 )
-presets = {"tiny": dict(vocab_size=4096, max_mb=20.0, bpe_mb=0.0),
-           "paper": dict(vocab_size=32000, max_mb=0.0, bpe_mb=100.0)}
+presets = {"tiny": dict(vocab_size=4096, max_mb=20.0),
+           "paper": dict(vocab_size=32000, max_mb=0.0)}
 DOMAINS = ("babylm", "python", "tinystories", "lua", "base")
 checks = {"domain": DOMAINS + ("all",), "tokenizer": ("bpe", "gpt2"), "vocab_size": "(257, 4294967296]",
           "max_mb": ">=0", "bpe_mb": ">=0", "sample_kb": ">0", "val_frac": "(0,1)", "threads": ">=0"}
@@ -428,9 +428,10 @@ def import_pyarrow():
         die("--source hf reads parquet with pyarrow, which is not installed: pip install -r requirements-hf.txt")
 
 
-def download(url, path, kind, headers=None, denied=None):
+def download(url, path, kind, headers=None, denied=None, next_page=None):
     """Fetch url to path and check it is `kind` data. A finished file is only ever the result of a
-    complete, checked transfer (renamed from .part), so an existing path means done."""
+    complete, checked transfer (renamed from .part), so an existing path means done. next_page: a
+    list that receives the URL of the response's `Link: <...>; rel="next"` (None when there is none)."""
     requests = _requests()
     import urllib3  # comes with requests
     if os.path.exists(path):
@@ -441,8 +442,8 @@ def download(url, path, kind, headers=None, denied=None):
         if attempt:
             time.sleep(BACKOFF_S * 2 ** (attempt - 1))
         try:
-            if fetch_once(requests, url, part, headers or {}, denied):
-                break
+            got = fetch_once(requests, url, part, headers or {}, denied)
+            break
         except (requests.RequestException, urllib3.exceptions.HTTPError, IOError) as e:
             cause = offline_cause(e)
             if cause:
@@ -454,6 +455,9 @@ def download(url, path, kind, headers=None, denied=None):
     else:
         die(f"download of {url} failed after {RETRIES} tries: {last}")
     check_download(part, kind, url)
+    if next_page is not None:
+        links = requests.utils.parse_header_links(got.get("Link", "")) if got.get("Link") else []
+        next_page.append(next((lk["url"] for lk in links if lk.get("rel") == "next"), None))
     os.replace(part, path)
     for extra in (part + ".etag",):
         if os.path.exists(extra):
@@ -462,8 +466,8 @@ def download(url, path, kind, headers=None, denied=None):
 
 
 def fetch_once(requests, url, part, headers, denied):
-    """One request; appends to part. True when part is complete. A resumed request carries If-Range
-    with the ETag of the bytes we hold: a changed file comes back whole (200) and replaces them."""
+    """One request; appends to part; returns the response headers once part is complete. A resumed
+    request carries If-Range with the ETag of the bytes we hold: a changed file comes back whole (200)."""
     have = os.path.getsize(part) if os.path.exists(part) else 0
     etag = open(part + ".etag").read() if have and os.path.exists(part + ".etag") else None
     h = {"Accept-Encoding": "identity", **headers}  # sizes must be the file's own bytes
@@ -476,7 +480,7 @@ def fetch_once(requests, url, part, headers, denied):
             die((denied or "access denied (HTTP {status}) for {url}; if the dataset is gated, accept its terms on "
                  "the hub and set HF_TOKEN to a read token").format(status=r.status_code, url=url))
         if r.status_code == 416 and have:  # nothing after what we hold: the .part is whole
-            return True
+            return {}
         if r.status_code == 429 or r.status_code >= 500:
             raise IOError(f"HTTP {r.status_code}")
         if r.status_code not in (200, 206):
@@ -490,12 +494,14 @@ def fetch_once(requests, url, part, headers, denied):
         else:
             have = 0
             total = int(r.headers["Content-Length"]) if "Content-Length" in r.headers else None
-            if r.headers.get("ETag"):
+            if r.headers.get("ETag"):  # what a resume will ask If-Range about
                 atomic_write_text(part + ".etag", r.headers["ETag"])
+            elif os.path.exists(part + ".etag"):
+                os.remove(part + ".etag")
         got = stream_to(r, part, have)
     if total is not None and got != total:
         raise IOError(f"got {got:,} of {total:,} bytes")
-    return True
+    return r.headers
 
 
 def stream_to(r, part, have):
@@ -542,13 +548,31 @@ def hub_headers():
 def hub_parquet_files(data_dir, repo, split):
     """Paths of a dataset's parquet files of one split (names as the datasets library matches them:
     `<split>-*.parquet`, `<split>/...`) at its pinned commit, in name order."""
-    sha = hub_revision(data_dir, repo)
-    tree = read_json(download(f"{HF}/api/datasets/{repo}/tree/{sha}?recursive=true",
-                              os.path.join(data_dir, "raw", "hf", repo, sha, "tree.json"), "json", hub_headers()))
+    tree = hub_tree(data_dir, repo, hub_revision(data_dir, repo))
     files = sorted(f["path"] for f in tree if isinstance(f, dict) and f.get("type") == "file"
                    and f.get("path", "").endswith(".parquet"))
     return [p for p in files if any(os.path.basename(p).startswith(name + "-") or name in p.split("/")[:-1]
                                     for name in HF_SPLITS[split])]
+
+
+def hub_tree(data_dir, repo, sha):
+    """Every entry of the dataset at the commit (tree API, all its pages: the hub pages long listings
+    with `Link: rel="next"`), kept beside the downloads so that later runs ask nothing."""
+    path = os.path.join(data_dir, "raw", "hf", repo, sha, "tree.json")
+    if not os.path.exists(path):
+        url, entries, page = f"{HF}/api/datasets/{repo}/tree/{sha}?recursive=true", [], 0
+        while url:
+            page_path, nxt = f"{path}.page{page}", []
+            if os.path.exists(page_path):  # a page left by an interrupted run: its next link is unknown
+                os.remove(page_path)
+            got = read_json(download(url, page_path, "json", hub_headers(), next_page=nxt))
+            if not isinstance(got, list):
+                die(f"the hub's file list of {repo} is not a list; delete {os.path.dirname(path)} and run again")
+            entries += got
+            os.remove(page_path)
+            url, page = nxt[0], page + 1
+        atomic_write_json(path, entries)
+    return read_json(path)
 
 
 def hub_file(data_dir, repo, path):
@@ -644,30 +668,44 @@ def _finished(lines):
 def hf_docs(cfg, domain, split):
     """Rows of the domain's dataset at its pinned commit, read a row group at a time (pyarrow); at
     most max_mb MB of text (val: max_mb x val_frac). A dataset without a val split is split by hash."""
-    pq = import_pyarrow()
-    repo, column = HF_DATA[domain]
+    repo = HF_DATA[domain][0]
     own = bool(hub_parquet_files(cfg["data_dir"], repo, "val"))
     limit = cfg["max_mb"] * 1e6 * (1 if split == "train" else cfg["val_frac"])
-    size = 0
-    for path in hub_parquet_files(cfg["data_dir"], repo, split if own else "train"):
-        pf = pq.ParquetFile(hub_file(cfg["data_dir"], repo, path))
-        want = [column] + (["type"] if repo == "nilq/baby-python" else [])
+    size, kinds = 0, set()
+    for text, kind in parquet_rows(cfg["data_dir"], domain, split if own else "train"):
+        if len(kinds) < 20:
+            kinds.add(kind)
+        if not text or not text.strip() or (kind is not None and type_domain(kind) != domain):
+            continue
+        if not own and (hash_frac(text) < cfg["val_frac"]) != (split == "val"):
+            continue
+        yield text
+        size += len(text.encode("utf-8"))
+        if limit and size >= limit:
+            return
+    if not size and kinds - {None}:  # the `type` values are not the ones type_domain knows
+        die(f"{repo}: no {split} rows for {domain} among the `type` values {sorted(map(str, kinds - {None}))}; "
+            f"data.type_domain maps them to domains: adapt it, or pin the commit it was written for")
+
+
+def parquet_rows(data_dir, domain, split):
+    """(text, type or None) of every row of the domain's dataset's parquet files of a split, in order."""
+    pq = import_pyarrow()
+    repo, column = HF_DATA[domain]
+    paths = hub_parquet_files(data_dir, repo, split)
+    if not paths:
+        die(f"{repo} at commit {hub_revision(data_dir, repo)} has no parquet files of its train split "
+            f"(see {os.path.join(data_dir, 'raw', 'hf', repo)}); pin a commit that has them in data.py's PINNED")
+    want = [column] + (["type"] if repo == "nilq/baby-python" else [])
+    for path in paths:
+        pf = pq.ParquetFile(hub_file(data_dir, repo, path))
         missing = [c for c in want if c not in pf.schema_arrow.names]
         if missing:
             die(f"{repo}/{path} has no column {', '.join(missing)} (it has {', '.join(pf.schema_arrow.names)}); "
                 f"the dataset changed: pin the commit in data.py's PINNED")
-        for rows in pf.iter_batches(batch_size=1024, columns=want):
+        for rows in pf.iter_batches(batch_size=1024, columns=want):  # a bounded batch of rows at a time
             texts = rows.column(0).to_pylist()
-            kinds = rows.column(1).to_pylist() if len(want) > 1 else [None] * len(texts)
-            for text, kind in zip(texts, kinds):
-                if not text or not text.strip() or (kind is not None and type_domain(kind) != domain):
-                    continue
-                if not own and (hash_frac(text) < cfg["val_frac"]) != (split == "val"):
-                    continue
-                yield text
-                size += len(text.encode("utf-8"))
-                if limit and size >= limit:
-                    return
+            yield from zip(texts, rows.column(1).to_pylist() if len(want) > 1 else [None] * len(texts))
 
 
 def type_domain(kind):

@@ -13,7 +13,9 @@ with base_model = lua, t = 0.58. The paper's sweep figure runs the other way (0 
 SLERP of one tensor, mergekit's semantics: flatten both, cos = <a/|a|, b/|b|>, theta = arccos(cos);
 when |cos| > 0.9995 (mergekit DOT_THRESHOLD) fall back to linear interpolation (1-t) a + t b, else
 sin((1-t) theta)/sin(theta) a + sin(t theta)/sin(theta) b, always of the raw (unnormalised) tensors,
-computed in float32 and cast back to the input dtype. t = 0 and t = 1 return copies of the inputs.
+computed in float32 and cast back to the input dtype; the norms and cos are reduced in float64 (in
+float32 they are off by ~1e-3 on the 16M-element embedding and LM head). t = 0 and t = 1 return
+copies of the inputs.
 Two fine-tunes of one base are often nearly colinear, so tensors can silently take the linear path:
 each tensor's angle and path is printed and recorded. --mode task interpolates the deltas from the
 common parent instead (task vectors), whose angles are far from 0.
@@ -79,10 +81,13 @@ def slerp(a, b, t, eps=1e-8, dot_threshold=0.9995):
     if a.shape != b.shape:
         common.die(f"cannot interpolate tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}")
     a32, b32 = a.detach().float().flatten(), b.detach().float().flatten()  # (N,)
-    na, nb = a32.norm().item(), b32.norm().item()
-    ua = a32 / na if na > eps else a32  # mergekit normalize(): a near-zero vector is left as it is
-    ub = b32 / nb if nb > eps else b32
-    cos = (ua * ub).sum().item()
+    # norms and dot product in float64: a float32 reduction over the 16M-element embedding / LM head
+    # is off by ~1e-3 and gives cos > 1 for two nearly colinear fine-tunes (wrong path, wrong angle)
+    a64, b64 = a32.double(), b32.double()
+    na, nb = torch.linalg.vector_norm(a64).item(), torch.linalg.vector_norm(b64).item()
+    # cos = <a/|a|, b/|b|>; mergekit's normalize() leaves a near-zero vector as it is
+    cos = torch.dot(a64, b64).item() / ((na if na > eps else 1.0) * (nb if nb > eps else 1.0))
+    del a64, b64
     linear = abs(cos) > dot_threshold  # mergekit: lerp when nearly colinear (either sign)
     theta = math.acos(max(-1.0, min(1.0, cos)))
     info = {"cos": cos, "angle_deg": math.degrees(theta), "linear": linear, "norm_a": na, "norm_b": nb}

@@ -89,7 +89,7 @@ trap 'stop INT 130' INT
 trap 'stop HUP 129' HUP
 
 timings=()  # label<TAB>kind<TAB>output<TAB>start<TAB>seconds, for the table at the end
-now() { echo "${EPOCHREALTIME:-$(date +%s)}"; }
+now() { local t=${EPOCHREALTIME:-$(date +%s)}; echo "${t/,/.}"; }  # seconds; a decimal point in any locale
 stage() {  # stage LABEL KIND OUTPUT SCRIPT ARGS...: one stage, timed
   local label=$1 kind=$2 output=$3 script=$4 rc=0 t0 t1 more=()
   shift 4
@@ -154,8 +154,10 @@ for line in sys.argv[4:]:
         elif kind == "sae":
             rates = [h["act_per_s"] for h in m.get("history", []) if h.get("act_per_s")]
             row["rate"], row["unit"] = (sum(rates) / len(rates) if rates else None), "activations/s"
-        elif m.get("stream_seconds"):
+        elif m.get("stream_seconds"):  # the token set over the time of all its passes (pairs in groups that fit)
             row["rate"], row["unit"] = m["token_set"]["n_tokens"] / m["stream_seconds"], "tokens/s (stream)"
+            if m.get("stream_passes", 1) > 1:
+                row["note"] = (row["note"] + f"; {m['stream_passes']} passes").lstrip("; ")
         row["mfu"] = m.get("mfu")  # a fraction, where the stage measured one (a GPU run)
     rows.append(row)
 table = ["| stage | wall s | throughput | MFU | note |", "|---|---:|---:|---:|---|"]

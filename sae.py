@@ -35,14 +35,20 @@ Files in out_dir/sae_<model>/: train_state.pt holds every seed's training state 
 atomic write, so a crash can never leave the seeds at different steps; --resume reads only it);
 sae_s<seed>.pt is each seed's raw-space SAE for analyze.py (written from the state, after it);
 metrics.json is written last and lists every seed. The folder is locked while a run writes it.
-On CUDA (fast_math) the SAE trains with TF32 matmuls and the harvest forward runs in bf16;
-evaluation and the saved SAEs are full float32.
+Work done only where the result needs it: the harvest runs the model's MLP (and attention
+queries) only at the positions it keeps (mlp_acts_at); on the CPU, once few latents are active,
+the SAE step touches only the active ones in the decoder and in every backward product (sparse
+step, SPARSE_BELOW); the zero-ablation CE of the evaluation windows is computed once. On CUDA
+(fast_math) the SAE trains with TF32 matmuls and the harvest forward runs in bf16; evaluation and
+the saved SAEs are full float32.
 """
 import contextlib
 import hashlib
 import math
 import os
 import time
+import warnings
+import zlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -53,7 +59,7 @@ import torch.nn.functional as F
 import data as datalib
 from common import (atomic_torch_save, atomic_write_json, check_free_space, check_resume, cli, default_preset, die,
                     lock_dir, parse_config, pick_device, provenance, read_json, set_threads, sha256_file)
-from model import clean_key, load_checkpoint, load_model
+from model import apply_rope, clean_key, load_checkpoint, load_model
 
 # -----------------------------------------------------------------------------
 # config: the paper's values; PRESETS below override them
@@ -93,6 +99,7 @@ config = dict(
     log_interval=500,      # print the training metrics every this many steps
     ckpt_interval=5000,    # save every this many steps (and at the end)
     stop_step=0,           # > 0: stop after this step as if interrupted (continue with --resume)
+    peak_flops=989e12,     # the device's peak FLOP/s for metrics.json's mfu (default: H100 SXM dense bf16)
     fast_math=True,        # CUDA only: TF32 SAE training and a bf16 harvest forward (evaluation stays fp32)
     threads=0,             # CPU threads; 0 = the cores free now (common.set_threads)
     device="auto",         # auto (cuda if available) | cpu | cuda | cuda:N
@@ -113,11 +120,13 @@ CHECKS = {"model": tuple(MODEL_DATA), "seeds": ">=0", "arch": ("relu", "topk"), 
           "lr_decay_frac": "[0,1]", "seqs_per_batch": ">0", "tokens_per_seq": ">0", "skip_first": ">=0",
           "seq_len": ">=0", "total_acts": ">0", "buffer_batches": ">0", "harvest_batch": ">0", "eval_seqs": ">0",
           "eval_batch": ">0", "eval_interval": ">0", "log_interval": ">0", "ckpt_interval": ">0", "stop_step": ">=0",
-          "threads": ">=0"}
+          "threads": ">=0", "peak_flops": ">0"}
 # settings a resume may change; every other config key must equal the checkpoint's
 RESUME_FREE = {"resume", "overwrite", "device", "eval_interval", "log_interval", "ckpt_interval", "stop_step",
-               "harvest_batch", "eval_batch", "data_dir", "out_dir", "preset", "allow_unfinished", "threads"}
+               "harvest_batch", "eval_batch", "data_dir", "out_dir", "preset", "allow_unfinished", "threads",
+               "peak_flops"}
 # L1_NOTE: the soft threshold ~ l1/2 is compared with per-feature magnitudes ~ sqrt(d_in / L0)
+SPARSE_BELOW = 0.1  # CPU: the sparse SAE step below this density of active latents (measured: 2.2x at 1.6%, 1.4x at 7%, 0.5x at 33%)
 STATE_FILE = "train_state.pt"  # every seed's training state at one step (see save_state)
 
 
@@ -141,10 +150,13 @@ class ReLU:
         L0 ~ n_features / 2 and a reconstruction several times too large (tiny: FVU 0.13 vs 0.18)."""
         return min(1.0, 2 * d_in / n_features)
 
-    def penalty(self, sae, x, pre, f, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff):
-        """(name, weight, term) added to the MSE, or None."""
+    def sparse_ok(self, dead_mask):
+        return True
+
+    def penalty(self, sae, x, pre, l1, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff):
+        """(name, weight, term) added to the MSE, or None. l1(): the mean over tokens of sum_i f_i."""
         if l1_coeff > 0:
-            return "l1", l1_coeff, f.sum(-1).mean()  # = decoder-norm-weighted L1, the rows being unit norm
+            return "l1", l1_coeff, l1()  # = decoder-norm-weighted L1, the rows being unit norm
         return None
 
     def describe(self, cfg, aux_k):
@@ -168,7 +180,11 @@ class TopK:
     def encoder_gain(self, d_in, n_features):
         return 1.0
 
-    def penalty(self, sae, x, pre, f, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff):
+    def sparse_ok(self, dead_mask):
+        """The sparse step needs no gradient through the dense pre-activations: not with AuxK at work."""
+        return dead_mask is None or not bool(dead_mask.any())
+
+    def penalty(self, sae, x, pre, l1, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff):
         """AuxK (Gao et al. 2024, A.2): the aux_k largest dead pre-activations reconstruct the residual.
         Non-dead latents are masked to -inf, whose ReLU is 0, so asking topk for aux_k even when fewer
         are dead gives exactly the reconstruction of the dead ones, without reading the count back
@@ -222,6 +238,14 @@ class SAE(nn.Module):
 
 def sae_args(sae):
     return {"d_in": sae.d_in, "n_features": sae.n_features, "arch": sae.arch, "k": sae.k}
+
+
+def init_seed(model_name, seed):
+    """The seed of an SAE's random initialisation: distinct for every (model, seed). With the seed alone,
+    a parent's and a child's seed-0 SAEs would start from the same random decoder, so an edge would
+    share its start while the null (seed 0 vs seed 1 of one model) does not, and every edge would look
+    more alike than it is."""
+    return seed * 1_000_003 + zlib.crc32(model_name.encode("utf-8"))
 
 
 def init_sae(d_in, n_features, arch, k, seed, b_dec=None):
@@ -281,9 +305,10 @@ def ce_recovered(ce_clean, ce_spliced, ce_zero):
     return (ce_zero - ce_spliced) / (ce_zero - ce_clean)
 
 
-def kl_div(logits_p, logits_q):
-    """Per-token KL(p || q) from logits (..., vocab)."""
-    lp, lq = F.log_softmax(logits_p.float(), -1), F.log_softmax(logits_q.float(), -1)
+def kl_div(logits_p, logits_q, log_p=None):
+    """Per-token KL(p || q) from logits (..., vocab); log_p: log_softmax(logits_p), when at hand already."""
+    lp = F.log_softmax(logits_p.float(), -1) if log_p is None else log_p
+    lq = F.log_softmax(logits_q.float(), -1)
     return (lp.exp() * (lp - lq)).sum(-1)
 
 
@@ -306,21 +331,106 @@ def density_histogram(fire_counts, n_tokens, lo=-6.0, step=0.25):
 # -----------------------------------------------------------------------------
 # training step pieces
 
-def sae_loss(sae, x, l1_coeff=0.0, dead_mask=None, aux_k=0, aux_coeff=0.0):
+def sae_loss(sae, x, l1_coeff=0.0, dead_mask=None, aux_k=0, aux_coeff=0.0, sparse=False):
     """x (N, d_in) in training (scaled) space -> (loss, parts, x_hat, f). MSE and the activation's
-    penalty are means over tokens of sums over dimensions / features (never sums over tokens)."""
+    penalty are means over tokens of sums over dimensions / features (never sums over tokens).
+    sparse: the same loss with the decoder and every backward product restricted to the active
+    latents (sparse_step below); f is then returned without a gradient."""
+    if sparse:
+        return sparse_loss(sae, x, l1_coeff, dead_mask, aux_k, aux_coeff)
     pre = sae.pre_acts(x)                      # (N, F)
     f = sae.activate(pre)
     x_hat = sae.decode(f)
+    return finish_loss(sae, x, pre, f, x_hat, lambda: f.sum(-1).mean(), l1_coeff, dead_mask, aux_k, aux_coeff)
+
+
+def finish_loss(sae, x, pre, f, x_hat, l1, l1_coeff, dead_mask, aux_k, aux_coeff):
     mse = (x_hat - x).pow(2).sum(-1).mean()
     parts = {"mse": mse}
     loss = mse
-    extra = sae.act.penalty(sae, x, pre, f, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff)
+    extra = sae.act.penalty(sae, x, pre, l1, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff)
     if extra is not None:
         name, weight, term = extra
         parts[name] = term
         loss = loss + weight * term
     return loss, parts, x_hat, f
+
+
+# The sparse step (CPU, once few latents are active: ReLU after the L1 warm-up has L0 ~ 2-5% of the
+# features, TopK k of them). The encoder's forward stays one dense matmul; the decoder f @ W_dec, its
+# two backward products and the encoder's weight gradient touch only the active entries of f (CSR
+# sparse-dense products, MKL on the CPU). Same loss and gradients as the dense step, to rounding.
+
+def active_pattern(f):
+    """The active entries of f (N, F): row-major (rows, cols) with CSR row pointers, and the same
+    entries column-major (perm, col pointers) for the transposed products."""
+    rows, cols = f.nonzero(as_tuple=True)
+    n, n_f = f.shape
+    crow = torch.zeros(n + 1, dtype=torch.long)
+    crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
+    perm = torch.argsort(cols, stable=True)
+    ccol = torch.zeros(n_f + 1, dtype=torch.long)
+    ccol[1:] = torch.bincount(cols, minlength=n_f).cumsum(0)
+    return SimpleNamespace(rows=rows, cols=cols, crow=crow, perm=perm, ccol=ccol, shape=(n, n_f))
+
+
+def csr(pat, vals):
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": what is used here is tested here
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(pat.crow, pat.cols, vals, pat.shape)
+
+
+def csr_t(pat, vals):  # the transpose (F, N)
+    return csr(SimpleNamespace(crow=pat.ccol, cols=pat.rows[pat.perm], shape=pat.shape[::-1]), vals[pat.perm])
+
+
+class PreAt(torch.autograd.Function):
+    """pre[rows, cols] of pre = (x - b_dec) @ W_enc + b_enc (computed dense, without a graph), with
+    the backward of those entries only: G (N, F) sparse -> dW_enc = xc^T G, db_enc = column sums of
+    G, db_dec = -W_enc db_enc (xc = x - b_dec)."""
+
+    @staticmethod
+    def forward(ctx, b_dec, W_enc, b_enc, xc, pre, pat):
+        ctx.save_for_backward(W_enc, xc)
+        ctx.pat = pat
+        return pre[pat.rows, pat.cols]
+
+    @staticmethod
+    def backward(ctx, grad_vals):
+        W_enc, xc = ctx.saved_tensors
+        pat = ctx.pat
+        grad_b_enc = torch.zeros(pat.shape[1], dtype=grad_vals.dtype).index_add_(0, pat.cols, grad_vals)
+        grad_W_enc = (csr_t(pat, grad_vals) @ xc).T                       # (d_in, F)
+        return -(W_enc @ grad_b_enc), grad_W_enc, grad_b_enc, None, None, None
+
+
+class SparseDecode(torch.autograd.Function):
+    """f @ W_dec for f given by its active values: dvals = (g W_dec^T) at the active entries
+    (sampled product), dW_dec = f^T g."""
+
+    @staticmethod
+    def forward(ctx, vals, W_dec, pat):
+        ctx.save_for_backward(vals, W_dec)
+        ctx.pat = pat
+        return csr(pat, vals) @ W_dec
+
+    @staticmethod
+    def backward(ctx, grad):
+        vals, W_dec = ctx.saved_tensors
+        pat = ctx.pat
+        grad_vals = torch.sparse.sampled_addmm(csr(pat, torch.zeros_like(vals)), grad, W_dec.T, beta=0.0).values()
+        return grad_vals, csr_t(pat, vals) @ grad, None
+
+
+def sparse_loss(sae, x, l1_coeff, dead_mask, aux_k, aux_coeff):
+    with torch.no_grad():
+        xc = x - sae.b_dec
+        pre = xc @ sae.W_enc + sae.b_enc                                    # (N, F)
+        f = sae.activate(pre)
+        pat = active_pattern(f)
+    vals = PreAt.apply(sae.b_dec, sae.W_enc, sae.b_enc, xc, pre, pat)   # f's active values (> 0: act = identity)
+    x_hat = SparseDecode.apply(vals, sae.W_dec, pat) + sae.b_dec
+    return finish_loss(sae, x, pre, f, x_hat, lambda: vals.sum() / len(x), l1_coeff, dead_mask, aux_k, aux_coeff)
 
 
 def normalize_decoder(sae):
@@ -339,13 +449,13 @@ def make_optimizer(sae, cfg):
     return torch.optim.Adam(sae.parameters(), lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]))
 
 
-def train_step(sae, opt, x, lr, l1_coeff=0.0, dead_mask=None, aux_k=0, aux_coeff=0.0):
+def train_step(sae, opt, x, lr, l1_coeff=0.0, dead_mask=None, aux_k=0, aux_coeff=0.0, sparse=False):
     """One Adam step on batch x (scaled space). Returns (loss, x_hat, f), all detached. The loss is not
     read back here (no host sync per step): the caller checks its finiteness at each log, evaluation
     and save, so a non-finite loss stops the run before anything it touched is saved."""
     for group in opt.param_groups:
         group["lr"] = lr
-    loss, _, x_hat, f = sae_loss(sae, x, l1_coeff, dead_mask, aux_k, aux_coeff)
+    loss, _, x_hat, f = sae_loss(sae, x, l1_coeff, dead_mask, aux_k, aux_coeff, sparse)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     remove_parallel_grad(sae)
@@ -406,13 +516,40 @@ def mlp_activations(model, windows, batch_size, device, skip_first=0, positions=
         else contextlib.nullcontext()
     for start in range(0, len(windows), batch_size):
         idx = torch.as_tensor(windows[start:start + batch_size]).to(device)
-        with autocast:
-            h = model.mlp_acts(idx)                                                  # (b, T, d_mlp)
         if positions is None:
+            with autocast:
+                h = model.mlp_acts(idx)                                              # (b, T, d_mlp)
             yield start, h[:, skip_first:].float()
         else:
-            p = torch.as_tensor(positions[start:start + batch_size]).to(device)     # (b, k)
-            yield start, h.gather(1, p[:, :, None].expand(-1, -1, h.size(-1))).float()
+            with autocast:
+                h = mlp_acts_at(model, idx, torch.as_tensor(positions[start:start + batch_size]).to(device))
+            yield start, h.float()                                                   # (b, k, d_mlp)
+
+
+def mlp_acts_at(model, idx, positions):
+    """model.mlp_acts(idx) at positions (b, k) only: (b, k, d_mlp). The model's own trunk
+    (Transformer._trunk, Attention.forward) with the queries, the attention output, the residual and
+    the MLP computed at the kept positions only, keys and values up to the last kept one: the
+    harvest keeps 24 of 255 positions, so most of a full forward would be thrown away."""
+    a, (b, k) = model.attn, positions.shape
+    L = int(positions.max()) + 1
+    x = model.tok_emb(idx[:, :L])                                                    # (b, L, d_model)
+    hn = model.attn_norm(x)
+    at = lambda t: t.gather(1, positions[:, :, None].expand(-1, -1, t.size(-1)))    # (b, L, c) -> (b, k, c)
+    q = a.wq(at(hn)).view(b, k, a.n_head, a.head_dim)
+    # RoPE at each query's own position: (1, H, b*k, hd) against the angles of those b*k positions
+    q = q.permute(2, 0, 1, 3).reshape(1, a.n_head, b * k, a.head_dim)
+    q = apply_rope(q, model.rope_cos[positions.reshape(-1)], model.rope_sin[positions.reshape(-1)])
+    q = q.reshape(a.n_head, b, k, a.head_dim).transpose(0, 1)                       # (b, H, k, hd)
+    keys = apply_rope(a.wk(hn).view(b, L, a.n_kv_head, a.head_dim).transpose(1, 2), model.rope_cos, model.rope_sin)
+    vals = a.wv(hn).view(b, L, a.n_kv_head, a.head_dim).transpose(1, 2)             # (b, Hkv, L, hd)
+    if a.n_kv_head != a.n_head:
+        keys = keys.repeat_interleave(a.n_head // a.n_kv_head, dim=1)
+        vals = vals.repeat_interleave(a.n_head // a.n_kv_head, dim=1)
+    causal = torch.arange(L, device=idx.device) <= positions[:, None, :, None]       # (b, 1, k, L)
+    y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=causal)              # (b, H, k, hd)
+    resid = at(x) + a.wo(y.transpose(1, 2).reshape(b, k, -1))
+    return model.mlp.hidden(model.mlp_norm(resid))
 
 
 def stream_windows(arrays, n_seq, T, g):
@@ -448,10 +585,12 @@ def eval_windows(arrays, n_seqs, seq_len):
 
 
 @torch.no_grad()
-def evaluate(model, saes, wins, skip=1, batch=16, device="cpu"):
+def evaluate(model, saes, wins, skip=1, batch=16, device="cpu", cache=None):
     """Metrics of raw-space SAEs on held-out windows (n, T+1), over positions >= skip: FVU, MSE, L0,
     dead/dense fractions and density histogram over all eval tokens, and the model's CE with the
-    reconstruction spliced in at those positions vs clean and zero-ablated, KL to the clean model."""
+    reconstruction spliced in at those positions vs clean and zero-ablated, KL to the clean model.
+    cache: a dict kept between evaluations of the same model and windows: the zero-ablation losses
+    (they do not depend on the SAEs) are computed once."""
     n_f = [s.n_features for s in saes]
     acc = [dict(sse=0.0, l0=0.0, fires=torch.zeros(n, dtype=torch.long, device=device), ce=0.0, kl=0.0) for n in n_f]
     sum_x, sum_sq, n_tok, ce_clean, ce_zero = 0.0, 0.0, 0, 0.0, 0.0
@@ -469,8 +608,13 @@ def evaluate(model, saes, wins, skip=1, batch=16, device="cpu"):
         sum_x = sum_x + x.double().sum(0)
         sum_sq += x.double().pow(2).sum().item()
         ce_clean += loss.item() * n
+        log_p = F.log_softmax(logits[:, skip:].float(), -1)          # the clean model's, shared by the SAEs' KLs
         zero = lambda h: torch.cat([h[:, :skip], torch.zeros_like(h[:, skip:])], 1)
-        ce_zero += model(inp, tgt, mlp_fn=zero)[1].item() * n
+        if cache is None or i not in cache:
+            z = model(inp, tgt, mlp_fn=zero)[1].item()
+            if cache is not None:
+                cache[i] = z
+        ce_zero += (z if cache is None else cache[i]) * n
         for sae, a in zip(saes, acc):
             x_hat, f = sae(x)
             a["sse"] += (x_hat - x).double().pow(2).sum().item()
@@ -479,7 +623,7 @@ def evaluate(model, saes, wins, skip=1, batch=16, device="cpu"):
             splice = lambda h: torch.cat([h[:, :skip], x_hat.view(B, T - skip, d).to(h.dtype)], 1)
             logits_s, loss_s = model(inp, tgt, mlp_fn=splice)
             a["ce"] += loss_s.item() * n
-            a["kl"] += kl_div(logits[:, skip:], logits_s[:, skip:]).sum().item()
+            a["kl"] += kl_div(logits[:, skip:], logits_s[:, skip:], log_p).sum().item()
     out = []
     for a in acc:
         c, s, z = ce_clean / n_tok, a["ce"] / n_tok, ce_zero / n_tok
@@ -560,7 +704,8 @@ def save_seed_file(job, run, finished):
     """One seed's raw-space SAE for users (analyze.py's load_sae), atomic; no training state."""
     raw = fold_scale(run["sae"], job.scale)
     ckpt = {"sae": {k: v.detach().cpu() for k, v in raw.state_dict().items()}, "sae_args": sae_args(run["sae"]),
-            "seed": run["seed"], "step": job.step, "total_steps": job.total_steps, "finished": finished,
+            "seed": run["seed"], "init_seed": init_seed(job.name, run["seed"]), "step": job.step,
+            "total_steps": job.total_steps, "finished": finished,
             "scale": job.scale, "config": job.cfg, "metrics": run.get("metrics", {}), **job.info,
             "provenance": provenance(job.cfg, **job.info)}
     atomic_torch_save(ckpt, job.paths[run["seed"]])
@@ -571,7 +716,7 @@ def save_state(job, runs, finished):
     previous state or this one, never seeds at different steps. --resume reads only this file."""
     seeds = {r["seed"]: {"sae": {k: v.detach().cpu() for k, v in r["sae"].state_dict().items()},
                          "sae_args": sae_args(r["sae"]), "optimizer": r["opt"].state_dict(),
-                         "last_fired": r["last_fired"].cpu(), "n_resampled": r["n_resampled"],
+                         "last_fired": r["last_fired"].cpu(), "n_resampled": r["n_resampled"], "density": r["density"],
                          "metrics": r.get("metrics", {})} for r in runs}
     state = {"step": job.step, "total_steps": job.total_steps, "finished": finished, "scale": job.scale,
              "config": job.cfg, "history": job.history, "seeds": seeds, **job.info,
@@ -654,12 +799,12 @@ def open_run(job):
         runs = resume_runs(job)
     else:
         runs = fresh_runs(job)
-    job.eval_wins = eval_windows(job.val, cfg["eval_seqs"], cfg["seq_len"])
+    job.eval_wins, job.eval_cache = eval_windows(job.val, cfg["eval_seqs"], cfg["seq_len"]), {}
     return runs
 
 
 def new_run(seed, sae, cfg, n_features, device):
-    return {"seed": seed, "sae": sae, "opt": make_optimizer(sae, cfg), "n_resampled": 0,
+    return {"seed": seed, "sae": sae, "opt": make_optimizer(sae, cfg), "n_resampled": 0, "density": 1.0,
             "last_fired": torch.zeros(n_features, dtype=torch.long, device=device)}
 
 
@@ -670,8 +815,8 @@ def fresh_runs(job):
     job.scale = math.sqrt(d_in) / job.buf.norm(dim=1).mean().item()  # E||x * scale|| = sqrt(d_in)
     b_dec = geometric_median(job.buf[:16384] * job.scale).float()
     job.step, job.history = 0, []
-    runs = [new_run(s, init_sae(d_in, job.n_features, cfg["arch"], cfg["k"], s, b_dec).to(job.device), cfg,
-                    job.n_features, job.device) for s in job.seeds]
+    runs = [new_run(s, init_sae(d_in, job.n_features, cfg["arch"], cfg["k"], init_seed(job.name, s), b_dec).to(job.device),
+                    cfg, job.n_features, job.device) for s in job.seeds]
     print(f"input scale {job.scale:.4g} (mean raw norm {math.sqrt(d_in) / job.scale:.4g}); b_dec = geometric median "
           f"of {min(len(job.buf), 16384)} activations, norm {b_dec.norm().item() / job.scale:.4g} raw")
     return runs
@@ -698,7 +843,8 @@ def resume_runs(job):
         sae.load_state_dict(ck["sae"])
         run = new_run(s, sae, cfg, job.n_features, job.device)
         run["opt"].load_state_dict(ck["optimizer"])
-        run.update(last_fired=ck["last_fired"].to(job.device), n_resampled=ck["n_resampled"], metrics=ck["metrics"])
+        run.update(last_fired=ck["last_fired"].to(job.device), n_resampled=ck["n_resampled"], metrics=ck["metrics"],
+                   density=ck.get("density", 1.0))
         runs.append(run)
     if st["finished"]:
         if outputs_current(job):
@@ -732,8 +878,9 @@ def print_plan(job):
     cfg, T = job.cfg, job.cfg["seq_len"]
     steps = job.total_steps - job.step
     sae_flops = 12 * job.d_in * job.n_features * job.B * steps * len(job.seeds)  # fwd 4dF + bwd 8dF per activation
-    harvest_flops = job.model.flops_per_token() / 3 * T * cfg["seqs_per_batch"] * steps  # forward only
+    harvest_flops = harvest_flops_per_window(job.model, T, cfg["tokens_per_seq"]) * cfg["seqs_per_batch"] * steps
     n_evals = steps // cfg["eval_interval"] + 1
+    job.flops_per_step = (sae_flops + harvest_flops) / max(steps, 1)  # for the MFU in metrics.json
     eval_flops = n_evals * cfg["eval_seqs"] * T * (job.model.flops_per_token() / 3 * (2 + len(job.seeds))
                                                    + 4 * job.d_in * job.n_features * len(job.seeds))
     print(f"plan: {steps} steps x {len(job.seeds)} SAE(s): {sae_flops:.3g} FLOP SAE training, {harvest_flops:.3g} "
@@ -741,10 +888,20 @@ def print_plan(job):
           f"{min(cfg['log_interval'], steps)} steps")
 
 
+def harvest_flops_per_window(model, T, k):
+    """Matmul FLOPs of mlp_acts_at for one window of T tokens keeping k positions: keys and values at
+    every position, queries, attention, output projection and MLP at the k kept ones."""
+    a = model.attn
+    kv = a.wk.weight.numel() + a.wv.weight.numel()
+    rest = a.wq.weight.numel() + a.wo.weight.numel() + sum(p.numel() for p in model.mlp.parameters())
+    return 2 * kv * T + k * (2 * rest + 4 * T * model.args.d_model)
+
+
 def train_loop(job, runs):
     """One harvested batch feeds every seed's SAE. Returns False when stopped by --stop_step."""
     cfg = job.cfg
     job.stats, job.t0, job.last_logged = None, time.time(), job.step
+    job.loop_start = (time.time(), job.step)
     for r in runs:  # the first step whose loss was not finite, and that loss (read back only at checks)
         r["bad_step"] = torch.tensor(-1, device=job.device)
         r["bad_loss"] = torch.tensor(0.0, device=job.device)
@@ -797,13 +954,21 @@ def train_seeds(job, runs, x):
     l1 = cfg["l1_coeff"] * min(1.0, (step + 1) / max(1.0, cfg["l1_warmup_frac"] * job.total_steps))
     for j, r in enumerate(runs):
         dead = (step - r["last_fired"]) * B >= cfg["dead_window"]
-        loss, x_hat, f = train_step(r["sae"], r["opt"], x, lr_at(job, step), l1, dead, job.aux_k, cfg["aux_coeff"])
+        # the sparse step where it pays (CPU, the last step's density below SPARSE_BELOW): the choice is
+        # a function of the saved state, so a resume makes the same choices as an uninterrupted run
+        sparse = job.device == "cpu" and r["density"] < SPARSE_BELOW and r["sae"].act.sparse_ok(dead)
+        loss, x_hat, f = train_step(r["sae"], r["opt"], x, lr_at(job, step), l1, dead, job.aux_k, cfg["aux_coeff"],
+                                    sparse)
         new_bad = (r["bad_step"] < 0) & ~torch.isfinite(loss)
         r["bad_step"] = torch.where(new_bad, step, r["bad_step"])
         r["bad_loss"] = torch.where(new_bad, loss, r["bad_loss"])
-        r["last_fired"].masked_fill_((f > 0).any(0), step + 1)
+        fired = f > 0
+        n_active = fired.sum()
+        r["last_fired"].masked_fill_(fired.any(0), step + 1)
         stats["sse"][j] += (x_hat - x).double().pow(2).sum()
-        stats["l0"][j] += (f > 0).sum()
+        stats["l0"][j] += n_active
+        if job.device == "cpu":  # reading it back costs nothing on the CPU
+            r["density"] = int(n_active) / fired.numel()
 
 
 def check_finite(job, runs):
@@ -852,7 +1017,8 @@ def run_eval(job, runs):
     check_finite(job, runs)
     with full_fp32():
         raws = [fold_scale(r["sae"], job.scale) for r in runs]
-        results = evaluate(job.model, raws, job.eval_wins, job.cfg["skip_first"], job.cfg["eval_batch"], job.device)
+        results = evaluate(job.model, raws, job.eval_wins, job.cfg["skip_first"], job.cfg["eval_batch"], job.device,
+                           job.eval_cache)
     for r, m in zip(runs, results):
         r["metrics"] = {"step": job.step, **m, "mse_scaled": m["mse"] * job.scale ** 2}
     print(f"eval step {job.step}: " + " | ".join(
@@ -885,8 +1051,12 @@ def write_metrics(job, runs):
     """metrics.json, written last: every seed of the run, with the hash of its SAE file."""
     per_seed = {str(r["seed"]): {**r["metrics"], "n_resampled": r["n_resampled"], "checkpoint": job.paths[r["seed"]],
                                  "checkpoint_sha256": sha256_file(job.paths[r["seed"]])} for r in runs}
+    mfu = None  # SAE training + harvest FLOPs (dense-equivalent) per second of this process's loop / peak; CUDA only
+    if job.device.startswith("cuda") and hasattr(job, "loop_start"):
+        seconds, steps = time.time() - job.loop_start[0], job.step - job.loop_start[1]
+        mfu = job.flops_per_step * steps / max(seconds, 1e-9) / job.cfg["peak_flops"]
     metrics = {"model": job.name, "arch": job.cfg["arch"], "d_in": job.d_in, "n_features": job.n_features,
-               "scale": job.scale, "steps": job.step, "activations": job.step * job.B, "seeds": per_seed,
+               "scale": job.scale, "steps": job.step, "activations": job.step * job.B, "mfu": mfu, "seeds": per_seed,
                "history": job.history, "provenance": provenance(job.cfg, **job.info)}
     atomic_write_json(os.path.join(job.dir, "metrics.json"), metrics)
     print(f"-> {job.dir}: " + " | ".join(f"s{s}: fvu {m['fvu']:.3f}, l0 {m['l0']:.1f}, dead {m['dead_frac']:.1%}, "

@@ -8,7 +8,8 @@ Pretraining (--domain base) and fine-tuning (--domain lua | tinystories) of the 
 
 The recipes follow DESIGN.md (the authors' released configs): pretraining AdamW lr 6e-4, cosine,
 no warmup, wd 0.1, betas (0.9, 0.999), 64 x 256 tokens a step, 3 epochs; fine-tuning lr 2e-5,
-cosine, 500 warmup steps, wd 0.01, 1 epoch. The tiny preset scales everything down for a CPU.
+cosine, 500 warmup steps (at most 10% of the run), wd 0.01, 1 epoch. The tiny preset scales everything
+down for a CPU.
 Any config key below can be overridden: --key=value (python train.py --help lists them).
 
 Reading order: main() is the algorithm; each of its steps is one function below it, in order.
@@ -52,7 +53,7 @@ config = dict(
     grad_accum=1,           # micro-steps per optimizer step
     lr=6e-4,                # peak learning rate (AdamW)
     min_lr_frac=0.0,        # cosine decays to lr * min_lr_frac (0 as in HF's cosine schedule)
-    warmup_iters=0,         # linear warmup steps
+    warmup_iters=0,         # linear warmup steps (at most 10% of the run's steps)
     weight_decay=0.1,       # AdamW decay of matrices (never of norm gains)
     epochs=3.0,             # passes over the training tokens (unless --max_iters)
     max_iters=0,            # > 0: this many steps instead of --epochs
@@ -68,7 +69,7 @@ config = dict(
     # system
     device="auto",          # auto: cuda when available, else cpu
     dtype="auto",           # auto: bfloat16 autocast on CUDA, float32 on CPU
-    compile=True,           # torch.compile on CUDA (ignored on CPU); falls back to eager if it fails
+    compile=True,           # torch.compile on CUDA (falls back to eager if it fails); not on a CPU, where it does not pay here (1.15x a step, minutes to compile)
     threads=0,              # CPU threads; 0: the cores free now
     peak_flops=989e12,      # the device's peak FLOP/s for MFU (default: H100 SXM dense bf16)
 )
@@ -245,6 +246,9 @@ def make_schedule(run):
     else:
         run.max_iters = max(1, math.ceil(cfg["epochs"] * len(run.data.train) / run.tokens_per_iter))
     cfg["max_iters_resolved"] = run.max_iters
+    # a warmup longer than the run would never reach the learning rate (the paper's fine-tune recipe
+    # warms up for 500 steps): at most 10% of the steps
+    run.warmup = min(cfg["warmup_iters"], run.max_iters // 10)
     run.optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["lr"], (cfg["beta1"], cfg["beta2"]),
                                               env.device_type)
     run.gen = torch.Generator().manual_seed(cfg["seed"] + env.rank)  # the data order, saved for exact resumes
@@ -260,7 +264,7 @@ def make_schedule(run):
 
 
 def lr_at(run, it):
-    return lr_schedule(it, run.cfg["lr"], run.cfg["warmup_iters"], run.max_iters, run.cfg["min_lr_frac"])
+    return lr_schedule(it, run.cfg["lr"], run.warmup, run.max_iters, run.cfg["min_lr_frac"])
 
 
 def print_plan(run):
@@ -277,7 +281,10 @@ def print_plan(run):
           f"{margs.n_kv_head}, d_mlp {margs.d_mlp} ({margs.mlp}), vocab {margs.vocab_size}, block {run.block}")
     print(f"data: {len(run.data.train):,} train / {len(run.data.val[cfg['domain']]):,} val tokens; {run.tokens_per_iter:,} tokens a step, "
           f"{run.max_iters} steps = {run.max_iters * run.tokens_per_iter / max(1, len(run.data.train)):.2f} epochs; "
-          f"lr {cfg['lr']:g}, warmup {cfg['warmup_iters']}, wd {cfg['weight_decay']:g}")
+          f"AdamW lr {cfg['lr']:g}, wd {cfg['weight_decay']:g}, betas ({cfg['beta1']}, {cfg['beta2']})")
+    capped = f" (--warmup_iters {cfg['warmup_iters']} capped at 10% of the steps)" if run.warmup < cfg["warmup_iters"] else ""
+    print(f"schedule: linear warmup over {run.warmup} steps{capped} to lr {cfg['lr']:g}, then cosine down to "
+          f"{cfg['lr'] * cfg['min_lr_frac']:g} at step {run.max_iters}")
     steps = run.max_iters - run.iter_num
     tokens = steps * run.tokens_per_iter
     print(f"plan: {steps} steps from iter {run.iter_num}, {tokens:,} tokens, "
@@ -388,6 +395,9 @@ def start_loop(run):
         if env.master:
             print("compiling the model (torch.compile)...")
         run.model = compile_or_eager(run.raw_model, x, y, env.autocast, run.optimizer)
+    # compiled before DDP wraps it (as nanoGPT orders them), but traced outside DDP by the trial step, so
+    # dynamo does not split the graph at DDP's buckets: with one layer (a bucket or two of gradients)
+    # that lost overlap of communication and compute is small
     if env.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         run.model = DDP(run.model, device_ids=[int(env.device.split(":")[1])])
@@ -453,7 +463,7 @@ def log_step(run, dt):
 
 def evaluate_and_save(run):
     """Check the steps since the last check were finite, evaluate, record the loss curve, checkpoint."""
-    cfg, dom = run.cfg, run.cfg["domain"]
+    dom = run.cfg["domain"]
     run.guard.check(run.iter_num, run.env.ddp, run.ckpt_path)
     val_losses = evaluate(run, [dom])
     run.best_val = min(run.best_val, val_losses[dom])
@@ -475,9 +485,12 @@ def finish(run):
     elapsed = time.time() - run.t_start
     save(run, val_losses, finished=True)
     if env.master:
+        tps = run.tokens_run / max(elapsed, 1e-9)  # evaluations included
+        mfu = run.raw_model.flops_per_token() * tps / env.world / cfg["peak_flops"] if env.device_type == "cuda" else None
         metrics = {"name": run.name, "domain": cfg["domain"], "iters": run.iter_num, "val_loss": val_losses,
                    "history": run.history, "tokens_per_step": run.tokens_per_iter, "tokens_this_run": run.tokens_run,
-                   "seconds_this_run": round(elapsed, 2), "tokens_per_s": round(run.tokens_run / max(elapsed, 1e-9)),
+                   "seconds_this_run": round(elapsed, 2), "tokens_per_s": round(tps),
+                   "mfu": mfu,  # fraction of --peak_flops over the run; None on a CPU (a GPU peak means nothing there)
                    "params": run.raw_model.num_params(), "checkpoint": run.ckpt_path,
                    "checkpoint_sha256": sha256_file(run.ckpt_path), "data_source": run.data.meta.get("source"),
                    "provenance": provenance(cfg, tokenizer_hash=run.data.tok_hash, parents=run.parents,

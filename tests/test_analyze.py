@@ -20,8 +20,8 @@ from common import atomic_torch_save, atomic_write_json, sha256_file
 from model import ModelArgs, Transformer, save_checkpoint
 
 
-def corr(x, y, chunk, mm_dtype=torch.float64):
-    acc = analyze.CorrAccumulator(x.shape[1], y.shape[1], mm_dtype=mm_dtype)
+def corr(x, y, chunk, mm_dtype=torch.float64, sparse=False):
+    acc = analyze.CorrAccumulator(x.shape[1], y.shape[1], mm_dtype=mm_dtype, sparse=sparse)
     for i in range(0, len(x), chunk):
         acc.update(torch.as_tensor(x[i:i + chunk]), torch.as_tensor(y[i:i + chunk]))
     return acc.finalize().numpy()
@@ -54,6 +54,38 @@ def test_shift_keeps_float32_exact_for_features_far_from_zero():
     want = np.corrcoef(x.T, y.T)[:3, 3:]
     got = corr(x.astype(np.float32), y.astype(np.float32), 256, torch.float32)
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_float32_is_precise_when_a_sparse_feature_fires_hard_on_the_first_row():
+    """A sparse feature's first value 30 SD above its mean: shifting by the first row (the old rule) made
+    every other value an outlier and float32 sums cancelled (r off by ~1e-3); the median shift keeps
+    float32 within 1e-5 of the exact answer."""
+    rng = np.random.default_rng(6)
+    n = 20000
+    x = sparse_feats(rng, n, 6, density=0.02)
+    y = np.concatenate([x[:, :3] + 0.05 * sparse_feats(rng, n, 3, 0.02), sparse_feats(rng, n, 3, 0.02)], 1)
+    x[0], y[0] = 40.0, 40.0                                                    # outliers on the first token
+    want = np.corrcoef(x.T, y.T)[:6, 6:]
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    for sparse in (False, True):
+        got = corr(x32, y32, 512, torch.float32, sparse=sparse)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    first_row = analyze.CorrAccumulator(6, 6, mm_dtype=torch.float32, warmup=1)     # shift = the first row, as before
+    for i in range(0, n, 512):
+        first_row.cx, first_row.cy = torch.as_tensor(x32[0]), torch.as_tensor(y32[0])
+        first_row.shift_x = first_row.shift_y = True
+        first_row._add(torch.as_tensor(x32[i:i + 512]), torch.as_tensor(y32[i:i + 512]))
+    assert np.abs(first_row.finalize().numpy() - want).max() > 1e-4                 # the defect this fixes
+
+
+def test_sparse_products_equal_the_dense_reference(monkeypatch):
+    monkeypatch.setattr(analyze, "PAIR_ROWS", 7)                              # many blocks of co-active pairs
+    rng = np.random.default_rng(7)
+    x = np.concatenate([sparse_feats(rng, 900, 40, 0.02), 5 + rng.normal(size=(900, 2))], 1)   # two dense features
+    y = np.concatenate([x[:, :10] * 2 + sparse_feats(rng, 900, 10, 0.01), sparse_feats(rng, 900, 30, 0.05)], 1)
+    for chunk in (1, 100, 900):
+        np.testing.assert_allclose(corr(x, y, chunk, sparse=True), corr(x, y, chunk, sparse=False), atol=1e-12)
+    np.testing.assert_allclose(corr(x, y, 128, sparse=True), np.corrcoef(x.T, y.T)[:42, 42:], atol=1e-10)
 
 
 def test_constant_and_dead_features_have_r_zero_not_nan():
@@ -328,15 +360,45 @@ def test_end_to_end_results_and_report(study):
     assert set(disk["provenance"]["saes"]["base"]) == {"s0", "s1"} and disk["provenance"]["token_set_seed"] == 0
     # the report: offline, escaped, labelled as a smoke-scale demo, with every section
     page = open(os.path.join(out_dir, "analysis", "report.html"), encoding="utf-8").read()
-    assert "://" not in page and not re.search(r"\bsrc\s*=", page) and "@import" not in page
+    assert not re.search(r"\b(src|href|action)\s*=\s*[\"']?(https?:|//)", page) and not re.search(r"\bsrc\s*=", page)
+    assert "@import" not in page and "url(" not in page and "fetch(" not in page      # offline: loads nothing
     assert "Smoke-scale demo" in page and "base-&gt;lua" in page and "Merge sweep" in page
     assert page.count("<svg") >= 1 + 5 + 3 + 1                                     # flow, 5 + 3 histograms, sweep
     blob = page.split('id="data">')[1].split("</script>")[0]
     assert "<" not in blob and ">" not in blob
-    data = json.loads(blob)
+    data = json.load(open(os.path.join(out_dir, "analysis", "pages.json")))
     assert data["pages"] and all(len(p["top"]) <= 8 for p in data["pages"].values())
-    key = data["sel"][0]["persisting"][0]
-    assert data["pages"][key]["trail"] and len(data["pages"][key]["pos"]) == 10
+    m, i = disk["selection"]["base->lua"]["persisting"][0]
+    assert data["pages"][f"{m}/{i}"]["trail"] and len(data["pages"][f"{m}/{i}"]["pos"]) == 10
+    # stability curves, one-to-one rates and density bands for every edge and null
+    for group in (disk["edges"], disk["null"]):
+        for name, e in group.items():
+            st = e["stability"]
+            assert st["thresholds"] == analyze.THRESHOLDS and len(st["parent"]) == len(st["thresholds"])
+            for curve in ("parent", "child", "parent_weighted", "child_weighted", "one_to_one_r", "one_to_one_cos"):
+                assert all(0 <= v <= 1 for v in st[curve]) and (np.diff(st[curve]) <= 1e-12).all()   # falls with t
+            at = st["thresholds"].index(0.8)
+            assert st["parent"][at] == pytest.approx(e["persisting_frac"], abs=1e-5)
+            bands = e["density_bands"]
+            assert sum(b["parent_live"] for b in bands.values()) == e["counts"]["parent_live"]
+            assert sum(b["persisting"] for b in bands.values()) == e["counts"]["persisting"]
+    assert e["stability"]["cos_rule"]["cos"] == 0.7
+    ebl = disk["edges"]["base->lua"]                          # lua is base: everything matched at every cut
+    assert ebl["stability"]["parent"] == [1.0] * 10 and ebl["stability"]["one_to_one_cos"][-1] == 1.0
+    assert ebl["stability"]["vs_null"]["null"] == "base" and len(ebl["stability"]["vs_null"]["ratio"]) == 10
+    # examples: distinct per edge, with a reason each, and every one has contexts and a histogram
+    seen = set()
+    for name, s in disk["selection"].items():
+        for cat, picks in s.items():
+            for (m, i), why in zip(picks, disk["selection_reasons"][name][cat]):
+                assert (m, i) not in seen and "density group" in why and "threshold" in why
+                seen.add((m, i))
+                p = data["pages"][f"{m}/{i}"]
+                assert p["top"] and sum(p["hist"]["counts"]) > 0 and any(q["ctx"] for q in p["intervals"])
+    for p in data["pages"].values():                          # each interval's contexts: drawn from inside it
+        for q in p["intervals"]:
+            for ids, acts, k in q["ctx"]:
+                assert len(ids) == len(acts) == 12 and q["lo"] * 0.99 - 1e-6 <= acts[k] <= q["hi"] * 1.01 + 1e-6
 
 
 def test_report_rerenders_alone_from_the_saved_files(study, tmp_path):
@@ -354,24 +416,50 @@ def test_report_rerenders_alone_from_the_saved_files(study, tmp_path):
         report.main([f"--out_dir={tmp_path / 'nothing'}"])
 
 
-def test_the_report_shows_the_status_python_gave_not_one_recomputed_from_r(study, tmp_path):
-    """Each feature's status per edge is classify()'s, saved in pages.json; the page shows it as saved (the
-    JavaScript never compares r with the threshold), so an edited status is what the page carries."""
+def test_each_features_status_is_saved_by_python_and_agrees_with_the_counts(study):
+    """Each feature's status per edge is classify()'s, saved in results.json (one letter per feature): the
+    report shows it as saved and never re-derives it from r."""
     _, out_dir, _ = study
     res = json.load(open(os.path.join(out_dir, "analysis", "results.json")))
-    pages = json.load(open(os.path.join(out_dir, "analysis", "pages.json")))
+    assert res["status_legend"] == {"p": "persists", "d": "disappears", "m": "matched", "e": "emerges", "x": "dead"}
     for name, e in res["edges"].items():
-        st = pages["status"][name]
+        st = e["status"]
         dens = np.array(res["density"][e["parent"]])
         assert [s == "x" for s in st["parent"]] == (dens == 0).tolist()
         assert st["parent"].count("p") == e["counts"]["persisting"] and st["parent"].count("d") == e["counts"]["disappearing"]
         assert st["child"].count("e") == e["counts"]["emerging"] and st["child"].count("m") == e["counts"]["child_matched"]
-    pages["status"]["base->lua"]["parent"] = "d" * len(pages["status"]["base->lua"]["parent"])
-    page = report.render_report(res, pages, None)
-    blob = json.loads(page.split('id="data">')[1].split("</script>")[0])
-    edge = next(e for e in blob["edges"] if e["name"] == "base->lua")
-    assert set(edge["ps"]) == {"d"} and blob["status_name"]["d"] == "disappears"
-    assert "D.thr" not in page and ">=D." not in page
+        r = np.array(e["parent_best"]["r"])                                 # plain rounding now: no `_r` round-down
+        assert ((r >= res["threshold"]) == np.array([s == "p" for s in st["parent"]])).sum() >= len(r) - 2
+
+
+def test_pairs_streamed_in_several_passes_give_the_same_results(study, tmp_path, monkeypatch):
+    """When the sums do not fit the memory budget, the pairs are streamed one group per pass (the feature
+    statistics in the first): the same results as one pass."""
+    import shutil
+    data_dir, out_dir, _ = study
+    one = json.load(open(os.path.join(out_dir, "analysis", "results.json")))
+    out2 = str(tmp_path / "out")
+    shutil.copytree(out_dir, out2)
+    monkeypatch.setattr(analyze, "plan_groups", lambda cfg, study, device: ([[p] for p in study.pairs], 0))
+    many = run(data_dir, out2)
+    assert many["stream_passes"] == len(one["edges"]) + len(one["null"]) > 1
+    for group in ("edges", "null"):
+        for name, e in one[group].items():
+            for k in ("counts", "parent_best", "child_best", "stability", "density_bands", "status"):
+                assert many[group][name][k] == e[k], (name, k)
+    assert many["density"] == one["density"] and many["selection"] == one["selection"]
+
+
+def test_a_third_sae_seed_gives_the_null_a_seed_to_seed_spread(tmp_path):
+    data_dir, out_dir = make_study(str(tmp_path), null_models=("base",))
+    ck = torch.load(os.path.join(out_dir, "base", "ckpt.pt"), weights_only=False)
+    write_sae(out_dir, "base", 2, ck, saelib.init_sae(ARGS.d_mlp, N_FEAT, "relu", 0, 12))
+    res = run(data_dir, out_dir, "--models=base,lua")
+    spread, null = res["null_spread"]["base"], res["null"]["base"]["stability"]["parent"]
+    assert spread["seed_pairs"] == 3 and set(res["null_spread"]) == {"base"} and set(res["null"]) == {"base"}
+    assert all(lo <= v <= hi for lo, v, hi in zip(spread["min"], null, spread["max"]))
+    assert res["edges"]["base->lua"]["stability"]["vs_null"]["spread"] == spread
+    assert set(res["provenance"]["saes"]["base"]) == {"s0", "s1", "s2"}
 
 
 def test_printed_edge_table(tmp_path, capsys):
@@ -497,3 +585,79 @@ def test_val_data_of_another_tokenizer_is_a_one_line_error(tmp_path):
     atomic_write_json(meta_path, {**meta, "tokenizer_hash": "0123456789abcdef"})
     with pytest.raises(SystemExit, match=r"data/lua was prepared with tokenizer 0123456789abcdef.*pass the --data_dir"):
         run(data_dir, out_dir)
+
+
+# -----------------------------------------------------------------------------
+# one-to-one matching: the Hungarian method
+
+def test_linear_sum_assignment_equals_brute_force():
+    import itertools
+    rng = np.random.default_rng(8)
+    for n, m in [(1, 1), (3, 3), (4, 6), (6, 4), (5, 5), (2, 7)]:
+        for _ in range(5):
+            cost = rng.normal(size=(n, m))
+            rows, cols = analyze.linear_sum_assignment(cost)
+            assert len(rows) == min(n, m) and len(set(cols)) == len(cols) and len(set(rows)) == len(rows)
+            if n <= m:
+                best = min(sum(cost[i, p[i]] for i in range(n)) for p in itertools.permutations(range(m), n))
+            else:
+                best = min(sum(cost[p[j], j] for j in range(m)) for p in itertools.permutations(range(n), m))
+            assert cost[rows, cols].sum() == pytest.approx(best)
+
+
+def test_max_weight_matching_beats_greedy_where_greedy_is_wrong():
+    # greedy takes (0, 0) = 0.9 and is left with (1, 1) = 0.1; the best matching is (0, 1) + (1, 0) = 1.6
+    pairs = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [5, 7]])
+    w = np.array([0.9, 0.8, 0.8, 0.1, 0.6])
+    got, gw, n_greedy = analyze.max_weight_matching(pairs, w, 6)
+    assert sorted(map(tuple, got.tolist())) == [(0, 1), (1, 0), (5, 7)] and gw.sum() == pytest.approx(2.2)
+    assert n_greedy == 0 and (np.diff(gw) <= 0).all()
+    rng = np.random.default_rng(9)                                     # never worse than greedy, always one-to-one
+    for _ in range(10):
+        r = rng.random((25, 20))
+        c = cls_from(r, thr=0.75)
+        got, gw, _ = analyze.max_weight_matching(c["pairs"], c["pair_r"], 25)
+        greedy, greedy_w = analyze.greedy_matching(c["pairs"], c["pair_r"])
+        assert len(set(got[:, 0])) == len(got) == len(set(got[:, 1])) and gw.sum() >= greedy_w.sum() - 1e-12
+
+
+# -----------------------------------------------------------------------------
+# device memory: the plan made before the long pass
+
+def paper_like_study(n_features=16384, d_mlp=1024, block_size=256):
+    """A Study with the paper preset's shapes, its weights on the meta device (sizes without memory)."""
+    models = ["base", "lua", "tinystories", "luastories"]
+    net = {m: torch.nn.Linear(d_mlp, 32000 * 1024 // d_mlp, bias=False, device="meta") for m in models}
+    sae = {}
+    for m in models:
+        for seed in (0, 1):
+            s = torch.nn.Module()
+            s.W_enc = torch.nn.Parameter(torch.empty(d_mlp, n_features, device="meta"))
+            s.W_dec = torch.nn.Parameter(torch.empty(n_features, d_mlp, device="meta"))
+            s.n_features = n_features
+            sae[(m, seed)] = s
+    edges = [(f"{p}->{c}", p, c) for p, c in analyze.EDGES]
+    pairs = [(n, (p, 0), (c, 0)) for n, p, c in edges] + [(m, (m, 0), (m, 1)) for m in models]
+    return analyze.Study(models, edges, net, sae, {}, models, [], [], pairs, d_mlp, block_size, "tok")
+
+
+def test_the_paper_preset_is_planned_under_8_gb_and_an_impossible_plan_is_one_line(monkeypatch):
+    study = paper_like_study()
+    cfg = dict(analyze.config, **analyze.PRESETS["paper"])
+    monkeypatch.setattr(analyze, "device_free_bytes", lambda device: 80 * 2 ** 30)     # an 80 GB card
+    groups, need = analyze.plan_groups(cfg, study, "cuda")
+    assert need <= 8 * 2 ** 30 and sum(len(g) for g in groups) == len(study.pairs) == 9
+    f = 16384
+    assert need >= 8 * f * f + 10 * f * f                        # one pair's float64 sums + classify's temporaries
+    one = analyze.memory_need([(f, f)], 16 * 255, 1024, 4, [f] * 8, 0)
+    two = analyze.memory_need([(f, f), (f, f)], 16 * 255, 1024, 4, [f] * 8, 0)
+    assert two - one >= 8 * f * f                                                       # a second pair's sums at least
+    groups, _ = analyze.plan_groups(dict(cfg, memory_gb=0), study, "cuda")             # the whole card: one pass
+    assert len(groups) == 1
+    monkeypatch.setattr(analyze, "device_free_bytes", lambda device: 6 * 2 ** 30)      # a 6 GB card
+    with pytest.raises(SystemExit, match=r"needs \d+\.\d GB of cuda memory for one pair of SAEs, more than 6\.0 GB free "
+                                         r"on cuda; use a smaller --batch_size.*--device cpu"):
+        analyze.plan_groups(cfg, study, "cuda")
+    monkeypatch.setattr(analyze, "device_free_bytes", lambda device: 80 * 2 ** 30)
+    with pytest.raises(SystemExit, match=r"more than --memory_gb 2"):
+        analyze.plan_groups(dict(cfg, memory_gb=2.0), study, "cuda")

@@ -187,6 +187,12 @@ CASES = [
     ("sae-unknown-model", [SAE_RUN, "--model=gpt5", D, O, "--preset=tiny", *SAE], None, r"gpt5"),
     ("sae-resume-changed-lr", [SAE_RUN, "--model=lua", D, O, "--preset=tiny", *SAE[:8], "--lr=0.1", *SAE[9:],
                                "--resume"], None, r"other settings|lr"),
+    ("sae-seeds-twice", [SAE_RUN, "--model=base", D, FRESH, "--preset=tiny", *SAE, "--seeds=0,0"], None, r"seeds"),
+    ("sae-expansion-0", [SAE_RUN, "--model=base", D, FRESH, "--preset=tiny", *SAE, "--expansion=0"], None,
+     r"expansion"),
+    ("sae-arch-unknown", [SAE_RUN, "--model=base", D, FRESH, "--preset=tiny", *SAE, "--arch=gelu"], None, r"arch"),
+    ("sae-seq-len-too-long", [SAE_RUN, "--model=tinystories", D, O, "--preset=tiny", *SAE, "--seq_len=999"], None,
+     r"seq_len|block_size"),
     # merge.py
     ("merge-unrelated", [MERGE, D, O, "--preset=tiny", "--a=lua", "--b=other", "--out=mixed"], None,
      r"common parent|unrelated"),
@@ -195,6 +201,8 @@ CASES = [
     ("merge-t-nan", [MERGE, D, O, "--preset=tiny", "--t=nan", "--out=m2"], None, r"--t|\bt\b"),
     ("merge-missing-model", [MERGE, D, O, "--preset=tiny", "--b=nosuch", "--out=m2"], None, r"nosuch"),
     ("merge-unknown-option", [MERGE, D, O, "--preset=tiny", "--alpha=0.5"], None, r"unknown option --alpha"),
+    ("merge-bad-t-rules", [MERGE, D, O, "--preset=tiny", "--t_rules=attn:0.3", "--out=m2"], None, r"t_rules"),
+    ("merge-t-rules-above-1", [MERGE, D, O, "--preset=tiny", "--t_rules=attn=2", "--out=m2"], None, r"t_rules|\[0, 1\]"),
     # data.py
     ("data-val_frac-1.5", ["data.py", "--domain=all", "--data_dir={ws}/newdata", "--threads=0", "--val_frac=1.5"],
      None, r"val_frac"),
@@ -202,12 +210,19 @@ CASES = [
     ("data-unknown-source", ["data.py", "--domain=all", "--source=ftp", "--data_dir={ws}/newdata"], None, r"source"),
     ("data-not-utf8", ["data.py", "--domain=all", "--source=local:{ws}/corpus", "--data_dir={ws}/newdata",
                        "--vocab_size=300"], bad_corpus, r"babylm.train\.txt.*UTF-8|UTF-8.*babylm.train\.txt"),
+    ("data-vocab-below-bytes", ["data.py", "--domain=all", "--data_dir={ws}/newdata", "--vocab_size=100"], None,
+     r"vocab_size"),
     # analyze.py
     ("analyze-threshold-1.5", ["analyze.py", D, O, "--preset=tiny", *ANALYZE, "--threshold=1.5"], None, r"threshold"),
     ("analyze-unknown-model", ["analyze.py", D, O, "--preset=tiny", *ANALYZE[1:], "--models=base,gpt5"], None,
      r"gpt5"),
     ("analyze-explain-failing", ["analyze.py", D, O, "--preset=tiny", *ANALYZE, "--explain",
                                  "--api_base={llm}"], None, r"explain.*HTTP 400|HTTP 400.*explain"),
+    ("analyze-threshold-nan", ["analyze.py", D, O, "--preset=tiny", *ANALYZE, "--threshold=nan"], None, r"threshold"),
+    ("analyze-n_tokens-0", ["analyze.py", D, O, "--preset=tiny", *ANALYZE[:2], "--n_tokens=0", *ANALYZE[3:]], None,
+     r"n_tokens"),
+    ("analyze-no-sae", ["analyze.py", D, O, "--preset=tiny", "--models=base,tinystories",
+                        "--domains=base,tinystories", *ANALYZE[2:]], None, r"sae|SAE"),
     # explain.py
     ("explain-read_timeout-0", ["explain.py", "--features_json={ws}/f.json", "--read_timeout=0"], None, r"read_timeout"),
     ("explain-max_failures-0", ["explain.py", "--features_json={ws}/f.json", "--max_failures=0"], None, r"max_failures"),
@@ -216,6 +231,7 @@ CASES = [
     ("explain-bad-format", ["explain.py", "--features_json={ws}/f.json", "--explain_format=xml"], None,
      r"explain_format"),
     ("explain-no-features-file", ["explain.py", "--features_json={ws}/nosuch.json"], None, r"nosuch\.json"),
+    ("explain-features-not-json", ["explain.py", "--features_json={ws}/data/base/train.bin"], None, r"train\.bin"),
 ]
 
 

@@ -312,7 +312,7 @@ class Hub:
     with status 200), 'bad_range' (206 with a Content-Range that is not the one asked for)."""
 
     def __init__(self):
-        self.repos, self.gated, self.plan, self.log = {}, set(), {}, []
+        self.repos, self.gated, self.plan, self.log, self.page_size = {}, set(), {}, [], None
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -334,9 +334,14 @@ class Hub:
                 kind, repo, rest = route
                 if kind == "revision":
                     return self.reply(200, json.dumps({"id": repo, "sha": SHAS[repo]}).encode())
-                if kind == "tree":
+                if kind == "tree":  # paged like the hub's: Link: <...&cursor=N>; rel="next"
                     files = [{"type": "file", "path": p, "size": len(b), "oid": "x"} for p, b in hub.repos[repo].items()]
-                    return self.reply(200, json.dumps([{"type": "directory", "path": "data"}] + files).encode())
+                    entries = [{"type": "directory", "path": "data"}] + files
+                    at = int(re.search(r"cursor=(\d+)", self.path).group(1)) if "cursor=" in self.path else 0
+                    size = hub.page_size or len(entries)
+                    more = {"Link": f'<{hub.url}{self.path.split("&cursor=")[0]}&cursor={at + size}>; rel="next"'} \
+                        if at + size < len(entries) else {}
+                    return self.reply(200, json.dumps(entries[at:at + size]).encode(), more)
                 if kind == "resolve":
                     if repo in hub.gated:
                         return self.reply(403 if self.headers.get("Authorization") else 401, b"")
@@ -442,6 +447,7 @@ def decoded_docs(d, domain, split):
 
 def test_hf_source_end_to_end(hub, tmp_path, monkeypatch, capsys):
     want = serve_datasets(hub)
+    hub.page_size = 2  # the file lists come in pages of two entries
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     d = str(tmp_path / "d")
     data.main(HF_ARGS + ["--data_dir", d])
@@ -453,6 +459,8 @@ def test_hf_source_end_to_end(hub, tmp_path, monkeypatch, capsys):
     assert data.read_meta(d, "tinystories")["revision"] == TS_SHA and data.read_meta(d, "tinystories")["pinned"]
     assert open(os.path.join(d, "raw", "hf", "nilq", "baby-python", "REVISION")).read().strip() == SHAS["nilq/baby-python"]
     assert not any("TinyStories/revision" in p for p, _ in hub.log)  # pinned: never asked
+    assert len([p for p, _ in hub.log if "/small-lua-stack/tree/" in p]) == 1  # 1 file + 1 folder: one page
+    assert len([p for p, _ in hub.log if "/baby-python/tree/" in p]) == 3  # 4 files + 1 folder: three pages
     assert not any(p.endswith(".txt") for p, _ in hub.log)  # only the parquet files of the splits
     assert all(h.get("Authorization") == "Bearer hf_test" for p, h in hub.log if "/resolve/" in p)
     # base: the two sides matched by words, every document's tokens copied from babylm / python
@@ -531,6 +539,26 @@ def test_html_error_page_is_rejected_and_deleted(hub, tmp_path):
     assert decoded_docs(d, "tinystories", "val") == want["tinystories"]["val"]
 
 
+def test_dataset_without_parquet_files_is_one_line(hub, tmp_path):
+    serve_datasets(hub)
+    hub.repos["roneneldan/TinyStories"] = {"TinyStoriesV2-GPT4-train.txt": b"x"}  # another layout at that commit
+    with pytest.raises(SystemExit) as e:
+        data.main(HF_ARGS + ["--domain", "tinystories", "--data_dir", str(tmp_path), "--vocab_size", "300"])
+    msg = one_line_error(e)
+    assert "roneneldan/TinyStories" in msg and TS_SHA in msg and "no parquet files" in msg and "PINNED" in msg
+
+
+def test_unknown_type_values_are_one_line(hub, tmp_path):
+    serve_datasets(hub)
+    rows = {"content": ["some prose here"] * 30 + ["def f():\n    pass"] * 30, "type": ["prose"] * 30 + ["code"] * 30}
+    hub.repos["nilq/baby-python"] = {"data/train-00000-of-00001.parquet": parquet_bytes(rows),
+                                     "data/validation-00000-of-00001.parquet": parquet_bytes(rows)}
+    with pytest.raises(SystemExit) as e:
+        data.main(HF_ARGS + ["--domain", "lua", "--data_dir", str(tmp_path), "--vocab_size", "300"])
+    msg = one_line_error(e)
+    assert "no train rows for python" in msg and "'code'" in msg and "'prose'" in msg and "type_domain" in msg
+
+
 @pytest.mark.parametrize("token", [None, "hf_nope"])
 def test_gated_file_is_one_line_naming_hf_token(hub, tmp_path, monkeypatch, token):
     serve_datasets(hub)
@@ -594,6 +622,21 @@ def test_core_path_never_imports_pyarrow_or_requests(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=os.path.dirname(data.__file__),
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_bpe_mb_trains_on_a_hash_chosen_sample(tmp_path, capsys):
+    """--bpe_mb bounds the tokenizer trainer's input (its memory grows with the distinct chunks it sees)."""
+    args = ["--domain", "lua", "--vocab_size", "300", "--sample_kb", "40", "--threads", "1"]
+    data.main(args + ["--data_dir", str(tmp_path / "all"), "--bpe_mb", "0"])
+    capsys.readouterr()
+    data.main(args + ["--data_dir", str(tmp_path / "some"), "--bpe_mb", "0.02"])
+    out = capsys.readouterr().out
+    assert re.search(r"training a 300-token byte-level BPE on a hash-chosen \d+\.\d% of the base mix", out)
+    some = data.read_json(str(tmp_path / "some" / "tokenizer" / "tokenizer.json"))
+    assert "sample by document hash" in some["trained_on"] and some["spec"]["bpe_mb"] == 0.02
+    assert some["hash"] != data.tokenizer_hash(str(tmp_path / "all"))
+    data.main(args + ["--data_dir", str(tmp_path / "again"), "--bpe_mb", "0.02"])  # the same sample every time
+    assert data.tokenizer_hash(str(tmp_path / "again")) == some["hash"]
 
 
 def test_paper_preset_warns_loudly_when_a_domain_is_small(tmp_path, capsys):
@@ -719,6 +762,19 @@ def test_missing_rank_file_is_one_line_and_rebuilt(small_built, capsys):
     capsys.readouterr()
     data.main(["--domain", "lua", "--data_dir", small_built, "--vocab_size", "300", "--sample_kb", "20"])
     assert "retraining" in capsys.readouterr().out and data.load_tokenizer(small_built).n_vocab == 300
+
+
+def test_damaged_tokenizer_json_is_one_line_and_rebuilt(small_built, capsys):
+    th = data.tokenizer_hash(small_built)
+    open(os.path.join(small_built, "tokenizer", "tokenizer.json"), "w").write('{"name": "bpe300", "vocab')
+    with pytest.raises(SystemExit) as e:
+        data.load_tokenizer(small_built)
+    assert "tokenizer.json is damaged" in one_line_error(e)
+    capsys.readouterr()
+    data.main(["--domain", "lua", "--data_dir", small_built, "--vocab_size", "300", "--sample_kb", "20"])
+    out = capsys.readouterr().out
+    assert "tokenizer.json is damaged; retraining" in out and "is up to date" in out  # same tokenizer: no re-encoding
+    assert data.tokenizer_hash(small_built) == th
 
 
 def test_non_utf8_local_corpus_names_file_and_offset(tmp_path):

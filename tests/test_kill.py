@@ -17,9 +17,9 @@ import torch
 V = 64
 MODEL = ["--preset=tiny", "--block_size=16", "--d_model=32", "--n_head=4", "--n_kv_head=2", "--d_mlp=64",
          "--batch_size=8", "--log_interval=50", "--eval_iters=2", "--warmup_iters=2", "--lr=3e-3", "--threads=1"]
-TRAIN = ["--domain=base", "--max_iters=300", "--eval_interval=10", *MODEL]
+TRAIN = ["--domain=base", "--max_iters=150", "--eval_interval=10", *MODEL]
 SAE = ["--preset=tiny", "--model=base", "--expansion=2", "--seqs_per_batch=8", "--tokens_per_seq=4",
-       "--total_acts=9600", "--buffer_batches=4", "--harvest_batch=16", "--eval_seqs=8", "--eval_batch=8",
+       "--total_acts=4800", "--buffer_batches=4", "--harvest_batch=16", "--eval_seqs=8", "--eval_batch=8",
        "--lr=3e-3", "--log_interval=50", "--eval_interval=1000", "--ckpt_interval=10", "--dead_window=64",
        "--resample_every=30", "--device=cpu", "--threads=1"]
 
@@ -95,7 +95,7 @@ def test_train_killed_mid_run_resumes_bit_identical(data, tmp_path):
     assert killed, "the run ended before its first checkpoint; make it longer"
     check_loadable(os.path.join(out, "split"))
     ck = torch.load(ckpt, weights_only=False)
-    assert not ck["finished"] and 0 < ck["iter_num"] < 300
+    assert not ck["finished"] and 0 < ck["iter_num"] < 150
     # a save the kill interrupted leaves a temp file: the next run must remove it
     stale = os.path.join(out, "split", ".ckpt.pt.deadbeef.tmp")
     with open(stale, "wb") as f:
@@ -104,7 +104,7 @@ def test_train_killed_mid_run_resumes_bit_identical(data, tmp_path):
     assert leftovers(out) == []
     a = torch.load(os.path.join(out, "straight", "ckpt.pt"), weights_only=False)
     b = torch.load(ckpt, weights_only=False)
-    assert b["finished"] and b["iter_num"] == a["iter_num"] == 300
+    assert b["finished"] and b["iter_num"] == a["iter_num"] == 150
     same_state(a["model"], b["model"])
 
 

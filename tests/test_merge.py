@@ -381,3 +381,17 @@ def test_too_little_disk_space_is_refused_before_merging(world, monkeypatch):
     with pytest.raises(SystemExit, match="merge.py's output needs about .* MB .* but only 0 MB are free"):
         run(world)
     assert not os.path.exists(os.path.join(world[1], "luastories", "ckpt.pt"))
+
+
+def test_cos_of_large_nearly_colinear_tensors_matches_float64():
+    # issue 11: on a 32,000 x 512 pair (the paper's embedding / LM head) float32 reductions gave cos 1.0012
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(32000, 512, generator=g)
+    b = a + 0.01 * torch.randn(32000, 512, generator=g)       # a fine-tune: nearly colinear
+    A, B = a.numpy().astype(np.float64).ravel(), b.numpy().astype(np.float64).ravel()
+    na, nb = np.sqrt(A @ A), np.sqrt(B @ B)
+    ref = float(A @ B / (na * nb))                            # independent float64 reference
+    _, info = merge.slerp(a, b, 0.5)
+    assert abs(info["cos"] - ref) < 1e-9
+    assert info["norm_a"] == pytest.approx(na, rel=1e-12) and info["norm_b"] == pytest.approx(nb, rel=1e-12)
+    assert info["angle_deg"] == pytest.approx(math.degrees(math.acos(ref)), abs=1e-6)

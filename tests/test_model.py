@@ -154,3 +154,31 @@ def test_eval_loss_is_the_mean_over_consecutive_windows():
     assert eval_loss(m, tokens, batch_size=3, max_batches=1) == pytest.approx(sum(want[:3]) / 3, rel=1e-6)
     with pytest.raises(SystemExit, match="fewer than one block of 16"):
         eval_loss(m, tokens[:16], batch_size=3)
+
+
+def test_chunked_lm_head_loss_equals_cross_entropy_with_gradients():
+    # issue 13: CPU training takes the loss through LMHeadCrossEntropy (no (B, T, vocab) logits held);
+    # it must give the plain head's loss and gradients, ignored targets (-1) included
+    from model import LMHeadCrossEntropy
+    m = make().train()
+    idx = torch.randint(0, 97, (3, 16))
+    tgt = torch.randint(0, 97, (3, 16))
+    tgt[1, 5:] = -1
+    logits, fused = m(idx, tgt)
+    assert logits is None
+    fused.backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad(set_to_none=True)
+    with torch.no_grad():                                                   # without gradients: the logits
+        assert m(idx, tgt)[0].shape == (3, 16, 97)
+    m.fused_head = lambda x: False                                           # the plain head
+    logits, plain = m(idx, tgt)
+    plain.backward()
+    assert logits.shape == (3, 16, 97)
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-6)
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-5, atol=1e-7)
+    # chunking does not matter: one row at a time gives the same loss
+    h, w, t = torch.randn(10, 8), torch.randn(97, 8), torch.randint(0, 97, (10,))
+    assert LMHeadCrossEntropy.apply(h, w, t, 1).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(h @ w.t(), t).item(), rel=1e-6)

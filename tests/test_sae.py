@@ -148,6 +148,10 @@ def test_ce_recovered_is_one_for_identity_and_zero_for_zero_ablation():
     assert m_zero["ce_spliced"] == pytest.approx(m_zero["ce_zero_ablation"], abs=1e-6)
     assert abs(m_zero["ce_zero_ablation"] - m_zero["ce_clean"]) > 0.01 and m_zero["kl"] > 0.1  # a real denominator
     assert m_id["eval_tokens"] == 6 * (MARGS["block_size"] - 1)
+    cache = {}                                  # the zero-ablation losses, kept between evaluations
+    for _ in range(2):
+        again = S.evaluate(model, [ident, zero], wins, skip=1, batch=4, cache=cache)
+        assert again == [m_id, m_zero] and len(cache) == 2
 
 
 # -----------------------------------------------------------------------------
@@ -175,6 +179,25 @@ def test_topk_has_exactly_k_active_latents():
     with torch.no_grad():
         sae.b_enc.fill_(100.0)                                              # every pre-activation positive
     assert ((sae.encode(x) > 0).sum(-1) == 5).all()
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_sparse_step_is_the_dense_step(arch):
+    """The sparse step (decoder and backward products on the active latents only) gives the dense
+    step's loss, reconstruction and gradients, to float32 rounding."""
+    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(0)).relu() * 2
+    dense, sparse = random_sae(arch), random_sae(arch)
+    with torch.no_grad():                                                   # a few % active, as after warm-up
+        for s in (dense, sparse):
+            s.b_enc.sub_(1.0)
+    loss_d, parts_d, x_hat_d, f_d = S.sae_loss(dense, x, 0.7)
+    loss_s, parts_s, x_hat_s, f_s = S.sae_loss(sparse, x, 0.7, sparse=True)
+    assert 0 < (f_d > 0).float().mean() < 0.5 and torch.equal(f_d.detach(), f_s)
+    assert torch.allclose(x_hat_d, x_hat_s, atol=1e-5) and loss_d.item() == pytest.approx(loss_s.item(), rel=1e-6)
+    loss_d.backward()
+    loss_s.backward()
+    for (name, p), q in zip(dense.named_parameters(), sparse.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk"])
@@ -241,7 +264,7 @@ def test_recovers_known_sparse_directions(arch):
 def test_training_writes_raw_space_saes_that_reproduce_their_metrics(dirs):
     data, out = dirs
     m = run(dirs, "--model=lua", "--seeds=0,1")
-    assert set(m["seeds"]) == {"0", "1"} and m["steps"] == 24 and m["activations"] == 768
+    assert set(m["seeds"]) == {"0", "1"} and m["steps"] == 24 and m["activations"] == 768 and m["mfu"] is None  # CPU
     saved = json.load(open(os.path.join(out, "sae_lua", "metrics.json")))
     assert saved["seeds"]["0"]["fvu"] == m["seeds"]["0"]["fvu"] and saved["provenance"]["config"]["model"] == "lua"
     sae, ckpt = S.load_sae(out, "lua", seed=1)
@@ -279,12 +302,16 @@ def test_mlp_activations_is_the_model_forward_at_the_asked_positions():
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk"])
-def test_seeds_share_one_stream_and_resume_continues_exactly(dirs, tmp_path, arch):
+def test_seeds_share_one_stream_and_resume_continues_exactly(dirs, tmp_path, arch, monkeypatch):
     a, b, c = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")
     for o in (a, b, c):
         write_model(o, "base", seed=0)
     extra = [f"--arch={arch}", "--k=4", "--model=base", "--l1_coeff=50", "--l1_warmup_frac=0", "--lr=0.03"]  # L1 kills latents
+    sparse_steps = []
+    real = S.sparse_loss
+    monkeypatch.setattr(S, "sparse_loss", lambda *args: sparse_steps.append(1) or real(*args))
     run(dirs, *extra, "--seeds=0,1", out=a)
+    assert sparse_steps                                      # the compared runs take sparse steps too
     run(dirs, *extra, "--seeds=1", out=b)                     # seed 1 alone: the same stream, the same SAE
     w = lambda o, s: state(o, "base")["seeds"][s]["sae"]
     assert all(torch.equal(w(a, 1)[k], w(b, 1)[k]) for k in w(a, 1))
@@ -441,3 +468,16 @@ def test_stale_temp_files_are_removed_and_a_live_run_holds_the_folder(dirs):
     os.remove(os.path.join(sae_dir, ".lock"))
     run(dirs, "--model=base", "--seeds=0")
     assert not os.path.exists(stale) and not os.path.exists(os.path.join(sae_dir, ".lock"))
+
+
+def test_no_two_saes_of_the_study_share_their_initialisation(dirs):
+    """An edge compares a parent's and a child's seed-0 SAEs; the null compares seeds 0 and 1 of one model.
+    If seed 0 meant the same random decoder for every model, the edge would share its start and the null
+    would not: after one step, every pair of SAEs must still be far apart row by row."""
+    for m in ("base", "lua"):
+        run(dirs, f"--model={m}", "--total_acts=32", "--seeds=0,1")
+    dec = {(m, s): ck(dirs[1], m, s)["sae"]["W_dec"] for m in ("base", "lua") for s in (0, 1)}
+    assert ck(dirs[1], "base", 0)["init_seed"] != ck(dirs[1], "lua", 0)["init_seed"]
+    for a, b in ((("base", 0), ("lua", 0)), (("base", 0), ("base", 1)), (("lua", 0), ("lua", 1))):
+        cos = torch.nn.functional.cosine_similarity(dec[a], dec[b], dim=1)  # row i of one vs row i of the other
+        assert cos.abs().mean() < 0.5, (a, b, cos.abs().mean())

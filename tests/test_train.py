@@ -280,3 +280,25 @@ def test_nan_between_checks_is_caught_at_the_next_check_before_any_save(dirs, mo
     with pytest.raises(SystemExit, match="loss nan, gradient norm nan at iter 2: not finite"):
         run(dirs, "--domain=base", "--max_iters=10", "--eval_interval=4")
     assert not os.path.exists(os.path.join(dirs[1], "base", "ckpt.pt"))
+
+
+# -----------------------------------------------------------------------------
+# phase B: the warmup fits the run; MFU in metrics.json
+
+def test_warmup_longer_than_the_run_is_capped_at_a_tenth_and_printed(dirs, capsys):
+    # issue 11: a fine-tune shorter than its warmup (paper: 500 steps) never reached its learning rate
+    run(dirs, "--domain=base", "--max_iters=30", "--warmup_iters=500", "--lr=1e-3", "--eval_interval=4")
+    out = capsys.readouterr().out
+    assert ("schedule: linear warmup over 3 steps (--warmup_iters 500 capped at 10% of the steps) to lr 0.001, "
+            "then cosine down to 0.0001 at step 30") in out
+    hist = json.load(open(os.path.join(dirs[1], "base", "metrics.json")))["history"]
+    assert hist[0]["iter"] == 4 and hist[0]["lr"] == pytest.approx(1e-3)      # step index 3 ran at the peak
+    assert train.lr_schedule(3, 1e-3, 500, 30, 0.1) < 1e-5                     # (uncapped: still warming up)
+    run(dirs, "--domain=base", "--name=short", "--max_iters=30", "--warmup_iters=2")
+    assert "linear warmup over 2 steps to lr" in capsys.readouterr().out       # within 10%: as asked
+
+
+def test_metrics_carry_mfu_none_on_cpu(dirs):
+    run(dirs, "--domain=base", "--max_iters=3")
+    m = json.load(open(os.path.join(dirs[1], "base", "metrics.json")))
+    assert "mfu" in m and m["mfu"] is None and m["tokens_per_s"] > 0
