@@ -53,7 +53,7 @@ config = dict(
                             # start from the same weights with the encoder bias set for it (TopK: k / features)
     markdown=False,         # also print every figure as the README's markdown table
     json_out="",            # also write every figure and its conditions to this JSON file
-    corpora=os.path.join("..", "shared", "corpora"),  # real text samples (bpe, --paper_smoke), layout of shared/corpora
+    corpora=os.path.join("..", "shared", "corpora"),  # real text samples (bpe, --paper_smoke) in the local:DIR layout of data.py
     corr_features=2048,     # corr: features on each side (tiny SAEs: 2048)
     corr_tokens=[25_000, 100_000],  # corr: two token counts (memory against tokens); speed and accuracy at the last
     corr_chunk=8192,        # corr: tokens per streamed chunk
@@ -609,7 +609,7 @@ def _generated_pool(rng, kind, n_items=20_000):
 
 
 def make_generated_corpus(folder, total_mb, seed=0):
-    """A local corpus (layout of shared/corpora: <domain>/train.txt and valid.txt, documents each followed
+    """A local corpus (data.py's local:DIR layout: <domain>/train.txt and valid.txt, documents each followed
     by a line <|endoftext|>) of generated text, total_mb MB over four domains, 10% of each in valid."""
     kinds = {"babylm": "prose", "tinystories": "story", "python": "python", "lua": "lua"}
     for i, (domain, kind) in enumerate(kinds.items()):
@@ -685,7 +685,7 @@ def make_smoke_corpus(src, folder, mb):
         for split, limit in (("train", mb * 1e6), ("valid", max(mb * 1e5, 60_000))):
             path = os.path.join(src, domain, f"{split}.txt")
             if not os.path.exists(path):
-                die(f"--paper_smoke needs the text samples: no {path}; point --corpora at a folder in the layout of shared/corpora")
+                die(f"--paper_smoke needs the text samples: no {path}; point --corpora at a folder in data.py's local:DIR layout")
             out, size = [], 0
             for doc in open(path, encoding="utf-8").read().split("\n<|endoftext|>\n")[:-1]:
                 out.append(doc + "\n<|endoftext|>\n")

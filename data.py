@@ -43,7 +43,7 @@ from sample_corpus import hash_frac
 # configuration: commented defaults, then --preset, then the command line (common.parse_config)
 config = dict(
     domain="all",        # which domain to prepare: babylm | python | tinystories | lua | base | all
-    source="sample",     # sample (built-in demo) | local:DIR (layout of shared/corpora) | hf (download)
+    source="sample",     # sample (built-in demo) | local:DIR (DIR/<domain>/train.txt, valid.txt; documents each followed by a line <|endoftext|>) | hf (download)
     data_dir="data",     # outputs: <data_dir>/<domain>/, <data_dir>/tokenizer/, downloads in <data_dir>/raw/
     tokenizer="bpe",     # bpe: our own, trained on the base mix | gpt2: tiktoken's GPT-2 ranks (network once)
     vocab_size=4096,     # bpe: merges + 256 bytes + 1 (<|endoftext|> takes the last id)

@@ -446,6 +446,8 @@ def train_loop(run):
         if it % cfg["eval_interval"] == 0 or last or stopping:
             evaluate_and_save(run)
             t0 = time.time()  # do not count evaluation in the step time
+        elif it % cfg["log_interval"] == 0:
+            record_loss(run)  # the loss curve gets its training points between evaluations too
         if stopping and not last:
             if env.master:
                 print(f"stopping at iter {it} (--stop_iter); continue with --resume")
@@ -461,17 +463,23 @@ def log_step(run, dt):
           (f", mfu {mfu * 100:.1f}%" if run.env.device_type == "cuda" else ""))  # MFU vs a GPU peak means nothing on a CPU
 
 
+def record_loss(run, val_loss=None):
+    """One point of metrics.json's loss curve: the mean train loss since the last point (and the val loss
+    at evaluations, None between them)."""
+    run.history.append({"iter": run.iter_num, "train_loss": (run.train_sum / max(1, run.train_n)).item(),
+                        "val_loss": val_loss, "lr": lr_at(run, run.iter_num - 1),
+                        "tokens": run.iter_num * run.tokens_per_iter})
+    run.train_sum.zero_()
+    run.train_n = 0
+
+
 def evaluate_and_save(run):
     """Check the steps since the last check were finite, evaluate, record the loss curve, checkpoint."""
     dom = run.cfg["domain"]
     run.guard.check(run.iter_num, run.env.ddp, run.ckpt_path)
     val_losses = evaluate(run, [dom])
     run.best_val = min(run.best_val, val_losses[dom])
-    run.history.append({"iter": run.iter_num, "train_loss": (run.train_sum / max(1, run.train_n)).item(),
-                        "val_loss": val_losses[dom], "lr": lr_at(run, run.iter_num - 1),
-                        "tokens": run.iter_num * run.tokens_per_iter})
-    run.train_sum.zero_()
-    run.train_n = 0
+    record_loss(run, val_losses[dom])
     if run.env.master:
         print(f"iter {run.iter_num}: val loss {val_losses[dom]:.4f} ({dom})")
     save(run, val_losses, finished=False)

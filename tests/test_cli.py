@@ -113,7 +113,7 @@ def live_lock(rel):
 
 
 def bad_corpus(ws):
-    """A local corpus (shared/corpora's layout) whose babylm text has a byte that is not UTF-8."""
+    """A local corpus (data.py's local:DIR layout) whose babylm text has a byte that is not UTF-8."""
     for d in ("babylm", "python", "lua", "tinystories"):
         os.makedirs(os.path.join(ws, "corpus", d))
         for name in ("train.txt", "valid.txt"):

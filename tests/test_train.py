@@ -232,6 +232,15 @@ def test_plan_and_loss_history(dirs, capsys):
     assert all(h["train_loss"] > 0 and h["lr"] > 0 for h in hist)
 
 
+def test_loss_curve_has_training_points_between_evaluations(dirs):
+    # a short run with one evaluation at the end still gets a curve: a train-loss point per log interval
+    run(dirs, "--domain=base", "--max_iters=8", "--eval_interval=6", "--log_interval=2")
+    hist = json.load(open(os.path.join(dirs[1], "base", "metrics.json")))["history"]
+    assert [h["iter"] for h in hist] == [2, 4, 6, 8]
+    assert [h["val_loss"] is None for h in hist] == [True, True, False, False]
+    assert all(h["train_loss"] > 0 for h in hist)
+
+
 def test_history_survives_a_resume(dirs):
     run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=5", "--stop_iter=5")
     run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=5", "--resume")
