@@ -81,18 +81,36 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.d_model, args.n_kv_head * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_head * self.head_dim, args.d_model, bias=False)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, positions=None):
+        """x (B, T, d_model) -> (B, T, d_model). With positions (B, k): the outputs at those positions only
+        (B, k, d_model), each query attending to the keys up to its own position (the SAE harvest keeps
+        24 of 255 positions, so queries at the others would be thrown away)."""
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)     # (B, H, T, hd)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if positions is None:
+            q = apply_rope(self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2), cos, sin)  # (B, H, T, hd)
+            mask = None
+        else:
+            n = positions.shape[1]
+            q = self.wq(gather_positions(x, positions)).view(B, n, self.n_head, self.head_dim)
+            # RoPE at each query's own position: (1, H, B*n, hd) against the angles of those B*n positions
+            q = q.permute(2, 0, 1, 3).reshape(1, self.n_head, B * n, self.head_dim)
+            q = apply_rope(q, cos[positions.reshape(-1)], sin[positions.reshape(-1)])
+            q = q.reshape(self.n_head, B, n, self.head_dim).transpose(0, 1)                  # (B, H, n, hd)
+            mask = torch.arange(T, device=x.device) <= positions[:, None, :, None]          # (B, 1, n, T)
+        k = apply_rope(k, cos, sin)
         if self.n_kv_head != self.n_head:  # GQA: each kv head serves n_head/n_kv_head query heads
             rep = self.n_head // self.n_kv_head
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
-        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)  # (B, H, T or n, hd)
+        return self.wo(y.transpose(1, 2).reshape(B, q.size(2), -1))
+
+
+def gather_positions(t, positions):
+    """t (B, T, c) at positions (B, n) -> (B, n, c)."""
+    return t.gather(1, positions[:, :, None].expand(-1, -1, t.size(-1)))
 
 
 class MLP(nn.Module):
@@ -181,13 +199,14 @@ class Transformer(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def _trunk(self, idx):
+    def _trunk(self, idx, positions=None):
         B, T = idx.shape
         if T > self.args.block_size:
             die(f"sequence of {T} tokens is longer than the model's block_size {self.args.block_size}")
         x = self.tok_emb(idx)                                               # (B, T, d_model)
-        x = x + self.attn(self.attn_norm(x), self.rope_cos, self.rope_sin)
-        return x, self.mlp.hidden(self.mlp_norm(x))                        # resid, (B, T, d_mlp)
+        attn = self.attn(self.attn_norm(x), self.rope_cos, self.rope_sin, positions)
+        x = (x if positions is None else gather_positions(x, positions)) + attn
+        return x, self.mlp.hidden(self.mlp_norm(x))                        # resid, (B, T or n, d_mlp)
 
     def forward(self, idx, targets=None, mlp_fn=None):
         """idx (B, T) int64 -> logits (B, T, vocab), loss (mean CE over targets != -1, or None).
@@ -221,9 +240,12 @@ class Transformer(nn.Module):
                 and not torch.is_autocast_enabled("cpu"))
 
     @torch.no_grad()
-    def mlp_acts(self, idx):
-        """MLP hidden activations (B, T, d_mlp) without computing the LM head."""
-        return self._trunk(idx)[1]
+    def mlp_acts(self, idx, positions=None):
+        """MLP hidden activations (B, T, d_mlp) without computing the LM head; with positions (B, n), only
+        at those positions (B, n, d_mlp), the tokens after the last of them left out."""
+        if positions is not None:
+            idx = idx[:, :int(positions.max()) + 1]
+        return self._trunk(idx, positions)[1]
 
     def configure_optimizer(self, weight_decay, lr, betas, device_type):
         # decay matrices (embeddings, projections, LM head); never norms' gains

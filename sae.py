@@ -36,7 +36,7 @@ atomic write, so a crash can never leave the seeds at different steps; --resume 
 sae_s<seed>.pt is each seed's raw-space SAE for analyze.py (written from the state, after it);
 metrics.json is written last and lists every seed. The folder is locked while a run writes it.
 Work done only where the result needs it: the harvest runs the model's MLP (and attention
-queries) only at the positions it keeps (mlp_acts_at); on the CPU, once few latents are active,
+queries) only at the positions it keeps (model.mlp_acts(idx, positions)); on the CPU, once few latents are active,
 the SAE step touches only the active ones in the decoder and in every backward product (sparse
 step, SPARSE_BELOW); the zero-ablation CE of the evaluation windows is computed once. On CUDA
 (fast_math) the SAE trains with TF32 matmuls and the harvest forward runs in bf16; evaluation and
@@ -59,7 +59,7 @@ import torch.nn.functional as F
 import data as datalib
 from common import (atomic_torch_save, atomic_write_json, check_free_space, check_resume, cli, default_preset, die,
                     lock_dir, parse_config, pick_device, provenance, read_json, set_threads, sha256_file)
-from model import apply_rope, clean_key, load_checkpoint, load_model
+from model import clean_key, load_checkpoint, load_model
 
 # -----------------------------------------------------------------------------
 # config: the paper's values; PRESETS below override them
@@ -522,34 +522,8 @@ def mlp_activations(model, windows, batch_size, device, skip_first=0, positions=
             yield start, h[:, skip_first:].float()
         else:
             with autocast:
-                h = mlp_acts_at(model, idx, torch.as_tensor(positions[start:start + batch_size]).to(device))
+                h = model.mlp_acts(idx, torch.as_tensor(positions[start:start + batch_size]).to(device))
             yield start, h.float()                                                   # (b, k, d_mlp)
-
-
-def mlp_acts_at(model, idx, positions):
-    """model.mlp_acts(idx) at positions (b, k) only: (b, k, d_mlp). The model's own trunk
-    (Transformer._trunk, Attention.forward) with the queries, the attention output, the residual and
-    the MLP computed at the kept positions only, keys and values up to the last kept one: the
-    harvest keeps 24 of 255 positions, so most of a full forward would be thrown away."""
-    a, (b, k) = model.attn, positions.shape
-    L = int(positions.max()) + 1
-    x = model.tok_emb(idx[:, :L])                                                    # (b, L, d_model)
-    hn = model.attn_norm(x)
-    at = lambda t: t.gather(1, positions[:, :, None].expand(-1, -1, t.size(-1)))    # (b, L, c) -> (b, k, c)
-    q = a.wq(at(hn)).view(b, k, a.n_head, a.head_dim)
-    # RoPE at each query's own position: (1, H, b*k, hd) against the angles of those b*k positions
-    q = q.permute(2, 0, 1, 3).reshape(1, a.n_head, b * k, a.head_dim)
-    q = apply_rope(q, model.rope_cos[positions.reshape(-1)], model.rope_sin[positions.reshape(-1)])
-    q = q.reshape(a.n_head, b, k, a.head_dim).transpose(0, 1)                       # (b, H, k, hd)
-    keys = apply_rope(a.wk(hn).view(b, L, a.n_kv_head, a.head_dim).transpose(1, 2), model.rope_cos, model.rope_sin)
-    vals = a.wv(hn).view(b, L, a.n_kv_head, a.head_dim).transpose(1, 2)             # (b, Hkv, L, hd)
-    if a.n_kv_head != a.n_head:
-        keys = keys.repeat_interleave(a.n_head // a.n_kv_head, dim=1)
-        vals = vals.repeat_interleave(a.n_head // a.n_kv_head, dim=1)
-    causal = torch.arange(L, device=idx.device) <= positions[:, None, :, None]       # (b, 1, k, L)
-    y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=causal)              # (b, H, k, hd)
-    resid = at(x) + a.wo(y.transpose(1, 2).reshape(b, k, -1))
-    return model.mlp.hidden(model.mlp_norm(resid))
 
 
 def stream_windows(arrays, n_seq, T, g):
@@ -889,7 +863,7 @@ def print_plan(job):
 
 
 def harvest_flops_per_window(model, T, k):
-    """Matmul FLOPs of mlp_acts_at for one window of T tokens keeping k positions: keys and values at
+    """Matmul FLOPs of model.mlp_acts(idx, positions) for one window of T tokens keeping k positions: keys and values at
     every position, queries, attention, output projection and MLP at the k kept ones."""
     a = model.attn
     kv = a.wk.weight.numel() + a.wv.weight.numel()
