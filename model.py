@@ -86,14 +86,18 @@ class Attention(nn.Module):
         (B, k, d_model), each query attending to the keys up to its own position (the SAE harvest keeps
         24 of 255 positions, so queries at the others would be thrown away)."""
         B, T, _ = x.shape
-        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        # q, k, v in this order: autograd sums x's gradient in the reverse order, so the order is part of
+        # the run's exact numerics (and of bit-identical resumes and reproductions)
         if positions is None:
-            q = apply_rope(self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2), cos, sin)  # (B, H, T, hd)
-            mask = None
+            q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)         # (B, H, T, hd)
         else:
             n = positions.shape[1]
             q = self.wq(gather_positions(x, positions)).view(B, n, self.n_head, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if positions is None:
+            q, mask = apply_rope(q, cos, sin), None
+        else:
             # RoPE at each query's own position: (1, H, B*n, hd) against the angles of those B*n positions
             q = q.permute(2, 0, 1, 3).reshape(1, self.n_head, B * n, self.head_dim)
             q = apply_rope(q, cos[positions.reshape(-1)], sin[positions.reshape(-1)])
