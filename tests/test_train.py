@@ -99,19 +99,23 @@ def test_errors_are_one_line(dirs, tmp_path):
         run(dirs, "--domain=tinystories")
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dirs, monkeypatch):
+def poison_loss(monkeypatch, bad):
+    """Make the loss of training step n (1-based) NaN wherever bad(n) is true."""
     from model import Transformer
     forward, calls = Transformer.forward, {"n": 0}
 
-    def poisoned(self, idx, targets=None, mlp_fn=None):  # the 6th training step's loss is NaN
+    def poisoned(self, idx, targets=None, mlp_fn=None):
         logits, loss = forward(self, idx, targets, mlp_fn)
         if self.training:
             calls["n"] += 1
-            if calls["n"] >= 6:
+            if bad(calls["n"]):
                 loss = loss * float("nan")
         return logits, loss
-
     monkeypatch.setattr(Transformer, "forward", poisoned)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dirs, monkeypatch):
+    poison_loss(monkeypatch, lambda n: n >= 6)  # from the 6th training step on, the loss is NaN
     with pytest.raises(SystemExit, match="at iter 5: not finite; stopped before saving.*last good checkpoint"):
         run(dirs, "--domain=base", "--max_iters=10", "--eval_interval=2")
     ck = load(dirs, "base")
@@ -274,18 +278,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):
 
 def test_nan_between_checks_is_caught_at_the_next_check_before_any_save(dirs, monkeypatch):
     # no host sync per step: the flag is read at the next log line (iter 5), and nothing is saved
-    from model import Transformer
-    forward, calls = Transformer.forward, {"n": 0}
-
-    def poisoned(self, idx, targets=None, mlp_fn=None):  # the 3rd training step's loss is NaN
-        logits, loss = forward(self, idx, targets, mlp_fn)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == 3:
-                loss = loss * float("nan")
-        return logits, loss
-
-    monkeypatch.setattr(Transformer, "forward", poisoned)
+    poison_loss(monkeypatch, lambda n: n == 3)  # only the 3rd training step's loss is NaN
     with pytest.raises(SystemExit, match="loss nan, gradient norm nan at iter 2: not finite"):
         run(dirs, "--domain=base", "--max_iters=10", "--eval_interval=4")
     assert not os.path.exists(os.path.join(dirs[1], "base", "ckpt.pt"))
