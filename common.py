@@ -306,8 +306,11 @@ def free_cores(sample_s=0.1):
 
 def set_threads(n=0):
     """torch's CPU threads: n > 0 as given, 0 = the cores that are free now (at least 1). Returns the count."""
-    import torch
     n = n if n > 0 else free_cores()
+    try:
+        import torch
+    except ImportError:  # data.py runs without torch (its tokenizer and token files need none)
+        return n
     torch.set_num_threads(n)
     return n
 
@@ -536,6 +539,10 @@ def pick_device(pref="auto"):
 
 
 def default_preset():
-    """'paper' on a CUDA machine, 'tiny' otherwise (printed by the caller)."""
-    import torch
+    """'paper' on a CUDA machine, 'tiny' otherwise (printed by the caller). Without torch (data.py alone
+    runs without it) there is no CUDA either."""
+    try:
+        import torch
+    except ImportError:
+        return "tiny"
     return "paper" if torch.cuda.is_available() else "tiny"

@@ -88,17 +88,22 @@ PATTERN = "|".join([
 # fail, so a greedy run is never backtracked into. tests/test_data.py checks both split alike.
 RE_PATTERN = PATTERN.replace(")?+", ")?").replace(")++", ")+")
 # --source hf: the datasets the authors trained on, at pinned commits of the Hugging Face hub. PINNED
-# holds (commit sha, date pinned). A sha of None could not be looked up where this was written (no
-# network): the first download resolves the dataset's `main` to its commit sha, records it in
-# <data_dir>/raw/hf/<repo>/REVISION and in meta.json, and every later run reuses that commit.
+# holds (commit sha, date pinned). baby-python: its "Upload dataset" commit of 2024-03-16, the one that
+# added the parquet files (its card: train 10,695,758 rows / 1.22 GB of text, validation 1,037,288 /
+# 118 MB; the one later commit on main is titled "Update README.md"). small-lua-stack: its full sha
+# could not be looked up where this was written (no network; the hub's page names the data commit
+# 5c9180d, "Upload dataset", 2024-02-28), so the first download resolves `main` to its commit sha,
+# records it in <data_dir>/raw/hf/<repo>/REVISION and in meta.json, and every later run reuses it.
 HF = os.environ.get("HF_ENDPOINT", "https://huggingface.co")  # tests point this at a local server
-PINNED = {"nilq/baby-python": (None, "2026-11-25"),
+PINNED = {"nilq/baby-python": ("2b8e08a55375e38eeefbe5b01ab09a0c36447ce5", "2026-11-25"),
           "roneneldan/TinyStories": ("f54c09fd23315a6f9c86f9dc80f725de7d8f9c64", "2026-11-25"),
           "nilq/small-lua-stack": (None, "2026-11-25")}
 # which dataset, text column and splits each domain reads. nilq/baby-python is the authors' base mix:
 # all of BabyLM 100M plus Python from The Stack matched to it by words; its `type` column says which
 # a row is (a type naming python -> python, any other -> babylm). TinyStories: the train/validation
-# parquet files that datasets.load_dataset reads. small-lua-stack has one split: val by hash.
+# parquet files that datasets.load_dataset reads. small-lua-stack (all the Lua of The Stack, about
+# 559k files) has train-*-of-00006 and validation-* parquet files. A dataset without a val split
+# would be split by document hash (val_frac).
 HF_DATA = {"babylm": ("nilq/baby-python", "content"), "python": ("nilq/baby-python", "content"),
            "tinystories": ("roneneldan/TinyStories", "text"), "lua": ("nilq/small-lua-stack", "content")}
 HF_SPLITS = {"train": ("train",), "val": ("validation", "valid", "val")}
@@ -334,10 +339,6 @@ def n_bytes(docs):
 def split_eot(text):
     """Documents of a text in the corpora format (each followed by a line `<|endoftext|>`)."""
     return [d.strip("\n") for d in re.split(r"^<\|endoftext\|>$", text, flags=re.M) if d.strip()]
-
-
-def hash_split(docs, val_frac):
-    return ([d for d in docs if hash_frac(d) >= val_frac], [d for d in docs if hash_frac(d) < val_frac])
 
 
 def batched(docs, max_docs=2048, max_bytes=32 << 20):

@@ -16,8 +16,9 @@ import tiktoken.load
 
 try:
     import torch
-except ImportError:  # Python 3.10 here has no torch: run the pattern tests only (-k pattern)
-    torch = None
+except ImportError:  # data.py runs without torch (a Python 3.10 with only the data dependencies):
+    torch = None       # every test but the three that draw torch batches runs there
+needs_torch = pytest.mark.skipif(torch is None, reason="draws batches with torch, which is not installed")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
@@ -256,6 +257,7 @@ def test_errors_are_one_line(tmp_path):
     assert "python data.py --domain lua" in one_line_error(e)
 
 
+@needs_torch
 def test_get_batch():
     tokens = np.arange(5000, dtype=np.uint16)
     x, y = data.get_batch(tokens, 8, 32, "cpu", torch.Generator().manual_seed(0))
@@ -279,8 +281,8 @@ def test_helpers():
     assert bab[idx[doms == 0]].sum() == share["babylm_words"] and doms[:30].tolist() != [1] * 30  # shuffled
     text = data.sample_corpus_text(sample_kb=10)  # bench.py's input: one string is fine for the trainer
     assert "def " in text and len(data.train_bpe(text, 300, log=lambda *a: None)) == 299
-    tr, va = data.hash_split([f"doc {i}" for i in range(1000)], 0.1)
-    assert 50 < len(va) < 150 and len(tr) + len(va) == 1000 and data.hash_split(tr + va, 0.1)[1] == va
+    fracs = [data.hash_frac(f"doc {i}") for i in range(1000)]  # the split by hash of a dataset without val
+    assert 50 < sum(f < 0.1 for f in fracs) < 150 and fracs == [data.hash_frac(f"doc {i}") for i in range(1000)]
     assert [len(b) for b in data.batched(iter(["x" * 10] * 7), max_docs=3)] == [3, 3, 1]
     assert [len(b) for b in data.batched(iter(["x" * 10] * 7), max_bytes=25)] == [3, 3, 1]
 
@@ -302,7 +304,8 @@ def test_local_reader_matches_split_eot_across_blocks(tmp_path):
 # gated files, cut connections, HTML error pages. No test reaches the internet.
 
 TS_SHA = "f54c09fd23315a6f9c86f9dc80f725de7d8f9c64"  # TinyStories: pinned in data.PINNED
-SHAS = {"nilq/baby-python": "b" * 40, "roneneldan/TinyStories": TS_SHA, "nilq/small-lua-stack": "c" * 40}
+BP_SHA = "2b8e08a55375e38eeefbe5b01ab09a0c36447ce5"  # baby-python: pinned in data.PINNED
+SHAS = {"nilq/baby-python": BP_SHA, "roneneldan/TinyStories": TS_SHA, "nilq/small-lua-stack": "c" * 40}  # lua: resolved
 
 
 class Hub:
@@ -410,9 +413,10 @@ def parquet_bytes(columns, row_group_size=40):
     return buf.getvalue()
 
 
-def serve_datasets(hub):
+def serve_datasets(hub, lua_val=True):
     """The authors' three datasets in their layout, small, made from the sample generators.
-    Returns {domain: {split: [documents in order]}} as data.py should read them."""
+    Returns {domain: {split: [documents in order]}} as data.py should read them. lua_val=False: a
+    small-lua-stack with no validation file (data.py then splits it by document hash)."""
     rng = random.Random(11)
     pyfile = lambda: "\n".join(f"def f{i}_{rng.randint(0, 999)}(a, b):\n    return a + b * {i}\n" for i in range(6))  # noqa: E731
     want = {d: {"train": [], "val": []} for d in ("babylm", "python", "tinystories", "lua")}
@@ -428,13 +432,20 @@ def serve_datasets(hub):
     stories = {s: [gen_story(rng) for _ in range(n)] for s, n in (("train", 150), ("val", 30))}
     lua = [gen_lua(rng) for _ in range(80)]
     want["tinystories"] = stories
-    want["lua"] = {"train": [d for d in lua if data.hash_frac(d) >= 0.1], "val": [d for d in lua if data.hash_frac(d) < 0.1]}
     hub.repos["nilq/baby-python"] = {**bp, "README.md": b"# baby-python"}
     hub.repos["roneneldan/TinyStories"] = {
         "data/train-00000-of-00001.parquet": parquet_bytes({"text": stories["train"]}),
         "data/validation-00000-of-00001.parquet": parquet_bytes({"text": stories["val"]}),
         "TinyStoriesV2-GPT4-train.txt": b"not read"}
-    hub.repos["nilq/small-lua-stack"] = {"data/train-00000-of-00001.parquet": parquet_bytes({"content": lua, "size": [len(x) for x in lua]})}
+    if lua_val:  # as on the hub: train-0000k-of-00006 and validation-00000-of-00001 (here 2 + 1)
+        want["lua"] = {"train": lua[:70], "val": lua[70:]}
+        hub.repos["nilq/small-lua-stack"] = {
+            "data/train-00000-of-00002.parquet": parquet_bytes({"content": lua[:40], "size": [len(x) for x in lua[:40]]}),
+            "data/train-00001-of-00002.parquet": parquet_bytes({"content": lua[40:70], "size": [len(x) for x in lua[40:70]]}),
+            "data/validation-00000-of-00001.parquet": parquet_bytes({"content": lua[70:], "size": [len(x) for x in lua[70:]]})}
+    else:
+        want["lua"] = {"train": [d for d in lua if data.hash_frac(d) >= 0.1], "val": [d for d in lua if data.hash_frac(d) < 0.1]}
+        hub.repos["nilq/small-lua-stack"] = {"data/train-00000-of-00001.parquet": parquet_bytes({"content": lua})}
     return want
 
 
@@ -454,12 +465,13 @@ def test_hf_source_end_to_end(hub, tmp_path, monkeypatch, capsys):
     for domain in ("babylm", "python", "tinystories", "lua"):
         for split in ("train", "val"):
             assert decoded_docs(d, domain, split) == want[domain][split], (domain, split)
-    meta = data.read_meta(d, "babylm")
-    assert meta["upstream"] == "nilq/baby-python" and meta["revision"] == SHAS["nilq/baby-python"] and not meta["pinned"]
-    assert data.read_meta(d, "tinystories")["revision"] == TS_SHA and data.read_meta(d, "tinystories")["pinned"]
-    assert open(os.path.join(d, "raw", "hf", "nilq", "baby-python", "REVISION")).read().strip() == SHAS["nilq/baby-python"]
-    assert not any("TinyStories/revision" in p for p, _ in hub.log)  # pinned: never asked
-    assert len([p for p, _ in hub.log if "/small-lua-stack/tree/" in p]) == 1  # 1 file + 1 folder: one page
+    meta = data.read_meta(d, "lua")
+    assert meta["upstream"] == "nilq/small-lua-stack" and meta["revision"] == SHAS["nilq/small-lua-stack"] and not meta["pinned"]
+    for domain, sha in (("tinystories", TS_SHA), ("babylm", BP_SHA), ("python", BP_SHA)):
+        assert data.read_meta(d, domain)["revision"] == sha and data.read_meta(d, domain)["pinned"]
+    assert open(os.path.join(d, "raw", "hf", "nilq", "small-lua-stack", "REVISION")).read().strip() == SHAS["nilq/small-lua-stack"]
+    assert not any("TinyStories/revision" in p or "baby-python/revision" in p for p, _ in hub.log)  # pinned: never asked
+    assert len([p for p, _ in hub.log if "/small-lua-stack/tree/" in p]) == 2  # 3 files + 1 folder: two pages
     assert len([p for p, _ in hub.log if "/baby-python/tree/" in p]) == 3  # 4 files + 1 folder: three pages
     assert not any(p.endswith(".txt") for p, _ in hub.log)  # only the parquet files of the splits
     assert all(h.get("Authorization") == "Bearer hf_test" for p, h in hub.log if "/resolve/" in p)
@@ -474,6 +486,14 @@ def test_hf_source_end_to_end(hub, tmp_path, monkeypatch, capsys):
     hub.log.clear()
     data.main(HF_ARGS + ["--data_dir", d])
     assert hub.log == [] and capsys.readouterr().out.count("is up to date") == 5
+
+
+def test_hf_dataset_without_val_split_is_split_by_hash(hub, tmp_path):
+    want = serve_datasets(hub, lua_val=False)
+    d = str(tmp_path / "d")
+    data.main(HF_ARGS[:-4] + ["--max_mb", "0", "--domain", "lua", "--data_dir", d, "--vocab_size", "300"])
+    for split in ("train", "val"):
+        assert decoded_docs(d, "lua", split) == want["lua"][split] and want["lua"][split]
 
 
 def test_hf_max_mb_reads_a_prefix(hub, tmp_path):
@@ -860,6 +880,7 @@ def old_eval_loss_windows(tokens, T, batch_size, max_batches):  # model.eval_los
         yield np.stack([np.asarray(tokens[i:i + T + 1], dtype=np.int64) for i in w])
 
 
+@needs_torch
 def test_sample_windows_reproduces_the_former_samplers():
     rng = np.random.default_rng(0)
     arrs = {"a": rng.integers(0, 60000, 5003).astype(np.uint16), "b": rng.integers(0, 60000, 777).astype(np.uint16),
@@ -899,6 +920,7 @@ def test_sample_windows_reproduces_the_former_samplers():
     assert len(data.sample_windows(one, None, 65, "consecutive")) == (len(one) - 1) // 64
 
 
+@needs_torch
 def test_sample_windows_too_short_is_one_line():
     for scheme in ("random", "uniform", "spread", "consecutive"):
         with pytest.raises(SystemExit) as e:
