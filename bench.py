@@ -298,8 +298,9 @@ def ours_sae_step(S, sae, x, arch):
         run = {"sae": sae, "opt": torch.optim.Adam(sae.parameters(), lr=1e-4, betas=(0.9, 0.9999)),
                "last_fired": torch.zeros(n_feat, dtype=torch.long, device=x.device)}
     run.update(bad_step=torch.tensor(-1, device=x.device), bad_loss=torch.tensor(0.0, device=x.device))
-    job = types.SimpleNamespace(cfg=cfg, step=0, B=B, stats=None, d_in=d_in, device=str(x.device),
-                                total_steps=10 ** 9, aux_k=d_in // 2)
+    job = types.SimpleNamespace(cfg=cfg, step=0, B=B, stats=None, d_in=d_in, device=str(x.device), n_features=n_feat,
+                                total_steps=10 ** 9, aux_k=d_in // 2,
+                                select_bf16=hasattr(S, "select_bf16") and S.select_bf16(str(x.device), cfg["fast_math"]))
 
     def step():
         run["last_fired"][: n_feat // 10] = -10 ** 9

@@ -203,7 +203,9 @@ class Transformer(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def _trunk(self, idx, positions=None):
+    def trunk(self, idx, positions=None):
+        """idx (B, T) -> (the residual stream before the MLP's output is added (B, T or n, d_model), the
+        MLP hidden activation (B, T or n, d_mlp)); with positions (B, n), only at those positions."""
         B, T = idx.shape
         if T > self.args.block_size:
             die(f"sequence of {T} tokens is longer than the model's block_size {self.args.block_size}")
@@ -218,7 +220,7 @@ class Transformer(nn.Module):
         mlp_fn(h) -> h' sees the MLP hidden activation (B, T, d_mlp) and may replace it.
         Training on a CPU (training mode, targets, gradients on, float32) returns logits None: the loss
         then comes from LMHeadCrossEntropy, which never holds the whole (B, T, vocab) logits."""
-        x, h = self._trunk(idx)
+        x, h = self.trunk(idx)
         if mlp_fn is not None:
             out = mlp_fn(h)
             if out is not None:
@@ -231,11 +233,16 @@ class Transformer(nn.Module):
             loss = LMHeadCrossEntropy.apply(hf.reshape(-1, hf.size(-1)), self.lm_head.weight, targets.reshape(-1),
                                             max(256, (1 << 21) // self.args.vocab_size))  # >= 8 MB of logits a chunk
             return None, loss
-        logits = self.lm_head(self.norm_f(x))
+        logits = self.lm_head(self.norm_f(x))                               # = self.head(resid, h)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def head(self, resid, h):
+        """Logits from trunk()'s outputs, with h (the MLP hidden activation) as given: one model's trunk
+        serves every h spliced in (sae.evaluate: clean, zero-ablated, each SAE's reconstruction)."""
+        return self.lm_head(self.norm_f(resid + self.mlp.down(h.to(resid.dtype))))
 
     def fused_head(self, x):
         """Whether the loss takes the chunked LM head (CPU float32 training); CUDA keeps the plain head,
@@ -249,7 +256,7 @@ class Transformer(nn.Module):
         at those positions (B, n, d_mlp), the tokens after the last of them left out."""
         if positions is not None:
             idx = idx[:, :int(positions.max()) + 1]
-        return self._trunk(idx, positions)[1]
+        return self.trunk(idx, positions)[1]
 
     def configure_optimizer(self, weight_decay, lr, betas, device_type):
         # decay matrices (embeddings, projections, LM head); never norms' gains

@@ -111,9 +111,12 @@ def test_sparsity_metrics_and_ce_formula():
     assert sorted(centers[np.array(h["counts"]) > 0].round(3).tolist()) == [-2.875, -1.875, -0.875, -0.125]
     assert S.ce_recovered(2.0, 2.0, 5.0) == 1.0 and S.ce_recovered(2.0, 5.0, 5.0) == 0.0
     assert S.ce_recovered(2.0, 3.0, 5.0) == pytest.approx(2 / 3)
-    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(S.kl_div(logits, logits), torch.zeros(4), atol=1e-6)
-    assert (S.kl_div(logits, logits.flip(-1)) > 0).all()
+    log_p = torch.log_softmax(torch.randn(4, 10, generator=torch.Generator().manual_seed(0)), -1)
+    assert S.kl_div(log_p, log_p).item() == pytest.approx(0.0, abs=1e-6)
+    assert all(S.kl_div(log_p[i], log_p[i].flip(-1)) > 0 for i in range(4))
+    assert S.kl_div(log_p, log_p.flip(-1)).item() == pytest.approx(sum(S.kl_div(log_p[i], log_p[i].flip(-1)) for i in range(4)))
+    two = torch.log(torch.tensor([[0.5, 0.5]])), torch.log(torch.tensor([[0.25, 0.75]]))
+    assert S.kl_div(*two).item() == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3))
 
 
 def test_geometric_median_known_answers():
@@ -148,6 +151,10 @@ def test_ce_recovered_is_one_for_identity_and_zero_for_zero_ablation():
     assert m_zero["ce_spliced"] == pytest.approx(m_zero["ce_zero_ablation"], abs=1e-6)
     assert abs(m_zero["ce_zero_ablation"] - m_zero["ce_clean"]) > 0.01 and m_zero["kl"] > 0.1  # a real denominator
     assert m_id["eval_tokens"] == 6 * (MARGS["block_size"] - 1)
+    tgt = wins[:, 1:].clone()
+    tgt[:, :1] = -1                                # the model's own forward and loss: the clean CE
+    with torch.no_grad():
+        assert m_id["ce_clean"] == pytest.approx(model(wins[:, :-1], tgt)[1].item(), rel=1e-5)
     cache = {}                                  # the zero-ablation losses, kept between evaluations
     for _ in range(2):
         again = S.evaluate(model, [ident, zero], wins, skip=1, batch=4, cache=cache)
@@ -181,23 +188,57 @@ def test_topk_has_exactly_k_active_latents():
     assert ((sae.encode(x) > 0).sum(-1) == 5).all()
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk"])
-def test_sparse_step_is_the_dense_step(arch):
-    """The sparse step (decoder and backward products on the active latents only) gives the dense
-    step's loss, reconstruction and gradients, to float32 rounding."""
+@pytest.mark.parametrize("arch,dead", [("relu", False), ("topk", False), ("topk", True)])
+def test_sparse_step_is_the_dense_step(arch, dead):
+    """The sparse step (decoder and backward products on the active latents only; with AuxK on dead
+    latents too) gives the dense step's loss, reconstruction and gradients, to float32 rounding."""
     x = torch.randn(200, 16, generator=torch.Generator().manual_seed(0)).relu() * 2
     dense, sparse = random_sae(arch), random_sae(arch)
     with torch.no_grad():                                                   # a few % active, as after warm-up
         for s in (dense, sparse):
             s.b_enc.sub_(1.0)
-    loss_d, parts_d, x_hat_d, f_d = S.sae_loss(dense, x, 0.7)
-    loss_s, parts_s, x_hat_s, f_s = S.sae_loss(sparse, x, 0.7, sparse=True)
-    assert 0 < (f_d > 0).float().mean() < 0.5 and torch.equal(f_d.detach(), f_s)
+    mask = (torch.arange(48) % 3 == 0) if dead else None                    # a third of the latents dead
+    aux = dict(dead_mask=mask, aux_k=8, aux_coeff=0.5)
+    loss_d, parts_d, x_hat_d, f_d = S.sae_loss(dense, x, 0.7, **aux)
+    loss_s, parts_s, x_hat_s, f_s = S.sae_loss(sparse, x, 0.7, sparse=True, **aux)
+    assert ("aux" in parts_d) == ("aux" in parts_s) == dead
+    assert 0 < (f_d > 0).float().mean() < 0.5 and torch.equal(f_d.detach(), f_s.to_dense())
     assert torch.allclose(x_hat_d, x_hat_s, atol=1e-5) and loss_d.item() == pytest.approx(loss_s.item(), rel=1e-6)
+    fired_d, n_d = S.firing(f_d.detach())
+    fired_s, n_s = S.firing(f_s)
+    assert torch.equal(fired_d, fired_s) and int(n_d) == n_s
     loss_d.backward()
     loss_s.backward()
     for (name, p), q in zip(dense.named_parameters(), sparse.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_bf16_selection_changes_only_near_threshold_latents(arch):
+    """select_bf16: the active latents come from a bf16 product, their values are exact: every value
+    used equals the float32 pre-activation, and the latents picked differently from the float32
+    step are only those within bf16 rounding of the threshold; loss and gradients stay close."""
+    x = torch.randn(400, 64, generator=torch.Generator().manual_seed(1)).relu() * 2
+    exact, approx = random_sae(arch, d=64, n=256, k=12), random_sae(arch, d=64, n=256, k=12)
+    with torch.no_grad():
+        for s in (exact, approx):
+            s.b_enc.sub_(1.5)
+    loss_e, _, _, f_e = S.sae_loss(exact, x, 0.7, sparse=True)
+    loss_a, _, _, f_a = S.sae_loss(approx, x, 0.7, sparse=True, select_bf16=True)
+    fe, fa = f_e.to_dense(), f_a.to_dense()
+    with torch.no_grad():
+        pre = exact.pre_acts(x)
+    both = (fe > 0) & (fa > 0)
+    assert torch.allclose(fa[fa > 0], pre[fa > 0], rtol=1e-5, atol=1e-6)       # values: exact float32
+    differ = (fe > 0) != (fa > 0)
+    assert differ.float().mean() < 0.01 and both.sum() > 0.9 * (fe > 0).sum()
+    if arch == "relu":  # only near-zero pre-activations can be picked differently
+        assert differ.sum() == 0 or pre[differ].abs().max() < 0.02 * pre.abs().max()
+    assert loss_a.item() == pytest.approx(loss_e.item(), rel=1e-2)
+    loss_e.backward()
+    loss_a.backward()
+    for (name, p), q in zip(exact.named_parameters(), approx.parameters()):
+        assert (p.grad - q.grad).norm() < 0.05 * p.grad.norm(), name
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk"])
