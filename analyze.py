@@ -322,44 +322,50 @@ def greedy_matching(pairs, pair_r):
 
 
 def linear_sum_assignment(cost):
-    """Minimum-cost assignment (the Hungarian method, shortest augmenting paths with potentials, O(n^2 m);
-    Kuhn 1955, Jonker & Volgenant 1987): each row of cost (n, m), n <= m (else transposed), gets a distinct
-    column. Returns (rows, cols) as scipy.optimize.linear_sum_assignment does. numpy only."""
+    """Minimum-cost assignment (the Hungarian method as shortest augmenting paths: Jonker & Volgenant
+    1987, with the dual update after each search of Crouse 2016): each row of cost (n, m), n <= m (else
+    transposed), gets a distinct column. Returns (rows, cols) as scipy.optimize.linear_sum_assignment
+    does. numpy only; one vectorised relaxation over the columns per step of a search."""
     cost = np.asarray(cost, dtype=np.float64)
     if cost.shape[0] > cost.shape[1]:
         cols, rows = linear_sum_assignment(cost.T)
         order = np.argsort(rows)
         return rows[order], cols[order]
     n, m = cost.shape
-    u, v = np.zeros(n + 1), np.zeros(m + 1)           # potentials; index 0 is the virtual start
-    row_of = np.zeros(m + 1, dtype=np.int64)          # row_of[j]: the row (1-based) holding column j, 0 = free
-    way = np.zeros(m + 1, dtype=np.int64)
-    for i in range(1, n + 1):
-        row_of[0], j0 = i, 0
-        minv, used = np.full(m + 1, np.inf), np.zeros(m + 1, dtype=bool)
-        while True:                                   # grow the shortest-path tree until a free column
-            used[j0] = True
-            i0 = row_of[j0]
-            free = ~used[1:]
-            reduced = cost[i0 - 1] - u[i0] - v[1:]
-            better = free & (reduced < minv[1:])
-            minv[1:][better], way[1:][better] = reduced[better], j0
-            j1 = int(np.argmin(np.where(free, minv[1:], np.inf))) + 1
-            delta = minv[j1]
-            u[row_of[used]] += delta
-            v[used] -= delta
-            minv[1:][free] -= delta
-            j0 = j1
-            if row_of[j0] == 0:
+    u, v = np.zeros(n), np.zeros(m)                      # dual potentials
+    col_of, row_of = np.full(n, -1), np.full(m, -1)      # the assignment, both ways
+    path = np.zeros(m, dtype=np.int64)                   # the row each column was reached from
+    for cur in range(n):                                 # Dijkstra from row cur to a free column
+        shortest = np.full(m, np.inf)                    # shortest reduced path length to each column
+        final = np.zeros(m, dtype=bool)                  # columns whose shortest path is known
+        rows_seen, i, min_val, sink = [cur], cur, 0.0, -1
+        while sink < 0:
+            reduced = min_val + cost[i] - u[i] - v        # paths that go on through row i
+            better = (reduced < shortest) & ~final
+            shortest[better], path[better] = reduced[better], i
+            open_ = np.where(final, np.inf, shortest)
+            min_val = open_.min()
+            ties = np.flatnonzero(open_ == min_val)
+            free = ties[row_of[ties] < 0]                 # among equals, a free column ends the search
+            j = int(free[0] if len(free) else ties[0])
+            final[j] = True
+            if row_of[j] < 0:
+                sink = j
+            else:
+                i = int(row_of[j])
+                rows_seen.append(i)
+        u[cur] += min_val                                 # keep the reduced costs >= 0 on the tree
+        others = np.asarray(rows_seen[1:], dtype=np.int64)
+        u[others] += min_val - shortest[col_of[others]]
+        v[final] -= min_val - shortest[final]
+        j = sink                                          # augment along the path
+        while True:
+            i = int(path[j])
+            row_of[j] = i
+            col_of[i], j = j, col_of[i]
+            if i == cur:
                 break
-        while j0:                                     # augment along the path
-            j1 = way[j0]
-            row_of[j0] = row_of[j1]
-            j0 = j1
-    cols = np.nonzero(row_of[1:])[0]
-    rows = row_of[1:][cols] - 1
-    order = np.argsort(rows)
-    return rows[order], cols[order]
+    return np.arange(n), col_of.copy()
 
 
 def components(pairs, n_rows):

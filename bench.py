@@ -23,6 +23,7 @@ rss   : peak resident memory of `data.py --domain all` on a generated local corp
 quickstart (only when asked): ./reproduce.sh from scratch into a temp folder, wall time and peak memory.
 FLOPs are dense-equivalent matmul FLOPs (an implementation that skips zeros can pass 100%).
 """
+import copy
 import datetime
 import multiprocessing as mp
 import os
@@ -284,14 +285,14 @@ def bench_forward(cfg, model, x, device, peak, shapes):
 # -----------------------------------------------------------------------------
 # sae: our SAE step (and its loop's bookkeeping) vs SAELens' SAETrainer.step
 
-def ours_sae_step(S, sae, x, arch):
+def ours_sae_step(S, sae, x, arch, fast_math=True):
     """sae.py's training step as its loop runs it: sae.train_seeds (train_step for the seed, the firing
     record, the running sums of the log, its own choice of the sparse path) on a run made by sae.new_run,
     when sae.py has them; else train_step plus the same bookkeeping. 10% of latents are held dead so
     TopK pays for AuxK (as in the peer)."""
     import types
     n_feat, (B, d_in) = sae.n_features, x.shape
-    cfg = dict(S.config, arch=arch, lr=1e-4, l1_coeff=5.0, dead_window=B)
+    cfg = dict(S.config, arch=arch, lr=1e-4, l1_coeff=5.0, dead_window=B, fast_math=fast_math)
     if hasattr(S, "new_run"):
         run = S.new_run(0, sae, cfg, n_feat, x.device)
     else:
@@ -372,11 +373,14 @@ def bench_sae(cfg, device, shapes=None, steps=None, warmup=None, peer=True):
         if have_peer:  # made first: it copies our weights before our steps change them
             peer_step = sae_lens_step(d_in, n_feat, batch, arch, device, x, sae)
         fns = {"ours": ours_sae_step(S, sae, x, arch)}
+        bf16 = hasattr(S, "select_bf16") and S.select_bf16(device, True)
+        if bf16:  # the same step with the active latents picked in float32 too (fast_math off)
+            fns["ours_fp32"] = ours_sae_step(S, copy.deepcopy(sae), x, arch, fast_math=False)
         if have_peer:
             fns["peer"] = peer_step
         sec = time_rounds(fns, steps or cfg["steps"], cfg["warmup"] if warmup is None else warmup, device)
         for name, t in sec.items():
-            print(f"  {arch:4s} {name:5s} {t * 1000:9.1f} ms/step {batch / t / 1e3:9.1f}k act/s  {share(flops, t, peak)} of peak")
+            print(f"  {arch:4s} {name:9s} {t * 1000:9.1f} ms/step {batch / t / 1e3:9.1f}k act/s  {share(flops, t, peak)} of peak")
         out[arch] = batch / sec["ours"]
         if not peer:
             break
@@ -386,8 +390,11 @@ def bench_sae(cfg, device, shapes=None, steps=None, warmup=None, peer=True):
             f"SAELens SAETrainer.step ({'StandardTrainingSAE' if arch == 'relu' else 'TopKTrainingSAE'}): "
             f"{batch / sec['peer'] / 1e3:,.1f}k act/s" if "peer" in sec else "not installed",
             sec["peer"] / sec["ours"] if "peer" in sec else None,
-            " / ".join(share(flops, t, peak) for t in sec.values()),
+            " / ".join(share(flops, sec[k], peak) for k in ("ours", "peer") if k in sec),
             note="ours: sae.py's loop step (train_seeds: step, firing record, log sums); same start weights, "
+                 + (f"active latents picked by a bf16 product, values and gradients float32 (picked in float32: "
+                    f"{batch / sec['ours_fp32'] / 1e3:,.1f}k act/s"
+                    + (f", {sec['peer'] / sec['ours_fp32']:.2f}x" if "peer" in sec else "") + "); " if bf16 else "")
                  + (f"{cfg['sae_density']:.0%} of latents firing" if arch == "relu" else "k 32 firing")
                  + "; 10% of latents dead (AuxK)",
             goal=GOALS["sae"])
