@@ -58,7 +58,7 @@ config = dict(
     corr_features=2048,     # corr: features on each side (tiny SAEs: 2048)
     corr_tokens=[25_000, 100_000],  # corr: two token counts (memory against tokens); speed and accuracy at the last
     corr_chunk=8192,        # corr: tokens per streamed chunk
-    corr_density=0.02,      # corr: share of active features per token (tiny SAEs: L0 ~ 40 of 2048)
+    corr_density=0.012,     # corr: share of active features per token (the quickstart SAEs: L0 20-28 of 2048)
     rss_mb=[40, 400],       # rss: two sizes of the generated corpus, MB of text over all four domains
     rss_preset="tiny",      # rss: data.py --preset for the runs
     paper_smoke=False,      # run each stage at the paper's shapes for smoke_steps steps, then the plan
@@ -483,31 +483,41 @@ def bench_corr(cfg, device, threads):
     if not sizes:
         die("--corr_tokens needs one or two token counts, e.g. 25000,100000")
     ctx, res = mp.get_context("spawn"), {}
-    # a fixed mmap threshold: glibc otherwise raises it as big blocks are freed and then keeps the freed
-    # chunk buffers in its heap, so the peak would grow with the number of chunks, not with the method
-    old_env = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
+
+    def run(how, n, save, env):  # one measurement in a fresh process with env set: (busy s, peak MiB, GPU MiB)
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            q = ctx.Queue()
+            p = ctx.Process(target=_corr_worker, args=(how, n_feat, n, chunk, dens, device, threads, save, q))
+            p.start()
+            got = q.get()
+            p.join()
+            return got
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     tmp = tempfile.mkdtemp(prefix="bench_corr_")
     try:
+        # memory: a fixed mmap threshold, else glibc raises it as big blocks are freed and then keeps the
+        # freed chunk buffers in its heap, so the peak would grow with the number of chunks, not with the
+        # method. Speed: glibc's defaults, as a user runs it (every fresh mmap of a chunk's temporaries
+        # faults its pages in again: that would time the allocator, not the method).
         for n in sizes:
             for how in ("streamed", "peer"):
-                q = ctx.Queue()
-                p = ctx.Process(target=_corr_worker, args=(how, n_feat, n, chunk, dens, device, threads,
-                                                          tmp if n == sizes[-1] else "", q))
-                p.start()
-                res[how, n] = q.get()
-                p.join()
+                res[how, n] = run(how, n, "", {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)})
+        for how in ("streamed", "peer"):
+            res[how, "time"] = run(how, sizes[-1], tmp, {})
         r = {k: np.load(os.path.join(tmp, f"{k}.npy")) for k in ("streamed", "peer", "ref")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old_env is None:
-            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-        else:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = old_env
     err = {k: float(np.abs(r[k] - r["ref"]).max()) for k in ("streamed", "peer")}
     n, peak = sizes[-1], peak_for(device, False)
     flops = 2 * n * n_feat * n_feat  # the cross block x^T y, dense-equivalent
-    t_s, t_p = res["streamed", n][0], res["peer", n][0]
+    t_s, t_p = res["streamed", "time"][0], res["peer", "time"][0]
     mem = lambda how: " -> ".join(f"{res[how, m][1]:,.0f}" for m in sizes) + " MiB" + (
         " (GPU " + " -> ".join(f"{res[how, m][2]:,.0f}" for m in sizes) + " MiB)" if device.startswith("cuda") else "")
     print(f"corr {n_feat} x {n_feat} features, density {dens}, chunks of {chunk}, {device}: at {n:,} tokens "
