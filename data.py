@@ -90,14 +90,14 @@ RE_PATTERN = PATTERN.replace(")?+", ")?").replace(")++", ")+")
 # --source hf: the datasets the authors trained on, at pinned commits of the Hugging Face hub. PINNED
 # holds (commit sha, date pinned). baby-python: its "Upload dataset" commit of 2024-03-16, the one that
 # added the parquet files (its card: train 10,695,758 rows / 1.22 GB of text, validation 1,037,288 /
-# 118 MB; the one later commit on main is titled "Update README.md"). small-lua-stack: its full sha
-# could not be looked up where this was written (no network; the hub's page names the data commit
-# 5c9180d, "Upload dataset", 2024-02-28), so the first download resolves `main` to its commit sha,
-# records it in <data_dir>/raw/hf/<repo>/REVISION and in meta.json, and every later run reuses it.
+# 118 MB; the one later commit on main is titled "Update README.md"). small-lua-stack: its "Upload
+# dataset" commit of 2024-02-28, as the hub's pages abbreviate it (its full sha could not be looked up
+# where this was written: no network); the hub resolves the prefix at the first download, and the full
+# sha, checked to start with it, is recorded in <data_dir>/raw/hf/<repo>/REVISION and meta.json.
 HF = os.environ.get("HF_ENDPOINT", "https://huggingface.co")  # tests point this at a local server
 PINNED = {"nilq/baby-python": ("2b8e08a55375e38eeefbe5b01ab09a0c36447ce5", "2026-11-25"),
           "roneneldan/TinyStories": ("f54c09fd23315a6f9c86f9dc80f725de7d8f9c64", "2026-11-25"),
-          "nilq/small-lua-stack": (None, "2026-11-25")}
+          "nilq/small-lua-stack": ("5c9180d", "2026-11-25")}
 # which dataset, text column and splits each domain reads. nilq/baby-python is the authors' base mix:
 # all of BabyLM 100M plus Python from The Stack matched to it by words; its `type` column says which
 # a row is (a type naming python -> python, any other -> babylm). TinyStories: the train/validation
@@ -524,20 +524,29 @@ def stream_to(r, part, have):
 
 
 def hub_revision(data_dir, repo):
-    """The commit to read: PINNED, else the one recorded at the first download, else `main` resolved now."""
-    sha = PINNED.get(repo, (None, None))[0]
-    if sha:
-        return sha
+    """The commit to read: PINNED's full sha; for a pin given as an abbreviated sha (as the hub's pages
+    show commits; the hub resolves prefixes) or no pin (`main`), the full sha the hub resolves it to at
+    the first download, checked against the pin, recorded in <data_dir>/raw/hf/<repo>/REVISION and reused."""
+    pin = PINNED.get(repo, (None, None))[0]
+    if pin and len(pin) == 40:
+        return pin
     rec = os.path.join(data_dir, "raw", "hf", repo, "REVISION")
     if os.path.exists(rec):
-        return open(rec).read().strip()
-    info = read_json(download(f"{HF}/api/datasets/{repo}/revision/main", rec + ".json", "json", hub_headers()))
-    sha = info.get("sha") if isinstance(info, dict) else None
-    if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{40}", sha)):
-        die(f"the hub's answer for {repo} holds no commit sha; delete {rec}.json and run again")
-    atomic_write_text(rec, sha + "\n")
-    os.remove(rec + ".json")
-    print(f"  {repo}: not pinned in data.py; using its current commit {sha} from now on (recorded in {rec})")
+        sha = open(rec).read().strip()
+    else:
+        info = read_json(download(f"{HF}/api/datasets/{repo}/revision/{pin or 'main'}", rec + ".json", "json",
+                                  hub_headers()))
+        sha = info.get("sha") if isinstance(info, dict) else None
+        if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{40}", sha)):
+            die(f"the hub's answer for {repo} holds no commit sha; delete {rec}.json and run again")
+        os.remove(rec + ".json")
+        if not pin or sha.startswith(pin):
+            atomic_write_text(rec, sha + "\n")
+            print(f"  {repo}: " + (f"pinned commit {pin} is {sha} (recorded in {rec})" if pin else
+                                   f"not pinned in data.py; using its current commit {sha} from now on (recorded in {rec})"))
+    if pin and not sha.startswith(pin):
+        die(f"{repo}: the commit {sha} (from the hub, or recorded in {rec}) is not data.py's pinned {pin}; "
+            f"delete {rec} if it is stale, or pin the commit you mean in data.py's PINNED")
     return sha
 
 

@@ -264,8 +264,8 @@ class Transformer(nn.Module):
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        fused = device_type == "cuda"  # fused AdamW kernel when on GPU
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+        # fused: one kernel for every parameter, on the GPU and (torch >= 2.4) the CPU alike
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type in ("cuda", "cpu"))
 
     def flops_per_token(self):
         """Training FLOPs per token (forward + backward = 6 x matmul params, plus attention),

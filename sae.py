@@ -484,12 +484,12 @@ def sparse_loss(sae, x, l1_coeff, dead_mask, aux_k, aux_coeff, select_bf16=False
             pat = active_pattern(sae.activate(pre))
             vals = pre[pat.rows, pat.cols]                                      # f's active values (> 0)
 
-    def decode(pat, vals):  # the active values' (pattern, values) -> their decoded sum, with gradients
-        return SparseDecode.apply(PreAt.apply(sae.b_dec, sae.W_enc, sae.b_enc, xc, vals, pat), sae.W_dec, pat)
-
     vals_g = PreAt.apply(sae.b_dec, sae.W_enc, sae.b_enc, xc, vals, pat)   # act = identity on them
     x_hat = SparseDecode.apply(vals_g, sae.W_dec, pat) + sae.b_dec
-    aux_decode = lambda rows, cols: decode(*positive(sae, xc, rows, cols, tuple(pre.shape)))  # noqa: E731
+
+    def aux_decode(rows, cols):  # AuxK's dead latents: decoded with their gradients, like the active ones
+        pat_a, vals_a = positive(sae, xc, rows, cols, tuple(pre.shape))
+        return SparseDecode.apply(PreAt.apply(sae.b_dec, sae.W_enc, sae.b_enc, xc, vals_a, pat_a), sae.W_dec, pat_a)
     return finish_loss(sae, x, pre, csr(pat, vals), x_hat, lambda: vals_g.sum() / len(x), l1_coeff, dead_mask,
                        aux_k, aux_coeff, aux_decode)
 

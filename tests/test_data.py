@@ -305,7 +305,8 @@ def test_local_reader_matches_split_eot_across_blocks(tmp_path):
 
 TS_SHA = "f54c09fd23315a6f9c86f9dc80f725de7d8f9c64"  # TinyStories: pinned in data.PINNED
 BP_SHA = "2b8e08a55375e38eeefbe5b01ab09a0c36447ce5"  # baby-python: pinned in data.PINNED
-SHAS = {"nilq/baby-python": BP_SHA, "roneneldan/TinyStories": TS_SHA, "nilq/small-lua-stack": "c" * 40}  # lua: resolved
+LUA_SHA = "5c9180d" + "c" * 33  # small-lua-stack: pinned by its abbreviated sha, which the hub resolves
+SHAS = {"nilq/baby-python": BP_SHA, "roneneldan/TinyStories": TS_SHA, "nilq/small-lua-stack": LUA_SHA}
 
 
 class Hub:
@@ -383,7 +384,7 @@ class Hub:
         path = path.split("?")[0]
         for repo in self.repos:
             sha = SHAS[repo]
-            for kind, prefix in (("revision", f"/api/datasets/{repo}/revision/main"), ("tree", f"/api/datasets/{repo}/tree/{sha}"),
+            for kind, prefix in (("revision", f"/api/datasets/{repo}/revision/"), ("tree", f"/api/datasets/{repo}/tree/{sha}"),
                                  ("resolve", f"/datasets/{repo}/resolve/{sha}/"), ("cdn", f"/cdn/{repo}/{sha}/")):
                 if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
                     rest = path[len(prefix):]
@@ -465,12 +466,12 @@ def test_hf_source_end_to_end(hub, tmp_path, monkeypatch, capsys):
     for domain in ("babylm", "python", "tinystories", "lua"):
         for split in ("train", "val"):
             assert decoded_docs(d, domain, split) == want[domain][split], (domain, split)
-    meta = data.read_meta(d, "lua")
-    assert meta["upstream"] == "nilq/small-lua-stack" and meta["revision"] == SHAS["nilq/small-lua-stack"] and not meta["pinned"]
-    for domain, sha in (("tinystories", TS_SHA), ("babylm", BP_SHA), ("python", BP_SHA)):
+    assert data.read_meta(d, "lua")["upstream"] == "nilq/small-lua-stack"
+    for domain, sha in (("tinystories", TS_SHA), ("babylm", BP_SHA), ("python", BP_SHA), ("lua", LUA_SHA)):
         assert data.read_meta(d, domain)["revision"] == sha and data.read_meta(d, domain)["pinned"]
-    assert open(os.path.join(d, "raw", "hf", "nilq", "small-lua-stack", "REVISION")).read().strip() == SHAS["nilq/small-lua-stack"]
-    assert not any("TinyStories/revision" in p or "baby-python/revision" in p for p, _ in hub.log)  # pinned: never asked
+    assert open(os.path.join(d, "raw", "hf", "nilq", "small-lua-stack", "REVISION")).read().strip() == LUA_SHA
+    asked = [p for p, _ in hub.log if "/revision/" in p]  # full shas are never asked; the prefix once
+    assert asked == ["/api/datasets/nilq/small-lua-stack/revision/5c9180d"]
     assert len([p for p, _ in hub.log if "/small-lua-stack/tree/" in p]) == 2  # 3 files + 1 folder: two pages
     assert len([p for p, _ in hub.log if "/baby-python/tree/" in p]) == 3  # 4 files + 1 folder: three pages
     assert not any(p.endswith(".txt") for p, _ in hub.log)  # only the parquet files of the splits
@@ -481,11 +482,30 @@ def test_hf_source_end_to_end(hub, tmp_path, monkeypatch, capsys):
     assert set(got) <= set(want["babylm"]["train"]) | set(want["python"]["train"])
     assert base["splits"]["train"]["documents"] == len(got) and mix["cut"] in ("babylm", "python")
     out = capsys.readouterr().out
-    assert "documents" in out and "tokens" in out and "not pinned in data.py" in out
+    assert "documents" in out and "tokens" in out and f"pinned commit 5c9180d is {LUA_SHA}" in out
     # a re-run asks the hub nothing and rebuilds nothing
     hub.log.clear()
     data.main(HF_ARGS + ["--data_dir", d])
     assert hub.log == [] and capsys.readouterr().out.count("is up to date") == 5
+
+
+def test_hf_revision_unpinned_resolves_main_and_a_wrong_prefix_is_refused(hub, tmp_path, monkeypatch, capsys):
+    serve_datasets(hub)
+    d = str(tmp_path / "d")
+    monkeypatch.setitem(data.PINNED, "nilq/small-lua-stack", (None, "2026-11-25"))
+    assert data.hub_revision(d, "nilq/small-lua-stack") == LUA_SHA                # main, resolved and recorded
+    assert hub.log[-1][0] == "/api/datasets/nilq/small-lua-stack/revision/main" and "not pinned" in capsys.readouterr().out
+    hub.log.clear()
+    assert data.hub_revision(d, "nilq/small-lua-stack") == LUA_SHA and hub.log == []  # the record is reused
+    monkeypatch.setitem(data.PINNED, "nilq/small-lua-stack", ("5c9180e", "2026-11-25"))
+    with pytest.raises(SystemExit) as e:                                            # the record is not the pin
+        data.hub_revision(d, "nilq/small-lua-stack")
+    assert "not data.py's pinned 5c9180e" in str(e.value.code) and "delete" in str(e.value.code)
+    os.remove(os.path.join(d, "raw", "hf", "nilq", "small-lua-stack", "REVISION"))
+    with pytest.raises(SystemExit) as e:                                            # nor what the hub answers
+        data.hub_revision(d, "nilq/small-lua-stack")
+    assert "not data.py's pinned 5c9180e" in str(e.value.code)
+    assert not os.path.exists(os.path.join(d, "raw", "hf", "nilq", "small-lua-stack", "REVISION"))
 
 
 def test_hf_dataset_without_val_split_is_split_by_hash(hub, tmp_path):
