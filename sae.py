@@ -391,16 +391,18 @@ def firing(f):
 # recomputed exactly in float32 at those entries, so only latents within bf16 rounding of the
 # threshold (ReLU: pre ~ 0; TopK: the k-th value) can be picked differently.
 
+def pointers(index, n):
+    """CSR pointers (n + 1,) of sorted row (or column) indices: where each row's entries start."""
+    ptr = torch.zeros(n + 1, dtype=torch.long)
+    ptr[1:] = torch.bincount(index, minlength=n).cumsum(0)
+    return ptr
+
+
 def pattern(rows, cols, shape):
     """The entries (rows, cols), row-major, with CSR row pointers, and the same entries column-major
     (perm, col pointers) for the transposed products."""
-    n, n_f = shape
-    crow = torch.zeros(n + 1, dtype=torch.long)
-    crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
-    perm = torch.argsort(cols, stable=True)
-    ccol = torch.zeros(n_f + 1, dtype=torch.long)
-    ccol[1:] = torch.bincount(cols, minlength=n_f).cumsum(0)
-    return SimpleNamespace(rows=rows, cols=cols, crow=crow, perm=perm, ccol=ccol, shape=shape)
+    return SimpleNamespace(rows=rows, cols=cols, crow=pointers(rows, shape[0]), perm=torch.argsort(cols, stable=True),
+                           ccol=pointers(cols, shape[1]), shape=shape)
 
 
 def active_pattern(f):
@@ -422,9 +424,7 @@ def csr_t(pat, vals):  # the transpose (F, N)
 def positive(sae, xc, rows, cols, shape):
     """The entries among (rows, cols) (row-major) whose exact float32 pre-activation xc @ W_enc + b_enc
     is > 0: (their pattern, those values). The values come from a product sampled at the entries only."""
-    crow = torch.zeros(shape[0] + 1, dtype=torch.long)
-    crow[1:] = torch.bincount(rows, minlength=shape[0]).cumsum(0)
-    at = csr(SimpleNamespace(crow=crow, cols=cols, shape=shape), torch.zeros(len(cols)))
+    at = csr(SimpleNamespace(crow=pointers(rows, shape[0]), cols=cols, shape=shape), torch.zeros(len(cols)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         vals = torch.sparse.sampled_addmm(at, xc, sae.W_enc, beta=0.0).values() + sae.b_enc[cols]
