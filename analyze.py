@@ -169,16 +169,23 @@ class CorrAccumulator:
         ys = y - self.cy if self.shift_y else y                                  # (N, Fy)
         self.n += x.shape[0]
         if self.sparse:
-            cache = {} if cache is None else cache                               # unshifted entries only
-            ex = entries(xs, by_feature=True) if self.shift_x else cache.get(key_x) or entries(xs, by_feature=True)
-            ey = entries(ys) if self.shift_y else cache.get(key_y) or entries(ys)
-            if not self.shift_x:
-                cache[key_x] = ex
-            if not self.shift_y:
-                cache[key_y] = ey
-            n_pairs = float((torch.bincount(ex[0], minlength=len(xs)).double()
-                             * torch.bincount(ey[0], minlength=len(ys)).double()).sum())
+            cache = {} if cache is None else cache
+
+            def of(key, a, shifted, make):  # made once per chunk and matrix (unshifted ones are shared by pairs)
+                if shifted:
+                    return make(a)
+                if key not in cache:
+                    cache[key] = make(a)
+                return cache[key]
+            # co-active pairs estimated from the first rows' active counts, so that the entries (~32 bytes
+            # per active value: GBs for a dense chunk) are only extracted when the sparse path is taken;
+            # the choice only changes the speed, both paths are exact
+            per_token = lambda a: (a[:PAIR_SAMPLE] != 0).sum(1).double()                           # noqa: E731
+            n_pairs = float((of(key_x + ("n",), xs, self.shift_x, per_token)
+                             * of(key_y + ("n",), ys, self.shift_y, per_token)).mean()) * len(xs)
             if n_pairs * PAIR_COST.get(xs.device.type, 30) < xs.shape[0] * xs.shape[1] * ys.shape[1]:
+                ex = of(key_x, xs, self.shift_x, lambda a: entries(a, by_feature=True))
+                ey = of(key_y, ys, self.shift_y, entries)
                 for total, square, (_, feat, val) in ((self.sx, self.sxx, ex), (self.sy, self.syy, ey)):
                     total.index_add_(0, feat, val)                                # exact float64 sums
                     square.index_add_(0, feat, val * val)
@@ -212,6 +219,7 @@ class CorrAccumulator:
 
 PAIR_COST = {"cpu": 30, "cuda": 1000}  # a co-active pair costs about this many dense multiply-adds (scattered
                                        # writes; measured on CPU; on CUDA an estimate: dense matmuls are far faster there)
+PAIR_SAMPLE = 512  # rows whose active counts estimate a chunk's co-active pairs (sparse or dense path)
 SLOT = 8         # y's active features per token are laid out in slots of this width (measured best of 4-32 at L0 25-40)
 PAIR_ROWS = 1 << 19   # at most this many (x entry, slot) rows at once: 2^19 x SLOT pairs, 64 MB of indices and values
 

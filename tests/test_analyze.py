@@ -88,6 +88,22 @@ def test_sparse_products_equal_the_dense_reference(monkeypatch):
     np.testing.assert_allclose(corr(x, y, 128, sparse=True), np.corrcoef(x.T, y.T)[:42, 42:], atol=1e-10)
 
 
+def test_dense_chunks_take_the_dense_path_without_extracting_entries(monkeypatch):
+    """The sparse accumulator estimates a chunk's co-active pairs from its first rows' active counts
+    and extracts the entries (GBs for a dense chunk at the paper's widths) only where it pays."""
+    calls = []
+    real = analyze.entries
+    monkeypatch.setattr(analyze, "entries", lambda a, by_feature=False: calls.append(len(a)) or real(a, by_feature))
+    rng = np.random.default_rng(4)
+    dense_x, dense_y = rng.random((400, 60)), rng.random((400, 50))               # every feature active
+    sparse_x, sparse_y = sparse_feats(rng, 400, 60, 0.02), sparse_feats(rng, 400, 50, 0.02)
+    for x, y, extracts in ((dense_x, dense_y, False), (sparse_x, sparse_y, True)):
+        calls.clear()
+        got = corr(x, y, 200, sparse=True)
+        assert bool(calls) == extracts
+        np.testing.assert_allclose(got, corr(x, y, 200, sparse=False), atol=1e-12)
+
+
 def test_constant_and_dead_features_have_r_zero_not_nan():
     rng = np.random.default_rng(2)
     x = sparse_feats(rng, 300, 4)
