@@ -704,7 +704,7 @@ def parquet_rows(data_dir, domain, split):
     repo, column = HF_DATA[domain]
     paths = hub_parquet_files(data_dir, repo, split)
     if not paths:
-        die(f"{repo} at commit {hub_revision(data_dir, repo)} has no parquet files of its train split "
+        die(f"{repo} at commit {hub_revision(data_dir, repo)} has no parquet files of its {split} split "
             f"(see {os.path.join(data_dir, 'raw', 'hf', repo)}); pin a commit that has them in data.py's PINNED")
     want = [column] + (["type"] if repo == "nilq/baby-python" else [])
     for path in paths:

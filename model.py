@@ -227,22 +227,26 @@ class Transformer(nn.Module):
                 if out.shape != h.shape:
                     die(f"mlp_fn returned shape {tuple(out.shape)}, expected {tuple(h.shape)}")
                 h = out.to(h.dtype)
-        x = x + self.mlp.down(h)
-        if targets is not None and self.fused_head(x):
-            hf = self.norm_f(x)
+        hf = self.final(x, h)                                               # (B, T, d_model)
+        if targets is not None and self.fused_head(hf):
             loss = LMHeadCrossEntropy.apply(hf.reshape(-1, hf.size(-1)), self.lm_head.weight, targets.reshape(-1),
                                             max(256, (1 << 21) // self.args.vocab_size))  # >= 8 MB of logits a chunk
             return None, loss
-        logits = self.lm_head(self.norm_f(x))                               # = self.head(resid, h)
+        logits = self.lm_head(hf)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    def final(self, resid, h):
+        """The normed final residual stream from trunk()'s outputs, with h (the MLP hidden activation)
+        as given: the MLP's output added in place, then the final RMSNorm."""
+        return self.norm_f(resid + self.mlp.down(h.to(resid.dtype)))
+
     def head(self, resid, h):
-        """Logits from trunk()'s outputs, with h (the MLP hidden activation) as given: one model's trunk
-        serves every h spliced in (sae.evaluate: clean, zero-ablated, each SAE's reconstruction)."""
-        return self.lm_head(self.norm_f(resid + self.mlp.down(h.to(resid.dtype))))
+        """Logits from trunk()'s outputs and h: one model's trunk serves every h spliced in
+        (sae.evaluate: clean, zero-ablated, each SAE's reconstruction)."""
+        return self.lm_head(self.final(resid, h))
 
     def fused_head(self, x):
         """Whether the loss takes the chunked LM head (CPU float32 training); CUDA keeps the plain head,
