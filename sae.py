@@ -421,13 +421,19 @@ def csr_t(pat, vals):  # the transpose (F, N)
     return csr(SimpleNamespace(crow=pat.ccol, cols=pat.rows[pat.perm], shape=pat.shape[::-1]), vals[pat.perm])
 
 
+def sampled(pat, a, b):
+    """(a @ b) at the entries of pat only (a sampled product: one dot product per entry), their values
+    in pat's order."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.sparse.sampled_addmm(csr(pat, torch.zeros(len(pat.cols), dtype=a.dtype)), a, b, beta=0.0).values()
+
+
 def positive(sae, xc, rows, cols, shape):
     """The entries among (rows, cols) (row-major) whose exact float32 pre-activation xc @ W_enc + b_enc
     is > 0: (their pattern, those values). The values come from a product sampled at the entries only."""
-    at = csr(SimpleNamespace(crow=pointers(rows, shape[0]), cols=cols, shape=shape), torch.zeros(len(cols)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        vals = torch.sparse.sampled_addmm(at, xc, sae.W_enc, beta=0.0).values() + sae.b_enc[cols]
+    at = SimpleNamespace(crow=pointers(rows, shape[0]), cols=cols, shape=shape)
+    vals = sampled(at, xc, sae.W_enc) + sae.b_enc[cols]
     keep = vals > 0
     if not bool(keep.all()):
         rows, cols, vals = rows[keep], cols[keep], vals[keep]
@@ -468,7 +474,7 @@ class SparseDecode(torch.autograd.Function):
     def backward(ctx, grad):
         vals, W_dec = ctx.saved_tensors
         pat = ctx.pat
-        grad_vals = torch.sparse.sampled_addmm(csr(pat, torch.zeros_like(vals)), grad, W_dec.T, beta=0.0).values()
+        grad_vals = sampled(pat, grad, W_dec.T)                            # (g W_dec^T) at the active entries
         return grad_vals, csr_t(pat, vals) @ grad, None
 
 
