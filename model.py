@@ -12,6 +12,7 @@ then skips the LM head, which dominates the compute at a 32k vocabulary.
 Also here, because every stage needs them: building a model from a checkpoint, the
 evaluation loss over a token file, and the FLOP count for MFU.
 """
+import contextlib
 import math
 import os
 from dataclasses import asdict, dataclass, fields
@@ -230,7 +231,7 @@ class Transformer(nn.Module):
         hf = self.final(x, h)                                               # (B, T, d_model)
         if targets is not None and self.fused_head(hf):
             loss = LMHeadCrossEntropy.apply(hf.reshape(-1, hf.size(-1)), self.lm_head.weight, targets.reshape(-1),
-                                            max(256, (1 << 21) // self.args.vocab_size))  # >= 8 MB of logits a chunk
+                                            self.head_rows())
             return None, loss
         logits = self.lm_head(hf)
         loss = None
@@ -247,6 +248,11 @@ class Transformer(nn.Module):
         """Logits from trunk()'s outputs and h: one model's trunk serves every h spliced in
         (sae.evaluate: clean, zero-ablated, each SAE's reconstruction)."""
         return self.lm_head(self.final(resid, h))
+
+    def head_rows(self):
+        """Rows of LM-head logits to make at a time on a CPU (the chunked training loss, evaluation): ~8 MB of
+        float32 logits stay in cache while they are used (see LMHeadCrossEntropy), at least 256 rows."""
+        return max(256, (1 << 21) // self.args.vocab_size)
 
     def fused_head(self, x):
         """Whether the loss takes the chunked LM head (CPU float32 training); CUDA keeps the plain head,
@@ -395,14 +401,18 @@ def eval_loss(model, tokens, batch_size, max_batches=None, device="cpu", autocas
         n_win = min(n_win, max_batches * batch_size)
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    # the LM head in chunks of rows on the CPU (no (n, T, vocab) logits: 1.3-1.5x faster at the tiny
+    # preset), a batch at once on a GPU; summed on the device, read back once
+    rows = model.head_rows() if str(device) == "cpu" else batch_size * T
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for start in range(0, n_win, batch_size):
         n = min(batch_size, n_win - start)
         xy = torch.from_numpy(sample_windows(tokens, n, T + 1, "consecutive", offset=start)).to(device)  # (n, T+1)
-        ctx = autocast if autocast is not None else torch.autocast("cpu", enabled=False)
-        with ctx:
-            _, loss = model(xy[:, :-1], xy[:, 1:])
-        total += loss.item() * n
-        count += n
+        with autocast if autocast is not None else contextlib.nullcontext():
+            hf = model.final(*model.trunk(xy[:, :-1])).flatten(0, 1)        # (n*T, d_model)
+            tgt = xy[:, 1:].reshape(-1)
+            for i in range(0, len(tgt), rows):
+                total += F.cross_entropy(model.lm_head(hf[i:i + rows]).float(), tgt[i:i + rows], reduction="sum")
+        count += len(tgt)
     model.train(was_training)
-    return total / count
+    return total.item() / count

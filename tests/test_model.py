@@ -152,6 +152,8 @@ def test_eval_loss_is_the_mean_over_consecutive_windows():
         want.append(m(w[:, :-1], w[:, 1:])[1].item())
     assert eval_loss(m, tokens, batch_size=3) == pytest.approx(sum(want) / 7, rel=1e-6)
     assert eval_loss(m, tokens, batch_size=3, max_batches=1) == pytest.approx(sum(want[:3]) / 3, rel=1e-6)
+    m.head_rows = lambda: 5  # the CPU's LM head in chunks of rows that cut across windows and batches
+    assert eval_loss(m, tokens, batch_size=3) == pytest.approx(sum(want) / 7, rel=1e-6)
     with pytest.raises(SystemExit, match="fewer than one block of 16"):
         eval_loss(m, tokens[:16], batch_size=3)
 

@@ -159,6 +159,31 @@ def test_ce_recovered_is_one_for_identity_and_zero_for_zero_ablation():
     for _ in range(2):
         again = S.evaluate(model, [ident, zero], wins, skip=1, batch=4, cache=cache)
         assert again == [m_id, m_zero] and len(cache) == 2
+    model.head_rows = lambda: 7                 # the CPU's head in chunks of rows that cut across windows
+    chunked = S.evaluate(model, [ident, zero], wins, skip=1, batch=4)
+    for a, b in zip(chunked, [m_id, m_zero]):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9) for k in a if k != "density_hist")
+        assert a["density_hist"] == b["density_hist"]
+
+
+def test_encode_features_is_encode_at_those_features():
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    idx = torch.tensor([5, 0, 47, 12])
+    for arch in ("relu", "topk"):
+        sae = random_sae(arch)
+        want = sae.encode(x)[:, idx]
+        assert (want > 0).any() and (want == 0).any()
+        assert torch.allclose(sae.encode_features(x, idx), want, atol=1e-6)
+
+
+def test_relu_support_of_bf16_is_the_positive_entries():
+    # the sparse step's bf16 selection compares bf16 bit patterns as int16: the same entries as > 0
+    special = torch.tensor([0.0, -0.0, 1e-38, -1e-38, 3e38, -3e38, float("inf"), float("-inf"), 1.0, -1.0])
+    pre = torch.cat([special, torch.randn(2000, generator=torch.Generator().manual_seed(0))]).bfloat16().view(-1, 10)
+    rows, cols = S.ReLU(0, 10).support(pre)
+    want_rows, want_cols = (pre.float() > 0).nonzero(as_tuple=True)
+    assert torch.equal(rows, want_rows) and torch.equal(cols, want_cols)
+    assert cols[rows == 0].tolist() == [2, 4, 6, 8]
 
 
 # -----------------------------------------------------------------------------
