@@ -372,12 +372,20 @@ def test_seeds_share_one_stream_and_resume_continues_exactly(dirs, tmp_path, arc
     a, b, c = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")
     for o in (a, b, c):
         write_model(o, "base", seed=0)
-    extra = [f"--arch={arch}", "--k=4", "--model=base", "--l1_coeff=50", "--l1_warmup_frac=0", "--lr=0.03"]  # L1 kills latents
+    extra = [f"--arch={arch}", "--k=4", "--model=base", "--l1_coeff=50", "--l1_warmup_frac=0", "--lr=0.03",  # L1 kills latents
+             "--threads=2"]  # a pair of seeds then steps in two threads of one core each
     sparse_steps = []
     real = S.sparse_loss
     monkeypatch.setattr(S, "sparse_loss", lambda *args: sparse_steps.append(1) or real(*args))
+    pooled, real_setup = [], S.setup
+
+    def setup(cfg):
+        job = real_setup(cfg)
+        pooled.append(job.pool is not None)
+        return job
+    monkeypatch.setattr(S, "setup", setup)
     run(dirs, *extra, "--seeds=0,1", out=a)
-    assert sparse_steps                                      # the compared runs take sparse steps too
+    assert sparse_steps and pooled == [True]                 # the compared runs take sparse steps, in threads
     run(dirs, *extra, "--seeds=1", out=b)                     # seed 1 alone: the same stream, the same SAE
     w = lambda o, s: state(o, "base")["seeds"][s]["sae"]
     assert all(torch.equal(w(a, 1)[k], w(b, 1)[k]) for k in w(a, 1))
