@@ -196,7 +196,9 @@ class CorrAccumulator:
         self.sxx += (xs * xs).sum(0, dtype=f64)
         self.sy += ys.sum(0, dtype=f64)
         self.syy += (ys * ys).sum(0, dtype=f64)
-        self.sxy.add_(xs.T @ ys)                                                  # (Fx, Fy), float64 += mm_dtype
+        rows = product_rows(ys.shape[1])
+        for i in range(0, xs.shape[1], rows):  # x^T y a block of rows at a time: adding float32 into float64
+            self.sxy[i:i + rows].add_(xs[:, i:i + rows].T @ ys)                   # makes a float64 copy of it
 
     @torch.no_grad()
     def finalize(self):
@@ -220,8 +222,16 @@ class CorrAccumulator:
 PAIR_COST = {"cpu": 30, "cuda": 1000}  # a co-active pair costs about this many dense multiply-adds (scattered
                                        # writes; measured on CPU; on CUDA an estimate: dense matmuls are far faster there)
 PAIR_SAMPLE = 512  # rows whose active counts estimate a chunk's co-active pairs (sparse or dense path)
+PRODUCT_BYTES = 64 << 20  # the dense path's x^T y in blocks of rows of this many float32 bytes: the block and its
+                          # float64 copy (made by the float64 += float32 add) instead of 12 Fx Fy bytes at once (3.2 GB
+                          # at 16,384 x 16,384); measured on the CPU paper smoke: analysis peak 8.2 -> 5.4 GB
 SLOT = 8         # y's active features per token are laid out in slots of this width (measured best of 4-32 at L0 25-40)
 PAIR_ROWS = 1 << 19   # at most this many (x entry, slot) rows at once: 2^19 x SLOT pairs, 64 MB of indices and values
+
+
+def product_rows(fy):
+    """Rows of x^T y (of width fy) made and added at a time on the dense path (PRODUCT_BYTES)."""
+    return max(1, PRODUCT_BYTES // (4 * fy))
 
 
 def stable_shift(a):
@@ -695,14 +705,16 @@ def memory_need(sizes, rows, d_mlp, n_models, sae_features, weights):
     ([F] of the SAEs run): what one pass computes; weights: bytes of the models and SAEs on the device.
     - the group's sums: 8 Fp Fc per pair (float64 x^T y) and its column sums;
     - a chunk: the models' MLP activations (4 rows d_mlp each) and the SAE features one pair needs plus
-      the one SAE being encoded (4 rows F each), the shifted copies of a pair and its float32 product (4 Fp Fc),
-      or a block of co-active products (coactive_add, PAIR_ROWS);
+      the one SAE being encoded (4 rows F each), the shifted copies of a pair and a block of its float32 product
+      with that block's float64 copy (12 x product_rows x Fc), or a block of co-active products (coactive_add,
+      PAIR_ROWS);
     - classifying a pair (the group's other sums still held; r is made in place): classify's masked copy
       (8 Fp Fc) and boolean masks (4 Fp Fc: live pairs, hits, candidates, slack), and a 4,096-row block of
       decoder cosines."""
     sums = sum(8 * a * b + 32 * (a + b) for a, b in sizes)
     feats = 4 * rows * (sum(a + b for a, b in sizes) + max(sae_features, default=0))
-    chunk = 4 * rows * d_mlp * n_models + feats + max(4 * rows * (a + b) + 4 * a * b for a, b in sizes)
+    chunk = 4 * rows * d_mlp * n_models + feats + max(4 * rows * (a + b) + 12 * min(a, product_rows(b)) * b
+                                                       for a, b in sizes)
     classify = max(12 * a * b + 4 * 4096 * b for a, b in sizes)
     pairs = 3 * 16 * PAIR_ROWS * SLOT                                            # co-active products of a block
     return weights + sums + max(chunk + pairs, classify)

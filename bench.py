@@ -300,7 +300,7 @@ def ours_sae_step(S, sae, x, arch, fast_math=True):
                "last_fired": torch.zeros(n_feat, dtype=torch.long, device=x.device)}
     run.update(bad_step=torch.tensor(-1, device=x.device), bad_loss=torch.tensor(0.0, device=x.device))
     job = types.SimpleNamespace(cfg=cfg, step=0, B=B, stats=None, d_in=d_in, device=str(x.device), n_features=n_feat,
-                                total_steps=10 ** 9, aux_k=d_in // 2,
+                                total_steps=10 ** 9, aux_k=d_in // 2, pool=None,  # one seed: no seed threads
                                 select_bf16=hasattr(S, "select_bf16") and S.select_bf16(str(x.device), cfg["fast_math"]))
 
     def step():

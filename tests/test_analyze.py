@@ -42,6 +42,10 @@ def test_streamed_correlation_equals_numpy_corrcoef_for_any_chunk_size():
     results = [corr(x, y, chunk) for chunk in (1, 7, 64, 600)]
     for r in results:
         np.testing.assert_allclose(r, want, atol=1e-10)
+    with pytest.MonkeyPatch.context() as mp:  # x^T y made and added two rows at a time (PRODUCT_BYTES)
+        mp.setattr(analyze, "PRODUCT_BYTES", 2 * 4 * y.shape[1])
+        assert analyze.product_rows(y.shape[1]) == 2
+        np.testing.assert_allclose(corr(x, y, 64), want, atol=1e-10)
     # float32 products per chunk (the default) stay within 1e-5 of the exact answer
     np.testing.assert_allclose(corr(x.astype(np.float32), y.astype(np.float32), 64, torch.float32), want, atol=1e-5)
 
