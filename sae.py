@@ -39,8 +39,10 @@ Work done only where the result needs it: the harvest runs the model's MLP (and 
 queries) only at the positions it keeps (model.mlp_acts(idx, positions)); on the CPU, once few latents are active,
 the SAE step touches only the active ones in the decoder and in every backward product (sparse
 step, SPARSE_BELOW; with AuxK too), and on a CPU with bf16 matmuls (fast_math) picks those latents
-with a bf16 encoder product, their values then exact in float32; the evaluation reuses each window's
-attention output for every SAE spliced in, and the zero-ablation CE is computed once. On CUDA
+with a bf16 encoder product, their values then exact in float32, and a pair of seeds steps in two
+threads of one core each; the evaluation reuses each window's attention output for every SAE
+spliced in, makes the LM head's logits a cache-sized block of tokens at a time, and computes the
+zero-ablation CE once. On CUDA
 (fast_math) the SAE trains with TF32 matmuls and the harvest forward runs in bf16; evaluation and
 the saved SAEs are full float32.
 """
