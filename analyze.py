@@ -224,7 +224,7 @@ PAIR_COST = {"cpu": 30, "cuda": 1000}  # a co-active pair costs about this many 
 PAIR_SAMPLE = 512  # rows whose active counts estimate a chunk's co-active pairs (sparse or dense path)
 PRODUCT_BYTES = 64 << 20  # the dense path's x^T y in blocks of rows of this many float32 bytes: the block and its
                           # float64 copy (made by the float64 += float32 add) instead of 12 Fx Fy bytes at once (3.2 GB
-                          # at 16,384 x 16,384); measured on the CPU paper smoke: analysis peak 8.2 -> 5.4 GB
+                          # at 16,384 x 16,384); the CPU paper smoke's analysis peak 8.2 -> 6.5 GB (now classification's)
 SLOT = 8         # y's active features per token are laid out in slots of this width (measured best of 4-32 at L0 25-40)
 PAIR_ROWS = 1 << 19   # at most this many (x entry, slot) rows at once: 2^19 x SLOT pairs, 64 MB of indices and values
 

@@ -662,7 +662,8 @@ def evaluate(model, saes, wins, skip=1, batch=16, device="cpu", cache=None):
     for i in range(0, len(wins), batch):
         xy = wins[i:i + batch].to(device)
         resid, h = model.trunk(xy[:, :-1])                                   # (B, T, d_model), (B, T, d_mlp)
-        resid, h = resid[:, skip:].flatten(0, 1), h[:, skip:].flatten(0, 1)  # positions >= skip: (N, d_model), (N, d)
+        resid, h = resid[:, skip:].flatten(0, 1), h[:, skip:].flatten(0, 1)  # positions >= skip (the MLP output
+                                                                             # acts in place): (N, d_model), (N, d)
         tgt = xy[:, 1 + skip:].reshape(-1, 1)                                # (N, 1) their next tokens
         x = h.float()
         n_tok += len(x)
@@ -679,7 +680,7 @@ def evaluate(model, saes, wins, skip=1, batch=16, device="cpu", cache=None):
         rows = model.head_rows() if str(device) == "cpu" else len(x)
         zero_cached = cache is not None and i in cache
         z = cache[i] if zero_cached else zero()
-        for j in range(0, len(x), rows):                                     # the MLP output only acts in place
+        for j in range(0, len(x), rows):                                     # a block of the head's rows at a time
             r, t = resid[j:j + rows], tgt[j:j + rows]
             log_p = F.log_softmax(model.head(r, h[j:j + rows]).float(), -1)   # (rows, vocab), clean
             ce_clean -= log_p.gather(-1, t).sum()
