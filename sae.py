@@ -160,10 +160,19 @@ class ReLU:
         return min(1.0, 2 * d_in / n_features)
 
     def support(self, pre):
-        """(rows, cols) of the active entries of act(pre), row-major (pre need not be float32). A bf16 pre
-        (the sparse step's selection) is compared as int16: for every value but NaN, > 0 exactly when the
-        sign bit is clear and it is not +0, and 1.8x faster on the CPU than bf16's own comparison."""
-        return (pre.view(torch.int16) > 0 if pre.dtype == torch.bfloat16 else pre > 0).nonzero(as_tuple=True)
+        """(rows, cols) of the active entries of act(pre), row-major (pre need not be float32)."""
+        n, F = pre.shape
+        if pre.dtype != torch.bfloat16 or F % 4 or not pre.is_contiguous():
+            return (pre > 0).nonzero(as_tuple=True)
+        # the sparse step's bf16 selection, ~1% of the entries positive. Read as int16, a bf16 value is > 0
+        # exactly when the integer is (sign bit clear, not +0; NaN aside): clamp_min(0) zeroes the rest.
+        # nonzero, the slow part (~1 ns an entry on the CPU), then runs over groups of four entries read as
+        # one int64 (a quarter of the entries), and over the four entries of each group found: 1.6x faster.
+        q = pre.view(torch.int16).clamp_min(0)
+        groups = q.view(torch.int64).view(-1).nonzero().squeeze(1)                   # groups holding a positive
+        k, lane = (q.view(-1, 4)[groups] > 0).nonzero(as_tuple=True)
+        flat = groups[k] * 4 + lane                                                   # ascending: row-major
+        return flat // F, flat % F
 
     def penalty(self, sae, x, pre, l1, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff, aux_decode=None):
         """(name, weight, term) added to the MSE, or None. l1(): the mean over tokens of sum_i f_i."""

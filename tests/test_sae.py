@@ -177,13 +177,16 @@ def test_encode_features_is_encode_at_those_features():
 
 
 def test_relu_support_of_bf16_is_the_positive_entries():
-    # the sparse step's bf16 selection compares bf16 bit patterns as int16: the same entries as > 0
+    # the sparse step's bf16 selection reads bf16 bit patterns as int16, in groups of four: the same
+    # entries as > 0, in the same order (width 8: the grouped path; 10: the plain comparison)
     special = torch.tensor([0.0, -0.0, 1e-38, -1e-38, 3e38, -3e38, float("inf"), float("-inf"), 1.0, -1.0])
-    pre = torch.cat([special, torch.randn(2000, generator=torch.Generator().manual_seed(0))]).bfloat16().view(-1, 10)
-    rows, cols = S.ReLU(0, 10).support(pre)
-    want_rows, want_cols = (pre.float() > 0).nonzero(as_tuple=True)
-    assert torch.equal(rows, want_rows) and torch.equal(cols, want_cols)
-    assert cols[rows == 0].tolist() == [2, 4, 6, 8]
+    values = torch.cat([special, torch.randn(1990, generator=torch.Generator().manual_seed(0))]).bfloat16()
+    for width in (8, 10):
+        pre = values.view(-1, width)
+        rows, cols = S.ReLU(0, width).support(pre)
+        want_rows, want_cols = (pre.float() > 0).nonzero(as_tuple=True)
+        assert torch.equal(rows, want_rows) and torch.equal(cols, want_cols)
+        assert [(int(r), int(c)) for r, c in zip(rows[:4], cols[:4])] == [divmod(i, width) for i in (2, 4, 6, 8)]
 
 
 # -----------------------------------------------------------------------------
