@@ -4,8 +4,8 @@ causal self-attention with RoPE and grouped-query attention, SwiGLU MLP, final R
 an untied LM head. No biases, no dropout.
 
 The SAEs live on the MLP hidden activation h = act(gate(x)) * up(x) (width d_mlp), the input
-of the down projection. forward() can hand every h to a function `mlp_fn(h) -> h'` that sees
-it (capture, for SAE training data) and may replace it (splice in an SAE reconstruction, or
+of the down projection. trunk() returns h with the residual stream before the MLP's write, and
+head(resid, h') gives the logits with any h' in its place (splice in an SAE reconstruction, or
 zero-ablate, for CE-loss metrics). mlp_acts() stops after the MLP: harvesting activations
 then skips the LM head, which dominates the compute at a 32k vocabulary.
 
@@ -218,23 +218,15 @@ class Transformer(nn.Module):
         x = (x if positions is None else gather_positions(x, positions)) + attn
         return x, self.mlp.hidden(self.mlp_norm(x))                        # resid, (B, T or n, d_mlp)
 
-    def forward(self, idx, targets=None, mlp_fn=None):
+    def forward(self, idx, targets=None):
         """idx (B, T) int64 -> logits (B, T, vocab), loss (mean CE over targets != -1, or None).
 
-        mlp_fn(h) -> h' sees the MLP hidden activation (B, T, d_mlp) and may replace it.
         Training on a CPU (training mode, targets, gradients on, float32) returns logits None: the loss
         then comes from LMHeadCrossEntropy, which never holds the whole (B, T, vocab) logits."""
-        x, h = self.trunk(idx)
-        if mlp_fn is not None:
-            out = mlp_fn(h)
-            if out is not None:
-                if out.shape != h.shape:
-                    die(f"mlp_fn returned shape {tuple(out.shape)}, expected {tuple(h.shape)}")
-                h = out.to(h.dtype)
-        hf = self.final(x, h)                                               # (B, T, d_model)
+        hf = self.final(*self.trunk(idx))                                   # (B, T, d_model)
         if targets is not None and self.fused_head(hf):
             loss = LMHeadCrossEntropy.apply(hf.reshape(-1, hf.size(-1)), self.lm_head.weight, targets.reshape(-1),
-                                            self.head_rows())
+                                            self.head_rows(targets.numel()))
             return None, loss
         logits = self.lm_head(hf)
         loss = None
@@ -252,9 +244,12 @@ class Transformer(nn.Module):
         (sae.evaluate: clean, zero-ablated, each SAE's reconstruction)."""
         return self.lm_head(self.final(resid, h))
 
-    def head_rows(self):
-        """Rows of LM-head logits to make at a time on a CPU (the chunked training loss, evaluation): ~8 MB of
-        float32 logits stay in cache while they are used (see LMHeadCrossEntropy), at least 256 rows."""
+    def head_rows(self, n):
+        """Rows of LM-head logits to make at a time, of n (the chunked training loss, evaluation): on a CPU
+        ~8 MB of float32 logits, which stay in cache while they are used (see LMHeadCrossEntropy), at least
+        256 rows; on a GPU all n at once."""
+        if self.lm_head.weight.device.type != "cpu":
+            return n
         return max(256, (1 << 21) // self.args.vocab_size)
 
     def fused_head(self, x):
@@ -406,7 +401,7 @@ def eval_loss(model, tokens, batch_size, max_batches=None, device="cpu", autocas
     model.eval()
     # the LM head in chunks of rows on the CPU (no (n, T, vocab) logits: 1.3-1.5x faster at the tiny
     # preset), a batch at once on a GPU; summed on the device, read back once
-    rows = model.head_rows() if str(device) == "cpu" else batch_size * T
+    rows = model.head_rows(batch_size * T)
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for start in range(0, n_win, batch_size):
         n = min(batch_size, n_win - start)

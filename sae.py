@@ -161,8 +161,8 @@ class ReLU:
 
     def support(self, pre):
         """(rows, cols) of the active entries of act(pre), row-major (pre need not be float32)."""
-        n, F = pre.shape
-        if pre.dtype != torch.bfloat16 or F % 4 or not pre.is_contiguous():
+        width = pre.shape[1]
+        if pre.dtype != torch.bfloat16 or width % 4 or not pre.is_contiguous():
             return (pre > 0).nonzero(as_tuple=True)
         # the sparse step's bf16 selection, ~1% of the entries positive. Read as int16, a bf16 value is > 0
         # exactly when the integer is (sign bit clear, not +0; NaN aside): clamp_min(0) zeroes the rest.
@@ -172,7 +172,7 @@ class ReLU:
         groups = q.view(torch.int64).view(-1).nonzero().squeeze(1)                   # groups holding a positive
         k, lane = (q.view(-1, 4)[groups] > 0).nonzero(as_tuple=True)
         flat = groups[k] * 4 + lane                                                   # ascending: row-major
-        return flat // F, flat % F
+        return flat // width, flat % width
 
     def penalty(self, sae, x, pre, l1, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff, aux_decode=None):
         """(name, weight, term) added to the MSE, or None. l1(): the mean over tokens of sum_i f_i."""
@@ -659,7 +659,7 @@ def evaluate(model, saes, wins, skip=1, batch=16, device="cpu", cache=None):
     reconstruction spliced in at those positions vs clean and zero-ablated, KL to the clean model.
     The trunk (embedding, attention, MLP input) runs once per batch: the MLP output is the only thing
     a splice changes, so model.head gives each variant's logits from the same residual stream. On a
-    CPU the head runs model.head_rows() tokens at a time, so each variant's logits and log-softmax stay
+    CPU the head runs model.head_rows(n) tokens at a time, so each variant's logits and log-softmax stay
     in cache (1.5x faster at the tiny preset than whole batches); sums stay on the device until the end.
     cache: a dict kept between evaluations of the same model and windows: the zero-ablation losses
     (they do not depend on the SAEs) are computed once."""
@@ -686,7 +686,7 @@ def evaluate(model, saes, wins, skip=1, batch=16, device="cpu", cache=None):
             a["fires"] += fires
             a["l0"] += fires.sum()
             x_hats.append(x_hat)
-        rows = model.head_rows() if str(device) == "cpu" else len(x)
+        rows = model.head_rows(len(x))
         zero_cached = cache is not None and i in cache
         z = cache[i] if zero_cached else zero()
         for j in range(0, len(x), rows):                                     # a block of the head's rows at a time

@@ -44,19 +44,14 @@ def test_causality():
     assert not torch.allclose(a[:, 10:], b[:, 10:])       # later ones do
 
 
-def test_mlp_capture_and_replace():
+def test_trunk_and_head_capture_and_replace_the_mlp_activation():
     m = make()
     idx = torch.randint(0, 97, (2, 16))
-    seen = {}
-
-    def capture(h):
-        seen["h"] = h.clone()
-
-    clean, _ = m(idx, mlp_fn=capture)                      # returning None leaves h unchanged
-    assert torch.equal(seen["h"], m.mlp_acts(idx))
-    spliced, _ = m(idx, mlp_fn=lambda h: seen["h"])         # replacing h by itself: identical logits
-    assert torch.equal(clean, spliced)
-    zeroed, _ = m(idx, mlp_fn=torch.zeros_like)            # zero-ablation changes the output
+    clean, _ = m(idx)
+    resid, h = m.trunk(idx)
+    assert torch.equal(h, m.mlp_acts(idx))                 # the activation the SAEs are trained on
+    assert torch.equal(clean, m.head(resid, h))            # h put back in its place: identical logits
+    zeroed = m.head(resid, torch.zeros_like(h))            # zero-ablation changes the output
     assert not torch.allclose(clean, zeroed)
     # zero-ablating h is the same as removing the MLP's write to the residual stream
     x = m.tok_emb(idx)
@@ -152,7 +147,7 @@ def test_eval_loss_is_the_mean_over_consecutive_windows():
         want.append(m(w[:, :-1], w[:, 1:])[1].item())
     assert eval_loss(m, tokens, batch_size=3) == pytest.approx(sum(want) / 7, rel=1e-6)
     assert eval_loss(m, tokens, batch_size=3, max_batches=1) == pytest.approx(sum(want[:3]) / 3, rel=1e-6)
-    m.head_rows = lambda: 5  # the CPU's LM head in chunks of rows that cut across windows and batches
+    m.head_rows = lambda n: 5  # the CPU's LM head in chunks of rows that cut across windows and batches
     assert eval_loss(m, tokens, batch_size=3) == pytest.approx(sum(want) / 7, rel=1e-6)
     with pytest.raises(SystemExit, match="fewer than one block of 16"):
         eval_loss(m, tokens[:16], batch_size=3)

@@ -159,7 +159,7 @@ def test_ce_recovered_is_one_for_identity_and_zero_for_zero_ablation():
     for _ in range(2):
         again = S.evaluate(model, [ident, zero], wins, skip=1, batch=4, cache=cache)
         assert again == [m_id, m_zero] and len(cache) == 2
-    model.head_rows = lambda: 7                 # the CPU's head in chunks of rows that cut across windows
+    model.head_rows = lambda n: 7                 # the CPU's head in chunks of rows that cut across windows
     chunked = S.evaluate(model, [ident, zero], wins, skip=1, batch=4)
     for a, b in zip(chunked, [m_id, m_zero]):
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9) for k in a if k != "density_hist")

@@ -104,8 +104,8 @@ def poison_loss(monkeypatch, bad):
     from model import Transformer
     forward, calls = Transformer.forward, {"n": 0}
 
-    def poisoned(self, idx, targets=None, mlp_fn=None):
-        logits, loss = forward(self, idx, targets, mlp_fn)
+    def poisoned(self, idx, targets=None):
+        logits, loss = forward(self, idx, targets)
         if self.training:
             calls["n"] += 1
             if bad(calls["n"]):
