@@ -219,8 +219,10 @@ class CorrAccumulator:
         return r.clamp_(-1.0, 1.0)
 
 
-PAIR_COST = {"cpu": 30, "cuda": 1000}  # a co-active pair costs about this many dense multiply-adds (scattered
-                                       # writes; measured on CPU; on CUDA an estimate: dense matmuls are far faster there)
+PAIR_COST = {"cpu": 30, "cuda": 20_000}  # a co-active pair costs about this many dense multiply-adds (scattered
+    # writes). CPU: measured. CUDA: measured on an H200 (2026-12-04, paper preset, 16,384 x 16,384 pairs, L0 ~170-250
+    # a side): the sparse path added ~0.9G co-active pairs/s, the dense float32 product ~22T multiply-adds/s (9 pairs
+    # in one pass: 1,900 vs 9,100 tok/s), i.e. ~25,000 a pair; at a trained SAE's L0 of ~30 sparse still pays
 PAIR_SAMPLE = 512  # rows whose active counts estimate a chunk's co-active pairs (sparse or dense path)
 PRODUCT_BYTES = 64 << 20  # the dense path's x^T y in blocks of rows of this many float32 bytes: the block and its
                           # float64 copy (made by the float64 += float32 add) instead of 12 Fx Fy bytes at once (3.2 GB
@@ -1195,7 +1197,7 @@ def models_record(study, s0, s1, dens, dead):
 
 def results_record(cfg, study, token_set, found, dens, dead, selection, explanations, timing):
     """results.json: the findings and everything they were computed from (config in the provenance).
-    found: {"edges", "null", "spread", "families"}; timing: {"stream_seconds", "stream_passes"}."""
+    found: {"edges", "null", "spread", "families"}; timing: {"stream_seconds", "stream_passes", "peak_gpu_mib"}."""
     s0, s1, data_dir, out_dir = cfg["sae_seed"], cfg["null_seed"], cfg["data_dir"], cfg["out_dir"]
     sweep_path = os.path.join(out_dir, "merge_sweep.json")
     info = study.info
@@ -1259,7 +1261,8 @@ def track(cfg, study, seqs, token_set, device):
         fam_counts, codes, legend = families(cls)
         fam = {"counts": fam_counts, "code": codes.tolist(), "code_legend": legend}
     found = {"edges": edges, "null": null, "spread": spread, "families": fam}
-    return cls, found, dens, dead, stats, {"stream_seconds": round(seconds, 2), "stream_passes": len(groups)}
+    return cls, found, dens, dead, stats, {"stream_seconds": round(seconds, 2), "stream_passes": len(groups),
+                                           "peak_gpu_mib": common.peak_gpu_mib(device)}
 
 
 # -----------------------------------------------------------------------------

@@ -69,8 +69,8 @@ config = dict(
     plan_batch=0,           # plan: LM sequences per measured step; 0 = the paper's 64 (a CPU needs ~8 GB for it)
     plan_tokens_per_word=0.0,   # plan: base tokens per word; 0 = from the paper_smoke data, else 1.5 (assumed)
     plan_base_words=200e6,      # plan: base mix words (BabyLM 100M + as many words of Python; DESIGN.md)
-    plan_lua_tokens=100e6,      # plan: Lua fine-tune tokens (ASSUMED: size of nilq/small-lua-stack unknown here)
-    plan_tinystories_tokens=470e6,  # plan: TinyStories fine-tune tokens (ASSUMED: ~2.1M stories x ~220 tokens)
+    plan_lua_tokens=320e6,      # plan: Lua fine-tune tokens (ASSUMED: the README's expected sizes, >= 130M words x 8.3 bytes/word / 3.33 bytes/token)
+    plan_tinystories_tokens=480e6,  # plan: TinyStories fine-tune tokens (ASSUMED: the README's expected sizes, ~1.9 GB / 3.95 bytes/token)
 )
 checks = {"steps": ">0", "warmup": ">=0", "sae_density": "(0,1]", "threads": ">=0", "corr_features": ">0", "corr_chunk": ">0",
           "corr_density": "(0,1]", "smoke_mb": ">0", "smoke_steps": ">0", "plan_steps": ">0",

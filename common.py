@@ -538,6 +538,15 @@ def pick_device(pref="auto"):
     return "cpu"
 
 
+def peak_gpu_mib(device):
+    """The most GPU memory torch has held in this process so far, MiB (None off CUDA): every stage's metrics
+    record it, and reproduce.sh's table shows it."""
+    import torch
+    if not str(device).startswith("cuda"):
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+
+
 def default_preset():
     """'paper' on a CUDA machine, 'tiny' otherwise (printed by the caller). Without torch (data.py alone
     runs without it) there is no CUDA either."""

@@ -131,7 +131,8 @@ current="the stage table"
 
 # -----------------------------------------------------------------------------
 # the account: wall time of each stage in this run, its throughput and MFU from its own metrics
-# (train: tokens_per_s; sae: the mean act_per_s of its history; analyze: tokens streamed per second)
+# (train: tokens_per_s; sae: the mean act_per_s of its history; analyze: tokens streamed per second),
+# and on a GPU the peak memory each stage held (torch.cuda.max_memory_allocated)
 "$PY" - "$OUT" "$(now)" "$t_start" "${timings[@]}" <<'EOF'
 import os, sys
 import common
@@ -139,7 +140,7 @@ out, t_end, t_start = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 rows = []
 for line in sys.argv[4:]:
     label, kind, output, t0, wall = line.split("\t")
-    row = {"stage": label, "wall_s": float(wall), "rate": None, "unit": None, "mfu": None, "note": ""}
+    row = {"stage": label, "wall_s": float(wall), "rate": None, "unit": None, "mfu": None, "peak_gpu_mib": None, "note": ""}
     path = {"train": "metrics.json", "sae": "metrics.json", "analyze": "results.json"}.get(kind)
     path = os.path.join(output, path) if path else None
     try:
@@ -159,13 +160,15 @@ for line in sys.argv[4:]:
             if m.get("stream_passes", 1) > 1:
                 row["note"] = (row["note"] + f"; {m['stream_passes']} passes").lstrip("; ")
         row["mfu"] = m.get("mfu")  # a fraction, where the stage measured one (a GPU run)
+        row["peak_gpu_mib"] = m.get("peak_gpu_mib")  # torch's most allocated GPU memory in the stage (a GPU run)
     rows.append(row)
-table = ["| stage | wall s | throughput | MFU | note |", "|---|---:|---:|---:|---|"]
+table = ["| stage | wall s | throughput | MFU | peak GPU MiB | note |", "|---|---:|---:|---:|---:|---|"]
 for r in rows:
     rate = f"{r['rate']:,.0f} {r['unit']}" if r["rate"] else "-"
     mfu = f"{100 * r['mfu']:.1f}%" if isinstance(r["mfu"], (int, float)) else "-"
-    table.append(f"| {r['stage']} | {r['wall_s']:.1f} | {rate} | {mfu} | {r['note']} |")
-table.append(f"| total | {t_end - t_start:.1f} | | | |")
+    gpu = f"{r['peak_gpu_mib']:,.0f}" if isinstance(r["peak_gpu_mib"], (int, float)) else "-"
+    table.append(f"| {r['stage']} | {r['wall_s']:.1f} | {rate} | {mfu} | {gpu} | {r['note']} |")
+table.append(f"| total | {t_end - t_start:.1f} | | | | |")
 text = "\n".join(table) + "\n"
 print("\n" + text, end="")
 adir = os.path.join(out, "analysis")

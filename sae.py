@@ -63,7 +63,7 @@ import torch.nn.functional as F
 
 import data as datalib
 from common import (atomic_torch_save, atomic_write_json, check_free_space, check_resume, cli, default_preset, die,
-                    lock_dir, parse_config, pick_device, provenance, read_json, set_threads, sha256_file)
+                    lock_dir, parse_config, peak_gpu_mib, pick_device, provenance, read_json, set_threads, sha256_file)
 from model import clean_key, load_checkpoint, load_model
 
 # -----------------------------------------------------------------------------
@@ -1156,7 +1156,8 @@ def write_metrics(job, runs):
         seconds, steps = time.time() - job.loop_start[0], job.step - job.loop_start[1]
         mfu = job.flops_per_step * steps / max(seconds, 1e-9) / job.cfg["peak_flops"]
     metrics = {"model": job.name, "arch": job.cfg["arch"], "d_in": job.d_in, "n_features": job.n_features,
-               "scale": job.scale, "steps": job.step, "activations": job.step * job.B, "mfu": mfu, "seeds": per_seed,
+               "scale": job.scale, "steps": job.step, "activations": job.step * job.B, "mfu": mfu,
+               "peak_gpu_mib": peak_gpu_mib(job.device), "seeds": per_seed,
                "history": job.history, "provenance": provenance(job.cfg, **job.info)}
     atomic_write_json(os.path.join(job.dir, "metrics.json"), metrics)
     print(f"-> {job.dir}: " + " | ".join(f"s{s}: fvu {m['fvu']:.3f}, l0 {m['l0']:.1f}, dead {m['dead_frac']:.1%}, "

@@ -24,7 +24,7 @@ import torch
 
 import data as datalib
 from common import (atomic_write_json, check_free_space, check_resume, cli, default_preset, die, lock_dir,
-                    parse_config, pick_device, provenance, set_threads, sha256_file)
+                    parse_config, peak_gpu_mib, pick_device, provenance, set_threads, sha256_file)
 from model import (MAKES, ModelArgs, Transformer, check_finished, eval_loss, load_checkpoint,
                    model_from_checkpoint, save_checkpoint)
 
@@ -499,6 +499,7 @@ def finish(run):
                    "history": run.history, "tokens_per_step": run.tokens_per_iter, "tokens_this_run": run.tokens_run,
                    "seconds_this_run": round(elapsed, 2), "tokens_per_s": round(tps),
                    "mfu": mfu,  # fraction of --peak_flops over the run; None on a CPU (a GPU peak means nothing there)
+                   "peak_gpu_mib": peak_gpu_mib(env.device),
                    "params": run.raw_model.num_params(), "checkpoint": run.ckpt_path,
                    "checkpoint_sha256": sha256_file(run.ckpt_path), "data_source": run.data.meta.get("source"),
                    "provenance": provenance(cfg, tokenizer_hash=run.data.tok_hash, parents=run.parents,
