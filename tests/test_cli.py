@@ -315,7 +315,7 @@ def test_reproduce_passes_extra_settings_to_the_stages_that_take_them(tmp_path):
     import subprocess
     env = {**fake_python(tmp_path), "EXTRA": "--compile=false"}
     out = tmp_path / "out"                                    # what earlier runs of the stages left: their metrics
-    for name, metrics in {"base/metrics.json": {"tokens_per_s": 5000, "mfu": 0.4},
+    for name, metrics in {"base/metrics.json": {"tokens_per_s": 5000, "mfu": 0.4, "peak_gpu_mib": 4535.1},
                           "sae_lua/metrics.json": {"history": [{"step": 1, "act_per_s": 100.0},
                                                                {"step": 2, "eval": {}}, {"step": 3, "act_per_s": 300.0}]},
                           "analysis/results.json": {"stream_seconds": 2.0, "token_set": {"n_tokens": 4096}}}.items():
@@ -339,8 +339,9 @@ def test_reproduce_passes_extra_settings_to_the_stages_that_take_them(tmp_path):
     analysis = [r for name, r in rows.items() if name.startswith("analysis")][0]
     assert analysis["rate"] == 2048.0 and "up to date" in analysis["note"]   # made before this run
     assert rows["train lua"]["rate"] is None
+    assert rows["train base"]["peak_gpu_mib"] == 4535.1 and rows["sae for lua"]["peak_gpu_mib"] is None  # a CPU run: none
     md = (out / "analysis" / "stages.md").read_text()
-    assert "| train base |" in md and "5,000 tokens/s | 40.0% |" in md and md in proc.stdout
+    assert "| train base |" in md and "5,000 tokens/s | 40.0% | 4,535 |" in md and md in proc.stdout
 
 
 @pytest.mark.parametrize("extra, pattern", [("--no_such_key=1", r"no stage takes --no_such_key"),
