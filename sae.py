@@ -380,10 +380,30 @@ def sae_loss(sae, x, l1_coeff=0.0, dead_mask=None, aux_k=0, aux_coeff=0.0, spars
     latents (sparse_loss below); f is then a sparse CSR tensor without a gradient."""
     if sparse:
         return sparse_loss(sae, x, l1_coeff, dead_mask, aux_k, aux_coeff, select_bf16)
-    pre = sae.pre_acts(x)                      # (N, F)
+    with torch.no_grad():
+        xc = x.to(sae.W_enc.dtype) - sae.b_dec
+    pre = DensePre.apply(sae.b_dec, sae.W_enc, sae.b_enc, xc)    # (N, F), = sae.pre_acts(x)
     f = sae.activate(pre)
     x_hat = sae.decode(f)
     return finish_loss(sae, x, pre, f, x_hat, lambda: f.sum(-1).mean(), l1_coeff, dead_mask, aux_k, aux_coeff)
+
+
+class DensePre(torch.autograd.Function):
+    """pre = xc @ W_enc + b_enc (xc = x - b_dec, computed without a graph), whose backward gives b_dec
+    its gradient as -W_enc @ db_enc, a matvec, where autograd would make xc's whole gradient G W_enc^T
+    (N, F) x (F, d_in) only to sum it: one of the dense step's six matmuls (PreAt below does the same
+    on the sparse path). Forward and the other gradients are autograd's own products."""
+
+    @staticmethod
+    def forward(ctx, b_dec, W_enc, b_enc, xc):
+        ctx.save_for_backward(W_enc, xc)
+        return xc @ W_enc + b_enc
+
+    @staticmethod
+    def backward(ctx, grad):
+        W_enc, xc = ctx.saved_tensors
+        grad_b_enc = grad.sum(0)
+        return -(W_enc @ grad_b_enc), xc.T @ grad, grad_b_enc, None
 
 
 def finish_loss(sae, x, pre, f, x_hat, l1, l1_coeff, dead_mask, aux_k, aux_coeff, aux_decode=None):

@@ -216,6 +216,25 @@ def test_topk_has_exactly_k_active_latents():
     assert ((sae.encode(x) > 0).sum(-1) == 5).all()
 
 
+@pytest.mark.parametrize("arch,dead", [("relu", False), ("topk", True)])
+def test_dense_step_is_autograd_through_the_plain_forward(arch, dead):
+    """The dense step's DensePre (b_dec's gradient as a matvec, not autograd's (N, F) x (F, d_in) product)
+    gives the plain forward's loss bit for bit and autograd's gradients of it, to float32 rounding."""
+    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(0)).relu() * 2
+    ours, ref = random_sae(arch), random_sae(arch)
+    mask = (torch.arange(48) % 3 == 0) if dead else None
+    loss, _, _, _ = S.sae_loss(ours, x, 0.7, dead_mask=mask, aux_k=8, aux_coeff=0.5)
+    pre = ref.pre_acts(x)                                                   # autograd all the way through x - b_dec
+    f = ref.activate(pre)
+    loss_ref, _, _, _ = S.finish_loss(ref, x, pre, f, ref.decode(f), lambda: f.sum(-1).mean(), 0.7, mask, 8, 0.5)
+    assert loss.item() == loss_ref.item()
+    loss.backward()
+    loss_ref.backward()
+    assert ours.b_dec.grad.abs().max() > 1e-3                               # the gradient that changed path
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-6), name
+
+
 @pytest.mark.parametrize("arch,dead", [("relu", False), ("topk", False), ("topk", True)])
 def test_sparse_step_is_the_dense_step(arch, dead):
     """The sparse step (decoder and backward products on the active latents only; with AuxK on dead
