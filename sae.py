@@ -382,28 +382,10 @@ def sae_loss(sae, x, l1_coeff=0.0, dead_mask=None, aux_k=0, aux_coeff=0.0, spars
         return sparse_loss(sae, x, l1_coeff, dead_mask, aux_k, aux_coeff, select_bf16)
     with torch.no_grad():
         xc = x.to(sae.W_enc.dtype) - sae.b_dec
-    pre = DensePre.apply(sae.b_dec, sae.W_enc, sae.b_enc, xc)    # (N, F), = sae.pre_acts(x)
+    pre = PreAt.apply(sae.b_dec, sae.W_enc, sae.b_enc, xc, None, None)    # (N, F), = sae.pre_acts(x)
     f = sae.activate(pre)
     x_hat = sae.decode(f)
     return finish_loss(sae, x, pre, f, x_hat, lambda: f.sum(-1).mean(), l1_coeff, dead_mask, aux_k, aux_coeff)
-
-
-class DensePre(torch.autograd.Function):
-    """pre = xc @ W_enc + b_enc (xc = x - b_dec, computed without a graph), whose backward gives b_dec
-    its gradient as -W_enc @ db_enc, a matvec, where autograd would make xc's whole gradient G W_enc^T
-    (N, F) x (F, d_in) only to sum it: one of the dense step's six matmuls (PreAt below does the same
-    on the sparse path). Forward and the other gradients are autograd's own products."""
-
-    @staticmethod
-    def forward(ctx, b_dec, W_enc, b_enc, xc):
-        ctx.save_for_backward(W_enc, xc)
-        return xc @ W_enc + b_enc
-
-    @staticmethod
-    def backward(ctx, grad):
-        W_enc, xc = ctx.saved_tensors
-        grad_b_enc = grad.sum(0)
-        return -(W_enc @ grad_b_enc), xc.T @ grad, grad_b_enc, None
 
 
 def finish_loss(sae, x, pre, f, x_hat, l1, l1_coeff, dead_mask, aux_k, aux_coeff, aux_decode=None):
@@ -486,22 +468,28 @@ def positive(sae, xc, rows, cols, shape):
 
 
 class PreAt(torch.autograd.Function):
-    """The values of pre = (x - b_dec) @ W_enc + b_enc at the entries of pat (computed without a graph,
-    passed in), with the backward of those entries only: G (N, F) sparse -> dW_enc = xc^T G,
-    db_enc = column sums of G, db_dec = -W_enc db_enc (xc = x - b_dec)."""
+    """pre = (x - b_dec) @ W_enc + b_enc with a backward that gives b_dec its gradient as -W_enc @ db_enc,
+    a matvec, where autograd would make xc's whole gradient G W_enc^T (N, F) x (F, d_in) only to sum it
+    (one of the dense step's six matmuls); dW_enc = xc^T G, db_enc = column sums of G (xc = x - b_dec,
+    computed without a graph, passed in). Dense (pat None): pre (N, F) is computed here, as
+    SAE.pre_acts does. Sparse: only the entries of pat, their values computed without a graph and
+    passed in, and the backward touches those entries only."""
 
     @staticmethod
     def forward(ctx, b_dec, W_enc, b_enc, xc, vals, pat):
         ctx.save_for_backward(W_enc, xc)
         ctx.pat = pat
-        return vals.clone()
+        return xc @ W_enc + b_enc if pat is None else vals.clone()
 
     @staticmethod
-    def backward(ctx, grad_vals):
+    def backward(ctx, grad):
         W_enc, xc = ctx.saved_tensors
         pat = ctx.pat
-        grad_b_enc = torch.zeros(pat.shape[1], dtype=grad_vals.dtype).index_add_(0, pat.cols, grad_vals)
-        grad_W_enc = (csr_t(pat, grad_vals) @ xc).T                       # (d_in, F)
+        if pat is None:
+            grad_b_enc, grad_W_enc = grad.sum(0), xc.T @ grad                  # (F,), (d_in, F)
+        else:
+            grad_b_enc = torch.zeros(pat.shape[1], dtype=grad.dtype).index_add_(0, pat.cols, grad)
+            grad_W_enc = (csr_t(pat, grad) @ xc).T
         return -(W_enc @ grad_b_enc), grad_W_enc, grad_b_enc, None, None, None
 
 

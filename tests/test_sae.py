@@ -218,7 +218,7 @@ def test_topk_has_exactly_k_active_latents():
 
 @pytest.mark.parametrize("arch,dead", [("relu", False), ("topk", True)])
 def test_dense_step_is_autograd_through_the_plain_forward(arch, dead):
-    """The dense step's DensePre (b_dec's gradient as a matvec, not autograd's (N, F) x (F, d_in) product)
+    """The dense step's PreAt (b_dec's gradient as a matvec, not autograd's (N, F) x (F, d_in) product)
     gives the plain forward's loss bit for bit and autograd's gradients of it, to float32 rounding."""
     x = torch.randn(200, 16, generator=torch.Generator().manual_seed(0)).relu() * 2
     ours, ref = random_sae(arch), random_sae(arch)
