@@ -378,10 +378,10 @@ def sae_loss(sae, x, l1_coeff=0.0, dead_mask=None, aux_k=0, aux_coeff=0.0, spars
     penalty are means over tokens of sums over dimensions / features (never sums over tokens).
     sparse: the same loss with the decoder and every backward product restricted to the active
     latents (sparse_loss below); f is then a sparse CSR tensor without a gradient."""
-    if sparse:
-        return sparse_loss(sae, x, l1_coeff, dead_mask, aux_k, aux_coeff, select_bf16)
     with torch.no_grad():
-        xc = x.to(sae.W_enc.dtype) - sae.b_dec
+        xc = x.to(sae.W_enc.dtype) - sae.b_dec     # (N, d_in) without a graph: PreAt gives b_dec its gradient
+    if sparse:
+        return sparse_loss(sae, x, xc, l1_coeff, dead_mask, aux_k, aux_coeff, select_bf16)
     pre = PreAt.apply(sae.b_dec, sae.W_enc, sae.b_enc, xc, None, None)    # (N, F), = sae.pre_acts(x)
     f = sae.activate(pre)
     x_hat = sae.decode(f)
@@ -511,9 +511,8 @@ class SparseDecode(torch.autograd.Function):
         return grad_vals, csr_t(pat, vals) @ grad, None
 
 
-def sparse_loss(sae, x, l1_coeff, dead_mask, aux_k, aux_coeff, select_bf16=False):
+def sparse_loss(sae, x, xc, l1_coeff, dead_mask, aux_k, aux_coeff, select_bf16=False):
     with torch.no_grad():
-        xc = x - sae.b_dec
         if select_bf16:  # which latents: bf16 product; their values: exact (see above)
             pre = (xc.bfloat16() @ sae.W_enc.bfloat16()).add_(sae.b_enc.bfloat16())    # (N, F) bf16
             rows, cols = sae.act.support(pre)
