@@ -176,17 +176,18 @@ def test_encode_features_is_encode_at_those_features():
         assert torch.allclose(sae.encode_features(x, idx), want, atol=1e-6)
 
 
-def test_relu_support_of_bf16_is_the_positive_entries():
-    # the sparse step's bf16 selection reads bf16 bit patterns as int16, in groups of four: the same
-    # entries as > 0, in the same order (width 8: the grouped path; 10: the plain comparison)
+def test_relu_support_is_the_positive_entries_in_row_major_order():
+    # the sparse step's selection on the CPU (numpy's comparison; a bf16 value read as int16): the same
+    # entries as > 0 in float32, row-major, for signed zeros, subnormal, huge and infinite values
     special = torch.tensor([0.0, -0.0, 1e-38, -1e-38, 3e38, -3e38, float("inf"), float("-inf"), 1.0, -1.0])
-    values = torch.cat([special, torch.randn(1990, generator=torch.Generator().manual_seed(0))]).bfloat16()
-    for width in (8, 10):
-        pre = values.view(-1, width)
-        rows, cols = S.ReLU(0, width).support(pre)
-        want_rows, want_cols = (pre.float() > 0).nonzero(as_tuple=True)
-        assert torch.equal(rows, want_rows) and torch.equal(cols, want_cols)
-        assert [(int(r), int(c)) for r, c in zip(rows[:4], cols[:4])] == [divmod(i, width) for i in (2, 4, 6, 8)]
+    values = torch.cat([special, torch.randn(1990, generator=torch.Generator().manual_seed(0))])
+    for dtype in (torch.float32, torch.bfloat16):
+        for width in (8, 10):
+            pre = values.to(dtype).view(-1, width)
+            rows, cols = S.ReLU(0, width).support(pre)
+            want_rows, want_cols = (pre.float() > 0).nonzero(as_tuple=True)
+            assert torch.equal(rows, want_rows) and torch.equal(cols, want_cols)
+            assert [(int(r), int(c)) for r, c in zip(rows[:4], cols[:4])] == [divmod(i, width) for i in (2, 4, 6, 8)]
 
 
 # -----------------------------------------------------------------------------
@@ -244,12 +245,14 @@ def test_sparse_step_is_the_dense_step(arch, dead):
     with torch.no_grad():                                                   # a few % active, as after warm-up
         for s in (dense, sparse):
             s.b_enc.sub_(1.0)
+    x[:4] = dense.b_dec.detach()                                            # four tokens with no active latent
     mask = (torch.arange(48) % 3 == 0) if dead else None                    # a third of the latents dead
     aux = dict(dead_mask=mask, aux_k=8, aux_coeff=0.5)
     loss_d, parts_d, x_hat_d, f_d = S.sae_loss(dense, x, 0.7, **aux)
     loss_s, parts_s, x_hat_s, f_s = S.sae_loss(sparse, x, 0.7, sparse=True, **aux)
     assert ("aux" in parts_d) == ("aux" in parts_s) == dead
     assert 0 < (f_d > 0).float().mean() < 0.5 and torch.equal(f_d.detach(), f_s.to_dense())
+    assert (f_d[:4] == 0).all() and (f_d == 0).all(0).any()                 # empty rows and columns included
     assert torch.allclose(x_hat_d, x_hat_s, atol=1e-5) and loss_d.item() == pytest.approx(loss_s.item(), rel=1e-6)
     fired_d, n_d = S.firing(f_d.detach())
     fired_s, n_s = S.firing(f_s)
