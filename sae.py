@@ -161,13 +161,7 @@ class ReLU:
 
     def support(self, pre):
         """(rows, cols) of the active entries of act(pre), row-major (pre float32, or the sparse step's bf16)."""
-        if pre.device.type != "cpu":
-            return (pre > 0).nonzero(as_tuple=True)
-        # the sparse step's selection, ~1% of the entries positive: numpy's comparison and nonzero are
-        # 4x faster than torch's on one CPU core (2.9 vs 12 ms for 1536 x 2048). A bf16 value is read as
-        # int16, which is > 0 exactly when the value is (sign bit clear, not +0; NaN aside): numpy has no bf16.
-        a = pre.view(torch.int16).numpy() if pre.dtype == torch.bfloat16 else pre.numpy()
-        flat = torch.from_numpy(np.flatnonzero(a > 0))                             # ascending: row-major
+        flat = nonzero_flat(pre, positive=True)
         return flat // pre.shape[1], flat % pre.shape[1]
 
     def penalty(self, sae, x, pre, l1, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff, aux_decode=None):
@@ -222,6 +216,29 @@ class TopK:
 
     def describe(self, cfg, aux_k):
         return f"k {cfg['k']}, AuxK k {aux_k} x {cfg['aux_coeff']:.4g}"
+
+
+def nonzero_flat(a, positive=False):
+    """Row-major flat indices (int64) of a's nonzero entries (positive: of its entries > 0). On the CPU
+    through numpy, whose comparison and nonzero are 3-4x faster than torch's on one core at ~1-2% density
+    ((1536, 2048) float32: 2.9 vs 12 ms; the sparse step's selection, analyze.py's entries). A bf16 tensor
+    (numpy has none) is read as int16, which is > 0 exactly when the value is (sign bit clear, not +0;
+    NaN aside): positive only."""
+    if a.device.type != "cpu":
+        return ((a > 0) if positive else a).flatten().nonzero().squeeze(1)
+    if a.dtype == torch.bfloat16:
+        assert positive, "a bf16 tensor's nonzero entries are not its int16 view's (-0.0)"
+        a = a.view(torch.int16)
+    v = a.numpy()
+    return torch.from_numpy(np.flatnonzero(v > 0 if positive else v != 0))
+
+
+def stable_order(keys, n):
+    """The permutation that sorts keys (int64 in [0, n)) stably. On the CPU with n <= 2^15 through numpy's
+    stable sort of int16, a radix sort: 3x faster than torch's (47k keys: 0.46 vs 1.25 ms)."""
+    if keys.device.type == "cpu" and n <= 2 ** 15:
+        return torch.from_numpy(np.argsort(keys.numpy().astype(np.int16), kind="stable"))
+    return torch.sort(keys, stable=True).indices
 
 
 def top_support(pre, k):
@@ -425,10 +442,7 @@ def pointers(index, n):
 def pattern(rows, cols, shape):
     """The entries (rows, cols), row-major, with CSR row pointers, and the same entries column-major
     (perm, their rows rows_t, col pointers) for the transposed products."""
-    if shape[1] <= 2 ** 15:  # numpy's stable sort of 16-bit integers is a radix sort: 3x faster than torch's
-        perm = torch.from_numpy(np.argsort(cols.numpy().astype(np.int16), kind="stable"))
-    else:
-        perm = torch.argsort(cols, stable=True)
+    perm = stable_order(cols, shape[1])
     return SimpleNamespace(rows=rows, cols=cols, crow=pointers(rows, shape[0]), perm=perm, rows_t=rows[perm],
                            ccol=pointers(cols, shape[1]), shape=shape)
 
@@ -652,7 +666,7 @@ def harvest(model, arrays, chunk, cfg, device):
     bf16 = cfg["fast_math"]
     out = [acts.reshape(-1, acts.size(-1)) for _, acts in
            mlp_activations(model, idx, cfg["harvest_batch"], device, positions=pos, bf16=bf16)]
-    return torch.cat(out)[perm.to(device)]
+    return torch.cat(out).index_select(0, perm.to(device))                          # (2.5x a[perm] on the CPU)
 
 
 def eval_windows(arrays, n_seqs, seq_len):

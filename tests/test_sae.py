@@ -190,6 +190,18 @@ def test_relu_support_is_the_positive_entries_in_row_major_order():
             assert [(int(r), int(c)) for r, c in zip(rows[:4], cols[:4])] == [divmod(i, width) for i in (2, 4, 6, 8)]
 
 
+def test_nonzero_flat_and_stable_order_match_torch():
+    # the numpy paths (CPU): nonzero entries of any sign (analyze.py's shifted features), row-major; a
+    # stable order by key, ties kept in place, through int16 radix sort (n <= 2^15) or torch's sort
+    a = torch.randn(50, 40, generator=torch.Generator().manual_seed(3)).mul(torch.rand(50, 40) < 0.1)
+    a[0, 0], a[0, 1] = -0.0, -2.0
+    assert torch.equal(S.nonzero_flat(a), a.flatten().nonzero().squeeze(1))
+    assert torch.equal(S.nonzero_flat(a, positive=True), (a.flatten() > 0).nonzero().squeeze(1))
+    keys = torch.randint(0, 300, (5000,), generator=torch.Generator().manual_seed(4))
+    want = torch.sort(keys, stable=True).indices
+    assert torch.equal(S.stable_order(keys, 300), want) and torch.equal(S.stable_order(keys, 2 ** 16), want)
+
+
 # -----------------------------------------------------------------------------
 # the SAE's invariants
 
