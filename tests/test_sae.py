@@ -193,7 +193,8 @@ def test_relu_support_is_the_positive_entries_in_row_major_order():
 def test_nonzero_flat_and_stable_order_match_torch():
     # the numpy paths (CPU): nonzero entries of any sign (analyze.py's shifted features), row-major; a
     # stable order by key, ties kept in place, through int16 radix sort (n <= 2^15) or torch's sort
-    a = torch.randn(50, 40, generator=torch.Generator().manual_seed(3)).mul(torch.rand(50, 40) < 0.1)
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(50, 40, generator=g).mul(torch.rand(50, 40, generator=g) < 0.1)
     a[0, 0], a[0, 1] = -0.0, -2.0
     assert torch.equal(S.nonzero_flat(a), a.flatten().nonzero().squeeze(1))
     assert torch.equal(S.nonzero_flat(a, positive=True), (a.flatten() > 0).nonzero().squeeze(1))
