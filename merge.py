@@ -53,6 +53,7 @@ config = {
     "out_dir": "out",         # where the models are, and the merge goes
     "data_dir": "data",       # validation tokens (made by data.py)
     "device": "auto",         # auto: cuda when available, else cpu
+    "threads": 0,             # CPU threads; 0: the cores free now (common.set_threads)
     "allow_unfinished": False,  # merge a model whose training did not finish (stopped early or killed)
     "allow_unrelated": False,   # merge two models with no common parent (their weights are not aligned)
     "overwrite": False,       # replace an output made from other inputs or settings (same ones: a no-op)
@@ -60,7 +61,7 @@ config = {
 PRESETS = {"tiny": {"eval_batches": 8, "batch_size": 16},
            "paper": {"eval_batches": 50, "batch_size": 64}}
 CHECKS = {"t": "[0,1]", "grid": "[0,1]", "mode": ("slerp", "task"), "dot_threshold": "[0,1]",
-          "eval_batches": ">=0", "batch_size": ">=1"}
+          "eval_batches": ">=0", "batch_size": ">=1", "threads": ">=0"}
 
 # DESIGN.md: the paper's sweep. Its t is the weight of lua (0 = tinystories, 1 = lua).
 PAPER_SWEEP = {"t_lua": [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0],
@@ -297,6 +298,7 @@ def plan(cfg):
     """The settings checked against each other, the output paths, and the start-up line."""
     run = SimpleNamespace(device=common.pick_device(cfg["device"]), rules=parse_t_rules(cfg["t_rules"]),
                           grid=sorted(set(cfg["grid"])), parent=cfg["parent"] if cfg["mode"] == "task" else None)
+    run.threads = common.set_threads(cfg["threads"]) if run.device == "cpu" else torch.get_num_threads()
     if not cfg["sweep"] and cfg["out"] in (cfg["a"], cfg["b"], run.parent):
         common.die(f"--out {cfg['out']} would overwrite an input checkpoint; choose another name")
     if cfg["sweep"] and (cfg["eval_batches"] < 1 or not run.grid):
@@ -308,7 +310,7 @@ def plan(cfg):
     run.hint = "" if run.parent else "; --mode task interpolates the deltas from --parent instead"
     grid = run.grid
     what = f"t {grid[0]}..{grid[-1]} ({len(grid)} points)" if cfg["sweep"] else f"t {cfg['t']}"
-    print(f"merge: preset {cfg['preset']}, device {run.device}, a={cfg['a']} (t=0) b={cfg['b']} (t=1), {what}, "
+    print(f"merge: preset {cfg['preset']}, device {run.device} ({run.threads} CPU threads), a={cfg['a']} (t=0) b={cfg['b']} (t=1), {what}, "
           f"mode {cfg['mode']}" + (f" (parent {run.parent})" if run.parent else "") + f", rules {run.rules or 'none'}, "
           f"eval {cfg['eval_batches']}x{cfg['batch_size']} seqs/domain")
     return run

@@ -10,8 +10,14 @@
 #   SOURCE=hf PRESET=paper DATA=data_paper OUT=out_paper ./reproduce.sh   # the paper, one GPU, online
 #   ./reproduce.sh --compile=false --device=cuda               # extra settings, given to every stage that has them
 #   EXTRA="--compile=false" ./reproduce.sh                      # the same, from the environment
+#   JOBS=1 ./reproduce.sh                                       # one stage at a time (default auto: see below)
 #
-# A kill (Ctrl-C, SIGTERM, SIGHUP) stops the running stage too (it is run in the background and
+# Stages that do not depend on each other (the two fine-tunes; the sweep and the four SAEs) run
+# JOBS at once; auto = 2 on a CPU with 2+ free cores, each with half of them as --threads (two
+# 1-thread stages side by side beat two 2-thread ones in a row on 2 cores: 100 vs 159 s for two SAE
+# stages), and 1 on a GPU. Their lines are then tagged with the stage's name.
+#
+# A kill (Ctrl-C, SIGTERM, SIGHUP) stops the running stages too (each is run in the background and
 # waited for, so the signal reaches this script at once); re-run to resume.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,8 +26,10 @@ SOURCE=${SOURCE:-sample}
 PRESET=${PRESET:-tiny}
 DATA=${DATA:-data}
 OUT=${OUT:-out}
+JOBS=${JOBS:-auto}
 dirs=(--preset="$PRESET" --data_dir="$DATA" --out_dir="$OUT")
 die() { echo "error: $*" >&2; exit 2; }
+[[ $JOBS == auto || $JOBS =~ ^[1-9][0-9]*$ ]] || die "JOBS=$JOBS: give how many stages may run at once (1, 2, ...) or auto"
 
 # -----------------------------------------------------------------------------
 # extra settings: EXTRA (split on spaces) and the arguments, each --key=value; every stage gets the
@@ -71,15 +79,21 @@ extras_for() {  # the extra settings script $1 takes, one per line
 # -----------------------------------------------------------------------------
 # each stage runs in the background and is waited for: a signal then reaches this script at once,
 # and the trap passes it on (SIGTERM: a background child ignores SIGINT) before stopping here.
-child=""
+# The stages after `side_by_side` do not depend on each other and run $jobs_at_once at once (`plan`);
+# `barrier` waits for every running stage (a stage that needs their outputs comes after it).
 current="start-up"
+declare -A running=()  # pid -> label<TAB>kind<TAB>output<TAB>start<TAB>note, the stages running now
 stop() {
   trap - TERM INT HUP
-  local pids
+  local pids pid
   pids=$(jobs -p)
   if [ -n "$pids" ]; then
     kill -TERM $pids 2>/dev/null || true
     wait $pids 2>/dev/null || true
+  fi
+  if [ ${#running[@]} -gt 1 ]; then  # the stages side by side, by name
+    current=""
+    for pid in "${!running[@]}"; do current+="${current:+"', '"}${running[$pid]%%$'\t'*}"; done
   fi
   echo "reproduce.sh: stopped by SIG$1 during '$current'; finished stages are kept, re-run to resume" >&2
   exit "$2"
@@ -88,45 +102,110 @@ trap 'stop TERM 143' TERM
 trap 'stop INT 130' INT
 trap 'stop HUP 129' HUP
 
-timings=()  # label<TAB>kind<TAB>output<TAB>start<TAB>seconds, for the table at the end
+timings=()  # label<TAB>kind<TAB>output<TAB>start<TAB>seconds<TAB>note, for the table at the end
 now() { local t=${EPOCHREALTIME:-$(date +%s)}; echo "${t/,/.}"; }  # seconds; a decimal point in any locale
-stage() {  # stage LABEL KIND OUTPUT SCRIPT ARGS...: one stage, timed
-  local label=$1 kind=$2 output=$3 script=$4 rc=0 t0 t1 more=()
+since() { awk -v a="$1" -v b="$(now)" -v f="$2" 'BEGIN { printf f, b - a }'; }
+jobs_at_once="" threads_each=0  # stages at once in a side_by_side group, threads for each (`plan`)
+slots=1                         # stages at once now: $jobs_at_once after side_by_side, 1 after barrier
+failed="" failed_rc=0
+stage() {  # stage LABEL KIND OUTPUT SCRIPT ARGS...: started once fewer than $slots are running
+  local label=$1 kind=$2 output=$3 script=$4 more=() note=""
   shift 4
+  while [ ${#running[@]} -ge "$slots" ]; do reap; done
+  [ -n "$failed" ] && return 0  # a stage failed: nothing more starts (the next barrier stops the run)
   current=$label
   echo; echo "=== $label ==="
   [ ${#extra[@]} -gt 0 ] && mapfile -t more < <(extras_for "$script")
-  t0=$(now)
-  "$PY" "$script" "$@" ${more[@]+"${more[@]}"} &
-  child=$!
-  wait "$child" || rc=$?
-  child=""
-  t1=$(now)
-  timings+=("$label"$'\t'"$kind"$'\t'"$output"$'\t'"$t0"$'\t'"$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')")
-  if [ "$rc" -ne 0 ]; then
-    echo "reproduce.sh: stage '$label' failed (exit $rc); fix what it says above and re-run (finished stages are skipped)" >&2
-    exit "$rc"
+  if [ "$slots" -gt 1 ]; then  # side by side: threads of its own, each line tagged with the stage
+    [ "$threads_each" -gt 0 ] && more+=("--threads=$threads_each")
+    note="$slots stages at once"
+    PYTHONUNBUFFERED=1 "$PY" "$script" "$@" ${more[@]+"${more[@]}"} \
+      > >(tagged "$label") 2>&1 &
+  else
+    "$PY" "$script" "$@" ${more[@]+"${more[@]}"} &
   fi
+  running[$!]="$label"$'\t'"$kind"$'\t'"$output"$'\t'"$(now)"$'\t'"$note"
+}
+tagged() {  # each line of the input as it comes, after [$1] (awk may hold a pipe's lines back)
+  local line
+  while IFS= read -r line || [ -n "$line" ]; do printf '[%s] %s\n' "$1" "$line"; done
+}
+reap() {  # wait for one running stage to end, record its wall time, remember a failure
+  local pid rc=0 label kind output t0 note
+  if [ ${#running[@]} -eq 1 ]; then
+    pid=${!running[*]}
+    wait "$pid" || rc=$?
+  else
+    wait -n -p pid "${!running[@]}" || rc=$?
+  fi
+  IFS=$'\t' read -r label kind output t0 note <<< "${running[$pid]}"
+  unset "running[$pid]"
+  timings+=("$label"$'\t'"$kind"$'\t'"$output"$'\t'"$t0"$'\t'"$(since "$t0" %.2f)"$'\t'"$note")
+  [ -n "$note" ] && echo "--- $label: exit $rc after $(since "$t0" %.1f) s"
+  if [ "$rc" -ne 0 ] && [ -z "$failed" ]; then
+    failed="reproduce.sh: stage '$label' failed (exit $rc); fix what it says above and re-run (finished stages are skipped)"
+    failed_rc=$rc
+  fi
+  return 0
+}
+barrier() {  # wait for every running stage; stop at a failure
+  while [ ${#running[@]} -gt 0 ]; do reap; done
+  slots=1
+  if [ -n "$failed" ]; then echo "$failed" >&2; exit "$failed_rc"; fi
+}
+side_by_side() {  # the stages up to the next barrier run $jobs_at_once at once
+  [ -n "$jobs_at_once" ] || plan
+  slots=$jobs_at_once
+}
+plan() {  # how many stages at once in a group (JOBS; auto: 2 on a CPU with 2+ free cores), threads for each
+  local device="auto" threads=0 a
+  for a in ${extra[@]+"${extra[@]}"}; do
+    case $(key_of "$a") in --device) device=${a#*=} ;; --threads) threads=${a#*=} ;; esac
+  done
+  read -r jobs_at_once threads_each < <("$PY" - "$JOBS" "$device" "$threads" <<'EOF'
+import sys, common
+jobs, device, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+n, each = common.stage_jobs(jobs, device, threads)
+print(n, 0 if threads > 0 else each)  # an extra --threads already goes to every stage (extras_for)
+EOF
+  ) || true
+  [[ $jobs_at_once =~ ^[1-9][0-9]*$ ]] || { echo "JOBS: could not plan the stages; one at a time"; jobs_at_once=1 threads_each=0; }
+  if [ "$jobs_at_once" -gt 1 ] && [ $((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1])) -lt 501 ]; then
+    echo "JOBS: bash $BASH_VERSION cannot wait for the first of several stages (5.1 can); one stage at a time"
+    jobs_at_once=1
+  fi
+  if [ "$jobs_at_once" -gt 1 ]; then
+    echo; echo "stages that do not depend on each other: $jobs_at_once at once (JOBS=$JOBS)" \
+      "$([ "$threads_each" -gt 0 ] && echo "with --threads=$threads_each each")"
+  fi
+  return 0
 }
 t_start=$(now)
 
 stage "data: tokenizer and token files ($SOURCE)" data "$DATA" \
   data.py --domain all --source "$SOURCE" --preset "$PRESET" --data_dir "$DATA"
+barrier
 
-for d in base lua tinystories; do
+stage "train base" train "$OUT/base" train.py --domain base "${dirs[@]}" --resume
+barrier  # the fine-tunes start from base
+side_by_side
+for d in lua tinystories; do
   stage "train $d" train "$OUT/$d" train.py --domain $d "${dirs[@]}" --resume
 done
+barrier  # the merges need both fine-tunes
 
 # a no-op when out/luastories was made from these very inputs
 stage "merge: luastories = SLERP(lua, tinystories, t=0.58)" merge "$OUT/luastories" merge.py "${dirs[@]}"
-
+barrier  # its SAE needs luastories
+side_by_side
 stage "merge sweep over t" merge "$OUT" merge.py --sweep "${dirs[@]}"
-
 for m in base lua tinystories luastories; do
   stage "sae for $m" sae "$OUT/sae_$m" sae.py --model $m "${dirs[@]}" --resume
 done
+barrier  # the analysis reads every model and SAE
 
 stage "analysis: feature tracking and the report" analyze "$OUT/analysis" analyze.py "${dirs[@]}"
+barrier
 current="the stage table"
 
 # -----------------------------------------------------------------------------
@@ -139,17 +218,17 @@ import common
 out, t_end, t_start = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 rows = []
 for line in sys.argv[4:]:
-    label, kind, output, t0, wall = line.split("\t")
-    row = {"stage": label, "wall_s": float(wall), "rate": None, "unit": None, "mfu": None, "peak_gpu_mib": None, "note": ""}
+    label, kind, output, t0, wall, note = line.split("\t")
+    row = {"stage": label, "wall_s": float(wall), "rate": None, "unit": None, "mfu": None, "peak_gpu_mib": None, "note": note}
     path = {"train": "metrics.json", "sae": "metrics.json", "analyze": "results.json"}.get(kind)
     path = os.path.join(output, path) if path else None
     try:
         m = common.read_json(path) if path and os.path.exists(path) else None
     except (OSError, ValueError):
-        m, row["note"] = None, f"{path} unreadable"
+        m, row["note"] = None, f"{path} unreadable; {note}".rstrip("; ")
     if m is not None:
         if os.path.getmtime(path) < float(t0):
-            row["note"] = "up to date: rate from the run that made it"
+            row["note"] = f"up to date: rate from the run that made it; {note}".rstrip("; ")
         if kind == "train":
             row["rate"], row["unit"] = m.get("tokens_per_s"), "tokens/s"
         elif kind == "sae":

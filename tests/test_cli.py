@@ -344,6 +344,89 @@ def test_reproduce_passes_extra_settings_to_the_stages_that_take_them(tmp_path):
     assert "| train base |" in md and "5,000 tokens/s | 40.0% | 4,535 |" in md and md in proc.stdout
 
 
+def stage_log_python(tmp_path, fail="", slow=""):
+    """A stand-in for python that logs each stage's start and end (one line each, appended: the order is
+    the order of events), with `train.py --domain lua` waiting until the tinystories fine-tune has
+    started (so it only ends if the two run side by side); the stage whose arguments contain `fail`
+    exits 3 at once, the one with `slow` takes a second. `python -` (the plan and the stage table) is
+    the real one."""
+    import sys
+    stub = tmp_path / "python"
+    stub.write_text(f"""#!/bin/sh
+[ "$1" = "-" ] && exec {sys.executable} "$@"
+log={tmp_path}/events
+echo "start $*" >> $log
+echo "running $*"
+case "$*" in *"{fail or '@never@'}"*) exit 3;; esac
+case "$*" in *"--domain lua "*)
+  i=0; until grep -q "start train.py --domain tinystories" $log; do i=$((i+1)); [ $i -gt 400 ] && exit 9; sleep 0.05; done;;
+esac
+case "$*" in *"{slow or '@never@'}"*) sleep 1;; *) sleep 0.1;; esac
+echo "end $*" >> $log
+""")
+    stub.chmod(0o755)
+    return {**os.environ, "PYTHON": str(stub), "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "JOBS": "2"}
+
+
+def test_reproduce_runs_independent_stages_side_by_side_and_dependent_ones_after(tmp_path):
+    import subprocess
+    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env=stage_log_python(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    def stage_of(args):  # data, base, lua, tinystories, merge, sweep, sae <model>, analysis
+        script, rest = args[0], args[1:]
+        return {"data.py": "data", "analyze.py": "analysis"}.get(script) or \
+            ("sweep" if "--sweep" in rest else "merge") * (script == "merge.py") or \
+            ("sae " * (script == "sae.py")) + rest[rest.index("--model" if script == "sae.py" else "--domain") + 1]
+    order, running, most, threads = [], set(), 0, {}
+    for line in (tmp_path / "events").read_text().splitlines():
+        kind, *args = line.split()
+        stage = stage_of(args)
+        threads[stage] = [a for a in args if a.startswith("--threads=")]
+        order.append((kind, stage))
+        running = running | {stage} if kind == "start" else running - {stage}
+        most = max(most, len(running))
+    assert len(order) == 22 and not running and most == 2   # 11 stages, never more than 2 at once
+
+    def at(kind, stage):
+        return order.index((kind, stage))
+    assert at("start", "tinystories") < at("end", "lua")     # the fine-tunes side by side (lua waits for it)
+    assert at("end", "base") < min(at("start", "lua"), at("start", "tinystories"))
+    assert max(at("end", "lua"), at("end", "tinystories")) < at("start", "merge") < at("end", "merge") \
+        < min(at("start", s) for s in ("sweep", "sae base", "sae lua", "sae tinystories", "sae luastories"))
+    assert max(at("end", s) for s in ("sweep", "sae base", "sae lua", "sae tinystories", "sae luastories")) \
+        < at("start", "analysis")
+    # side by side: a thread count of their own (half the free cores); alone: the stage's default
+    assert all(threads[s] and threads[s] == threads["lua"] for s in ("lua", "tinystories", "sweep", "sae base"))
+    assert not any(threads[s] for s in ("data", "base", "merge", "analysis"))
+    # the lines of stages side by side are tagged with the stage, a stage alone prints as it is
+    lines = proc.stdout.splitlines()
+    assert any(x.startswith("[sae for lua] running sae.py --model lua ") for x in lines)
+    assert any(x.startswith("running train.py --domain base ") for x in lines)
+    assert "2 stages at once" in (tmp_path / "out" / "analysis" / "stages.md").read_text()
+
+
+def test_reproduce_stops_after_a_failed_stage_once_its_neighbour_has_finished(tmp_path):
+    import subprocess
+    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env=stage_log_python(tmp_path, "--model lua", "--model base"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3
+    assert proc.stderr.strip().splitlines()[-1].startswith("reproduce.sh: stage 'sae for lua' failed (exit 3)")
+    events = (tmp_path / "events").read_text()
+    assert "end sae.py --model base" in events                # the stage beside it finished its work
+    assert "start" not in events.split("start sae.py --model lua")[1]  # and nothing started after the failure
+    assert "analyze.py" not in events
+
+
+@pytest.mark.parametrize("jobs", ["0", "two", "-1"])
+def test_reproduce_refuses_a_bad_jobs_setting(tmp_path, jobs):
+    import subprocess
+    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env={**fake_python(tmp_path), "JOBS": jobs},
+                          capture_output=True, text=True, timeout=60)
+    helpers.assert_one_line_error(proc, r"JOBS=")
+    assert not (tmp_path / "calls").exists()
+
+
 @pytest.mark.parametrize("extra, pattern", [("--no_such_key=1", r"no stage takes --no_such_key"),
                                             ("compile=false", r"--key=value"),
                                             ("--out_dir=elsewhere", r"OUT=")])

@@ -177,3 +177,14 @@ def test_threads(monkeypatch):
         assert 1 <= n <= (os.cpu_count() or 1)
     finally:
         torch.set_num_threads(before)
+
+
+def test_stage_jobs_plans_side_by_side_stages_on_a_cpu_only(monkeypatch):
+    # reproduce.sh's JOBS: auto = 2 stages at once with half the free cores each on a CPU, 1 on a GPU
+    for free, want in [(1, (1, 1)), (2, (2, 1)), (8, (2, 4)), (9, (2, 4))]:
+        monkeypatch.setattr(common, "free_cores", lambda free=free: free)
+        assert common.stage_jobs("auto", "cpu") == want
+    assert common.stage_jobs("auto", "cuda:1") == (1, 9)      # the GPU's stages one at a time
+    assert common.stage_jobs("3", "cpu") == (3, 3)           # JOBS given
+    assert common.stage_jobs("auto", "cpu", threads=5) == (2, 5)  # the user's --threads kept
+    assert common.cuda_possible("cuda") and not common.cuda_possible("cpu")

@@ -137,23 +137,30 @@ def test_sae_killed_mid_run_resumes_bit_identical(data, tmp_path):
 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_killing_reproduce_sh_stops_its_stage(tmp_path, sig, status):
-    # a stand-in for python that records its pid and sleeps: the stage reproduce.sh is running
+@pytest.mark.parametrize("side_by_side", [False, True])
+def test_killing_reproduce_sh_stops_its_stages(tmp_path, sig, status, side_by_side):
+    # a stand-in for python that records its pid and sleeps: a stage reproduce.sh is running (side by
+    # side: the earlier stages end at once, the SAE stages sleep, two of them at once; `python -` is real)
     stub = tmp_path / "python"
-    stub.write_text(f"#!/bin/sh\necho $$ >> {tmp_path}/pids\nexec sleep 60\n")
+    which = 'case "$1" in -) exec %s "$@";; sae.py) ;; *) exit 0;; esac\n' % sys.executable if side_by_side else ""
+    stub.write_text(f"#!/bin/sh\n{which}echo $$ >> {tmp_path}/pids\nexec sleep 60\n")
     stub.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(stub), "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data")}
+    env = {**os.environ, "PYTHON": str(stub), "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "JOBS": "2"}
     proc = subprocess.Popen([os.path.join(helpers.REPO, "reproduce.sh")], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    pids = tmp_path / "pids"
+    pids, n = tmp_path / "pids", 2 if side_by_side else 1
     deadline = time.monotonic() + 30
-    while not (pids.exists() and pids.read_text().strip()):
+    while not (pids.exists() and len(pids.read_text().split()) == n):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.01)
-    child = int(pids.read_text().split()[0])
+    children = [int(p) for p in pids.read_text().split()]
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == status, err
-    assert err.strip().splitlines()[-1].startswith("reproduce.sh: stopped by SIG")
-    assert not os.path.exists(f"/proc/{child}"), "the stage's process outlived reproduce.sh"
-    assert len(pids.read_text().split()) == 1  # and no later stage was started
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("reproduce.sh: stopped by SIG")
+    if side_by_side:
+        assert "'sae for base'" in last and "'sae for lua'" in last  # both named
+    for child in children:
+        assert not os.path.exists(f"/proc/{child}"), "a stage's process outlived reproduce.sh"
+    assert len(pids.read_text().split()) == n  # and no later stage was started
