@@ -332,13 +332,13 @@ def cuda_possible(device="auto"):
 
 def stage_jobs(jobs="auto", device="auto", threads=0):
     """reproduce.sh's plan for stages that do not depend on each other: (how many run at once, CPU
-    threads for each). auto: 2 on a CPU with 2+ free cores, else 1 (a GPU's stages take it one at a time).
+    threads for each). auto: 2 on a CPU with free cores for both, else 1 (a GPU's stages take it one at a time).
     Two 1-thread stages side by side beat two 2-thread stages one after the other on 2 cores (two SAE
     stages: 100 vs 159 s; two fine-tunes: ~30 vs 40 s): a stage's Python, its serial parts and the
     cost of threads leave a second core idle for a quarter to a third of the time. threads > 0: the
-    user's --threads, kept."""
+    user's --threads, kept (auto then runs two at once only where 2 x threads cores are free)."""
     free = free_cores()
-    n = int(jobs) if jobs != "auto" else 2 if free >= 2 and not cuda_possible(device) else 1
+    n = int(jobs) if jobs != "auto" else 2 if free >= 2 * max(threads, 1) and not cuda_possible(device) else 1
     return n, threads if threads > 0 else max(1, free // n)
 
 

@@ -15,7 +15,8 @@
 # Stages that do not depend on each other (the two fine-tunes; the sweep and the four SAEs) run
 # JOBS at once; auto = 2 on a CPU with 2+ free cores, each with half of them as --threads (two
 # 1-thread stages side by side beat two 2-thread ones in a row on 2 cores: 100 vs 159 s for two SAE
-# stages), and 1 on a GPU. Their lines are then tagged with the stage's name.
+# stages; an extra --threads=N is kept, and auto is then 2 only where 2N cores are free), and 1 on a
+# GPU. Their lines are then tagged with the stage's name.
 #
 # A kill (Ctrl-C, SIGTERM, SIGHUP) stops the running stages too (each is run in the background and
 # waited for, so the signal reaches this script at once); re-run to resume.
@@ -157,7 +158,7 @@ side_by_side() {  # the stages up to the next barrier run $jobs_at_once at once
   [ -n "$jobs_at_once" ] || plan
   slots=$jobs_at_once
 }
-plan() {  # how many stages at once in a group (JOBS; auto: 2 on a CPU with 2+ free cores), threads for each
+plan() {  # how many stages at once in a group and threads for each (JOBS; common.stage_jobs)
   local device="auto" threads=0 a
   for a in ${extra[@]+"${extra[@]}"}; do
     case $(key_of "$a") in --device) device=${a#*=} ;; --threads) threads=${a#*=} ;; esac

@@ -186,5 +186,6 @@ def test_stage_jobs_plans_side_by_side_stages_on_a_cpu_only(monkeypatch):
         assert common.stage_jobs("auto", "cpu") == want
     assert common.stage_jobs("auto", "cuda:1") == (1, 9)      # the GPU's stages one at a time
     assert common.stage_jobs("3", "cpu") == (3, 3)           # JOBS given
-    assert common.stage_jobs("auto", "cpu", threads=5) == (2, 5)  # the user's --threads kept
+    assert common.stage_jobs("auto", "cpu", threads=4) == (2, 4)  # the user's --threads kept,
+    assert common.stage_jobs("auto", "cpu", threads=5) == (1, 5)  # two at once only where they fit
     assert common.cuda_possible("cuda") and not common.cuda_possible("cpu")
