@@ -420,7 +420,7 @@ def firing(f):
         return torch.zeros(f.shape[1], dtype=torch.bool, device=f.device).index_fill_(0, f.col_indices(), True), \
             f.values().numel()
     fired = f > 0
-    return fired.any(0), fired.sum()
+    return fired.any(0), torch.count_nonzero(fired)  # (a bool tensor's sum() first copies it to int64)
 
 
 # The sparse step (CPU, once few latents are active: ReLU after the L1 warm-up has L0 ~ 2-5% of the
