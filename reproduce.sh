@@ -92,7 +92,7 @@ stop() {
     kill -TERM $pids 2>/dev/null || true
     wait $pids 2>/dev/null || true
   fi
-  if [ ${#running[@]} -gt 1 ]; then  # the stages side by side, by name
+  if [ ${#running[@]} -gt 0 ]; then  # the stages running, by name
     current=""
     for pid in "${!running[@]}"; do current+="${current:+"', '"}${running[$pid]%%$'\t'*}"; done
   fi
@@ -110,8 +110,9 @@ jobs_at_once="" threads_each=0  # stages at once in a side_by_side group, thread
 slots=1                         # stages at once now: $jobs_at_once after side_by_side, 1 after barrier
 failed="" failed_rc=0
 stage() {  # stage LABEL KIND OUTPUT SCRIPT ARGS...: started once fewer than $slots are running
-  local label=$1 kind=$2 output=$3 script=$4 more=() note=""
+  local label=$1 kind=$2 output=$3 script=$4 more=() note="" pid
   shift 4
+  for pid in "${!running[@]}"; do kill -0 "$pid" 2>/dev/null || reap "$pid"; done  # any that ended already
   while [ ${#running[@]} -ge "$slots" ]; do reap; done
   [ -n "$failed" ] && return 0  # a stage failed: nothing more starts (the next barrier stops the run)
   current=$label
@@ -119,9 +120,11 @@ stage() {  # stage LABEL KIND OUTPUT SCRIPT ARGS...: started once fewer than $sl
   [ ${#extra[@]} -gt 0 ] && mapfile -t more < <(extras_for "$script")
   if [ "$slots" -gt 1 ]; then  # side by side: threads of its own, each line tagged with the stage
     [ "$threads_each" -gt 0 ] && more+=("--threads=$threads_each")
-    note="$slots stages at once"
-    PYTHONUNBUFFERED=1 "$PY" "$script" "$@" ${more[@]+"${more[@]}"} \
-      > >(tagged "$label") 2>&1 &
+    note="side by side"
+    [ "$threads_each" -gt 0 ] && note+=", --threads=$threads_each"
+    # stdout through a tagger in the same job (waited for with it: no line comes after the stage's end;
+    # pipefail gives python's status), stderr through one to stderr (a process substitution)
+    PYTHONUNBUFFERED=1 "$PY" "$script" "$@" ${more[@]+"${more[@]}"} 2> >(tagged "$label" >&2) | tagged "$label" &
   else
     "$PY" "$script" "$@" ${more[@]+"${more[@]}"} &
   fi
@@ -131,20 +134,22 @@ tagged() {  # each line of the input as it comes, after [$1] (awk may hold a pip
   local line
   while IFS= read -r line || [ -n "$line" ]; do printf '[%s] %s\n' "$1" "$line"; done
 }
-reap() {  # wait for one running stage to end, record its wall time, remember a failure
-  local pid rc=0 label kind output t0 note
-  if [ ${#running[@]} -eq 1 ]; then
-    pid=${!running[*]}
-    wait "$pid" || rc=$?
-  else
+reap() {  # reap [PID]: wait for that stage (or the first running one to end), record its wall time and a failure
+  local pid=${1:-} rc=0 label kind output t0 note
+  if [ -z "$pid" ] && [ ${#running[@]} -gt 1 ]; then
     wait -n -p pid "${!running[@]}" || rc=$?
+  fi
+  if [ -z "$pid" ] || [ $# -gt 0 ]; then  # the one given, the only one running, or one wait -n did not name
+    [ -n "$pid" ] || { pid=${!running[*]}; pid=${pid%% *}; }
+    rc=0
+    wait "$pid" || rc=$?
   fi
   IFS=$'\t' read -r label kind output t0 note <<< "${running[$pid]}"
   unset "running[$pid]"
   timings+=("$label"$'\t'"$kind"$'\t'"$output"$'\t'"$t0"$'\t'"$(since "$t0" %.2f)"$'\t'"$note")
   [ -n "$note" ] && echo "--- $label: exit $rc after $(since "$t0" %.1f) s"
   if [ "$rc" -ne 0 ] && [ -z "$failed" ]; then
-    failed="reproduce.sh: stage '$label' failed (exit $rc); fix what it says above and re-run (finished stages are skipped)"
+    failed="reproduce.sh: stage '$label' failed (exit $rc); fix what it says above${note:+ (its lines start with [$label])} and re-run (finished stages are skipped)"
     failed_rc=$rc
   fi
   return 0

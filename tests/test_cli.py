@@ -308,7 +308,8 @@ case "$*" in *--help*)
 echo "$*" >> {tmp_path}/calls
 """)
     stub.chmod(0o755)
-    return {**os.environ, "PYTHON": str(stub), "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data")}
+    return {**os.environ, "PYTHON": str(stub), "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"),
+            "JOBS": "1"}
 
 
 def test_reproduce_passes_extra_settings_to_the_stages_that_take_them(tmp_path):
@@ -357,7 +358,7 @@ def stage_log_python(tmp_path, fail="", slow=""):
 log={tmp_path}/events
 echo "start $*" >> $log
 echo "running $*"
-case "$*" in *"{fail or '@never@'}"*) exit 3;; esac
+case "$*" in *"{fail or '@never@'}"*) echo "error: no luck" >&2; exit 3;; esac
 case "$*" in *"--domain lua "*)
   i=0; until grep -q "start train.py --domain tinystories" $log; do i=$((i+1)); [ $i -gt 400 ] && exit 9; sleep 0.05; done;;
 esac
@@ -403,7 +404,7 @@ def test_reproduce_runs_independent_stages_side_by_side_and_dependent_ones_after
     lines = proc.stdout.splitlines()
     assert any(x.startswith("[sae for lua] running sae.py --model lua ") for x in lines)
     assert any(x.startswith("running train.py --domain base ") for x in lines)
-    assert "2 stages at once" in (tmp_path / "out" / "analysis" / "stages.md").read_text()
+    assert "| side by side, --threads=" in (tmp_path / "out" / "analysis" / "stages.md").read_text()
 
 
 def test_reproduce_stops_after_a_failed_stage_once_its_neighbour_has_finished(tmp_path):
@@ -412,6 +413,7 @@ def test_reproduce_stops_after_a_failed_stage_once_its_neighbour_has_finished(tm
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3
     assert proc.stderr.strip().splitlines()[-1].startswith("reproduce.sh: stage 'sae for lua' failed (exit 3)")
+    assert "[sae for lua] error: no luck" in proc.stderr.splitlines()  # its error, tagged, on stderr
     events = (tmp_path / "events").read_text()
     assert "end sae.py --model base" in events                # the stage beside it finished its work
     assert "start" not in events.split("start sae.py --model lua")[1]  # and nothing started after the failure

@@ -161,6 +161,8 @@ def test_killing_reproduce_sh_stops_its_stages(tmp_path, sig, status, side_by_si
     assert last.startswith("reproduce.sh: stopped by SIG")
     if side_by_side:
         assert "'sae for base'" in last and "'sae for lua'" in last  # both named
+    else:
+        assert "during 'data: tokenizer and token files (sample)'" in last
     for child in children:
         assert not os.path.exists(f"/proc/{child}"), "a stage's process outlived reproduce.sh"
     assert len(pids.read_text().split()) == n  # and no later stage was started
