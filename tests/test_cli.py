@@ -374,6 +374,7 @@ def test_reproduce_runs_independent_stages_side_by_side_and_dependent_ones_after
     proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env=stage_log_python(tmp_path),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
     def stage_of(args):  # data, base, lua, tinystories, merge, sweep, sae <model>, analysis
         script, rest = args[0], args[1:]
         return {"data.py": "data", "analyze.py": "analysis"}.get(script) or \
@@ -409,8 +410,9 @@ def test_reproduce_runs_independent_stages_side_by_side_and_dependent_ones_after
 
 def test_reproduce_stops_after_a_failed_stage_once_its_neighbour_has_finished(tmp_path):
     import subprocess
-    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env=stage_log_python(tmp_path, "--model lua", "--model base"),
-                          capture_output=True, text=True, timeout=120)
+    env = stage_log_python(tmp_path, fail="--model lua", slow="--model base")
+    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env=env, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 3
     assert proc.stderr.strip().splitlines()[-1].startswith("reproduce.sh: stage 'sae for lua' failed (exit 3)")
     assert "[sae for lua] error: no luck" in proc.stderr.splitlines()  # its error, tagged, on stderr
