@@ -304,8 +304,12 @@ def free_cores(sample_s=0.1):
     return max(1, min(cores, int(cores * idle + 0.5)))
 
 
-def set_threads(n=0):
-    """torch's CPU threads: n > 0 as given, 0 = the cores that are free now (at least 1). Returns the count."""
+def set_threads(n=0, device="cpu"):
+    """torch's CPU threads: n > 0 as given, 0 = the cores that are free now (at least 1). Returns the count.
+    A run on another device (a GPU) keeps torch's own count and returns it."""
+    if device != "cpu":
+        import torch
+        return torch.get_num_threads()
     n = n if n > 0 else free_cores()
     try:
         import torch

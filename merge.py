@@ -298,7 +298,7 @@ def plan(cfg):
     """The settings checked against each other, the output paths, and the start-up line."""
     run = SimpleNamespace(device=common.pick_device(cfg["device"]), rules=parse_t_rules(cfg["t_rules"]),
                           grid=sorted(set(cfg["grid"])), parent=cfg["parent"] if cfg["mode"] == "task" else None)
-    run.threads = common.set_threads(cfg["threads"]) if run.device == "cpu" else torch.get_num_threads()
+    run.threads = common.set_threads(cfg["threads"], run.device)
     if not cfg["sweep"] and cfg["out"] in (cfg["a"], cfg["b"], run.parent):
         common.die(f"--out {cfg['out']} would overwrite an input checkpoint; choose another name")
     if cfg["sweep"] and (cfg["eval_batches"] < 1 or not run.grid):

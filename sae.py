@@ -861,7 +861,7 @@ def setup(cfg):
     if not job.seeds:
         die("--seeds is empty; give e.g. --seeds 0,1")
     job.device = pick_device(cfg["device"])
-    job.threads = set_threads(cfg["threads"]) if job.device == "cpu" else torch.get_num_threads()
+    job.threads = set_threads(cfg["threads"], job.device)
     if job.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = cfg["fast_math"]  # SAE training; full_fp32() for the metrics
     job.select_bf16 = select_bf16(job.device, cfg["fast_math"])

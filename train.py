@@ -162,7 +162,7 @@ def setup_devices(cfg):
     env.device_type = "cuda" if env.device.startswith("cuda") else "cpu"
     env.dtype = cfg["dtype"] if cfg["dtype"] != "auto" else ("bfloat16" if env.device_type == "cuda" else "float32")
     env.autocast = nullcontext() if env.dtype == "float32" else torch.autocast(env.device_type, dtype=torch.bfloat16)
-    env.threads = set_threads(cfg["threads"]) if env.device_type == "cpu" else torch.get_num_threads()
+    env.threads = set_threads(cfg["threads"], env.device_type)
     torch.manual_seed(cfg["seed"] + env.rank)
     if env.device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -175,6 +175,7 @@ def test_threads(monkeypatch):
         assert common.set_threads(1) == 1 and torch.get_num_threads() == 1
         n = common.set_threads(0)
         assert 1 <= n <= (os.cpu_count() or 1)
+        assert common.set_threads(3, "cuda") == n and torch.get_num_threads() == n  # a GPU run: left as it is
     finally:
         torch.set_num_threads(before)
 
