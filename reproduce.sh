@@ -13,10 +13,9 @@
 #   JOBS=1 ./reproduce.sh                                       # one stage at a time (default auto: see below)
 #
 # Stages that do not depend on each other (the two fine-tunes; the sweep and the four SAEs) run
-# JOBS at once; auto = 2 on a CPU with 2+ free cores, each with half of them as --threads (two
-# 1-thread stages side by side beat two 2-thread ones in a row on 2 cores: 100 vs 159 s for two SAE
-# stages; an extra --threads=N is kept, and auto is then 2 only where 2N cores are free), and 1 on a
-# GPU. Their lines are then tagged with the stage's name.
+# JOBS at once; auto = 2 on a CPU with 2+ free cores, each with half of them as --threads (an extra
+# --threads=N is kept, and auto is then 2 only where 2N cores are free), and 1 on a GPU; why:
+# common.stage_jobs. Their lines are then tagged with the stage's name.
 #
 # A kill (Ctrl-C, SIGTERM, SIGHUP) stops the running stages too (each is run in the background and
 # waited for, so the signal reaches this script at once); re-run to resume.
@@ -105,7 +104,6 @@ trap 'stop HUP 129' HUP
 
 timings=()  # label<TAB>kind<TAB>output<TAB>start<TAB>seconds<TAB>note, for the table at the end
 now() { local t=${EPOCHREALTIME:-$(date +%s)}; echo "${t/,/.}"; }  # seconds; a decimal point in any locale
-since() { awk -v a="$1" -v b="$(now)" -v f="$2" 'BEGIN { printf f, b - a }'; }
 jobs_at_once="" threads_each=0  # stages at once in a side_by_side group, threads for each (`plan`)
 slots=1                         # stages at once now: $jobs_at_once after side_by_side, 1 after barrier
 failed="" failed_rc=0
@@ -119,9 +117,8 @@ stage() {  # stage LABEL KIND OUTPUT SCRIPT ARGS...: started once fewer than $sl
   echo; echo "=== $label ==="
   [ ${#extra[@]} -gt 0 ] && mapfile -t more < <(extras_for "$script")
   if [ "$slots" -gt 1 ]; then  # side by side: threads of its own, each line tagged with the stage
-    [ "$threads_each" -gt 0 ] && more+=("--threads=$threads_each")
     note="side by side"
-    [ "$threads_each" -gt 0 ] && note+=", --threads=$threads_each"
+    if [ "$threads_each" -gt 0 ]; then more+=("--threads=$threads_each"); note+=", --threads=$threads_each"; fi
     # stdout through a tagger in the same job (waited for with it: no line comes after the stage's end;
     # pipefail gives python's status), stderr through one to stderr (a process substitution)
     PYTHONUNBUFFERED=1 "$PY" "$script" "$@" ${more[@]+"${more[@]}"} 2> >(tagged "$label" >&2) | tagged "$label" &
@@ -135,7 +132,7 @@ tagged() {  # each line of the input as it comes, after [$1] (awk may hold a pip
   while IFS= read -r line || [ -n "$line" ]; do printf '[%s] %s\n' "$1" "$line"; done
 }
 reap() {  # reap [PID]: wait for that stage (or the first running one to end), record its wall time and a failure
-  local pid=${1:-} rc=0 label kind output t0 note
+  local pid=${1:-} rc=0 label kind output t0 note wall
   if [ -z "$pid" ] && [ ${#running[@]} -gt 1 ]; then
     wait -n -p pid "${!running[@]}" || rc=$?
   fi
@@ -146,8 +143,9 @@ reap() {  # reap [PID]: wait for that stage (or the first running one to end), r
   fi
   IFS=$'\t' read -r label kind output t0 note <<< "${running[$pid]}"
   unset "running[$pid]"
-  timings+=("$label"$'\t'"$kind"$'\t'"$output"$'\t'"$t0"$'\t'"$(since "$t0" %.2f)"$'\t'"$note")
-  [ -n "$note" ] && echo "--- $label: exit $rc after $(since "$t0" %.1f) s"
+  wall=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
+  timings+=("$label"$'\t'"$kind"$'\t'"$output"$'\t'"$t0"$'\t'"$wall"$'\t'"$note")
+  [ -n "$note" ] && echo "--- $label: exit $rc after $wall s"
   if [ "$rc" -ne 0 ] && [ -z "$failed" ]; then
     failed="reproduce.sh: stage '$label' failed (exit $rc); fix what it says above${note:+ (its lines start with [$label])} and re-run (finished stages are skipped)"
     failed_rc=$rc

@@ -112,8 +112,8 @@ config = dict(
 )
 PRESETS = {
     "paper": dict(),
-    # tiny: 2048 features on d_mlp 256, 45-90 s per model (both seeds) on 2 CPU cores (float32 matmul peak 198-138 GFLOP/s);
-    # 85-104 s on one core of the 138-166 GFLOP/s VM (reproduce.sh runs two SAE stages side by side)
+    # tiny: 2048 features on d_mlp 256, 45-90 s per model (both seeds) on 2 CPU cores (float32 matmul peak 198-138 GFLOP/s),
+    # 85-104 s on one core of the 138-166 GFLOP/s VM
     # (lr and l1 tuned on the base model: lr 1e-3 -> 4e-3 took FVU 0.21 -> 0.17 at L0 ~50);
     # evaluation only at the end: one costs ~4% of this short run, more than bookkeeping should (the
     # training log's FVU and L0 every 50 steps show the progress)
@@ -868,7 +868,7 @@ def setup(cfg):
     # CPU, several seeds and threads: each seed's step in its own thread on one core. The steps' single-threaded
     # parts (nonzero, indexing, the Python between the ops) then overlap: 1.1-1.2x the seeds one after the other
     # on every thread. The harvest and the evaluation keep all the threads. Two SAE stages side by side with one
-    # thread each (reproduce.sh on a CPU) use 2 cores better still: 100 vs 159 s for two stages.
+    # thread each use 2 cores better still (reproduce.sh on a CPU; common.stage_jobs).
     job.seed_threads = min(len(job.seeds), job.threads) if job.device == "cpu" else 1
     job.pool = concurrent.futures.ThreadPoolExecutor(job.seed_threads, initializer=torch.set_num_threads,
                                                      initargs=(1,)) if job.seed_threads > 1 else None
