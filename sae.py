@@ -36,7 +36,8 @@ atomic write, so a crash can never leave the seeds at different steps; --resume 
 sae_s<seed>.pt is each seed's raw-space SAE for analyze.py (written from the state, after it);
 metrics.json is written last and lists every seed. The folder is locked while a run writes it.
 Work done only where the result needs it: the harvest runs the model's MLP (and attention
-queries) only at the positions it keeps (model.mlp_acts(idx, positions)); on the CPU, once few latents are active,
+queries) only at the positions it keeps (model.mlp_acts(idx, positions)) and looks every position's
+key and value up by its token (model.token_kv); on the CPU, once few latents are active,
 the SAE step touches only the active ones in the decoder and in every backward product (sparse
 step, SPARSE_BELOW; with AuxK too), and on a CPU with bf16 matmuls (fast_math) picks those latents
 with a bf16 encoder product, their values then exact in float32, and a pair of seeds steps in two
@@ -631,15 +632,17 @@ def mlp_activations(model, windows, batch_size, device, skip_first=0, positions=
     evaluation stays float32)."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and str(device).startswith("cuda") \
         else contextlib.nullcontext()
+    with autocast:
+        kv = model.token_kv()  # every token's key and value, looked up (model.token_kv)
     for start in range(0, len(windows), batch_size):
         idx = torch.as_tensor(windows[start:start + batch_size]).to(device)
         if positions is None:
             with autocast:
-                h = model.mlp_acts(idx)                                              # (b, T, d_mlp)
+                h = model.mlp_acts(idx, kv=kv)                                       # (b, T, d_mlp)
             yield start, h[:, skip_first:].float()
         else:
             with autocast:
-                h = model.mlp_acts(idx, torch.as_tensor(positions[start:start + batch_size]).to(device))
+                h = model.mlp_acts(idx, torch.as_tensor(positions[start:start + batch_size]).to(device), kv)
             yield start, h.float()                                                   # (b, k, d_mlp)
 
 

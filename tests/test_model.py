@@ -44,6 +44,20 @@ def test_causality():
     assert not torch.allclose(a[:, 10:], b[:, 10:])       # later ones do
 
 
+def test_looked_up_keys_and_values_give_the_same_trunk():
+    m = make()
+    idx = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(0))
+    pos = torch.tensor([[1, 5, 15], [2, 3, 4], [0, 9, 12]])
+    kv = m.token_kv()                                      # (vocab, keys and values)
+    assert kv.shape == (97, 2 * m.args.n_kv_head * m.args.d_model // m.args.n_head)
+    for p in (None, pos):
+        for a, b in zip(m.trunk(idx, p), m.trunk(idx, p, kv)):
+            assert torch.allclose(a, b, atol=1e-6)
+    with torch.no_grad():
+        m.attn.wv.weight.mul_(2)                           # a table made from other weights gives another result
+    assert not torch.allclose(m.trunk(idx, pos)[1], m.trunk(idx, pos, kv)[1], atol=1e-4)
+
+
 def test_trunk_and_head_capture_and_replace_the_mlp_activation():
     m = make()
     idx = torch.randint(0, 97, (2, 16))
