@@ -12,10 +12,11 @@
 #   EXTRA="--compile=false" ./reproduce.sh                      # the same, from the environment
 #   JOBS=1 ./reproduce.sh                                       # one stage at a time (default auto: see below)
 #
-# Stages that do not depend on each other (the two fine-tunes; the sweep and the four SAEs) run
-# JOBS at once; auto = 2 on a CPU with 2+ free cores, each with half of them as --threads (an extra
-# --threads=N is kept, and auto is then 2 only where 2N cores are free), and 1 on a GPU; why:
-# common.stage_jobs. Their lines are then tagged with the stage's name.
+# From the fine-tunes on, JOBS stages run at once, each as soon as the stages it needs have ended
+# (the base SAE beside the fine-tunes, the merge as soon as both are done, ...); auto = 2 on a CPU
+# with 2+ free cores, each with half of them as --threads (an extra --threads=N is kept, and auto is
+# then 2 only where 2N cores are free), and 1 on a GPU; why: common.stage_jobs. Their lines are then
+# tagged with the stage's name.
 #
 # A kill (Ctrl-C, SIGTERM, SIGHUP) stops the running stages too (each is run in the background and
 # waited for, so the signal reaches this script at once); re-run to resume.
@@ -79,8 +80,8 @@ extras_for() {  # the extra settings script $1 takes, one per line
 # -----------------------------------------------------------------------------
 # each stage runs in the background and is waited for: a signal then reaches this script at once,
 # and the trap passes it on (SIGTERM: a background child ignores SIGINT) before stopping here.
-# The stages after `side_by_side` do not depend on each other and run $jobs_at_once at once (`plan`);
-# `barrier` waits for every running stage (a stage that needs their outputs comes after it).
+# After `side_by_side`, $jobs_at_once stages run at once (`plan`): `after LABEL...` waits for the
+# stages named (a stage that needs their outputs comes after it), `barrier` for every running one.
 current="start-up"
 declare -A running=()  # pid -> label<TAB>kind<TAB>output<TAB>start<TAB>note, the stages running now
 stop() {
@@ -152,6 +153,17 @@ reap() {  # reap [PID]: wait for that stage (or the first running one to end), r
   fi
   return 0
 }
+after() {  # after LABEL...: wait until those stages have ended (the others keep running); stop at a failure
+  local pid want left=1
+  while [ $left = 1 ]; do
+    left=0
+    for pid in "${!running[@]}"; do
+      for want in "$@"; do [ "${running[$pid]%%$'\t'*}" = "$want" ] && left=1; done
+    done
+    [ $left = 0 ] || reap
+  done
+  [ -z "$failed" ] || barrier
+}
 barrier() {  # wait for every running stage; stop at a failure
   while [ ${#running[@]} -gt 0 ]; do reap; done
   slots=1
@@ -191,21 +203,22 @@ stage "data: tokenizer and token files ($SOURCE)" data "$DATA" \
 barrier
 
 stage "train base" train "$OUT/base" train.py --domain base "${dirs[@]}" --resume
-barrier  # the fine-tunes start from base
+barrier  # everything after starts from base
 side_by_side
 for d in lua tinystories; do
   stage "train $d" train "$OUT/$d" train.py --domain $d "${dirs[@]}" --resume
 done
-barrier  # the merges need both fine-tunes
-
+stage "sae for base" sae "$OUT/sae_base" sae.py --model base "${dirs[@]}" --resume  # beside the fine-tunes
+after "train lua" "train tinystories"  # the merges need both fine-tunes
 # a no-op when out/luastories was made from these very inputs
-stage "merge: luastories = SLERP(lua, tinystories, t=0.58)" merge "$OUT/luastories" merge.py "${dirs[@]}"
-barrier  # its SAE needs luastories
-side_by_side
-stage "merge sweep over t" merge "$OUT" merge.py --sweep "${dirs[@]}"
-for m in base lua tinystories luastories; do
+merge="merge: luastories = SLERP(lua, tinystories, t=0.58)"
+stage "$merge" merge "$OUT/luastories" merge.py "${dirs[@]}"
+for m in lua tinystories; do
   stage "sae for $m" sae "$OUT/sae_$m" sae.py --model $m "${dirs[@]}" --resume
 done
+after "$merge"  # its SAE needs luastories
+stage "sae for luastories" sae "$OUT/sae_luastories" sae.py --model luastories "${dirs[@]}" --resume
+stage "merge sweep over t" merge "$OUT" merge.py --sweep "${dirs[@]}"  # the shortest last: it fills the other slot
 barrier  # the analysis reads every model and SAE
 
 stage "analysis: feature tracking and the report" analyze "$OUT/analysis" analyze.py "${dirs[@]}"
