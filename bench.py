@@ -272,14 +272,15 @@ def bench_forward(cfg, model, x, device, peak, shapes):
     B, T = x.shape
     a = model.args
     trunk = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and ("attn" in n or "mlp" in n)
-                and "down" not in n)  # the down projection comes after the activations
+                and not any(w in n for w in ("down", "wk", "wv")))  # down comes after; keys, values: looked up
     flops = B * T * (2 * trunk + 4 * T * a.d_model)  # matmuls + attention scores and values (causal: counted full)
-    sec = timeit(lambda: model.mlp_acts(x), cfg["steps"], cfg["warmup"], device)
+    kv = model.token_kv()  # as sae.mlp_activations does
+    sec = timeit(lambda: model.mlp_acts(x, kv=kv), cfg["steps"], cfg["warmup"], device)
     print(f"  forward to the MLP activations (harvest, analysis): {sec * 1000:.1f} ms for {B} x {T} tokens, "
           f"{B * T / sec / 1e3:,.1f}k tok/s, {share(flops, sec, peak)} of peak")
     row("train", f"MLP-activation forward (SAE harvest, analysis), {shapes} shapes, {B} x {T} tokens",
         f"{B * T / sec / 1e3:,.1f}k tok/s", share=share(flops, sec, peak),
-        note="model.mlp_acts: every position of each window, no LM head")
+        note="model.mlp_acts: every position of each window, keys and values looked up, no LM head")
 
 
 # -----------------------------------------------------------------------------
@@ -803,9 +804,12 @@ def measure_forward_and_corr(cfg, device, harvest_batch, bf16):
     idx = torch.randint(0, s["vocab_size"], (harvest_batch, s["block_size"]), generator=g).to(device)
     ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else (lambda: torch.autocast("cpu", enabled=False))
 
+    with ctx():
+        kv = model.token_kv()  # as sae.mlp_activations does
+
     def forward():
         with ctx():
-            model.mlp_acts(idx)
+            model.mlp_acts(idx, kv=kv)
     sec = timeit(forward, cfg["plan_steps"], 1, device)
     fwd = harvest_batch * s["block_size"] / sec
     n_feat, chunk = s["sae"][1], 1024
