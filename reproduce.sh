@@ -133,15 +133,15 @@ tagged() {  # each line of the input as it comes, after [$1] (awk may hold a pip
   while IFS= read -r line || [ -n "$line" ]; do printf '[%s] %s\n' "$1" "$line"; done
 }
 reap() {  # reap [PID]: wait for that stage (or the first running one to end), record its wall time and a failure
-  local pid=${1:-} rc=0 label kind output t0 note wall
-  if [ -z "$pid" ] && [ ${#running[@]} -gt 1 ]; then
-    wait -n -p pid "${!running[@]}" || rc=$?
-  fi
-  if [ -z "$pid" ] || [ $# -gt 0 ]; then  # the one given, the only one running, or one wait -n did not name
-    [ -n "$pid" ] || { pid=${!running[*]}; pid=${pid%% *}; }
-    rc=0
-    wait "$pid" || rc=$?
-  fi
+  local pid=${1:-} rc=0 label kind output t0 note wall p
+  [ -n "$pid" ] || [ ${#running[@]} -gt 1 ] || pid=${!running[*]}  # the only one running
+  # the first of several to end, polled: with bash's `wait -n`, a fine-tune that ended while it waited was
+  # seen only when the SAE stage beside it ended, 84 s later (bash collects an ended stage's status itself)
+  while [ -z "$pid" ]; do
+    for p in "${!running[@]}"; do kill -0 "$p" 2>/dev/null || pid=$p; done
+    [ -n "$pid" ] || sleep 0.2
+  done
+  wait "$pid" || rc=$?
   IFS=$'\t' read -r label kind output t0 note <<< "${running[$pid]}"
   unset "running[$pid]"
   wall=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
@@ -186,10 +186,6 @@ print(n, 0 if threads > 0 else each)  # an extra --threads already goes to every
 EOF
   ) || true
   [[ $jobs_at_once =~ ^[1-9][0-9]*$ ]] || { echo "JOBS: could not plan the stages; one at a time"; jobs_at_once=1 threads_each=0; }
-  if [ "$jobs_at_once" -gt 1 ] && [ $((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1])) -lt 501 ]; then
-    echo "JOBS: bash $BASH_VERSION cannot wait for the first of several stages (5.1 can); one stage at a time"
-    jobs_at_once=1
-  fi
   if [ "$jobs_at_once" -gt 1 ]; then
     echo; echo "stages that do not depend on each other: $jobs_at_once at once (JOBS=$JOBS)" \
       "$([ "$threads_each" -gt 0 ] && echo "with --threads=$threads_each each")"
