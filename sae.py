@@ -114,7 +114,7 @@ config = dict(
 PRESETS = {
     "paper": dict(),
     # tiny: 2048 features on d_mlp 256, 45-90 s per model (both seeds) on 2 CPU cores (float32 matmul peak 198-138 GFLOP/s),
-    # 85-104 s on one core of the 138-166 GFLOP/s VM
+    # 77-104 s on one core of the 138-174 GFLOP/s VM
     # (lr and l1 tuned on the base model: lr 1e-3 -> 4e-3 took FVU 0.21 -> 0.17 at L0 ~50);
     # evaluation only at the end: one costs ~4% of this short run, more than bookkeeping should (the
     # training log's FVU and L0 every 50 steps show the progress)
