@@ -218,13 +218,12 @@ class Transformer(nn.Module):
         if T > self.args.block_size:
             die(f"sequence of {T} tokens is longer than the model's block_size {self.args.block_size}")
         x = self.tok_emb(idx)                                               # (B, T, d_model)
-        if kv is None:
+        out = x if positions is None else gather_positions(x, positions)   # (B, T or n, d_model): where wanted
+        if kv is None:  # keys and values projected from every position's normed embedding
             attn = self.attn(self.attn_norm(x), self.rope_cos, self.rope_sin, positions)
-            x = x if positions is None else gather_positions(x, positions)
-        else:  # keys and values looked up; the norm and the queries only where the output is wanted
-            x = x if positions is None else gather_positions(x, positions)
-            attn = self.attn(self.attn_norm(x), self.rope_cos, self.rope_sin, positions, kv[idx])
-        x = x + attn
+        else:  # looked up by token; the norm and the queries only where the output is wanted
+            attn = self.attn(self.attn_norm(out), self.rope_cos, self.rope_sin, positions, kv[idx])
+        x = out + attn
         return x, self.mlp.hidden(self.mlp_norm(x))                        # resid, (B, T or n, d_mlp)
 
     @torch.no_grad()
