@@ -213,10 +213,12 @@ class Transformer(nn.Module):
     def trunk(self, idx, positions=None, kv=None):
         """idx (B, T) -> (the residual stream before the MLP's output is added (B, T or n, d_model), the
         MLP hidden activation (B, T or n, d_mlp)); with positions (B, n), only at those positions.
-        kv: token_kv()'s table (inference), keys and values looked up per token."""
+        kv: token_kv()'s table, keys and values looked up per token (inference only: the table has no
+        gradient; made under the autocast it is used in)."""
         B, T = idx.shape
         if T > self.args.block_size:
             die(f"sequence of {T} tokens is longer than the model's block_size {self.args.block_size}")
+        assert kv is None or not torch.is_grad_enabled(), "token_kv's table is for inference (it has no gradient)"
         x = self.tok_emb(idx)                                               # (B, T, d_model)
         out = x if positions is None else gather_positions(x, positions)   # (B, T or n, d_model): where wanted
         if kv is None:  # keys and values projected from every position's normed embedding

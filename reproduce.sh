@@ -12,11 +12,11 @@
 #   EXTRA="--compile=false" ./reproduce.sh                      # the same, from the environment
 #   JOBS=1 ./reproduce.sh                                       # one stage at a time (default auto: see below)
 #
-# From the fine-tunes on, JOBS stages run at once, each as soon as the stages it needs have ended
-# (the base SAE beside the fine-tunes, the merge as soon as both are done, ...); auto = 2 on a CPU
-# with 2+ free cores, each with half of them as --threads (an extra --threads=N is kept, and auto is
-# then 2 only where 2N cores are free), and 1 on a GPU; why: common.stage_jobs. Their lines are then
-# tagged with the stage's name.
+# From the fine-tunes on, JOBS stages run at once, in a fixed order, each once a slot is free and
+# the stages it needs have ended (the base SAE beside the fine-tunes, the merge once both are done,
+# ...); auto = 2 on a CPU with 2+ free cores, each with half of them as --threads (an extra
+# --threads=N is kept, and auto is then 2 only where 2N cores are free), and 1 on a GPU; why:
+# common.stage_jobs. Their lines are then tagged with the stage's name.
 #
 # A kill (Ctrl-C, SIGTERM, SIGHUP) stops the running stages too (each is run in the background and
 # waited for, so the signal reaches this script at once); re-run to resume.
@@ -134,6 +134,7 @@ tagged() {  # each line of the input as it comes, after [$1] (awk may hold a pip
 }
 reap() {  # reap [PID]: wait for that stage (or the first running one to end), record its wall time and a failure
   local pid=${1:-} rc=0 label kind output t0 note wall p
+  [ -n "$pid" ] || [ ${#running[@]} -gt 0 ] || return 0
   [ -n "$pid" ] || [ ${#running[@]} -gt 1 ] || pid=${!running[*]}  # the only one running
   # the first of several to end, polled: with bash's `wait -n`, a fine-tune that ended while it waited was
   # seen only when the SAE stage beside it ended, 84 s later (bash collects an ended stage's status itself)
@@ -154,7 +155,13 @@ reap() {  # reap [PID]: wait for that stage (or the first running one to end), r
   return 0
 }
 after() {  # after LABEL...: wait until those stages have ended (the others keep running); stop at a failure
-  local pid want left=1
+  local pid want left=1 seen t
+  [ -z "$failed" ] || barrier
+  for want in "$@"; do  # a label that names no stage would drop the dependency without a word
+    seen=""
+    for t in ${timings[@]+"${timings[@]}"} ${running[@]+"${running[@]}"}; do [ "${t%%$'\t'*}" = "$want" ] && seen=1; done
+    [ -n "$seen" ] || die "reproduce.sh: after '$want': no stage of that name was started"
+  done
   while [ $left = 1 ]; do
     left=0
     for pid in "${!running[@]}"; do

@@ -1011,12 +1011,11 @@ def print_plan(job):
 
 
 def harvest_flops_per_window(model, T, k):
-    """Matmul FLOPs of model.mlp_acts(idx, positions) for one window of T tokens keeping k positions: keys and values at
-    every position, queries, attention, output projection and MLP at the k kept ones."""
+    """Matmul FLOPs of model.mlp_acts(idx, positions, kv) for one window of T tokens keeping k positions: queries,
+    attention, output projection and MLP at the k kept ones (keys and values are looked up: model.token_kv)."""
     a = model.attn
-    kv = a.wk.weight.numel() + a.wv.weight.numel()
     rest = a.wq.weight.numel() + a.wo.weight.numel() + sum(p.numel() for p in model.mlp.parameters())
-    return 2 * kv * T + k * (2 * rest + 4 * T * model.args.d_model)
+    return k * (2 * rest + 4 * T * model.args.d_model)
 
 
 def train_loop(job, runs):

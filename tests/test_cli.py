@@ -345,12 +345,12 @@ def test_reproduce_passes_extra_settings_to_the_stages_that_take_them(tmp_path):
     assert "| train base |" in md and "5,000 tokens/s | 40.0% | 4,535 |" in md and md in proc.stdout
 
 
-def stage_log_python(tmp_path, fail="", slow=""):
+def stage_log_python(tmp_path, fail="", slow=()):
     """A stand-in for python that logs each stage's start and end (one line each, appended: the order is
     the order of events), with `train.py --domain lua` waiting until the tinystories fine-tune has
     started (so it only ends if the two run side by side); the stage whose arguments contain `fail`
-    exits 3 at once, the one with `slow` takes a second. `python -` (the plan and the stage table) is
-    the real one."""
+    exits 3 at once, those whose arguments contain one of `slow` take a second. `python -` (the plan and
+    the stage table) is the real one."""
     import sys
     stub = tmp_path / "python"
     stub.write_text(f"""#!/bin/sh
@@ -362,7 +362,7 @@ case "$*" in *"{fail or '@never@'}"*) echo "error: no luck" >&2; exit 3;; esac
 case "$*" in *"--domain lua "*)
   i=0; until grep -q "start train.py --domain tinystories" $log; do i=$((i+1)); [ $i -gt 400 ] && exit 9; sleep 0.05; done;;
 esac
-case "$*" in *"{slow or '@never@'}"*) sleep 1;; *) sleep 0.1;; esac
+case "$*" in {'|'.join(f'*"{s}"*' for s in slow) or '@never@'}) sleep 1;; *) sleep 0.1;; esac
 echo "end $*" >> $log
 """)
     stub.chmod(0o755)
@@ -372,7 +372,7 @@ echo "end $*" >> $log
 def test_reproduce_runs_independent_stages_side_by_side_and_dependent_ones_after(tmp_path):
     import subprocess
     proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")],
-                          env=stage_log_python(tmp_path, slow="--domain tinystories"),
+                          env=stage_log_python(tmp_path, slow=("--domain tinystories", "merge.py --preset")),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -396,7 +396,8 @@ def test_reproduce_runs_independent_stages_side_by_side_and_dependent_ones_after
     later = ("lua", "tinystories", "merge", "sweep", "sae base", "sae lua", "sae tinystories", "sae luastories")
     assert at("start", "tinystories") < at("end", "lua")     # the fine-tunes side by side (lua waits for it)
     assert at("end", "data") < at("start", "base") and at("end", "base") < min(at("start", s) for s in later)
-    # each stage once the ones it needs have ended, not later: the base SAE beside the (slow) tinystories fine-tune
+    # each stage once a slot is free and the ones it needs have ended: the base SAE beside the (slow)
+    # tinystories fine-tune; the luastories SAE after the (slow) merge, not in the slot that frees first
     assert at("start", "sae base") < at("end", "tinystories")
     assert max(at("end", "lua"), at("end", "tinystories")) < min(at("start", "merge"), at("start", "sweep"))
     assert at("end", "lua") < at("start", "sae lua") and at("end", "tinystories") < at("start", "sae tinystories")
@@ -414,7 +415,7 @@ def test_reproduce_runs_independent_stages_side_by_side_and_dependent_ones_after
 
 def test_reproduce_stops_after_a_failed_stage_once_its_neighbour_has_finished(tmp_path):
     import subprocess
-    env = stage_log_python(tmp_path, fail="--model lua", slow="--model base")
+    env = stage_log_python(tmp_path, fail="--model lua", slow=("--model base",))
     proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 3

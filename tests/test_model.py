@@ -50,12 +50,14 @@ def test_looked_up_keys_and_values_give_the_same_trunk():
     pos = torch.tensor([[1, 5, 15], [2, 3, 4], [0, 9, 12]])
     kv = m.token_kv()                                      # (vocab, keys and values)
     assert kv.shape == (97, 2 * m.args.n_kv_head * m.args.d_model // m.args.n_head)
-    for p in (None, pos):
-        for a, b in zip(m.trunk(idx, p), m.trunk(idx, p, kv)):
-            assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(AssertionError, match="inference"):  # no gradient would reach wk, wv through it
+        m.trunk(idx, pos, kv)
     with torch.no_grad():
+        for p in (None, pos):
+            for a, b in zip(m.trunk(idx, p), m.trunk(idx, p, kv)):
+                assert torch.allclose(a, b, atol=1e-6)
         m.attn.wv.weight.mul_(2)                           # a table made from other weights gives another result
-    assert not torch.allclose(m.trunk(idx, pos)[1], m.trunk(idx, pos, kv)[1], atol=1e-4)
+        assert not torch.allclose(m.trunk(idx, pos)[1], m.trunk(idx, pos, kv)[1], atol=1e-4)
 
 
 def test_trunk_and_head_capture_and_replace_the_mlp_activation():
