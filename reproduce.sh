@@ -18,8 +18,8 @@
 # --threads=N is kept, and auto is then 2 only where 2N cores are free), and 1 on a GPU; why:
 # common.stage_jobs. Their lines are then tagged with the stage's name.
 #
-# A kill (Ctrl-C, SIGTERM, SIGHUP) stops the running stages too (each is run in the background and
-# waited for, so the signal reaches this script at once); re-run to resume.
+# A kill (Ctrl-C, SIGTERM, SIGHUP) stops the running stages too (each runs in the background while
+# this script waits or polls, so the signal reaches it within 0.2 s); re-run to resume.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -78,7 +78,7 @@ extras_for() {  # the extra settings script $1 takes, one per line
 }
 
 # -----------------------------------------------------------------------------
-# each stage runs in the background and is waited for: a signal then reaches this script at once,
+# each stage runs in the background, waited for or polled: a signal then reaches this script at once,
 # and the trap passes it on (SIGTERM: a background child ignores SIGINT) before stopping here.
 # After `side_by_side`, $jobs_at_once stages run at once (`plan`): `after LABEL...` waits for the
 # stages named (a stage that needs their outputs comes after it), `barrier` for every running one.
