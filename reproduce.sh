@@ -78,7 +78,7 @@ extras_for() {  # the extra settings script $1 takes, one per line
 }
 
 # -----------------------------------------------------------------------------
-# each stage runs in the background, waited for or polled: a signal then reaches this script at once,
+# each stage runs in the background, waited for or polled: a signal reaches this script within 0.2 s,
 # and the trap passes it on (SIGTERM: a background child ignores SIGINT) before stopping here.
 # After `side_by_side`, $jobs_at_once stages run at once (`plan`): `after LABEL...` waits for the
 # stages named (a stage that needs their outputs comes after it), `barrier` for every running one.
