@@ -154,20 +154,19 @@ reap() {  # reap [PID]: wait for that stage (or the first running one to end), r
   fi
   return 0
 }
+has_label() {  # has_label LABEL ENTRY...: whether one of the entries (label<TAB>...) is that stage's
+  local want=$1 e
+  shift
+  for e in "$@"; do [ "${e%%$'\t'*}" = "$want" ] && return 0; done
+  return 1
+}
 after() {  # after LABEL...: wait until those stages have ended (the others keep running); stop at a failure
-  local pid want left=1 seen t
+  local want
   [ -z "$failed" ] || barrier
-  for want in "$@"; do  # a label that names no stage would drop the dependency without a word
-    seen=""
-    for t in ${timings[@]+"${timings[@]}"} ${running[@]+"${running[@]}"}; do [ "${t%%$'\t'*}" = "$want" ] && seen=1; done
-    [ -n "$seen" ] || die "reproduce.sh: after '$want': no stage of that name was started"
-  done
-  while [ $left = 1 ]; do
-    left=0
-    for pid in "${!running[@]}"; do
-      for want in "$@"; do [ "${running[$pid]%%$'\t'*}" = "$want" ] && left=1; done
-    done
-    [ $left = 0 ] || reap
+  for want in "$@"; do
+    while has_label "$want" ${running[@]+"${running[@]}"}; do reap; done
+    # a label that names no stage would drop the dependency without a word
+    has_label "$want" ${timings[@]+"${timings[@]}"} || die "reproduce.sh: after '$want': no stage of that name was started"
   done
   [ -z "$failed" ] || barrier
 }
