@@ -20,10 +20,11 @@ The method, in the order main() runs it:
    over the very same tokens.
 3. Stream it in chunks: each model's MLP activations and each SAE's features are computed once per
    chunk and every pair is updated from them. Pearson r comes from running float64 sums (x, x^2,
-   y, y^2 and the (F_parent, F_child) matrix x^T y, over the co-active feature pairs of each token
-   only: SAE features are sparse); memory grows with F_parent x F_child, never with tokens. Pairs are
-   streamed in groups that fit --memory_gb (planned, and checked against the device, before the
-   long pass). Per feature: density, max and a running top-k of sequences by their max.
+   y, y^2 and the (F_parent, F_child) matrix x^T y; with --fast, fast.py makes x^T y over the
+   co-active feature pairs of each token only: SAE features are sparse); memory grows with
+   F_parent x F_child, never with tokens. Pairs are streamed in groups that fit --memory_gb
+   (planned, and checked against the device, before the long pass). Per feature: density, max and
+   a running top-k of sequences by their max.
 4. Classify each pair at --threshold (DESIGN.md): a live parent feature persists when a live child
    feature has r >= threshold with it, else it disappears; a live child feature with no such parent
    emerges; dead features (never active on the token set) are counted apart. A constant feature
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 
 import common
 import data as datalib
+import fast
 import report
 import sae as saelib
 from common import die
@@ -77,8 +79,6 @@ config = dict(
     threshold=0.8,              # Pearson r for a match (the study's value)
     skip_first=1,               # positions < skip_first are left out, as sae.py leaves them out (position 0 has no context)
     batch_size=32,              # sequences per chunk
-    corr_dtype="float32",       # per-chunk x^T y products (running sums are float64 regardless)
-    corr_sparse=True,           # x^T y over the co-active pairs only, where that is less work (dense: the reference)
     memory_gb=8.0,              # device memory the analysis may use: pairs stream in groups that fit (0: all that is free)
     n_select=6,                 # per edge and category, this many features get a full page
     n_top=20,                   # top contexts kept per feature (running top-k while streaming)
@@ -93,13 +93,14 @@ config = dict(
     api_base="",                # passed to explain.py ("" = its default)
     llm_model="",               # passed to explain.py ("" = its default)
     max_requests=0,             # passed to explain.py (0 = its default)
+    fast=True,                  # speed-ups from fast.py (false: the plain code only, equal results to rounding)
 )
 PRESETS = {
     "paper": dict(batch_size=16),  # 16 x 255-token chunks: one pair's sums and a chunk's features fit 8 GB (plan_groups)
     "tiny": dict(n_tokens=131_072, n_select=4, ctx_window=32),
 }
 CHECKS = {"threads": ">=0", "n_tokens": ">0", "min_tokens": ">=0", "threshold": "(0,1]", "skip_first": ">=0",
-          "batch_size": ">0", "corr_dtype": ("float32", "float64"), "n_select": ">=0", "n_top": ">=1",
+          "batch_size": ">0", "n_select": ">=0", "n_top": ">=1",
           "n_random": ">=0", "ctx_window": ">0", "n_show": ">0", "max_pairs": ">=0", "max_requests": ">=0",
           "memory_gb": ">=0", "n_intervals": ">=1", "n_per_interval": ">=0", "hist_bins": ">=1"}
 MODELS = ("base", "lua", "tinystories", "luastories")
@@ -116,188 +117,62 @@ BANDS = {"rare": (0.0, 1e-3), "medium": (1e-3, 1e-2), "common": (1e-2, 1.01)}  #
 # streamed correlation
 
 class CorrAccumulator:
-    """Pearson r between every column of x (N, Fx) and every column of y (N, Fy), over chunks of rows.
+    """Pearson r between every column of x (N, Fx) and every column of y (N, Fy), over chunks
+    of rows.
 
-    Running float64 sums of x, x^2, y, y^2 (column sums taken in float64: O(N F), cheap) and the
-    (Fx, Fy) matrix x^T y (one product per chunk in mm_dtype, added into float64): memory O(Fx Fy)
-    whatever the number of rows.
-    Shift: r is shift-invariant, and sums of values near their mean do not cancel. Each feature is
-    shifted by a stable estimate from the first `warmup` rows (held back until that many have arrived,
-    stable_shift): 0 for a feature that is zero on at least half of the tokens, so a sparse feature stays
-    sparse and is never shifted by one outlier (a shift by the first row's value put sparse features
-    15-30 SD off and cost up to 7e-3 in float32 r); the bulk of its values for a dense one; and a
-    constant feature (dead included) sums to exactly 0. Dense float32 products then agree with float64
-    to ~2e-7 in r (measured on the quickstart's SAEs); the sparse path's products are float64.
-    Sparse products (sparse=True): a chunk's x^T y over its co-active pairs only (coactive_add: about
-    L0^2 products per token instead of Fx Fy; SAE features are ~1-3% active, and far sparser at the
-    paper's 16,384 features), exact in float64; dense products are the reference the tests compare with."""
+    Four running float64 sums: the column sums of x and x^2 (Fx,), of y and y^2 (Fy,), and the
+    (Fx, Fy) product sums x^T y, each chunk's product made in float64. Memory is O(Fx Fy) whatever
+    the number of rows. At the end r = cov(x, y) / (sd(x) sd(y)), with cov = E[xy] - E[x] E[y].
+    fast.CorrAccumulator makes the same sums with less work (--fast)."""
 
-    def __init__(self, fx, fy, device="cpu", mm_dtype=torch.float32, sparse=True, warmup=1024):
+    def __init__(self, fx, fy, device="cpu"):
         def zeros(*shape):
             return torch.zeros(*shape, dtype=torch.float64, device=device)
-        self.n, self.mm_dtype, self.sparse, self.warmup = 0, mm_dtype, sparse, warmup
-        self.cx = self.cy = None
-        self.shift_x = self.shift_y = False
-        self.pending = []                                                          # chunks held for the shift
-        self.sx, self.sxx, self.sy, self.syy, self.sxy = zeros(fx), zeros(fx), zeros(fy), zeros(fy), zeros(fx, fy)
+        self.n = 0
+        self.sx, self.sxx, self.sy, self.syy = zeros(fx), zeros(fx), zeros(fy), zeros(fy)
+        self.sxy = zeros(fx, fy)
 
     @torch.no_grad()
     def update(self, x, y, cache=None):
-        """Add a chunk: x (N, Fx), y (N, Fy). cache: a dict shared by the accumulators of one chunk, so
-        that a feature matrix in several pairs has its nonzero entries extracted once."""
-        if self.cx is None:
-            self.pending.append((x, y))
-            if sum(len(a) for a, _ in self.pending) < self.warmup:
-                return
-            self._start()
-            return
-        self._add(x, y, cache)
-
-    def _start(self):
-        """Fix the per-feature shift from the first `warmup` rows held back, then add them all."""
-        join = lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts)  # noqa: E731
-        x = join([a for a, _ in self.pending]).to(self.mm_dtype)
-        y = join([b for _, b in self.pending]).to(self.mm_dtype)
-        self.cx, self.cy, self.pending = stable_shift(x[:self.warmup]), stable_shift(y[:self.warmup]), []
-        self.shift_x, self.shift_y = bool(self.cx.any()), bool(self.cy.any())
-        self._add(x, y)
-
-    def _add(self, x, y, cache=None):
-        key_x, key_y = (id(x), True, self.mm_dtype), (id(y), False, self.mm_dtype)   # within one chunk
-        x, y = x.to(self.mm_dtype), y.to(self.mm_dtype)
-        xs = x - self.cx if self.shift_x else x                                  # (N, Fx): most shifts are 0
-        ys = y - self.cy if self.shift_y else y                                  # (N, Fy)
-        self.n += x.shape[0]
-        if self.sparse:
-            cache = {} if cache is None else cache
-
-            def of(key, a, shifted, make):  # made once per chunk and matrix (unshifted ones are shared by pairs)
-                if shifted:
-                    return make(a)
-                if key not in cache:
-                    cache[key] = make(a)
-                return cache[key]
-            # co-active pairs estimated from the first rows' active counts, so that the entries (~32 bytes
-            # per active value: GBs for a dense chunk) are only extracted when the sparse path is taken;
-            # the choice only changes the speed, both paths are exact
-            per_token = lambda a: (a[:PAIR_SAMPLE] != 0).sum(1).double()                           # noqa: E731
-            n_pairs = float((of(key_x + ("n",), xs, self.shift_x, per_token)
-                             * of(key_y + ("n",), ys, self.shift_y, per_token)).mean()) * len(xs)
-            if n_pairs * PAIR_COST.get(xs.device.type, 30) < xs.shape[0] * xs.shape[1] * ys.shape[1]:
-                ex = of(key_x, xs, self.shift_x, lambda a: entries(a, by_feature=True))
-                ey = of(key_y, ys, self.shift_y, entries)
-                for total, square, (_, feat, val) in ((self.sx, self.sxx, ex), (self.sy, self.syy, ey)):
-                    total.index_add_(0, feat, val)                                # exact float64 sums
-                    square.index_add_(0, feat, val * val)
-                coactive_add(self.sxy, ex, ey, len(xs))
-                return
-        f64 = torch.float64
-        self.sx += xs.sum(0, dtype=f64)
-        self.sxx += (xs * xs).sum(0, dtype=f64)
-        self.sy += ys.sum(0, dtype=f64)
-        self.syy += (ys * ys).sum(0, dtype=f64)
-        rows = product_rows(ys.shape[1])
-        for i in range(0, xs.shape[1], rows):  # x^T y a block of rows at a time: adding float32 into float64
-            self.sxy[i:i + rows].add_(xs[:, i:i + rows].T @ ys)                   # makes a float64 copy of it
+        """Add a chunk: x (N, Fx), y (N, Fy). (cache: used by fast.CorrAccumulator only.)"""
+        x, y = x.double(), y.double()
+        self.n += len(x)
+        self.sx += x.sum(0)
+        self.sxx += (x * x).sum(0)
+        self.sy += y.sum(0)
+        self.syy += (y * y).sum(0)
+        self.sxy.addmm_(x.T, y)                                        # += x^T y, in place
 
     @torch.no_grad()
     def finalize(self):
-        """(Fx, Fy) float64 r, 0 where either feature is constant (dead included): r is undefined there.
-        The product sums become r in place (no second (Fx, Fy) matrix); the accumulator is spent."""
-        if self.pending:
-            self._start()
+        """(Fx, Fy) float64 r, 0 where either feature is constant (dead included): r is undefined
+        there. The product sums become r in place (no second (Fx, Fy) matrix); the accumulator is
+        spent."""
         n = self.n
         if n < 2:
             die(f"{n} token(s) cannot estimate a correlation; use a larger --n_tokens")
         mx, my = self.sx / n, self.sy / n
-        vx, vy = self.sxx / n - mx * mx, self.syy / n - my * my
-        okx, oky = vx > 1e-12 * (self.sxx / n), vy > 1e-12 * (self.syy / n)      # 0 for a constant feature
+        vx, vy = self.sxx / n - mx * mx, self.syy / n - my * my         # variances
+        okx, oky = vx > 1e-12 * (self.sxx / n), vy > 1e-12 * (self.syy / n)  # False: constant
         r, self.sxy = self.sxy.div_(n), None
-        r.addr_(mx, my, alpha=-1)                                                 # covariance
-        r.div_(torch.where(okx, vx, 1.0).sqrt()[:, None]).div_(torch.where(oky, vy, 1.0).sqrt()[None, :])
+        r.addr_(mx, my, alpha=-1)                                       # covariance
+        sdx, sdy = torch.where(okx, vx, 1.0).sqrt(), torch.where(oky, vy, 1.0).sqrt()
+        r.div_(sdx[:, None]).div_(sdy[None, :])
         r.masked_fill_(~okx[:, None], 0.0).masked_fill_(~oky[None, :], 0.0)
         return r.clamp_(-1.0, 1.0)
 
 
-PAIR_COST = {"cpu": 30, "cuda": 20_000}  # a co-active pair costs about this many dense multiply-adds (scattered
-    # writes). CPU: measured. CUDA: measured on an H200 (2026-12-04, paper preset, 16,384 x 16,384 pairs, L0 ~170-250
-    # a side): the sparse path added ~0.9G co-active pairs/s, the dense float32 product ~22T multiply-adds/s (9 pairs
-    # in one pass: 1,900 vs 9,100 tok/s), i.e. ~25,000 a pair; at a trained SAE's L0 of ~30 sparse still pays
-PAIR_SAMPLE = 512  # rows whose active counts estimate a chunk's co-active pairs (sparse or dense path)
-PRODUCT_BYTES = 64 << 20  # the dense path's x^T y in blocks of rows of this many float32 bytes: the block and its
-                          # float64 copy (made by the float64 += float32 add) instead of 12 Fx Fy bytes at once (3.2 GB
-                          # at 16,384 x 16,384); the CPU paper smoke's analysis peak 8.2 -> 6.5 GB (now classification's)
-SLOT = 8         # y's active features per token are laid out in slots of this width (measured best of 4-32 at L0 25-40)
-PAIR_ROWS = 1 << 19   # at most this many (x entry, slot) rows at once: 2^19 x SLOT pairs, 64 MB of indices and values
-
-
-def product_rows(fy):
-    """Rows of x^T y (of width fy) made and added at a time on the dense path (PRODUCT_BYTES)."""
-    return max(1, PRODUCT_BYTES // (4 * fy))
-
-
-def stable_shift(a):
-    """Per-column shift (F,) from rows a (n, F): 0 for a column that is zero on at least half of the rows
-    (a sparse feature: it stays sparse, and one outlier cannot move it), else the column's median (the
-    bulk of a dense one's values). Medians are taken only of the dense columns: cheap."""
-    shift = torch.zeros(a.shape[1], dtype=a.dtype, device=a.device)
-    dense = ((a != 0).sum(0) * 2 > len(a)).nonzero()[:, 0]
-    if len(dense):
-        shift[dense] = a[:, dense].median(0).values
-    return shift
-
-
-def entries(a, by_feature=False):
-    """The nonzero entries of a chunk a (n, F): (token, feature, float64 value), ordered by token then
-    feature, or by feature then token (a stable sort of the few entries, not a transposed copy of a).
-    index_select rather than a[index]: several times faster on the CPU."""
-    flat = saelib.nonzero_flat(a)                                                # row-major: by token
-    if by_feature:
-        flat = torch.index_select(flat, 0, saelib.stable_order(flat % a.shape[1], a.shape[1]))
-    return flat // a.shape[1], flat % a.shape[1], torch.index_select(a.reshape(-1), 0, flat).double()
-
-
-def coactive_add(out, x_entries, y_entries, n):
-    """out (Fx, Fy) float64 += x^T y over the co-active entries only (x by feature, y by token, see
-    entries()): for every token, every active x feature i times every active y feature j, added at
-    (i, j). The work is the sum over tokens of |active x| |active y| (about L0^2 per token) instead of
-    Fx Fy per token. The pairs are laid out x feature by x feature, so the writes stay within one row
-    of out at a time; each token's active y features sit in slots of SLOT (padding adds zeros).
-    Products in float64: exact."""
-    take, fy = torch.index_select, out.shape[1]
-    x_tok, x_feat, x_val = x_entries
-    y_tok, y_feat, y_val = y_entries
-    dev = out.device
-    per_tok = torch.bincount(y_tok, minlength=n)
-    n_slots = (per_tok + SLOT - 1) // SLOT
-    slot0 = torch.cumsum(n_slots, 0) - n_slots                                  # first slot of each token
-    within = torch.arange(len(y_tok), device=dev) - take(torch.cumsum(per_tok, 0) - per_tok, 0, y_tok)
-    cell = take(slot0, 0, y_tok) * SLOT + within
-    total = int(n_slots.sum()) * SLOT
-    slot_feat = torch.zeros(total, dtype=torch.long, device=dev).index_copy_(0, cell, y_feat).view(-1, SLOT)
-    slot_val = torch.zeros(total, dtype=torch.float64, device=dev).index_copy_(0, cell, y_val).view(-1, SLOT)
-    reps = take(n_slots, 0, x_tok)                                               # slots each x entry meets
-    step = max(1, PAIR_ROWS // max(int(reps.max()) if len(reps) else 1, 1))      # x entries per block: bounded memory
-    for lo in range(0, len(x_tok), step):
-        part = reps[lo:lo + step]
-        entry = torch.repeat_interleave(part)                                    # (rows,) its x entry in the block
-        slot = take(take(slot0, 0, x_tok[lo:lo + step]) - (torch.cumsum(part, 0) - part), 0, entry)
-        slot += torch.arange(len(entry), device=dev)
-        flat = take(slot_feat, 0, slot).add_(take(x_feat[lo:lo + step] * fy, 0, entry)[:, None])  # (rows, SLOT)
-        vals = take(slot_val, 0, slot).mul_(take(x_val[lo:lo + step], 0, entry)[:, None])
-        out.view(-1).index_add_(0, flat.view(-1), vals.view(-1))
-
-
 # -----------------------------------------------------------------------------
-# classification, matching, families (pure functions)
+# classification, stability curves, families (pure functions)
 
 def classify(r, dead_parent, dead_child, threshold):
     """Persisting / disappearing / emerging at threshold, from r (F_parent, F_child).
 
-    Returns numpy arrays: parent_best / parent_best_r (each parent's best live child partner; -1 and 0
-    for a dead parent), child_best / child_best_r, boolean masks persisting, disappearing (parents),
-    matched_child, emerging (children), dead_parent, dead_child, every pair >= threshold (pairs
-    (P, 2), pair_r (P,)), every pair >= min(CURVE_MIN, threshold) (cand, cand_r), and counts."""
+    Returns numpy arrays: parent_best / parent_best_r (each parent's best live child partner; -1
+    and 0 for a dead parent), child_best / child_best_r, boolean masks persisting, disappearing
+    (parents), matched_child, emerging (children), dead_parent, dead_child, every pair >= threshold
+    (pairs (P, 2), pair_r (P,)), every pair >= min(CURVE_MIN, threshold) (cand, cand_r), and
+    counts."""
     r = torch.as_tensor(r)
     r = r if r.is_floating_point() else r.double()
     dp = torch.as_tensor(dead_parent, dtype=torch.bool, device=r.device)
@@ -305,7 +180,8 @@ def classify(r, dead_parent, dead_child, threshold):
     live = ~dp[:, None] & ~dc[None, :]
     hit = (r >= threshold) & live
     pairs = hit.nonzero()                                                         # (P, 2)
-    cand = ((r >= min(CURVE_MIN, threshold)) & live).nonzero()                    # for the curves, one-to-one
+    # for the curves, one-to-one
+    cand = ((r >= min(CURVE_MIN, threshold)) & live).nonzero()
     low = torch.finfo(r.dtype).min
     pr, pb = r.masked_fill(dc[None, :], low).max(1)
     cr, cb = r.masked_fill(dp[:, None], low).max(0)
@@ -314,129 +190,19 @@ def classify(r, dead_parent, dead_child, threshold):
     persisting, matched = hit.any(1), hit.any(0)
     np_ = lambda t: t.cpu().numpy()
     out = {"parent_best": np_(pb), "parent_best_r": np_(pr.double()), "child_best": np_(cb),
-           "child_best_r": np_(cr.double()), "persisting": np_(persisting), "disappearing": np_(~persisting & ~dp),
+           "child_best_r": np_(cr.double()), "persisting": np_(persisting),
+           "disappearing": np_(~persisting & ~dp),
            "matched_child": np_(matched), "emerging": np_(~matched & ~dc), "dead_parent": np_(dp),
-           "dead_child": np_(dc), "pairs": np_(pairs), "pair_r": np_(r[pairs[:, 0], pairs[:, 1]].double()),
+           "dead_child": np_(dc), "pairs": np_(pairs),
+           "pair_r": np_(r[pairs[:, 0], pairs[:, 1]].double()),
            "cand": np_(cand), "cand_r": np_(r[cand[:, 0], cand[:, 1]].double())}
-    out["counts"] = {"parent_live": int((~dp).sum()), "parent_dead": int(dp.sum()), "child_live": int((~dc).sum()),
+    out["counts"] = {"parent_live": int((~dp).sum()), "parent_dead": int(dp.sum()),
+                     "child_live": int((~dc).sum()),
                      "child_dead": int(dc.sum()), "persisting": int(out["persisting"].sum()),
-                     "disappearing": int(out["disappearing"].sum()), "emerging": int(out["emerging"].sum()),
+                     "disappearing": int(out["disappearing"].sum()),
+                     "emerging": int(out["emerging"].sum()),
                      "child_matched": int(matched.sum()), "pairs": len(pairs)}
     return out
-
-
-def greedy_matching(pairs, pair_r):
-    """One-to-one matching from candidate pairs (P, 2) with scores (P,): highest r first, each parent
-    and each child used at most once. Returns (pairs (K, 2), r (K,)) in descending r."""
-    pairs, pair_r = np.asarray(pairs).reshape(-1, 2), np.asarray(pair_r)
-    used_p, used_c, keep = set(), set(), []
-    for k in np.argsort(-pair_r, kind="stable"):
-        i, j = int(pairs[k, 0]), int(pairs[k, 1])
-        if i not in used_p and j not in used_c:
-            used_p.add(i)
-            used_c.add(j)
-            keep.append(k)
-    keep = np.asarray(keep, dtype=np.int64)
-    return pairs[keep].reshape(-1, 2), pair_r[keep]
-
-
-
-def linear_sum_assignment(cost):
-    """Minimum-cost assignment (the Hungarian method as shortest augmenting paths: Jonker & Volgenant
-    1987, with the dual update after each search of Crouse 2016): each row of cost (n, m), n <= m (else
-    transposed), gets a distinct column. Returns (rows, cols) as scipy.optimize.linear_sum_assignment
-    does. numpy only; one vectorised relaxation over the columns per step of a search."""
-    cost = np.asarray(cost, dtype=np.float64)
-    if cost.shape[0] > cost.shape[1]:
-        cols, rows = linear_sum_assignment(cost.T)
-        order = np.argsort(rows)
-        return rows[order], cols[order]
-    n, m = cost.shape
-    u, v = np.zeros(n), np.zeros(m)                      # dual potentials
-    col_of, row_of = np.full(n, -1), np.full(m, -1)      # the assignment, both ways
-    path = np.zeros(m, dtype=np.int64)                   # the row each column was reached from
-    for cur in range(n):                                 # Dijkstra from row cur to a free column
-        shortest = np.full(m, np.inf)                    # shortest reduced path length to each column
-        final = np.zeros(m, dtype=bool)                  # columns whose shortest path is known
-        rows_seen, i, min_val, sink = [cur], cur, 0.0, -1
-        while sink < 0:
-            reduced = min_val + cost[i] - u[i] - v        # paths that go on through row i
-            better = (reduced < shortest) & ~final
-            shortest[better], path[better] = reduced[better], i
-            open_ = np.where(final, np.inf, shortest)
-            min_val = open_.min()
-            ties = np.flatnonzero(open_ == min_val)
-            free = ties[row_of[ties] < 0]                 # among equals, a free column ends the search
-            j = int(free[0] if len(free) else ties[0])
-            final[j] = True
-            if row_of[j] < 0:
-                sink = j
-            else:
-                i = int(row_of[j])
-                rows_seen.append(i)
-        u[cur] += min_val                                 # keep the reduced costs >= 0 on the tree
-        others = np.asarray(rows_seen[1:], dtype=np.int64)
-        u[others] += min_val - shortest[col_of[others]]
-        v[final] -= min_val - shortest[final]
-        j = sink                                          # augment along the path
-        while True:
-            i = int(path[j])
-            row_of[j] = i
-            col_of[i], j = j, col_of[i]
-            if i == cur:
-                break
-    return np.arange(n), col_of.copy()
-
-
-def components(pairs, n_rows):
-    """Connected components of the bipartite graph of candidate pairs (P, 2): a component label per pair."""
-    parent = np.arange(n_rows + int(pairs[:, 1].max(initial=-1)) + 1)
-
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-    for i, j in pairs:
-        ra, rb = find(int(i)), find(n_rows + int(j))
-        if ra != rb:
-            parent[ra] = rb
-    return np.array([find(int(i)) for i in pairs[:, 0]], dtype=np.int64)
-
-
-HUNGARIAN_MAX = 2000   # a larger connected component is matched greedily (and counted as such)
-
-
-def max_weight_matching(pairs, weights, n_rows):
-    """One-to-one matching of candidate pairs (P, 2) that maximises the summed weight (P,), the Hungarian
-    method on each connected component of the candidate graph (pairs that are not candidates weigh 0 and
-    are never matched). Returns (pairs (K, 2), weights (K,), number of components matched greedily)."""
-    pairs, weights = np.asarray(pairs, dtype=np.int64).reshape(-1, 2), np.asarray(weights, dtype=np.float64)
-    if not len(pairs):
-        return pairs, weights, 0
-    label = components(pairs, n_rows)
-    keep, n_greedy = [], 0
-    for comp in np.unique(label):
-        idx = np.nonzero(label == comp)[0]
-        rows, r_inv = np.unique(pairs[idx, 0], return_inverse=True)
-        cols, c_inv = np.unique(pairs[idx, 1], return_inverse=True)
-        if len(idx) == 1 or min(len(rows), len(cols)) == 1:
-            keep.append(idx[np.argmax(weights[idx])])          # a star: its heaviest pair
-            continue
-        if min(len(rows), len(cols)) > HUNGARIAN_MAX:
-            n_greedy += 1
-            got, _ = greedy_matching(pairs[idx], weights[idx])
-            lookup = {(int(a), int(b)): k for k, (a, b) in zip(idx, pairs[idx])}
-            keep += [lookup[(int(a), int(b))] for a, b in got]
-            continue
-        w = np.zeros((len(rows), len(cols)))
-        w[r_inv, c_inv] = weights[idx]
-        at = np.full(w.shape, -1, dtype=np.int64)
-        at[r_inv, c_inv] = idx
-        ri, ci = linear_sum_assignment(-w)
-        keep += [int(at[a, b]) for a, b in zip(ri, ci) if at[a, b] >= 0]
-    keep = np.asarray(sorted(keep, key=lambda k: -weights[k]), dtype=np.int64)
-    return pairs[keep], weights[keep], n_greedy
 
 
 def decoder_cos(W_a, W_b, i, j):
@@ -518,14 +284,16 @@ def families(cls):
     (r >= threshold) that has a luastories partner; likewise via tinystories. Also counts the
     features new in a fine-tune (emerging) that reach luastories, and those new in luastories
     (no partner in either parent). Returns (counts, per-base-feature code, FAMILY_CODE)."""
-    bl, bt, lL, tL = (cls[k] for k in ("base->lua", "base->tinystories", "lua->luastories", "tinystories->luastories"))
+    bl, bt, lL, tL = (cls[k] for k in ("base->lua", "base->tinystories", "lua->luastories",
+                                       "tinystories->luastories"))
     live = ~bl["dead_parent"]
     in_l, in_t = bl["persisting"], bt["persisting"]
     via = []
     for e, nxt in ((bl, lL), (bt, tL)):
         v = np.zeros(len(live), dtype=bool)
         p = e["pairs"]
-        v[p[:, 0][nxt["persisting"][p[:, 1]]]] = True      # base i -> j in the fine-tune -> some luastories k
+        # base i -> j in the fine-tune -> some luastories k
+        v[p[:, 0][nxt["persisting"][p[:, 1]]]] = True
         via.append(v)
     via_l, via_t = via
     reach = via_l | via_t
@@ -535,10 +303,14 @@ def families(cls):
               "fine_tunes": {g: int(m.sum()) for g, m in groups.items()},
               "reach": {g: int((m & reach).sum()) for g, m in groups.items()},
               "paths": {"both": int((via_l & via_t).sum()), "lua_only": int((via_l & ~via_t).sum()),
-                        "tinystories_only": int((~via_l & via_t).sum()), "neither": int((live & ~reach).sum())},
-              "new_lua": {"n": int(bl["emerging"].sum()), "reach": int((bl["emerging"] & lL["persisting"]).sum())},
-              "new_tinystories": {"n": int(bt["emerging"].sum()), "reach": int((bt["emerging"] & tL["persisting"]).sum())},
-              "new_luastories": int((~lL["dead_child"] & ~lL["matched_child"] & ~tL["matched_child"]).sum())}
+                        "tinystories_only": int((~via_l & via_t).sum()),
+                        "neither": int((live & ~reach).sum())},
+              "new_lua": {"n": int(bl["emerging"].sum()),
+                          "reach": int((bl["emerging"] & lL["persisting"]).sum())},
+              "new_tinystories": {"n": int(bt["emerging"].sum()),
+                                  "reach": int((bt["emerging"] & tL["persisting"]).sum())},
+              "new_luastories": int((~lL["dead_child"] & ~lL["matched_child"]
+                                     & ~tL["matched_child"]).sum())}
     code = in_l * 1 + in_t * 2 + via_l * 4 + via_t * 8
     return counts, np.where(live, code, -1), FAMILY_CODE
 
@@ -546,6 +318,94 @@ def families(cls):
 def histogram(best_r, live):
     """Counts of max-r per live feature in HIST_BINS (values below 0 in the first bin)."""
     return np.histogram(np.clip(best_r[live], 0.0, 1.0), bins=HIST_BINS)[0].tolist()
+
+
+# -----------------------------------------------------------------------------
+# one-to-one matchings (greedy; the Hungarian method; fast.max_weight_matching is the fast twin)
+
+def greedy_matching(pairs, pair_r):
+    """One-to-one matching from candidate pairs (P, 2) with scores (P,): highest r first, each
+    parent and each child used at most once. Returns (pairs (K, 2), r (K,)) in descending r."""
+    pairs, pair_r = np.asarray(pairs).reshape(-1, 2), np.asarray(pair_r)
+    used_p, used_c, keep = set(), set(), []
+    for k in np.argsort(-pair_r, kind="stable"):
+        i, j = int(pairs[k, 0]), int(pairs[k, 1])
+        if i not in used_p and j not in used_c:
+            used_p.add(i)
+            used_c.add(j)
+            keep.append(k)
+    keep = np.asarray(keep, dtype=np.int64)
+    return pairs[keep].reshape(-1, 2), pair_r[keep]
+
+
+def linear_sum_assignment(cost):
+    """Minimum-cost assignment (the Hungarian method as shortest augmenting paths: Jonker &
+    Volgenant 1987, with the dual update after each search of Crouse 2016): each row of cost (n, m),
+    n <= m (else transposed), gets a distinct column. Returns (rows, cols) as
+    scipy.optimize.linear_sum_assignment does. numpy only; one vectorised relaxation over the
+    columns per step of a search."""
+    cost = np.asarray(cost, dtype=np.float64)
+    if cost.shape[0] > cost.shape[1]:
+        cols, rows = linear_sum_assignment(cost.T)
+        order = np.argsort(rows)
+        return rows[order], cols[order]
+    n, m = cost.shape
+    u, v = np.zeros(n), np.zeros(m)                      # dual potentials
+    col_of, row_of = np.full(n, -1), np.full(m, -1)      # the assignment, both ways
+    path = np.zeros(m, dtype=np.int64)                   # the row each column was reached from
+    for cur in range(n):                                 # Dijkstra from row cur to a free column
+        shortest = np.full(m, np.inf)                    # shortest reduced path to each column
+        final = np.zeros(m, dtype=bool)                  # columns whose shortest path is known
+        rows_seen, i, min_val, sink = [cur], cur, 0.0, -1
+        while sink < 0:
+            reduced = min_val + cost[i] - u[i] - v        # paths that go on through row i
+            better = (reduced < shortest) & ~final
+            shortest[better], path[better] = reduced[better], i
+            open_ = np.where(final, np.inf, shortest)
+            min_val = open_.min()
+            ties = np.flatnonzero(open_ == min_val)
+            # among equals, a free column ends the search
+            free = ties[row_of[ties] < 0]
+            j = int(free[0] if len(free) else ties[0])
+            final[j] = True
+            if row_of[j] < 0:
+                sink = j
+            else:
+                i = int(row_of[j])
+                rows_seen.append(i)
+        u[cur] += min_val                                 # keep the reduced costs >= 0 on the tree
+        others = np.asarray(rows_seen[1:], dtype=np.int64)
+        u[others] += min_val - shortest[col_of[others]]
+        v[final] -= min_val - shortest[final]
+        j = sink                                          # augment along the path
+        while True:
+            i = int(path[j])
+            row_of[j] = i
+            col_of[i], j = j, col_of[i]
+            if i == cur:
+                break
+    return np.arange(n), col_of.copy()
+
+
+def max_weight_matching(pairs, weights):
+    """One-to-one matching of candidate pairs (P, 2) that maximises the summed weight (P,): the
+    Hungarian method once on the (rows in pairs) x (columns in pairs) weight matrix, where a pair
+    that is not a candidate weighs 0 and is never kept. Returns (pairs (K, 2), weights (K,) in
+    descending weight, 0: components matched greedily, which only fast.max_weight_matching has)."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    weights = np.asarray(weights, dtype=np.float64)
+    if not len(pairs):
+        return pairs, weights, 0
+    rows, r_inv = np.unique(pairs[:, 0], return_inverse=True)
+    cols, c_inv = np.unique(pairs[:, 1], return_inverse=True)
+    w = np.zeros((len(rows), len(cols)))
+    w[r_inv, c_inv] = weights
+    at = np.full(w.shape, -1, dtype=np.int64)                  # the candidate at each cell
+    at[r_inv, c_inv] = np.arange(len(pairs))
+    ri, ci = linear_sum_assignment(-w)
+    keep = [int(at[a, b]) for a, b in zip(ri, ci) if at[a, b] >= 0]
+    keep = np.asarray(sorted(keep, key=lambda k: -weights[k]), dtype=np.int64)
+    return pairs[keep], weights[keep], 0
 
 
 # -----------------------------------------------------------------------------
@@ -578,7 +438,7 @@ def window_start(t, T, w):
 
 
 @torch.no_grad()
-def collect_contexts(model, sae, seqs, feats, wants, width, batch, device, skip=0):
+def collect_contexts(model, sae, seqs, feats, wants, width, batch, device, skip=0, use_fast=False):
     """Token windows of `width` for features `feats` of one model, re-running only the sequences asked for.
     wants: {seq: [(feature, kind, pos)]}: pos None = around the feature's max in that sequence; feature None
     = a shared window starting at pos, shown for every feature. Returns {feature: {kind: [(ids, acts)]}}
@@ -587,7 +447,7 @@ def collect_contexts(model, sae, seqs, feats, wants, width, batch, device, skip=
     col = {f: c for c, f in enumerate(feats)}
     out = {f: {"top": [], "random": []} for f in feats}
     idx, order, T = torch.tensor(feats, dtype=torch.long, device=device), sorted(wants), seqs.shape[1]
-    for start, h in saelib.mlp_activations(model, seqs[order], batch, device):    # h (b, T, d_mlp)
+    for start, h in saelib.mlp_activations(model, seqs[order], batch, device, use_fast=use_fast):  # (b, T, d_mlp)
         ids = order[start:start + len(h)]
         acts = sae.encode_features(h.reshape(-1, h.shape[-1]), idx).view(len(ids), T, -1).float().cpu().numpy()  # (b, T, k)
         acts[:, :skip] = 0.0  # positions left out of the statistics are shown, never counted
@@ -700,25 +560,30 @@ def rounded(a, d=4):
 # -----------------------------------------------------------------------------
 # device memory: the correlation sums are F_parent x F_child float64 per pair
 
-def memory_need(sizes, rows, d_mlp, n_models, sae_features, weights):
+def memory_need(sizes, rows, d_mlp, n_models, sae_features, weights, use_fast=True):
     """Peak device bytes of streaming and then classifying one group of pairs at once.
     sizes: [(F_parent, F_child)] of the group's pairs; rows: tokens per chunk; n_models / sae_features
     ([F] of the SAEs run): what one pass computes; weights: bytes of the models and SAEs on the device.
     - the group's sums: 8 Fp Fc per pair (float64 x^T y) and its column sums;
     - a chunk: the models' MLP activations (4 rows d_mlp each) and the SAE features one pair needs plus
-      the one SAE being encoded (4 rows F each), the shifted copies of a pair and a block of its float32 product
-      with that block's float64 copy (12 x product_rows x Fc), or a block of co-active products (coactive_add,
-      PAIR_ROWS);
+      the one SAE being encoded (4 rows F each); then the pair's update: CorrAccumulator's float64
+      copies of x and y and one of their squares (8 rows (Fp + Fc + max(Fp, Fc))), or (use_fast)
+      fast.CorrAccumulator's shifted copies and a block of its float32 product with that block's
+      float64 copy (12 x fast.product_rows x Fc) and a block of co-active products
+      (fast.coactive_add, fast.PAIR_ROWS);
     - classifying a pair (the group's other sums still held; r is made in place): classify's masked copy
       (8 Fp Fc) and boolean masks (4 Fp Fc: live pairs, hits, candidates, slack), and a 4,096-row block of
       decoder cosines."""
     sums = sum(8 * a * b + 32 * (a + b) for a, b in sizes)
     feats = 4 * rows * (sum(a + b for a, b in sizes) + max(sae_features, default=0))
-    chunk = 4 * rows * d_mlp * n_models + feats + max(4 * rows * (a + b) + 12 * min(a, product_rows(b)) * b
-                                                       for a, b in sizes)
+    if use_fast:
+        update = max(4 * rows * (a + b) + 12 * min(a, fast.product_rows(b)) * b for a, b in sizes)
+        update += 3 * 16 * fast.PAIR_ROWS * fast.SLOT          # co-active products of a block
+    else:
+        update = max(8 * rows * (a + b + max(a, b)) for a, b in sizes)
+    chunk = 4 * rows * d_mlp * n_models + feats + update
     classify = max(12 * a * b + 4 * 4096 * b for a, b in sizes)
-    pairs = 3 * 16 * PAIR_ROWS * SLOT                                            # co-active products of a block
-    return weights + sums + max(chunk + pairs, classify)
+    return weights + sums + max(chunk, classify)
 
 
 def device_free_bytes(device):
@@ -745,7 +610,7 @@ def plan_groups(cfg, study, device):
 
     def need(group):
         return memory_need([(size[a], size[b]) for _, a, b in group], rows, study.d_mlp, len(study.models),
-                           list(size.values()), weights)
+                           list(size.values()), weights, cfg["fast"])
     groups = []
     for pair in study.pairs:
         if groups and need(groups[-1] + [pair]) <= budget:
@@ -900,9 +765,8 @@ def stream(cfg, study, seqs, device, pairs, stats=None):
     also every SAE's feature statistics (density, max, top sequences). Each model and SAE needed runs once
     per chunk; only the features the pairs need are held. Returns ({pair: CorrAccumulator}, stats, seconds)."""
     s0, batch, T, skip = cfg["sae_seed"], cfg["batch_size"], study.block_size, cfg["skip_first"]
-    mm_dtype = torch.float64 if cfg["corr_dtype"] == "float64" else torch.float32
-    acc = {n: CorrAccumulator(study.sae[a].n_features, study.sae[b].n_features, device, mm_dtype, cfg["corr_sparse"])
-           for n, a, b in pairs}
+    Acc = fast.CorrAccumulator if cfg["fast"] else CorrAccumulator
+    acc = {n: Acc(study.sae[a].n_features, study.sae[b].n_features, device) for n, a, b in pairs}
     first = stats is None
     if first:
         stats = {k: stats_init(sae.n_features, cfg["n_top"] if k[1] == s0 else 0, device) for k, sae in study.sae.items()}
@@ -910,7 +774,7 @@ def stream(cfg, study, seqs, device, pairs, stats=None):
     run = set(study.sae) if first else held
     models = [m for m in study.models if any(k[0] == m for k in run)]
     n_seq, n_chunks, t0 = len(seqs), -(-len(seqs) // batch), time.time()
-    acts = [saelib.mlp_activations(study.model[m], seqs, batch, device, skip) for m in models]
+    acts = [saelib.mlp_activations(study.model[m], seqs, batch, device, skip, use_fast=cfg["fast"]) for m in models]
     for chunk, per_model in enumerate(zip(*acts)):
         feats = {}
         for m, (start, h) in zip(models, per_model):
@@ -931,15 +795,21 @@ def stream(cfg, study, seqs, device, pairs, stats=None):
     return acc, stats, time.time() - t0
 
 
-def one_to_one_record(c, sae_a, sae_b, threshold):
+def one_to_one_record(c, sae_a, sae_b, threshold, use_fast=True):
     """The one-to-one matchings of a classified pair: greedy on r at the threshold (with each matched
     pair's decoder cosine), and the maximum-weight (Hungarian) matchings on r and on decoder cosine over
-    the candidates >= CURVE_MIN, whose matched values make the one-to-one curves."""
+    the candidates >= CURVE_MIN, whose matched values make the one-to-one curves (use_fast:
+    fast.max_weight_matching, one connected component at a time)."""
+    def match(pairs, weights):
+        if use_fast:
+            return fast.max_weight_matching(pairs, weights, len(c["dead_parent"]),
+                                            linear_sum_assignment, greedy_matching)
+        return max_weight_matching(pairs, weights)
     one, one_r = greedy_matching(c["pairs"], c["pair_r"])
     cos = decoder_cos(sae_a.W_dec, sae_b.W_dec, one[:, 0], one[:, 1])
-    hung, hung_r, greedy_r = max_weight_matching(c["cand"], c["cand_r"], len(c["dead_parent"]))
+    hung, hung_r, greedy_r = match(c["cand"], c["cand_r"])
     cos_pairs, cos_vals = decoder_cos_pairs(sae_a.W_dec, sae_b.W_dec, ~c["dead_parent"], ~c["dead_child"], CURVE_MIN)
-    hung_cos, hung_cos_v, greedy_cos = max_weight_matching(cos_pairs, cos_vals, len(c["dead_parent"]))
+    hung_cos, hung_cos_v, greedy_cos = match(cos_pairs, cos_vals)
     record = {"n": len(one), "mean_cos": float(cos.mean()) if len(one) else None,
               "pairs": [[int(i), int(j), round(float(r), 4), round(float(q), 4)] for (i, j), r, q in zip(one, one_r, cos)],
               "hungarian_r": {"n": int((hung_r >= threshold).sum()), "greedy_components": greedy_r},
@@ -959,12 +829,12 @@ def best_partner_cos(c, sae_a, sae_b):
     return side(c["parent_best"], sae_a.W_dec, sae_b.W_dec), side(c["child_best"], sae_b.W_dec, sae_a.W_dec)
 
 
-def pair_record(c, sae_a, sae_b, dens_a, dens_b, names, threshold, max_pairs):
+def pair_record(c, sae_a, sae_b, dens_a, dens_b, names, threshold, max_pairs, use_fast=True):
     """results.json's record of one classified pair (an edge or a seed-null)."""
     counts, dead_a, dead_b = c["counts"], c["dead_parent"], c["dead_child"]
     many = c["pairs"][:max_pairs]
     cos_many = decoder_cos(sae_a.W_dec, sae_b.W_dec, many[:, 0], many[:, 1])
-    one, match_r, match_cos = one_to_one_record(c, sae_a, sae_b, threshold)
+    one, match_r, match_cos = one_to_one_record(c, sae_a, sae_b, threshold, use_fast)
     cos_p, cos_c = best_partner_cos(c, sae_a, sae_b)
     return {"parent": names[0], "child": names[1], "counts": counts,
             "persisting_frac": counts["persisting"] / max(counts["parent_live"], 1),
@@ -989,7 +859,7 @@ def classify_group(cfg, study, acc, dens, dead, pairs):
     for n, a, b in pairs:
         c = classify(acc.pop(n).finalize(), dead[a], dead[b], cfg["threshold"])
         records[n] = pair_record(c, study.sae[a], study.sae[b], dens[a], dens[b], (a[0], b[0]), cfg["threshold"],
-                                 cfg["max_pairs"])
+                                 cfg["max_pairs"], cfg["fast"])
         for k in ("cand", "cand_r"):
             del c[k]
         cls[n] = c
@@ -998,11 +868,13 @@ def classify_group(cfg, study, acc, dens, dead, pairs):
 
 def vs_null(study, records):
     """Each edge read against its parent's null: the null's curve and the ratio edge / null at each
-    threshold, with the seed-to-seed spread (min and max over the seed pairs) where a third seed exists."""
+    threshold, with the seed-to-seed spread (min and max over the seed pairs) where a third seed
+    exists."""
     spread = {}
     for m in study.spread:
         names = [n for n, _, _ in study.pairs if n.startswith(f"{m}:")]
-        curves = [records[m]["stability"]["parent"]] + [records.pop(n)["stability"]["parent"] for n in names]
+        curves = ([records[m]["stability"]["parent"]]
+                  + [records.pop(n)["stability"]["parent"] for n in names])
         spread[m] = {"seed_pairs": len(curves), "min": np.min(curves, 0).round(5).tolist(),
                      "max": np.max(curves, 0).round(5).tolist()}
     null = {m: records.pop(m) for m in study.nulls}
@@ -1013,7 +885,8 @@ def vs_null(study, records):
         if p in null:
             edge_c, null_c = e["stability"]["parent"], null[p]["stability"]["parent"]
             e["stability"]["vs_null"] = {"null": p, "null_parent": null_c, "spread": spread.get(p),
-                                         "ratio": [round(a / b, 4) if b else None for a, b in zip(edge_c, null_c)]}
+                                         "ratio": [round(a / b, 4) if b else None
+                                                   for a, b in zip(edge_c, null_c)]}
     return records, null, spread
 
 
@@ -1062,7 +935,7 @@ def feature_activity(cfg, study, seqs, keys, stats, device):
         keep_key = torch.full((n_int, per, len(feats)), float("inf"), device=device)
         keep_row = torch.full((n_int, per, len(feats)), -1, dtype=torch.long, device=device)
         offset = torch.arange(len(feats), device=device) * n_bins
-        for start, h in saelib.mlp_activations(study.model[m], seqs, batch, device, skip):
+        for start, h in saelib.mlp_activations(study.model[m], seqs, batch, device, skip, use_fast=cfg["fast"]):
             acts = sae.encode_features(h.reshape(-1, study.d_mlp), idx)                    # (rows, k)
             on = acts > 0
             level = (acts / top).clamp(0, 1)
@@ -1113,7 +986,7 @@ def collect_pages(cfg, study, stats, seqs, keys, device):
                 for s, pos in samples:
                     wants.setdefault(int(s), []).append((i, f"q{q}", pos))
         got = collect_contexts(study.model[m], sae, seqs, feats, wants, width, cfg["batch_size"], device,
-                               cfg["skip_first"])
+                               cfg["skip_first"], cfg["fast"])
         ti, tv, bi, bv = logit_effects(study.model[m], sae.W_dec[torch.tensor(feats, device=sae.W_dec.device)])
         for k, i in enumerate(feats):
             ctx[(m, i)] = got[i]
@@ -1242,8 +1115,9 @@ def track(cfg, study, seqs, token_set, device):
     right after its pass; then families. Returns (classify() outputs, found, dens, dead, stats, timing)."""
     groups, need = plan_groups(cfg, study, device)
     print(f"{len(study.edges)} edges + {len(study.pairs) - len(study.edges)} null pairs in {len(groups)} pass(es) of "
-          f"{cfg['batch_size']} x {study.block_size}-token chunks, x^T y in {cfg['corr_dtype']}"
-          f"{' (sparse)' if cfg['corr_sparse'] else ''}, sums in float64; about {need / 2 ** 30:.2f} GB of {device} memory")
+          f"{cfg['batch_size']} x {study.block_size}-token chunks, sums in float64"
+          f"{' (fast.CorrAccumulator)' if cfg['fast'] else ''}; about {need / 2 ** 30:.2f} GB of "
+          f"{device} memory")
     stats, dens, dead, cls, records, seconds = None, None, None, {}, {}, 0.0
     for group in groups:
         acc, stats, secs = stream(cfg, study, seqs, device, group, stats)   # the first pass makes the stats

@@ -15,7 +15,7 @@ train : train.py's step (fwd + bwd + clip + AdamW, decay groups) vs a one-layer 
         MistralForCausalLM with the same shapes, loss from its own labels path, the same clip + AdamW.
 sae   : sae.py's loop step (sae.train_seeds: the step and its bookkeeping) vs SAELens' SAETrainer.step (its
         loss, firing statistics, grad clip, Adam, lr and coefficient schedulers), ReLU+L1 and TopK.
-corr  : analyze.CorrAccumulator (streamed chunks) vs all activations in memory + one float32
+corr  : fast.CorrAccumulator (streamed chunks) vs all activations in memory + one float32
         torch matmul of the centred (N, Fa) x (N, Fb) block (the same work), each in its own process;
         accuracy of both over the FULL (Fa, Fb) matrix against float64; peak memory at two token counts.
 bpe   : data.train_bpe in MB/s of training text (no peer: tokenizers' BPE is a different algorithm).
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 import common
+import fast
 from common import die, parse_config, pick_device
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -274,13 +275,13 @@ def bench_forward(cfg, model, x, device, peak, shapes):
     trunk = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and ("attn" in n or "mlp" in n)
                 and not any(w in n for w in ("down", "wk", "wv")))  # down comes after; keys, values: looked up
     flops = B * T * (2 * trunk + 4 * T * a.d_model)  # matmuls + attention scores and values (causal: counted full)
-    kv = model.token_kv()  # as sae.mlp_activations does
-    sec = timeit(lambda: model.mlp_acts(x, kv=kv), cfg["steps"], cfg["warmup"], device)
+    kv = fast.token_kv(model)  # as sae.mlp_activations does (fast on)
+    sec = timeit(lambda: fast.mlp_acts(model, x, kv=kv), cfg["steps"], cfg["warmup"], device)
     print(f"  forward to the MLP activations (harvest, analysis): {sec * 1000:.1f} ms for {B} x {T} tokens, "
           f"{B * T / sec / 1e3:,.1f}k tok/s, {share(flops, sec, peak)} of peak")
     row("train", f"MLP-activation forward (SAE harvest, analysis), {shapes} shapes, {B} x {T} tokens",
         f"{B * T / sec / 1e3:,.1f}k tok/s", share=share(flops, sec, peak),
-        note="model.mlp_acts: every position of each window, keys and values looked up, no LM head")
+        note="fast.mlp_acts: every position of each window, keys and values looked up, no LM head")
 
 
 # -----------------------------------------------------------------------------
@@ -288,32 +289,20 @@ def bench_forward(cfg, model, x, device, peak, shapes):
 
 def ours_sae_step(S, sae, x, arch, fast_math=True):
     """sae.py's training step as its loop runs it: sae.train_seeds (train_step for the seed, the firing
-    record, the running sums of the log, its own choice of the sparse path) on a run made by sae.new_run,
-    when sae.py has them; else train_step plus the same bookkeeping. 10% of latents are held dead so
-    TopK pays for AuxK (as in the peer)."""
+    record, the running sums of the log, its own choice of the sparse path, fast on) on a run made by
+    sae.new_run. 10% of latents are held dead so TopK pays for AuxK (as in the peer)."""
     import types
     n_feat, (B, d_in) = sae.n_features, x.shape
     cfg = dict(S.config, arch=arch, lr=1e-4, l1_coeff=5.0, dead_window=B, fast_math=fast_math)
-    if hasattr(S, "new_run"):
-        run = S.new_run(0, sae, cfg, n_feat, x.device)
-    else:
-        run = {"sae": sae, "opt": torch.optim.Adam(sae.parameters(), lr=1e-4, betas=(0.9, 0.9999)),
-               "last_fired": torch.zeros(n_feat, dtype=torch.long, device=x.device)}
+    run = S.new_run(0, sae, cfg, n_feat, x.device)
     run.update(bad_step=torch.tensor(-1, device=x.device), bad_loss=torch.tensor(0.0, device=x.device))
     job = types.SimpleNamespace(cfg=cfg, step=0, B=B, stats=None, d_in=d_in, device=str(x.device), n_features=n_feat,
                                 total_steps=10 ** 9, aux_k=d_in // 2, pool=None,  # one seed: no seed threads
-                                select_bf16=hasattr(S, "select_bf16") and S.select_bf16(str(x.device), cfg["fast_math"]))
+                                select_bf16=fast.select_bf16(str(x.device), cfg["fast_math"]))
 
     def step():
         run["last_fired"][: n_feat // 10] = -10 ** 9
-        if hasattr(S, "train_seeds"):
-            S.train_seeds(job, [run], x)
-            return
-        dead = run["last_fired"] <= -10 ** 9
-        _, x_hat, f = S.train_step(sae, run["opt"], x, 1e-4, 5.0 if arch == "relu" else 0.0, dead, d_in // 2, 1 / 32)
-        run["last_fired"].masked_fill_((f > 0).any(0), 1)
-        run.setdefault("sse", torch.zeros((), dtype=torch.float64, device=x.device)).add_((x_hat - x).double().pow(2).sum())
-        run.setdefault("l0", torch.zeros((), device=x.device)).add_((f > 0).sum())
+        S.train_seeds(job, [run], x)
     return step
 
 
@@ -374,7 +363,7 @@ def bench_sae(cfg, device, shapes=None, steps=None, warmup=None, peer=True):
         if have_peer:  # made first: it copies our weights before our steps change them
             peer_step = sae_lens_step(d_in, n_feat, batch, arch, device, x, sae)
         fns = {"ours": ours_sae_step(S, sae, x, arch)}
-        bf16 = hasattr(S, "select_bf16") and S.select_bf16(device, True)
+        bf16 = fast.select_bf16(device, True)
         if bf16:  # the same step with the active latents picked in float32 too (fast_math off)
             fns["ours_fp32"] = ours_sae_step(S, copy.deepcopy(sae), x, arch, fast_math=False)
         if have_peer:
@@ -403,7 +392,7 @@ def bench_sae(cfg, device, shapes=None, steps=None, warmup=None, peer=True):
 
 
 # -----------------------------------------------------------------------------
-# corr: analyze.py's streamed correlation vs everything in memory + one float32 torch matmul
+# corr: the streamed correlation (fast.CorrAccumulator) vs everything in memory + one float32 torch matmul
 
 def _corr_chunk(seed, n, n_feat, density):
     """Sparse non-negative 'feature activations' x, y (n, n_feat); y shares part of x, so some r are high."""
@@ -444,11 +433,10 @@ def _corr_worker(how, n_feat, n_tokens, chunk, density, device, threads, save, q
     """One measurement in a fresh process, so its peak memory is its own. Times only the correlation
     (making the synthetic activations is not part of either method)."""
     torch.set_num_threads(threads)
-    import analyze
     rss0, busy = _proc_status_mb("VmRSS") or _peak_mb(), 0.0  # the baseline: resident size after the imports
     starts = range(0, n_tokens, chunk)
     if how == "streamed":
-        acc = analyze.CorrAccumulator(n_feat, n_feat, device)
+        acc = fast.CorrAccumulator(n_feat, n_feat, device)
         for i, s in enumerate(starts):
             x, y = (t.to(device) for t in _corr_chunk(i, min(chunk, n_tokens - s), n_feat, density))
             sync(device)
@@ -796,7 +784,6 @@ def paper_smoke(cfg, device):
 def measure_forward_and_corr(cfg, device, harvest_batch, bf16):
     """Tokens/s of the MLP-activation forward (harvest, analysis; bf16 autocast when sae.py's fast_math
     applies) and of one streamed correlation pair at 16,384 x 16,384 features, paper shapes, this device."""
-    import analyze
     from model import ModelArgs, Transformer
     s = SHAPES["paper"]
     model = Transformer(ModelArgs(**{k: v for k, v in s.items() if k not in ("batch", "sae")})).to(device).eval()
@@ -805,15 +792,15 @@ def measure_forward_and_corr(cfg, device, harvest_batch, bf16):
     ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else (lambda: torch.autocast("cpu", enabled=False))
 
     with ctx():
-        kv = model.token_kv()  # as sae.mlp_activations does
+        kv = fast.token_kv(model)  # as sae.mlp_activations does (fast on)
 
     def forward():
         with ctx():
-            model.mlp_acts(idx, kv=kv)
+            fast.mlp_acts(model, idx, kv=kv)
     sec = timeit(forward, cfg["plan_steps"], 1, device)
     fwd = harvest_batch * s["block_size"] / sec
     n_feat, chunk = s["sae"][1], 1024
-    acc = analyze.CorrAccumulator(n_feat, n_feat, device)
+    acc = fast.CorrAccumulator(n_feat, n_feat, device)
     x, y = (t.to(device) for t in _corr_chunk(0, chunk, n_feat, cfg["corr_density"]))
     sec = timeit(lambda: acc.update(x, y), cfg["plan_steps"], 1, device)
     print(f"plan: MLP-activation forward {fwd / 1e3:,.1f}k tok/s (batch {harvest_batch} x {s['block_size']}); "

@@ -251,18 +251,13 @@ def open_tokens(data_dir, domain, split, tok_hash=None, vocab_size=None, who=Non
 load_tokens = open_tokens  # the old name, kept while callers move over
 
 
-SCHEMES = ("random", "uniform", "spread", "tiles", "consecutive")
+SCHEMES = ("spread", "tiles", "consecutive")
 
 
 def sample_windows(arrays, n, T, scheme, rng=None, offset=0, with_counts=False):
     """THE window sampler: (n, T) int64 token windows, equal shares per domain (the first n % k
     domains one more) when `arrays` holds k token arrays (a list, or a dict {domain: array}; a single
     array is one domain). Schemes, each reproducing the sampler a stage used before, RNG call for call:
-      random       uniform random starts, one torch.randint per domain (rng: a torch.Generator);
-                   the training batches (get_batch)
-      uniform      uniform random starts from ONE torch.rand(n, float64) drawn first (rng: a torch
-                   Generator); window i belongs to domain i % k; start = floor(u * (len - T + 1));
-                   the SAE's training windows (sae.harvest)
       spread       evenly spaced starts from the first token to the last window (deterministic);
                    the SAE's held-out evaluation windows
       tiles        distinct aligned non-overlapping windows at multiples of T, chosen at random and
@@ -277,26 +272,19 @@ def sample_windows(arrays, n, T, scheme, rng=None, offset=0, with_counts=False):
         raise ValueError(f"unknown window scheme {scheme!r}; one of {SCHEMES}")  # a programming error
     if scheme == "tiles" and not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    starts, u = [], None
-    if scheme == "uniform":
-        import torch
-        u = torch.rand(n, generator=rng, dtype=torch.float64)  # one draw for every window, before anything else
+    starts = []
     for d, (name, a) in enumerate(zip(names, arrays)):
         want = None if n is None else n // len(arrays) + (d < n % len(arrays))
         if scheme != "tiles" and len(a) < T:
             label = f"domain '{name}'" if isinstance(name, str) else "a token array"
             die(f"{label} has {len(a):,} tokens, fewer than one window of {T}; prepare more data (python data.py)")
-        starts.append(_starts(a, want, T, scheme, rng, offset) if u is None else
-                      (u[d::len(arrays)] * (len(a) - T + 1)).long().tolist())
+        starts.append(_starts(a, want, T, scheme, rng, offset))
     wins = cut_windows(arrays, starts, T)
     return (wins, {name: len(s) for name, s in zip(names, starts)}) if with_counts else wins
 
 
 def _starts(a, want, T, scheme, rng, offset):
     """Window starts in one token array for sample_windows."""
-    if scheme == "random":
-        import torch  # only the random scheme (training batches) needs torch: the rest of data.py runs without it
-        return torch.randint(len(a) - T + 1, (want,), generator=rng).tolist()
     if scheme == "spread":
         return np.linspace(0, len(a) - T, want).astype(np.int64).tolist()
     if scheme == "tiles":
@@ -313,15 +301,20 @@ def cut_windows(arrays, starts_per_domain, T):
 
 
 def get_batch(tokens, batch_size, block_size, device, generator):
-    """Random windows of block_size+1 tokens: x the first block_size, y the same shifted by one."""
+    """batch_size random windows of a token array (uniform starts, drawn from generator):
+    x (B, block_size) int64 and y, the same windows shifted by one token (the next-token
+    targets)."""
     import torch
     if len(tokens) <= block_size:
         die(f"only {len(tokens)} tokens, fewer than block_size+1 = {block_size + 1}")
-    xy = torch.from_numpy(sample_windows(tokens, batch_size, block_size + 1, "random", generator))
-    x, y = xy[:, :-1], xy[:, 1:]
+    ix = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).tolist()
+    x = torch.stack([torch.from_numpy(tokens[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(tokens[i + 1:i + 1 + block_size].astype(np.int64))
+                     for i in ix])
     if str(device).startswith("cuda"):  # pinned host memory lets the copy overlap with compute
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.contiguous().to(device), y.contiguous().to(device)
+        return (x.pin_memory().to(device, non_blocking=True),
+                y.pin_memory().to(device, non_blocking=True))
+    return x.to(device), y.to(device)
 
 
 # -----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from types import SimpleNamespace
 import torch
 
 import common
+import fast
 from model import MAKES, check_finished, clean_key, eval_loss, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 config = {
@@ -54,6 +55,7 @@ config = {
     "data_dir": "data",       # validation tokens (made by data.py)
     "device": "auto",         # auto: cuda when available, else cpu
     "threads": 0,             # CPU threads; 0: the cores free now (common.set_threads)
+    "fast": True,             # fast.py's evaluation: the LM head a cache-sized block of tokens at a time on a CPU
     "allow_unfinished": False,  # merge a model whose training did not finish (stopped early or killed)
     "allow_unrelated": False,   # merge two models with no common parent (their weights are not aligned)
     "overwrite": False,       # replace an output made from other inputs or settings (same ones: a no-op)
@@ -91,7 +93,8 @@ def slerp(a, b, t, eps=1e-8, dot_threshold=0.9995):
     del a64, b64
     linear = abs(cos) > dot_threshold  # mergekit: lerp when nearly colinear (either sign)
     theta = math.acos(max(-1.0, min(1.0, cos)))
-    info = {"cos": cos, "angle_deg": math.degrees(theta), "linear": linear, "norm_a": na, "norm_b": nb}
+    info = {"cos": cos, "angle_deg": math.degrees(theta), "linear": linear, "norm_a": na,
+            "norm_b": nb}
     if t == 0:  # the endpoints are the inputs, bit for bit (signed zeros included)
         return a.detach().clone(), info
     if t == 1:
@@ -157,14 +160,16 @@ def merge_state_dicts(sd_a, sd_b, t, t_rules=None, parent=None, dot_threshold=0.
     parent: a state dict; given, interpolates the task vectors (a - parent, b - parent) and adds the
     result back to parent (info then describes the angle between the task vectors)."""
     check_t(t)
-    rules = parse_t_rules(t_rules) if isinstance(t_rules, str) else [(p, float(x)) for p, x in (t_rules or [])]
+    rules = (parse_t_rules(t_rules) if isinstance(t_rules, str)
+             else [(p, float(x)) for p, x in (t_rules or [])])
     check_rules(rules, sd_a)
     check_state_dicts({"a": sd_a, "b": sd_b, **({"parent": parent} if parent is not None else {})})
     out, infos = {}, {}
     for name, wa in sd_a.items():
         tn, rule = next(((x, p) for p, x in rules if rule_matches(name, p)), (t, None))
         wb = sd_b[name]
-        if not wa.is_floating_point():  # integer buffers (none in our model): must agree, kept as is
+        # integer buffers (none in our model): must agree, kept as is
+        if not wa.is_floating_point():
             if not torch.equal(wa, wb):
                 common.die(f"a and b differ in the non-float tensor {name}; cannot interpolate it")
             out[name], infos[name] = wa.clone(), {"t": tn, "rule": rule, "linear": None}
@@ -173,8 +178,10 @@ def merge_state_dicts(sd_a, sd_b, t, t_rules=None, parent=None, dot_threshold=0.
             w, info = slerp(wa, wb, tn, dot_threshold=dot_threshold)
         else:
             p = parent[name].float()
-            d, info = slerp(wa.float() - p, wb.float() - p, tn, dot_threshold=dot_threshold)  # task vectors
-            w = wa.clone() if tn == 0 else wb.to(wa.dtype, copy=True) if tn == 1 else (p + d).to(wa.dtype)
+            # task vectors
+            d, info = slerp(wa.float() - p, wb.float() - p, tn, dot_threshold=dot_threshold)
+            w = (wa.clone() if tn == 0 else wb.to(wa.dtype, copy=True) if tn == 1
+                 else (p + d).to(wa.dtype))
         out[name], infos[name] = w, {"t": tn, "rule": rule, **info}
     return out, infos
 
@@ -273,7 +280,7 @@ def main(argv=None):
     run = plan(cfg)
     models = load_models(cfg["out_dir"], cfg["a"], cfg["b"], run.parent, cfg["allow_unfinished"], cfg["allow_unrelated"])
     check_rules(run.rules, models["a"]["ckpt"]["model"])
-    tokens = load_eval_tokens(cfg, models)  # before merging: a missing file fails before anything is written
+    windows = load_eval_windows(cfg, models)  # before merging: a missing file fails before anything is written
     inputs = {r: {"name": models[r]["name"], "hash": models[r]["hash"]} for r in models}
     # an output made from these very inputs and settings is kept; one made from others needs --overwrite
     made_from = {"inputs": inputs, "mode": cfg["mode"], "t_rules": run.rules, "dot_threshold": cfg["dot_threshold"],
@@ -285,13 +292,15 @@ def main(argv=None):
         common.check_free_space(cfg["out_dir"], 2 * 4 * n_params + (16 << 20), "merge.py's output")
         net = model_from_checkpoint(models["a"]["ckpt"], run.device)
 
+        rows = fast.head_rows(net, cfg["batch_size"] * net.args.block_size) if cfg["fast"] else None
+
         def evaluate(sd):
             net.load_state_dict(sd)
-            return {d: eval_loss(net, tok, cfg["batch_size"], cfg["eval_batches"], run.device) for d, tok in tokens.items()}
+            return {d: eval_loss(net, wins, cfg["batch_size"], run.device, rows=rows) for d, wins in windows.items()}
 
         if cfg["sweep"]:
             return sweep(cfg, run, models, evaluate, made_from, inputs)
-        return write_merge(cfg, run, models, evaluate if tokens else None, made_from, inputs)
+        return write_merge(cfg, run, models, evaluate if windows else None, made_from, inputs)
 
 
 def plan(cfg):
@@ -316,15 +325,18 @@ def plan(cfg):
     return run
 
 
-def load_eval_tokens(cfg, models):
-    """{domain: val tokens} of a's and b's domains, checked against the models' tokenizer ({} without evaluation)."""
+def load_eval_windows(cfg, models):
+    """{domain: the evaluation's val windows} of a's and b's domains (eval_batches x batch_size consecutive
+    windows, the same for every merge), checked against the models' tokenizer ({} without evaluation)."""
     if cfg["eval_batches"] == 0:
         return {}
     import data  # only the evaluation needs the data code
     ca = models["a"]["ckpt"]
     doms = list(dict.fromkeys(models[r]["domain"] or models[r]["name"] for r in ("a", "b")))
-    return {d: data.open_tokens(cfg["data_dir"], d, "val", ca.get("tokenizer_hash"), ca["model_args"]["vocab_size"],
-                                models["a"]["name"]) for d in doms}
+    T = ca["model_args"]["block_size"]
+    return {d: data.sample_windows(data.open_tokens(cfg["data_dir"], d, "val", ca.get("tokenizer_hash"),
+                                                    ca["model_args"]["vocab_size"], models["a"]["name"]),
+                                   cfg["eval_batches"] * cfg["batch_size"], T + 1, "consecutive") for d in doms}
 
 
 def up_to_date(cfg, run, made_from):

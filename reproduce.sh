@@ -19,14 +19,10 @@
 # common.stage_jobs. Their lines are then tagged with the stage's name.
 #
 # A kill (Ctrl-C, SIGTERM, SIGHUP) stops the running stages too (each runs in the background while
-# this script waits or polls, so the signal reaches it within 0.2 s); re-run to resume.
+# this script polls, so the signal reaches it within 0.2 s); re-run to resume.
 set -euo pipefail
 cd "$(dirname "$0")"
-PY=${PYTHON:-python3}
-SOURCE=${SOURCE:-sample}
-PRESET=${PRESET:-tiny}
-DATA=${DATA:-data}
-OUT=${OUT:-out}
+PY=${PYTHON:-python3} SOURCE=${SOURCE:-sample} PRESET=${PRESET:-tiny} DATA=${DATA:-data} OUT=${OUT:-out}
 JOBS=${JOBS:-auto}
 dirs=(--preset="$PRESET" --data_dir="$DATA" --out_dir="$OUT")
 die() { echo "error: $*" >&2; exit 2; }
@@ -38,88 +34,58 @@ die() { echo "error: $*" >&2; exit 2; }
 key_of() { local k=${1%%=*}; k=${k#--}; echo "--${k//-/_}"; }  # --max-iters=5 -> --max_iters
 read -r -a extra <<< "${EXTRA:-}"
 for a in "$@"; do
-  case $a in
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-  esac
+  case $a in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;; esac
   extra+=("$a")
 done
+device=auto threads=0  # for the plan (below)
 for a in ${extra[@]+"${extra[@]}"}; do
   [[ $a =~ ^--[A-Za-z_][A-Za-z0-9_-]*=. ]] || die "extra setting '$a': give each as --key=value"
-  key=$(key_of "$a")
-  case ${key#--} in
-    preset|data_dir|out_dir) die "$key is set by reproduce.sh: use PRESET=, DATA= or OUT= instead" ;;
-    domain|model|models|name|sweep|resume|overwrite|source) die "$key is chosen per stage by reproduce.sh; run that stage's script by hand to change it" ;;
+  case $(key_of "$a") in
+    --preset|--data_dir|--out_dir) die "$(key_of "$a") is set by reproduce.sh: use PRESET=, DATA= or OUT= instead" ;;
+    --domain|--model|--models|--name|--sweep|--resume|--overwrite|--source)
+      die "$(key_of "$a") is chosen per stage by reproduce.sh; run that stage's script by hand to change it" ;;
+    --device) device=${a#*=} ;;
+    --threads) threads=${a#*=} ;;
   esac
 done
-declare -A stage_keys=()
-keys_of() {  # the --keys a stage script takes, from its --help (asked once per script)
-  if [ -z "${stage_keys[$1]+x}" ]; then
-    stage_keys[$1]=" $("$PY" "$1" --help 2>/dev/null | grep -oE -- '^ +--[A-Za-z_][A-Za-z0-9_]*' | tr -d ' ' | tr '\n' ' ' || true) "
-  fi
-}
-scripts=(data.py train.py merge.py sae.py analyze.py)
+declare -A takes=() taken=()  # script -> the extra settings it takes (one a line); setting -> the scripts
 if [ ${#extra[@]} -gt 0 ]; then
-  for s in "${scripts[@]}"; do keys_of "$s"; done
+  for s in data.py train.py merge.py sae.py analyze.py; do
+    keys=" $("$PY" "$s" --help 2>/dev/null | grep -oE -- '^ +--[A-Za-z_][A-Za-z0-9_]*' | tr -d ' ' | tr '\n' ' ' || true) "
+    for a in "${extra[@]}"; do
+      [[ $keys == *" $(key_of "$a") "* ]] && takes[$s]+="$a"$'\n' taken[$a]+=" $s"
+    done
+  done
   for a in "${extra[@]}"; do
-    key=$(key_of "$a")
-    taken=""
-    for s in "${scripts[@]}"; do [[ ${stage_keys[$s]} == *" $key "* ]] && taken="$taken $s"; done
-    [ -n "$taken" ] || die "no stage takes $key; python <stage>.py --help lists each stage's settings"
-    echo "extra setting $a ->$taken"
+    [ -n "${taken[$a]:-}" ] || die "no stage takes $(key_of "$a"); python <stage>.py --help lists each stage's settings"
+    echo "extra setting $a ->${taken[$a]}"
   done
 fi
-extras_for() {  # the extra settings script $1 takes, one per line
-  local a key
-  for a in ${extra[@]+"${extra[@]}"}; do
-    key=$(key_of "$a")
-    [[ ${stage_keys[$1]} == *" $key "* ]] && printf '%s\n' "$a"
-  done
-  return 0
-}
 
 # -----------------------------------------------------------------------------
-# each stage runs in the background, waited for or polled: a signal reaches this script within 0.2 s,
-# and the trap passes it on (SIGTERM: a background child ignores SIGINT) before stopping here.
-# After `side_by_side`, $jobs_at_once stages run at once (`plan`): `after LABEL...` waits for the
-# stages named (a stage that needs their outputs comes after it), `barrier` for every running one.
-current="start-up"
+# The scheduler. Each stage runs in the background while this script polls (kill -0, every 0.2 s;
+# bash's `wait -n` once saw a fine-tune's end only when the SAE stage beside it ended, 84 s later),
+# so a signal reaches the trap at once. `stage` starts one once fewer than $slots run; `after`
+# waits for the stages named (none named: for all); after a failure nothing more starts, the
+# stages running end, and the run stops with the failure's status.
 declare -A running=()  # pid -> label<TAB>kind<TAB>output<TAB>start<TAB>note, the stages running now
-stop() {
-  trap - TERM INT HUP
-  local pids pid
-  pids=$(jobs -p)
-  if [ -n "$pids" ]; then
-    kill -TERM $pids 2>/dev/null || true
-    wait $pids 2>/dev/null || true
-  fi
-  if [ ${#running[@]} -gt 0 ]; then  # the stages running, by name
-    current=""
-    for pid in "${!running[@]}"; do current+="${current:+"', '"}${running[$pid]%%$'\t'*}"; done
-  fi
-  echo "reproduce.sh: stopped by SIG$1 during '$current'; finished stages are kept, re-run to resume" >&2
-  exit "$2"
-}
-trap 'stop TERM 143' TERM
-trap 'stop INT 130' INT
-trap 'stop HUP 129' HUP
-
-timings=()  # label<TAB>kind<TAB>output<TAB>start<TAB>seconds<TAB>note, for the table at the end
+timings=()             # label<TAB>kind<TAB>output<TAB>start<TAB>seconds<TAB>note, for the table at the end
+started=$'\n' slots=1 each=0 failed="" failed_rc=0
 now() { local t=${EPOCHREALTIME:-$(date +%s)}; echo "${t/,/.}"; }  # seconds; a decimal point in any locale
-jobs_at_once="" threads_each=0  # stages at once in a side_by_side group, threads for each (`plan`)
-slots=1                         # stages at once now: $jobs_at_once after side_by_side, 1 after barrier
-failed="" failed_rc=0
-stage() {  # stage LABEL KIND OUTPUT SCRIPT ARGS...: started once fewer than $slots are running
-  local label=$1 kind=$2 output=$3 script=$4 more=() note="" pid
+tagged() {  # each line of the input as it comes, after [$1] (awk may hold a pipe's lines back)
+  local line; while IFS= read -r line || [ -n "$line" ]; do printf '[%s] %s\n' "$1" "$line"; done
+}
+stage() {  # stage LABEL KIND OUTPUT SCRIPT ARGS...
+  local label=$1 kind=$2 output=$3 script=$4 more=() note=""
   shift 4
-  for pid in "${!running[@]}"; do kill -0 "$pid" 2>/dev/null || reap "$pid"; done  # any that ended already
-  while [ ${#running[@]} -ge "$slots" ]; do reap; done
-  [ -n "$failed" ] && return 0  # a stage failed: nothing more starts (the next barrier stops the run)
-  current=$label
+  reap
+  while [ ${#running[@]} -ge "$slots" ]; do sleep 0.2; reap; done
+  [ -z "$failed" ] || after
   echo; echo "=== $label ==="
-  [ ${#extra[@]} -gt 0 ] && mapfile -t more < <(extras_for "$script")
+  [ -z "${takes[$script]:-}" ] || mapfile -t more < <(printf %s "${takes[$script]}")
   if [ "$slots" -gt 1 ]; then  # side by side: threads of its own, each line tagged with the stage
     note="side by side"
-    if [ "$threads_each" -gt 0 ]; then more+=("--threads=$threads_each"); note+=", --threads=$threads_each"; fi
+    if [ "$each" -gt 0 ]; then more+=("--threads=$each"); note+=", --threads=$each"; fi
     # stdout through a tagger in the same job (waited for with it: no line comes after the stage's end;
     # pipefail gives python's status), stderr through one to stderr (a process substitution)
     PYTHONUNBUFFERED=1 "$PY" "$script" "$@" ${more[@]+"${more[@]}"} 2> >(tagged "$label" >&2) | tagged "$label" &
@@ -127,86 +93,70 @@ stage() {  # stage LABEL KIND OUTPUT SCRIPT ARGS...: started once fewer than $sl
     "$PY" "$script" "$@" ${more[@]+"${more[@]}"} &
   fi
   running[$!]="$label"$'\t'"$kind"$'\t'"$output"$'\t'"$(now)"$'\t'"$note"
+  started+="$label"$'\n'
 }
-tagged() {  # each line of the input as it comes, after [$1] (awk may hold a pipe's lines back)
-  local line
-  while IFS= read -r line || [ -n "$line" ]; do printf '[%s] %s\n' "$1" "$line"; done
-}
-reap() {  # reap [PID]: wait for that stage (or the first running one to end), record its wall time and a failure
-  local pid=${1:-} rc=0 label kind output t0 note wall p
-  [ -n "$pid" ] || [ ${#running[@]} -gt 0 ] || return 0
-  [ -n "$pid" ] || [ ${#running[@]} -gt 1 ] || pid=${!running[*]}  # the only one running
-  # the first of several to end, polled: with bash's `wait -n`, a fine-tune that ended while it waited was
-  # seen only when the SAE stage beside it ended, 84 s later (bash collects an ended stage's status itself)
-  while [ -z "$pid" ]; do
-    for p in "${!running[@]}"; do kill -0 "$p" 2>/dev/null || pid=$p; done
-    [ -n "$pid" ] || sleep 0.2
+reap() {  # record the stages that have ended: wall time, and the first failure
+  local pid rc label kind output t0 note wall
+  for pid in "${!running[@]}"; do
+    kill -0 "$pid" 2>/dev/null && continue
+    rc=0
+    wait "$pid" || rc=$?
+    IFS=$'\t' read -r label kind output t0 note <<< "${running[$pid]}"
+    unset "running[$pid]"
+    wall=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
+    timings+=("$label"$'\t'"$kind"$'\t'"$output"$'\t'"$t0"$'\t'"$wall"$'\t'"$note")
+    [ -n "$note" ] && echo "--- $label: exit $rc after $wall s"
+    if [ "$rc" -ne 0 ] && [ -z "$failed" ]; then
+      failed="reproduce.sh: stage '$label' failed (exit $rc); fix what it says above${note:+ (its lines start with [$label])} and re-run (finished stages are skipped)"
+      failed_rc=$rc
+    fi
   done
-  wait "$pid" || rc=$?
-  IFS=$'\t' read -r label kind output t0 note <<< "${running[$pid]}"
-  unset "running[$pid]"
-  wall=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
-  timings+=("$label"$'\t'"$kind"$'\t'"$output"$'\t'"$t0"$'\t'"$wall"$'\t'"$note")
-  [ -n "$note" ] && echo "--- $label: exit $rc after $wall s"
-  if [ "$rc" -ne 0 ] && [ -z "$failed" ]; then
-    failed="reproduce.sh: stage '$label' failed (exit $rc); fix what it says above${note:+ (its lines start with [$label])} and re-run (finished stages are skipped)"
-    failed_rc=$rc
-  fi
-  return 0
 }
-has_label() {  # has_label LABEL ENTRY...: whether one of the entries (label<TAB>...) is that stage's
-  local want=$1 e
-  shift
-  for e in "$@"; do [ "${e%%$'\t'*}" = "$want" ] && return 0; done
+busy() {  # busy [LABEL...]: whether one of those stages (none named: any) is running
+  local e want
+  for e in ${running[@]+"${running[@]}"}; do
+    [ $# -eq 0 ] && return 0
+    for want; do [ "${e%%$'\t'*}" = "$want" ] && return 0; done
+  done
   return 1
 }
-after() {  # after LABEL...: wait until those stages have ended (the others keep running); stop at a failure
+after() {  # after [LABEL...]: wait until those stages (none named: all) have ended; stop at a failure
   local want
-  [ -z "$failed" ] || barrier
-  for want in "$@"; do
-    while has_label "$want" ${running[@]+"${running[@]}"}; do reap; done
-    # a label that names no stage would drop the dependency without a word
-    has_label "$want" ${timings[@]+"${timings[@]}"} || die "reproduce.sh: after '$want': no stage of that name was started"
-  done
-  [ -z "$failed" ] || barrier
+  for want; do [[ $started == *$'\n'"$want"$'\n'* ]] || die "after '$want': no stage of that name was started"; done
+  reap
+  while busy "$@"; do sleep 0.2; reap; done
+  [ -z "$failed" ] && return 0
+  while busy; do sleep 0.2; reap; done
+  echo "$failed" >&2
+  exit "$failed_rc"
 }
-barrier() {  # wait for every running stage; stop at a failure
-  while [ ${#running[@]} -gt 0 ]; do reap; done
-  slots=1
-  if [ -n "$failed" ]; then echo "$failed" >&2; exit "$failed_rc"; fi
+stop() {  # the trap: stop the running stages (SIGTERM: a background child ignores SIGINT) and name them
+  trap - TERM INT HUP
+  local pids names="" e
+  pids=$(jobs -p)
+  [ -z "$pids" ] || { kill -TERM $pids 2>/dev/null; wait $pids 2>/dev/null; } || true
+  for e in ${running[@]+"${running[@]}"}; do names+="${names:+, }'${e%%$'\t'*}'"; done
+  echo "reproduce.sh: stopped by SIG$1 during ${names:-no stage (between stages)}; finished stages are kept, re-run to resume" >&2
+  exit "$2"
 }
-side_by_side() {  # the stages up to the next barrier run $jobs_at_once at once
-  [ -n "$jobs_at_once" ] || plan
-  slots=$jobs_at_once
-}
-plan() {  # how many stages at once in a group and threads for each (JOBS; common.stage_jobs)
-  local device="auto" threads=0 a
-  for a in ${extra[@]+"${extra[@]}"}; do
-    case $(key_of "$a") in --device) device=${a#*=} ;; --threads) threads=${a#*=} ;; esac
-  done
-  read -r jobs_at_once threads_each < <("$PY" - "$JOBS" "$device" "$threads" <<'EOF'
-import sys, common
-jobs, device, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-n, each = common.stage_jobs(jobs, device, threads)
-print(n, 0 if threads > 0 else each)  # an extra --threads already goes to every stage (extras_for)
-EOF
-  ) || true
-  [[ $jobs_at_once =~ ^[1-9][0-9]*$ ]] || { echo "JOBS: could not plan the stages; one at a time"; jobs_at_once=1 threads_each=0; }
-  if [ "$jobs_at_once" -gt 1 ]; then
-    echo; echo "stages that do not depend on each other: $jobs_at_once at once (JOBS=$JOBS)" \
-      "$([ "$threads_each" -gt 0 ] && echo "with --threads=$threads_each each")"
-  fi
-  return 0
-}
+trap 'stop TERM 143' TERM
+trap 'stop INT 130' INT
+trap 'stop HUP 129' HUP
 t_start=$(now)
 
 stage "data: tokenizer and token files ($SOURCE)" data "$DATA" \
   data.py --domain all --source "$SOURCE" --preset "$PRESET" --data_dir "$DATA"
-barrier
-
+after
 stage "train base" train "$OUT/base" train.py --domain base "${dirs[@]}" --resume
-barrier  # everything after starts from base
-side_by_side
+after  # everything after starts from base
+# from here on, stages that do not depend on each other run $slots at once with --threads=$each
+# (common.stage_jobs; an extra --threads is kept and goes to every stage)
+read -r slots each < <("$PY" - "$JOBS" "$device" "$threads" \
+  <<< 'import sys, common; print(*common.stage_jobs(*sys.argv[1:3], int(sys.argv[3])))') || true
+[[ $slots =~ ^[1-9][0-9]*$ && $each =~ ^[0-9]+$ ]] || { echo "JOBS: could not plan the stages; one at a time"; slots=1 each=0; }
+[ "$threads" = 0 ] || each=0
+[ "$slots" -eq 1 ] || echo "stages that do not depend on each other: $slots at once (JOBS=$JOBS)" \
+  "$([ "$each" -gt 0 ] && echo "with --threads=$each each")"
 for d in lua tinystories; do
   stage "train $d" train "$OUT/$d" train.py --domain $d "${dirs[@]}" --resume
 done
@@ -221,11 +171,10 @@ done
 after "$merge"  # its SAE needs luastories
 stage "sae for luastories" sae "$OUT/sae_luastories" sae.py --model luastories "${dirs[@]}" --resume
 stage "merge sweep over t" merge "$OUT" merge.py --sweep "${dirs[@]}"  # the shortest last: it fills the other slot
-barrier  # the analysis reads every model and SAE
-
+after  # the analysis reads every model and SAE
+slots=1
 stage "analysis: feature tracking and the report" analyze "$OUT/analysis" analyze.py "${dirs[@]}"
-barrier
-current="the stage table"
+after
 
 # -----------------------------------------------------------------------------
 # the account: wall time of each stage in this run, its throughput and MFU from its own metrics

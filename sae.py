@@ -35,25 +35,18 @@ Files in out_dir/sae_<model>/: train_state.pt holds every seed's training state 
 atomic write, so a crash can never leave the seeds at different steps; --resume reads only it);
 sae_s<seed>.pt is each seed's raw-space SAE for analyze.py (written from the state, after it);
 metrics.json is written last and lists every seed. The folder is locked while a run writes it.
-Work done only where the result needs it: the harvest runs the model's MLP (and attention
-queries) only at the positions it keeps (model.mlp_acts(idx, positions)) and looks every position's
-key and value up by its token (model.token_kv); on the CPU, once few latents are active,
-the SAE step touches only the active ones in the decoder and in every backward product (sparse
-step, SPARSE_BELOW; with AuxK too), and on a CPU with bf16 matmuls (fast_math) picks those latents
-with a bf16 encoder product, their values then exact in float32, and a pair of seeds steps in two
-threads of one core each; the evaluation reuses each window's attention output for every SAE
-spliced in, makes the LM head's logits a cache-sized block of tokens at a time, and computes the
-zero-ablation CE once. On CUDA
-(fast_math) the SAE trains with TF32 matmuls and the harvest forward runs in bf16; evaluation and
-the saved SAEs are full float32.
+fast (default on): the speed-ups of fast.py (the harvest run at the kept positions only with keys and
+values looked up, the SAE step's b_dec gradient as a matvec, the sparse step once few latents are active,
+the seeds' steps in threads on a CPU); --fast=false trains with the plain code here, the same SAEs to
+rounding. fast_math: on CUDA the SAE trains with TF32 matmuls and the harvest forward runs in bf16; on a
+CPU with bf16 matmuls bf16 picks the sparse step's active latents; evaluation and the saved SAEs stay
+full float32.
 """
-import concurrent.futures
 import contextlib
 import hashlib
 import math
 import os
 import time
-import warnings
 import zlib
 from types import SimpleNamespace
 
@@ -63,6 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data as datalib
+import fast
 from common import (atomic_torch_save, atomic_write_json, check_free_space, check_resume, cli, default_preset, die,
                     lock_dir, parse_config, peak_gpu_mib, pick_device, provenance, read_json, set_threads, sha256_file)
 from model import clean_key, load_checkpoint, load_model
@@ -106,6 +100,7 @@ config = dict(
     ckpt_interval=5000,    # save every this many steps (and at the end)
     stop_step=0,           # > 0: stop after this step as if interrupted (continue with --resume)
     peak_flops=989e12,     # the device's peak FLOP/s for metrics.json's mfu (default: H100 SXM dense bf16)
+    fast=True,             # the speed-ups of fast.py (false: the plain code here; the same SAEs to rounding)
     fast_math=True,        # CUDA: TF32 SAE training, a bf16 harvest forward; CPU with bf16 matmuls: bf16 picks the
                            # sparse step's active latents (their values exact); evaluation and saved SAEs stay fp32
     threads=0,             # CPU threads; 0 = the cores free now (common.set_threads)
@@ -113,8 +108,7 @@ config = dict(
 )
 PRESETS = {
     "paper": dict(),
-    # tiny: 2048 features on d_mlp 256, 45-90 s per model (both seeds) on 2 CPU cores (float32 matmul peak 198-138 GFLOP/s),
-    # 77-104 s on one core of the 138-174 GFLOP/s VM
+    # tiny: 2048 features on d_mlp 256, a minute or two per model (both seeds) on a CPU core (BENCHMARKS.md)
     # (lr and l1 tuned on the base model: lr 1e-3 -> 4e-3 took FVU 0.21 -> 0.17 at L0 ~50);
     # evaluation only at the end: one costs ~4% of this short run, more than bookkeeping should (the
     # training log's FVU and L0 every 50 steps show the progress)
@@ -136,7 +130,6 @@ RESUME_FREE = {"resume", "overwrite", "device", "eval_interval", "log_interval",
                "harvest_batch", "eval_batch", "data_dir", "out_dir", "preset", "allow_unfinished", "threads",
                "peak_flops"}
 # L1_NOTE: the soft threshold ~ l1/2 is compared with per-feature magnitudes ~ sqrt(d_in / L0)
-SPARSE_BELOW = 0.15  # CPU: the sparse SAE step below this density of active latents (one core, tiny's shapes: 3.3x at 1.6%, 1.5x at 10%, 1.2x at 16%, 0.8x at 25%)
 STATE_FILE = "train_state.pt"  # every seed's training state at one step (see save_state)
 
 
@@ -147,7 +140,8 @@ STATE_FILE = "train_state.pt"  # every seed's training state at one step (see sa
 class ReLU:
     """relu: f = ReLU(pre), an L1 penalty on f; dead latents are resampled (Anthropic)."""
     resamples = True
-    elementwise = True  # a feature's activation needs only its own pre-activation (SAE.encode_features)
+    # a feature's activation needs only its own pre-activation (SAE.encode_features)
+    elementwise = True
 
     def __init__(self, k, n_features):
         pass
@@ -156,21 +150,16 @@ class ReLU:
         return F.relu(pre)
 
     def encoder_gain(self, d_in, n_features):
-        """Encoder init = decoder transpose x this: with random directions sum_i relu(<v, d_i>) d_i ~
-        (n_features / 2 d_in) v, so 2 d_in / n_features starts the SAE near the identity instead of with
-        L0 ~ n_features / 2 and a reconstruction several times too large (tiny: FVU 0.13 vs 0.18)."""
+        """Encoder init = decoder transpose x this: with random directions
+        sum_i relu(<v, d_i>) d_i ~ (n_features / 2 d_in) v, so 2 d_in / n_features starts the SAE
+        near the identity instead of with L0 ~ n_features / 2 and a reconstruction several times too
+        large (tiny: FVU 0.13 vs 0.18)."""
         return min(1.0, 2 * d_in / n_features)
 
-    def support(self, pre):
-        """(rows, cols) of the active entries of act(pre), row-major (pre float32, or the sparse step's bf16)."""
-        flat = nonzero_flat(pre, positive=True)
-        return flat // pre.shape[1], flat % pre.shape[1]
-
-    def penalty(self, sae, x, pre, l1, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff, aux_decode=None):
-        """(name, weight, term) added to the MSE, or None. l1(): the mean over tokens of sum_i f_i."""
-        if l1_coeff > 0:
-            return "l1", l1_coeff, l1()  # = decoder-norm-weighted L1, the rows being unit norm
-        return None
+    def penalty(self, sae, x, x_hat, f, hp):
+        """The L1 term: the mean over tokens of sum_i f_i (= the decoder-norm-weighted L1, the
+        decoder's rows being unit norm), times hp.l1_coeff."""
+        return hp.l1_coeff * f.sum(-1).mean()
 
     def describe(self, cfg, aux_k):
         return (f"l1 {cfg['l1_coeff']:g} (warm-up {cfg['l1_warmup_frac']:.0%}), "
@@ -178,7 +167,8 @@ class ReLU:
 
 
 class TopK:
-    """topk: the k largest pre-activations through a ReLU, the others 0; AuxK on dead latents (Gao et al.)."""
+    """topk: the k largest pre-activations through a ReLU, the others 0; AuxK on dead latents
+    (Gao et al.)."""
     resamples = False
     elementwise = False
 
@@ -194,70 +184,34 @@ class TopK:
     def encoder_gain(self, d_in, n_features):
         return 1.0
 
-    def support(self, pre):
-        return top_support(pre, self.k)
+    def penalty(self, sae, x, x_hat, f, hp):
+        """AuxK (Gao et al. 2024, A.2): the hp.aux_k largest pre-activations of the dead latents
+        (hp.dead) reconstruct the residual x - x_hat, times hp.aux_coeff. Live latents are masked to
+        -inf, whose ReLU is 0, so with fewer than aux_k dead latents only the dead ones
+        reconstruct."""
+        pre = sae.pre_acts(x).masked_fill(~hp.dead, float("-inf"))               # (N, F)
+        top = pre.topk(min(hp.aux_k, pre.size(-1)), dim=-1)
+        e_hat = torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values)) @ sae.W_dec
+        return hp.aux_coeff * self.aux_loss(e_hat, x, x_hat)
 
-    def penalty(self, sae, x, pre, l1, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff, aux_decode=None):
-        """AuxK (Gao et al. 2024, A.2): the aux_k largest dead pre-activations reconstruct the residual.
-        Non-dead latents are masked to -inf, whose ReLU is 0, so asking topk for aux_k even when fewer
-        are dead gives exactly the reconstruction of the dead ones, without reading the count back
-        from the device. On the CPU (where reading it costs nothing) a step with no dead latent skips it.
-        aux_decode(rows, cols) (the sparse step): those entries decoded with their gradients, pre
-        having none."""
-        if aux_coeff <= 0 or dead_mask is None or (not dead_mask.is_cuda and not bool(dead_mask.any())):
-            return None
-        masked = pre.masked_fill(~dead_mask, float("-inf"))
-        if aux_decode is not None:
-            e_hat = aux_decode(*top_support(masked, min(aux_k, pre.size(-1))))
-        else:
-            top = masked.topk(min(aux_k, pre.size(-1)), dim=-1)
-            e_hat = torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values)) @ sae.W_dec
+    @staticmethod
+    def aux_loss(e_hat, x, x_hat):
+        """AuxK's loss: ||e_hat - e||^2 over the residual's variance, e = x - x_hat
+        (no gradient)."""
         e = (x - x_hat).detach()
-        aux = (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-        return "aux", aux_coeff, aux
+        return ((e_hat - e).pow(2).sum(-1).mean()
+                / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12))
 
     def describe(self, cfg, aux_k):
         return f"k {cfg['k']}, AuxK k {aux_k} x {cfg['aux_coeff']:.4g}"
-
-
-def nonzero_flat(a, positive=False):
-    """Row-major flat indices (int64) of a's nonzero entries (positive: of its entries > 0). On the CPU
-    through numpy, whose comparison and nonzero are 3-4x faster than torch's on one core at ~1-2% density
-    ((1536, 2048) float32: 2.9 vs 12 ms; the sparse step's selection, analyze.py's entries). A bf16 tensor
-    (numpy has none) is read as int16, which is > 0 exactly when the value is (sign bit clear, not +0;
-    NaN aside): positive only."""
-    if a.device.type != "cpu":
-        return ((a > 0) if positive else a).flatten().nonzero().squeeze(1)
-    if a.dtype == torch.bfloat16:
-        assert positive, "a bf16 tensor's nonzero entries are not its int16 view's (-0.0)"
-        a = a.view(torch.int16)
-    v = a.detach().numpy()
-    return torch.from_numpy(np.flatnonzero(v > 0 if positive else v != 0))
-
-
-def stable_order(keys, n):
-    """The permutation that sorts keys (int64 in [0, n)) stably. On the CPU with n <= 2^15 through numpy's
-    stable sort of int16, a radix sort: 3x faster than torch's (47k keys: 0.46 vs 1.25 ms)."""
-    if keys.device.type == "cpu" and n <= 2 ** 15:
-        return torch.from_numpy(np.argsort(keys.numpy().astype(np.int16), kind="stable"))
-    return torch.sort(keys, stable=True).indices
-
-
-def top_support(pre, k):
-    """(rows, cols), row-major, of the k largest entries of each row of pre that are > 0."""
-    top = pre.topk(k, dim=-1)
-    cols, order = top.indices.sort(dim=-1)                                  # CSR: ascending within a row
-    keep = top.values.gather(-1, order) > 0
-    rows = torch.arange(pre.size(0), device=pre.device)[:, None].expand_as(cols)
-    return rows[keep], cols[keep]
 
 
 ACTIVATIONS = {"relu": ReLU, "topk": TopK}
 
 
 class SAE(nn.Module):
-    """x (N, d_in) -> f = act((x - b_dec) @ W_enc + b_enc) (N, n_features) -> x_hat = f @ W_dec + b_dec,
-    act = ACTIVATIONS[arch]."""
+    """x (N, d_in) -> f = act((x - b_dec) @ W_enc + b_enc) (N, n_features)
+    -> x_hat = f @ W_dec + b_dec, act = ACTIVATIONS[arch]."""
 
     def __init__(self, d_in, n_features, arch="relu", k=0):
         super().__init__()
@@ -284,7 +238,8 @@ class SAE(nn.Module):
         (analyze.py's feature pages: a few dozen of n_features)."""
         if not self.act.elementwise:
             return self.encode(x)[:, idx]
-        return self.activate((x.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc[:, idx] + self.b_enc[idx])
+        return self.activate((x.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc[:, idx]
+                             + self.b_enc[idx])
 
     def decode(self, f):
         return f @ self.W_dec + self.b_dec
@@ -357,15 +312,16 @@ def fvu_from_sums(sse, sum_x, sum_sq, n):
 
 
 def ce_recovered(ce_clean, ce_spliced, ce_zero):
-    """1 when splicing the reconstruction costs nothing, 0 when it is as bad as zero-ablating the MLP."""
+    """1 when splicing the reconstruction costs nothing, 0 when it is as bad as zero-ablating
+    the MLP."""
     if abs(ce_zero - ce_clean) < 1e-12:  # the MLP does not matter to the loss: undefined
         return float("nan")
     return (ce_zero - ce_spliced) / (ce_zero - ce_clean)
 
 
 def kl_div(log_p, log_q, p=None):
-    """KL(p || q) summed over tokens, from log-probabilities (..., vocab); p: log_p.exp(), when at hand
-    already. One dot product (no (..., vocab) product tensor): 1.7x faster than the sum of p (lp - lq)."""
+    """KL(p || q) summed over tokens, from log-probabilities (..., vocab); p: log_p.exp(), when
+    at hand already. One dot product: no (..., vocab) product tensor is made."""
     return torch.vdot((log_p.exp() if p is None else p).reshape(-1), (log_p - log_q).reshape(-1))
 
 
@@ -378,175 +334,32 @@ def dense_fraction(fire_counts, n_tokens, threshold=0.1):
 
 
 def density_histogram(fire_counts, n_tokens, lo=-6.0, step=0.25):
-    """Histogram of log10(firing frequency) of the features that fire at all (dead counted apart)."""
+    """Histogram of log10(firing frequency) of the features that fire at all (dead counted
+    apart)."""
     dens = fire_counts[fire_counts > 0].double() / n_tokens
     edges = np.arange(lo, 0 + step / 2, step)
     counts, _ = np.histogram(np.log10(dens.cpu().numpy()).clip(lo, 0), bins=edges)
-    return {"log10_edges": edges.round(4).tolist(), "counts": counts.tolist(), "dead": int((fire_counts == 0).sum())}
+    return {"log10_edges": edges.round(4).tolist(), "counts": counts.tolist(),
+            "dead": int((fire_counts == 0).sum())}
 
 
 # -----------------------------------------------------------------------------
 # training step pieces
 
-def sae_loss(sae, x, l1_coeff=0.0, dead_mask=None, aux_k=0, aux_coeff=0.0, sparse=False, select_bf16=False):
-    """x (N, d_in) in training (scaled) space -> (loss, parts, x_hat, f). MSE and the activation's
-    penalty are means over tokens of sums over dimensions / features (never sums over tokens).
-    sparse: the same loss with the decoder and every backward product restricted to the active
-    latents (sparse_loss below); f is then a sparse CSR tensor without a gradient."""
-    with torch.no_grad():
-        xc = x.to(sae.W_enc.dtype) - sae.b_dec     # (N, d_in) without a graph: PreAt gives b_dec its gradient
-    if sparse:
-        return sparse_loss(sae, x, xc, l1_coeff, dead_mask, aux_k, aux_coeff, select_bf16)
-    pre = PreAt.apply(sae.b_dec, sae.W_enc, sae.b_enc, xc, None, None)    # (N, F), = sae.pre_acts(x)
-    f = sae.activate(pre)
-    x_hat = sae.decode(f)
-    return finish_loss(sae, x, pre, f, x_hat, lambda: f.sum(-1).mean(), l1_coeff, dead_mask, aux_k, aux_coeff)
-
-
-def finish_loss(sae, x, pre, f, x_hat, l1, l1_coeff, dead_mask, aux_k, aux_coeff, aux_decode=None):
+def sae_loss(sae, x, hp):
+    """x (N, d_in) in training (scaled) space -> (loss, mse, f). The MSE and the activation's
+    penalty (hp: its settings this step) are means over tokens of sums over dimensions /
+    features."""
+    x_hat, f = sae(x)                                                      # (N, d_in), (N, F)
     mse = (x_hat - x).pow(2).sum(-1).mean()
-    parts = {"mse": mse}
-    loss = mse
-    extra = sae.act.penalty(sae, x, pre, l1, x_hat, l1_coeff, dead_mask, aux_k, aux_coeff, aux_decode)
-    if extra is not None:
-        name, weight, term = extra
-        parts[name] = term
-        loss = loss + weight * term
-    return loss, parts, x_hat, f
+    return mse + sae.act.penalty(sae, x, x_hat, f, hp), mse, f
 
 
 def firing(f):
-    """(which latents fired on this batch (F,) bool, how many entries are active) of f, dense or CSR."""
-    if f.layout == torch.sparse_csr:
-        return torch.zeros(f.shape[1], dtype=torch.bool, device=f.device).index_fill_(0, f.col_indices(), True), \
-            f.values().numel()
+    """(which latents fired on this batch (F,) bool, how many entries are active) of f (N, F)."""
     fired = f > 0
-    return fired.any(0), torch.count_nonzero(fired)  # (a bool tensor's sum() first copies it to int64)
-
-
-# The sparse step (CPU, once few latents are active: ReLU after the L1 warm-up has L0 ~ 2-5% of the
-# features, TopK k of them, AuxK's aux_k dead ones). The encoder's forward stays one dense matmul;
-# the decoder f @ W_dec, its two backward products and the encoder's weight gradient touch only the
-# active entries of f (sparse-dense products as weighted embedding bags, the gradient at the active
-# entries as a sampled product: one dot product each). Same loss and gradients as the
-# dense step, to rounding. select_bf16 (a CPU with bf16 matmuls): the dense product that only has
-# to say WHICH latents are active runs in bf16 (2.7x faster here); the active values are then
-# recomputed exactly in float32 at those entries, so only latents within bf16 rounding of the
-# threshold (ReLU: pre ~ 0; TopK: the k-th value) can be picked differently.
-
-def pointers(index, n):
-    """CSR pointers (n + 1,) of sorted row (or column) indices: where each row's entries start."""
-    ptr = torch.zeros(n + 1, dtype=torch.long)
-    ptr[1:] = torch.bincount(index, minlength=n).cumsum(0)
-    return ptr
-
-
-def pattern(rows, cols, shape):
-    """The entries (rows, cols), row-major, with CSR row pointers, and the same entries column-major
-    (perm, their rows rows_t, col pointers) for the transposed products."""
-    perm = stable_order(cols, shape[1])
-    return SimpleNamespace(rows=rows, cols=cols, crow=pointers(rows, shape[0]), perm=perm, rows_t=rows[perm],
-                           ccol=pointers(cols, shape[1]), shape=shape)
-
-
-def csr(pat, vals):
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": what is used here is tested here
-        warnings.simplefilter("ignore")
-        return torch.sparse_csr_tensor(pat.crow, pat.cols, vals, pat.shape)
-
-
-def bag(index, ptr, table, weights):
-    """A sparse-dense product as a weighted embedding bag: row r of the result is
-    sum_{e in ptr[r]:ptr[r+1]} weights[e] * table[index[e]]. CSR (ptr = crow, index = cols) @ table, or,
-    column-major (ptr = ccol, index = rows_t, weights in perm's order), its transpose @ table:
-    2.4-3.9x faster on the CPU than torch's CSR products at tiny's shapes (the embedding-bag kernel)."""
-    # detached: the callers are autograd Functions with their own backward, and an input that requires grad
-    # would take embedding_bag's slower path that prepares its backward
-    return F.embedding_bag(index, table.detach(), ptr[:-1], mode="sum", per_sample_weights=weights.detach())
-
-
-def sampled(pat, a, b):
-    """(a @ b) at the entries of pat only (a sampled product: one dot product per entry), their values
-    in pat's order."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.sparse.sampled_addmm(csr(pat, torch.zeros(len(pat.cols), dtype=a.dtype)), a, b, beta=0.0).values()
-
-
-def positive(sae, xc, rows, cols, shape):
-    """The entries among (rows, cols) (row-major) whose exact float32 pre-activation xc @ W_enc + b_enc
-    is > 0: (their pattern, those values). The values come from a product sampled at the entries only."""
-    at = SimpleNamespace(crow=pointers(rows, shape[0]), cols=cols, shape=shape)
-    vals = sampled(at, xc, sae.W_enc) + sae.b_enc[cols]
-    keep = vals > 0
-    if not bool(keep.all()):
-        rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    return pattern(rows, cols, shape), vals
-
-
-class PreAt(torch.autograd.Function):
-    """pre = (x - b_dec) @ W_enc + b_enc with a backward that gives b_dec its gradient as -W_enc @ db_enc,
-    a matvec, where autograd would make xc's whole gradient G W_enc^T (N, F) x (F, d_in) only to sum it
-    (one of the dense step's six matmuls); dW_enc = xc^T G, db_enc = column sums of G (xc = x - b_dec,
-    computed without a graph, passed in). Dense (pat None): pre (N, F) is computed here, as
-    SAE.pre_acts does. Sparse: only the entries of pat, their values computed without a graph and
-    passed in, and the backward touches those entries only."""
-
-    @staticmethod
-    def forward(ctx, b_dec, W_enc, b_enc, xc, vals, pat):
-        ctx.save_for_backward(W_enc, xc)
-        ctx.pat = pat
-        return torch.addmm(b_enc, xc, W_enc) if pat is None else vals.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        W_enc, xc = ctx.saved_tensors
-        pat = ctx.pat
-        if pat is None:
-            grad_b_enc, grad_W_enc = grad.sum(0), xc.T @ grad                  # (F,), (d_in, F)
-        else:
-            grad_b_enc = torch.zeros(pat.shape[1], dtype=grad.dtype).index_add_(0, pat.cols, grad)
-            grad_W_enc = bag(pat.rows_t, pat.ccol, xc, grad[pat.perm]).T              # (F, d_in) -> (d_in, F)
-        return -(W_enc @ grad_b_enc), grad_W_enc, grad_b_enc, None, None, None
-
-
-class SparseDecode(torch.autograd.Function):
-    """f @ W_dec for f given by its active values: dvals = (g W_dec^T) at the active entries
-    (sampled product), dW_dec = f^T g."""
-
-    @staticmethod
-    def forward(ctx, vals, W_dec, pat):
-        ctx.save_for_backward(vals, W_dec)
-        ctx.pat = pat
-        return bag(pat.cols, pat.crow, W_dec, vals)                          # (N, d_in)
-
-    @staticmethod
-    def backward(ctx, grad):
-        vals, W_dec = ctx.saved_tensors
-        pat = ctx.pat
-        grad_vals = sampled(pat, grad, W_dec.T)                            # (g W_dec^T) at the active entries
-        return grad_vals, bag(pat.rows_t, pat.ccol, grad, vals[pat.perm]), None
-
-
-def sparse_loss(sae, x, xc, l1_coeff, dead_mask, aux_k, aux_coeff, select_bf16=False):
-    with torch.no_grad():
-        if select_bf16:  # which latents: bf16 product; their values: exact (see above)
-            pre = (xc.bfloat16() @ sae.W_enc.bfloat16()).add_(sae.b_enc.bfloat16())    # (N, F) bf16
-            rows, cols = sae.act.support(pre)
-            pat, vals = positive(sae, xc, rows, cols, tuple(pre.shape))
-        else:
-            pre = torch.addmm(sae.b_enc, xc, sae.W_enc)                         # (N, F); the bias in the GEMM: 3% a step
-            rows, cols = sae.act.support(pre)
-            pat, vals = pattern(rows, cols, tuple(pre.shape)), pre[rows, cols]  # f's active values (> 0)
-
-    vals_g = PreAt.apply(sae.b_dec, sae.W_enc, sae.b_enc, xc, vals, pat)   # act = identity on them
-    x_hat = SparseDecode.apply(vals_g, sae.W_dec, pat) + sae.b_dec
-
-    def aux_decode(rows, cols):  # AuxK's dead latents: decoded with their gradients, like the active ones
-        pat_a, vals_a = positive(sae, xc, rows, cols, tuple(pre.shape))
-        return SparseDecode.apply(PreAt.apply(sae.b_dec, sae.W_enc, sae.b_enc, xc, vals_a, pat_a), sae.W_dec, pat_a)
-    return finish_loss(sae, x, pre, csr(pat, vals), x_hat, lambda: vals_g.sum() / len(x), l1_coeff, dead_mask,
-                       aux_k, aux_coeff, aux_decode)
+    # (a bool tensor's sum() first copies it to int64)
+    return fired.any(0), torch.count_nonzero(fired)
 
 
 def normalize_decoder(sae):
@@ -562,24 +375,25 @@ def remove_parallel_grad(sae):
 
 
 def make_optimizer(sae, cfg):
-    # fused: one kernel for all parameters (CPU too, torch >= 2.4): 0.3 vs 0.9 ms a step at tiny's shapes
+    # fused: one kernel for all parameters (CPU too, torch >= 2.4)
     return torch.optim.Adam(sae.parameters(), lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]), fused=True)
 
 
-def train_step(sae, opt, x, lr, l1_coeff=0.0, dead_mask=None, aux_k=0, aux_coeff=0.0, sparse=False, select_bf16=False):
-    """One Adam step on batch x (scaled space). Returns (loss, mse, f), all detached (f dense, or CSR
-    from the sparse step). The loss is not read back here (no host sync per step): the caller checks
-    its finiteness at each log, evaluation and save, so a non-finite loss stops the run before
-    anything it touched is saved."""
+def train_step(sae, opt, x, lr, hp, loss_fn=sae_loss):
+    """One Adam step on batch x (scaled space). Returns (loss, mse, f), all detached. The loss is
+    not read back here (no host sync per step): the caller checks its finiteness at each log,
+    evaluation and save, so a non-finite loss stops the run before anything it touched is saved.
+    loss_fn: sae_loss, or fast.sae_loss (the same loss and gradients to rounding; f then may be a
+    sparse CSR tensor)."""
     for group in opt.param_groups:
         group["lr"] = lr
-    loss, parts, _, f = sae_loss(sae, x, l1_coeff, dead_mask, aux_k, aux_coeff, sparse, select_bf16)
+    loss, mse, f = loss_fn(sae, x, hp)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     remove_parallel_grad(sae)
     opt.step()
     normalize_decoder(sae)
-    return loss.detach(), parts["mse"].detach(), f.detach()
+    return loss.detach(), mse.detach(), f.detach()
 
 
 @torch.no_grad()
@@ -624,53 +438,66 @@ def open_domains(data_dir, domains, split, model_ckpt, who):
 
 
 @torch.no_grad()
-def mlp_activations(model, windows, batch_size, device, skip_first=0, positions=None, bf16=False):
-    """THE path from a model and token windows to its MLP hidden activations (sae.harvest, analyze.py).
-    windows (n, T) int64 (tensor or numpy). Yields (row_start, acts) per batch of up to batch_size
-    windows: acts (b, T - skip_first, d_mlp) float32, or with positions (n, k) the activations at those
-    positions (b, k, d_mlp). bf16: on CUDA, the forward under bf16 autocast (harvesting for training;
-    evaluation stays float32)."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and str(device).startswith("cuda") \
-        else contextlib.nullcontext()
-    with autocast:
-        kv = model.token_kv()  # every token's key and value, looked up (model.token_kv)
+def mlp_activations(model, windows, batch_size, device, skip_first=0, positions=None, bf16=False,
+                    use_fast=False):
+    """THE path from a model and token windows to its MLP hidden activations (sae.harvest,
+    analyze.py). windows (n, T) int64 (tensor or numpy). Yields (row_start, acts) per batch of up to
+    batch_size windows: acts (b, T - skip_first, d_mlp) float32, or with positions (n, k) the
+    activations at those positions (b, k, d_mlp). bf16: on CUDA, the forward under bf16 autocast
+    (harvesting for training; evaluation stays float32). use_fast: fast.mlp_activations (the same,
+    keys and values looked up and the model run at the positions only)."""
+    if use_fast:
+        yield from fast.mlp_activations(model, windows, batch_size, device, skip_first, positions,
+                                        bf16)
+        return
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if bf16 and str(device).startswith("cuda") else contextlib.nullcontext())
     for start in range(0, len(windows), batch_size):
-        idx = torch.as_tensor(windows[start:start + batch_size]).to(device)
+        idx = torch.as_tensor(windows[start:start + batch_size]).to(device)         # (b, T)
+        with autocast:
+            h = model.mlp_acts(idx).float()                                       # (b, T, d_mlp)
         if positions is None:
-            with autocast:
-                h = model.mlp_acts(idx, kv=kv)                                       # (b, T, d_mlp)
-            yield start, h[:, skip_first:].float()
+            yield start, h[:, skip_first:]
         else:
-            with autocast:
-                h = model.mlp_acts(idx, torch.as_tensor(positions[start:start + batch_size]).to(device), kv)
-            yield start, h.float()                                                   # (b, k, d_mlp)
+            pos = torch.as_tensor(positions[start:start + batch_size]).to(device)  # (b, k)
+            yield start, h[torch.arange(len(h), device=device)[:, None], pos]       # (b, k, d_mlp)
 
 
 def stream_windows(arrays, n_seq, T, g):
-    """The harvest's windows (n_seq, T): window i from domain i % n_domains (equal shares), its start
-    uniform over the domain's array (data.sample_windows' "uniform" scheme: the first draw from g)."""
-    n_dom = len(arrays)
-    order = torch.cat([torch.arange(d, n_seq, n_dom) for d in range(n_dom)])  # domain-major row -> sequence id
+    """The harvest's windows (n_seq, T): window i from domain i % n_domains (equal shares), its
+    start uniform over the domain's array: u_i (len - T + 1), with u one float64 draw per window,
+    drawn first from g."""
+    u = torch.rand(n_seq, generator=g, dtype=torch.float64)                  # (n_seq,) in [0, 1)
     idx = torch.empty(n_seq, T, dtype=torch.long)
-    idx[order] = torch.from_numpy(datalib.sample_windows(arrays, n_seq, T, "uniform", g))
+    for d, (name, a) in enumerate(arrays.items()):
+        if len(a) < T:
+            die(f"domain '{name}' has {len(a):,} tokens, fewer than one window of {T}; "
+                f"prepare more data (python data.py)")
+        for i in range(d, n_seq, len(arrays)):
+            start = int(u[i] * (len(a) - T + 1))
+            idx[i] = torch.from_numpy(a[start:start + T].astype(np.int64))
     return idx
 
 
 @torch.no_grad()
 def harvest(model, arrays, chunk, cfg, device):
-    """Shuffle buffer number `chunk`: buffer_batches x seqs_per_batch fresh random windows (domains in
-    equal shares), tokens_per_seq random positions >= skip_first of each, all shuffled together.
-    A pure function of (data_seed, chunk). Returns (N, d_mlp) float32 raw activations on device."""
+    """Shuffle buffer number `chunk`: buffer_batches x seqs_per_batch fresh random windows
+    (domains in equal shares), tokens_per_seq random positions >= skip_first of each, all shuffled
+    together. A pure function of (data_seed, chunk). Returns (N, d_mlp) float32 raw activations on
+    device."""
     g = torch.Generator().manual_seed(cfg["data_seed"] * 1_000_003 + chunk)
     T, tps, skip = cfg["seq_len"], cfg["tokens_per_seq"], cfg["skip_first"]
     n_seq = cfg["buffer_batches"] * cfg["seqs_per_batch"]
-    idx = stream_windows(arrays, n_seq, T, g)                                       # draws first from g
-    pos = torch.rand(n_seq, T - skip, generator=g).argsort(dim=1)[:, :tps] + skip  # (n_seq, tps) distinct
+    # draws first from g
+    idx = stream_windows(arrays, n_seq, T, g)
+    # (n_seq, tps) distinct
+    pos = torch.rand(n_seq, T - skip, generator=g).argsort(dim=1)[:, :tps] + skip
     perm = torch.randperm(n_seq * tps, generator=g)
-    bf16 = cfg["fast_math"]
     out = [acts.reshape(-1, acts.size(-1)) for _, acts in
-           mlp_activations(model, idx, cfg["harvest_batch"], device, positions=pos, bf16=bf16)]
-    return torch.cat(out).index_select(0, perm.to(device))                          # (2.5x a[perm] on the CPU)
+           mlp_activations(model, idx, cfg["harvest_batch"], device, positions=pos,
+                           bf16=cfg["fast_math"], use_fast=cfg["fast"])]
+    # shuffled (N, d_mlp)
+    return torch.cat(out).index_select(0, perm.to(device))
 
 
 def eval_windows(arrays, n_seqs, seq_len):
@@ -679,27 +506,30 @@ def eval_windows(arrays, n_seqs, seq_len):
 
 
 @torch.no_grad()
-def evaluate(model, saes, wins, skip=1, batch=16, device="cpu", cache=None):
+def evaluate(model, saes, wins, skip=1, batch=16, device="cpu", cache=None, use_fast=False):
     """Metrics of raw-space SAEs on held-out windows (n, T+1), over positions >= skip: FVU, MSE, L0,
     dead/dense fractions and density histogram over all eval tokens, and the model's CE with the
     reconstruction spliced in at those positions vs clean and zero-ablated, KL to the clean model.
-    The trunk (embedding, attention, MLP input) runs once per batch: the MLP output is the only thing
-    a splice changes, so model.head gives each variant's logits from the same residual stream. On a
-    CPU the head runs model.head_rows(n) tokens at a time, so each variant's logits and log-softmax stay
-    in cache (1.5x faster at the tiny preset than whole batches); sums stay on the device until the end.
-    cache: a dict kept between evaluations of the same model and windows: the zero-ablation losses
-    (they do not depend on the SAEs) are computed once."""
+    The trunk (embedding, attention, MLP input) runs once per batch: the MLP output is the only
+    thing a splice changes, so model.head gives each variant's logits from the same residual stream;
+    sums stay on the device until the end. cache: a dict kept between evaluations of the same model
+    and windows: the zero-ablation losses (they do not depend on the SAEs) are computed once.
+    use_fast: the head a cache-sized block of tokens at a time on a CPU (fast.head_rows), else a
+    batch at once."""
     def zero():
         return torch.zeros((), dtype=torch.float64, device=device)
-    acc = [dict(sse=zero(), l0=zero(), fires=torch.zeros(s.n_features, dtype=torch.long, device=device), ce=zero(),
-                kl=zero()) for s in saes]
+    acc = [dict(sse=zero(), l0=zero(),
+                fires=torch.zeros(s.n_features, dtype=torch.long, device=device),
+                ce=zero(), kl=zero()) for s in saes]
     sum_x, sum_sq, n_tok, ce_clean, ce_zero = 0.0, zero(), 0, zero(), zero()
     for i in range(0, len(wins), batch):
         xy = wins[i:i + batch].to(device)
-        resid, h = model.trunk(xy[:, :-1])                                   # (B, T, d_model), (B, T, d_mlp)
-        resid, h = resid[:, skip:].flatten(0, 1), h[:, skip:].flatten(0, 1)  # positions >= skip (the MLP output
-                                                                             # acts in place): (N, d_model), (N, d)
-        tgt = xy[:, 1 + skip:].reshape(-1, 1)                                # (N, 1) their next tokens
+        # (B, T, d_model), (B, T, d_mlp)
+        resid, h = model.trunk(xy[:, :-1])
+        # positions >= skip (the MLP output acts in place): (N, d_model), (N, d)
+        resid, h = resid[:, skip:].flatten(0, 1), h[:, skip:].flatten(0, 1)
+        # (N, 1) their next tokens
+        tgt = xy[:, 1 + skip:].reshape(-1, 1)
         x = h.float()
         n_tok += len(x)
         sum_x = sum_x + x.double().sum(0)
@@ -708,20 +538,24 @@ def evaluate(model, saes, wins, skip=1, batch=16, device="cpu", cache=None):
         for sae, a in zip(saes, acc):
             x_hat, f = sae(x)
             a["sse"] += (x_hat - x).double().pow(2).sum()
-            fires = (f > 0).sum(0, dtype=torch.int32)                        # (F,) (an int32 sum: 6x faster than int64)
+            # (F,) (int32: faster than int64)
+            fires = (f > 0).sum(0, dtype=torch.int32)
             a["fires"] += fires
             a["l0"] += fires.sum()
             x_hats.append(x_hat)
-        rows = model.head_rows(len(x))
+        rows = fast.head_rows(model, len(x)) if use_fast else len(x)
         zero_cached = cache is not None and i in cache
         z = cache[i] if zero_cached else zero()
-        for j in range(0, len(x), rows):                                     # a block of the head's rows at a time
+        # a block of the head's rows at a time
+        for j in range(0, len(x), rows):
             r, t = resid[j:j + rows], tgt[j:j + rows]
             log_p = F.log_softmax(model.head(r, h[j:j + rows]).float(), -1)   # (rows, vocab), clean
             ce_clean -= log_p.gather(-1, t).sum()
-            p = log_p.exp()                                                  # shared by the SAEs' KLs
+            # shared by the SAEs' KLs
+            p = log_p.exp()
             if not zero_cached:
-                z -= F.log_softmax(model.head(r, torch.zeros_like(h[j:j + rows])).float(), -1).gather(-1, t).sum()
+                z -= (F.log_softmax(model.head(r, torch.zeros_like(h[j:j + rows])).float(), -1)
+                      .gather(-1, t).sum())
             for x_hat, a in zip(x_hats, acc):
                 log_q = F.log_softmax(model.head(r, x_hat[j:j + rows]).float(), -1)
                 a["ce"] -= log_q.gather(-1, t).sum()
@@ -733,10 +567,12 @@ def evaluate(model, saes, wins, skip=1, batch=16, device="cpu", cache=None):
     d = len(sum_x)
     for a in acc:
         c, s, z = ce_clean.item() / n_tok, a["ce"].item() / n_tok, ce_zero.item() / n_tok
-        out.append({"fvu": fvu_from_sums(a["sse"], sum_x, sum_sq, n_tok), "mse": a["sse"].item() / (n_tok * d),  # raw units
+        out.append({"fvu": fvu_from_sums(a["sse"], sum_x, sum_sq, n_tok),
+                    "mse": a["sse"].item() / (n_tok * d),  # raw units
                     "l0": a["l0"].item() / n_tok, "dead_frac": dead_fraction(a["fires"]),
                     "dense_frac": dense_fraction(a["fires"], n_tok), "ce_clean": c, "ce_spliced": s,
-                    "ce_zero_ablation": z, "ce_recovered": ce_recovered(c, s, z), "kl": a["kl"].item() / n_tok,
+                    "ce_zero_ablation": z, "ce_recovered": ce_recovered(c, s, z),
+                    "kl": a["kl"].item() / n_tok,
                     "eval_tokens": n_tok, "density_hist": density_histogram(a["fires"], n_tok)})
     return out
 
@@ -849,13 +685,6 @@ def main(argv=None):
 # -----------------------------------------------------------------------------
 # the steps of main(), in order
 
-def select_bf16(device, fast_math):
-    """Whether the sparse step picks its active latents with a bf16 product: on a CPU that multiplies
-    bf16 natively (AVX512-BF16 / AMX; elsewhere bf16 is emulated and slower than float32)."""
-    return (device == "cpu" and fast_math and torch.backends.mkldnn.is_available()
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def setup(cfg):
     """The device, the model (a finished one unless --allow_unfinished), its data checked against it,
     the stream's shapes and the output paths."""
@@ -867,14 +696,9 @@ def setup(cfg):
     job.threads = set_threads(cfg["threads"], job.device)
     if job.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = cfg["fast_math"]  # SAE training; full_fp32() for the metrics
-    job.select_bf16 = select_bf16(job.device, cfg["fast_math"])
-    # CPU, several seeds and threads: each seed's step in its own thread on one core. The steps' single-threaded
-    # parts (nonzero, indexing, the Python between the ops) then overlap: 1.1-1.2x the seeds one after the other
-    # on every thread. The harvest and the evaluation keep all the threads. Two SAE stages side by side with one
-    # thread each use 2 cores better still (reproduce.sh on a CPU; common.stage_jobs).
-    job.seed_threads = min(len(job.seeds), job.threads) if job.device == "cpu" else 1
-    job.pool = concurrent.futures.ThreadPoolExecutor(job.seed_threads, initializer=torch.set_num_threads,
-                                                     initargs=(1,)) if job.seed_threads > 1 else None
+    # fast: the seeds' steps in threads of one core each on a CPU; bf16 picks the sparse step's latents
+    job.pool = fast.seed_pool(job.device, len(job.seeds), job.threads) if cfg["fast"] else None
+    job.select_bf16 = cfg["fast"] and fast.select_bf16(job.device, cfg["fast_math"])
     model_path = os.path.join(cfg["out_dir"], job.name, "ckpt.pt")
     job.model, mckpt = load_model(cfg["out_dir"], job.name, job.device, allow_unfinished=cfg["allow_unfinished"])
     for p in job.model.parameters():
@@ -987,7 +811,7 @@ def print_settings(job):
     print(f"preset {cfg['preset']}: SAE on '{job.name}' MLP activations (d_mlp {job.d_in}), data "
           f"{'+'.join(job.domains)} (equal shares) from {cfg['data_dir']}, device {job.device}"
           + (f", {job.threads} threads" if job.device == "cpu" else "")
-          + (f" (the seeds' steps in {job.seed_threads} threads of one core each)" if job.pool else ""))
+          + (f" (the seeds' steps in {job.pool._max_workers} threads of one core each)" if job.pool else ""))
     print(f"{cfg['arch']}: {job.n_features} features ({cfg['expansion']}x), {job.act.describe(cfg, job.aux_k)}; "
           f"Adam lr {cfg['lr']:g} betas ({cfg['beta1']}, {cfg['beta2']}); seeds {','.join(map(str, job.seeds))}")
     print(f"stream: {cfg['seqs_per_batch']} seqs x {cfg['tokens_per_seq']} positions = {job.B} activations/step, "
@@ -1066,8 +890,8 @@ def train_seeds(job, runs, x):
     nothing is read back here)."""
     cfg, step, B = job.cfg, job.step, job.B
     if job.stats is None:
-        job.stats = {"sum_x": torch.zeros(job.d_in, dtype=torch.float64, device=job.device), "sum_sq": 0.0, "n": 0,
-                     "sse": [0.0] * len(runs), "l0": [0.0] * len(runs)}
+        job.stats = {"sum_x": torch.zeros(job.d_in, dtype=torch.float64, device=job.device),
+                     "sum_sq": 0.0, "n": 0, "sse": [0.0] * len(runs), "l0": [0.0] * len(runs)}
     stats = job.stats
     stats["sum_x"] += x.sum(0, dtype=torch.float64)
     stats["sum_sq"] += x.pow(2).sum(dtype=torch.float64)
@@ -1076,22 +900,24 @@ def train_seeds(job, runs, x):
 
     def step_seed(j, r):
         dead = (step - r["last_fired"]) * B >= cfg["dead_window"]
-        # the sparse step where it pays (CPU, the last step's density below SPARSE_BELOW): the choice is
-        # a function of the saved state, so a resume makes the same choices as an uninterrupted run
-        sparse = job.device == "cpu" and r["density"] < SPARSE_BELOW
-        loss, mse, f = train_step(r["sae"], r["opt"], x, lr_at(job, step), l1, dead, job.aux_k, cfg["aux_coeff"],
-                                  sparse, sparse and job.select_bf16)
+        hp = SimpleNamespace(l1_coeff=l1, dead=dead, aux_k=job.aux_k, aux_coeff=cfg["aux_coeff"])
+        loss_fn = (fast.loss_for(job.device, r["density"], job.select_bf16) if cfg["fast"]
+                   else sae_loss)
+        loss, mse, f = train_step(r["sae"], r["opt"], x, lr_at(job, step), hp, loss_fn)
         new_bad = (r["bad_step"] < 0) & ~torch.isfinite(loss)
         r["bad_step"] = torch.where(new_bad, step, r["bad_step"])
         r["bad_loss"] = torch.where(new_bad, loss, r["bad_loss"])
-        fired, n_active = firing(f)
+        fired, n_active = fast.csr_firing(f) if f.layout == torch.sparse_csr else firing(f)
         r["last_fired"].masked_fill_(fired, step + 1)
-        stats["sse"][j] += mse * B                                         # the loss's own sum of squares
+        # the loss's own sum of squares
+        stats["sse"][j] += mse * B
         stats["l0"][j] += n_active
-        if job.device == "cpu":  # reading it back costs nothing on the CPU
+        # fast.loss_for's switch (reading it back costs nothing here)
+        if cfg["fast"] and job.device == "cpu":
             r["density"] = int(n_active) / (B * job.n_features)
     if job.pool is not None:
-        list(job.pool.map(step_seed, range(len(runs)), runs))  # list(): a seed's exception is raised here
+        # list(): a seed's exception is raised here
+        list(job.pool.map(step_seed, range(len(runs)), runs))
     else:
         for j, r in enumerate(runs):
             step_seed(j, r)
@@ -1144,7 +970,7 @@ def run_eval(job, runs):
     with full_fp32():
         raws = [fold_scale(r["sae"], job.scale) for r in runs]
         results = evaluate(job.model, raws, job.eval_wins, job.cfg["skip_first"], job.cfg["eval_batch"], job.device,
-                           job.eval_cache)
+                           job.eval_cache, job.cfg["fast"])
     for r, m in zip(runs, results):
         r["metrics"] = {"step": job.step, **m, "mse_scaled": m["mse"] * job.scale ** 2}
     print(f"eval step {job.step}: " + " | ".join(

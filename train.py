@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import torch
 
 import data as datalib
+import fast
 from common import (atomic_write_json, check_free_space, check_resume, cli, default_preset, die, lock_dir,
                     parse_config, peak_gpu_mib, pick_device, provenance, set_threads, sha256_file)
 from model import (MAKES, ModelArgs, Transformer, check_finished, eval_loss, load_checkpoint,
@@ -69,7 +70,8 @@ config = dict(
     # system
     device="auto",          # auto: cuda when available, else cpu
     dtype="auto",           # auto: bfloat16 autocast on CUDA, float32 on CPU
-    compile=True,           # torch.compile on CUDA (falls back to eager if it fails); not on a CPU, where it does not pay here (1.15x a step, minutes to compile)
+    fast=True,              # the speed-ups of fast.py: the LM head's loss in cache-sized chunks on a CPU
+    compile=True,           # torch.compile on CUDA (falls back to eager if it fails); not on a CPU (minutes to compile)
     threads=0,              # CPU threads; 0: the cores free now
     peak_flops=989e12,      # the device's peak FLOP/s for MFU (default: H100 SXM dense bf16)
 )
@@ -318,14 +320,18 @@ class FiniteGuard:
     the last good state. The flag is all-reduced so every DDP rank stops at the same check."""
 
     def __init__(self, device, iter_num):
-        self.bad = torch.zeros((), dtype=torch.bool, device=device)       # sticky: some step was bad
-        self.good = torch.zeros((), dtype=torch.long, device=device)      # steps before the first bad one
-        self.first = torch.zeros(2, device=device)                        # its loss and gradient norm
+        # sticky: some step was bad
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        # steps before the first bad one
+        self.good = torch.zeros((), dtype=torch.long, device=device)
+        # its loss and gradient norm
+        self.first = torch.zeros(2, device=device)
         self.checked = iter_num                                           # iter of the last check
 
     def update(self, loss, gnorm):
         now = ~torch.isfinite(loss) | ~torch.isfinite(gnorm)
-        self.first = torch.where(now & ~self.bad, torch.stack((loss.float(), gnorm.float())), self.first)
+        self.first = torch.where(now & ~self.bad, torch.stack((loss.float(), gnorm.float())),
+                                 self.first)
         self.bad |= now
         self.good += (~self.bad).long()
 
@@ -335,15 +341,22 @@ class FiniteGuard:
             torch.distributed.all_reduce(flag)
         if flag.item():  # the host sync, once per log or evaluation
             loss, gnorm = self.first.tolist()
-            die(f"loss {loss:.4g}, gradient norm {gnorm:.4g} at iter {self.checked + int(self.good)}: not finite; "
-                f"stopped before saving. The last good checkpoint {ckpt_path} is kept (if any): lower --lr and --overwrite")
+            die(f"loss {loss:.4g}, gradient norm {gnorm:.4g} at iter "
+                f"{self.checked + int(self.good)}: not finite; stopped before saving. The last "
+                f"good checkpoint {ckpt_path} is kept (if any): lower --lr and --overwrite")
         self.checked = iter_num
         self.good.zero_()
 
 
 def evaluate(run, domains):
-    """Validation loss on each domain: its own val split, plus the other prepared domains at the end."""
-    return {d: eval_loss(run.raw_model, run.data.val[d], run.B, run.cfg["eval_iters"], run.env.device, run.env.autocast)
+    """Validation loss on each domain: its own val split, plus the other prepared domains at the end
+    (the first eval_iters batches of consecutive windows: the same text every time)."""
+    model, T = run.raw_model, run.block
+    rows = fast.head_rows(model, run.B * T) if run.cfg["fast"] else None
+    return {d: eval_loss(model,
+                         datalib.sample_windows(run.data.val[d], run.B * run.cfg["eval_iters"],
+                                                T + 1, "consecutive"),
+                         run.B, run.env.device, run.env.autocast, rows)
             for d in domains}
 
 
@@ -373,11 +386,13 @@ def train_step(run, x, y):
         with run.env.autocast:
             _, loss = model(x, y)
             loss = loss / cfg["grad_accum"]
-        run.pending_state = run.gen.get_state()  # the data RNG before the batch in hand: what a resume restarts from
+        # the data RNG before the batch in hand: what a resume restarts from
+        run.pending_state = run.gen.get_state()
         x, y = datalib.get_batch(run.data.train, run.B, run.block, run.env.device, run.gen)
         loss.backward()
         run.loss_acc += loss.detach()
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf"))
+    gnorm = torch.nn.utils.clip_grad_norm_(
+        model.parameters(), cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf"))
     run.guard.update(run.loss_acc, gnorm)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -389,12 +404,14 @@ def start_loop(run):
     """The model as it trains (compiled, DDP-wrapped), the first batch, and the loop's counters."""
     cfg, env = run.cfg, run.env
     run.raw_model.train()
+    if cfg["fast"]:  # the loss through fast.py's chunked LM head where it pays (CPU float32 training)
+        run.model = fast.ChunkedHead(run.raw_model)
     run.pending_state = run.gen.get_state()
     x, y = datalib.get_batch(run.data.train, run.B, run.block, env.device, run.gen)
     if cfg["compile"] and env.device_type == "cuda":
         if env.master:
             print("compiling the model (torch.compile)...")
-        run.model = compile_or_eager(run.raw_model, x, y, env.autocast, run.optimizer)
+        run.model = compile_or_eager(run.model, x, y, env.autocast, run.optimizer)
     # compiled before DDP wraps it (as nanoGPT orders them), but traced outside DDP by the trial step, so
     # dynamo does not split the graph at DDP's buckets: with one layer (a bucket or two of gradients)
     # that lost overlap of communication and compute is small

@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 
 def write_domain(data_dir, domain, seed, vocab, tok_hash="tok-A", n=6000, noise=0.1):
@@ -203,3 +204,26 @@ def run_scripts(commands, folder, parallel=4, env=None, timeout=600):
                 open(job["err"], encoding="utf-8", errors="replace") as f_err:
             out.append(subprocess.CompletedProcess(job["argv"], status, f_out.read(), f_err.read()))
     return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every shape in the SAE tests is tiny: one thread is fastest and does not spin on a shared, busy CPU
+    (a test module takes it with `from helpers import one_thread`)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_sae(arch="relu", d=16, n=48, k=5, seed=0):
+    """A seeded SAE whose biases are random too (an SAE as training leaves it, not as it starts)."""
+    import torch
+
+    import sae
+    s = sae.init_sae(d, n, arch, k, seed)
+    with torch.no_grad():
+        s.b_enc.normal_(0, 0.3, generator=torch.Generator().manual_seed(seed + 1))
+        s.b_dec.normal_(0, 1.0, generator=torch.Generator().manual_seed(seed + 2))
+    return s

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import analyze
+import fast
 import report
 import data as datalib
 import sae as saelib
@@ -20,8 +21,10 @@ from common import atomic_torch_save, atomic_write_json, sha256_file
 from model import ModelArgs, Transformer, save_checkpoint
 
 
-def corr(x, y, chunk, mm_dtype=torch.float64, sparse=False):
-    acc = analyze.CorrAccumulator(x.shape[1], y.shape[1], mm_dtype=mm_dtype, sparse=sparse)
+def corr(x, y, chunk, use_fast=False):
+    """r streamed in chunks of rows: analyze.CorrAccumulator, or (use_fast) fast.CorrAccumulator as
+    analyze.py makes it (float32 dense products, co-active products where they are less work)."""
+    acc = (fast.CorrAccumulator if use_fast else analyze.CorrAccumulator)(x.shape[1], y.shape[1])
     for i in range(0, len(x), chunk):
         acc.update(torch.as_tensor(x[i:i + chunk]), torch.as_tensor(y[i:i + chunk]))
     return acc.finalize().numpy()
@@ -34,98 +37,40 @@ def sparse_feats(rng, n, f, density=0.2):
 # -----------------------------------------------------------------------------
 # streamed correlation
 
-def test_streamed_correlation_equals_numpy_corrcoef_for_any_chunk_size():
+# the plain accumulator's float64 sums are exact to ~1e-12; the fast one's float32 dense products to ~1e-6
+ATOL = {False: 1e-10, True: 1e-5}
+
+
+@pytest.mark.parametrize("use_fast", [False, True])
+def test_streamed_correlation_equals_numpy_corrcoef_for_any_chunk_size(use_fast):
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(size=(600, 4)), sparse_feats(rng, 600, 5)], 1)
     y = np.concatenate([x[:, :3] @ rng.normal(size=(3, 3)) + 0.5 * rng.normal(size=(600, 3)), sparse_feats(rng, 600, 4)], 1)
     want = np.corrcoef(x.T, y.T)[:x.shape[1], x.shape[1]:]
-    results = [corr(x, y, chunk) for chunk in (1, 7, 64, 600)]
-    for r in results:
-        np.testing.assert_allclose(r, want, atol=1e-10)
-    with pytest.MonkeyPatch.context() as mp:  # x^T y made and added two rows at a time (PRODUCT_BYTES)
-        mp.setattr(analyze, "PRODUCT_BYTES", 2 * 4 * y.shape[1])
-        assert analyze.product_rows(y.shape[1]) == 2
-        np.testing.assert_allclose(corr(x, y, 64), want, atol=1e-10)
-    # float32 products per chunk (the default) stay within 1e-5 of the exact answer
-    np.testing.assert_allclose(corr(x.astype(np.float32), y.astype(np.float32), 64, torch.float32), want, atol=1e-5)
+    for chunk in (1, 7, 64, 600):
+        np.testing.assert_allclose(corr(x, y, chunk, use_fast), want, atol=ATOL[use_fast])
 
 
-def test_shift_keeps_float32_exact_for_features_far_from_zero():
-    # a feature of mean 1000 and std 1: E[x^2] - E[x]^2 without the shift loses every digit in float32
-    rng = np.random.default_rng(1)
-    x = 1000 + rng.normal(size=(2000, 3))
-    y = x[:, :2] + 0.3 * rng.normal(size=(2000, 2))
-    want = np.corrcoef(x.T, y.T)[:3, 3:]
-    got = corr(x.astype(np.float32), y.astype(np.float32), 256, torch.float32)
-    np.testing.assert_allclose(got, want, atol=1e-4)
-
-
-def test_float32_is_precise_when_a_sparse_feature_fires_hard_on_the_first_row():
-    """A sparse feature's first value 30 SD above its mean: shifting by the first row (the old rule) made
-    every other value an outlier and float32 sums cancelled (r off by ~1e-3); the median shift keeps
-    float32 within 1e-5 of the exact answer."""
-    rng = np.random.default_rng(6)
-    n = 20000
-    x = sparse_feats(rng, n, 6, density=0.02)
-    y = np.concatenate([x[:, :3] + 0.05 * sparse_feats(rng, n, 3, 0.02), sparse_feats(rng, n, 3, 0.02)], 1)
-    x[0], y[0] = 40.0, 40.0                                                    # outliers on the first token
-    want = np.corrcoef(x.T, y.T)[:6, 6:]
-    x32, y32 = x.astype(np.float32), y.astype(np.float32)
-    for sparse in (False, True):
-        got = corr(x32, y32, 512, torch.float32, sparse=sparse)
-        np.testing.assert_allclose(got, want, atol=1e-5)
-    first_row = analyze.CorrAccumulator(6, 6, mm_dtype=torch.float32, warmup=1)     # shift = the first row, as before
-    for i in range(0, n, 512):
-        first_row.cx, first_row.cy = torch.as_tensor(x32[0]), torch.as_tensor(y32[0])
-        first_row.shift_x = first_row.shift_y = True
-        first_row._add(torch.as_tensor(x32[i:i + 512]), torch.as_tensor(y32[i:i + 512]))
-    assert np.abs(first_row.finalize().numpy() - want).max() > 1e-4                 # the defect this fixes
-
-
-def test_sparse_products_equal_the_dense_reference(monkeypatch):
-    monkeypatch.setattr(analyze, "PAIR_ROWS", 7)                              # many blocks of co-active pairs
-    rng = np.random.default_rng(7)
-    x = np.concatenate([sparse_feats(rng, 900, 40, 0.02), 5 + rng.normal(size=(900, 2))], 1)   # two dense features
-    y = np.concatenate([x[:, :10] * 2 + sparse_feats(rng, 900, 10, 0.01), sparse_feats(rng, 900, 30, 0.05)], 1)
-    for chunk in (1, 100, 900):
-        np.testing.assert_allclose(corr(x, y, chunk, sparse=True), corr(x, y, chunk, sparse=False), atol=1e-12)
-    np.testing.assert_allclose(corr(x, y, 128, sparse=True), np.corrcoef(x.T, y.T)[:42, 42:], atol=1e-10)
-
-
-def test_dense_chunks_take_the_dense_path_without_extracting_entries(monkeypatch):
-    """The sparse accumulator estimates a chunk's co-active pairs from its first rows' active counts
-    and extracts the entries (GBs for a dense chunk at the paper's widths) only where it pays."""
-    calls = []
-    real = analyze.entries
-    monkeypatch.setattr(analyze, "entries", lambda a, by_feature=False: calls.append(len(a)) or real(a, by_feature))
-    rng = np.random.default_rng(4)
-    dense_x, dense_y = rng.random((400, 60)), rng.random((400, 50))               # every feature active
-    sparse_x, sparse_y = sparse_feats(rng, 400, 60, 0.02), sparse_feats(rng, 400, 50, 0.02)
-    for x, y, extracts in ((dense_x, dense_y, False), (sparse_x, sparse_y, True)):
-        calls.clear()
-        got = corr(x, y, 200, sparse=True)
-        assert bool(calls) == extracts
-        np.testing.assert_allclose(got, corr(x, y, 200, sparse=False), atol=1e-12)
-
-
-def test_constant_and_dead_features_have_r_zero_not_nan():
+@pytest.mark.parametrize("use_fast", [False, True])
+def test_constant_and_dead_features_have_r_zero_not_nan(use_fast):
     rng = np.random.default_rng(2)
     x = sparse_feats(rng, 300, 4)
     x[:, 1] = 0.0     # dead
     x[:, 2] = 3.5     # constant
     y = np.concatenate([x[:, :1], np.zeros((300, 1)), np.full((300, 1), 0.1), sparse_feats(rng, 300, 2)], 1)
     for chunk in (1, 50, 300):
-        r = corr(x, y, chunk)
+        r = corr(x, y, chunk, use_fast)
         assert np.isfinite(r).all()
         assert (r[[1, 2]] == 0).all() and (r[:, [1, 2]] == 0).all()
         assert r[0, 0] == pytest.approx(1.0)
         keep_x, keep_y = [0, 3], [0, 3, 4]
         np.testing.assert_allclose(r[np.ix_(keep_x, keep_y)],
-                                   np.corrcoef(x[:, keep_x].T, y[:, keep_y].T)[:2, 2:], atol=1e-10)
+                                   np.corrcoef(x[:, keep_x].T, y[:, keep_y].T)[:2, 2:], atol=ATOL[use_fast])
 
 
-def test_too_few_tokens_is_a_one_line_error():
-    acc = analyze.CorrAccumulator(2, 2)
+@pytest.mark.parametrize("use_fast", [False, True])
+def test_too_few_tokens_is_a_one_line_error(use_fast):
+    acc = (fast.CorrAccumulator if use_fast else analyze.CorrAccumulator)(2, 2)
     acc.update(torch.ones(1, 2), torch.ones(1, 2))
     with pytest.raises(SystemExit, match="cannot estimate a correlation"):
         acc.finalize()
@@ -470,6 +415,29 @@ def test_pairs_streamed_in_several_passes_give_the_same_results(study, tmp_path,
     assert many["density"] == one["density"] and many["selection"] == one["selection"]
 
 
+def test_fast_false_runs_the_plain_path_with_the_same_results(study, tmp_path):
+    """--fast=false (the plain correlation and matching) classifies every pair as the fast path does:
+    its r differs by float32 rounding only (~1e-7), far below the 1e-4 that results.json keeps."""
+    import shutil
+    data_dir, out_dir, _ = study
+    one = json.load(open(os.path.join(out_dir, "analysis", "results.json")))
+    out2 = str(tmp_path / "out")
+    shutil.copytree(out_dir, out2)
+    plain = run(data_dir, out2, "--fast=false")
+    assert plain["provenance"]["config"]["fast"] is False and one["provenance"]["config"]["fast"] is True
+    for group in ("edges", "null"):
+        for name, e in one[group].items():
+            for k in ("counts", "stability", "density_bands", "status"):
+                assert plain[group][name][k] == e[k], (name, k)
+            for side in ("parent_best", "child_best"):
+                assert plain[group][name][side]["feature"] == e[side]["feature"]
+                np.testing.assert_allclose(plain[group][name][side]["r"], e[side]["r"], atol=1.1e-4)
+    assert plain["density"] == one["density"] and plain["families"] == one["families"]
+    # the examples are picked by r: among features with r equal to rounding (here copies, r = 1) either may be
+    assert {n: {k: len(v) for k, v in s.items()} for n, s in plain["selection"].items()} == \
+        {n: {k: len(v) for k, v in s.items()} for n, s in one["selection"].items()}
+
+
 def test_a_third_sae_seed_gives_the_null_a_seed_to_seed_spread(tmp_path):
     data_dir, out_dir = make_study(str(tmp_path), null_models=("base",))
     ck = torch.load(os.path.join(out_dir, "base", "ckpt.pt"), weights_only=False)
@@ -625,18 +593,26 @@ def test_linear_sum_assignment_equals_brute_force():
             assert cost[rows, cols].sum() == pytest.approx(best)
 
 
-def test_max_weight_matching_beats_greedy_where_greedy_is_wrong():
+def max_weight_matching(pairs, weights, n_rows, use_fast):
+    """analyze.py's maximum-weight matching: the plain one, or (use_fast) fast.py's by components."""
+    if use_fast:
+        return fast.max_weight_matching(pairs, weights, n_rows, analyze.linear_sum_assignment, analyze.greedy_matching)
+    return analyze.max_weight_matching(pairs, weights)
+
+
+@pytest.mark.parametrize("use_fast", [False, True])
+def test_max_weight_matching_beats_greedy_where_greedy_is_wrong(use_fast):
     # greedy takes (0, 0) = 0.9 and is left with (1, 1) = 0.1; the best matching is (0, 1) + (1, 0) = 1.6
     pairs = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [5, 7]])
     w = np.array([0.9, 0.8, 0.8, 0.1, 0.6])
-    got, gw, n_greedy = analyze.max_weight_matching(pairs, w, 6)
+    got, gw, n_greedy = max_weight_matching(pairs, w, 6, use_fast)
     assert sorted(map(tuple, got.tolist())) == [(0, 1), (1, 0), (5, 7)] and gw.sum() == pytest.approx(2.2)
     assert n_greedy == 0 and (np.diff(gw) <= 0).all()
     rng = np.random.default_rng(9)                                     # never worse than greedy, always one-to-one
     for _ in range(10):
         r = rng.random((25, 20))
         c = cls_from(r, thr=0.75)
-        got, gw, _ = analyze.max_weight_matching(c["pairs"], c["pair_r"], 25)
+        got, gw, _ = max_weight_matching(c["pairs"], c["pair_r"], 25, use_fast)
         greedy, greedy_w = analyze.greedy_matching(c["pairs"], c["pair_r"])
         assert len(set(got[:, 0])) == len(got) == len(set(got[:, 1])) and gw.sum() >= greedy_w.sum() - 1e-12
 

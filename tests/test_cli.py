@@ -12,7 +12,6 @@ import shutil
 import socket
 
 import helpers
-import numpy as np
 import pytest
 
 V = 257  # a byte tokenizer: 256 bytes + <|endoftext|>
@@ -327,6 +326,14 @@ def test_reproduce_passes_extra_settings_to_the_stages_that_take_them(tmp_path):
     assert proc.returncode == 0, proc.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
     assert len(calls) == 11                                   # data, 3 x train, merge, sweep, 4 x sae, analyze
+    # JOBS=1: one at a time, in the fixed order; the fine-tunes and SAEs resume (a finished one is skipped)
+    assert [" ".join(c.split()[:3]) for c in calls] == [
+        "data.py --domain all", "train.py --domain base", "train.py --domain lua", "train.py --domain tinystories",
+        "sae.py --model base", "merge.py --preset=tiny --data_dir=" + str(tmp_path / "data"), "sae.py --model lua",
+        "sae.py --model tinystories", "sae.py --model luastories", "merge.py --sweep --preset=tiny",
+        "analyze.py --preset=tiny --data_dir=" + str(tmp_path / "data")]
+    assert all(("--resume" in c.split()) == (c.split()[0] in ("train.py", "sae.py")) for c in calls)
+    assert not any("--threads=" in c for c in calls)
     for call in calls:
         script = call.split()[0]
         assert ("--compile=false" in call) == (script == "train.py"), call
@@ -355,6 +362,7 @@ def stage_log_python(tmp_path, fail="", slow=()):
     stub = tmp_path / "python"
     stub.write_text(f"""#!/bin/sh
 [ "$1" = "-" ] && exec {sys.executable} "$@"
+case "$*" in *--help*) echo "  --threads=0"; exit 0;; esac
 log={tmp_path}/events
 echo "start $*" >> $log
 echo "running $*"
@@ -411,6 +419,16 @@ def test_reproduce_runs_independent_stages_side_by_side_and_dependent_ones_after
     assert any(x.startswith("[sae for lua] running sae.py --model lua ") for x in lines)
     assert any(x.startswith("running train.py --domain base ") for x in lines)
     assert "| side by side, --threads=" in (tmp_path / "out" / "analysis" / "stages.md").read_text()
+
+
+def test_reproduce_keeps_an_extra_threads_setting_for_the_stages_side_by_side(tmp_path):
+    import subprocess
+    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh"), "--threads=1"], env=stage_log_python(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    starts = [x for x in (tmp_path / "events").read_text().splitlines() if x.startswith("start ")]
+    assert len(starts) == 11 and all(x.split().count("--threads=1") == x.count("--threads=") == 1 for x in starts)
+    assert any(x.startswith("[sae for lua] running sae.py") for x in proc.stdout.splitlines())  # still side by side
 
 
 def test_reproduce_stops_after_a_failed_stage_once_its_neighbour_has_finished(tmp_path):

@@ -865,14 +865,6 @@ def old_get_batch_windows(tokens, batch_size, block_size, generator):  # data.ge
     return np.stack([np.asarray(tokens[i:i + block_size + 1], dtype=np.int64) for i in ix])
 
 
-def old_harvest_starts(arrays, n_seq, T, g):  # sae.harvest's window starts before (rows domain-major)
-    n_dom = len(arrays)
-    u = torch.rand(n_seq, generator=g, dtype=torch.float64)
-    dom = torch.arange(n_seq) % n_dom
-    starts = [(u[dom == d] * (len(a) - T + 1)).long().tolist() for d, a in enumerate(arrays)]
-    return np.stack([np.asarray(a[s:s + T], dtype=np.int64) for a, st in zip(arrays, starts) for s in st])
-
-
 def old_eval_windows(arrays, n_seqs, seq_len):  # sae.eval_windows before
     starts = [np.linspace(0, len(a) - seq_len - 1, n_seqs // len(arrays) + (d < n_seqs % len(arrays))).astype(np.int64).tolist()
               for d, a in enumerate(arrays)]
@@ -906,20 +898,13 @@ def test_sample_windows_reproduces_the_former_samplers():
     arrs = {"a": rng.integers(0, 60000, 5003).astype(np.uint16), "b": rng.integers(0, 60000, 777).astype(np.uint16),
             "c": rng.integers(0, 60000, 40).astype(np.uint16)}
     one = arrs["a"]
-    # random: the same torch.randint call, and the generator left in the same state
+    # get_batch: the same torch.randint call, and the generator left in the same state
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     for _ in range(3):
-        assert np.array_equal(data.sample_windows(one, 16, 65, "random", g1), old_get_batch_windows(one, 16, 64, g2))
+        x, y = data.get_batch(one, 16, 64, "cpu", g1)
+        ref = torch.from_numpy(old_get_batch_windows(one, 16, 64, g2))
+        assert torch.equal(x, ref[:, :-1]) and torch.equal(y, ref[:, 1:])
     assert torch.equal(torch.randint(10 ** 6, (4,), generator=g1), torch.randint(10 ** 6, (4,), generator=g2))
-    x, y = data.get_batch(one, 16, 64, "cpu", torch.Generator().manual_seed(9))
-    ref = torch.from_numpy(old_get_batch_windows(one, 16, 64, torch.Generator().manual_seed(9)))
-    assert torch.equal(x, ref[:, :-1]) and torch.equal(y, ref[:, 1:])
-    # uniform (sae.harvest): one float64 draw first, the generator left where harvest left it
-    three = [arrs["a"], arrs["b"], arrs["c"]]
-    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
-    for n in (7, 30):
-        assert np.array_equal(data.sample_windows(three, n, 33, "uniform", g1), old_harvest_starts(three, n, 33, g2))
-    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
     # spread (sae.eval_windows), with uneven shares over three domains
     two = [arrs["a"], arrs["b"]]
     for n in (1, 7, 32):
@@ -937,12 +922,14 @@ def test_sample_windows_reproduces_the_former_samplers():
         got = [data.sample_windows(one, min(bs, n_win - s), T + 1, "consecutive", offset=s) for s in range(0, n_win, bs)]
         ref = list(old_eval_loss_windows(one, T, bs, mb))
         assert len(got) == len(ref) and all(np.array_equal(a, b) for a, b in zip(got, ref))
+        at_once = data.sample_windows(one, None if mb is None else mb * bs, T + 1, "consecutive")  # model.eval_loss's
+        assert np.array_equal(at_once, np.concatenate(ref))
     assert len(data.sample_windows(one, None, 65, "consecutive")) == (len(one) - 1) // 64
 
 
 @needs_torch
 def test_sample_windows_too_short_is_one_line():
-    for scheme in ("random", "uniform", "spread", "consecutive"):
+    for scheme in ("spread", "consecutive"):
         with pytest.raises(SystemExit) as e:
             data.sample_windows({"lua": np.arange(10, dtype=np.uint16)}, 4, 11, scheme, torch.Generator())
         assert "domain 'lua' has 10 tokens" in one_line_error(e)

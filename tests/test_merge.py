@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+import data as datalib
+import fast
 import merge
 from common import atomic_torch_save, sha256_file
 from model import ModelArgs, Transformer, eval_loss, load_model, save_checkpoint
@@ -16,6 +18,12 @@ from model import ModelArgs, Transformer, eval_loss, load_model, save_checkpoint
 V = 64
 ARGS = ModelArgs(vocab_size=V, block_size=16, d_model=16, n_head=2, n_kv_head=1, d_mlp=32)
 EVAL = ["--eval_batches=2", "--batch_size=4"]
+
+
+def val_loss(net, tokens):
+    """merge.py's evaluation (EVAL: 2 batches of 4 consecutive windows, the LM head in fast.head_rows blocks)."""
+    T = net.args.block_size
+    return eval_loss(net, datalib.sample_windows(tokens, 8, T + 1, "consecutive"), 4, rows=fast.head_rows(net, 4 * T))
 
 
 def bits(x):
@@ -203,7 +211,7 @@ def test_default_merge_writes_a_loadable_checkpoint_with_provenance(world):
     assert set(m["angles"]) == set(ck["model"]) and m["fell_back_linear"] == sum(
         a < math.degrees(math.acos(0.9995)) for a in m["angles"].values())
     for d in ("lua", "tinystories"):
-        assert ck["val_loss"][d] == pytest.approx(eval_loss(net, toks[d], 4, 2))
+        assert ck["val_loss"][d] == pytest.approx(val_loss(net, toks[d]))
     js = json.load(open(os.path.join(out, "luastories", "merge.json")))
     assert js["checkpoint"]["hash"] == sha256_file(os.path.join(out, "luastories", "ckpt.pt"))
     assert set(js["tensors"]) == set(ck["model"]) and js["provenance"]["config"]["t"] == 0.58
@@ -229,7 +237,7 @@ def test_sweep_writes_eleven_points_with_the_parents_losses_at_the_ends(world, c
     for name, i in (("lua", 0), ("tinystories", -1)):  # t=0 is model a, t=1 model b, exactly
         net, _ = load_model(out, name)
         for d in ("lua", "tinystories"):
-            assert js["loss"][d][i] == eval_loss(net, toks[d], 4, 2)
+            assert js["loss"][d][i] == val_loss(net, toks[d])
     la, lb = js["loss"]["lua"], js["loss"]["tinystories"]
     assert js["crossing_t"] == merge.crossing(js["t"], la, lb)
     assert js["paper"]["t"][0] == 0.0 and js["paper"]["lua"][0] == 2.45  # paper's t=1 (lua) is our t=0

@@ -44,22 +44,6 @@ def test_causality():
     assert not torch.allclose(a[:, 10:], b[:, 10:])       # later ones do
 
 
-def test_looked_up_keys_and_values_give_the_same_trunk():
-    m = make()
-    idx = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(0))
-    pos = torch.tensor([[1, 5, 15], [2, 3, 4], [0, 9, 12]])
-    kv = m.token_kv()                                      # (vocab, keys and values)
-    assert kv.shape == (97, 2 * m.args.n_kv_head * m.args.d_model // m.args.n_head)
-    with pytest.raises(AssertionError, match="inference"):  # no gradient would reach wk, wv through it
-        m.trunk(idx, pos, kv)
-    with torch.no_grad():
-        for p in (None, pos):
-            for a, b in zip(m.trunk(idx, p), m.trunk(idx, p, kv)):
-                assert torch.allclose(a, b, atol=1e-6)
-        m.attn.wv.weight.mul_(2)                           # a table made from other weights gives another result
-        assert not torch.allclose(m.trunk(idx, pos)[1], m.trunk(idx, pos, kv)[1], atol=1e-4)
-
-
 def test_trunk_and_head_capture_and_replace_the_mlp_activation():
     m = make()
     idx = torch.randint(0, 97, (2, 16))
@@ -151,47 +135,14 @@ def test_unfinished_checkpoint_is_refused_unless_allowed(tmp_path):
     load_model(str(tmp_path), "lua")
 
 
-def test_eval_loss_is_the_mean_over_consecutive_windows():
+def test_eval_loss_is_the_mean_over_its_windows():
     import numpy as np
 
     from model import eval_loss
     m = make()
-    tokens = np.random.default_rng(0).integers(0, 97, 16 * 7 + 5).astype(np.uint16)
-    want = []
-    for i in range(7):  # every window: 16 inputs, targets shifted by one, starting at i * 16
-        w = torch.from_numpy(tokens[i * 16:i * 16 + 17].astype(np.int64))[None]
-        want.append(m(w[:, :-1], w[:, 1:])[1].item())
-    assert eval_loss(m, tokens, batch_size=3) == pytest.approx(sum(want) / 7, rel=1e-6)
-    assert eval_loss(m, tokens, batch_size=3, max_batches=1) == pytest.approx(sum(want[:3]) / 3, rel=1e-6)
-    m.head_rows = lambda n: 5  # the CPU's LM head in chunks of rows that cut across windows and batches
-    assert eval_loss(m, tokens, batch_size=3) == pytest.approx(sum(want) / 7, rel=1e-6)
-    with pytest.raises(SystemExit, match="fewer than one block of 16"):
-        eval_loss(m, tokens[:16], batch_size=3)
-
-
-def test_chunked_lm_head_loss_equals_cross_entropy_with_gradients():
-    # issue 13: CPU training takes the loss through LMHeadCrossEntropy (no (B, T, vocab) logits held);
-    # it must give the plain head's loss and gradients, ignored targets (-1) included
-    from model import LMHeadCrossEntropy
-    m = make().train()
-    idx = torch.randint(0, 97, (3, 16))
-    tgt = torch.randint(0, 97, (3, 16))
-    tgt[1, 5:] = -1
-    logits, fused = m(idx, tgt)
-    assert logits is None
-    fused.backward()
-    grads = {n: p.grad.clone() for n, p in m.named_parameters()}
-    m.zero_grad(set_to_none=True)
-    with torch.no_grad():                                                   # without gradients: the logits
-        assert m(idx, tgt)[0].shape == (3, 16, 97)
-    m.fused_head = lambda x: False                                           # the plain head
-    logits, plain = m(idx, tgt)
-    plain.backward()
-    assert logits.shape == (3, 16, 97)
-    assert fused.item() == pytest.approx(plain.item(), rel=1e-6)
-    for n, p in m.named_parameters():
-        torch.testing.assert_close(grads[n], p.grad, rtol=1e-5, atol=1e-7)
-    # chunking does not matter: one row at a time gives the same loss
-    h, w, t = torch.randn(10, 8), torch.randn(97, 8), torch.randint(0, 97, (10,))
-    assert LMHeadCrossEntropy.apply(h, w, t, 1).item() == pytest.approx(
-        torch.nn.functional.cross_entropy(h @ w.t(), t).item(), rel=1e-6)
+    tokens = np.random.default_rng(0).integers(0, 97, 16 * 7 + 5).astype(np.int64)
+    wins = np.stack([tokens[i * 16:i * 16 + 17] for i in range(7)])      # 16 inputs, targets shifted by one
+    want = [m(torch.from_numpy(w[None, :-1]), torch.from_numpy(w[None, 1:]))[1].item() for w in wins]
+    assert eval_loss(m, wins, batch_size=3) == pytest.approx(sum(want) / 7, rel=1e-6)
+    assert eval_loss(m, wins[:3], batch_size=3) == pytest.approx(sum(want[:3]) / 3, rel=1e-6)
+    assert eval_loss(m, wins, batch_size=3, rows=5) == pytest.approx(sum(want) / 7, rel=1e-6)  # head in blocks

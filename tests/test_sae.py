@@ -6,12 +6,15 @@ import json
 import math
 import os
 import socket
+from types import SimpleNamespace
 
 import numpy as np
 import helpers
+from helpers import one_thread, random_sae  # noqa: F401 (one_thread: an autouse fixture)
 import pytest
 import torch
 
+import fast
 import sae as S
 from common import sha256_file
 from model import ModelArgs, Transformer, save_checkpoint
@@ -35,15 +38,6 @@ def write_model(out_dir, name, seed, tok_hash="tok-A", finished=True, **over):
     path = save_checkpoint(os.path.join(out_dir, name, "ckpt.pt"), Transformer(args), args, finished=finished,
                            name=name, domain=name, tokenizer_hash=tok_hash, parents=[])
     return torch.load(path, weights_only=False)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # every shape here is tiny: one thread is fastest and does not spin on a shared, busy CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture
@@ -73,12 +67,9 @@ def fvu(x, x_hat):
     return S.fvu_from_sums((x - x_hat).pow(2).sum(), x.sum(0), x.pow(2).sum(), len(x))
 
 
-def random_sae(arch="relu", d=16, n=48, k=5, seed=0):
-    sae = S.init_sae(d, n, arch, k, seed)
-    with torch.no_grad():
-        sae.b_enc.normal_(0, 0.3, generator=torch.Generator().manual_seed(seed + 1))
-        sae.b_dec.normal_(0, 1.0, generator=torch.Generator().manual_seed(seed + 2))
-    return sae
+def hp(l1_coeff=0.0, dead=None, aux_k=0, aux_coeff=0.0):
+    """The penalty settings of one SAE step (sae.train_seeds makes them)."""
+    return SimpleNamespace(l1_coeff=l1_coeff, dead=dead, aux_k=aux_k, aux_coeff=aux_coeff)
 
 
 # -----------------------------------------------------------------------------
@@ -159,11 +150,6 @@ def test_ce_recovered_is_one_for_identity_and_zero_for_zero_ablation():
     for _ in range(2):
         again = S.evaluate(model, [ident, zero], wins, skip=1, batch=4, cache=cache)
         assert again == [m_id, m_zero] and len(cache) == 2
-    model.head_rows = lambda n: 7                 # the CPU's head in chunks of rows that cut across windows
-    chunked = S.evaluate(model, [ident, zero], wins, skip=1, batch=4)
-    for a, b in zip(chunked, [m_id, m_zero]):
-        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9) for k in a if k != "density_hist")
-        assert a["density_hist"] == b["density_hist"]
 
 
 def test_encode_features_is_encode_at_those_features():
@@ -176,33 +162,6 @@ def test_encode_features_is_encode_at_those_features():
         assert torch.allclose(sae.encode_features(x, idx), want, atol=1e-6)
 
 
-def test_relu_support_is_the_positive_entries_in_row_major_order():
-    # the sparse step's selection on the CPU (numpy's comparison; a bf16 value read as int16): the same
-    # entries as > 0 in float32, row-major, for signed zeros, subnormal, huge and infinite values
-    special = torch.tensor([0.0, -0.0, 1e-38, -1e-38, 3e38, -3e38, float("inf"), float("-inf"), 1.0, -1.0])
-    values = torch.cat([special, torch.randn(1990, generator=torch.Generator().manual_seed(0))])
-    for dtype in (torch.float32, torch.bfloat16):
-        for width in (8, 10):
-            pre = values.to(dtype).view(-1, width)
-            rows, cols = S.ReLU(0, width).support(pre)
-            want_rows, want_cols = (pre.float() > 0).nonzero(as_tuple=True)
-            assert torch.equal(rows, want_rows) and torch.equal(cols, want_cols)
-            assert [(int(r), int(c)) for r, c in zip(rows[:4], cols[:4])] == [divmod(i, width) for i in (2, 4, 6, 8)]
-
-
-def test_nonzero_flat_and_stable_order_match_torch():
-    # the numpy paths (CPU): nonzero entries of any sign (analyze.py's shifted features), row-major; a
-    # stable order by key, ties kept in place, through int16 radix sort (n <= 2^15) or torch's sort
-    g = torch.Generator().manual_seed(3)
-    a = torch.randn(50, 40, generator=g).mul(torch.rand(50, 40, generator=g) < 0.1)
-    a[0, 0], a[0, 1] = -0.0, -2.0
-    assert torch.equal(S.nonzero_flat(a), a.flatten().nonzero().squeeze(1))
-    assert torch.equal(S.nonzero_flat(a, positive=True), (a.flatten() > 0).nonzero().squeeze(1))
-    keys = torch.randint(0, 300, (5000,), generator=torch.Generator().manual_seed(4))
-    want = torch.sort(keys, stable=True).indices
-    assert torch.equal(S.stable_order(keys, 300), want) and torch.equal(S.stable_order(keys, 2 ** 16), want)
-
-
 # -----------------------------------------------------------------------------
 # the SAE's invariants
 
@@ -210,11 +169,11 @@ def test_decoder_rows_stay_unit_norm_and_loss_falls():
     x = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
     sae = random_sae("relu")
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
-    first = S.sae_loss(sae, x, 0.1)[0].item()
+    first = S.sae_loss(sae, x, hp(0.1))[0].item()
     for _ in range(30):
-        S.train_step(sae, opt, x, 1e-2, l1_coeff=0.1)
+        S.train_step(sae, opt, x, 1e-2, hp(0.1))
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(48), atol=1e-5)   # rows = feature directions
-    assert S.sae_loss(sae, x, 0.1)[0].item() < 0.7 * first
+    assert S.sae_loss(sae, x, hp(0.1))[0].item() < 0.7 * first
 
 
 def test_topk_has_exactly_k_active_latents():
@@ -228,80 +187,6 @@ def test_topk_has_exactly_k_active_latents():
     with torch.no_grad():
         sae.b_enc.fill_(100.0)                                              # every pre-activation positive
     assert ((sae.encode(x) > 0).sum(-1) == 5).all()
-
-
-@pytest.mark.parametrize("arch,dead", [("relu", False), ("topk", True)])
-def test_dense_step_is_autograd_through_the_plain_forward(arch, dead):
-    """The dense step's PreAt (b_dec's gradient as a matvec, not autograd's (N, F) x (F, d_in) product)
-    gives the plain forward's loss bit for bit and autograd's gradients of it, to float32 rounding."""
-    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(0)).relu() * 2
-    ours, ref = random_sae(arch), random_sae(arch)
-    mask = (torch.arange(48) % 3 == 0) if dead else None
-    loss, _, _, _ = S.sae_loss(ours, x, 0.7, dead_mask=mask, aux_k=8, aux_coeff=0.5)
-    pre = ref.pre_acts(x)                                                   # autograd all the way through x - b_dec
-    f = ref.activate(pre)
-    loss_ref, _, _, _ = S.finish_loss(ref, x, pre, f, ref.decode(f), lambda: f.sum(-1).mean(), 0.7, mask, 8, 0.5)
-    assert loss.item() == loss_ref.item()
-    loss.backward()
-    loss_ref.backward()
-    assert ours.b_dec.grad.abs().max() > 1e-3                               # the gradient that changed path
-    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
-        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-6), name
-
-
-@pytest.mark.parametrize("arch,dead", [("relu", False), ("topk", False), ("topk", True)])
-def test_sparse_step_is_the_dense_step(arch, dead):
-    """The sparse step (decoder and backward products on the active latents only; with AuxK on dead
-    latents too) gives the dense step's loss, reconstruction and gradients, to float32 rounding."""
-    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(0)).relu() * 2
-    dense, sparse = random_sae(arch), random_sae(arch)
-    with torch.no_grad():                                                   # a few % active, as after warm-up
-        for s in (dense, sparse):
-            s.b_enc.sub_(1.0)
-    x[:4] = dense.b_dec.detach()                                            # four tokens with no active latent
-    mask = (torch.arange(48) % 3 == 0) if dead else None                    # a third of the latents dead
-    aux = dict(dead_mask=mask, aux_k=8, aux_coeff=0.5)
-    loss_d, parts_d, x_hat_d, f_d = S.sae_loss(dense, x, 0.7, **aux)
-    loss_s, parts_s, x_hat_s, f_s = S.sae_loss(sparse, x, 0.7, sparse=True, **aux)
-    assert ("aux" in parts_d) == ("aux" in parts_s) == dead
-    assert 0 < (f_d > 0).float().mean() < 0.5 and torch.equal(f_d.detach(), f_s.to_dense())
-    assert (f_d[:4] == 0).all() and (f_d == 0).all(0).any()                 # empty rows and columns included
-    assert torch.allclose(x_hat_d, x_hat_s, atol=1e-5) and loss_d.item() == pytest.approx(loss_s.item(), rel=1e-6)
-    fired_d, n_d = S.firing(f_d.detach())
-    fired_s, n_s = S.firing(f_s)
-    assert torch.equal(fired_d, fired_s) and int(n_d) == n_s
-    loss_d.backward()
-    loss_s.backward()
-    for (name, p), q in zip(dense.named_parameters(), sparse.parameters()):
-        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
-
-
-@pytest.mark.parametrize("arch", ["relu", "topk"])
-def test_bf16_selection_changes_only_near_threshold_latents(arch):
-    """select_bf16: the active latents come from a bf16 product, their values are exact: every value
-    used equals the float32 pre-activation, and the latents picked differently from the float32
-    step are only those within bf16 rounding of the threshold; loss and gradients stay close."""
-    x = torch.randn(400, 64, generator=torch.Generator().manual_seed(1)).relu() * 2
-    exact, approx = random_sae(arch, d=64, n=256, k=12), random_sae(arch, d=64, n=256, k=12)
-    with torch.no_grad():
-        for s in (exact, approx):
-            s.b_enc.sub_(1.5)
-    loss_e, _, _, f_e = S.sae_loss(exact, x, 0.7, sparse=True)
-    loss_a, _, _, f_a = S.sae_loss(approx, x, 0.7, sparse=True, select_bf16=True)
-    fe, fa = f_e.to_dense(), f_a.to_dense()
-    with torch.no_grad():
-        pre = exact.pre_acts(x)
-    both = (fe > 0) & (fa > 0)
-    assert torch.allclose(fa[fa > 0], pre[fa > 0], rtol=1e-5, atol=1e-6)       # values: exact float32
-    differ = (fe > 0) != (fa > 0)
-    assert differ.float().mean() < 0.01 and both.sum() > 0.9 * (fe > 0).sum()
-    if arch == "relu":  # only near-zero pre-activations can be picked differently
-        assert differ.sum() == 0 or pre[differ].abs().max() < 0.02 * pre.abs().max()
-    assert loss_a.item() == pytest.approx(loss_e.item(), rel=1e-2)
-    loss_e.backward()
-    loss_a.backward()
-    for (name, p), q in zip(exact.named_parameters(), approx.parameters()):
-        assert (p.grad - q.grad).norm() < 0.05 * p.grad.norm(), name
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk"])
@@ -320,7 +205,7 @@ def test_resampling_revives_dead_latents():
     pool = torch.randn(512, 16, generator=g)
     sae = random_sae("relu")
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
-    S.train_step(sae, opt, pool, 1e-3, l1_coeff=0.1)                        # Adam now has state
+    S.train_step(sae, opt, pool, 1e-3, hp(0.1))                              # Adam now has state
     dead = torch.zeros(48, dtype=torch.bool)
     dead[::4] = True
     with torch.no_grad():
@@ -351,8 +236,7 @@ def test_recovers_known_sparse_directions(arch):
         on = torch.rand(256, n_true, generator=g) < 2.0 / n_true              # ~2 active per sample
         x = (on * (0.5 + torch.rand(256, n_true, generator=g))) @ true
         dead = (step - last_fired) >= 50
-        _, _, f = S.train_step(sae, opt, x, 3e-3 * min(1.0, (1500 - step) / 300), l1_coeff=0.2,
-                               dead_mask=dead, aux_k=16, aux_coeff=1 / 32)
+        _, _, f = S.train_step(sae, opt, x, 3e-3 * min(1.0, (1500 - step) / 300), hp(0.2, dead, 16, 1 / 32))
         last_fired[(f > 0).any(0)] = step + 1
         if arch == "relu" and step in (300, 600):
             S.resample_dead(sae, opt, (step - last_fired) >= 100, x, torch.Generator().manual_seed(step))
@@ -393,6 +277,28 @@ def test_training_writes_raw_space_saes_that_reproduce_their_metrics(dirs):
         run(dirs, "--model=lua", "--seeds=0,1")
 
 
+def old_harvest_windows(arrays, n_seq, T, g):  # sae.harvest's window starts before (rows domain-major)
+    n_dom = len(arrays)
+    u = torch.rand(n_seq, generator=g, dtype=torch.float64)
+    dom = torch.arange(n_seq) % n_dom
+    starts = [(u[dom == d] * (len(a) - T + 1)).long().tolist() for d, a in enumerate(arrays)]
+    return np.stack([np.asarray(a[s:s + T], dtype=np.int64) for a, st in zip(arrays, starts) for s in st])
+
+
+def test_stream_windows_are_the_former_harvest_windows():
+    # window i from domain i % 3, one float64 draw first, the generator left where harvest left it
+    rng = np.random.default_rng(0)
+    three = {d: rng.integers(0, 60000, n).astype(np.uint16) for d, n in (("a", 5003), ("b", 777), ("c", 40))}
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    for n in (7, 30):
+        got = S.stream_windows(three, n, 33, g1)
+        order = torch.cat([torch.arange(d, n, 3) for d in range(3)])          # the old rows were domain-major
+        assert torch.equal(got[order], torch.from_numpy(old_harvest_windows(list(three.values()), n, 33, g2)))
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+    with pytest.raises(SystemExit, match="domain 'c' has 40 tokens, fewer than one window of 41"):
+        S.stream_windows(three, 6, 41, g1)
+
+
 def test_mlp_activations_is_the_model_forward_at_the_asked_positions():
     torch.manual_seed(0)
     model = Transformer(ModelArgs(**MARGS)).eval()
@@ -405,16 +311,16 @@ def test_mlp_activations_is_the_model_forward_at_the_asked_positions():
     assert at.shape == (10, 5, 32) and torch.allclose(at, full[torch.arange(10)[:, None], pos], atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk"])
-def test_seeds_share_one_stream_and_resume_continues_exactly(dirs, tmp_path, arch, monkeypatch):
+@pytest.mark.parametrize("arch,use_fast", [("relu", True), ("topk", True), ("relu", False)])
+def test_seeds_share_one_stream_and_resume_continues_exactly(dirs, tmp_path, arch, use_fast, monkeypatch):
     a, b, c = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")
     for o in (a, b, c):
         write_model(o, "base", seed=0)
     extra = [f"--arch={arch}", "--k=4", "--model=base", "--l1_coeff=50", "--l1_warmup_frac=0", "--lr=0.03",  # L1 kills latents
-             "--threads=2"]  # a pair of seeds then steps in two threads of one core each
+             "--threads=2", f"--fast={use_fast}"]  # fast: a pair of seeds steps in two threads of one core each
     sparse_steps = []
-    real = S.sparse_loss
-    monkeypatch.setattr(S, "sparse_loss", lambda *args: sparse_steps.append(1) or real(*args))
+    real = fast.sparse_loss
+    monkeypatch.setattr(fast, "sparse_loss", lambda *args: sparse_steps.append(1) or real(*args))
     pooled, real_setup = [], S.setup
 
     def setup(cfg):
@@ -423,7 +329,8 @@ def test_seeds_share_one_stream_and_resume_continues_exactly(dirs, tmp_path, arc
         return job
     monkeypatch.setattr(S, "setup", setup)
     run(dirs, *extra, "--seeds=0,1", out=a)
-    assert sparse_steps and pooled == [True]                 # the compared runs take sparse steps, in threads
+    # fast: the compared runs take sparse steps, in threads; plain: neither
+    assert (bool(sparse_steps), pooled) == ((True, [True]) if use_fast else (False, [False]))
     run(dirs, *extra, "--seeds=1", out=b)                     # seed 1 alone: the same stream, the same SAE
     w = lambda o, s: state(o, "base")["seeds"][s]["sae"]
     assert all(torch.equal(w(a, 1)[k], w(b, 1)[k]) for k in w(a, 1))
@@ -443,6 +350,9 @@ def test_seeds_share_one_stream_and_resume_continues_exactly(dirs, tmp_path, arc
         assert full["seeds"][1]["n_resampled"] > 0       # the resampling path ran inside the compared span
     with pytest.raises(SystemExit, match="trains seeds 0,1 together; resume with --seeds 0,1"):
         run(dirs, *extra, "--seeds=0", "--resume", out=c)
+    with pytest.raises(SystemExit, match=f"other settings \\(--fast {use_fast} -> {not use_fast}\\)"):
+        run(dirs, *[e for e in extra if not e.startswith("--fast")], f"--fast={not use_fast}", "--seeds=0,1", "--resume",
+            out=c)
 
 
 def test_one_line_errors(dirs, tmp_path):

@@ -100,9 +100,10 @@ def test_errors_are_one_line(dirs, tmp_path):
 
 
 def poison_loss(monkeypatch, bad):
-    """Make the loss of training step n (1-based) NaN wherever bad(n) is true."""
-    from model import Transformer
-    forward, calls = Transformer.forward, {"n": 0}
+    """Make the loss of training step n (1-based) NaN wherever bad(n) is true (train.py trains through
+    fast.ChunkedHead, fast being on by default)."""
+    import fast
+    forward, calls = fast.ChunkedHead.forward, {"n": 0}
 
     def poisoned(self, idx, targets=None):
         logits, loss = forward(self, idx, targets)
@@ -111,7 +112,7 @@ def poison_loss(monkeypatch, bad):
             if bad(calls["n"]):
                 loss = loss * float("nan")
         return logits, loss
-    monkeypatch.setattr(Transformer, "forward", poisoned)
+    monkeypatch.setattr(fast.ChunkedHead, "forward", poisoned)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dirs, monkeypatch):
@@ -129,6 +130,8 @@ def test_resume_refuses_other_settings(dirs):
         run(dirs, "--domain=base", "--max_iters=10", "--resume", "--lr=0.1")
     with pytest.raises(SystemExit, match=r"other settings \(--domain 'base' -> 'lua'"):
         run(dirs, "--domain=lua", "--name=base", "--max_iters=10", "--resume")
+    with pytest.raises(SystemExit, match=r"other settings \(--fast True -> False\)"):  # the loss would round otherwise
+        run(dirs, "--domain=base", "--max_iters=10", "--resume", "--fast=false")
 
 
 def test_resume_with_gradient_accumulation_continues_exactly(dirs):
