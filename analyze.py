@@ -143,23 +143,29 @@ class CorrAccumulator:
         self.syy += (y * y).sum(0)
         self.sxy.addmm_(x.T, y)                                        # += x^T y, in place
 
-    @torch.no_grad()
-    def finalize(self):
-        """(Fx, Fy) float64 r, 0 where either feature is constant (dead included): r is undefined
-        there. The product sums become r in place (no second (Fx, Fy) matrix); the accumulator is
-        spent."""
-        n = self.n
-        if n < 2:
-            die(f"{n} token(s) cannot estimate a correlation; use a larger --n_tokens")
-        mx, my = self.sx / n, self.sy / n
-        vx, vy = self.sxx / n - mx * mx, self.syy / n - my * my         # variances
-        okx, oky = vx > 1e-12 * (self.sxx / n), vy > 1e-12 * (self.syy / n)  # False: constant
-        r, self.sxy = self.sxy.div_(n), None
-        r.addr_(mx, my, alpha=-1)                                       # covariance
-        sdx, sdy = torch.where(okx, vx, 1.0).sqrt(), torch.where(oky, vy, 1.0).sqrt()
-        r.div_(sdx[:, None]).div_(sdy[None, :])
-        r.masked_fill_(~okx[:, None], 0.0).masked_fill_(~oky[None, :], 0.0)
-        return r.clamp_(-1.0, 1.0)
+    def sums(self):
+        """(n, the sums of x, x^2, y, y^2, x^T y): what pearson() makes r from."""
+        return self.n, self.sx, self.sxx, self.sy, self.syy, self.sxy
+
+
+@torch.no_grad()
+def pearson(acc):
+    """(Fx, Fy) float64 r from an accumulator's sums (this file's or fast.CorrAccumulator's, whose
+    shifted sums give the same r: r is shift-invariant), 0 where either feature is constant (dead
+    included): r is undefined there. The product sums become r in place (no second (Fx, Fy)
+    matrix); the accumulator is spent."""
+    n, sx, sxx, sy, syy, sxy = acc.sums()
+    if n < 2:
+        die(f"{n} token(s) cannot estimate a correlation; use a larger --n_tokens")
+    mx, my = sx / n, sy / n
+    vx, vy = sxx / n - mx * mx, syy / n - my * my                    # variances
+    okx, oky = vx > 1e-12 * (sxx / n), vy > 1e-12 * (syy / n)        # False: constant
+    r = sxy.div_(n)
+    r.addr_(mx, my, alpha=-1)                                       # covariance
+    sdx, sdy = torch.where(okx, vx, 1.0).sqrt(), torch.where(oky, vy, 1.0).sqrt()
+    r.div_(sdx[:, None]).div_(sdy[None, :])
+    r.masked_fill_(~okx[:, None], 0.0).masked_fill_(~oky[None, :], 0.0)
+    return r.clamp_(-1.0, 1.0)
 
 
 # -----------------------------------------------------------------------------
@@ -857,7 +863,7 @@ def classify_group(cfg, study, acc, dens, dead, pairs):
     classified at the threshold. Returns ({pair: classify() output without the pair lists}, {pair: record})."""
     cls, records = {}, {}
     for n, a, b in pairs:
-        c = classify(acc.pop(n).finalize(), dead[a], dead[b], cfg["threshold"])
+        c = classify(pearson(acc.pop(n)), dead[a], dead[b], cfg["threshold"])
         records[n] = pair_record(c, study.sae[a], study.sae[b], dens[a], dens[b], (a[0], b[0]), cfg["threshold"],
                                  cfg["max_pairs"], cfg["fast"])
         for k in ("cand", "cand_r"):

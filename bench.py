@@ -433,6 +433,7 @@ def _corr_worker(how, n_feat, n_tokens, chunk, density, device, threads, save, q
     """One measurement in a fresh process, so its peak memory is its own. Times only the correlation
     (making the synthetic activations is not part of either method)."""
     torch.set_num_threads(threads)
+    import analyze  # (analyze.pearson: r from the accumulator's sums)
     rss0, busy = _proc_status_mb("VmRSS") or _peak_mb(), 0.0  # the baseline: resident size after the imports
     starts = range(0, n_tokens, chunk)
     if how == "streamed":
@@ -445,7 +446,7 @@ def _corr_worker(how, n_feat, n_tokens, chunk, density, device, threads, save, q
             sync(device)
             busy += time.perf_counter() - t0
         t0 = time.perf_counter()
-        r = acc.finalize()
+        r = analyze.pearson(acc)
         sync(device)
         busy += time.perf_counter() - t0
     else:

@@ -525,7 +525,7 @@ def sparse_loss(sae, x, xc, hp, select_bf16=False):
 # correlation: co-active products (analyze.py's streamed Pearson r)
 
 # analyze.CorrAccumulator's twin: the same float64 sums, made with less work (co-active products) and
-# float32 dense products after a per-feature shift; the same constructor, update and finalize.
+# float32 dense products after a per-feature shift; the same constructor, update and sums (r: analyze.pearson).
 
 class CorrAccumulator:
     """Pearson r between every column of x (N, Fx) and every column of y (N, Fy), over chunks of rows.
@@ -612,23 +612,12 @@ class CorrAccumulator:
         for i in range(0, xs.shape[1], rows):  # x^T y a block of rows at a time: adding float32 into float64
             self.sxy[i:i + rows].add_(xs[:, i:i + rows].T @ ys)                   # makes a float64 copy of it
 
-    @torch.no_grad()
-    def finalize(self):
-        """(Fx, Fy) float64 r, 0 where either feature is constant (dead included): r is undefined there.
-        The product sums become r in place (no second (Fx, Fy) matrix); the accumulator is spent."""
+    def sums(self):
+        """analyze.CorrAccumulator.sums: (n, the shifted sums of x, x^2, y, y^2, x^T y), for analyze.pearson
+        (r is shift-invariant); the chunks still held back for the shift are added first."""
         if self.pending:
             self._start()
-        n = self.n
-        if n < 2:
-            die(f"{n} token(s) cannot estimate a correlation; use a larger --n_tokens")
-        mx, my = self.sx / n, self.sy / n
-        vx, vy = self.sxx / n - mx * mx, self.syy / n - my * my
-        okx, oky = vx > 1e-12 * (self.sxx / n), vy > 1e-12 * (self.syy / n)      # 0 for a constant feature
-        r, self.sxy = self.sxy.div_(n), None
-        r.addr_(mx, my, alpha=-1)                                                 # covariance
-        r.div_(torch.where(okx, vx, 1.0).sqrt()[:, None]).div_(torch.where(oky, vy, 1.0).sqrt()[None, :])
-        r.masked_fill_(~okx[:, None], 0.0).masked_fill_(~oky[None, :], 0.0)
-        return r.clamp_(-1.0, 1.0)
+        return self.n, self.sx, self.sxx, self.sy, self.syy, self.sxy
 
 
 PAIR_COST = {"cpu": 30, "cuda": 20_000}  # a co-active pair costs about this many dense multiply-adds (scattered

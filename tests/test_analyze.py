@@ -27,7 +27,7 @@ def corr(x, y, chunk, use_fast=False):
     acc = (fast.CorrAccumulator if use_fast else analyze.CorrAccumulator)(x.shape[1], y.shape[1])
     for i in range(0, len(x), chunk):
         acc.update(torch.as_tensor(x[i:i + chunk]), torch.as_tensor(y[i:i + chunk]))
-    return acc.finalize().numpy()
+    return analyze.pearson(acc).numpy()
 
 
 def sparse_feats(rng, n, f, density=0.2):
@@ -73,7 +73,7 @@ def test_too_few_tokens_is_a_one_line_error(use_fast):
     acc = (fast.CorrAccumulator if use_fast else analyze.CorrAccumulator)(2, 2)
     acc.update(torch.ones(1, 2), torch.ones(1, 2))
     with pytest.raises(SystemExit, match="cannot estimate a correlation"):
-        acc.finalize()
+        analyze.pearson(acc)
 
 
 # -----------------------------------------------------------------------------

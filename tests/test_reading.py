@@ -24,7 +24,7 @@ IDEAS = {
     "SAE metrics": (110, [("sae.py", n) for n in (
         "evaluate", "fvu_from_sums", "ce_recovered", "kl_div", "dead_fraction", "dense_fraction",
         "density_histogram")] + [("model.py", "Transformer.head")]),
-    "streamed correlation": (80, [("analyze.py", "CorrAccumulator")]),
+    "streamed correlation": (80, [("analyze.py", "CorrAccumulator"), ("analyze.py", "pearson")]),
     "classification and null": (100, [("analyze.py", "classify"), ("analyze.py", "vs_null")]),
 }
 # the rest of the reading path: no budget, but held to nanoGPT's 100 characters a line like the ideas
