@@ -12,11 +12,14 @@ meta.json (sizes, settings, sources, tokenizer hash). The tokenizer is trained o
 split, shared by every model, and lives in <data_dir>/tokenizer/. `--source hf` reads the datasets
 the authors trained on (nilq/baby-python, roneneldan/TinyStories, nilq/small-lua-stack) at pinned
 commits of the Hugging Face hub; it needs pyarrow (requirements-hf.txt), nothing else does.
+`--tokenizer authors` encodes with the authors' own 32,000-token tokenizer instead (the tokenizer.json
+of their base model on the hub, read with the `tokenizers` package: requirements-authors.txt), every
+document then STARTING with <s> as their models saw it: the token files their models can be studied on.
 
 Text streams: documents flow from the files to the tokenizer trainer and to the token files in
 bounded batches; no domain is held whole, and nothing is encoded twice (base's tokens are copied
 from babylm's and python's token files, in the mix's order). Other scripts import from here: DOMAINS,
-EOT, load_tokenizer, eot_id, tokenizer_hash, read_meta, data_fingerprint, open_tokens (THE check that
+EOT, load_tokenizer, eot_id, doc_sep, tokenizer_hash, read_meta, data_fingerprint, open_tokens (THE check that
 token files are whole and match a model's tokenizer), sample_windows (THE window sampler) and
 get_batch. The sample corpus itself is made in sample_corpus.py.
 """
@@ -35,8 +38,8 @@ import numpy as np
 import tiktoken
 
 import sample_corpus
-from common import (atomic_write, atomic_write_json, atomic_write_text, cli, default_preset, die, lock_dir,
-                    parse_config, provenance, read_json, set_threads, sha256_bytes, sha256_file)
+from common import (atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, cli, default_preset, die,
+                    lock_dir, parse_config, provenance, read_json, set_threads, sha256_bytes, sha256_file)
 from sample_corpus import hash_frac
 
 # -----------------------------------------------------------------------------
@@ -45,8 +48,8 @@ config = dict(
     domain="all",        # which domain to prepare: babylm | python | tinystories | lua | base | all
     source="sample",     # sample (built-in demo) | local:DIR (DIR/<domain>/train.txt, valid.txt; documents each followed by a line <|endoftext|>) | hf (download)
     data_dir="data",     # outputs: <data_dir>/<domain>/, <data_dir>/tokenizer/, downloads in <data_dir>/raw/
-    tokenizer="bpe",     # bpe: our own, trained on the base mix | gpt2: tiktoken's GPT-2 ranks (network once)
-    vocab_size=4096,     # bpe: merges + 256 bytes + 1 (<|endoftext|> takes the last id)
+    tokenizer="bpe",     # bpe: ours, trained on the base mix | gpt2: tiktoken's GPT-2 | authors: their models' (hub)
+    vocab_size=4096,     # bpe: merges + 256 bytes + 1 (<|endoftext|> takes the last id); authors: its file's 32,000
     max_mb=20.0,         # hf: read at most max_mb MB of text per domain (val: max_mb x val_frac); 0 = all
     bpe_mb=100.0,        # bpe: train on about this many MB of the base mix train split (a hash-chosen sample); 0 = all
     sample_kb=500,       # sample: KB of train text per domain
@@ -58,7 +61,7 @@ config = dict(
 presets = {"tiny": dict(vocab_size=4096, max_mb=20.0),
            "paper": dict(vocab_size=32000, max_mb=0.0)}
 DOMAINS = ("babylm", "python", "tinystories", "lua", "base")
-checks = {"domain": DOMAINS + ("all",), "tokenizer": ("bpe", "gpt2"), "vocab_size": "(257, 4294967296]",
+checks = {"domain": DOMAINS + ("all",), "tokenizer": ("bpe", "gpt2", "authors"), "vocab_size": "(257, 4294967296]",
           "max_mb": ">=0", "bpe_mb": ">=0", "sample_kb": ">0", "val_frac": "(0,1)", "threads": ">=0"}
 # --preset paper expects at least these many tokens per domain (train split): a run that got far fewer
 # is not the paper's study, and says so loudly (e.g. Lua from a small fallback, or max_mb left on)
@@ -98,6 +101,14 @@ HF = os.environ.get("HF_ENDPOINT", "https://huggingface.co")  # tests point this
 PINNED = {"nilq/baby-python": ("2b8e08a55375e38eeefbe5b01ab09a0c36447ce5", "2026-11-25"),
           "roneneldan/TinyStories": ("f54c09fd23315a6f9c86f9dc80f725de7d8f9c64", "2026-11-25"),
           "nilq/small-lua-stack": ("5c9180d", "2026-11-25")}
+# --tokenizer authors: the tokenizer.json of the authors' base model repo, not of mistralai/Mistral-7B-v0.1
+# whose tokenizer they started from: the model repo's copy is the file their four models were trained
+# and released with (saved by their run, tokenizers 0.15.2), while Mistral's repo is gated (terms + HF_TOKEN)
+# and its tokenizer files were revised after the authors' run. The pin is the commit that added the
+# tokenizer files ("Training in progress, step 5000", 2024-03-16); the hub's pages of later commits name it
+# as tokenizer.json's last change. Only tokenizer.json is read at this commit, never the weights.
+AUTHORS_REPO, AUTHORS_FILE, AUTHORS_BOS = "nilq/baby-python-mistral-1L-tiny-base", "tokenizer.json", "<s>"
+PINNED[AUTHORS_REPO] = ("8c8e66ae410cd9133cdb4d94fa257b1d541e38ff", "2026-12-06")
 # which dataset, text column and splits each domain reads. nilq/baby-python is the authors' base mix:
 # all of BabyLM 100M plus Python from The Stack matched to it by words; its `type` column says which
 # a row is (a type naming python -> python, any other -> babylm). TinyStories: the train/validation
@@ -119,7 +130,10 @@ def _tok_dir(data_dir):
 
 
 def _remake(data_dir, domain="all"):
-    return f"python data.py --domain {domain} --data_dir {data_dir}"
+    # names the tokenizer data_dir holds: a re-run with another one (the default, bpe) would replace it
+    spec = (_read_json_or_none(os.path.join(_tok_dir(data_dir), "tokenizer.json"), ("spec",)) or {"spec": {}})["spec"]
+    tok = spec.get("tokenizer", "bpe") if isinstance(spec, dict) else "bpe"
+    return f"python data.py --domain {domain} --data_dir {data_dir}" + ("" if tok == "bpe" else f" --tokenizer {tok}")
 
 
 def _read_ranks(path):
@@ -129,18 +143,29 @@ def _read_ranks(path):
         return {base64.b64decode(tok): int(rank) for tok, rank in (ln.split() for ln in f if ln.strip())}
 
 
+# tokenizer.json is our record of the tokenizer; its "format" (none: tiktoken, as in records made before
+# formats) names the file beside it that decides the ids, and the key the record needs for that format
+TOK_FORMATS = {"tiktoken": ("bpe.tiktoken", "pattern"),   # bpe, gpt2: a tiktoken rank file
+               "tokenizers": ("authors.json", "bos")}     # authors: the hub's tokenizer.json, byte for byte
+
+
+def _tok_format(info):
+    return info.get("format", "tiktoken")
+
+
 def _tok_info(data_dir):
-    """tokenizer.json, checked complete and with its rank file beside it (one-line errors otherwise)."""
+    """tokenizer.json, checked complete and with the file that decides the ids beside it (one-line errors otherwise)."""
     tdir = _tok_dir(data_dir)
     path = os.path.join(tdir, "tokenizer.json")
     if not os.path.exists(path):
         die(f"no tokenizer in {tdir}; run: {_remake(data_dir)}")
-    info = _read_json_or_none(path, ("name", "vocab_size", "pattern", "special_tokens"))
-    if info is None:
+    info = _read_json_or_none(path, ("name", "vocab_size", "special_tokens"))
+    if info is None or _tok_format(info) not in TOK_FORMATS or TOK_FORMATS[_tok_format(info)][1] not in info:
         die(f"{path} is damaged (not JSON, or keys missing); re-make it: {_remake(data_dir)}")
-    if not os.path.exists(os.path.join(tdir, "bpe.tiktoken")):
-        die(f"no {os.path.join(tdir, 'bpe.tiktoken')} beside {path} (the rank file is part of the tokenizer); "
-            f"re-make it: {_remake(data_dir)}")
+    ids_file = os.path.join(tdir, TOK_FORMATS[_tok_format(info)][0])
+    if not os.path.exists(ids_file):
+        what = "the rank file" if _tok_format(info) == "tiktoken" else "the hub's tokenizer file"
+        die(f"no {ids_file} beside {path} ({what} is part of the tokenizer); re-make it: {_remake(data_dir)}")
     return info
 
 
@@ -154,8 +179,11 @@ def _read_json_or_none(path, keys=()):
 
 
 def load_tokenizer(data_dir="data"):
-    info = _tok_info(data_dir)
-    ranks = _read_ranks(os.path.join(_tok_dir(data_dir), "bpe.tiktoken"))
+    """data_dir's tokenizer: a tiktoken.Encoding, or for the authors' one a TokenizersEncoding (the same API)."""
+    info, tdir = _tok_info(data_dir), _tok_dir(data_dir)
+    if _tok_format(info) == "tokenizers":
+        return TokenizersEncoding(os.path.join(tdir, TOK_FORMATS["tokenizers"][0]), info, _remake(data_dir))
+    ranks = _read_ranks(os.path.join(tdir, "bpe.tiktoken"))
     return tiktoken.Encoding(name=info["name"], pat_str=info["pattern"], mergeable_ranks=ranks,
                              special_tokens=info["special_tokens"], explicit_n_vocab=info["vocab_size"])
 
@@ -165,14 +193,89 @@ def _hash(rank_file_bytes, pattern, special_tokens):
 
 
 def tokenizer_hash(data_dir="data"):
-    """Hash of the rank file, the pattern and the special tokens: what decides the token ids."""
-    info = _tok_info(data_dir)
-    with open(os.path.join(_tok_dir(data_dir), "bpe.tiktoken"), "rb") as f:
-        return _hash(f.read(), info["pattern"], info["special_tokens"])
+    """Hash of what decides the token ids: the rank file, the pattern and the special tokens (tiktoken), or
+    the bytes of the hub's tokenizer file (authors)."""
+    return _ids_hash(_tok_dir(data_dir), _tok_info(data_dir))
+
+
+def _ids_hash(tdir, info):
+    """tokenizer_hash from the files in tdir as `info` (a record) describes them; None when they are missing."""
+    path = os.path.join(tdir, TOK_FORMATS.get(_tok_format(info), ("?",))[0])
+    if not os.path.exists(path):
+        return None
+    if _tok_format(info) == "tokenizers":
+        return sha256_file(path)
+    with open(path, "rb") as f:
+        return _hash(f.read(), info.get("pattern"), info.get("special_tokens"))
 
 
 def eot_id(enc):
     return enc.encode_single_token(EOT)
+
+
+def doc_sep(enc):
+    """(id, first): the token between documents in the token files, and whether it comes first in every
+    document (the authors' <s>: their models saw each document start with it) or last (EOT: our own
+    tokenizers end every document with it). encode_split writes it where it belongs, doc_spans reads it."""
+    bos = getattr(enc, "bos_id", None)
+    return (bos, True) if bos is not None else (eot_id(enc), False)
+
+
+def import_tokenizers():
+    try:
+        import tokenizers
+        return tokenizers
+    except ImportError:
+        die("--tokenizer authors reads the authors' tokenizer with the `tokenizers` package, which is not installed: "
+            "pip install -r requirements-authors.txt")
+
+
+class TokenizersEncoding:
+    """A Hugging Face `tokenizers` file (the authors' SentencePiece-style BPE: "\u2581" for a space, <0xNN>
+    tokens for the bytes of characters outside the vocabulary) behind the part of tiktoken.Encoding's API
+    that the scripts use. Its documents START with `bos` (<s>): doc_sep reads bos_id."""
+
+    def __init__(self, path, info, fix):
+        try:
+            self._tok = import_tokenizers().Tokenizer.from_file(path)
+        except Exception as e:  # the Rust library raises a plain Exception for any file it cannot read
+            die(f"{path} is damaged ({' '.join(str(e).split())}); re-make it: {fix}")
+        # a literal "<s>" inside a document stays text, as "<|endoftext|>" does in tiktoken's
+        # encode_ordinary: the id of <s> then marks document starts only (the hub's default would make it
+        # id 1, splitting that document in two; every other text is encoded as the hub's tokenizer does)
+        self._tok.encode_special_tokens = True
+        self.name, self.bos, self.n_vocab = info["name"], info["bos"], self._tok.get_vocab_size(with_added_tokens=True)
+        self.bos_id = self._tok.token_to_id(self.bos)
+        if self.bos_id is None:
+            die(f"{path} has no token {self.bos} to start documents with; re-make it: {fix}")
+
+    def encode_ordinary(self, text):
+        return self._tok.encode(text, add_special_tokens=False).ids  # without <s>: encode_split places it
+
+    def encode_ordinary_batch(self, texts, num_threads=8):
+        os.environ.setdefault("RAYON_NUM_THREADS", str(num_threads))  # tokenizers' own pool, sized at first use
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_single_token(self, text):
+        i = self._tok.token_to_id(text)
+        if i is None:
+            raise KeyError(text)  # as tiktoken does (this tokenizer has no <|endoftext|>)
+        return i
+
+    def decode_single_token_bytes(self, i):
+        """A token's bytes: a byte token <0xNN> is that byte; in any other piece "\u2581" is a space."""
+        piece = self._tok.id_to_token(int(i)) if 0 <= int(i) < self.n_vocab else None
+        if piece is None:
+            raise KeyError(i)
+        byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
+        return bytes([int(byte.group(1), 16)]) if byte else piece.replace("\u2581", " ").encode("utf-8")
+
+    def decode(self, ids):
+        """The text of token ids: each document as the hub's decoder gives it back (which drops the space the
+        tokenizer puts before a document's first word), the documents joined by their <s>."""
+        ids = [int(i) for i in ids]
+        cuts = [-1] + [k for k, t in enumerate(ids) if t == self.bos_id] + [len(ids)]
+        return self.bos.join(self._tok.decode(ids[a + 1:b], skip_special_tokens=False) for a, b in zip(cuts, cuts[1:]))
 
 
 DTYPES = ("uint16", "uint32")  # token file dtypes: uint16 while the vocabulary fits
@@ -378,11 +481,14 @@ def offline_cause(err):
 
 
 def check_download(path, kind, url):
-    """Refuse (and delete) a downloaded file that is not what `kind` says: 'parquet' or 'json'."""
+    """Refuse (and delete) a downloaded file that is not what `kind` says: 'parquet', 'json' or 'safetensors'
+    (any other kind: not an HTML page)."""
     with open(path, "rb") as f:
         head = f.read(512)
     problem = None
-    if head.lstrip()[:1] == b"<":
+    if kind == "safetensors":  # binary from byte 0: its header length may well read as "<", so checked alone
+        problem = safetensors_problem(path)
+    elif head.lstrip()[:1] == b"<":
         problem = "an HTML/XML page (an error or login page?) instead of data"
     elif kind == "json":
         try:
@@ -414,6 +520,58 @@ def parquet_problem(path):
     return None
 
 
+# safetensors (the hub's model weights): an 8-byte little-endian header length n, n bytes of JSON
+# {name: {"dtype", "shape", "data_offsets": [begin, end]}, optional "__metadata__"}, then the tensors'
+# raw little-endian bytes, offsets counted from the end of the header, covering the rest of the file.
+SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                     "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def safetensors_header(path):
+    """({tensor name: {"dtype", "shape", "data_offsets"}}, byte where the data starts) of a safetensors file,
+    every entry checked to lie inside the file and to have the size its shape and dtype imply.
+    ValueError naming the problem otherwise (authors.py reads the tensors; downloads are checked here)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if len(head) < 8 or 8 + n > size:
+            raise ValueError(f"a header of {n:,} bytes in a file of {size:,}: truncated")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"a header that is not JSON ({e})")
+    if not isinstance(header, dict):
+        raise ValueError("a header that is not a JSON object")
+    header.pop("__metadata__", None)
+    room, end = size - 8 - n, 0  # bytes of tensor data; where the last tensor ends
+    for name, e in header.items():
+        ok = isinstance(e, dict) and isinstance(e.get("shape"), list) and isinstance(e.get("data_offsets"), list)
+        ok = ok and len(e["data_offsets"]) == 2 and all(isinstance(v, int) and v >= 0
+                                                        for v in e["shape"] + e["data_offsets"])
+        if not ok:
+            raise ValueError(f"tensor {name!r}: no dtype, shape and data_offsets [begin, end] of integers")
+        if e.get("dtype") not in SAFETENSORS_BYTES:
+            raise ValueError(f"tensor {name!r} has the unknown dtype {e.get('dtype')!r}")
+        begin, stop = e["data_offsets"]
+        if not begin <= stop <= room:
+            raise ValueError(f"tensor {name!r} at bytes [{begin:,}, {stop:,}) of {room:,} bytes of data: truncated")
+        if stop - begin != int(np.prod(e["shape"], dtype=object)) * SAFETENSORS_BYTES[e["dtype"]]:
+            raise ValueError(f"tensor {name!r}: {stop - begin:,} bytes for shape {e['shape']} of {e['dtype']}")
+        end = max(end, stop)
+    if end != room:
+        raise ValueError(f"{room - end:,} bytes after the last tensor")
+    return header, 8 + n
+
+
+def safetensors_problem(path):
+    try:
+        safetensors_header(path)
+    except ValueError as e:
+        return f"a damaged safetensors file ({e})"
+    return None
+
+
 def import_pyarrow():
     try:
         import pyarrow.parquet as pq
@@ -441,8 +599,8 @@ def download(url, path, kind, headers=None, denied=None, next_page=None):
         except (requests.RequestException, urllib3.exceptions.HTTPError, IOError) as e:
             cause = offline_cause(e)
             if cause:
-                die(f"cannot reach {url.split('/')[2]} ({cause}): no network here? --source hf needs the "
-                    "internet; use --source sample or local:DIR offline")
+                die(f"cannot reach {url.split('/')[2]} ({cause}): no network here? the hub's datasets, models and "
+                    "tokenizer need the internet (once); offline, use --source sample or local:DIR and our own models")
             last = e
             print(f"  {os.path.basename(path)}: {type(e).__name__}: {e}; try {attempt + 2} of {RETRIES}"
                   if attempt + 1 < RETRIES else f"  {os.path.basename(path)}: {e}")
@@ -516,18 +674,21 @@ def stream_to(r, part, have):
 # the hub: a dataset's commit, its file list (tree API) at that commit, and its files
 
 
-def hub_revision(data_dir, repo):
+def hub_revision(data_dir, repo, kind="datasets", pins=None):
     """The commit to read: PINNED's full sha; for a pin given as an abbreviated sha (as the hub's pages
     show commits; the hub resolves prefixes) or no pin (`main`), the full sha the hub resolves it to at
-    the first download, checked against the pin, recorded in <data_dir>/raw/hf/<repo>/REVISION and reused."""
-    pin = PINNED.get(repo, (None, None))[0]
+    the first download, checked against the pin, recorded in <data_dir>/raw/hf/<repo>/REVISION and reused.
+    kind: the hub's name for the repo's kind, "datasets" or "models" (the authors' tokenizer). pins: the
+    table of pins to read ({repo: (sha or None, date)}), PINNED by default (authors.py has its own: the
+    base model's weights are not read at its tokenizer's commit)."""
+    pin = (PINNED if pins is None else pins).get(repo, (None, None))[0]
     if pin and len(pin) == 40:
         return pin
     rec = os.path.join(data_dir, "raw", "hf", repo, "REVISION")
     if os.path.exists(rec):
         sha = open(rec).read().strip()
     else:
-        info = read_json(download(f"{HF}/api/datasets/{repo}/revision/{pin or 'main'}", rec + ".json", "json",
+        info = read_json(download(f"{HF}/api/{kind}/{repo}/revision/{pin or 'main'}", rec + ".json", "json",
                                   hub_headers()))
         sha = info.get("sha") if isinstance(info, dict) else None
         if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{40}", sha)):
@@ -536,10 +697,10 @@ def hub_revision(data_dir, repo):
         if not pin or sha.startswith(pin):
             atomic_write_text(rec, sha + "\n")
             print(f"  {repo}: " + (f"pinned commit {pin} is {sha} (recorded in {rec})" if pin else
-                                   f"not pinned in data.py; using its current commit {sha} from now on (recorded in {rec})"))
+                                   f"not pinned; using its current commit {sha} from now on (recorded in {rec})"))
     if pin and not sha.startswith(pin):
-        die(f"{repo}: the commit {sha} (from the hub, or recorded in {rec}) is not data.py's pinned {pin}; "
-            f"delete {rec} if it is stale, or pin the commit you mean in data.py's PINNED")
+        die(f"{repo}: the commit {sha} (from the hub, or recorded in {rec}) is not the pinned {pin}; "
+            f"delete {rec} if it is stale, or pin the commit you mean")
     return sha
 
 
@@ -914,39 +1075,79 @@ def bpe_on_base(cfg, memo):
     return ranks, trained, mb
 
 
+def authors_tokenizer(cfg, spec):
+    """The authors' tokenizer: their base model's tokenizer.json at the pinned commit, kept byte for byte as
+    <data_dir>/tokenizer/authors.json (it decides the ids), with our record tokenizer.json beside it."""
+    repo, sha, name = spec["repo"], spec["sha"], spec["file"]
+    url = f"{HF}/{repo}/resolve/{sha}/{name}"  # a model repo's files: no /datasets/ in the path
+    src = download(url, os.path.join(cfg["data_dir"], "raw", "hf", repo, sha, name), "json", hub_headers())
+    with open(src, "rb") as f:
+        raw = f.read()
+    try:
+        tok = import_tokenizers().Tokenizer.from_str(raw.decode("utf-8"))
+        problem = None if tok.token_to_id(AUTHORS_BOS) is not None else f"no token {AUTHORS_BOS}"
+    except Exception as e:  # JSON, but not a tokenizer: the Rust library raises a plain Exception
+        problem = " ".join(str(e).split())
+    if problem:
+        os.remove(src)  # as check_download does: a bad file is never kept as if done
+        die(f"download of {url} is not a tokenizer the tokenizers package reads ({problem}); deleted it. "
+            f"Check the URL and data.py's PINNED[{repo!r}], then run again")
+    n = tok.get_vocab_size(with_added_tokens=True)
+    info = {"name": "authors", "format": "tokenizers", "vocab_size": n, "bos": AUTHORS_BOS,
+            "bos_id": tok.token_to_id(AUTHORS_BOS), "documents": f"each starts with {AUTHORS_BOS}, as the authors' did",
+            "special_tokens": {t.content: i for i, t in sorted(tok.get_added_tokens_decoder().items()) if t.special},
+            "hub": {"repo": repo, "sha": sha, "file": name, "pinned": PINNED[repo][0] is not None},
+            "spec": spec, "hash": sha256_bytes(raw), "provenance": provenance(cfg)}
+    tdir = _tok_dir(cfg["data_dir"])
+    atomic_write_bytes(os.path.join(tdir, TOK_FORMATS["tokenizers"][0]), raw)  # first: the record vouches for it
+    atomic_write_json(os.path.join(tdir, "tokenizer.json"), info)
+    print(f"tokenizer: the authors' {n:,} tokens ({repo} at {sha}), hash {info['hash']}")
+
+
 def ensure_tokenizer(cfg, memo):
-    """The tokenizer belongs to the base mix: (re)train it when missing, damaged or made from other settings."""
+    """The tokenizer belongs to the base mix: (re)train it when missing, damaged or made from other settings.
+    The authors' one is fetched instead (when missing, damaged or of another commit)."""
     spec = {"tokenizer": cfg["tokenizer"]}
     if cfg["tokenizer"] == "bpe":
         spec.update(vocab_size=cfg["vocab_size"], pattern=PATTERN, base=settings_of("base", cfg))
         if cfg["bpe_mb"] > 0:
             spec["bpe_mb"] = cfg["bpe_mb"]
+    elif cfg["tokenizer"] == "authors":
+        spec.update(repo=AUTHORS_REPO, sha=hub_revision(cfg["data_dir"], AUTHORS_REPO, "models"), file=AUTHORS_FILE)
     tdir = _tok_dir(cfg["data_dir"])
-    old = _read_json_or_none(os.path.join(tdir, "tokenizer.json"), ("spec",))
-    if old is not None and old["spec"] == spec and os.path.exists(os.path.join(tdir, "bpe.tiktoken")):
+    old = _read_json_or_none(os.path.join(tdir, "tokenizer.json"), ("spec", "hash"))
+    if old is not None and old["spec"] == spec and _ids_hash(tdir, old) == old["hash"]:
         return
+    redo = "fetching the tokenizer again" if cfg["tokenizer"] == "authors" else "retraining the tokenizer"
     if old is not None:
-        print(f"the tokenizer in {tdir} was made with other settings or lost its rank file; retraining "
+        print(f"the tokenizer in {tdir} was made with other settings, or a file of it is missing or changed; {redo} "
               "(domains encoded with the old one are re-encoded when next prepared)")
     elif os.path.exists(os.path.join(tdir, "tokenizer.json")):
-        print(f"{tdir}/tokenizer.json is damaged; retraining the tokenizer")
-    build_tokenizer(cfg, memo, spec)
+        print(f"{tdir}/tokenizer.json is damaged; {redo}")
+    if cfg["tokenizer"] == "authors":
+        authors_tokenizer(cfg, spec)
+    else:
+        build_tokenizer(cfg, memo, spec)
 
 
 # -----------------------------------------------------------------------------
-# encoding a domain: documents -> token ids, each document followed by EOT, streamed to the file
+# encoding a domain: documents -> token ids, each document followed by EOT (or, with the authors'
+# tokenizer, preceded by <s>: doc_sep), streamed to the file
 
 
 def encode_split(enc, docs, path, dtype, threads, what):
     """Encode documents batch by batch into path. Returns {documents, bytes, words, tokens}."""
-    eot, st = eot_id(enc), {"documents": 0, "bytes": 0, "words": 0, "tokens": 0}
+    (sep, first), st = doc_sep(enc), {"documents": 0, "bytes": 0, "words": 0, "tokens": 0}
 
     def write(f):
         for batch in batched(docs):
             flat = []
             for ids in enc.encode_ordinary_batch(batch, num_threads=threads):
+                if first:
+                    flat.append(sep)
                 flat += ids
-                flat.append(eot)
+                if not first:
+                    flat.append(sep)
             f.write(np.asarray(flat, dtype=dtype).tobytes())
             st["documents"] += len(batch)
             st["bytes"] += n_bytes(batch)
@@ -958,18 +1159,21 @@ def encode_split(enc, docs, path, dtype, threads, what):
     return st
 
 
-def doc_spans(tokens, eot, step=1 << 24):
-    """Token offsets (starts, ends) of every document of a token file: each ends with EOT."""
-    ends = np.concatenate([np.flatnonzero(np.asarray(tokens[i:i + step]) == eot) + i + 1
-                           for i in range(0, len(tokens), step)] or [np.zeros(0, dtype=np.int64)])
-    return np.concatenate([[0], ends[:-1]])[:len(ends)].astype(np.int64), ends.astype(np.int64)
+def doc_spans(tokens, sep, first=False, step=1 << 24):
+    """Token offsets (starts, ends) of every document of a token file: each ends with the separator sep
+    (EOT), or with first=True starts with it (the authors' <s>): the arguments are doc_sep(enc)."""
+    at = np.concatenate([np.flatnonzero(np.asarray(tokens[i:i + step]) == sep) + i
+                         for i in range(0, len(tokens), step)] or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
+    if first:  # a document runs from its <s> to the next one's
+        return at, np.append(at[1:], len(tokens))[:len(at)].astype(np.int64)
+    return np.concatenate([[0], at[:-1] + 1])[:len(at)].astype(np.int64), at + 1
 
 
 def assemble_base(cfg, split, memo, enc, dtype):
     """base/<split>.bin: the planned documents' tokens, copied from babylm's and python's token files."""
     (doms, idx), share = base_plan(cfg, split, memo)
     parts = [open_tokens(cfg["data_dir"], d, split) for d in MIX_SIDES]
-    spans = [doc_spans(p, eot_id(enc)) for p in parts]
+    spans = [doc_spans(p, *doc_sep(enc)) for p in parts]
     counts = [doc_counts(cfg, d, split, memo) for d in MIX_SIDES]
     if any(len(sp[0]) != len(c[0]) for sp, c in zip(spans, counts)):
         die(f"{cfg['data_dir']}/babylm or python changed while base was built; run data.py again")
@@ -1029,10 +1233,11 @@ def prepare(domain, cfg, memo, enc, tok_hash):
                                          dtype, cfg["threads"], f"{domain} {split}")
     info.update({"babylm": source_info(cfg, "babylm"), "python": source_info(cfg, "python")} if domain == "base"
                 else source_info(cfg, domain))
-    secs = time.time() - t0
+    secs, (sep, first), tok = time.time() - t0, doc_sep(enc), _tok_info(cfg["data_dir"])
     report_domain(ddir, splits, secs)
     meta = {"domain": domain, "source": cfg["source"], "settings": settings, "splits": splits,
-            "dtype": np.dtype(dtype).name, "vocab_size": enc.n_vocab, "eot_id": eot_id(enc),
+            "dtype": np.dtype(dtype).name, "vocab_size": enc.n_vocab, ("bos_id" if first else "eot_id"): sep,
+            "tokenizer": {k: tok[k] for k in ("name", "hub") if k in tok},  # the hub's repo and commit: authors
             "tokenizer_hash": tok_hash, "encode_seconds": round(secs, 2), **info}
     if cfg["source"] == "sample":
         meta["note"] = SAMPLE_NOTE
@@ -1092,10 +1297,18 @@ def main(argv=None):
     print(f"preset: {cfg['preset']}" + (" (no CUDA here)" if cfg["preset"] == "tiny" else "")
           + f", {cfg['threads']} encoding threads")
     check_source(cfg)
+    if cfg["tokenizer"] == "authors":
+        import_tokenizers()  # before any download
     with lock_dir(cfg["data_dir"], "data.py"):
         memo = {}  # per-document word and byte counts, and the base mix plans, made once per run
         ensure_tokenizer(cfg, memo)
         enc, tok_hash = load_tokenizer(cfg["data_dir"]), tokenizer_hash(cfg["data_dir"])
+        # the authors' file decides their vocabulary; a --vocab_size other than the preset's (which cannot
+        # be told from one not given) and the file's was meant for something this run will not do
+        given = cfg["vocab_size"] != presets[cfg["preset"]]["vocab_size"]
+        if cfg["tokenizer"] == "authors" and given and cfg["vocab_size"] != enc.n_vocab:
+            die(f"--vocab_size {cfg['vocab_size']} sizes our own BPE; the authors' tokenizer has {enc.n_vocab:,} "
+                "tokens (its file decides): drop --vocab_size")
         metas = {d: prepare(d, cfg, memo, enc, tok_hash) for d in domains_to_prepare(cfg)}
     summarize(cfg, metas)
     if cfg["source"] == "sample":

@@ -11,6 +11,11 @@
 #   ./reproduce.sh --compile=false --device=cuda               # extra settings, given to every stage that has them
 #   EXTRA="--compile=false" ./reproduce.sh                      # the same, from the environment
 #   JOBS=1 ./reproduce.sh                                       # one stage at a time (default auto: see below)
+#   MODELS=authors SOURCE=hf PRESET=paper DATA=data_a OUT=out_a ./reproduce.sh  # the authors' released models
+#
+# MODELS=authors studies the four models the authors released on the hub instead of training ours:
+# the data is encoded with their tokenizer (data.py --tokenizer authors), authors.py fetches and
+# converts the models (and prints each one's loss beside its card's), then the SAEs and the analysis.
 #
 # From the fine-tunes on, JOBS stages run at once, in a fixed order, each once a slot is free and
 # the stages it needs have ended (the base SAE beside the fine-tunes, the merge once both are done,
@@ -23,10 +28,13 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3} SOURCE=${SOURCE:-sample} PRESET=${PRESET:-tiny} DATA=${DATA:-data} OUT=${OUT:-out}
-JOBS=${JOBS:-auto}
+JOBS=${JOBS:-auto} MODELS=${MODELS:-ours}
 dirs=(--preset="$PRESET" --data_dir="$DATA" --out_dir="$OUT")
 die() { echo "error: $*" >&2; exit 2; }
 [[ $JOBS == auto || $JOBS =~ ^[1-9][0-9]*$ ]] || die "JOBS=$JOBS: give how many stages may run at once (1, 2, ...) or auto"
+[[ $MODELS == ours || $MODELS == authors ]] || die "MODELS=$MODELS: ours (trained here) or authors (the authors' released models)"
+scripts=(data.py train.py merge.py sae.py analyze.py)
+[ "$MODELS" = ours ] || scripts=(data.py authors.py sae.py analyze.py)
 
 # -----------------------------------------------------------------------------
 # extra settings: EXTRA (split on spaces) and the arguments, each --key=value; every stage gets the
@@ -50,7 +58,7 @@ for a in ${extra[@]+"${extra[@]}"}; do
 done
 declare -A takes=() taken=()  # script -> the extra settings it takes (one a line); setting -> the scripts
 if [ ${#extra[@]} -gt 0 ]; then
-  for s in data.py train.py merge.py sae.py analyze.py; do
+  for s in "${scripts[@]}"; do
     keys=" $("$PY" "$s" --help 2>/dev/null | grep -oE -- '^ +--[A-Za-z_][A-Za-z0-9_]*' | tr -d ' ' | tr '\n' ' ' || true) "
     for a in "${extra[@]}"; do
       [[ $keys == *" $(key_of "$a") "* ]] && takes[$s]+="$a"$'\n' taken[$a]+=" $s"
@@ -144,33 +152,48 @@ trap 'stop INT 130' INT
 trap 'stop HUP 129' HUP
 t_start=$(now)
 
-stage "data: tokenizer and token files ($SOURCE)" data "$DATA" \
-  data.py --domain all --source "$SOURCE" --preset "$PRESET" --data_dir "$DATA"
-after
-stage "train base" train "$OUT/base" train.py --domain base "${dirs[@]}" --resume
-after  # everything after starts from base
-# from here on, stages that do not depend on each other run $slots at once with --threads=$each
-# (common.stage_jobs; an extra --threads is kept and goes to every stage)
-read -r slots each < <("$PY" - "$JOBS" "$device" "$threads" \
-  <<< 'import sys, common; print(*common.stage_jobs(*sys.argv[1:3], int(sys.argv[3])))') || true
-[[ $slots =~ ^[1-9][0-9]*$ && $each =~ ^[0-9]+$ ]] || { echo "JOBS: could not plan the stages; one at a time"; slots=1 each=0; }
-[ "$threads" = 0 ] || each=0
-[ "$slots" -eq 1 ] || echo "stages that do not depend on each other: $slots at once (JOBS=$JOBS)" \
-  "$([ "$each" -gt 0 ] && echo "with --threads=$each each")"
-for d in lua tinystories; do
-  stage "train $d" train "$OUT/$d" train.py --domain $d "${dirs[@]}" --resume
-done
-stage "sae for base" sae "$OUT/sae_base" sae.py --model base "${dirs[@]}" --resume  # beside the fine-tunes
-after "train lua" "train tinystories"  # the merges need both fine-tunes
-# a no-op when out/luastories was made from these very inputs
-merge="merge: luastories = SLERP(lua, tinystories, t=0.58)"
-stage "$merge" merge "$OUT/luastories" merge.py "${dirs[@]}"
-for m in lua tinystories; do
-  stage "sae for $m" sae "$OUT/sae_$m" sae.py --model $m "${dirs[@]}" --resume
-done
-after "$merge"  # its SAE needs luastories
-stage "sae for luastories" sae "$OUT/sae_luastories" sae.py --model luastories "${dirs[@]}" --resume
-stage "merge sweep over t" merge "$OUT" merge.py --sweep "${dirs[@]}"  # the shortest last: it fills the other slot
+plan_slots() {  # from here on, stages that do not depend on each other run $slots at once with --threads=$each
+  # (common.stage_jobs; an extra --threads is kept and goes to every stage)
+  read -r slots each < <("$PY" - "$JOBS" "$device" "$threads" \
+    <<< 'import sys, common; print(*common.stage_jobs(*sys.argv[1:3], int(sys.argv[3])))') || true
+  [[ $slots =~ ^[1-9][0-9]*$ && $each =~ ^[0-9]+$ ]] || { echo "JOBS: could not plan the stages; one at a time"; slots=1 each=0; }
+  [ "$threads" = 0 ] || each=0
+  [ "$slots" -eq 1 ] || echo "stages that do not depend on each other: $slots at once (JOBS=$JOBS)" \
+    "$([ "$each" -gt 0 ] && echo "with --threads=$each each")"
+}
+
+if [ "$MODELS" = authors ]; then  # their four released models: no LM stage of ours
+  stage "data: token files with the authors' tokenizer ($SOURCE)" data "$DATA" \
+    data.py --domain all --source "$SOURCE" --preset "$PRESET" --data_dir "$DATA" --tokenizer authors
+  after
+  stage "the authors' models: fetched, converted, their losses" models "$OUT" authors.py "${dirs[@]}"
+  after
+  plan_slots
+  for m in base lua tinystories luastories; do
+    stage "sae for $m" sae "$OUT/sae_$m" sae.py --model $m "${dirs[@]}" --resume
+  done
+else
+  stage "data: tokenizer and token files ($SOURCE)" data "$DATA" \
+    data.py --domain all --source "$SOURCE" --preset "$PRESET" --data_dir "$DATA"
+  after
+  stage "train base" train "$OUT/base" train.py --domain base "${dirs[@]}" --resume
+  after  # everything after starts from base
+  plan_slots
+  for d in lua tinystories; do
+    stage "train $d" train "$OUT/$d" train.py --domain $d "${dirs[@]}" --resume
+  done
+  stage "sae for base" sae "$OUT/sae_base" sae.py --model base "${dirs[@]}" --resume  # beside the fine-tunes
+  after "train lua" "train tinystories"  # the merges need both fine-tunes
+  # a no-op when out/luastories was made from these very inputs
+  merge="merge: luastories = SLERP(lua, tinystories, t=0.58)"
+  stage "$merge" merge "$OUT/luastories" merge.py "${dirs[@]}"
+  for m in lua tinystories; do
+    stage "sae for $m" sae "$OUT/sae_$m" sae.py --model $m "${dirs[@]}" --resume
+  done
+  after "$merge"  # its SAE needs luastories
+  stage "sae for luastories" sae "$OUT/sae_luastories" sae.py --model luastories "${dirs[@]}" --resume
+  stage "merge sweep over t" merge "$OUT" merge.py --sweep "${dirs[@]}"  # the shortest last: it fills the other slot
+fi
 after  # the analysis reads every model and SAE
 slots=1
 stage "analysis: feature tracking and the report" analyze "$OUT/analysis" analyze.py "${dirs[@]}"

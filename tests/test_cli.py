@@ -352,6 +352,24 @@ def test_reproduce_passes_extra_settings_to_the_stages_that_take_them(tmp_path):
     assert "| train base |" in md and "5,000 tokens/s | 40.0% | 4,535 |" in md and md in proc.stdout
 
 
+def test_reproduce_with_the_authors_models_runs_no_lm_stage_of_ours(tmp_path):
+    """MODELS=authors (issue 25): the data with the authors' tokenizer, their four models fetched and
+    converted by authors.py, then the four SAEs and the analysis; no training, no merge, no sweep."""
+    import subprocess
+    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env={**fake_python(tmp_path), "MODELS": "authors"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    data = str(tmp_path / "data")
+    assert [" ".join(c.split()[:3]) for c in calls] == [
+        "data.py --domain all", f"authors.py --preset=tiny --data_dir={data}", "sae.py --model base",
+        "sae.py --model lua", "sae.py --model tinystories", "sae.py --model luastories", f"analyze.py --preset=tiny --data_dir={data}"]
+    assert calls[0].endswith("--tokenizer authors") and all("--resume" in c for c in calls if c.startswith("sae.py"))
+    bad = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env={**fake_python(tmp_path), "MODELS": "theirs"},
+                         capture_output=True, text=True, timeout=60)
+    helpers.assert_one_line_error(bad, r"MODELS=theirs: ours .* or authors")
+
+
 def stage_log_python(tmp_path, fail="", slow=()):
     """A stand-in for python that logs each stage's start and end (one line each, appended: the order is
     the order of events), with `train.py --domain lua` waiting until the tinystories fine-tune has

@@ -1,5 +1,6 @@
 """Tests for data.py: tokenizer (trainer, rank file, tiktoken agreement), downloader (against a
 local HTTP server), the three sources, outputs and the API. CPU only, no internet, seconds."""
+import functools
 import hashlib
 import http.server
 import json
@@ -317,6 +318,7 @@ class Hub:
 
     def __init__(self):
         self.repos, self.gated, self.plan, self.log, self.page_size = {}, set(), {}, [], None
+        self.models = set()  # repos in self.repos that are model repos: no /datasets/ in their URLs
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -384,8 +386,10 @@ class Hub:
         path = path.split("?")[0]
         for repo in self.repos:
             sha = SHAS[repo]
-            for kind, prefix in (("revision", f"/api/datasets/{repo}/revision/"), ("tree", f"/api/datasets/{repo}/tree/{sha}"),
-                                 ("resolve", f"/datasets/{repo}/resolve/{sha}/"), ("cdn", f"/cdn/{repo}/{sha}/")):
+            api, res = ("models", "") if repo in self.models else ("datasets", "datasets/")
+            for kind, prefix in (("revision", f"/api/{api}/{repo}/revision/"),
+                                 ("tree", f"/api/{api}/{repo}/tree/{sha}"),
+                                 ("resolve", f"/{res}{repo}/resolve/{sha}/"), ("cdn", f"/cdn/{repo}/{sha}/")):
                 if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
                     rest = path[len(prefix):]
                     if kind == "cdn":
@@ -500,11 +504,11 @@ def test_hf_revision_unpinned_resolves_main_and_a_wrong_prefix_is_refused(hub, t
     monkeypatch.setitem(data.PINNED, "nilq/small-lua-stack", ("5c9180e", "2026-11-25"))
     with pytest.raises(SystemExit) as e:                                            # the record is not the pin
         data.hub_revision(d, "nilq/small-lua-stack")
-    assert "not data.py's pinned 5c9180e" in str(e.value.code) and "delete" in str(e.value.code)
+    assert "not the pinned 5c9180e" in str(e.value.code) and "delete" in str(e.value.code)
     os.remove(os.path.join(d, "raw", "hf", "nilq", "small-lua-stack", "REVISION"))
     with pytest.raises(SystemExit) as e:                                            # nor what the hub answers
         data.hub_revision(d, "nilq/small-lua-stack")
-    assert "not data.py's pinned 5c9180e" in str(e.value.code)
+    assert "not the pinned 5c9180e" in str(e.value.code)
     assert not os.path.exists(os.path.join(d, "raw", "hf", "nilq", "small-lua-stack", "REVISION"))
 
 
@@ -935,3 +939,197 @@ def test_sample_windows_too_short_is_one_line():
         assert "domain 'lua' has 10 tokens" in one_line_error(e)
     got = data.sample_windows([np.arange(10, dtype=np.uint16)], 4, 11, "tiles", 0)
     assert got.shape == (0, 11)
+
+
+# -----------------------------------------------------------------------------
+# --tokenizer authors: the tokenizer.json of the authors' base model repo, read with the `tokenizers`
+# package; every document STARTS with <s>. A small tokenizer laid out like theirs is trained here and
+# served by the local hub as that model repo.
+
+AUTHORS = data.AUTHORS_REPO
+SHAS[AUTHORS] = data.PINNED[AUTHORS][0]
+META = "\u2581"  # SentencePiece's space
+# documents that try the tokenizer: leading and trailing spaces, characters outside its vocabulary
+# (byte fallback), control bytes, and a literal <s> that must stay text (data.TokenizersEncoding)
+EDGE = ["  indented start, and trailing spaces  ", "tabs\tand\nnew lines\n\n  x = 1", "emoji 😀🎉 ünïcödé ½ 日本語",
+        "control \x01\x7f bytes", "literal <s> and </s> and <unk> in the text"]
+
+
+@functools.lru_cache(maxsize=None)
+def sp_tokenizer_json(vocab_size=420):
+    """A tokenizer laid out like the authors' (Mistral's): <unk> <s> </s> as ids 0-2, the 256 byte tokens
+    <0x00>..<0xFF> (byte fallback) as 3-258, then BPE pieces with META for a space; a normalizer that puts
+    META before the text and for every space, no pre-tokenizer, <s> put first by the post-processor, and
+    the decoder that undoes it all. Trained on ASCII text: other characters fall back to bytes."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    rng, specials = random.Random(4), ["<unk>", "<s>", "</s>"]
+    texts = [g(rng) for _ in range(40) for g in (gen_prose, gen_story, gen_lua)]
+    probe = Tokenizer(models.BPE(unk_token="<unk>"))
+    probe.pre_tokenizer = pre_tokenizers.Metaspace()  # learn META-led pieces, as SentencePiece does
+    probe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                         show_progress=False))
+    learned = json.loads(probe.to_str())["model"]
+    vocab = {t: i for i, t in enumerate(specials + [f"<0x{b:02X}>" for b in range(256)])}
+    for piece in sorted(learned["vocab"], key=learned["vocab"].get):
+        vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.add_special_tokens(specials)
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend(META), normalizers.Replace(" ", META)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.decoder = decoders.Sequence([decoders.Replace(META, " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return tok.to_str()
+
+
+@pytest.fixture
+def authors_hub(hub):
+    pytest.importorskip("tokenizers")
+    hub.models.add(AUTHORS)
+    hub.repos[AUTHORS] = {"tokenizer.json": sp_tokenizer_json().encode()}
+    return hub
+
+
+def authors_corpus(folder):
+    """local:DIR corpora whose documents include EDGE and ODD; returns {domain: {split: documents}}."""
+    rng, docs = random.Random(8), {}
+    gens = {"babylm": gen_prose, "tinystories": gen_story, "lua": gen_lua,
+            "python": lambda r: f"def f{r.randint(0, 99)}(x):\n    return x * {r.randint(2, 9)}"}
+    for k, (domain, g) in enumerate(gens.items()):
+        docs[domain] = {"train": [g(rng) for _ in range(20)] + EDGE[k:] + ODD[k:], "valid": [g(rng) for _ in range(3)]}
+        write_corpus(folder, domain, docs[domain])
+    return docs
+
+
+def authors_run(d, corp, *extra):
+    data.main(["--tokenizer=authors", f"--source=local:{corp}", "--domain=all", f"--data_dir={d}", "--threads=1",
+               *extra])
+
+
+def test_authors_tokenizer_end_to_end(authors_hub, tmp_path, capsys):
+    from tokenizers import Tokenizer
+    docs, d = authors_corpus(tmp_path / "corpora"), str(tmp_path / "d")
+    authors_run(d, tmp_path / "corpora")
+    hub_file = authors_hub.repos[AUTHORS]["tokenizer.json"]
+    assert [p for p, _ in authors_hub.log] == [f"/{AUTHORS}/resolve/{SHAS[AUTHORS]}/tokenizer.json",
+                                               f"/cdn/{AUTHORS}/{SHAS[AUTHORS]}/tokenizer.json"]  # pinned: no lookup
+    tok, enc = Tokenizer.from_str(hub_file.decode()), data.load_tokenizer(d)
+    assert (tmp_path / "d" / "tokenizer" / "authors.json").read_bytes() == hub_file  # kept byte for byte
+    info = data.read_json(os.path.join(d, "tokenizer", "tokenizer.json"))
+    assert info["name"] == "authors" and info["format"] == "tokenizers" and info["bos"] == "<s>" and info["bos_id"] == 1
+    assert info["vocab_size"] == enc.n_vocab == tok.get_vocab_size() and info["special_tokens"]["</s>"] == 2
+    assert info["hash"] == data.tokenizer_hash(d) == hashlib.sha256(hub_file).hexdigest()[:16]
+    assert info["hub"] == {"repo": AUTHORS, "sha": SHAS[AUTHORS], "file": "tokenizer.json", "pinned": True}
+    assert data.doc_sep(enc) == (1, True)
+    for domain in ("babylm", "python", "tinystories", "lua"):
+        meta = data.read_meta(d, domain)
+        assert meta["tokenizer"] == {"name": "authors", "hub": info["hub"]} and meta["bos_id"] == 1
+        assert "eot_id" not in meta and meta["dtype"] == "uint16" and meta["tokenizer_hash"] == info["hash"]
+        for split, name in (("train", "train"), ("val", "valid")):
+            toks, want = data.open_tokens(d, domain, split), docs[domain][name]
+            starts, ends = data.doc_spans(toks, *data.doc_sep(enc))
+            assert len(starts) == len(want) == meta["splits"][split]["documents"] and ends[-1] == len(toks)
+            for s, e, doc in zip(starts, ends, want):
+                span = toks[s:e].tolist()
+                assert span[0] == 1 and 1 not in span[1:]            # <s> opens each document, only there
+                assert tok.decode(span[1:]) == doc                    # tokenizers' own decode: the text, exactly
+                assert enc.decode(span) == "<s>" + doc                # the adapter's
+                if "<s>" not in doc:                                  # the hub tokenizer's own encoding, <s> first
+                    assert span == tok.encode(doc).ids
+            assert enc.decode(toks.tolist()) == "".join("<s>" + x for x in want)
+    # base: whole documents copied, each starting at its <s>
+    base = data.open_tokens(d, "base", "train")
+    got = [tok.decode(base[s + 1:e].tolist()) for s, e in zip(*data.doc_spans(base, 1, True))]
+    everything = docs["babylm"]["train"] + docs["python"]["train"]
+    assert base[0] == 1 and len(got) == data.read_meta(d, "base")["splits"]["train"]["documents"]
+    assert all(doc in everything for doc in got) and EDGE[-1] in got  # the literal <s> did not split it
+    # a re-run asks the hub nothing and rebuilds nothing
+    authors_hub.log.clear()
+    capsys.readouterr()
+    authors_run(d, tmp_path / "corpora")
+    assert authors_hub.log == [] and capsys.readouterr().out.count("is up to date") == 5
+
+
+def test_authors_token_bytes_and_round_trip(authors_hub, tmp_path):
+    from tokenizers import Tokenizer
+    authors_corpus(tmp_path / "corpora")
+    d = str(tmp_path / "d")
+    authors_run(d, tmp_path / "corpora", "--domain=lua")
+    enc, vocab = data.load_tokenizer(d), Tokenizer.from_str(sp_tokenizer_json()).get_vocab()
+    for text in VARIED + ODD + EDGE:
+        ids = enc.encode_ordinary(text)
+        assert enc.decode(ids) == text and 1 not in ids
+        # token bytes, joined: the text with the one space the tokenizer puts in front
+        assert b"".join(enc.decode_single_token_bytes(i) for i in ids) == b" " + text.encode()
+    assert enc.decode_single_token_bytes(vocab["<0x0A>"]) == b"\n" and enc.decode_single_token_bytes(3) == b"\x00"
+    word = next(p for p in vocab if p.startswith(META) and len(p) > 2)
+    assert enc.decode_single_token_bytes(vocab[word]) == (" " + word[1:]).encode()
+    emoji = enc.encode_ordinary("😀")  # META, then the 4 byte tokens of a character the vocabulary lacks
+    assert emoji == [vocab[META]] + [3 + b for b in "😀".encode()]
+    assert b"".join(enc.decode_single_token_bytes(i) for i in emoji) == " 😀".encode()
+    assert enc.decode_single_token_bytes(1) == b"<s>" and enc.encode_single_token("<s>") == 1
+    for bad in (enc.n_vocab, -1):
+        with pytest.raises(KeyError):
+            enc.decode_single_token_bytes(bad)
+    with pytest.raises(KeyError):
+        data.eot_id(enc)  # no <|endoftext|> in this tokenizer: doc_sep gives <s> instead
+
+
+@needs_torch
+def test_authors_token_strings_for_the_report(authors_hub, tmp_path):
+    import analyze
+    authors_corpus(tmp_path / "corpora")
+    authors_run(str(tmp_path / "d"), tmp_path / "corpora", "--domain=lua")
+    enc = data.load_tokenizer(str(tmp_path / "d"))
+    ids = enc.encode_ordinary("local x\n") + [1, 3 + 0xF0, enc.n_vocab + 5]
+    strings = analyze.token_strings(enc, ids)
+    assert "".join(strings[i] for i in enc.encode_ordinary("local x\n")) == " local x\n"
+    assert strings[1] == "<s>" and strings[3 + 0xF0] == "\ufffd" and strings[enc.n_vocab + 5] == f"<{enc.n_vocab + 5}>"
+
+
+def test_authors_revision_unpinned_resolves_main_and_is_recorded(authors_hub, tmp_path, monkeypatch):
+    authors_corpus(tmp_path / "corpora")
+    d = str(tmp_path / "d")
+    monkeypatch.setitem(data.PINNED, AUTHORS, (None, "2026-12-06"))
+    authors_run(d, tmp_path / "corpora", "--domain=lua")
+    assert authors_hub.log[0][0] == f"/api/models/{AUTHORS}/revision/main"
+    assert open(os.path.join(d, "raw", "hf", AUTHORS, "REVISION")).read().strip() == SHAS[AUTHORS]
+    assert data.read_meta(d, "lua")["tokenizer"]["hub"] == {"repo": AUTHORS, "sha": SHAS[AUTHORS],
+                                                            "file": "tokenizer.json", "pinned": False}
+
+
+def test_authors_bad_inputs_are_one_line(authors_hub, tmp_path, monkeypatch, capsys):
+    authors_corpus(tmp_path / "corpora")
+    good, raw = authors_hub.repos[AUTHORS]["tokenizer.json"], tmp_path / "d" / "raw" / "hf" / AUTHORS / SHAS[AUTHORS]
+    for served, words in ((good[:len(good) // 2], ("not valid JSON", "deleted")),
+                          (b'{"version": "1.0", "model": {"type": "Nothing"}}', ("not a tokenizer", "PINNED"))):
+        authors_hub.repos[AUTHORS]["tokenizer.json"] = served
+        with pytest.raises(SystemExit) as e:
+            authors_run(str(tmp_path / "d"), tmp_path / "corpora", "--domain=lua")
+        msg = one_line_error(e)
+        assert all(w in msg for w in words) and AUTHORS in msg
+        assert not [f for f in os.listdir(raw) if f in ("tokenizer.json", "tokenizer.json.part")]  # nothing bad kept
+    authors_hub.repos[AUTHORS]["tokenizer.json"] = good
+    with pytest.raises(SystemExit) as e:  # --vocab_size is our BPE's
+        authors_run(str(tmp_path / "d"), tmp_path / "corpora", "--domain=lua", "--vocab_size=500")
+    assert "--vocab_size 500" in one_line_error(e) and "drop --vocab_size" in str(e.value)
+    authors_run(str(tmp_path / "d"), tmp_path / "corpora", "--domain=lua")
+    # a damaged authors.json beside a good record: refused in one line naming the fix, which fetches it again
+    path = tmp_path / "d" / "tokenizer" / "authors.json"
+    path.write_bytes(good[:100])
+    with pytest.raises(SystemExit) as e:
+        data.load_tokenizer(str(tmp_path / "d"))
+    assert "authors.json is damaged" in one_line_error(e) and "--tokenizer authors" in str(e.value)
+    authors_hub.log.clear()
+    capsys.readouterr()
+    authors_run(str(tmp_path / "d"), tmp_path / "corpora", "--domain=lua")
+    assert "fetching the tokenizer again" in capsys.readouterr().out and path.read_bytes() == good
+    assert authors_hub.log == []  # from the download kept in raw/
+    # without the tokenizers package: one line naming the requirements file, before any download
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    with pytest.raises(SystemExit) as e:
+        authors_run(str(tmp_path / "e"), tmp_path / "corpora", "--domain=lua")
+    assert "pip install -r requirements-authors.txt" in one_line_error(e) and authors_hub.log == []
+    with pytest.raises(SystemExit) as e:
+        data.load_tokenizer(str(tmp_path / "d"))
+    assert "pip install -r requirements-authors.txt" in one_line_error(e)
