@@ -232,7 +232,8 @@ def bench_train(cfg, device, shapes=None, steps=None, warmup=None, peer=True, ba
     ours = Transformer(margs).to(device)
     flops = ours.flops_per_token() * B * T   # 6 N + attention, the same count for both (same shapes)
     compile_ = cfg["compile"] if compile_ is None else compile_
-    steps_ = {"ours": lm_step(ours, lambda m: m(x, y)[1], device, autocast, compile_)}
+    # ours as train.py trains it (fast on): through fast.ChunkedHead, the LM head's loss in chunks on a CPU
+    steps_ = {"ours": lm_step(fast.ChunkedHead(ours), lambda m: m(x, y)[1], device, autocast, compile_)}
     if peer:
         try:
             from transformers import MistralConfig, MistralForCausalLM
