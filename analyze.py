@@ -579,7 +579,8 @@ def memory_need(sizes, rows, d_mlp, n_models, sae_features, weights, use_fast=Tr
       (fast.coactive_add, fast.PAIR_ROWS);
     - classifying a pair (the group's other sums still held; r is made in place): classify's masked copy
       (8 Fp Fc) and boolean masks (4 Fp Fc: live pairs, hits, candidates, slack), and a 4,096-row block of
-      decoder cosines."""
+      decoder cosines; without use_fast, the plain one-to-one matching's dense weights, their indices and
+      the solver's cost copy (32 Fp Fc, on the host: counted whatever the device, to be safe)."""
     sums = sum(8 * a * b + 32 * (a + b) for a, b in sizes)
     feats = 4 * rows * (sum(a + b for a, b in sizes) + max(sae_features, default=0))
     if use_fast:
@@ -588,7 +589,7 @@ def memory_need(sizes, rows, d_mlp, n_models, sae_features, weights, use_fast=Tr
     else:
         update = max(8 * rows * (a + b + max(a, b)) for a, b in sizes)
     chunk = 4 * rows * d_mlp * n_models + feats + update
-    classify = max(12 * a * b + 4 * 4096 * b for a, b in sizes)
+    classify = max(12 * a * b + 4 * 4096 * b + (0 if use_fast else 32 * a * b) for a, b in sizes)
     return weights + sums + max(chunk, classify)
 
 

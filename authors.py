@@ -67,8 +67,6 @@ EVAL_DOMAINS = {"base": ["base"], "lua": ["lua"], "tinystories": ["tinystories"]
 CARD_LOSS = {"base": 3.1027, "lua": 2.4518, "tinystories": 2.0442}  # the model cards' eval loss
 # the weight files a repo may hold, in the order they are preferred (the merge has an index and one shard)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-DENIED = ("access denied (HTTP {status}) for {url}; if the model is gated, accept its terms on the hub and "
-          "set HF_TOKEN to a read token")
 MAKE_TOKENIZER = "python data.py --tokenizer authors --data_dir {}"
 
 # -----------------------------------------------------------------------------
@@ -273,23 +271,22 @@ def hub_model(data_dir, repo):
     folder = os.path.join(data_dir, "raw", "hf", repo, sha)
     info_path = os.path.join(folder, "info.json")
     info = common.read_json(data.download(f"{data.HF}/api/models/{repo}/revision/{sha}", info_path, "json",
-                                          data.hub_headers(), DENIED))
+                                          data.hub_headers()))  # (kept there by hub_revision when it resolved it)
     if not isinstance(info, dict) or info.get("sha") != sha:
         os.remove(info_path)
         die(f"the hub's answer for {repo} at {sha} names another commit, or none; run again")
     return sha, folder, info
 
 
-def fetch(repo, sha, folder, paths):
-    """Download repo's `paths` at commit sha into folder (a finished file is kept); returns paths."""
+def fetch(data_dir, repo, sha, paths):
+    """Download repo's `paths` at commit sha (data.hub_file: a finished file is kept); returns paths."""
     for p in paths:
         kind = "json" if p.endswith(".json") else "safetensors" if p.endswith(".safetensors") else "bin"
-        data.download(f"{data.HF}/{repo}/resolve/{sha}/{p}", os.path.join(folder, p), kind, data.hub_headers(),
-                      DENIED)
+        data.hub_file(data_dir, repo, p, kind, "models", sha)
     return paths
 
 
-def fetch_weights(repo, sha, folder, info):
+def fetch_weights(data_dir, repo, sha, folder, info):
     """Fetch the weight files of a repo (the first of WEIGHT_FILES its file list holds, and the shards an
     index names); returns their paths."""
     names = {s.get("rfilename") for s in info.get("siblings") or [] if isinstance(s, dict)}
@@ -297,9 +294,9 @@ def fetch_weights(repo, sha, folder, info):
     if pick is None:
         die(f"{repo} at {sha} holds none of {', '.join(WEIGHT_FILES)} (its files: {', '.join(sorted(names))}); "
             f"pin a commit with its weights in authors.py's PINNED_MODELS")
-    fetch(repo, sha, folder, [pick])
+    fetch(data_dir, repo, sha, [pick])
     if pick.endswith(".index.json"):
-        return [pick] + fetch(repo, sha, folder, sorted(set(index_shards(os.path.join(folder, pick)).values())))
+        return [pick] + fetch(data_dir, repo, sha, sorted(set(index_shards(os.path.join(folder, pick)).values())))
     return [pick]
 
 
@@ -341,7 +338,7 @@ def main(argv=None):
     tok = cfg["tokenizer_hash"] or None  # else the one in data_dir, checked against base's vocabulary
     for name, repo in MODELS.items():
         sha, folder, info = hub_model(data_dir, repo)
-        fetch(repo, sha, folder, ["config.json"])  # small: checks the tokenizer before the weights come
+        fetch(data_dir, repo, sha, ["config.json"])  # small: checks the tokenizer before the weights come
         args, _ = read_config(folder, T)
         tok = tok or authors_tokenizer_hash(data_dir, args.vocab_size)
         parents = [{"name": p, "hash": common.sha256_file(os.path.join(out_dir, p, "ckpt.pt"))} for p in PARENTS[name]]
@@ -350,7 +347,7 @@ def main(argv=None):
         with common.lock_dir(os.path.dirname(path), "authors.py"):
             if up_to_date(path, made_from, cfg["overwrite"]):
                 continue
-            files = ["config.json"] + fetch_weights(repo, sha, folder, info)
+            files = ["config.json"] + fetch_weights(data_dir, repo, sha, folder, info)
             model = load_hf(folder, T)
             hashes = {f: common.sha256_file(os.path.join(folder, f)) for f in files}
             save_checkpoint(path, model, model.args, finished=True, name=name, domain=DOMAIN[name], iter_num=0,

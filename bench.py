@@ -270,7 +270,7 @@ def bench_train(cfg, device, shapes=None, steps=None, warmup=None, peer=True, ba
 
 
 def bench_forward(cfg, model, x, device, peak, shapes):
-    """The MLP-activation forward (what SAE harvesting and analysis run): model.mlp_acts, no LM head."""
+    """The MLP-activation forward (what SAE harvesting and analysis run, fast on): fast.mlp_acts, no LM head."""
     B, T = x.shape
     a = model.args
     trunk = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and ("attn" in n or "mlp" in n)
@@ -825,13 +825,13 @@ def plan(cfg, device, tokens_per_word=None):
     compile_lm = device.startswith("cuda") and bool(train.config.get("compile", False))  # as train.py runs it
     lm = bench_train(cfg, device, shapes="paper", steps=cfg["plan_steps"], warmup=1, peer=False, batch=cfg["plan_batch"],
                      compile_=compile_lm)
-    fast = device.startswith("cuda") and bool(sc.get("fast_math", False))  # sae.py: TF32 SAE, bf16 harvest on CUDA
-    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, fast
+    fast_math = device.startswith("cuda") and bool(sc.get("fast_math", False))  # sae.py: TF32 SAE, bf16 harvest
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, fast_math
     try:
         sae_rate = bench_sae(cfg, device, shapes="paper", steps=cfg["plan_steps"], warmup=1, peer=False)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
-    fwd, corr = measure_forward_and_corr(cfg, device, sc.get("harvest_batch", 64), fast)
+    fwd, corr = measure_forward_and_corr(cfg, device, sc.get("harvest_batch", 64), fast_math)
     seeds, acts, per_seq = len(sc.get("seeds", [0, 1])), sc.get("total_acts", 200_000_000), sc.get("tokens_per_seq", 24)
     seq_len = sc.get("seq_len") or SHAPES["paper"]["block_size"]
     models, n_tok = ac.get("models", ["base", "lua", "tinystories", "luastories"]), ac.get("n_tokens", 1_048_576)
@@ -855,7 +855,7 @@ def plan(cfg, device, tokens_per_word=None):
     print(f"\nPROJECTION (not a measurement): full-budget time per stage on this device ({dev}), from "
           f"{cfg['plan_steps']}-step measurements at the paper's shapes, LM {'compiled' if compile_lm else 'eager'}, "
           f"the rest eager; merge not counted; "
-          + ("LM bf16 autocast, SAE " + ("TF32, harvest bf16" if fast else "float32") if device.startswith("cuda") else "float32"))
+          + ("LM bf16 autocast, SAE " + ("TF32, harvest bf16" if fast_math else "float32") if device.startswith("cuda") else "float32"))
     for name, work, t in stages:
         print(f"  {name:22s} {fmt_time(t):>10s}   {work}")
         row("plan", name, f"projected {fmt_time(t)}", note=work)

@@ -20,8 +20,8 @@ Text streams: documents flow from the files to the tokenizer trainer and to the 
 bounded batches; no domain is held whole, and nothing is encoded twice (base's tokens are copied
 from babylm's and python's token files, in the mix's order). Other scripts import from here: DOMAINS,
 EOT, load_tokenizer, eot_id, doc_sep, tokenizer_hash, read_meta, data_fingerprint, open_tokens (THE check that
-token files are whole and match a model's tokenizer), sample_windows (THE window sampler) and
-get_batch. The sample corpus itself is made in sample_corpus.py.
+token files are whole and match a model's tokenizer), sample_windows (the evaluation and analysis
+windows) and get_batch (the training batches). The sample corpus itself is made in sample_corpus.py.
 """
 import array
 import base64
@@ -358,7 +358,8 @@ SCHEMES = ("spread", "tiles", "consecutive")
 
 
 def sample_windows(arrays, n, T, scheme, rng=None, offset=0, with_counts=False):
-    """THE window sampler: (n, T) int64 token windows, equal shares per domain (the first n % k
+    """The window sampler of the evaluations and the analysis (the training batches: get_batch; the SAE
+    harvest: sae.stream_windows): (n, T) int64 token windows, equal shares per domain (the first n % k
     domains one more) when `arrays` holds k token arrays (a list, or a dict {domain: array}; a single
     array is one domain). Schemes, each reproducing the sampler a stage used before, RNG call for call:
       spread       evenly spaced starts from the first token to the last window (deterministic);
@@ -629,7 +630,7 @@ def fetch_once(requests, url, part, headers, denied):
         have = 0
     with requests.get(url, headers=h, stream=True, timeout=TIMEOUT_S) as r:
         if r.status_code in (401, 403):
-            die((denied or "access denied (HTTP {status}) for {url}; if the dataset is gated, accept its terms on "
+            die((denied or "access denied (HTTP {status}) for {url}; if the repo is gated, accept its terms on "
                  "the hub and set HF_TOKEN to a read token").format(status=r.status_code, url=url))
         if r.status_code == 416 and have:  # nothing after what we hold: the .part is whole
             return {}
@@ -693,7 +694,9 @@ def hub_revision(data_dir, repo, kind="datasets", pins=None):
         sha = info.get("sha") if isinstance(info, dict) else None
         if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{40}", sha)):
             die(f"the hub's answer for {repo} holds no commit sha; delete {rec}.json and run again")
-        os.remove(rec + ".json")
+        kept = os.path.join(data_dir, "raw", "hf", repo, sha, "info.json")  # the hub's answer at that commit
+        os.makedirs(os.path.dirname(kept), exist_ok=True)
+        os.replace(rec + ".json", kept)
         if not pin or sha.startswith(pin):
             atomic_write_text(rec, sha + "\n")
             print(f"  {repo}: " + (f"pinned commit {pin} is {sha} (recorded in {rec})" if pin else
@@ -739,10 +742,13 @@ def hub_tree(data_dir, repo, sha):
     return read_json(path)
 
 
-def hub_file(data_dir, repo, path):
-    sha = hub_revision(data_dir, repo)
-    return download(f"{HF}/datasets/{repo}/resolve/{sha}/{path}", os.path.join(data_dir, "raw", "hf", repo, sha, path),
-                    "parquet", hub_headers())
+def hub_file(data_dir, repo, path, kind="parquet", repo_type="datasets", sha=None):
+    """A file of a hub repo at commit sha (None: hub_revision's), fetched once into
+    <data_dir>/raw/hf/<repo>/<sha>/<path> and checked as `kind` (download)."""
+    sha = sha or hub_revision(data_dir, repo, repo_type)
+    where = "datasets/" if repo_type == "datasets" else ""  # a model repo's files: no /models/ in the path
+    return download(f"{HF}/{where}{repo}/resolve/{sha}/{path}", os.path.join(data_dir, "raw", "hf", repo, sha, path),
+                    kind, hub_headers())
 
 
 # -----------------------------------------------------------------------------
@@ -1079,8 +1085,7 @@ def authors_tokenizer(cfg, spec):
     """The authors' tokenizer: their base model's tokenizer.json at the pinned commit, kept byte for byte as
     <data_dir>/tokenizer/authors.json (it decides the ids), with our record tokenizer.json beside it."""
     repo, sha, name = spec["repo"], spec["sha"], spec["file"]
-    url = f"{HF}/{repo}/resolve/{sha}/{name}"  # a model repo's files: no /datasets/ in the path
-    src = download(url, os.path.join(cfg["data_dir"], "raw", "hf", repo, sha, name), "json", hub_headers())
+    src = hub_file(cfg["data_dir"], repo, name, "json", "models", sha)
     with open(src, "rb") as f:
         raw = f.read()
     try:
@@ -1090,7 +1095,7 @@ def authors_tokenizer(cfg, spec):
         problem = " ".join(str(e).split())
     if problem:
         os.remove(src)  # as check_download does: a bad file is never kept as if done
-        die(f"download of {url} is not a tokenizer the tokenizers package reads ({problem}); deleted it. "
+        die(f"{src} (from {repo} at {sha}) is not a tokenizer the tokenizers package reads ({problem}); deleted it. "
             f"Check the URL and data.py's PINNED[{repo!r}], then run again")
     n = tok.get_vocab_size(with_added_tokens=True)
     info = {"name": "authors", "format": "tokenizers", "vocab_size": n, "bos": AUTHORS_BOS,

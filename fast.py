@@ -76,9 +76,9 @@ max_weight_matching (by components)
 
 Figures: the dev VM (2 AMD EPYC cores, AVX2, float32 peak 138-174 GFLOP/s); the correlation and
 matching rows measured 2026-12-06 under load, the others in the sessions that made them (2026-11 and
-12). End to end with fast on, the quickstart's checkpoints, SAEs, sweep and results.json are bit for
-bit those of the code before this file existed; with it off, the same tracking counts to a feature or
-two (tests/test_fast.py). BENCHMARKS.md has the whole study's times.
+12). End to end with fast on, the quickstart's checkpoints, SAEs, sweep and findings are bit for bit
+those of the code before this file existed; with it off, each edge's counts within 13 of 2,048 features
+(the SAEs' training compounds rounding; DESIGN.md, "Exactness"). BENCHMARKS.md has the study's times.
 
 This file imports only torch, numpy and common: the model, the SAE and the activation functions
 reach it as objects (their attributes and methods), never through an import of a project script.
@@ -346,21 +346,20 @@ def finish_loss(sae, x, pre, f, x_hat, l1, hp, aux_decode=None):
 
 def penalty(sae, x, pre, l1, x_hat, hp, aux_decode=None):
     """(weight, term) added to the MSE, or None: the activations' penalties (sae.ReLU / sae.TopK.penalty)
-    from the pre-activations already made. relu: the L1 (l1() its value). topk: AuxK, on the CPU (where
-    reading it back costs nothing) skipped at a step with no dead latent (it is then a constant without
-    gradient: the loss differs from sae.sae_loss's by it, the step does not); aux_decode(rows, cols) (the
-    sparse step): those entries decoded with their gradients, pre having none."""
+    from the pre-activations already made. relu: the L1 (l1() its value). topk: AuxK (sae.TopK.aux_hat,
+    .aux_loss), on the CPU (where reading it back costs nothing) skipped at a step with no dead latent
+    (it is then a constant without gradient: the loss differs from sae.sae_loss's by it, the step does
+    not); aux_decode(rows, cols) (the sparse step): those entries decoded with their gradients, pre
+    having none."""
     if sae.arch == "relu":
         return (hp.l1_coeff, l1()) if hp.l1_coeff > 0 else None
     dead_mask = hp.dead
     if hp.aux_coeff <= 0 or dead_mask is None or (not dead_mask.is_cuda and not bool(dead_mask.any())):
         return None
-    masked = pre.masked_fill(~dead_mask, float("-inf"))
-    if aux_decode is not None:
-        e_hat = aux_decode(*top_support(masked, min(hp.aux_k, pre.size(-1))))
-    else:
-        top = masked.topk(min(hp.aux_k, pre.size(-1)), dim=-1)
-        e_hat = torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values)) @ sae.W_dec
+    if aux_decode is None:
+        e_hat = sae.act.aux_hat(sae, pre, hp)
+    else:  # the same top aux_k dead latents, decoded at those entries only
+        e_hat = aux_decode(*top_support(pre.masked_fill(~dead_mask, float("-inf")), min(hp.aux_k, pre.size(-1))))
     return hp.aux_coeff, sae.act.aux_loss(e_hat, x, x_hat)
 
 
@@ -508,7 +507,7 @@ def sparse_loss(sae, x, xc, hp, select_bf16=False):
             rows, cols = support(sae.act, pre)
             pat, vals = positive(sae, xc, rows, cols, tuple(pre.shape))
         else:
-            pre = torch.addmm(sae.b_enc, xc, sae.W_enc)                         # (N, F); the bias in the GEMM: 3% a step
+            pre = torch.addmm(sae.b_enc, xc, sae.W_enc)       # (N, F); the bias in the GEMM: 3% a step
             rows, cols = support(sae.act, pre)
             pat, vals = pattern(rows, cols, tuple(pre.shape)), pre[rows, cols]  # f's active values (> 0)
 

@@ -32,7 +32,8 @@ JOBS=${JOBS:-auto} MODELS=${MODELS:-ours}
 dirs=(--preset="$PRESET" --data_dir="$DATA" --out_dir="$OUT")
 die() { echo "error: $*" >&2; exit 2; }
 [[ $JOBS == auto || $JOBS =~ ^[1-9][0-9]*$ ]] || die "JOBS=$JOBS: give how many stages may run at once (1, 2, ...) or auto"
-[[ $MODELS == ours || $MODELS == authors ]] || die "MODELS=$MODELS: ours (trained here) or authors (the authors' released models)"
+[[ $MODELS == ours || $MODELS == authors ]] \
+  || die "MODELS=$MODELS: ours (trained here) or authors (the authors' released models)"
 scripts=(data.py train.py merge.py sae.py analyze.py)
 [ "$MODELS" = ours ] || scripts=(data.py authors.py sae.py analyze.py)
 
@@ -115,7 +116,8 @@ reap() {  # record the stages that have ended: wall time, and the first failure
     timings+=("$label"$'\t'"$kind"$'\t'"$output"$'\t'"$t0"$'\t'"$wall"$'\t'"$note")
     [ -n "$note" ] && echo "--- $label: exit $rc after $wall s"
     if [ "$rc" -ne 0 ] && [ -z "$failed" ]; then
-      failed="reproduce.sh: stage '$label' failed (exit $rc); fix what it says above${note:+ (its lines start with [$label])} and re-run (finished stages are skipped)"
+      failed="reproduce.sh: stage '$label' failed (exit $rc); fix what it says above"
+      failed+="${note:+ (its lines start with [$label])} and re-run (finished stages are skipped)"
       failed_rc=$rc
     fi
   done
@@ -144,7 +146,8 @@ stop() {  # the trap: stop the running stages (SIGTERM: a background child ignor
   pids=$(jobs -p)
   [ -z "$pids" ] || { kill -TERM $pids 2>/dev/null; wait $pids 2>/dev/null; } || true
   for e in ${running[@]+"${running[@]}"}; do names+="${names:+, }'${e%%$'\t'*}'"; done
-  echo "reproduce.sh: stopped by SIG$1 during ${names:-no stage (between stages)}; finished stages are kept, re-run to resume" >&2
+  echo "reproduce.sh: stopped by SIG$1 during ${names:-no stage (between stages)}; finished stages are kept," \
+    "re-run to resume" >&2
   exit "$2"
 }
 trap 'stop TERM 143' TERM
@@ -156,7 +159,8 @@ plan_slots() {  # from here on, stages that do not depend on each other run $slo
   # (common.stage_jobs; an extra --threads is kept and goes to every stage)
   read -r slots each < <("$PY" - "$JOBS" "$device" "$threads" \
     <<< 'import sys, common; print(*common.stage_jobs(*sys.argv[1:3], int(sys.argv[3])))') || true
-  [[ $slots =~ ^[1-9][0-9]*$ && $each =~ ^[0-9]+$ ]] || { echo "JOBS: could not plan the stages; one at a time"; slots=1 each=0; }
+  [[ $slots =~ ^[1-9][0-9]*$ && $each =~ ^[0-9]+$ ]] \
+    || { echo "JOBS: could not plan the stages; one at a time"; slots=1 each=0; }
   [ "$threads" = 0 ] || each=0
   [ "$slots" -eq 1 ] || echo "stages that do not depend on each other: $slots at once (JOBS=$JOBS)" \
     "$([ "$each" -gt 0 ] && echo "with --threads=$each each")"

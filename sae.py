@@ -13,8 +13,8 @@ fresh random sequences whenever it drains. Buffer number c is a pure function of
 so a resume rebuilds the buffer it stopped in and continues exactly, and every seed's SAE sees
 the identical stream (the seeds differ only in their initialisation).
 
-Architectures (ACTIVATIONS below: the one place an architecture is defined; inputs scaled by one
-scalar per model so that E||x|| = sqrt(d_in)):
+Architectures (ACTIVATIONS below: the one place an architecture is defined, whose methods fast.py's
+steps call too; inputs scaled by one scalar per model so that E||x|| = sqrt(d_in)):
 - relu: ReLU encoder, L1 penalty (mean over tokens of the sum over features), decoder rows held at
   unit norm (gradient parallel to each row projected out, rows renormalised after each step;
   Anthropic, Towards Monosemanticity). With unit rows the plain L1 equals Anthropic's
@@ -185,14 +185,17 @@ class TopK:
         return 1.0
 
     def penalty(self, sae, x, x_hat, f, hp):
-        """AuxK (Gao et al. 2024, A.2): the hp.aux_k largest pre-activations of the dead latents
-        (hp.dead) reconstruct the residual x - x_hat, times hp.aux_coeff. Live latents are masked to
-        -inf, whose ReLU is 0, so with fewer than aux_k dead latents only the dead ones
-        reconstruct."""
-        pre = sae.pre_acts(x).masked_fill(~hp.dead, float("-inf"))               # (N, F)
-        top = pre.topk(min(hp.aux_k, pre.size(-1)), dim=-1)
-        e_hat = torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values)) @ sae.W_dec
-        return hp.aux_coeff * self.aux_loss(e_hat, x, x_hat)
+        """AuxK (Gao et al. 2024, A.2): the dead latents (hp.dead, a (F,) mask) reconstruct the
+        residual x - x_hat, times hp.aux_coeff."""
+        return hp.aux_coeff * self.aux_loss(self.aux_hat(sae, sae.pre_acts(x), hp), x, x_hat)
+
+    def aux_hat(self, sae, pre, hp):
+        """AuxK's reconstruction (N, d_in) from the pre-activations pre (N, F): the hp.aux_k largest
+        of the dead latents'. Live latents are masked to -inf, whose ReLU is 0, so with fewer than
+        aux_k dead latents only the dead ones reconstruct."""
+        masked = pre.masked_fill(~hp.dead, float("-inf"))                       # (N, F)
+        top = masked.topk(min(hp.aux_k, pre.size(-1)), dim=-1)
+        return torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values)) @ sae.W_dec
 
     @staticmethod
     def aux_loss(e_hat, x, x_hat):
@@ -774,7 +777,8 @@ def resume_runs(job):
         die(f"{job.dir} has SAE checkpoints but no {STATE_FILE} to resume from (made by an older sae.py, or "
             f"deleted); retrain with --overwrite")
     st = load_checkpoint(path, "SAE training state")
-    check_resume(st["config"], cfg, RESUME_FREE | {"seeds"}, path)
+    # a run saved before the `fast` setting existed ran the fast path
+    check_resume({"fast": True, **st["config"]}, cfg, RESUME_FREE | {"seeds"}, path)
     if st["model_hash"] != job.info["model_hash"]:
         die(f"{path} was trained on another version of model '{job.name}'; retrain with --overwrite")
     if sorted(st["seeds"]) != sorted(job.seeds):
@@ -811,7 +815,8 @@ def print_settings(job):
     print(f"preset {cfg['preset']}: SAE on '{job.name}' MLP activations (d_mlp {job.d_in}), data "
           f"{'+'.join(job.domains)} (equal shares) from {cfg['data_dir']}, device {job.device}"
           + (f", {job.threads} threads" if job.device == "cpu" else "")
-          + (f" (the seeds' steps in {job.pool._max_workers} threads of one core each)" if job.pool else ""))
+          + (f" (the seeds' steps in {min(len(job.seeds), job.threads)} threads of one core each)" if job.pool
+             else ""))
     print(f"{cfg['arch']}: {job.n_features} features ({cfg['expansion']}x), {job.act.describe(cfg, job.aux_k)}; "
           f"Adam lr {cfg['lr']:g} betas ({cfg['beta1']}, {cfg['beta2']}); seeds {','.join(map(str, job.seeds))}")
     print(f"stream: {cfg['seqs_per_batch']} seqs x {cfg['tokens_per_seq']} positions = {job.B} activations/step, "
@@ -824,7 +829,8 @@ def print_plan(job):
     cfg, T = job.cfg, job.cfg["seq_len"]
     steps = job.total_steps - job.step
     sae_flops = 12 * job.d_in * job.n_features * job.B * steps * len(job.seeds)  # fwd 4dF + bwd 8dF per activation
-    harvest_flops = harvest_flops_per_window(job.model, T, cfg["tokens_per_seq"]) * cfg["seqs_per_batch"] * steps
+    kept = cfg["tokens_per_seq"] if cfg["fast"] else T  # the plain harvest runs every position
+    harvest_flops = harvest_flops_per_window(job.model, T, kept, cfg["fast"]) * cfg["seqs_per_batch"] * steps
     n_evals = steps // cfg["eval_interval"] + 1
     job.flops_per_step = (sae_flops + harvest_flops) / max(steps, 1)  # for the MFU in metrics.json
     eval_flops = n_evals * cfg["eval_seqs"] * T * (job.model.flops_per_token() / 3 * (2 + len(job.seeds))
@@ -834,12 +840,15 @@ def print_plan(job):
           f"{min(cfg['log_interval'], steps)} steps")
 
 
-def harvest_flops_per_window(model, T, k):
-    """Matmul FLOPs of model.mlp_acts(idx, positions, kv) for one window of T tokens keeping k positions: queries,
-    attention, output projection and MLP at the k kept ones (keys and values are looked up: model.token_kv)."""
+def harvest_flops_per_window(model, T, k, lookup=True):
+    """Matmul FLOPs of the harvest's forward for one window of T tokens keeping k positions (fast on:
+    fast.mlp_acts): queries, attention, output projection and MLP at the k kept ones, keys and values
+    looked up (fast.token_kv). lookup False (the plain path, k = T): every position's keys and values
+    projected too."""
     a = model.attn
     rest = a.wq.weight.numel() + a.wo.weight.numel() + sum(p.numel() for p in model.mlp.parameters())
-    return k * (2 * rest + 4 * T * model.args.d_model)
+    kv = 0 if lookup else 2 * T * (a.wk.weight.numel() + a.wv.weight.numel())
+    return k * (2 * rest + 4 * T * model.args.d_model) + kv
 
 
 def train_loop(job, runs):

@@ -184,7 +184,8 @@ def open_run(cfg, env, name, ckpt_path):
     ck = load_checkpoint(ckpt_path, "checkpoint to resume")
     if "optimizer" not in ck:
         die(f"{ckpt_path} holds no training state (a merge?); it cannot be resumed, use --overwrite to train anew")
-    check_resume(ck["config"], cfg, RESUME_FREE, ckpt_path)
+    # a run saved before the `fast` setting existed ran the fast path
+    check_resume({"fast": True, **ck["config"]}, cfg, RESUME_FREE, ckpt_path)
     if ck.get("finished"):
         if env.master:
             print(f"{ckpt_path} is finished (iter {ck['iter_num']}, val loss "
@@ -354,7 +355,7 @@ def evaluate(run, domains):
     model, T = run.raw_model, run.block
     rows = fast.head_rows(model, run.B * T) if run.cfg["fast"] else None
     return {d: eval_loss(model,
-                         datalib.sample_windows(run.data.val[d], run.B * run.cfg["eval_iters"],
+                         datalib.sample_windows({d: run.data.val[d]}, run.B * run.cfg["eval_iters"],
                                                 T + 1, "consecutive"),
                          run.B, run.env.device, run.env.autocast, rows)
             for d in domains}

@@ -356,17 +356,19 @@ def test_reproduce_with_the_authors_models_runs_no_lm_stage_of_ours(tmp_path):
     """MODELS=authors (issue 25): the data with the authors' tokenizer, their four models fetched and
     converted by authors.py, then the four SAEs and the analysis; no training, no merge, no sweep."""
     import subprocess
-    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env={**fake_python(tmp_path), "MODELS": "authors"},
-                          capture_output=True, text=True, timeout=60)
+    script = os.path.join(helpers.REPO, "reproduce.sh")
+    proc = subprocess.run([script], env={**fake_python(tmp_path), "MODELS": "authors"}, capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0, proc.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
     data = str(tmp_path / "data")
     assert [" ".join(c.split()[:3]) for c in calls] == [
         "data.py --domain all", f"authors.py --preset=tiny --data_dir={data}", "sae.py --model base",
-        "sae.py --model lua", "sae.py --model tinystories", "sae.py --model luastories", f"analyze.py --preset=tiny --data_dir={data}"]
+        "sae.py --model lua", "sae.py --model tinystories", "sae.py --model luastories",
+        f"analyze.py --preset=tiny --data_dir={data}"]
     assert calls[0].endswith("--tokenizer authors") and all("--resume" in c for c in calls if c.startswith("sae.py"))
-    bad = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env={**fake_python(tmp_path), "MODELS": "theirs"},
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([script], env={**fake_python(tmp_path), "MODELS": "theirs"}, capture_output=True, text=True,
+                         timeout=60)
     helpers.assert_one_line_error(bad, r"MODELS=theirs: ours .* or authors")
 
 

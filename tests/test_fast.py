@@ -77,7 +77,8 @@ def test_looked_up_keys_and_values_give_the_plain_trunk():
         for kv_ in (None, kv):
             assert all(torch.equal(a, b) for a, b in zip(fast.trunk(m, idx, None, kv_), (resid, h))) or kv_ is not None
             got = fast.trunk(m, idx, pos, kv_)
-            assert torch.allclose(got[0], resid[rows, pos], atol=1e-6) and torch.allclose(got[1], h[rows, pos], atol=1e-6)
+            assert torch.allclose(got[0], resid[rows, pos], atol=1e-6)
+            assert torch.allclose(got[1], h[rows, pos], atol=1e-6)
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fast.trunk(m, idx, None, kv), (resid, h)))
         m.attn.wv.weight.mul_(2)                           # a table made from other weights gives another result
         assert not torch.allclose(m.trunk(idx)[1][rows, pos], fast.trunk(m, idx, pos, kv)[1], atol=1e-4)
@@ -433,7 +434,8 @@ def small_study(root):
     data_dir, out_dir = os.path.join(root, "data"), os.path.join(root, "out")
     th = write_tokenizer(data_dir)
     texts = {"base": "def main(x):\n    return x + 1  # the cat and the dog\n",
-             "lua": "local t = {} for i = 1, 10 do t[i] = i * 2 end\n", "tinystories": "Once upon a time, a dog ran home.\n"}
+             "lua": "local t = {} for i = 1, 10 do t[i] = i * 2 end\n",
+             "tinystories": "Once upon a time, a dog ran home.\n"}
     rng = np.random.default_rng(0)
     for d, text in texts.items():
         ids = np.asarray((list(text.encode()) + [256]) * 400, dtype=np.uint16)

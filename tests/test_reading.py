@@ -16,8 +16,10 @@ IDEAS = {
     "one LM step": (100, [("train.py", "train_step"), ("train.py", "lr_at"), ("train.py", "lr_schedule"),
                           ("train.py", "FiniteGuard.update"), ("data.py", "get_batch")]),
     "one SAE step (relu and topk)": (140, [("sae.py", n) for n in (
-        "train_seeds", "train_step", "sae_loss", "firing", "SAE.__init__", "SAE.forward", "SAE.encode", "SAE.pre_acts", "SAE.activate", "SAE.decode",
-        "ReLU.__call__", "ReLU.penalty", "TopK.__call__", "TopK.penalty", "TopK.aux_loss", "remove_parallel_grad",
+        "train_seeds", "train_step", "sae_loss", "firing", "SAE.__init__", "SAE.forward", "SAE.encode",
+        "SAE.pre_acts", "SAE.activate", "SAE.decode",
+        "ReLU.__call__", "ReLU.penalty", "TopK.__call__", "TopK.penalty", "TopK.aux_hat", "TopK.aux_loss",
+        "remove_parallel_grad",
         "normalize_decoder")]),
     "harvest": (60, [("sae.py", "harvest"), ("sae.py", "stream_windows"), ("sae.py", "mlp_activations"),
                      ("model.py", "Transformer.mlp_acts")]),

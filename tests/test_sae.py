@@ -351,8 +351,8 @@ def test_seeds_share_one_stream_and_resume_continues_exactly(dirs, tmp_path, arc
     with pytest.raises(SystemExit, match="trains seeds 0,1 together; resume with --seeds 0,1"):
         run(dirs, *extra, "--seeds=0", "--resume", out=c)
     with pytest.raises(SystemExit, match=f"other settings \\(--fast {use_fast} -> {not use_fast}\\)"):
-        run(dirs, *[e for e in extra if not e.startswith("--fast")], f"--fast={not use_fast}", "--seeds=0,1", "--resume",
-            out=c)
+        other = [e for e in extra if not e.startswith("--fast")] + [f"--fast={not use_fast}"]
+        run(dirs, *other, "--seeds=0,1", "--resume", out=c)
 
 
 def test_one_line_errors(dirs, tmp_path):
