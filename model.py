@@ -222,7 +222,7 @@ CHECKPOINT_KEYS = {
     "provenance": "common.provenance(): config, code version, inputs",
     # training state, only in checkpoints train.py writes (what an exact --resume needs)
     "optimizer": "optimizer state dict",
-    "data_rng": "[state of the data-order generator before the batch in hand] (rank 0's)",
+    "data_rng": "[state of the data-order generator before the batch in hand] (one stream for every DDP rank)",
     "best_val_loss": "lowest validation loss seen so far",
     "history": "[{iter, train_loss, val_loss, lr, tokens}] one entry per evaluation (the loss curves)",
     # merges

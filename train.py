@@ -150,14 +150,17 @@ def main(argv=None):
 # the steps of main(), in order
 
 def setup_devices(cfg):
-    """DDP when launched by torchrun (one process per GPU, as nanoGPT does), else one device."""
+    """DDP when launched by torchrun (one process per GPU, as nanoGPT does, or CPU processes with
+    --device=cpu or no GPU), else one device."""
     env = SimpleNamespace(ddp=int(os.environ.get("RANK", -1)) != -1, rank=0, world=1)
     if env.ddp:
         from torch.distributed import init_process_group
-        init_process_group(backend="nccl")
         env.rank, env.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        env.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(env.device)
+        gpu = cfg["device"] != "cpu" and torch.cuda.is_available()
+        init_process_group(backend="nccl" if gpu else "gloo")  # NCCL only runs on GPUs; gloo on CPUs
+        env.device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if gpu else "cpu"
+        if gpu:
+            torch.cuda.set_device(env.device)
     else:
         env.device = pick_device(cfg["device"])
     env.master = env.rank == 0
@@ -254,14 +257,12 @@ def make_schedule(run):
     run.warmup = min(cfg["warmup_iters"], run.max_iters // 10)
     run.optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["lr"], (cfg["beta1"], cfg["beta2"]),
                                               env.device_type)
-    run.gen = torch.Generator().manual_seed(cfg["seed"] + env.rank)  # the data order, saved for exact resumes
+    # the data order, saved for exact resumes; one stream for every DDP rank (next_batch takes its share)
+    run.gen = torch.Generator().manual_seed(cfg["seed"])
     run.iter_num, run.best_val, run.history = 0, float("inf"), []
     if ck is not None:
         run.optimizer.load_state_dict(ck["optimizer"])
-        if env.rank == 0:
-            run.gen.set_state(ck["data_rng"][0])
-        else:  # only rank 0's stream is saved; other ranks continue on a fresh, distinct stream
-            run.gen.manual_seed(cfg["seed"] + env.rank + 7919 * ck["iter_num"])
+        run.gen.set_state(ck["data_rng"][0])
         run.iter_num, run.best_val, run.history = ck["iter_num"], ck["best_val_loss"], ck.get("history", [])
         run.resume = None  # free the loaded tensors
 
@@ -351,13 +352,13 @@ class FiniteGuard:
 
 def evaluate(run, domains):
     """Validation loss on each domain: its own val split, plus the other prepared domains at the end
-    (the first eval_iters batches of consecutive windows: the same text every time)."""
-    model, T = run.raw_model, run.block
+    (the first eval_iters whole batches of consecutive windows, world x B each under DDP: the same
+    text every time, and one process's with the whole batch; every rank evaluates it)."""
+    model, T, n = run.raw_model, run.block, run.B * run.env.world * run.cfg["eval_iters"]
     rows = fast.head_rows(model, run.B * T) if run.cfg["fast"] else None
-    return {d: eval_loss(model,
-                         datalib.sample_windows({d: run.data.val[d]}, run.B * run.cfg["eval_iters"],
-                                                T + 1, "consecutive"),
-                         run.B, run.env.device, run.env.autocast, rows)
+    windows = {d: datalib.sample_windows({d: run.data.val[d]}, n, T + 1, "consecutive")
+               for d in domains}
+    return {d: eval_loss(model, windows[d], run.B, run.env.device, run.env.autocast, rows)
             for d in domains}
 
 
@@ -389,7 +390,7 @@ def train_step(run, x, y):
             loss = loss / cfg["grad_accum"]
         # the data RNG before the batch in hand: what a resume restarts from
         run.pending_state = run.gen.get_state()
-        x, y = datalib.get_batch(run.data.train, run.B, run.block, run.env.device, run.gen)
+        x, y = next_batch(run)
         loss.backward()
         run.loss_acc += loss.detach()
     gnorm = torch.nn.utils.clip_grad_norm_(
@@ -401,6 +402,15 @@ def train_step(run, x, y):
     return x, y
 
 
+def next_batch(run):
+    """The next batch (x, y), B windows each: every rank draws the same world x B windows from the
+    one data stream and keeps its own B: DDP's mean gradient is one process's over them all."""
+    B, env = run.B, run.env
+    x, y = datalib.get_batch(run.data.train, B * env.world, run.block, env.device, run.gen)
+    r = env.rank * B
+    return x[r:r + B], y[r:r + B]
+
+
 def start_loop(run):
     """The model as it trains (compiled, DDP-wrapped), the first batch, and the loop's counters."""
     cfg, env = run.cfg, run.env
@@ -408,7 +418,7 @@ def start_loop(run):
     if cfg["fast"]:  # the loss through fast.py's chunked LM head where it pays (CPU float32 training)
         run.model = fast.ChunkedHead(run.raw_model)
     run.pending_state = run.gen.get_state()
-    x, y = datalib.get_batch(run.data.train, run.B, run.block, env.device, run.gen)
+    x, y = next_batch(run)
     if cfg["compile"] and env.device_type == "cuda":
         if env.master:
             print("compiling the model (torch.compile)...")
@@ -418,7 +428,8 @@ def start_loop(run):
     # that lost overlap of communication and compute is small
     if env.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        run.model = DDP(run.model, device_ids=[int(env.device.split(":")[1])])
+        ids = [int(env.device.split(":")[1])] if env.device_type == "cuda" else None  # CPU processes: none
+        run.model = DDP(run.model, device_ids=ids)
     run.guard = FiniteGuard(env.device, run.iter_num)
     run.loss_acc = torch.zeros((), device=env.device)
     run.train_sum, run.train_n = torch.zeros((), device=env.device), 0  # train loss since the last evaluation
@@ -484,6 +495,9 @@ def log_step(run, dt):
 def record_loss(run, val_loss=None):
     """One point of metrics.json's loss curve: the mean train loss since the last point (and the val loss
     at evaluations, None between them)."""
+    if run.env.ddp:  # every rank's loss: the mean over the whole batch
+        torch.distributed.all_reduce(run.train_sum)
+        run.train_sum /= run.env.world
     run.history.append({"iter": run.iter_num, "train_loss": (run.train_sum / max(1, run.train_n)).item(),
                         "val_loss": val_loss, "lr": lr_at(run, run.iter_num - 1),
                         "tokens": run.iter_num * run.tokens_per_iter})

@@ -14,7 +14,8 @@ IDEAS = {
         "apply_rope", "MLP.hidden", "ModelArgs", "Transformer.__init__", "RMSNorm.__init__", "Attention.__init__",
         "MLP.__init__", "rope_cache")]),
     "one LM step": (100, [("train.py", "train_step"), ("train.py", "lr_at"), ("train.py", "lr_schedule"),
-                          ("train.py", "FiniteGuard.update"), ("data.py", "get_batch")]),
+                          ("train.py", "FiniteGuard.update"), ("train.py", "next_batch"),
+                          ("data.py", "get_batch")]),
     "one SAE step (relu and topk)": (140, [("sae.py", n) for n in (
         "train_seeds", "train_step", "sae_loss", "firing", "SAE.__init__", "SAE.forward", "SAE.encode",
         "SAE.pre_acts", "SAE.activate", "SAE.decode",

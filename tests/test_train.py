@@ -307,3 +307,30 @@ def test_metrics_carry_mfu_none_on_cpu(dirs):
     run(dirs, "--domain=base", "--max_iters=3")
     m = json.load(open(os.path.join(dirs[1], "base", "metrics.json")))
     assert "mfu" in m and m["mfu"] is None and m["tokens_per_s"] > 0
+
+
+def test_ddp_on_two_cpu_processes_is_one_process_with_the_whole_batch(dirs):
+    """torchrun with two CPU processes (gloo): each rank takes its half of the one data stream's batch and
+    DDP averages the gradients, so every step is the one-process step with the whole batch (16 windows),
+    to float32 rounding (the mean over 16 windows summed in two halves), and the loss curve is the same."""
+    import subprocess
+    import sys
+    data, out = dirs
+    common = ["--preset=tiny", f"--data_dir={data}", *MODEL[:4], "--log_interval=2", "--eval_iters=2",
+              "--warmup_iters=2", "--domain=base", "--max_iters=6", "--eval_interval=3", "--device=cpu", "--threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           os.path.join(helpers.REPO, "train.py"), *common, f"--out_dir={out}", "--name=ddp",
+                           "--batch_size=8"], env=env, capture_output=True, text=True, timeout=300, cwd=helpers.REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    train.main([*common, f"--out_dir={out}", "--name=one", "--batch_size=16"])
+    ddp, one = load(dirs, "ddp"), load(dirs, "one")
+    assert ddp["iter_num"] == one["iter_num"] == 6
+    for k in one["model"]:
+        torch.testing.assert_close(ddp["model"][k], one["model"][k], rtol=1e-4, atol=1e-5)
+    h_ddp, h_one = ddp["history"], one["history"]
+    assert [h["iter"] for h in h_ddp] == [h["iter"] for h in h_one] and len(h_one) >= 3
+    for a, b in zip(h_ddp, h_one):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert (a["val_loss"] is None) == (b["val_loss"] is None)
+        assert a["val_loss"] is None or a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
