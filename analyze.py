@@ -133,8 +133,8 @@ class CorrAccumulator:
         self.sxy = zeros(fx, fy)
 
     @torch.no_grad()
-    def update(self, x, y, cache=None):
-        """Add a chunk: x (N, Fx), y (N, Fy). (cache: used by fast.CorrAccumulator only.)"""
+    def update(self, x, y):
+        """Add a chunk: x (N, Fx), y (N, Fy)."""
         x, y = x.double(), y.double()
         self.n += len(x)
         self.sx += x.sum(0)
@@ -428,7 +428,7 @@ def stats_init(n_features, k, device):
 def stats_update(stats, feats, seq0, n_seq):
     """Add a chunk of n_seq sequences starting at seq0, feats (n_seq * positions, F): firing counts, max per
     feature, and the running top-k sequences by their max activation."""
-    stats["nnz"] += (feats > 0).sum(0, dtype=torch.int32)                          # (an int32 sum: 6x faster than int64)
+    stats["nnz"] += (feats > 0).sum(0, dtype=torch.int32)                          # firing counts (F,)
     stats["max"] = torch.maximum(stats["max"], feats.amax(0).float())
     if stats["k"]:
         seq_max = feats.reshape(n_seq, -1, feats.shape[1]).amax(1).float()          # (n_seq, F)
@@ -436,6 +436,11 @@ def stats_update(stats, feats, seq0, n_seq):
         values, seqs = torch.cat([stats["top_v"], seq_max]), torch.cat([stats["top_i"], ids])
         stats["top_v"], best = values.topk(min(stats["k"], len(values)), dim=0)
         stats["top_i"] = seqs.gather(0, best)
+
+
+def encode_at(sae, x, idx, use_fast):
+    """sae.encode(x)[:, idx] (N, k), the features of the pages; fast.encode_features makes those k only."""
+    return fast.encode_features(sae, x, idx) if use_fast else sae.encode(x)[:, idx]
 
 
 def window_start(t, T, w):
@@ -455,7 +460,8 @@ def collect_contexts(model, sae, seqs, feats, wants, width, batch, device, skip=
     idx, order, T = torch.tensor(feats, dtype=torch.long, device=device), sorted(wants), seqs.shape[1]
     for start, h in saelib.mlp_activations(model, seqs[order], batch, device, use_fast=use_fast):  # (b, T, d_mlp)
         ids = order[start:start + len(h)]
-        acts = sae.encode_features(h.reshape(-1, h.shape[-1]), idx).view(len(ids), T, -1).float().cpu().numpy()  # (b, T, k)
+        acts = encode_at(sae, h.reshape(-1, h.shape[-1]), idx, use_fast)
+        acts = acts.view(len(ids), T, -1).float().cpu().numpy()                    # (b, T, k)
         acts[:, :skip] = 0.0  # positions left out of the statistics are shown, never counted
         for row, s in enumerate(ids):
             for f, kind, pos in wants[s]:
@@ -793,9 +799,11 @@ def stream(cfg, study, seqs, device, pairs, stats=None):
                     stats_update(stats[key], f, start, n_rows)
                 if key in held:
                     feats[key] = f
-        cache = {}                                                               # entries shared by pairs
-        for n, a, b in pairs:
-            acc[n].update(feats[a], feats[b], cache)
+        if cfg["fast"]:  # fast.py: each feature matrix's nonzero entries made once for all its pairs
+            fast.update_pairs(acc, pairs, feats)
+        else:
+            for n, a, b in pairs:
+                acc[n].update(feats[a], feats[b])
         if (chunk + 1) % max(1, n_chunks // 10) == 0 or chunk + 1 == n_chunks:
             done = min(start + batch, n_seq) * (T - skip)
             print(f"chunk {chunk + 1}/{n_chunks}: {done:,} tokens, {done / (time.time() - t0):,.0f} tok/s")
@@ -943,7 +951,7 @@ def feature_activity(cfg, study, seqs, keys, stats, device):
         keep_row = torch.full((n_int, per, len(feats)), -1, dtype=torch.long, device=device)
         offset = torch.arange(len(feats), device=device) * n_bins
         for start, h in saelib.mlp_activations(study.model[m], seqs, batch, device, skip, use_fast=cfg["fast"]):
-            acts = sae.encode_features(h.reshape(-1, study.d_mlp), idx)                    # (rows, k)
+            acts = encode_at(sae, h.reshape(-1, study.d_mlp), idx, cfg["fast"])            # (rows, k)
             on = acts > 0
             level = (acts / top).clamp(0, 1)
             bins = (level * n_bins).ceil().long().clamp(1, n_bins) - 1 + offset

@@ -63,7 +63,12 @@ stable_order
     pays: CPU, keys below 2^15
     gain: 3x: 47k keys, 0.46 vs 1.25 ms
     equal: bit for bit
-CorrAccumulator (co-active products, shift)
+encode_features
+    twin: sae.encode(x)[:, idx]
+    pays: analyze.py's feature pages (a few dozen of n_features)
+    gain: the encoder product of k columns, not n_features (not timed alone)
+    equal: float32 rounding (a narrower product)
+CorrAccumulator, update_pairs (co-active products, shift, entries made once a chunk)
     twin: analyze.CorrAccumulator: four float64 sums, dense x^T y
     pays: sparse SAE features: about L0^2 products a token, not Fx Fy
     gain: the quickstart's 9 pairs of 2048 x 2048, 62,611 tokens: 23 s vs 166 s
@@ -520,6 +525,15 @@ def sparse_loss(sae, x, xc, hp, select_bf16=False):
     return finish_loss(sae, x, pre, csr(pat, vals), x_hat, lambda: vals_g.sum() / len(x), hp, aux_decode)
 
 
+def encode_features(sae, x, idx):
+    """sae.encode(x)[:, idx] (N, k): with an elementwise activation from the k encoder columns alone
+    (analyze.py's feature pages: a few dozen of n_features)."""
+    if not sae.act.elementwise:
+        return sae.encode(x)[:, idx]
+    return sae.activate((x.to(sae.W_enc.dtype) - sae.b_dec) @ sae.W_enc[:, idx]
+                        + sae.b_enc[idx])
+
+
 # -----------------------------------------------------------------------------
 # correlation: co-active products (analyze.py's streamed Pearson r)
 
@@ -617,6 +631,15 @@ class CorrAccumulator:
         if self.pending:
             self._start()
         return self.n, self.sx, self.sxx, self.sy, self.syy, self.sxy
+
+
+def update_pairs(acc, pairs, feats):
+    """analyze.stream's update of every pair ({name: CorrAccumulator}, [(name, key_x, key_y)]) with this
+    chunk's features ({key: (N, F)}), one entries cache shared by the pairs: a feature matrix in several
+    pairs has its nonzero entries extracted once."""
+    cache = {}
+    for n, a, b in pairs:
+        acc[n].update(feats[a], feats[b], cache)
 
 
 PAIR_COST = {"cpu": 30, "cuda": 20_000}  # a co-active pair costs about this many dense multiply-adds (scattered

@@ -140,7 +140,7 @@ STATE_FILE = "train_state.pt"  # every seed's training state at one step (see sa
 class ReLU:
     """relu: f = ReLU(pre), an L1 penalty on f; dead latents are resampled (Anthropic)."""
     resamples = True
-    # a feature's activation needs only its own pre-activation (SAE.encode_features)
+    # a feature's activation needs only its own pre-activation (fast.encode_features, fast.support)
     elementwise = True
 
     def __init__(self, k, n_features):
@@ -235,14 +235,6 @@ class SAE(nn.Module):
 
     def encode(self, x):
         return self.activate(self.pre_acts(x))
-
-    def encode_features(self, x, idx):
-        """encode(x)[:, idx] (N, k): with an elementwise activation from the k encoder columns alone
-        (analyze.py's feature pages: a few dozen of n_features)."""
-        if not self.act.elementwise:
-            return self.encode(x)[:, idx]
-        return self.activate((x.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc[:, idx]
-                             + self.b_enc[idx])
 
     def decode(self, f):
         return f @ self.W_dec + self.b_dec

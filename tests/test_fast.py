@@ -178,6 +178,16 @@ def test_bf16_selection_changes_only_near_threshold_latents(arch):
         assert (p.grad - q.grad).norm() < 0.05 * p.grad.norm(), name
 
 
+def test_encode_features_is_encode_at_those_features():
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    idx = torch.tensor([5, 0, 47, 12])
+    for arch in ("relu", "topk"):
+        sae = random_sae(arch)
+        want = sae.encode(x)[:, idx]
+        assert (want > 0).any() and (want == 0).any()
+        assert torch.allclose(fast.encode_features(sae, x, idx), want, atol=1e-6)
+
+
 def test_relu_support_is_the_positive_entries_in_row_major_order():
     # the sparse step's selection on the CPU (numpy's comparison; a bf16 value read as int16): the same
     # entries as > 0 in float32, row-major, for signed zeros, subnormal, huge and infinite values

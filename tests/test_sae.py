@@ -152,16 +152,6 @@ def test_ce_recovered_is_one_for_identity_and_zero_for_zero_ablation():
         assert again == [m_id, m_zero] and len(cache) == 2
 
 
-def test_encode_features_is_encode_at_those_features():
-    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
-    idx = torch.tensor([5, 0, 47, 12])
-    for arch in ("relu", "topk"):
-        sae = random_sae(arch)
-        want = sae.encode(x)[:, idx]
-        assert (want > 0).any() and (want == 0).any()
-        assert torch.allclose(sae.encode_features(x, idx), want, atol=1e-6)
-
-
 # -----------------------------------------------------------------------------
 # the SAE's invariants
 
