@@ -266,10 +266,17 @@ def require_positive(cfg, keys):
         check_value(k, cfg[k], ">0")
 
 
+# settings added after runs were saved, with the value those runs had: `fast` (fast.py) was the only
+# code before the setting existed
+ADDED_SETTINGS = {"fast": True}
+
+
 def check_resume(saved, cfg, free, path):
     """`--resume` continues a run only with the settings it was started with (`free`: keys that may differ,
     such as logging intervals or the device); a finished run is checked too, so a changed setting is
-    never silently ignored. saved: the config stored in the checkpoint."""
+    never silently ignored. saved: the config stored in the checkpoint (a setting it predates: the
+    value of ADDED_SETTINGS)."""
+    saved = {**ADDED_SETTINGS, **saved}
     changed = [f"--{k} {saved.get(k)!r} -> {cfg[k]!r}" for k in cfg if k not in free and saved.get(k) != cfg[k]]
     if changed:
         die(f"--resume of {path} with other settings ({'; '.join(changed)}); use the original ones, "

@@ -769,8 +769,7 @@ def resume_runs(job):
         die(f"{job.dir} has SAE checkpoints but no {STATE_FILE} to resume from (made by an older sae.py, or "
             f"deleted); retrain with --overwrite")
     st = load_checkpoint(path, "SAE training state")
-    # a run saved before the `fast` setting existed ran the fast path
-    check_resume({"fast": True, **st["config"]}, cfg, RESUME_FREE | {"seeds"}, path)
+    check_resume(st["config"], cfg, RESUME_FREE | {"seeds"}, path)
     if st["model_hash"] != job.info["model_hash"]:
         die(f"{path} was trained on another version of model '{job.name}'; retrain with --overwrite")
     if sorted(st["seeds"]) != sorted(job.seeds):

@@ -187,8 +187,7 @@ def open_run(cfg, env, name, ckpt_path):
     ck = load_checkpoint(ckpt_path, "checkpoint to resume")
     if "optimizer" not in ck:
         die(f"{ckpt_path} holds no training state (a merge?); it cannot be resumed, use --overwrite to train anew")
-    # a run saved before the `fast` setting existed ran the fast path
-    check_resume({"fast": True, **ck["config"]}, cfg, RESUME_FREE, ckpt_path)
+    check_resume(ck["config"], cfg, RESUME_FREE, ckpt_path)
     if ck.get("finished"):
         if env.master:
             print(f"{ckpt_path} is finished (iter {ck['iter_num']}, val loss "

@@ -102,7 +102,7 @@ def test_help_shows_the_chosen_presets_values_and_each_keys_comment(tmp_path):
 
 
 def test_every_stage_script_answers_help(tmp_path):
-    for name in ("data.py", "train.py", "merge.py", "sae.py", "analyze.py", "explain.py"):
+    for name in ("data.py", "train.py", "merge.py", "sae.py", "analyze.py", "explain.py", "authors.py"):
         out = subprocess.run([sys.executable, os.path.join(HERE, name), "-h"], capture_output=True, text=True, cwd=tmp_path)
         assert out.returncode == 0 and "usage: python " + name in out.stdout, (name, out.stderr[-500:])
 
@@ -113,6 +113,10 @@ def test_resume_guard_names_every_changed_setting():
     with pytest.raises(common.UserError) as e:
         common.check_resume(saved, {"lr": 0.2, "steps": 11, "log": 5}, {"log"}, "ck.pt")
     assert "--lr 0.1 -> 0.2" in e.value.msg and "--steps 10 -> 11" in e.value.msg
+    # a run saved before the `fast` setting existed ran the fast path: it resumes with fast on, not off
+    common.check_resume(saved, {"lr": 0.1, "steps": 10, "log": 5, "fast": True}, {"log"}, "ck.pt")
+    with pytest.raises(common.UserError, match=r"--fast True -> False"):
+        common.check_resume(saved, {"lr": 0.1, "steps": 10, "log": 5, "fast": False}, {"log"}, "ck.pt")
 
 
 def test_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
