@@ -49,11 +49,13 @@ import os
 import time
 from dataclasses import dataclass
 
+# common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
+import common
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import common
 import data as datalib
 import fast
 import report
@@ -562,7 +564,6 @@ def edge_table(res):
                      "n/a (no seed-1 SAE)" if nul is None else f"{nul:.0%}"))
     w = [max(len(str(r[k])) for r in rows) for k in range(len(rows[0]))]
     return "\n".join("  ".join(str(v).ljust(w[k]) if k == 0 else str(v).rjust(w[k]) for k, v in enumerate(r)) for r in rows)
-
 
 
 def rounded(a, d=4):
@@ -1166,6 +1167,9 @@ def main(argv=None):
           f"models {', '.join(dict.fromkeys(cfg['models']))}")
     adir = os.path.join(cfg["out_dir"], "analysis")
     with torch.no_grad(), common.lock_dir(adir, "an analysis"):
+        # results.json, pages.json and report.html: a few MB at the paper's sizes (the pages' contexts dominate);
+        # checked before the long passes, not after them
+        common.check_free_space(adir, 32 << 20, "the analysis (results.json, pages.json, report.html)")
         # 1. models and SAEs; 2. the token set
         study = load_study(cfg, device)
         seqs, token_set = draw_tokens(cfg, study)
@@ -1182,8 +1186,8 @@ def main(argv=None):
         # 7. results.json, pages.json, report.html
         res = results_record(cfg, study, token_set, found, dens, dead, selection, explanations, timing)
         pages = page_data(cfg, study, ctx, activity, logit, trails, near, tok, explanations)
-        common.atomic_write_json(os.path.join(adir, "results.json"), res)
-        common.atomic_write_json(os.path.join(adir, "pages.json"), pages)
+        common.atomic_write_json(os.path.join(adir, "results.json"), common.stamp(res, "results"))
+        common.atomic_write_json(os.path.join(adir, "pages.json"), common.stamp(pages, "pages"))
         report_path = report.write_report(cfg["out_dir"])
     print_summary(res, study)
     print(f"-> {os.path.join(adir, 'results.json')}\n-> {report_path}")

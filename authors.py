@@ -26,10 +26,12 @@ At the end each model's loss on its own val split is printed beside its model ca
 """
 import os
 
+# common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
+import common
+
 import numpy as np
 import torch
 
-import common
 import data
 import fast
 from common import die

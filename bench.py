@@ -5,7 +5,7 @@ each stage's share of it. Not a test: it prints numbers (no timing is ever asser
 
     python bench.py                      # every part, CPU-sized shapes
     python bench.py --markdown           # ... and the README's table, with date, CPU, threads, torch
-    python bench.py --only=train,sae     # some parts: peak, train, sae, corr, bpe, rss, quickstart
+    python bench.py --only=train,sae     # some parts: peak, train, sae, corr, bpe, data, quickstart
     python bench.py --paper_smoke        # every stage at the paper's shapes for a few steps + the plan
     python bench.py --only=plan          # the full-budget projection alone
 
@@ -19,7 +19,8 @@ corr  : fast.CorrAccumulator (streamed chunks) vs all activations in memory + on
         torch matmul of the centred (N, Fa) x (N, Fb) block (the same work), each in its own process;
         accuracy of both over the FULL (Fa, Fb) matrix against float64; peak memory at two token counts.
 bpe   : data.train_bpe in MB/s of training text (no peer: tokenizers' BPE is a different algorithm).
-rss   : peak resident memory of `data.py --domain all` on a generated local corpus at two sizes.
+data (only when asked): `data.py --preset paper` on generated corpora with the paper's document sizes: peak
+        resident memory and MB/s per stage at each size, and the paper's corpora on 8 cores, extrapolated.
 quickstart (only when asked): ./reproduce.sh from scratch into a temp folder, wall time and peak memory.
 FLOPs are dense-equivalent matmul FLOPs (an implementation that skips zeros can pass 100%).
 """
@@ -28,23 +29,27 @@ import datetime
 import multiprocessing as mp
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+
+# common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
+import common
 
 import numpy as np
 import torch
 
-import common
 import fast
 from common import die, parse_config, pick_device
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 config = dict(
-    only="peak,train,sae,corr,bpe,rss",  # parts to run, comma-separated: peak, train, sae, corr, bpe, rss, plan
+    only="peak,train,sae,corr,bpe",  # parts to run, comma-separated: peak, train, sae, corr, bpe, data, quickstart, plan
     shapes="tiny",          # tiny: the quickstart's shapes (CPU) | paper: DESIGN.md's shapes (use a GPU)
     device="auto",          # auto: cuda when available, else cpu
     threads=0,              # torch CPU threads; 0 = common.set_threads' default (fewer on a loaded machine)
@@ -60,8 +65,7 @@ config = dict(
     corr_tokens=[25_000, 100_000],  # corr: two token counts (memory against tokens); speed and accuracy at the last
     corr_chunk=8192,        # corr: tokens per streamed chunk
     corr_density=0.012,     # corr: share of active features per token (the quickstart SAEs: L0 20-28 of 2048)
-    rss_mb=[40, 400],       # rss: two sizes of the generated corpus, MB of text over all four domains
-    rss_preset="tiny",      # rss: data.py --preset for the runs
+    data_mb=[60, 240],      # data: sizes of the generated corpus with the paper's document sizes, MB over four domains
     paper_smoke=False,      # run each stage at the paper's shapes for smoke_steps steps, then the plan
     smoke_dir="",           # paper_smoke: work folder ("" = a temp folder, removed at the end)
     smoke_mb=3.0,           # paper_smoke: MB of train text per domain taken from --corpora (3: enough for 32,000 BPE tokens)
@@ -70,8 +74,8 @@ config = dict(
     plan_batch=0,           # plan: LM sequences per measured step; 0 = the paper's 64 (a CPU needs ~8 GB for it)
     plan_tokens_per_word=0.0,   # plan: base tokens per word; 0 = from the paper_smoke data, else 1.5 (assumed)
     plan_base_words=200e6,      # plan: base mix words (BabyLM 100M + as many words of Python; DESIGN.md)
-    plan_lua_tokens=320e6,      # plan: Lua fine-tune tokens (ASSUMED: the README's expected sizes, >= 130M words x 8.3 bytes/word / 3.33 bytes/token)
-    plan_tinystories_tokens=480e6,  # plan: TinyStories fine-tune tokens (ASSUMED: the README's expected sizes, ~1.9 GB / 3.95 bytes/token)
+    plan_lua_tokens=1.25e9,     # plan: Lua fine-tune tokens (ESTIMATE, DESIGN.md's expected sizes: the authors' Lua fine-tune ran ~75k steps of 64 x 256)
+    plan_tinystories_tokens=480e6,  # plan: TinyStories fine-tune tokens (ESTIMATE, DESIGN.md's expected sizes: ~1.9 GB / 3.95 bytes/token)
 )
 checks = {"steps": ">0", "warmup": ">=0", "sae_density": "(0,1]", "threads": ">=0", "corr_features": ">0", "corr_chunk": ">0",
           "corr_density": "(0,1]", "smoke_mb": ">0", "smoke_steps": ">0", "plan_steps": ">0",
@@ -553,7 +557,7 @@ def bench_bpe(cfg, device):
 
 
 # -----------------------------------------------------------------------------
-# stages as subprocesses: wall time and peak resident memory of each (rss, paper_smoke)
+# stages as subprocesses: wall time and peak resident memory of each (data, paper_smoke)
 
 # A child's ru_maxrss starts at its parent's resident size at fork (Linux carries the pre-exec high-water
 # mark over exec), so a stage started from this process would inherit bench's own footprint. Each stage is
@@ -593,9 +597,9 @@ SYLLABLES = ("ba be bi bo bu da de di do du ka ke ki ko ku la le li lo lu ma me 
              "pa pe pi po pu ra re ri ro ru sa se si so su ta te ti to tu va ve vi vo vu za ze zi zo zu").split()
 
 
-def _generated_pool(rng, kind, n_items=20_000):
+def _generated_pool(rng, kind, n_items=20_000, n_vocab=5000):
     """Items (sentences or code lines) of one generated domain, over a Zipf-distributed pseudo-word vocabulary."""
-    vocab = np.array(["".join(rng.choice(SYLLABLES, size=rng.integers(1, 4))) for _ in range(5000)])
+    vocab = np.array(["".join(rng.choice(SYLLABLES, size=rng.integers(1, 4))) for _ in range(n_vocab)])
     p = 1 / np.arange(1, len(vocab) + 1)
     words = iter(vocab[rng.choice(len(vocab), size=n_items * 24, p=p / p.sum())].tolist())
     pick = lambda k: [next(words) for _ in range(k)]
@@ -617,52 +621,144 @@ def _generated_pool(rng, kind, n_items=20_000):
     return items
 
 
-def make_generated_corpus(folder, total_mb, seed=0):
-    """A local corpus (data.py's local:DIR layout: <domain>/train.txt and valid.txt, documents each followed
-    by a line <|endoftext|>) of generated text, total_mb MB over four domains, 10% of each in valid."""
-    kinds = {"babylm": "prose", "tinystories": "story", "python": "python", "lua": "lua"}
-    for i, (domain, kind) in enumerate(kinds.items()):
+def make_paper_like_corpus(folder, total_mb, seed=0, lua_big_every=400):
+    """A generated local corpus (local:DIR layout) with the paper's document sizes, total_mb MB over four domains
+    in equal shares, 10% of each in valid: babylm one line (~9 words) a document, as the local source keeps
+    BabyLM's rows; tinystories stories of ~900 bytes; python files of ~5 KB; lua files of ~5 KB and one in every
+    lua_big_every a 1 MB file (about a third of lua's bytes)."""
+    shapes = {"babylm": ("prose", " ", (1, 2)), "tinystories": ("story", " ", (8, 24)),
+              "python": ("python", "\n", (40, 300)), "lua": ("lua", "\n", (40, 300))}  # items a document: [lo, hi)
+    for i, (domain, (kind, sep, (lo, hi))) in enumerate(shapes.items()):
         rng = np.random.default_rng(seed * 10 + i)
-        pool = np.array(_generated_pool(rng, kind), dtype=object)
-        sep = " " if kind in ("prose", "story") else "\n"
+        pool = _generated_pool(rng, kind, n_items=100_000, n_vocab=200_000)  # enough distinct words for 32,000 merges
+        if kind == "prose":  # ~9 words, as a BabyLM row
+            pool = [" ".join(s.split()[:int(rng.integers(4, 14))]) for s in pool]
         os.makedirs(os.path.join(folder, domain), exist_ok=True)
         for split, share_ in (("train", 0.9), ("valid", 0.1)):
-            target, size = total_mb * 1e6 / len(kinds) * share_, 0
+            target, size, n = total_mb * 1e6 / len(shapes) * share_, 0, 0
             with open(os.path.join(folder, domain, f"{split}.txt"), "w", encoding="utf-8") as f:
                 while size < target:
-                    docs = [sep.join(pool[rng.integers(0, len(pool), size=int(rng.integers(8, 40)))]) for _ in range(1000)]
-                    text = "".join(d + "\n<|endoftext|>\n" for d in docs)
+                    k = 30_000 if domain == "lua" and n % lua_big_every == lua_big_every - 1 else int(rng.integers(lo, hi))
+                    text = sep.join(pool[j] for j in rng.integers(0, len(pool), size=k).tolist()) + "\n<|endoftext|>\n"
                     f.write(text)
-                    size += len(text)
+                    size, n = size + len(text), n + 1
 
 
-def bench_rss(cfg, device):
-    """Issue 10: peak RSS of `data.py --domain all` against the size of its input, two sizes."""
-    tmp, got = tempfile.mkdtemp(prefix="bench_rss_"), []
+# The paper's text, MB of train split (the val splits add about a tenth more): baby-python's card says 1.22 GB,
+# BabyLM (~100M words as one-line rows, ~550 MB) plus Python matched to it by words; TinyStories ~1.9 GB;
+# small-lua-stack ~4-5 GB (its parquet is 1.07 GB compressed; the authors' Lua fine-tune saw ~1.2-1.3B Mistral
+# tokens), the upper end taken. base is all of baby-python again, copied from babylm's and python's tokens.
+PAPER_MB = {"babylm": 550, "python": 670, "tinystories": 1900, "lua": 5000}
+PAPER_CORES = 8
+
+
+def _encode_seconds(enc, path):
+    """encode_split's work on one file, apart: (seconds of its serial Python, in one thread: reading, chunking,
+    counting, joining; seconds inside the tokenizer, which runs on every thread (it releases the GIL); MB)."""
+    import data
+    t0, tok, size = time.perf_counter(), 0.0, 0
+    for chunk in data.batched(data.local_file_docs(path)):
+        size += data.n_bytes(chunk)
+        data.n_words(chunk), any(data.EOT in d for d in chunk)
+        text = data.EOT.join(chunk) + data.EOT
+        t1 = time.perf_counter()
+        enc.encode_to_numpy(text, allowed_special={data.EOT}, disallowed_special=()).astype(np.uint16)
+        tok += time.perf_counter() - t1
+    return time.perf_counter() - t0 - tok, tok, size / 1e6
+
+
+def bench_data(cfg, device):
+    """Issue 24: `data.py --domain all --preset paper --vocab_size 32000` on generated corpora with the paper's
+    document sizes (make_paper_like_corpus) at each of data_mb: peak RSS and each stage's MB/s; then, on the
+    largest, each stage's parts timed alone and the paper's corpora EXTRAPOLATED to PAPER_CORES cores."""
+    import data
+    threads, tmp, peaks = torch.get_num_threads(), tempfile.mkdtemp(prefix="bench_data_"), []
     try:
-        for mb in cfg["rss_mb"]:
-            corp, ddir = os.path.join(tmp, f"corpus_{mb:g}"), os.path.join(tmp, f"data_{mb:g}")
-            t0 = time.perf_counter()
-            make_generated_corpus(corp, mb)
-            print(f"rss: generated a {mb:g} MB corpus in {time.perf_counter() - t0:.0f} s; running data.py ...", flush=True)
-            cmd = [sys.executable, "data.py", "--domain", "all", "--source", f"local:{corp}", "--data_dir", ddir,
-                   "--preset", cfg["rss_preset"]]
-            rc, sec, peak, last = run_measured(cmd, os.path.join(tmp, f"log_{mb:g}.txt"))
-            if rc != 0:
-                print(f"  data.py failed (exit {rc}) on {mb:g} MB: {last}")
-                row("rss", f"data.py --domain all on {mb:g} MB", f"FAILED (exit {rc})", note=last)
-                return
-            got.append((mb, peak, sec))
-            print(f"  {mb:g} MB of text: peak RSS {peak:,.0f} MiB ({peak / mb:.1f} MiB per MB of input), {sec:.0f} s")
+        for mb in cfg["data_mb"]:
+            corp, ddir = os.path.join(tmp, "corpus"), os.path.join(tmp, "data")
             shutil.rmtree(corp, ignore_errors=True)
             shutil.rmtree(ddir, ignore_errors=True)
+            t0 = time.perf_counter()
+            make_paper_like_corpus(corp, mb)
+            print(f"data: generated a {mb:g} MB corpus with the paper's document sizes in {time.perf_counter() - t0:.0f} s; "
+                  f"data.py --preset paper --threads {threads} ...", flush=True)
+            cmd = [sys.executable, "data.py", "--domain", "all", "--source", f"local:{corp}", "--data_dir", ddir,
+                   "--preset", "paper", "--vocab_size", "32000", "--threads", str(threads)]
+            rc, sec, peak, last = run_measured(cmd, os.path.join(tmp, "log.txt"))
+            if rc != 0:
+                print(f"  data.py failed (exit {rc}) on {mb:g} MB: {last}")
+                row("data", f"data.py on {mb:g} MB", f"FAILED (exit {rc})", note=last)
+                return
+            tok, metas = common.read_json(os.path.join(ddir, "tokenizer", "tokenizer.json")), \
+                {d: common.read_json(os.path.join(ddir, d, "meta.json")) for d in data.DOMAINS}
+            mbs = {d: sum(m["splits"][s]["bytes"] for s in ("train", "val")) / 1e6 for d, m in metas.items()}
+            stages = {"tokenizer (count pass + BPE)": (tok["train_seconds"] * tok["train_mb_per_s"], tok["train_seconds"]),
+                      **{f"encode {d}": (mbs[d], metas[d]["encode_seconds"]) for d in data.DOMAINS if d != "base"},
+                      "base assembly": (mbs["base"], metas["base"]["encode_seconds"])}
+            peaks.append((mb, peak, sec))
+            print(f"  {mb:g} MB: peak RSS {peak:,.0f} MiB, {sec:.0f} s in all; "
+                  + "; ".join(f"{k} {m / max(s, 1e-9):.1f} MB/s" for k, (m, s) in stages.items()))
+        print(f"  on the {mb:g} MB corpus, each part alone (one thread) ...", flush=True)
+        enc, lcfg = data.load_tokenizer(ddir), dict(data.config, source=f"local:{corp}")
+        t0, memo = time.perf_counter(), {}
+        sides_mb = sum(int(data.doc_counts(lcfg, d, "train", memo)[1].sum()) for d in data.MIX_SIDES) / 1e6
+        t_pass = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sum(1 for _ in data.base_train_docs(lcfg, memo, 0.5))  # the paper's case: each document hashed for the share
+        t_pick = time.perf_counter() - t0
+        # the BPE on real text where there is some (generated text has fewer distinct chunks: a faster trainer)
+        real = [os.path.join(cfg["corpora"], d, "train.txt") for d in data.MIX_SIDES]
+        docs = [d for f in real for d in data.local_file_docs(f)] if all(map(os.path.exists, real)) else \
+            list(data.base_train_docs(lcfg, memo))
+        bpe_what = "real babylm + python samples" if all(map(os.path.exists, real)) else "the generated base mix"
+        bpe_mb, t0 = data.n_bytes(docs) / 1e6, time.perf_counter()
+        data.train_bpe(docs, 32000, log=lambda *a: None)
+        t_bpe = time.perf_counter() - t0
+        # its two phases scale apart: counting the chunks with the text, the merges with the distinct chunks, which
+        # grow as MB^heaps (Heaps' law; the exponent from half the text against all of it)
+        rx, t0, counts = re.compile(data.RE_PATTERN), time.perf_counter(), [Counter(), Counter()]
+        for i, d in enumerate(docs):  # as train_bpe counts them
+            counts[i % 2].update(rx.findall(d))
+        n_half, n_all = len(counts[0]), len(counts[0] | counts[1])
+        t_count = time.perf_counter() - t0
+        heaps = np.log(n_all / n_half) / np.log(bpe_mb / (data.n_bytes(docs[::2]) / 1e6))
+        del docs
+        enc_parts = {d: _encode_seconds(enc, os.path.join(corp, d, "train.txt")) for d in PAPER_MB}
+        t0 = time.perf_counter()
+        common.sha256_file(os.path.join(corp, "lua", "train.txt"))
+        hash_rate = os.path.getsize(os.path.join(corp, "lua", "train.txt")) / 1e6 / (time.perf_counter() - t0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    (m0, p0, _), (m1, p1, _) = got[0], got[-1]
-    growth = (p1 - p0) / (m1 - m0) if m1 != m0 else float("nan")
-    row("rss", f"data.py --domain all --preset {cfg['rss_preset']}, generated local corpus "
-        f"{' -> '.join(f'{m:g}' for m, _, _ in got)} MB", " -> ".join(f"{p:,.0f}" for _, p, _ in got) + " MiB peak RSS",
-        note=f"{growth:.2f} MiB more per extra MB of input; {' -> '.join(f'{s:.0f}' for _, _, s in got)} s")
+    # the paper, EXTRAPOLATED: each part's measured seconds per MB times the paper's MB; the serial parts on one
+    # core, the tokenizer's calls on the PAPER_CORES - 1 cores the serial Python leaves (whichever takes longer)
+    # est: (wall seconds on PAPER_CORES cores, CPU seconds of all threads) of each part
+    mix, val = PAPER_MB["babylm"] + PAPER_MB["python"], 1.1
+    one = lambda s: (s, s)  # a serial part: its wall time is its CPU time
+    r = data.config["bpe_mb"] / bpe_mb  # the BPE's text at the paper's size over the text timed
+    est = {"tokenizer: count + pick passes over babylm + python": one((t_pass + t_pick) / sides_mb * mix),
+           f"tokenizer: BPE on {data.config['bpe_mb']:g} MB (bpe_mb); on {bpe_mb:.1f} MB of {bpe_what}: counting "
+           f"{t_count:.1f} s x r, merges {t_bpe - t_count:.0f} s x r^{heaps:.2f}, r = {r:.1f}":
+               one(t_count * r + max(t_bpe - t_count, 0) * r ** heaps)}
+    for d, (serial, tok_s, dmb) in enc_parts.items():
+        scale = PAPER_MB[d] * val / dmb
+        est[f"encode {d} (serial Python {dmb / serial:.0f} MB/s, tokenizer {dmb / tok_s:.1f} MB/s a thread)"] = \
+            (max(serial, tok_s / (PAPER_CORES - 1)) * scale, (serial + tok_s) * scale)
+    est["base assembly (and the val count pass)"] = one(metas["base"]["encode_seconds"] / mbs["base"] * mix * val)
+    est["file hashes (settings: babylm and python x3)"] = one((sum(PAPER_MB.values()) + 2 * mix) * val / hash_rate)
+    total, cpu = sum(w for w, _ in est.values()), sum(c for _, c in est.values())
+    print(f"  EXTRAPOLATION to the paper's corpora ({', '.join(f'{d} {m:,} MB' for d, m in PAPER_MB.items())}, "
+          f"+10% val) on {PAPER_CORES} cores, from these one-thread timings on this machine (wall, CPU time):")
+    for k, (w, c) in est.items():
+        print(f"    {k:100s} {fmt_time(w):>9s} {fmt_time(c):>9s}")
+    print(f"    {'total':100s} {fmt_time(total):>9s} {fmt_time(cpu):>9s}  (goal: 10 min on {PAPER_CORES} cores: "
+          f"{'met' if total <= 600 else 'NOT met'})")
+    (m0, p0, _), (m1, p1, _) = peaks[0], peaks[-1]
+    row("data", f"data.py --preset paper --vocab_size 32000 --threads {threads}, generated corpus with the paper's "
+        f"document sizes, {' -> '.join(f'{m:g}' for m, _, _ in peaks)} MB", " -> ".join(f"{p:,.0f}" for _, p, _ in peaks)
+        + " MiB peak RSS", note=f"{(p1 - p0) / max(m1 - m0, 1e-9):.2f} MiB more per extra MB of input; "
+        + "; ".join(f"{k} {m / max(s, 1e-9):.1f} MB/s" for k, (m, s) in stages.items()))
+    row("data", f"data.py on the paper's corpora, {PAPER_CORES} cores (EXTRAPOLATED from one-thread parts)",
+        f"{fmt_time(total)} wall", note=f"{fmt_time(cpu)} of CPU time", goal=f"<= 10 min: {'met' if total <= 600 else 'NOT met'}")
 
 
 def bench_quickstart(cfg, device):
@@ -840,8 +936,8 @@ def plan(cfg, device, tokens_per_word=None):
     stages = [
         ("pretrain base", f"3 epochs x {cfg['plan_base_words'] / 1e6:,.0f}M words x {tpw:.2f} tokens/word ({tpw_from}) "
          f"= {pre / 1e9:,.2f}G tokens", pre / lm),
-        ("fine-tune lua", f"1 epoch, {cfg['plan_lua_tokens'] / 1e6:,.0f}M tokens (assumed)", cfg["plan_lua_tokens"] / lm),
-        ("fine-tune tinystories", f"1 epoch, {cfg['plan_tinystories_tokens'] / 1e6:,.0f}M tokens (assumed)",
+        ("fine-tune lua", f"1 epoch, {cfg['plan_lua_tokens'] / 1e6:,.0f}M tokens (estimated)", cfg["plan_lua_tokens"] / lm),
+        ("fine-tune tinystories", f"1 epoch, {cfg['plan_tinystories_tokens'] / 1e6:,.0f}M tokens (estimated)",
          cfg["plan_tinystories_tokens"] / lm),
         ("SAE training", f"{len(MODEL_NAMES)} models x {seeds} seeds x {acts / 1e6:,.0f}M activations",
          len(MODEL_NAMES) * seeds * acts / sae_rate),
@@ -900,9 +996,10 @@ def main(argv=None):
     threads = common.set_threads(cfg["threads"])
     device = pick_device(cfg["device"])
     parts = ["peak", "smoke", "plan"] if cfg["paper_smoke"] else [p for p in cfg["only"].split(",") if p]
-    unknown = [p for p in parts if p not in ("peak", "train", "sae", "corr", "bpe", "rss", "quickstart", "plan", "smoke")]
+    unknown = [p for p in parts if p not in ("peak", "train", "sae", "corr", "bpe", "data", "quickstart", "plan",
+                                             "smoke")]
     if unknown:
-        die(f"--only: unknown part {unknown[0]!r}; choose from peak, train, sae, corr, bpe, rss, quickstart, plan")
+        die(f"--only: unknown part {unknown[0]!r}; choose from peak, train, sae, corr, bpe, data, quickstart, plan")
     if set(parts) & {"train", "sae", "corr", "plan"} and "peak" not in parts:
         parts.insert(0, "peak")  # every share needs it
     CONTEXT.update(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -924,7 +1021,7 @@ def main(argv=None):
         elif part == "plan":
             plan(cfg, device, tpw)
         else:
-            {"train": bench_train, "sae": bench_sae, "bpe": bench_bpe, "rss": bench_rss,
+            {"train": bench_train, "sae": bench_sae, "bpe": bench_bpe, "data": bench_data,
              "quickstart": bench_quickstart}[part](cfg, device)
         sys.stdout.flush()
     goals = [f"{r['part']} {r['ratio'] or ''} {r['goal']}".replace("  ", " ") for r in ROWS if r["goal"]]

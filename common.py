@@ -42,6 +42,71 @@ def die(msg):
     raise UserError(msg)
 
 
+# A package missing from the environment is one line naming its install, not an import traceback.
+# Every script imports common before numpy, torch and the rest, so this hook is set before their imports.
+INSTALLS = {"torch": "install PyTorch (CPU: pip install torch==2.13.0; a GPU: the CUDA build for your machine)",
+            "numpy": "pip install numpy tiktoken requests (or -r requirements-hf.txt beside a CUDA torch)",
+            "pyarrow": "pip install -r requirements-hf.txt", "tokenizers": "pip install -r requirements-authors.txt",
+            "pytest": "pip install -r requirements-dev.txt", "transformers": "pip install -r requirements-bench.txt"}
+INSTALLS["tiktoken"] = INSTALLS["requests"] = INSTALLS["numpy"]
+
+
+def _missing_module_hook(kind, err, tb):
+    name = (getattr(err, "name", None) or "").split(".")[0]
+    if issubclass(kind, ModuleNotFoundError) and name:
+        print(f"error: no module named '{name}': {INSTALLS.get(name, f'pip install {name}')}", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, err, tb)
+
+
+sys.excepthook = _missing_module_hook
+
+
+def watch_driver():
+    """A stage started by reproduce.sh (REPRODUCE_PID and REPRODUCE_START in its environment: the driver's pid
+    and its start time, see proc_start) ends when the driver is gone, however it went (kill -9 included): it
+    sends itself SIGTERM, as the driver's own trap would. Two ways, for robustness: on Linux the kernel's
+    PR_SET_PDEATHSIG (at once, but only where the driver is the stage's direct parent), and everywhere a
+    thread that checks every second that the driver's pid still runs and is the same process (a reused pid
+    has another start time). Atomic writes and resumes make a stage safe to end at any moment."""
+    import signal
+    import threading
+    try:
+        pid, start = int(os.environ["REPRODUCE_PID"]), os.environ.get("REPRODUCE_START") or None
+    except (KeyError, ValueError):
+        return
+
+    def gone():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        try:  # killed but not yet reaped by its parent (a zombie: state Z) is gone too
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+            return fields[0] == b"Z" or (start is not None and fields[19].decode() != start)
+        except (OSError, IndexError):
+            return False  # no /proc (not Linux): the pid alone says
+
+    if os.getppid() == pid and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+
+    def poll():
+        while not gone():
+            time.sleep(1.0)
+        with contextlib.suppress(Exception):  # stderr may be a pipe whose reader (the driver's tagger) is gone
+            print(f"error: reproduce.sh (process {pid}) is gone; stopping this stage too (re-run to resume)",
+                  file=sys.stderr)
+        os.kill(os.getpid(), signal.SIGTERM)
+    if gone():  # the driver ended before this stage got here
+        poll()
+    threading.Thread(target=poll, daemon=True, name="watch-driver").start()
+
+
 DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
 
 
@@ -51,7 +116,18 @@ def cli(main):
     try:
         main()
     except UserError as e:
-        print(f"error: {e.msg}", file=sys.stderr)
+        print(f"error: {keep_settings(e.msg)}", file=sys.stderr)
+        sys.exit(2)
+    except (MemoryError, OverflowError, RuntimeError) as e:
+        # sizes too large for the machine (each setting's range cannot know its memory): torch's OutOfMemoryError
+        # and CPU allocator failures are RuntimeErrors, numpy's a MemoryError, a size past int64 an overflow
+        text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        if isinstance(e, RuntimeError) and not re.search(r"out of memory|can't allocate|not enough memory|[Oo]verflow",
+                                                         text):
+            raise
+        print(f"error: out of memory or past what a size can hold ({text[:160]}); the settings ask for more than "
+              f"this machine holds: lower the sizes (batch, width, expansion, tokens) or use a larger device",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted; finished files are kept, re-run (with --resume where the script has it) "
@@ -67,6 +143,24 @@ def cli(main):
 
 # -----------------------------------------------------------------------------
 # config / command line
+
+# the folder and preset settings given on this command line: every fix a message prints as a command keeps
+# them (keep_settings), so that, copied as printed, it works on the user's folders, not on the defaults
+GIVEN = {}
+SCRIPT_KEYS = {"data.py": ("data_dir", "preset"), "report.py": ("out_dir",),
+               **{f"{s}.py": ("data_dir", "out_dir", "preset") for s in ("train", "sae", "merge", "analyze", "authors")}}
+
+
+def keep_settings(msg):
+    """msg with each `python <script>.py` command in it given the GIVEN settings that script takes and the
+    command does not name already (placed right after the script's name)."""
+    import shlex
+
+    def add(m):
+        rest = msg[m.end():].split(";")[0]
+        keys = [k for k in SCRIPT_KEYS.get(m.group(1), ()) if k in GIVEN and f"--{k}" not in rest]
+        return m.group(0) + "".join(f" --{k}={shlex.quote(str(GIVEN[k]))}" for k in keys)
+    return re.sub(r"python (\w+\.py)\b", add, msg)
 
 def _convert(key, text, default):
     """Turn the command-line string `text` into the type of `default`."""
@@ -119,6 +213,8 @@ def check_value(key, value, rule):
         return
     if not math.isfinite(value):
         die(f"--{key} must be a finite number, got {value}")
+    if isinstance(value, int) and abs(value) > 2 ** 53:  # no count or size here means anything past this
+        die(f"--{key} {value} is too large to mean anything here (at most 2**53)")
     if rule is None:
         return
     m = _RULE.match(rule)
@@ -216,6 +312,8 @@ def parse_config(config, argv=None, presets=None, preset_default=None, checks=No
 
     preset = preset_default
     cli_pairs = []
+    GIVEN.clear()
+    GIVEN.update({k: v for k, v in pairs if k in ("data_dir", "out_dir", "preset") and v is not None})
     for key, val in pairs:
         if key == "preset":
             preset = val
@@ -267,8 +365,8 @@ def require_positive(cfg, keys):
 
 
 # settings added after runs were saved, with the value those runs had: `fast` (fast.py) was the only
-# code before the setting existed
-ADDED_SETTINGS = {"fast": True}
+# code before the setting existed; sae.py's `mix` was equal shares
+ADDED_SETTINGS = {"fast": True, "mix": "equal"}
 
 
 def check_resume(saved, cfg, free, path):
@@ -357,31 +455,45 @@ def stage_jobs(jobs="auto", device="auto", threads=0):
 # output folders: one run at a time, writable, with room for what the run will write
 
 @contextlib.contextmanager
-def lock_dir(path, what="this run"):
-    """Hold `<path>/.lock` (pid, host, command) while the block runs, so two runs never write one
-    folder at once. A live holder: one-line error naming it; a lock left by a dead process is taken
-    over. Stale temp files of interrupted atomic writes (`.*.tmp`) in the folder are removed."""
+def lock_dir(path, what="this run", subfolders=False):
+    """Hold `<path>/.lock` (pid, its start time, host, command) while the block runs, so two runs never
+    write one folder at once. A live holder: one-line error naming it; a lock left by a dead process,
+    or by a pid that now belongs to another process (started later than the lock's: the pid was
+    reused), is taken over. A .lock that is no lock file (a folder, other JSON, text) is one line: it is
+    left for the user to look at, not deleted. Stale temp files of interrupted atomic writes (`.*.tmp`)
+    in the folder are removed, and in its subfolders with `subfolders` (data.py: the writer of every file
+    under data_dir; a folder under out_dir may belong to another stage running now, so not there). A folder
+    made here and still empty at the end (a run refused after taking the lock) is removed."""
+    created = not os.path.isdir(path)
     check_writable(path)
     lock = os.path.join(path, ".lock")
-    mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
-                       "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    mine = json.dumps({"pid": os.getpid(), "start": proc_start(os.getpid()), "host": socket.gethostname(),
+                       "command": " ".join(sys.argv), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            old_text = None
+            if os.path.lexists(lock) and not os.path.isfile(lock):
+                die(f"{lock} is a folder or special file, not a lock file; remove it (rm -r {lock}) if no run uses {path}")
             try:
-                with open(lock, encoding="utf-8") as f:
-                    old_text = f.read()
-                holder = json.loads(old_text)
+                with open(lock, "rb") as f:
+                    old_text = f.read().decode("utf-8", "replace").strip() or None  # empty: being written
+                holder = json.loads(old_text or "{}")
             except (OSError, ValueError):
-                old_text, holder = None, {}
+                holder = {}
+            if old_text is not None and not (isinstance(holder, dict) and type(holder.get("pid")) is int
+                                             and holder["pid"] > 0):  # kill(0 or -1) would signal a group
+                die(f"{lock} is not a lock file of these scripts (it holds {old_text[:40]!r}); delete it if no "
+                    f"run uses {path}")
             if holder and _alive(holder):
                 die(f"{path} is in use by {what} in process {holder['pid']} ({holder.get('command', '?')}, since "
                     f"{holder.get('since', '?')}); wait for it to finish, or delete {lock} if that process is gone")
             if old_text is None and time.time() - _mtime(lock) < 5:  # being written right now
                 time.sleep(0.2)
                 continue
-            print(f"taking over the stale lock {lock} of process {holder.get('pid', '?')} (no longer running)")
+            print(f"taking over the stale lock {lock} of process {holder.get('pid', '?')} (no longer running; its pid "
+                  f"may belong to another process now)")
             with contextlib.suppress(FileNotFoundError):
                 os.remove(lock)
             continue
@@ -390,10 +502,13 @@ def lock_dir(path, what="this run"):
         break
     else:
         die(f"could not take the lock {lock}; delete it if no other run uses {path}")
-    for name in os.listdir(path):
-        if name.startswith(".") and name.endswith(".tmp"):  # an atomic write that never finished
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(path, name))
+    for folder, subs, names in os.walk(path):
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp"):  # an atomic write that never finished
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, name))
+        if not subfolders:
+            break
     try:
         yield
     finally:
@@ -401,6 +516,9 @@ def lock_dir(path, what="this run"):
             with open(lock, encoding="utf-8") as f:
                 if f.read() == mine:
                     os.remove(lock)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only when empty
 
 
 def _alive(holder):
@@ -408,11 +526,24 @@ def _alive(holder):
         return True  # another machine's process: cannot tell, so it holds the lock
     try:
         os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except (PermissionError, KeyError, ValueError, TypeError):
         return True
-    return True
+    # the pid is taken: by the holder, or (pids are reused) by a process started after it; a lock written
+    # before start times were recorded cannot tell, so it holds
+    start = proc_start(int(holder["pid"]))
+    return holder.get("start") is None or start is None or start == holder["start"]
+
+
+def proc_start(pid):
+    """When process `pid` started, in clock ticks since boot (/proc/<pid>/stat field 22, which stays the same
+    for the life of a process, unlike its pid); None where there is no /proc (not Linux) or no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rpartition(b")")[2].split()[19])  # after the name, which may hold spaces and ')'
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _mtime(path):
@@ -510,6 +641,148 @@ def read_json(path):
 
 
 # -----------------------------------------------------------------------------
+# what a file is and whether it is whole: every checkpoint and record a stage writes says its kind and
+# format, every torch file carries a checksum of its contents, and every reader checks both (check_file)
+# before it uses a file. A file without a kind (written before FORMAT 1) is taken for the kind its reader
+# wants when it has that kind's fields (KINDS), so runs made before kinds existed still load; it has no
+# checksum to verify (nothing it holds can run all the same: torch files are loaded as data only).
+
+FORMAT = 1
+NUM = (int, float)
+# kind: (what it is, in messages; the top-level fields its readers use, and their types). Most specific first:
+# a file without a kind is described as the first kind whose fields it has (what_is)
+KINDS = {"model": ("a model checkpoint", {"model": dict, "model_args": dict}),
+         "sae": ("an SAE", {"sae": dict, "sae_args": dict}),
+         "sae_state": ("an SAE training state", {"seeds": dict, "step": int, "history": list}),
+         "sae_metrics": ("sae.py's metrics", {"seeds": dict, "history": list}),
+         "merge": ("a merge record", {"made_from": dict, "t": NUM}),
+         "sweep": ("a merge sweep", {"made_from": dict, "t": list, "loss": dict}),
+         "results": ("analyze.py's results", {"edges": dict, "models": dict, "threshold": NUM, "token_set": dict,
+                                              "provenance": dict}),
+         "pages": ("analyze.py's feature pages", {"pages": dict, "tok": object}),
+         "train_metrics": ("train.py's metrics", {"val_loss": dict})}
+TORCH_KINDS = ("model", "sae", "sae_state")  # torch.save files: these carry a checksum (JSON records do not)
+
+
+def stamp(obj, kind):
+    """The dict obj as a file of `kind`: kind and format first; a torch kind's values made plain data (what
+    torch.load(weights_only=True) reads back: see _plain) and the checksum of it all last."""
+    body = {k: v for k, v in obj.items() if k not in ("kind", "format", "checksum")}
+    if kind not in TORCH_KINDS:
+        return {"kind": kind, "format": FORMAT, **body}
+    out = _plain({"kind": kind, "format": FORMAT, **body})
+    out["checksum"] = checksum(out)
+    return out
+
+
+def _plain(o):
+    """o with every value torch's weights_only unpickler would refuse turned into data: numpy scalars into
+    numbers, arrays, dataclasses, namespaces and torch.Generators into tensors or dicts, str subclasses
+    (torch.__version__) into str. Tensors are kept as they are (no copy)."""
+    import dataclasses
+    import types
+
+    import torch
+    if o is None or type(o) in (bool, int, float, str) or isinstance(o, torch.Tensor):
+        return o
+    if isinstance(o, dict):
+        return {_plain(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return (list if isinstance(o, list) else tuple)(_plain(v) for v in o)
+    for t in (int, float, str):  # subclasses: numpy.float64 (a float), torch.__version__ (a str)
+        if isinstance(o, t):
+            return t(o)
+    if isinstance(o, torch.Generator):
+        return o.get_state()
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return _plain(dataclasses.asdict(o))
+    if isinstance(o, types.SimpleNamespace):
+        return _plain(vars(o))
+    if hasattr(o, "dtype") and hasattr(o, "tolist"):  # numpy arrays and scalars
+        return _plain(o.tolist()) if getattr(o, "ndim", 0) == 0 else torch.from_numpy(o.copy())
+    if isinstance(o, (torch.dtype, torch.device)):
+        return str(o)
+    raise TypeError(f"a checkpoint cannot hold a {type(o).__name__}: convert it to tensors or plain values")
+
+
+def checksum(obj):
+    """sha256 (hex) of a file's contents: each tensor's dtype, shape and bytes, each other value's type and
+    repr, containers with their lengths, in order; the top-level "checksum" field left out. Costs ~0.8 s
+    a GB of tensors on a 2-core AMD EPYC, about what torch.save takes (DESIGN.md, Reliability)."""
+    import torch
+    h = hashlib.sha256()
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(o.shape)}\0".encode())
+            h.update(t.view(torch.uint8).numpy())
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}\0".encode())
+            for k, v in o.items():
+                walk(k)
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{'L' if isinstance(o, list) else 'U'}{len(o)}\0".encode())
+            for v in o:
+                walk(v)
+        else:
+            h.update(f"{type(o).__name__}:{o!r}\0".encode())
+    walk({k: v for k, v in obj.items() if k != "checksum"})
+    return h.hexdigest()
+
+
+def what_is(obj, want=None):
+    """(kind, a few words saying what a loaded file holds): the kind it names; for a dict without one (the
+    version before kinds), `want` if it has want's fields, else the first kind whose fields it has (kind
+    None when none fits)."""
+    if not isinstance(obj, dict):
+        return None, "a bare tensor" if type(obj).__name__ == "Tensor" else f"a {type(obj).__name__}"
+    if "kind" in obj:
+        k = obj["kind"]
+        return (k, KINDS[k][0]) if isinstance(k, str) and k in KINDS else (None, f"a file of unknown kind {k!r}")
+    for k in [want] * (want in KINDS) + list(KINDS):
+        if all(isinstance(obj.get(f), t) for f, t in KINDS[k][1].items()):
+            return k, KINDS[k][0]
+    return None, f"a dict of no known kind (fields: {', '.join(map(str, list(obj)[:6]))})"
+
+
+def check_file(obj, path, kind, how=None):
+    """The one check a reader makes of a file it has loaded, before using it: it is a `kind` file with
+    that kind's fields (KINDS), of a format this code reads, and (a torch kind written with a format)
+    its contents match its checksum. Otherwise one line naming the file, what it is instead, and `how`:
+    the command that remakes it where it is (with --overwrite where the script needs it). Returns obj."""
+    fix = f"; remake it: {how}" if how else ""
+    words = KINDS[kind][0]
+    got, what = what_is(obj, kind)
+    if got != kind:
+        die(f"{path} is {what}, not {words}{fix}")
+    bad = [f for f, t in KINDS[kind][1].items() if not isinstance(obj.get(f), t)]
+    if bad:
+        die(f"{path} is {words} without a valid {', '.join(bad)}: damaged or hand-made{fix}")
+    fmt = obj.get("format", 0)
+    if type(fmt) is not int or not 0 <= fmt <= FORMAT:
+        die(f"{path} has format {fmt!r}, not one this code reads (up to {FORMAT}): written by a newer version? "
+            f"update the code{fix.replace('; remake', ', or remake')}")
+    if kind in TORCH_KINDS and fmt >= 1 and obj.get("checksum") != checksum(obj):
+        die(f"{path} is damaged: its contents do not match the checksum written with them{fix}")
+    return obj
+
+
+def read_record(path, kind, how=None):
+    """A stage's JSON record (results, pages, metrics, merge record or sweep) after check_file; one line
+    naming the file when it is missing, not JSON, or of another kind (how: as check_file's)."""
+    fix = f"; remake it: {how}" if how else ""
+    if not os.path.exists(path):
+        die(f"no {path}" + (f"; make it: {how}" if how else ""))
+    try:
+        obj = read_json(path)
+    except (OSError, ValueError) as e:
+        die(f"{path} is not readable JSON ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}){fix}")
+    return check_file(obj, path, kind, how)
+
+
+# -----------------------------------------------------------------------------
 # hashes and provenance
 
 def sha256_file(path, n=16):
@@ -556,20 +829,27 @@ def provenance(config, **extra):
     import time
     out = {"config": dict(config), "code": code_version(),
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version()}
-    try:
-        import torch
-        out["torch"] = torch.__version__
-    except ImportError:
+    from importlib import metadata
+    try:  # the installed version, without importing torch (data.py never needs it: ~200 MiB)
+        out["torch"] = metadata.version("torch")
+    except metadata.PackageNotFoundError:
         pass
     out.update(extra)
     return out
 
 
 def pick_device(pref="auto"):
+    """--device: auto, cpu, cuda or cuda:N of a GPU torch sees; anything else is one line (the stages are
+    written for CPU and CUDA: mps lacks ops they use, meta has no data to compute on)."""
     import torch
     if pref != "auto":
-        if pref.startswith("cuda") and not torch.cuda.is_available():
+        m = re.fullmatch(r"cuda(?::(\d+))?", pref)
+        if pref != "cpu" and m is None:
+            die(f"--device {pref!r} is not one these scripts run on; use --device auto, cpu, cuda or cuda:N")
+        if m and not torch.cuda.is_available():
             die(f"--device {pref} asked for, but torch sees no CUDA GPU; use --device cpu")
+        if m and m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+            die(f"--device {pref}: torch sees {torch.cuda.device_count()} CUDA GPU(s), numbered from 0; use --device cuda")
         return pref
     if torch.cuda.is_available():
         return "cuda"
@@ -587,9 +867,8 @@ def peak_gpu_mib(device):
 
 def default_preset():
     """'paper' on a CUDA machine, 'tiny' otherwise (printed by the caller). Without torch (data.py alone
-    runs without it) there is no CUDA either."""
-    try:
-        import torch
-    except ImportError:
-        return "tiny"
-    return "paper" if torch.cuda.is_available() else "tiny"
+    runs without it) there is no CUDA either; a CPU build says so without being imported (cuda_possible)."""
+    return "paper" if cuda_possible() else "tiny"
+
+
+watch_driver()  # last: it needs proc_start

@@ -4,6 +4,7 @@ data.py: the study's corpora -> a byte-level BPE tokenizer -> token files for tr
   python data.py --domain all                                   # built-in sample (smoke-scale demo)
   python data.py --domain all --source local:../shared/corpora  # plain-text corpora on disk
   python data.py --domain all --source hf --preset paper        # the authors' datasets, downloaded
+  python data.py --domain all --source hf --preset paper --dry_run  # what that would fetch and make (footers only)
 
 Domains: babylm, python, tinystories, lua, and `base`, the pre-training mix (all of BabyLM plus
 Python matched to the same number of words, as in the paper). For each, writes
@@ -11,7 +12,8 @@ Python matched to the same number of words, as in the paper). For each, writes
 meta.json (sizes, settings, sources, tokenizer hash). The tokenizer is trained on the base mix train
 split, shared by every model, and lives in <data_dir>/tokenizer/. `--source hf` reads the datasets
 the authors trained on (nilq/baby-python, roneneldan/TinyStories, nilq/small-lua-stack) at pinned
-commits of the Hugging Face hub; it needs pyarrow (requirements-hf.txt), nothing else does.
+commits of the Hugging Face hub; it needs pyarrow (requirements-hf.txt), nothing else does. A BabyLM row
+there is one line: runs of consecutive rows become documents of up to --group_kb KB of running text.
 `--tokenizer authors` encodes with the authors' own 32,000-token tokenizer instead (the tokenizer.json
 of their base model on the hub, read with the `tokenizers` package: requirements-authors.txt), every
 document then STARTING with <s> as their models saw it: the token files their models can be studied on.
@@ -25,21 +27,28 @@ windows) and get_batch (the training batches). The sample corpus itself is made 
 """
 import array
 import base64
+import hashlib
 import heapq
+import io
 import json
+import mmap
 import os
 import platform
 import random
 import re
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
+
+# common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
+from common import (atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, check_free_space, cli,
+                    default_preset, die, free_cores, lock_dir, parse_config, provenance, read_json, sha256_bytes,
+                    sha256_file)
 
 import numpy as np
 import tiktoken
 
 import sample_corpus
-from common import (atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, cli, default_preset, die,
-                    lock_dir, parse_config, provenance, read_json, set_threads, sha256_bytes, sha256_file)
 from sample_corpus import hash_frac
 
 # -----------------------------------------------------------------------------
@@ -51,21 +60,26 @@ config = dict(
     tokenizer="bpe",     # bpe: ours, trained on the base mix | gpt2: tiktoken's GPT-2 | authors: their models' (hub)
     vocab_size=4096,     # bpe: merges + 256 bytes + 1 (<|endoftext|> takes the last id); authors: its file's 32,000
     max_mb=20.0,         # hf: read at most max_mb MB of text per domain (val: max_mb x val_frac); 0 = all
+    group_kb=16.0,       # hf: runs of consecutive BabyLM rows (a line each) joined into documents of up to this many KB
+    # (the authors cut their blocks from the rows in stored order: running text); a 256-token window is ~1 KB, so
+    # ~1 - 1/group_kb of the windows (16: ~94%) lie inside one such run, not across shuffled lines; 0 = a row each
+    dry_run=False,       # hf: resolve the commits, read the parquet footers and first row groups by Range requests, and
+    # say what the run would download and make; nothing is written but the hub's answers (file lists) in raw/
     bpe_mb=100.0,        # bpe: train on about this many MB of the base mix train split (a hash-chosen sample); 0 = all
     sample_kb=500,       # sample: KB of train text per domain
     val_frac=0.1,        # held-out share: sample size; the split by hash of a dataset that has no val split
     seed=1337,           # sample generators and the base-mix selection
-    threads=0,           # tiktoken encoding threads; 0 = the cores free now (common.set_threads)
+    threads=0,           # tiktoken encoding threads; 0 = the cores free now (common.free_cores)
     force=False,         # re-encode even when meta.json says a domain is up to date (tokenizer: only if stale)
 )
 presets = {"tiny": dict(vocab_size=4096, max_mb=20.0),
            "paper": dict(vocab_size=32000, max_mb=0.0)}
 DOMAINS = ("babylm", "python", "tinystories", "lua", "base")
 checks = {"domain": DOMAINS + ("all",), "tokenizer": ("bpe", "gpt2", "authors"), "vocab_size": "(257, 4294967296]",
-          "max_mb": ">=0", "bpe_mb": ">=0", "sample_kb": ">0", "val_frac": "(0,1)", "threads": ">=0"}
+          "max_mb": ">=0", "group_kb": ">=0", "bpe_mb": ">=0", "sample_kb": ">0", "val_frac": "(0,1)", "threads": ">=0"}
 # --preset paper expects at least these many tokens per domain (train split): a run that got far fewer
 # is not the paper's study, and says so loudly (e.g. Lua from a small fallback, or max_mb left on)
-EXPECTED_TOKENS = {"paper": {"babylm": 50e6, "python": 50e6, "base": 100e6, "tinystories": 200e6, "lua": 20e6}}
+EXPECTED_TOKENS = {"paper": {"babylm": 50e6, "python": 50e6, "base": 100e6, "tinystories": 200e6, "lua": 500e6}}
 
 EOT = "<|endoftext|>"
 SAMPLE_NOTE = ("sample: a smoke-scale demo corpus made by data.py (generated English prose, stories and "
@@ -296,6 +310,9 @@ def meta_problem(meta):
         n = meta["splits"].get(s, {}).get("tokens") if isinstance(meta["splits"], dict) else None
         if not isinstance(n, int) or n < 0:
             return f"no token count for the {s} split"
+        sha = meta["splits"][s].get("sha256")  # absent in token files made before checksums (check_tokens)
+        if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+            return f"the {s} split's sha256 {sha!r} is not a sha256"
     return None
 
 
@@ -321,7 +338,8 @@ def open_tokens(data_dir, domain, split, tok_hash=None, vocab_size=None, who=Non
     """A domain's train or val tokens as a read-only memmap, after THE one data check: meta.json
     readable and complete, the file holding exactly the tokens meta.json counts, its vocabulary no
     larger than the model's (vocab_size) and its tokenizer the model's (tok_hash; None: the tokenizer
-    now in data_dir, when there is one). who: the model's name, for the messages."""
+    now in data_dir, when there is one), its contents those meta.json vouches for (check_tokens: the sha256
+    and every id in the vocabulary). who: the model's name, for the messages."""
     if split not in ("train", "val"):
         die(f"split must be train or val, got {split!r}")
     meta, fix = read_meta(data_dir, domain), _remake(data_dir, domain)
@@ -346,9 +364,48 @@ def open_tokens(data_dir, domain, split, tok_hash=None, vocab_size=None, who=Non
             die(f"{data_dir}/{domain}/meta.json says vocab_size {meta['vocab_size']} but the tokenizer in "
                 f"{_tok_dir(data_dir)} has {_tok_info(data_dir)['vocab_size']}: the meta.json is damaged; "
                 f"re-make it: {fix} --force")
+    check_tokens(path, meta, split, fix)
     if n_tok == 0:  # numpy cannot map an empty file
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")
+
+
+def scan_tokens(path, dtype, block=1 << 24):
+    """(sha256 hex, largest id; -1 when empty) of a token file in one pass, a block at a time: what
+    meta.json records for each split (prepare) and what check_tokens compares (~1.2 s a GB, DESIGN.md)."""
+    h, top = hashlib.sha256(), -1
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+            top = max(top, int(np.frombuffer(chunk, dtype).max()))
+    return h.hexdigest(), top
+
+
+def check_tokens(path, meta, split, fix):
+    """A token file's contents against its meta.json: every id below vocab_size, and the bytes' sha256
+    where meta.json has one (token files made before checksums: the ids only). The pass is made once: the
+    verdict is kept beside the file (.<split>.bin.checked), keyed by the file's size, times and inode
+    (which any write changes) and by what it was checked against; an unchanged file costs a stat."""
+    want, vocab, st = meta["splits"][split].get("sha256"), meta["vocab_size"], os.stat(path)
+    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino,
+           "sha256": want, "vocab_size": vocab}
+    side = os.path.join(os.path.dirname(path), f".{split}.bin.checked")
+    if _read_json_or_none(side) == key:
+        return
+    got, top = scan_tokens(path, meta["dtype"])
+    if top >= vocab:
+        die(f"{path} holds token id {top}, outside the vocabulary of {vocab} ids in meta.json: damaged, or not "
+            f"encoded with this tokenizer; re-make it: {fix} --force")
+    if want is not None and got != want:
+        die(f"{path} is damaged: its bytes do not match the sha256 in meta.json; re-make it: {fix} --force")
+    if time.time_ns() - st.st_mtime_ns < 2e9:  # written just now: a change within the same clock tick would
+        return                                 # not show in its times (git's "racily clean"); no verdict yet
+    try:  # a read-only data_dir: no verdict kept, the file is checked again at its next open
+        with open(f"{side}.{os.getpid()}.tmp", "w") as f:
+            json.dump(key, f)
+        os.replace(f"{side}.{os.getpid()}.tmp", side)
+    except OSError:
+        pass
 
 
 load_tokens = open_tokens  # the old name, kept while callers move over
@@ -438,8 +495,9 @@ def split_eot(text):
     return [d.strip("\n") for d in re.split(r"^<\|endoftext\|>$", text, flags=re.M) if d.strip()]
 
 
-def batched(docs, max_docs=2048, max_bytes=32 << 20):
-    """Lists of consecutive documents, at most max_docs and about max_bytes each: what is held at once."""
+def batched(docs, max_docs=1 << 16, max_bytes=1 << 20):
+    """Lists of consecutive documents, at most max_docs and about max_bytes (of characters) each: the chunks
+    that encode_split hands its threads (a document longer than max_bytes makes a chunk alone)."""
     batch, size = [], 0
     for d in docs:
         batch.append(d)
@@ -586,27 +644,11 @@ def download(url, path, kind, headers=None, denied=None, next_page=None):
     complete, checked transfer (renamed from .part), so an existing path means done. next_page: a
     list that receives the URL of the response's `Link: <...>; rel="next"` (None when there is none)."""
     requests = _requests()
-    import urllib3  # comes with requests
     if os.path.exists(path):
         return path
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    part, last = path + ".part", None
-    for attempt in range(RETRIES):
-        if attempt:
-            time.sleep(BACKOFF_S * 2 ** (attempt - 1))
-        try:
-            got = fetch_once(requests, url, part, headers or {}, denied)
-            break
-        except (requests.RequestException, urllib3.exceptions.HTTPError, IOError) as e:
-            cause = offline_cause(e)
-            if cause:
-                die(f"cannot reach {url.split('/')[2]} ({cause}): no network here? the hub's datasets, models and "
-                    "tokenizer need the internet (once); offline, use --source sample or local:DIR and our own models")
-            last = e
-            print(f"  {os.path.basename(path)}: {type(e).__name__}: {e}; try {attempt + 2} of {RETRIES}"
-                  if attempt + 1 < RETRIES else f"  {os.path.basename(path)}: {e}")
-    else:
-        die(f"download of {url} failed after {RETRIES} tries: {last}")
+    part = path + ".part"
+    got = retried(url, os.path.basename(path), lambda: fetch_once(requests, url, part, headers or {}, denied))
     check_download(part, kind, url)
     if next_page is not None:
         links = requests.utils.parse_header_links(got.get("Link", "")) if got.get("Link") else []
@@ -616,6 +658,34 @@ def download(url, path, kind, headers=None, denied=None, next_page=None):
         if os.path.exists(extra):
             os.remove(extra)
     return path
+
+
+def retried(url, name, once):
+    """once() (a request), tried again with back-off after a network error, a cut or an HTTP 429/5xx (IOError);
+    no network (a name that does not resolve) is one line at once."""
+    requests = _requests()
+    import urllib3  # comes with requests
+    last = None
+    for attempt in range(RETRIES):
+        if attempt:
+            time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+        try:
+            return once()
+        except (requests.RequestException, urllib3.exceptions.HTTPError, IOError) as e:
+            cause = offline_cause(e)
+            if cause:
+                die(f"cannot reach {url.split('/')[2]} ({cause}): no network here? the hub's datasets, models and "
+                    "tokenizer need the internet (once); offline, use --source sample or local:DIR and our own models")
+            last = e
+            print(f"  {name}: {type(e).__name__}: {e}; try {attempt + 2} of {RETRIES}"
+                  if attempt + 1 < RETRIES else f"  {name}: {e}")
+    die(f"download of {url} failed after {RETRIES} tries: {last}")
+
+
+def refused(status, url, denied=None):
+    if status in (401, 403):
+        die((denied or "access denied (HTTP {status}) for {url}; if the repo is gated, accept its terms on "
+             "the hub and set HF_TOKEN to a read token").format(status=status, url=url))
 
 
 def fetch_once(requests, url, part, headers, denied):
@@ -629,9 +699,7 @@ def fetch_once(requests, url, part, headers, denied):
     elif have:  # bytes of unknown version: start over
         have = 0
     with requests.get(url, headers=h, stream=True, timeout=TIMEOUT_S) as r:
-        if r.status_code in (401, 403):
-            die((denied or "access denied (HTTP {status}) for {url}; if the repo is gated, accept its terms on "
-                 "the hub and set HF_TOKEN to a read token").format(status=r.status_code, url=url))
+        refused(r.status_code, url, denied)
         if r.status_code == 416 and have:  # nothing after what we hold: the .part is whole
             return {}
         if r.status_code == 429 or r.status_code >= 500:
@@ -752,6 +820,152 @@ def hub_file(data_dir, repo, path, kind="parquet", repo_type="datasets", sha=Non
 
 
 # -----------------------------------------------------------------------------
+# a look before the downloads: a parquet file's footer (its row groups, their sizes, each column's min and max per
+# row group) and a few column chunks, read from the hub by HTTP Range requests. nilq/baby-python's `type` values
+# are checked so before its ~600 MB are fetched, and --dry_run describes a whole run so.
+
+
+class NoRanges(Exception):
+    """The hub answered a Range request with something other than the part asked for (HTTP 206)."""
+
+
+def fetch_range(url, start, end):
+    """Bytes [start, end) of a file of the hub: one Range request, retried as downloads are."""
+    requests = _requests()
+
+    def once():
+        h = {"Accept-Encoding": "identity", "Range": f"bytes={start}-{end - 1}", **hub_headers()}
+        with requests.get(url, headers=h, stream=True, timeout=TIMEOUT_S) as r:
+            refused(r.status_code, url)
+            if r.status_code == 429 or r.status_code >= 500:
+                raise IOError(f"HTTP {r.status_code}")
+            if r.status_code != 206:  # a 200 would bring the whole file: closed unread
+                raise NoRanges(f"HTTP {r.status_code} to a Range request for {url}")
+            m = re.match(r"bytes (\d+)-(\d+)/", r.headers.get("Content-Range", ""))
+            if not m or (int(m.group(1)), int(m.group(2))) != (start, end - 1):
+                raise IOError(f"asked for bytes {start}-{end - 1}, got Content-Range "
+                              f"{r.headers.get('Content-Range')!r}")
+            body = r.content
+        if len(body) != end - start:
+            raise IOError(f"got {len(body):,} of {end - start:,} bytes")
+        return body
+    return retried(url, os.path.basename(url), once)
+
+
+class HubRange(io.RawIOBase):
+    """A file of the hub as a seekable, read-only file for pyarrow: a read fetches the bytes asked for (at least
+    `block` of them, so that a footer comes in one or two requests) by fetch_range, and keeps them."""
+
+    def __init__(self, url, size, block=1 << 16):
+        super().__init__()
+        self.url, self.size, self.block, self.pos, self.held = url, size, block, 0, []  # held: (offset, bytes)
+        self.fetched, self.requests = 0, 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self.pos
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        self.pos = (offset, self.pos + offset, self.size + offset)[whence]
+        return self.pos
+
+    def readinto(self, buf):
+        lo = self.pos
+        hi = max(lo, min(lo + len(buf), self.size))
+        if hi == lo:
+            return 0
+        got = next((b[lo - at:hi - at] for at, b in self.held if at <= lo and hi <= at + len(b)), None)
+        if got is None:
+            got = fetch_range(self.url, lo, min(self.size, max(hi, lo + self.block)))
+            self.held.append((lo, got))
+            self.fetched, self.requests = self.fetched + len(got), self.requests + 1
+            got = got[:hi - lo]
+        buf[:hi - lo] = got
+        self.pos = hi
+        return hi - lo
+
+
+def hub_parquet(data_dir, repo, path):
+    """(pyarrow ParquetFile, size, HubRange or None) of a dataset's parquet file at its commit: the downloaded copy
+    when there is one, else the hub's, of which only what pyarrow reads travels (Range requests)."""
+    pq = import_pyarrow()
+    sha = hub_revision(data_dir, repo)
+    local = os.path.join(data_dir, "raw", "hf", repo, sha, path)
+    if os.path.exists(local):
+        return pq.ParquetFile(local), os.path.getsize(local), None
+    entry = next((f for f in hub_tree(data_dir, repo, sha) if isinstance(f, dict) and f.get("path") == path), {})
+    size = (entry.get("lfs") or {}).get("size") or entry.get("size")
+    if not isinstance(size, int):
+        die(f"the hub's file list of {repo} gives no size for {path}; delete {os.path.dirname(local)} and run again")
+    remote = HubRange(f"{HF}/datasets/{repo}/resolve/{sha}/{path}", size)
+    try:
+        return pq.ParquetFile(remote), size, remote
+    except NoRanges:
+        raise
+    except Exception as e:  # pyarrow raises several types for a damaged footer
+        die(f"{repo}/{path} at {sha} has no readable parquet footer ({e}); pin a commit in data.py's PINNED")
+
+
+def has_columns(pf, want, repo, path):
+    missing = [c for c in want if c not in pf.schema_arrow.names]
+    if missing:
+        die(f"{repo}/{path} has no column {', '.join(missing)} (it has {', '.join(pf.schema_arrow.names)}); "
+            f"the dataset changed: pin the commit in data.py's PINNED")
+
+
+def file_types(pf, repo, path):
+    """{`type` value: its rows in the file's first row group}, plus every value the footer names as a row group's
+    min or max (0 rows when only there). Rows in stored order keep a type together, so the footer names them all;
+    shuffled rows mix them, so the first row group holds them all: either way a value that goes to python shows."""
+    has_columns(pf, ["type"], repo, path)
+    md = pf.metadata
+    col = [md.schema.column(j).path for j in range(md.num_columns)].index("type")
+    seen = Counter()
+    for r in range(md.num_row_groups):
+        st = md.row_group(r).column(col).statistics
+        if st is not None and st.has_min_max:
+            seen.update({str(st.min): 0, str(st.max): 0})
+    if md.num_row_groups:
+        seen.update(str(v) for v in pf.read_row_group(0, columns=["type"]).column(0).to_pylist() if v is not None)
+    return seen
+
+
+def no_python(repo, seen):
+    """Stop when none of the `type` values seen goes to python: the run would download everything and then find no
+    Python rows (type_domain's rule is a guess made offline: the values were not known where it was written)."""
+    if seen and not any(type_domain(v) == "python" for v in seen):
+        die(f"{repo}: none of its `type` values {sorted(seen)} (its train files' footers and first row groups) goes "
+            f"to python; data.type_domain maps them to domains: adapt it, or pin the commit it was written for")
+
+
+_TYPES_CHECKED = set()  # (data_dir, repo): checked once a process
+
+
+def check_types(data_dir, repo):
+    """Before any of the dataset is downloaded: does one of its `type` values go to python? (footers and first row
+    groups by Range requests: a few MB, where reading the rows takes ~600 MB of downloads first)."""
+    sha = hub_revision(data_dir, repo)
+    paths = hub_parquet_files(data_dir, repo, "train")
+    if (data_dir, repo) in _TYPES_CHECKED or all(os.path.exists(os.path.join(data_dir, "raw", "hf", repo, sha, p))
+                                                  for p in paths):
+        return  # downloaded: hf_docs sees the values as it reads
+    seen = Counter()
+    try:
+        for path in paths:
+            seen.update(file_types(hub_parquet(data_dir, repo, path)[0], repo, path))
+    except NoRanges as e:
+        print(f"  {repo}: the hub gave no part of a file ({e}); its `type` values are checked as it is read")
+        return
+    no_python(repo, seen)
+    _TYPES_CHECKED.add((data_dir, repo))
+
+
+# -----------------------------------------------------------------------------
 # sources: the documents of one domain and split, one at a time, in a fixed order (several passes
 # over a source see the same documents: counting words, training the tokenizer, encoding)
 
@@ -836,13 +1050,17 @@ def _finished(lines):
 
 
 def hf_docs(cfg, domain, split):
-    """Rows of the domain's dataset at its pinned commit, read a row group at a time (pyarrow); at
-    most max_mb MB of text (val: max_mb x val_frac). A dataset without a val split is split by hash."""
+    """Rows of the domain's dataset at its pinned commit, read a row group at a time (pyarrow); BabyLM's
+    (one line each) joined into runs of group_kb KB; at most max_mb MB of text (val: max_mb x val_frac).
+    A dataset without a val split is split by hash (of the documents: after the grouping)."""
     repo = HF_DATA[domain][0]
     own = bool(hub_parquet_files(cfg["data_dir"], repo, "val"))
     limit = cfg["max_mb"] * 1e6 * (1 if split == "train" else cfg["val_frac"])
     size, kinds = 0, set()
-    for text, kind in parquet_rows(cfg["data_dir"], domain, split if own else "train"):
+    rows = parquet_rows(cfg["data_dir"], domain, split if own else "train")
+    if domain == "babylm" and cfg["group_kb"]:
+        rows = grouped_rows(rows, cfg["group_kb"] * 1e3)
+    for text, kind in rows:
         if len(kinds) < 20:
             kinds.add(kind)
         if not text or not text.strip() or (kind is not None and type_domain(kind) != domain):
@@ -867,12 +1085,11 @@ def parquet_rows(data_dir, domain, split):
         die(f"{repo} at commit {hub_revision(data_dir, repo)} has no parquet files of its {split} split "
             f"(see {os.path.join(data_dir, 'raw', 'hf', repo)}); pin a commit that has them in data.py's PINNED")
     want = [column] + (["type"] if repo == "nilq/baby-python" else [])
+    if "type" in want:
+        check_types(data_dir, repo)
     for path in paths:
         pf = pq.ParquetFile(hub_file(data_dir, repo, path))
-        missing = [c for c in want if c not in pf.schema_arrow.names]
-        if missing:
-            die(f"{repo}/{path} has no column {', '.join(missing)} (it has {', '.join(pf.schema_arrow.names)}); "
-                f"the dataset changed: pin the commit in data.py's PINNED")
+        has_columns(pf, want, repo, path)
         for rows in pf.iter_batches(batch_size=1024, columns=want):  # a bounded batch of rows at a time
             texts = rows.column(0).to_pylist()
             yield from zip(texts, rows.column(1).to_pylist() if len(want) > 1 else [None] * len(texts))
@@ -883,6 +1100,32 @@ def type_domain(kind):
     return "python" if "python" in str(kind).lower() else "babylm"
 
 
+def grouped_rows(rows, bound):
+    """(text, type) rows, each run of consecutive BabyLM rows of one `type` joined by newlines into documents of
+    up to `bound` bytes (a longer row is a document alone); blank rows are left out, other rows pass unchanged.
+    A BabyLM row of nilq/baby-python is one line (~9 words): the authors tokenized the rows in stored order and
+    cut blocks from that stream, so their windows held running text, not lines the base mix's shuffle brought
+    together."""
+    lines, size, run = [], 0, None
+    for text, kind in rows:
+        if type_domain(kind) != "babylm":
+            if lines:
+                yield "\n".join(lines), run
+                lines, size = [], 0
+            yield text, kind
+            continue
+        if not text or not text.strip():
+            continue
+        n = len(text.encode("utf-8"))
+        if lines and (kind != run or size + 1 + n > bound):
+            yield "\n".join(lines), run
+            lines, size = [], 0
+        lines.append(text)
+        size, run = size + n + (len(lines) > 1), kind
+    if lines:
+        yield "\n".join(lines), run
+
+
 # -----------------------------------------------------------------------------
 # the base mix: all of the side with fewer words plus a seeded random selection of the other with
 # as many, shuffled. Planned from per-document word counts; its tokens are copied from the babylm
@@ -890,15 +1133,15 @@ def type_domain(kind):
 
 
 def doc_counts(cfg, domain, split, memo):
-    """(words, bytes) of every document of a domain and split, as int64 arrays (one streaming pass)."""
+    """(words, bytes) of every document of a domain and split, as uint32 arrays (one streaming pass)."""
     if (domain, split) not in memo:
-        words, size = array.array("q"), array.array("q")  # 8 bytes a document, not a Python int each
+        words, size = array.array("I"), array.array("I")  # 4 bytes each a document (C unsigned int), not Python ints
         for d in iter_docs(cfg, domain, split):
             words.append(len(d.split()))
             size.append(len(d.encode("utf-8")))
         if not words:
             die(f"{domain}: no {split} documents from source {cfg['source']}")
-        memo[(domain, split)] = (np.frombuffer(words, dtype=np.int64), np.frombuffer(size, dtype=np.int64))
+        memo[(domain, split)] = (np.frombuffer(words, dtype=np.uint32), np.frombuffer(size, dtype=np.uint32))
     return memo[(domain, split)]
 
 
@@ -909,24 +1152,31 @@ def mix_plan(words_bab, words_py, seed, split):
     small, big = ("python", "babylm") if wb >= wp else ("babylm", "python")
     big_words = words_bab if big == "babylm" else words_py
     n_small = len(words_py) if small == "python" else len(words_bab)
-    rng, target, picked, w = random.Random(f"{seed}-base-{split}"), min(wb, wp), [], 0
-    for i in rng.sample(range(len(big_words)), len(big_words)):
-        if w >= target:
-            break
-        picked.append(i)
-        w += int(big_words[i])
+    rng, target = random.Random(f"{seed}-base-{split}"), min(wb, wp)
+    # the big side in the order of rng.sample(range(n), n), drawn the same way (Python's sample with k = n is
+    # a shuffle read backwards, and one draw more, randbelow(1)), in an int64 array instead of lists of ints
+    perm = array.array("q", range(len(big_words)))
+    rng.shuffle(perm)
+    if len(perm):
+        rng.randrange(1)
+    perm = np.frombuffer(perm, dtype=np.int64)[::-1]
+    # its documents in that order while the words taken so far are fewer than the small side's
+    taken = np.cumsum(big_words[perm], dtype=np.int64)
+    n_pick = int(np.searchsorted(taken - big_words[perm], target, side="left"))
+    picked, w = perm[:n_pick], int(taken[n_pick - 1]) if n_pick else 0
     code = {"babylm": 0, "python": 1}
-    doms = np.concatenate([np.full(n_small, code[small]), np.full(len(picked), code[big])]).astype(np.int8)
-    idx = np.concatenate([np.arange(n_small), np.asarray(picked, dtype=np.int64)]).astype(np.int64)
-    order = list(range(len(idx)))
+    doms = np.concatenate([np.full(n_small, code[small], dtype=np.int8), np.full(n_pick, code[big], dtype=np.int8)])
+    idx = np.concatenate([np.arange(n_small, dtype=np.int64), picked])
+    order = array.array("q", range(len(idx)))  # 8 bytes a document, not a list of Python ints
     rng.shuffle(order)  # the same permutation as shuffling the documents themselves
+    order = np.frombuffer(order, dtype=np.int64)
     share = {"babylm_words": min(wb, wp) if big == "python" else w,
              "python_words": min(wb, wp) if big == "babylm" else w, "cut": big,
-             "cut_kept_docs": f"{len(picked)}/{len(big_words)}"}
+             "cut_kept_docs": f"{n_pick}/{len(big_words)}"}
     tot = share["babylm_words"] + share["python_words"]
     print(f"  base {split}: babylm {share['babylm_words']:,} words ({share['babylm_words'] / max(tot, 1):.1%}), "
           f"python {share['python_words']:,} ({share['python_words'] / max(tot, 1):.1%}); "
-          f"{big} cut to {len(picked)}/{len(big_words)} documents")
+          f"{big} cut to {n_pick}/{len(big_words)} documents")
     return (doms[order], idx[order]), share
 
 
@@ -967,6 +1217,8 @@ def settings_of(domain, cfg):
     elif cfg["source"] == "hf":
         repos = sorted({HF_DATA[d][0] for d in (("babylm", "python") if domain == "base" else (domain,))})
         s.update(max_mb=cfg["max_mb"], revisions={r: hub_revision(cfg["data_dir"], r) for r in repos})
+        if domain in ("babylm", "base"):
+            s["group_kb"] = cfg["group_kb"]
     elif cfg["source"].startswith("local:"):
         folder, parts = cfg["source"][len("local:"):], ("babylm", "python") if domain == "base" else (domain,)
         s["files"] = {f"{p}/{n}": sha256_file(os.path.join(folder, p, n)) for p in parts
@@ -1036,7 +1288,6 @@ def train_bpe(texts, vocab_size, pattern=RE_PATTERN, log=print):
         if done % max(n_merges // 10, 1) == 0 and new == len(vocab) - 1:
             log(f"  bpe: merge {done:,}/{n_merges:,} {new_bytes!r} x{-neg:,} ({time.time() - t0:.1f} s)")
     return ranks
-
 
 
 def build_tokenizer(cfg, memo, spec):
@@ -1141,41 +1392,76 @@ def ensure_tokenizer(cfg, memo):
 
 
 def encode_split(enc, docs, path, dtype, threads, what):
-    """Encode documents batch by batch into path. Returns {documents, bytes, words, tokens}."""
+    """Encode documents into path, chunk by chunk (batched) on `threads` threads, in order; ids go from the
+    tokenizer into numpy arrays, never a Python int each. Held at once: at most 2 x threads + 1 chunks of
+    ~1 MB of text and their ids (a document longer than that is a chunk of its own), whatever the corpus.
+    Returns {documents, bytes, words, tokens}."""
     (sep, first), st = doc_sep(enc), {"documents": 0, "bytes": 0, "words": 0, "tokens": 0}
+    to_numpy = getattr(enc, "encode_to_numpy", None)  # tiktoken: ids straight into a uint32 array
+    sep_ids = np.array([sep], dtype=dtype)
+
+    def encode(chunk):  # (n,) ids of a chunk's documents, each with its separator
+        if to_numpy and not first and not any(EOT in d for d in chunk):
+            # one call for the chunk: the special token between documents cuts the text there, and each piece
+            # is pre-tokenised and merged on its own, so these are the ids of each document alone + EOT's id
+            return to_numpy(EOT.join(chunk) + EOT, allowed_special={EOT}, disallowed_special=()).astype(dtype)
+        # a document holding the text <|endoftext|> (kept as text: encode_ordinary), or a tokenizer without
+        # encode_to_numpy (the authors': a list per document, each made an array at once)
+        each = [to_numpy(d, disallowed_special=()) for d in chunk] if to_numpy else \
+            enc.encode_ordinary_batch(chunk, num_threads=threads)
+        each = [np.asarray(ids, dtype=dtype) for ids in each]
+        return np.concatenate([a for ids in each for a in ((sep_ids, ids) if first else (ids, sep_ids))])
 
     def write(f):
-        for batch in batched(docs):
-            flat = []
-            for ids in enc.encode_ordinary_batch(batch, num_threads=threads):
-                if first:
-                    flat.append(sep)
-                flat += ids
-                if not first:
-                    flat.append(sep)
-            f.write(np.asarray(flat, dtype=dtype).tobytes())
-            st["documents"] += len(batch)
-            st["bytes"] += n_bytes(batch)
-            st["words"] += n_words(batch)
-            st["tokens"] += len(flat)
+        ahead = deque()  # (documents, bytes, words, the future ids) of the chunks in flight, oldest first
+
+        def drain(keep):
+            while len(ahead) > keep:
+                n_doc, n_b, n_w, job = ahead.popleft()
+                ids = job.result()
+                f.write(ids.tobytes())
+                st["documents"] += n_doc
+                st["bytes"] += n_b
+                st["words"] += n_w
+                st["tokens"] += len(ids)
+        with ThreadPoolExecutor(threads) as pool:
+            for chunk in batched(docs):
+                ahead.append((len(chunk), n_bytes(chunk), n_words(chunk), pool.submit(encode, chunk)))
+                drain(2 * threads)
+            drain(0)
         if not st["documents"]:
             die(f"{what}: no documents from this source")
     atomic_write(path, write)
     return st
 
 
-def doc_spans(tokens, sep, first=False, step=1 << 24):
+def doc_spans(tokens, sep, first=False, step=1 << 20):
     """Token offsets (starts, ends) of every document of a token file: each ends with the separator sep
-    (EOT), or with first=True starts with it (the authors' <s>): the arguments are doc_sep(enc)."""
-    at = np.concatenate([np.flatnonzero(np.asarray(tokens[i:i + step]) == sep) + i
-                         for i in range(0, len(tokens), step)] or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
-    if first:  # a document runs from its <s> to the next one's
-        return at, np.append(at[1:], len(tokens))[:len(at)].astype(np.int64)
-    return np.concatenate([[0], at[:-1] + 1])[:len(at)].astype(np.int64), at + 1
+    (EOT), or with first=True starts with it (the authors' <s>): the arguments are doc_sep(enc). Both are
+    views of one array of the n + 1 bounds, uint32 while they fit (4 bytes a document); the file is read a
+    step at a time."""
+    kind = np.uint32 if len(tokens) < 2 ** 32 else np.int64
+    # a document runs from its <s> to the next one's, or from the end of the one before to just after its EOT
+    bounds = [] if first else [np.zeros(1, dtype=kind)]
+    for i in range(0, len(tokens), step):
+        bounds.append((np.flatnonzero(np.asarray(tokens[i:i + step]) == sep) + (i if first else i + 1)).astype(kind))
+        drop_pages(tokens)
+    bounds = np.concatenate(bounds + ([np.full(1, len(tokens), dtype=kind)] if first else []))
+    return bounds[:-1], bounds[1:]
+
+
+def drop_pages(tokens):
+    """Unmap from this process the pages of a token file's memmap read so far (they stay in the page cache):
+    reading whole files through a map would otherwise add them to its resident memory, which then grows
+    with the corpus. Nothing for an array in memory."""
+    mm = getattr(tokens, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
 def assemble_base(cfg, split, memo, enc, dtype):
-    """base/<split>.bin: the planned documents' tokens, copied from babylm's and python's token files."""
+    """base/<split>.bin: the planned documents' tokens, copied from babylm's and python's token files,
+    4096 documents at a time. Held: the plan, the documents' bounds (doc_spans) and one block."""
     (doms, idx), share = base_plan(cfg, split, memo)
     parts = [open_tokens(cfg["data_dir"], d, split) for d in MIX_SIDES]
     spans = [doc_spans(p, *doc_sep(enc)) for p in parts]
@@ -1186,12 +1472,17 @@ def assemble_base(cfg, split, memo, enc, dtype):
           "words": sum(int(c[0][idx[doms == k]].sum()) for k, c in enumerate(counts)), "tokens": 0}
 
     def write(f):
-        for lo in range(0, len(idx), 4096):  # 4096 documents at a time
-            rows = [parts[k][spans[k][0][i]:spans[k][1][i]]
-                    for k, i in zip(doms[lo:lo + 4096].tolist(), idx[lo:lo + 4096].tolist())]
-            block = np.concatenate(rows).astype(dtype)
+        flat = [np.asarray(p) for p in parts]  # plain views: slicing a np.memmap costs more than the copy
+        for lo in range(0, len(idx), 4096):
+            d, i = doms[lo:lo + 4096], idx[lo:lo + 4096]
+            a, b = np.empty(len(d), dtype=np.int64), np.empty(len(d), dtype=np.int64)
+            for k, (starts, ends) in enumerate(spans):
+                a[d == k], b[d == k] = starts[i[d == k]], ends[i[d == k]]
+            block = np.concatenate([flat[k][s:e] for k, s, e in zip(d.tolist(), a.tolist(), b.tolist())]).astype(dtype)
             f.write(block.tobytes())
             st["tokens"] += len(block)
+            for p in parts:
+                drop_pages(p)
     atomic_write(os.path.join(cfg["data_dir"], "base", f"{split}.bin"), write)
     return st, share
 
@@ -1214,6 +1505,12 @@ def current_meta(ddir, settings, tok_hash, force):
     if old["tokenizer_hash"] != tok_hash:
         print(f"{ddir}: the tokenizer changed; re-encoding")
         return None
+    if any("sha256" not in old["splits"][s] for s in ("train", "val")):  # made before token checksums: add them
+        for s in ("train", "val"):
+            old["splits"][s]["sha256"], old["splits"][s]["max_id"] = scan_tokens(os.path.join(ddir, f"{s}.bin"),
+                                                                                 old["dtype"])
+        atomic_write_json(mpath, old)
+        print(f"{mpath}: added the token files' checksums (made before data.py wrote them)")
     print(f"{ddir} is up to date ({old['splits']['train']['tokens']:,} train tokens); --force rebuilds it")
     return old
 
@@ -1236,6 +1533,9 @@ def prepare(domain, cfg, memo, enc, tok_hash):
         else:
             splits[split] = encode_split(enc, iter_docs(cfg, domain, split), os.path.join(ddir, f"{split}.bin"),
                                          dtype, cfg["threads"], f"{domain} {split}")
+        # the checksum open_tokens checks the file against: one pass over the file just written (in the page
+        # cache; ~1% of the encoding), one function for both writers, the same as the check's
+        splits[split]["sha256"], splits[split]["max_id"] = scan_tokens(os.path.join(ddir, f"{split}.bin"), dtype)
     info.update({"babylm": source_info(cfg, "babylm"), "python": source_info(cfg, "python")} if domain == "base"
                 else source_info(cfg, domain))
     secs, (sep, first), tok = time.time() - t0, doc_sep(enc), _tok_info(cfg["data_dir"])
@@ -1268,11 +1568,33 @@ def check_source(cfg):
         die(f"unknown --source {src!r}; use sample, local:DIR or hf")
     if src.startswith("local:") and not os.path.isdir(src[len("local:"):]):
         die(f"--source {src}: no such directory")
+    if cfg["dry_run"] and src != "hf":
+        die(f"--dry_run looks at the hub's datasets before a download: use it with --source hf, not {src}")
     if src == "hf":
         import_pyarrow()
         _requests()
     if src == "sample":
         print(SAMPLE_NOTE)
+
+
+def room_needed(cfg):
+    """Bytes the token files of this run take at most (checked up front): a token per 2 bytes of text at most
+    (our BPE averages ~4 bytes a token), 2 bytes a token (4 above 65,536 ids), train and val, every domain
+    (base a copy of its two parts). The text: sample_kb per domain; local: the corpus files' sizes; hf: max_mb
+    per domain, or with max_mb 0 the paper's expected tokens. The downloads of --source hf come on top
+    (--dry_run says their sizes)."""
+    per_token = 2 if cfg["vocab_size"] <= 2 ** 16 and cfg["tokenizer"] != "authors" else 4
+    n = len(domains_to_prepare(cfg)) + 2  # base repeats babylm and python
+    src = cfg["source"]
+    if src == "sample":
+        text = n * cfg["sample_kb"] * 1e3 * (1 + cfg["val_frac"])
+    elif src.startswith("local:"):
+        text = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(src[len("local:"):]) for f in fs) * 2
+    elif cfg["max_mb"]:
+        text = n * cfg["max_mb"] * 1e6 * (1 + cfg["val_frac"])
+    else:
+        return int(2 * sum(EXPECTED_TOKENS["paper"].values()) * (1 + cfg["val_frac"]) * per_token)
+    return int(text / 2 * per_token) + (1 << 20)
 
 
 def domains_to_prepare(cfg):
@@ -1296,15 +1618,108 @@ def summarize(cfg, metas):
                   + (f", --max_mb {cfg['max_mb']:g}" if cfg["max_mb"] and cfg["source"] == "hf" else "") + ")")
 
 
+def first_rows(pf, want, most_mb=16):
+    """(text, type or None) rows of a parquet file's first row group, the `want` columns only; None when they are
+    over most_mb MB (compressed): a dataset written in one big row group is not read whole to be looked at."""
+    md = pf.metadata
+    if not md.num_row_groups:
+        return []
+    cols, rg = [md.schema.column(j).path for j in range(md.num_columns)], md.row_group(0)
+    if sum(rg.column(cols.index(c)).total_compressed_size for c in want) > most_mb * 1e6:
+        return None
+    t = pf.read_row_group(0, columns=want)
+    texts = t.column(0).to_pylist()
+    return list(zip(texts, t.column(1).to_pylist() if len(want) > 1 else [None] * len(texts)))
+
+
+def dry_run(cfg):
+    """--dry_run: what a run would download and make, told from the hub's file lists, each parquet file's footer
+    and first row group (Range requests, the columns read only). No token file is written, no file downloaded
+    whole; the hub's answers (commit, file lists) are kept in <data_dir>/raw/hf as a run keeps them."""
+    dd, domains = cfg["data_dir"], domains_to_prepare(cfg)
+    reads = [d for d in MIX_SIDES + ("tinystories", "lua") if d in domains or (cfg["tokenizer"] == "bpe"
+                                                                               and d in MIX_SIDES)]
+    print("dry run: the hub's datasets as a run would read them (footers and first row groups, by Range requests)")
+    todo, here, fetched, asked = [0, 0], 0, 0, 0
+    for repo in dict.fromkeys(HF_DATA[d][0] for d in reads):
+        doms = [d for d in reads if HF_DATA[d][0] == repo]
+        want = [HF_DATA[doms[0]][1]] + (["type"] if repo == "nilq/baby-python" else [])
+        sha = hub_revision(dd, repo)
+        print(f"{repo} at {sha}" + ("" if PINNED.get(repo, (None,))[0] else " (not pinned: its main now)")
+              + f", for {', '.join(doms)}")
+        kinds, firsts = Counter(), []
+        for split in ("train", "val"):
+            paths = hub_parquet_files(dd, repo, split)
+            if not paths:
+                print(f"  {split}: no parquet files" + (f"; val is split from train by document hash (--val_frac "
+                                                         f"{cfg['val_frac']:g})" if split == "val" else ""))
+                continue
+            lines, rows, text, size = [], 0, 0, 0
+            for path in paths:
+                try:
+                    pf, n, remote = hub_parquet(dd, repo, path)
+                except NoRanges as e:
+                    die(f"{repo}: the hub gave no part of {path} ({e}); --dry_run reads footers by Range requests")
+                has_columns(pf, want, repo, path)
+                md = pf.metadata
+                col = [md.schema.column(j).path for j in range(md.num_columns)].index(want[0])
+                chars = sum(md.row_group(r).column(col).total_uncompressed_size for r in range(md.num_row_groups))
+                chars = max(0, chars - 4 * md.num_rows)  # a stored string: 4 bytes of length, then its bytes
+                if split == "train" and "type" in want:
+                    kinds.update(file_types(pf, repo, path))
+                first = first_rows(pf, want)
+                if split == "train" and first:
+                    firsts.append(first)
+                lines.append(f"    {path}: {n / 1e6:,.1f} MB" + (" (downloaded)" if remote is None else "")
+                             + f", {md.num_rows:,} rows in {md.num_row_groups:,} row groups, ~{chars / 1e6:,.1f} MB "
+                             + "of text" + ("" if first is not None else " (its first row group: too big to look at)"))
+                rows, text, size = rows + md.num_rows, text + chars, size + n
+                if remote is None:
+                    here += n
+                else:
+                    todo, fetched, asked = [todo[0] + 1, todo[1] + n], fetched + remote.fetched, asked + remote.requests
+            print(f"  {split}: {len(paths)} file{'s' * (len(paths) > 1)}, {size / 1e6:,.1f} MB; {rows:,} rows, "
+                  f"~{text / 1e6:,.1f} MB of text")
+            print("\n".join(lines))
+        if "type" in want:
+            print("  `type` values (the train files' footers; rows: in their first row groups): " + ", ".join(
+                f"{v!r} ({f'{k:,} rows' if k else 'a footer'}) -> {type_domain(v)}" for v, k in sorted(kinds.items())))
+            bab = [t for first in firsts for t, k in first if t and t.strip() and type_domain(k) == "babylm"]
+            print("  its first BabyLM rows: " + " | ".join(repr(t[:60]) for t in bab[:3]))
+            if cfg["group_kb"] and "babylm" in doms:
+                docs = [t for first in firsts for t, k in grouped_rows(first, cfg["group_kb"] * 1e3)
+                        if type_domain(k) == "babylm"]
+                print(f"  babylm: runs of consecutive rows joined into documents of up to {cfg['group_kb']:g} KB "
+                      f"(--group_kb): the first row groups' {len(bab):,} BabyLM rows make {len(docs):,} documents "
+                      f"of {n_bytes(docs) / max(len(docs), 1) / 1e3:.1f} KB on average")
+            elif "babylm" in doms:
+                print("  babylm: --group_kb 0: every row is a document")
+            no_python(repo, kinds)
+        else:
+            print("  a row is a document (blank rows left out)")
+    limit = (f"; --max_mb {cfg['max_mb']:g}: at most {cfg['max_mb']:g} MB of text a domain (val "
+             f"{cfg['max_mb'] * cfg['val_frac']:g}), the files fetched in order only as far as that takes it"
+             if cfg["max_mb"] else "")
+    print(f"a run downloads {todo[0]} files, {todo[1] / 1e6:,.1f} MB ({here / 1e6:,.1f} MB here already){limit}")
+    tok = {"bpe": f"trains a {cfg['vocab_size']}-token BPE on the base mix train split"
+                  + (f" (at most ~{cfg['bpe_mb']:g} MB of it, chosen by document hash)" if cfg["bpe_mb"] else ""),
+           "gpt2": "uses GPT-2's tokenizer", "authors": f"fetches the authors' tokenizer ({AUTHORS_REPO})"}
+    print(f"then {tok[cfg['tokenizer']]}, and writes {', '.join(domains)} to {dd}/<domain>/{{train,val}}.bin")
+    print(f"this look read {fetched / 1e3:,.1f} KB in {asked} Range requests; nothing was downloaded whole or encoded")
+
+
 def main(argv=None):
     cfg = parse_config(dict(config), argv, presets, default_preset(), checks=checks)
-    cfg["threads"] = set_threads(cfg["threads"])
+    cfg["threads"] = cfg["threads"] or free_cores()  # not common.set_threads, which imports torch: data.py needs none
     print(f"preset: {cfg['preset']}" + (" (no CUDA here)" if cfg["preset"] == "tiny" else "")
           + f", {cfg['threads']} encoding threads")
     check_source(cfg)
+    if cfg["dry_run"]:
+        return dry_run(cfg)
+    check_free_space(cfg["data_dir"], room_needed(cfg), "data.py's token files")
     if cfg["tokenizer"] == "authors":
         import_tokenizers()  # before any download
-    with lock_dir(cfg["data_dir"], "data.py"):
+    with lock_dir(cfg["data_dir"], "data.py", subfolders=True):  # also removes temp files a killed run left
         memo = {}  # per-document word and byte counts, and the base mix plans, made once per run
         ensure_tokenizer(cfg, memo)
         enc, tok_hash = load_tokenizer(cfg["data_dir"]), tokenizer_hash(cfg["data_dir"])

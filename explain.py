@@ -21,10 +21,12 @@ import os
 import re
 import time
 
+# common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
+import common
+
 import numpy as np
 import requests
 
-import common
 
 # -----------------------------------------------------------------------------
 # default config; explain_features() fills any key its cfg lacks from here
@@ -38,6 +40,7 @@ config = {
     "cache_dir": "out/explain_cache",  # every answer, by the hash of its request (analyze.py: <out_dir>/explain_cache)
     "connect_timeout": 10.0,          # seconds to open a connection (per attempt)
     "read_timeout": 45.0,             # seconds of server silence before a request gives up (a slow local server may need more)
+    "answer_timeout": 300.0,          # seconds for a whole answer, however the server sends it (a byte at a time, chunks for ever)
     "retries": 5,                     # extra attempts on 429 / 5xx / refused connections (a timed-out request is not retried)
     "max_failures": 3,                # stop the run after this many failed requests in a row (the answers so far stay cached)
     "backoff": 1.0,                   # first retry delay (s), doubling per attempt
@@ -50,7 +53,7 @@ config = {
     "max_tokens_sim": 4096,           # the simulation answers one line per held-out token
 }
 # the rule each setting must meet (common.parse_config checks them, also when analyze.py calls in)
-CHECKS = {"temperature": ">=0", "max_requests": ">=0", "connect_timeout": ">0", "read_timeout": ">0",
+CHECKS = {"temperature": ">=0", "max_requests": ">=0", "connect_timeout": ">0", "read_timeout": ">0", "answer_timeout": ">0",
           "retries": ">=0", "max_failures": ">=1", "backoff": ">=0", "backoff_max": ">=0", "n_top": ">=1",
           "n_quantiles": ">=0", "n_random": ">=0", "explain_format": ("tab", "compact"),
           "max_tokens_explain": ">=1", "max_tokens_sim": ">=1"}
@@ -249,8 +252,7 @@ def chat(messages, cfg, state, max_tokens):
     for attempt in range(attempts):
         retry_after, unreachable = None, False
         try:
-            r = requests.post(url, json=body, headers=headers,
-                              timeout=(cfg["connect_timeout"], cfg["read_timeout"]))
+            r = post(url, body, headers, cfg)
         except requests.Timeout as e:  # before ConnectionError: a connect timeout is both
             phase = "connect to" if isinstance(e, requests.ConnectTimeout) else "answer from"
             limit = cfg["connect_timeout"] if isinstance(e, requests.ConnectTimeout) else cfg["read_timeout"]
@@ -291,6 +293,43 @@ def chat(messages, cfg, state, max_tokens):
     if unreachable:
         common.die(f"cannot reach {url} after {attempts} attempts; is the server running? (check --api_base)")
     raise RequestFailed(f"{why} after {attempts} attempts")
+
+
+MAX_ANSWER_BYTES = 4 << 20  # an answer of max_tokens_sim tokens is ~100 KB; more is a server gone wrong
+
+
+def post(url, body, headers, cfg):
+    """requests.post with a deadline for the whole answer (--answer_timeout): the read timeout bounds each
+    wait for a byte only, so a server that sends a byte every few seconds, or chunks for ever, would hold the
+    run for ever. The request runs in a daemon thread that reads the body (at most MAX_ANSWER_BYTES); past
+    the deadline it is abandoned (its socket closed when it next reads, or at exit) and the request fails."""
+    import threading
+    box = {}
+
+    def work():
+        try:
+            r = requests.post(url, json=body, headers=headers, stream=True,
+                              timeout=(cfg["connect_timeout"], cfg["read_timeout"]))
+            data = bytearray()
+            for chunk in r.iter_content(1 << 14):
+                data += chunk
+                if len(data) > MAX_ANSWER_BYTES or "late" in box:
+                    r.close()
+                    raise RequestFailed(f"the answer from {url} ran past {MAX_ANSWER_BYTES >> 20} MB; not an answer")
+            r._content = bytes(data)  # what r.text and r.json() read
+            box["r"] = r
+        except BaseException as e:  # handed to the caller's thread
+            box["e"] = e
+    t = threading.Thread(target=work, daemon=True, name="explain-request")
+    t.start()
+    t.join(cfg["answer_timeout"])
+    if t.is_alive():
+        box["late"] = True
+        raise RequestFailed(f"the answer from {url} did not end within {cfg['answer_timeout']:g} s (a slow server "
+                            f"may need a larger --answer_timeout)")
+    if "e" in box:
+        raise box["e"]
+    return box["r"]
 
 
 # -----------------------------------------------------------------------------

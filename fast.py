@@ -94,12 +94,14 @@ import functools
 import warnings
 from types import SimpleNamespace
 
+# common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
+from common import die
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import die
 
 # -----------------------------------------------------------------------------
 # shared bit tricks (the SAE's sparse step, the correlation's entries)

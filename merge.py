@@ -30,11 +30,14 @@ the grid value takes the place of --t; the rules still apply.
 import fnmatch
 import math
 import os
+import re
 from types import SimpleNamespace
+
+# common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
+import common
 
 import torch
 
-import common
 import fast
 from model import MAKES, check_finished, clean_key, eval_loss, load_checkpoint, model_from_checkpoint, save_checkpoint
 
@@ -278,18 +281,24 @@ def paper_sweep_in_our_t(dom_a, dom_b):
 def main(argv=None):
     cfg = common.parse_config(dict(config), argv, PRESETS, common.default_preset(), checks=CHECKS)
     run = plan(cfg)
-    models = load_models(cfg["out_dir"], cfg["a"], cfg["b"], run.parent, cfg["allow_unfinished"], cfg["allow_unrelated"])
-    check_rules(run.rules, models["a"]["ckpt"]["model"])
-    windows = load_eval_windows(cfg, models)  # before merging: a missing file fails before anything is written
-    inputs = {r: {"name": models[r]["name"], "hash": models[r]["hash"]} for r in models}
-    # an output made from these very inputs and settings is kept; one made from others needs --overwrite
-    made_from = {"inputs": inputs, "mode": cfg["mode"], "t_rules": run.rules, "dot_threshold": cfg["dot_threshold"],
-                 "t": run.grid if cfg["sweep"] else cfg["t"]}
-    with common.lock_dir(run.lock_dir, "merge.py"):  # one merge (or sweep) at a time writes these files
+    # one merge (or sweep) at a time writes these files: the lock is taken first, so a second run into the
+    # folder is refused at once, not after loading (the first may have written and gone by then)
+    with common.lock_dir(run.lock_dir, "merge.py" + " --sweep" * cfg["sweep"]):
+        models = load_models(cfg["out_dir"], cfg["a"], cfg["b"], run.parent, cfg["allow_unfinished"],
+                             cfg["allow_unrelated"])
+        check_rules(run.rules, models["a"]["ckpt"]["model"])
+        windows = load_eval_windows(cfg, models)  # before merging: a missing file fails before anything is written
+        inputs = {r: {"name": models[r]["name"], "hash": models[r]["hash"]} for r in models}
+        # an output made from these very inputs and settings is kept; one made from others needs --overwrite
+        made_from = {"inputs": inputs, "mode": cfg["mode"], "t_rules": run.rules, "dot_threshold": cfg["dot_threshold"],
+                     "t": run.grid if cfg["sweep"] else cfg["t"]}
         if up_to_date(cfg, run, made_from):
             return
         n_params = sum(v.numel() for v in models["a"]["ckpt"]["model"].values())
-        common.check_free_space(cfg["out_dir"], 2 * 4 * n_params + (16 << 20), "merge.py's output")
+        # what it writes: a sweep a JSON of a few KB; a merge its checkpoint (the weights, the old one kept until
+        # the new one is in place) and merge.json
+        common.check_free_space(cfg["out_dir"], (1 << 20) if cfg["sweep"] else 2 * 4 * n_params + (1 << 20),
+                                "merge.py's output")
         net = model_from_checkpoint(models["a"]["ckpt"], run.device)
 
         rows = fast.head_rows(net, cfg["batch_size"] * net.args.block_size) if cfg["fast"] else None
@@ -308,8 +317,8 @@ def plan(cfg):
     run = SimpleNamespace(device=common.pick_device(cfg["device"]), rules=parse_t_rules(cfg["t_rules"]),
                           grid=sorted(set(cfg["grid"])), parent=cfg["parent"] if cfg["mode"] == "task" else None)
     run.threads = common.set_threads(cfg["threads"], run.device)
-    if not cfg["sweep"] and cfg["out"] in (cfg["a"], cfg["b"], run.parent):
-        common.die(f"--out {cfg['out']} would overwrite an input checkpoint; choose another name")
+    if not cfg["sweep"]:
+        check_out(cfg)
     if cfg["sweep"] and (cfg["eval_batches"] < 1 or not run.grid):
         common.die("--sweep needs --eval_batches >= 1 and a non-empty --grid")
     run.lock_dir = cfg["out_dir"] if cfg["sweep"] else os.path.join(cfg["out_dir"], cfg["out"])
@@ -323,6 +332,20 @@ def plan(cfg):
           f"mode {cfg['mode']}" + (f" (parent {run.parent})" if run.parent else "") + f", rules {run.rules or 'none'}, "
           f"eval {cfg['eval_batches']}x{cfg['batch_size']} seqs/domain")
     return run
+
+
+def check_out(cfg):
+    """--out is a new folder under out_dir, or one an earlier merge made: never an input (--a, --b, --parent,
+    whatever --mode), a model train.py made (its metrics.json), another stage's folder, or a path elsewhere."""
+    out = cfg["out"]
+    if out in (cfg["a"], cfg["b"], cfg["parent"]):
+        common.die(f"--out {out} would overwrite an input checkpoint; choose another name (e.g. --out merged)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", out) or out.startswith(("sae_", "analysis", "explain_cache")):
+        common.die(f"--out {out!r} must be a plain folder name under --out_dir, not another stage's folder "
+                   f"(sae_*, analysis) or a path; e.g. --out merged")
+    if os.path.exists(os.path.join(cfg["out_dir"], out, "metrics.json")):
+        common.die(f"--out {out}: {os.path.join(cfg['out_dir'], out)} holds a model train.py made; a merge would "
+                   f"replace it; choose another name (e.g. --out merged)")
 
 
 def load_eval_windows(cfg, models):
@@ -343,7 +366,9 @@ def up_to_date(cfg, run, made_from):
     """True when the output exists and was made from these inputs and settings (nothing to do)."""
     if not (os.path.exists(run.out_path) and (cfg["sweep"] or os.path.exists(run.ckpt_path))) or cfg["overwrite"]:
         return False
-    if common.read_json(run.out_path).get("made_from") == made_from:
+    kind, how = (("sweep", "python merge.py --sweep --overwrite") if cfg["sweep"] else
+                 ("merge", f"python merge.py --out {cfg['out']} --overwrite"))
+    if common.read_record(run.out_path, kind, how)["made_from"] == made_from:
         print(f"{run.out_path} was made from these inputs and settings; nothing to do")
         return True
     common.die(f"{run.out_path} exists but was made from other inputs or settings; add --overwrite to replace it")
@@ -366,11 +391,11 @@ def sweep(cfg, run, models, evaluate, made_from, inputs):
     paper = paper_sweep_in_our_t(*doms) if len(doms) == 2 else None
     paper_cross = crossing(paper["t"], paper[doms[0]], paper[doms[1]]) if paper else None
     print_sweep(cfg, grid, doms, losses, paper, cross, paper_cross)
-    common.atomic_write_json(run.out_path, {
+    common.atomic_write_json(run.out_path, common.stamp({
         "made_from": made_from, "t": grid, "loss": losses, "domains": doms, "a": inputs["a"], "b": inputs["b"],
         "mode": cfg["mode"], "parent": inputs.get("parent"), "t_rules": run.rules, "crossing_t": cross,
         "paper": paper and {**paper, "crossing_t": paper_cross, "note": "paper's t (weight of lua) converted to ours (weight of b)"},
-        "provenance": common.provenance(cfg, inputs=inputs)})
+        "provenance": common.provenance(cfg, inputs=inputs)}, "sweep"))
     print(f"wrote {run.out_path}")
 
 
@@ -405,10 +430,10 @@ def write_merge(cfg, run, models, evaluate, made_from, inputs):
     save_checkpoint(run.ckpt_path, sd, ca["model_args"], finished=True, config=cfg, name=cfg["out"], domain=None,
                     iter_num=0, tokenizer_hash=ca.get("tokenizer_hash"), parents=[inputs["a"], inputs["b"]],
                     val_loss=val, provenance=prov, merge=record)
-    common.atomic_write_json(run.out_path, {  # written last: its made_from vouches for the checkpoint
+    common.atomic_write_json(run.out_path, common.stamp({  # written last: its made_from vouches for the checkpoint
         **record, "made_from": made_from, "tensors": infos, "val_loss": val,
         "checkpoint": {"path": run.ckpt_path, "hash": common.sha256_file(run.ckpt_path)},
-        "parents": [inputs["a"], inputs["b"]], "provenance": prov})
+        "parents": [inputs["a"], inputs["b"]], "provenance": prov}, "merge"))
     print(f"wrote {run.ckpt_path} and merge.json")
 
 

@@ -16,13 +16,17 @@ evaluation loss over token windows, and the FLOP count for MFU.
 import contextlib
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
+
+# common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
+from common import atomic_torch_save, check_file, die, stamp
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.torch_version import TorchVersion
 
-from common import atomic_torch_save, die
 
 
 @dataclass
@@ -227,6 +231,10 @@ CHECKPOINT_KEYS = {
     "history": "[{iter, train_loss, val_loss, lr, tokens}] one entry per evaluation (the loss curves)",
     # merges
     "merge": "merge.py's record: a, b, t, t_rules, mode, parent, angles, ...",
+    # what the file is and whether it is whole (common.stamp writes them, common.check_file checks them)
+    "kind": "'model' (common.KINDS)",
+    "format": "common.FORMAT when written (files without it: the version before kinds)",
+    "checksum": "sha256 of every other field (common.checksum), tensors' bytes included",
 }
 REQUIRED_KEYS = ("model", "model_args", "finished", "name", "domain", "iter_num", "tokenizer_hash", "parents")
 
@@ -245,7 +253,7 @@ def save_checkpoint(path, model, model_args, *, finished, **fields):
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if unknown or missing:  # a programming error, not the user's
         raise KeyError(f"save_checkpoint: unknown keys {sorted(unknown)}, missing {missing}; see model.CHECKPOINT_KEYS")
-    atomic_torch_save(ckpt, path)
+    atomic_torch_save(stamp(ckpt, "model"), path)  # kind, format and checksum of what is written
     return path
 
 
@@ -263,14 +271,26 @@ def clean_key(k):
     return k.removeprefix("_orig_mod.").removeprefix("module.")
 
 
-def load_checkpoint(path, what="checkpoint", how=None):
-    """torch.load a checkpoint dict on the CPU, or a one-line error naming the command that makes it."""
+def load_checkpoint(path, what="checkpoint", how=None, kind="model"):
+    """A torch file of `kind` (a model checkpoint; sae.py: an SAE, an SAE training state) as a dict on the
+    CPU, after common.check_file. weights_only: the file is read as data (tensors, numbers, text and their
+    containers), so nothing in it can run. Missing, unloadable, damaged or of another kind: one line naming
+    the file and `how`, the command that makes it."""
     if not os.path.exists(path):
         die(f"no {what} at {path}" + (f"; make it with: {how}" if how else ""))
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        die(f"cannot read {what} {path} ({type(e).__name__}: {e}); delete it and re-run" + (f": {how}" if how else ""))
+        # files written before common.FORMAT 1 hold torch.__version__ as a TorchVersion (a str subclass)
+        with warnings.catch_warnings(), torch.serialization.safe_globals([TorchVersion]):
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols would add lines to the one
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or damaged, a pickle of objects (code), not a torch file at all
+        why = [x.strip() for x in str(e).splitlines() if x.strip() and not x.startswith(
+            ("Weights only load failed", "Check the documentation", "Please file an issue"))]  # torch's lines
+        why = (why or [""])[0].split(". ")[0][:160]
+        die(f"cannot load {what} {path} as data ({type(e).__name__}: {why}): damaged, or it holds Python objects "
+            f"(a pickle that could run code; a file of an old version); nothing in it was run"
+            + (f"; remake it: {how} --overwrite" if how else "; delete it and re-run"))
+    return check_file(obj, path, kind, how and f"{how} --overwrite")
 
 
 def is_finished(ckpt):
@@ -279,7 +299,13 @@ def is_finished(ckpt):
 
 
 def check_finished(ckpt, path, name, allow_unfinished=False):
-    """One-line refusal of an unfinished checkpoint (a run stopped early or killed) unless allowed."""
+    """One-line refusal of an unfinished checkpoint (a run stopped early or killed) unless allowed, and of one
+    of the study's models found in another one's folder (folders swapped: a merge would run the wrong way
+    round, an SAE would be named for the wrong model). A copy under a new name is fine."""
+    held = ckpt.get("name")
+    if name in MAKES and held in MAKES and held != name:
+        die(f"{path} holds the model '{held}' (domain {ckpt.get('domain')}), not '{name}': folders swapped? put each "
+            f"model back in its own folder, or remake it: {MAKES[name]} --overwrite")
     if allow_unfinished or is_finished(ckpt):
         return
     how = MAKES.get(name, f"python train.py --domain {name} --name {name}")

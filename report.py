@@ -263,13 +263,18 @@ def _pct(x, d=1):
 # -----------------------------------------------------------------------------
 # the sections of the page
 
-def read_stage(out_dir, folder, name="metrics.json"):
-    """A stage's JSON record (train.py / sae.py metrics.json, merge.py merge.json), or None when it is
-    absent or unreadable: the report shows what exists."""
-    try:
-        return common.read_json(os.path.join(out_dir, folder, name))
-    except (OSError, ValueError):
-        return None
+def read_stage(out_dir, folder, name, kind):
+    """A stage's JSON record of `kind` (train.py / sae.py metrics.json, merge.py merge.json, the sweep), or
+    None when it is absent: the report shows what exists. One that is not JSON or of another kind: one
+    line naming it (common.read_record)."""
+    path, how = os.path.normpath(os.path.join(out_dir, folder, name)), STAGE_HOW[kind].format(folder, folder[4:])
+    return common.read_record(path, kind, how) if os.path.exists(path) else None
+
+
+# the commands that remake a stage's record in out_dir/<folder>/: {0} the folder, {1} it without sae_
+STAGE_HOW = {"train_metrics": "python train.py --domain {0} --overwrite",
+             "sae_metrics": "python sae.py --model {1} --overwrite",
+             "merge": "python merge.py --out {0} --overwrite", "sweep": "python merge.py --sweep --overwrite"}
 
 
 def section_training(out_dir, models):
@@ -277,7 +282,8 @@ def section_training(out_dir, models):
     and every model's final validation loss on each domain."""
     charts, notes, finals = [], [], {}
     for m in models:
-        met = read_stage(out_dir, m) or read_stage(out_dir, m, "merge.json") or {}
+        met = (read_stage(out_dir, m, "metrics.json", "train_metrics") or read_stage(out_dir, m, "merge.json", "merge")
+               or {})
         finals[m] = met.get("val_loss") if isinstance(met.get("val_loss"), dict) else {}
         hist = met.get("history") or []
         if hist:
@@ -336,7 +342,8 @@ def sae_table(res, out_dir):
             str(cfg.get("spread_seed", 2)): "spread"}
     rows = []
     for m, v in res["models"].items():
-        seeds = (read_stage(out_dir, f"sae_{m}") or {}).get("seeds") or {str(cfg.get("sae_seed", 0)): v["sae_metrics"]}
+        seeds = ((read_stage(out_dir, f"sae_{m}", "metrics.json", "sae_metrics") or {}).get("seeds")
+                 or {str(cfg.get("sae_seed", 0)): v["sae_metrics"]})
         for s, sm in seeds.items():
             tracked = role.get(str(s)) == "tracked"
             rows.append((m, f"{s} ({role.get(str(s), 'unused')})", v["n_features"],
@@ -352,7 +359,7 @@ def sae_curves(out_dir, models):
     evaluation; a colour per model, seed 0 solid, other seeds dashed."""
     figs = {"fvu": [], "l0": [], "dead": [], "ce_recovered": []}
     for k, m in enumerate(models):
-        hist = (read_stage(out_dir, f"sae_{m}") or {}).get("history") or []
+        hist = (read_stage(out_dir, f"sae_{m}", "metrics.json", "sae_metrics") or {}).get("history") or []
         train, evals = [r for r in hist if "train" in r], [r for r in hist if "eval" in r]
         seeds = list(dict.fromkeys(s for r in train + evals for s in r.get("train", r.get("eval", {}))))
         for j, seed in enumerate(seeds):
@@ -761,7 +768,7 @@ SECTIONS = (("training", "training"), ("sweep", "merge sweep"), ("saes", "SAEs")
 def render_report(res, pages, out_dir):
     """The page from analyze.py's results (results.json), its page data (pages.json) and the stages' records in out_dir."""
     cfg, thr, ts = res["provenance"]["config"], res["threshold"], res["token_set"]
-    sweep = read_stage(out_dir, ".", "merge_sweep.json")
+    sweep = read_stage(out_dir, ".", "merge_sweep.json", "sweep")
     summary = esc(f"{ts['n_tokens']:,} evaluation tokens ({ts['n_seq']:,} windows of {ts['block_size']} from the val splits: "
                   + ", ".join(f"{d} {n}" for d, n in ts["per_domain"].items()) + f"; seed {ts['seed']}), threshold r ")
     summary += f"&ge; {esc(str(thr))}. Created {esc(str(res['provenance']['created']))}."
@@ -769,7 +776,8 @@ def render_report(res, pages, out_dir):
               '--source sample): tiny models on synthetic text; the numbers show that the pipeline runs, not the '
               'study\'s findings.</p>') if ts["smoke_scale_demo"] else ""
     sw = ("<h2 id='sweep'>Merge sweep</h2><p>Validation loss of SLERP(a, b, t) on each domain (merge.py --sweep).</p>"
-          + sweep_chart(sweep, [(m, read_stage(out_dir, m, "merge.json") or {}) for m in res["models"]]) if sweep else "")
+          + sweep_chart(sweep, [(m, read_stage(out_dir, m, "merge.json", "merge") or {}) for m in res["models"]])
+          if sweep else "")
     body = [f"<h1>Tracking SAE features through fine-tuning and merging</h1>{banner}<p>{summary}</p>",
             "<p class='toc'>" + " | ".join(f"<a href='#{k}'>{v}</a>" for k, v in SECTIONS) + "</p>",
             section_training(out_dir, list(res["models"])), sw, section_saes(res, out_dir), section_edges(res, thr, cfg),
@@ -794,23 +802,36 @@ def write_report(out_dir):
     """Read results.json + pages.json (and the stages' metrics) and write report.html. Returns its path."""
     adir = os.path.join(out_dir, "analysis")
     paths = {k: os.path.join(adir, f"{k}.json") for k in ("results", "pages")}
+    how = f"python analyze.py --out_dir {out_dir}"
     for path in paths.values():
         if not os.path.exists(path):
-            die(f"no {path}; run the analysis first: python analyze.py --out_dir {out_dir}")
+            die(f"no {path}; run the analysis first: {how}")
+    res, pages = common.read_record(paths["results"], "results", how), common.read_record(paths["pages"], "pages", how)
+    # their kinds and top-level fields are checked; a record whose inner parts are not what its writer makes
+    # (hand-edited, or made by another version) is one line too, not a traceback from deep in the page
     try:
-        res, pages = common.read_json(paths["results"]), common.read_json(paths["pages"])
-    except ValueError as e:
-        die(f"{adir}: results.json or pages.json is not valid JSON ({e}); re-run: python analyze.py --out_dir {out_dir}")
-    if any("status" not in e and n not in pages.get("status", {}) for n, e in res["edges"].items()):
-        die(f"{paths['results']} has no feature statuses (an older analyze.py); re-run: python analyze.py --out_dir {out_dir}")
+        if any("status" not in e and n not in pages.get("status", {}) for n, e in res["edges"].items()):
+            die(f"{paths['results']} has no feature statuses (an older analyze.py); re-run: {how}")
+        page = render_report(res, pages, out_dir)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        die(f"{adir}: results.json, pages.json or a stage's record they use is not shaped as its writer makes it "
+            f"({type(e).__name__}: {e}); re-run: {how}")
     out = os.path.join(adir, "report.html")
-    common.atomic_write_text(out, render_report(res, pages, out_dir))
+    common.atomic_write_text(out, page)
     return out
 
 
 def main(argv=None):
     cfg = common.parse_config(dict(config), argv)
-    print(f"-> {write_report(cfg['out_dir'])}")
+    adir = os.path.join(cfg["out_dir"], "analysis")
+    if not os.path.isdir(adir):  # write_report names the command that makes it
+        return write_report(cfg["out_dir"])
+    with common.lock_dir(adir, "report.py"):  # analyze.py writes this folder too: one writer at a time
+        # report.html holds the pages and results (escaped, in HTML): twice their size is ample
+        size = sum(os.path.getsize(p) for p in (os.path.join(adir, f"{k}.json") for k in ("results", "pages"))
+                   if os.path.isfile(p))
+        common.check_free_space(adir, 2 * size + (1 << 20), "report.html")
+        print(f"-> {write_report(cfg['out_dir'])}")
 
 
 if __name__ == "__main__":

@@ -31,9 +31,31 @@ PY=${PYTHON:-python3} SOURCE=${SOURCE:-sample} PRESET=${PRESET:-tiny} DATA=${DAT
 JOBS=${JOBS:-auto} MODELS=${MODELS:-ours}
 dirs=(--preset="$PRESET" --data_dir="$DATA" --out_dir="$OUT")
 die() { echo "error: $*" >&2; exit 2; }
-[[ $JOBS == auto || $JOBS =~ ^[1-9][0-9]*$ ]] || die "JOBS=$JOBS: give how many stages may run at once (1, 2, ...) or auto"
+# the environment's settings, each checked here in one line before anything runs (a bad one would
+# otherwise surface stages later, or as a shell error: a huge JOBS overflows bash's arithmetic)
+[[ $JOBS == auto || ($JOBS =~ ^[1-9][0-9]{0,2}$ && $JOBS -le 64) ]] \
+  || die "JOBS=$JOBS: give how many stages may run at once (1, 2, ... at most 64; the study has 11) or auto"
 [[ $MODELS == ours || $MODELS == authors ]] \
   || die "MODELS=$MODELS: ours (trained here) or authors (the authors' released models)"
+[[ $PRESET == tiny || $PRESET == paper ]] || die "PRESET=$PRESET: tiny (a CPU demo) or paper (the paper's sizes, a GPU)"
+case $SOURCE in
+  sample|hf) ;;
+  local:*) [ -d "${SOURCE#local:}" ] || die "SOURCE=$SOURCE: no folder ${SOURCE#local:} (local:DIR needs DIR/<domain>/train.txt, valid.txt)" ;;
+  *) die "SOURCE=$SOURCE: sample (built in), local:DIR or hf (download)" ;;
+esac
+for v in DATA OUT; do
+  d=${!v}
+  [[ -n $d && $d != *$'\n'* ]] || die "$v='$d': give a folder name"
+  [[ ! -e $d || -d $d ]] || die "$v=$d is a file, not a folder; choose another $v"
+done
+[ "$(realpath -m "$DATA")" != "$(realpath -m "$OUT")" ] || die "DATA and OUT are both $DATA; give each its own folder"
+command -v "$PY" >/dev/null 2>&1 || die "PYTHON=$PY: no such command; give the python that has torch (e.g. PYTHON=python3)"
+"$PY" - <<< 'import sys; sys.exit(sys.version_info < (3, 9))' >/dev/null 2>&1 \
+  || die "PYTHON=$PY does not run as Python 3.9 or later; give the python that has torch (e.g. PYTHON=python3)"
+# the stages end when this script is gone, even after kill -9 (common.watch_driver): its pid and start time
+export REPRODUCE_PID=$$
+REPRODUCE_START=$(awk '{ sub(/^.*\) /, ""); print $20 }' /proc/$$/stat 2>/dev/null || true)
+export REPRODUCE_START
 scripts=(data.py train.py merge.py sae.py analyze.py)
 [ "$MODELS" = ours ] || scripts=(data.py authors.py sae.py analyze.py)
 

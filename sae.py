@@ -6,12 +6,13 @@ on that model's own data distribution, with honest metrics.
     python sae.py --model base --arch topk --seeds 0,1,2
     python sae.py --model lua --resume         # continue exactly (a finished run: nothing to do)
 
-Activations are harvested on the fly: random windows of the model's data (equal shares of its
-domains, MODEL_DATA), tokens_per_seq random positions of each (position 0 skipped: it has no
-context and is an outlier), into a shuffle buffer of buffer_batches batches that is refilled from
-fresh random sequences whenever it drains. Buffer number c is a pure function of (data_seed, c),
-so a resume rebuilds the buffer it stopped in and continues exactly, and every seed's SAE sees
-the identical stream (the seeds differ only in their initialisation).
+Activations are harvested on the fly: random windows of the model's data (its domains, MODEL_DATA,
+in shares by tokens as the authors' or equal: `mix`), tokens_per_seq random positions of each
+(position 0 skipped: it has no context and is an outlier), into a shuffle buffer of buffer_batches
+batches that is refilled from fresh random sequences whenever it drains. Buffer number c is a
+pure function of (data_seed, c), so a resume rebuilds the buffer it stopped in and continues
+exactly, and every seed's SAE sees the identical stream (the seeds differ only in their
+initialisation).
 
 Architectures (ACTIVATIONS below: the one place an architecture is defined, whose methods fast.py's
 steps call too; inputs scaled by one scalar per model so that E||x|| = sqrt(d_in)):
@@ -50,6 +51,11 @@ import time
 import zlib
 from types import SimpleNamespace
 
+# common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
+from common import (atomic_torch_save, atomic_write_json, check_free_space, check_resume, cli, default_preset, die,
+                    lock_dir, parse_config, peak_gpu_mib, pick_device, provenance, read_json, set_threads, sha256_file,
+                    stamp)
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -57,8 +63,6 @@ import torch.nn.functional as F
 
 import data as datalib
 import fast
-from common import (atomic_torch_save, atomic_write_json, check_free_space, check_resume, cli, default_preset, die,
-                    lock_dir, parse_config, peak_gpu_mib, pick_device, provenance, read_json, set_threads, sha256_file)
 from model import clean_key, load_checkpoint, load_model
 
 # -----------------------------------------------------------------------------
@@ -71,10 +75,12 @@ config = dict(
     resume=False,          # continue out_dir/sae_<model>/ exactly (a finished run: nothing to do)
     overwrite=False,       # start over even if checkpoints exist
     allow_unfinished=False,  # train on a model whose training did not finish (stopped early or killed)
+    allow_other_preset=False,  # train SAEs of this preset on a model made with another one (its scale), on purpose
     arch="relu",           # relu (L1 + resampling) | topk (TopK + AuxK): see ACTIVATIONS
     expansion=16,          # n_features = expansion * d_mlp (paper: 16 x 1024 = 16,384)
     k=32,                  # topk: active latents per token
-    l1_coeff=3.0,          # relu: L1 weight; equal L0/d_in needs l1 ~ sqrt(d_in) (see L1_NOTE): tiny's tuned 1.5 x 2
+    l1_coeff=3.0,          # relu: L1 weight, which sets L0: at 16,384 x 1,024 it gave L0 ~40 (BENCHMARKS.md, "The L1
+                           # at the paper's width"); tiny's 1.5 was tuned at 2,048 x 256 (L1_NOTE: l1 ~ sqrt(d_in))
     l1_warmup_frac=0.05,   # relu: L1 weight ramps from 0 over the first 5% of steps (Anthropic Apr 2024)
     resample_every=12500,  # relu: every this many steps, re-initialise latents that did not fire since the last check
     resample_until=0.5,    # relu: ... only in the first half of training, so resampled latents can settle
@@ -93,12 +99,16 @@ config = dict(
     buffer_batches=32,     # shuffle buffer size in batches (32 x 3072 activations from 4096 sequences)
     harvest_batch=64,      # sequences per model forward while harvesting
     data_seed=1234,        # the activation stream (shared by all seeds)
-    eval_seqs=1024,        # held-out val windows (equal shares per domain); metrics use positions >= skip_first
+    mix="tokens",          # a model's domains in the stream and the evaluation: tokens (shares = their token
+                           # counts, as the authors' concatenated datasets) | equal (one share per domain)
+    eval_seqs=1024,        # held-out val windows (domains as `mix`); metrics use positions >= skip_first
     eval_batch=16,         # windows per model forward in evaluation
     eval_interval=10000,   # evaluate every this many steps (and at the end)
     log_interval=500,      # print the training metrics every this many steps
     ckpt_interval=5000,    # save every this many steps (and at the end)
     stop_step=0,           # > 0: stop after this step as if interrupted (continue with --resume)
+    health_at=0.1,         # early check at the first log past this share of the steps (the L1 ramped up): an SAE
+                           # outside HEALTH stops there, saved, naming the setting to change; 0 = no check
     peak_flops=989e12,     # the device's peak FLOP/s for metrics.json's mfu (default: H100 SXM dense bf16)
     fast=True,             # the speed-ups of fast.py (false: the plain code here; the same SAEs to rounding)
     fast_math=True,        # CUDA: TF32 SAE training, a bf16 harvest forward; CPU with bf16 matmuls: bf16 picks the
@@ -112,23 +122,32 @@ PRESETS = {
     # (lr and l1 tuned on the base model: lr 1e-3 -> 4e-3 took FVU 0.21 -> 0.17 at L0 ~50);
     # evaluation only at the end: one costs ~4% of this short run, more than bookkeeping should (the
     # training log's FVU and L0 every 50 steps show the progress)
-    "tiny": dict(expansion=8, l1_coeff=1.5, lr=4e-3, seqs_per_batch=64, total_acts=1_000_000,
+    # mix equal: the demo corpora's sizes are set by data.py's sample_kb, not by the datasets, so token shares
+    # would mean nothing there
+    "tiny": dict(expansion=8, l1_coeff=1.5, lr=4e-3, seqs_per_batch=64, total_acts=1_000_000, mix="equal",
                  resample_every=200, dead_window=200_000, buffer_batches=16, harvest_batch=128,
                  eval_seqs=192, eval_batch=32, eval_interval=1000, log_interval=50, ckpt_interval=250),
 }
 MODEL_DATA = {"base": ["base"], "lua": ["base", "lua"], "tinystories": ["base", "tinystories"],
               "luastories": ["base", "lua", "tinystories"]}
-CHECKS = {"model": tuple(MODEL_DATA), "seeds": ">=0", "arch": ("relu", "topk"), "expansion": ">=1", "k": ">=1",
+CHECKS = {"model": tuple(MODEL_DATA), "mix": ("tokens", "equal"), "seeds": ">=0", "arch": ("relu", "topk"),
+          "expansion": ">=1", "k": ">=1",
           "l1_coeff": ">=0", "l1_warmup_frac": "[0,1]", "resample_every": ">=0", "resample_until": "[0,1]",
           "aux_k": ">=0", "aux_coeff": ">=0", "dead_window": ">0", "lr": ">0", "beta1": "[0,1)", "beta2": "[0,1)",
           "lr_decay_frac": "[0,1]", "seqs_per_batch": ">0", "tokens_per_seq": ">0", "skip_first": ">=0",
           "seq_len": ">=0", "total_acts": ">0", "buffer_batches": ">0", "harvest_batch": ">0", "eval_seqs": ">0",
           "eval_batch": ">0", "eval_interval": ">0", "log_interval": ">0", "ckpt_interval": ">0", "stop_step": ">=0",
+          "health_at": "[0,1]",
           "threads": ">=0", "peak_flops": ">0"}
 # settings a resume may change; every other config key must equal the checkpoint's
 RESUME_FREE = {"resume", "overwrite", "device", "eval_interval", "log_interval", "ckpt_interval", "stop_step",
                "harvest_batch", "eval_batch", "data_dir", "out_dir", "preset", "allow_unfinished", "threads",
-               "peak_flops"}
+               "peak_flops", "health_at", "allow_other_preset"}
+# the early check's bands (health_at), for far-off runs only: an SAE that explains less than half the
+# variance, fires more latents per token than its input has dimensions (relu: the L1 too weak for the
+# width) or none, or whose latents mostly stayed silent through a whole log interval, does not come
+# right in the rest of its run. Healthy runs at their check: BENCHMARKS.md ("The early check").
+HEALTH = {"fvu": 0.5, "silent": 0.5}  # maxima; L0 must lie in [1, d_in]
 # L1_NOTE: the soft threshold ~ l1/2 is compared with per-feature magnitudes ~ sqrt(d_in / L0)
 STATE_FILE = "train_state.pt"  # every seed's training state at one step (see save_state)
 
@@ -458,33 +477,42 @@ def mlp_activations(model, windows, batch_size, device, skip_first=0, positions=
             yield start, h[torch.arange(len(h), device=device)[:, None], pos]       # (b, k, d_mlp)
 
 
-def stream_windows(arrays, n_seq, T, g):
-    """The harvest's windows (n_seq, T): window i from domain i % n_domains (equal shares), its
-    start uniform over the domain's array: u_i (len - T + 1), with u one float64 draw per window,
-    drawn first from g."""
+def stream_windows(arrays, n_seq, T, g, mix="equal"):
+    """The harvest's windows (n_seq, T), one float64 draw u_i per window, drawn first from g.
+    mix equal: window i from domain i % n_domains, its start u_i (len - T + 1) in that domain's
+    array. mix tokens (the authors' concatenated datasets): u_i picks one of all the domains'
+    starts, so each domain's share is its share of the tokens."""
     u = torch.rand(n_seq, generator=g, dtype=torch.float64)                  # (n_seq,) in [0, 1)
-    idx = torch.empty(n_seq, T, dtype=torch.long)
-    for d, (name, a) in enumerate(arrays.items()):
+    for name, a in arrays.items():
         if len(a) < T:
             die(f"domain '{name}' has {len(a):,} tokens, fewer than one window of {T}; "
                 f"prepare more data (python data.py)")
-        for i in range(d, n_seq, len(arrays)):
-            start = int(u[i] * (len(a) - T + 1))
-            idx[i] = torch.from_numpy(a[start:start + T].astype(np.int64))
+    arrays = list(arrays.values())
+    n_starts = [len(a) - T + 1 for a in arrays]
+    idx = torch.empty(n_seq, T, dtype=torch.long)
+    for i in range(n_seq):
+        if mix == "equal":
+            d = i % len(arrays)
+            start = int(u[i] * n_starts[d])
+        else:  # a start among all the domains' starts, laid end to end
+            d, start = 0, int(u[i] * sum(n_starts))
+            while start >= n_starts[d]:
+                start, d = start - n_starts[d], d + 1
+        idx[i] = torch.from_numpy(arrays[d][start:start + T].astype(np.int64))
     return idx
 
 
 @torch.no_grad()
 def harvest(model, arrays, chunk, cfg, device):
     """Shuffle buffer number `chunk`: buffer_batches x seqs_per_batch fresh random windows
-    (domains in equal shares), tokens_per_seq random positions >= skip_first of each, all shuffled
+    (domains as cfg["mix"]), tokens_per_seq random positions >= skip_first of each, all shuffled
     together. A pure function of (data_seed, chunk). Returns (N, d_mlp) float32 raw activations on
     device."""
     g = torch.Generator().manual_seed(cfg["data_seed"] * 1_000_003 + chunk)
     T, tps, skip = cfg["seq_len"], cfg["tokens_per_seq"], cfg["skip_first"]
     n_seq = cfg["buffer_batches"] * cfg["seqs_per_batch"]
     # draws first from g
-    idx = stream_windows(arrays, n_seq, T, g)
+    idx = stream_windows(arrays, n_seq, T, g, cfg["mix"])
     # (n_seq, tps) distinct
     pos = torch.rand(n_seq, T - skip, generator=g).argsort(dim=1)[:, :tps] + skip
     perm = torch.randperm(n_seq * tps, generator=g)
@@ -495,9 +523,15 @@ def harvest(model, arrays, chunk, cfg, device):
     return torch.cat(out).index_select(0, perm.to(device))
 
 
-def eval_windows(arrays, n_seqs, seq_len):
-    """Deterministic held-out windows (n_seqs, seq_len + 1), spread evenly over each domain's array."""
-    return torch.from_numpy(datalib.sample_windows(arrays, n_seqs, seq_len + 1, "spread"))
+def eval_windows(arrays, n_seqs, seq_len, mix="equal"):
+    """Deterministic held-out windows (n_seqs, seq_len + 1), spread evenly over each domain's array:
+    equal shares per domain, or with mix tokens shares proportional to the domains' tokens."""
+    if mix == "equal":
+        return torch.from_numpy(datalib.sample_windows(arrays, n_seqs, seq_len + 1, "spread"))
+    ends = np.cumsum([0] + [len(a) for a in arrays.values()])
+    counts = np.diff(np.round(ends / ends[-1] * n_seqs)).astype(int)    # (n_domains,), summing to n_seqs
+    return torch.from_numpy(np.concatenate([datalib.sample_windows(a, c, seq_len + 1, "spread")
+                                            for a, c in zip(arrays.values(), counts)]))
 
 
 @torch.no_grad()
@@ -606,9 +640,7 @@ def load_sae(out_dir, model_name, seed=0, device="cpu"):
     model_domains(model_name)
     path = sae_path(out_dir, model_name, seed)
     how = f"python sae.py --model {model_name}" + (f" --seeds {seed}" if seed not in (0, 1) else "")
-    ckpt = load_checkpoint(path, f"SAE for '{model_name}'", how)
-    if not isinstance(ckpt, dict) or "sae_args" not in ckpt:
-        die(f"{path} is not an SAE checkpoint; remake it with: {how} --overwrite")
+    ckpt = load_checkpoint(path, f"SAE for '{model_name}'", how, kind="sae")
     if not ckpt.get("finished"):
         die(f"{path} is unfinished (step {ckpt.get('step')}/{ckpt.get('total_steps')}); finish it with: {how} --resume")
     ckpt.pop("train", None)
@@ -645,7 +677,7 @@ def save_seed_file(job, run, finished):
             "total_steps": job.total_steps, "finished": finished,
             "scale": job.scale, "config": job.cfg, "metrics": run.get("metrics", {}), **job.info,
             "provenance": provenance(job.cfg, **job.info)}
-    atomic_torch_save(ckpt, job.paths[run["seed"]])
+    atomic_torch_save(stamp(ckpt, "sae"), job.paths[run["seed"]])  # kind, format, checksum
 
 
 def save_state(job, runs, finished):
@@ -658,7 +690,7 @@ def save_state(job, runs, finished):
     state = {"step": job.step, "total_steps": job.total_steps, "finished": finished, "scale": job.scale,
              "config": job.cfg, "history": job.history, "seeds": seeds, **job.info,
              "provenance": provenance(job.cfg, **job.info)}
-    atomic_torch_save(state, job.state_path)
+    atomic_torch_save(stamp(state, "sae_state"), job.state_path)
 
 
 # -----------------------------------------------------------------------------
@@ -698,6 +730,12 @@ def setup(cfg):
     job.model, mckpt = load_model(cfg["out_dir"], job.name, job.device, allow_unfinished=cfg["allow_unfinished"])
     for p in job.model.parameters():
         p.requires_grad_(False)
+    # the scripts default to paper on a GPU, reproduce.sh to tiny: paper-width SAEs of a tiny model (or the
+    # reverse) are a mistake unless meant
+    theirs = (mckpt.get("config") or {}).get("preset")
+    if isinstance(theirs, str) and theirs != cfg["preset"] and not cfg["allow_other_preset"]:
+        die(f"--preset {cfg['preset']} differs from the preset {theirs} that {model_path} was made with; give "
+            f"--preset {theirs}, or --allow_other_preset to train {cfg['preset']}-preset SAEs on it on purpose")
     margs = job.model.args
     job.info = {"model_name": job.name, "model_hash": sha256_file(model_path), "model_fingerprint": model_fingerprint(mckpt),
                 "tokenizer_hash": mckpt["tokenizer_hash"], "domains": job.domains}
@@ -718,6 +756,17 @@ def setup(cfg):
     job.act = ACTIVATIONS[cfg["arch"]](cfg["k"], job.n_features)
     job.B = cfg["seqs_per_batch"] * cfg["tokens_per_seq"]
     job.total_steps = max(1, cfg["total_acts"] // job.B)
+    job.health_step = math.ceil(cfg["health_at"] * job.total_steps)  # 0: no check
+    # settings that each pass CHECKS but mean nothing together: more active latents than there are, or a
+    # resampling period no step of the resampling window reaches (so none would happen)
+    if cfg["arch"] == "topk" and max(cfg["k"], job.aux_k) > job.n_features:
+        die(f"--k {cfg['k']} / --aux_k {job.aux_k} must be at most the SAE's {job.n_features} features "
+            f"(--expansion {cfg['expansion']} x d_mlp {job.d_in})")
+    # (said, not refused: short runs of a preset's period, as tests and smoke runs make, are fine without it)
+    window = int(cfg["resample_until"] * job.total_steps)
+    if cfg["arch"] == "relu" and cfg["resample_every"] > max(window, 1):
+        print(f"note: --resample_every {cfg['resample_every']} is beyond the resampling window (--resample_until "
+              f"{cfg['resample_until']} x {job.total_steps} steps = step {window}): nothing will be resampled")
     job.dir = os.path.join(cfg["out_dir"], f"sae_{job.name}")
     job.paths = {s: sae_path(cfg["out_dir"], job.name, s) for s in job.seeds}
     job.state_path = os.path.join(job.dir, STATE_FILE)
@@ -739,7 +788,7 @@ def open_run(job):
         runs = resume_runs(job)
     else:
         runs = fresh_runs(job)
-    job.eval_wins, job.eval_cache = eval_windows(job.val, cfg["eval_seqs"], cfg["seq_len"]), {}
+    job.eval_wins, job.eval_cache = eval_windows(job.val, cfg["eval_seqs"], cfg["seq_len"], cfg["mix"]), {}
     return runs
 
 
@@ -768,7 +817,7 @@ def resume_runs(job):
     if not os.path.exists(path):
         die(f"{job.dir} has SAE checkpoints but no {STATE_FILE} to resume from (made by an older sae.py, or "
             f"deleted); retrain with --overwrite")
-    st = load_checkpoint(path, "SAE training state")
+    st = load_checkpoint(path, "SAE training state", f"python sae.py --model {job.name}", kind="sae_state")
     check_resume(st["config"], cfg, RESUME_FREE | {"seeds"}, path)
     if st["model_hash"] != job.info["model_hash"]:
         die(f"{path} was trained on another version of model '{job.name}'; retrain with --overwrite")
@@ -804,7 +853,7 @@ def print_settings(job):
     """The SAEs and the stream."""
     cfg, T = job.cfg, job.cfg["seq_len"]
     print(f"preset {cfg['preset']}: SAE on '{job.name}' MLP activations (d_mlp {job.d_in}), data "
-          f"{'+'.join(job.domains)} (equal shares) from {cfg['data_dir']}, device {job.device}"
+          f"{'+'.join(job.domains)} ({cfg['mix']} shares) from {cfg['data_dir']}, device {job.device}"
           + (f", {job.threads} threads" if job.device == "cpu" else "")
           + (f" (the seeds' steps in {min(len(job.seeds), job.threads)} threads of one core each)" if job.pool
              else ""))
@@ -953,7 +1002,8 @@ def log_progress(job, runs):
     logs = {r["seed"]: {"mse": float(stats["sse"][j]) / (stats["n"] * d_in),  # per element, scaled space
                         "fvu": fvu_from_sums(float(stats["sse"][j]), stats["sum_x"], float(stats["sum_sq"]), stats["n"]),
                         "l0": float(stats["l0"][j]) / stats["n"],
-                        "dead": ((step - r["last_fired"]) * B >= cfg["dead_window"]).float().mean().item()}
+                        "dead": ((step - r["last_fired"]) * B >= cfg["dead_window"]).float().mean().item(),
+                        "silent": (r["last_fired"] <= job.last_logged).float().mean().item()}  # none since the last log
             for j, r in enumerate(runs)}
     eta = (job.total_steps - step) * B / max(rate, 1e-9)
     print(f"step {step}/{job.total_steps}: " + " | ".join(
@@ -961,7 +1011,32 @@ def log_progress(job, runs):
         + (f", {rate / 1e6:.2f}M act/s" if rate >= 1e6 else f", {rate / 1e3:.1f}k act/s")
         + (f", eta {eta / 60:.1f} min" if step < job.total_steps else ""))
     job.history.append({"step": step, "train": logs, "act_per_s": rate})
+    if job.last_logged < job.health_step <= step < job.total_steps:  # early: a finished run is evaluated instead
+        check_health(job, runs, logs)
     job.stats, job.t0, job.last_logged = None, time.time(), step
+
+
+def check_health(job, runs, logs):
+    """The early check (health_at): a seed outside HEALTH stops the run here, its state saved, in one
+    line naming the setting to change."""
+    cfg, d_in = job.cfg, job.d_in
+    for r in runs:
+        m = logs[r["seed"]]
+        if job.act.resamples and m["l0"] > d_in:
+            fix = f"raise --l1_coeff (now {cfg['l1_coeff']:g}: too weak for {job.n_features} features)"
+        elif m["l0"] < 1 or m["fvu"] > HEALTH["fvu"] or m["silent"] > HEALTH["silent"]:
+            fix = (f"lower --l1_coeff (now {cfg['l1_coeff']:g}) or --lr (now {cfg['lr']:g})" if job.act.resamples
+                   else f"raise --k (now {cfg['k']}) or lower --lr (now {cfg['lr']:g})")
+        else:
+            continue
+        save_all(job, runs, finished=False)
+        die(f"early check at step {job.step} ({job.step / job.total_steps:.0%} of the run): seed {r['seed']} has L0 "
+            f"{m['l0']:.1f}, FVU {m['fvu']:.3f}, {m['silent']:.0%} of latents silent since step {job.last_logged} "
+            f"(bands: L0 1-{d_in}, FVU <= {HEALTH['fvu']}, silent <= {HEALTH['silent']:.0%}); {fix} and start over "
+            f"with --overwrite, or train on with --resume --health_at 0 (state saved)")
+    print(f"early check at step {job.step}: " + ", ".join(
+        f"s{s} L0 {m['l0']:.1f}, FVU {m['fvu']:.3f}, {m['silent']:.0%} silent" for s, m in logs.items())
+        + f": within the bands (L0 1-{d_in}, FVU <= {HEALTH['fvu']}, silent <= {HEALTH['silent']:.0%})")
 
 
 def run_eval(job, runs):
@@ -1011,7 +1086,7 @@ def write_metrics(job, runs):
                "scale": job.scale, "steps": job.step, "activations": job.step * job.B, "mfu": mfu,
                "peak_gpu_mib": peak_gpu_mib(job.device), "seeds": per_seed,
                "history": job.history, "provenance": provenance(job.cfg, **job.info)}
-    atomic_write_json(os.path.join(job.dir, "metrics.json"), metrics)
+    atomic_write_json(os.path.join(job.dir, "metrics.json"), stamp(metrics, "sae_metrics"))
     print(f"-> {job.dir}: " + " | ".join(f"s{s}: fvu {m['fvu']:.3f}, l0 {m['l0']:.1f}, dead {m['dead_frac']:.1%}, "
                                          f"ce recovered {m['ce_recovered']:.3f}" for s, m in per_seed.items()))
     return metrics

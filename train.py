@@ -16,16 +16,19 @@ Reading order: main() is the algorithm; each of its steps is one function below 
 """
 import math
 import os
+import re
 import time
 from contextlib import nullcontext
 from types import SimpleNamespace
+
+# common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
+from common import (atomic_write_json, check_free_space, check_resume, cli, default_preset, die, lock_dir,
+                    parse_config, peak_gpu_mib, pick_device, provenance, set_threads, sha256_file, stamp)
 
 import torch
 
 import data as datalib
 import fast
-from common import (atomic_write_json, check_free_space, check_resume, cli, default_preset, die, lock_dir,
-                    parse_config, peak_gpu_mib, pick_device, provenance, set_threads, sha256_file)
 from model import (MAKES, ModelArgs, Transformer, check_finished, eval_loss, load_checkpoint,
                    model_from_checkpoint, save_checkpoint)
 
@@ -38,6 +41,7 @@ config = dict(
     name="",                # run name (folder under out_dir); empty: the domain
     parent="base",          # fine-tunes start from out_dir/<parent>/ckpt.pt
     allow_unfinished=False,  # fine-tune from a parent that did not finish (stopped early or killed)
+    allow_other_preset=False,  # fine-tune with another preset than the parent was trained with (its recipe)
     resume=False,           # continue out_dir/<name>/ckpt.pt exactly (a finished run is left as it is)
     overwrite=False,        # start over even if a checkpoint exists
     # model shape (pretraining only; a fine-tune inherits its parent's)
@@ -98,7 +102,7 @@ CHECKS = {
 # settings a resume may change; every other key must equal the checkpoint's (same data, model, schedule)
 RESUME_FREE = {"resume", "overwrite", "stop_iter", "eval_interval", "eval_iters", "log_interval", "device",
                "compile", "data_dir", "out_dir", "peak_flops", "max_iters_resolved", "preset", "threads",
-               "allow_unfinished"}
+               "allow_unfinished", "allow_other_preset"}
 ETA_STEPS = 5  # steps timed (after the first, which may compile) for the start-up time estimate
 
 
@@ -127,6 +131,13 @@ def main(argv=None):
     cfg = parse_config(dict(config), argv, PRESETS, default_preset(), checks=CHECKS, variant=variant)
     check_consistency(cfg)
     name = cfg["name"] or cfg["domain"]  # (the saved config keeps "": resumes compare configs)
+    # the output folder is a new or own one: never the parent it starts from, another stage's folder or a path
+    if cfg["domain"] != "base" and name == cfg["parent"]:
+        die(f"--name {name} is the parent this fine-tune starts from; it would overwrite it: choose another "
+            f"--name (e.g. --name {cfg['domain']})")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.startswith(("sae_", "analysis", "explain_cache")):
+        die(f"--name {name!r} must be a plain folder name under --out_dir, not another stage's folder (sae_*, "
+            f"analysis) or a path")
     env = setup_devices(cfg)
     run_dir = os.path.join(cfg["out_dir"], name)
     try:  # the one place the DDP process group is torn down, however the run ends
@@ -184,7 +195,8 @@ def open_run(cfg, env, name, ckpt_path):
         return run
     if not cfg["resume"]:
         die(f"{ckpt_path} exists; add --resume to continue it or --overwrite to start over")
-    ck = load_checkpoint(ckpt_path, "checkpoint to resume")
+    ck = load_checkpoint(ckpt_path, "checkpoint to resume",
+                         MAKES.get(name, f"python train.py --domain {cfg['domain']} --name {name}"))
     if "optimizer" not in ck:
         die(f"{ckpt_path} holds no training state (a merge?); it cannot be resumed, use --overwrite to train anew")
     check_resume(ck["config"], cfg, RESUME_FREE, ckpt_path)
@@ -210,6 +222,12 @@ def build_model(run):
         parent = load_checkpoint(path, f"parent checkpoint '{cfg['parent']}'",
                                  MAKES.get(cfg["parent"], f"python train.py --domain {cfg['parent']}"))
         check_finished(parent, path, cfg["parent"], cfg["allow_unfinished"])
+        # the scripts default to paper on a GPU, reproduce.sh to tiny: a fine-tune of a tiny base with the paper's
+        # recipe (or the reverse) is a mistake unless meant
+        theirs = (parent.get("config") or {}).get("preset")
+        if isinstance(theirs, str) and theirs != cfg["preset"] and not cfg["allow_other_preset"]:
+            die(f"--preset {cfg['preset']} differs from the preset {theirs} that {path} was trained with; give "
+                f"--preset {theirs}, or --allow_other_preset to fine-tune with the {cfg['preset']} recipe on purpose")
         run.tok_hash, run.lineage_name = parent["tokenizer_hash"], cfg["parent"]
         model = model_from_checkpoint(parent, env.device)  # every weight, exactly the parent's
         run.parents = [{"name": cfg["parent"], "hash": sha256_file(path)}]
@@ -535,7 +553,8 @@ def finish(run):
                    "checkpoint_sha256": sha256_file(run.ckpt_path), "data_source": run.data.meta.get("source"),
                    "provenance": provenance(cfg, tokenizer_hash=run.data.tok_hash, parents=run.parents,
                                             data_meta_sha256=run.data.fingerprint)}
-        atomic_write_json(os.path.join(os.path.dirname(run.ckpt_path), "metrics.json"), metrics)
+        atomic_write_json(os.path.join(os.path.dirname(run.ckpt_path), "metrics.json"),
+                          stamp(metrics, "train_metrics"))
         print("val loss: " + ", ".join(f"{d} {v:.4f}" for d, v in val_losses.items()) +
               f"  ({elapsed:.0f}s) -> {run.ckpt_path}")
     return val_losses

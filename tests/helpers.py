@@ -1,4 +1,5 @@
 """Shared test fixtures' building blocks (imported by the test files; tests/ is on sys.path under pytest)."""
+import hashlib
 import json
 import os
 
@@ -19,8 +20,10 @@ def write_domain(data_dir, domain, seed, vocab, tok_hash="tok-A", n=6000, noise=
     os.makedirs(d, exist_ok=True)
     toks[: n * 9 // 10].tofile(os.path.join(d, "train.bin"))
     toks[n * 9 // 10:].tofile(os.path.join(d, "val.bin"))
+    split = {"train": toks[: n * 9 // 10], "val": toks[n * 9 // 10:]}  # with their checksums, as data.py writes them
     meta = {"domain": domain, "source": "test", "vocab_size": vocab, "dtype": "uint16", "tokenizer_hash": tok_hash,
-            "splits": {"train": {"tokens": n * 9 // 10}, "val": {"tokens": n - n * 9 // 10}}}
+            "splits": {s: {"tokens": len(a), "sha256": hashlib.sha256(a.tobytes()).hexdigest(), "max_id": int(a.max())}
+                       for s, a in split.items()}}
     with open(os.path.join(d, "meta.json"), "w") as f:
         json.dump(meta, f)
 

@@ -264,8 +264,8 @@ def make_study(root, null_models=("base", "lua", "tinystories"), val_tokens=1500
                 continue
             init_seed = (0 if name in ("base", "lua", "luastories") else 1) if seed == 0 else 10 + seed
             write_sae(out_dir, name, seed, ck, saelib.init_sae(ARGS.d_mlp, N_FEAT, "relu", 0, init_seed))
-    atomic_write_json(os.path.join(out_dir, "merge_sweep.json"), {
-        "t": [0, 0.5, 1], "loss": {"lua": [1.0, 2.0, 3.0], "tinystories": [3.0, 2.0, 1.0]}, "a": {"name": "lua"},
+    atomic_write_json(os.path.join(out_dir, "merge_sweep.json"), {  # the fields merge.py writes, no kind: an older one
+        "made_from": {}, "t": [0, 0.5, 1], "loss": {"lua": [1.0, 2.0, 3.0], "tinystories": [3.0, 2.0, 1.0]}, "a": {"name": "lua"},
         "b": {"name": "tinystories"}, "crossing_t": 0.5})
     return data_dir, out_dir
 
@@ -379,6 +379,42 @@ def test_report_rerenders_alone_from_the_saved_files(study, tmp_path):
     assert open(os.path.join(out2, "analysis", "report.html"), encoding="utf-8").read() == before
     with pytest.raises(SystemExit, match="run the analysis first: python analyze.py"):
         report.main([f"--out_dir={tmp_path / 'nothing'}"])
+
+
+def test_records_of_another_kind_or_shape_are_one_line_naming_them(study, tmp_path):
+    """What report.py reads (issue 26): results, pages, the stages' metrics, merge records and the sweep, each
+    checked for its kind and fields; a part deeper down that is not what its writer makes is one line too."""
+    import shutil
+    _, out_dir, _ = study
+    res = json.load(open(os.path.join(out_dir, "analysis", "results.json")))
+    assert (res["kind"], res["format"]) == ("results", 1)
+    broken = {**res, "edges": {n: {k: v for k, v in e.items() if k != "parent_best"} for n, e in res["edges"].items()}}
+    cases = [  # (file, its content, the message)
+        ("analysis/results.json", "[]", r"results\.json is a list, not analyze\.py's results; remake it: python analyze"),
+        ("analysis/results.json", '{"kind": "results", "format": 1}', r"is analyze\.py's results without a valid edges"),
+        ("analysis/results.json", json.dumps(broken), r"not shaped as its writer makes it \(KeyError: 'parent_best'\)"),
+        ("analysis/pages.json", json.dumps(res), r"pages\.json is analyze\.py's results, not analyze\.py's feature pages"),
+        ("analysis/pages.json", '{"pages": ', r"pages\.json is not readable JSON"),
+        ("base/metrics.json", "[1]", r"base/metrics\.json is a list, not train\.py's metrics; remake it: python train\.py "
+                                     r"--domain base --overwrite"),
+        ("sae_lua/metrics.json", '{"kind": "merge", "format": 1, "made_from": {}, "t": 0.5}',
+         r"sae_lua/metrics\.json is a merge record, not sae\.py's metrics; remake it: python sae\.py --model lua"),
+        ("luastories/merge.json", '{"t": 0.5}', r"luastories/merge\.json is a dict of no known kind \(fields: t\)"),
+        ("merge_sweep.json", '{"kind": "sweep", "format": 1, "made_from": {}, "t": "all", "loss": {}}',
+         r"merge_sweep\.json is a merge sweep without a valid t"),
+        ("merge_sweep.json", '{"kind": "sweep", "format": 7, "made_from": {}, "t": [], "loss": {}}', r"has format 7"),
+    ]
+    for i, (rel, text, pattern) in enumerate(cases):
+        out2 = str(tmp_path / str(i))
+        shutil.copytree(os.path.join(out_dir, "analysis"), os.path.join(out2, "analysis"))
+        shutil.copy(os.path.join(out_dir, "merge_sweep.json"), out2)
+        os.makedirs(os.path.dirname(os.path.join(out2, rel)), exist_ok=True)
+        with open(os.path.join(out2, rel), "w") as f:
+            f.write(text)
+        with pytest.raises(SystemExit) as e:
+            report.write_report(out2)
+        msg = str(e.value)
+        assert msg.startswith("error: ") and "\n" not in msg and re.search(pattern, msg), (rel, msg)
 
 
 def test_each_features_status_is_saved_by_python_and_agrees_with_the_counts(study):

@@ -20,7 +20,7 @@ MODEL = ["--block_size=16", "--d_model=32", "--n_head=4", "--n_kv_head=2", "--d_
 SAE = ["--expansion=2", "--seqs_per_batch=8", "--tokens_per_seq=4", "--total_acts=384", "--buffer_batches=4",
        "--harvest_batch=16", "--eval_seqs=8", "--eval_batch=8", "--lr=3e-3", "--log_interval=8",
        "--eval_interval=1000", "--ckpt_interval=1000", "--dead_window=64", "--resample_every=6",
-       "--device=cpu"]
+       "--health_at=0", "--device=cpu"]  # no early check: a few dozen steps on toy models are not what it checks
 ANALYZE = ["--models=base,lua", "--domains=base,lua", "--n_tokens=512", "--min_tokens=256", "--batch_size=16",
            "--n_select=2", "--ctx_window=8", "--device=cpu"]
 
@@ -137,10 +137,119 @@ def readonly_out(ws):
     pytest.skip("no read-only folder to try here")
 
 
+class Payload:
+    """A pickled object whose loading runs code: it would create the marker file {ws}/PWNED."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def payload(rel):
+    """rel replaced by a torch file holding a Payload where the weights were."""
+    def edit(ws):
+        import torch
+        torch.save({"model": {"w": Payload(os.path.join(ws, "PWNED"))}, "model_args": {}}, os.path.join(ws, rel))
+    return edit
+
+
+def flip(rel):
+    """Bytes flipped inside the largest tensor's data of a torch file: it still loads, its checksum does not match."""
+    def edit(ws):
+        import torch
+        path = os.path.join(ws, rel)
+        obj, tensors = torch.load(path, weights_only=True), []
+
+        def walk(o):
+            if isinstance(o, torch.Tensor):
+                tensors.append(o)
+            for v in (o.values() if isinstance(o, dict) else o if isinstance(o, (list, tuple)) else ()):
+                walk(v)
+        walk(obj)
+        raw = max(tensors, key=lambda t: t.numel()).contiguous().view(torch.uint8).numpy().tobytes()
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+        at = data.find(raw) + len(raw) // 2
+        assert data.find(raw) >= 0
+        data[at:at + 8] = bytes(b ^ 0x5A for b in data[at:at + 8])
+        with open(path, "wb") as f:
+            f.write(data)
+    return edit
+
+
+def put(rel, make):
+    """rel replaced by what make(ws) returns: bytes or text written as they are, anything else torch.save'd."""
+    def edit(ws):
+        obj, path = make(ws), os.path.join(ws, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if isinstance(obj, (bytes, str)):
+            with open(path, "wb") as f:
+                f.write(obj if isinstance(obj, bytes) else obj.encode())
+        else:
+            import torch
+            torch.save(obj, path)
+    return edit
+
+
+def copy(src, dst):
+    return put(dst, lambda ws: open(os.path.join(ws, src), "rb").read())
+
+
+def tokens_at(rel, value, at=100, n=20):
+    """n token ids of a token file (uint16) set to value, in place: in range (garbage) or out of the vocabulary."""
+    def edit(ws):
+        import numpy as np
+        a = np.memmap(os.path.join(ws, rel), dtype=np.uint16, mode="r+")
+        a[at:at + n] = value
+        a.flush()
+    return edit
+
+
+def both(*edits):
+    return lambda ws: [e(ws) for e in edits]
+
+
+def lock_of(rel, kind):
+    """rel/.lock as something that is no lock of a live run: a folder, a JSON list, garbage text, a lock file
+    with pid 0 (kill(0) would ask about the whole process group), or (reused) the lock of this live process
+    with another start time: its pid was reused, so the lock is stale and the run goes ahead."""
+    def edit(ws):
+        path = os.path.join(ws, rel, ".lock")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if kind == "dir":
+            os.makedirs(os.path.join(path, "x"))
+            return
+        text = {"list": "[1, 2]", "garbage": "lorem ipsum \x01",
+                "pid0": json.dumps({"pid": 0, "host": socket.gethostname()}),
+                "reused": json.dumps({"pid": os.getpid(), "start": 1, "host": socket.gethostname(),
+                                      "command": "train.py --domain base", "since": "2026-01-01T00:00:00+0000"})}[kind]
+        with open(path, "w") as f:
+            f.write(text)
+        if kind == "garbage":  # older than the 5 s a lock may take to be written
+            os.utime(path, (1, 1))
+    return edit
+
+
+def swap(a, b):
+    """Two folders of the study swapped (each checkpoint still says which model it is)."""
+    def edit(ws):
+        pa, pb = os.path.join(ws, a), os.path.join(ws, b)
+        os.rename(pa, pa + ".swap")
+        os.rename(pb, pa)
+        os.rename(pa + ".swap", pb)
+    return edit
+
+
 TRAIN, SAE_RUN, MERGE = "train.py", "sae.py", "merge.py"
 D, O, U = "--data_dir={ws}/data", "--out_dir={ws}/out", "--out_dir={ws}/unfinished"
 FRESH = "--out_dir={ws}/fresh"  # an empty out dir: a wrongly accepted run would train, not stop at "exists"
 BASE = [TRAIN, "--domain=base", D, FRESH, "--preset=tiny", *MODEL, "--max_iters=3"]
+LUA2 = [TRAIN, "--domain=lua", "--name=lua2", D, O, "--preset=tiny", *MODEL, "--max_iters=3"]  # a fine-tune of base
+SAE_TS = [SAE_RUN, "--model=tinystories", D, O, "--preset=tiny", *SAE]
+SAE_LUA_RESUME = [SAE_RUN, "--model=lua", D, O, "--preset=tiny", *SAE, "--resume"]
+MERGE_M2 = [MERGE, D, O, "--preset=tiny", "--out=m2", "--eval_batches=1", "--batch_size=4"]
+ANALYZE_RUN = ["analyze.py", D, O, "--preset=tiny", *ANALYZE]
 
 # (id, argv, edit of the copy or None, regex the error line must match)
 CASES = [
@@ -231,7 +340,149 @@ CASES = [
      r"explain_format"),
     ("explain-no-features-file", ["explain.py", "--features_json={ws}/nosuch.json"], None, r"nosuch\.json"),
     ("explain-features-not-json", ["explain.py", "--features_json={ws}/data/base/train.bin"], None, r"train\.bin"),
+] + [
+    # files (issue 26): data only, never code (nothing may create {ws}/PWNED); whole (checksums); of the kind the
+    # reader wants. The message names the file.
+    ("train-parent-pickle-payload", LUA2, payload("out/base/ckpt.pt"), r"base/ckpt\.pt .*nothing in it was run"),
+    ("train-resume-pickle-payload", [TRAIN, "--domain=lua", D, O, "--preset=tiny", *MODEL, "--max_iters=4", "--resume"],
+     payload("out/lua/ckpt.pt"), r"lua/ckpt\.pt .*nothing in it was run.*train\.py .*--domain lua --overwrite"),
+    ("sae-model-pickle-payload", SAE_TS, payload("out/tinystories/ckpt.pt"), r"tinystories/ckpt\.pt .*nothing in it"),
+    ("sae-state-pickle-payload", SAE_LUA_RESUME, payload("out/sae_lua/train_state.pt"), r"train_state\.pt .*nothing in it"),
+    ("merge-pickle-payload", MERGE_M2, payload("out/tinystories/ckpt.pt"), r"tinystories/ckpt\.pt .*nothing in it"),
+    ("analyze-model-pickle-payload", ANALYZE_RUN, payload("out/lua/ckpt.pt"), r"lua/ckpt\.pt .*nothing in it"),
+    ("analyze-sae-pickle-payload", ANALYZE_RUN, payload("out/sae_base/sae_s0.pt"), r"sae_s0\.pt .*nothing in it"),
+    ("train-parent-flipped-bytes", LUA2, flip("out/base/ckpt.pt"), r"base/ckpt\.pt is damaged.*train\.py .*--domain base"),
+    ("train-resume-flipped-bytes", [TRAIN, "--domain=base", D, U, "--preset=tiny", *MODEL, "--max_iters=10", "--resume"],
+     flip("unfinished/base/ckpt.pt"), r"base/ckpt\.pt is damaged"),
+    ("sae-state-flipped-bytes", SAE_LUA_RESUME, flip("out/sae_lua/train_state.pt"), r"train_state\.pt is damaged"),
+    ("merge-flipped-bytes", MERGE_M2, flip("out/lua/ckpt.pt"), r"lua/ckpt\.pt is damaged.*train\.py .*--domain lua"),
+    ("analyze-sae-flipped-bytes", ANALYZE_RUN, flip("out/sae_base/sae_s0.pt"), r"sae_s0\.pt is damaged.*sae\.py"),
+    ("train-bin-in-range-garbage", BASE, tokens_at("data/base/train.bin", 5), r"train\.bin is damaged.*data\.py"),
+    ("train-bin-out-of-vocab", BASE, tokens_at("data/base/train.bin", V + 40), r"train\.bin holds token id 297"),
+    ("train-bin-out-of-vocab-no-checksum", BASE, both(edit_meta("base", lambda m: {**m, "splits": {
+        s: {"tokens": v["tokens"]} for s, v in m["splits"].items()}}), tokens_at("data/base/train.bin", V)),
+     r"train\.bin holds token id 257"),
+    ("sae-val-bin-garbage", [SAE_RUN, "--model=base", D, O, "--preset=tiny", *SAE, "--overwrite"],
+     tokens_at("data/base/val.bin", 7), r"val\.bin is damaged"),
+    ("analyze-val-bin-garbage", ANALYZE_RUN, tokens_at("data/lua/val.bin", 9), r"lua/val\.bin is damaged"),
+    ("train-parent-bare-tensor", LUA2, put("out/base/ckpt.pt", lambda ws: __import__("torch").zeros(3)),
+     r"base/ckpt\.pt is a bare tensor, not a model checkpoint"),
+    ("sae-model-is-an-sae", SAE_TS, copy("out/sae_base/sae_s0.pt", "out/tinystories/ckpt.pt"),
+     r"tinystories/ckpt\.pt is an SAE, not a model checkpoint"),
+    ("merge-model-is-a-training-state", MERGE_M2, copy("out/sae_lua/train_state.pt", "out/tinystories/ckpt.pt"),
+     r"tinystories/ckpt\.pt is an SAE training state, not a model checkpoint"),
+    ("analyze-sae-is-a-model", ANALYZE_RUN, copy("out/base/ckpt.pt", "out/sae_base/sae_s0.pt"),
+     r"sae_s0\.pt is a model checkpoint, not an SAE"),
+    ("sae-state-is-an-sae", SAE_LUA_RESUME, copy("out/sae_lua/sae_s0.pt", "out/sae_lua/train_state.pt"),
+     r"train_state\.pt is an SAE, not an SAE training state"),
+    ("merge-record-garbage", [MERGE, D, O, "--preset=tiny", "--eval_batches=1", "--batch_size=4"],
+     put("out/luastories/merge.json", lambda ws: "[1, 2]"), r"merge\.json is a list, not a merge record"),
+    ("merge-record-not-json", [MERGE, D, O, "--preset=tiny", "--eval_batches=1", "--batch_size=4"],
+     put("out/luastories/merge.json", lambda ws: '{"made_from": '), r"merge\.json is not readable JSON"),
+    ("sweep-record-garbage", [MERGE, D, O, "--preset=tiny", "--sweep", "--eval_batches=1", "--batch_size=4", "--grid=0,1"],
+     put("out/merge_sweep.json", lambda ws: '{"t": "all"}'), r"merge_sweep\.json is a dict of no known kind"),
+    ("report-results-a-list", ["report.py", O], both(put("out/analysis/results.json", lambda ws: "[]"),
+                                                     put("out/analysis/pages.json", lambda ws: "{}")),
+     r"results\.json is a list, not analyze\.py's results"),
+    ("report-results-are-pages", ["report.py", O], both(
+        put("out/analysis/results.json", lambda ws: '{"kind": "pages", "format": 1, "pages": {}, "tok": []}'),
+        put("out/analysis/pages.json", lambda ws: "{}")), r"results\.json is analyze\.py's feature pages, not"),
 ]
+
+# issue 26, points 4-8: each family's cases; a pattern None is a case whose right answer is a correct run (exit 0)
+SWEEP = [MERGE, D, O, "--preset=tiny", "--sweep", "--eval_batches=1", "--batch_size=4", "--grid=0,1"]
+DATA_NEW = ["data.py", "--domain=all", "--data_dir={ws}/newdata", "--vocab_size=300", "--sample_kb=20", "--threads=1"]
+WRITERS = {"train": (BASE, "fresh/base"), "sae": (SAE_TS, "out/sae_tinystories"), "merge": (MERGE_M2, "out/m2"),
+           "sweep": (SWEEP, "out"), "analyze": (ANALYZE_RUN, "out/analysis"), "data": (DATA_NEW, "newdata"),
+           "report": (["report.py", O], "out/analysis")}
+LOCK_WORDS = {"dir": r"\.lock is a folder", "list": r"\.lock is not a lock file", "garbage": r"\.lock is not a lock file",
+              "pid0": r"\.lock is not a lock file", "reused": None}
+LUA2_PAPER = [a if a != "--preset=tiny" else "--preset=paper" for a in LUA2]
+FIX_DIRS = r"--data_dir=\S+/data --out_dir=\S+/{} --preset=tiny"  # a printed fix keeps the user's folders and preset
+FAMILIES = {
+    "concurrent": [(f"concurrent-{w}-lock-{k}", argv, lock_of(rel, k), LOCK_WORDS[k]) for w, (argv, rel) in WRITERS.items()
+                   for k in ("dir", "list", "garbage")]
+    + [(f"concurrent-{w}-lock-reused-pid", WRITERS[w][0], lock_of(WRITERS[w][1], "reused"), None)
+       for w in ("train", "sae", "merge", "sweep", "data")]
+    + [("concurrent-train-lock-pid-0", BASE, lock_of("fresh/base", "pid0"), LOCK_WORDS["pid0"]),
+       ("concurrent-report-locked", ["report.py", O], live_lock("out/analysis"), r"in use"),
+       ("concurrent-merge-locked-before-loading", [*MERGE_M2, "--b=nosuch"], live_lock("out/m2"), r"in use"),
+       ("concurrent-sweep-locked-before-loading", [*SWEEP, "--b=nosuch"], live_lock("out"), r"in use")],
+    "hostile": [
+        ("hostile-merge-out-base", [*MERGE_M2, "--out=base"], None, r"--out base would overwrite an input"),
+        ("hostile-merge-out-trained-model", [*MERGE_M2, "--out=other"], None, r"holds a model train\.py made"),
+        ("hostile-merge-out-sae-folder", [*MERGE_M2, "--out=sae_base"], None, r"plain folder name"),
+        ("hostile-merge-out-analysis", [*MERGE_M2, "--out=analysis"], None, r"plain folder name"),
+        ("hostile-merge-out-path", [*MERGE_M2, "--out=../escape"], None, r"plain folder name"),
+        ("hostile-merge-out-dot", [*MERGE_M2, "--out=."], None, r"plain folder name"),
+        ("hostile-train-name-is-parent", [*LUA2, "--name=base", "--overwrite"], None, r"parent this fine-tune starts"),
+        ("hostile-train-name-sae-folder", [*LUA2, "--name=sae_lua"], None, r"plain folder name"),
+        ("hostile-train-name-path", [*LUA2, "--name=../x"], None, r"plain folder name"),
+        ("hostile-explain-drip", ["explain.py", "--features_json={ws}/f3.json", "--api_base={drip}",
+                                  "--answer_timeout=2", "--read_timeout=10", "--cache_dir={ws}/c"], None,
+         r"did not end within 2 s"),
+        ("hostile-explain-chunks-forever", ["explain.py", "--features_json={ws}/f3.json", "--api_base={forever}",
+                                            "--answer_timeout=20", "--cache_dir={ws}/c"], None,
+         r"ran past 4 MB|did not end within"),
+        ("hostile-explain-slow-headers", ["explain.py", "--features_json={ws}/f3.json", "--api_base={slowhead}",
+                                          "--answer_timeout=2", "--read_timeout=10", "--cache_dir={ws}/c"], None,
+         r"did not end within 2 s"),
+        ("hostile-merge-task-parent-payload", [*MERGE_M2, "--mode=task"], payload("out/base/ckpt.pt"),
+         r"base/ckpt\.pt .*nothing in it"),
+        ("hostile-train-resume-unfinished-payload", [TRAIN, "--domain=base", D, U, "--preset=tiny", *MODEL,
+                                                     "--max_iters=10", "--resume"], payload("unfinished/base/ckpt.pt"),
+         r"base/ckpt\.pt .*nothing in it"),
+        ("hostile-sae-resume-model-payload", SAE_LUA_RESUME, payload("out/lua/ckpt.pt"), r"lua/ckpt\.pt .*nothing in it"),
+        ("hostile-analyze-sae-lua-payload", ANALYZE_RUN, payload("out/sae_lua/sae_s0.pt"), r"sae_s0\.pt .*nothing in it"),
+        ("hostile-sweep-payload", SWEEP, payload("out/lua/ckpt.pt"), r"lua/ckpt\.pt .*nothing in it"),
+    ],
+    "swapped": [
+        ("swapped-merge-fine-tunes", MERGE_M2, swap("out/lua", "out/tinystories"), r"holds the model '(tinystories|lua)'"),
+        ("swapped-sweep-fine-tunes", SWEEP, swap("out/lua", "out/tinystories"), r"holds the model '(tinystories|lua)'"),
+        ("swapped-sae-model", SAE_TS, swap("out/lua", "out/tinystories"), r"tinystories/ckpt\.pt holds the model 'lua'"),
+        ("swapped-train-parent", LUA2, swap("out/base", "out/lua"), r"base/ckpt\.pt holds the model 'lua'"),
+        ("swapped-analyze-models", ANALYZE_RUN, swap("out/base", "out/lua"), r"holds the model '(base|lua)'"),
+        ("swapped-train-preset-of-parent", LUA2_PAPER, None, r"--preset paper differs from the preset tiny"),
+        ("swapped-train-preset-allowed", [*LUA2_PAPER, "--allow_other_preset"], None, None),
+    ],
+    "damaged": [
+        ("damaged-merged-model-flipped", [SAE_RUN, "--model=luastories", D, O, "--preset=tiny", *SAE],
+         flip("out/luastories/ckpt.pt"), r"luastories/ckpt\.pt is damaged.*merge\.py"),
+        ("damaged-sae-state-truncated", SAE_LUA_RESUME, truncate("out/sae_lua/train_state.pt"), r"train_state\.pt"),
+        ("damaged-merge-record-other-kind", [MERGE, D, O, "--preset=tiny", "--eval_batches=1", "--batch_size=4"],
+         put("out/luastories/merge.json", lambda ws: '{"kind": "results", "format": 1}'),
+         r"merge\.json is analyze\.py's results, not a merge record"),
+        ("damaged-sweep-record-a-list", SWEEP, put("out/merge_sweep.json", lambda ws: "[]"), r"merge_sweep\.json is a list"),
+        ("damaged-analyze-sae-lua-flipped", ANALYZE_RUN, flip("out/sae_lua/sae_s0.pt"), r"sae_lua/sae_s0\.pt is damaged"),
+        ("damaged-merge-b-flipped", MERGE_M2, flip("out/tinystories/ckpt.pt"), r"tinystories/ckpt\.pt is damaged"),
+        ("damaged-sweep-a-flipped", SWEEP, flip("out/lua/ckpt.pt"), r"lua/ckpt\.pt is damaged"),
+        ("damaged-merge-val-bin-garbage", MERGE_M2, tokens_at("data/tinystories/val.bin", 3),
+         r"tinystories/val\.bin is damaged"),
+        ("damaged-finetune-bin-out-of-vocab", LUA2, tokens_at("data/lua/train.bin", V + 5), r"lua/train\.bin holds token id"),
+        ("damaged-merge-a-truncated", MERGE_M2, truncate("out/lua/ckpt.pt"), r"lua/ckpt\.pt"),
+    ],
+    "environment": [(f"environment-{s}-device-{d}", [*argv, f"--device={d}"], None, rf"--device '{d}' is not one")
+                    for s, argv, d in (("train", BASE, "foo"), ("train", BASE, "mps"), ("sae", SAE_TS, "meta"),
+                                       ("merge", MERGE_M2, "mps"), ("sweep", SWEEP, "foo"),
+                                       ("analyze", ANALYZE_RUN[:-1], "meta"))]
+    + [("environment-sae-aux_k-above-features", [*SAE_TS, "--arch=topk", "--k=4", "--aux_k=1000"], None,
+        r"--aux_k 1000 .* 128 features"),
+       ("environment-train-d_mlp-huge", [*BASE, "--d_mlp=1e12"], None, r"out of memory"),
+       ("environment-train-max_iters-past-2-53", [*BASE, "--max_iters=1e60"], None, r"--max_iters .* too large"),
+       ("environment-train-batch_size-huge", [*BASE, "--batch_size=1e15"], None, r"out of memory|too large"),
+       ("environment-sae-seqs_per_batch-huge", [*SAE_TS, "--seqs_per_batch=1e15"], None, r"out of memory|too large"),
+       ("environment-fix-keeps-folders-unfinished-parent", [TRAIN, "--domain=lua", D, U, "--preset=tiny", *MODEL,
+                                                            "--max_iters=3"], None,
+        r"python train\.py " + FIX_DIRS.format("unfinished") + r" --domain base --resume"),
+       ("environment-fix-keeps-folders-sae-unfinished", [SAE_RUN, "--model=base", D, U, "--preset=tiny", *SAE], None,
+        r"python train\.py " + FIX_DIRS.format("unfinished") + r" --domain base --resume"),
+       ("environment-fix-keeps-folders-damaged-parent", LUA2, flip("out/base/ckpt.pt"),
+        r"python train\.py " + FIX_DIRS.format("out") + r" --domain base --overwrite"),
+       ("environment-fix-keeps-folders-no-sae", ["analyze.py", D, O, "--preset=tiny", "--models=base,tinystories",
+                                                 "--domains=base,tinystories", *ANALYZE[2:]], None,
+        r"python sae\.py " + FIX_DIRS.format("out") + r" --model tinystories")],
+}
+CASES += [case for cases in FAMILIES.values() for case in cases]
 
 
 @pytest.fixture(scope="module")
@@ -243,14 +494,61 @@ def refusing_llm():
     srv.server_close()
 
 
-def prepare(study, tmp, case, llm):
+def hostile_server(kind):
+    """An LLM endpoint that never finishes an answer: `drip` sends a 200 with a long body a byte every half
+    second, `forever` chunks of 64 KB without end, `slowhead` its status line a byte every half second. Each
+    connection's thread ends when the client hangs up. Returns (server, base url)."""
+    import socketserver
+    import threading
+    import time
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            try:
+                if kind == "slowhead":
+                    for b in head * 1000:
+                        self.request.sendall(bytes([b]))
+                        time.sleep(0.5)
+                elif kind == "drip":
+                    self.request.sendall(head + b"Content-Length: 100000\r\n\r\n")
+                    for _ in range(100000):
+                        self.request.sendall(b" ")
+                        time.sleep(0.5)
+                else:
+                    self.request.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+                    while True:
+                        self.request.sendall(b"10000\r\n" + b" " * 65536 + b"\r\n")
+            except OSError:
+                pass  # the client hung up
+
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}/v1"
+
+
+@pytest.fixture(scope="module")
+def hostile_llms():
+    servers = {k: hostile_server(k) for k in ("drip", "forever", "slowhead")}
+    yield {k: base for k, (_, base) in servers.items()}
+    for srv, _ in servers.values():
+        srv.shutdown()
+        srv.server_close()
+
+
+def prepare(study, tmp, case, llm, hostile=None):
     """The case's own copy of the study, edited; returns (workspace, command)."""
     name, argv, edit, pattern = case
     ws = os.path.join(tmp, name)
     shutil.copytree(study, ws, symlinks=True)
     with open(os.path.join(ws, "f.json"), "w") as f:
         json.dump([{"key": "base/1", "top": [], "random": []}], f)
-    subs = {"ws": ws, "llm": llm}
+    with open(os.path.join(ws, "f3.json"), "w") as f:  # a feature with contexts: explain.py asks the server
+        json.dump([{"key": "base/1", "top": [{"tokens": ["a", "b"], "acts": [0.0, float(i)]} for i in range(1, 5)],
+                    "random": []}], f)
+    subs = {"ws": ws, "llm": llm, **(hostile or {})}
     if "{ro}" in " ".join(argv):
         subs["ro"] = readonly_out(ws)
     if edit is not None:
@@ -260,16 +558,22 @@ def prepare(study, tmp, case, llm):
 
 def test_the_table_is_big_enough():
     assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
+    assert sum(map(len, FAMILIES.values())) >= 60  # issue 26: the cases of points 4-7 and more of their families
 
 
 @pytest.fixture(scope="module")
-def outcomes(study, refusing_llm, tmp_path_factory):
-    """Every case run once, four at a time: {name: (workspace, CompletedProcess) or the skip}."""
+def outcomes(study, refusing_llm, hostile_llms, tmp_path_factory):
+    """Every case run once, four at a time: {name: (workspace, CompletedProcess) or the skip}. CLI_CASES=REGEX
+    runs only the cases whose names it matches (the others are skipped)."""
+    import re
     tmp = str(tmp_path_factory.mktemp("cases"))
-    ready, got = {}, {}
+    ready, got, only = {}, {}, os.environ.get("CLI_CASES", "")
     for case in CASES:
+        if not re.search(only, case[0]):
+            got[case[0]] = pytest.skip.Exception(f"not in CLI_CASES={only}")
+            continue
         try:
-            ready[case[0]] = prepare(str(study), tmp, case, refusing_llm)
+            ready[case[0]] = prepare(str(study), tmp, case, refusing_llm, hostile_llms)
         except pytest.skip.Exception as e:
             got[case[0]] = e
     procs = helpers.run_scripts([cmd for _, cmd in ready.values()], os.path.join(tmp, "logs"), parallel=4,
@@ -284,7 +588,11 @@ def test_bad_input_is_one_line(outcomes, case):
     if isinstance(got, pytest.skip.Exception):
         pytest.skip(str(got))
     ws, proc = got
-    helpers.assert_one_line_error(proc, case[3])
+    if case[3] is None:  # the right answer is a correct run
+        assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    else:
+        helpers.assert_one_line_error(proc, case[3])
+    assert not os.path.exists(os.path.join(ws, "PWNED")), "code from a file ran"
     if case[0] == "analyze-explain-failing":           # the analysis is written all the same
         assert os.path.exists(os.path.join(ws, "out", "analysis", "results.json"))
     if case[0] == "train-out-locked":                   # the holder is named; its lock is left alone
@@ -483,3 +791,98 @@ def test_reproduce_refuses_bad_extra_settings_in_one_line(tmp_path, extra, patte
                           capture_output=True, text=True, timeout=60)
     helpers.assert_one_line_error(proc, pattern)
     assert not (tmp_path / "calls").exists()                  # before any stage ran
+
+
+# issue 26, point 5: reproduce.sh's environment, checked up front in one line (a table of the environment family)
+@pytest.mark.parametrize("setting, pattern", [
+    ({"SOURCE": "ftp"}, r"SOURCE=ftp: sample .*local:DIR or hf"),
+    ({"SOURCE": "local:/no/such/corpus"}, r"SOURCE=local:/no/such/corpus: no folder"),
+    ({"PRESET": "huge"}, r"PRESET=huge: tiny .* or paper"),
+    ({"JOBS": "99999999999999999999"}, r"JOBS=9+: .*at most 64"),
+    ({"JOBS": "65"}, r"JOBS=65: .*at most 64"),
+    ({"OUT": "{file}"}, r"OUT=\S+ is a file, not a folder"),
+    ({"DATA": "{out}"}, r"DATA and OUT are both"),
+    ({"PYTHON": "/no/such/python"}, r"PYTHON=/no/such/python: no such command"),
+    ({"PYTHON": "/bin/false"}, r"PYTHON=/bin/false does not run as Python"),
+], ids=["source-bogus", "source-local-missing", "preset-bogus", "jobs-huge", "jobs-65", "out-a-file", "data-is-out",
+        "python-missing", "python-not-python"])
+def test_reproduce_checks_its_environment_up_front(tmp_path, setting, pattern):
+    import subprocess
+    env = fake_python(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    env.update({k: v.format(file=tmp_path / "a_file", out=env["OUT"]) for k, v in setting.items()})
+    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    helpers.assert_one_line_error(proc, pattern)
+    assert not (tmp_path / "calls").exists()                  # no stage ran
+
+
+def sleeping_stage(tmp_path):
+    """A stand-in for python whose every stage is a real Python process that imports common (as every stage
+    does) and then sleeps, writing its pid first; `python -` is the real one."""
+    import sys
+    stub = tmp_path / "python"
+    stub.write_text(f"""#!/bin/sh
+[ "$1" = "-" ] && exec {sys.executable} "$@"
+case "$*" in *--help*) exit 0;; esac
+exec {sys.executable} -c "import sys; sys.path.insert(0, '{helpers.REPO}'); import common, os, time; \\
+open('{tmp_path}/pid.tmp', 'w').write(str(os.getpid())); os.replace('{tmp_path}/pid.tmp', '{tmp_path}/pid'); time.sleep(120)"
+""")
+    stub.chmod(0o755)
+    return {**os.environ, "PYTHON": str(stub), "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "JOBS": "1"}
+
+
+def wait_for(check, timeout=20.0):
+    import time
+    end = time.time() + timeout
+    while time.time() < end:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (ended, not yet reaped by its new parent) is gone too
+        return f.read().rpartition(")")[2].split()[0] == "Z"
+
+
+def test_a_stage_ends_when_reproduce_is_killed_with_sigkill(tmp_path):
+    """kill -9 of reproduce.sh gives it no chance to stop its stages: each notices on its own (common.watch_driver)."""
+    import signal
+    import subprocess
+    driver = subprocess.Popen([os.path.join(helpers.REPO, "reproduce.sh")], env=sleeping_stage(tmp_path),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: (tmp_path / "pid").exists()), "the stage did not start"
+        stage = int((tmp_path / "pid").read_text())
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        assert wait_for(lambda: gone(stage), timeout=5.0), "the stage outlived its driver"
+    finally:
+        driver.kill()
+        if (tmp_path / "pid").exists() and not gone(int((tmp_path / "pid").read_text())):
+            os.kill(int((tmp_path / "pid").read_text()), signal.SIGKILL)
+
+
+def test_a_stage_ends_when_its_driver_is_gone_even_when_it_is_not_its_parent(tmp_path):
+    """The polling half of common.watch_driver: a stage started by a process other than the driver (a pipeline's
+    subshell, say) still ends within about a second of the driver's end."""
+    import subprocess
+    import sys
+    driver = subprocess.Popen(["sleep", "60"])
+    code = "import common, time; print('up', flush=True); time.sleep(60)"
+    stage = subprocess.Popen([sys.executable, "-c", code], cwd=helpers.REPO, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "REPRODUCE_PID": str(driver.pid), "REPRODUCE_START": ""})
+    try:
+        assert stage.stdout.readline().strip() == "up"
+        driver.kill()
+        driver.wait()
+        assert stage.wait(timeout=5) != 0
+    finally:
+        driver.kill()
+        stage.kill()

@@ -107,6 +107,20 @@ def test_every_stage_script_answers_help(tmp_path):
         assert out.returncode == 0 and "usage: python " + name in out.stdout, (name, out.stderr[-500:])
 
 
+def test_a_missing_package_is_one_line_naming_its_install(tmp_path):
+    # a package that cannot be imported, as on a machine without it (PYTHONPATH puts a stand-in first)
+    for name in ("tiktoken", "torch", "requests"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f'raise ModuleNotFoundError("no {name}", name="{name}")\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for name in ("data.py", "train.py", "merge.py", "sae.py", "analyze.py", "explain.py", "authors.py", "bench.py"):
+        out = subprocess.run([sys.executable, os.path.join(HERE, name), "-h"], capture_output=True, text=True, env=env)
+        want = {"data.py": "error: no module named 'tiktoken': pip install numpy tiktoken requests (or -r requirements-hf",
+                "explain.py": "error: no module named 'requests': pip install numpy tiktoken requests"}.get(
+            name, "error: no module named 'torch': install PyTorch (CPU: pip install torch==2.13.0; a GPU: the CUDA build")
+        assert out.returncode == 1 and len(out.stderr.splitlines()) == 1 and out.stderr.startswith(want), (name, out.stderr)
+
+
 def test_resume_guard_names_every_changed_setting():
     saved = {"lr": 0.1, "steps": 10, "log": 5}
     common.check_resume(saved, {"lr": 0.1, "steps": 10, "log": 7}, {"log"}, "ck.pt")
@@ -127,7 +141,8 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
         with pytest.raises(common.UserError, match=f"in use by train.py in process {os.getpid()}"):
             with common.lock_dir(str(d), "train.py"):
                 pass
-    assert not (d / ".lock").exists()
+    assert not d.exists()  # made by the lock and left empty: removed with it
+    d.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (d / ".lock").write_text(json.dumps({"pid": dead.pid, "host": common.socket.gethostname(), "command": "x"}))
@@ -194,3 +209,66 @@ def test_stage_jobs_plans_side_by_side_stages_on_a_cpu_only(monkeypatch):
     assert common.stage_jobs("auto", "cpu", threads=4) == (2, 4)  # the user's --threads kept,
     assert common.stage_jobs("auto", "cpu", threads=5) == (1, 5)  # two at once only where they fit
     assert common.cuda_possible("cuda") and not common.cuda_possible("cpu")
+
+
+def test_stamp_makes_a_torch_file_plain_data_with_its_checksum(tmp_path):
+    """What torch.load(weights_only=True) cannot read is converted at save time (issue 26); the checksum
+    survives the round trip and changes with any value."""
+    import dataclasses
+    import types
+
+    import numpy as np
+    import torch
+
+    @dataclasses.dataclass
+    class Args:
+        d: int = 4
+    gen = torch.Generator().manual_seed(3)
+    obj = {"f": np.float32(0.5), "i": np.int64(7), "a": np.arange(3), "args": Args(), "ns": types.SimpleNamespace(x=1),
+           "rng": [gen], "v": torch.__version__, "t": (torch.ones(2, 3).T, torch.zeros(0), torch.tensor(2.0, dtype=torch.bfloat16)),
+           "opt": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"betas": (0.9, 0.99), "foreach": None}]}}
+    st = common.stamp(obj, "sae_state")
+    assert list(st)[:2] == ["kind", "format"] and list(st)[-1] == "checksum"
+    assert (st["f"], st["i"], st["args"], st["ns"], type(st["v"])) == (0.5, 7, {"d": 4}, {"x": 1}, str)
+    assert torch.equal(st["a"], torch.arange(3)) and torch.equal(st["rng"][0], gen.get_state())
+    torch.save(st, tmp_path / "s.pt")
+    back = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert common.checksum(back) == st["checksum"] == common.checksum(st)
+    back["opt"]["param_groups"][0]["betas"] = (0.9, 0.999)
+    assert common.checksum(back) != st["checksum"]
+    with pytest.raises(TypeError, match="cannot hold a object"):     # anything else: a programming error, at save
+        common.stamp({"x": object()}, "model")
+    assert common.stamp({"x": np.float32(0.5)}, "results") == {"kind": "results", "format": 1, "x": np.float32(0.5)}
+
+
+def test_lock_removes_temp_files_a_killed_run_left_in_subfolders_only_when_asked(tmp_path):
+    """data.py (the one writer of data_dir) clears its killed runs' temp files in every subfolder; a stage in
+    out_dir does not touch the folders of other stages, which may be writing now."""
+    for sub in (tmp_path / "d" / "base", tmp_path / "o" / "lua"):
+        sub.mkdir(parents=True)
+        (sub / ".train.bin.x1.tmp").write_text("half")
+        (sub / "train.bin").write_text("whole")
+    with common.lock_dir(str(tmp_path / "d"), "data.py", subfolders=True):
+        pass
+    with common.lock_dir(str(tmp_path / "o"), "merge.py --sweep"):
+        pass
+    assert sorted(os.listdir(tmp_path / "d" / "base")) == ["train.bin"]
+    assert sorted(os.listdir(tmp_path / "o" / "lua")) == [".train.bin.x1.tmp", "train.bin"]
+
+
+def test_lock_of_a_reused_pid_is_taken_over_and_wrong_kinds_are_one_line(tmp_path):
+    d = tmp_path / "x"
+    d.mkdir()
+    (d / ".lock").write_text(json.dumps({"pid": os.getpid(), "start": 1, "host": common.socket.gethostname()}))
+    with common.lock_dir(str(d)):                              # our pid, another start time: a reused pid
+        assert json.loads((d / ".lock").read_text())["start"] == common.proc_start(os.getpid())
+    for text in ("[1, 2]", "not json", json.dumps({"pid": -1})):
+        (d / ".lock").write_text(text)
+        with pytest.raises(common.UserError, match="not a lock file"):
+            with common.lock_dir(str(d)):
+                pass
+    (d / ".lock").unlink()
+    (d / ".lock").mkdir()
+    with pytest.raises(common.UserError, match="is a folder"):
+        with common.lock_dir(str(d)):
+            pass

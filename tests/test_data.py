@@ -211,6 +211,11 @@ def test_local_source(tmp_path):
             toks = data.load_tokens(str(out), domain, split)
             text = enc.decode(toks.tolist())  # EOT decodes to its text: the documents come back exactly
             assert text.split(data.EOT)[:-1] == docs[domain][name]
+    # base: the planned documents, whole and in the plan's order
+    (doms, idx), _ = data.mix_plan(*[np.array([len(d.split()) for d in docs[s]["train"]]) for s in data.MIX_SIDES],
+                                   seed=data.config["seed"], split="train")
+    base = enc.decode(data.load_tokens(str(out), "base", "train").tolist()).split(data.EOT)[:-1]
+    assert base == [docs[data.MIX_SIDES[k]]["train"][i] for k, i in zip(doms.tolist(), idx.tolist())]
     with pytest.raises(SystemExit) as e:
         data.main(["--domain", "lua", "--source", f"local:{tmp_path / 'nowhere'}", "--data_dir", str(out)])
     one_line_error(e)
@@ -300,6 +305,59 @@ def test_local_reader_matches_split_eot_across_blocks(tmp_path):
         assert list(data.local_file_docs(str(path), block)) == want
 
 
+def test_token_files_hold_each_document_encoded_alone(built, tmp_path, monkeypatch):
+    """encode_split hands a thread a chunk of documents at a time, tiktoken encoding it in one call into an array:
+    the file still holds each document's ids as encode_ordinary gives them for it alone, then EOT, in order, with
+    the same counts, whatever the chunks and threads; a text <|endoftext|> inside a document stays text."""
+    enc, rng, batched = data.load_tokenizer(built), random.Random(3), data.batched
+    docs = VARIED + ODD + ["ends in spaces   ", "\n\n  ", f"a literal {data.EOT} inside", data.EOT, "x" * 3000,
+                           gen_lua(rng)] + [gen_story(rng) for _ in range(40)]
+    want = [t for d in docs for t in enc.encode_ordinary(d) + [data.eot_id(enc)]]
+    for max_bytes, threads in ((1 << 20, 2), (300, 1), (300, 3), (1, 2)):
+        monkeypatch.setattr(data, "batched", functools.partial(batched, max_bytes=max_bytes))
+        path = tmp_path / f"{max_bytes}-{threads}.bin"
+        st = data.encode_split(enc, iter(docs), str(path), np.uint16, threads, "test")
+        assert np.fromfile(path, dtype=np.uint16).tolist() == want
+        assert st == {"documents": len(docs), "bytes": sum(len(d.encode()) for d in docs),
+                      "words": sum(len(d.split()) for d in docs), "tokens": len(want)}
+
+
+def test_mix_plan_draws_as_the_former_lists_did(capsys):
+    """The base mix, drawn into arrays, is the one the former code drew with rng.sample(range(n), n) and a
+    shuffled list of ints (kept here): the same corpus and seed keep giving the same base token files."""
+    def former(bab, py, seed, split):
+        wb, wp = int(bab.sum()), int(py.sum())
+        (n_small, code_small), (big, code_big) = ((len(py), 1), (bab, 0)) if wb >= wp else ((len(bab), 0), (py, 1))
+        rng, picked, w = random.Random(f"{seed}-base-{split}"), [], 0
+        for i in rng.sample(range(len(big)), len(big)):
+            if w >= min(wb, wp):
+                break
+            picked.append(i)
+            w += int(big[i])
+        doms, idx, order = [code_small] * n_small + [code_big] * len(picked), list(range(n_small)) + picked, \
+            list(range(n_small + len(picked)))
+        rng.shuffle(order)
+        return [doms[o] for o in order], [idx[o] for o in order], w
+    rng = np.random.default_rng(0)
+    for trial in range(120):
+        nb, npy = (int(rng.integers(1, 40)), int(rng.integers(1, 40))) if trial < 110 else (20_000, 300)
+        bab, py = rng.integers(0, 30, nb).astype(np.uint32), rng.integers(0, 300, npy).astype(np.uint32)
+        if trial % 5 == 0:
+            bab[rng.random(nb) < 0.5] = 0  # documents without words
+        (doms, idx), share = data.mix_plan(bab, py, trial, "train")
+        d, i, w = former(bab, py, trial, "train")
+        assert doms.tolist() == d and idx.tolist() == i and w == share[f"{share['cut']}_words"]
+    capsys.readouterr()
+
+
+def test_doc_spans_across_read_steps():
+    t = np.array([5, 1, 7, 7, 1, 1, 9, 1, 4], dtype=np.uint16)  # separator 1; the 4 after the last EOT is no document
+    for step in (1, 2, 3, 100):
+        assert [x.tolist() for x in data.doc_spans(t, 1, step=step)] == [[0, 2, 5, 6], [2, 5, 6, 8]]
+        assert [x.tolist() for x in data.doc_spans(t, 1, True, step=step)] == [[1, 4, 5, 7], [4, 5, 7, 9]]
+    assert [x.tolist() for x in data.doc_spans(t[:0], 1)] == [x.tolist() for x in data.doc_spans(t[:0], 1, True)] == [[], []]
+
+
 # -----------------------------------------------------------------------------
 # the hub, served by a local server: revision and tree API, resolve redirects, Range / If-Range,
 # gated files, cut connections, HTML error pages. No test reaches the internet.
@@ -363,19 +421,21 @@ class Hub:
 
             def send_file(self, body, act):
                 etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
-                start, rng = 0, self.headers.get("Range")
-                if rng and self.headers.get("If-Range", etag) == etag:
-                    start = int(re.match(r"bytes=(\d+)-$", rng).group(1))
+                start, end, ranged, rng = 0, len(body), False, self.headers.get("Range")
+                if rng and self.headers.get("If-Range", etag) == etag:  # bytes=A- (a resume) or bytes=A-B (a part)
+                    m = re.match(r"bytes=(\d+)-(\d*)$", rng)
+                    start, end = int(m.group(1)), min(len(body), int(m.group(2)) + 1) if m.group(2) else len(body)
+                    ranged = start > 0 or bool(m.group(2))
                 if start >= len(body) and start:
                     return self.reply(416, b"")
-                self.send_response(206 if start else 200)
-                if start:
+                self.send_response(206 if ranged else 200)
+                if ranged:
                     first = start + 1 if act == "bad_range" else start
-                    self.send_header("Content-Range", f"bytes {first}-{len(body) - 1}/{len(body)}")
-                self.send_header("Content-Length", str(len(body) - start))
+                    self.send_header("Content-Range", f"bytes {first}-{end - 1}/{len(body)}")
+                self.send_header("Content-Length", str(end - start))
                 self.send_header("ETag", etag)
                 self.end_headers()
-                part = body[start:]
+                part = body[start:end]
                 self.wfile.write(part[:len(part) // 2] if act == "cut" else part)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -431,9 +491,13 @@ def serve_datasets(hub, lua_val=True):
         rows = [(gen_prose(rng), "BabyLM") if i % 3 else (pyfile(), "python") for i in range(n)]
         rows.insert(5, ("   ", "BabyLM"))  # blank rows are skipped
         bp[f"data/{name}.parquet"] = parquet_bytes({"content": [r[0] for r in rows], "type": [r[1] for r in rows]})
-        for text, kind in rows:
+        run = []  # BabyLM: each run of consecutive rows is one document (under --group_kb's 16 KB: rows < 1 KB)
+        for text, kind in rows + [("", "python")]:
+            if kind == "python" and run:
+                want["babylm"][split].append("\n".join(run))
+                run = []
             if text.strip():
-                want["python" if kind == "python" else "babylm"][split].append(text)
+                (want["python"][split] if kind == "python" else run).append(text)
     stories = {s: [gen_story(rng) for _ in range(n)] for s, n in (("train", 150), ("val", 30))}
     lua = [gen_lua(rng) for _ in range(80)]
     want["tinystories"] = stories
@@ -593,14 +657,99 @@ def test_dataset_without_parquet_files_is_one_line(hub, tmp_path):
 
 
 def test_unknown_type_values_are_one_line(hub, tmp_path):
+    """Code rows labelled without "python": one line naming the values, from the footers and first row groups
+    (Range requests), before any file is downloaded; the check after reading still stands for downloaded files."""
     serve_datasets(hub)
-    rows = {"content": ["some prose here"] * 30 + ["def f():\n    pass"] * 30, "type": ["prose"] * 30 + ["code"] * 30}
-    hub.repos["nilq/baby-python"] = {"data/train-00000-of-00001.parquet": parquet_bytes(rows),
+    rows = {"content": ["some prose here"] * 60 + ["def f():\n    pass"] * 30, "type": ["prose"] * 60 + ["code"] * 30}
+    wiki = parquet_bytes({"content": ["x"], "type": ["wiki"]})
+    hub.repos["nilq/baby-python"] = {"data/train-00000-of-00002.parquet": parquet_bytes(rows),
+                                     "data/train-00001-of-00002.parquet": wiki,
                                      "data/validation-00000-of-00001.parquet": parquet_bytes(rows)}
+    d = str(tmp_path / "d")
     with pytest.raises(SystemExit) as e:
-        data.main(HF_ARGS + ["--domain", "lua", "--data_dir", str(tmp_path), "--vocab_size", "300"])
+        data.main(HF_ARGS + ["--domain", "lua", "--data_dir", d, "--vocab_size", "300"])
+    msg = one_line_error(e)  # 'code' is in no first row group: the footer's statistics name it
+    assert "['code', 'prose', 'wiki']" in msg and "goes to python" in msg and "type_domain" in msg
+    parts = [(p, h) for p, h in hub.log if "baby-python" in p and p.endswith(".parquet")]
+    assert parts and all(re.fullmatch(r"bytes=\d+-\d+", h.get("Range", "")) for p, h in parts)
+    assert not [f for _, _, fs in os.walk(os.path.join(d, "raw")) for f in fs if ".parquet" in f]
+    for name in ("train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00001"):  # downloaded
+        data.hub_file(d, "nilq/baby-python", f"data/{name}.parquet")
+    with pytest.raises(SystemExit) as e:
+        data.main(HF_ARGS + ["--domain", "lua", "--data_dir", d, "--vocab_size", "300"])
     msg = one_line_error(e)
     assert "no train rows for python" in msg and "'code'" in msg and "'prose'" in msg and "type_domain" in msg
+
+
+def serve_lines(hub):
+    """nilq/baby-python as it is stored: BabyLM one line a row (here two sub-corpora, by `type`), then Python
+    files; the first row groups hold no Python (the footers' statistics show it). Returns {split: rows}."""
+    rng = random.Random(5)
+    words = gen_prose(rng).split()
+    line = lambda: " ".join(rng.choice(words) for _ in range(rng.randint(3, 14)))  # noqa: E731
+    pyfile = lambda i: f"def f{i}(a):\n    return a * {i}\n"  # noqa: E731
+    rows = {"train": [(line(), "childes") for _ in range(50)] + [(" ", "childes")]
+            + [(line(), "gutenberg") for _ in range(25)] + [("long " * 100, "gutenberg")]
+            + [(line(), "gutenberg") for _ in range(25)] + [(pyfile(i), "python") for i in range(10)],
+            "val": [(line(), "childes") for _ in range(20)] + [(pyfile(i), "python") for i in range(3)]}
+    hub.repos["nilq/baby-python"] = {
+        f"data/{name}-00000-of-00001.parquet": parquet_bytes({"content": [t for t, _ in rows[s]],
+                                                              "type": [k for _, k in rows[s]]})
+        for name, s in (("train", "train"), ("validation", "val"))}
+    return rows
+
+
+def test_babylm_lines_grouped_into_runs_of_running_text(hub, tmp_path, capsys):
+    """--group_kb: consecutive BabyLM rows of one `type`, in stored order, joined into documents of up to
+    group_kb KB (greedily; a longer row alone); 0: a row each; Python files untouched; a change re-encodes."""
+    rows = serve_lines(hub)
+    d = str(tmp_path / "d")
+    args = HF_ARGS[:-4] + ["--max_mb", "0", "--domain", "base", "--data_dir", d, "--vocab_size", "300"]
+    data.main(args + ["--group_kb", "0.3"])
+    for split in ("train", "val"):
+        lines = [(t, k) for t, k in rows[split] if k != "python" and t.strip()]
+        docs = decoded_docs(d, "babylm", split)
+        assert [x for doc in docs for x in doc.split("\n")] == [t for t, _ in lines]  # all, in stored order
+        kinds, at = [], 0
+        for doc in docs:
+            n = doc.count("\n") + 1
+            kinds.append({k for _, k in lines[at:at + n]})
+            at += n
+            assert len(doc.encode()) <= 300 or n == 1
+        assert all(len(k) == 1 for k in kinds)  # never across a change of `type`
+        for (a, ka), (b, kb) in zip(zip(docs, kinds), zip(docs[1:], kinds[1:])):  # as full as the bound allows
+            assert ka != kb or len(a.encode()) + 1 + len(b.split("\n")[0].encode()) > 300
+        assert max(doc.count("\n") for doc in docs) >= 3
+        assert decoded_docs(d, "python", split) == [t for t, k in rows[split] if k == "python"]
+    assert [m["settings"]["group_kb"] for m in (data.read_meta(d, "babylm"), data.read_meta(d, "base"))] == [0.3] * 2
+    assert "group_kb" not in data.read_meta(d, "python")["settings"]
+    capsys.readouterr()
+    data.main(args + ["--group_kb", "0"])
+    out = capsys.readouterr().out
+    assert "retraining the tokenizer" in out and f"{d}/babylm is up to date" not in out
+    for split in ("train", "val"):
+        assert decoded_docs(d, "babylm", split) == [t for t, k in rows[split] if k != "python" and t.strip()]
+        assert decoded_docs(d, "python", split) == [t for t, k in rows[split] if k == "python"]
+
+
+def test_dry_run_reads_footers_by_range_requests_only(hub, tmp_path, capsys):
+    serve_datasets(hub)
+    d = str(tmp_path / "d")
+    data.main(HF_ARGS + ["--data_dir", d, "--dry_run"])
+    out = capsys.readouterr().out
+    assert f"nilq/baby-python at {BP_SHA}, for babylm, python" in out and f"nilq/small-lua-stack at {LUA_SHA}" in out
+    assert "train: 2 files" in out and "212 rows" in out and "validation-00000-of-00001.parquet" in out
+    assert re.search(r"'BabyLM' \([\d,]+ rows\) -> babylm, 'python' \([\d,]+ rows\) -> python", out)
+    assert "documents of up to 16 KB (--group_kb)" in out and "a run downloads 8 files" in out
+    assert re.search(r"read [\d.,]+ KB in \d+ Range requests; nothing was downloaded whole", out)
+    files = [p for p, _ in hub.log if "/resolve/" in p or "/cdn/" in p]
+    assert files and all(re.fullmatch(r"bytes=\d+-\d+", h.get("Range", "")) for p, h in hub.log if p in files)
+    assert not any(p.endswith(".txt") for p in files)
+    kept = [f for _, _, fs in os.walk(d) for f in fs]
+    assert kept and all(f in ("REVISION", "info.json", "tree.json") for f in kept), kept  # the hub's answers only
+    with pytest.raises(SystemExit) as e:
+        data.main(["--data_dir", d, "--dry_run"])
+    assert "use it with --source hf" in one_line_error(e)
 
 
 @pytest.mark.parametrize("token", [None, "hf_nope"])
@@ -687,7 +836,7 @@ def test_paper_preset_warns_loudly_when_a_domain_is_small(tmp_path, capsys):
     data.main(["--preset", "paper", "--domain", "lua", "--data_dir", str(tmp_path), "--vocab_size", "300",
                "--sample_kb", "10", "--threads", "1"])
     out = capsys.readouterr().out
-    assert "WARNING: lua has only" in out and "20M" in out and "not the paper's data" in out
+    assert "WARNING: lua has only" in out and "500M" in out and "not the paper's data" in out
     assert re.search(r"lua\s+train\s+[\d,]+\s+[\d,]+\s+[\d,]+", out)  # the mix and sizes table
 
 
@@ -743,6 +892,52 @@ def test_truncated_token_file_is_refused(small_built):
             data.open_tokens(small_built, "lua", "train")
         msg = one_line_error(e)
         assert f"{new:,} bytes" in msg and "truncated" in msg and "python data.py --domain lua" in msg
+
+
+def test_token_files_are_checked_against_their_checksum_and_the_vocabulary(small_built, monkeypatch):
+    """meta.json holds each split's sha256 and largest id (issue 26); open_tokens checks the file against them
+    once and keeps the verdict beside it: in-range garbage or an id outside the vocabulary is one line."""
+    import time
+    path, meta = os.path.join(small_built, "lua", "train.bin"), data.read_meta(small_built, "lua")
+    toks = np.fromfile(path, dtype=meta["dtype"])
+    assert meta["splits"]["train"]["sha256"] == hashlib.sha256(toks.tobytes()).hexdigest()
+    assert meta["splits"]["train"]["max_id"] == toks.max() < meta["vocab_size"]
+    os.utime(path, (time.time() - 10,) * 2)  # written a while ago (a verdict on a file written this instant is not kept)
+    scans, scan = [], data.scan_tokens
+    monkeypatch.setattr(data, "scan_tokens", lambda *a: scans.append(a) or scan(*a))
+    for _ in range(3):
+        data.open_tokens(small_built, "lua", "train")
+    assert len(scans) == 1 and os.path.exists(os.path.join(small_built, "lua", ".train.bin.checked"))
+    for value, words in [((int(toks[10]) + 1) % meta["vocab_size"], "is damaged: its bytes do not match the sha256"),
+                         (meta["vocab_size"] + 3, f"holds token id {meta['vocab_size'] + 3}, outside the vocabulary")]:
+        a = np.memmap(path, dtype=meta["dtype"], mode="r+")
+        a[10:20] = value
+        a.flush()
+        del a
+        with pytest.raises(SystemExit) as e:
+            data.open_tokens(small_built, "lua", "train")
+        msg = one_line_error(e)
+        assert path in msg and words in msg and "python data.py --domain lua" in msg and "--force" in msg
+
+
+def test_token_files_made_before_checksums_are_id_checked_and_get_them_from_data_py(small_built, capsys):
+    path, meta = os.path.join(small_built, "lua", "val.bin"), data.read_meta(small_built, "lua")
+    edit_meta(small_built, "lua", lambda m: [m["splits"][s].pop(k) for s in ("train", "val") for k in ("sha256", "max_id")])
+    a = np.memmap(path, dtype=meta["dtype"], mode="r+")
+    first = int(a[0])
+    a[0] = meta["vocab_size"]
+    a.flush()
+    with pytest.raises(SystemExit) as e:
+        data.open_tokens(small_built, "lua", "val")
+    assert f"holds token id {meta['vocab_size']}" in one_line_error(e)
+    a[0] = first
+    a.flush()
+    del a
+    data.open_tokens(small_built, "lua", "val")
+    capsys.readouterr()
+    data.main(["--domain", "lua", "--data_dir", small_built, "--vocab_size", "300", "--sample_kb", "20", "--threads", "1"])
+    assert "added the token files' checksums" in capsys.readouterr().out
+    assert data.read_meta(small_built, "lua")["splits"] == meta["splits"]
 
 
 def edit_meta(d, domain, change):

@@ -487,7 +487,7 @@ def test_a_small_pipeline_tracks_the_same_features_with_fast_on_and_off(tmp_path
         metrics = {m: S.main(["--preset=tiny", f"--model={m}", "--seeds=0,1", "--expansion=4", "--seqs_per_batch=16",
                               "--tokens_per_seq=8", "--total_acts=12288", "--buffer_batches=8", "--eval_seqs=16",
                               "--log_interval=48", "--resample_every=40", "--dead_window=2048", "--l1_coeff=0.5",
-                              *here])
+                              "--health_at=0", *here])
                    for m in ("base", "lua", "tinystories", "luastories")}
         res[use_fast] = metrics, analyze.main(["--preset=tiny", "--n_tokens=4096", "--min_tokens=1024",
                                                "--batch_size=16", "--n_select=1", "--ctx_window=12", *here])

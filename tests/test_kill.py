@@ -21,7 +21,7 @@ TRAIN = ["--domain=base", "--max_iters=150", "--eval_interval=10", *MODEL]
 SAE = ["--preset=tiny", "--model=base", "--expansion=2", "--seqs_per_batch=8", "--tokens_per_seq=4",
        "--total_acts=4800", "--buffer_batches=4", "--harvest_batch=16", "--eval_seqs=8", "--eval_batch=8",
        "--lr=3e-3", "--log_interval=50", "--eval_interval=1000", "--ckpt_interval=10", "--dead_window=64",
-       "--resample_every=30", "--device=cpu", "--threads=1"]
+       "--resample_every=30", "--health_at=0", "--device=cpu", "--threads=1"]
 
 
 @pytest.fixture
@@ -142,7 +142,9 @@ def test_killing_reproduce_sh_stops_its_stages(tmp_path, sig, status, side_by_si
     # a stand-in for python that records its pid and sleeps: a stage reproduce.sh is running (side by
     # side: the earlier stages end at once, the SAE stages sleep, two of them at once; `python -` is real)
     stub = tmp_path / "python"
-    which = 'case "$1" in -) exec %s "$@";; sae.py) ;; *) exit 0;; esac\n' % sys.executable if side_by_side else ""
+    # (`python -` is real in both: reproduce.sh's check of PYTHON runs it before any stage)
+    which = ('case "$1" in -) exec %s "$@";; sae.py) ;; *) exit 0;; esac\n' if side_by_side else
+             'case "$1" in -) exec %s "$@";; esac\n') % sys.executable
     stub.write_text(f"#!/bin/sh\n{which}echo $$ >> {tmp_path}/pids\nexec sleep 60\n")
     stub.chmod(0o755)
     env = {**os.environ, "PYTHON": str(stub), "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "JOBS": "2"}

@@ -12,7 +12,7 @@ import torch
 import data as datalib
 import fast
 import merge
-from common import atomic_torch_save, sha256_file
+from common import atomic_torch_save, sha256_file, stamp
 from model import ModelArgs, Transformer, eval_loss, load_model, save_checkpoint
 
 V = 64
@@ -260,10 +260,11 @@ def test_crossing_and_paper_conversion_known_answers():
 # bad input: one line, nothing written
 
 def corrupt(out, name, fn):
+    """A checkpoint written whole (its checksum matches) but changed as fn says: what a checksum cannot catch."""
     path = os.path.join(out, name, "ckpt.pt")
-    ck = torch.load(path, weights_only=False)
+    ck = torch.load(path, weights_only=True)
     fn(ck)
-    atomic_torch_save(ck, path)
+    atomic_torch_save(stamp(ck, "model"), path)
 
 
 def set_(ck, key, value):

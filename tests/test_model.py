@@ -1,6 +1,9 @@
 """Behaviour of the one-layer transformer: shapes, causality, MLP capture/replacement, GQA, RoPE."""
 import math
+import os
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,9 +127,11 @@ def test_unfinished_checkpoint_is_refused_unless_allowed(tmp_path):
                                          r"python train.py --domain lua --resume, or pass --allow_unfinished"):
         load_model(str(tmp_path), "lua")
     assert load_model(str(tmp_path), "lua", allow_unfinished=True)[1]["iter_num"] == 7
-    # written before the flag existed: final when it holds no training state (a merge), else unfinished
-    ck = torch.load(path, weights_only=False)
-    del ck["finished"]
+    # written before the flag existed: final when it holds no training state (a merge), else unfinished;
+    # such a file predates kinds and checksums too, and loads as a model checkpoint (its fields say so)
+    ck = torch.load(path, weights_only=True)
+    for k in ("finished", "kind", "format", "checksum"):
+        del ck[k]
     atomic_torch_save(ck, path)
     with pytest.raises(SystemExit, match="is unfinished"):
         load_model(str(tmp_path), "lua")
@@ -146,3 +151,106 @@ def test_eval_loss_is_the_mean_over_its_windows():
     assert eval_loss(m, wins, batch_size=3) == pytest.approx(sum(want) / 7, rel=1e-6)
     assert eval_loss(m, wins[:3], batch_size=3) == pytest.approx(sum(want[:3]) / 3, rel=1e-6)
     assert eval_loss(m, wins, batch_size=3, rows=5) == pytest.approx(sum(want) / 7, rel=1e-6)  # head in blocks
+
+
+# -----------------------------------------------------------------------------
+# checkpoint files: data only, whole, of the kind asked for (issue 26)
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this calls os.system
+        return os.system, (f"touch {self.marker}",)
+
+
+def one_line(e):
+    msg = str(e.value)
+    assert msg.startswith("error: ") and "\n" not in msg, msg
+    return msg
+
+
+def saved(tmp_path, name="base"):
+    from model import save_checkpoint
+    m = make()
+    return save_checkpoint(str(tmp_path / name / "ckpt.pt"), m, m.args, finished=True, name=name, domain=name,
+                           tokenizer_hash="tok", parents=[], val_loss={name: np.float64(2.5)},
+                           provenance={"torch": torch.__version__})  # a numpy float and a TorchVersion: not data
+
+
+def test_a_checkpoint_is_read_as_data_and_code_in_it_never_runs(tmp_path):
+    from model import load_model
+    marker, path = tmp_path / "PWNED", tmp_path / "base" / "ckpt.pt"
+    path.parent.mkdir()
+    torch.save({"model": {"w": Payload(marker)}, "model_args": {}}, path)
+    with pytest.raises(SystemExit) as e:
+        load_model(str(tmp_path), "base")
+    msg = one_line(e)
+    assert str(path) in msg and "nothing in it was run" in msg and "python train.py --domain base --overwrite" in msg
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is real: the unsafe load would have run it
+    assert marker.exists()
+
+
+def test_checkpoints_carry_kind_format_and_a_checksum_of_plain_data(tmp_path):
+    from common import FORMAT, checksum
+    from model import load_checkpoint, load_model
+    path = saved(tmp_path)
+    ck = torch.load(path, weights_only=True)  # loads as data: numpy scalars and torch.__version__ were made plain
+    assert (ck["kind"], ck["format"], ck["checksum"]) == ("model", FORMAT, checksum(ck))
+    assert type(ck["val_loss"]["base"]) is float and type(ck["provenance"]["torch"]) is str
+    assert load_checkpoint(path)["checksum"] == ck["checksum"] and load_model(str(tmp_path), "base")[1]["name"] == "base"
+    for change in (lambda c: c["model"]["norm_f.weight"].__setitem__(0, 1.5),    # a weight
+                   lambda c: c["val_loss"].update(base=2.4),                      # a plain field
+                   lambda c: c.update(iter_num=1)):
+        c = torch.load(path, weights_only=True)
+        change(c)
+        assert checksum(c) != c["checksum"]
+
+
+def test_damaged_or_foreign_checkpoint_files_are_one_line_naming_them(tmp_path):
+    from model import load_model
+    path = saved(tmp_path)
+    good = open(path, "rb").read()
+    raw = torch.load(path, weights_only=True)["model"]["tok_emb.weight"].numpy().tobytes()
+    at = good.find(raw) + len(raw) // 2
+    cases = {  # what the file holds -> the message
+        "flipped bytes": (good[:at] + bytes(b ^ 0x5A for b in good[at:at + 8]) + good[at + 8:], r"is damaged: its contents"),
+        "truncated": (good[:len(good) // 2], r"cannot load 'base' model checkpoint .* as data"),
+        "not a torch file": (b"hello", r"cannot load"),
+        "a bare tensor": (torch.zeros(3), r"is a bare tensor, not a model checkpoint"),
+        "a list": ([1, 2], r"is a list, not a model checkpoint"),
+        "an SAE": ({"kind": "sae", "format": 1, "sae": {}, "sae_args": {}}, r"is an SAE, not a model checkpoint"),
+        "an SAE of before kinds": ({"sae": {}, "sae_args": {}}, r"is an SAE, not a model checkpoint"),
+        "no known kind": ({"weights": {}}, r"is a dict of no known kind \(fields: weights\)"),
+        "unknown kind": ({"kind": "tokenizer"}, r"is a file of unknown kind 'tokenizer'"),
+        "a newer format": ({**torch.load(path, weights_only=True), "format": 2}, r"has format 2, not one this code reads"),
+        "kind without its fields": ({"kind": "model", "format": 1, "model": [], "model_args": {}},
+                                    r"is a model checkpoint without a valid model"),
+        "no checksum": ({k: v for k, v in torch.load(path, weights_only=True).items() if k != "checksum"}, "is damaged"),
+    }
+    for what, (content, pattern) in cases.items():
+        if isinstance(content, bytes):
+            with open(path, "wb") as f:
+                f.write(content)
+        else:
+            torch.save(content, path)
+        with pytest.raises(SystemExit) as e:
+            load_model(str(tmp_path), "base")
+        msg = one_line(e)
+        assert path in msg and re.search(pattern, msg), (what, msg)
+        assert "python train.py --domain base --overwrite" in msg, (what, msg)
+
+
+def test_a_checkpoint_from_before_kinds_loads_with_its_kind_inferred(tmp_path):
+    """Files of the version before kinds: no kind, format or checksum, and torch.__version__ kept as a
+    TorchVersion (allowed: the one object that version wrote); they load as what their fields say."""
+    from torch.torch_version import TorchVersion
+
+    from model import load_model
+    path = saved(tmp_path)
+    ck = {k: v for k, v in torch.load(path, weights_only=True).items() if k not in ("kind", "format", "checksum")}
+    ck["provenance"]["torch"] = TorchVersion(torch.__version__)
+    torch.save(ck, path)
+    net, loaded = load_model(str(tmp_path), "base")
+    assert "kind" not in loaded and torch.equal(loaded["model"]["tok_emb.weight"], ck["model"]["tok_emb.weight"])

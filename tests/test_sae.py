@@ -21,11 +21,12 @@ from model import ModelArgs, Transformer, save_checkpoint
 
 V = 64
 MARGS = dict(vocab_size=V, block_size=32, d_model=32, n_head=4, n_kv_head=2, d_mlp=32)
-# a run of 24 steps x 32 activations; buffers of 4 batches, so resumes land inside a buffer
+# a run of 24 steps x 32 activations; buffers of 4 batches, so resumes land inside a buffer. No early
+# check (health_at): 24 steps on a random model are far from what it checks (test_early_check has its own)
 RUN = ["--preset=tiny", "--expansion=2", "--seqs_per_batch=8", "--tokens_per_seq=4", "--total_acts=768",
        "--buffer_batches=4", "--harvest_batch=16", "--eval_seqs=12", "--eval_batch=6", "--lr=3e-3",
        "--log_interval=8", "--eval_interval=1000", "--ckpt_interval=1000", "--dead_window=64",
-       "--resample_every=6", "--resample_until=0.8", "--device=cpu"]
+       "--resample_every=6", "--resample_until=0.8", "--health_at=0", "--device=cpu"]
 
 
 def write_domain(data_dir, domain, seed, tok_hash="tok-A", n=4000):
@@ -289,6 +290,24 @@ def test_stream_windows_are_the_former_harvest_windows():
         S.stream_windows(three, 6, 41, g1)
 
 
+def test_mix_tokens_draws_each_window_from_all_starts_laid_end_to_end():
+    # the authors' concatenated datasets: a domain's share is its share of the tokens. Token values name
+    # their domain and offset, so a window's first token is its start
+    arrays = {"a": np.arange(3033, dtype=np.uint16), "b": (10000 + np.arange(1033)).astype(np.uint16)}
+    T, n = 34, 4000                                                       # 3000 + 1000 starts
+    g, again = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    got = S.stream_windows(arrays, n, T, g, mix="tokens")
+    pick = (torch.rand(n, generator=again, dtype=torch.float64) * 4000).long()  # the same draws
+    want = torch.where(pick < 3000, pick, 10000 + pick - 3000)
+    assert torch.equal(got[:, 0], want) and torch.equal(got[:, 1:] - got[:, :-1], torch.ones(n, T - 1).long())
+    assert abs((got[:, 0] < 10000).float().mean().item() - 0.75) < 0.03
+    # the held-out windows: shares by tokens (3033 : 1033 of 8 -> 6 : 2), spread over each domain
+    ev = S.eval_windows(arrays, 8, T - 1, mix="tokens")
+    assert ev[:, 0].tolist() == [0, 599, 1199, 1799, 2399, 2999, 10000, 10999]
+    assert torch.equal(S.eval_windows(arrays, 8, T - 1), torch.from_numpy(   # equal: the sampler's own shares
+        S.datalib.sample_windows(arrays, 8, T, "spread")))
+
+
 def test_mlp_activations_is_the_model_forward_at_the_asked_positions():
     torch.manual_seed(0)
     model = Transformer(ModelArgs(**MARGS)).eval()
@@ -409,6 +428,40 @@ def test_truncated_token_file_is_refused(dirs):
     os.truncate(path, os.path.getsize(path) // 2)
     with pytest.raises(SystemExit, match=r"train\.bin has .* bytes but meta.json says .*truncated"):
         run(dirs, "--model=base")
+
+
+def test_early_check_stops_a_far_off_run_saved_naming_the_setting(dirs):
+    # 96 steps, the check at the first log past 10% (step 16). An L1 far too strong: every latent but a
+    # few silenced, the reconstruction gone
+    far = ["--model=base", "--seeds=0", "--total_acts=3072", "--l1_coeff=1000", "--lr=0.03"]
+    with pytest.raises(SystemExit, match=r"early check at step 16 \(17% of the run\): seed 0 has L0 \d\.\d, FVU 1\.\d+, "
+                       r"\d+% of latents silent .*lower --l1_coeff \(now 1000\) or --lr .*--resume --health_at 0"):
+        run(dirs, *far, "--health_at=0.1")
+    st = state(dirs[1], "base")
+    assert st["step"] == 16 and not st["finished"]                            # saved: nothing lost
+    assert run(dirs, *far, "--resume")["steps"] == 96                         # trains on (--health_at 0)
+    # the same run with the tiny preset's L1 passes
+    assert run(dirs, *far[:3], "--health_at=0.1", "--overwrite")["steps"] == 96
+    # no L1 at 8x: about half the 256 latents fire on every token, far above d_in 32
+    with pytest.raises(SystemExit, match=r"seed 0 has L0 \d{3}\.\d.*raise --l1_coeff \(now 0: too weak for 256"):
+        run(dirs, "--model=lua", "--seeds=0", "--total_acts=3072", "--health_at=0.1", "--l1_coeff=0", "--expansion=8")
+    # topk: the setting to change is k
+    with pytest.raises(SystemExit, match=r"seed 0 has L0 1\.0, FVU 0\.\d+.*raise --k \(now 1\) or lower --lr"):
+        run(dirs, "--model=lua", "--seeds=0", "--total_acts=3072", "--health_at=0.1", "--arch=topk", "--k=1",
+            "--overwrite")
+
+
+def test_a_model_of_another_preset_is_refused_unless_allowed(dirs):
+    # the scripts default to paper on a GPU, reproduce.sh to tiny: tiny SAEs of a paper model are refused
+    torch.manual_seed(0)
+    args = ModelArgs(**MARGS)
+    save_checkpoint(os.path.join(dirs[1], "base", "ckpt.pt"), Transformer(args), args, finished=True, name="base",
+                    domain="base", tokenizer_hash="tok-A", parents=[], config={"preset": "paper"})
+    with pytest.raises(SystemExit, match=r"--preset tiny differs from the preset paper that .*base/ckpt.pt was made "
+                                         r"with; give --preset paper, or --allow_other_preset"):
+        run(dirs, "--model=base", "--seeds=0")
+    assert not os.path.exists(S.sae_path(dirs[1], "base", 0))
+    assert run(dirs, "--model=base", "--seeds=0", "--allow_other_preset")["steps"] == 24
 
 
 def test_unfinished_model_is_refused_unless_allowed(dirs):

@@ -129,7 +129,7 @@ def test_resume_refuses_other_settings(dirs):
     with pytest.raises(SystemExit, match=r"other settings \(--lr 0.002 -> 0.1\)"):
         run(dirs, "--domain=base", "--max_iters=10", "--resume", "--lr=0.1")
     with pytest.raises(SystemExit, match=r"other settings \(--domain 'base' -> 'lua'"):
-        run(dirs, "--domain=lua", "--name=base", "--max_iters=10", "--resume")
+        run(dirs, "--domain=lua", "--name=base", "--parent=nosuch", "--max_iters=10", "--resume")  # (not its own parent)
     with pytest.raises(SystemExit, match=r"other settings \(--fast True -> False\)"):  # the loss would round otherwise
         run(dirs, "--domain=base", "--max_iters=10", "--resume", "--fast=false")
 
