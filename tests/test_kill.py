@@ -148,8 +148,11 @@ def test_killing_reproduce_sh_stops_its_stages(tmp_path, sig, status, side_by_si
     stub.write_text(f"#!/bin/sh\n{which}echo $$ >> {tmp_path}/pids\nexec sleep 60\n")
     stub.chmod(0o755)
     env = {**os.environ, "PYTHON": str(stub), "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "JOBS": "2"}
+    # SIGINT at its default in the child: a shell cannot trap a signal it was started with ignored, as a test
+    # run started in the background (nohup, `&` without job control) passes SIGINT on
     proc = subprocess.Popen([os.path.join(helpers.REPO, "reproduce.sh")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pids, n = tmp_path / "pids", 2 if side_by_side else 1
     deadline = time.monotonic() + 30
     while not (pids.exists() and len(pids.read_text().split()) == n):
