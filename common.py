@@ -162,6 +162,7 @@ def keep_settings(msg):
         return m.group(0) + "".join(f" --{k}={shlex.quote(str(GIVEN[k]))}" for k in keys)
     return re.sub(r"python (\w+\.py)\b", add, msg)
 
+
 def _convert(key, text, default):
     """Turn the command-line string `text` into the type of `default`."""
     if isinstance(default, bool):
