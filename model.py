@@ -313,6 +313,16 @@ def check_finished(ckpt, path, name, allow_unfinished=False):
         f"or pass --allow_unfinished to use it as it is")
 
 
+def check_preset(ckpt, path, preset, allowed, purpose):
+    """One-line refusal of a model made with another preset than this run's, unless allowed: the scripts
+    default to paper on a GPU and reproduce.sh to tiny, so a stage of one preset on the other's model (a
+    fine-tune, SAEs) is a mistake unless meant. purpose: what --allow_other_preset would do, for the message."""
+    theirs = (ckpt.get("config") or {}).get("preset")
+    if isinstance(theirs, str) and theirs != preset and not allowed:
+        die(f"--preset {preset} differs from the preset {theirs} that {path} was made with; give --preset {theirs}, "
+            f"or --allow_other_preset to {purpose} on purpose")
+
+
 def model_from_checkpoint(ckpt, device="cpu"):
     model = Transformer(model_args_from_dict(ckpt["model_args"]))
     state = {clean_key(k): v for k, v in ckpt["model"].items()}

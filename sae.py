@@ -63,7 +63,7 @@ import torch.nn.functional as F
 
 import data as datalib
 import fast
-from model import clean_key, load_checkpoint, load_model
+from model import check_preset, clean_key, load_checkpoint, load_model
 
 # -----------------------------------------------------------------------------
 # config: the paper's values; PRESETS below override them
@@ -730,12 +730,8 @@ def setup(cfg):
     job.model, mckpt = load_model(cfg["out_dir"], job.name, job.device, allow_unfinished=cfg["allow_unfinished"])
     for p in job.model.parameters():
         p.requires_grad_(False)
-    # the scripts default to paper on a GPU, reproduce.sh to tiny: paper-width SAEs of a tiny model (or the
-    # reverse) are a mistake unless meant
-    theirs = (mckpt.get("config") or {}).get("preset")
-    if isinstance(theirs, str) and theirs != cfg["preset"] and not cfg["allow_other_preset"]:
-        die(f"--preset {cfg['preset']} differs from the preset {theirs} that {model_path} was made with; give "
-            f"--preset {theirs}, or --allow_other_preset to train {cfg['preset']}-preset SAEs on it on purpose")
+    check_preset(mckpt, model_path, cfg["preset"], cfg["allow_other_preset"],
+                 f"train {cfg['preset']}-preset SAEs on it")
     margs = job.model.args
     job.info = {"model_name": job.name, "model_hash": sha256_file(model_path), "model_fingerprint": model_fingerprint(mckpt),
                 "tokenizer_hash": mckpt["tokenizer_hash"], "domains": job.domains}

@@ -29,7 +29,7 @@ import torch
 
 import data as datalib
 import fast
-from model import (MAKES, ModelArgs, Transformer, check_finished, eval_loss, load_checkpoint,
+from model import (MAKES, ModelArgs, Transformer, check_finished, check_preset, eval_loss, load_checkpoint,
                    model_from_checkpoint, save_checkpoint)
 
 # -----------------------------------------------------------------------------
@@ -222,12 +222,8 @@ def build_model(run):
         parent = load_checkpoint(path, f"parent checkpoint '{cfg['parent']}'",
                                  MAKES.get(cfg["parent"], f"python train.py --domain {cfg['parent']}"))
         check_finished(parent, path, cfg["parent"], cfg["allow_unfinished"])
-        # the scripts default to paper on a GPU, reproduce.sh to tiny: a fine-tune of a tiny base with the paper's
-        # recipe (or the reverse) is a mistake unless meant
-        theirs = (parent.get("config") or {}).get("preset")
-        if isinstance(theirs, str) and theirs != cfg["preset"] and not cfg["allow_other_preset"]:
-            die(f"--preset {cfg['preset']} differs from the preset {theirs} that {path} was trained with; give "
-                f"--preset {theirs}, or --allow_other_preset to fine-tune with the {cfg['preset']} recipe on purpose")
+        check_preset(parent, path, cfg["preset"], cfg["allow_other_preset"],
+                     f"fine-tune with the {cfg['preset']} recipe")
         run.tok_hash, run.lineage_name = parent["tokenizer_hash"], cfg["parent"]
         model = model_from_checkpoint(parent, env.device)  # every weight, exactly the parent's
         run.parents = [{"name": cfg["parent"], "hash": sha256_file(path)}]
