@@ -667,6 +667,59 @@ def _encode_seconds(enc, path):
     return time.perf_counter() - t0 - tok, tok, size / 1e6
 
 
+def paper_extrapolation(cfg, corp, ddir, metas, mbs):
+    """bench_data's second half: on the largest generated corpus (corp, its token files in ddir), each part of
+    data.py timed alone on one thread, then {part: (wall seconds on PAPER_CORES cores, CPU seconds)} at the
+    paper's sizes, EXTRAPOLATED."""
+    import data
+    print("  on the largest corpus, each part alone (one thread) ...", flush=True)
+    enc, lcfg = data.load_tokenizer(ddir), dict(data.config, source=f"local:{corp}")
+    t0, memo = time.perf_counter(), {}
+    sides_mb = sum(int(data.doc_counts(lcfg, d, "train", memo)[1].sum()) for d in data.MIX_SIDES) / 1e6
+    t_pass = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sum(1 for _ in data.base_train_docs(lcfg, memo, 0.5))  # the paper's case: each document hashed for the share
+    t_pick = time.perf_counter() - t0
+    # the BPE on real text where there is some (generated text has fewer distinct chunks: a faster trainer)
+    real = [os.path.join(cfg["corpora"], d, "train.txt") for d in data.MIX_SIDES]
+    docs = [d for f in real for d in data.local_file_docs(f)] if all(map(os.path.exists, real)) else \
+        list(data.base_train_docs(lcfg, memo))
+    bpe_what = "real babylm + python samples" if all(map(os.path.exists, real)) else "the generated base mix"
+    bpe_mb, t0 = data.n_bytes(docs) / 1e6, time.perf_counter()
+    data.train_bpe(docs, 32000, log=lambda *a: None)
+    t_bpe = time.perf_counter() - t0
+    # its two phases scale apart: counting the chunks with the text, the merges with the distinct chunks, which
+    # grow as MB^heaps (Heaps' law; the exponent from half the text against all of it)
+    rx, t0, counts = re.compile(data.RE_PATTERN), time.perf_counter(), [Counter(), Counter()]
+    for i, d in enumerate(docs):  # as train_bpe counts them
+        counts[i % 2].update(rx.findall(d))
+    n_half, n_all = len(counts[0]), len(counts[0] | counts[1])
+    t_count = time.perf_counter() - t0
+    heaps = np.log(n_all / n_half) / np.log(bpe_mb / (data.n_bytes(docs[::2]) / 1e6))
+    del docs
+    enc_parts = {d: _encode_seconds(enc, os.path.join(corp, d, "train.txt")) for d in PAPER_MB}
+    t0 = time.perf_counter()
+    common.sha256_file(os.path.join(corp, "lua", "train.txt"))
+    hash_rate = os.path.getsize(os.path.join(corp, "lua", "train.txt")) / 1e6 / (time.perf_counter() - t0)
+    # the paper, EXTRAPOLATED: each part's measured seconds per MB times the paper's MB; the serial parts on one
+    # core, the tokenizer's calls on the PAPER_CORES - 1 cores the serial Python leaves (whichever takes longer)
+    # est: (wall seconds on PAPER_CORES cores, CPU seconds of all threads) of each part
+    mix, val = PAPER_MB["babylm"] + PAPER_MB["python"], 1.1
+    one = lambda s: (s, s)  # a serial part: its wall time is its CPU time
+    r = data.config["bpe_mb"] / bpe_mb  # the BPE's text at the paper's size over the text timed
+    est = {"tokenizer: count + pick passes over babylm + python": one((t_pass + t_pick) / sides_mb * mix),
+           f"tokenizer: BPE on {data.config['bpe_mb']:g} MB (bpe_mb); on {bpe_mb:.1f} MB of {bpe_what}: counting "
+           f"{t_count:.1f} s x r, merges {t_bpe - t_count:.0f} s x r^{heaps:.2f}, r = {r:.1f}":
+               one(t_count * r + max(t_bpe - t_count, 0) * r ** heaps)}
+    for d, (serial, tok_s, dmb) in enc_parts.items():
+        scale = PAPER_MB[d] * val / dmb
+        est[f"encode {d} (serial Python {dmb / serial:.0f} MB/s, tokenizer {dmb / tok_s:.1f} MB/s a thread)"] = \
+            (max(serial, tok_s / (PAPER_CORES - 1)) * scale, (serial + tok_s) * scale)
+    est["base assembly (and the val count pass)"] = one(metas["base"]["encode_seconds"] / mbs["base"] * mix * val)
+    est["file hashes (settings: babylm and python x3)"] = one((sum(PAPER_MB.values()) + 2 * mix) * val / hash_rate)
+    return est
+
+
 def bench_data(cfg, device):
     """Issue 24: `data.py --domain all --preset paper --vocab_size 32000` on generated corpora with the paper's
     document sizes (make_paper_like_corpus) at each of data_mb: peak RSS and each stage's MB/s; then, on the
@@ -698,53 +751,9 @@ def bench_data(cfg, device):
             peaks.append((mb, peak, sec))
             print(f"  {mb:g} MB: peak RSS {peak:,.0f} MiB, {sec:.0f} s in all; "
                   + "; ".join(f"{k} {m / max(s, 1e-9):.1f} MB/s" for k, (m, s) in stages.items()))
-        print(f"  on the {mb:g} MB corpus, each part alone (one thread) ...", flush=True)
-        enc, lcfg = data.load_tokenizer(ddir), dict(data.config, source=f"local:{corp}")
-        t0, memo = time.perf_counter(), {}
-        sides_mb = sum(int(data.doc_counts(lcfg, d, "train", memo)[1].sum()) for d in data.MIX_SIDES) / 1e6
-        t_pass = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        sum(1 for _ in data.base_train_docs(lcfg, memo, 0.5))  # the paper's case: each document hashed for the share
-        t_pick = time.perf_counter() - t0
-        # the BPE on real text where there is some (generated text has fewer distinct chunks: a faster trainer)
-        real = [os.path.join(cfg["corpora"], d, "train.txt") for d in data.MIX_SIDES]
-        docs = [d for f in real for d in data.local_file_docs(f)] if all(map(os.path.exists, real)) else \
-            list(data.base_train_docs(lcfg, memo))
-        bpe_what = "real babylm + python samples" if all(map(os.path.exists, real)) else "the generated base mix"
-        bpe_mb, t0 = data.n_bytes(docs) / 1e6, time.perf_counter()
-        data.train_bpe(docs, 32000, log=lambda *a: None)
-        t_bpe = time.perf_counter() - t0
-        # its two phases scale apart: counting the chunks with the text, the merges with the distinct chunks, which
-        # grow as MB^heaps (Heaps' law; the exponent from half the text against all of it)
-        rx, t0, counts = re.compile(data.RE_PATTERN), time.perf_counter(), [Counter(), Counter()]
-        for i, d in enumerate(docs):  # as train_bpe counts them
-            counts[i % 2].update(rx.findall(d))
-        n_half, n_all = len(counts[0]), len(counts[0] | counts[1])
-        t_count = time.perf_counter() - t0
-        heaps = np.log(n_all / n_half) / np.log(bpe_mb / (data.n_bytes(docs[::2]) / 1e6))
-        del docs
-        enc_parts = {d: _encode_seconds(enc, os.path.join(corp, d, "train.txt")) for d in PAPER_MB}
-        t0 = time.perf_counter()
-        common.sha256_file(os.path.join(corp, "lua", "train.txt"))
-        hash_rate = os.path.getsize(os.path.join(corp, "lua", "train.txt")) / 1e6 / (time.perf_counter() - t0)
+        est = paper_extrapolation(cfg, corp, ddir, metas, mbs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    # the paper, EXTRAPOLATED: each part's measured seconds per MB times the paper's MB; the serial parts on one
-    # core, the tokenizer's calls on the PAPER_CORES - 1 cores the serial Python leaves (whichever takes longer)
-    # est: (wall seconds on PAPER_CORES cores, CPU seconds of all threads) of each part
-    mix, val = PAPER_MB["babylm"] + PAPER_MB["python"], 1.1
-    one = lambda s: (s, s)  # a serial part: its wall time is its CPU time
-    r = data.config["bpe_mb"] / bpe_mb  # the BPE's text at the paper's size over the text timed
-    est = {"tokenizer: count + pick passes over babylm + python": one((t_pass + t_pick) / sides_mb * mix),
-           f"tokenizer: BPE on {data.config['bpe_mb']:g} MB (bpe_mb); on {bpe_mb:.1f} MB of {bpe_what}: counting "
-           f"{t_count:.1f} s x r, merges {t_bpe - t_count:.0f} s x r^{heaps:.2f}, r = {r:.1f}":
-               one(t_count * r + max(t_bpe - t_count, 0) * r ** heaps)}
-    for d, (serial, tok_s, dmb) in enc_parts.items():
-        scale = PAPER_MB[d] * val / dmb
-        est[f"encode {d} (serial Python {dmb / serial:.0f} MB/s, tokenizer {dmb / tok_s:.1f} MB/s a thread)"] = \
-            (max(serial, tok_s / (PAPER_CORES - 1)) * scale, (serial + tok_s) * scale)
-    est["base assembly (and the val count pass)"] = one(metas["base"]["encode_seconds"] / mbs["base"] * mix * val)
-    est["file hashes (settings: babylm and python x3)"] = one((sum(PAPER_MB.values()) + 2 * mix) * val / hash_rate)
     total, cpu = sum(w for w, _ in est.values()), sum(c for _, c in est.values())
     print(f"  EXTRAPOLATION to the paper's corpora ({', '.join(f'{d} {m:,} MB' for d, m in PAPER_MB.items())}, "
           f"+10% val) on {PAPER_CORES} cores, from these one-thread timings on this machine (wall, CPU time):")
