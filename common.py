@@ -147,6 +147,9 @@ def cli(main):
 # the folder and preset settings given on this command line: every fix a message prints as a command keeps
 # them (keep_settings), so that, copied as printed, it works on the user's folders, not on the defaults
 GIVEN = {}
+# every key set on this command line (not by a default or a preset): a setting that means nothing for this
+# run is refused when the user chose it and only noted when a preset did (sae.py's resample_every)
+COMMAND_LINE = set()
 SCRIPT_KEYS = {"data.py": ("data_dir", "preset"), "report.py": ("out_dir",),
                **{f"{s}.py": ("data_dir", "out_dir", "preset") for s in ("train", "sae", "merge", "analyze", "authors")}}
 
@@ -352,10 +355,17 @@ def parse_config(config, argv=None, presets=None, preset_default=None, checks=No
         chosen = layers[-1]
         config["preset"] = preset
     config.update(converted)
+    COMMAND_LINE.clear()
+    COMMAND_LINE.update(converted)
     if want_help:
         _print_help(config, presets or {}, chosen if presets else None, caller.get("__doc__"), caller.get("__file__"))
     for key, value in config.items():
         check_value(key, value, (checks or {}).get(key))
+    # one folder for both would put the models beside the token files of the same names (out/base/ckpt.pt in
+    # data/base/), where a stage could overwrite or lock another's files
+    if "data_dir" in config and "out_dir" in config and \
+            os.path.realpath(config["data_dir"]) == os.path.realpath(config["out_dir"]):
+        die(f"--data_dir and --out_dir are both {config['out_dir']}; give each its own folder")
     return config
 
 

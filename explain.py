@@ -232,15 +232,26 @@ def cache_path(cfg, messages):
     return os.path.join(cfg["cache_dir"], hashlib.sha256(blob.encode("utf-8")).hexdigest() + ".json")
 
 
+def cached(path):
+    """The answer cached at path, or None when there is none or the file is not one of ours (damaged,
+    another shape): the request is then made again and its answer replaces the file."""
+    try:
+        rec = common.read_json(path)
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8, not JSON
+        return None
+    return clean_text(rec["response"]) if isinstance(rec, dict) and isinstance(rec.get("response"), str) else None
+
+
 def chat(messages, cfg, state, max_tokens):
     """The answer text for `messages`, from the cache or one request (retried on 429/5xx/refused
     connections; a timeout gives up at once: a server that accepts and never answers would otherwise
     hold every attempt for the whole read timeout)."""
     messages = clean_messages(messages)  # encodable as UTF-8 (the body, the cache file)
     path = cache_path(cfg, messages)
-    if os.path.exists(path):
+    text = cached(path)
+    if text is not None:
         state["cached"] += 1
-        return clean_text(common.read_json(path)["response"])
+        return text
     if state["requests"] >= cfg["max_requests"]:
         raise CapReached("request cap reached")
     state["requests"] += 1
@@ -355,19 +366,25 @@ def explain_features(features, cfg):
             if len(c["tokens"]) != len(c["acts"]):
                 common.die(f"feature {f['key']}: a context has {len(c['tokens'])} tokens but "
                            f"{len(c['acts'])} activations")
+    # the cache is written here: one run at a time, and temp files of a killed run are removed
+    with common.lock_dir(cfg["cache_dir"], "an explanation run (explain.py or analyze.py)"):
+        return explain_locked(features, cfg)
+
+
+def explain_locked(features, cfg):
     # plan: 2 requests per feature, minus the cached ones (a cached explanation tells the simulation prompt)
     plans, need = [], 0
     for f in features:
         shown, held = split_contexts(f, cfg)
         msgs = explanation_messages(shown, cfg["explain_format"])
         plans.append((f, shown, held, msgs))
-        path = cache_path(cfg, clean_messages(msgs))
-        if not os.path.exists(path):
+        answer = cached(cache_path(cfg, clean_messages(msgs)))
+        if answer is None:
             need += 2
         else:
-            expl = parse_explanation(clean_text(common.read_json(path)["response"]))
-            need += int(bool(expl) and bool(held) and not os.path.exists(
-                cache_path(cfg, clean_messages(simulation_messages(expl, held)))))
+            expl = parse_explanation(answer)
+            need += int(bool(expl) and bool(held) and cached(
+                cache_path(cfg, clean_messages(simulation_messages(expl, held)))) is None)
     key = check_key(cfg) if need else None
     print(f"explain: {len(features)} features with {cfg['llm_model']} at {cfg['api_base']}: ~{need} requests "
           f"({2 * len(features) - need} cached), cap {cfg['max_requests']}, cache {cfg['cache_dir']}")

@@ -52,9 +52,9 @@ import zlib
 from types import SimpleNamespace
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
-from common import (atomic_torch_save, atomic_write_json, check_free_space, check_resume, cli, default_preset, die,
-                    lock_dir, parse_config, peak_gpu_mib, pick_device, provenance, read_json, set_threads, sha256_file,
-                    stamp)
+from common import (COMMAND_LINE, atomic_torch_save, atomic_write_json, check_free_space, check_resume, cli,
+                    default_preset, die, lock_dir, parse_config, peak_gpu_mib, pick_device, provenance, read_json,
+                    set_threads, sha256_file, stamp)
 
 import numpy as np
 import torch
@@ -758,11 +758,15 @@ def setup(cfg):
     if cfg["arch"] == "topk" and max(cfg["k"], job.aux_k) > job.n_features:
         die(f"--k {cfg['k']} / --aux_k {job.aux_k} must be at most the SAE's {job.n_features} features "
             f"(--expansion {cfg['expansion']} x d_mlp {job.d_in})")
-    # (said, not refused: short runs of a preset's period, as tests and smoke runs make, are fine without it)
+    # (refused when chosen on the command line; only said when the preset's period meets a short run, as
+    # tests and smoke runs make, which is fine without resampling)
     window = int(cfg["resample_until"] * job.total_steps)
     if cfg["arch"] == "relu" and cfg["resample_every"] > max(window, 1):
-        print(f"note: --resample_every {cfg['resample_every']} is beyond the resampling window (--resample_until "
-              f"{cfg['resample_until']} x {job.total_steps} steps = step {window}): nothing will be resampled")
+        why = (f"--resample_every {cfg['resample_every']} is beyond the resampling window (--resample_until "
+               f"{cfg['resample_until']} x {job.total_steps} steps = step {window})")
+        if "resample_every" in COMMAND_LINE:
+            die(f"{why}, so nothing would be resampled; give at most {max(window, 1)}, or 0 for no resampling")
+        print(f"note: {why}: nothing will be resampled")
     job.dir = os.path.join(cfg["out_dir"], f"sae_{job.name}")
     job.paths = {s: sae_path(cfg["out_dir"], job.name, s) for s in job.seeds}
     job.state_path = os.path.join(job.dir, STATE_FILE)

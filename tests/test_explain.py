@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
 import explain  # noqa: E402
 
 EXPLANATION = "the word foo"
@@ -189,6 +190,31 @@ def test_cache_resume_and_changed_prompt(llm, tmp_path):
     assert len(llm["requests"]) == 6 and "predict" in llm["requests"][5]["body"]["messages"][0]["content"]
     explain.explain_features(feats, make_cfg(llm, tmp_path, llm_model="other"))  # model is part of the key
     assert len(llm["requests"]) == 10
+
+
+def test_a_damaged_cache_entry_is_asked_again_and_a_killed_runs_temp_files_go(llm, tmp_path):
+    feats = [make_feature("lua/1")]
+    first = explain.explain_features(feats, make_cfg(llm, tmp_path))
+    cache = tmp_path / "cache"
+    entries = sorted(cache.glob("*.json"))
+    assert len(llm["requests"]) == 2 and len(entries) == 2
+    entries[0].write_text("[1, 2]")                                      # another shape
+    entries[1].write_bytes(b"\xff\xfe not json")                          # garbage
+    (cache / ".abc.json.x1.tmp").write_text("half an answer")            # an atomic write a kill interrupted
+    again = explain.explain_features(feats, make_cfg(llm, tmp_path))
+    assert again == first and len(llm["requests"]) == 4                 # both asked again, and rewritten
+    assert explain.cached(str(entries[0])) is not None and explain.cached(str(entries[1])) is not None
+    assert not list(cache.glob(".*.tmp")) and not (cache / ".lock").exists()
+
+
+def test_one_explanation_run_at_a_time_per_cache(llm, tmp_path):
+    import socket
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / ".lock").write_text(json.dumps({"pid": os.getpid(), "start": common.proc_start(os.getpid()),
+                                                          "host": socket.gethostname(), "command": "explain.py"}))
+    with pytest.raises(common.UserError, match=r"cache is in use by an explanation run"):
+        explain.explain_features([make_feature("lua/1")], make_cfg(llm, tmp_path))
+    assert not llm["requests"]
 
 
 def test_request_cap_and_resume(llm, tmp_path, capsys):

@@ -382,7 +382,7 @@ def test_one_line_errors(dirs, tmp_path):
     with pytest.raises(SystemExit, match="no .*data_c/lua/meta.json; run: python data.py --domain lua"):
         S.main([*RUN, f"--data_dir={tmp_path / 'data_c'}", f"--out_dir={out}", "--model=lua"])
     # an SAE checked against the wrong model: width, tokenizer, another version of the model
-    run(dirs, "--model=base", "--seeds=0", "--total_acts=64")
+    run(dirs, "--model=base", "--seeds=0", "--total_acts=64", "--resample_every=0")
     _, sck = S.load_sae(out, "base")
     _, mck = S.load_model(out, "base")
     S.check_sae_matches(sck, mck)
@@ -399,10 +399,10 @@ def test_one_line_errors(dirs, tmp_path):
         S.check_sae_matches(sck, mck, model_hash="0123456789abcdef")
     # resuming with other settings (a finished run too); resuming a retrained model; a loss that blows up
     with pytest.raises(SystemExit, match="--resume of .* with other settings .*--l1_coeff 1.5 -> 1.0"):
-        run(dirs, "--model=base", "--seeds=0", "--total_acts=64", "--resume", "--l1_coeff=1.0")
+        run(dirs, "--model=base", "--seeds=0", "--total_acts=64", "--resample_every=0", "--resume", "--l1_coeff=1.0")
     write_model(out, "base", seed=9)
     with pytest.raises(SystemExit, match="another version of model 'base'; retrain with --overwrite"):
-        run(dirs, "--model=base", "--seeds=0", "--total_acts=64", "--resume")
+        run(dirs, "--model=base", "--seeds=0", "--total_acts=64", "--resample_every=0", "--resume")
     with pytest.raises(SystemExit, match="loss of seed 0 became (nan|inf) at step \\d+; stopped without saving, the last good checkpoint"):
         run(dirs, "--model=base", "--seeds=0", "--overwrite", "--lr=1e30", "--l1_coeff=0")
     assert S.load_sae(out, "base")[1]["model_hash"] == sck["model_hash"]   # the earlier SAE was not touched
@@ -420,6 +420,16 @@ def test_bad_settings_are_refused_when_parsed(dirs, bad, msg):
     with pytest.raises(SystemExit, match=msg):
         run(dirs, "--model=base", bad)
     assert not os.path.exists(os.path.join(dirs[1], "sae_base"))            # refused before any work
+
+
+def test_a_resampling_period_beyond_the_run_is_refused_when_chosen_and_said_when_the_preset_set_it(dirs, capsys):
+    with pytest.raises(SystemExit, match=r"--resample_every 500 is beyond .* step 19\), so nothing would be"):
+        run(dirs, "--model=base", "--resample_every=500")                  # 24 steps x resample_until 0.8
+    assert not os.path.exists(os.path.join(dirs[1], "sae_base"))
+    S.main([a for a in RUN if not a.startswith("--resample_every")] + ["--model=base", f"--data_dir={dirs[0]}",
+                                                                       f"--out_dir={dirs[1]}"])
+    assert "note: --resample_every 200 is beyond" in capsys.readouterr().out   # the tiny preset's period
+    assert os.path.exists(S.sae_path(dirs[1], "base", 0))
 
 
 def test_truncated_token_file_is_refused(dirs):
@@ -540,7 +550,7 @@ def test_no_two_saes_of_the_study_share_their_initialisation(dirs):
     If seed 0 meant the same random decoder for every model, the edge would share its start and the null
     would not: after one step, every pair of SAEs must still be far apart row by row."""
     for m in ("base", "lua"):
-        run(dirs, f"--model={m}", "--total_acts=32", "--seeds=0,1")
+        run(dirs, f"--model={m}", "--total_acts=32", "--seeds=0,1", "--resample_every=0")
     dec = {(m, s): ck(dirs[1], m, s)["sae"]["W_dec"] for m in ("base", "lua") for s in (0, 1)}
     assert ck(dirs[1], "base", 0)["init_seed"] != ck(dirs[1], "lua", 0)["init_seed"]
     for a, b in ((("base", 0), ("lua", 0)), (("base", 0), ("base", 1)), (("lua", 0), ("lua", 1))):
