@@ -452,7 +452,7 @@ def test_early_check_stops_a_far_off_run_saved_naming_the_setting(dirs):
     assert run(dirs, *far, "--resume")["steps"] == 96                         # trains on (--health_at 0)
     # the same run with the tiny preset's L1 passes
     assert run(dirs, *far[:3], "--health_at=0.1", "--overwrite")["steps"] == 96
-    # no L1 at 8x: about half the 256 latents fire on every token, far above d_in 32
+    # no L1 at 8x: about half the 256 latents fire on every token, far above d_in 32 and a quarter of them (64)
     with pytest.raises(SystemExit, match=r"seed 0 has L0 \d{3}\.\d.*raise --l1_coeff \(now 0: too weak for 256"):
         run(dirs, "--model=lua", "--seeds=0", "--total_acts=3072", "--health_at=0.1", "--l1_coeff=0", "--expansion=8")
     # topk: the setting to change is k
