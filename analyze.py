@@ -38,12 +38,16 @@ The method, in the order main() runs it:
    ratios; and the classification by density band (rare / medium / common). Families follow each live
    base feature to lua and tinystories, and on to luastories.
 5. Select the examples: per edge and category, features spread over the category's density range,
-   alternately the clearest case and the closest call, distinct across edges, each with its reason;
-   and their partners across models.
-6. For those features: one more pass for their activation histograms and contexts drawn from each
-   activation interval, then their top contexts (only the sequences needed are re-run) and their
-   direct logit effects.
-7. Write results.json and pages.json, and render the report (report.py).
+   alternately the clearest case and the closest call, distinct across edges, each with its reason,
+   among the features that fire on >= min_fires tokens with a max >= min_act_frac x their SAE's median
+   max (example_rule); and their partners across models.
+6. One more pass for every live feature's activation histogram and the occurrences drawn from each
+   activation interval; then the examples' top contexts (only the sequences needed are re-run) and
+   their direct logit effects; then, in one pass with every model, every live feature's few top and
+   interval contexts, and on each of its edges its best partner's activations on the same top windows
+   (the report's tracking view), with its logit effects (browse_features).
+7. Write results.json, pages.json and the feature browser's side files (out/analysis/features/), and
+   render the report (report.py).
 """
 import os
 import time
@@ -90,6 +94,11 @@ config = dict(
     n_per_interval=2,           # contexts drawn at random from each interval
     hist_bins=30,               # bins of a feature page's activation histogram
     n_show=8,                   # contexts shown per feature in the report
+    n_all_top=3,                # every live feature, in the report's feature browser: top contexts kept (features/*.js)
+    all_window=16,              # tokens per context window there (and in its tracking view)
+    n_all_logits=5,             # logit effects kept there (each way)
+    min_fires=20,               # an example fires on at least this many tokens of the token set ...
+    min_act_frac=0.1,           # ... and its max activation is at least this fraction of its SAE's median max (live)
     max_pairs=200_000,          # many-to-many pairs stored per edge in results.json
     explain=False,              # automated interpretability of the selected features (explain.py)
     api_base="",                # passed to explain.py ("" = its default)
@@ -104,7 +113,8 @@ PRESETS = {
 CHECKS = {"threads": ">=0", "n_tokens": ">0", "min_tokens": ">=0", "threshold": "(0,1]", "skip_first": ">=0",
           "batch_size": ">0", "n_select": ">=0", "n_top": ">=1",
           "n_random": ">=0", "ctx_window": ">0", "n_show": ">0", "max_pairs": ">=0", "max_requests": ">=0",
-          "memory_gb": ">=0", "n_intervals": ">=1", "n_per_interval": ">=0", "hist_bins": ">=1"}
+          "memory_gb": ">=0", "n_intervals": ">=1", "n_per_interval": ">=0", "hist_bins": ">=1",
+          "n_all_top": ">=1", "all_window": ">0", "n_all_logits": ">=1", "min_fires": ">=1", "min_act_frac": ">=0"}
 MODELS = ("base", "lua", "tinystories", "luastories")
 EDGES = (("base", "lua"), ("base", "tinystories"), ("lua", "luastories"), ("tinystories", "luastories"),
          ("base", "luastories"))
@@ -521,18 +531,20 @@ def trail(m, i, edges, cls, threshold):
     return [(mm, j, r, via) for mm, (j, r, via) in found.items() if mm != m]
 
 
-def select_features(c, n, threshold, dens_p, dens_c, names, taken):
+def select_features(c, n, threshold, dens_p, dens_c, names, taken, allowed=None):
     """The report's examples for one edge: per category, n features spread over the category's density
     quantiles (the features split by density into n equal groups, one from each), within a group alternately
     the clearest case (farthest from the threshold on its side) and the closest call, never a feature that
-    is an example on another edge already (taken: set of (model, i), updated). Returns
-    {category: [(model, feature, reason)]}."""
+    is an example on another edge already (taken: set of (model, i), updated). allowed: {model: bool (F,)}, the
+    features active enough to be an example (select_pages: a firing count and a max activation); None = all.
+    Returns {category: [(model, feature, reason)]}."""
     parent, child = names
     cats = {"persisting": (c["persisting"], c["parent_best_r"], dens_p, parent),
             "disappearing": (c["disappearing"], c["parent_best_r"], dens_p, parent),
             "emerging": (c["emerging"], c["child_best_r"], dens_c, child)}
     out = {}
     for cat, (mask, best, dens, model) in cats.items():
+        mask = mask if allowed is None else mask & allowed[model]
         idx = np.array([i for i in np.nonzero(mask)[0] if (model, int(i)) not in taken], dtype=np.int64)
         side = 1.0 if cat == "persisting" else -1.0                                  # side * (r - threshold) >= 0
         picks = []
@@ -906,14 +918,28 @@ def vs_null(study, records):
     return records, null, spread
 
 
-def select_pages(cfg, study, cls, dens):
-    """Step 5: the features that get a page: per edge the examples (select_features), the nearest feature
-    across the edge of each disappearing / emerging one, and every page feature's partners in the other
-    models (trail). Returns (selection {edge: {category: [(model, i, reason)]}}, page keys, trails, near)."""
+def example_rule(cfg, study, stats):
+    """Which features may be an example: those that fire on >= min_fires tokens of the token set with a max
+    activation >= min_act_frac x the median max of their SAE's live features (a feature firing on a few tokens
+    at a tiny activation is no clear case of anything). Returns ({model: bool (F,)}, {model: that activation})."""
+    s0, allowed, floor = cfg["sae_seed"], {}, {}
+    for m in study.models:
+        nnz, mx = stats[(m, s0)]["nnz"].cpu().numpy(), stats[(m, s0)]["max"].cpu().numpy()
+        floor[m] = float(cfg["min_act_frac"] * np.median(mx[nnz > 0])) if (nnz > 0).any() else 0.0
+        allowed[m] = (nnz >= cfg["min_fires"]) & (mx >= floor[m])
+    return allowed, floor
+
+
+def select_pages(cfg, study, cls, dens, stats):
+    """Step 5: the features that get a page: per edge the examples (select_features, among the features
+    example_rule allows), the nearest feature across the edge of each disappearing / emerging one, and every
+    page feature's partners in the other models (trail). Returns (selection {edge: {category: [(model, i,
+    reason)]}}, page keys, trails, near, the rule {"min_fires", "min_act_frac", "min_act": {model: value}})."""
     s0, selection, keys, near, taken = cfg["sae_seed"], {}, set(), {}, set()
+    allowed, floor = example_rule(cfg, study, stats)
     for n, p, ch in study.edges:
         selection[n] = select_features(cls[n], cfg["n_select"], cfg["threshold"], dens[(p, s0)], dens[(ch, s0)],
-                                       (p, ch), taken)
+                                       (p, ch), taken, allowed)
         for category, chosen in selection[n].items():
             for m, i, _ in chosen:
                 keys.add((m, i))
@@ -927,7 +953,9 @@ def select_pages(cfg, study, cls, dens):
     for m, i in list(keys):
         trails[(m, i)] = trail(m, i, study.edges, cls, cfg["threshold"])
         keys.update((tm, tj) for tm, tj, _, _ in trails[(m, i)])
-    return selection, keys, trails, near
+    rule = {"min_fires": cfg["min_fires"], "min_act_frac": cfg["min_act_frac"],
+            "min_act": {m: float(f"{v:.4g}") for m, v in floor.items()}}
+    return selection, keys, trails, near, rule
 
 
 @torch.no_grad()
@@ -935,56 +963,64 @@ def feature_activity(cfg, study, seqs, keys, stats, device):
     """For the page features, one more pass over the token set: a histogram of each one's nonzero
     activations (hist_bins equal bins up to its max), and n_per_interval occurrences drawn uniformly at
     random from each of n_intervals equal-width activation intervals (sae_vis's quantile contexts; the
-    smallest random keys are kept, a reservoir sample). Returns {(model, i): {"max", "hist", "samples":
-    [[(seq, pos)] per interval]}}."""
+    smallest random keys are kept, a reservoir sample). Only the firing entries are touched (SAE features
+    are sparse): every live feature of every SAE goes through here. Returns {(model, i): {"max", "hist",
+    "samples": [[(seq, pos)] per interval]}}."""
     s0, T, skip, batch = cfg["sae_seed"], study.block_size, cfg["skip_first"], cfg["batch_size"]
     n_bins, n_int, per = cfg["hist_bins"], cfg["n_intervals"], cfg["n_per_interval"]
-    gen = torch.Generator().manual_seed(cfg["seed"] + 2)
+    gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 2)
     out = {}
     for m in study.models:
         feats = sorted(i for mm, i in keys if mm == m)
         if not feats:
             continue
+        k = len(feats)
         sae, idx = study.sae[(m, s0)], torch.tensor(feats, device=device)
         top = stats[(m, s0)]["max"][idx].float().clamp_min(1e-30)                           # (k,)
-        hist = torch.zeros(len(feats) * n_bins, dtype=torch.float64, device=device)
-        keep_key = torch.full((n_int, per, len(feats)), float("inf"), device=device)
-        keep_row = torch.full((n_int, per, len(feats)), -1, dtype=torch.long, device=device)
-        offset = torch.arange(len(feats), device=device) * n_bins
+        hist = torch.zeros(k * n_bins, dtype=torch.float64, device=device)
+        # the reservoir, per (interval, feature) group g = q * k + feature: `per` (key, row) pairs; an empty slot
+        # has key 1.5 (real keys are in [0, 1)), so sorting by 2 g + key keeps groups apart, smallest keys first
+        keep_g = torch.arange(n_int * k, device=device).repeat_interleave(per)            # (n_int * k * per,)
+        keep_key = torch.full((n_int * k * per,), 1.5, dtype=torch.float64, device=device)
+        keep_row = torch.full((n_int * k * per,), -1, dtype=torch.long, device=device)
         for start, h in saelib.mlp_activations(study.model[m], seqs, batch, device, skip, use_fast=cfg["fast"]):
             acts = encode_at(sae, h.reshape(-1, study.d_mlp), idx, cfg["fast"])            # (rows, k)
-            on = acts > 0
-            level = (acts / top).clamp(0, 1)
-            bins = (level * n_bins).ceil().long().clamp(1, n_bins) - 1 + offset
-            hist.index_add_(0, bins[on], torch.ones(int(on.sum()), dtype=torch.float64, device=device))
-            interval = torch.where(on, (level * n_int).ceil().long().clamp(1, n_int), 0)
-            rand = torch.rand(acts.shape, generator=gen).to(device)
-            row_id = start * (T - skip) + torch.arange(len(acts), device=device)
-            for q in range(n_int):
-                key = torch.where(interval == q + 1, rand, float("inf"))
-                val, pos = key.topk(min(per, len(key)), dim=0, largest=False)
-                both_v, both_r = torch.cat([keep_key[q], val]), torch.cat([keep_row[q], row_id[pos]])
-                keep_key[q], sel = both_v.topk(per, dim=0, largest=False)
-                keep_row[q] = both_r.gather(0, sel)
-        hist = hist.view(len(feats), n_bins).long().cpu()
-        for k, i in enumerate(feats):
-            rows = [[int(r) for r, v in zip(keep_row[q, :, k].tolist(), keep_key[q, :, k].tolist()) if v < float("inf")]
-                    for q in range(n_int)]
-            out[(m, i)] = {"max": float(top[k]), "hist": hist[k].tolist(),
+            r, f = (acts > 0).nonzero(as_tuple=True)                                        # firing entries (N,)
+            level = (acts[r, f] / top[f]).clamp(0, 1)
+            hist.index_add_(0, (level * n_bins).ceil().long().clamp(1, n_bins) - 1 + f * n_bins,
+                            torch.ones(len(r), dtype=torch.float64, device=device))
+            g = torch.cat([keep_g, ((level * n_int).ceil().long().clamp(1, n_int) - 1) * k + f])
+            key = torch.cat([keep_key, torch.rand(len(r), generator=gen, device=device, dtype=torch.float64)])
+            row = torch.cat([keep_row, start * (T - skip) + r])
+            order = torch.argsort(2.0 * g + key)
+            g, key, row = g[order], key[order], row[order]
+            first = torch.searchsorted(g, g)                                                # each group's first
+            take = torch.arange(len(g), device=device) - first < per                       # its `per` smallest
+            keep_key, keep_row = key[take], row[take]
+        hist = hist.view(k, n_bins).long().cpu().tolist()
+        # as lists per feature ([k][interval][sample]) once: indexing tensors per feature is slow at 16,384 features
+        kept = keep_row.view(n_int, k, per).permute(1, 0, 2).tolist()
+        keys_k = keep_key.view(n_int, k, per).permute(1, 0, 2).tolist()
+        tops = top.tolist()
+        for c, i in enumerate(feats):
+            rows = [[r for r, v in zip(kept[c][q], keys_k[c][q]) if v < 1.0] for q in range(n_int)]
+            out[(m, i)] = {"max": tops[c], "hist": hist[c],
                            "samples": [[(r // (T - skip), r % (T - skip) + skip) for r in qr] for qr in rows]}
     return out
 
 
 def collect_pages(cfg, study, stats, seqs, keys, device):
-    """Step 6: the page features' activity (feature_activity), their contexts (top sequences cut around the
-    max, occurrences from each activation interval, shared random windows), and direct logit effects.
-    Returns ({(model, i): contexts}, {(model, i): activity}, {(model, i): (top, bottom)}, token strings)."""
+    """Step 6: the activity of the page features and of every live feature (feature_activity: the browser shows
+    every one), the page features' contexts (top sequences cut around the max, occurrences from each activation
+    interval, shared random windows), and direct logit effects. Returns ({(model, i): contexts},
+    {(model, i): activity}, {(model, i): (top, bottom)}, token strings)."""
     s0, T = cfg["sae_seed"], study.block_size
     rng = np.random.default_rng(cfg["seed"] + 1)
     width = min(cfg["ctx_window"], T)
     rand = [(int(s), int(rng.integers(0, T - width + 1)))
             for s in rng.choice(len(seqs), size=min(cfg["n_random"], len(seqs)), replace=False)]
-    activity = feature_activity(cfg, study, seqs, keys, stats, device)
+    live = {(m, int(i)) for m in study.models for i in torch.nonzero(stats[(m, s0)]["nnz"] > 0).flatten().tolist()}
+    activity = feature_activity(cfg, study, seqs, keys | live, stats, device)
     ctx, logit, ids_used = {}, {}, set()
     for m in study.models:
         feats = sorted(i for mm, i in keys if mm == m)
@@ -1012,6 +1048,113 @@ def collect_pages(cfg, study, stats, seqs, keys, device):
                 for c in kind:
                     ids_used.update(c[0])
     return ctx, activity, logit, token_strings(datalib.load_tokenizer(cfg["data_dir"]), ids_used)
+
+
+# every live feature for the report's browser: a few contexts each, as token positions in the token set (one
+# copy of it, features/tokens.js) and activations in base-36 digits, 0 = not firing, k = ceil(LEVELS * a / max)
+LEVELS = 35
+DIGITS = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+
+
+def level_strings(acts, top):
+    """(R, W) activations and (R,) the max of the feature each row is of -> R strings of W base-36 digits."""
+    lv = torch.ceil(acts / top.clamp_min(1e-30)[:, None] * LEVELS).clamp(0, LEVELS).to(torch.uint8).cpu().numpy()
+    raw, W = DIGITS[lv].tobytes().decode(), lv.shape[1]
+    return [raw[k * W:(k + 1) * W] for k in range(len(lv))]
+
+
+@torch.no_grad()
+def browse_features(cfg, study, cls, stats, activity, seqs, device):
+    """Step 6b: every live feature of every tracked SAE for the report's feature browser, in one pass over the
+    token set with every model: its n_all_top top sequences cut to all_window tokens around the max, the first
+    occurrence feature_activity drew from each activation interval, and, on each edge it is on, its best
+    partner's activations on the same top windows (run through the partner's model and SAE: the tracking
+    view), with the histogram and n_all_logits logit effects each way. Returns {model: side-file record}."""
+    s0, T, batch, n_top = cfg["sae_seed"], study.block_size, cfg["batch_size"], cfg["n_all_top"]
+    W, skip = min(cfg["all_window"], T), cfg["skip_first"]
+    # what to cut, per model: rows (seq, feature, pos, slot) sorted by seq; pos -1 = around the max in that
+    # sequence (a top context, slot = its rank), else the drawn token of interval slot - n_top
+    want = {}
+    for m in study.models:
+        top_v, top_i = stats[(m, s0)]["top_v"][:n_top].cpu().numpy(), stats[(m, s0)]["top_i"][:n_top].cpu().numpy()
+        rank, f = np.nonzero(top_v > 0)                                                 # (n_top, F) -> hits
+        rows = [[int(s), i, -1, int(r)] for s, i, r in zip(top_i[rank, f].tolist(), f.tolist(), rank.tolist())]
+        rows += [[q_s[0][0], i, q_s[0][1], n_top + q] for (mm, i), a in activity.items() if mm == m
+                 for q, q_s in enumerate(a["samples"]) if q_s]
+        a = np.array(rows, dtype=np.int64).reshape(-1, 4)
+        want[m] = a[np.argsort(a[:, 0], kind="stable")]
+    # the edges each model is on, and each of its features' best partner there (-1: none)
+    partners = {m: [(k, c if p == m else p, np.asarray(cls[n]["parent_best" if p == m else "child_best"]))
+                    for k, (n, p, c) in enumerate(study.edges) if m in (p, c)] for m in study.models}
+    maxes = {m: stats[(m, s0)]["max"].float() for m in study.models}
+    got = {m: [] for m in study.models}
+    ar_T, ar_W = torch.arange(T, device=device), torch.arange(W, device=device)
+    runs = [saelib.mlp_activations(study.model[m], seqs, batch, device, use_fast=cfg["fast"]) for m in study.models]
+    for per_model in zip(*runs):
+        A = {}
+        for m, (lo, h) in zip(study.models, per_model):
+            A[m] = study.sae[(m, s0)].encode(h.reshape(-1, study.d_mlp)).view(len(h), T, -1).float()  # (b, T, F)
+            A[m][:, :skip] = 0.0  # positions left out of the statistics are shown, never counted
+        hi = lo + len(h)
+        for m in study.models:
+            a = want[m][np.searchsorted(want[m][:, 0], lo):np.searchsorted(want[m][:, 0], hi)]
+            if not len(a):
+                continue
+            t = torch.from_numpy(a).to(device)
+            rows, feat = t[:, 0] - lo, t[:, 1]
+            vals = A[m][rows[:, None], ar_T[None, :], feat[:, None]]                   # (R, T)
+            centre = torch.where(t[:, 2] >= 0, t[:, 2], vals.argmax(1))
+            cols = (centre - (3 * W) // 4).clamp(0, T - W)[:, None] + ar_W              # (R, W)
+            track = []
+            for k, other, best in partners[m]:
+                j = torch.from_numpy(best[a[:, 1]]).to(device).clamp_min(0)
+                pv = A[other][rows[:, None], cols, j[:, None]]                            # (R, W)
+                track.append(level_strings(pv, maxes[other][j]))
+            got[m].append((a.tolist(), cols[:, 0].tolist(), level_strings(vals.gather(1, cols), maxes[m][feat]),
+                           list(zip(*track)) if track else [()] * len(a)))
+    out = {}
+    for m in study.models:
+        sae, live = study.sae[(m, s0)], (stats[(m, s0)]["nnz"] > 0).cpu().numpy()
+        tops, quants = {}, {}
+        for rows, starts, own, track in got[m]:
+            for (s, i, pos, slot), st, codes, tr in zip(rows, starts, own, track):
+                if slot < n_top:   # [seq, start, digits, [the partner's digits per edge]], by rank below
+                    tops.setdefault(i, []).append((slot, [s, st, codes, list(tr)]))
+                else:              # [interval, seq, start, digits, the drawn token's place in the window]
+                    quants.setdefault(i, []).append([slot - n_top, s, st, codes, pos - st])
+        feats = [None] * sae.n_features
+        ids = torch.nonzero(torch.from_numpy(live)).flatten().tolist()
+        for c0 in range(0, len(ids), 1024):  # logit effects in chunks: (chunk, vocab) at a time
+            chunk = ids[c0:c0 + 1024]
+            ti, tv, bi, bv = logit_effects(study.model[m], sae.W_dec[torch.tensor(chunk, device=sae.W_dec.device)],
+                                           cfg["n_all_logits"])
+            for k, i in enumerate(chunk):
+                act = activity[(m, i)]
+                head = []
+                for (e, other, best) in partners[m]:   # [edge index, partner, its max], or None
+                    j = int(best[i])
+                    head.append([e, j, float(f"{maxes[other][j]:.3g}")] if j >= 0 else None)
+                pairs = lambda ids, vals: [[a, round(b, 2)] for a, b in zip(ids[k].tolist(), vals[k].tolist())]
+                feats[i] = [float(f"{act['max']:.3g}"), act["hist"], [c for _, c in sorted(tops.get(i, []))],
+                            sorted(quants.get(i, [])), pairs(ti, tv), pairs(bi, bv), head]
+        out[m] = {"model": m, "levels": LEVELS, "width": W, "n_intervals": cfg["n_intervals"],
+                  "fields": "per feature (null: dead): [max, histogram counts, top [seq, start, digits, partner digits "
+                            "per edge], interval [q, seq, start, digits, at], promotes [[id, logit]], suppresses, "
+                            "partners [edge, feature, max] per edge]",
+                  "edges": [study.edges[e][0] for e, _, _ in partners[m]], "f": feats}
+    return out
+
+
+def token_record(cfg, seqs, logit_ids):
+    """features/tokens.js: the token set (every context of the browser is a window of it) as little-endian
+    uint16 or uint32 in base64, and the strings of every token id it or a logit effect uses."""
+    import base64
+    seqs = np.asarray(seqs)
+    dtype = np.dtype(np.uint16 if int(seqs.max()) < 65536 else np.uint32).newbyteorder("<")
+    used = set(np.unique(seqs).tolist()) | set(logit_ids)
+    return {"n_seq": int(seqs.shape[0]), "T": int(seqs.shape[1]), "dtype": dtype.name,
+            "ids": base64.b64encode(seqs.astype(dtype).tobytes()).decode(),
+            "tok": token_strings(datalib.load_tokenizer(cfg["data_dir"]), used)}
 
 
 def run_explain(cfg, explain, ctx, tok, dead):
@@ -1112,6 +1255,102 @@ def results_record(cfg, study, token_set, found, dens, dead, selection, explanat
             "explanations": explanations, **timing, "provenance": prov}
 
 
+# -----------------------------------------------------------------------------
+# model diffing (issue 28): diffing.py's crosscoders and cross-applied SAEs joined with this run's statuses
+
+DIFF_AGREE = {"p": "s", "d": "p", "m": "s", "e": "c"}  # status -> the crosscoder class that agrees with it
+DIFF_MATCH = CURVE_MIN   # a feature's best crosscoder latent counts from this r on; below: "unmatched"
+
+
+def diffing_record(cfg, study, found, stats, seqs, device, n_examples=2, n_ctx=3):
+    """results.json["diffing"] from out_dir/diffing/diffing.json (diffing.py), None when there is none: per edge the
+    crosscoder's class fractions beside the correlation's fractions and the null's, the cross-application's
+    metrics, and per SAE feature the agreement of its status (persists / disappears, matched / emerges) with
+    the class of its best crosscoder latent (DIFF_AGREE), with examples of disagreement and their top contexts.
+    A diffing.json made from other SAEs than this run's is named stale and not joined."""
+    path, s0 = os.path.join(cfg["out_dir"], "diffing", "diffing.json"), cfg["sae_seed"]
+    if not os.path.exists(path):
+        return None
+    d = common.read_record(path, "diffing", "python diffing.py")
+    stale = [m for m, h in d["sae_hashes"].items() if m in study.models and study.info[m][f"sae{s0}"]["hash"] != h]
+    if stale or d.get("sae_seed", s0) != s0:
+        print(f"note: {path} was made from other SAEs ({', '.join(stale) or 'seed'}); not joined: re-run diffing.py")
+        return {"stale": f"made from other SAEs ({', '.join(stale) or 'another seed'}); re-run python diffing.py"}
+    out, wanted, legend = {}, {}, {**d["class_legend"], "u": "unmatched"}
+    for name, e in d["edges"].items():
+        if name not in found["edges"]:
+            continue
+        rec, status = found["edges"][name], found["edges"][name]["status"]
+        seeds = e["crosscoder"]["seeds"]
+        classes = seeds[min(seeds, key=int)]["classes"]
+        table, examples = {}, []
+        for side, model, pick in (("parent", e["parent"], "pd"), ("child", e["child"], "me")):
+            m = e["match"][side]
+            got = [classes[j] if j >= 0 and r >= DIFF_MATCH else "u" for j, r in zip(m["latent"], m["r"])]
+            table[side] = {st: {cl: sum(1 for s, g in zip(status[side], got) if s == st and g == cl)
+                                for cl in "spcmxu"} for st in pick}
+            own = e["firing"][f"{side}_sae"]
+            for i, (st, g) in enumerate(zip(status[side], got)):
+                if st in pick and g in "spcm" and g != DIFF_AGREE[st] and (st in "de" or g in "pc"):
+                    examples.append({"model": model, "feature": i, "status": STATUS_LEGEND[st],
+                                     "latent": m["latent"][i], "latent_class": legend[g], "r": m["r"][i],
+                                     "rate_own": own["rate_own"][i], "rate_other": own["rate_other"][i]})
+        examples.sort(key=lambda x: -x["r"])
+        kinds, chosen = {}, []
+        for x in examples:  # the clearest (highest r) n_examples of each kind of disagreement
+            k = (x["status"], x["latent_class"])
+            if kinds.get(k, 0) < n_examples:
+                kinds[k] = kinds.get(k, 0) + 1
+                chosen.append(x)
+                wanted.setdefault(x["model"], set()).add(x["feature"])
+        agree = sum(t[st][DIFF_AGREE[st]] for t in table.values() for st in t)
+        n = sum(sum(v.values()) for t in table.values() for v in t.values())
+        matched = n - sum(v["u"] for t in table.values() for v in t.values())   # with a latent at r >= DIFF_MATCH
+        c = rec["counts"]
+        kept = ("live", "dead", "counts", "fractions", "fvu", "l0", "spurious", "genuine", "delta_hist")
+        out[name] = {"crosscoder": {"seeds": {s: {k: v[k] for k in kept} for s, v in seeds.items()},
+                                    "null": e["crosscoder"]["null"]},
+                     "correlation": {"persisting_frac": rec["persisting_frac"],
+                                     "disappearing_frac": c["disappearing"] / max(c["parent_live"], 1),
+                                     "emerging_frac": rec["emerging_frac"],
+                                     "null_persisting_frac": rec.get("null_parent_persisting_frac")},
+                     "cross_application": e["cross_application"],
+                     "firing": {s: {k: v for k, v in f.items() if not k.startswith("rate")}
+                                for s, f in e["firing"].items()},
+                     "agreement": {**table, "agree": agree, "n": n, "agree_frac": round(agree / max(n, 1), 5),
+                                   "n_matched": matched, "agree_frac_matched": round(agree / max(matched, 1), 5)},
+                     "examples": chosen}
+    ctx = diffing_contexts(cfg, study, stats, seqs, wanted, device, n_ctx)
+    for rec in out.values():
+        for x in rec["examples"]:
+            x["contexts"] = ctx.get((x["model"], x["feature"]), [])
+    return {"edges": out, "arch": d["arch"], "cuts": d["cuts"], "match_min_r": DIFF_MATCH,
+            "agree_rule": {STATUS_LEGEND[k]: legend[v] for k, v in DIFF_AGREE.items()}, "class_legend": legend,
+            "delta": d["delta"], "seconds": d["seconds"]}
+
+
+def diffing_contexts(cfg, study, stats, seqs, wanted, device, n_ctx):
+    """{(model, feature): [{"tokens": [str], "acts": [float]}]}: the n_ctx top contexts of the examples."""
+    s0, width, out = cfg["sae_seed"], min(cfg["ctx_window"], study.block_size), {}
+    enc = datalib.load_tokenizer(cfg["data_dir"])
+    for m, feats in wanted.items():
+        feats = sorted(feats)
+        top_i, top_v = stats[(m, s0)]["top_i"], stats[(m, s0)]["top_v"]
+        wants = {}
+        for i in feats:
+            for s, v in zip(top_i[:, i].tolist(), top_v[:, i].tolist()):
+                if v > 0:
+                    wants.setdefault(int(s), []).append((i, "top", None))
+        got = collect_contexts(study.model[m], study.sae[(m, s0)], seqs, feats, wants, width, cfg["batch_size"],
+                               device, cfg["skip_first"], cfg["fast"])
+        for i in feats:
+            ids = {t for c in got[i]["top"] for t in c[0]}
+            tok = token_strings(enc, ids)
+            out[(m, i)] = [{"tokens": [tok[t] for t in c[0]], "acts": [round(a, 3) for a in c[1]]}
+                           for c in got[i]["top"][:n_ctx]]
+    return out
+
+
 def print_summary(res, study):
     n_tok, secs = res["token_set"]["n_tokens"], res["stream_seconds"]
     print(f"streamed {n_tok:,} tokens through {len(study.models)} models and {len(study.sae)} SAEs in {secs:.1f} s "
@@ -1167,9 +1406,9 @@ def main(argv=None):
           f"models {', '.join(dict.fromkeys(cfg['models']))}")
     adir = os.path.join(cfg["out_dir"], "analysis")
     with torch.no_grad(), common.lock_dir(adir, "an analysis"):
-        # results.json, pages.json and report.html: a few MB at the paper's sizes (the pages' contexts dominate);
-        # checked before the long passes, not after them
-        common.check_free_space(adir, 32 << 20, "the analysis (results.json, pages.json, report.html)")
+        # results.json, pages.json, report.html and the browser's side files (features/, which dominate; their
+        # size at the paper's sizes: BENCHMARKS.md); checked before the long passes, not after them
+        common.check_free_space(adir, 128 << 20, "the analysis (results.json, pages.json, features/, report.html)")
         # 1. models and SAEs; 2. the token set
         study = load_study(cfg, device)
         seqs, token_set = draw_tokens(cfg, study)
@@ -1180,14 +1419,25 @@ def main(argv=None):
         # 3. streaming passes; 4. classification of every pair, stability, families
         cls, found, dens, dead, stats, timing = track(cfg, study, seqs, token_set, device)
         # 5. the features that get a page; 6. their activity, contexts and logit effects (and explanations)
-        selection, keys, trails, near = select_pages(cfg, study, cls, dens)
+        selection, keys, trails, near, rule = select_pages(cfg, study, cls, dens, stats)
         ctx, activity, logit, tok = collect_pages(cfg, study, stats, seqs, keys, device)
+        t0 = time.time()
+        browse = browse_features(cfg, study, cls, stats, activity, seqs, device)   # 6b. every live feature
+        print(f"feature browser: {sum(f is not None for r in browse.values() for f in r['f']):,} live features' "
+              f"contexts, partners and logit effects in {time.time() - t0:.1f} s")
         explanations, explain_error = run_explain(cfg, explain, ctx, tok, dead)
-        # 7. results.json, pages.json, report.html
+        # 7. results.json, pages.json, the browser's side files (features/), report.html
         res = results_record(cfg, study, token_set, found, dens, dead, selection, explanations, timing)
+        res["selection_rule"] = rule
+        diff = diffing_record(cfg, study, found, stats, seqs, device)  # diffing.py's results, when it has run
+        if diff is not None:
+            res["diffing"] = diff
         pages = page_data(cfg, study, ctx, activity, logit, trails, near, tok, explanations)
         common.atomic_write_json(os.path.join(adir, "results.json"), common.stamp(res, "results"))
         common.atomic_write_json(os.path.join(adir, "pages.json"), common.stamp(pages, "pages"))
+        logit_ids = {t for r in browse.values() for f in r["f"] if f for t, _ in f[4] + f[5]}
+        side_bytes = report.write_side_files(adir, browse, token_record(cfg, seqs, logit_ids))
+        print(f"-> {os.path.join(adir, report.SIDE)}/: {len(browse)} models + the token set, {side_bytes / 1e6:.1f} MB")
         report_path = report.write_report(cfg["out_dir"])
     print_summary(res, study)
     print(f"-> {os.path.join(adir, 'results.json')}\n-> {report_path}")

@@ -151,7 +151,8 @@ GIVEN = {}
 # run is refused when the user chose it and only noted when a preset did (sae.py's resample_every)
 COMMAND_LINE = set()
 SCRIPT_KEYS = {"data.py": ("data_dir", "preset"), "report.py": ("out_dir",),
-               **{f"{s}.py": ("data_dir", "out_dir", "preset") for s in ("train", "sae", "merge", "analyze", "authors")}}
+               **{f"{s}.py": ("data_dir", "out_dir", "preset") for s in ("train", "sae", "merge", "analyze", "authors",
+                                                                           "diffing")}}
 
 
 def keep_settings(msg):
@@ -671,8 +672,10 @@ KINDS = {"model": ("a model checkpoint", {"model": dict, "model_args": dict}),
          "results": ("analyze.py's results", {"edges": dict, "models": dict, "threshold": NUM, "token_set": dict,
                                               "provenance": dict}),
          "pages": ("analyze.py's feature pages", {"pages": dict, "tok": object}),
-         "train_metrics": ("train.py's metrics", {"val_loss": dict})}
-TORCH_KINDS = ("model", "sae", "sae_state")  # torch.save files: these carry a checksum (JSON records do not)
+         "train_metrics": ("train.py's metrics", {"val_loss": dict}),
+         "crosscoder": ("a crosscoder", {"crosscoder": dict, "crosscoder_args": dict}),    # diffing.py
+         "diffing": ("diffing.py's results", {"edges": dict, "sae_hashes": dict, "provenance": dict})}
+TORCH_KINDS = ("model", "sae", "sae_state", "crosscoder")  # torch.save files: with a checksum (JSON records: none)
 
 
 def stamp(obj, kind):

@@ -2,26 +2,56 @@
 The study's report: out/analysis/results.json and pages.json (both written by analyze.py), with what
 the earlier stages keep (out/<model>/metrics.json loss history, out/sae_<model>/metrics.json training
 logs and evaluations, out/<merge>/merge.json, out/merge_sweep.json) -> out/analysis/report.html, one
-offline HTML file (no network, no external scripts): the models' loss curves, the merge sweep, the SAEs
-(a table with CE loss recovered, their training curves), the edge and null tables, the stability
-curves of each edge against its null (many-to-many and one-to-one, plain and frequency-weighted), the
-density bands, the feature families, and a page per feature in the manner of sae_vis / Neuronpedia:
-activation histogram, top contexts, contexts drawn from each activation interval, logit effects as
-values, and the best partner on every edge with r, decoder cosine and status.
+HTML file that opens offline (no network), beside its side files out/analysis/features/ (written by
+analyze.py through write_side_files here).
+
+The first screen: what was run (data, preset, models, token set), each edge against its seed-null (the
+ratio table) with its reading in one line, and links to the rest: every feature (browse, search), the
+example features, the models' loss curves (a fine-tune's starts at its parent's loss), the merge sweep,
+the SAEs (a table, training curves with L0 on a log axis, CE loss recovered, each SAE's log-density
+histogram), the edge and null tables, the stability curves, the density bands, the families. Every chart
+says what one of its points is.
+
+Model diffing (only when results.json has "diffing", analyze.py's join of diffing.py's record; a stale one
+is one line naming what to re-run): a row per edge with the correlation's persisting / disappearing /
+emerging fractions, its null and their ratio beside the crosscoder's shared / parent-only / child-only /
+mixed fractions (each seed), its spurious exclusive latents and its seed null, and the agreement of the
+two readings; per edge the histogram of the latents' relative decoder norm (both seeds, the cut-offs
+dashed), the class of each SAE feature's best latent by its status (stacked bars), the cross-application
+(each model's SAE on both models: FVU, L0, CE recovered, features that stop or start firing), and the
+features where the two readings disagree, with their top contexts, each linking to its page.
+
+Every live feature of every SAE has a page, in the manner of sae_vis / Neuronpedia: firing rate, activation
+histogram, top contexts, contexts drawn from each activation interval, logit effects, the best partner on
+every edge with r, decoder cosine and status, and the tracking view: on each edge, the partner's
+activations (through its own model and SAE) on this feature's top contexts, row under row, so a reader sees
+whether "persisting" means the same behaviour. The example features have more contexts (pages.json,
+embedded); every other feature's come from its model's side file, features/<model>.js, a script setting
+window.FEATURES[model] (a page opened from disk cannot fetch() a file, it can load a script), loaded on
+demand with features/tokens.js (the token set, once: contexts are positions in it, activations one
+base-36 digit a token), so the side files grow with features x a few contexts, not with the vocabulary or
+the context width: the page states their size; measured and at the paper's sizes in BENCHMARKS.md. One
+model's file loads for a feature page, all of them for a token search. A search by feature (lua/12) or by
+token (self: the features whose top contexts peak on it), and a list of each model's features sortable by
+density and filtered by status.
 
     python report.py                        # re-renders out/analysis/report.html; recomputes nothing
     python report.py --out_dir out_local
 
+Links: report.html#lua/1240 opens feature 1240 of lua in place of the report, at the top (so a plain
+screenshot of the link shows it); report.html#search=self runs a search; other anchors are sections.
+
 Nothing here decides anything about features: every count, curve and status (persists, disappears,
 emerges, dead) is read from what analyze.py wrote; a part an older results.json lacks is left out with
-a note. Tables and figures are built here as HTML and inline SVG; the feature pages are built in the
-browser from the JSON embedded in the page, and report.html#lua/1240 opens feature 1240 of lua.
-Checked in headless Chromium by tests/test_report_browser.py (which also takes screenshots).
+a note. Tables and figures are built here as HTML and inline SVG; the feature pages, list and search are
+built in the browser from the JSON embedded in the page and the side files. Checked in headless Chromium
+by tests/test_report_browser.py (the first screen, a deep link at 1280 x 800, a search, the tracking view).
 """
 import html
 import json
 import math
 import os
+import textwrap
 
 import common
 from common import die
@@ -73,7 +103,7 @@ def _span(values, fixed=None, widen=True):
 
 
 def legend_svg(series, x, y, width):
-    """Legend entries (a sample of the line, or a dot, and the name) left to right, wrapping at width.
+    """Legend entries (a sample of the line, a dot, or a square for bars; the name) left to right, wrapping at width.
     Returns (svg, number of rows)."""
     out, cx, row = [], x, 0
     for s in series:
@@ -81,7 +111,9 @@ def legend_svg(series, x, y, width):
         if cx + wd > x + width and cx > x:
             cx, row = x, row + 1
         yy = y + 14 * row
-        mark = (f'<circle cx="{cx + 9:.0f}" cy="{yy - 4}" r="3" fill="{s["colour"]}"/>' if s.get("noline") else
+        mark = (f'<rect x="{cx + 4:.0f}" y="{yy - 9}" width="10" height="10" fill="{s["colour"]}"/>' if s.get("bars")
+                else
+                f'<circle cx="{cx + 9:.0f}" cy="{yy - 4}" r="3" fill="{s["colour"]}"/>' if s.get("noline") else
                 f'<line x1="{cx:.0f}" x2="{cx + 18:.0f}" y1="{yy - 4}" y2="{yy - 4}" stroke="{s["colour"]}" '
                 f'stroke-width="2"{_dash(s)}/>')
         out.append(f'{mark}<text x="{cx + 22:.0f}" y="{yy}">{esc(s["name"])}</text>')
@@ -93,8 +125,8 @@ def _dash(s):
     return ' stroke-dasharray="5,3"' if s.get("dash") else ""
 
 
-def _axes(xt, yt, X, Y, box, xlabel, ylabel):
-    """Tick marks and labels, light grid lines, the axis lines and the axis titles."""
+def _axes(xt, yt, X, Y, box, xlabel, ylabel, ylab=tick_label):
+    """Tick marks and labels, light grid lines, the axis lines and the axis titles (ylab: a y tick's label)."""
     x0, x1, y0, y1 = box
     out = []
     for v in xt:
@@ -102,7 +134,7 @@ def _axes(xt, yt, X, Y, box, xlabel, ylabel):
                    f'<text x="{X(v):.1f}" y="{y0 + 15}" text-anchor="middle">{tick_label(v)}</text>')
     for v in yt:
         out.append(f'<line x1="{x0}" x2="{x1}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#eee"/>'
-                   f'<text x="{x0 - 5}" y="{Y(v) + 4:.1f}" text-anchor="end">{tick_label(v)}</text>')
+                   f'<text x="{x0 - 5}" y="{Y(v) + 4:.1f}" text-anchor="end">{ylab(v)}</text>')
     out.append(f'<line x1="{x0}" x2="{x1}" y1="{y0}" y2="{y0}" stroke="#444"/>'
                f'<line x1="{x0}" x2="{x0}" y1="{y1}" y2="{y0}" stroke="#444"/>'
                f'<text x="{(x0 + x1) / 2:.0f}" y="{y0 + 30}" text-anchor="middle" class="ax">{esc(xlabel)}</text>'
@@ -132,34 +164,152 @@ def _lines(s, X, Y):
     return out
 
 
-def line_chart(series, xlabel, ylabel, title, w=360, h=250, ylim=None, vlines=(), bands=()):
+def _points(s):
+    """A series' (x, y) points; a bar series' (x: its bin edges, y: a count per bin) both ends of each bin, and 0."""
+    if not s.get("bars"):
+        return list(zip(s["x"], s["y"]))
+    return [(x, v) for k, v in enumerate(s["y"]) for x in s["x"][k:k + 2]] + [(s["x"][0], 0)]
+
+
+def _bars(s, X, Y, base, slot, n_slots):
+    """A bar series: a bar per bin [x_k, x_k+1) of height y_k (none when 0), titled with its bin and value; the
+    chart's n_slots bar series side by side in each bin, this one in place slot."""
+    out = []
+    for k, v in enumerate(s["y"]):
+        if not (_num(v) and v > 0 and k + 1 < len(s["x"])):
+            continue
+        a, b = s["x"][k], s["x"][k + 1]
+        wd = (X(b) - X(a)) / n_slots
+        out.append(f'<rect x="{X(a) + slot * wd:.1f}" y="{Y(v):.1f}" width="{max(wd - 0.5, 0.5):.1f}" '
+                   f'height="{base - Y(v):.1f}" fill="{s["colour"]}"><title>{esc(s["name"])}: {a:g} to {b:g}: '
+                   f'{v:,}</title></rect>')
+    return out
+
+
+def line_chart(series, xlabel, ylabel, title, w=360, h=250, ylim=None, vlines=(), bands=(), logy=False, point=""):
     """An SVG line chart with tick labels, axis titles and a legend. series: [{"name", "x", "y", "colour",
-    "dash", "dots", "noline" (dots only)}]; a None in y breaks the line. ylim: fixed (lo, hi), else from the
-    data. vlines: [(x, label) or (x, label, "bottom" | "middle" | "upper")] dashed red; bands: [(x, lo, hi, colour, name)] shaded ranges."""
-    pts = [(x, y) for s in series for x, y in zip(s["x"], s["y"]) if _num(x) and _num(y)]
+    "dash", "dots", "noline" (dots only), "bars"}]; a None in y breaks the line. A series with "bars" is a
+    histogram: x its bin edges, y a value per bin, drawn as bars from 0 (several such series side by side
+    in each bin; not with logy). ylim: fixed (lo, hi), else from the data. vlines: [(x, label)] dashed red,
+    their labels stacked at the top after every line, so no line crosses one; bands: [(x, lo, hi, colour,
+    name)] shaded ranges. logy: a log10 y axis (values <= 0 left out). point: what one point of the chart
+    is, written under it."""
+    if logy:
+        lg = lambda v: math.log10(v) if _num(v) and v > 0 else None
+        series = [{**s, "y": [lg(v) for v in s["y"]]} for s in series]
+        bands = [(x, [lg(v) for v in lo], [lg(v) for v in hi], c, n) for x, lo, hi, c, n in bands]
+    pts = [(x, y) for s in series for x, y in _points(s) if _num(x) and _num(y)]
     if not pts:
         return f'<p class="dim">{esc(title)}: nothing recorded.</p>'
+    one = "bar" if any(s.get("bars") for s in series) else "point"
+    caption = textwrap.wrap(f"one {one}: {point}", int((w - 20) / 6.0)) if point else []   # ~6 px a character
+    h += 14 * len(caption)
     xlo, xhi = _span([p[0] for p in pts], widen=False)
-    ylo, yhi = _span([p[1] for p in pts] + [v for b in bands for v in b[1] + b[2] if _num(v)], ylim)
+    ylo, yhi = _span([p[1] for p in pts] + [v for b in bands for v in b[1] + b[2] if _num(v)], ylim, widen=not logy)
     leg, rows = legend_svg(series, 60, 30, w - 66)
-    box = x0, x1, y0, y1 = 60, w - 12, h - 40, 26 + 14 * rows
+    box = x0, x1, y0, y1 = 60, w - 12, h - 40 - 14 * len(caption), 26 + 14 * rows
     X = lambda v: x0 + (v - xlo) / (xhi - xlo) * (x1 - x0)
     Y = lambda v: y0 - (v - ylo) / (yhi - ylo) * (y0 - y1)
     xt = [v for v in nice_ticks(xlo, xhi) if xlo <= v <= xhi]
-    yt = [v for v in nice_ticks(ylo, yhi) if ylo - 1e-12 <= v <= yhi + 1e-12]
+    yt = log_ticks(ylo, yhi) if logy else [v for v in nice_ticks(ylo, yhi) if ylo - 1e-12 <= v <= yhi + 1e-12]
     out = [f'<text x="{w / 2:.0f}" y="14" class="t" text-anchor="middle">{esc(title)}</text>', leg]
-    out += _axes(xt, yt, X, Y, box, xlabel, ylabel)
+    out += _axes(xt, yt, X, Y, box, xlabel, ylabel + (" (log scale)" if logy else ""),
+                 (lambda v: tick_label(10 ** v)) if logy else tick_label)
+    out += [f'<text x="10" y="{h - 4 - 14 * (len(caption) - 1 - k)}" class="pt">{esc(line)}</text>'
+            for k, line in enumerate(caption)]
     for bx, lo, hi, colour, name in bands:
         ok = [(x, a, b) for x, a, b in zip(bx, lo, hi) if _num(x) and _num(a) and _num(b)]
         poly = [f"{X(x):.1f},{Y(a):.1f}" for x, a, _ in ok] + [f"{X(x):.1f},{Y(b):.1f}" for x, _, b in reversed(ok)]
         out.append(f'<polygon points="{" ".join(poly)}" fill="{colour}" opacity="0.18"><title>{esc(name)}</title></polygon>')
+    n_bars, slot = sum(1 for s in series if s.get("bars")), 0
     for s in series:
-        out += _lines(s, X, Y)
-    for vx, label, *where in vlines:
-        if _num(vx) and xlo <= vx <= xhi:
-            ty = {"bottom": y0 - 5, "middle": (y0 + y1) / 2, "upper": y1 + (y0 - y1) * 0.3}.get(where[0] if where else "top", y1 + 11)
-            out.append(f'<line x1="{X(vx):.1f}" x2="{X(vx):.1f}" y1="{y1}" y2="{y0}" stroke="{RED}" stroke-dasharray="3,2"/>'
-                       f'<text x="{X(vx) + 3:.1f}" y="{ty}" fill="{RED}">{esc(label)}</text>')
+        if s.get("bars"):
+            out += _bars(s, X, Y, Y(max(ylo, 0)), slot, n_bars)
+            slot += 1
+        else:
+            out += _lines(s, X, Y)
+    marks = [(vx, label) for vx, label, *_ in vlines if _num(vx) and xlo <= vx <= xhi]
+    out += [f'<line x1="{X(vx):.1f}" x2="{X(vx):.1f}" y1="{y1}" y2="{y0}" stroke="{RED}" stroke-dasharray="3,2"/>'
+            for vx, _ in marks]
+    for k, (vx, label) in enumerate(marks):  # one row each, on a white box: no line runs through a label
+        right, wd = X(vx) > (x0 + x1) / 2, 6.2 * len(label) + 4
+        lx = X(vx) - 2 - wd if right else X(vx) + 2
+        out.append(f'<rect x="{lx:.1f}" y="{y1 + 1 + 13 * k}" width="{wd:.0f}" height="13" fill="#fff" opacity="0.9"/>'
+                   f'<text x="{lx + 2:.1f}" y="{y1 + 11 + 13 * k}" fill="{RED}">{esc(label)}</text>')
+    return f'<svg class="chart" width="{w}" height="{h}" role="img">' + "".join(out) + "</svg>"
+
+
+def log_ticks(lo, hi):
+    """Ticks of a log10 axis over [lo, hi] (in log10): each decade, and 2 and 5 times it when few decades show."""
+    steps = [0.0] if hi - lo > 2.5 else [0.0, math.log10(2), math.log10(5)]
+    return [k + s for k in range(math.floor(lo), math.ceil(hi) + 1) for s in steps if lo - 1e-9 <= k + s <= hi + 1e-9]
+
+
+def bar_chart(items, title, xlabel, w=540, point="", lim=None, legend=()):
+    """Horizontal bars, one per (label, value, colour): a quantity measured once per item, not a curve. A value
+    may instead be a list of segments (value, colour, name), stacked left to right (colour then unused);
+    legend: [{"name", "colour"}], drawn under the title. The labels' column is as wide as the longest."""
+    total = lambda v: sum(a for a, _, _ in v) if isinstance(v, list) else v
+    vals = [total(v) for _, v, _ in items if _num(total(v))]
+    if not vals:
+        return f'<p class="dim">{esc(title)}: nothing recorded.</p>'
+    lo, hi = lim or (min(0.0, min(vals)), max(vals))
+    hi = hi if hi > lo else lo + 1
+    x0, x1, row = max(110, round(10 + 6.2 * max(len(label) for label, _, _ in items))), w - 50, 16
+    leg, rows = legend_svg([{**s, "bars": True} for s in legend], x0, 30, w - x0 - 10) if legend else ("", 0)
+    top = 24 + 14 * rows
+    caption = textwrap.wrap(f"one bar: {point}", int((w - x0) / 6.0)) if point else []
+    h = top + row * len(items) + 34 + 14 * len(caption) + (2 if caption else 0)
+    X = lambda v: x0 + (v - lo) / (hi - lo) * (x1 - x0)
+    out = [f'<text x="{w / 2:.0f}" y="14" class="t" text-anchor="middle">{esc(title)}</text>', leg]
+    for k, (label, v, colour) in enumerate(items):
+        y = top + row * k
+        out.append(f'<text x="{x0 - 5}" y="{y + 11}" text-anchor="end">{esc(label)}</text>')
+        if isinstance(v, list):  # stacked segments
+            at = 0.0
+            for a, c, name in v:
+                if _num(a) and a > 0:
+                    out.append(f'<rect x="{X(at):.1f}" y="{y + 2}" width="{X(at + a) - X(at):.1f}" height="{row - 4}" '
+                               f'fill="{c}"><title>{esc(label)}, {esc(name)}: {a:.4g}</title></rect>')
+                    at += a
+        elif _num(v):
+            out.append(f'<rect x="{min(X(0), X(v)):.1f}" y="{y + 2}" width="{abs(X(v) - X(0)):.1f}" height="{row - 4}" '
+                       f'fill="{colour}"><title>{esc(label)}: {v:.4g}</title></rect>'
+                       f'<text x="{max(X(0), X(v)) + 3:.1f}" y="{y + 11}">{v:.3f}</text>')
+    yb = top + row * len(items) + 2
+    out.append(f'<line x1="{x0}" x2="{x1}" y1="{yb}" y2="{yb}" stroke="#444"/>')
+    out += [f'<text x="{X(v):.1f}" y="{yb + 13}" text-anchor="middle">{tick_label(v)}</text>'
+            for v in nice_ticks(lo, hi)]
+    out.append(f'<text x="{(x0 + x1) / 2:.0f}" y="{yb + 28}" text-anchor="middle" class="ax">{esc(xlabel)}</text>')
+    out += [f'<text x="{x0}" y="{h - 4 - 14 * (len(caption) - 1 - k)}" class="pt">{esc(line)}</text>'
+            for k, line in enumerate(caption)]
+    return f'<svg class="chart" width="{w}" height="{h}" role="img">' + "".join(out) + "</svg>"
+
+
+def density_hist_svg(dens, n_tokens, title, w=270, h=190):
+    """One SAE's live features by log10 of their firing frequency (bins of a quarter decade); the dead ones
+    (never firing on the token set) counted in the title."""
+    live = [d for d in dens if _num(d) and d > 0]
+    if not live:
+        return f'<p class="dim">{esc(title)}: no live feature.</p>'
+    lo = math.floor(min(math.log10(1 / max(n_tokens, 1)), min(map(math.log10, live))))
+    nb = max(1, int((0 - lo) * 4))
+    counts = [0] * nb
+    for d in live:
+        counts[min(nb - 1, int((math.log10(d) - lo) * 4))] += 1
+    x0, x1, y0, y1, top = 40, w - 16, h - 48, 22, max(counts)
+    X = lambda v: x0 + (v - lo) / (0 - lo) * (x1 - x0)
+    out = [f'<text x="{x0}" y="13" class="t">{esc(title)} ({len(dens) - len(live):,} dead)</text>']
+    bw = max(X(lo + 0.25) - X(lo) - 0.5, 0.5)
+    out += [f'<rect x="{X(lo + k / 4):.1f}" y="{y0 - c / top * (y0 - y1):.1f}" width="{bw:.1f}" '
+            f'height="{c / top * (y0 - y1):.1f}" fill="{BLUE}"><title>1e{lo + k / 4:g} to 1e{lo + (k + 1) / 4:g}: '
+            f'{c}</title></rect>' for k, c in enumerate(counts) if c]
+    out.append(f'<line x1="{x0}" x2="{x1}" y1="{y0}" y2="{y0}" stroke="#444"/>')
+    out += [f'<text x="{X(k):.1f}" y="{y0 + 13}" text-anchor="middle">1e{k}</text>' for k in range(lo, 1)]
+    out.append(f'<text x="{x0 - 4}" y="{y1 + 8}" text-anchor="end">{top}</text>'
+               f'<text x="{(x0 + x1) / 2:.0f}" y="{y0 + 27}" text-anchor="middle" class="ax">firing frequency '
+               '(log scale)</text>'
+               f'<text x="{x0}" y="{h - 4}" class="pt">one bar: features per quarter decade</text>')
     return f'<svg class="chart" width="{w}" height="{h}" role="img">' + "".join(out) + "</svg>"
 
 
@@ -246,8 +396,43 @@ def json_for_script(obj):
     return s
 
 
-def table(header, rows, cls=""):
+SIDE = "features"   # the feature browser's side files, beside report.html: features/<model>.js, features/tokens.js
+TOKENS = "#tokens"  # the key of features/tokens.js (no model is named so)
+
+
+def side_js(key, obj):
+    """A side file: a script filing its record under window.FEATURES[key]. A page opened from disk (file://)
+    cannot fetch() a file beside it, but it can load a script; so the page loads these on demand."""
+    return f"window.FEATURES=window.FEATURES||{{}};window.FEATURES[{json.dumps(key)}]={json_for_script(obj)};\n"
+
+
+def write_side_files(adir, shards, tokens):
+    """analyze.py's records for the feature browser ({model: record}, the token record) -> features/*.js.
+    Returns their total size in bytes."""
+    size = 0
+    files = [(m, m, r, "features") for m, r in shards.items()] + [(TOKENS, "tokens", tokens, "tokens")]
+    for key, name, rec, kind in files:
+        text = side_js(key, common.stamp(rec, kind))
+        common.atomic_write_text(os.path.join(adir, SIDE, f"{name}.js"), text)
+        size += len(text.encode("utf-8"))
+    return size
+
+
+def side_files(adir, models):
+    """{key: {"file": path relative to report.html, "bytes"}} of the side files on disk now."""
+    out = {}
+    for key, name in [(m, m) for m in models] + [(TOKENS, "tokens")]:
+        path = os.path.join(adir, SIDE, f"{name}.js")
+        if os.path.isfile(path):
+            out[key] = {"file": f"{SIDE}/{name}.js", "bytes": os.path.getsize(path)}
+    return out
+
+
+def table(header, rows, cls="", groups=()):
+    """An HTML table of escaped text; groups: [(label, n columns)], a header row above header naming its groups."""
     th = "".join(f"<th>{esc(str(x))}</th>" for x in header)
+    if groups:
+        th = "".join(f'<th colspan="{n}">{esc(str(x))}</th>' for x, n in groups) + "</tr><tr>" + th
     return f'<table class="{cls}"><tr>' + th + "</tr>" + "".join(
         "<tr>" + "".join(f"<td>{esc(str(x))}</td>" for x in r) + "</tr>" for r in rows) + "</table>"
 
@@ -289,11 +474,20 @@ def section_training(out_dir, models):
         if hist:
             by_tokens = all(_num(row.get("tokens")) for row in hist)
             x = [row.get("tokens") if by_tokens else row.get("iter") for row in hist]
+            dom = met.get("domain", m)
+            evals = [(a, row.get("val_loss")) for a, row in zip(x, hist) if _num(row.get("val_loss"))]  # joined up
+            val = {"name": f"val ({dom})", "x": [a for a, _ in evals], "y": [b for _, b in evals], "colour": ORANGE,
+                   "dots": True}
+            # a fine-tune starts from its parent's weights: its curve starts at the parent's final loss on its domain
+            parent = ((met.get("provenance") or {}).get("config") or {}).get("parent") if dom != "base" else None
+            start = (finals.get(parent) or {}).get(dom)
+            if _num(start) and x and x[0] != 0:
+                val = {**val, "name": f"val ({dom}); at 0: {parent}'s", "x": [0] + val["x"], "y": [start] + val["y"]}
             series = [{"name": "train (mean since the last eval)", "x": x, "y": [row.get("train_loss") for row in hist],
-                       "colour": BLUE},
-                      {"name": f"val ({met.get('domain', m)})", "x": x, "y": [row.get("val_loss") for row in hist],
-                       "colour": ORANGE, "dots": True}]
-            charts.append(line_chart(series, "tokens seen" if by_tokens else "iteration", "loss (nats / token)", m))
+                       "colour": BLUE}, val]
+            charts.append(line_chart(series, "tokens seen" if by_tokens else "iteration", "loss (nats / token)", m,
+                                     point="a mean over the training batches since the last log (train) or one "
+                                           "evaluation on held-out text (val)"))
         elif "t" in met and "a" in met:
             notes.append(f"{m} is a merge of {met.get('a')} and {met.get('b')} at t = {met.get('t')} (merge.py): no training")
         else:
@@ -320,16 +514,17 @@ def sweep_chart(sw, merges=()):
             series.append({"name": f"{d} (paper)", "x": paper["t"], "y": paper[d], "colour": colour, "dash": True})
     name = lambda v: v.get("name", "?") if isinstance(v, dict) else str(v)
     ct, pt = sw.get("crossing_t", sw.get("cross_t")), paper.get("crossing_t")
-    marks = [(ct, f"ours cross at t = {ct:.2f}", "bottom")] if _num(ct) else []
-    marks += [(pt, f"paper's cross at t = {pt:.2f}", "middle")] if _num(pt) else []
-    marks += [(m["t"], f"{mname}: t = {m['t']:g}", "upper") for mname, m in merges
+    marks = [(ct, f"ours cross at t = {ct:.2f}")] if _num(ct) else []
+    marks += [(pt, f"paper's cross at t = {pt:.2f}")] if _num(pt) else []
+    marks += [(m["t"], f"{mname}: t = {m['t']:g}") for mname, m in merges
               if _num(m.get("t")) and (name(m.get("a")), name(m.get("b"))) == (name(sw.get("a")), name(sw.get("b")))]
     return line_chart(series, f"t (0 = {name(sw.get('a', 'a'))}, 1 = {name(sw.get('b', 'b'))})",
-                      "validation loss (nats / token)", "SLERP(a, b, t)", w=560, h=300,
-                      vlines=marks)
+                      "validation loss (nats / token)", "SLERP(a, b, t)", w=560, h=300, vlines=marks,
+                      point="one merged model's loss on one domain's validation split")
 
 
-SAE_COLS = (("fvu", "FVU", 3), ("l0", "L0", 1), ("dead_frac", "dead", 4), ("ce_clean", "CE clean", 3),
+SAE_COLS = (("fvu", "FVU", 3), ("l0", "L0", 1), ("dead_frac", "dead fraction (sae.py, held-out)", 4),
+            ("ce_clean", "CE clean", 3),
             ("ce_spliced", "CE with SAE", 3), ("ce_zero_ablation", "CE zero-ablated", 3),
             ("ce_recovered", "CE loss recovered", 3), ("kl", "KL", 4))
 
@@ -369,20 +564,38 @@ def sae_curves(out_dir, models):
                                   "y": [r["train"].get(seed, {}).get(key) for r in train]})
             figs["ce_recovered"].append({**style, "dots": True, "x": [r["step"] for r in evals],
                                          "y": [r["eval"].get(seed, {}).get("ce_recovered") for r in evals]})
-    titles = {"fvu": ("FVU", "FVU (normalised MSE), training batches"), "l0": ("L0", "L0: active features / token"),
-              "dead": ("fraction dead", "dead features (fraction)"),
+    titles = {"fvu": ("FVU", "FVU (normalised MSE), training batches"),
+              "l0": ("L0", "L0: active features / token"),
+              "dead": ("fraction dead", "dead during training (no firing in sae.py's recent window)"),
               "ce_recovered": ("CE loss recovered", "CE loss recovered (evaluations)")}
-    charts = [line_chart(figs[k], "SAE training step", *titles[k], w=540, h=270) for k in figs if figs[k]]
+    point = "what sae.py logged at that step of one SAE's training (over its recent training batches)"
+    charts = [line_chart(figs[k], "SAE training step", *titles[k], w=540, h=270, logy=k == "l0", point=point)
+              for k in ("fvu", "l0", "dead") if figs[k]]
+    ce = figs["ce_recovered"]
+    if len({x for s in ce for x, y in zip(s["x"], s["y"]) if _num(y)}) >= 3:   # evaluated along the way: a curve
+        charts.append(line_chart(ce, "SAE training step", *titles["ce_recovered"], w=540, h=270,
+                                 point="one evaluation on held-out tokens, one SAE"))
+    elif ce:  # evaluated at the end only: one bar per SAE, its last evaluation
+        last = [(s["name"], next((y for y in reversed(s["y"]) if _num(y)), None), s["colour"]) for s in ce]
+        charts.append(bar_chart(last, "CE loss recovered at the end of training", "CE loss recovered (1 = the model's)",
+                                point="one SAE's last evaluation on held-out tokens", lim=(0, 1)))
     if not charts:
         return "<p class='dim'>No training history in the SAEs' metrics.json.</p>"
     return "<div class='charts'>" + "".join(charts) + "</div>"
 
 
 def section_saes(res, out_dir):
+    n_tok = res["token_set"]["n_tokens"]
+    dens = "".join(density_hist_svg(d, n_tok, m) for m, d in res["density"].items())
     return ("<h2 id='saes'>SAEs</h2><p>One SAE per model on its MLP activations (sae.py), metrics on held-out tokens. "
             "<b>CE loss recovered</b> = (CE with the MLP output zero-ablated &minus; CE with the SAE's reconstruction "
-            "spliced in) / (zero-ablated &minus; clean): 1 = as good as the model. Live / dead and density: on this "
-            "analysis' token set.</p>" + sae_table(res, out_dir) + sae_curves(out_dir, list(res["models"])))
+            "spliced in) / (zero-ablated &minus; clean): 1 = as good as the model. Two dead figures: <b>dead fraction "
+            "(sae.py, held-out)</b> is the SAE's own evaluation; <b>live (dead) on the token set</b> counts features "
+            "that never fire on this analysis' evaluation tokens (the tracked seed).</p>" + sae_table(res, out_dir)
+            + sae_curves(out_dir, list(res["models"]))
+            + f"<h3 id='density'>Feature density</h3><p>Each SAE's live features (tracked seed) by how often they fire "
+              f"on the {n_tok:,} evaluation tokens, on a log scale (sae_vis's feature density histogram).</p>"
+              f"<div class='charts'>{dens}</div>")
 
 
 def section_edges(res, thr, cfg):
@@ -431,9 +644,11 @@ def stability_charts(name, e, res):
             bands.append((t, vs["spread"]["min"], vs["spread"]["max"], BLUE, "null: min to max over seed pairs"))
     cut = [(res["threshold"], "study's cut")]
     return (line_chart(many, "threshold t on r", "fraction of live parent features", f"{name}: partner at r >= t",
-                       w=540, ylim=(0, 1), vlines=cut, bands=bands),
+                       w=540, ylim=(0, 1), vlines=cut, bands=bands,
+                       point="one cut t: the fraction of the parent's live features with a partner at r >= t"),
             line_chart(one, "threshold t (r or decoder cos)", "fraction of live parent features",
-                       f"{name}: one-to-one (Hungarian) >= t", w=540, ylim=(0, 1), vlines=[(0.7, "cos rule 0.7")]))
+                       f"{name}: one-to-one (Hungarian) >= t", w=540, ylim=(0, 1), vlines=[(0.7, "cos rule 0.7")],
+                       point="one cut t: the fraction matched one-to-one at r (or cos) >= t"))
 
 
 def ratio_cell(st, vs, k):
@@ -450,8 +665,9 @@ def ratio_cell(st, vs, k):
 def ratio_table(res):
     """Each edge's persisting fraction against its null's at r >= 0.5, 0.6, ..., 0.9."""
     first = next(iter(res["edges"].values()), None)
-    if first is None:
-        return ""
+    if first is None or not all("stability" in e for e in res["edges"].values()):
+        return ("<p class='dim'>This results.json has no stability curves (an older analyze.py): re-run python "
+                "analyze.py.</p>")
     keep = [k for k, t in enumerate(first["stability"]["thresholds"]) if abs(t * 10 - round(t * 10)) <= 1e-9]
     head = "".join(f"<th>r &ge; {first['stability']['thresholds'][k]:g}</th>" for k in keep)
     rows = "".join(f"<tr><td>{esc(n)}</td>" + "".join(f"<td>{ratio_cell(e['stability'], e['stability'].get('vs_null'), k)}</td>"
@@ -459,6 +675,40 @@ def ratio_table(res):
     return ("<p>Each edge against its null: <b>edge / null</b>, the fraction of live parent features with a partner "
             "(edge) over the same fraction between two seeds of the parent's SAE (null); 1 = the edge keeps its "
             f"features as well as a retrained SAE does.</p><table class='ratio'><tr><th>edge</th>{head}</tr>{rows}</table>")
+
+
+def reading(res):
+    """The ratio table's reading in one line: each edge's persisting fraction over its null's at the study's cut."""
+    thr, got = res["threshold"], {}
+    for n, e in res["edges"].items():
+        st = e.get("stability") or {}
+        at = [k for k, t in enumerate(st.get("thresholds", [])) if abs(t - thr) < 1e-9]
+        if st.get("vs_null") and at and _num(st["vs_null"]["ratio"][at[0]]):
+            got[n] = st["vs_null"]["ratio"][at[0]]
+    if not got:
+        return "No edge has a null baseline (a second SAE seed of its parent): the fractions cannot be read yet."
+    lo, hi = min(got, key=got.get), max(got, key=got.get)
+    verdict = ("as well as" if got[lo] >= 0.95 else "less well than") if got[hi] <= 1.05 else "differently from"
+    return (f"At r &ge; {thr:g}, the edges keep {got[lo]:.2f} ({esc(lo)}) to {got[hi]:.2f} ({esc(hi)}) times as many "
+            f"of the parent's features as a second SAE seed of the parent does: fine-tuning and merging keep features "
+            f"{verdict} retraining the SAE with another seed (1 = as well; below 1 = features changed beyond seed "
+            "noise).")
+
+
+def run_summary(res):
+    """What was run: data, preset, models with their SAEs, token set, threshold. HTML."""
+    cfg, ts = res["provenance"]["config"], res["token_set"]
+    src = ", ".join(f"{esc(d)}: {esc(str(s))}" for d, s in (ts.get("sources") or {}).items()) or "not recorded"
+    models = ", ".join(f"{esc(m)} ({v['n_features']:,} SAE features, {v['live']:,} live)"
+                       for m, v in res["models"].items())
+    edges = ", ".join(esc(n) for n in res["edges"])
+    return (f"<ul class='run'><li><b>data</b> (source per domain): {src}</li><li><b>preset</b>: "
+            f"{esc(str(cfg.get('preset', '?')))}</li><li><b>models</b>: {models}</li><li><b>edges</b>: {edges}</li>"
+            f"<li><b>token set</b>: {ts['n_tokens']:,} evaluation tokens ({ts['n_seq']:,} windows of "
+            f"{ts['block_size']} from the val splits: "
+            + ", ".join(f"{esc(d)} {n}" for d, n in ts["per_domain"].items())
+            + f"; seed {ts['seed']}); match threshold r &ge; {esc(str(res['threshold']))}</li><li><b>created</b>: "
+            f"{esc(str(res['provenance'].get('created', '?')))}</li></ul>")
 
 
 def one_to_one_table(res):
@@ -490,8 +740,9 @@ def section_stability(res):
             "(dashed), for every cut t from 0.5 to 0.95; orange: the same weighted by how often each feature fires. "
             "Right: the fraction matched one-to-one (each feature used at most once; maximum-weight Hungarian matching) "
             "on activation correlation and on decoder cosine. An edge whose curve runs on its null's changes its "
-            f"features no more than retraining the SAE does.</p>{''.join(charts)}{note}"
-            + ratio_table(res) + "<h3 id='one-to-one'>One-to-one matching</h3><p>Each feature used at most once. Greedy: "
+            f"features no more than retraining the SAE does. The edge / null ratios at r &ge; 0.5 .. 0.9 are the table "
+            f"at the <a href='#headline'>top</a>.</p>{''.join(charts)}{note}"
+            + "<h3 id='one-to-one'>One-to-one matching</h3><p>Each feature used at most once. Greedy: "
             f"highest r first, pairs &ge; {res['threshold']}. Hungarian: the maximum-weight matching on r (pairs &ge; "
             f"{res['threshold']} counted), and on decoder cosine with cos &ge; 0.7 counted, the rule of Paulo &amp; "
             "Belrose (2025), who find about 30% of latents shared across seeds for large SAEs. Percentages of the "
@@ -548,6 +799,187 @@ def section_hists(res, thr):
             f"<div class='charts'>{hists}</div>")
 
 
+# the crosscoder's latent classes (results.diffing.class_legend's letters) and their colours in the charts
+DIFF_CLASSES = (("s", GREEN), ("p", BLUE), ("c", ORANGE), ("m", PURPLE), ("x", GREY), ("u", "#d5d8dc"))
+DIFF_ROWS = (("parent", "p"), ("parent", "d"), ("child", "m"), ("child", "e"))  # (side, status) of the class chart
+STATUS_NAMES = {"p": "persists", "d": "disappears", "m": "matched", "e": "emerges", "x": "dead"}
+
+
+def _seeds(cc):
+    """A crosscoder record's seeds, first (the one the examples use) to last."""
+    return [cc["seeds"][s] for s in sorted(cc["seeds"], key=int)]
+
+
+def _and_others(seeds, show):
+    """A value of the first seed, the other seeds' in brackets: '85.4% [85.0%]'."""
+    rest = [show(s) for s in seeds[1:]]
+    return show(seeds[0]) + (f" [{', '.join(rest)}]" if rest else "")
+
+
+def diffing_table(d):
+    """One row per edge: the correlation's fractions and null, the crosscoder's classes (each seed), its
+    spurious exclusive latents and its null, and the agreement of the two readings."""
+    rows = []
+    for name, e in d["edges"].items():
+        c, cc, a = e["correlation"], e["crosscoder"], e["agreement"]
+        seeds, null = _seeds(cc), cc["null"]
+        ratio = (c["persisting_frac"] / c["null_persisting_frac"] if _num(c.get("null_persisting_frac"))
+                 and c["null_persisting_frac"] > 0 else None)
+        spur = lambda s: ", ".join(f"{s['spurious'][k]}/{s['counts'][k]}" for k in ("parent-only", "child-only"))
+        rows.append((name, _pct(c["persisting_frac"]), _pct(c["disappearing_frac"]), _pct(c["emerging_frac"]),
+                     _pct(c.get("null_persisting_frac")), _f(ratio, 2),
+                     *(_and_others(seeds, lambda s, k=k: _pct(s["fractions"][k])) for k in
+                       ("shared", "parent-only", "child-only", "mixed")),
+                     _and_others(seeds, spur),
+                     f"{_pct(null['found_again_frac'])} ({null['found_again']:,}/{null['live']:,})",
+                     f"{_pct(null['same_class_frac'])} ({null['same_class']:,}/{null['found_again']:,})",
+                     f"{_pct(a['agree_frac'])} ({a['agree']:,}/{a['n']:,})",
+                     f"{_pct(a['agree_frac_matched'])} ({a['agree']:,}/{a['n_matched']:,})"))
+    header = ["edge", "persisting", "disappearing", "emerging", "null persisting", "edge / null", "shared",
+              "parent-only", "child-only", "mixed", "spurious / exclusive (parent-, child-only)", "found again",
+              "same class", "all features", "matched features"]
+    groups = [("", 1), ("correlation", 5), (f"crosscoder ({d['arch']}): latents, seed {_first_seed(d)} [other seed]",
+                                            5), ("crosscoder null", 2), ("agreement", 2)]
+    return table(header, rows, cls="diff", groups=groups)
+
+
+def _first_seed(d):
+    e = next(iter(d["edges"].values()), None)
+    return min(e["crosscoder"]["seeds"], key=int) if e else "0"
+
+
+def delta_chart(name, cc, cuts):
+    """The histogram of the crosscoder's live latents by relative decoder norm, a bar per seed in each bin,
+    dashed lines at the class cut-offs."""
+    seeds = sorted(cc["seeds"], key=int)
+    hists = [(s, cc["seeds"][s].get("delta_hist")) for s in seeds]
+    if not all(h for _, h in hists):
+        return (f"<p class='dim'>{esc(name)}: no histogram of the relative decoder norm in this results.json "
+                "(an older diffing.py or analyze.py): re-run python diffing.py, then python analyze.py.</p>")
+    series = [{"name": f"seed {s}" + (f" (mean {h['mean']:.2f}, sd {h['sd']:.2f})" if _num(h.get("mean"))
+                                      and _num(h.get("sd")) else ""),
+               "x": h["edges"], "y": h["counts"], "colour": COLOURS[k % len(COLOURS)], "bars": True}
+              for k, (s, h) in enumerate(hists)]
+    top = max([v for _, h in hists for v in h["counts"]] + [1])
+    lo, hi = cuts["shared"]
+    marks = [(cuts["parent_only"], f"parent-only < {cuts['parent_only']:g}"), (lo, f"shared from {lo:g}"),
+             (hi, f"shared to {hi:g}"), (cuts["child_only"], f"child-only > {cuts['child_only']:g}")]
+    edges = hists[0][1]["edges"]
+    width = edges[1] - edges[0] if len(edges) > 1 else 0
+    return line_chart(series, "relative decoder norm (0 parent-only, ½ shared, 1 child-only)", "latents",
+                      f"{name}: crosscoder latents by relative decoder norm", w=540, h=290, ylim=(0, top * 1.5),
+                      vlines=marks, point=f"the live latents of one crosscoder (one seed) in a bin of width {width:g}; "
+                                          "the seeds side by side")
+
+
+def class_chart(name, d, e):
+    """Per correlation status (parent features persisting / disappearing, child features matched / emerging),
+    the fraction of its features whose best crosscoder latent has each class: stacked bars."""
+    legend, a = d["class_legend"], e["agreement"]
+    items = []
+    for side, st in DIFF_ROWS:
+        row = a.get(side, {}).get(st)
+        if row is None:
+            continue
+        n = sum(row.values())
+        items.append((f"{side} {STATUS_NAMES[st]} ({n:,})",
+                      [(row.get(k, 0) / max(n, 1), col, f"{legend.get(k, k)} ({row.get(k, 0):,})")
+                       for k, col in DIFF_CLASSES], None))
+    return bar_chart(items, f"{name}: best crosscoder latent's class by status", "fraction of the row's features",
+                     point="the live SAE features of one status on this edge, split by the class of their best "
+                           f"crosscoder latent (seed {_first_seed(d)})", lim=(0, 1),
+                     legend=[{"name": legend.get(k, k), "colour": col} for k, col in DIFF_CLASSES])
+
+
+def cross_table(e, parent, child):
+    """The parent's and the child's SAE, each on both models: FVU, L0, CE loss recovered."""
+    ca, rows = e["cross_application"], []
+    for sae, who, role in (("parent_sae", parent, "parent"), ("child_sae", child, "child")):
+        cells = []
+        for on in ("on_parent", "on_child"):
+            m = ca.get(on, {}).get(sae) or {}
+            cells += [_f(m.get("fvu")), _f(m.get("l0"), 1), _f(m.get("ce_recovered"))]
+        rows.append((f"{who}'s SAE ({role})", *cells))
+    return table(["SAE", "FVU", "L0", "CE recovered", "FVU", "L0", "CE recovered"], rows, cls="diff",
+                 groups=[("", 1), (f"on {parent} (parent)", 3), (f"on {child} (child)", 3)])
+
+
+def firing_line(e, parent, child):
+    """Each SAE's features on the other model's activations of the same tokens: how many stopped or started
+    firing, and the median ratio of the two firing rates."""
+    out = []
+    for sae, who, other in (("parent_sae", parent, child), ("child_sae", child, parent)):
+        f = e["firing"].get(sae)
+        if not f:
+            continue
+        med = f.get("median_log10_ratio")
+        out.append(f"{esc(who)}'s SAE on {esc(other)}: of its {f['live']:,} live features <b>{f['stopped']:,}</b> "
+                   f"stopped and <b>{f['started']:,}</b> started firing; median firing rate on {esc(other)} / on "
+                   f"{esc(who)} " + (f"<b>{10 ** med:.2f}</b>" if _num(med) else "n/a"))
+    return ("<p>Firing on the other model (the analysis' token set; stopped / started: the rate falls / rises by "
+            "diffing.py's fire_ratio, 10x by default, or more): " + "; ".join(out) + ".</p>")
+
+
+def diffing_examples(k, e):
+    """The features whose status and best crosscoder latent's class disagree: each links to its page; its top
+    contexts are drawn by the page's script (data-dctx: edge k, example j; page_data's "diff")."""
+    if not e.get("examples"):
+        return "<p class='dim'>No disagreement with a matched latent on this edge.</p>"
+    out = []
+    for j, x in enumerate(e["examples"]):
+        key = f"{x['model']}/{x['feature']}"
+        status = esc(str(x["status"]))
+        out.append(f"<div class='dex'><p><a href='#{esc(key)}'>{esc(key)}</a> (<span class='{status}'>{status}"
+                   f"</span>) &harr; latent {x['latent']} ({esc(str(x['latent_class']))}), r = {_f(x['r'])}, firing "
+                   f"rate {_pct(x['rate_own'], 2)} on its own model &rarr; {_pct(x['rate_other'], 2)} on the other"
+                   f"</p><div data-dctx='{k}.{j}'></div></div>")
+    return "".join(out)
+
+
+def section_diffing(res):
+    """results.diffing (analyze.py's join of diffing.py's record with the statuses), or '' when there is none."""
+    d = res.get("diffing")
+    if not d:
+        return ""
+    head = "<h2 id='diffing'>Model diffing: crosscoders and cross-application</h2>"
+    if d.get("stale"):
+        return (f"{head}<p class='dim'>diffing.py's results (out/diffing/diffing.json) were {esc(str(d['stale']))}, "
+                "then python analyze.py.</p>")
+    cuts, thr = d["cuts"], res["threshold"]
+    null_r = next((e["crosscoder"]["null"].get("threshold") for e in d["edges"].values()), None) or 0.8
+    rule = ", ".join(f"{esc(k)} with {esc(v)}" for k, v in d["agree_rule"].items())
+    intro = (f"<p>Each edge read two more ways (diffing.py; DESIGN.md, \"Model diffing\"). <b>Correlation</b>: the "
+             f"fractions of the parent's live features that persist (a child feature at r &ge; {thr:g}) or disappear, "
+             "of the child's that emerge, the persisting fraction between two seeds of the parent's SAE (null), and "
+             f"edge / null. <b>Crosscoder</b> ({esc(d['arch'])}; one dictionary over both models' activations): its "
+             f"live latents by the relative decoder norm &Delta; ({esc(d.get('delta', ''))}): parent-only &Delta; &lt; "
+             f"{cuts['parent_only']:g}, shared {cuts['shared'][0]:g} &le; &Delta; &le; {cuts['shared'][1]:g}, "
+             f"child-only &Delta; &gt; {cuts['child_only']:g}, mixed between; <b>spurious</b>: exclusive latents that "
+             f"the other model still carries (latent scaling &nu; &ge; {cuts.get('scaling', 0.5):g}), of the "
+             "exclusive ones. <b>Crosscoder null</b>: a second seed, the share of the first's live latents it finds "
+             f"again (r &ge; {null_r:g}) and of those the "
+             "share with the same class. <b>Agreement</b>: each live SAE feature's status against the class of its "
+             f"best crosscoder latent (r &ge; {d.get('match_min_r', 0.5):g}, else unmatched): {rule}; over all "
+             "live features and over those with a matched latent.</p>")
+    parts = [head, intro, diffing_table(d)]
+    for k, (name, e) in enumerate(d["edges"].items()):
+        ed = res["edges"].get(name, {})
+        parent, child = ed.get("parent", "parent"), ed.get("child", "child")
+        s0 = _seeds(e["crosscoder"])[0]
+        fit = (f"crosscoder seed {_first_seed(d)}: {s0['live']:,} live latents ({s0['dead']:,} dead), FVU "
+               f"{_f(s0['fvu']['parent'])} on {esc(parent)}, {_f(s0['fvu']['child'])} on {esc(child)}, L0 "
+               f"{_f(s0['l0'], 1)}")
+        parts.append(f"<h3 id='diffing-{k}'>{esc(name)}</h3><p>{fit}</p><div class='charts'>"
+                     + delta_chart(name, e["crosscoder"], cuts) + class_chart(name, d, e) + "</div>"
+                     + "<h4>Cross-application: each model's SAE on both models</h4><p class='dim'>The same held-out "
+                       "windows; the diagonal (an SAE on its own model) is the SAE's own evaluation.</p>"
+                     + cross_table(e, parent, child) + firing_line(e, parent, child)
+                     + "<h4>Where the two readings disagree</h4><p class='dim'>SAE features whose status and best "
+                       "latent's class disagree, the clearest (highest r) of each kind; the feature's top contexts "
+                       "(its maximum outlined), each opening its page.</p>" + diffing_examples(k, e))
+    return "".join(parts)
+
+
 # -----------------------------------------------------------------------------
 # the page: sections rendered above, feature pages built in the browser from the embedded data
 
@@ -561,15 +993,65 @@ svg text{font-size:11px;paint-order:stroke;stroke:#fff;stroke-width:3px}.t{font-
 .mx{display:inline-block;width:5.5em;color:#777;white-space:nowrap}td.l,th.l{text-align:left}.ratio td{text-align:center;line-height:1.2}.ratio td:first-child{text-align:left}.at{outline:1.5px solid #333}.persists,.matched{color:#2a9d5c}.disappears{color:#b33}
 .emerges{color:#e8892b}.dead{color:#777}#page{border:1px solid #ccc;padding:6px 12px;margin-top:8px}
 .cols{display:flex;gap:24px;flex-wrap:wrap}.lg td{font-family:monospace}.why{color:#555;font-size:12px;text-align:left!important;white-space:normal}
-.toc a{margin:0 2px}.partner{border-left:3px solid #ccc;padding-left:10px;margin:10px 0}details pre{font-size:11px;max-height:300px;overflow:auto}"""
+.toc a{margin:0 2px}.partner{border-left:3px solid #ccc;padding-left:10px;margin:10px 0}
+details pre{font-size:11px;max-height:300px;overflow:auto}
+[hidden]{display:none!important}.run{margin:4px 0 8px;padding-left:20px}
+.reading{font-size:15px;background:#eef4fb;padding:6px 8px}.toc{font-size:15px}.pt{fill:#666;font-style:italic}
+a.ex{margin-right:6px}b.edge{display:inline-block;width:12em;white-space:nowrap}.nav{margin:4px 0}
+.track{border-left:3px solid #e8892b;padding-left:10px;margin:10px 0}
+.pair{margin:4px 0 8px;border:1px solid #eee}.pair .mx{width:12em}#flist table td:nth-child(2){font-family:monospace}
+#flist{max-height:360px;overflow:auto;display:inline-block;padding-right:12px}#flist p{margin:2px 0}
+table.diff{font-size:13px}.diff td,.diff th{padding:2px 4px}.diff th{text-align:center}.dex p{margin:8px 0 2px}
+.diff td:not(:first-child){white-space:normal}"""
 
 SCRIPT = r"""
 const D = JSON.parse(document.getElementById('data').textContent);
+const FS = window.FEATURES = window.FEATURES || {};  // the side files (features/*.js) file their records here
 function h(tag, attrs, ...kids) {
   const e = document.createElement(tag);
   for (const k in attrs || {}) e.setAttribute(k, attrs[k]);
   for (const c of kids) if (c != null) e.append(c);
   return e;
+}
+const waiting = {};
+function need(key, done) {  // load a side file once, as a script (a file:// page cannot fetch); done(loaded?)
+  if (FS[key]) { done(true); return; }
+  if (!D.side[key]) { done(false); return; }
+  if (waiting[key]) { waiting[key].push(done); return; }
+  waiting[key] = [done];
+  const s = document.createElement('script');
+  const finish = () => { const w = waiting[key] || []; delete waiting[key]; for (const f of w) f(!!FS[key]); };
+  s.onload = finish; s.onerror = finish;
+  s.setAttribute('src', D.side[key].file);
+  document.head.append(s);
+}
+function needAll(keys, done) {
+  let left = keys.length;
+  if (!left) { done(); return; }
+  for (const k of keys) need(k, () => { if (--left === 0) done(); });
+}
+let IDS = null;
+function tokenIds() {  // the token set (features/tokens.js): n_seq * T ids; every side-file context is a window of it
+  if (IDS) return IDS;
+  const t = FS['#tokens'], b = atob(t.ids), u = new Uint8Array(b.length);
+  for (let k = 0; k < b.length; k++) u[k] = b.charCodeAt(k);
+  IDS = t.dtype === 'uint16' ? new Uint16Array(u.buffer) : new Uint32Array(u.buffer);
+  return IDS;
+}
+function win(s, st, w) {  // w token ids of sequence s from position st
+  const T = FS['#tokens'].T;
+  return Array.from(tokenIds().subarray(s * T + st, s * T + st + w));
+}
+function levels(digits) { return Array.from(digits, c => parseInt(c, 36)); }
+function shardPage(m, i) {  // a feature's page from its side file, in pages.json's shape (activations to max/levels)
+  const S = FS[m], f = S && FS['#tokens'] && S.f[i];
+  if (!f) return null;
+  const [mx, counts, top, quant, pos, neg] = f, L = S.levels, n = S.n_intervals;
+  const acts = d => levels(d).map(v => v * mx / L);
+  return {top: top.map(c => [win(c[0], c[1], c[2].length), acts(c[2])]),
+          intervals: Array.from({length: n}, (_, q) => ({lo: mx * q / n, hi: mx * (q + 1) / n,
+            ctx: quant.filter(c => c[0] === q).map(c => [win(c[1], c[2], c[3].length), acts(c[3]), c[4]])})),
+          hist: {max: mx, counts: counts}, pos: pos, neg: neg, side: L};
 }
 function fl(x, d) { return x == null ? '-' : (+x).toFixed(d == null ? 3 : d); }
 function num(x) {  // an activation or logit value: 3 significant digits when small
@@ -578,14 +1060,13 @@ function num(x) {  // an activation or logit value: 3 significant digits when sm
   return a === 0 ? '0' : a >= 100 ? x.toFixed(0) : a >= 1 ? x.toFixed(2) : x.toPrecision(3);
 }
 function link(m, i) { return h('a', {href: '#' + m + '/' + i}, m + '/' + i); }
-function tok(id) {
-  return String(D.tok[id] ?? ('<' + id + '>')).replace(/\n/g, '\u21b5').replace(/\t/g, '\u2192');
-}
+function tokText(t) { return String(t).replace(/\n/g, '\u21b5').replace(/\t/g, '\u2192'); }
+function tok(id) { return tokText(D.tok[id] ?? (FS['#tokens'] && FS['#tokens'].tok[id]) ?? ('<' + id + '>')); }
 function argmax(a) { return a.reduce((best, v, k) => v > a[best] ? k : best, 0); }
-function context(c, mx, at) {  // one token window, tokens shaded by activation; token `at` outlined, its value shown
-  const d = h('div', {class: 'ctx'}, h('span', {class: 'mx'}, num(c[1][at])));
+function context(c, mx, at, words) {  // one token window shaded by activation; token `at` outlined, its value shown
+  const d = h('div', {class: 'ctx'}, h('span', {class: 'mx'}, num(c[1][at])));  // words: c[0] holds token strings
   c[0].forEach((id, t) => {
-    const s = h('span', {title: 'activation ' + num(c[1][t])}, tok(id));
+    const s = h('span', {title: 'activation ' + num(c[1][t])}, words ? tokText(id) : tok(id));
     if (c[1][t] > 0) s.style.background = 'rgba(255,140,0,' + Math.min(1, c[1][t] / mx).toFixed(2) + ')';
     if (t === at) s.className = 'at';
     d.append(s);
@@ -657,10 +1138,15 @@ function statusTable(m, i) {  // every edge the feature is on: its best partner,
   }
   return t;
 }
-function details(key, head, n) {  // explanation, histogram, logit effects, contexts of one feature
-  const P = D.pages[key], b = h('div', {});
+function details(P, head, n) {  // explanation, histogram, logit effects, contexts (from pages.json or a side file)
+  const b = h('div', {});
   if (head) b.append(head);
-  if (!P) { b.append(h('p', {class: 'dim'}, 'Contexts are stored for the example features and their partners.')); return b; }
+  if (!P) {
+    b.append(h('p', {class: 'dim'}, 'no contexts (dead on the token set, or its side file is missing)'));
+    return b;
+  }
+  if (P.side) b.append(h('p', {class: 'dim'}, 'From the side file: ' + P.top.length + ' top contexts and one drawn '
+                         + 'from each activation interval; activations to 1/' + P.side + ' of the maximum.'));
   if (P.expl) b.append(h('p', {}, h('b', {}, 'explanation: '), String(P.expl.explanation || P.expl.error || ''),
                           ' (score ' + fl(P.expl.score, 2) + ')'));
   b.append(h('div', {class: 'cols'}, h('div', {}, h('h5', {}, 'activation histogram'),
@@ -669,25 +1155,84 @@ function details(key, head, n) {  // explanation, histogram, logit effects, cont
   b.append(contexts(P, n));
   return b;
 }
-function render(key) {
+function levelRow(label, ids, lv, L, mx, at) {  // a side-file window shaded by level the way context() shades values
+  const d = h('div', {class: 'ctx'}, h('span', {class: 'mx'}, label));
+  ids.forEach((id, t) => {
+    const s = h('span', {title: 'activation about ' + num(lv[t] * mx / L)}, tok(id));
+    if (lv[t] > 0) s.style.background = 'rgba(255,140,0,' + (lv[t] / L).toFixed(2) + ')';
+    if (t === at) s.className = 'at';
+    d.append(s);
+  });
+  return d;
+}
+function tracking(m, i) {  // per edge: the best partner's activations on this feature's top contexts, row under row
+  const S = FS[m], f = S && S.f[i], b = h('div', {class: 'track'});
+  b.append(h('h4', {}, 'Tracking: on each edge, the partner\'s activations on this feature\'s top contexts'));
+  if (!S || !FS['#tokens']) {
+    b.append(h('p', {class: 'dim'}, 'No side file ' + (D.side[m] ? D.side[m].file : 'features/' + m + '.js')
+                                     + ' (or features/tokens.js) beside the report: re-run python analyze.py.'));
+    return b;
+  }
+  if (!f) { b.append(h('p', {class: 'dim'}, 'Dead on the token set: nothing to track.')); return b; }
+  b.append(h('p', {class: 'dim'}, 'Each pair of rows shows the same ' + S.width + ' tokens: this feature above, the '
+             + 'partner (through its own model and SAE) below, each shaded by its own maximum; outlined: this '
+             + 'feature\'s maximum.'));
+  const [mx, , top] = f, L = S.levels;
+  f[6].forEach((pt, k) => {
+    const e = D.edges.find(x => x.name === S.edges[k]);
+    if (!pt || !e) { b.append(h('h5', {}, S.edges[k] + ': no live partner')); return; }
+    const [, j, jmx] = pt, role = e.parent === m ? 'p' : 'c', other = e.parent === m ? e.child : e.parent;
+    const name = D.status_name[e[role + 's'][i]];
+    b.append(h('h5', {}, e.name + ': this feature ', h('span', {class: name}, name), '; best partner ', link(other, j),
+                       ' (r = ' + fl(e[role + 'r'][i]) + ', decoder cos ' + fl(e[role + 'c'] && e[role + 'c'][i])
+                       + ', its max ' + num(jmx) + ')'));
+    for (const c of top) {
+      const ids = win(c[0], c[1], c[2].length), own = levels(c[2]);
+      b.append(h('div', {class: 'pair'}, levelRow(m + '/' + i, ids, own, L, mx, argmax(own)),
+                 levelRow(other + '/' + j, ids, levels(c[3][k]), L, jmx, argmax(own))));
+    }
+  });
+  return b;
+}
+let current = null;
+function render(key) {  // a feature's page; what its side file adds comes when that file has loaded
   const pg = document.getElementById('page'); pg.replaceChildren();
   const parts = String(key).split('/'), m = parts[0], i = parseInt(parts[1], 10);
   if (!(m in D.density) || !(i >= 0 && i < D.density[m].length)) { pg.append(h('p', {}, 'no feature ' + key)); return false; }
-  document.getElementById('qm').value = m; document.getElementById('qi').value = i;
-  const dn = D.density[m][i], P = D.pages[m + '/' + i];
-  pg.append(h('h3', {}, 'feature ' + m + '/' + i));
-  if (D.why[m + '/' + i]) pg.append(h('p', {class: 'why'}, 'example: ' + D.why[m + '/' + i]));
-  pg.append(h('p', {}, 'fires on ' + num(100 * dn) + '% of the tokens' + (dn === 0 ? ' (dead on the token set)' : '')
-                 + (P && P.hist ? '; max activation ' + num(P.hist.max) : '')));
-  pg.append(statusTable(m, i));
-  pg.append(h('div', {class: 'main'}, details(m + '/' + i, null, D.n_show)));
-  if (!P) return true;
-  for (const [tm, tj, tr, via, cos] of P.trail)
-    pg.append(h('div', {class: 'partner'}, details(tm + '/' + tj, h('h4', {}, 'partner in ' + tm + ': ', link(tm, tj),
-      ' (r = ' + fl(tr) + ' on ' + via + ', decoder cos ' + fl(cos) + ')'), 3)));
-  if (P.near) pg.append(h('div', {class: 'partner'}, details(P.near[0] + '/' + P.near[1], h('h4', {},
-      'nearest feature in ' + P.near[0] + ' (below the threshold): ', link(P.near[0], P.near[1]),
-      ' (r = ' + fl(P.near[2]) + ' on ' + P.near[3] + ', decoder cos ' + fl(P.near[4]) + ')'), 3)));
+  const k = m + '/' + i, dn = D.density[m][i], P = D.pages[k], nf = D.density[m].length;
+  current = k;
+  pg.append(h('h3', {}, 'feature ' + k));
+  pg.append(h('p', {class: 'nav'}, 'previous: ', i > 0 ? link(m, i - 1) : '-', ' | next: ',
+              i + 1 < nf ? link(m, i + 1) : '-'));
+  if (D.why[k]) pg.append(h('p', {class: 'why'}, 'example: ' + D.why[k]));
+  const info = h('p', {}, 'fires on ' + num(100 * dn) + '% of the tokens ('
+                 + Math.round(dn * D.n_tokens).toLocaleString('en') + ' of ' + D.n_tokens.toLocaleString('en') + ')'
+                 + (dn === 0 ? ' (dead on the token set)' : '')
+                 + (P && P.hist ? '; max activation ' + num(P.hist.max) : ''));
+  pg.append(info, statusTable(m, i));
+  const main = h('div', {class: 'main'}, details(P, null, D.n_show));
+  const box = h('div', {class: 'dim'}, 'loading ' + m + '\'s side file');
+  if (!P) main.replaceChildren(h('p', {class: 'dim'}, 'loading the contexts from the side file'));
+  pg.append(box, main);  // the tracking view first: the study's question, then the feature itself
+  if (P) {
+    for (const [tm, tj, tr, via, cos] of P.trail)
+      pg.append(h('div', {class: 'partner'}, details(D.pages[tm + '/' + tj], h('h4', {}, 'partner in ' + tm + ': ',
+        link(tm, tj), ' (r = ' + fl(tr) + ' on ' + via + ', decoder cos ' + fl(cos) + ')'), 3)));
+    if (P.near) pg.append(h('div', {class: 'partner'}, details(D.pages[P.near[0] + '/' + P.near[1]], h('h4', {},
+        'nearest feature in ' + P.near[0] + ' (below the threshold): ', link(P.near[0], P.near[1]),
+        ' (r = ' + fl(P.near[2]) + ' on ' + P.near[3] + ', decoder cos ' + fl(P.near[4]) + ')'), 3)));
+  }
+  needAll([m, '#tokens'], () => {
+    if (current !== k) return;
+    const Q = shardPage(m, i);
+    if (!P) {
+      main.replaceChildren(details(Q, null, D.n_show));
+      if (Q) info.append('; max activation ' + num(Q.hist.max));
+    }
+    box.replaceWith(tracking(m, i));
+    document.documentElement.setAttribute('data-shown', k);  // with the time since navigation (the load time stated)
+    document.documentElement.setAttribute('data-shown-ms', String(Math.round(performance.now())));
+  });
   return true;
 }
 const sel = document.getElementById('sel');
@@ -696,16 +1241,128 @@ for (const s of D.sel)
   for (const c of ['persisting', 'disappearing', 'emerging'])
     for (const [k, why] of s[c]) st.append(h('tr', {}, h('td', {}, s.edge), h('td', {class: 'l'}, c),
                                                 h('td', {class: 'l'}, h('a', {href: '#' + k}, k)), h('td', {class: 'why'}, why)));
-sel.append(h('details', {open: ''}, h('summary', {}, 'the examples (' + (st.rows.length - 1) + ') and why each was chosen'), st));
-const qm = document.getElementById('qm');
+const byEdge = h('div', {});  // a line of links per edge; the table with the reasons one click further
+for (const s of D.sel)
+  byEdge.append(h('div', {}, h('b', {class: 'edge'}, s.edge + ':'), ...['persisting', 'disappearing', 'emerging']
+                  .flatMap(c => s[c].map(([k]) => h('a', {href: '#' + k, class: 'ex', title: c}, k)))));
+sel.append(byEdge, h('details', {}, h('summary', {}, 'the examples (' + (st.rows.length - 1) + ') and why each was '
+                                                     + 'chosen'), st));
+// the browser: every feature of the chosen model, sorted and filtered by status; and the search
+const qm = document.getElementById('qm'), ls = document.getElementById('ls'), lf = document.getElementById('lf');
 for (const m of D.models) qm.append(h('option', {value: m}, m));
-document.getElementById('q').addEventListener('submit', ev => {
-  ev.preventDefault(); location.hash = qm.value + '/' + document.getElementById('qi').value; });
-function fromHash() {  // #model/i opens that feature; other anchors (#stability, ...) are the browser's
-  const key = decodeURIComponent(location.hash.slice(1));
-  if (/^[^/]+\/\d+$/.test(key) && render(key)) document.getElementById('page').scrollIntoView();
+let shown = 100;
+function edgesOf(m) {  // [[edge, 'p' or 'c' (m's end of it)]]
+  return D.edges.filter(e => e.parent === m || e.child === m).map(e => [e, e.parent === m ? 'p' : 'c']);
+}
+function filters() {  // the status filter: every status of the chosen model on each of its edges
+  lf.replaceChildren(h('option', {value: ''}, 'any status'));
+  for (const [e, role] of edgesOf(qm.value))
+    for (const s of [...new Set(e[role + 's'])].sort())
+      lf.append(h('option', {value: e.name + '|' + role + '|' + s}, D.status_name[s] + ' on ' + e.name));
+}
+function list() {
+  const m = qm.value, dn = D.density[m], on = edgesOf(m), out = document.getElementById('flist');
+  let ids = dn.map((d, i) => i).filter(i => dn[i] > 0);
+  if (lf.value) {
+    const [name, role, s] = lf.value.split('|'), e = D.edges.find(x => x.name === name);
+    ids = dn.map((d, i) => i).filter(i => e[role + 's'][i] === s);
+  }
+  if (ls.value !== 'id') ids.sort((a, b) => ls.value === 'dd' ? dn[b] - dn[a] || a - b : dn[a] - dn[b] || a - b);
+  const t = h('table', {}, h('tr', {}, h('th', {}, 'feature'), h('th', {}, 'fires on (% of tokens)'),
+                               ...on.map(([e]) => h('th', {}, 'on ' + e.name))));
+  for (const i of ids.slice(0, shown))
+    t.append(h('tr', {}, h('td', {}, link(m, i)), h('td', {}, num(100 * dn[i])), ...on.map(([e, role]) => {
+      const s = D.status_name[e[role + 's'][i]];
+      return h('td', {class: s}, s);
+    })));
+  out.replaceChildren(h('p', {}, ids.length.toLocaleString('en') + ' features'
+                      + (ids.length > shown ? ', the first ' + shown + ' shown' : '')), t);
+  if (ids.length > shown) out.append(h('button', {type: 'button', id: 'more'}, 'show more'));
+  const more = document.getElementById('more');
+  if (more) more.addEventListener('click', () => { shown += 500; list(); });
+}
+qm.addEventListener('change', () => { shown = 100; filters(); list(); });
+ls.addEventListener('change', list);
+lf.addEventListener('change', () => { shown = 100; list(); });
+filters(); list();
+function ask(q) {  // the search box: model/i or i opens a feature, anything else searches for a token (#search=...)
+  const hit = /^([\w.-]+)\/(\d+)$/.exec(q.trim());
+  if (hit) location.hash = hit[1] + '/' + hit[2];
+  else if (/^\d+$/.test(q.trim())) {  // a number: of the feature shown, else of the list's model
+    const inView = !document.getElementById('fview').hidden && current;
+    location.hash = (inView ? current.split('/')[0] : qm.value) + '/' + q.trim();
+  }
+  else if (q.trim()) location.hash = 'search=' + encodeURIComponent(q.trim());
+}
+function search(q, out) {  // the features whose top contexts peak on token q, from every model's side file, into out
+  const word = q.trim().replace(/^[`'"]+|[`'"]+$/g, '').trim();
+  out.replaceChildren(h('p', {class: 'dim'}, 'loading every model\'s side file'));
+  needAll(['#tokens', ...D.models], () => {
+    const T = FS['#tokens'];
+    if (!T) {
+      out.replaceChildren(h('p', {class: 'dim'}, 'No side files beside the report: re-run python analyze.py.'));
+      return;
+    }
+    const want = new Set(Object.keys(T.tok).filter(id => T.tok[id].trim() === word).map(Number));
+    const ids = tokenIds(), found = [];
+    for (const m of D.models) {
+      if (!FS[m]) continue;
+      FS[m].f.forEach((f, i) => {
+        if (!f) return;
+        let n = 0;
+        for (const c of f[2]) if (want.has(ids[c[0] * T.T + c[1] + argmax(levels(c[2]))])) n++;
+        if (n) found.push([m, i, n, f[2].length]);
+      });
+    }
+    found.sort((a, b) => b[2] - a[2] || D.density[b[0]][b[1]] - D.density[a[0]][a[1]]);
+    const head = ['feature', 'top contexts peaking on it', 'fires on (% of tokens)'].map(x => h('th', {}, x));
+    const t = h('table', {id: 'hits'}, h('tr', {}, ...head, h('th', {class: 'l'}, 'its top context')));
+    for (const [m, i, n, of] of found.slice(0, 200)) {
+      const f = FS[m].f[i], c = f[2][0], lv = levels(c[2]), row = win(c[0], c[1], c[2].length);
+      t.append(h('tr', {}, h('td', {}, link(m, i)), h('td', {}, n + ' of ' + of),
+                 h('td', {}, num(100 * D.density[m][i])),
+                 h('td', {class: 'l'}, levelRow('', row, lv, FS[m].levels, f[0], argmax(lv)))));
+    }
+    out.replaceChildren(h('p', {}, found.length + ' features whose top contexts peak on the token "' + word + '"'
+                          + (want.size ? '' : ' (no such token in the token set)')
+                          + (found.length > 200 ? '; the first 200' : '')), t);
+    out.setAttribute('data-found', String(found.length));
+    document.documentElement.setAttribute('data-found-ms', String(Math.round(performance.now())));
+  });
+}
+for (const [form, input] of [['fs', 'fq'], ['fs2', 'fq2']])  // the report's search box and the feature view's
+  document.getElementById(form).addEventListener('submit', ev => {
+    ev.preventDefault();
+    ask(document.getElementById(input).value);
+  });
+function view(feature) {  // a feature page replaces the report on screen, at the top: a deep link shows it at once
+  document.getElementById('fview').hidden = !feature;
+  document.getElementById('report').hidden = feature;
+}
+function fromHash() {  // #model/i opens that feature, #search=word the search's results (both at the top, in place of
+  const key = decodeURIComponent(location.hash.slice(1));  // the report); other anchors are the report's sections
+  if (key.startsWith('search=')) {
+    const pg = document.getElementById('page'), box = h('div', {id: 'fres'});
+    current = null;
+    pg.replaceChildren(h('h3', {}, 'search: ' + key.slice(7)), box);
+    search(key.slice(7), box);
+  } else if (!(/^[^/]+\/\d+$/.test(key) && render(key))) {
+    view(false);
+    if (key && document.getElementById(key)) document.getElementById(key).scrollIntoView();
+    return;
+  }
+  view(true);
+  window.scrollTo(0, 0);
+  const top = document.querySelector('#page h3').getBoundingClientRect().top;
+  document.documentElement.setAttribute('data-heading-top', String(Math.round(top)));
 }
 window.addEventListener('hashchange', fromHash);
+for (const el of document.querySelectorAll('[data-dctx]')) {  // model diffing: a disagreement's top contexts
+  const [k, j] = el.getAttribute('data-dctx').split('.').map(Number), cs = (D.diff || [])[k]?.[j] || [];
+  const mx = Math.max(1e-9, ...cs.map(c => Math.max(...c.acts)));
+  if (!cs.length) el.append(h('p', {class: 'dim'}, 'no contexts recorded'));
+  for (const c of cs) el.append(context([c.tokens, c.acts], mx, argmax(c.acts), true));
+}
 function selftest() {  // tests/test_report_browser.py: every page renders; every example shows contexts and logit values
   for (const k in D.pages) {
     render(k);
@@ -718,7 +1375,13 @@ function selftest() {  // tests/test_report_browser.py: every page renders; ever
 }
 if (location.hash === '#selftest') selftest();
 else { render(D.first); fromHash(); }
+const ratio = document.querySelector('table.ratio');  // where the headline ends on the page (tests: above 800 px)
+if (ratio && !document.getElementById('report').hidden) {
+  const bottom = ratio.getBoundingClientRect().bottom + window.scrollY;
+  document.documentElement.setAttribute('data-headline-bottom', String(Math.round(bottom)));
+}
 document.documentElement.setAttribute('data-js', document.documentElement.getAttribute('data-js') || 'ok');
+document.documentElement.setAttribute('data-ready-ms', String(Math.round(performance.now())));
 """
 
 
@@ -740,10 +1403,10 @@ def examples(res):
     return out
 
 
-def page_data(res, pages):
+def page_data(res, pages, side=None):
     """The data the page's script uses: per edge each feature's best partner, r, decoder cosine and status
     (from results.json; pages.json's copy of the status for an older results.json), densities, the feature
-    pages (pages.json) and the examples with their reasons."""
+    pages (pages.json), the examples with their reasons, and the side files (side_files) it may load."""
     edges = []
     for n, e in res["edges"].items():
         status = e.get("status") or pages["status"][n]
@@ -753,47 +1416,88 @@ def page_data(res, pages):
                       "cs": status["child"]})
     data = {"models": list(res["models"]), "n_show": res["provenance"]["config"]["n_show"], "edges": edges,
             "density": res["density"], "pages": pages["pages"], "tok": pages["tok"],
-            "status_name": res.get("status_legend") or pages["status_legend"], "sel": examples(res)}
+            "status_name": res.get("status_legend") or pages["status_legend"], "sel": examples(res),
+            "side": side or {}, "n_tokens": res["token_set"]["n_tokens"]}
     data["why"] = {k: f"{c} on {s['edge']}" + (f"; {why}" if why else "") for s in data["sel"] for c in CATEGORIES
                    for k, why in s[c]}
     data["first"] = next((k for s in data["sel"] for c in CATEGORIES for k, _ in s[c]), f"{data['models'][0]}/0")
+    diff = res.get("diffing") or {}
+    if diff.get("edges") and not diff.get("stale"):  # the disagreement examples' contexts, by edge then example
+        data["diff"] = [[x.get("contexts") or [] for x in e.get("examples") or []] for e in diff["edges"].values()]
     return data
 
 
-SECTIONS = (("training", "training"), ("sweep", "merge sweep"), ("saes", "SAEs"), ("edges", "edges"),
+SECTIONS = (("browse", "every feature (browse, search)"), ("features", "example features"), ("training", "training"),
+            ("sweep", "merge sweep"), ("saes", "SAEs"), ("density", "feature density"), ("edges", "edges"),
             ("stability", "stability"), ("one-to-one", "one-to-one"), ("bands", "density bands"),
-            ("families", "families"), ("hists", "best r"), ("features", "feature pages"))
+            ("families", "families"), ("hists", "best r"))
+
+
+def sections(res):
+    """The first screen's links: SECTIONS, and model diffing when results.json has it (diffing.py has run)."""
+    return SECTIONS + ((("diffing", "model diffing"),) if res.get("diffing") else ())
+
+
+def section_browse(side):
+    """Every live feature, one click away: the search box and the sortable list (built by the page's script
+    from the densities and statuses; each feature's page loads its model's side file)."""
+    size = sum(v["bytes"] for v in side.values())
+    where = (f"Contexts, histograms and logit effects of every live feature are in side files beside this page "
+             f"({esc(SIDE)}/: {size / 1e6:.1f} MB, one per model plus the token set), loaded when a feature or a "
+             "search needs them." if side else
+             "<b>No side files</b> (features/) beside this page: the list works, but only the example features have "
+             "contexts; re-run python analyze.py to make them.")
+    return ("<h2 id='browse'>Every feature</h2><p>" + where + " Search by feature (lua/12, or 12 for the list's model) "
+            "or by token: <i>self</i> lists the features whose top contexts peak on that token. A link to "
+            "report.html#search=self runs a search.</p><form id='fs'>Search: <input id='fq' size='30' "
+            "placeholder='lua/12, 12, or a token such as self'> <button>search</button></form>"
+            "<p>Features of <select id='qm'></select> sorted by <select id='ls'><option value='dd'>density, most "
+            "frequent first</option><option value='da'>density, rarest first</option><option value='id'>number"
+            "</option></select>, <select id='lf'></select></p><div id='flist'></div>")
 
 
 def render_report(res, pages, out_dir):
-    """The page from analyze.py's results (results.json), its page data (pages.json) and the stages' records in out_dir."""
+    """The page from analyze.py's results (results.json), its page data (pages.json), the side files beside it
+    (features/) and the stages' records in out_dir. First screen: what was run, the edge / null table and its
+    reading, links to the rest."""
     cfg, thr, ts = res["provenance"]["config"], res["threshold"], res["token_set"]
+    side = side_files(os.path.join(out_dir, "analysis"), list(res["models"]))
     sweep = read_stage(out_dir, ".", "merge_sweep.json", "sweep")
-    summary = esc(f"{ts['n_tokens']:,} evaluation tokens ({ts['n_seq']:,} windows of {ts['block_size']} from the val splits: "
-                  + ", ".join(f"{d} {n}" for d, n in ts["per_domain"].items()) + f"; seed {ts['seed']}), threshold r ")
-    summary += f"&ge; {esc(str(thr))}. Created {esc(str(res['provenance']['created']))}."
     banner = ('<p class="banner"><b>Smoke-scale demo.</b> The data source is the generated sample corpus (data.py '
               '--source sample): tiny models on synthetic text; the numbers show that the pipeline runs, not the '
               'study\'s findings.</p>') if ts["smoke_scale_demo"] else ""
     sw = ("<h2 id='sweep'>Merge sweep</h2><p>Validation loss of SLERP(a, b, t) on each domain (merge.py --sweep).</p>"
           + sweep_chart(sweep, [(m, read_stage(out_dir, m, "merge.json", "merge") or {}) for m in res["models"]])
           if sweep else "")
-    body = [f"<h1>Tracking SAE features through fine-tuning and merging</h1>{banner}<p>{summary}</p>",
-            "<p class='toc'>" + " | ".join(f"<a href='#{k}'>{v}</a>" for k, v in SECTIONS) + "</p>",
+    rule = res.get("selection_rule")
+    rule = (f" Every example fires on at least {rule['min_fires']} tokens of the token set, with a maximum activation "
+            f"of at least {rule['min_act_frac']:g} x the median maximum of its SAE's live features ("
+            + ", ".join(f"{esc(m)} {v:.3g}" for m, v in rule["min_act"].items()) + ")." if rule else "")
+    first = (f"<h1 id='top'>Tracking SAE features through fine-tuning and merging</h1>{banner}{run_summary(res)}"
+             f"<h2 id='headline'>Each edge against its null</h2><p class='reading'>{reading(res)}</p>"
+             + ratio_table(res) + "<p class='toc'>" + " | ".join(f"<a href='#{k}'>{v}</a>" for k, v in sections(res))
+             + f" | <a href='#{esc(page_data_first(res))}'>a feature page</a></p>")
+    body = [first, section_browse(side),
+            "<h2 id='features'>Example features</h2><p>The examples of each edge, chosen across the density range of "
+            "their class and by their distance from the threshold (the reason is given)." + rule + " Each opens its "
+            "page; links such as #lua/12 open any feature.</p><div id='sel'></div>",
             section_training(out_dir, list(res["models"])), sw, section_saes(res, out_dir), section_edges(res, thr, cfg),
             section_stability(res), section_bands(res), section_families(res, thr), section_hists(res, thr),
-            "<h2 id='features'>Feature pages</h2><p>The examples of each edge, chosen across the density range of their "
-            "class and by their distance from the threshold (the reason is given), then any feature by its number; "
-            "links such as #lua/12 open that feature.</p><div id='sel'></div>"
-            "<form id='q'>Feature: <select id='qm'></select> <input id='qi' type='number' min='0' value='0' "
-            "style='width:7em'> <button>show</button></form><div id='page'></div>",
-            "<details><summary>Provenance</summary><pre>"
+            section_diffing(res), "<details><summary>Provenance</summary><pre>"
             + esc(json.dumps(res["provenance"], indent=1, default=common._json_default)) + "</pre></details>"]
+    view = ("<div id='fview' hidden><form class='nav' id='fs2'><a href='#top'>&larr; the report</a> | "
+            "<a href='#browse'>every feature</a> | <a href='#features'>the examples</a> | <input id='fq2' size='24' "
+            "placeholder='lua/12, 12 or a token'> <button>search</button></form><div id='page'></div></div>")
     return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Feature tracking report</title>'
             "<script>window.onerror=function(m,s,l){document.documentElement.setAttribute('data-js','error: '+m+' (line '+l+')');};</script>"
-            f"<style>{STYLE}</style></head><body>" + "\n".join(body)
-            + f'<script type="application/json" id="data">{json_for_script(page_data(res, pages))}</script>'
+            f"<style>{STYLE}</style></head><body>{view}<div id='report'>" + "\n".join(body) + "</div>"
+            + f'<script type="application/json" id="data">{json_for_script(page_data(res, pages, side))}</script>'
             + f"<script>{SCRIPT}</script></body></html>\n")
+
+
+def page_data_first(res):
+    """The first example (model/i): the feature page the report opens with."""
+    return next((k for s in examples(res) for c in CATEGORIES for k, _ in s[c]), f"{next(iter(res['models']))}/0")
 
 
 # -----------------------------------------------------------------------------

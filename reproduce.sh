@@ -12,6 +12,7 @@
 #   EXTRA="--compile=false" ./reproduce.sh                      # the same, from the environment
 #   JOBS=1 ./reproduce.sh                                       # one stage at a time (default auto: see below)
 #   MODELS=authors SOURCE=hf PRESET=paper DATA=data_a OUT=out_a ./reproduce.sh  # the authors' released models
+#   DIFFING=1 ./reproduce.sh                                    # + diffing.py (crosscoders) before the analysis
 #
 # MODELS=authors studies the four models the authors released on the hub instead of training ours:
 # the data is encoded with their tokenizer (data.py --tokenizer authors), authors.py fetches and
@@ -28,7 +29,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3} SOURCE=${SOURCE:-sample} PRESET=${PRESET:-tiny} DATA=${DATA:-data} OUT=${OUT:-out}
-JOBS=${JOBS:-auto} MODELS=${MODELS:-ours}
+JOBS=${JOBS:-auto} MODELS=${MODELS:-ours} DIFFING=${DIFFING:-0}
 dirs=(--preset="$PRESET" --data_dir="$DATA" --out_dir="$OUT")
 die() { echo "error: $*" >&2; exit 2; }
 # the environment's settings, each checked here in one line before anything runs (a bad one would
@@ -37,6 +38,7 @@ die() { echo "error: $*" >&2; exit 2; }
   || die "JOBS=$JOBS: give how many stages may run at once (1, 2, ... at most 64; the study has 11) or auto"
 [[ $MODELS == ours || $MODELS == authors ]] \
   || die "MODELS=$MODELS: ours (trained here) or authors (the authors' released models)"
+[[ $DIFFING == 0 || $DIFFING == 1 ]] || die "DIFFING=$DIFFING: 1 (add diffing.py's crosscoders before the analysis) or 0"
 [[ $PRESET == tiny || $PRESET == paper ]] || die "PRESET=$PRESET: tiny (a CPU demo) or paper (the paper's sizes, a GPU)"
 case $SOURCE in
   sample|hf) ;;
@@ -58,6 +60,7 @@ REPRODUCE_START=$(awk '{ sub(/^.*\) /, ""); print $20 }' /proc/$$/stat 2>/dev/nu
 export REPRODUCE_START
 scripts=(data.py train.py merge.py sae.py analyze.py)
 [ "$MODELS" = ours ] || scripts=(data.py authors.py sae.py analyze.py)
+[ "$DIFFING" = 0 ] || scripts+=(diffing.py)
 
 # -----------------------------------------------------------------------------
 # extra settings: EXTRA (split on spaces) and the arguments, each --key=value; every stage gets the
@@ -222,6 +225,10 @@ else
 fi
 after  # the analysis reads every model and SAE
 slots=1
+if [ "$DIFFING" = 1 ]; then  # crosscoders and cross-applied SAEs (issue 28); the analysis folds them in
+  stage "diffing: crosscoders and cross-applied SAEs" diffing "$OUT/diffing" diffing.py "${dirs[@]}"
+  after
+fi
 stage "analysis: feature tracking and the report" analyze "$OUT/analysis" analyze.py "${dirs[@]}"
 after
 

@@ -5,12 +5,17 @@ it with the error). At #selftest the script renders every stored feature page an
 shows no context or a page no logit values. A deep link (#model/i) must open that feature on first load.
 A report with a broken script must fail the same check. Also checked without a browser: the report of an
 older results.json (no stability, bands or reasons) still renders, with notes where parts are missing.
+The model diffing section, from a hand-made record of analyze.diffing_record's shape: its numbers, its
+histogram's bars and its examples' links and contexts; a stale record is one line, none is no section.
 The browser tests are skipped when chromium is not installed (apt-get install chromium).
 
 Also runs alone on any report and writes a screenshot to look at:
     python tests/test_report_browser.py out/analysis/report.html [report.png] [#lua/12]
 """
+import base64
 import copy
+import html
+import json
 import math
 import os
 import re
@@ -19,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run alone: the repository's modules
@@ -33,20 +39,34 @@ def chromium():
     return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
-def render(html_path, fragment="#selftest", screenshot=None, height=3000, timeout=120):
-    """The DOM after the page's script ran at html_path + fragment; a PNG screenshot of the top of the page
-    (window 1200 x height) if asked. A deep link scrolls, and a headless screenshot of a scrolled page is
-    blank: give a height above the page's to see the feature page (the picture then holds the whole page)."""
+def render(html_path, fragment="#selftest", screenshot=None, height=3000, timeout=120, width=1200):
+    """The DOM after the page's script ran at html_path + fragment, in a width x height window; a PNG
+    screenshot of the top of the page (the same window) if asked. A feature's deep link shows its page at
+    the top (the report is hidden), so a screenshot of a normal window shows it."""
     url = "file://" + os.path.abspath(html_path)
     with tempfile.TemporaryDirectory() as profile:
-        cmd = [chromium(), *FLAGS, f"--user-data-dir={profile}"]
+        cmd = [chromium(), *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"]
         dom = subprocess.run(cmd + ["--dump-dom", url + fragment], capture_output=True, text=True, timeout=timeout).stdout
     if screenshot:
         with tempfile.TemporaryDirectory() as profile:
             subprocess.run([chromium(), *FLAGS, f"--user-data-dir={profile}", f"--screenshot={os.path.abspath(screenshot)}",
-                            f"--window-size=1200,{height}", "--hide-scrollbars", url + ("" if fragment == "#selftest" else fragment)],
-                           capture_output=True, timeout=timeout)
+                            f"--window-size={width},{height}", "--hide-scrollbars",
+                            url + ("" if fragment == "#selftest" else fragment)], capture_output=True, timeout=timeout)
     return dom
+
+
+def side_file(out_dir, key):
+    """The record a side file (analysis/features/<key>.js) files under window.FEATURES[key]."""
+    text = open(os.path.join(out_dir, "analysis", "features", f"{key}.js"), encoding="utf-8").read()
+    return json.loads(text[text.index("]=") + 2:].rstrip().rstrip(";"))
+
+
+def peak_token(tokens, c):
+    """The token at the peak of a side-file context [seq, start, digits, ...] (the first highest digit: base 36
+    digits sort as characters)."""
+    dtype = "<" + {"uint16": "u2", "uint32": "u4"}[tokens["dtype"]]
+    T, ids = tokens["T"], np.frombuffer(base64.b64decode(tokens["ids"]), dtype=dtype)
+    return int(ids[c[0] * T + c[1] + c[2].index(max(c[2]))])
 
 
 def problems(dom):
@@ -128,11 +148,12 @@ def test_a_deep_link_opens_the_named_feature_on_first_load(study):
     res, pages = load(out_dir)
     stored = sorted(pages["pages"])[-1]                             # a feature with contexts
     assert shown_feature(render(page, "#" + stored)) == stored
-    dom = render(page, "#lua/7")                                    # a feature without a stored page
+    dom = render(page, "#lua/7")                                    # a feature without a stored page: its side file
     assert problems(dom) == [] and shown_feature(dom) == "lua/7"
-    assert "Contexts are stored for the example features" in dom
+    assert 'data-shown="lua/7"' in dom and "From the side file" in dom and 'class="ctx"' in dom
     dom = render(page, "#stability")                                # a section anchor is not a feature
     assert problems(dom) == [] and shown_feature(dom) is not None
+    assert re.search(r'<div id="fview" hidden', dom)                # the report shows, not the feature view
 
 
 @needs_chromium
@@ -152,6 +173,110 @@ def test_the_check_catches_a_broken_script_and_an_example_without_contexts(study
     with open(broken, "w", encoding="utf-8") as f:
         f.write(report.render_report(res, pages, out_dir))
     assert any(f"example {example} shows no context" in p for p in problems(render(broken)))
+
+
+@needs_chromium
+def test_the_first_screen_holds_what_was_run_and_the_headline(study, tmp_path):
+    """On a 1280 x 800 screen the report opens with what was run, the edge / null table with its one-line
+    reading (ending above the fold), and links to everything else; no chart comes before it."""
+    out_dir, page = study
+    dom = render(page, "", screenshot=str(tmp_path / "first.png"), width=1280, height=800)
+    assert problems(dom) == []
+    first = dom.split('<div id="report">')[1].split('id="browse"')[0]
+    assert "<b>preset</b>: tiny" in first and "<b>models</b>: base (96 SAE features" in first
+    assert 'class="reading"' in first and "times as many" in first and "<svg" not in first
+    assert first.index('class="ratio"') < first.index('class="toc"')
+    assert all(f'href="#{k}"' in first for k, _ in report.SECTIONS)
+    assert 0 < int(re.search(r'data-headline-bottom="(\d+)"', dom).group(1)) <= 800
+
+
+@needs_chromium
+def test_a_deep_link_shows_the_feature_at_the_top_of_a_normal_window(study, tmp_path):
+    """report.html#tinystories/20 in a 1280 x 800 window: the feature's heading is on screen (the report is
+    hidden behind the feature view, nothing to scroll to), and a plain screenshot of it is not blank."""
+    out_dir, page = study
+    shot = str(tmp_path / "deep.png")
+    dom = render(page, "#tinystories/20", screenshot=shot, width=1280, height=800)
+    assert problems(dom) == [] and shown_feature(dom) == "tinystories/20" and 'data-shown="tinystories/20"' in dom
+    assert 0 <= int(re.search(r'data-heading-top="(-?\d+)"', dom).group(1)) < 700
+    assert re.search(r'<div id="report" hidden', dom)
+    assert os.path.getsize(shot) > 20_000                           # a real picture, not a blank page
+
+
+@needs_chromium
+def test_a_token_search_lists_the_features_whose_top_contexts_peak_on_it(study):
+    """#search=WORD lists, from every model's side file, exactly the features with a top context whose peak
+    token is WORD (counted here from the side files themselves)."""
+    out_dir, page = study
+    res, _ = load(out_dir)
+    tokens, peaks = side_file(out_dir, "tokens"), {}
+    for m in res["models"]:
+        for i, f in enumerate(side_file(out_dir, m)["f"]):
+            for c in (f[2] if f else []):
+                peaks.setdefault(tokens["tok"][str(peak_token(tokens, c))].strip(), set()).add(f"{m}/{i}")
+    word = max((w for w in peaks if w.isalpha() and len(peaks[w]) <= 200), key=lambda w: len(peaks[w]))
+    dom = render(page, "#search=" + word)
+    assert 'data-js="ok"' in dom and f'data-found="{len(peaks[word])}"' in dom      # the results replace a feature
+    assert re.search(r'<div id="report" hidden', dom) and f"<h3>search: {word}</h3>" in dom
+    hits = dom.split('id="hits"')[1].split("</table>")[0]
+    assert set(re.findall(r'<a href="#([\w.-]+/\d+)"', hits)) == peaks[word]
+    dom = render(page, "#search=nosuchtoken")
+    assert 'data-found="0"' in dom and "no such token in the token set" in dom
+
+
+@needs_chromium
+def test_the_tracking_view_shows_the_partner_on_this_features_top_contexts(study):
+    """A feature's page shows, per edge, its best partner's activations on its own top contexts, shaded token
+    by token as the side file holds them. lua is base with base's SAE: on base->lua the partner of base/i is
+    lua/i, shaded on exactly the same tokens."""
+    out_dir, page = study
+    base = side_file(out_dir, "base")
+    i = next(k for k, f in enumerate(base["f"]) if f and len(f[2]) >= 2)
+    f = base["f"][i]
+    dom = render(page, f"#base/{i}")
+    assert problems(dom) == [] and f'data-shown="base/{i}"' in dom and "Tracking: on each edge" in dom
+    rows = re.findall(r'<div class="pair"><div class="ctx">(.*?)</div><div class="ctx">(.*?)</div></div>', dom)
+    expected = [(k, c) for k, p in enumerate(f[6]) if p for c in f[2]]
+    assert len(rows) == len(expected) > 0
+    shaded = lambda row: [("background" in s) for s in re.findall(r"<span title=[^>]*>", row)]
+    for (own, partner), (k, c) in zip(rows, expected):
+        assert f'<span class="mx">base/{i}</span>' in own and f'<span class="mx">base/{i}</span>' not in partner
+        assert shaded(own) == [d != "0" for d in c[2]] and shaded(partner) == [d != "0" for d in c[3][k]]
+        if base["edges"][k] == "base->lua":
+            assert f'<span class="mx">lua/{i}</span>' in partner and c[3][k] == c[2]
+
+
+def test_every_live_feature_has_a_compact_side_file_entry(study):
+    """analyze.py writes every live feature of every SAE to its model's side file (dead ones null), with the
+    same top sequence as pages.json's example pages; the token set is stored once (features/tokens.js)."""
+    out_dir, _ = study
+    res, pages = load(out_dir)
+    tokens = side_file(out_dir, "tokens")
+    assert tokens["kind"] == "tokens" and tokens["n_seq"] == res["token_set"]["n_seq"]
+    for m in res["models"]:
+        S = side_file(out_dir, m)
+        assert S["kind"] == "features" and [f is None for f in S["f"]] == [d == 0 for d in res["density"][m]]
+        assert all(len(c[2]) == S["width"] and len(c[3]) == len(S["edges"]) for f in S["f"] if f for c in f[2])
+    for key, p in pages["pages"].items():
+        m, i = key.split("/")
+        f = side_file(out_dir, m)["f"][int(i)]
+        if f and p["top"]:
+            ids, acts = p["top"][0][:2]
+            c = f[2][0]
+            T = tokens["T"]
+            seq = np.frombuffer(base64.b64decode(tokens["ids"]), dtype="<u2")[c[0] * T:(c[0] + 1) * T].tolist()
+            top_at = [seq[c[1] + k] for k, d in enumerate(c[2]) if d == max(c[2])]
+            assert ids[acts.index(max(acts))] in top_at and f[0] == pytest.approx(p["hist"]["max"], rel=0.01)
+
+
+def test_a_report_without_side_files_says_so(study, tmp_path):
+    """An analysis folder made before the browser (no features/): the page renders, states that only the
+    examples have contexts and names the command that makes the rest."""
+    out_dir, _ = study
+    res, pages = load(out_dir)
+    assert "features/: " in report.render_report(res, pages, out_dir)             # the size of what is there
+    page = report.render_report(res, pages, str(tmp_path))                         # no analysis/features/ there
+    assert "No side files" in page and '"side":{}' in page
 
 
 def test_an_older_results_json_renders_with_notes_for_what_it_lacks(study):
@@ -228,6 +353,154 @@ def test_markup_in_the_inputs_is_escaped(study):
     res["token_set"]["per_domain"] = {"<b>lua</b>": 1}
     page = report.render_report(res, pages, out_dir)
     assert "<img src=x" not in page and "<b>lua</b>" not in page
+
+
+def diffing_record(res, n_edges=2):
+    """A results.json["diffing"] of the shape analyze.diffing_record writes, for the test study's first edges:
+    made-up numbers (seeded), examples on live features of each edge's models, with contexts of token strings
+    (one holding markup, which must show as text)."""
+    rng = np.random.default_rng(0)
+    legend = {"s": "shared", "p": "parent-only", "c": "child-only", "m": "mixed", "x": "dead", "u": "unmatched"}
+    edges = {}
+    for k, (name, e) in enumerate(list(res["edges"].items())[:n_edges]):
+        seeds = {}
+        for s in ("0", "1"):
+            hist = rng.integers(0, 12, 40) * (rng.random(40) < 0.7)
+            live = int(hist.sum())
+            n = dict(zip(("shared", "parent-only", "child-only", "mixed"), rng.multinomial(live, [0.6, 0.1, 0.1, 0.2])))
+            spur = {c: int(rng.integers(0, n[c] + 1)) for c in ("parent-only", "child-only")}
+            seeds[s] = {"live": live, "dead": 3, "counts": {c: int(v) for c, v in n.items()},
+                        "fractions": {c: round(int(v) / live, 5) for c, v in n.items()},
+                        "fvu": {"parent": 0.3 + 0.01 * k, "child": 0.31}, "l0": 14.2, "spurious": spur,
+                        "genuine": {c: int(n[c]) - spur[c] for c in spur},
+                        "delta_hist": {"edges": [round(b / 40, 3) for b in range(41)], "counts": hist.tolist(),
+                                       "mean": 0.5, "sd": 0.1}}
+        table = {side: {st: {c: int(rng.integers(0, 30)) for c in "spcmxu"} for st in pick}
+                 for side, pick in (("parent", "pd"), ("child", "me"))}
+        agree = sum(t[st][{"p": "s", "d": "p", "m": "s", "e": "c"}[st]] for t in table.values() for st in t)
+        total = sum(sum(v.values()) for t in table.values() for v in t.values())
+        matched = total - sum(v["u"] for t in table.values() for v in t.values())
+        examples = []
+        for j, (m, status, cls) in enumerate(((e["parent"], "disappears", "shared"), (e["child"], "emerges", "mixed"))):
+            i = [f for f, d in enumerate(res["density"][m]) if d > 0][3 + 2 * j + k]
+            tokens = ["def", " main", "():", "\n", "<b>cat</b>", " &", " dog", "\t"]
+            examples.append({"model": m, "feature": i, "status": status, "latent": 17 + j, "latent_class": cls,
+                             "r": 0.9 - 0.1 * j, "rate_own": 0.0123, "rate_other": 0.0456,
+                             "contexts": [{"tokens": tokens, "acts": [0, 0.5, 0, 0, 2.0 + c, 0.25, 0, 0]}
+                                          for c in range(3 - j)]})
+        cross = {on: {sae: {"fvu": 0.2 + 0.1 * (on[3:] != sae[:-4]), "l0": 50.0 + k, "ce_recovered": 0.9,
+                            "kl": 0.05, "dead_frac": 0.0} for sae in ("parent_sae", "child_sae")}
+                 for on in ("on_parent", "on_child")}
+        live0 = seeds["0"]["live"]
+        edges[name] = {
+            "crosscoder": {"seeds": seeds, "null": {"seeds": [0, 1], "threshold": 0.8, "live": live0,
+                                                    "found_again": 40 + k, "found_again_frac": (40 + k) / live0,
+                                                    "same_class": 30, "same_class_frac": 30 / (40 + k)}},
+            "correlation": {"persisting_frac": e["persisting_frac"], "disappearing_frac": 1 - e["persisting_frac"],
+                            "emerging_frac": e["emerging_frac"],
+                            "null_persisting_frac": e.get("null_parent_persisting_frac")},
+            "cross_application": cross,
+            "firing": {s: {"live": 91, "stopped": 2 + k, "started": 1, "stopped_frac": 0.02, "median_log10_ratio": 0.3}
+                       for s in ("parent_sae", "child_sae")},
+            "agreement": {**table, "agree": agree, "n": total, "agree_frac": round(agree / total, 5),
+                          "n_matched": matched, "agree_frac_matched": round(agree / matched, 5)},
+            "examples": examples}
+    return {"edges": edges, "arch": "batchtopk", "cuts": {"parent_only": 0.1, "shared": [0.4, 0.6], "child_only": 0.9,
+                                                          "scaling": 0.5},
+            "match_min_r": 0.5, "agree_rule": {"persists": "shared", "disappears": "parent-only", "matched": "shared",
+                                               "emerges": "child-only"},
+            "class_legend": legend, "delta": "(1/2) ((|d_child| - |d_parent|) / max(|d_parent|, |d_child|) + 1)",
+            "seconds": 1.0}
+
+
+def numbers(cell):
+    """The numbers written in a table cell's text, in order ('85.4% [85.0%]' -> [85.4, 85.0])."""
+    return [float(x) for x in re.findall(r"\d+(?:\.\d+)?", cell.replace(",", ""))]
+
+
+def expected_row(name, e):
+    """What the diffing table's row of edge name must say, as numbers in the order of its cells."""
+    c, cc, a = e["correlation"], e["crosscoder"], e["agreement"]
+    s0, s1, null = cc["seeds"]["0"], cc["seeds"]["1"], cc["null"]
+    pct = lambda v: 100 * v
+    out = [pct(c["persisting_frac"]), pct(c["disappearing_frac"]), pct(c["emerging_frac"]),
+           pct(c["null_persisting_frac"]), c["persisting_frac"] / c["null_persisting_frac"]]
+    for k in ("shared", "parent-only", "child-only", "mixed"):
+        out += [pct(s0["fractions"][k]), pct(s1["fractions"][k])]
+    for s in (s0, s1):
+        out += [v for k in ("parent-only", "child-only") for v in (s["spurious"][k], s["counts"][k])]
+    out += [pct(null["found_again_frac"]), null["found_again"], null["live"], pct(null["same_class_frac"]),
+            null["same_class"], null["found_again"], pct(a["agree_frac"]), a["agree"], a["n"],
+            pct(a["agree_frac_matched"]), a["agree"], a["n_matched"]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def diffing_page(study):
+    """The test study's report with a diffing record, written beside report.html (its side files load)."""
+    out_dir, _ = study
+    res, pages = load(out_dir)
+    assert "diffing" not in res                                   # analyze.py ran without diffing.py's record
+    res["diffing"] = diffing_record(res)
+    path = os.path.join(out_dir, "analysis", "report_diffing.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(report.render_report(res, pages, out_dir))
+    return res, path
+
+
+@needs_chromium
+def test_the_model_diffing_section_shows_the_records_numbers(diffing_page):
+    """With results.json["diffing"] the report has a model diffing section, linked from the first screen: its
+    table says the record's numbers, each edge's relative-norm histogram has the record's counts in its bars
+    (both seeds), and each disagreement links to a live feature's page and shows its contexts, the maximum
+    outlined and markup in a token shown as text; the script runs cleanly."""
+    res, page = diffing_page
+    d = res["diffing"]
+    dom = render(page, "#diffing", width=1280)
+    assert problems(dom) == [] and 'id="diffing"' in dom
+    assert 'href="#diffing"' in dom.split('id="browse"')[0]                     # in the first screen's links
+    section = dom.split('id="diffing"')[1].split("<details>")[0]
+    rows = re.findall(r"<tr><td>([^<]*)</td>(.*?)</tr>", section.split('class="diff"')[1].split("</table>")[0])
+    assert [html.unescape(n) for n, _ in rows] == list(d["edges"])
+    for (name, cells), e in zip(rows, d["edges"].values()):
+        got = [v for c in re.findall(r"<td>(.*?)</td>", cells) for v in numbers(c)]
+        assert got == pytest.approx(expected_row(name, e), abs=0.051), name
+    for k, (name, e) in enumerate(d["edges"].items()):
+        block = section.split(f'id="diffing-{k}"')[1].split('id="diffing-')[0]
+        for s, rec in e["crosscoder"]["seeds"].items():
+            bars = re.findall(rf"<title>seed {s}\b[^:<]*: ([\d.]+) to ([\d.]+): ([\d,]+)</title>", block)
+            bins, counts = rec["delta_hist"]["edges"], rec["delta_hist"]["counts"]
+            want = [(f"{bins[b]:g}", f"{bins[b + 1]:g}", str(c)) for b, c in enumerate(counts) if c]
+            assert bars == want, (name, s)
+        assert "relative decoder norm (0 parent-only, ½ shared, 1 child-only)" in block
+        exs = re.findall(r'<div class="dex"><p><a href="#([\w.-]+)/(\d+)">.*?<div data-dctx="[\d.]+">(.*?)</div></div>',
+                         block)
+        assert len(exs) == len(e["examples"]) > 0
+        for (m, i, ctx), x in zip(exs, e["examples"]):
+            assert (m, int(i)) == (x["model"], x["feature"]) and res["density"][m][int(i)] > 0   # a live feature's page
+            shown = re.findall(r'<div class="ctx">(.*?)</div>', ctx + "</div>")
+            assert len(shown) == len(x["contexts"])
+            for c in shown:   # the maximum (the markup token) outlined, shown as text
+                assert re.search(r'<span title="activation [^"]*" [^>]*class="at"[^>]*>&lt;b&gt;cat&lt;/b&gt;</span>',
+                                 c)
+    x = next(iter(d["edges"].values()))["examples"][0]
+    key = f"{x['model']}/{x['feature']}"
+    assert shown_feature(render(page, "#" + key)) == key                         # the link opens that page
+
+
+def test_a_stale_or_absent_diffing_record(study, diffing_page):
+    """A stale record (made from other SAEs) shows one line naming what to re-run, no table or chart; without
+    a record there is no section and no link to one."""
+    out_dir, _ = study
+    res, pages = load(out_dir)
+    plain = report.render_report(res, pages, out_dir)
+    assert 'id="diffing"' not in plain and "href='#diffing'" not in plain and "Model diffing" not in plain
+    res["diffing"] = {"stale": "made from other SAEs (lua); re-run python diffing.py"}
+    page = report.render_report(res, pages, out_dir)
+    section = page.split("id='diffing'>")[1].split("<details>")[0]
+    assert "href='#diffing'" in page and "re-run python diffing.py, then python analyze.py" in section
+    assert "<table" not in section and "<svg" not in section and section.count("<p") == 1
+    assert '"diff"' not in page.split('id="data">')[1]                          # no contexts to draw
 
 
 def test_axis_ticks_are_round_and_cover_the_data():

@@ -1,0 +1,265 @@
+"""diffing.py: the crosscoder's loss, BatchTopK and decoder-norm rule on known answers; latent scaling and the
+cross-application's firing change on constructed cases; a planted two-model case (shared features, features
+removed in the child, features added in it) that a trained crosscoder and the cross-applied SAEs recover; and
+one end-to-end run on a tiny pipeline, folded into analyze.py's results.json."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import analyze
+import diffing
+import sae as saelib
+from helpers import one_thread  # noqa: F401 (autouse)
+
+
+def hand_crosscoder(arch, W_enc, W_dec, k=1):
+    """A crosscoder with the given weights (M, d, L) and (M, L, d), zero biases, scale 1."""
+    W_enc, W_dec = torch.as_tensor(W_enc, dtype=torch.float32), torch.as_tensor(W_dec, dtype=torch.float32)
+    M, d, L = W_enc.shape
+    cc = diffing.Crosscoder(M, d, L, arch, k)
+    with torch.no_grad():
+        cc.W_enc.copy_(W_enc)
+        cc.W_dec.copy_(W_dec)
+    return cc
+
+
+def test_l1_loss_is_the_error_summed_over_models_plus_the_decoder_norm_weighted_l1():
+    # one token, x^0 = (1, 0), x^1 = (0, 2); one latent read from model 0: f = 1
+    W_enc = [[[1.0], [0.0]], [[0.0], [0.0]]]
+    x = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])
+    # decoders (1, 0) and (0, 1): the child's error is (0, 1), so mse 1; l1 0.5 x f 1 x (1 + 1) = 1
+    cc = hand_crosscoder("l1", W_enc, [[[1.0, 0.0]], [[0.0, 1.0]]])
+    loss, mse, f = diffing.crosscoder_loss(cc, x, l1_coeff=0.5)
+    assert f.tolist() == [[1.0]] and mse.item() == pytest.approx(1.0) and loss.item() == pytest.approx(2.0)
+    # decoders (1, 0) and (0, 2): exact, mse 0; the L1 weighs f by the norms' sum 3: 0.5 x 3 = 1.5
+    cc = hand_crosscoder("l1", W_enc, [[[1.0, 0.0]], [[0.0, 2.0]]])
+    loss, mse, _ = diffing.crosscoder_loss(cc, x, l1_coeff=0.5)
+    assert mse.item() == pytest.approx(0.0) and loss.item() == pytest.approx(1.5)
+    # with a second token that is all zeros (f = 0, exact): the means over tokens halve both terms
+    cc = hand_crosscoder("l1", W_enc, [[[1.0, 0.0]], [[0.0, 1.0]]])
+    loss2, mse2, _ = diffing.crosscoder_loss(cc, torch.cat([x, torch.zeros_like(x)]), l1_coeff=0.5)
+    assert mse2.item() == pytest.approx(0.5) and loss2.item() == pytest.approx(1.0)
+
+
+def test_batchtopk_keeps_the_k_times_batch_largest_norm_weighted_scores_and_sets_a_threshold():
+    # norms' sums per latent: 1, 2, 1 (model 0: 1, 1, 0.5; model 1: 0, 1, 0.5)
+    W_dec = [[[1.0, 0.0], [1.0, 0.0], [0.5, 0.0]], [[0.0, 0.0], [0.0, 1.0], [0.0, 0.5]]]
+    cc = hand_crosscoder("batchtopk", np.zeros((2, 2, 3)), W_dec, k=1)
+    pre = torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.4, 2.0]])   # scores [[3, 2, 0], [1, 2.8, 2]]
+    f = cc.activate(pre, train=True)                          # the 1 x 2 largest: 3 and 2.8
+    assert torch.allclose(f, torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.4, 0.0]]))
+    assert cc.threshold.item() == pytest.approx(2.8)          # the smallest kept score (the EMA's first value)
+    assert torch.allclose(cc.activate(pre), torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))   # score > 2.8 only
+
+
+def test_relative_decoder_norm_and_its_classes():
+    d = diffing.relative_norm([1.0, 1.0, 0.0, 1.0, 0.5, 0.0], [1.0, 0.0, 1.0, 0.5, 1.0, 0.0])
+    assert d[:5].tolist() == pytest.approx([0.5, 0.0, 1.0, 0.25, 0.75]) and torch.isnan(d[5])
+    # cut-offs: < 0.1 parent-only, > 0.9 child-only, [0.4, 0.6] shared, between them mixed; dead or NaN: dead
+    cls = diffing.latent_classes([0.05, 0.1, 0.4, 0.45, 0.6, 0.7, 0.9, 0.95, 0.5, float("nan")],
+                                 [False] * 8 + [True, False])
+    assert "".join(cls) == "pmsssmmcxx"
+    got = diffing.class_counts(list("ssspcmx"))
+    assert got["counts"] == {"shared": 3, "parent-only": 1, "child-only": 1, "mixed": 1} and got["dead"] == 1
+    assert got["fractions"]["shared"] == 0.5
+
+
+def test_firing_change_counts_stopped_and_started_features():
+    own = [0.1, 0.1, 0.1, 0.0, 0.001, 0.0]
+    other = [0.1, 0.005, 0.0, 0.2, 0.02, 0.0]
+    got = diffing.firing_change(own, other, ratio=10)
+    assert got["live"] == 4 and got["stopped"] == 2 and got["started"] == 2   # 1, 2 stop; 3 (was silent), 4 start
+    assert got["stopped_frac"] == 0.5
+
+
+def scaling_case(parent_has_it):
+    """Two models in 4 dimensions; latent 0 shared (direction e0 in both), latent 1 child-only by its decoder
+    (e1 in the child, 0 in the parent). The parent's activations hold a_1 e1 too when parent_has_it."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(4000, 2, generator=g) * (torch.rand(4000, 2, generator=g) < 0.3)
+    e = torch.eye(4)
+    x = torch.stack([a[:, :1] * e[0] + (a[:, 1:] * e[1] if parent_has_it else 0), a[:, :1] * e[0] + a[:, 1:] * e[1]], 1)
+    W_dec = torch.stack([torch.stack([e[0], 0 * e[1]]), torch.stack([e[0], e[1]])])      # (M, L, d)
+    W_enc = torch.stack([torch.zeros(4, 2), torch.stack([e[0], e[1]], 1)])               # read from the child
+    cc = hand_crosscoder("l1", W_enc, W_dec)
+    x_hat, f = cc(x)
+    sums = diffing.ScalingSums(cc, [1], [1])
+    sums.update(x, x_hat, f)
+    return sums.result(0.5)
+
+
+def test_latent_scaling_tells_a_genuine_child_only_latent_from_a_spurious_one():
+    genuine, spurious = scaling_case(False), scaling_case(True)
+    assert genuine["nu_eps"][0] == pytest.approx(0.0, abs=1e-6) and genuine["spurious"] == [False]
+    # complete shrinkage: the parent still holds the direction, in its error: nu_eps = 1
+    assert spurious["nu_eps"][0] == pytest.approx(1.0, abs=1e-6) and spurious["spurious"] == [True]
+
+
+# -----------------------------------------------------------------------------
+# the planted two-model case
+
+N_SHARED, N_REMOVED, N_ADDED, D = 8, 4, 4, 32
+
+
+def planted(n=16384, seed=0):
+    """Activations of a parent and a child on the same n tokens: sparse codes (each feature on with
+    probability 0.06, magnitude 1-3) times orthonormal directions; shared features (the same code and
+    direction in both), features removed in the child (parent only) and added in it (child only)."""
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(D, D, generator=g))[0][:N_SHARED + N_REMOVED + N_ADDED]   # (16, D) rows
+    n_f = len(Q)
+    codes = (torch.rand(n, n_f, generator=g) < 0.06) * (1 + 2 * torch.rand(n, n_f, generator=g))
+    par = torch.arange(n_f) < N_SHARED + N_REMOVED
+    chi = (torch.arange(n_f) < N_SHARED) | (torch.arange(n_f) >= N_SHARED + N_REMOVED)
+    x_p = (codes * par) @ Q + 0.01 * torch.randn(n, D, generator=g)
+    x_c = (codes * chi) @ Q + 0.01 * torch.randn(n, D, generator=g)
+    return torch.stack([x_p, x_c], 1), codes, Q, par, chi
+
+
+def ideal_sae(Q, mask):
+    """An SAE whose features are the given directions (encoder = decoder transpose, a small threshold)."""
+    s = saelib.SAE(D, len(Q), "relu")
+    with torch.no_grad():
+        s.W_dec.copy_(Q * mask[:, None])
+        s.W_enc.copy_(Q.T)
+        s.b_enc.fill_(-0.3)
+    return s
+
+
+def test_cross_applied_saes_find_the_removed_and_added_features():
+    x, codes, Q, par, chi = planted()
+    rate = {}
+    for name, mask in (("parent", par), ("child", chi)):
+        s = ideal_sae(Q, mask)
+        rate[name] = [(s.encode(x[:, m]) > 0).double().mean(0).numpy() for m in (0, 1)]
+    own = rate["parent"][0] * par.numpy()                                     # the parent SAE's features
+    got = diffing.firing_change(own, rate["parent"][1] * par.numpy(), 10)
+    stopped = (own > 0) & (rate["parent"][1] * 10 <= own)
+    assert got["stopped"] == N_REMOVED and stopped[N_SHARED:N_SHARED + N_REMOVED].all()
+    own_c = rate["child"][1] * chi.numpy()
+    stopped_c = (own_c > 0) & (rate["child"][0] * 10 <= own_c)                 # the child's on the parent
+    assert stopped_c.sum() == N_ADDED and stopped_c[N_SHARED + N_REMOVED:].all()
+
+
+def train_planted(arch, x, steps=1500, seed=0, L=24):
+    scale = torch.full((2,), 1.0)
+    # k 1: about the planted L0 (0.96 a token); at k 2 the spare budget let some latents pair a removed feature's
+    # parent direction with an added feature's child direction ("mixed"), which reconstructs as well
+    cc = diffing.init_crosscoder(2, D, L, arch, 1, seed, x.mean(0), scale)
+    opt = torch.optim.Adam(cc.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(seed)
+    since = torch.zeros(L, dtype=torch.long)
+    for i in range(steps):
+        for group in opt.param_groups:                          # linearly to 0 over the second half
+            group["lr"] = 1e-2 * min(1.0, 2 * (1 - i / steps))
+        batch = x[torch.randint(len(x), (256,), generator=g)]
+        loss, _, f = diffing.crosscoder_loss(cc, batch, l1_coeff=0.3 if arch == "l1" else 0.0, dead=since >= 50,
+                                             aux_k=8, aux_coeff=1 / 32)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        since = (since + 1).masked_fill((f > 0).any(0), 0)
+    return cc.eval()
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "l1"])
+def test_a_crosscoder_recovers_shared_removed_and_added_features(arch):
+    x, codes, Q, par, chi = planted()
+    torch.manual_seed(0)
+    cc = train_planted(arch, x)
+    with torch.no_grad():
+        x_hat, f = cc(x)
+        norms = cc.dec_norms()
+    fvu = [((x_hat[:, m] - x[:, m]) ** 2).sum() / ((x[:, m] - x[:, m].mean(0)) ** 2).sum() for m in (0, 1)]
+    assert max(fvu) < 0.1
+    delta = diffing.relative_norm(norms[0], norms[1])
+    classes = diffing.latent_classes(delta.numpy(), (f > 0).sum(0).numpy() == 0)
+    # each planted feature's best latent by correlation with its code, and that latent's class
+    acc = analyze.CorrAccumulator(codes.shape[1], cc.n_latents)
+    acc.update(codes, f)
+    r = analyze.pearson(acc)
+    best_r, best = r.max(1)
+    want = "s" * N_SHARED + "p" * N_REMOVED + "c" * N_ADDED
+    assert (best_r > 0.9).all() and "".join(classes[best.numpy()]) == want, (best_r, classes[best.numpy()], delta[best])
+
+
+# -----------------------------------------------------------------------------
+# end to end on a tiny pipeline (test_analyze's study: base, lua = luastories = base's copy, tinystories another)
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from test_analyze import make_study
+    root = str(tmp_path_factory.mktemp("diffing"))
+    data_dir, out_dir = make_study(root)
+    for d in ("base", "lua", "tinystories"):                  # the val tokens as a train split too
+        folder = os.path.join(data_dir, d)
+        ids = np.fromfile(os.path.join(folder, "val.bin"), dtype=np.uint16)
+        ids.tofile(os.path.join(folder, "train.bin"))
+        with open(os.path.join(folder, "meta.json")) as f:
+            meta = json.load(f)
+        meta["splits"]["train"] = {"tokens": len(ids)}
+        with open(os.path.join(folder, "meta.json"), "w") as f:
+            json.dump(meta, f)
+    args = ["--preset=tiny", f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--device=cpu", "--total_acts=2048",
+            "--seqs_per_batch=8", "--tokens_per_seq=8", "--buffer_batches=4", "--eval_seqs=8", "--eval_batch=8",
+            "--edges=base->lua,base->tinystories", "--expansion=2", "--k=4"]
+    res = diffing.main(args)
+    return data_dir, out_dir, res, args
+
+
+def test_diffing_end_to_end_and_folded_into_the_results(pipeline):
+    from test_analyze import run
+    data_dir, out_dir, res, args = pipeline
+    assert set(res["edges"]) == {"base->lua", "base->tinystories"}
+    e = res["edges"]["base->lua"]
+    # lua is base's copy and its SAE base's: cross-applied, everything is as on its own model
+    ca = e["cross_application"]
+    assert ca["on_child"]["parent_sae"]["fvu"] == pytest.approx(ca["on_parent"]["parent_sae"]["fvu"])
+    assert e["firing"]["parent_sae"]["stopped"] == 0 and e["firing"]["parent_sae"]["rate_own"] == \
+        e["firing"]["parent_sae"]["rate_other"]
+    for s in ("0", "1"):
+        cc = e["crosscoder"]["seeds"][s]
+        assert len(cc["classes"]) == 128 and sum(cc["counts"].values()) == cc["live"] == sum(cc["delta_hist"]["counts"])
+    assert len(e["match"]["parent"]["latent"]) == 96 and e["crosscoder"]["null"]["seeds"] == [0, 1]
+    with open(os.path.join(out_dir, "diffing", "diffing.json")) as f:
+        assert json.load(f)["kind"] == "diffing"
+    # a second run finds its crosscoders current and does not retrain them
+    again = diffing.main(args)
+    first = e["crosscoder"]["seeds"]["0"]["classes"]
+    assert again["edges"]["base->lua"]["crosscoder"]["seeds"]["0"]["classes"] == first
+    # analyze.py joins it with its statuses
+    out = run(data_dir, out_dir)
+    d = out["diffing"]
+    assert set(d["edges"]) == {"base->lua", "base->tinystories"}
+    row = d["edges"]["base->lua"]
+    n_live = out["edges"]["base->lua"]["counts"]["parent_live"]
+    assert sum(sum(v.values()) for v in row["agreement"]["parent"].values()) == n_live
+    assert row["correlation"]["persisting_frac"] == out["edges"]["base->lua"]["persisting_frac"]
+
+
+def test_bad_inputs_are_one_line_errors(pipeline):
+    from helpers import assert_one_line_error, run_script
+    data_dir, out_dir, _, _ = pipeline
+    assert_one_line_error(run_script("diffing.py", f"--out_dir={out_dir}", f"--data_dir={data_dir}",
+                                     "--edges=lua->base"), "not an edge of the study")
+    assert_one_line_error(run_script("diffing.py", "--arch=relu"), "arch")
+    assert_one_line_error(run_script("diffing.py", f"--out_dir={out_dir}x", f"--data_dir={data_dir}",
+                                     "--preset=tiny", "--device=cpu"), "no ")
+
+
+def test_a_diffing_json_of_other_saes_is_named_stale_not_joined(pipeline, tmp_path):
+    import shutil
+    from test_analyze import run
+    data_dir, out_dir, _, _ = pipeline
+    out2 = str(tmp_path / "out")
+    shutil.copytree(out_dir, out2, ignore=shutil.ignore_patterns(".lock"))
+    path = os.path.join(out2, "diffing", "diffing.json")
+    with open(path) as f:
+        d = json.load(f)
+    d["sae_hashes"]["lua"] = "0" * 16                       # as if lua's SAE had been retrained since
+    with open(path, "w") as f:
+        json.dump(d, f)
+    assert "stale" in run(data_dir, out2)["diffing"]
