@@ -456,8 +456,10 @@ def encode_at(sae, x, idx, use_fast):
 
 
 def window_start(t, T, w):
-    """Start of a w-token window showing position t with 3/4 of the window before it."""
-    return int(max(0, min(t - (3 * w) // 4, T - w)))
+    """Start of a w-token window showing position t (an int, or a tensor of them) with 3/4 of the window
+    before it."""
+    start = (torch.as_tensor(t) - (3 * w) // 4).clamp(0, T - w)
+    return start if torch.is_tensor(t) else int(start)
 
 
 @torch.no_grad()
@@ -1104,7 +1106,7 @@ def browse_features(cfg, study, cls, stats, activity, seqs, device):
             rows, feat = t[:, 0] - lo, t[:, 1]
             vals = A[m][rows[:, None], ar_T[None, :], feat[:, None]]                   # (R, T)
             centre = torch.where(t[:, 2] >= 0, t[:, 2], vals.argmax(1))
-            cols = (centre - (3 * W) // 4).clamp(0, T - W)[:, None] + ar_W              # (R, W)
+            cols = window_start(centre, T, W)[:, None] + ar_W                             # (R, W)
             track = []
             for k, other, best in partners[m]:
                 j = torch.from_numpy(best[a[:, 1]]).to(device).clamp_min(0)
@@ -1262,20 +1264,57 @@ DIFF_AGREE = {"p": "s", "d": "p", "m": "s", "e": "c"}  # status -> the crosscode
 DIFF_MATCH = CURVE_MIN   # a feature's best crosscoder latent counts from this r on; below: "unmatched"
 
 
-def diffing_record(cfg, study, found, stats, seqs, device, n_examples=2, n_ctx=3):
+def agreement(status, latent, r, classes, pick):
+    """One side of an edge: its features' statuses against the classes of their best crosscoder latents.
+    status (F,) of "p" "d" "m" "e" "x" (STATUS_LEGEND); latent (F,) each feature's best latent (-1: none) at
+    r (F,); classes (L,) of "s" "p" "c" "m" "x" (diffing.CLASSES). Returns (got (F,): the class of each
+    feature's latent, "u" when it is below DIFF_MATCH, {status in pick: {class: features}})."""
+    if not len(status) == len(latent) == len(r):
+        raise ValueError(f"{len(status)} statuses, {len(latent)} latents, {len(r)} r values")
+    got = [classes[j] if j >= 0 and rj >= DIFF_MATCH else "u" for j, rj in zip(latent, r)]
+    table = {st: {cl: sum(1 for s, g in zip(status, got) if s == st and g == cl) for cl in "spcmxu"} for st in pick}
+    return got, table
+
+
+TOKEN_SET_KEYS = ("n_tokens", "n_seq", "block_size", "skip_first", "per_domain", "seed")  # what fixes the tokens
+
+
+def diffing_record(cfg, study, found, stats, seqs, token_set, device, n_examples=2, n_ctx=3):
     """results.json["diffing"] from out_dir/diffing/diffing.json (diffing.py), None when there is none: per edge the
     crosscoder's class fractions beside the correlation's fractions and the null's, the cross-application's
     metrics, and per SAE feature the agreement of its status (persists / disappears, matched / emerges) with
     the class of its best crosscoder latent (DIFF_AGREE), with examples of disagreement and their top contexts.
-    A diffing.json made from other SAEs than this run's is named stale and not joined."""
+    A diffing.json made from other SAEs or on another token set than this run's is named stale, and one that is
+    damaged or of another shape is named so; neither is joined (the analysis is written all the same)."""
     path, s0 = os.path.join(cfg["out_dir"], "diffing", "diffing.json"), cfg["sae_seed"]
     if not os.path.exists(path):
         return None
     d = common.read_record(path, "diffing", "python diffing.py")
-    stale = [m for m, h in d["sae_hashes"].items() if m in study.models and study.info[m][f"sae{s0}"]["hash"] != h]
-    if stale or d.get("sae_seed", s0) != s0:
-        print(f"note: {path} was made from other SAEs ({', '.join(stale) or 'seed'}); not joined: re-run diffing.py")
-        return {"stale": f"made from other SAEs ({', '.join(stale) or 'another seed'}); re-run python diffing.py"}
+    other = [m for m, h in d["sae_hashes"].items() if m in study.models and study.info[m][f"sae{s0}"]["hash"] != h]
+    theirs = d.get("token_set") if isinstance(d.get("token_set"), dict) else {}
+    why = (f"made from other SAEs ({', '.join(other)})" if other else
+           "made from another seed's SAEs" if d.get("sae_seed", s0) != s0 else
+           "made on another token set (give diffing.py the same --n_tokens as analyze.py)"
+           if any(theirs.get(k) != token_set[k] for k in TOKEN_SET_KEYS) else None)
+    if why is None:
+        try:
+            out, wanted, meta = join_diffing(d, found, n_examples)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # the file's inner shape
+            why = f"damaged or of another shape ({type(e).__name__}: {str(e)[:80]})"
+    if why is not None:
+        fix = common.keep_settings("re-run python diffing.py --overwrite")
+        print(f"note: {path} was {why}; not joined: {fix}, then python analyze.py")
+        return {"stale": f"{why}; {fix}"}
+    ctx = diffing_contexts(cfg, study, stats, seqs, wanted, device, n_ctx)
+    for rec in out.values():
+        for x in rec["examples"]:
+            x["contexts"] = ctx.get((x["model"], x["feature"]), [])
+    return {"edges": out, **meta}
+
+
+def join_diffing(d, found, n_examples):
+    """diffing_record's join of diffing.json (d) with this run's edges (found): ({edge: record}, {model:
+    example features}, the record's settings). Raises on a record of another inner shape."""
     out, wanted, legend = {}, {}, {**d["class_legend"], "u": "unmatched"}
     for name, e in d["edges"].items():
         if name not in found["edges"]:
@@ -1286,9 +1325,7 @@ def diffing_record(cfg, study, found, stats, seqs, device, n_examples=2, n_ctx=3
         table, examples = {}, []
         for side, model, pick in (("parent", e["parent"], "pd"), ("child", e["child"], "me")):
             m = e["match"][side]
-            got = [classes[j] if j >= 0 and r >= DIFF_MATCH else "u" for j, r in zip(m["latent"], m["r"])]
-            table[side] = {st: {cl: sum(1 for s, g in zip(status[side], got) if s == st and g == cl)
-                                for cl in "spcmxu"} for st in pick}
+            got, table[side] = agreement(status[side], m["latent"], m["r"], classes, pick)
             own = e["firing"][f"{side}_sae"]
             for i, (st, g) in enumerate(zip(status[side], got)):
                 if st in pick and g in "spcm" and g != DIFF_AGREE[st] and (st in "de" or g in "pc"):
@@ -1320,13 +1357,10 @@ def diffing_record(cfg, study, found, stats, seqs, device, n_examples=2, n_ctx=3
                      "agreement": {**table, "agree": agree, "n": n, "agree_frac": round(agree / max(n, 1), 5),
                                    "n_matched": matched, "agree_frac_matched": round(agree / max(matched, 1), 5)},
                      "examples": chosen}
-    ctx = diffing_contexts(cfg, study, stats, seqs, wanted, device, n_ctx)
-    for rec in out.values():
-        for x in rec["examples"]:
-            x["contexts"] = ctx.get((x["model"], x["feature"]), [])
-    return {"edges": out, "arch": d["arch"], "cuts": d["cuts"], "match_min_r": DIFF_MATCH,
+    meta = {"arch": d["arch"], "cuts": d["cuts"], "match_min_r": DIFF_MATCH,
             "agree_rule": {STATUS_LEGEND[k]: legend[v] for k, v in DIFF_AGREE.items()}, "class_legend": legend,
             "delta": d["delta"], "seconds": d["seconds"]}
+    return out, wanted, meta
 
 
 def diffing_contexts(cfg, study, stats, seqs, wanted, device, n_ctx):
@@ -1429,14 +1463,15 @@ def main(argv=None):
         # 7. results.json, pages.json, the browser's side files (features/), report.html
         res = results_record(cfg, study, token_set, found, dens, dead, selection, explanations, timing)
         res["selection_rule"] = rule
-        diff = diffing_record(cfg, study, found, stats, seqs, device)  # diffing.py's results, when it has run
+        res["run"] = os.urandom(8).hex()  # ties the side files (features/) to this results.json (report.py)
+        diff = diffing_record(cfg, study, found, stats, seqs, token_set, device)  # diffing.py's, when it has run
         if diff is not None:
             res["diffing"] = diff
         pages = page_data(cfg, study, ctx, activity, logit, trails, near, tok, explanations)
         common.atomic_write_json(os.path.join(adir, "results.json"), common.stamp(res, "results"))
         common.atomic_write_json(os.path.join(adir, "pages.json"), common.stamp(pages, "pages"))
         logit_ids = {t for r in browse.values() for f in r["f"] if f for t, _ in f[4] + f[5]}
-        side_bytes = report.write_side_files(adir, browse, token_record(cfg, seqs, logit_ids))
+        side_bytes = report.write_side_files(adir, browse, token_record(cfg, seqs, logit_ids), res["run"])
         print(f"-> {os.path.join(adir, report.SIDE)}/: {len(browse)} models + the token set, {side_bytes / 1e6:.1f} MB")
         report_path = report.write_report(cfg["out_dir"])
     print_summary(res, study)

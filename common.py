@@ -363,7 +363,8 @@ def parse_config(config, argv=None, presets=None, preset_default=None, checks=No
     for key, value in config.items():
         check_value(key, value, (checks or {}).get(key))
     # one folder for both would put the models beside the token files of the same names (out/base/ckpt.pt in
-    # data/base/), where a stage could overwrite or lock another's files
+    # data/base/), where a stage could overwrite or lock another's files (one inside the other is fine:
+    # lock_dir leaves a folder another run holds alone)
     if "data_dir" in config and "out_dir" in config and \
             os.path.realpath(config["data_dir"]) == os.path.realpath(config["out_dir"]):
         die(f"--data_dir and --out_dir are both {config['out_dir']}; give each its own folder")
@@ -521,6 +522,8 @@ def lock_dir(path, what="this run", subfolders=False):
                     os.remove(os.path.join(folder, name))
         if not subfolders:
             break
+        # a subfolder with a lock of its own is another run's (an out_dir inside data_dir): not ours to clean
+        subs[:] = [s for s in subs if not os.path.lexists(os.path.join(folder, s, ".lock"))]
     try:
         yield
     finally:

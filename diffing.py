@@ -82,6 +82,8 @@ config = dict(
     eval_seqs=1024,        # held-out windows of the cross-application metrics (the child's domains)
     eval_batch=16,
     sae_seed=0,            # the SAEs cross-applied and matched to latents (analyze.py's sae_seed)
+    n_tokens=0,            # the token set the features are matched on: analyze.py's; 0 = its preset's (give both the
+                           # same --n_tokens, as reproduce.sh does with EXTRA, or analyze.py will not join the two)
     match_threshold=0.8,   # r at which a latent of seed 0 is found again in seed 1 (the crosscoder's null)
     scaling_cut=0.5,       # latent scaling: an exclusive latent whose other model carries >= this share is spurious
     fire_ratio=10.0,       # cross-application: a feature "stops" when its rate falls by this factor, "starts" ...
@@ -103,7 +105,8 @@ CHECKS = {"seeds": ">=0", "arch": ("batchtopk", "l1"), "expansion": ">=1", "k": 
           "lr_decay_frac": "[0,1]", "total_acts": ">0", "seqs_per_batch": ">0", "tokens_per_seq": ">0",
           "skip_first": ">=0", "seq_len": ">=0", "buffer_batches": ">0", "harvest_batch": ">0",
           "mix": ("tokens", "equal"),
-          "eval_seqs": ">0", "eval_batch": ">0", "sae_seed": ">=0", "match_threshold": "(0,1]", "scaling_cut": "(0,1]",
+          "eval_seqs": ">0", "eval_batch": ">0", "sae_seed": ">=0", "n_tokens": ">=0", "match_threshold": "(0,1]",
+          "scaling_cut": "(0,1]",
           "fire_ratio": ">1", "threads": ">=0"}
 # relative decoder norm cut-offs (Minder et al. 2025): parent-only below, child-only above, shared inside;
 # between them "mixed" (a latent both models use, one clearly more)
@@ -221,6 +224,15 @@ def latent_classes(delta, dead):
     return np.where(np.asarray(dead) | np.isnan(d), "x", out)
 
 
+def crosscoder_classes(cc, dead=False):
+    """(delta, classes) of a crosscoder's latents from its decoder norms, always on the CPU: the one computation
+    behind both the latents that get latent scaling (diff_pass) and the counts (crosscoder_record), so that a
+    delta right at a cut-off, computed on two devices, cannot fall on one side for one and the other for the other."""
+    norms = cc.dec_norms().detach().cpu()
+    delta = relative_norm(norms[0], norms[1])
+    return delta, latent_classes(delta.numpy(), dead)
+
+
 def class_counts(classes):
     live = [c for c in classes if c != "x"]
     n = max(len(live), 1)
@@ -319,6 +331,9 @@ def analysis_config(cfg, models, device):
     acfg = {**analyze.config, **analyze.PRESETS.get(cfg["preset"], {})}
     acfg.update(data_dir=cfg["data_dir"], out_dir=cfg["out_dir"], models=models, sae_seed=cfg["sae_seed"],
                 null_seed=-1, spread_seed=-2, device=device, fast=cfg["fast"])
+    if cfg["n_tokens"]:
+        acfg["n_tokens"] = cfg["n_tokens"]
+    acfg["min_tokens"] = 2  # the same tokens drawn; whether they are enough is analyze.py's check (--min_tokens)
     return acfg
 
 
@@ -346,13 +361,33 @@ def train_edge(cfg, study, parent, child, inputs, device):
     """The crosscoders of one edge, one per seed, on the identical stream (buffers of sae.harvest of the
     child's domains' train splits), trained together. Returns {seed: Crosscoder} (loaded where current)."""
     paths = {s: cc_path(cfg, parent, child, s) for s in cfg["seeds"]}
+    how = "python diffing.py"  # without --overwrite: load_checkpoint appends it to `how` (and so do the dies below)
+    want = {"n_models": 2, "d_in": study.d_mlp, "n_latents": cfg["expansion"] * study.d_mlp, "arch": cfg["arch"],
+            "k": cfg["k"]}
     have = {}
     for s, p in paths.items():
         if os.path.exists(p) and not cfg["overwrite"]:
-            ck = load_checkpoint(p, "crosscoder", "python diffing.py --overwrite", kind="crosscoder")
+            ck = load_checkpoint(p, "crosscoder", how, kind="crosscoder")
+            # refused, not retrained: a file renamed or copied onto another seed's name (s1 as s0) would pass
+            # every other check and make the null find 100% of the latents again; retraining over it would
+            # hide the mistake, so the file is named (as model.check_finished names swapped folders)
+            held = (ck.get("parent"), ck.get("child"), ck.get("seed"))
+            if held != (parent, child, s):
+                die(f"{p} holds the crosscoder of {held[0]}->{held[1]} seed {held[2]}, not {parent}->{child} seed "
+                    f"{s}: renamed or copied? put it back under its own name, or remake it: {how} --overwrite")
             if ck.get("inputs") == inputs and ck.get("finished"):
-                cc = Crosscoder(**ck["crosscoder_args"])
-                cc.load_state_dict(ck["crosscoder"])
+                # the checksum only says the file is whole: args or weights edited by hand (and re-stamped)
+                # would fail here with a TypeError or a size mismatch, or later in the pass with a shape error
+                try:
+                    if ck["crosscoder_args"] != want:
+                        raise ValueError(f"crosscoder_args {ck['crosscoder_args']}, this run's {want}")
+                    cc = Crosscoder(**ck["crosscoder_args"])
+                    cc.load_state_dict(ck["crosscoder"])
+                except Exception as e:
+                    why = [x.strip() for x in str(e).splitlines()
+                           if x.strip() and not x.startswith("Error(s) in loading")]  # torch's heading line
+                    die(f"{p} does not fit the crosscoder it describes ({type(e).__name__}: {(why or [''])[0][:200]}):"
+                        f" damaged or hand-made; remake it: {how} --overwrite")
                 have[s] = cc.to(device).eval()
     if len(have) == len(paths):
         print(f"{parent}->{child}: crosscoders up to date ({', '.join(map(str, paths))})")
@@ -435,10 +470,10 @@ def diff_pass(cfg, acfg, study, seqs, parent, child, ccs, device):
     sums = {s: dict(sse=torch.zeros(2, dtype=torch.float64, device=device), sx=0.0,
                     sxx=torch.zeros(2, dtype=torch.float64, device=device)) for s in seeds}
     scaling = {}
-    for s, cc in ccs.items():  # latent scaling of the exclusive latents
-        delta = relative_norm(*cc.dec_norms())
-        excl = ((delta < CUTS["parent_only"]) | (delta > CUTS["child_only"])).nonzero().flatten()
-        scaling[s] = ScalingSums(cc, excl, (delta[excl] > 0.5).long())
+    for s, cc in ccs.items():  # latent scaling of the exclusive latents: those crosscoder_record counts as such
+        _, classes = crosscoder_classes(cc)
+        excl = np.flatnonzero((classes == "p") | (classes == "c"))
+        scaling[s] = ScalingSums(cc, excl, (classes[excl] == "c").astype(np.int64))
     n = 0
     acts = [saelib.mlp_activations(study.model[m], seqs, batch, device, skip, use_fast=cfg["fast"])
             for m in (parent, child)]
@@ -490,9 +525,7 @@ def cross_application(cfg, study, parent, child, device):
 
 def crosscoder_record(cfg, cc, sums, n, dead, rate, scaling, threshold):
     """One crosscoder's part of diffing.json: FVU per model, L0, its latents' relative norms and classes."""
-    norms = cc.dec_norms().detach().cpu()
-    delta = relative_norm(norms[0], norms[1])
-    classes = latent_classes(delta.numpy(), dead)
+    delta, classes = crosscoder_classes(cc, dead)
     fvu = [saelib.fvu_from_sums(sums["sse"][m].item(), sums["sx"][m], sums["sxx"][m].item(), n) for m in range(2)]
     sc = scaling.result(cfg["scaling_cut"])
     spur = {"parent-only": 0, "child-only": 0}

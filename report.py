@@ -406,13 +406,13 @@ def side_js(key, obj):
     return f"window.FEATURES=window.FEATURES||{{}};window.FEATURES[{json.dumps(key)}]={json_for_script(obj)};\n"
 
 
-def write_side_files(adir, shards, tokens):
-    """analyze.py's records for the feature browser ({model: record}, the token record) -> features/*.js.
-    Returns their total size in bytes."""
+def write_side_files(adir, shards, tokens, run):
+    """analyze.py's records for the feature browser ({model: record}, the token record) -> features/*.js, each
+    marked with the analysis run (results.json's "run") it belongs to. Returns their total size in bytes."""
     size = 0
     files = [(m, m, r, "features") for m, r in shards.items()] + [(TOKENS, "tokens", tokens, "tokens")]
     for key, name, rec, kind in files:
-        text = side_js(key, common.stamp(rec, kind))
+        text = side_js(key, common.stamp({**rec, "run": run}, kind))
         common.atomic_write_text(os.path.join(adir, SIDE, f"{name}.js"), text)
         size += len(text.encode("utf-8"))
     return size
@@ -705,9 +705,9 @@ def run_summary(res):
     return (f"<ul class='run'><li><b>data</b> (source per domain): {src}</li><li><b>preset</b>: "
             f"{esc(str(cfg.get('preset', '?')))}</li><li><b>models</b>: {models}</li><li><b>edges</b>: {edges}</li>"
             f"<li><b>token set</b>: {ts['n_tokens']:,} evaluation tokens ({ts['n_seq']:,} windows of "
-            f"{ts['block_size']} from the val splits: "
-            + ", ".join(f"{esc(d)} {n}" for d, n in ts["per_domain"].items())
-            + f"; seed {ts['seed']}); match threshold r &ge; {esc(str(res['threshold']))}</li><li><b>created</b>: "
+            f"{esc(str(ts['block_size']))} from the val splits: "
+            + ", ".join(f"{esc(d)} {esc(str(n))}" for d, n in ts["per_domain"].items())
+            + f"; seed {esc(str(ts['seed']))}); match threshold r &ge; {esc(str(res['threshold']))}</li><li><b>created</b>: "
             f"{esc(str(res['provenance'].get('created', '?')))}</li></ul>")
 
 
@@ -822,7 +822,7 @@ def diffing_table(d):
     rows = []
     for name, e in d["edges"].items():
         c, cc, a = e["correlation"], e["crosscoder"], e["agreement"]
-        seeds, null = _seeds(cc), cc["null"]
+        seeds, null = _seeds(cc), cc.get("null") or {}  # diffing.py --seeds 0: no second seed, no null
         ratio = (c["persisting_frac"] / c["null_persisting_frac"] if _num(c.get("null_persisting_frac"))
                  and c["null_persisting_frac"] > 0 else None)
         spur = lambda s: ", ".join(f"{s['spurious'][k]}/{s['counts'][k]}" for k in ("parent-only", "child-only"))
@@ -831,8 +831,8 @@ def diffing_table(d):
                      *(_and_others(seeds, lambda s, k=k: _pct(s["fractions"][k])) for k in
                        ("shared", "parent-only", "child-only", "mixed")),
                      _and_others(seeds, spur),
-                     f"{_pct(null['found_again_frac'])} ({null['found_again']:,}/{null['live']:,})",
-                     f"{_pct(null['same_class_frac'])} ({null['same_class']:,}/{null['found_again']:,})",
+                     f"{_pct(null['found_again_frac'])} ({null['found_again']:,}/{null['live']:,})" if null else "n/a",
+                     f"{_pct(null['same_class_frac'])} ({null['same_class']:,}/{null['found_again']:,})" if null else "n/a",
                      f"{_pct(a['agree_frac'])} ({a['agree']:,}/{a['n']:,})",
                      f"{_pct(a['agree_frac_matched'])} ({a['agree']:,}/{a['n_matched']:,})"))
     header = ["edge", "persisting", "disappearing", "emerging", "null persisting", "edge / null", "shared",
@@ -914,7 +914,8 @@ def firing_line(e, parent, child):
             continue
         med = f.get("median_log10_ratio")
         out.append(f"{esc(who)}'s SAE on {esc(other)}: of its {f['live']:,} live features <b>{f['stopped']:,}</b> "
-                   f"stopped and <b>{f['started']:,}</b> started firing; median firing rate on {esc(other)} / on "
+                   f"stopped; <b>{f['started']:,}</b> features (rare or silent on {esc(who)}) started firing; "
+                   f"median firing rate on {esc(other)} / on "
                    f"{esc(who)} " + (f"<b>{10 ** med:.2f}</b>" if _num(med) else "n/a"))
     return ("<p>Firing on the other model (the analysis' token set; stopped / started: the rate falls / rises by "
             "diffing.py's fire_ratio, 10x by default, or more): " + "; ".join(out) + ".</p>")
@@ -930,7 +931,7 @@ def diffing_examples(k, e):
         key = f"{x['model']}/{x['feature']}"
         status = esc(str(x["status"]))
         out.append(f"<div class='dex'><p><a href='#{esc(key)}'>{esc(key)}</a> (<span class='{status}'>{status}"
-                   f"</span>) &harr; latent {x['latent']} ({esc(str(x['latent_class']))}), r = {_f(x['r'])}, firing "
+                   f"</span>) &harr; latent {esc(str(x['latent']))} ({esc(str(x['latent_class']))}), r = {_f(x['r'])}, firing "
                    f"rate {_pct(x['rate_own'], 2)} on its own model &rarr; {_pct(x['rate_other'], 2)} on the other"
                    f"</p><div data-dctx='{k}.{j}'></div></div>")
     return "".join(out)
@@ -946,7 +947,7 @@ def section_diffing(res):
         return (f"{head}<p class='dim'>diffing.py's results (out/diffing/diffing.json) were {esc(str(d['stale']))}, "
                 "then python analyze.py.</p>")
     cuts, thr = d["cuts"], res["threshold"]
-    null_r = next((e["crosscoder"]["null"].get("threshold") for e in d["edges"].values()), None) or 0.8
+    null_r = next((e["crosscoder"].get("null") or {} for e in d["edges"].values()), {}).get("threshold") or 0.8
     rule = ", ".join(f"{esc(k)} with {esc(v)}" for k, v in d["agree_rule"].items())
     intro = (f"<p>Each edge read two more ways (diffing.py; DESIGN.md, \"Model diffing\"). <b>Correlation</b>: the "
              f"fractions of the parent's live features that persist (a child feature at r &ge; {thr:g}) or disappear, "
@@ -1020,7 +1021,11 @@ function need(key, done) {  // load a side file once, as a script (a file:// pag
   if (waiting[key]) { waiting[key].push(done); return; }
   waiting[key] = [done];
   const s = document.createElement('script');
-  const finish = () => { const w = waiting[key] || []; delete waiting[key]; for (const f of w) f(!!FS[key]); };
+  const finish = () => {
+    // a side file of another analysis run (one that stopped between results.json and features/) is not used
+    if (FS[key] && D.run && FS[key].run !== D.run) { delete FS[key]; D.side[key].other_run = true; }
+    const w = waiting[key] || []; delete waiting[key]; for (const f of w) f(!!FS[key]);
+  };
   s.onload = finish; s.onerror = finish;
   s.setAttribute('src', D.side[key].file);
   document.head.append(s);
@@ -1169,8 +1174,10 @@ function tracking(m, i) {  // per edge: the best partner's activations on this f
   const S = FS[m], f = S && S.f[i], b = h('div', {class: 'track'});
   b.append(h('h4', {}, 'Tracking: on each edge, the partner\'s activations on this feature\'s top contexts'));
   if (!S || !FS['#tokens']) {
-    b.append(h('p', {class: 'dim'}, 'No side file ' + (D.side[m] ? D.side[m].file : 'features/' + m + '.js')
-                                     + ' (or features/tokens.js) beside the report: re-run python analyze.py.'));
+    b.append(h('p', {class: 'dim'}, (D.side[m] && D.side[m].other_run ? 'The side file ' + D.side[m].file
+                                     + ' is from another run of analyze.py' : 'No side file ' + (D.side[m] ?
+                                     D.side[m].file : 'features/' + m + '.js') + ' (or features/tokens.js) beside '
+                                     + 'the report') + ': re-run python analyze.py.'));
     return b;
   }
   if (!f) { b.append(h('p', {class: 'dim'}, 'Dead on the token set: nothing to track.')); return b; }
@@ -1300,7 +1307,7 @@ function search(q, out) {  // the features whose top contexts peak on token q, f
   needAll(['#tokens', ...D.models], () => {
     const T = FS['#tokens'];
     if (!T) {
-      out.replaceChildren(h('p', {class: 'dim'}, 'No side files beside the report: re-run python analyze.py.'));
+      out.replaceChildren(h('p', {class: 'dim'}, 'No side files of this analysis beside the report: re-run python analyze.py.'));
       return;
     }
     const want = new Set(Object.keys(T.tok).filter(id => T.tok[id].trim() === word).map(Number));
@@ -1417,7 +1424,7 @@ def page_data(res, pages, side=None):
     data = {"models": list(res["models"]), "n_show": res["provenance"]["config"]["n_show"], "edges": edges,
             "density": res["density"], "pages": pages["pages"], "tok": pages["tok"],
             "status_name": res.get("status_legend") or pages["status_legend"], "sel": examples(res),
-            "side": side or {}, "n_tokens": res["token_set"]["n_tokens"]}
+            "side": side or {}, "n_tokens": res["token_set"]["n_tokens"], "run": res.get("run")}
     data["why"] = {k: f"{c} on {s['edge']}" + (f"; {why}" if why else "") for s in data["sel"] for c in CATEGORIES
                    for k, why in s[c]}
     data["first"] = next((k for s in data["sel"] for c in CATEGORIES for k, _ in s[c]), f"{data['models'][0]}/0")
@@ -1470,7 +1477,7 @@ def render_report(res, pages, out_dir):
           + sweep_chart(sweep, [(m, read_stage(out_dir, m, "merge.json", "merge") or {}) for m in res["models"]])
           if sweep else "")
     rule = res.get("selection_rule")
-    rule = (f" Every example fires on at least {rule['min_fires']} tokens of the token set, with a maximum activation "
+    rule = (f" Every example fires on at least {esc(str(rule['min_fires']))} tokens of the token set, with a maximum activation "
             f"of at least {rule['min_act_frac']:g} x the median maximum of its SAE's live features ("
             + ", ".join(f"{esc(m)} {v:.3g}" for m, v in rule["min_act"].items()) + ")." if rule else "")
     first = (f"<h1 id='top'>Tracking SAE features through fine-tuning and merging</h1>{banner}{run_summary(res)}"

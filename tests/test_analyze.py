@@ -89,6 +89,37 @@ def constructed_edge():
     return p, c
 
 
+def test_agreement_of_statuses_with_their_latents_classes_known_answer():
+    # parent side: persists with a shared latent (agrees), persists with a parent-only one, disappears with a
+    # parent-only one (agrees), disappears with a shared one at r below DIFF_MATCH (unmatched), dead, no latent
+    classes = ["s", "p", "c", "m"]
+    status, latent = ["p", "p", "d", "d", "x", "p"], [0, 1, 1, 0, 2, -1]
+    r = [0.9, 0.8, 0.95, analyze.DIFF_MATCH - 0.01, 0.9, 0.0]
+    got, table = analyze.agreement(status, latent, r, classes, "pd")
+    assert got == ["s", "p", "p", "u", "c", "u"]
+    assert table == {"p": {"s": 1, "p": 1, "c": 0, "m": 0, "x": 0, "u": 1},
+                     "d": {"s": 0, "p": 1, "c": 0, "m": 0, "x": 0, "u": 1}}
+    assert sum(table[st][analyze.DIFF_AGREE[st]] for st in table) == 2          # the two that agree
+    assert analyze.DIFF_AGREE == {"p": "s", "d": "p", "m": "s", "e": "c"}     # persists/matched: shared; ...
+    with pytest.raises(ValueError, match="6 statuses, 5 latents"):              # a record of another shape
+        analyze.agreement(status, latent[:5], r, classes, "pd")
+
+
+def test_level_strings_are_one_base36_digit_a_token_of_the_rows_max():
+    acts = torch.tensor([[0.0, 0.5, 1.0, 1e-6], [2.0, 0.0, 4.0, 4.0]])
+    top = torch.tensor([1.0, 4.0])                                       # each row's feature's max
+    # ceil(35 a / max): 0 stays 0 (not firing), the max is z (35), a tiny activation is 1, never 0
+    assert analyze.level_strings(acts, top) == ["0iz1", "i0zz"]   # ceil(17.5) = 18 = i
+
+
+def test_example_rule_needs_enough_firings_and_a_max_above_a_share_of_the_median():
+    stats = {("m", 0): {"nnz": torch.tensor([30, 30, 5, 0, 50]), "max": torch.tensor([1.0, 0.05, 2.0, 0.0, 3.0])}}
+    study = types.SimpleNamespace(models=["m"])
+    allowed, floor = analyze.example_rule({"sae_seed": 0, "min_fires": 20, "min_act_frac": 0.1}, study, stats)
+    assert floor["m"] == pytest.approx(0.15)                             # 0.1 x the median max of the live 4: 1.5
+    assert allowed["m"].tolist() == [True, False, False, False, True]    # too weak; too few firings; dead
+
+
 def test_classify_copied_permuted_removed_new_and_dead_features():
     p, c = constructed_edge()
     r = corr(p, c, 500)

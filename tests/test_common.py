@@ -254,6 +254,19 @@ def test_lock_removes_temp_files_a_killed_run_left_in_subfolders_only_when_asked
         pass
     assert sorted(os.listdir(tmp_path / "d" / "base")) == ["train.bin"]
     assert sorted(os.listdir(tmp_path / "o" / "lua")) == [".train.bin.x1.tmp", "train.bin"]
+    # an out_dir inside data_dir: a stage's folder there, locked by its running stage, is left alone (its
+    # temp file may be the atomic write going on now); an unlocked one is cleared as data.py's own
+    for name, locked in (("run_now", True), ("done", False)):
+        sub = tmp_path / "d" / "out" / name
+        sub.mkdir(parents=True)
+        (sub / ".ckpt.pt.x2.tmp").write_text("half")
+        if locked:
+            (sub / ".lock").write_text(json.dumps({"pid": os.getpid(), "start": common.proc_start(os.getpid()),
+                                                   "host": common.socket.gethostname()}))
+    with common.lock_dir(str(tmp_path / "d"), "data.py", subfolders=True):
+        pass
+    assert sorted(os.listdir(tmp_path / "d" / "out" / "run_now")) == [".ckpt.pt.x2.tmp", ".lock"]
+    assert os.listdir(tmp_path / "d" / "out" / "done") == []
 
 
 def test_lock_of_a_reused_pid_is_taken_over_and_wrong_kinds_are_one_line(tmp_path):

@@ -4,6 +4,7 @@ removed in the child, features added in it) that a trained crosscoder and the cr
 one end-to-end run on a tiny pipeline, folded into analyze.py's results.json."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -98,6 +99,35 @@ def test_latent_scaling_tells_a_genuine_child_only_latent_from_a_spurious_one():
     assert spurious["nu_eps"][0] == pytest.approx(1.0, abs=1e-6) and spurious["spurious"] == [True]
 
 
+@pytest.mark.parametrize("parent_x, parent_dec, nu_eps, nu_r", [
+    ([1, 0, 0], [1, 0, 0], 0.0, 1.0),     # latent 1 rebuilds a e0 in the parent exactly: its error holds none of it
+    ([1, 0, 0], [0, 0, 1], 1.0, 0.0),     # the parent's a e0 left in its error, latent 1 writes e2 (orthogonal)
+    ([0, 0, 1], [0, 0, 1], 0.0, 0.0),     # the parent holds a e2 only: nothing of e0 in its error or its rebuild
+    ([1, 0, 0], [0.5, 0, 1], 0.5, 0.5),   # latent 1 writes 0.5 a e0 (+ a e2): half rebuilt, half left in the error
+])
+def test_latent_scaling_ratios_on_a_hand_made_case(parent_x, parent_dec, nu_eps, nu_r):
+    """Three tokens, a = 1, 2, 0; the child's x^c = a e0, the parent's x^p = a parent_x (d = 3). Latent 0 is
+    child-only (decoder e0 in the child, 0 in the parent); latent 1 parent-only (decoder parent_dec in the
+    parent, 0 in the child); both read a from the child (f_0 = f_1 = a). By hand, with sum_t f_0^2 = 5 and
+    d = e0: in the child x_hat^c = a e0 = x^c, so beta_eps = sum_t a <e0, 0 + a e0> / 5 = 1 and beta_r =
+    sum_t a <e0, a e0> / 5 = 1; in the parent eps^p = x^p - a parent_dec and r^p = a parent_dec, so
+    nu_eps = <e0, parent_x - parent_dec> and nu_r = <e0, parent_dec> (the table's numbers)."""
+    e0 = [1.0, 0.0, 0.0]
+    W_enc = torch.zeros(2, 3, 2)
+    W_enc[1, :, 0] = W_enc[1, :, 1] = torch.tensor(e0)
+    W_dec = torch.tensor([[[0.0, 0.0, 0.0], parent_dec], [e0, [0.0, 0.0, 0.0]]])     # (M, L, d)
+    cc = hand_crosscoder("l1", W_enc, W_dec)
+    a = torch.tensor([1.0, 2.0, 0.0])[:, None]
+    x = torch.stack([a * torch.tensor(parent_x, dtype=torch.float32), a * torch.tensor(e0)], 1)
+    x_hat, f = cc(x)
+    assert f.tolist() == [[1.0, 1.0], [2.0, 2.0], [0.0, 0.0]]
+    sums = diffing.ScalingSums(cc, [0], [1])
+    sums.update(x, x_hat, f)
+    got = sums.result(0.5)
+    assert got["nu_eps"] == pytest.approx([nu_eps], abs=1e-6) and got["nu_r"] == pytest.approx([nu_r], abs=1e-6)
+    assert got["spurious"] == [max(nu_eps, nu_r) >= 0.5] and got["fired"] == [True]
+
+
 # -----------------------------------------------------------------------------
 # the planted two-model case
 
@@ -135,13 +165,18 @@ def test_cross_applied_saes_find_the_removed_and_added_features():
     for name, mask in (("parent", par), ("child", chi)):
         s = ideal_sae(Q, mask)
         rate[name] = [(s.encode(x[:, m]) > 0).double().mean(0).numpy() for m in (0, 1)]
-    own = rate["parent"][0] * par.numpy()                                     # the parent SAE's features
-    got = diffing.firing_change(own, rate["parent"][1] * par.numpy(), 10)
-    stopped = (own > 0) & (rate["parent"][1] * 10 <= own)
-    assert got["stopped"] == N_REMOVED and stopped[N_SHARED:N_SHARED + N_REMOVED].all()
-    own_c = rate["child"][1] * chi.numpy()
-    stopped_c = (own_c > 0) & (rate["child"][0] * 10 <= own_c)                 # the child's on the parent
-    assert stopped_c.sum() == N_ADDED and stopped_c[N_SHARED + N_REMOVED:].all()
+    # each SAE's own features (the parent's: shared then removed; the child's: shared then added), on its own
+    # model and on the other: the shared ones keep their rate, the other model lacks the rest entirely
+    for name, mask, own_m, n_gone in (("parent", par, 0, N_REMOVED), ("child", chi, 1, N_ADDED)):
+        own, other = rate[name][own_m][mask.numpy()], rate[name][1 - own_m][mask.numpy()]
+        got = diffing.firing_change(own, other, 10)
+        assert (got["live"], got["stopped"], got["started"]) == (N_SHARED + n_gone, n_gone, 0), (name, got)
+        assert got["stopped_frac"] == round(n_gone / (N_SHARED + n_gone), 5)
+        # which ones: none of the shared features stops (their rates agree), every removed / added one does
+        shared = diffing.firing_change(own[:N_SHARED], other[:N_SHARED], 10)
+        assert shared["stopped"] == 0 and shared["median_log10_ratio"] == pytest.approx(0.0, abs=0.05), (name, shared)
+        gone = diffing.firing_change(own[N_SHARED:], other[N_SHARED:], 10)
+        assert gone["stopped"] == gone["live"] == n_gone and gone["median_log10_ratio"] is None, (name, gone)
 
 
 def train_planted(arch, x, steps=1500, seed=0, L=24):
@@ -205,13 +240,12 @@ def pipeline(tmp_path_factory):
             json.dump(meta, f)
     args = ["--preset=tiny", f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--device=cpu", "--total_acts=2048",
             "--seqs_per_batch=8", "--tokens_per_seq=8", "--buffer_batches=4", "--eval_seqs=8", "--eval_batch=8",
-            "--edges=base->lua,base->tinystories", "--expansion=2", "--k=4"]
+            "--edges=base->lua,base->tinystories", "--expansion=2", "--k=4", "--n_tokens=2048"]  # test_analyze.run's
     res = diffing.main(args)
     return data_dir, out_dir, res, args
 
 
-def test_diffing_end_to_end_and_folded_into_the_results(pipeline):
-    from test_analyze import run
+def test_diffing_end_to_end_and_folded_into_the_results(pipeline, capsys):
     data_dir, out_dir, res, args = pipeline
     assert set(res["edges"]) == {"base->lua", "base->tinystories"}
     e = res["edges"]["base->lua"]
@@ -226,12 +260,27 @@ def test_diffing_end_to_end_and_folded_into_the_results(pipeline):
     assert len(e["match"]["parent"]["latent"]) == 96 and e["crosscoder"]["null"]["seeds"] == [0, 1]
     with open(os.path.join(out_dir, "diffing", "diffing.json")) as f:
         assert json.load(f)["kind"] == "diffing"
-    # a second run finds its crosscoders current and does not retrain them
+    # a second run finds its crosscoders current and does not retrain them: the files are not rewritten (a
+    # retrained crosscoder is the same, seeded, so only the files' times and the output can tell); --overwrite does
+    folder = os.path.join(out_dir, "diffing")
+    files = sorted(f for f in os.listdir(folder) if f.startswith("cc_") and f.endswith(".pt"))
+    assert len(files) == 4
+
+    def mtimes():
+        return [os.stat(os.path.join(folder, f)).st_mtime_ns for f in files]
+    before = mtimes()
+    capsys.readouterr()
     again = diffing.main(args)
+    printed = capsys.readouterr().out
+    assert mtimes() == before and printed.count("crosscoders up to date") == 2 and " steps of " not in printed
     first = e["crosscoder"]["seeds"]["0"]["classes"]
     assert again["edges"]["base->lua"]["crosscoder"]["seeds"]["0"]["classes"] == first
+    diffing.main(args + ["--overwrite"])
+    printed = capsys.readouterr().out
+    assert all(a != b for a, b in zip(mtimes(), before)) and "up to date" not in printed
     # analyze.py joins it with its statuses
-    out = run(data_dir, out_dir)
+    out = analyze_run(data_dir, out_dir)                  # on the same token set (--n_tokens): joined
+    assert "stale" not in out["diffing"], out["diffing"]
     d = out["diffing"]
     assert set(d["edges"]) == {"base->lua", "base->tinystories"}
     row = d["edges"]["base->lua"]
@@ -250,16 +299,73 @@ def test_bad_inputs_are_one_line_errors(pipeline):
                                      "--preset=tiny", "--device=cpu"), "no ")
 
 
-def test_a_diffing_json_of_other_saes_is_named_stale_not_joined(pipeline, tmp_path):
+def copied_out(out_dir, tmp_path):
     import shutil
-    from test_analyze import run
-    data_dir, out_dir, _, _ = pipeline
     out2 = str(tmp_path / "out")
     shutil.copytree(out_dir, out2, ignore=shutil.ignore_patterns(".lock"))
+    return out2
+
+
+def test_a_crosscoder_file_under_another_seeds_name_is_refused(pipeline, tmp_path):
+    import shutil
+    from helpers import assert_one_line_error, run_script
+    data_dir, out_dir, _, args = pipeline
+    out2 = copied_out(out_dir, tmp_path)
+    s0 = os.path.join(out2, "diffing", "cc_base_lua_s0.pt")
+    shutil.copyfile(os.path.join(out2, "diffing", "cc_base_lua_s1.pt"), s0)   # whole, current, but seed 1's
+    # as the user runs it: exit 2, one line naming the file and the command (--overwrite once)
+    proc = run_script("diffing.py", *[a for a in args if not a.startswith("--out_dir=")], f"--out_dir={out2}",
+                      timeout=300)
+    assert_one_line_error(proc, "seed 1, not base->lua seed 0")
+    # (common.cli adds this run's settings after `python diffing.py`: --data_dir, --out_dir, --preset)
+    line = proc.stderr.strip()
+    assert s0 in line and "remake it: python diffing.py --" in line and line.endswith(" --overwrite")
+    assert line.count("--overwrite") == 1, line
+
+
+@pytest.mark.parametrize("edit", ["n_latents", "missing_key", "both"])
+def test_a_crosscoder_file_whose_args_do_not_fit_is_refused(pipeline, tmp_path, edit):
+    import common
+    data_dir, out_dir, _, args = pipeline
+    out2 = copied_out(out_dir, tmp_path)
+    path = os.path.join(out2, "diffing", "cc_base_lua_s0.pt")
+    ck = torch.load(path, weights_only=True)
+    if edit in ("n_latents", "both"):                  # the args say 100 latents, the weights hold 128
+        ck["crosscoder_args"]["n_latents"] = 100
+    if edit in ("missing_key", "both"):
+        del ck["crosscoder"]["b_enc"]
+    if edit == "both":                                 # consistent with each other, not with this run's models
+        ck["crosscoder"] = diffing.Crosscoder(**ck["crosscoder_args"]).state_dict()
+    common.atomic_torch_save(common.stamp(ck, "crosscoder"), path)   # a valid checksum: edited, then re-stamped
+    with pytest.raises(common.UserError) as e:
+        diffing.main([a for a in args if not a.startswith("--out_dir=")] + [f"--out_dir={out2}"])
+    msg = str(e.value)
+    assert msg.startswith("error: ") and "\n" not in msg and e.value.code == msg
+    assert f"{path} does not fit the crosscoder" in msg and msg.endswith("remake it: python diffing.py --overwrite")
+
+
+def analyze_run(data_dir, out_dir, *extra):
+    from test_analyze import run
+    return run(data_dir, out_dir, *extra)
+
+
+@pytest.mark.parametrize("case", ["other_sae", "other_tokens", "damaged"])
+def test_a_diffing_json_of_other_saes_or_tokens_or_damaged_is_named_not_joined(pipeline, tmp_path, case):
+    """Named in results.json (and the report), never joined; the analysis is written all the same."""
+    data_dir, out_dir, _, _ = pipeline
+    out2 = copied_out(out_dir, tmp_path)
     path = os.path.join(out2, "diffing", "diffing.json")
     with open(path) as f:
         d = json.load(f)
-    d["sae_hashes"]["lua"] = "0" * 16                       # as if lua's SAE had been retrained since
+    if case == "other_sae":
+        d["sae_hashes"]["lua"] = "0" * 16                   # as if lua's SAE had been retrained since
+    if case == "damaged":
+        m = d["edges"]["base->lua"]["match"]["parent"]
+        m["latent"][0], m["r"][0] = 10 ** 6, 0.99                          # no such latent
     with open(path, "w") as f:
         json.dump(d, f)
-    assert "stale" in run(data_dir, out2)["diffing"]
+    extra = ["--n_tokens=4096"] if case == "other_tokens" else []
+    why = analyze_run(data_dir, out2, *extra)["diffing"]["stale"]
+    assert re.search({"other_sae": r"other SAEs \(lua\)", "other_tokens": r"another token set .*--n_tokens",
+                      "damaged": r"damaged or of another shape \(IndexError"}[case], why), why
+    assert re.search(r"python diffing\.py .*--overwrite", why)

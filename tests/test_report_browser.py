@@ -150,7 +150,7 @@ def test_a_deep_link_opens_the_named_feature_on_first_load(study):
     assert shown_feature(render(page, "#" + stored)) == stored
     dom = render(page, "#lua/7")                                    # a feature without a stored page: its side file
     assert problems(dom) == [] and shown_feature(dom) == "lua/7"
-    assert 'data-shown="lua/7"' in dom and "From the side file" in dom and 'class="ctx"' in dom
+    assert 'data-shown="lua/7"' in dom and re.search(r"From the side file: \d", dom) and 'class="ctx"' in dom
     dom = render(page, "#stability")                                # a section anchor is not a feature
     assert problems(dom) == [] and shown_feature(dom) is not None
     assert re.search(r'<div id="fview" hidden', dom)                # the report shows, not the feature view
@@ -267,6 +267,23 @@ def test_every_live_feature_has_a_compact_side_file_entry(study):
             seq = np.frombuffer(base64.b64decode(tokens["ids"]), dtype="<u2")[c[0] * T:(c[0] + 1) * T].tolist()
             top_at = [seq[c[1] + k] for k, d in enumerate(c[2]) if d == max(c[2])]
             assert ids[acts.index(max(acts))] in top_at and f[0] == pytest.approx(p["hist"]["max"], rel=0.01)
+
+
+@needs_chromium
+def test_side_files_of_another_analysis_run_are_not_shown(study, tmp_path):
+    """results.json rewritten by an analysis that stopped before its side files: the page does not show the old
+    run's contexts under the new statuses; it names the file and the command."""
+    import shutil
+    out_dir, _ = study
+    out2 = str(tmp_path / "out")
+    shutil.copytree(out_dir, out2, ignore=shutil.ignore_patterns(".lock"))
+    res, pages = load(out2)
+    assert side_file(out2, "lua")["run"] == res["run"]                            # analyze.py ties them
+    report.common.atomic_write_json(os.path.join(out2, "analysis", "results.json"), {**res, "run": "another"})
+    dom = render(report.write_report(out2), "#lua/7")
+    assert problems(dom) == [] and shown_feature(dom) == "lua/7"
+    assert "features/lua.js is from another run of analyze.py: re-run python analyze.py" in dom
+    assert not re.search(r"From the side file: \d", dom)                            # (the script's text has it)
 
 
 def test_a_report_without_side_files_says_so(study, tmp_path):
