@@ -283,15 +283,9 @@ def _print_help(config, presets, chosen, script_doc, script_path):
     raise SystemExit(0)
 
 
-def parse_config(config, argv=None, presets=None, preset_default=None, checks=None, variant=None):
-    """Apply presets and command-line overrides to `config` (a dict, modified in place); check them.
-
-    presets: {name: {key: value}} applied before the command line; with `variant`, a function of
-    the config (defaults + command line) returning e.g. 'finetune', presets[f'{name}/{variant}'] is
-    applied after presets[name]. preset_default: the preset when none is given. checks: {key: rule}
-    (see check_value). Returns the config; config['preset'] holds the preset that was used."""
-    caller = sys._getframe(1).f_globals
-    argv = sys.argv[1:] if argv is None else list(argv)
+def split_argv(argv):
+    """The command line -> ([(key, value or None for a bare flag)], whether --help was asked); keys with
+    - as _. --key=value, --key value and a bare --flag are accepted; anything else is one line."""
     pairs, want_help, i = [], False, 0
     while i < len(argv):
         arg = argv[i]
@@ -314,6 +308,18 @@ def parse_config(config, argv=None, presets=None, preset_default=None, checks=No
                 val = None  # bare flag
         pairs.append((key.replace("-", "_"), val))
         i += 1
+    return pairs, want_help
+
+
+def parse_config(config, argv=None, presets=None, preset_default=None, checks=None, variant=None):
+    """Apply presets and command-line overrides to `config` (a dict, modified in place); check them.
+
+    presets: {name: {key: value}} applied before the command line; with `variant`, a function of
+    the config (defaults + command line) returning e.g. 'finetune', presets[f'{name}/{variant}'] is
+    applied after presets[name]. preset_default: the preset when none is given. checks: {key: rule}
+    (see check_value). Returns the config; config['preset'] holds the preset that was used."""
+    caller = sys._getframe(1).f_globals
+    pairs, want_help = split_argv(sys.argv[1:] if argv is None else list(argv))
 
     preset = preset_default
     cli_pairs = []
@@ -466,6 +472,18 @@ def stage_jobs(jobs="auto", device="auto", threads=0):
 
 # -----------------------------------------------------------------------------
 # output folders: one run at a time, writable, with room for what the run will write
+
+# folders under out_dir that belong to a stage other than a model's: sae.py's, analyze.py's, explain.py's cache
+STAGE_FOLDERS = ("sae_", "analysis", "explain_cache")
+
+
+def check_model_folder(flag, name, hint=""):
+    """A model's folder (train.py --name, merge.py --out) is a plain name under --out_dir, never another
+    stage's folder or a path: else one line."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.startswith(STAGE_FOLDERS):
+        die(f"{flag} {name!r} must be a plain folder name under --out_dir, not another stage's folder (sae_*, "
+            f"analysis) or a path{hint}")
+
 
 @contextlib.contextmanager
 def lock_dir(path, what="this run", subfolders=False):

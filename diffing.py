@@ -357,37 +357,46 @@ def cc_path(cfg, parent, child, seed):
     return os.path.join(cfg["out_dir"], "diffing", f"cc_{parent}_{child}_s{seed}.pt")
 
 
+def load_current(path, seed, parent, child, inputs, want):
+    """The crosscoder at path if it is current (trained to the end on these inputs), else None; a file of
+    another edge or seed, or one that does not fit its own args, is refused in one line."""
+    how = "python diffing.py"  # without --overwrite: load_checkpoint appends it to `how` (and so do the dies below)
+    ck = load_checkpoint(path, "crosscoder", how, kind="crosscoder")
+    # refused, not retrained: a file renamed or copied onto another seed's name (s1 as s0) would pass
+    # every other check and make the null find 100% of the latents again; retraining over it would
+    # hide the mistake, so the file is named (as model.check_finished names swapped folders)
+    held = (ck.get("parent"), ck.get("child"), ck.get("seed"))
+    if held != (parent, child, seed):
+        die(f"{path} holds the crosscoder of {held[0]}->{held[1]} seed {held[2]}, not {parent}->{child} seed "
+            f"{seed}: renamed or copied? put it back under its own name, or remake it: {how} --overwrite")
+    if ck.get("inputs") != inputs or not ck.get("finished"):
+        return None
+    # the checksum only says the file is whole: args or weights edited by hand (and re-stamped)
+    # would fail here with a TypeError or a size mismatch, or later in the pass with a shape error
+    try:
+        if ck["crosscoder_args"] != want:
+            raise ValueError(f"crosscoder_args {ck['crosscoder_args']}, this run's {want}")
+        cc = Crosscoder(**ck["crosscoder_args"])
+        cc.load_state_dict(ck["crosscoder"])
+    except Exception as e:
+        why = [x.strip() for x in str(e).splitlines()
+               if x.strip() and not x.startswith("Error(s) in loading")]  # torch's heading line
+        die(f"{path} does not fit the crosscoder it describes ({type(e).__name__}: {(why or [''])[0][:200]}):"
+            f" damaged or hand-made; remake it: {how} --overwrite")
+    return cc
+
+
 def train_edge(cfg, study, parent, child, inputs, device):
     """The crosscoders of one edge, one per seed, on the identical stream (buffers of sae.harvest of the
     child's domains' train splits), trained together. Returns {seed: Crosscoder} (loaded where current)."""
     paths = {s: cc_path(cfg, parent, child, s) for s in cfg["seeds"]}
-    how = "python diffing.py"  # without --overwrite: load_checkpoint appends it to `how` (and so do the dies below)
     want = {"n_models": 2, "d_in": study.d_mlp, "n_latents": cfg["expansion"] * study.d_mlp, "arch": cfg["arch"],
             "k": cfg["k"]}
     have = {}
     for s, p in paths.items():
         if os.path.exists(p) and not cfg["overwrite"]:
-            ck = load_checkpoint(p, "crosscoder", how, kind="crosscoder")
-            # refused, not retrained: a file renamed or copied onto another seed's name (s1 as s0) would pass
-            # every other check and make the null find 100% of the latents again; retraining over it would
-            # hide the mistake, so the file is named (as model.check_finished names swapped folders)
-            held = (ck.get("parent"), ck.get("child"), ck.get("seed"))
-            if held != (parent, child, s):
-                die(f"{p} holds the crosscoder of {held[0]}->{held[1]} seed {held[2]}, not {parent}->{child} seed "
-                    f"{s}: renamed or copied? put it back under its own name, or remake it: {how} --overwrite")
-            if ck.get("inputs") == inputs and ck.get("finished"):
-                # the checksum only says the file is whole: args or weights edited by hand (and re-stamped)
-                # would fail here with a TypeError or a size mismatch, or later in the pass with a shape error
-                try:
-                    if ck["crosscoder_args"] != want:
-                        raise ValueError(f"crosscoder_args {ck['crosscoder_args']}, this run's {want}")
-                    cc = Crosscoder(**ck["crosscoder_args"])
-                    cc.load_state_dict(ck["crosscoder"])
-                except Exception as e:
-                    why = [x.strip() for x in str(e).splitlines()
-                           if x.strip() and not x.startswith("Error(s) in loading")]  # torch's heading line
-                    die(f"{p} does not fit the crosscoder it describes ({type(e).__name__}: {(why or [''])[0][:200]}):"
-                        f" damaged or hand-made; remake it: {how} --overwrite")
+            cc = load_current(p, s, parent, child, inputs, want)
+            if cc is not None:
                 have[s] = cc.to(device).eval()
     if len(have) == len(paths):
         print(f"{parent}->{child}: crosscoders up to date ({', '.join(map(str, paths))})")

@@ -30,7 +30,6 @@ the grid value takes the place of --t; the rules still apply.
 import fnmatch
 import math
 import os
-import re
 from types import SimpleNamespace
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
@@ -340,9 +339,7 @@ def check_out(cfg):
     out = cfg["out"]
     if out in (cfg["a"], cfg["b"], cfg["parent"]):
         common.die(f"--out {out} would overwrite an input checkpoint; choose another name (e.g. --out merged)")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", out) or out.startswith(("sae_", "analysis", "explain_cache")):
-        common.die(f"--out {out!r} must be a plain folder name under --out_dir, not another stage's folder "
-                   f"(sae_*, analysis) or a path; e.g. --out merged")
+    common.check_model_folder("--out", out, "; e.g. --out merged")
     if os.path.exists(os.path.join(cfg["out_dir"], out, "metrics.json")):
         common.die(f"--out {out}: {os.path.join(cfg['out_dir'], out)} holds a model train.py made; a merge would "
                    f"replace it; choose another name (e.g. --out merged)")

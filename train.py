@@ -16,14 +16,13 @@ Reading order: main() is the algorithm; each of its steps is one function below 
 """
 import math
 import os
-import re
 import time
 from contextlib import nullcontext
 from types import SimpleNamespace
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
-from common import (atomic_write_json, check_free_space, check_resume, cli, default_preset, die, lock_dir,
-                    parse_config, peak_gpu_mib, pick_device, provenance, set_threads, sha256_file, stamp)
+from common import (atomic_write_json, check_free_space, check_model_folder, check_resume, cli, default_preset, die,
+                    lock_dir, parse_config, peak_gpu_mib, pick_device, provenance, set_threads, sha256_file, stamp)
 
 import torch
 
@@ -135,9 +134,7 @@ def main(argv=None):
     if cfg["domain"] != "base" and name == cfg["parent"]:
         die(f"--name {name} is the parent this fine-tune starts from; it would overwrite it: choose another "
             f"--name (e.g. --name {cfg['domain']})")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.startswith(("sae_", "analysis", "explain_cache")):
-        die(f"--name {name!r} must be a plain folder name under --out_dir, not another stage's folder (sae_*, "
-            f"analysis) or a path")
+    check_model_folder("--name", name)
     env = setup_devices(cfg)
     run_dir = os.path.join(cfg["out_dir"], name)
     try:  # the one place the DDP process group is torn down, however the run ends
