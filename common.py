@@ -473,8 +473,9 @@ def stage_jobs(jobs="auto", device="auto", threads=0):
 # -----------------------------------------------------------------------------
 # output folders: one run at a time, writable, with room for what the run will write
 
-# folders under out_dir that belong to a stage other than a model's: sae.py's, analyze.py's, explain.py's cache
-STAGE_FOLDERS = ("sae_", "analysis", "explain_cache")
+# folders under out_dir that belong to a stage other than a model's: sae.py's, analyze.py's, explain.py's cache,
+# diffing.py's
+STAGE_FOLDERS = ("sae_", "analysis", "explain_cache", "diffing")
 
 
 def check_model_folder(flag, name, hint=""):
@@ -482,7 +483,7 @@ def check_model_folder(flag, name, hint=""):
     stage's folder or a path: else one line."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.startswith(STAGE_FOLDERS):
         die(f"{flag} {name!r} must be a plain folder name under --out_dir, not another stage's folder (sae_*, "
-            f"analysis) or a path{hint}")
+            f"analysis, diffing) or a path{hint}")
 
 
 @contextlib.contextmanager

@@ -413,6 +413,7 @@ FAMILIES = {
         ("hostile-merge-out-trained-model", [*MERGE_M2, "--out=other"], None, r"holds a model train\.py made"),
         ("hostile-merge-out-sae-folder", [*MERGE_M2, "--out=sae_base"], None, r"plain folder name"),
         ("hostile-merge-out-analysis", [*MERGE_M2, "--out=analysis"], None, r"plain folder name"),
+        ("hostile-merge-out-diffing", [*MERGE_M2, "--out=diffing"], None, r"not another stage's folder"),
         ("hostile-merge-out-path", [*MERGE_M2, "--out=../escape"], None, r"plain folder name"),
         ("hostile-merge-out-dot", [*MERGE_M2, "--out=."], None, r"plain folder name"),
         ("hostile-train-name-is-parent", [*LUA2, "--name=base", "--overwrite"], None, r"parent this fine-tune starts"),
