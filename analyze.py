@@ -1011,6 +1011,14 @@ def feature_activity(cfg, study, seqs, keys, stats, device):
     return out
 
 
+def want_top(wants, st, i):
+    """Ask collect_contexts (wants {seq: [(feature, kind, pos)]}) for feature i's top sequences (st: its SAE's
+    stats), each cut around its max."""
+    for s, v in zip(st["top_i"][:, i].tolist(), st["top_v"][:, i].tolist()):
+        if v > 0:
+            wants.setdefault(int(s), []).append((i, "top", None))
+
+
 def collect_pages(cfg, study, stats, seqs, keys, device):
     """Step 6: the activity of the page features and of every live feature (feature_activity: the browser shows
     every one), the page features' contexts (top sequences cut around the max, occurrences from each activation
@@ -1033,9 +1041,7 @@ def collect_pages(cfg, study, stats, seqs, keys, device):
         for s, start in rand:
             wants.setdefault(s, []).append((None, "random", start))
         for i in feats:
-            for s, v in zip(st["top_i"][:, i].tolist(), st["top_v"][:, i].tolist()):
-                if v > 0:
-                    wants.setdefault(int(s), []).append((i, "top", None))
+            want_top(wants, st, i)
             for q, samples in enumerate(activity[(m, i)]["samples"]):
                 for s, pos in samples:
                     wants.setdefault(int(s), []).append((i, f"q{q}", pos))
@@ -1365,24 +1371,20 @@ def join_diffing(d, found, n_examples):
 
 def diffing_contexts(cfg, study, stats, seqs, wanted, device, n_ctx):
     """{(model, feature): [{"tokens": [str], "acts": [float]}]}: the n_ctx top contexts of the examples."""
-    s0, width, out = cfg["sae_seed"], min(cfg["ctx_window"], study.block_size), {}
-    enc = datalib.load_tokenizer(cfg["data_dir"])
+    s0, width, top = cfg["sae_seed"], min(cfg["ctx_window"], study.block_size), {}
     for m, feats in wanted.items():
         feats = sorted(feats)
-        top_i, top_v = stats[(m, s0)]["top_i"], stats[(m, s0)]["top_v"]
         wants = {}
         for i in feats:
-            for s, v in zip(top_i[:, i].tolist(), top_v[:, i].tolist()):
-                if v > 0:
-                    wants.setdefault(int(s), []).append((i, "top", None))
+            want_top(wants, stats[(m, s0)], i)
         got = collect_contexts(study.model[m], study.sae[(m, s0)], seqs, feats, wants, width, cfg["batch_size"],
                                device, cfg["skip_first"], cfg["fast"])
-        for i in feats:
-            ids = {t for c in got[i]["top"] for t in c[0]}
-            tok = token_strings(enc, ids)
-            out[(m, i)] = [{"tokens": [tok[t] for t in c[0]], "acts": [round(a, 3) for a in c[1]]}
-                           for c in got[i]["top"][:n_ctx]]
-    return out
+        top.update({(m, i): got[i]["top"][:n_ctx] for i in feats})
+    if not top:
+        return {}
+    tok = token_strings(datalib.load_tokenizer(cfg["data_dir"]), {t for cs in top.values() for c in cs for t in c[0]})
+    return {key: [{"tokens": [tok[t] for t in c[0]], "acts": [round(a, 3) for a in c[1]]} for c in cs]
+            for key, cs in top.items()}
 
 
 def print_summary(res, study):
