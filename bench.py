@@ -164,6 +164,8 @@ def bench_peak(cfg, device):
     kinds = [("float32", torch.float32, False)]
     if device.startswith("cuda"):
         kinds += [("tf32", torch.float32, True), ("bfloat16", torch.bfloat16, False)]
+    elif fast.select_bf16(device, True):  # a CPU with native bf16 matmuls (the bf16 SAE step's peak)
+        kinds += [("bfloat16", torch.bfloat16, False)]
     peaks, tf32 = {}, torch.backends.cuda.matmul.allow_tf32
     for name, dt, allow_tf32 in kinds:
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
@@ -184,7 +186,7 @@ def bench_peak(cfg, device):
 def peak_for(device, low_precision):
     """The peak a stage's share is of: bf16 autocast on CUDA -> bfloat16; float32 -> tf32 when TF32 is on."""
     p = CONTEXT.get("peak_flops", {})
-    if device.startswith("cuda") and low_precision:
+    if low_precision:
         return p.get("bfloat16", 0.0)
     tf32 = device.startswith("cuda") and torch.backends.cuda.matmul.allow_tf32
     return p.get("tf32" if tf32 else "float32", 0.0)
@@ -292,22 +294,28 @@ def bench_forward(cfg, model, x, device, peak, shapes):
 # -----------------------------------------------------------------------------
 # sae: our SAE step (and its loop's bookkeeping) vs SAELens' SAETrainer.step
 
-def ours_sae_step(S, sae, x, arch, fast_math=True):
-    """sae.py's training step as its loop runs it: sae.train_seeds (train_step for the seed, the firing
-    record, the running sums of the log, its own choice of the sparse path, fast on) on a run made by
-    sae.new_run. 10% of latents are held dead so TopK pays for AuxK (as in the peer)."""
+def ours_sae_step(S, saes, x, arch, fast_math=True, sae_step="each", threads=1):
+    """sae.py's training step as its loop runs it: sae.train_seeds (train_step for each seed or one
+    step of their stack (sae_step), the firing record, the running sums of the log, its own choice of
+    the sparse path, fast on) on runs made by sae.new_run; each seed in a thread of its own on a CPU
+    with threads (fast.seed_pool). 10% of latents are held dead so TopK pays for AuxK (as in the peer)."""
     import types
-    n_feat, (B, d_in) = sae.n_features, x.shape
+    n_feat, (B, d_in), dev = saes[0].n_features, x.shape, str(x.device)
     cfg = dict(S.config, arch=arch, lr=1e-4, l1_coeff=5.0, dead_window=B, fast_math=fast_math)
-    run = S.new_run(0, sae, cfg, n_feat, x.device)
-    run.update(bad_step=torch.tensor(-1, device=x.device), bad_loss=torch.tensor(0.0, device=x.device))
-    job = types.SimpleNamespace(cfg=cfg, step=0, B=B, stats=None, d_in=d_in, device=str(x.device), n_features=n_feat,
-                                total_steps=10 ** 9, aux_k=d_in // 2, pool=None,  # one seed: no seed threads
-                                select_bf16=fast.select_bf16(str(x.device), cfg["fast_math"]))
+    runs = [S.new_run(j, sae, cfg, n_feat, x.device) for j, sae in enumerate(saes)]
+    for run in runs:
+        run.update(bad_step=torch.tensor(-1, device=x.device), bad_loss=torch.tensor(0.0, device=x.device))
+    stack = None if sae_step == "each" else fast.SeedStack(runs, torch.bfloat16 if sae_step == "stack_bf16"
+                                                            else torch.float32)
+    job = types.SimpleNamespace(cfg=cfg, step=0, B=B, stats=None, d_in=d_in, device=dev, n_features=n_feat,
+                                total_steps=10 ** 9, aux_k=d_in // 2, stack=stack,
+                                pool=fast.seed_pool(dev, len(saes), threads) if sae_step == "each" else None,
+                                select_bf16=fast.select_bf16(dev, cfg["fast_math"]))
 
     def step():
-        run["last_fired"][: n_feat // 10] = -10 ** 9
-        S.train_seeds(job, [run], x)
+        for run in runs:
+            run["last_fired"][: n_feat // 10] = -10 ** 9
+        S.train_seeds(job, runs, x)
     return step
 
 
@@ -367,10 +375,10 @@ def bench_sae(cfg, device, shapes=None, steps=None, warmup=None, peer=True):
             set_density(sae, x, cfg["sae_density"])
         if have_peer:  # made first: it copies our weights before our steps change them
             peer_step = sae_lens_step(d_in, n_feat, batch, arch, device, x, sae)
-        fns = {"ours": ours_sae_step(S, sae, x, arch)}
+        fns = {"ours": ours_sae_step(S, [sae], x, arch)}
         bf16 = fast.select_bf16(device, True)
         if bf16:  # the same step with the active latents picked in float32 too (fast_math off)
-            fns["ours_fp32"] = ours_sae_step(S, copy.deepcopy(sae), x, arch, fast_math=False)
+            fns["ours_fp32"] = ours_sae_step(S, [copy.deepcopy(sae)], x, arch, fast_math=False)
         if have_peer:
             fns["peer"] = peer_step
         sec = time_rounds(fns, steps or cfg["steps"], cfg["warmup"] if warmup is None else warmup, device)
@@ -888,6 +896,62 @@ def paper_smoke(cfg, device):
 # -----------------------------------------------------------------------------
 # plan: the full-budget time of each stage on this device, PROJECTED from steps measured at paper shapes
 
+def sae_step_rates(cfg, device, seeds=2):
+    """Activations/s per SAE of sae.py's loop step for `seeds` seeds on one batch at the paper's shapes (ReLU,
+    sae_density of the latents firing), each way the step can run: every seed its own dense step, the
+    sparse step (forced, whatever fast.SPARSE_BELOW says for this device), the seeds as one stack in float32
+    (TF32 on CUDA with fast_math) and in bf16. Returns ({name: act/s per SAE}, the name sae.py's defaults take
+    here)."""
+    import sae as S
+    d_in, n_feat, batch = SHAPES["paper"]["sae"]
+    x = (torch.randn(batch, d_in, generator=torch.Generator().manual_seed(0)).relu() * 2).to(device)
+    dev_type, threads = device.split(":")[0], torch.get_num_threads()
+    ways = {"each seed, dense": ("each", False), "each seed, sparse": ("each", True), "stack": ("stack", False),
+            "stack_bf16": ("stack_bf16", False)}
+    saes = [S.init_sae(d_in, n_feat, "relu", 32, seed=s).to(device) for s in range(seeds)]
+    for sae in saes:
+        set_density(sae, x, cfg["sae_density"])
+    below, rates = dict(fast.SPARSE_BELOW), {}
+    flops = 12 * batch * d_in * n_feat * seeds  # dense-equivalent
+    try:
+        for name, (step, sparse) in ways.items():
+            fast.SPARSE_BELOW.clear()
+            fast.SPARSE_BELOW.update({dev_type: 1.0} if sparse else {})
+            fn = ours_sae_step(S, [copy.deepcopy(s) for s in saes], x, "relu", sae_step=step, threads=threads)
+            sec = timeit(fn, cfg["plan_steps"], 2, device)  # (the first step of each: dense, density unknown)
+            rates[name] = seeds * batch / sec
+            print(f"plan: SAE step, {seeds} seeds x {batch} activations, {d_in} -> {n_feat}, {name}: {sec * 1e3:,.1f} "
+                  f"ms, {rates[name] / 1e3:,.1f}k act/s per SAE, "
+                  f"{share(flops, sec, peak_for(device, step == 'stack_bf16'))} of the peak (dense-equivalent)")
+    finally:
+        fast.SPARSE_BELOW.clear()
+        fast.SPARSE_BELOW.update(below)
+    picked = fast.pick_sae_step(S.config["sae_step"], device, S.config["fast_math"])
+    if picked == "each":
+        picked = "each seed, " + ("sparse" if cfg["sae_density"] < below.get(dev_type, 0.0) else "dense")
+    return rates, picked
+
+
+def harvest_rates(cfg, device, batches, bf16):
+    """Windows/s of sae.py's harvest forward (fast.mlp_activations: keys and values looked up, the model at
+    tokens_per_seq of block_size positions) at the paper's shapes, for each harvest batch in batches."""
+    import sae as S
+    from model import ModelArgs, Transformer
+    s, tps = SHAPES["paper"], S.config["tokens_per_seq"]
+    model = Transformer(ModelArgs(**{k: v for k, v in s.items() if k not in ("batch", "sae")})).to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    rates = {}
+    for b in batches:
+        idx = torch.randint(0, s["vocab_size"], (b, s["block_size"]), generator=g)
+        pos = torch.rand(b, s["block_size"] - 1, generator=g).argsort(dim=1)[:, :tps] + 1
+        sec = timeit(lambda: list(fast.mlp_activations(model, idx, b, device, positions=pos, bf16=bf16)),
+                     cfg["plan_steps"], 1, device)
+        rates[b] = b / sec
+        print(f"plan: harvest forward, {b} windows a call ({tps} of {s['block_size']} positions kept): "
+              f"{rates[b]:,.0f} windows/s = {rates[b] * tps / 1e6:,.2f}M activations/s")
+    return rates
+
+
 def measure_forward_and_corr(cfg, device, harvest_batch, bf16):
     """Tokens/s of the MLP-activation forward (harvest, analysis; bf16 autocast when sae.py's fast_math
     applies) and of one streamed correlation pair at 16,384 x 16,384 features, paper shapes, this device."""
@@ -933,10 +997,20 @@ def plan(cfg, device, tokens_per_word=None):
     fast_math = device.startswith("cuda") and bool(sc.get("fast_math", False))  # sae.py: TF32 SAE, bf16 harvest
     tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, fast_math
     try:
-        sae_rate = bench_sae(cfg, device, shapes="paper", steps=cfg["plan_steps"], warmup=1, peer=False)
+        sae_rates, picked = sae_step_rates(cfg, device)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
-    fwd, corr = measure_forward_and_corr(cfg, device, sc.get("harvest_batch", 64), fast_math)
+    sae_rate = sae_rates[picked]
+    for name, r in sae_rates.items():
+        row("plan", f"SAE step, 2 seeds, {name}" + (" (sae.py's default here)" if name == picked else ""),
+            f"{r / 1e3:,.1f}k act/s per SAE", note=f"paper shapes, ReLU, {cfg['sae_density']:.0%} of latents firing")
+    hb = sc.get("harvest_batch") or (512 if device.startswith("cuda") else 64)  # sae.py's harvest batch here
+    windows = harvest_rates(cfg, device, sorted({64, hb} | ({256, 1024} if device.startswith("cuda") else set())),
+                            fast_math)
+    for b, r in windows.items():
+        row("plan", f"harvest forward, {b} windows a call" + (" (sae.py's default here)" if b == hb else ""),
+            f"{r * sc.get('tokens_per_seq', 24) / 1e6:,.2f}M act/s", note="paper shapes, 24 of 256 positions")
+    fwd, corr = measure_forward_and_corr(cfg, device, hb, fast_math)
     seeds, acts, per_seq = len(sc.get("seeds", [0, 1])), sc.get("total_acts", 200_000_000), sc.get("tokens_per_seq", 24)
     seq_len = sc.get("seq_len") or SHAPES["paper"]["block_size"]
     models, n_tok = ac.get("models", ["base", "lua", "tinystories", "luastories"]), ac.get("n_tokens", 1_048_576)
@@ -948,10 +1022,10 @@ def plan(cfg, device, tokens_per_word=None):
         ("fine-tune lua", f"1 epoch, {cfg['plan_lua_tokens'] / 1e6:,.0f}M tokens (estimated)", cfg["plan_lua_tokens"] / lm),
         ("fine-tune tinystories", f"1 epoch, {cfg['plan_tinystories_tokens'] / 1e6:,.0f}M tokens (estimated)",
          cfg["plan_tinystories_tokens"] / lm),
-        ("SAE training", f"{len(MODEL_NAMES)} models x {seeds} seeds x {acts / 1e6:,.0f}M activations",
+        ("SAE training", f"{len(MODEL_NAMES)} models x {seeds} seeds x {acts / 1e6:,.0f}M activations ({picked})",
          len(MODEL_NAMES) * seeds * acts / sae_rate),
-        ("SAE harvesting", f"{len(MODEL_NAMES)} x {acts / per_seq * seq_len / 1e9:,.2f}G tokens forward "
-         f"({per_seq} of {seq_len} positions kept)", len(MODEL_NAMES) * acts / per_seq * seq_len / fwd),
+        ("SAE harvesting", f"{len(MODEL_NAMES)} x {acts / per_seq / 1e6:,.1f}M windows forward, {hb} a call "
+         f"({per_seq} of {seq_len} positions kept)", len(MODEL_NAMES) * acts / per_seq / windows[hb]),
         ("analysis", f"{n_tok:,} tokens x ({len(models)} forwards + {pairs} correlation pairs of 16,384^2)",
          n_tok * (len(models) / fwd + pairs / corr)),
     ]
@@ -966,7 +1040,8 @@ def plan(cfg, device, tokens_per_word=None):
         row("plan", name, f"projected {fmt_time(t)}", note=work)
     print(f"  {'total':22s} {fmt_time(total):>10s}")
     row("plan", "total (projection)", f"projected {fmt_time(total)}",
-        note=f"on {dev}; LM {lm / 1e3:,.1f}k tok/s, SAE {sae_rate / 1e3:,.1f}k act/s, forward {fwd / 1e3:,.1f}k tok/s, "
+        note=f"on {dev}; LM {lm / 1e3:,.1f}k tok/s, SAE {sae_rate / 1e3:,.1f}k act/s per SAE ({picked}), "
+             f"harvest {windows[hb]:,.0f} windows/s, forward {fwd / 1e3:,.1f}k tok/s, "
              f"correlation {corr:,.0f} tok/s per pair, all measured at paper shapes")
 
 

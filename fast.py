@@ -63,6 +63,27 @@ stable_order
     pays: CPU, keys below 2^15
     gain: 3x: 47k keys, 0.46 vs 1.25 ms
     equal: bit for bit
+SeedStack, StackPreAt, stack_loss (sae.py --sae_step stack; auto on CUDA: pick_sae_step)
+    twin: each seed's own dense step (sae.train_step with sae_loss), one after another
+    pays: CUDA: one product of each kind and one fused Adam for all the seeds (fewer, wider kernels)
+    gain: GPU not yet measured (bench.py --only=plan times every way); CPU: STACK_CPU
+    equal: float32 rounding: parameters and Adam state to 1e-6 after 5 steps, a whole tiny run to 1e-6
+stack_bf16 (sae.py --sae_step stack_bf16; auto on CUDA)
+    twin: the stack in float32 (TF32 on CUDA)
+    pays: CUDA, whose bf16 matmuls have twice TF32's peak; CPUs with native bf16 (AVX512-BF16, AMX)
+    gain: GPU not yet measured; CPU: BF16_CPU
+    equal: bf16 rounding of the products' inputs (float32 accumulation, weights, Adam, metrics): the loss
+        within 1%, gradients within 3%; the SAEs' metrics at the paper's shapes: BF16_BANDS
+stream_windows
+    twin: sae.stream_windows, a Python loop over the windows
+    pays: the paper's buffers of 4,096 windows
+    gain: STREAM_GAIN
+    equal: bit for bit
+Prefetch
+    twin: a buffer's draws made when the buffer is needed
+    pays: CUDA: the CPU draws the next buffer while the GPU trains on this one
+    gain: not yet measured
+    equal: bit for bit (the draws are a pure function of the buffer's number)
 encode_features
     twin: sae.encode(x)[:, idx]
     pays: analyze.py's feature pages (a few dozen of n_features)
@@ -305,10 +326,60 @@ def mlp_activations(model, windows, batch_size, device, skip_first=0, positions=
             yield start, h.float()                                                   # (b, k, d_mlp)
 
 
+def stream_windows(arrays, n_seq, T, g, mix="equal"):
+    """sae.stream_windows (the same draws, the same windows bit for bit) with each domain's windows
+    gathered by one indexing of its array instead of a Python loop over the windows (paper shapes:
+    4,096 windows a buffer)."""
+    u = torch.rand(n_seq, generator=g, dtype=torch.float64)                  # (n_seq,) in [0, 1)
+    for name, a in arrays.items():
+        if len(a) < T:
+            die(f"domain '{name}' has {len(a):,} tokens, fewer than one window of {T}; "
+                f"prepare more data (python data.py)")
+    arrays = list(arrays.values())
+    n_starts = torch.tensor([len(a) - T + 1 for a in arrays], dtype=torch.long)
+    if mix == "equal":
+        dom = torch.arange(n_seq) % len(arrays)
+        start = (u * n_starts[dom]).long()                                   # int(): truncation, u >= 0
+    else:  # a start among all the domains' starts, laid end to end
+        ends = n_starts.cumsum(0)
+        start = (u * int(ends[-1])).long()
+        dom = torch.searchsorted(ends, start, right=True)
+        start -= ends[dom] - n_starts[dom]
+    idx = torch.empty(n_seq, T, dtype=torch.long)
+    for d, a in enumerate(arrays):
+        rows = (dom == d).nonzero()[:, 0]
+        if len(rows):  # every window of a as a (len - T + 1, T) view; the drawn ones copied
+            idx[rows] = torch.from_numpy(np.lib.stride_tricks.sliding_window_view(a, T)[start[rows].numpy()]
+                                         .astype(np.int64))
+    return idx
+
+
+class Prefetch:
+    """CUDA: the next shuffle buffer's draws (sae.harvest_draws: windows read from the token files,
+    positions, shuffle; CPU work) made in a thread while the current buffer trains on the GPU, so the
+    GPU does not wait for them. get(c) gives make(c) (from the thread when it was asked ahead) and
+    starts make(c + 1). The draws are a pure function of c, so the stream is the same bit for bit."""
+
+    def __init__(self, make):
+        self.make, self.pool, self.ahead = make, concurrent.futures.ThreadPoolExecutor(1), {}
+
+    @staticmethod
+    def pays(device):
+        """On CUDA only: on a CPU the thread would take a core from the steps."""
+        return str(device).startswith("cuda")
+
+    def get(self, c):
+        got = self.ahead.pop(c).result() if c in self.ahead else self.make(c)
+        self.ahead = {c + 1: self.pool.submit(self.make, c + 1)}
+        return got
+
+
 # -----------------------------------------------------------------------------
 # SAE training: the dense step without autograd's b_dec product, the sparse step, seeds in threads
 
-SPARSE_BELOW = 0.15  # CPU: the sparse SAE step below this density of active latents (header table)
+SPARSE_BELOW = {"cpu": 0.15}  # the sparse SAE step below this density of active latents, per device type where it
+    # was measured to pay (header table). CUDA: not yet measured (bench.py --only=plan times the sparse step beside
+    # the dense ones at the paper's shapes), so never there; the step itself runs on any device
 
 
 def select_bf16(device, fast_math):
@@ -320,9 +391,9 @@ def select_bf16(device, fast_math):
 
 def loss_for(device, density, bf16_select):
     """The loss function of a seed's next step (sae.train_step's loss_fn): the sparse step where it pays
-    (CPU, the last step's density of active latents below SPARSE_BELOW). The choice is a function of the
-    saved state, so a resume makes the same choices as an uninterrupted run."""
-    sparse = device == "cpu" and density < SPARSE_BELOW
+    (the last step's density of active latents below SPARSE_BELOW for this device). The choice is a
+    function of the saved state, so a resume makes the same choices as an uninterrupted run."""
+    sparse = density < SPARSE_BELOW.get(str(device).split(":")[0], 0.0)
     return functools.partial(sae_loss, sparse=sparse, select_bf16=sparse and bf16_select)
 
 
@@ -337,12 +408,13 @@ def sae_loss(sae, x, hp, sparse=False, select_bf16=False):
     pre = PreAt.apply(sae.b_dec, sae.W_enc, sae.b_enc, xc, None, None)    # (N, F), = sae.pre_acts(x)
     f = sae.activate(pre)
     x_hat = sae.decode(f)
-    return finish_loss(sae, x, pre, f, x_hat, lambda: f.sum(-1).mean(), hp)
+    return finish_loss(sae, x, pre, f, x_hat, lambda: f.sum(-1).mean(-1), hp)
 
 
 def finish_loss(sae, x, pre, f, x_hat, l1, hp, aux_decode=None):
-    """(loss, mse, f): the MSE plus the activation's penalty (l1(): the L1 term's value)."""
-    mse = (x_hat - x).pow(2).sum(-1).mean()
+    """(loss, mse, f): the MSE plus the activation's penalty (l1(): the L1 term's value). A SeedStack's
+    x_hat (S, N, d_in) gives one loss and MSE per seed (S,)."""
+    mse = (x_hat - x).pow(2).sum(-1).mean(-1)
     loss = mse
     extra = penalty(sae, x, pre, l1, x_hat, hp, aux_decode)
     if extra is not None:
@@ -415,7 +487,7 @@ def seed_pool(device, n_seeds, threads):
 
 def pointers(index, n):
     """CSR pointers (n + 1,) of sorted row (or column) indices: where each row's entries start."""
-    ptr = torch.zeros(n + 1, dtype=torch.long)
+    ptr = torch.zeros(n + 1, dtype=torch.long, device=index.device)
     ptr[1:] = torch.bincount(index, minlength=n).cumsum(0)
     return ptr
 
@@ -449,7 +521,8 @@ def sampled(pat, a, b):
     in pat's order."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.sparse.sampled_addmm(csr(pat, torch.zeros(len(pat.cols), dtype=a.dtype)), a, b, beta=0.0).values()
+        zeros = torch.zeros(len(pat.cols), dtype=a.dtype, device=a.device)
+        return torch.sparse.sampled_addmm(csr(pat, zeros), a, b, beta=0.0).values()
 
 
 def positive(sae, xc, rows, cols, shape):
@@ -484,7 +557,7 @@ class PreAt(torch.autograd.Function):
         if pat is None:
             grad_b_enc, grad_W_enc = grad.sum(0), xc.T @ grad                  # (F,), (d_in, F)
         else:
-            grad_b_enc = torch.zeros(pat.shape[1], dtype=grad.dtype).index_add_(0, pat.cols, grad)
+            grad_b_enc = torch.zeros(pat.shape[1], dtype=grad.dtype, device=grad.device).index_add_(0, pat.cols, grad)
             grad_W_enc = bag(pat.rows_t, pat.ccol, xc, grad[pat.perm]).T              # (F, d_in) -> (d_in, F)
         return -(W_enc @ grad_b_enc), grad_W_enc, grad_b_enc, None, None, None
 
@@ -525,6 +598,82 @@ def sparse_loss(sae, x, xc, hp, select_bf16=False):
         pat_a, vals_a = positive(sae, xc, rows, cols, tuple(pre.shape))
         return SparseDecode.apply(PreAt.apply(sae.b_dec, sae.W_enc, sae.b_enc, xc, vals_a, pat_a), sae.W_dec, pat_a)
     return finish_loss(sae, x, pre, csr(pat, vals), x_hat, lambda: vals_g.sum() / len(x), hp, aux_decode)
+
+
+# -----------------------------------------------------------------------------
+# SAE training on a GPU: every seed's step in one set of products (sae.py --sae_step stack, stack_bf16)
+
+SAE_STEPS = ("auto", "each", "stack", "stack_bf16")
+
+
+def pick_sae_step(choice, device, fast_math):
+    """sae.py's sae_step: auto is stack_bf16 on CUDA (fast_math) or stack (no fast_math), each on a CPU
+    (where the sparse step and the seeds' threads pay: SPARSE_BELOW, seed_pool)."""
+    if choice != "auto":
+        return choice
+    return ("stack_bf16" if fast_math else "stack") if device.startswith("cuda") else "each"
+
+
+class SeedStack(nn.Module):
+    """The seeds' SAEs of one run as stacked parameters (S, ...) that one step trains: the encoder one
+    batched product (S, N, d_in) x (S, d_in, F), the decoder another, one fused Adam over the four
+    stacked tensors. Each seed's SAE parameters and Adam state become views of the stack (their .data
+    and state entries point into it), so what sae.py does to a seed between steps (the log, evaluation,
+    resampling, saving) reads and writes the stack, without copies. dtype: the products' (bfloat16: the
+    inputs rounded to bf16, float32 accumulation; master weights, Adam state, the loss and every metric
+    stay float32). sae.train_step(stack, stack.opt, x, lr, hp, stack_loss) is its step, hp.dead (S, 1, F)."""
+
+    def __init__(self, runs, dtype=torch.float32):
+        super().__init__()
+        saes, opts = [r["sae"] for r in runs], [r["opt"] for r in runs]
+        self.act, self.arch, self.dtype = saes[0].act, saes[0].arch, dtype
+        names = ("W_enc", "b_enc", "W_dec", "b_dec")
+        for name in names:
+            setattr(self, name, nn.Parameter(torch.stack([getattr(s, name).detach() for s in saes])))
+        group = opts[0].param_groups[0]
+        self.opt = torch.optim.Adam(self.parameters(), lr=group["lr"], betas=group["betas"], fused=True)
+        for name in names:
+            stacked, ps = getattr(self, name), [getattr(s, name) for s in saes]
+            old = [o.state.get(p, {}) for o, p in zip(opts, ps)]   # Adam's state: a resumed run's, or none yet
+            if any(old) and not all(torch.equal(o["step"], old[0]["step"]) for o in old):
+                die("the seeds' optimizers are at different steps; they cannot train as one stack")
+            step = old[0]["step"] if old[0] else torch.zeros((), dtype=torch.float32, device=stacked.device)
+            state = {"step": step, **{k: torch.stack([o[k] for o in old]) if old[0] else torch.zeros_like(stacked)
+                                      for k in ("exp_avg", "exp_avg_sq")}}
+            self.opt.state[stacked] = state
+            for j, (o, p) in enumerate(zip(opts, ps)):  # the seed's tensors: views of the stack's
+                p.data = stacked.data[j]
+                o.state[p] = {"step": step, "exp_avg": state["exp_avg"][j], "exp_avg_sq": state["exp_avg_sq"][j]}
+
+
+class StackPreAt(torch.autograd.Function):
+    """PreAt for a SeedStack: pre (S, N, F) = xc (S, N, d_in) @ W_enc (S, d_in, F) + b_enc, a batched
+    product in xc's dtype (the weights cast to it), and the same backward: b_dec's gradient
+    -W_enc @ db_enc (a batched matvec), dW_enc = xc^T G, db_enc = G summed over tokens (float32)."""
+
+    @staticmethod
+    def forward(ctx, b_dec, W_enc, b_enc, xc):
+        w = W_enc.to(xc.dtype)
+        ctx.save_for_backward(W_enc, xc)
+        return torch.baddbmm(b_enc.to(xc.dtype)[:, None], xc, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        W_enc, xc = ctx.saved_tensors
+        grad_b_enc = grad.sum(1, dtype=torch.float32)                                  # (S, F)
+        grad_W_enc = torch.bmm(xc.transpose(1, 2), grad.to(xc.dtype)).float()         # (S, d_in, F)
+        return -torch.bmm(W_enc, grad_b_enc[..., None])[..., 0], grad_W_enc, grad_b_enc, None
+
+
+def stack_loss(st, x, hp):
+    """sae.sae_loss for a SeedStack st: x (N, d_in) shared by the seeds -> (loss (S,), mse (S,), f (S, N, F)),
+    each seed's loss and gradients its own (the seeds' parameters never meet); the products in st.dtype."""
+    with torch.no_grad():
+        xc = (x[None] - st.b_dec[:, None]).to(st.dtype)           # (S, N, d_in), no graph: PreAt's b_dec gradient
+    pre = StackPreAt.apply(st.b_dec, st.W_enc, st.b_enc, xc)       # (S, N, F)
+    f = st.act(pre)
+    x_hat = torch.bmm(f, st.W_dec.to(st.dtype)).float() + st.b_dec[:, None]      # (S, N, d_in)
+    return finish_loss(st, x, pre, f, x_hat, lambda: f.sum(-1, dtype=torch.float32).mean(-1), hp)
 
 
 def encode_features(sae, x, idx):

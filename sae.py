@@ -38,10 +38,11 @@ sae_s<seed>.pt is each seed's raw-space SAE for analyze.py (written from the sta
 metrics.json is written last and lists every seed. The folder is locked while a run writes it.
 fast (default on): the speed-ups of fast.py (the harvest run at the kept positions only with keys and
 values looked up, the SAE step's b_dec gradient as a matvec, the sparse step once few latents are active,
-the seeds' steps in threads on a CPU); --fast=false trains with the plain code here, the same SAEs to
-rounding. fast_math: on CUDA the SAE trains with TF32 matmuls and the harvest forward runs in bf16; on a
-CPU with bf16 matmuls bf16 picks the sparse step's active latents; evaluation and the saved SAEs stay
-full float32.
+the seeds' steps in threads on a CPU; on a GPU every seed's step as one stack of batched products,
+sae_step); --fast=false trains with the plain code here, the same SAEs to rounding. fast_math: on CUDA
+the stack's products run in bf16 (sae_step auto: stack_bf16; float32 weights, Adam and metrics), other
+matmuls in TF32, and the harvest forward in bf16; on a CPU with bf16 matmuls bf16 picks the sparse step's
+active latents; evaluation and the saved SAEs stay full float32.
 """
 import contextlib
 import hashlib
@@ -97,7 +98,8 @@ config = dict(
     seq_len=0,             # tokens per harvested window; 0 = the model's block_size
     total_acts=200_000_000,  # training budget in activations (200M = 65,104 steps of 3072)
     buffer_batches=32,     # shuffle buffer size in batches (32 x 3072 activations from 4096 sequences)
-    harvest_batch=64,      # sequences per model forward while harvesting
+    harvest_batch=0,       # windows per model forward while harvesting; 0 = 64 on a CPU, 512 on a GPU (a call of 64
+                           # keeps 1,536 positions: too little work for one to keep a GPU busy)
     data_seed=1234,        # the activation stream (shared by all seeds)
     mix="tokens",          # a model's domains in the stream and the evaluation: tokens (shares = their token
                            # counts, as the authors' concatenated datasets) | equal (one share per domain)
@@ -111,8 +113,12 @@ config = dict(
                            # outside HEALTH stops there, saved, naming the setting to change; 0 = no check
     peak_flops=989e12,     # the device's peak FLOP/s for metrics.json's mfu (default: H100 SXM dense bf16)
     fast=True,             # the speed-ups of fast.py (false: the plain code here; the same SAEs to rounding)
-    fast_math=True,        # CUDA: TF32 SAE training, a bf16 harvest forward; CPU with bf16 matmuls: bf16 picks the
-                           # sparse step's active latents (their values exact); evaluation and saved SAEs stay fp32
+    fast_math=True,        # CUDA: bf16 SAE products (sae_step auto), TF32 otherwise, a bf16 harvest forward; CPU with
+                           # bf16 matmuls: bf16 picks the sparse step's active latents; evaluation, saved SAEs: fp32
+    sae_step="auto",       # fast: how the seeds' steps run: each (one after another or in threads; the sparse step
+                           # on a CPU) | stack (every seed in one set of batched products, one Adam) | stack_bf16
+                           # (those products in bf16; weights, Adam, metrics fp32) | auto (fast.pick_sae_step:
+                           # stack_bf16 on CUDA, each on a CPU)
     threads=0,             # CPU threads; 0 = the cores free now (common.set_threads)
     device="auto",         # auto (cuda if available) | cpu | cuda | cuda:N
 )
@@ -135,14 +141,14 @@ CHECKS = {"model": tuple(MODEL_DATA), "mix": ("tokens", "equal"), "seeds": ">=0"
           "l1_coeff": ">=0", "l1_warmup_frac": "[0,1]", "resample_every": ">=0", "resample_until": "[0,1]",
           "aux_k": ">=0", "aux_coeff": ">=0", "dead_window": ">0", "lr": ">0", "beta1": "[0,1)", "beta2": "[0,1)",
           "lr_decay_frac": "[0,1]", "seqs_per_batch": ">0", "tokens_per_seq": ">0", "skip_first": ">=0",
-          "seq_len": ">=0", "total_acts": ">0", "buffer_batches": ">0", "harvest_batch": ">0", "eval_seqs": ">0",
+          "seq_len": ">=0", "total_acts": ">0", "buffer_batches": ">0", "harvest_batch": ">=0", "eval_seqs": ">0",
           "eval_batch": ">0", "eval_interval": ">0", "log_interval": ">0", "ckpt_interval": ">0", "stop_step": ">=0",
-          "health_at": "[0,1]",
+          "health_at": "[0,1]", "sae_step": fast.SAE_STEPS,
           "threads": ">=0", "peak_flops": ">0"}
 # settings a resume may change; every other config key must equal the checkpoint's
 RESUME_FREE = {"resume", "overwrite", "device", "eval_interval", "log_interval", "ckpt_interval", "stop_step",
                "harvest_batch", "eval_batch", "data_dir", "out_dir", "preset", "allow_unfinished", "threads",
-               "peak_flops", "health_at", "allow_other_preset"}
+               "peak_flops", "health_at", "allow_other_preset", "sae_step"}
 # the early check's bands (health_at), for far-off runs only: an SAE that explains less than half the
 # variance, fires none of its latents, or more per token than both its input's dimensions and a quarter of
 # its latents (relu: a random encoder fires about half, so the L1 has barely acted; a healthy L0 still
@@ -180,7 +186,7 @@ class ReLU:
     def penalty(self, sae, x, x_hat, f, hp):
         """The L1 term: the mean over tokens of sum_i f_i (= the decoder-norm-weighted L1, the
         decoder's rows being unit norm), times hp.l1_coeff."""
-        return hp.l1_coeff * f.sum(-1).mean()
+        return hp.l1_coeff * f.sum(-1).mean(-1)
 
     def describe(self, cfg, aux_k):
         return (f"l1 {cfg['l1_coeff']:g} (warm-up {cfg['l1_warmup_frac']:.0%}), "
@@ -216,15 +222,16 @@ class TopK:
         aux_k dead latents only the dead ones reconstruct."""
         masked = pre.masked_fill(~hp.dead, float("-inf"))                       # (N, F)
         top = masked.topk(min(hp.aux_k, pre.size(-1)), dim=-1)
-        return torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values)) @ sae.W_dec
+        e_f = torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values))
+        return e_f @ sae.W_dec.to(pre.dtype)  # (.to: a no-op but in fast.py's bf16 step)
 
     @staticmethod
     def aux_loss(e_hat, x, x_hat):
         """AuxK's loss: ||e_hat - e||^2 over the residual's variance, e = x - x_hat
         (no gradient)."""
         e = (x - x_hat).detach()
-        return ((e_hat - e).pow(2).sum(-1).mean()
-                / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12))
+        return ((e_hat - e).pow(2).sum(-1).mean(-1)
+                / (e - e.mean(-2, keepdim=True)).pow(2).sum(-1).mean(-1).clamp_min(1e-12))
 
     def describe(self, cfg, aux_k):
         return f"k {cfg['k']}, AuxK k {aux_k} x {cfg['aux_coeff']:.4g}"
@@ -380,7 +387,7 @@ def firing(f):
 
 def normalize_decoder(sae):
     with torch.no_grad():
-        sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
 
 def remove_parallel_grad(sae):
@@ -400,12 +407,13 @@ def train_step(sae, opt, x, lr, hp, loss_fn=sae_loss):
     not read back here (no host sync per step): the caller checks its finiteness at each log,
     evaluation and save, so a non-finite loss stops the run before anything it touched is saved.
     loss_fn: sae_loss, or fast.sae_loss (the same loss and gradients to rounding; f then may be a
-    sparse CSR tensor)."""
+    sparse CSR tensor), or fast.stack_loss for every seed at once (sae a fast.SeedStack; a loss per
+    seed, whose sum gives each seed its own gradient)."""
     for group in opt.param_groups:
         group["lr"] = lr
     loss, mse, f = loss_fn(sae, x, hp)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.sum().backward()
     remove_parallel_grad(sae)
     opt.step()
     normalize_decoder(sae)
@@ -504,20 +512,23 @@ def stream_windows(arrays, n_seq, T, g, mix="equal"):
     return idx
 
 
-@torch.no_grad()
-def harvest(model, arrays, chunk, cfg, device):
-    """Shuffle buffer number `chunk`: buffer_batches x seqs_per_batch fresh random windows
-    (domains as cfg["mix"]), tokens_per_seq random positions >= skip_first of each, all shuffled
-    together. A pure function of (data_seed, chunk). Returns (N, d_mlp) float32 raw activations on
-    device."""
+def harvest_draws(arrays, chunk, cfg):
+    """Shuffle buffer `chunk`'s draws, a pure function of (data_seed, chunk): windows (n_seq, T),
+    tokens_per_seq distinct positions >= skip_first in each (n_seq, tps), the shuffle of all."""
     g = torch.Generator().manual_seed(cfg["data_seed"] * 1_000_003 + chunk)
     T, tps, skip = cfg["seq_len"], cfg["tokens_per_seq"], cfg["skip_first"]
     n_seq = cfg["buffer_batches"] * cfg["seqs_per_batch"]
-    # draws first from g
-    idx = stream_windows(arrays, n_seq, T, g, cfg["mix"])
-    # (n_seq, tps) distinct
+    # draws first from g (fast: the same windows gathered at once)
+    idx = (fast.stream_windows if cfg["fast"] else stream_windows)(arrays, n_seq, T, g, cfg["mix"])
     pos = torch.rand(n_seq, T - skip, generator=g).argsort(dim=1)[:, :tps] + skip
-    perm = torch.randperm(n_seq * tps, generator=g)
+    return idx, pos, torch.randperm(n_seq * tps, generator=g)
+
+
+@torch.no_grad()
+def harvest(model, arrays, chunk, cfg, device, draws=None):
+    """Shuffle buffer `chunk`: MLP activations at its draws' positions, shuffled, (N, d_mlp) float32
+    on device. draws: harvest_draws' (fast, CUDA: drawn in a thread as the last buffer trained)."""
+    idx, pos, perm = draws or harvest_draws(arrays, chunk, cfg)
     out = [acts.reshape(-1, acts.size(-1)) for _, acts in
            mlp_activations(model, idx, cfg["harvest_batch"], device, positions=pos,
                            bf16=cfg["fast_math"], use_fast=cfg["fast"])]
@@ -723,10 +734,18 @@ def setup(cfg):
         die("--seeds is empty; give e.g. --seeds 0,1")
     job.device = pick_device(cfg["device"])
     job.threads = set_threads(cfg["threads"], job.device)
+    cfg["harvest_batch"] = cfg["harvest_batch"] or (512 if job.device.startswith("cuda") else 64)
     if job.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = cfg["fast_math"]  # SAE training; full_fp32() for the metrics
-    # fast: the seeds' steps in threads of one core each on a CPU; bf16 picks the sparse step's latents
-    job.pool = fast.seed_pool(job.device, len(job.seeds), job.threads) if cfg["fast"] else None
+    # fast: every seed in one step (a stack), or each seed's step in a thread of one core on a CPU, where
+    # bf16 picks the sparse step's latents
+    if not cfg["fast"] and cfg["sae_step"] != "auto":
+        die(f"--sae_step {cfg['sae_step']} is one of fast.py's steps; drop it, or drop --fast=false")
+    job.sae_step = fast.pick_sae_step(cfg["sae_step"], job.device, cfg["fast_math"]) if cfg["fast"] else "each"
+    job.pool = (fast.seed_pool(job.device, len(job.seeds), job.threads) if cfg["fast"] and job.sae_step == "each"
+                else None)
+    job.prefetch = (fast.Prefetch(lambda c: harvest_draws(job.train, c, cfg))
+                    if cfg["fast"] and fast.Prefetch.pays(job.device) else None)
     job.select_bf16 = cfg["fast"] and fast.select_bf16(job.device, cfg["fast_math"])
     model_path = os.path.join(cfg["out_dir"], job.name, "ckpt.pt")
     job.model, mckpt = load_model(cfg["out_dir"], job.name, job.device, allow_unfinished=cfg["allow_unfinished"])
@@ -858,12 +877,12 @@ def print_settings(job):
           f"{'+'.join(job.domains)} ({cfg['mix']} shares) from {cfg['data_dir']}, device {job.device}"
           + (f", {job.threads} threads" if job.device == "cpu" else "")
           + (f" (the seeds' steps in {min(len(job.seeds), job.threads)} threads of one core each)" if job.pool
-             else ""))
+             else "") + (f"; the seeds' steps as one stack ({job.sae_step})" if job.sae_step != "each" else ""))
     print(f"{cfg['arch']}: {job.n_features} features ({cfg['expansion']}x), {job.act.describe(cfg, job.aux_k)}; "
           f"Adam lr {cfg['lr']:g} betas ({cfg['beta1']}, {cfg['beta2']}); seeds {','.join(map(str, job.seeds))}")
     print(f"stream: {cfg['seqs_per_batch']} seqs x {cfg['tokens_per_seq']} positions = {job.B} activations/step, "
           f"{job.total_steps} steps = {job.total_steps * job.B:,} activations, buffer {cfg['buffer_batches']} "
-          f"batches; eval {cfg['eval_seqs']} val windows x {T - cfg['skip_first']} positions")
+          f"batches, harvested {cfg['harvest_batch']} windows a forward; eval {cfg['eval_seqs']} val windows x {T - cfg['skip_first']} positions")
 
 
 def print_plan(job):
@@ -897,6 +916,9 @@ def train_loop(job, runs):
     """One harvested batch feeds every seed's SAE. Returns False when stopped by --stop_step."""
     cfg = job.cfg
     job.stats, job.t0, job.last_logged = None, time.time(), job.step
+    job.stack = None  # fast: the seeds' parameters and Adam state as one stack (the runs' become views of it)
+    if job.sae_step != "each":
+        job.stack = fast.SeedStack(runs, torch.bfloat16 if job.sae_step == "stack_bf16" else torch.float32)
     job.loop_start = (time.time(), job.step)
     for r in runs:  # the first step whose loss was not finite, and that loss (read back only at checks)
         r["bad_step"] = torch.tensor(-1, device=job.device)
@@ -927,7 +949,8 @@ def next_batch(job):
     """This step's batch (B, d_in), scaled; the shuffle buffer is refilled when the step enters a new one."""
     chunk, off = divmod(job.step, job.cfg["buffer_batches"])
     if chunk != job.buf_chunk:
-        job.buf, job.buf_chunk = harvest(job.model, job.train, chunk, job.cfg, job.device), chunk
+        draws = job.prefetch.get(chunk) if job.prefetch else None  # fast, CUDA: drawn in a thread
+        job.buf, job.buf_chunk = harvest(job.model, job.train, chunk, job.cfg, job.device, draws), chunk
     return job.buf[off * job.B:(off + 1) * job.B] * job.scale
 
 
@@ -949,12 +972,19 @@ def train_seeds(job, runs, x):
     stats["n"] += B
     l1 = cfg["l1_coeff"] * min(1.0, (step + 1) / max(1.0, cfg["l1_warmup_frac"] * job.total_steps))
 
+    def hp_for(dead):
+        return SimpleNamespace(l1_coeff=l1, dead=dead, aux_k=job.aux_k, aux_coeff=cfg["aux_coeff"])
+
+    def dead_of(r):
+        return (step - r["last_fired"]) * B >= cfg["dead_window"]
+
     def step_seed(j, r):
-        dead = (step - r["last_fired"]) * B >= cfg["dead_window"]
-        hp = SimpleNamespace(l1_coeff=l1, dead=dead, aux_k=job.aux_k, aux_coeff=cfg["aux_coeff"])
         loss_fn = (fast.loss_for(job.device, r["density"], job.select_bf16) if cfg["fast"]
                    else sae_loss)
-        loss, mse, f = train_step(r["sae"], r["opt"], x, lr_at(job, step), hp, loss_fn)
+        hp = hp_for(dead_of(r))
+        record(j, r, *train_step(r["sae"], r["opt"], x, lr_at(job, step), hp, loss_fn))
+
+    def record(j, r, loss, mse, f):
         new_bad = (r["bad_step"] < 0) & ~torch.isfinite(loss)
         r["bad_step"] = torch.where(new_bad, step, r["bad_step"])
         r["bad_loss"] = torch.where(new_bad, loss, r["bad_loss"])
@@ -963,10 +993,15 @@ def train_seeds(job, runs, x):
         # the loss's own sum of squares
         stats["sse"][j] += mse * B
         stats["l0"][j] += n_active
-        # fast.loss_for's switch (reading it back costs nothing here)
-        if cfg["fast"] and job.device == "cpu":
+        # fast.loss_for's switch (read back where the device has one: on a CPU that costs nothing)
+        if cfg["fast"] and job.device.split(":")[0] in fast.SPARSE_BELOW:
             r["density"] = int(n_active) / (B * job.n_features)
-    if job.pool is not None:
+    if job.stack is not None:  # fast: every seed in one step: (S,) losses, (S, N, F) activations
+        hp = hp_for(torch.stack([dead_of(r) for r in runs])[:, None])
+        out = train_step(job.stack, job.stack.opt, x, lr_at(job, step), hp, fast.stack_loss)
+        for j, r in enumerate(runs):
+            record(j, r, *(t[j] for t in out))
+    elif job.pool is not None:
         # list(): a seed's exception is raised here
         list(job.pool.map(step_seed, range(len(runs)), runs))
     else:

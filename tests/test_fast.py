@@ -1,6 +1,7 @@
 """fast.py against its plain twins: every speed-up gives what the plain code of the core scripts
 gives, bit for bit or to the rounding stated with each test; and a small pipeline end to end with
 --fast=false and --fast=true reaches the same tracking counts."""
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -144,7 +145,7 @@ def test_sparse_step_is_the_plain_step(arch, dead):
 
 
 def test_loss_for_takes_the_sparse_step_below_the_density_switch():
-    for device, density, sparse in (("cpu", 0.01, True), ("cpu", fast.SPARSE_BELOW, False), ("cuda", 0.01, False)):
+    for device, density, sparse in (("cpu", 0.01, True), ("cpu", fast.SPARSE_BELOW["cpu"], False), ("cuda", 0.01, False)):
         fn = fast.loss_for(device, density, True)
         assert fn.func is fast.sae_loss and fn.keywords == {"sparse": sparse, "select_bf16": sparse}
 
@@ -248,6 +249,182 @@ def test_seed_pool_only_on_a_cpu_with_threads_for_several_seeds():
     pool = fast.seed_pool("cpu", 3, 2)
     assert pool._max_workers == 2 and pool.submit(torch.get_num_threads).result() == 1  # one core each
     pool.shutdown()
+
+
+# --- the SAE step on a GPU: the seeds as one stack, bf16 products; the harvest's draws
+
+def stack_and_each(arch, n_seeds=2):
+    """Seeded SAEs with their runs twice: one set to train as a fast.SeedStack, one seed by seed."""
+    cfg = dict(S.config, lr=1e-2)
+    saes = [random_sae(arch, seed=s) for s in range(n_seeds)]
+    runs = [S.new_run(s, sae, cfg, 48, "cpu") for s, sae in enumerate(saes)]
+    each = [S.new_run(s, random_sae(arch, seed=s), cfg, 48, "cpu") for s in range(n_seeds)]
+    return runs, each
+
+
+@pytest.mark.parametrize("arch,dead", [("relu", False), ("topk", True)])
+def test_a_stack_of_seeds_steps_each_seed_as_its_own_step(arch, dead):
+    """fast.SeedStack + stack_loss: every seed's step in one set of batched products and one Adam gives
+    each seed's own dense step (fast.sae_loss) to float32 rounding (1e-6 after 5 steps); each seed's
+    SAE and Adam state are views of the stack (what sae.py does to a seed is done to the stack)."""
+    runs, each = stack_and_each(arch)
+    stack = fast.SeedStack(runs)
+    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(0)).relu() * 2
+    masks = torch.stack([(torch.arange(48) % (3 + j) == 0) & dead for j in range(2)])   # AuxK: other dead latents
+    for _ in range(5):
+        loss, mse, f = S.train_step(stack, stack.opt, x, 1e-2, hp(masks[:, None]), fast.stack_loss)
+        for j, r in enumerate(each):
+            loss_j, mse_j, f_j = S.train_step(r["sae"], r["opt"], x, 1e-2, hp(masks[j]), fast.sae_loss)
+            assert loss[j].item() == pytest.approx(loss_j.item(), rel=1e-5) and mse.shape == (2,)
+            assert ((f[j] > 0) == (f_j > 0)).all() and torch.allclose(f[j], f_j, atol=1e-5)
+    for r, e in zip(runs, each):
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            assert torch.allclose(getattr(r["sae"], name), getattr(e["sae"], name), atol=1e-6), name
+        mine, theirs = r["opt"].state_dict()["state"], e["opt"].state_dict()["state"]
+        assert all(torch.allclose(mine[i][k], theirs[i][k], atol=1e-6) for i in theirs for k in theirs[i])
+        assert mine[0]["step"].item() == 5
+    with torch.no_grad():                                   # views: a seed's resampling writes the stack
+        runs[1]["sae"].W_dec[3] = 0.5
+        runs[1]["opt"].state[runs[1]["sae"].W_dec]["exp_avg"][3] = 0.0
+    assert (stack.W_dec[1, 3] == 0.5).all() and (stack.opt.state[stack.W_dec]["exp_avg"][1, 3] == 0).all()
+
+
+def test_a_stack_takes_a_resumed_adam_state_and_refuses_seeds_at_different_steps():
+    runs, each = stack_and_each("relu")
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    for r, e in zip(runs, each):                            # two steps each, then on as a stack
+        for _ in range(2):
+            S.train_step(r["sae"], r["opt"], x, 1e-2, hp(), fast.sae_loss)
+            S.train_step(e["sae"], e["opt"], x, 1e-2, hp(), fast.sae_loss)
+    stack = fast.SeedStack(runs)
+    S.train_step(stack, stack.opt, x, 1e-2, hp(), fast.stack_loss)
+    for e in each:
+        S.train_step(e["sae"], e["opt"], x, 1e-2, hp(), fast.sae_loss)
+    for r, e in zip(runs, each):
+        assert torch.allclose(r["sae"].W_enc, e["sae"].W_enc, atol=1e-6)
+        assert r["opt"].state_dict()["state"][0]["step"].item() == 3
+    S.train_step(each[0]["sae"], each[0]["opt"], x, 1e-2, hp(), fast.sae_loss)
+    with pytest.raises(SystemExit, match="different steps"):
+        fast.SeedStack(each)
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_bf16_stack_step_stays_within_bf16_rounding_of_float32(arch):
+    """stack_bf16: the products' inputs rounded to bf16 (8 bits of mantissa), float32 accumulation and
+    master weights: the loss within 1% of the float32 step's, the latents picked the same but for
+    those within rounding of the threshold, every gradient within 3% (relative norm)."""
+    runs32, _ = stack_and_each(arch)
+    runs16, _ = stack_and_each(arch)
+    s32, s16 = fast.SeedStack(runs32), fast.SeedStack(runs16, torch.bfloat16)
+    x = torch.randn(400, 16, generator=torch.Generator().manual_seed(1)).relu() * 2
+    h = hp(torch.stack([torch.arange(48) % 3 == 0] * 2)[:, None])
+    (l32, m32, f32), (l16, m16, f16) = fast.stack_loss(s32, x, h), fast.stack_loss(s16, x, h)
+    assert f16.dtype == torch.bfloat16 and l16.dtype == m16.dtype == torch.float32
+    assert torch.allclose(l16, l32, rtol=1e-2) and torch.allclose(m16, m32, rtol=1e-2)
+    assert ((f16 > 0) != (f32 > 0)).float().mean() < 0.01
+    l32.sum().backward()
+    l16.sum().backward()
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        g32, g16 = getattr(s32, name).grad, getattr(s16, name).grad
+        assert g16.dtype == torch.float32 and (g16 - g32).norm() < 0.03 * g32.norm(), name
+
+
+def test_sae_py_trains_a_stack_like_each_seed_and_resumes_it_exactly(tmp_path, monkeypatch):
+    """sae.py --sae_step stack: the whole loop (resampling, evaluation, saving) on the stack gives each
+    seed's dense steps (--sae_step each, the sparse step switched off) to float32 rounding; stopped and
+    resumed it gives the uninterrupted run bit for bit, and a run begun seed by seed continues as a stack."""
+    import test_sae as T
+    data = str(tmp_path / "data")
+    for i, d in enumerate(("base", "lua", "tinystories")):
+        T.write_domain(data, d, seed=i)
+    monkeypatch.setattr(fast, "SPARSE_BELOW", {})             # each: the dense step, the stack's twin
+    KILL = ["--l1_coeff=50", "--l1_warmup_frac=0", "--lr=0.03"]  # a strong L1 kills latents: resampling runs
+    runs = {"each": ["--sae_step=each"], "stack": ["--sae_step=stack"],
+            "stopped": ["--sae_step=stack", "--stop_step=10"], "switched": ["--sae_step=each", "--stop_step=10"]}
+    for name, extra in runs.items():
+        T.write_model(str(tmp_path / name), "base", seed=0)
+        T.run((data, None), "--model=base", "--seeds=0,1", "--threads=1", *KILL, *extra,
+              out=str(tmp_path / name))
+    for name, step in (("stopped", "stack"), ("switched", "stack")):
+        T.run((data, None), "--model=base", "--seeds=0,1", "--threads=1", *KILL, f"--sae_step={step}",
+              "--resume", out=str(tmp_path / name))
+    got = {name: T.state(str(tmp_path / name), "base")["seeds"] for name in runs}
+    assert got["stack"][1]["n_resampled"] > 0 and torch.equal(got["each"][0]["last_fired"], got["stack"][0]["last_fired"])
+    for s in (0, 1):
+        for k, w in got["each"][s]["sae"].items():
+            assert torch.allclose(got["stack"][s]["sae"][k], w, atol=1e-6), k
+            assert torch.equal(got["stopped"][s]["sae"][k], got["stack"][s]["sae"][k]), k
+            assert torch.allclose(got["switched"][s]["sae"][k], w, atol=1e-6), k
+        assert got["stack"][s]["metrics"]["fvu"] == pytest.approx(got["each"][s]["metrics"]["fvu"], rel=1e-5)
+    assert os.path.getsize(S.sae_path(str(tmp_path / "stack"), "base", 0)) < 1.5 * os.path.getsize(
+        S.sae_path(str(tmp_path / "each"), "base", 0))         # a seed's file holds its own SAE, not the stack
+    with pytest.raises(SystemExit, match="drop it, or drop --fast=false"):
+        T.run((data, None), "--model=base", "--sae_step=stack", "--fast=false", "--overwrite", out=str(tmp_path / "each"))
+
+
+def test_pick_sae_step_stacks_on_cuda_and_steps_each_seed_on_a_cpu():
+    assert fast.pick_sae_step("auto", "cuda:0", True) == "stack_bf16"
+    assert fast.pick_sae_step("auto", "cuda", False) == "stack"
+    assert fast.pick_sae_step("auto", "cpu", True) == "each" and fast.pick_sae_step("stack", "cpu", True) == "stack"
+
+
+@pytest.mark.parametrize("mix", ["equal", "tokens"])
+def test_fast_stream_windows_are_the_plain_windows_bit_for_bit(mix):
+    rng = np.random.default_rng(0)
+    arrays = {d: rng.integers(0, 60000, n).astype(np.uint16) for d, n in (("a", 5000), ("b", 300), ("c", 2000))}
+    for T in (1, 33, 300):
+        g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        assert torch.equal(S.stream_windows(arrays, 1001, T, g1, mix), fast.stream_windows(arrays, 1001, T, g2, mix))
+        assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))   # the generator left alike
+    with pytest.raises(SystemExit, match="fewer than one window of 301"):
+        fast.stream_windows(arrays, 4, 301, torch.Generator(), mix)
+
+
+def test_prefetch_gives_each_buffers_draws_and_asks_for_the_next_ahead():
+    asked = []
+
+    def make(c):
+        asked.append(c)
+        return c * 10
+    pre = fast.Prefetch(make)
+    assert [pre.get(c) for c in (0, 1, 2, 5, 6)] == [0, 10, 20, 50, 60]
+    pre.pool.shutdown(wait=True)
+    assert sorted(asked) == [0, 1, 2, 3, 5, 6, 7]           # ahead: 1, 2, 3 (unused: 5 was asked), 6, 7
+
+
+def test_sae_py_with_the_draws_made_ahead_trains_the_same_saes_bit_for_bit(tmp_path, monkeypatch):
+    import test_sae as T
+    data = str(tmp_path / "data")
+    T.write_domain(data, "base", seed=0)
+    made = []
+    monkeypatch.setattr(fast.Prefetch, "get", lambda self, c, real=fast.Prefetch.get: made.append(c) or real(self, c))
+    for ahead in (False, True):
+        monkeypatch.setattr(fast.Prefetch, "pays", staticmethod(lambda device: ahead))
+        T.write_model(str(tmp_path / str(ahead)), "base", seed=0)
+        T.run((data, None), "--model=base", "--seeds=0", "--threads=1", out=str(tmp_path / str(ahead)))
+    assert made == [1, 2, 3, 4, 5]                            # 24 steps, buffers of 4; buffer 0 made at the start
+    a, b = (T.state(str(tmp_path / str(ahead)), "base")["seeds"][0]["sae"] for ahead in (False, True))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the GPU machine runs it)")
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_sparse_step_on_cuda_is_the_dense_step(arch):
+    """The sparse step's products (embedding bags, sampled products) on CUDA: the dense step's loss
+    and gradients to float32 rounding, as on the CPU."""
+    x = (torch.randn(200, 16, generator=torch.Generator().manual_seed(0)).relu() * 2).cuda()
+    dense, sparse = random_sae(arch).cuda(), random_sae(arch).cuda()
+    with torch.no_grad():
+        for s in (dense, sparse):
+            s.b_enc.sub_(1.0)
+    h = hp((torch.arange(48) % 3 == 0).cuda())
+    loss_d, _, f_d = fast.sae_loss(dense, x, h)
+    loss_s, _, f_s = fast.sae_loss(sparse, x, h, sparse=True)
+    assert torch.equal(f_d.detach(), f_s.to_dense()) and loss_d.item() == pytest.approx(loss_s.item(), rel=1e-5)
+    loss_d.backward()
+    loss_s.backward()
+    for (name, p), q in zip(dense.named_parameters(), sparse.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
 
 
 # --- correlation and matching (analyze.py)
