@@ -66,18 +66,20 @@ stable_order
 SeedStack, StackPreAt, stack_loss (sae.py --sae_step stack; auto on CUDA: pick_sae_step)
     twin: each seed's own dense step (sae.train_step with sae_loss), one after another
     pays: CUDA: one product of each kind and one fused Adam for all the seeds (fewer, wider kernels)
-    gain: GPU not yet measured (bench.py --only=plan times every way); CPU: STACK_CPU
+    gain: GPU not yet measured (bench.py --only=plan times every way); CPU (tiny, 2 seeds): as fast as each
+        seed's dense step (25-27k vs 27-28k act/s per SAE), slower than the sparse step there (auto: each)
     equal: float32 rounding: parameters and Adam state to 1e-6 after 5 steps, a whole tiny run to 1e-6
 stack_bf16 (sae.py --sae_step stack_bf16; auto on CUDA)
     twin: the stack in float32 (TF32 on CUDA)
     pays: CUDA, whose bf16 matmuls have twice TF32's peak; CPUs with native bf16 (AVX512-BF16, AMX)
-    gain: GPU not yet measured; CPU: BF16_CPU
-    equal: bf16 rounding of the products' inputs (float32 accumulation, weights, Adam, metrics): the loss
-        within 1%, gradients within 3%; the SAEs' metrics at the paper's shapes: BF16_BANDS
+    gain: GPU not yet measured; CPU with AVX512-BF16: 1.8x the float32 stack (tiny), 1.5x (paper shapes)
+    equal: bf16 rounding: the products' inputs and outputs (pre, f, x_hat) in bf16, float32 accumulation,
+        weights, Adam and evaluation: the loss within 1%, gradients within 3%; at the paper's shapes the
+        SAEs' FVU, L0, dead fraction and CE recovered within each seed pair's own spread (BENCHMARKS.md)
 stream_windows
     twin: sae.stream_windows, a Python loop over the windows
     pays: the paper's buffers of 4,096 windows
-    gain: STREAM_GAIN
+    gain: 5.6x (1.0-10.4x) a buffer of 4,096 windows of 256 from a memmap (60 -> 11 ms)
     equal: bit for bit
 Prefetch
     twin: a buffer's draws made when the buffer is needed
@@ -358,10 +360,11 @@ class Prefetch:
     """CUDA: the next shuffle buffer's draws (sae.harvest_draws: windows read from the token files,
     positions, shuffle; CPU work) made in a thread while the current buffer trains on the GPU, so the
     GPU does not wait for them. get(c) gives make(c) (from the thread when it was asked ahead) and
-    starts make(c + 1). The draws are a pure function of c, so the stream is the same bit for bit."""
+    starts make(c + 1) up to the last buffer. The draws are a pure function of c, so the stream is the
+    same bit for bit."""
 
-    def __init__(self, make):
-        self.make, self.pool, self.ahead = make, concurrent.futures.ThreadPoolExecutor(1), {}
+    def __init__(self, make, last):
+        self.make, self.last, self.pool, self.ahead = make, last, concurrent.futures.ThreadPoolExecutor(1), {}
 
     @staticmethod
     def pays(device):
@@ -370,7 +373,7 @@ class Prefetch:
 
     def get(self, c):
         got = self.ahead.pop(c).result() if c in self.ahead else self.make(c)
-        self.ahead = {c + 1: self.pool.submit(self.make, c + 1)}
+        self.ahead = {c + 1: self.pool.submit(self.make, c + 1)} if c < self.last else {}
         return got
 
 
@@ -619,9 +622,10 @@ class SeedStack(nn.Module):
     batched product (S, N, d_in) x (S, d_in, F), the decoder another, one fused Adam over the four
     stacked tensors. Each seed's SAE parameters and Adam state become views of the stack (their .data
     and state entries point into it), so what sae.py does to a seed between steps (the log, evaluation,
-    resampling, saving) reads and writes the stack, without copies. dtype: the products' (bfloat16: the
-    inputs rounded to bf16, float32 accumulation; master weights, Adam state, the loss and every metric
-    stay float32). sae.train_step(stack, stack.opt, x, lr, hp, stack_loss) is its step, hp.dead (S, 1, F)."""
+    resampling, saving) reads and writes the stack, without copies. dtype: the products' (bfloat16: their
+    inputs and outputs, pre, f and x_hat, rounded to bf16, float32 accumulation inside each product; the
+    master weights, the gradients Adam takes, its state, the loss's sums and the evaluation stay float32).
+    sae.train_step(stack, stack.opt, x, lr, hp, stack_loss) is its step, hp.dead (S, 1, F)."""
 
     def __init__(self, runs, dtype=torch.float32):
         super().__init__()
@@ -648,7 +652,7 @@ class SeedStack(nn.Module):
 
 class StackPreAt(torch.autograd.Function):
     """PreAt for a SeedStack: pre (S, N, F) = xc (S, N, d_in) @ W_enc (S, d_in, F) + b_enc, a batched
-    product in xc's dtype (the weights cast to it), and the same backward: b_dec's gradient
+    product in xc's dtype (the weights and bias cast to it, pre in it), and the same backward: b_dec's gradient
     -W_enc @ db_enc (a batched matvec), dW_enc = xc^T G, db_enc = G summed over tokens (float32)."""
 
     @staticmethod

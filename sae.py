@@ -98,8 +98,8 @@ config = dict(
     seq_len=0,             # tokens per harvested window; 0 = the model's block_size
     total_acts=200_000_000,  # training budget in activations (200M = 65,104 steps of 3072)
     buffer_batches=32,     # shuffle buffer size in batches (32 x 3072 activations from 4096 sequences)
-    harvest_batch=0,       # windows per model forward while harvesting; 0 = 64 on a CPU, 512 on a GPU (a call of 64
-                           # keeps 1,536 positions: too little work for one to keep a GPU busy)
+    harvest_batch=0,       # windows per model forward while harvesting; 0 = 64, or 512 on a GPU with fast on (a call
+                           # of 64 keeps 1,536 positions: too little work for one to keep a GPU busy)
     data_seed=1234,        # the activation stream (shared by all seeds)
     mix="tokens",          # a model's domains in the stream and the evaluation: tokens (shares = their token
                            # counts, as the authors' concatenated datasets) | equal (one share per domain)
@@ -734,7 +734,7 @@ def setup(cfg):
         die("--seeds is empty; give e.g. --seeds 0,1")
     job.device = pick_device(cfg["device"])
     job.threads = set_threads(cfg["threads"], job.device)
-    cfg["harvest_batch"] = cfg["harvest_batch"] or (512 if job.device.startswith("cuda") else 64)
+    cfg["harvest_batch"] = cfg["harvest_batch"] or (512 if cfg["fast"] and job.device.startswith("cuda") else 64)
     if job.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = cfg["fast_math"]  # SAE training; full_fp32() for the metrics
     # fast: every seed in one step (a stack), or each seed's step in a thread of one core on a CPU, where
@@ -744,8 +744,6 @@ def setup(cfg):
     job.sae_step = fast.pick_sae_step(cfg["sae_step"], job.device, cfg["fast_math"]) if cfg["fast"] else "each"
     job.pool = (fast.seed_pool(job.device, len(job.seeds), job.threads) if cfg["fast"] and job.sae_step == "each"
                 else None)
-    job.prefetch = (fast.Prefetch(lambda c: harvest_draws(job.train, c, cfg))
-                    if cfg["fast"] and fast.Prefetch.pays(job.device) else None)
     job.select_bf16 = cfg["fast"] and fast.select_bf16(job.device, cfg["fast_math"])
     model_path = os.path.join(cfg["out_dir"], job.name, "ckpt.pt")
     job.model, mckpt = load_model(cfg["out_dir"], job.name, job.device, allow_unfinished=cfg["allow_unfinished"])
@@ -853,6 +851,8 @@ def resume_runs(job):
         sae.load_state_dict(ck["sae"])
         run = new_run(s, sae, cfg, job.n_features, job.device)
         run["opt"].load_state_dict(ck["optimizer"])
+        for adam in run["opt"].state.values():  # its own step count (a stack's seeds were saved sharing one)
+            adam["step"] = adam["step"].clone()
         run.update(last_fired=ck["last_fired"].to(job.device), n_resampled=ck["n_resampled"], metrics=ck["metrics"],
                    density=ck.get("density", 1.0))
         runs.append(run)
@@ -882,7 +882,8 @@ def print_settings(job):
           f"Adam lr {cfg['lr']:g} betas ({cfg['beta1']}, {cfg['beta2']}); seeds {','.join(map(str, job.seeds))}")
     print(f"stream: {cfg['seqs_per_batch']} seqs x {cfg['tokens_per_seq']} positions = {job.B} activations/step, "
           f"{job.total_steps} steps = {job.total_steps * job.B:,} activations, buffer {cfg['buffer_batches']} "
-          f"batches, harvested {cfg['harvest_batch']} windows a forward; eval {cfg['eval_seqs']} val windows x {T - cfg['skip_first']} positions")
+          f"batches, harvested {cfg['harvest_batch']} windows a forward; eval {cfg['eval_seqs']} val windows x "
+          f"{T - cfg['skip_first']} positions")
 
 
 def print_plan(job):
@@ -919,6 +920,9 @@ def train_loop(job, runs):
     job.stack = None  # fast: the seeds' parameters and Adam state as one stack (the runs' become views of it)
     if job.sae_step != "each":
         job.stack = fast.SeedStack(runs, torch.bfloat16 if job.sae_step == "stack_bf16" else torch.float32)
+    last_buffer = (job.total_steps - 1) // cfg["buffer_batches"]
+    job.prefetch = (fast.Prefetch(lambda c: harvest_draws(job.train, c, cfg), last_buffer)
+                    if cfg["fast"] and fast.Prefetch.pays(job.device) else None)
     job.loop_start = (time.time(), job.step)
     for r in runs:  # the first step whose loss was not finite, and that loss (read back only at checks)
         r["bad_step"] = torch.tensor(-1, device=job.device)

@@ -22,8 +22,8 @@ IDEAS = {
         "ReLU.__call__", "ReLU.penalty", "TopK.__call__", "TopK.penalty", "TopK.aux_hat", "TopK.aux_loss",
         "remove_parallel_grad",
         "normalize_decoder")]),
-    "harvest": (70, [("sae.py", "harvest"), ("sae.py", "harvest_draws"), ("sae.py", "stream_windows"), ("sae.py", "mlp_activations"),
-                     ("model.py", "Transformer.mlp_acts")]),
+    "harvest": (70, [("sae.py", "harvest"), ("sae.py", "harvest_draws"), ("sae.py", "stream_windows"),
+                     ("sae.py", "mlp_activations"), ("model.py", "Transformer.mlp_acts")]),
     "SAE metrics": (110, [("sae.py", n) for n in (
         "evaluate", "fvu_from_sums", "ce_recovered", "kl_div", "dead_fraction", "dense_fraction",
         "density_histogram")] + [("model.py", "Transformer.head")]),
