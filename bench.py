@@ -8,6 +8,7 @@ each stage's share of it. Not a test: it prints numbers (no timing is ever asser
     python bench.py --only=train,sae     # some parts: peak, train, sae, corr, bpe, data, quickstart
     python bench.py --paper_smoke        # every stage at the paper's shapes for a few steps + the plan
     python bench.py --only=plan          # the full-budget projection alone
+    python bench.py --only=loop          # sae.py's whole loop at the paper preset (GPU): act/s, the draws made ahead or not
 
 Peers (optional: pip install -r requirements-bench.txt; skipped with a note when missing):
 peak  : torch.mm of two square float32 matrices (bf16 too on CUDA): the FLOP/s every share is of.
@@ -49,7 +50,8 @@ from common import die, parse_config, pick_device
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 config = dict(
-    only="peak,train,sae,corr,bpe",  # parts to run, comma-separated: peak, train, sae, corr, bpe, data, quickstart, plan
+    only="peak,train,sae,corr,bpe",  # parts to run, comma-separated: peak, train, sae, corr, bpe, data, quickstart, plan,
+                                     # loop
     shapes="tiny",          # tiny: the quickstart's shapes (CPU) | paper: DESIGN.md's shapes (use a GPU)
     device="auto",          # auto: cuda when available, else cpu
     threads=0,              # torch CPU threads; 0 = common.set_threads' default (fewer on a loaded machine)
@@ -72,12 +74,15 @@ config = dict(
     smoke_steps=2,          # paper_smoke: LM steps per training stage (SAE: 2 batches)
     plan_steps=2,           # plan: timed steps per paper-shape measurement (after one untimed)
     plan_batch=0,           # plan: LM sequences per measured step; 0 = the paper's 64 (a CPU needs ~8 GB for it)
+    loop_buffers=4,         # loop: shuffle buffers of 32 steps timed per run (CUDA; a CPU runs 2 of 2 steps)
+    plan_sae_l0=50,         # plan: active latents per token in the SAE step's timing: the paper's SAEs' L0 for most of a
+                            # run (40-65 at 16,384 x 1,024 in BENCHMARKS.md's CPU runs; it starts in the thousands)
     plan_tokens_per_word=0.0,   # plan: base tokens per word; 0 = from the paper_smoke data, else 1.5 (assumed)
     plan_base_words=200e6,      # plan: base mix words (BabyLM 100M + as many words of Python; DESIGN.md)
     plan_lua_tokens=1.25e9,     # plan: Lua fine-tune tokens (ESTIMATE, DESIGN.md's expected sizes: the authors' Lua fine-tune ran ~75k steps of 64 x 256)
     plan_tinystories_tokens=480e6,  # plan: TinyStories fine-tune tokens (ESTIMATE, DESIGN.md's expected sizes: ~1.9 GB / 3.95 bytes/token)
 )
-checks = {"steps": ">0", "warmup": ">=0", "sae_density": "(0,1]", "threads": ">=0", "corr_features": ">0", "corr_chunk": ">0",
+checks = {"loop_buffers": ">=2", "plan_sae_l0": ">0", "steps": ">0", "warmup": ">=0", "sae_density": "(0,1]", "threads": ">=0", "corr_features": ">0", "corr_chunk": ">0",
           "corr_density": "(0,1]", "smoke_mb": ">0", "smoke_steps": ">0", "plan_steps": ">0",
           "shapes": ("tiny", "paper")}
 SHAPES = {  # model (DESIGN.md / train.py presets), SAE (d_in, features, batch), corr features
@@ -898,7 +903,7 @@ def paper_smoke(cfg, device):
 
 def sae_step_rates(cfg, device, seeds=2):
     """Activations/s per SAE of sae.py's loop step for `seeds` seeds on one batch at the paper's shapes (ReLU,
-    sae_density of the latents firing), each way the step can run: every seed its own dense step, the
+    plan_sae_l0 latents firing), each way the step can run: every seed its own dense step, the
     sparse step (forced, whatever fast.SPARSE_BELOW says for this device), the seeds as one stack in float32
     (TF32 on CUDA with fast_math) and in bf16. Returns ({name: act/s per SAE}, the name sae.py's defaults take
     here)."""
@@ -909,8 +914,9 @@ def sae_step_rates(cfg, device, seeds=2):
     ways = {"each seed, dense": ("each", False), "each seed, sparse": ("each", True), "stack": ("stack", False),
             "stack_bf16": ("stack_bf16", False)}
     saes = [S.init_sae(d_in, n_feat, "relu", 32, seed=s).to(device) for s in range(seeds)]
+    density = cfg["plan_sae_l0"] / n_feat
     for sae in saes:
-        set_density(sae, x, cfg["sae_density"])
+        set_density(sae, x, density)
     below, rates = dict(fast.SPARSE_BELOW), {}
     flops = 12 * batch * d_in * n_feat * seeds  # dense-equivalent
     try:
@@ -928,7 +934,7 @@ def sae_step_rates(cfg, device, seeds=2):
         fast.SPARSE_BELOW.update(below)
     picked = fast.pick_sae_step(S.config["sae_step"], device, S.config["fast_math"])
     if picked == "each":
-        picked = "each seed, " + ("sparse" if cfg["sae_density"] < below.get(dev_type, 0.0) else "dense")
+        picked = "each seed, " + ("sparse" if density < below.get(dev_type, 0.0) else "dense")
     return rates, picked
 
 
@@ -955,6 +961,66 @@ def harvest_rates(cfg, device, batches, bf16):
         rates[b] = b / sec
         print(f"plan: harvest forward, {b} windows a call ({tps} of {s['block_size']} positions kept): "
               f"{rates[b]:,.0f} windows/s = {rates[b] * tps / 1e6:,.2f}M activations/s")
+    return rates
+
+
+def write_random_study(folder, seed=0):
+    """A paper-shape model 'base' (random weights) and random token files in data.py's layout, for timing sae.py's
+    loop (its speed does not depend on what the tokens say): (data_dir, out_dir)."""
+    import hashlib
+
+    from model import ModelArgs, Transformer, save_checkpoint
+    s = SHAPES["paper"]
+    args = ModelArgs(**{k: v for k, v in s.items() if k not in ("batch", "sae")})
+    data_dir, out_dir = os.path.join(folder, "data"), os.path.join(folder, "out")
+    rng = np.random.default_rng(seed)
+    splits = {"train": rng.integers(0, s["vocab_size"], 4_000_000, dtype=np.uint16),
+              "val": rng.integers(0, s["vocab_size"], 200_000, dtype=np.uint16)}
+    os.makedirs(os.path.join(data_dir, "base"), exist_ok=True)
+    for split, toks in splits.items():
+        toks.tofile(os.path.join(data_dir, "base", f"{split}.bin"))
+    common.atomic_write_json(os.path.join(data_dir, "base", "meta.json"), {
+        "domain": "base", "source": "bench (random tokens)", "vocab_size": s["vocab_size"], "dtype": "uint16",
+        "tokenizer_hash": "bench-random", "splits": {k: {"tokens": len(a), "sha256": hashlib.sha256(a.tobytes()).hexdigest(),
+                                                         "max_id": int(a.max())} for k, a in splits.items()}})
+    torch.manual_seed(seed)
+    save_checkpoint(os.path.join(out_dir, "base", "ckpt.pt"), Transformer(args), args, finished=True, name="base",
+                    domain="base", tokenizer_hash="bench-random", parents=[])
+    return data_dir, out_dir
+
+
+def bench_loop(cfg, device):
+    """sae.py's whole loop at the paper preset (harvest, both seeds' steps, the log), on a random paper-shape model
+    and random tokens, for loop_buffers shuffle buffers: activations/s per model as its log reports them, with the
+    next buffer's draws made ahead in a thread (fast.Prefetch) and without, alternated. Its defaults otherwise
+    (sae_step, harvest_batch), so the figure is the one a paper run's log would print on this device."""
+    import sae as S
+    work = tempfile.mkdtemp(prefix="bench_loop_")
+    data_dir, out_dir = write_random_study(work)
+    buffers = cfg["loop_buffers"] if device.startswith("cuda") else 2
+    per_buffer = 32 if device.startswith("cuda") else 2  # a CPU: short buffers (a paper step takes seconds there)
+    args = ["--preset=paper", "--model=base", f"--data_dir={data_dir}", f"--out_dir={out_dir}", f"--device={device}",
+            f"--buffer_batches={per_buffer}", f"--total_acts={buffers * per_buffer * 3072}",
+            f"--log_interval={per_buffer}", "--eval_interval=1000000", "--ckpt_interval=1000000", "--eval_seqs=8",
+            "--health_at=0", "--resample_every=0", "--overwrite", f"--threads={torch.get_num_threads()}"]
+    pays, rates = fast.Prefetch.pays, {}
+    try:
+        for rnd in range(2):
+            for ahead in ((True, False) if device.startswith("cuda") else (False,)):
+                fast.Prefetch.pays = staticmethod(lambda d, ahead=ahead: ahead)
+                m = S.main(args)
+                logged = [h["act_per_s"] for h in m["history"] if "act_per_s" in h][1:]  # after the first buffer
+                rates.setdefault(ahead, []).append(float(np.median(logged)) if logged else float("nan"))
+    finally:
+        fast.Prefetch.pays = pays
+        shutil.rmtree(work, ignore_errors=True)
+    for ahead, r in rates.items():
+        what = "the next buffer drawn ahead (fast.Prefetch)" if ahead else "each buffer drawn when needed"
+        print(f"loop: sae.py --preset paper, 2 seeds, {what}: " + ", ".join(f"{x / 1e3:,.1f}k" for x in r)
+              + " act/s per model (median of its log lines after the first buffer, 2 rounds)")
+        row("loop", f"sae.py's loop at the paper preset, 2 seeds, {what}", f"{max(r) / 1e3:,.1f}k act/s per model",
+            note=f"random paper-shape model, {buffers} buffers of {per_buffer} steps; rounds: "
+                 + ", ".join(f"{x / 1e3:,.1f}k" for x in r))
     return rates
 
 
@@ -1009,7 +1075,7 @@ def plan(cfg, device, tokens_per_word=None):
     sae_rate = sae_rates[picked]
     for name, r in sae_rates.items():
         row("plan", f"SAE step, 2 seeds, {name}" + (" (sae.py's default here)" if name == picked else ""),
-            f"{r / 1e3:,.1f}k act/s per SAE", note=f"paper shapes, ReLU, {cfg['sae_density']:.0%} of latents firing")
+            f"{r / 1e3:,.1f}k act/s per SAE", note=f"paper shapes, ReLU, L0 {cfg['plan_sae_l0']} of 16,384")
     hb = sc.get("harvest_batch") or (512 if device.startswith("cuda") else 64)  # sae.py's harvest batch here
     windows = harvest_rates(cfg, device, sorted({64, hb} | ({256, 1024} if device.startswith("cuda") else set())),
                             fast_math)
@@ -1064,7 +1130,7 @@ def print_markdown():
     print(f"\nMeasured {c['date']} with `{c['argv']}` on {c['device_name']}, {c['threads']} torch threads of "
           f"{c['cores']} cores (load average {c['loadavg']} at the start), torch {c['torch']}, {peers}; matmul peak "
           f"measured in the same run: {peak or 'not measured'}.\n")
-    main_rows = [r for r in ROWS if r["part"] not in ("smoke", "plan")]
+    main_rows = [r for r in ROWS if r["part"] not in ("smoke", "plan", "loop")]
     if main_rows:
         print("| what | ours | peer (same run) | ours / peer | share of peak, dense-equivalent FLOPs (ours / peer) | goal |\n"
               "|---|---|---|---|---|---|")
@@ -1072,7 +1138,8 @@ def print_markdown():
             note = f" ({r['note']})" if r["note"] else ""
             cells = [f"{r['what']}{note}", r["ours"], r["peer"] or "-", r["ratio"] or "-", r["share"] or "-", r["goal"] or "-"]
             print("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    for part, title in (("smoke", "Paper-shape smoke (each stage at --preset paper, a few steps)"),
+    for part, title in (("loop", "sae.py's loop at the paper preset (measured)"),
+                        ("smoke", "Paper-shape smoke (each stage at --preset paper, a few steps)"),
                         ("plan", "Full-budget PROJECTION (from steps measured at paper shapes; not a measurement)")):
         rows = [r for r in ROWS if r["part"] == part]
         if rows:
@@ -1087,9 +1154,9 @@ def main(argv=None):
     device = pick_device(cfg["device"])
     parts = ["peak", "smoke", "plan"] if cfg["paper_smoke"] else [p for p in cfg["only"].split(",") if p]
     unknown = [p for p in parts if p not in ("peak", "train", "sae", "corr", "bpe", "data", "quickstart", "plan",
-                                             "smoke")]
+                                             "smoke", "loop")]
     if unknown:
-        die(f"--only: unknown part {unknown[0]!r}; choose from peak, train, sae, corr, bpe, data, quickstart, plan")
+        die(f"--only: unknown part {unknown[0]!r}; choose from peak, train, sae, corr, bpe, data, quickstart, plan, loop")
     if set(parts) & {"train", "sae", "corr", "plan"} and "peak" not in parts:
         parts.insert(0, "peak")  # every share needs it
     CONTEXT.update(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -1112,7 +1179,7 @@ def main(argv=None):
             plan(cfg, device, tpw)
         else:
             {"train": bench_train, "sae": bench_sae, "bpe": bench_bpe, "data": bench_data,
-             "quickstart": bench_quickstart}[part](cfg, device)
+             "quickstart": bench_quickstart, "loop": bench_loop}[part](cfg, device)
         sys.stdout.flush()
     goals = [f"{r['part']} {r['ratio'] or ''} {r['goal']}".replace("  ", " ") for r in ROWS if r["goal"]]
     if goals:

@@ -35,8 +35,10 @@ sae_loss (dense), PreAt
     equal: float32 rounding (the loss's forward is the same; b_dec's gradient summed otherwise)
 sae_loss (sparse), loss_for, SPARSE_BELOW
     twin: the dense step
-    pays: CPU, active latents below 15%
-    gain: one core, tiny: 3.3x at 1.6% active, 1.5x at 10%, 1.2x at 16% (0.8x at 25%)
+    pays: CPU, active latents below 15% (tiny's shapes; at the paper's width below ~1%: its W_dec of 64 MB
+        is gathered from memory, not cache, so between 1% and 15% it costs up to 2x, a short stretch of a run)
+    gain: one core, tiny: 3.3x at 1.6% active, 1.5x at 10%, 1.2x at 16% (0.8x at 25%); 2 threads, paper
+        shapes, 2 seeds: 2.6x at L0 49 (0.3%), 0.98x at 1%, 0.53x at 2%
     equal: float32 rounding
 bag
     twin: torch's CSR products
