@@ -904,7 +904,7 @@ def paper_smoke(cfg, device):
 def sae_step_rates(cfg, device, seeds=2):
     """Activations/s per SAE of sae.py's loop step for `seeds` seeds on one batch at the paper's shapes (ReLU,
     plan_sae_l0 latents firing), each way the step can run: every seed its own dense step, the
-    sparse step (forced, whatever fast.SPARSE_BELOW says for this device), the seeds as one stack in float32
+    sparse step (forced, whatever fast.SPARSE_BELOW and SPARSE_L0_BELOW say here), the seeds as one stack in float32
     (TF32 on CUDA with fast_math) and in bf16. Returns ({name: act/s per SAE}, the name sae.py's defaults take
     here)."""
     import sae as S
@@ -917,12 +917,18 @@ def sae_step_rates(cfg, device, seeds=2):
     density = cfg["plan_sae_l0"] / n_feat
     for sae in saes:
         set_density(sae, x, density)
-    below, rates = dict(fast.SPARSE_BELOW), {}
+    switches, rates = (fast.SPARSE_BELOW, fast.SPARSE_L0_BELOW), {}
+    picked = fast.pick_sae_step(S.config["sae_step"], device, S.config["fast_math"])
+    if picked == "each":  # (the sparse step's switch as sae.py reads it here)
+        picked = "each seed, " + ("sparse" if fast.loss_for(device, density, False, n_feat).keywords["sparse"]
+                                  else "dense")
+    saved = [dict(d) for d in switches]
     flops = 12 * batch * d_in * n_feat * seeds  # dense-equivalent
     try:
         for name, (step, sparse) in ways.items():
-            fast.SPARSE_BELOW.clear()
-            fast.SPARSE_BELOW.update({dev_type: 1.0} if sparse else {})
+            for d, forced in zip(switches, (1.0, n_feat + 1)):
+                d.clear()
+                d.update({dev_type: forced} if sparse else {})
             try:  # a way that fails on this device (its first run there) is named, and the others still timed
                 fn = ours_sae_step(S, [copy.deepcopy(s) for s in saes], x, "relu", sae_step=step, threads=threads)
                 sec = timeit(fn, cfg["plan_steps"], 2, device)  # (the first step of each: dense, density unknown)
@@ -935,11 +941,9 @@ def sae_step_rates(cfg, device, seeds=2):
                   f"ms, {rates[name] / 1e3:,.1f}k act/s per SAE, "
                   f"{share(flops, sec, peak_for(device, step == 'stack_bf16'))} of the peak (dense-equivalent)")
     finally:
-        fast.SPARSE_BELOW.clear()
-        fast.SPARSE_BELOW.update(below)
-    picked = fast.pick_sae_step(S.config["sae_step"], device, S.config["fast_math"])
-    if picked == "each":
-        picked = "each seed, " + ("sparse" if density < below.get(dev_type, 0.0) else "dense")
+        for d, was in zip(switches, saved):
+            d.clear()
+            d.update(was)
     return rates, picked
 
 
@@ -1000,16 +1004,16 @@ def bench_loop(cfg, device):
     next buffer's draws made ahead in a thread (fast.Prefetch) and without, alternated. Its defaults otherwise
     (sae_step, harvest_batch), so the figure is the one a paper run's log would print on this device."""
     import sae as S
-    work = tempfile.mkdtemp(prefix="bench_loop_")
-    data_dir, out_dir = write_random_study(work)
     buffers = cfg["loop_buffers"] if device.startswith("cuda") else 2
     per_buffer = 32 if device.startswith("cuda") else 2  # a CPU: short buffers (a paper step takes seconds there)
-    args = ["--preset=paper", "--model=base", f"--data_dir={data_dir}", f"--out_dir={out_dir}", f"--device={device}",
-            f"--buffer_batches={per_buffer}", f"--total_acts={buffers * per_buffer * 3072}",
-            f"--log_interval={per_buffer}", "--eval_interval=1000000", "--ckpt_interval=1000000", "--eval_seqs=8",
-            "--health_at=0", "--resample_every=0", "--overwrite", f"--threads={torch.get_num_threads()}"]
-    pays, rates = fast.Prefetch.pays, {}
+    pays, tf32, rates = fast.Prefetch.__dict__["pays"], torch.backends.cuda.matmul.allow_tf32, {}
+    work = tempfile.mkdtemp(prefix="bench_loop_")
     try:
+        data_dir, out_dir = write_random_study(work)
+        args = ["--preset=paper", "--model=base", f"--data_dir={data_dir}", f"--out_dir={out_dir}", f"--device={device}",
+                f"--buffer_batches={per_buffer}", f"--total_acts={buffers * per_buffer * 3072}",
+                f"--log_interval={per_buffer}", "--eval_interval=1000000", "--ckpt_interval=1000000", "--eval_seqs=8",
+                "--health_at=0", "--resample_every=0", "--overwrite", f"--threads={torch.get_num_threads()}"]
         for rnd in range(2):
             for ahead in ((True, False) if device.startswith("cuda") else (False,)):
                 fast.Prefetch.pays = staticmethod(lambda d, ahead=ahead: ahead)
@@ -1017,20 +1021,24 @@ def bench_loop(cfg, device):
                     m = S.main(args)
                 except (Exception, SystemExit) as e:  # noqa: BLE001 (reported: a first run on this device)
                     print(f"loop: FAILED ({type(e).__name__}: {str(e)[:200]})")
-                    rates.setdefault(ahead, []).append(float("nan"))
+                    rates.setdefault(ahead, []).append(None)
                     continue
-                logged = [h["act_per_s"] for h in m["history"] if "act_per_s" in h][1:]  # after the first buffer
-                rates.setdefault(ahead, []).append(float(np.median(logged)) if logged else float("nan"))
+                # the log lines after the first: that interval trains on buffer 0, harvested before the loop's clock
+                logged = [h["act_per_s"] for h in m["history"] if "act_per_s" in h][1:]
+                rates.setdefault(ahead, []).append(float(np.median(logged)) if logged else None)
     finally:
         fast.Prefetch.pays = pays
+        torch.backends.cuda.matmul.allow_tf32 = tf32  # (sae.py sets it for its run)
         shutil.rmtree(work, ignore_errors=True)
     for ahead, r in rates.items():
         what = "the next buffer drawn ahead (fast.Prefetch)" if ahead else "each buffer drawn when needed"
-        print(f"loop: sae.py --preset paper, 2 seeds, {what}: " + ", ".join(f"{x / 1e3:,.1f}k" for x in r)
-              + " act/s per model (median of its log lines after the first buffer, 2 rounds)")
-        row("loop", f"sae.py's loop at the paper preset, 2 seeds, {what}", f"{max((v for v in r if v == v), default=float('nan')) / 1e3:,.1f}k act/s per model",
-            note=f"random paper-shape model, {buffers} buffers of {per_buffer} steps; rounds: "
-                 + ", ".join(f"{x / 1e3:,.1f}k" for x in r))
+        got = ", ".join("failed" if x is None else f"{x / 1e3:,.1f}k" for x in r)
+        ran = [x for x in r if x is not None]
+        print(f"loop: sae.py --preset paper, 2 seeds, {what}: {got} act/s per model (2 rounds; each the median of its "
+              f"log lines after the first, which has no harvest in it)")
+        row("loop", f"sae.py's loop at the paper preset, 2 seeds, {what}",
+            f"{max(ran) / 1e3:,.1f}k act/s per model" if ran else "failed",
+            note=f"random paper-shape model, {buffers} buffers of {per_buffer} steps; rounds: {got}")
     return rates
 
 
@@ -1082,6 +1090,8 @@ def plan(cfg, device, tokens_per_word=None):
         sae_rates, picked = sae_step_rates(cfg, device)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
+    if not sae_rates:
+        die("plan: every way of the SAE step failed on this device (above); nothing to project")
     if picked not in sae_rates:
         print(f"plan: sae.py's default here, {picked}, failed; the projection takes the fastest way that ran")
         picked = max(sae_rates, key=sae_rates.get)
@@ -1119,7 +1129,8 @@ def plan(cfg, device, tokens_per_word=None):
     print(f"\nPROJECTION (not a measurement): full-budget time per stage on this device ({dev}), from "
           f"{cfg['plan_steps']}-step measurements at the paper's shapes, LM {'compiled' if compile_lm else 'eager'}, "
           f"the rest eager; merge not counted; "
-          + ("LM bf16 autocast, SAE " + ("TF32, harvest bf16" if fast_math else "float32") if device.startswith("cuda") else "float32"))
+          + (f"LM bf16 autocast, SAE step {picked}, other matmuls " + ("TF32, harvest bf16" if fast_math else "float32")
+             if device.startswith("cuda") else f"float32, SAE step {picked}"))
     for name, work, t in stages:
         print(f"  {name:22s} {fmt_time(t):>10s}   {work}")
         row("plan", name, f"projected {fmt_time(t)}", note=work)

@@ -35,10 +35,10 @@ sae_loss (dense), PreAt
     equal: float32 rounding (the loss's forward is the same; b_dec's gradient summed otherwise)
 sae_loss (sparse), loss_for, SPARSE_BELOW
     twin: the dense step
-    pays: CPU, active latents below 15% (tiny's shapes; at the paper's width below ~1%: its W_dec of 64 MB
-        is gathered from memory, not cache, so between 1% and 15% it costs up to 2x, a short stretch of a run)
+    pays: CPU, active latents below 15% and below 320 a token (SPARSE_L0_BELOW: at the paper's width W_dec,
+        64 MB, is gathered from memory, not cache, and the step pays below ~1.3%)
     gain: one core, tiny: 3.3x at 1.6% active, 1.5x at 10%, 1.2x at 16% (0.8x at 25%); 2 threads, paper
-        shapes, 2 seeds: 2.6x at L0 49 (0.3%), 0.98x at 1%, 0.53x at 2%
+        shapes, 2 seeds: 1.8-2.6x at L0 49-50 (0.3%), 1.2x at 1%, 0.74x at 2%, 0.37x at 5%, 0.22x at 15%
     equal: float32 rounding
 bag
     twin: torch's CSR products
@@ -74,7 +74,8 @@ SeedStack, StackPreAt, stack_loss (sae.py --sae_step stack; auto on CUDA: pick_s
 stack_bf16 (sae.py --sae_step stack_bf16; auto on CUDA)
     twin: the stack in float32 (TF32 on CUDA)
     pays: CUDA, whose bf16 matmuls have twice TF32's peak; CPUs with native bf16 (AVX512-BF16, AMX)
-    gain: GPU not yet measured; CPU with AVX512-BF16: 1.8x the float32 stack (tiny), 1.5x (paper shapes)
+    gain: GPU not yet measured; CPU with AVX512-BF16: 1.8x the float32 stack's step (tiny and paper shapes),
+        1.55x a whole paper-shape CPU run's wall time
     equal: bf16 rounding: the products' inputs and outputs (pre, f, x_hat) in bf16, float32 accumulation,
         weights, Adam and evaluation: the loss within 1%, gradients within 3%; at the paper's shapes the
         SAEs' FVU, L0, dead fraction and CE recovered within each seed pair's own spread (BENCHMARKS.md)
@@ -361,21 +362,24 @@ def stream_windows(arrays, n_seq, T, g, mix="equal"):
 class Prefetch:
     """CUDA: the next shuffle buffer's draws (sae.harvest_draws: windows read from the token files,
     positions, shuffle; CPU work) made in a thread while the current buffer trains on the GPU, so the
-    GPU does not wait for them. get(c) gives make(c) (from the thread when it was asked ahead) and
-    starts make(c + 1) up to the last buffer. The draws are a pure function of c, so the stream is the
-    same bit for bit."""
+    GPU does not wait for them. ahead(c) starts make(c) in the thread (up to the last buffer); get(c)
+    gives make(c) (from the thread when it was started) and starts make(c + 1). The draws are a pure
+    function of c, so the stream is the same bit for bit."""
 
     def __init__(self, make, last):
-        self.make, self.last, self.pool, self.ahead = make, last, concurrent.futures.ThreadPoolExecutor(1), {}
+        self.make, self.last, self.pool, self.started = make, last, concurrent.futures.ThreadPoolExecutor(1), {}
 
     @staticmethod
     def pays(device):
         """On CUDA only: on a CPU the thread would take a core from the steps."""
         return str(device).startswith("cuda")
 
+    def ahead(self, c):
+        self.started = {c: self.pool.submit(self.make, c)} if c <= self.last else {}
+
     def get(self, c):
-        got = self.ahead.pop(c).result() if c in self.ahead else self.make(c)
-        self.ahead = {c + 1: self.pool.submit(self.make, c + 1)} if c < self.last else {}
+        got = self.started.pop(c).result() if c in self.started else self.make(c)
+        self.ahead(c + 1)
         return got
 
 
@@ -385,6 +389,9 @@ class Prefetch:
 SPARSE_BELOW = {"cpu": 0.15}  # the sparse SAE step below this density of active latents, per device type where it
     # was measured to pay (header table). CUDA: not yet measured (bench.py --only=plan times the sparse step beside
     # the dense ones at the paper's shapes), so never there; the step itself runs on any device
+SPARSE_L0_BELOW = {"cpu": 320}  # ... and below this many active latents per token: tiny's decoder (2 MB) stays in
+    # cache and the sparse step pays up to ~20%, the paper's (64 MB) is gathered from memory and it pays below ~1.3%
+    # (header table); 320 is 2% of 16,384 and leaves tiny's switch at 15% (307 of 2,048) as it was
 
 
 def select_bf16(device, fast_math):
@@ -394,11 +401,13 @@ def select_bf16(device, fast_math):
             and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def loss_for(device, density, bf16_select):
+def loss_for(device, density, bf16_select, n_features):
     """The loss function of a seed's next step (sae.train_step's loss_fn): the sparse step where it pays
-    (the last step's density of active latents below SPARSE_BELOW for this device). The choice is a
-    function of the saved state, so a resume makes the same choices as an uninterrupted run."""
-    sparse = density < SPARSE_BELOW.get(str(device).split(":")[0], 0.0)
+    (the last step's density of active latents below SPARSE_BELOW and its active latents per token below
+    SPARSE_L0_BELOW for this device). The choice is a function of the saved state, so a resume makes the
+    same choices as an uninterrupted run."""
+    kind = str(device).split(":")[0]
+    sparse = density < SPARSE_BELOW.get(kind, 0.0) and density * n_features < SPARSE_L0_BELOW.get(kind, 0)
     return functools.partial(sae_loss, sparse=sparse, select_bf16=sparse and bf16_select)
 
 

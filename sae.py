@@ -920,9 +920,12 @@ def train_loop(job, runs):
     job.stack = None  # fast: the seeds' parameters and Adam state as one stack (the runs' become views of it)
     if job.sae_step != "each":
         job.stack = fast.SeedStack(runs, torch.bfloat16 if job.sae_step == "stack_bf16" else torch.float32)
-    last_buffer = (job.total_steps - 1) // cfg["buffer_batches"]
-    job.prefetch = (fast.Prefetch(lambda c: harvest_draws(job.train, c, cfg), last_buffer)
-                    if cfg["fast"] and fast.Prefetch.pays(job.device) else None)
+    job.prefetch = None  # fast, CUDA: the next buffer's draws made in a thread, from the one in hand on
+    if cfg["fast"] and fast.Prefetch.pays(job.device):
+        end = min(job.total_steps, cfg["stop_step"] or job.total_steps)
+        job.prefetch = fast.Prefetch(lambda c: harvest_draws(job.train, c, cfg), (end - 1) // cfg["buffer_batches"])
+        if job.buf_chunk >= 0:  # a fresh run holds buffer 0 (a resume none: its first is made when needed)
+            job.prefetch.ahead(job.buf_chunk + 1)
     job.loop_start = (time.time(), job.step)
     for r in runs:  # the first step whose loss was not finite, and that loss (read back only at checks)
         r["bad_step"] = torch.tensor(-1, device=job.device)
@@ -983,8 +986,8 @@ def train_seeds(job, runs, x):
         return (step - r["last_fired"]) * B >= cfg["dead_window"]
 
     def step_seed(j, r):
-        loss_fn = (fast.loss_for(job.device, r["density"], job.select_bf16) if cfg["fast"]
-                   else sae_loss)
+        loss_fn = (fast.loss_for(job.device, r["density"], job.select_bf16, job.n_features)
+                   if cfg["fast"] else sae_loss)
         hp = hp_for(dead_of(r))
         record(j, r, *train_step(r["sae"], r["opt"], x, lr_at(job, step), hp, loss_fn))
 

@@ -145,9 +145,12 @@ def test_sparse_step_is_the_plain_step(arch, dead):
 
 
 def test_loss_for_takes_the_sparse_step_below_the_density_switch():
-    for device, density, sparse in (("cpu", 0.01, True), ("cpu", fast.SPARSE_BELOW["cpu"], False),
-                                    ("cuda", 0.01, False)):    # CUDA: no switch measured yet
-        fn = fast.loss_for(device, density, True)
+    # below 15% of the latents and 320 a token on a CPU: tiny's switch (2,048 latents) is the density's, the
+    # paper's (16,384) the count's; CUDA: no switch measured yet
+    for device, density, n, sparse in (("cpu", 0.01, 2048, True), ("cpu", 0.149, 2048, True),
+                                       ("cpu", fast.SPARSE_BELOW["cpu"], 2048, False), ("cpu", 0.019, 16384, True),
+                                       ("cpu", 0.02, 16384, False), ("cuda", 0.01, 2048, False)):
+        fn = fast.loss_for(device, density, True, n)
         assert fn.func is fast.sae_loss and fn.keywords == {"sparse": sparse, "select_bf16": sparse}
 
 
@@ -317,8 +320,8 @@ def test_a_stack_takes_a_resumed_adam_state_and_refuses_seeds_at_different_steps
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["relu", "topk"])
 def test_bf16_stack_step_stays_within_bf16_rounding_of_float32(arch, device):
-    """stack_bf16: the products' inputs rounded to bf16 (8 bits of mantissa), float32 accumulation and
-    master weights: the loss within 1% of the float32 step's, the latents picked the same but for
+    """stack_bf16: the products' inputs and outputs (pre, f, x_hat) rounded to bf16 (8 bits of mantissa),
+    float32 accumulation and master weights: the loss within 1% of the float32 step's, the latents picked the same but for
     those within rounding of the threshold, every gradient within 3% (relative norm)."""
     runs32, _ = stack_and_each(arch, device=device)
     runs16, _ = stack_and_each(arch, device=device)
@@ -376,20 +379,22 @@ def test_sae_py_trains_a_stack_like_each_seed_and_resumes_it_exactly(tmp_path, m
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the GPU machine runs it)")
-def test_sae_py_on_cuda_trains_the_cpus_saes_to_bf16_rounding(tmp_path):
-    """sae.py's defaults on CUDA (the seeds as one bf16 stack, the draws made ahead, TF32 elsewhere): the
-    run finishes and its SAEs' metrics are the CPU's float32 stack's to within bf16's and TF32's rounding."""
+def test_sae_py_on_cuda_trains_the_cpus_saes_to_bf16_rounding(tmp_path, monkeypatch):
+    """sae.py's defaults on CUDA (the seeds as one bf16 stack, the draws made ahead, the harvest's batch,
+    TF32 elsewhere): the run finishes and its SAEs' metrics are the CPU's float32 stack's to within bf16's
+    and TF32's rounding (BENCHMARKS.md's bands: FVU within 0.005, L0 within 2%; here 5%, a short run)."""
     import test_sae as T
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # sae.py sets it: not for later tests
     data = str(tmp_path / "data")
     T.write_domain(data, "base", seed=0)
     got = {}
     for device, step in (("cpu", "stack"), ("cuda", "auto")):
         T.write_model(str(tmp_path / device), "base", seed=0)
         got[device] = T.run((data, None), "--model=base", "--seeds=0,1", "--threads=1", f"--device={device}",
-                            f"--sae_step={step}", out=str(tmp_path / device))["seeds"]
+                            f"--sae_step={step}", "--harvest_batch=0", out=str(tmp_path / device))["seeds"]
     for s in ("0", "1"):
         a, b = got["cpu"][s], got["cuda"][s]
-        assert abs(a["fvu"] - b["fvu"]) < 0.02 and abs(a["l0"] - b["l0"]) < 0.1 * a["l0"], (s, a, b)
+        assert abs(a["fvu"] - b["fvu"]) < 0.005 and abs(a["l0"] - b["l0"]) < 0.05 * a["l0"], (s, a, b)
 
 
 def test_pick_sae_step_stacks_on_cuda_and_steps_each_seed_on_a_cpu():
@@ -417,31 +422,39 @@ def test_prefetch_gives_each_buffers_draws_and_asks_for_the_next_ahead():
         asked.append(c)
         return c * 10
     pre = fast.Prefetch(make, last=6)
+    pre.ahead(0)
     assert [pre.get(c) for c in (0, 1, 2, 5, 6)] == [0, 10, 20, 50, 60]
     pre.pool.shutdown(wait=True)
-    assert sorted(asked) == [0, 1, 2, 3, 5, 6]              # ahead: 1, 2, 3 (unused: 5 was asked), 6; none past 6
+    assert sorted(asked) == [0, 1, 2, 3, 5, 6]              # ahead: 0, 1, 2, 3 (unused: 5 was asked), 6; none past 6
 
 
 def test_sae_py_with_the_draws_made_ahead_trains_the_same_saes_bit_for_bit(tmp_path, monkeypatch):
     import test_sae as T
     data = str(tmp_path / "data")
     T.write_domain(data, "base", seed=0)
-    made = []
+    made, started = [], []
+
+    def ahead(self, c, real=fast.Prefetch.ahead):
+        real(self, c)
+        started.extend(self.started)
     monkeypatch.setattr(fast.Prefetch, "get", lambda self, c, real=fast.Prefetch.get: made.append(c) or real(self, c))
+    monkeypatch.setattr(fast.Prefetch, "ahead", ahead)
     for ahead in (False, True):
         monkeypatch.setattr(fast.Prefetch, "pays", staticmethod(lambda device: ahead))
         T.write_model(str(tmp_path / str(ahead)), "base", seed=0)
         T.run((data, None), "--model=base", "--seeds=0", "--threads=1", out=str(tmp_path / str(ahead)))
     assert made == [1, 2, 3, 4, 5]                            # 24 steps, buffers of 4; buffer 0 made at the start
+    assert started == [1, 2, 3, 4, 5]                         # each drawn ahead, the first too; none past the last
     a, b = (T.state(str(tmp_path / str(ahead)), "base")["seeds"][0]["sae"] for ahead in (False, True))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the GPU machine runs it)")
 @pytest.mark.parametrize("arch", ["relu", "topk"])
-def test_sparse_step_on_cuda_is_the_dense_step(arch):
+def test_sparse_step_on_cuda_is_the_dense_step(arch, monkeypatch):
     """The sparse step's products (embedding bags, sampled products) on CUDA: the dense step's loss
-    and gradients to float32 rounding, as on the CPU."""
+    and gradients to float32 rounding, as on the CPU (TF32 off: the dense products in float32 too)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     x = (torch.randn(200, 16, generator=torch.Generator().manual_seed(0)).relu() * 2).cuda()
     dense, sparse = random_sae(arch).cuda(), random_sae(arch).cuda()
     with torch.no_grad():
