@@ -79,7 +79,7 @@ stack_bf16 (sae.py --sae_step stack_bf16; auto on CUDA)
     equal: bf16 rounding: the products' inputs and outputs (pre, f, x_hat) in bf16, float32 accumulation,
         weights, Adam and evaluation: the loss within 1%, gradients within 3%; at the paper's shapes the
         SAEs' FVU, L0, dead fraction and CE recovered within each seed pair's own spread (BENCHMARKS.md)
-stream_windows
+windows_at (sae.stream_windows(use_fast=True))
     twin: sae.stream_windows, a Python loop over the windows
     pays: the paper's buffers of 4,096 windows
     gain: 5.6x (1.0-10.4x) a buffer of 4,096 windows of 256 from a memmap (60 -> 11 ms)
@@ -331,16 +331,11 @@ def mlp_activations(model, windows, batch_size, device, skip_first=0, positions=
             yield start, h.float()                                                   # (b, k, d_mlp)
 
 
-def stream_windows(arrays, n_seq, T, g, mix="equal"):
-    """sae.stream_windows (the same draws, the same windows bit for bit) with each domain's windows
-    gathered by one indexing of its array instead of a Python loop over the windows (paper shapes:
-    4,096 windows a buffer)."""
-    u = torch.rand(n_seq, generator=g, dtype=torch.float64)                  # (n_seq,) in [0, 1)
-    for name, a in arrays.items():
-        if len(a) < T:
-            die(f"domain '{name}' has {len(a):,} tokens, fewer than one window of {T}; "
-                f"prepare more data (python data.py)")
-    arrays = list(arrays.values())
+def windows_at(arrays, u, T, mix):
+    """sae.stream_windows' windows (n_seq, T) from its draws u (n_seq,) float64 and the domains' arrays
+    (a list, each at least T long), bit for bit its loop's, with each domain's windows gathered by one
+    indexing of its array instead of a Python loop over the windows (paper shapes: 4,096 a buffer)."""
+    n_seq = len(u)
     n_starts = torch.tensor([len(a) - T + 1 for a in arrays], dtype=torch.long)
     if mix == "equal":
         dom = torch.arange(n_seq) % len(arrays)

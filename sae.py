@@ -487,17 +487,18 @@ def mlp_activations(model, windows, batch_size, device, skip_first=0, positions=
             yield start, h[torch.arange(len(h), device=device)[:, None], pos]       # (b, k, d_mlp)
 
 
-def stream_windows(arrays, n_seq, T, g, mix="equal"):
-    """The harvest's windows (n_seq, T), one float64 draw u_i per window, drawn first from g.
-    mix equal: window i from domain i % n_domains, its start u_i (len - T + 1) in that domain's
-    array. mix tokens (the authors' concatenated datasets): u_i picks one of all the domains'
-    starts, so each domain's share is its share of the tokens."""
+def stream_windows(arrays, n_seq, T, g, mix="equal", use_fast=False):
+    """The harvest's windows (n_seq, T), a float64 draw u_i a window, first from g. mix equal:
+    window i from domain i % n_domains at start u_i (len - T + 1); mix tokens (the authors'
+    joined datasets): u_i picks one of all domains' starts (shares by tokens). fast: windows_at."""
     u = torch.rand(n_seq, generator=g, dtype=torch.float64)                  # (n_seq,) in [0, 1)
     for name, a in arrays.items():
         if len(a) < T:
             die(f"domain '{name}' has {len(a):,} tokens, fewer than one window of {T}; "
                 f"prepare more data (python data.py)")
     arrays = list(arrays.values())
+    if use_fast:
+        return fast.windows_at(arrays, u, T, mix)
     n_starts = [len(a) - T + 1 for a in arrays]
     idx = torch.empty(n_seq, T, dtype=torch.long)
     for i in range(n_seq):
@@ -519,7 +520,7 @@ def harvest_draws(arrays, chunk, cfg):
     T, tps, skip = cfg["seq_len"], cfg["tokens_per_seq"], cfg["skip_first"]
     n_seq = cfg["buffer_batches"] * cfg["seqs_per_batch"]
     # draws first from g (fast: the same windows gathered at once)
-    idx = (fast.stream_windows if cfg["fast"] else stream_windows)(arrays, n_seq, T, g, cfg["mix"])
+    idx = stream_windows(arrays, n_seq, T, g, cfg["mix"], cfg["fast"])
     pos = torch.rand(n_seq, T - skip, generator=g).argsort(dim=1)[:, :tps] + skip
     return idx, pos, torch.randperm(n_seq * tps, generator=g)
 

@@ -404,15 +404,16 @@ def test_pick_sae_step_stacks_on_cuda_and_steps_each_seed_on_a_cpu():
 
 
 @pytest.mark.parametrize("mix", ["equal", "tokens"])
-def test_fast_stream_windows_are_the_plain_windows_bit_for_bit(mix):
+def test_fast_windows_are_the_plain_windows_bit_for_bit(mix):
     rng = np.random.default_rng(0)
     arrays = {d: rng.integers(0, 60000, n).astype(np.uint16) for d, n in (("a", 5000), ("b", 300), ("c", 2000))}
     for T in (1, 33, 300):
         g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-        assert torch.equal(S.stream_windows(arrays, 1001, T, g1, mix), fast.stream_windows(arrays, 1001, T, g2, mix))
+        assert torch.equal(S.stream_windows(arrays, 1001, T, g1, mix),
+                           S.stream_windows(arrays, 1001, T, g2, mix, use_fast=True))
         assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))   # the generator left alike
     with pytest.raises(SystemExit, match="fewer than one window of 301"):
-        fast.stream_windows(arrays, 4, 301, torch.Generator(), mix)
+        S.stream_windows(arrays, 4, 301, torch.Generator(), mix, use_fast=True)
 
 
 def test_prefetch_gives_each_buffers_draws_and_asks_for_the_next_ahead():
