@@ -228,12 +228,18 @@ def lm_step(model, loss_fn, device, autocast, compile_=False):
     return step
 
 
+def model_args(s):
+    """model.ModelArgs of a SHAPES entry (its model's fields, without the batch and the SAE's shape)."""
+    from model import ModelArgs
+    return ModelArgs(**{k: v for k, v in s.items() if k not in ("batch", "sae")})
+
+
 def bench_train(cfg, device, shapes=None, steps=None, warmup=None, peer=True, batch=0, compile_=None):
     """Tokens/s of one LM training step, ours and the peer; returns ours in tokens/s."""
-    from model import ModelArgs, Transformer
+    from model import Transformer
     s = SHAPES[shapes or cfg["shapes"]]
     B, T = batch or s["batch"], s["block_size"]
-    margs = ModelArgs(**{k: v for k, v in s.items() if k not in ("batch", "sae")})
+    margs = model_args(s)
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, margs.vocab_size, (B, T + 1), generator=g).to(device)
     x, y = idx[:, :-1], idx[:, 1:]
@@ -951,9 +957,9 @@ def harvest_rates(cfg, device, batches, bf16):
     """Windows/s of sae.py's harvest forward (fast.mlp_activations' call: keys and values looked up, the model at
     tokens_per_seq of block_size positions) at the paper's shapes, for each harvest batch in batches."""
     import sae as S
-    from model import ModelArgs, Transformer
+    from model import Transformer
     s, tps = SHAPES["paper"], S.config["tokens_per_seq"]
-    model = Transformer(ModelArgs(**{k: v for k, v in s.items() if k not in ("batch", "sae")})).to(device).eval()
+    model = Transformer(model_args(s)).to(device).eval()
     g = torch.Generator().manual_seed(0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.startswith("cuda"))
     with autocast:
@@ -978,9 +984,9 @@ def write_random_study(folder, seed=0):
     loop (its speed does not depend on what the tokens say): (data_dir, out_dir)."""
     import hashlib
 
-    from model import ModelArgs, Transformer, save_checkpoint
+    from model import Transformer, save_checkpoint
     s = SHAPES["paper"]
-    args = ModelArgs(**{k: v for k, v in s.items() if k not in ("batch", "sae")})
+    args = model_args(s)
     data_dir, out_dir = os.path.join(folder, "data"), os.path.join(folder, "out")
     rng = np.random.default_rng(seed)
     splits = {"train": rng.integers(0, s["vocab_size"], 4_000_000, dtype=np.uint16),
@@ -1045,9 +1051,9 @@ def bench_loop(cfg, device):
 def measure_forward_and_corr(cfg, device, harvest_batch, bf16):
     """Tokens/s of the MLP-activation forward (harvest, analysis; bf16 autocast when sae.py's fast_math
     applies) and of one streamed correlation pair at 16,384 x 16,384 features, paper shapes, this device."""
-    from model import ModelArgs, Transformer
+    from model import Transformer
     s = SHAPES["paper"]
-    model = Transformer(ModelArgs(**{k: v for k, v in s.items() if k not in ("batch", "sae")})).to(device).eval()
+    model = Transformer(model_args(s)).to(device).eval()
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, s["vocab_size"], (harvest_batch, s["block_size"]), generator=g).to(device)
     ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else (lambda: torch.autocast("cpu", enabled=False))
