@@ -316,12 +316,10 @@ def ours_sae_step(S, saes, x, arch, fast_math=True, sae_step="each", threads=1):
     runs = [S.new_run(j, sae, cfg, n_feat, x.device) for j, sae in enumerate(saes)]
     for run in runs:
         run.update(bad_step=torch.tensor(-1, device=x.device), bad_loss=torch.tensor(0.0, device=x.device))
-    stack = None if sae_step == "each" else fast.SeedStack(runs, torch.bfloat16 if sae_step == "stack_bf16"
-                                                            else torch.float32)
+    steps = fast.SeedSteps(sae_step, dev, fast_math, len(saes), threads, S.train_step, S.firing)
+    steps.start(runs)
     job = types.SimpleNamespace(cfg=cfg, step=0, B=B, stats=None, d_in=d_in, device=dev, n_features=n_feat,
-                                total_steps=10 ** 9, aux_k=d_in // 2, stack=stack,
-                                pool=fast.seed_pool(dev, len(saes), threads) if sae_step == "each" else None,
-                                select_bf16=fast.select_bf16(dev, cfg["fast_math"]))
+                                total_steps=10 ** 9, aux_k=d_in // 2, fast_steps=steps)
 
     def step():
         for run in runs:

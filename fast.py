@@ -65,6 +65,10 @@ stable_order
     pays: CPU, keys below 2^15
     gain: 3x: 47k keys, 0.46 vs 1.25 ms
     equal: bit for bit
+SeedSteps (sae.train_seeds)
+    twin: train_seeds' loop: each seed's sae.train_step with sae.sae_loss, then sae.firing
+    pays: wherever fast is on: it picks the step (pick_sae_step, loss_for) and the threads (seed_pool)
+    gain, equal: those of the way it picks (the rows above and below)
 SeedStack, StackPreAt, stack_loss (sae.py --sae_step stack; auto on CUDA: pick_sae_step)
     twin: each seed's own dense step (sae.train_step with sae_loss), one after another
     pays: CUDA: one product of each kind and one fused Adam for all the seeds (fewer, wider kernels)
@@ -684,6 +688,51 @@ def stack_loss(st, x, hp):
     f = st.act(pre)
     x_hat = torch.bmm(f, st.W_dec.to(st.dtype)).float() + st.b_dec[:, None]      # (S, N, d_in)
     return finish_loss(st, x, pre, f, x_hat, lambda: f.sum(-1, dtype=torch.float32).mean(-1), hp)
+
+
+class SeedSteps:
+    """sae.train_seeds' fast twin of its plain loop (for each seed train_step(sae, opt, x, lr, hp), then
+    firing(f)): every seed's step the way this device runs it fastest. way (pick_sae_step): "each" (each
+    seed's own step, the sparse one where loss_for says it pays, in threads of one core on a CPU:
+    seed_pool), or "stack" / "stack_bf16" (the seeds as one SeedStack, made by start() over a loop's runs).
+    train_step and firing are sae.py's, passed in (this file imports no project script). A call returns per
+    seed what the plain loop gives, (loss, mse, fired (F,) bool, active entries), and keeps each run's
+    "density" (saved with it: the sparse switch of its next step, so a resume chooses as the run did)."""
+
+    def __init__(self, choice, device, fast_math, n_seeds, threads, train_step, firing):
+        self.way, self.device = pick_sae_step(choice, device, fast_math), device
+        self.pool = seed_pool(device, n_seeds, threads) if self.way == "each" else None
+        self.n_threads = min(n_seeds, threads)
+        self.select_bf16 = select_bf16(device, fast_math)
+        self.train_step, self.firing, self.stack = train_step, firing, None
+
+    def describe(self):
+        """sae.py's settings line: how the seeds step ("" for one seed after another)."""
+        if self.way != "each":
+            return f"the seeds' steps as one stack ({self.way})"
+        return f"the seeds' steps in {self.n_threads} threads of one core each" if self.pool else ""
+
+    def start(self, runs):
+        """A loop's start, fresh or resumed: the stack over the runs' SAEs and Adam state (theirs become views)."""
+        if self.way != "each":
+            self.stack = SeedStack(runs, torch.bfloat16 if self.way == "stack_bf16" else torch.float32)
+
+    def __call__(self, runs, x, lr, hps):
+        if self.stack is not None:  # one step for all: (S,) losses and MSEs, (S, N, F) activations
+            hp = SimpleNamespace(**{**vars(hps[0]), "dead": torch.stack([h.dead for h in hps])[:, None]})
+            out = self.train_step(self.stack, self.stack.opt, x, lr, hp, stack_loss)
+            return [(loss, mse, *self.firing(f)) for loss, mse, f in zip(*out)]
+        one = functools.partial(self.one, x=x, lr=lr)
+        return list(self.pool.map(one, runs, hps) if self.pool else map(one, runs, hps))  # (list: raises here)
+
+    def one(self, run, hp, x, lr):
+        """One seed's step, the sparse one where loss_for says it pays (f is then a CSR tensor)."""
+        loss_fn = loss_for(self.device, run["density"], self.select_bf16, run["sae"].n_features)
+        loss, mse, f = self.train_step(run["sae"], run["opt"], x, lr, hp, loss_fn)
+        fired, n_active = csr_firing(f) if f.layout == torch.sparse_csr else self.firing(f)
+        if str(self.device).split(":")[0] in SPARSE_BELOW:  # (read back where the device has a switch: a CPU's)
+            run["density"] = int(n_active) / (f.shape[0] * f.shape[1])
+        return loss, mse, fired, n_active
 
 
 def encode_features(sae, x, idx):

@@ -738,14 +738,11 @@ def setup(cfg):
     cfg["harvest_batch"] = cfg["harvest_batch"] or (512 if cfg["fast"] and job.device.startswith("cuda") else 64)
     if job.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = cfg["fast_math"]  # SAE training; full_fp32() for the metrics
-    # fast: every seed in one step (a stack), or each seed's step in a thread of one core on a CPU, where
-    # bf16 picks the sparse step's latents
     if not cfg["fast"] and cfg["sae_step"] != "auto":
         die(f"--sae_step {cfg['sae_step']} is one of fast.py's steps; drop it, or drop --fast=false")
-    job.sae_step = fast.pick_sae_step(cfg["sae_step"], job.device, cfg["fast_math"]) if cfg["fast"] else "each"
-    job.pool = (fast.seed_pool(job.device, len(job.seeds), job.threads) if cfg["fast"] and job.sae_step == "each"
-                else None)
-    job.select_bf16 = cfg["fast"] and fast.select_bf16(job.device, cfg["fast_math"])
+    # fast: the seeds' steps as one stack, or each seed's (sparse where it pays) in threads on a CPU
+    job.fast_steps = (fast.SeedSteps(cfg["sae_step"], job.device, cfg["fast_math"], len(job.seeds), job.threads,
+                                     train_step, firing) if cfg["fast"] else None)
     model_path = os.path.join(cfg["out_dir"], job.name, "ckpt.pt")
     job.model, mckpt = load_model(cfg["out_dir"], job.name, job.device, allow_unfinished=cfg["allow_unfinished"])
     for p in job.model.parameters():
@@ -877,8 +874,7 @@ def print_settings(job):
     print(f"preset {cfg['preset']}: SAE on '{job.name}' MLP activations (d_mlp {job.d_in}), data "
           f"{'+'.join(job.domains)} ({cfg['mix']} shares) from {cfg['data_dir']}, device {job.device}"
           + (f", {job.threads} threads" if job.device == "cpu" else "")
-          + (f" (the seeds' steps in {min(len(job.seeds), job.threads)} threads of one core each)" if job.pool
-             else "") + (f"; the seeds' steps as one stack ({job.sae_step})" if job.sae_step != "each" else ""))
+          + (f"; {job.fast_steps.describe()}" if job.fast_steps and job.fast_steps.describe() else ""))
     print(f"{cfg['arch']}: {job.n_features} features ({cfg['expansion']}x), {job.act.describe(cfg, job.aux_k)}; "
           f"Adam lr {cfg['lr']:g} betas ({cfg['beta1']}, {cfg['beta2']}); seeds {','.join(map(str, job.seeds))}")
     print(f"stream: {cfg['seqs_per_batch']} seqs x {cfg['tokens_per_seq']} positions = {job.B} activations/step, "
@@ -918,9 +914,8 @@ def train_loop(job, runs):
     """One harvested batch feeds every seed's SAE. Returns False when stopped by --stop_step."""
     cfg = job.cfg
     job.stats, job.t0, job.last_logged = None, time.time(), job.step
-    job.stack = None  # fast: the seeds' parameters and Adam state as one stack (the runs' become views of it)
-    if job.sae_step != "each":
-        job.stack = fast.SeedStack(runs, torch.bfloat16 if job.sae_step == "stack_bf16" else torch.float32)
+    if job.fast_steps:  # fast: a stack of the seeds' parameters and Adam state, the runs' views of it
+        job.fast_steps.start(runs)
     job.prefetch = None  # fast, CUDA: the next buffer's draws made in a thread, from the one in hand on
     if cfg["fast"] and fast.Prefetch.pays(job.device):
         end = min(job.total_steps, cfg["stop_step"] or job.total_steps)
@@ -979,42 +974,21 @@ def train_seeds(job, runs, x):
     stats["sum_sq"] += x.pow(2).sum(dtype=torch.float64)
     stats["n"] += B
     l1 = cfg["l1_coeff"] * min(1.0, (step + 1) / max(1.0, cfg["l1_warmup_frac"] * job.total_steps))
-
-    def hp_for(dead):
-        return SimpleNamespace(l1_coeff=l1, dead=dead, aux_k=job.aux_k, aux_coeff=cfg["aux_coeff"])
-
-    def dead_of(r):
-        return (step - r["last_fired"]) * B >= cfg["dead_window"]
-
-    def step_seed(j, r):
-        loss_fn = (fast.loss_for(job.device, r["density"], job.select_bf16, job.n_features)
-                   if cfg["fast"] else sae_loss)
-        hp = hp_for(dead_of(r))
-        record(j, r, *train_step(r["sae"], r["opt"], x, lr_at(job, step), hp, loss_fn))
-
-    def record(j, r, loss, mse, f):
+    lr = lr_at(job, step)
+    hps = [SimpleNamespace(l1_coeff=l1, dead=(step - r["last_fired"]) * B >= cfg["dead_window"],
+                           aux_k=job.aux_k, aux_coeff=cfg["aux_coeff"]) for r in runs]  # dead (F,)
+    if job.fast_steps:  # fast.py: the seeds as one stack, or sparse steps in threads (to rounding)
+        outs = job.fast_steps(runs, x, lr, hps)
+    else:  # each seed's step, then firing(f): (which latents fired (F,), how many entries)
+        outs = [train_step(r["sae"], r["opt"], x, lr, hp) for r, hp in zip(runs, hps)]
+        outs = [(loss, mse, *firing(f)) for loss, mse, f in outs]
+    for j, (r, (loss, mse, fired, n_active)) in enumerate(zip(runs, outs)):
         new_bad = (r["bad_step"] < 0) & ~torch.isfinite(loss)
         r["bad_step"] = torch.where(new_bad, step, r["bad_step"])
         r["bad_loss"] = torch.where(new_bad, loss, r["bad_loss"])
-        fired, n_active = fast.csr_firing(f) if f.layout == torch.sparse_csr else firing(f)
         r["last_fired"].masked_fill_(fired, step + 1)
-        # the loss's own sum of squares
-        stats["sse"][j] += mse * B
+        stats["sse"][j] += mse * B  # the loss's own sum of squares
         stats["l0"][j] += n_active
-        # fast.loss_for's switch (read back where the device has one: on a CPU that costs nothing)
-        if cfg["fast"] and job.device.split(":")[0] in fast.SPARSE_BELOW:
-            r["density"] = int(n_active) / (B * job.n_features)
-    if job.stack is not None:  # fast: every seed in one step: (S,) losses, (S, N, F) activations
-        hp = hp_for(torch.stack([dead_of(r) for r in runs])[:, None])
-        out = train_step(job.stack, job.stack.opt, x, lr_at(job, step), hp, fast.stack_loss)
-        for j, r in enumerate(runs):
-            record(j, r, *(t[j] for t in out))
-    elif job.pool is not None:
-        # list(): a seed's exception is raised here
-        list(job.pool.map(step_seed, range(len(runs)), runs))
-    else:
-        for j, r in enumerate(runs):
-            step_seed(j, r)
 
 
 def check_finite(job, runs):

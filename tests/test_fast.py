@@ -339,6 +339,38 @@ def test_bf16_stack_step_stays_within_bf16_rounding_of_float32(arch, device):
         assert g16.dtype == torch.float32 and (g16 - g32).norm() < 0.03 * g32.norm(), name
 
 
+@pytest.mark.parametrize("way,threads", [("each", 1), ("each", 2), ("stack", 1)])
+def test_seed_steps_give_the_plain_loop_of_train_seeds(way, threads):
+    """fast.SeedSteps, train_seeds' fast twin, against its plain loop (each seed's train_step with
+    sae.sae_loss, then sae.firing): per seed the same latents fired and active entries, the loss to float32
+    rounding, parameters within 1e-6 after 5 steps. "each" keeps each run's density (the sparse switch) and,
+    a few % of the latents active, takes the sparse step from the second step on (threads 2: in a pool)."""
+    runs, plain = stack_and_each("relu")
+    for r in runs + plain:                                                  # a few % active, as after warm-up
+        with torch.no_grad():
+            r["sae"].b_enc.sub_(2.0)
+    steps = fast.SeedSteps(way, "cpu", False, 2, threads, S.train_step, S.firing)
+    steps.start(runs)
+    assert (steps.pool is not None) == (threads == 2) and (steps.stack is not None) == (way == "stack")
+    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(0)).relu() * 2
+    sparse = []
+    real = fast.sparse_loss
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast, "sparse_loss", lambda *a: sparse.append(1) or real(*a))
+        for _ in range(5):
+            outs = steps(runs, x, 1e-2, [hp(), hp()])
+            for r, p, (loss, mse, fired, n_active) in zip(runs, plain, outs):
+                loss_p, mse_p, f_p = S.train_step(p["sae"], p["opt"], x, 1e-2, hp())
+                fired_p, n_p = S.firing(f_p)
+                assert torch.equal(fired, fired_p) and int(n_active) == int(n_p) > 0
+                assert loss.item() == pytest.approx(loss_p.item(), rel=1e-5)
+                assert r["density"] == (int(n_p) / (200 * 48) if way == "each" else 1.0)
+    assert len(sparse) == (8 if way == "each" else 0)                      # 2 seeds x steps 2-5
+    for r, p in zip(runs, plain):
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            assert torch.allclose(getattr(r["sae"], name), getattr(p["sae"], name), atol=1e-6), name
+
+
 def test_sae_py_trains_a_stack_like_each_seed_and_resumes_it_exactly(tmp_path, monkeypatch):
     """sae.py --sae_step stack: the whole loop (resampling, evaluation, saving) on the stack gives each
     seed's dense steps (--sae_step each, the sparse step switched off) to float32 rounding; stopped and

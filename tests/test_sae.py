@@ -334,7 +334,7 @@ def test_seeds_share_one_stream_and_resume_continues_exactly(dirs, tmp_path, arc
 
     def setup(cfg):
         job = real_setup(cfg)
-        pooled.append(job.pool is not None)
+        pooled.append(job.fast_steps is not None and job.fast_steps.pool is not None)
         return job
     monkeypatch.setattr(S, "setup", setup)
     run(dirs, *extra, "--seeds=0,1", out=a)
