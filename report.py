@@ -1068,10 +1068,12 @@ function link(m, i) { return h('a', {href: '#' + m + '/' + i}, m + '/' + i); }
 function tokText(t) { return String(t).replace(/\n/g, '\u21b5').replace(/\t/g, '\u2192'); }
 function tok(id) { return tokText(D.tok[id] ?? (FS['#tokens'] && FS['#tokens'].tok[id]) ?? ('<' + id + '>')); }
 function argmax(a) { return a.reduce((best, v, k) => v > a[best] ? k : best, 0); }
-function context(c, mx, at, words) {  // one token window shaded by activation; token `at` outlined, its value shown
-  const d = h('div', {class: 'ctx'}, h('span', {class: 'mx'}, num(c[1][at])));  // words: c[0] holds token strings
+function context(c, mx, at, words, label) {  // a token window shaded by activation; token `at` outlined
+  // words: c[0] holds token strings; label: shown in place of `at`'s value (levelRow: values from levels)
+  const d = h('div', {class: 'ctx'}, h('span', {class: 'mx'}, label === undefined ? num(c[1][at]) : label));
   c[0].forEach((id, t) => {
-    const s = h('span', {title: 'activation ' + num(c[1][t])}, words ? tokText(id) : tok(id));
+    const s = h('span', {title: 'activation ' + (label === undefined ? '' : 'about ') + num(c[1][t])},
+                words ? tokText(id) : tok(id));
     if (c[1][t] > 0) s.style.background = 'rgba(255,140,0,' + Math.min(1, c[1][t] / mx).toFixed(2) + ')';
     if (t === at) s.className = 'at';
     d.append(s);
@@ -1160,15 +1162,8 @@ function details(P, head, n) {  // explanation, histogram, logit effects, contex
   b.append(contexts(P, n));
   return b;
 }
-function levelRow(label, ids, lv, L, mx, at) {  // a side-file window shaded by level the way context() shades values
-  const d = h('div', {class: 'ctx'}, h('span', {class: 'mx'}, label));
-  ids.forEach((id, t) => {
-    const s = h('span', {title: 'activation about ' + num(lv[t] * mx / L)}, tok(id));
-    if (lv[t] > 0) s.style.background = 'rgba(255,140,0,' + (lv[t] / L).toFixed(2) + ')';
-    if (t === at) s.className = 'at';
-    d.append(s);
-  });
-  return d;
+function levelRow(label, ids, lv, L, mx, at) {  // a side-file window: levels 0..L of the max mx, as values
+  return context([ids, lv.map(v => v * mx / L)], mx, at, false, label);
 }
 function tracking(m, i) {  // per edge: the best partner's activations on this feature's top contexts, row under row
   const S = FS[m], f = S && S.f[i], b = h('div', {class: 'track'});
