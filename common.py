@@ -696,8 +696,9 @@ KINDS = {"model": ("a model checkpoint", {"model": dict, "model_args": dict}),
          "pages": ("analyze.py's feature pages", {"pages": dict, "tok": object}),
          "train_metrics": ("train.py's metrics", {"val_loss": dict}),
          "crosscoder": ("a crosscoder", {"crosscoder": dict, "crosscoder_args": dict}),    # diffing.py
+         "crosscoder_state": ("a crosscoder training state", {"crosscoders": dict, "step": int}),  # diffing.py
          "diffing": ("diffing.py's results", {"edges": dict, "sae_hashes": dict, "provenance": dict})}
-TORCH_KINDS = ("model", "sae", "sae_state", "crosscoder")  # torch.save files: with a checksum (JSON records: none)
+TORCH_KINDS = ("model", "sae", "sae_state", "crosscoder", "crosscoder_state")  # torch.save files: with a checksum (JSON records: none)
 
 
 def stamp(obj, kind):

@@ -5,6 +5,7 @@ activations of the same tokens; written beside the tracking so that analyze.py c
 readings of an edge side by side. DESIGN.md ("Model diffing") has the definitions and cut-offs.
 
     python diffing.py                          # out/diffing/diffing.json, cc_<parent>_<child>_s<seed>.pt
+                                               # (stopped or killed: run it again, an edge resumes at its state)
     python diffing.py --arch l1 --edges 'base->lua'    # (quoted: > is the shell's redirection)
     python analyze.py                          # folds out/diffing/diffing.json into results.json["diffing"]
 
@@ -87,6 +88,8 @@ config = dict(
     match_threshold=0.8,   # r at which a latent of seed 0 is found again in seed 1 (the crosscoder's null)
     scaling_cut=0.5,       # latent scaling: an exclusive latent whose other model carries >= this share is spurious
     fire_ratio=10.0,       # cross-application: a feature "stops" when its rate falls by this factor, "starts" ...
+    ckpt_interval=4000,    # steps between an edge's saved training state (all its seeds): a rerun resumes there
+    stop_step=0,           # > 0: stop an edge's training at this step, its state saved (a rerun continues it)
     overwrite=False,       # retrain the crosscoders even where current ones exist
     fast=True,             # fast.py's speed-ups for the harvest and the correlation (equal to rounding)
     fast_math=True,        # CUDA: TF32 training, a bf16 harvest forward (metrics stay float32)
@@ -98,7 +101,8 @@ PRESETS = {
     # tiny: at the quickstart's d_mlp 256, 512 latents and 131k tokens per crosscoder; 4 edges x 2 seeds in
     # 80-90 s on a quiet 2-core CPU (~20 s an edge: ~10 training, ~8 measuring), ~200 s on a busy one
     "tiny": dict(expansion=2, k=16, l1_coeff=1.5, lr=4e-3, total_acts=131_072, seqs_per_batch=32, tokens_per_seq=16,
-                 buffer_batches=16, harvest_batch=128, dead_acts=65_536, mix="equal", eval_seqs=96, eval_batch=32),
+                 buffer_batches=16, harvest_batch=128, dead_acts=65_536, mix="equal", eval_seqs=96, eval_batch=32,
+                 ckpt_interval=100),
 }
 CHECKS = {"seeds": ">=0", "arch": ("batchtopk", "l1"), "expansion": ">=1", "k": ">=1", "l1_coeff": ">=0",
           "l1_warmup_frac": "[0,1]", "aux_k": ">=0", "aux_coeff": ">=0", "dead_acts": ">0", "lr": ">0",
@@ -107,7 +111,7 @@ CHECKS = {"seeds": ">=0", "arch": ("batchtopk", "l1"), "expansion": ">=1", "k": 
           "mix": ("tokens", "equal"),
           "eval_seqs": ">0", "eval_batch": ">0", "sae_seed": ">=0", "n_tokens": ">=0", "match_threshold": "(0,1]",
           "scaling_cut": "(0,1]",
-          "fire_ratio": ">1", "threads": ">=0"}
+          "fire_ratio": ">1", "threads": ">=0", "ckpt_interval": ">=0", "stop_step": ">=0"}
 # relative decoder norm cut-offs (Minder et al. 2025): parent-only below, child-only above, shared inside;
 # between them "mixed" (a latent both models use, one clearly more)
 CUTS = {"parent_only": 0.1, "shared": (0.4, 0.6), "child_only": 0.9}
@@ -357,6 +361,40 @@ def cc_path(cfg, parent, child, seed):
     return os.path.join(cfg["out_dir"], "diffing", f"cc_{parent}_{child}_s{seed}.pt")
 
 
+def state_path(cfg, parent, child):
+    """An edge's training state while it trains (every seed at one step; removed once its crosscoders are saved)."""
+    return os.path.join(cfg["out_dir"], "diffing", f"cc_{parent}_{child}.state.pt")
+
+
+def state_how(parent, child):
+    return f"python diffing.py --edges '{parent}->{child}'"  # (+ --overwrite: this edge only starts over)
+
+
+def load_state(path, parent, child, inputs, seeds):
+    """The training state at path if it continues this run exactly (same edge, inputs and seeds), else None
+    (the edge starts over, and says why). A damaged file is refused in one line naming the fix."""
+    how = state_how(parent, child)
+    st = load_checkpoint(path, "crosscoder training state", how, kind="crosscoder_state")
+    if (st.get("parent"), st.get("child")) != (parent, child):
+        die(f"{path} holds the training state of {st.get('parent')}->{st.get('child')}, not {parent}->{child}: "
+            f"renamed or copied? put it back under its own name, or start over: {how} --overwrite")
+    if st.get("inputs") != inputs or sorted(st["crosscoders"]) != sorted(seeds):
+        print(f"{path}: from other models, settings or seeds ({', '.join(map(str, sorted(st['crosscoders'])))}); "
+              f"this edge starts over")
+        return None
+    return st
+
+
+def save_state(path, parent, child, inputs, runs, step, chunk, pos):
+    """Every seed's crosscoder, Adam state and steps without firing after `step` steps, and where the stream is
+    (buffer chunk, position in it): what the loop needs to go on exactly as if never stopped."""
+    seeds = {s: {"crosscoder": {k: v.detach().cpu() for k, v in cc.state_dict().items()},
+                 "optimizer": opt.state_dict(), "since": since.cpu()} for s, cc, opt, since in runs}
+    common.atomic_torch_save(common.stamp({"crosscoders": seeds, "step": step, "chunk": chunk, "pos": pos,
+                                           "parent": parent, "child": child, "inputs": inputs}, "crosscoder_state"),
+                             path)
+
+
 def load_current(path, seed, parent, child, inputs, want):
     """The crosscoder at path if it is current (trained to the end on these inputs), else None; a file of
     another edge or seed, or one that does not fit its own args, is refused in one line."""
@@ -379,17 +417,24 @@ def load_current(path, seed, parent, child, inputs, want):
         cc = Crosscoder(**ck["crosscoder_args"])
         cc.load_state_dict(ck["crosscoder"])
     except Exception as e:
-        why = [x.strip() for x in str(e).splitlines()
-               if x.strip() and not x.startswith("Error(s) in loading")]  # torch's heading line
-        die(f"{path} does not fit the crosscoder it describes ({type(e).__name__}: {(why or [''])[0][:200]}):"
-            f" damaged or hand-made; remake it: {how} --overwrite")
+        misfit(path, e, how)
     return cc
+
+
+def misfit(path, e, how):
+    """One line for a file whose weights do not fit what it describes (e: the error loading them raised)."""
+    why = [x.strip() for x in str(e).splitlines()
+           if x.strip() and not x.startswith("Error(s) in loading")]  # torch's heading line
+    die(f"{path} does not fit the crosscoder it describes ({type(e).__name__}: {(why or [''])[0][:200]}):"
+        f" damaged or hand-made; remake it: {how} --overwrite")
 
 
 def train_edge(cfg, study, parent, child, inputs, device):
     """The crosscoders of one edge, one per seed, on the identical stream (buffers of sae.harvest of the
-    child's domains' train splits), trained together. Returns {seed: Crosscoder} (loaded where current)."""
+    child's domains' train splits), trained together, from a saved state where one continues this run.
+    Returns {seed: Crosscoder} (loaded where current), or None when stopped by --stop_step."""
     paths = {s: cc_path(cfg, parent, child, s) for s in cfg["seeds"]}
+    spath = state_path(cfg, parent, child)
     want = {"n_models": 2, "d_in": study.d_mlp, "n_latents": cfg["expansion"] * study.d_mlp, "arch": cfg["arch"],
             "k": cfg["k"]}
     have = {}
@@ -400,27 +445,43 @@ def train_edge(cfg, study, parent, child, inputs, device):
                 have[s] = cc.to(device).eval()
     if len(have) == len(paths):
         print(f"{parent}->{child}: crosscoders up to date ({', '.join(map(str, paths))})")
+        if os.path.exists(spath):  # left by a run killed between saving the crosscoders and removing it
+            os.remove(spath)
         return have
     hcfg = harvest_config(cfg, study.block_size)
     ck = study.info[child]["ckpt"]
     arrays = saelib.open_domains(cfg["data_dir"], saelib.model_domains(child), "train", ck, child)
-    buf = paired_buffer(study, parent, child, arrays, 0, hcfg, device)
+    st = load_state(spath, parent, child, inputs, cfg["seeds"]) if os.path.exists(spath) and not cfg["overwrite"] \
+        else None
+    chunk, pos, start = (st["chunk"], st["pos"], st["step"]) if st else (0, 0, 0)
+    buf = paired_buffer(study, parent, child, arrays, chunk, hcfg, device)
     d, M = buf.shape[-1], 2
-    scale = math.sqrt(d) / buf.norm(dim=-1).mean(0)                          # (M,) E||x^m scale_m|| = sqrt(d)
-    b_dec = torch.stack([saelib.geometric_median(buf[:16384, m] * scale[m]).float() for m in range(M)])
+    if st is None:
+        scale = math.sqrt(d) / buf.norm(dim=-1).mean(0)                      # (M,) E||x^m scale_m|| = sqrt(d)
+        b_dec = torch.stack([saelib.geometric_median(buf[:16384, m] * scale[m]).float() for m in range(M)])
     L, B = cfg["expansion"] * d, cfg["seqs_per_batch"] * cfg["tokens_per_seq"]
     steps, aux_k = max(1, cfg["total_acts"] // B), cfg["aux_k"] or d // 2
     runs = []
     for s in cfg["seeds"]:
-        cc = init_crosscoder(M, d, L, cfg["arch"], cfg["k"], saelib.init_seed(f"{parent}->{child}", s),
-                             b_dec, scale).to(device)
+        cc = (init_crosscoder(M, d, L, cfg["arch"], cfg["k"], saelib.init_seed(f"{parent}->{child}", s), b_dec, scale)
+              if st is None else Crosscoder(M, d, L, cfg["arch"], cfg["k"])).to(device)
         opt = torch.optim.Adam(cc.parameters(), lr=cfg["lr"], betas=(0.9, 0.999))
-        runs.append((s, cc, opt, torch.zeros(L, dtype=torch.long, device=device)))
+        since = torch.zeros(L, dtype=torch.long, device=device)  # steps since each latent last fired
+        if st is not None:
+            try:
+                cc.load_state_dict(st["crosscoders"][s]["crosscoder"])
+                opt.load_state_dict(st["crosscoders"][s]["optimizer"])
+                since.copy_(st["crosscoders"][s]["since"])
+            except Exception as e:  # whole (its checksum) but not what it says: edited by hand
+                misfit(spath, e, state_how(parent, child))
+        runs.append((s, cc, opt, since))
+    scale = runs[0][1].scale
     print(f"{parent}->{child}: {len(runs)} crosscoder(s) of {L} latents ({cfg['arch']}"
           f"{', k ' + str(cfg['k']) if cfg['arch'] == 'batchtopk' else ', l1 ' + format(cfg['l1_coeff'], 'g')}), "
-          f"{steps} steps of {B}, input scales {scale[0]:.3g} / {scale[1]:.3g}")
-    chunk, pos, t0, dead_steps = 0, 0, time.time(), max(1, cfg["dead_acts"] // B)
-    for i in range(steps):
+          f"{steps} steps of {B}, input scales {scale[0]:.3g} / {scale[1]:.3g}"
+          + (f"; resumed at step {start} from {spath}" if st else ""))
+    t0, dead_steps = time.time(), max(1, cfg["dead_acts"] // B)
+    for i in range(start, steps):
         if pos + B > len(buf):
             chunk, pos = chunk + 1, 0
             buf = paired_buffer(study, parent, child, arrays, chunk, hcfg, device)
@@ -445,7 +506,16 @@ def train_edge(cfg, study, parent, child, inputs, device):
                 die(f"{parent}->{child}: the crosscoder's loss is not finite at step {i + 1}; lower --lr")
             print(f"  step {i + 1}/{steps}: " + " | ".join(
                 f"s{s} mse {mse.item() / (2 * d):.4f}, l0 {(f > 0).sum(1).float().mean().item():.1f}"
-                for s, _, mse, f in last) + f", {(i + 1) * B / (time.time() - t0):,.0f} tok/s")
+                for s, _, mse, f in last) + f", {(i + 1 - start) * B / (time.time() - t0):,.0f} tok/s")
+        stopping = cfg["stop_step"] > 0 and i + 1 >= cfg["stop_step"] and i + 1 < steps
+        if i + 1 < steps and (stopping or cfg["ckpt_interval"] and (i + 1) % cfg["ckpt_interval"] == 0):
+            if not all(math.isfinite(v.item()) for _, v, _, _ in last):
+                die(f"{parent}->{child}: the crosscoder's loss is not finite at step {i + 1}; lower --lr")
+            save_state(spath, parent, child, inputs, runs, i + 1, chunk, pos)
+        if stopping:
+            print(f"{parent}->{child}: stopping at step {i + 1} (--stop_step), the state in {spath}; run diffing.py "
+                  f"again (without --stop_step) to continue")
+            return None
     out = {}
     for s, cc, _, _ in runs:
         cc.eval()
@@ -454,6 +524,8 @@ def train_edge(cfg, study, parent, child, inputs, device):
                 "finished": True, "inputs": inputs, "config": cfg, "provenance": common.provenance(cfg)}
         common.atomic_torch_save(common.stamp(ckpt, "crosscoder"), paths[s])
         out[s] = cc
+    if os.path.exists(spath):
+        os.remove(spath)
     return out
 
 
@@ -621,8 +693,9 @@ def main(argv=None):
         study = analyze.load_study(acfg, device)  # the models and SAEs, checked to belong together
         sae_hashes = {m: study.info[m][f"sae{cfg['sae_seed']}"]["hash"] for m in models}
         n_lat = cfg["expansion"] * study.d_mlp
-        common.check_free_space(out, len(edges) * len(cfg["seeds"]) * 2 * 2 * n_lat * study.d_mlp * 4 + (64 << 20),
-                                "the crosscoders and diffing.json")
+        cc_bytes = 2 * 2 * n_lat * study.d_mlp * 4  # encoder and decoder of 2 models, float32
+        common.check_free_space(out, (len(edges) + 3) * len(cfg["seeds"]) * cc_bytes + (64 << 20),
+                                "the crosscoders, an edge's training state (with Adam's) and diffing.json")
         seqs, token_set = analyze.draw_tokens(acfg, study)
         edges_out = {}
         for parent, child in edges:
@@ -633,6 +706,8 @@ def main(argv=None):
                       "settings": {k: cfg[k] for k in keys}}
             t_edge = time.time()
             ccs = train_edge(cfg, study, parent, child, inputs, device)
+            if ccs is None:  # --stop_step: nothing more this run, no diffing.json
+                return None
             t_train = time.time() - t_edge
             for cc in ccs.values():
                 cc.requires_grad_(False)

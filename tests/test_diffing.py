@@ -5,6 +5,7 @@ one end-to-end run on a tiny pipeline, folded into analyze.py's results.json."""
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -369,3 +370,45 @@ def test_a_diffing_json_of_other_saes_or_tokens_or_damaged_is_named_not_joined(p
     assert re.search({"other_sae": r"other SAEs \(lua\)", "other_tokens": r"another token set .*--n_tokens",
                       "damaged": r"damaged or of another shape \(IndexError"}[case], why), why
     assert re.search(r"python diffing\.py .*--overwrite", why)
+
+
+def test_a_stopped_edge_resumes_exactly_and_its_state_is_checked(pipeline, tmp_path, capsys):
+    """--stop_step stops an edge's training with its state saved (every seed's crosscoder, Adam state and
+    steps without firing, and where the stream is: mid-buffer here, AuxK on); a second run continues it and
+    its crosscoders are bit for bit those of a run never stopped; the state file is then removed. A state of
+    other settings is not resumed (the edge starts over); a damaged one is a line naming the fix."""
+    from helpers import assert_one_line_error, run_script
+    data_dir, out_dir, _, args = pipeline
+    keep = [a for a in args if not a.startswith(("--out_dir", "--edges"))]
+    one = keep + ["--edges=base->lua", "--dead_acts=256", "--ckpt_interval=5"]   # 32 steps of 64, buffers of 4
+    outs = {}
+    for name in ("whole", "stopped"):
+        outs[name] = str(tmp_path / name)
+        shutil.copytree(out_dir, outs[name], ignore=shutil.ignore_patterns(".lock", "diffing"))
+    whole = diffing.main(one + [f"--out_dir={outs['whole']}"])
+    folder = os.path.join(outs["stopped"], "diffing")
+    state = os.path.join(folder, "cc_base_lua.state.pt")
+    assert diffing.main(one + [f"--out_dir={outs['stopped']}", "--stop_step=13"]) is None
+    st = torch.load(state, weights_only=True)
+    assert (st["step"], st["chunk"], st["pos"], sorted(st["crosscoders"])) == (13, 3, 64, [0, 1])
+    assert not any(f.startswith("cc_base_lua_s") for f in os.listdir(folder))
+    capsys.readouterr()
+    resumed = diffing.main(one + [f"--out_dir={outs['stopped']}"])
+    assert "resumed at step 13" in capsys.readouterr().out and not os.path.exists(state)
+    for s in (0, 1):
+        a, b = (torch.load(os.path.join(o, "diffing", f"cc_base_lua_s{s}.pt"), weights_only=True)["crosscoder"]
+                for o in outs.values())
+        assert all(torch.equal(a[k], b[k]) for k in a), s
+    assert resumed["edges"]["base->lua"]["crosscoder"] == whole["edges"]["base->lua"]["crosscoder"]
+    # a state of other settings: the edge starts over from step 0
+    diffing.main(one + [f"--out_dir={outs['stopped']}", "--stop_step=7", "--overwrite"])
+    capsys.readouterr()
+    diffing.main(one + [f"--out_dir={outs['stopped']}", "--stop_step=9", "--lr=2e-3"])
+    printed = capsys.readouterr().out
+    assert "this edge starts over" in printed and "resumed" not in printed
+    assert torch.load(state, weights_only=True)["step"] == 9
+    with open(state, "r+b") as f:                                          # damaged: one line, this edge's fix
+        f.seek(os.path.getsize(state) // 2)
+        f.write(b"\0" * 64)
+    assert_one_line_error(run_script("diffing.py", *one, f"--out_dir={outs['stopped']}", "--lr=2e-3"),
+                          "--edges 'base->lua' --overwrite")
