@@ -951,6 +951,32 @@ def sae_step_rates(cfg, device, seeds=2):
     return rates, picked
 
 
+def crosscoder_rate(cfg, device):
+    """Tokens/s per crosscoder of diffing.py's training step at the paper's shapes (2 models x 1,024 -> 16,384
+    latents, diffing.py's arch, k and batch; 10% of the latents dead, so batchtopk pays for AuxK), as its loop
+    runs it: the loss, backward, Adam, the firing record. The same float32 (TF32) as diffing.py on this device."""
+    import diffing as D
+    dc, (d_in, n_lat, _) = D.config, SHAPES["paper"]["sae"]
+    batch = dc["seqs_per_batch"] * dc["tokens_per_seq"]
+    cc = D.init_crosscoder(2, d_in, n_lat, dc["arch"], dc["k"], seed=0).to(device)
+    opt = torch.optim.Adam(cc.parameters(), lr=dc["lr"])
+    x = (torch.randn(batch, 2, d_in, generator=torch.Generator().manual_seed(0)).relu() * 2).to(device)
+    dead, since = torch.arange(n_lat, device=device) % 10 == 0, torch.zeros(n_lat, dtype=torch.long, device=device)
+
+    def step():
+        loss, _, f = D.crosscoder_loss(cc, x, dc["l1_coeff"], dead, dc["aux_k"] or d_in // 2, dc["aux_coeff"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            since.add_(1).masked_fill_((f > 0).any(0), 0)
+    sec = timeit(step, cfg["plan_steps"], 1, device)
+    flops = 2 * 6 * batch * 2 * d_in * n_lat  # two models' encoder and decoder: forward 4 dL, backward 8 dL each
+    print(f"plan: crosscoder step, {batch} tokens x 2 models, {d_in} -> {n_lat} ({dc['arch']}): {sec * 1e3:,.1f} ms, "
+          f"{batch / sec / 1e3:,.1f}k tok/s, {share(flops, sec, peak_for(device, False))} of the peak")
+    return batch / sec
+
+
 def harvest_rates(cfg, device, batches, bf16):
     """Windows/s of sae.py's harvest forward (fast.mlp_activations' call: keys and values looked up, the model at
     tokens_per_seq of block_size positions) at the paper's shapes, for each harvest batch in batches."""
@@ -1110,6 +1136,11 @@ def plan(cfg, device, tokens_per_word=None):
         row("plan", f"harvest forward, {b} windows a call" + (" (sae.py's default here)" if b == hb else ""),
             f"{r * sc.get('tokens_per_seq', 24) / 1e6:,.2f}M act/s", note="paper shapes, 24 of 256 positions")
     fwd, corr = measure_forward_and_corr(cfg, device, hb, fast_math)
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, fast_math  # as diffing.py
+    try:
+        cc_rate = crosscoder_rate(cfg, device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     seeds, acts, per_seq = len(sc.get("seeds", [0, 1])), sc.get("total_acts", 200_000_000), sc.get("tokens_per_seq", 24)
     seq_len = sc.get("seq_len") or SHAPES["paper"]["block_size"]
     models, n_tok = ac.get("models", ["base", "lua", "tinystories", "luastories"]), ac.get("n_tokens", 1_048_576)
@@ -1129,6 +1160,14 @@ def plan(cfg, device, tokens_per_word=None):
          n_tok * (len(models) / fwd + pairs / corr)),
     ]
     total = sum(t for _, _, t in stages)
+    import diffing  # DIFFING=1's stage: reproduce.sh runs it only when asked, so it is not in the total
+    dc = diffing.config
+    n_edges, n_cc, hb_cc = len(dc["edges"]), len(dc["edges"]) * len(dc["seeds"]), dc["harvest_batch"]
+    diff_work = (f"DIFFING=1: {n_cc} crosscoders x {dc['total_acts'] / 1e6:,.0f}M tokens, {n_edges} streams harvested "
+                 f"from 2 models ({hb_cc} windows a call), {n_edges} passes of {n_tok:,} tokens x (2 forwards + 3 "
+                 f"correlation pairs)")
+    diff_t = (n_cc * dc["total_acts"] / cc_rate + n_edges * 2 * dc["total_acts"] / dc["tokens_per_seq"]
+              / windows.get(hb_cc, windows[hb]) + n_edges * n_tok * (2 / fwd + 3 / corr))
     dev = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu_model()}, {torch.get_num_threads()} threads"
     print(f"\nPROJECTION (not a measurement): full-budget time per stage on this device ({dev}), from "
           f"{cfg['plan_steps']}-step measurements at the paper's shapes, LM {'compiled' if compile_lm else 'eager'}, "
@@ -1143,6 +1182,9 @@ def plan(cfg, device, tokens_per_word=None):
         note=f"on {dev}; LM {lm / 1e3:,.1f}k tok/s, SAE {sae_rate / 1e3:,.1f}k act/s per SAE ({picked}), "
              f"harvest {windows[hb]:,.0f} windows/s, forward {fwd / 1e3:,.1f}k tok/s, "
              f"correlation {corr:,.0f} tok/s per pair, all measured at paper shapes")
+    print(f"  {'diffing (optional)':22s} {fmt_time(diff_t):>10s}   {diff_work} (not in the total)")
+    row("plan", "diffing (optional, not in the total)", f"projected {fmt_time(diff_t)}",
+        note=f"{diff_work}; crosscoder {cc_rate / 1e3:,.1f}k tok/s measured")
 
 
 MODEL_NAMES = ("base", "lua", "tinystories", "luastories")
