@@ -373,6 +373,17 @@ class Prefetch:
         """On CUDA only: on a CPU the thread would take a core from the steps."""
         return str(device).startswith("cuda")
 
+    @staticmethod
+    def start(device, make, last, held):
+        """sae.py's loop start: a Prefetch where it pays (else None), the buffer after `held` (the one in hand; -1
+        on a resume, whose first buffer is made when needed) already started."""
+        if not Prefetch.pays(device):
+            return None
+        pre = Prefetch(make, last)
+        if held >= 0:
+            pre.ahead(held + 1)
+        return pre
+
     def ahead(self, c):
         self.started = {c: self.pool.submit(self.make, c)} if c <= self.last else {}
 

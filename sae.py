@@ -916,12 +916,10 @@ def train_loop(job, runs):
     job.stats, job.t0, job.last_logged = None, time.time(), job.step
     if job.fast_steps:  # fast: a stack of the seeds' parameters and Adam state, the runs' views of it
         job.fast_steps.start(runs)
-    job.prefetch = None  # fast, CUDA: the next buffer's draws made in a thread, from the one in hand on
-    if cfg["fast"] and fast.Prefetch.pays(job.device):
-        end = min(job.total_steps, cfg["stop_step"] or job.total_steps)
-        job.prefetch = fast.Prefetch(lambda c: harvest_draws(job.train, c, cfg), (end - 1) // cfg["buffer_batches"])
-        if job.buf_chunk >= 0:  # a fresh run holds buffer 0 (a resume none: its first is made when needed)
-            job.prefetch.ahead(job.buf_chunk + 1)
+    job.prefetch = None  # fast, CUDA: the next buffer's draws made in a thread, up to this run's last buffer
+    if cfg["fast"]:
+        last = (min(job.total_steps, cfg["stop_step"] or job.total_steps) - 1) // cfg["buffer_batches"]
+        job.prefetch = fast.Prefetch.start(job.device, lambda c: harvest_draws(job.train, c, cfg), last, job.buf_chunk)
     job.loop_start = (time.time(), job.step)
     for r in runs:  # the first step whose loss was not finite, and that loss (read back only at checks)
         r["bad_step"] = torch.tensor(-1, device=job.device)
