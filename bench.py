@@ -1165,7 +1165,8 @@ def plan(cfg, device, tokens_per_word=None):
     n_edges, n_cc, hb_cc = len(dc["edges"]), len(dc["edges"]) * len(dc["seeds"]), dc["harvest_batch"]
     diff_work = (f"DIFFING=1: {n_cc} crosscoders x {dc['total_acts'] / 1e6:,.0f}M tokens, {n_edges} streams harvested "
                  f"from 2 models ({hb_cc} windows a call), {n_edges} passes of {n_tok:,} tokens x (2 forwards + 3 "
-                 f"correlation pairs)")
+                 f"correlation pairs; the SAEs' and crosscoders' own products there and the cross-application not "
+                 f"counted)")
     diff_t = (n_cc * dc["total_acts"] / cc_rate + n_edges * 2 * dc["total_acts"] / dc["tokens_per_seq"]
               / windows.get(hb_cc, windows[hb]) + n_edges * n_tok * (2 / fwd + 3 / corr))
     dev = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu_model()}, {torch.get_num_threads()} threads"

@@ -694,20 +694,23 @@ def main(argv=None):
         sae_hashes = {m: study.info[m][f"sae{cfg['sae_seed']}"]["hash"] for m in models}
         n_lat = cfg["expansion"] * study.d_mlp
         cc_bytes = 2 * 2 * n_lat * study.d_mlp * 4  # encoder and decoder of 2 models, float32
-        common.check_free_space(out, (len(edges) + 3) * len(cfg["seeds"]) * cc_bytes + (64 << 20),
+        # every crosscoder, and an edge's training state (weights and Adam's two moments: 3 x) twice while rewritten
+        common.check_free_space(out, (len(edges) + 6) * len(cfg["seeds"]) * cc_bytes + (64 << 20),
                                 "the crosscoders, an edge's training state (with Adam's) and diffing.json")
+        keys = ("arch", "expansion", "k", "l1_coeff", "l1_warmup_frac", "aux_k", "aux_coeff", "dead_acts", "lr",
+                "lr_decay_frac", "total_acts", "seqs_per_batch", "tokens_per_seq", "skip_first", "seq_len",
+                "buffer_batches", "data_seed", "mix", "fast", "fast_math")
+        inputs = {(p, c): {"models": {m: study.info[m]["model_hash"] for m in (p, c)},
+                           "settings": {k: cfg[k] for k in keys}} for p, c in edges}
+        if cfg["stop_step"]:  # every edge trained (or stopped) before any is measured: a stop wastes no pass
+            for parent, child in edges:
+                if train_edge(cfg, study, parent, child, inputs[(parent, child)], device) is None:
+                    return None  # (nothing more this run, no diffing.json)
         seqs, token_set = analyze.draw_tokens(acfg, study)
         edges_out = {}
         for parent, child in edges:
-            keys = ("arch", "expansion", "k", "l1_coeff", "l1_warmup_frac", "aux_k", "aux_coeff", "dead_acts", "lr",
-                    "lr_decay_frac", "total_acts", "seqs_per_batch", "tokens_per_seq", "skip_first", "seq_len",
-                    "buffer_batches", "data_seed", "mix", "fast", "fast_math")
-            inputs = {"models": {m: study.info[m]["model_hash"] for m in (parent, child)},
-                      "settings": {k: cfg[k] for k in keys}}
             t_edge = time.time()
-            ccs = train_edge(cfg, study, parent, child, inputs, device)
-            if ccs is None:  # --stop_step: nothing more this run, no diffing.json
-                return None
+            ccs = train_edge(cfg, study, parent, child, inputs[(parent, child)], device)  # (loaded where current)
             t_train = time.time() - t_edge
             for cc in ccs.values():
                 cc.requires_grad_(False)

@@ -732,7 +732,7 @@ class SeedSteps:
         if self.stack is not None:  # one step for all: (S,) losses and MSEs, (S, N, F) activations
             hp = SimpleNamespace(**{**vars(hps[0]), "dead": torch.stack([h.dead for h in hps])[:, None]})
             out = self.train_step(self.stack, self.stack.opt, x, lr, hp, stack_loss)
-            return [(loss, mse, *self.firing(f)) for loss, mse, f in zip(*out)]
+            return [self.keep(run, loss, mse, *self.firing(f), f.shape) for run, loss, mse, f in zip(runs, *out)]
         one = functools.partial(self.one, x=x, lr=lr)
         return list(self.pool.map(one, runs, hps) if self.pool else map(one, runs, hps))  # (list: raises here)
 
@@ -741,8 +741,13 @@ class SeedSteps:
         loss_fn = loss_for(self.device, run["density"], self.select_bf16, run["sae"].n_features)
         loss, mse, f = self.train_step(run["sae"], run["opt"], x, lr, hp, loss_fn)
         fired, n_active = csr_firing(f) if f.layout == torch.sparse_csr else self.firing(f)
-        if str(self.device).split(":")[0] in SPARSE_BELOW:  # (read back where the device has a switch: a CPU's)
-            run["density"] = int(n_active) / (f.shape[0] * f.shape[1])
+        return self.keep(run, loss, mse, fired, n_active, f.shape)
+
+    def keep(self, run, loss, mse, fired, n_active, shape):
+        """The run's density of active latents (N, F) = shape, read back where the device has a sparse switch
+        (a CPU's, where that costs nothing), whichever way it stepped: a resume may change the way."""
+        if str(self.device).split(":")[0] in SPARSE_BELOW:
+            run["density"] = int(n_active) / (shape[0] * shape[1])
         return loss, mse, fired, n_active
 
 

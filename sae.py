@@ -978,8 +978,10 @@ def train_seeds(job, runs, x):
     if job.fast_steps:  # fast.py: the seeds as one stack, or sparse steps in threads (to rounding)
         outs = job.fast_steps(runs, x, lr, hps)
     else:  # each seed's step, then firing(f): (which latents fired (F,), how many entries)
-        outs = [train_step(r["sae"], r["opt"], x, lr, hp) for r, hp in zip(runs, hps)]
-        outs = [(loss, mse, *firing(f)) for loss, mse, f in outs]
+        outs = []
+        for r, hp in zip(runs, hps):
+            loss, mse, f = train_step(r["sae"], r["opt"], x, lr, hp)
+            outs.append((loss, mse, *firing(f)))
     for j, (r, (loss, mse, fired, n_active)) in enumerate(zip(runs, outs)):
         new_bad = (r["bad_step"] < 0) & ~torch.isfinite(loss)
         r["bad_step"] = torch.where(new_bad, step, r["bad_step"])

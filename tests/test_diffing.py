@@ -376,7 +376,8 @@ def test_a_stopped_edge_resumes_exactly_and_its_state_is_checked(pipeline, tmp_p
     """--stop_step stops an edge's training with its state saved (every seed's crosscoder, Adam state and
     steps without firing, and where the stream is: mid-buffer here, AuxK on); a second run continues it and
     its crosscoders are bit for bit those of a run never stopped; the state file is then removed. A state of
-    other settings is not resumed (the edge starts over); a damaged one is a line naming the fix."""
+    other settings is not resumed (the edge starts over); a damaged one is a line naming the fix. With
+    --stop_step no edge is measured before every edge is trained."""
     from helpers import assert_one_line_error, run_script
     data_dir, out_dir, _, args = pipeline
     keep = [a for a in args if not a.startswith(("--out_dir", "--edges"))]
@@ -400,6 +401,13 @@ def test_a_stopped_edge_resumes_exactly_and_its_state_is_checked(pipeline, tmp_p
                 for o in outs.values())
         assert all(torch.equal(a[k], b[k]) for k in a), s
     assert resumed["edges"]["base->lua"]["crosscoder"] == whole["edges"]["base->lua"]["crosscoder"]
+    # with --stop_step every edge trains before any is measured: no pass over base->lua (current) is wasted
+    capsys.readouterr()
+    two = [a for a in one if not a.startswith("--edges")] + ["--edges=base->lua,base->tinystories"]
+    assert diffing.main(two + [f"--out_dir={outs['stopped']}", "--stop_step=3"]) is None
+    printed = capsys.readouterr().out
+    assert "base->lua: crosscoders up to date" in printed and "stopping at step 3" in printed
+    assert "parent SAE FVU" not in printed
     # a state of other settings: the edge starts over from step 0
     diffing.main(one + [f"--out_dir={outs['stopped']}", "--stop_step=7", "--overwrite"])
     capsys.readouterr()
