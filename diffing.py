@@ -197,14 +197,15 @@ def crosscoder_loss(cc, x, l1_coeff=0.0, dead=None, aux_k=0, aux_coeff=0.0):
     """x (N, M, d) scaled -> (loss, mse, f). mse: the mean over tokens of the squared error summed over
     models and dimensions. l1: + l1_coeff x the mean over tokens of sum_i f_i sum_m ||W_dec,i^m||.
     batchtopk: + aux_coeff x AuxK (sae.TopK.aux_loss) of the dead latents (dead: (L,) bool) on the residual."""
-    x_hat, f = cc(x, train=True)
+    pre = cc.pre_acts(x)                                 # (N, L), for the loss and AuxK alike
+    f = cc.activate(pre, train=True)
+    x_hat = cc.decode(f)                                 # (N, M, d)
     mse = (x_hat - x).pow(2).sum((1, 2)).mean()
     loss = mse
     if cc.arch == "l1":
         loss = loss + l1_coeff * (f * cc.dec_norms().sum(0)).sum(-1).mean()
     elif dead is not None and aux_coeff > 0 and bool(dead.any()):
-        pre = cc.pre_acts(x).masked_fill(~dead, float("-inf"))
-        top = pre.topk(min(aux_k, cc.n_latents), dim=-1)
+        top = pre.masked_fill(~dead, float("-inf")).topk(min(aux_k, cc.n_latents), dim=-1)
         f_aux = torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values))
         e_hat = torch.einsum("nl,mld->nmd", f_aux, cc.W_dec).flatten(1)
         loss = loss + aux_coeff * saelib.TopK.aux_loss(e_hat, x.flatten(1), x_hat.flatten(1))

@@ -46,6 +46,41 @@ def test_l1_loss_is_the_error_summed_over_models_plus_the_decoder_norm_weighted_
     assert mse2.item() == pytest.approx(0.5) and loss2.item() == pytest.approx(1.0)
 
 
+def test_batchtopk_loss_with_auxk_and_its_gradients_match_a_direct_computation():
+    """crosscoder_loss (batchtopk, dead latents): the MSE summed over models plus aux_coeff x AuxK, the top
+    aux_k dead latents' reconstruction of the residual over its variance, computed here from the definitions
+    (each model's encoder product summed, BatchTopK over the batch's norm-weighted scores); the same loss and
+    gradients to float32 rounding."""
+    import copy
+    N, M, d, L, k, aux_k = 24, 2, 6, 20, 3, 4
+    cc = diffing.init_crosscoder(M, d, L, "batchtopk", k, seed=1, b_dec=torch.randn(M, d) * 0.1)
+    with torch.no_grad():
+        cc.b_enc.normal_(0, 0.2, generator=torch.Generator().manual_seed(2))
+    ref = copy.deepcopy(cc)
+    x = torch.randn(N, M, d, generator=torch.Generator().manual_seed(3))
+    dead = torch.arange(L) % 3 == 0
+    loss, mse, f = diffing.crosscoder_loss(cc, x, dead=dead, aux_k=aux_k, aux_coeff=0.5)
+    loss.backward()
+    pre = sum((x[:, m] - ref.b_dec[m]) @ ref.W_enc[m] for m in range(M)) + ref.b_enc            # (N, L)
+    score = pre.relu() * ref.W_dec.norm(dim=-1).sum(0)
+    cut = score.flatten().sort(descending=True).values[k * N - 1]                             # k x N kept
+    f_ref = pre.relu() * (score >= cut)
+    x_hat = torch.stack([f_ref @ ref.W_dec[m] + ref.b_dec[m] for m in range(M)], 1)         # (N, M, d)
+    mse_ref = (x_hat - x).pow(2).sum((1, 2)).mean()
+    masked = pre.masked_fill(~dead, float("-inf"))
+    kth = masked.sort(dim=-1, descending=True).values[:, aux_k - 1:aux_k]
+    f_aux = (masked >= kth).float() * pre.relu() * dead
+    e = (x - x_hat).detach().flatten(1)
+    e_hat = torch.stack([f_aux @ ref.W_dec[m] for m in range(M)], 1).flatten(1)
+    aux = (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean()
+    loss_ref = mse_ref + 0.5 * aux
+    loss_ref.backward()
+    assert torch.allclose(f, f_ref.detach()) and mse.item() == pytest.approx(mse_ref.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(loss_ref.item(), rel=1e-5) and aux.item() > 0
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.allclose(getattr(cc, name).grad, getattr(ref, name).grad, rtol=1e-4, atol=1e-6), name
+
+
 def test_batchtopk_keeps_the_k_times_batch_largest_norm_weighted_scores_and_sets_a_threshold():
     # norms' sums per latent: 1, 2, 1 (model 0: 1, 1, 0.5; model 1: 0, 1, 0.5)
     W_dec = [[[1.0, 0.0], [1.0, 0.0], [0.5, 0.0]], [[0.0, 0.0], [0.0, 1.0], [0.0, 0.5]]]
