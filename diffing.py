@@ -430,24 +430,75 @@ def misfit(path, e, how):
         f" damaged or hand-made; remake it: {how} --overwrite")
 
 
-def train_edge(cfg, study, parent, child, inputs, device):
-    """The crosscoders of one edge, one per seed, on the identical stream (buffers of sae.harvest of the
-    child's domains' train splits), trained together, from a saved state where one continues this run.
-    Returns {seed: Crosscoder} (loaded where current), or None when stopped by --stop_step."""
-    paths = {s: cc_path(cfg, parent, child, s) for s in cfg["seeds"]}
-    spath = state_path(cfg, parent, child)
-    want = {"n_models": 2, "d_in": study.d_mlp, "n_latents": cfg["expansion"] * study.d_mlp, "arch": cfg["arch"],
-            "k": cfg["k"]}
+def current_crosscoders(cfg, parent, child, inputs, want, device):
+    """{seed: Crosscoder} of this edge's files that are current (trained to the end on these inputs)."""
     have = {}
-    for s, p in paths.items():
+    for s in cfg["seeds"]:
+        p = cc_path(cfg, parent, child, s)
         if os.path.exists(p) and not cfg["overwrite"]:
             cc = load_current(p, s, parent, child, inputs, want)
             if cc is not None:
                 have[s] = cc.to(device).eval()
-    if len(have) == len(paths):
-        print(f"{parent}->{child}: crosscoders up to date ({', '.join(map(str, paths))})")
-        if os.path.exists(spath):  # left by a run killed between saving the crosscoders and removing it
-            os.remove(spath)
+    return have
+
+
+def edge_runs(cfg, parent, child, st, buf, device):
+    """[(seed, crosscoder, Adam, steps since each latent fired)]: new ones (input scales and b_dec from the
+    first buffer buf (N, 2, d)), or the saved state st's."""
+    d, M = buf.shape[-1], 2
+    L = cfg["expansion"] * d
+    if st is None:
+        scale = math.sqrt(d) / buf.norm(dim=-1).mean(0)                      # (M,) E||x^m scale_m|| = sqrt(d)
+        b_dec = torch.stack([saelib.geometric_median(buf[:16384, m] * scale[m]).float() for m in range(M)])
+    runs = []
+    for s in cfg["seeds"]:
+        cc = (init_crosscoder(M, d, L, cfg["arch"], cfg["k"], saelib.init_seed(f"{parent}->{child}", s), b_dec, scale)
+              if st is None else Crosscoder(M, d, L, cfg["arch"], cfg["k"])).to(device)
+        opt = torch.optim.Adam(cc.parameters(), lr=cfg["lr"], betas=(0.9, 0.999))
+        since = torch.zeros(L, dtype=torch.long, device=device)
+        if st is not None:
+            try:
+                cc.load_state_dict(st["crosscoders"][s]["crosscoder"])
+                opt.load_state_dict(st["crosscoders"][s]["optimizer"])
+                since.copy_(st["crosscoders"][s]["since"])
+            except Exception as e:  # whole (its checksum) but not what it says: edited by hand
+                misfit(state_path(cfg, parent, child), e, state_how(parent, child))
+        runs.append((s, cc, opt, since))
+    return runs
+
+
+def save_crosscoders(cfg, parent, child, inputs, runs, steps):
+    """Each seed's finished crosscoder, then the edge's training state removed. Returns {seed: Crosscoder}."""
+    out = {}
+    for s, cc, _, _ in runs:
+        cc.eval()
+        ckpt = {"crosscoder": {k: v.detach().cpu() for k, v in cc.state_dict().items()},
+                "crosscoder_args": crosscoder_args(cc), "parent": parent, "child": child, "seed": s, "steps": steps,
+                "finished": True, "inputs": inputs, "config": cfg, "provenance": common.provenance(cfg)}
+        common.atomic_torch_save(common.stamp(ckpt, "crosscoder"), cc_path(cfg, parent, child, s))
+        out[s] = cc
+    remove_state(cfg, parent, child)
+    return out
+
+
+def remove_state(cfg, parent, child):
+    """The edge's training state gone, its crosscoders saved."""
+    path = state_path(cfg, parent, child)
+    if os.path.exists(path):
+        os.remove(path)
+
+
+def train_edge(cfg, study, parent, child, inputs, device):
+    """The crosscoders of one edge, one per seed, on the identical stream (buffers of sae.harvest of the
+    child's domains' train splits), trained together, from a saved state where one continues this run.
+    Returns {seed: Crosscoder} (loaded where current), or None when stopped by --stop_step."""
+    spath = state_path(cfg, parent, child)
+    want = {"n_models": 2, "d_in": study.d_mlp, "n_latents": cfg["expansion"] * study.d_mlp, "arch": cfg["arch"],
+            "k": cfg["k"]}
+    have = current_crosscoders(cfg, parent, child, inputs, want, device)
+    if len(have) == len(cfg["seeds"]):
+        print(f"{parent}->{child}: crosscoders up to date ({', '.join(map(str, have))})")
+        remove_state(cfg, parent, child)  # (left by a run killed between saving the crosscoders and removing it)
         return have
     hcfg = harvest_config(cfg, study.block_size)
     ck = study.info[child]["ckpt"]
@@ -456,26 +507,9 @@ def train_edge(cfg, study, parent, child, inputs, device):
         else None
     chunk, pos, start = (st["chunk"], st["pos"], st["step"]) if st else (0, 0, 0)
     buf = paired_buffer(study, parent, child, arrays, chunk, hcfg, device)
-    d, M = buf.shape[-1], 2
-    if st is None:
-        scale = math.sqrt(d) / buf.norm(dim=-1).mean(0)                      # (M,) E||x^m scale_m|| = sqrt(d)
-        b_dec = torch.stack([saelib.geometric_median(buf[:16384, m] * scale[m]).float() for m in range(M)])
-    L, B = cfg["expansion"] * d, cfg["seqs_per_batch"] * cfg["tokens_per_seq"]
+    runs = edge_runs(cfg, parent, child, st, buf, device)
+    d, L, B = buf.shape[-1], cfg["expansion"] * buf.shape[-1], cfg["seqs_per_batch"] * cfg["tokens_per_seq"]
     steps, aux_k = max(1, cfg["total_acts"] // B), cfg["aux_k"] or d // 2
-    runs = []
-    for s in cfg["seeds"]:
-        cc = (init_crosscoder(M, d, L, cfg["arch"], cfg["k"], saelib.init_seed(f"{parent}->{child}", s), b_dec, scale)
-              if st is None else Crosscoder(M, d, L, cfg["arch"], cfg["k"])).to(device)
-        opt = torch.optim.Adam(cc.parameters(), lr=cfg["lr"], betas=(0.9, 0.999))
-        since = torch.zeros(L, dtype=torch.long, device=device)  # steps since each latent last fired
-        if st is not None:
-            try:
-                cc.load_state_dict(st["crosscoders"][s]["crosscoder"])
-                opt.load_state_dict(st["crosscoders"][s]["optimizer"])
-                since.copy_(st["crosscoders"][s]["since"])
-            except Exception as e:  # whole (its checksum) but not what it says: edited by hand
-                misfit(spath, e, state_how(parent, child))
-        runs.append((s, cc, opt, since))
     scale = runs[0][1].scale
     print(f"{parent}->{child}: {len(runs)} crosscoder(s) of {L} latents ({cfg['arch']}"
           f"{', k ' + str(cfg['k']) if cfg['arch'] == 'batchtopk' else ', l1 ' + format(cfg['l1_coeff'], 'g')}), "
@@ -502,32 +536,22 @@ def train_edge(cfg, study, parent, child, inputs, device):
             with torch.no_grad():
                 since.add_(1).masked_fill_((f > 0).any(0), 0)
             last.append((s, loss.detach(), mse.detach(), f.detach()))
-        if (i + 1) % max(1, steps // 5) == 0 or i + 1 == steps:  # this step's batch: mse per element, L0
-            if not all(math.isfinite(v.item()) for _, v, _, _ in last):
-                die(f"{parent}->{child}: the crosscoder's loss is not finite at step {i + 1}; lower --lr")
+        logging = (i + 1) % max(1, steps // 5) == 0 or i + 1 == steps
+        stopping = cfg["stop_step"] > 0 and i + 1 >= cfg["stop_step"] and i + 1 < steps
+        saving = i + 1 < steps and (stopping or cfg["ckpt_interval"] and (i + 1) % cfg["ckpt_interval"] == 0)
+        if (logging or saving) and not all(math.isfinite(v.item()) for _, v, _, _ in last):  # (read back only here)
+            die(f"{parent}->{child}: the crosscoder's loss is not finite at step {i + 1}; lower --lr")
+        if logging:  # this step's batch: mse per element, L0
             print(f"  step {i + 1}/{steps}: " + " | ".join(
                 f"s{s} mse {mse.item() / (2 * d):.4f}, l0 {(f > 0).sum(1).float().mean().item():.1f}"
                 for s, _, mse, f in last) + f", {(i + 1 - start) * B / (time.time() - t0):,.0f} tok/s")
-        stopping = cfg["stop_step"] > 0 and i + 1 >= cfg["stop_step"] and i + 1 < steps
-        if i + 1 < steps and (stopping or cfg["ckpt_interval"] and (i + 1) % cfg["ckpt_interval"] == 0):
-            if not all(math.isfinite(v.item()) for _, v, _, _ in last):
-                die(f"{parent}->{child}: the crosscoder's loss is not finite at step {i + 1}; lower --lr")
+        if saving:
             save_state(spath, parent, child, inputs, runs, i + 1, chunk, pos)
         if stopping:
             print(f"{parent}->{child}: stopping at step {i + 1} (--stop_step), the state in {spath}; run diffing.py "
                   f"again (without --stop_step) to continue")
             return None
-    out = {}
-    for s, cc, _, _ in runs:
-        cc.eval()
-        ckpt = {"crosscoder": {k: v.detach().cpu() for k, v in cc.state_dict().items()},
-                "crosscoder_args": crosscoder_args(cc), "parent": parent, "child": child, "seed": s, "steps": steps,
-                "finished": True, "inputs": inputs, "config": cfg, "provenance": common.provenance(cfg)}
-        common.atomic_torch_save(common.stamp(ckpt, "crosscoder"), paths[s])
-        out[s] = cc
-    if os.path.exists(spath):
-        os.remove(spath)
-    return out
+    return save_crosscoders(cfg, parent, child, inputs, runs, steps)
 
 
 @torch.no_grad()
