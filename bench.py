@@ -1115,9 +1115,10 @@ def plan(cfg, device, tokens_per_word=None):
     lm = bench_train(cfg, device, shapes="paper", steps=cfg["plan_steps"], warmup=1, peer=False, batch=cfg["plan_batch"],
                      compile_=compile_lm)
     fast_math = device.startswith("cuda") and bool(sc.get("fast_math", False))  # sae.py: TF32 SAE, bf16 harvest
-    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, fast_math
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, fast_math  # (diffing.py too)
     try:
         sae_rates, picked = sae_step_rates(cfg, device)
+        cc_rate = crosscoder_rate(cfg, device)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     if not sae_rates:
@@ -1136,11 +1137,6 @@ def plan(cfg, device, tokens_per_word=None):
         row("plan", f"harvest forward, {b} windows a call" + (" (sae.py's default here)" if b == hb else ""),
             f"{r * sc.get('tokens_per_seq', 24) / 1e6:,.2f}M act/s", note="paper shapes, 24 of 256 positions")
     fwd, corr = measure_forward_and_corr(cfg, device, hb, fast_math)
-    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, fast_math  # as diffing.py
-    try:
-        cc_rate = crosscoder_rate(cfg, device)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
     seeds, acts, per_seq = len(sc.get("seeds", [0, 1])), sc.get("total_acts", 200_000_000), sc.get("tokens_per_seq", 24)
     seq_len = sc.get("seq_len") or SHAPES["paper"]["block_size"]
     models, n_tok = ac.get("models", ["base", "lua", "tinystories", "luastories"]), ac.get("n_tokens", 1_048_576)
@@ -1160,15 +1156,7 @@ def plan(cfg, device, tokens_per_word=None):
          n_tok * (len(models) / fwd + pairs / corr)),
     ]
     total = sum(t for _, _, t in stages)
-    import diffing  # DIFFING=1's stage: reproduce.sh runs it only when asked, so it is not in the total
-    dc = diffing.config
-    n_edges, n_cc, hb_cc = len(dc["edges"]), len(dc["edges"]) * len(dc["seeds"]), dc["harvest_batch"]
-    diff_work = (f"DIFFING=1: {n_cc} crosscoders x {dc['total_acts'] / 1e6:,.0f}M tokens, {n_edges} streams harvested "
-                 f"from 2 models ({hb_cc} windows a call), {n_edges} passes of {n_tok:,} tokens x (2 forwards + 3 "
-                 f"correlation pairs; the SAEs' and crosscoders' own products there and the cross-application not "
-                 f"counted)")
-    diff_t = (n_cc * dc["total_acts"] / cc_rate + n_edges * 2 * dc["total_acts"] / dc["tokens_per_seq"]
-              / windows.get(hb_cc, windows[hb]) + n_edges * n_tok * (2 / fwd + 3 / corr))
+    diff_work, diff_t = diffing_stage(cc_rate, windows, hb, fwd, corr, n_tok)
     dev = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu_model()}, {torch.get_num_threads()} threads"
     print(f"\nPROJECTION (not a measurement): full-budget time per stage on this device ({dev}), from "
           f"{cfg['plan_steps']}-step measurements at the paper's shapes, LM {'compiled' if compile_lm else 'eager'}, "
@@ -1186,6 +1174,21 @@ def plan(cfg, device, tokens_per_word=None):
     print(f"  {'diffing (optional)':22s} {fmt_time(diff_t):>10s}   {diff_work} (not in the total)")
     row("plan", "diffing (optional, not in the total)", f"projected {fmt_time(diff_t)}",
         note=f"{diff_work}; crosscoder {cc_rate / 1e3:,.1f}k tok/s measured")
+
+
+def diffing_stage(cc_rate, windows, hb, fwd, corr, n_tok):
+    """(what, seconds) of DIFFING=1's stage at diffing.py's defaults, from the measured rates: the crosscoders'
+    training, their paired streams (windows/s at diffing.py's harvest batch, else at hb), the measuring passes."""
+    import diffing
+    dc = diffing.config
+    harvest = windows.get(dc["harvest_batch"], windows[hb])
+    n_edges, n_cc = len(dc["edges"]), len(dc["edges"]) * len(dc["seeds"])
+    work = (f"DIFFING=1: {n_cc} crosscoders x {dc['total_acts'] / 1e6:,.0f}M tokens, {n_edges} streams harvested "
+            f"from 2 models ({dc['harvest_batch']} windows a call), {n_edges} passes of {n_tok:,} tokens x (2 forwards "
+            f"+ 3 correlation pairs; the SAEs' and crosscoders' own products there and the cross-application not "
+            f"counted)")
+    return work, (n_cc * dc["total_acts"] / cc_rate + n_edges * 2 * dc["total_acts"] / dc["tokens_per_seq"] / harvest
+                  + n_edges * n_tok * (2 / fwd + 3 / corr))
 
 
 MODEL_NAMES = ("base", "lua", "tinystories", "luastories")
