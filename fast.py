@@ -374,14 +374,16 @@ class Prefetch:
         return str(device).startswith("cuda")
 
     @staticmethod
-    def start(device, make, last, held):
-        """sae.py's loop start: a Prefetch where it pays (else None), the buffer after `held` (the one in hand; -1
-        on a resume, whose first buffer is made when needed) already started."""
-        if not Prefetch.pays(device):
+    def start(job, draws):
+        """sae.py's loop start: a Prefetch of draws(arrays, c, cfg) (sae.harvest_draws) where it pays (else None),
+        up to this run's last buffer (--stop_step's, if any), the buffer after the one in hand (job.buf_chunk;
+        -1 on a resume, whose first buffer is made when needed) already started."""
+        if not Prefetch.pays(job.device):
             return None
-        pre = Prefetch(make, last)
-        if held >= 0:
-            pre.ahead(held + 1)
+        end = min(job.total_steps, job.cfg["stop_step"] or job.total_steps)
+        pre = Prefetch(lambda c: draws(job.train, c, job.cfg), (end - 1) // job.cfg["buffer_batches"])
+        if job.buf_chunk >= 0:
+            pre.ahead(job.buf_chunk + 1)
         return pre
 
     def ahead(self, c):

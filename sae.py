@@ -916,10 +916,8 @@ def train_loop(job, runs):
     job.stats, job.t0, job.last_logged = None, time.time(), job.step
     if job.fast_steps:  # fast: a stack of the seeds' parameters and Adam state, the runs' views of it
         job.fast_steps.start(runs)
-    job.prefetch = None  # fast, CUDA: the next buffer's draws made in a thread, up to this run's last buffer
-    if cfg["fast"]:
-        last = (min(job.total_steps, cfg["stop_step"] or job.total_steps) - 1) // cfg["buffer_batches"]
-        job.prefetch = fast.Prefetch.start(job.device, lambda c: harvest_draws(job.train, c, cfg), last, job.buf_chunk)
+    # fast, CUDA: the next buffer's draws made in a thread while this one trains (else None)
+    job.prefetch = fast.Prefetch.start(job, harvest_draws) if cfg["fast"] else None
     job.loop_start = (time.time(), job.step)
     for r in runs:  # the first step whose loss was not finite, and that loss (read back only at checks)
         r["bad_step"] = torch.tensor(-1, device=job.device)
