@@ -3,12 +3,13 @@ Speed and memory figures, each against the fairest peer measured in the same run
 precision, same work, the peer's own training step), with this machine's measured matmul peak and
 each stage's share of it. Not a test: it prints numbers (no timing is ever asserted).
 
-    python bench.py                      # every part, CPU-sized shapes
-    python bench.py --markdown           # ... and the README's table, with date, CPU, threads, torch
+    python bench.py                      # the default parts (peak, train, sae, corr, bpe), CPU-sized shapes
+    python bench.py --markdown           # ... and BENCHMARKS.md's table, with date, CPU, threads, torch
     python bench.py --only=train,sae     # some parts: peak, train, sae, corr, bpe, data, quickstart
     python bench.py --paper_smoke        # every stage at the paper's shapes for a few steps + the plan
     python bench.py --only=plan          # the full-budget projection alone
     python bench.py --only=loop          # sae.py's whole loop at the paper preset (GPU): act/s, the draws made ahead or not
+    python bench.py --only=quality       # the bf16 SAE step's metrics against float32's (--shapes=paper: on a GPU)
 
 Peers (optional: pip install -r requirements-bench.txt; skipped with a note when missing):
 peak  : torch.mm of two square float32 matrices (bf16 too on CUDA): the FLOP/s every share is of.
@@ -23,6 +24,8 @@ bpe   : data.train_bpe in MB/s of training text (no peer: tokenizers' BPE is a d
 data (only when asked): `data.py --preset paper` on generated corpora with the paper's document sizes: peak
         resident memory and MB/s per stage at each size, and the paper's corpora on 8 cores, extrapolated.
 quickstart (only when asked): ./reproduce.sh from scratch into a temp folder, wall time and peak memory.
+quality (only when asked): data.py, train.py (base) and sae.py twice (--sae_step stack, stack_bf16) at --shapes'
+        preset, in a temp folder; each seed's FVU, L0, dead fraction and CE recovered against QUALITY_BANDS.
 FLOPs are dense-equivalent matmul FLOPs (an implementation that skips zeros can pass 100%).
 """
 import copy
@@ -51,7 +54,7 @@ from common import die, parse_config, pick_device
 HERE = os.path.dirname(os.path.abspath(__file__))
 config = dict(
     only="peak,train,sae,corr,bpe",  # parts to run, comma-separated: peak, train, sae, corr, bpe, data, quickstart, plan,
-                                     # loop
+                                     # loop, quality
     shapes="tiny",          # tiny: the quickstart's shapes (CPU) | paper: DESIGN.md's shapes (use a GPU)
     device="auto",          # auto: cuda when available, else cpu
     threads=0,              # torch CPU threads; 0 = common.set_threads' default (fewer on a loaded machine)
@@ -60,9 +63,10 @@ config = dict(
     compile=False,          # train: torch.compile both LM models (ours and the peer) before timing (as train.py on CUDA)
     sae_density=0.02,       # sae: share of ReLU latents firing, as in a trained SAE (tiny: L0 27-54 of 2048); both SAEs
                             # start from the same weights with the encoder bias set for it (TopK: k / features)
-    markdown=False,         # also print every figure as the README's markdown table
+    markdown=False,         # also print every figure as BENCHMARKS.md's markdown table
     json_out="",            # also write every figure and its conditions to this JSON file
-    corpora=os.path.join("..", "shared", "corpora"),  # real text samples (bpe, --paper_smoke) in the local:DIR layout of data.py
+    corpora="",             # real text samples in data.py's local:DIR layout (bpe, data: else generated text;
+                            # --paper_smoke and quality at paper shapes need it)
     corr_features=2048,     # corr: features on each side (tiny SAEs: 2048)
     corr_tokens=[25_000, 100_000],  # corr: two token counts (memory against tokens); speed and accuracy at the last
     corr_chunk=8192,        # corr: tokens per streamed chunk
@@ -81,9 +85,12 @@ config = dict(
     plan_base_words=200e6,      # plan: base mix words (BabyLM 100M + as many words of Python; DESIGN.md)
     plan_lua_tokens=1.25e9,     # plan: Lua fine-tune tokens (ESTIMATE, DESIGN.md's expected sizes: the authors' Lua fine-tune ran ~75k steps of 64 x 256)
     plan_tinystories_tokens=480e6,  # plan: TinyStories fine-tune tokens (ESTIMATE, DESIGN.md's expected sizes: ~1.9 GB / 3.95 bytes/token)
+    quality_acts=0,         # quality: activations per SAE run; 0 = the preset's own (tiny 1M) or 30M at paper shapes
+                            # (15% of the paper's 200M: the resampling checks and dead window scaled to it)
+    quality_lm_steps=0,     # quality: base LM steps before the SAEs; 0 = train.py's own run (3 epochs of the sample)
 )
 checks = {"loop_buffers": ">=2", "plan_sae_l0": ">0", "steps": ">0", "warmup": ">=0", "sae_density": "(0,1]", "threads": ">=0", "corr_features": ">0", "corr_chunk": ">0",
-          "corr_density": "(0,1]", "smoke_mb": ">0", "smoke_steps": ">0", "plan_steps": ">0",
+          "corr_density": "(0,1]", "smoke_mb": ">0", "quality_acts": ">=0", "quality_lm_steps": ">=0", "smoke_steps": ">0", "plan_steps": ">0",
           "shapes": ("tiny", "paper")}
 SHAPES = {  # model (DESIGN.md / train.py presets), SAE (d_in, features, batch), corr features
     "tiny": dict(vocab_size=4096, block_size=128, d_model=128, n_head=4, n_kv_head=2, d_mlp=256, batch=32,
@@ -808,15 +815,16 @@ def bench_quickstart(cfg, device):
 # -----------------------------------------------------------------------------
 # paper_smoke: every stage at the paper's shapes, a couple of steps each, as the user runs them
 
-def make_smoke_corpus(src, folder, mb):
+def make_smoke_corpus(src, folder, mb, domains=("babylm", "python", "tinystories", "lua")):
     """The first `mb` MB of each domain's train documents (and a tenth of that of valid) of the real
     text samples, copied into a temp folder (never into the repository)."""
-    for domain in ("babylm", "python", "tinystories", "lua"):
+    for domain in domains:
         os.makedirs(os.path.join(folder, domain), exist_ok=True)
         for split, limit in (("train", mb * 1e6), ("valid", max(mb * 1e5, 60_000))):
             path = os.path.join(src, domain, f"{split}.txt")
-            if not os.path.exists(path):
-                die(f"--paper_smoke needs the text samples: no {path}; point --corpora at a folder in data.py's local:DIR layout")
+            if not src or not os.path.exists(path):
+                die("--paper_smoke and --only=quality at paper shapes need real text: " + (f"no {path}; " if src else "")
+                    + "point --corpora at a folder in data.py's local:DIR layout (<domain>/train.txt, valid.txt)")
             out, size = [], 0
             for doc in open(path, encoding="utf-8").read().split("\n<|endoftext|>\n")[:-1]:
                 out.append(doc + "\n<|endoftext|>\n")
@@ -900,6 +908,94 @@ def paper_smoke(cfg, device):
     if not cfg["smoke_dir"]:
         shutil.rmtree(work, ignore_errors=True)
     return tpw
+
+
+# -----------------------------------------------------------------------------
+# quality: the bf16 SAE step (sae.py --sae_step stack_bf16) against its float32 twin (stack; TF32 on CUDA),
+# both trained on one activation stream of one model, as the user runs them (issue 29, point 1)
+
+QUALITY_BANDS = {  # bf16 against float32, per seed, for a converging run (BENCHMARKS.md, "bf16 SAE training")
+    "fvu": ("abs", 0.005), "l0": ("rel", 0.02), "dead_frac": ("abs", 0.02), "ce_recovered": ("abs", 0.005)}
+
+
+def quality_rows(ref, low, bands=QUALITY_BANDS):
+    """[(seed, metric, float32 value, bf16 value, |difference|, band, within)] for each seed both sae.py
+    metrics.json dicts hold; a "rel" band is that share of the float32 value."""
+    out = []
+    for seed in sorted(set(ref["seeds"]) & set(low["seeds"]), key=int):
+        a, b = ref["seeds"][seed], low["seeds"][seed]
+        for k, (how, lim) in bands.items():
+            band = lim * abs(a[k]) if how == "rel" else lim
+            out.append((seed, k, a[k], b[k], abs(b[k] - a[k]), band, abs(b[k] - a[k]) <= band))
+    return out
+
+
+def seed_spread(metrics, keys=tuple(QUALITY_BANDS)):
+    """{metric: max - min over the seeds of one sae.py run}: how far two seeds alone move each metric."""
+    vals = {k: [m[k] for m in metrics["seeds"].values()] for k in keys}
+    return {k: max(v) - min(v) for k, v in vals.items()}
+
+
+def bench_quality(cfg, device):
+    import sae as S
+    preset = cfg["shapes"]  # train.py's and sae.py's presets share bench's shape names: tiny | paper
+    sc = {**S.config, **S.PRESETS[preset]}
+    acts = cfg["quality_acts"] or (30_000_000 if preset == "paper" else sc["total_acts"])
+    work = cfg["smoke_dir"] or tempfile.mkdtemp(prefix="quality_")
+    corp, ddir, odir, logs = (os.path.join(work, d) for d in ("corpora", "data", "out", "logs"))
+    os.makedirs(logs, exist_ok=True)
+    source = "sample"  # tiny: the built-in sample, as the quickstart
+    if preset == "paper":
+        make_smoke_corpus(cfg["corpora"], corp, cfg["smoke_mb"], domains=("babylm", "python"))
+        source = f"local:{corp}"
+    py, io = sys.executable, ["--preset", preset, "--data_dir", ddir, "--out_dir", odir, "--device", device]
+    lm = ["--max_iters", str(cfg["quality_lm_steps"])] if cfg["quality_lm_steps"] else []
+    sae = ["--model", "base", *io, "--total_acts", str(acts), "--health_at", "0", "--overwrite"]
+    if acts != sc["total_acts"]:  # the resampling checks and the dead window in proportion to the budget
+        f = acts / sc["total_acts"]
+        sae += ["--resample_every", str(max(1, round(sc["resample_every"] * f))),
+                "--dead_window", str(max(sc["seqs_per_batch"] * sc["tokens_per_seq"], round(sc["dead_window"] * f)))]
+    stages = [("data", [py, "data.py", "--domain", "base", "--source", source, "--preset", preset, "--data_dir", ddir]),
+              ("train base", [py, "train.py", "--domain", "base", *io, *lm, "--resume"]),  # a --smoke_dir's: kept
+              *((f"sae base, {step}", [py, "sae.py", *sae, "--sae_step", step]) for step in ("stack", "stack_bf16"))]
+    lm_run = f"{lm[1]} steps" if lm else "train.py's own run"
+    print(f"quality: {preset} preset, base model ({lm_run}), two SAE runs of {acts:,} activations on one stream "
+          f"(--sae_step stack, then stack_bf16), device {device}; logs in {logs}"
+          + ("" if cfg["smoke_dir"] else " (removed at the end unless a stage fails)"), flush=True)
+    runs, seconds = {}, {}
+    for name, cmd in stages:
+        log = os.path.join(logs, name.replace(", ", "_").replace(" ", "_") + ".txt")
+        rc, seconds[name], peak, last = run_measured(cmd, log)
+        print(f"  {name:24s} {'ok' if rc == 0 else f'FAILED (exit {rc})':16s} {seconds[name]:7.1f} s  peak RSS "
+              f"{peak:7,.0f} MiB" + ("" if rc == 0 else f"\n      {' '.join(cmd[1:])}\n      -> {last}"), flush=True)
+        if rc != 0:
+            row("quality", name, f"FAILED (exit {rc})", note=last)
+            return
+        if name.startswith("sae"):  # each run's SAEs kept apart: the second run writes sae_base again
+            step = name.split(", ")[1]
+            shutil.rmtree(os.path.join(odir, f"sae_base_{step}"), ignore_errors=True)
+            os.replace(os.path.join(odir, "sae_base"), os.path.join(odir, f"sae_base_{step}"))
+            runs[step] = common.read_record(os.path.join(odir, f"sae_base_{step}", "metrics.json"), "sae_metrics")
+    ref, low = runs["stack"], runs["stack_bf16"]
+    spread = seed_spread(ref)
+    ref_name = "TF32" if device.startswith("cuda") and sc["fast_math"] else "float32"
+    print(f"  {'seed':>4s} {'metric':13s} {ref_name:>9s} {'bf16':>9s} {'|diff|':>8s} {'band':>8s}   {ref_name} seeds differ by")
+    rows = quality_rows(ref, low)
+    for seed, k, a, b, d, band, ok in rows:
+        print(f"  {seed:>4s} {k:13s} {a:9.5f} {b:9.5f} {d:8.5f} {band:8.5f}   {spread[k]:.5f}"
+              + ("" if ok else "   OUTSIDE the band"))
+        row("quality", f"seed {seed} {k}", f"{ref_name} {a:.5f}, bf16 {b:.5f}",
+            note=f"|diff| {d:.5f}, band {band:.5f}{'' if ok else ' (OUTSIDE)'}; seeds differ by {spread[k]:.5f}")
+    outside = [f"seed {seed} {k}" for seed, k, *_, ok in rows if not ok]
+    speed = seconds["sae base, stack"] / seconds["sae base, stack_bf16"]
+    print(f"quality: {'every metric within its band' if not outside else 'OUTSIDE the band: ' + ', '.join(outside)}; "
+          f"the bf16 run took {seconds['sae base, stack_bf16']:.0f} s against {seconds['sae base, stack']:.0f} s "
+          f"({speed:.2f}x, harvest and evaluation included)")
+    row("quality", "verdict", "within every band" if not outside else f"OUTSIDE: {', '.join(outside)}",
+        note=f"{acts:,} activations a run, {preset} preset; sae.py wall time {ref_name} "
+             f"{seconds['sae base, stack']:.0f} s, bf16 {seconds['sae base, stack_bf16']:.0f} s")
+    if not cfg["smoke_dir"]:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # -----------------------------------------------------------------------------
@@ -1195,7 +1291,7 @@ MODEL_NAMES = ("base", "lua", "tinystories", "luastories")
 
 
 # -----------------------------------------------------------------------------
-# output: conditions, every figure, the README table
+# output: conditions, every figure, BENCHMARKS.md's table
 
 def print_markdown():
     c = CONTEXT
@@ -1228,9 +1324,10 @@ def main(argv=None):
     device = pick_device(cfg["device"])
     parts = ["peak", "smoke", "plan"] if cfg["paper_smoke"] else [p for p in cfg["only"].split(",") if p]
     unknown = [p for p in parts if p not in ("peak", "train", "sae", "corr", "bpe", "data", "quickstart", "plan",
-                                             "smoke", "loop")]
+                                             "smoke", "loop", "quality")]
     if unknown:
-        die(f"--only: unknown part {unknown[0]!r}; choose from peak, train, sae, corr, bpe, data, quickstart, plan, loop")
+        die(f"--only: unknown part {unknown[0]!r}; choose from peak, train, sae, corr, bpe, data, quickstart, plan, loop, "
+            f"quality")
     if set(parts) & {"train", "sae", "corr", "plan"} and "peak" not in parts:
         parts.insert(0, "peak")  # every share needs it
     CONTEXT.update(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -1253,7 +1350,8 @@ def main(argv=None):
             plan(cfg, device, tpw)
         else:
             {"train": bench_train, "sae": bench_sae, "bpe": bench_bpe, "data": bench_data,
-             "quickstart": bench_quickstart, "loop": bench_loop}[part](cfg, device)
+             "quickstart": bench_quickstart, "loop": bench_loop,
+             "quality": bench_quality}[part](cfg, device)
         sys.stdout.flush()
     goals = [f"{r['part']} {r['ratio'] or ''} {r['goal']}".replace("  ", " ") for r in ROWS if r["goal"]]
     if goals:
