@@ -132,7 +132,7 @@ class CorrAccumulator:
     """Pearson r between every column of x (N, Fx) and every column of y (N, Fy), over chunks
     of rows.
 
-    Four running float64 sums: the column sums of x and x^2 (Fx,), of y and y^2 (Fy,), and the
+    Five running float64 sums: the column sums of x and x^2 (Fx,), of y and y^2 (Fy,), and the
     (Fx, Fy) product sums x^T y, each chunk's product made in float64. Memory is O(Fx Fy) whatever
     the number of rows. At the end r = cov(x, y) / (sd(x) sd(y)), with cov = E[xy] - E[x] E[y].
     fast.CorrAccumulator makes the same sums with less work (--fast)."""
@@ -568,7 +568,7 @@ def select_features(c, n, threshold, dens_p, dens_c, names, taken, allowed=None)
 
 
 def edge_table(res):
-    """The compact results table (README): one row per edge, the null baseline of its parent."""
+    """The compact results table (printed at the end): one row per edge, the null baseline of its parent."""
     rows = [("edge", "parent live", "child live", "persisting", "disappearing", "emerging", "dead p/c",
              "null persisting (parent)")]
     for name, e in res["edges"].items():
@@ -673,6 +673,7 @@ class Study:
     d_mlp: int
     block_size: int
     tokenizer_hash: str    # the models' tokenizer; the token files are checked against it (data.open_tokens)
+    enc: object = None     # data_dir's tokenizer, checked against tokenizer_hash before the pass (draw_tokens)
 
 
 def settings(argv):
@@ -769,6 +770,7 @@ def draw_tokens(cfg, study):
     first = study.models[0]
     arrays = {d: datalib.open_tokens(data_dir, d, "val", tok_hash=study.tokenizer_hash,
                                      vocab_size=study.model[first].args.vocab_size, who=first) for d in cfg["domains"]}
+    study.enc = datalib.load_tokenizer(data_dir, want=study.tokenizer_hash)  # the pages' token strings
     # distinct aligned non-overlapping windows, equal shares per domain, a short split gives what it has
     seqs, per_dom = datalib.sample_windows(arrays, cfg["n_tokens"] // T, T, "tiles", cfg["seed"], with_counts=True)
     if not skip < T - 1:
@@ -1055,7 +1057,7 @@ def collect_pages(cfg, study, stats, seqs, keys, device):
             for kind in got[i].values():
                 for c in kind:
                     ids_used.update(c[0])
-    return ctx, activity, logit, token_strings(datalib.load_tokenizer(cfg["data_dir"]), ids_used)
+    return ctx, activity, logit, token_strings(study.enc, ids_used)
 
 
 # every live feature for the report's browser: a few contexts each, as token positions in the token set (one
@@ -1153,7 +1155,7 @@ def browse_features(cfg, study, cls, stats, activity, seqs, device):
     return out
 
 
-def token_record(cfg, seqs, logit_ids):
+def token_record(enc, seqs, logit_ids):
     """features/tokens.js: the token set (every context of the browser is a window of it) as little-endian
     uint16 or uint32 in base64, and the strings of every token id it or a logit effect uses."""
     import base64
@@ -1162,7 +1164,7 @@ def token_record(cfg, seqs, logit_ids):
     used = set(np.unique(seqs).tolist()) | set(logit_ids)
     return {"n_seq": int(seqs.shape[0]), "T": int(seqs.shape[1]), "dtype": dtype.name,
             "ids": base64.b64encode(seqs.astype(dtype).tobytes()).decode(),
-            "tok": token_strings(datalib.load_tokenizer(cfg["data_dir"]), used)}
+            "tok": token_strings(enc, used)}
 
 
 def run_explain(cfg, explain, ctx, tok, dead):
@@ -1295,13 +1297,17 @@ def diffing_record(cfg, study, found, stats, seqs, token_set, device, n_examples
     path, s0 = os.path.join(cfg["out_dir"], "diffing", "diffing.json"), cfg["sae_seed"]
     if not os.path.exists(path):
         return None
-    d = common.read_record(path, "diffing", "python diffing.py")
-    other = [m for m, h in d["sae_hashes"].items() if m in study.models and study.info[m][f"sae{s0}"]["hash"] != h]
-    theirs = d.get("token_set") if isinstance(d.get("token_set"), dict) else {}
-    why = (f"made from other SAEs ({', '.join(other)})" if other else
-           "made from another seed's SAEs" if d.get("sae_seed", s0) != s0 else
-           "made on another token set (give diffing.py the same --n_tokens as analyze.py)"
-           if any(theirs.get(k) != token_set[k] for k in TOKEN_SET_KEYS) else None)
+    try:
+        d = common.read_record(path, "diffing")
+    except common.UserError as e:  # not JSON, or not diffing.py's: named below, and the analysis written
+        d, why = None, "damaged: " + e.msg.replace(path, "the file")
+    if d is not None:
+        other = [m for m, h in d["sae_hashes"].items() if m in study.models and study.info[m][f"sae{s0}"]["hash"] != h]
+        theirs = d.get("token_set") if isinstance(d.get("token_set"), dict) else {}
+        why = (f"made from other SAEs ({', '.join(other)})" if other else
+               "made from another seed's SAEs" if d.get("sae_seed", s0) != s0 else
+               "made on another token set (give diffing.py the same --n_tokens as analyze.py)"
+               if any(theirs.get(k) != token_set[k] for k in TOKEN_SET_KEYS) else None)
     if why is None:
         try:
             out, wanted, meta = join_diffing(d, found, n_examples)
@@ -1382,7 +1388,7 @@ def diffing_contexts(cfg, study, stats, seqs, wanted, device, n_ctx):
         top.update({(m, i): got[i]["top"][:n_ctx] for i in feats})
     if not top:
         return {}
-    tok = token_strings(datalib.load_tokenizer(cfg["data_dir"]), {t for cs in top.values() for c in cs for t in c[0]})
+    tok = token_strings(study.enc, {t for cs in top.values() for c in cs for t in c[0]})
     return {key: [{"tokens": [tok[t] for t in c[0]], "acts": [round(a, 3) for a in c[1]]} for c in cs]
             for key, cs in top.items()}
 
@@ -1445,6 +1451,7 @@ def main(argv=None):
         # results.json, pages.json, report.html and the browser's side files (features/, which dominate; their
         # size at the paper's sizes: BENCHMARKS.md); checked before the long passes, not after them
         common.check_free_space(adir, 128 << 20, "the analysis (results.json, pages.json, features/, report.html)")
+        common.check_outputs(*(os.path.join(adir, f) for f in ("results.json", "pages.json", "report.html")))
         # 1. models and SAEs; 2. the token set
         study = load_study(cfg, device)
         seqs, token_set = draw_tokens(cfg, study)
@@ -1473,7 +1480,7 @@ def main(argv=None):
         common.atomic_write_json(os.path.join(adir, "results.json"), common.stamp(res, "results"))
         common.atomic_write_json(os.path.join(adir, "pages.json"), common.stamp(pages, "pages"))
         logit_ids = {t for r in browse.values() for f in r["f"] if f for t, _ in f[4] + f[5]}
-        side_bytes = report.write_side_files(adir, browse, token_record(cfg, seqs, logit_ids), res["run"])
+        side_bytes = report.write_side_files(adir, browse, token_record(study.enc, seqs, logit_ids), res["run"])
         print(f"-> {os.path.join(adir, report.SIDE)}/: {len(browse)} models + the token set, {side_bytes / 1e6:.1f} MB")
         report_path = report.write_report(cfg["out_dir"])
     print_summary(res, study)

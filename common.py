@@ -21,6 +21,7 @@ import math
 import os
 import re
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -239,26 +240,30 @@ def check_value(key, value, rule):
 
 def config_comments(path):
     """{key: comment} from the `config = dict(...)` / `config = {...}` block of a script's source: the
-    comment beside a key (shared by the keys of one line), plus comment-only lines right below it."""
+    comment beside a key (shared by the keys of one line), plus the comment-only lines right below it
+    indented past the key (one at the key's own indent heads the next keys: "# system")."""
     try:
         lines = open(path, encoding="utf-8").read().splitlines()
     except OSError:
         return {}
-    out, inside, last = {}, False, []
+    out, inside, last, indent = {}, False, [], 0
     for line in lines:
         if not inside:
             inside = re.match(r"^config\s*=\s*(dict\(|\{)", line) is not None
             continue
         if re.match(r"^[)}]", line):
             break
-        if line.strip().startswith("#"):       # a comment-only line continues the previous key's comment
-            for k in last:
-                out[k] = (out.get(k, "") + " " + line.strip().lstrip("#").strip()).strip()
+        if line.strip().startswith("#"):
+            if len(line) - len(line.lstrip()) > indent:  # continues the previous key's comment
+                for k in last:
+                    out[k] = (out.get(k, "") + " " + line.strip().lstrip("#").strip()).strip()
+            else:
+                last = []
             continue
         code, _, comment = line.partition("  # ")
         keys = re.findall(r'(?:^|,)\s*"?([A-Za-z_]\w*)"?\s*(?:=(?!=)|:)', code)
         if keys:
-            last = keys
+            last, indent = keys, len(line) - len(line.lstrip())
             for k in keys:
                 out[k] = comment.strip()
     return out
@@ -617,9 +622,19 @@ def _disk_free(path):
 # atomic writes: temp file in the same folder, then os.replace, so an interrupted run
 # never leaves a half-written file under the final name
 
+def check_outputs(*paths):
+    """One line, before any work where a stage calls it, when a file it will write has a folder (or a
+    device, a pipe) in its place: os.replace cannot put a file there."""
+    for p in paths:
+        if os.path.lexists(p) and not os.path.isfile(p):
+            die(f"{p} is not a file but a folder, a device or a pipe, where this run writes a file; move it away "
+                f"and re-run")
+
+
 def atomic_write(path, write):
     """Call write(f) on a temp file beside path, fsync, then os.replace it into place."""
     path = os.fspath(path)
+    check_outputs(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -669,7 +684,17 @@ def atomic_torch_save(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def check_regular(path):
+    """Raise OSError (ENOENT where path is missing) unless path is a regular file: a folder, a device
+    (/dev/zero would be read without end) or a pipe (its open would wait for a writer) in its place is
+    refused before it is opened."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a folder, a device or a pipe)", path)
+
+
 def read_json(path):
+    check_regular(path)
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -819,11 +844,21 @@ def read_record(path, kind, how=None):
     return check_file(obj, path, kind, how)
 
 
+def misfit(path, e, what, how):
+    """One line for a file whose weights do not fit the `what` its own args describe (e: the error that
+    building or loading them raised): whole by its checksum, but edited by hand (and re-stamped)."""
+    why = [x.strip() for x in str(e).splitlines()
+           if x.strip() and not x.startswith("Error(s) in loading")]  # torch's heading line
+    die(f"{path} does not fit the {what} it describes ({type(e).__name__}: {(why or [''])[0][:200]}):"
+        f" damaged or hand-made; remake it: {how} --overwrite")
+
+
 # -----------------------------------------------------------------------------
 # hashes and provenance
 
 def sha256_file(path, n=16):
     """First n hex digits of the SHA-256 of a file's bytes (streamed)."""
+    check_regular(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

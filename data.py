@@ -2,7 +2,7 @@
 data.py: the study's corpora -> a byte-level BPE tokenizer -> token files for training.
 
   python data.py --domain all                                   # built-in sample (smoke-scale demo)
-  python data.py --domain all --source local:../shared/corpora  # plain-text corpora on disk
+  python data.py --domain all --source local:/path/to/corpora  # plain-text corpora on disk
   python data.py --domain all --source hf --preset paper        # the authors' datasets, downloaded
   python data.py --domain all --source hf --preset paper --dry_run  # what that would fetch and make (footers only)
 
@@ -61,10 +61,12 @@ config = dict(
     vocab_size=4096,     # bpe: merges + 256 bytes + 1 (<|endoftext|> takes the last id); authors: its file's 32,000
     max_mb=20.0,         # hf: read at most max_mb MB of text per domain (val: max_mb x val_frac); 0 = all
     group_kb=16.0,       # hf: runs of consecutive BabyLM rows (a line each) joined into documents of up to this many KB
-    # (the authors cut their blocks from the rows in stored order: running text); a 256-token window is ~1 KB, so
-    # ~1 - 1/group_kb of the windows (16: ~94%) lie inside one such run, not across shuffled lines; 0 = a row each
-    dry_run=False,       # hf: resolve the commits, read the parquet footers and first row groups by Range requests, and
-    # say what the run would download and make; nothing is written but the hub's answers (file lists) in raw/
+                         # (the authors cut their blocks from the rows in stored order: running text); a 256-token
+                         # window is ~1 KB, so ~1 - 1/group_kb of the windows (16: ~94%) lie inside one such run,
+                         # not across shuffled lines; 0 = a row each
+    dry_run=False,       # hf: resolve the commits, read the parquet footers and first row groups by Range requests,
+                         # and say what the run would download and make; nothing is written but the hub's answers
+                         # (file lists) in raw/
     bpe_mb=100.0,        # bpe: train on about this many MB of the base mix train split (a hash-chosen sample); 0 = all
     sample_kb=500,       # sample: KB of train text per domain
     val_frac=0.1,        # held-out share: sample size; the split by hash of a dataset that has no val split
@@ -192,14 +194,28 @@ def _read_json_or_none(path, keys=()):
     return obj if isinstance(obj, dict) and all(k in obj for k in keys) else None
 
 
-def load_tokenizer(data_dir="data"):
-    """data_dir's tokenizer: a tiktoken.Encoding, or for the authors' one a TokenizersEncoding (the same API)."""
+def load_tokenizer(data_dir="data", want=None):
+    """data_dir's tokenizer: a tiktoken.Encoding, or for the authors' one a TokenizersEncoding (the same API).
+    The file that decides the ids must match the hash tokenizer.json recorded for it (a damaged or edited
+    rank file would decode ids to the wrong strings), and `want`, where given: the hash of the tokenizer
+    the caller's models were trained with."""
     info, tdir = _tok_info(data_dir), _tok_dir(data_dir)
+    ids_file = os.path.join(tdir, TOK_FORMATS[_tok_format(info)][0])
+    got = _ids_hash(tdir, info)
+    if got != info.get("hash", got):  # (records made before the hash was kept have none)
+        die(f"{ids_file} is damaged: it does not match the hash {tdir}/tokenizer.json recorded for it (or it was "
+            f"edited); re-make it: {_remake(data_dir)}")
+    if want is not None and got != want:
+        die(f"the tokenizer in {tdir} ({got}) is not the one the models were trained with ({want}); give the "
+            f"--data_dir they were made from")
     if _tok_format(info) == "tokenizers":
-        return TokenizersEncoding(os.path.join(tdir, TOK_FORMATS["tokenizers"][0]), info, _remake(data_dir))
-    ranks = _read_ranks(os.path.join(tdir, "bpe.tiktoken"))
-    return tiktoken.Encoding(name=info["name"], pat_str=info["pattern"], mergeable_ranks=ranks,
-                             special_tokens=info["special_tokens"], explicit_n_vocab=info["vocab_size"])
+        return TokenizersEncoding(ids_file, info, _remake(data_dir))
+    try:
+        ranks = _read_ranks(ids_file)
+        return tiktoken.Encoding(name=info["name"], pat_str=info["pattern"], mergeable_ranks=ranks,
+                                 special_tokens=info["special_tokens"], explicit_n_vocab=info["vocab_size"])
+    except Exception as e:  # a record without a hash: the rank file unchecked until read
+        die(f"{ids_file} is damaged ({type(e).__name__}: {str(e)[:120]}); re-make it: {_remake(data_dir)}")
 
 
 def _hash(rank_file_bytes, pattern, special_tokens):
@@ -325,6 +341,9 @@ def read_meta(data_dir, domain):
     why = meta_problem(meta)
     if why:
         die(f"{path} is damaged ({why}); re-make it: {_remake(data_dir, domain)}")
+    if meta.get("domain", domain) != domain:  # (records made before the field: none)
+        die(f"{path} is the meta.json of domain '{meta['domain']}', not '{domain}': folders swapped? put each "
+            f"domain back in its own folder, or re-make it: {_remake(data_dir, domain)} --force")
     return meta
 
 
@@ -346,6 +365,8 @@ def open_tokens(data_dir, domain, split, tok_hash=None, vocab_size=None, who=Non
     path = os.path.join(data_dir, domain, f"{split}.bin")
     if not os.path.exists(path):
         die(f"no {path}; run: {fix}")
+    if not os.path.isfile(path):  # a folder, a device or a pipe in its place
+        die(f"{path} is not a file but a folder, a device or a pipe; remove it and re-make it: {fix} --force")
     dtype, n_tok = np.dtype(meta["dtype"]), meta["splits"][split]["tokens"]
     if os.path.getsize(path) != n_tok * dtype.itemsize:
         die(f"{path} has {os.path.getsize(path):,} bytes but meta.json says {n_tok:,} {dtype.name} tokens "

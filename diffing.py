@@ -98,8 +98,8 @@ config = dict(
 )
 PRESETS = {
     "paper": dict(),
-    # tiny: at the quickstart's d_mlp 256, 512 latents and 131k tokens per crosscoder; 4 edges x 2 seeds in
-    # 80-90 s on a quiet 2-core CPU (~20 s an edge: ~10 training, ~8 measuring), ~200 s on a busy one
+    # tiny: at the quickstart's d_mlp 256, 512 latents and 131k tokens per crosscoder, 4 edges x 2 seeds: a minute
+    # or two on a 2-core CPU (BENCHMARKS.md, "Model diffing")
     "tiny": dict(expansion=2, k=16, l1_coeff=1.5, lr=4e-3, total_acts=131_072, seqs_per_batch=32, tokens_per_seq=16,
                  buffer_batches=16, harvest_batch=128, dead_acts=65_536, mix="equal", eval_seqs=96, eval_batch=32,
                  ckpt_interval=100),
@@ -418,16 +418,8 @@ def load_current(path, seed, parent, child, inputs, want):
         cc = Crosscoder(**ck["crosscoder_args"])
         cc.load_state_dict(ck["crosscoder"])
     except Exception as e:
-        misfit(path, e, how)
+        common.misfit(path, e, "crosscoder", how)
     return cc
-
-
-def misfit(path, e, how):
-    """One line for a file whose weights do not fit what it describes (e: the error loading them raised)."""
-    why = [x.strip() for x in str(e).splitlines()
-           if x.strip() and not x.startswith("Error(s) in loading")]  # torch's heading line
-    die(f"{path} does not fit the crosscoder it describes ({type(e).__name__}: {(why or [''])[0][:200]}):"
-        f" damaged or hand-made; remake it: {how} --overwrite")
 
 
 def current_crosscoders(cfg, parent, child, inputs, want, device):
@@ -462,7 +454,7 @@ def edge_runs(cfg, parent, child, st, buf, device):
                 opt.load_state_dict(st["crosscoders"][s]["optimizer"])
                 since.copy_(st["crosscoders"][s]["since"])
             except Exception as e:  # whole (its checksum) but not what it says: edited by hand
-                misfit(state_path(cfg, parent, child), e, state_how(parent, child))
+                common.misfit(state_path(cfg, parent, child), e, "crosscoder state", state_how(parent, child))
         runs.append((s, cc, opt, since))
     return runs
 

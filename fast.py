@@ -99,7 +99,7 @@ encode_features
     gain: the encoder product of k columns, not n_features (not timed alone)
     equal: float32 rounding (a narrower product)
 CorrAccumulator, update_pairs (co-active products, shift, entries made once a chunk)
-    twin: analyze.CorrAccumulator: four float64 sums, dense x^T y
+    twin: analyze.CorrAccumulator: five float64 sums, dense x^T y
     pays: sparse SAE features: about L0^2 products a token, not Fx Fy
     gain: the quickstart's 9 pairs of 2048 x 2048, 62,611 tokens: 23 s vs 166 s
     equal: r to 1.6e-14 on the quickstart (float64 co-active sums); float32 dense blocks to ~2e-7
@@ -109,9 +109,10 @@ max_weight_matching (by components)
     gain: 16,384 features, random candidates: 8.9 vs 14.0 s (quickstart: 3.0 vs 3.2 s)
     equal: the same summed weight; a component over HUNGARIAN_MAX rows is matched greedily (counted)
 
-Figures: the dev VM (2 AMD EPYC cores, AVX2, float32 peak 138-174 GFLOP/s); the correlation and
-matching rows measured 2026-12-06 under load, the others in the sessions that made them (2026-11 and
-12). End to end with fast on, the quickstart's checkpoints, SAEs, sweep and findings are bit for bit
+Figures: 2-core AMD EPYC VMs: the bf16 rows (select_bf16, stack_bf16, the paper-shape sparse step) on
+one with AVX512-BF16 (2026-12-07, float32 peak ~190, bf16 ~420 GFLOP/s), the others on the dev VM
+(AVX2, float32 peak 138-174 GFLOP/s); the correlation and matching rows measured 2026-12-06 under
+load, the others in the sessions that made them (2026-11 and 12). End to end with fast on, the quickstart's checkpoints, SAEs, sweep and findings are bit for bit
 those of the code before this file existed; with it off, each edge's counts within 13 of 2,048 features
 (the SAEs' training compounds rounding; DESIGN.md, "Exactness"). BENCHMARKS.md has the study's times.
 

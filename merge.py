@@ -365,7 +365,12 @@ def up_to_date(cfg, run, made_from):
         return False
     kind, how = (("sweep", "python merge.py --sweep --overwrite") if cfg["sweep"] else
                  ("merge", f"python merge.py --out {cfg['out']} --overwrite"))
-    if common.read_record(run.out_path, kind, how)["made_from"] == made_from:
+    record = common.read_record(run.out_path, kind, how)
+    if record["made_from"] == made_from:
+        held = (record.get("checkpoint") or {}).get("hash")  # the merge's checkpoint, as it was written
+        if not cfg["sweep"] and held is not None and common.sha256_file(run.ckpt_path) != held:
+            common.die(f"{run.ckpt_path} is not the merge {run.out_path} records (replaced or damaged since); "
+                       f"remake it: {how}")
         print(f"{run.out_path} was made from these inputs and settings; nothing to do")
         return True
     common.die(f"{run.out_path} exists but was made from other inputs or settings; add --overwrite to replace it")

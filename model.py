@@ -20,7 +20,7 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
-from common import atomic_torch_save, check_file, die, stamp
+from common import atomic_torch_save, check_file, die, misfit, stamp
 
 import torch
 import torch.nn as nn
@@ -166,6 +166,11 @@ class Transformer(nn.Module):
         x = x + self.attn(self.attn_norm(x), self.rope_cos, self.rope_sin)  # (B, T, d_model)
         return x, self.mlp.hidden(self.mlp_norm(x))                        # resid, (B, T, d_mlp)
 
+    def final(self, resid, h):
+        """The normed final residual stream from trunk()'s outputs, with h (the MLP hidden
+        activation) as given: the MLP's output added in place, then the final RMSNorm."""
+        return self.norm_f(resid + self.mlp.down(h.to(resid.dtype)))
+
     def forward(self, idx, targets=None):
         """idx (B, T) int64 -> logits (B, T, vocab), loss (mean CE over targets != -1, or None)."""
         logits = self.lm_head(self.final(*self.trunk(idx)))                # (B, T, vocab)
@@ -174,11 +179,6 @@ class Transformer(nn.Module):
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
                                    ignore_index=-1)
         return logits, loss
-
-    def final(self, resid, h):
-        """The normed final residual stream from trunk()'s outputs, with h (the MLP hidden
-        activation) as given: the MLP's output added in place, then the final RMSNorm."""
-        return self.norm_f(resid + self.mlp.down(h.to(resid.dtype)))
 
     def head(self, resid, h):
         """Logits from trunk()'s outputs and h: one model's trunk serves every h spliced in
@@ -278,6 +278,9 @@ def load_checkpoint(path, what="checkpoint", how=None, kind="model"):
     the file and `how`, the command that makes it."""
     if not os.path.exists(path):
         die(f"no {what} at {path}" + (f"; make it with: {how}" if how else ""))
+    if not os.path.isfile(path):  # a folder, a device or a pipe (which would block the read) in its place
+        die(f"{path} is not a file but a folder, a device or a pipe; remove it"
+            + (f" and remake it: {how} --overwrite" if how else ""))
     try:
         # files written before common.FORMAT 1 hold torch.__version__ as a TorchVersion (a str subclass)
         with warnings.catch_warnings(), torch.serialization.safe_globals([TorchVersion]):
@@ -323,10 +326,14 @@ def check_preset(ckpt, path, preset, allowed, purpose):
             f"or --allow_other_preset to {purpose} on purpose")
 
 
-def model_from_checkpoint(ckpt, device="cpu"):
-    model = Transformer(model_args_from_dict(ckpt["model_args"]))
-    state = {clean_key(k): v for k, v in ckpt["model"].items()}
-    model.load_state_dict(state)
+def model_from_checkpoint(ckpt, device="cpu", path="the checkpoint", how=None):
+    """The model a checkpoint dict describes, with its weights; one line naming path (and `how`, the
+    command that remakes it) when they do not fit its model_args (edited by hand and re-stamped)."""
+    try:
+        model = Transformer(model_args_from_dict(ckpt["model_args"]))
+        model.load_state_dict({clean_key(k): v for k, v in ckpt["model"].items()})
+    except Exception as e:  # a size mismatch, a missing or mistyped arg, an assert of the model's shape
+        misfit(path, e, "model", how or f"python train.py --domain {ckpt.get('domain')}")
     return model.to(device)
 
 
@@ -336,7 +343,7 @@ def load_model(out_dir, name, device="cpu", allow_unfinished=False):
     path = os.path.join(out_dir, name, "ckpt.pt")
     ckpt = load_checkpoint(path, f"'{name}' model checkpoint", MAKES.get(name))
     check_finished(ckpt, path, name, allow_unfinished)
-    model = model_from_checkpoint(ckpt, device)
+    model = model_from_checkpoint(ckpt, device, path, MAKES.get(name))
     model.eval()
     return model, ckpt
 

@@ -6,7 +6,7 @@
 # MFU) is printed and written to $OUT/analysis/stages.md and stages.json.
 #
 #   ./reproduce.sh                                              # built-in sample corpus, tiny preset, CPU, offline
-#   SOURCE=local:../shared/corpora DATA=data_local OUT=out_local ./reproduce.sh
+#   SOURCE=local:/path/to/corpora DATA=data_local OUT=out_local ./reproduce.sh
 #   SOURCE=hf PRESET=paper DATA=data_paper OUT=out_paper ./reproduce.sh   # the paper, one GPU, online
 #   ./reproduce.sh --compile=false --device=cuda               # extra settings, given to every stage that has them
 #   EXTRA="--compile=false" ./reproduce.sh                      # the same, from the environment
@@ -52,8 +52,8 @@ for v in DATA OUT; do
 done
 [ "$(realpath -m "$DATA")" != "$(realpath -m "$OUT")" ] || die "DATA and OUT are both $DATA; give each its own folder"
 command -v "$PY" >/dev/null 2>&1 || die "PYTHON=$PY: no such command; give the python that has torch (e.g. PYTHON=python3)"
-"$PY" - <<< 'import sys; sys.exit(sys.version_info < (3, 9))' >/dev/null 2>&1 \
-  || die "PYTHON=$PY does not run as Python 3.9 or later; give the python that has torch (e.g. PYTHON=python3)"
+"$PY" - <<< 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 \
+  || die "PYTHON=$PY does not run as Python 3.10 or later; give the python that has torch (e.g. PYTHON=python3)"
 # the stages end when this script is gone, even after kill -9 (common.watch_driver): its pid and start time
 export REPRODUCE_PID=$$
 REPRODUCE_START=$(awk '{ sub(/^.*\) /, ""); print $20 }' /proc/$$/stat 2>/dev/null || true)

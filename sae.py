@@ -26,8 +26,9 @@ steps call too; inputs scaled by one scalar per model so that E||x|| = sqrt(d_in
   (Gao et al. 2024), same unit-norm decoder.
 Both: decoder bias initialised at the geometric median of a sample (Weiszfeld), encoder
 initialised as the decoder's transpose (see init_sae), Adam, lr linearly to 0 over the last
-lr_decay_frac. The training log's mse is per element in the scaled space (E||x||^2 = d_in, so it
-reads like FVU); metrics.json has mse in raw units and mse_scaled. Evaluation (held-out val
+lr_decay_frac. The training log's mse is per element in the scaled space (E||x|| = sqrt(d_in), so
+E||x||^2 is about d_in and mse about the error's share of the mean square; the log's fvu is the exact
+ratio to the variance); metrics.json has mse in raw units and mse_scaled. Evaluation (held-out val
 windows, positions >= skip_first) runs the folded raw-space SAEs, i.e. exactly what is saved.
 At save time the scale is folded into the weights (b_enc, b_dec divided by it), so the saved SAE
 takes raw activations, keeps unit decoder rows, and gives features in raw units.
@@ -54,8 +55,8 @@ from types import SimpleNamespace
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
 from common import (COMMAND_LINE, atomic_torch_save, atomic_write_json, check_free_space, check_resume, cli,
-                    default_preset, die, lock_dir, parse_config, peak_gpu_mib, pick_device, provenance, read_json,
-                    set_threads, sha256_file, stamp)
+                    default_preset, die, lock_dir, misfit, parse_config, peak_gpu_mib, pick_device, provenance,
+                    read_json, set_threads, sha256_file, stamp)
 
 import numpy as np
 import torch
@@ -371,8 +372,8 @@ def density_histogram(fire_counts, n_tokens, lo=-6.0, step=0.25):
 
 def sae_loss(sae, x, hp):
     """x (N, d_in) in training (scaled) space -> (loss, mse, f). The MSE and the activation's
-    penalty (hp: its settings this step) are means over tokens of sums over dimensions /
-    features."""
+    penalty are means over tokens of sums over dimensions / features. hp: this step's settings,
+    made by train_seeds: l1_coeff (ReLU's ramped L1), dead (F,) bool, aux_k, aux_coeff (TopK)."""
     x_hat, f = sae(x)                                                      # (N, d_in), (N, F)
     mse = (x_hat - x).pow(2).sum(-1).mean()
     return mse + sae.act.penalty(sae, x, x_hat, f, hp), mse, f
@@ -549,14 +550,13 @@ def eval_windows(arrays, n_seqs, seq_len, mix="equal"):
 
 
 @torch.no_grad()
-def evaluate(model, saes, wins, skip=1, batch=16, device="cpu", cache=None, use_fast=False):
+def evaluate(model, saes, wins, skip=1, batch=16, device="cpu", use_fast=False):
     """Metrics of raw-space SAEs on held-out windows (n, T+1), over positions >= skip: FVU, MSE, L0,
     dead/dense fractions and density histogram over all eval tokens, and the model's CE with the
     reconstruction spliced in at those positions vs clean and zero-ablated, KL to the clean model.
     The trunk (embedding, attention, MLP input) runs once per batch: the MLP output is the only
     thing a splice changes, so model.head gives each variant's logits from the same residual stream;
-    sums stay on the device until the end. cache: a dict kept between evaluations of the same model
-    and windows: the zero-ablation losses (they do not depend on the SAEs) are computed once.
+    sums stay on the device until the end.
     use_fast: the head a cache-sized block of tokens at a time on a CPU (fast.head_rows), else a
     batch at once."""
     def zero():
@@ -587,8 +587,6 @@ def evaluate(model, saes, wins, skip=1, batch=16, device="cpu", cache=None, use_
             a["l0"] += fires.sum()
             x_hats.append(x_hat)
         rows = fast.head_rows(model, len(x)) if use_fast else len(x)
-        zero_cached = cache is not None and i in cache
-        z = cache[i] if zero_cached else zero()
         # a block of the head's rows at a time
         for j in range(0, len(x), rows):
             r, t = resid[j:j + rows], tgt[j:j + rows]
@@ -596,16 +594,13 @@ def evaluate(model, saes, wins, skip=1, batch=16, device="cpu", cache=None, use_
             ce_clean -= log_p.gather(-1, t).sum()
             # shared by the SAEs' KLs
             p = log_p.exp()
-            if not zero_cached:
-                z -= (F.log_softmax(model.head(r, torch.zeros_like(h[j:j + rows])).float(), -1)
-                      .gather(-1, t).sum())
+            # zero-ablated: the MLP's output removed
+            log_z = F.log_softmax(model.head(r, torch.zeros_like(h[j:j + rows])).float(), -1)
+            ce_zero -= log_z.gather(-1, t).sum()
             for x_hat, a in zip(x_hats, acc):
                 log_q = F.log_softmax(model.head(r, x_hat[j:j + rows]).float(), -1)
                 a["ce"] -= log_q.gather(-1, t).sum()
                 a["kl"] += kl_div(log_p, log_q, p)                           # KL(clean || spliced)
-        if cache is not None:
-            cache[i] = z
-        ce_zero += z
     out = []
     d = len(sum_x)
     for a in acc:
@@ -655,12 +650,20 @@ def load_sae(out_dir, model_name, seed=0, device="cpu"):
     path = sae_path(out_dir, model_name, seed)
     how = f"python sae.py --model {model_name}" + (f" --seeds {seed}" if seed not in (0, 1) else "")
     ckpt = load_checkpoint(path, f"SAE for '{model_name}'", how, kind="sae")
+    # a seed's file copied or renamed onto another seed's name passes every other check, and the null
+    # baseline (seed 0 against seed 1) would then find every feature again: named, never used
+    if ckpt.get("seed", seed) != seed:
+        die(f"{path} holds the SAE of seed {ckpt.get('seed')}, not seed {seed}: renamed or copied? put it back "
+            f"under its own name, or remake it: {how} --overwrite")
     if not ckpt.get("finished"):
         die(f"{path} is unfinished (step {ckpt.get('step')}/{ckpt.get('total_steps')}); finish it with: {how} --resume")
     ckpt.pop("train", None)
-    a = ckpt["sae_args"]
-    sae = SAE(a["d_in"], a["n_features"], a["arch"], a["k"])
-    sae.load_state_dict(ckpt["sae"])
+    try:
+        a = ckpt["sae_args"]
+        sae = SAE(a["d_in"], a["n_features"], a["arch"], a["k"])
+        sae.load_state_dict(ckpt["sae"])
+    except Exception as e:  # whole by its checksum, but its args or weights edited (and re-stamped)
+        misfit(path, e, "SAE", how)
     return sae.to(device).eval(), ckpt
 
 
@@ -805,7 +808,7 @@ def open_run(job):
         runs = resume_runs(job)
     else:
         runs = fresh_runs(job)
-    job.eval_wins, job.eval_cache = eval_windows(job.val, cfg["eval_seqs"], cfg["seq_len"], cfg["mix"]), {}
+    job.eval_wins = eval_windows(job.val, cfg["eval_seqs"], cfg["seq_len"], cfg["mix"])
     return runs
 
 
@@ -845,10 +848,13 @@ def resume_runs(job):
     runs = []
     for s in job.seeds:
         ck = st["seeds"][s]
-        sae = SAE(**ck["sae_args"]).to(job.device)
-        sae.load_state_dict(ck["sae"])
-        run = new_run(s, sae, cfg, job.n_features, job.device)
-        run["opt"].load_state_dict(ck["optimizer"])
+        try:
+            sae = SAE(**ck["sae_args"]).to(job.device)
+            sae.load_state_dict(ck["sae"])
+            run = new_run(s, sae, cfg, job.n_features, job.device)
+            run["opt"].load_state_dict(ck["optimizer"])
+        except Exception as e:  # whole by its checksum, but edited (and re-stamped)
+            misfit(path, e, "SAE training state", f"python sae.py --model {job.name}")
         for adam in run["opt"].state.values():  # its own step count (a stack's seeds were saved sharing one)
             adam["step"] = adam["step"].clone()
         run.update(last_fired=ck["last_fired"].to(job.device), n_resampled=ck["n_resampled"], metrics=ck["metrics"],
@@ -981,6 +987,7 @@ def train_seeds(job, runs, x):
             loss, mse, f = train_step(r["sae"], r["opt"], x, lr, hp)
             outs.append((loss, mse, *firing(f)))
     for j, (r, (loss, mse, fired, n_active)) in enumerate(zip(runs, outs)):
+        # the first non-finite loss kept on the device: check_finite reads it at the next log
         new_bad = (r["bad_step"] < 0) & ~torch.isfinite(loss)
         r["bad_step"] = torch.where(new_bad, step, r["bad_step"])
         r["bad_loss"] = torch.where(new_bad, loss, r["bad_loss"])
@@ -1063,7 +1070,7 @@ def run_eval(job, runs):
     with full_fp32():
         raws = [fold_scale(r["sae"], job.scale) for r in runs]
         results = evaluate(job.model, raws, job.eval_wins, job.cfg["skip_first"], job.cfg["eval_batch"], job.device,
-                           job.eval_cache, job.cfg["fast"])
+                           use_fast=job.cfg["fast"])
     for r, m in zip(runs, results):
         r["metrics"] = {"step": job.step, **m, "mse_scaled": m["mse"] * job.scale ** 2}
     print(f"eval step {job.step}: " + " | ".join(

@@ -118,8 +118,9 @@ def check_consistency(cfg):
 
 
 def lr_schedule(it, lr, warmup, max_iters, min_lr_frac):
-    """Learning rate of step `it`: linear warmup over `warmup` steps, then cosine from lr down to
-    lr * min_lr_frac at max_iters (HF's get_cosine_schedule_with_warmup when min_lr_frac = 0)."""
+    """Learning rate of step `it`: linear warmup over `warmup` steps (lr (it + 1) / (warmup + 1):
+    never 0), then cosine from lr down to lr * min_lr_frac at max_iters (HF's cosine when
+    min_lr_frac = 0)."""
     if it < warmup:
         return lr * (it + 1) / (warmup + 1)
     progress = min(1.0, (it - warmup) / max(1, max_iters - warmup))
@@ -211,7 +212,8 @@ def build_model(run):
     cfg, env, ck = run.cfg, run.env, run.resume
     run.tok_hash, run.lineage_name = None, run.name  # the tokenizer the data must have (None: data_dir's own)
     if ck is not None:
-        model, run.parents, run.tok_hash = model_from_checkpoint(ck, env.device), ck["parents"], ck["tokenizer_hash"]
+        model = model_from_checkpoint(ck, env.device, run.ckpt_path)
+        run.parents, run.tok_hash = ck["parents"], ck["tokenizer_hash"]
         if env.master:
             print(f"resuming {run.ckpt_path} from iter {ck['iter_num']}")
     elif cfg["domain"] != "base":
@@ -222,7 +224,7 @@ def build_model(run):
         check_preset(parent, path, cfg["preset"], cfg["allow_other_preset"],
                      f"fine-tune with the {cfg['preset']} recipe")
         run.tok_hash, run.lineage_name = parent["tokenizer_hash"], cfg["parent"]
-        model = model_from_checkpoint(parent, env.device)  # every weight, exactly the parent's
+        model = model_from_checkpoint(parent, env.device, path, MAKES.get(cfg["parent"]))  # exactly the parent's
         run.parents = [{"name": cfg["parent"], "hash": sha256_file(path)}]
     else:
         margs = ModelArgs(vocab_size=datalib.read_meta(cfg["data_dir"], cfg["domain"])["vocab_size"], **{k: cfg[k] for k in (
@@ -387,7 +389,8 @@ def save(run, val_losses, finished):
 
 def train_step(run, x, y):
     """One optimizer step over grad_accum micro-batches; returns the next batch (fetched while the
-    device works) and the step's loss and gradient norm as device tensors (no host sync)."""
+    device works). The step's loss is added to run.loss_acc and checked, with the gradient norm, by
+    run.guard, both on the device (no host sync)."""
     cfg, model = run.cfg, run.model
     for g in run.optimizer.param_groups:
         g["lr"] = lr_at(run, run.iter_num)

@@ -17,7 +17,7 @@ import fast
 import report
 import data as datalib
 import sae as saelib
-from common import atomic_torch_save, atomic_write_json, sha256_file
+from common import atomic_torch_save, atomic_write_json, sha256_file, stamp
 from model import ModelArgs, Transformer, save_checkpoint
 
 
@@ -631,6 +631,62 @@ def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch, capsys):
     os.remove(os.path.join(out_dir, "luastories", "ckpt.pt"))
     with pytest.raises(SystemExit, match="python merge.py"):
         run(data_dir, out_dir)
+
+
+def test_swapped_edited_or_misplaced_files_are_one_line_errors_before_the_pass(tmp_path, capsys):
+    """Files that are whole but not what their name says, or not files at all: each is one line naming it,
+    said before the streaming pass (never a traceback, a hang, or a wrong result)."""
+    import shutil
+    data_dir, out_dir = make_study(str(tmp_path / "clean"))
+    tok = os.path.join(data_dir, "tokenizer")
+    info = json.load(open(os.path.join(tok, "tokenizer.json")))
+    atomic_write_json(os.path.join(tok, "tokenizer.json"), {**info, "hash": datalib.tokenizer_hash(data_dir)})  # as data.py
+    sae0, sae1 = (saelib.sae_path(out_dir, "lua", s) for s in (0, 1))
+
+    def swap(a, b):
+        os.rename(a, a + ".x"), os.rename(b, a), os.rename(a + ".x", b)
+
+    def restamp(path, edit):  # whole by its checksum, but not what it describes
+        ck = torch.load(path, weights_only=True)
+        edit(ck)
+        atomic_torch_save(stamp(ck, ck["kind"]) if "checksum" in ck else ck, path)
+
+    def rank_lines(d):  # two ranks' strings exchanged: still a valid rank file, decoding two ids wrongly
+        path = os.path.join(d, "tokenizer", "bpe.tiktoken")
+        lines = open(path).read().splitlines(keepends=True)
+        lines[97], lines[98] = lines[98].replace(" 98", " 97"), lines[97].replace(" 97", " 98")
+        open(path, "w").write("".join(lines))
+
+    cases = [  # (what is done to a copy of data/ and out/, the one line)
+        (lambda d, o: swap(sae0.replace(out_dir, o), sae1.replace(out_dir, o)), r"sae_s0\.pt holds the SAE of seed 1, "
+         r"not seed 0: renamed or copied\? .*python sae\.py --model lua --overwrite"),
+        (lambda d, o: shutil.copy(sae0.replace(out_dir, o), sae1.replace(out_dir, o)), r"holds the SAE of seed 0, not seed 1"),
+        (lambda d, o: restamp(sae0.replace(out_dir, o), lambda c: c["sae_args"].update(n_features=32)),
+         r"sae_s0\.pt does not fit the SAE it describes \(RuntimeError: size mismatch"),
+        (lambda d, o: restamp(os.path.join(o, "lua", "ckpt.pt"), lambda c: c["model_args"].update(d_mlp=32)),
+         r"lua/ckpt\.pt does not fit the model it describes \(RuntimeError.*python train\.py --domain lua --overwrite"),
+        (lambda d, o: rank_lines(d), r"bpe\.tiktoken is damaged: it does not match the hash"),
+        (lambda d, o: swap(os.path.join(d, "lua"), os.path.join(d, "tinystories")),
+         r"lua/meta\.json is the meta\.json of domain 'tinystories', not 'lua': folders swapped\?"),
+        (lambda d, o: (os.remove(os.path.join(d, "base", "meta.json")), os.mkfifo(os.path.join(d, "base", "meta.json"))),
+         r"base/meta\.json is damaged"),                                     # a pipe: refused, not waited on
+        (lambda d, o: os.symlink("/dev/zero", os.path.join(o, "lua", "ckpt.pt.z")) or
+         os.replace(os.path.join(o, "lua", "ckpt.pt.z"), os.path.join(o, "lua", "ckpt.pt")),
+         r"lua/ckpt\.pt is not a file but a folder, a device or a pipe"),    # never read without end
+        (lambda d, o: os.makedirs(os.path.join(o, "analysis", "results.json")),
+         r"results\.json is not a file but a folder.*move it away"),
+    ]
+    for i, (damage, pattern) in enumerate(cases):
+        d, o = str(tmp_path / f"d{i}"), str(tmp_path / f"o{i}")
+        shutil.copytree(data_dir, d, symlinks=True), shutil.copytree(out_dir, o, symlinks=True)
+        damage(d, o)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            run(d, o)
+        msg = str(e.value)
+        assert msg.startswith("error: ") and "\n" not in msg and re.search(pattern, msg), (i, msg)
+        assert "chunk 1/" not in capsys.readouterr().out, i                    # before the long pass
+    run(data_dir, out_dir)  # the clean copy passes
 
 
 def test_val_data_of_another_tokenizer_is_a_one_line_error(tmp_path):

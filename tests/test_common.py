@@ -80,6 +80,7 @@ def test_help_shows_the_chosen_presets_values_and_each_keys_comment(tmp_path):
             width=64,        # features per layer
             lr=0.1,          # learning rate
                              # (continued here)
+            # system: a heading of the keys below, not part of lr's comment
             name="x",
         )
         PRESETS = {"paper": dict(width=1024), "tiny": dict(width=8)}
@@ -95,7 +96,7 @@ def test_help_shows_the_chosen_presets_values_and_each_keys_comment(tmp_path):
         assert out.returncode == 0, out.stderr
         assert "Toy stage: does one thing." in out.stdout and "More words" not in out.stdout
         assert "--width=8" in out.stdout and "features per layer" in out.stdout  # tiny's value, not the default
-        assert "learning rate (continued here)" in out.stdout
+        assert "learning rate (continued here)" in out.stdout and "system" not in out.stdout
     bad = subprocess.run([sys.executable, str(script), "--width=0"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --width must be > 0, got 0"
     assert "Traceback" not in bad.stderr

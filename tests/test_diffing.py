@@ -385,7 +385,7 @@ def analyze_run(data_dir, out_dir, *extra):
     return run(data_dir, out_dir, *extra)
 
 
-@pytest.mark.parametrize("case", ["other_sae", "other_tokens", "damaged"])
+@pytest.mark.parametrize("case", ["other_sae", "other_tokens", "damaged", "truncated"])
 def test_a_diffing_json_of_other_saes_or_tokens_or_damaged_is_named_not_joined(pipeline, tmp_path, case):
     """Named in results.json (and the report), never joined; the analysis is written all the same."""
     data_dir, out_dir, _, _ = pipeline
@@ -399,11 +399,13 @@ def test_a_diffing_json_of_other_saes_or_tokens_or_damaged_is_named_not_joined(p
         m = d["edges"]["base->lua"]["match"]["parent"]
         m["latent"][0], m["r"][0] = 10 ** 6, 0.99                          # no such latent
     with open(path, "w") as f:
-        json.dump(d, f)
+        text = json.dumps(d)
+        f.write(text[:len(text) // 2] if case == "truncated" else text)
     extra = ["--n_tokens=4096"] if case == "other_tokens" else []
     why = analyze_run(data_dir, out2, *extra)["diffing"]["stale"]
     assert re.search({"other_sae": r"other SAEs \(lua\)", "other_tokens": r"another token set .*--n_tokens",
-                      "damaged": r"damaged or of another shape \(IndexError"}[case], why), why
+                      "damaged": r"damaged or of another shape \(IndexError",
+                      "truncated": r"damaged: the file is not readable JSON"}[case], why), why
     assert re.search(r"python diffing\.py .*--overwrite", why)
 
 

@@ -4,6 +4,7 @@ one-line errors for every bad input."""
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -332,8 +333,13 @@ def test_rerun_is_a_noop_and_other_inputs_need_overwrite(world, capsys):
     assert "nothing to do" in capsys.readouterr().out and sha256_file(path) == before
     with pytest.raises(SystemExit, match="made from other inputs or settings; add --overwrite"):
         run(world, "--t=0.3")
+    at_half = path + ".t05"
+    shutil.copy(path, at_half)
     run(world, "--t=0.3", "--overwrite")
     assert torch.load(path, weights_only=False)["merge"]["t"] == 0.3
+    os.replace(at_half, path)                          # another merge in its place: merge.json's record says so
+    with pytest.raises(SystemExit, match=r"luastories/ckpt\.pt is not the merge .*merge\.json records .*--overwrite"):
+        run(world, "--t=0.3")
     os.remove(path)                                                # a deleted checkpoint is made again
     run(world, "--t=0.3")
     assert torch.load(path, weights_only=False)["merge"]["t"] == 0.3
