@@ -507,6 +507,10 @@ def train_edge(cfg, study, parent, child, inputs, device):
           f"{', k ' + str(cfg['k']) if cfg['arch'] == 'batchtopk' else ', l1 ' + format(cfg['l1_coeff'], 'g')}), "
           f"{steps} steps of {B}, input scales {scale[0]:.3g} / {scale[1]:.3g}"
           + (f"; resumed at step {start} from {spath}" if st else ""))
+    if 0 < cfg["stop_step"] <= start < steps:  # resumed where --stop_step already stopped it
+        print(f"{parent}->{child}: at step {start}, --stop_step {cfg['stop_step']}: nothing to train; run diffing.py "
+              f"again without --stop_step to continue")
+        return None
     t0, dead_steps = time.time(), max(1, cfg["dead_acts"] // B)
     for i in range(start, steps):
         if pos + B > len(buf):

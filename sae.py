@@ -919,6 +919,9 @@ def harvest_flops_per_window(model, T, k, lookup=True):
 def train_loop(job, runs):
     """One harvested batch feeds every seed's SAE. Returns False when stopped by --stop_step."""
     cfg = job.cfg
+    if 0 < cfg["stop_step"] <= job.step < job.total_steps:  # resumed where --stop_step already stopped it
+        print(f"at step {job.step}, --stop_step {cfg['stop_step']}: nothing to train; continue with --resume alone")
+        return False
     job.stats, job.t0, job.last_logged = None, time.time(), job.step
     if job.fast_steps:  # fast: a stack of the seeds' parameters and Adam state, the runs' views of it
         job.fast_steps.start(runs)

@@ -430,6 +430,8 @@ def test_a_stopped_edge_resumes_exactly_and_its_state_is_checked(pipeline, tmp_p
     st = torch.load(state, weights_only=True)
     assert (st["step"], st["chunk"], st["pos"], sorted(st["crosscoders"])) == (13, 3, 64, [0, 1])
     assert not any(f.startswith("cc_base_lua_s") for f in os.listdir(folder))
+    assert diffing.main(one + [f"--out_dir={outs['stopped']}", "--stop_step=13"]) is None    # already there: no step
+    assert torch.load(state, weights_only=True)["step"] == 13
     capsys.readouterr()
     resumed = diffing.main(one + [f"--out_dir={outs['stopped']}"])
     assert "resumed at step 13" in capsys.readouterr().out and not os.path.exists(state)

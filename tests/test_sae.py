@@ -360,6 +360,8 @@ def test_seeds_share_one_stream_and_resume_continues_exactly(dirs, tmp_path, arc
     # interrupted at step 10 (inside the third buffer; relu resamples at step 18), then resumed
     assert run(dirs, *extra, "--seeds=0,1", "--stop_step=10", out=c) is None
     assert ck(c, "base", 0)["step"] == 10 and not ck(c, "base", 0)["finished"] and state(c, "base")["step"] == 10
+    assert run(dirs, *extra, "--seeds=0,1", "--stop_step=10", "--resume", out=c) is None   # already there: no step
+    assert state(c, "base")["step"] == 10
     run(dirs, *extra, "--seeds=0,1", "--resume", out=c)
     full, res = state(a, "base"), state(c, "base")
     assert res["finished"] and res["step"] == 24
