@@ -673,7 +673,7 @@ class Study:
     d_mlp: int
     block_size: int
     tokenizer_hash: str    # the models' tokenizer; the token files are checked against it (data.open_tokens)
-    enc: object = None     # data_dir's tokenizer, checked against tokenizer_hash before the pass (draw_tokens)
+    enc: object = None     # data_dir's tokenizer, checked against tokenizer_hash before the pass (main)
 
 
 def settings(argv):
@@ -770,7 +770,6 @@ def draw_tokens(cfg, study):
     first = study.models[0]
     arrays = {d: datalib.open_tokens(data_dir, d, "val", tok_hash=study.tokenizer_hash,
                                      vocab_size=study.model[first].args.vocab_size, who=first) for d in cfg["domains"]}
-    study.enc = datalib.load_tokenizer(data_dir, want=study.tokenizer_hash)  # the pages' token strings
     # distinct aligned non-overlapping windows, equal shares per domain, a short split gives what it has
     seqs, per_dom = datalib.sample_windows(arrays, cfg["n_tokens"] // T, T, "tiles", cfg["seed"], with_counts=True)
     if not skip < T - 1:
@@ -1451,10 +1450,15 @@ def main(argv=None):
         # results.json, pages.json, report.html and the browser's side files (features/, which dominate; their
         # size at the paper's sizes: BENCHMARKS.md); checked before the long passes, not after them
         common.check_free_space(adir, 128 << 20, "the analysis (results.json, pages.json, features/, report.html)")
-        common.check_outputs(*(os.path.join(adir, f) for f in ("results.json", "pages.json", "report.html")))
+        side = os.path.join(adir, report.SIDE)
+        if os.path.lexists(side) and not os.path.isdir(side):
+            die(f"{side} is not a folder (the feature browser's side files go there); move it away and re-run")
+        common.check_outputs(*(os.path.join(adir, f) for f in ("results.json", "pages.json", "report.html")),
+                             *(os.path.join(side, f"{m}.js") for m in [*cfg["models"], "tokens"]))
         # 1. models and SAEs; 2. the token set
         study = load_study(cfg, device)
         seqs, token_set = draw_tokens(cfg, study)
+        study.enc = datalib.load_tokenizer(cfg["data_dir"], want=study.tokenizer_hash)  # the pages' token strings
         print("SAEs: " + ", ".join(f"{m} {study.sae[(m, s0)].n_features}" for m in study.models) + f" features; null "
               f"baseline (seed {s0} vs {s1}) for {', '.join(study.nulls) or 'no model'}"
               + (f"; no seed-{s1} SAE for {', '.join(study.null_missing)}" if study.null_missing else "")

@@ -25,6 +25,7 @@ Two conventions differ from transformers' Mistral, and the conversion absorbs bo
 At the end each model's loss on its own val split is printed beside its model card's eval loss.
 """
 import os
+import shlex
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
 import common
@@ -306,7 +307,7 @@ def fetch_weights(data_dir, repo, sha, folder, info):
 
 def authors_tokenizer_hash(data_dir, vocab_size):
     """The hash of the tokenizer in data_dir, checked to be the authors' (its vocabulary the models')."""
-    make = MAKE_TOKENIZER.format(data_dir)
+    make = MAKE_TOKENIZER.format(shlex.quote(data_dir))
     try:
         tok_hash, info = data.tokenizer_hash(data_dir), data._tok_info(data_dir)
     except common.UserError:  # none, or a damaged one
@@ -367,7 +368,7 @@ def main(argv=None):
         for dom in EVAL_DOMAINS[name]:
             if not os.path.exists(os.path.join(data_dir, dom, "val.bin")):
                 print(f"  {name:12s} on {dom:12s} skipped: no {data_dir}/{dom}/val.bin "
-                      f"(made by {MAKE_TOKENIZER.format(data_dir)})")
+                      f"(made by {MAKE_TOKENIZER.format(shlex.quote(data_dir))})")
                 continue
             toks = data.open_tokens(data_dir, dom, "val", ckpt["tokenizer_hash"], model.args.vocab_size, name)
             loss = eval_loss(model, data.sample_windows(toks, n, T + 1, "consecutive"), cfg["batch_size"], device,

@@ -624,9 +624,9 @@ def _disk_free(path):
 
 def check_outputs(*paths):
     """One line, before any work where a stage calls it, when a file it will write has a folder (or a
-    device, a pipe) in its place: os.replace cannot put a file there."""
+    device, a pipe) in its place: os.replace cannot put a file there (a link it replaces, even a dangling one)."""
     for p in paths:
-        if os.path.lexists(p) and not os.path.isfile(p):
+        if os.path.lexists(p) and not os.path.islink(p) and not os.path.isfile(p):
             die(f"{p} is not a file but a folder, a device or a pipe, where this run writes a file; move it away "
                 f"and re-run")
 
@@ -851,6 +851,17 @@ def misfit(path, e, what, how):
            if x.strip() and not x.startswith("Error(s) in loading")]  # torch's heading line
     die(f"{path} does not fit the {what} it describes ({type(e).__name__}: {(why or [''])[0][:200]}):"
         f" damaged or hand-made; remake it: {how} --overwrite")
+
+
+def check_adam_state(opt):
+    """Raise ValueError where a loaded Adam state does not fit its parameters: load_state_dict compares no
+    shapes, and a fused step would then write out of bounds (a crash, not an error)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if k in ("exp_avg", "exp_avg_sq") and tuple(getattr(v, "shape", ())) != tuple(p.shape):
+                    raise ValueError(f"the optimizer's {k} has shape {tuple(getattr(v, 'shape', ()))}, its "
+                                     f"parameter {tuple(p.shape)}")
 
 
 # -----------------------------------------------------------------------------

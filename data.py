@@ -36,6 +36,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import time
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -149,7 +150,8 @@ def _remake(data_dir, domain="all"):
     # names the tokenizer data_dir holds: a re-run with another one (the default, bpe) would replace it
     spec = (_read_json_or_none(os.path.join(_tok_dir(data_dir), "tokenizer.json"), ("spec",)) or {"spec": {}})["spec"]
     tok = spec.get("tokenizer", "bpe") if isinstance(spec, dict) else "bpe"
-    return f"python data.py --domain {domain} --data_dir {data_dir}" + ("" if tok == "bpe" else f" --tokenizer {tok}")
+    return f"python data.py --domain {domain} --data_dir {shlex.quote(data_dir)}" + ("" if tok == "bpe" else
+                                                                                    f" --tokenizer {tok}")
 
 
 def _read_ranks(path):
@@ -226,6 +228,16 @@ def tokenizer_hash(data_dir="data"):
     """Hash of what decides the token ids: the rank file, the pattern and the special tokens (tiktoken), or
     the bytes of the hub's tokenizer file (authors)."""
     return _ids_hash(_tok_dir(data_dir), _tok_info(data_dir))
+
+
+def _counts_fit(tdir, info):
+    """Whether tokenizer.json's vocab_size is its rank file's tokens plus its special tokens (the hash covers
+    neither count; the authors' tokenizer file is checked by its hash alone)."""
+    if _tok_format(info) != "tiktoken":
+        return True
+    with open(os.path.join(tdir, TOK_FORMATS["tiktoken"][0]), "rb") as f:
+        n = sum(1 for ln in f if ln.strip())
+    return info.get("vocab_size") == n + len(info.get("special_tokens") or {})
 
 
 def _ids_hash(tdir, info):
@@ -381,10 +393,12 @@ def open_tokens(data_dir, domain, split, tok_hash=None, vocab_size=None, who=Non
     if os.path.exists(os.path.join(_tok_dir(data_dir), "tokenizer.json")):  # the tokenizer beside the data
         if tok_hash is None and meta["tokenizer_hash"] != tokenizer_hash(data_dir):
             die(f"{path} was encoded with another tokenizer than the one in {_tok_dir(data_dir)}; run: {fix}")
-        if meta["vocab_size"] != _tok_info(data_dir)["vocab_size"]:
+        info = _tok_info(data_dir)
+        if meta["vocab_size"] != info["vocab_size"]:
+            bad = "meta.json" if _counts_fit(_tok_dir(data_dir), info) else "tokenizer/tokenizer.json"
             die(f"{data_dir}/{domain}/meta.json says vocab_size {meta['vocab_size']} but the tokenizer in "
-                f"{_tok_dir(data_dir)} has {_tok_info(data_dir)['vocab_size']}: the meta.json is damaged; "
-                f"re-make it: {fix} --force")
+                f"{_tok_dir(data_dir)} has {info['vocab_size']}: the {bad} is damaged; re-make it: {fix}"
+                + (" --force" if bad == "meta.json" else ""))
     check_tokens(path, meta, split, fix)
     if n_tok == 0:  # numpy cannot map an empty file
         return np.zeros(0, dtype=dtype)
@@ -1393,7 +1407,7 @@ def ensure_tokenizer(cfg, memo):
         spec.update(repo=AUTHORS_REPO, sha=hub_revision(cfg["data_dir"], AUTHORS_REPO, "models"), file=AUTHORS_FILE)
     tdir = _tok_dir(cfg["data_dir"])
     old = _read_json_or_none(os.path.join(tdir, "tokenizer.json"), ("spec", "hash"))
-    if old is not None and old["spec"] == spec and _ids_hash(tdir, old) == old["hash"]:
+    if old is not None and old["spec"] == spec and _ids_hash(tdir, old) == old["hash"] and _counts_fit(tdir, old):
         return
     redo = "fetching the tokenizer again" if cfg["tokenizer"] == "authors" else "retraining the tokenizer"
     if old is not None:
@@ -1518,6 +1532,9 @@ def current_meta(ddir, settings, tok_hash, force):
     why = meta_problem(old)
     if why:
         print(f"{mpath} is damaged ({why}); rebuilding {os.path.basename(ddir)}")
+        return None
+    if old.get("domain", os.path.basename(ddir)) != os.path.basename(ddir):  # folders swapped or copied
+        print(f"{mpath} is the meta.json of domain '{old['domain']}'; rebuilding {os.path.basename(ddir)}")
         return None
     bins_ok = all(os.path.exists(os.path.join(ddir, f"{s}.bin")) and os.path.getsize(os.path.join(ddir, f"{s}.bin"))
                   == old["splits"][s]["tokens"] * np.dtype(old["dtype"]).itemsize for s in ("train", "val"))

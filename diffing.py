@@ -399,7 +399,7 @@ def save_state(path, parent, child, inputs, runs, step, chunk, pos):
 def load_current(path, seed, parent, child, inputs, want):
     """The crosscoder at path if it is current (trained to the end on these inputs), else None; a file of
     another edge or seed, or one that does not fit its own args, is refused in one line."""
-    how = "python diffing.py"  # without --overwrite: load_checkpoint appends it to `how` (and so do the dies below)
+    how = state_how(parent, child)  # this edge only; load_checkpoint and the lines below add --overwrite
     ck = load_checkpoint(path, "crosscoder", how, kind="crosscoder")
     # refused, not retrained: a file renamed or copied onto another seed's name (s1 as s0) would pass
     # every other check and make the null find 100% of the latents again; retraining over it would
@@ -452,6 +452,9 @@ def edge_runs(cfg, parent, child, st, buf, device):
             try:
                 cc.load_state_dict(st["crosscoders"][s]["crosscoder"])
                 opt.load_state_dict(st["crosscoders"][s]["optimizer"])
+                common.check_adam_state(opt)
+                if tuple(st["crosscoders"][s]["since"].shape) != (L,):
+                    raise ValueError(f"since has shape {tuple(st['crosscoders'][s]['since'].shape)}, not ({L},)")
                 since.copy_(st["crosscoders"][s]["since"])
             except Exception as e:  # whole (its checksum) but not what it says: edited by hand
                 common.misfit(state_path(cfg, parent, child), e, "crosscoder state", state_how(parent, child))
@@ -498,19 +501,27 @@ def train_edge(cfg, study, parent, child, inputs, device):
     st = load_state(spath, parent, child, inputs, cfg["seeds"]) if os.path.exists(spath) and not cfg["overwrite"] \
         else None
     chunk, pos, start = (st["chunk"], st["pos"], st["step"]) if st else (0, 0, 0)
+    B = cfg["seqs_per_batch"] * cfg["tokens_per_seq"]
+    steps = max(1, cfg["total_acts"] // B)
+    if not (all(type(v) is int for v in (start, pos, chunk)) and 0 <= start <= steps and pos >= 0 and chunk >= 0):
+        common.misfit(spath, ValueError(f"step {start} of {steps}, position {pos}, buffer {chunk}"), "crosscoder state",
+                      state_how(parent, child))
+    if 0 < cfg["stop_step"] <= start < steps:  # resumed where --stop_step already stopped it (before harvesting)
+        print(f"{parent}->{child}: at step {start}, --stop_step {cfg['stop_step']}: nothing to train; run diffing.py "
+              f"again without --stop_step to continue")
+        return None
     buf = paired_buffer(study, parent, child, arrays, chunk, hcfg, device)
+    if pos > len(buf):
+        common.misfit(spath, ValueError(f"position {pos} in a buffer of {len(buf)}"), "crosscoder state",
+                      state_how(parent, child))
     runs = edge_runs(cfg, parent, child, st, buf, device)
-    d, L, B = buf.shape[-1], cfg["expansion"] * buf.shape[-1], cfg["seqs_per_batch"] * cfg["tokens_per_seq"]
-    steps, aux_k = max(1, cfg["total_acts"] // B), cfg["aux_k"] or d // 2
+    d, L = buf.shape[-1], cfg["expansion"] * buf.shape[-1]
+    aux_k = cfg["aux_k"] or d // 2
     scale = runs[0][1].scale
     print(f"{parent}->{child}: {len(runs)} crosscoder(s) of {L} latents ({cfg['arch']}"
           f"{', k ' + str(cfg['k']) if cfg['arch'] == 'batchtopk' else ', l1 ' + format(cfg['l1_coeff'], 'g')}), "
           f"{steps} steps of {B}, input scales {scale[0]:.3g} / {scale[1]:.3g}"
           + (f"; resumed at step {start} from {spath}" if st else ""))
-    if 0 < cfg["stop_step"] <= start < steps:  # resumed where --stop_step already stopped it
-        print(f"{parent}->{child}: at step {start}, --stop_step {cfg['stop_step']}: nothing to train; run diffing.py "
-              f"again without --stop_step to continue")
-        return None
     t0, dead_steps = time.time(), max(1, cfg["dead_acts"] // B)
     for i in range(start, steps):
         if pos + B > len(buf):

@@ -234,12 +234,19 @@ def cache_path(cfg, messages):
 
 def cached(path):
     """The answer cached at path, or None when there is none or the file is not one of ours (damaged,
-    another shape): the request is then made again and its answer replaces the file."""
+    another shape, or another request's answer: its key is not the file's name): the request is then made
+    again and its answer replaces the file. (Files written before the key was kept have none.)"""
     try:
         rec = common.read_json(path)
     except (OSError, ValueError):  # missing, unreadable, not UTF-8, not JSON
         return None
-    return clean_text(rec["response"]) if isinstance(rec, dict) and isinstance(rec.get("response"), str) else None
+    if not isinstance(rec, dict) or rec.get("key", cache_key(path)) != cache_key(path):
+        return None
+    return clean_text(rec["response"]) if isinstance(rec.get("response"), str) else None
+
+
+def cache_key(path):
+    return os.path.basename(path).removesuffix(".json")
 
 
 def chat(messages, cfg, state, max_tokens):
@@ -279,8 +286,9 @@ def chat(messages, cfg, state, max_tokens):
                     text = clean_text(r.json()["choices"][0]["message"]["content"] or "")
                 except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                     raise RequestFailed(f"unexpected answer from {url}: {clean_text(r.text[:200])!r}")
-                common.atomic_write_json(path, {"api_base": cfg["api_base"], "model": cfg["llm_model"],
-                                                "temperature": cfg["temperature"], "response": text})
+                common.atomic_write_json(path, {"key": cache_key(path), "api_base": cfg["api_base"],
+                                                "model": cfg["llm_model"], "temperature": cfg["temperature"],
+                                                "response": text})
                 return text
             if r.status_code in (401, 403):  # never echo the body: it may quote the key
                 common.die(f"{url} refused the API key (HTTP {r.status_code}); check OPENAI_API_KEY "
@@ -462,6 +470,8 @@ def main(argv=None):
         features = common.read_json(cfg["features_json"])
     except (ValueError, UnicodeDecodeError) as e:
         common.die(f"{cfg['features_json']} is not valid JSON ({e}); check --features_json")
+    except OSError as e:  # a folder, a pipe or a device in its place, or unreadable
+        common.die(f"cannot read {cfg['features_json']} ({e.strerror}); give --features_json a JSON file")
     if not isinstance(features, list) or not all(isinstance(f, dict) and "key" in f and "top" in f for f in features):
         common.die(f"{cfg['features_json']} must be a JSON list of {{\"key\", \"top\", \"random\"}} objects")
     try:

@@ -28,6 +28,7 @@ that matches no parameter is an error (a typo would otherwise be ignored silentl
 the grid value takes the place of --t; the rules still apply.
 """
 import fnmatch
+import json
 import math
 import os
 from types import SimpleNamespace
@@ -365,15 +366,44 @@ def up_to_date(cfg, run, made_from):
         return False
     kind, how = (("sweep", "python merge.py --sweep --overwrite") if cfg["sweep"] else
                  ("merge", f"python merge.py --out {cfg['out']} --overwrite"))
-    record = common.read_record(run.out_path, kind, how)
+    try:
+        record = common.read_record(run.out_path, kind, how)
+    except common.UserError:  # merge.json damaged: rewritten from a checkpoint that says it was made so
+        try:  # (another stage's record in its place is named, never overwritten)
+            other = common.read_json(run.out_path).get("kind") not in (None, "merge")
+        except (OSError, ValueError, AttributeError):
+            other = False
+        if cfg["sweep"] or other or not record_from_checkpoint(run, made_from, how):
+            raise
+        return True
     if record["made_from"] == made_from:
         held = (record.get("checkpoint") or {}).get("hash")  # the merge's checkpoint, as it was written
-        if not cfg["sweep"] and held is not None and common.sha256_file(run.ckpt_path) != held:
+        if not cfg["sweep"] and held is not None and (not os.path.isfile(run.ckpt_path)  # (a folder in its place)
+                                                      or common.sha256_file(run.ckpt_path) != held):
             common.die(f"{run.ckpt_path} is not the merge {run.out_path} records (replaced or damaged since); "
                        f"remake it: {how}")
         print(f"{run.out_path} was made from these inputs and settings; nothing to do")
         return True
     common.die(f"{run.out_path} exists but was made from other inputs or settings; add --overwrite to replace it")
+
+
+def record_from_checkpoint(run, made_from, how):
+    """merge.json rewritten from the merge's checkpoint (whole by its checksum) when the checkpoint's own
+    record says it was made from these inputs and settings: remaking the merge would give the weights a new
+    file hash, and every SAE of it would then need retraining. False when it says otherwise."""
+    ck = load_checkpoint(run.ckpt_path, "merge", how)
+    rec, plain = ck.get("merge") or {}, lambda x: json.loads(json.dumps(x))  # (tuples and lists alike)
+    inputs = made_from["inputs"]
+    if plain([ck.get("parents"), rec.get("parent"), [rec.get(k) for k in ("mode", "t_rules", "dot_threshold", "t")]]) \
+            != plain([[inputs["a"], inputs["b"]], inputs.get("parent"),
+                      [made_from[k] for k in ("mode", "t_rules", "dot_threshold", "t")]]):
+        return False
+    common.atomic_write_json(run.out_path, common.stamp({
+        **rec, "made_from": made_from, "tensors": {}, "val_loss": ck.get("val_loss") or {},
+        "checkpoint": {"path": run.ckpt_path, "hash": common.sha256_file(run.ckpt_path)},
+        "parents": ck["parents"], "provenance": ck.get("provenance") or {}}, "merge"))
+    print(f"{run.out_path} was damaged; rewritten from {run.ckpt_path}, which was made from these inputs and settings")
+    return True
 
 
 def sweep(cfg, run, models, evaluate, made_from, inputs):

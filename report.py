@@ -51,6 +51,7 @@ import html
 import json
 import math
 import os
+import shlex
 import textwrap
 
 import common
@@ -453,12 +454,24 @@ def read_stage(out_dir, folder, name, kind):
     None when it is absent: the report shows what exists. One that is not JSON or of another kind: one
     line naming it (common.read_record)."""
     path, how = os.path.normpath(os.path.join(out_dir, folder, name)), STAGE_HOW[kind].format(folder, folder[4:])
-    return common.read_record(path, kind, how) if os.path.exists(path) else None
+    if not os.path.exists(path):
+        return None
+    rec = common.read_record(path, kind, how)
+    # a record copied or moved from another stage's folder is whole and of the right kind: its model says so
+    # (a fine-tune trained under another --name and its folder renamed keeps the checkpoint its record names)
+    field, want = {"train_metrics": ("name", folder), "sae_metrics": ("model", folder[4:])}.get(kind, (None, None))
+    ckpt = os.path.join(out_dir, folder, "ckpt.pt")
+    if field and rec.get(field, want) != want and not (kind == "train_metrics" and os.path.isfile(ckpt)
+                                                       and rec.get("checkpoint_sha256") == common.sha256_file(ckpt)):
+        common.die(f"{path} is the record of '{rec[field]}', not '{want}': copied or swapped? put it back, or "
+                   f"remake it: {how}")
+    return rec
 
 
-# the commands that remake a stage's record in out_dir/<folder>/: {0} the folder, {1} it without sae_
-STAGE_HOW = {"train_metrics": "python train.py --domain {0} --overwrite",
-             "sae_metrics": "python sae.py --model {1} --overwrite",
+# the commands that remake a stage's record in out_dir/<folder>/ (a finished run rewrites a missing or damaged
+# one from its checkpoint or state): {0} the folder, {1} it without sae_
+STAGE_HOW = {"train_metrics": "python train.py --domain {0} --resume",
+             "sae_metrics": "python sae.py --model {1} --resume",
              "merge": "python merge.py --out {0} --overwrite", "sweep": "python merge.py --sweep --overwrite"}
 
 
@@ -1508,7 +1521,7 @@ def write_report(out_dir):
     """Read results.json + pages.json (and the stages' metrics) and write report.html. Returns its path."""
     adir = os.path.join(out_dir, "analysis")
     paths = {k: os.path.join(adir, f"{k}.json") for k in ("results", "pages")}
-    how = f"python analyze.py --out_dir {out_dir}"
+    how = f"python analyze.py --out_dir {shlex.quote(out_dir)}"
     for path in paths.values():
         if not os.path.exists(path):
             die(f"no {path}; run the analysis first: {how}")

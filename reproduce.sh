@@ -51,6 +51,9 @@ for v in DATA OUT; do
   [[ ! -e $d || -d $d ]] || die "$v=$d is a file, not a folder; choose another $v"
 done
 [ "$(realpath -m "$DATA")" != "$(realpath -m "$OUT")" ] || die "DATA and OUT are both $DATA; give each its own folder"
+for f in "$OUT/analysis/stages.md" "$OUT/analysis/stages.json"; do  # written at the end: refused now, not then
+  [[ ! -e $f && ! -L $f || -f $f ]] || die "$f is not a file but a folder, a device or a pipe; move it away and re-run"
+done
 command -v "$PY" >/dev/null 2>&1 || die "PYTHON=$PY: no such command; give the python that has torch (e.g. PYTHON=python3)"
 "$PY" - <<< 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 \
   || die "PYTHON=$PY does not run as Python 3.10 or later; give the python that has torch (e.g. PYTHON=python3)"

@@ -54,9 +54,9 @@ import zlib
 from types import SimpleNamespace
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
-from common import (COMMAND_LINE, atomic_torch_save, atomic_write_json, check_free_space, check_resume, cli,
-                    default_preset, die, lock_dir, misfit, parse_config, peak_gpu_mib, pick_device, provenance,
-                    read_json, set_threads, sha256_file, stamp)
+from common import (COMMAND_LINE, atomic_torch_save, atomic_write_json, check_adam_state, check_free_space,
+                    check_resume, cli, default_preset, die, lock_dir, misfit, parse_config, peak_gpu_mib,
+                    pick_device, provenance, read_json, set_threads, sha256_file, stamp)
 
 import numpy as np
 import torch
@@ -648,7 +648,7 @@ def load_sae(out_dir, model_name, seed=0, device="cpu"):
     """(SAE in eval mode on raw activations, its checkpoint dict without the training state)."""
     model_domains(model_name)
     path = sae_path(out_dir, model_name, seed)
-    how = f"python sae.py --model {model_name}" + (f" --seeds {seed}" if seed not in (0, 1) else "")
+    how = f"python sae.py --model {model_name}" + (f" --seeds 0,1,{seed}" if seed not in (0, 1) else "")
     ckpt = load_checkpoint(path, f"SAE for '{model_name}'", how, kind="sae")
     # a seed's file copied or renamed onto another seed's name passes every other check, and the null
     # baseline (seed 0 against seed 1) would then find every feature again: named, never used
@@ -849,10 +849,15 @@ def resume_runs(job):
     for s in job.seeds:
         ck = st["seeds"][s]
         try:
+            if not (type(job.step) is int and 0 <= job.step <= job.total_steps and math.isfinite(job.scale)):
+                raise ValueError(f"step {job.step} of {job.total_steps}, input scale {job.scale}")
             sae = SAE(**ck["sae_args"]).to(job.device)
             sae.load_state_dict(ck["sae"])
             run = new_run(s, sae, cfg, job.n_features, job.device)
             run["opt"].load_state_dict(ck["optimizer"])
+            check_adam_state(run["opt"])
+            if tuple(ck["last_fired"].shape) != (job.n_features,):
+                raise ValueError(f"last_fired has shape {tuple(ck['last_fired'].shape)}, not ({job.n_features},)")
         except Exception as e:  # whole by its checksum, but edited (and re-stamped)
             misfit(path, e, "SAE training state", f"python sae.py --model {job.name}")
         for adam in run["opt"].state.values():  # its own step count (a stack's seeds were saved sharing one)

@@ -21,8 +21,9 @@ from contextlib import nullcontext
 from types import SimpleNamespace
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
-from common import (atomic_write_json, check_free_space, check_model_folder, check_resume, cli, default_preset, die,
-                    lock_dir, parse_config, peak_gpu_mib, pick_device, provenance, set_threads, sha256_file, stamp)
+from common import (atomic_write_json, check_adam_state, check_free_space, check_model_folder, check_resume, cli,
+                    default_preset, die, lock_dir, misfit, parse_config, peak_gpu_mib, pick_device, provenance,
+                    read_json, set_threads, sha256_file, stamp)
 
 import torch
 
@@ -203,8 +204,26 @@ def open_run(cfg, env, name, ckpt_path):
             print(f"{ckpt_path} is finished (iter {ck['iter_num']}, val loss "
                   f"{ck['val_loss'].get(cfg['domain'], float('nan')):.4f}); nothing to do")
         run.finished, run.val_loss = True, ck["val_loss"]
+        if env.master:
+            restore_metrics(run, ck)
     run.resume = ck
     return run
+
+
+def restore_metrics(run, ck):
+    """A finished run's metrics.json, rewritten from its checkpoint where it is missing, damaged or of another
+    checkpoint (both hold the loss curve and the val losses; the speed of the run is not kept)."""
+    path = os.path.join(os.path.dirname(run.ckpt_path), "metrics.json")
+    try:
+        ok = read_json(path)["checkpoint_sha256"] == sha256_file(run.ckpt_path)
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        atomic_write_json(path, stamp({"name": run.name, "domain": ck.get("domain"), "iters": ck["iter_num"],
+                                       "val_loss": ck["val_loss"], "history": ck.get("history") or [],
+                                       "checkpoint": run.ckpt_path, "checkpoint_sha256": sha256_file(run.ckpt_path),
+                                       "provenance": ck.get("provenance") or {}}, "train_metrics"))
+        print(f"{path} was missing, damaged or of another checkpoint: rewritten from {run.ckpt_path}")
 
 
 def build_model(run):
@@ -212,7 +231,8 @@ def build_model(run):
     cfg, env, ck = run.cfg, run.env, run.resume
     run.tok_hash, run.lineage_name = None, run.name  # the tokenizer the data must have (None: data_dir's own)
     if ck is not None:
-        model = model_from_checkpoint(ck, env.device, run.ckpt_path)
+        model = model_from_checkpoint(ck, env.device, run.ckpt_path, f"python train.py --domain {cfg['domain']} "
+                                      f"--name {run.name} --overwrite")
         run.parents, run.tok_hash = ck["parents"], ck["tokenizer_hash"]
         if env.master:
             print(f"resuming {run.ckpt_path} from iter {ck['iter_num']}")
@@ -224,7 +244,8 @@ def build_model(run):
         check_preset(parent, path, cfg["preset"], cfg["allow_other_preset"],
                      f"fine-tune with the {cfg['preset']} recipe")
         run.tok_hash, run.lineage_name = parent["tokenizer_hash"], cfg["parent"]
-        model = model_from_checkpoint(parent, env.device, path, MAKES.get(cfg["parent"]))  # exactly the parent's
+        model = model_from_checkpoint(parent, env.device, path, MAKES.get(  # exactly the parent's weights
+            cfg["parent"], f"python train.py --domain {parent.get('domain')} --name {cfg['parent']} --overwrite"))
         run.parents = [{"name": cfg["parent"], "hash": sha256_file(path)}]
     else:
         margs = ModelArgs(vocab_size=datalib.read_meta(cfg["data_dir"], cfg["domain"])["vocab_size"], **{k: cfg[k] for k in (
@@ -259,6 +280,17 @@ def make_schedule(run):
     run.tokens_per_iter = run.B * run.block * cfg["grad_accum"] * env.world
     if ck is not None:
         run.max_iters = ck["config"]["max_iters_resolved"]  # the schedule of the run being resumed
+        # (its world size may differ from this one's; one process takes the most steps)
+        most = cfg["max_iters"] or max(1, math.ceil(cfg["epochs"] * len(run.data.train) * env.world
+                                                     / run.tokens_per_iter))
+        if not (type(run.max_iters) is int and 0 < run.max_iters <= most and type(ck["iter_num"]) is int
+                and 0 <= ck["iter_num"] <= run.max_iters):
+            if ((ck.get("provenance") or {}).get("data") or {}).get("meta_sha256") != run.data.fingerprint:
+                die(f"{run.ckpt_path} is at step {ck['iter_num']} of {run.max_iters}, more than the training tokens "
+                    f"in {cfg['data_dir']} now give ({most}): the data was prepared again since; put the run's "
+                    f"data back, or start over with --overwrite")
+            die(f"{run.ckpt_path} is at step {ck['iter_num']} of {run.max_iters}, which its settings cannot give (at "
+                f"most {most} steps): damaged or hand-made; start over with --overwrite")
     elif cfg["max_iters"] > 0:
         run.max_iters = cfg["max_iters"]
     else:
@@ -273,8 +305,12 @@ def make_schedule(run):
     run.gen = torch.Generator().manual_seed(cfg["seed"])
     run.iter_num, run.best_val, run.history = 0, float("inf"), []
     if ck is not None:
-        run.optimizer.load_state_dict(ck["optimizer"])
-        run.gen.set_state(ck["data_rng"][0])
+        try:  # whole by its checksum, but edited (and re-stamped): one line, not a crash in the first step
+            run.optimizer.load_state_dict(ck["optimizer"])
+            check_adam_state(run.optimizer)
+            run.gen.set_state(ck["data_rng"][0])
+        except Exception as e:
+            misfit(run.ckpt_path, e, "training state", f"python train.py --domain {cfg['domain']} --name {run.name}")
         run.iter_num, run.best_val, run.history = ck["iter_num"], ck["best_val_loss"], ck.get("history", [])
         run.resume = None  # free the loaded tensors
 
@@ -463,6 +499,10 @@ def sync_time(run):
 def train_loop(run):
     """Train to max_iters with evaluation + checkpoint every eval_interval; False when --stop_iter stopped it."""
     cfg, env = run.cfg, run.env
+    if 0 < cfg["stop_iter"] <= run.iter_num < run.max_iters:  # resumed where --stop_iter already stopped it
+        if env.master:
+            print(f"at iter {run.iter_num}, --stop_iter {cfg['stop_iter']}: nothing to train; continue with --resume")
+        return False
     x, y = start_loop(run)
     t0, last_logged = time.time(), run.iter_num
     while run.iter_num < run.max_iters:

@@ -427,7 +427,11 @@ def test_records_of_another_kind_or_shape_are_one_line_naming_them(study, tmp_pa
         ("analysis/pages.json", json.dumps(res), r"pages\.json is analyze\.py's results, not analyze\.py's feature pages"),
         ("analysis/pages.json", '{"pages": ', r"pages\.json is not readable JSON"),
         ("base/metrics.json", "[1]", r"base/metrics\.json is a list, not train\.py's metrics; remake it: python train\.py "
-                                     r"--domain base --overwrite"),
+                                     r"--domain base --resume"),
+        ("base/metrics.json", '{"kind": "train_metrics", "format": 1, "name": "lua", "val_loss": {}}',
+         r"base/metrics\.json is the record of 'lua', not 'base': copied or swapped\?"),
+        ("sae_lua/metrics.json", '{"kind": "sae_metrics", "format": 1, "model": "base", "seeds": {}, "history": []}',
+         r"sae_lua/metrics\.json is the record of 'base', not 'lua'"),
         ("sae_lua/metrics.json", '{"kind": "merge", "format": 1, "made_from": {}, "t": 0.5}',
          r"sae_lua/metrics\.json is a merge record, not sae\.py's metrics; remake it: python sae\.py --model lua"),
         ("luastories/merge.json", '{"t": 0.5}', r"luastories/merge\.json is a dict of no known kind \(fields: t\)"),
@@ -446,6 +450,13 @@ def test_records_of_another_kind_or_shape_are_one_line_naming_them(study, tmp_pa
             report.write_report(out2)
         msg = str(e.value)
         assert msg.startswith("error: ") and "\n" not in msg and re.search(pattern, msg), (rel, msg)
+    # a fine-tune trained under another --name, its folder renamed: its record names the checkpoint beside it
+    os.makedirs(tmp_path / "renamed" / "lua")
+    (tmp_path / "renamed" / "lua" / "ckpt.pt").write_bytes(b"the checkpoint's bytes")
+    rec = {"kind": "train_metrics", "format": 1, "name": "lua_plain", "val_loss": {},
+           "checkpoint_sha256": sha256_file(str(tmp_path / "renamed" / "lua" / "ckpt.pt"))}
+    (tmp_path / "renamed" / "lua" / "metrics.json").write_text(json.dumps(rec))
+    assert report.read_stage(str(tmp_path / "renamed"), "lua", "metrics.json", "train_metrics")["name"] == "lua_plain"
 
 
 def test_each_features_status_is_saved_by_python_and_agrees_with_the_counts(study):
@@ -675,6 +686,8 @@ def test_swapped_edited_or_misplaced_files_are_one_line_errors_before_the_pass(t
          r"lua/ckpt\.pt is not a file but a folder, a device or a pipe"),    # never read without end
         (lambda d, o: os.makedirs(os.path.join(o, "analysis", "results.json")),
          r"results\.json is not a file but a folder.*move it away"),
+        (lambda d, o: os.makedirs(os.path.join(o, "analysis", "features", "lua.js")),
+         r"features/lua\.js is not a file but a folder"),
     ]
     for i, (damage, pattern) in enumerate(cases):
         d, o = str(tmp_path / f"d{i}"), str(tmp_path / f"o{i}")

@@ -340,6 +340,8 @@ CASES = [
      r"explain_format"),
     ("explain-no-features-file", ["explain.py", "--features_json={ws}/nosuch.json"], None, r"nosuch\.json"),
     ("explain-features-not-json", ["explain.py", "--features_json={ws}/data/base/train.bin"], None, r"train\.bin"),
+    ("explain-features-a-folder", ["explain.py", "--features_json={ws}/data"], None,
+     r"cannot read .*data \(.*\); give --features_json a JSON file"),
 ] + [
     # files (issue 26): data only, never code (nothing may create {ws}/PWNED); whole (checksums); of the kind the
     # reader wants. The message names the file.
@@ -375,10 +377,6 @@ CASES = [
      r"sae_s0\.pt is a model checkpoint, not an SAE"),
     ("sae-state-is-an-sae", SAE_LUA_RESUME, copy("out/sae_lua/sae_s0.pt", "out/sae_lua/train_state.pt"),
      r"train_state\.pt is an SAE, not an SAE training state"),
-    ("merge-record-garbage", [MERGE, D, O, "--preset=tiny", "--eval_batches=1", "--batch_size=4"],
-     put("out/luastories/merge.json", lambda ws: "[1, 2]"), r"merge\.json is a list, not a merge record"),
-    ("merge-record-not-json", [MERGE, D, O, "--preset=tiny", "--eval_batches=1", "--batch_size=4"],
-     put("out/luastories/merge.json", lambda ws: '{"made_from": '), r"merge\.json is not readable JSON"),
     ("sweep-record-garbage", [MERGE, D, O, "--preset=tiny", "--sweep", "--eval_batches=1", "--batch_size=4", "--grid=0,1"],
      put("out/merge_sweep.json", lambda ws: '{"t": "all"}'), r"merge_sweep\.json is a dict of no known kind"),
     ("report-results-a-list", ["report.py", O], both(put("out/analysis/results.json", lambda ws: "[]"),

@@ -876,6 +876,21 @@ def small_built(tmp_path):
     return d
 
 
+def test_swapped_domain_folders_are_refused_when_read_and_rebuilt_by_data_py(small_built, capsys):
+    args = ["--data_dir", small_built, "--vocab_size", "300", "--sample_kb", "20", "--threads", "1"]
+    data.main(["--domain", "tinystories", *args])
+    want = {d: data.read_meta(small_built, d)["splits"]["val"]["sha256"] for d in ("lua", "tinystories")}
+    lua, ts = (os.path.join(small_built, d) for d in ("lua", "tinystories"))
+    os.rename(lua, lua + ".x"), os.rename(ts, lua), os.rename(lua + ".x", ts)
+    with pytest.raises(SystemExit) as e:
+        data.open_tokens(small_built, "lua", "val")
+    assert "meta.json of domain 'tinystories', not 'lua': folders swapped?" in one_line_error(e)
+    capsys.readouterr()
+    data.main(["--domain", "lua", *args]), data.main(["--domain", "tinystories", *args])
+    assert capsys.readouterr().out.count("rebuilding") == 2
+    assert {d: data.read_meta(small_built, d)["splits"]["val"]["sha256"] for d in ("lua", "tinystories")} == want
+
+
 def test_open_tokens_accepts_good_data(small_built):
     th, meta = data.tokenizer_hash(small_built), data.read_meta(small_built, "lua")
     toks = data.open_tokens(small_built, "lua", "train", tok_hash=th, vocab_size=300, who="lua")
@@ -1014,6 +1029,17 @@ def test_damaged_tokenizer_json_is_one_line_and_rebuilt(small_built, capsys):
     out = capsys.readouterr().out
     assert "tokenizer.json is damaged; retraining" in out and "is up to date" in out  # same tokenizer: no re-encoding
     assert data.tokenizer_hash(small_built) == th
+    # whole JSON with the hash intact, but a vocab_size its rank file does not hold (the hash covers no count)
+    path = os.path.join(small_built, "tokenizer", "tokenizer.json")
+    info = json.load(open(path))
+    json.dump({**info, "vocab_size": 5000}, open(path, "w"))
+    with pytest.raises(SystemExit) as e:
+        data.open_tokens(small_built, "lua", "val")
+    assert "the tokenizer/tokenizer.json is damaged; re-make it: python data.py --domain lua" in one_line_error(e)
+    data.main(["--domain", "lua", "--data_dir", small_built, "--vocab_size", "300", "--sample_kb", "20"])
+    out = capsys.readouterr().out
+    assert "retraining the tokenizer" in out and "is up to date" in out
+    assert json.load(open(path))["vocab_size"] == info["vocab_size"] and data.tokenizer_hash(small_built) == th
 
 
 def test_non_utf8_local_corpus_names_file_and_offset(tmp_path):

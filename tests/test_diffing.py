@@ -377,7 +377,8 @@ def test_a_crosscoder_file_whose_args_do_not_fit_is_refused(pipeline, tmp_path, 
         diffing.main([a for a in args if not a.startswith("--out_dir=")] + [f"--out_dir={out2}"])
     msg = str(e.value)
     assert msg.startswith("error: ") and "\n" not in msg and e.value.code == msg
-    assert f"{path} does not fit the crosscoder" in msg and msg.endswith("remake it: python diffing.py --overwrite")
+    assert f"{path} does not fit the crosscoder" in msg
+    assert msg.endswith("remake it: python diffing.py --edges 'base->lua' --overwrite")
 
 
 def analyze_run(data_dir, out_dir, *extra):
@@ -454,6 +455,19 @@ def test_a_stopped_edge_resumes_exactly_and_its_state_is_checked(pipeline, tmp_p
     printed = capsys.readouterr().out
     assert "this edge starts over" in printed and "resumed" not in printed
     assert torch.load(state, weights_only=True)["step"] == 9
+    import common
+    whole_state = open(state, "rb").read()
+    for edit, why in ((lambda st: st.update(step=10 ** 6), "step 1000000 of 32"),
+                      (lambda st: st.update(pos=-10 ** 9), "position -1000000000"),
+                      (lambda st: st["crosscoders"][0]["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)),
+                       r"exp_avg has shape \(3,\)")):                      # edited, then re-stamped: one line each
+        st = torch.load(state, weights_only=True)
+        edit(st)
+        common.atomic_torch_save(common.stamp(st, "crosscoder_state"), state)
+        with pytest.raises(common.UserError, match=r"state\.pt does not fit the crosscoder state .*" + why
+                           + r".*--edges 'base->lua' --overwrite"):
+            diffing.main(one + [f"--out_dir={outs['stopped']}", "--lr=2e-3"])
+        open(state, "wb").write(whole_state)
     with open(state, "r+b") as f:                                          # damaged: one line, this edge's fix
         f.seek(os.path.getsize(state) // 2)
         f.write(b"\0" * 64)

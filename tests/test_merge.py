@@ -331,6 +331,20 @@ def test_rerun_is_a_noop_and_other_inputs_need_overwrite(world, capsys):
     before = sha256_file(path)
     run(world)                                                     # same inputs and t: nothing to do
     assert "nothing to do" in capsys.readouterr().out and sha256_file(path) == before
+    record = os.path.join(out, "luastories", "merge.json")
+    made_from = json.load(open(record))["made_from"]
+    open(record, "w").write("{}")                                  # damaged: rewritten from the checkpoint, kept
+    run(world)
+    assert "rewritten from" in capsys.readouterr().out and sha256_file(path) == before
+    assert json.load(open(record))["made_from"] == made_from
+    run(world)
+    assert "nothing to do" in capsys.readouterr().out
+    for text, why in (("[1, 2]", r"merge\.json is a list, not a merge record"),
+                      ('{"made_from": ', r"merge\.json is not readable JSON")):
+        open(record, "w").write(text)               # damaged, and the checkpoint was made with another t: one line
+        with pytest.raises(SystemExit, match=why + r".*--overwrite"):
+            run(world, "--t=0.3")
+    run(world)                                                     # rewritten again for the default t
     with pytest.raises(SystemExit, match="made from other inputs or settings; add --overwrite"):
         run(world, "--t=0.3")
     at_half = path + ".t05"
@@ -340,7 +354,11 @@ def test_rerun_is_a_noop_and_other_inputs_need_overwrite(world, capsys):
     os.replace(at_half, path)                          # another merge in its place: merge.json's record says so
     with pytest.raises(SystemExit, match=r"luastories/ckpt\.pt is not the merge .*merge\.json records .*--overwrite"):
         run(world, "--t=0.3")
-    os.remove(path)                                                # a deleted checkpoint is made again
+    os.remove(path)
+    os.mkdir(path)                                                 # a folder in its place: one line too
+    with pytest.raises(SystemExit, match=r"luastories/ckpt\.pt is not the merge .*merge\.json records .*--overwrite"):
+        run(world, "--t=0.3")
+    os.rmdir(path)                                                 # a deleted checkpoint is made again
     run(world, "--t=0.3")
     assert torch.load(path, weights_only=False)["merge"]["t"] == 0.3
     write_val(data, "lua", 0)                                      # data of another tokenizer

@@ -522,6 +522,24 @@ def fail_once(monkeypatch, suffix):
     monkeypatch.setattr(S, "atomic_torch_save", flaky)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda st: st["seeds"][0]["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)), r"exp_avg has shape \(3,\)"),
+    (lambda st: st["seeds"][1].update(last_fired=torch.zeros(7, dtype=torch.long)), r"last_fired has shape \(7,\)"),
+    (lambda st: st.update(step=10 ** 6), r"step 1000000 of 24"),
+    (lambda st: st.update(scale=float("nan")), r"input scale nan"),
+])
+def test_a_resume_state_edited_and_re_stamped_is_one_line(dirs, edit, message):
+    import common
+    run(dirs, "--model=base", "--stop_step=10")
+    path = os.path.join(dirs[1], "sae_base", S.STATE_FILE)
+    st = torch.load(path, weights_only=True)
+    edit(st)
+    common.atomic_torch_save(common.stamp(st, "sae_state"), path)            # a valid checksum: edited, re-stamped
+    with pytest.raises(SystemExit, match=r"train_state\.pt does not fit the SAE training state .*" + message) as e:
+        run(dirs, "--model=base", "--resume")
+    assert "\n" not in str(e.value)
+
+
 def test_a_failed_save_never_leaves_the_seeds_at_different_steps(dirs, tmp_path, monkeypatch):
     ref, out = str(tmp_path / "ref"), dirs[1]
     write_model(ref, "base", seed=0)

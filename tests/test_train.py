@@ -70,6 +70,9 @@ def test_resumed_run_continues_exactly(dirs):
     run(dirs, "--domain=base", "--name=straight", "--max_iters=12", "--eval_interval=6")
     assert run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=6", "--stop_iter=5") is None
     assert load(dirs, "split")["iter_num"] == 5 and not load(dirs, "split")["finished"]
+    assert run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=6", "--stop_iter=5",
+               "--resume") is None                                              # already there: no step
+    assert load(dirs, "split")["iter_num"] == 5
     run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=6", "--resume")
     a, b = load(dirs, "straight"), load(dirs, "split")
     assert b["iter_num"] == 12 and b["finished"]
@@ -211,6 +214,46 @@ def test_resume_of_a_finished_run_with_changed_settings_is_refused(dirs):
     with pytest.raises(SystemExit, match=r"other settings \(--lr 0.002 -> 0.1\)"):
         run(dirs, "--domain=base", "--max_iters=4", "--resume", "--lr=0.1")
     assert run(dirs, "--domain=base", "--max_iters=4", "--resume")["base"] == load(dirs, "base")["val_loss"]["base"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda ck: ck["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)), r"does not fit the training state .*"
+     r"exp_avg has shape \(3,\)"),                                             # a fused step would write out of bounds
+    (lambda ck: ck.update(data_rng=[torch.zeros(5, dtype=torch.uint8)]), r"does not fit the training state"),
+    (lambda ck: ck.update(iter_num=100), r"at step 100 of 8, which its settings cannot give"),
+    (lambda ck: ck["config"].update(max_iters_resolved=10 ** 12), r"at step 3 of 1000000000000, which its settings"),
+    (lambda ck: (ck["config"].update(max_iters_resolved=10 ** 12), ck["provenance"]["data"].update(meta_sha256="x")),
+     r"more than the training tokens in .* now give \(8\): the data was prepared again since"),  # (data shrank)
+])
+def test_a_resume_state_edited_and_re_stamped_is_one_line(dirs, edit, message):
+    import common
+    run(dirs, "--domain=base", "--max_iters=8", "--stop_iter=3")
+    path = os.path.join(dirs[1], "base", "ckpt.pt")
+    ck = torch.load(path, weights_only=True)
+    edit(ck)
+    common.atomic_torch_save(common.stamp(ck, "model"), path)                 # a valid checksum: edited, re-stamped
+    with pytest.raises(SystemExit, match=message) as e:
+        run(dirs, "--domain=base", "--max_iters=8", "--resume")
+    assert "\n" not in str(e.value)
+
+
+def test_a_finished_runs_damaged_or_swapped_metrics_json_is_rewritten_from_its_checkpoint(dirs, capsys):
+    path = os.path.join(dirs[1], "base", "metrics.json")
+    run(dirs, "--domain=base", "--max_iters=4")
+    text = open(path).read()
+    whole = json.loads(text)
+    run(dirs, "--domain=lua", "--max_iters=2")
+    for damage in (lambda: open(path, "w").write(text[:40]),                         # truncated
+                   lambda: os.replace(os.path.join(dirs[1], "lua", "metrics.json"), path)):  # another run's
+        damage()
+        capsys.readouterr()
+        run(dirs, "--domain=base", "--max_iters=4", "--resume")
+        assert "rewritten from" in capsys.readouterr().out
+        again = json.load(open(path))
+        assert {k: again[k] for k in ("name", "iters", "val_loss", "history", "checkpoint_sha256")} == \
+            {k: whole[k] for k in ("name", "iters", "val_loss", "history", "checkpoint_sha256")}
+    run(dirs, "--domain=base", "--max_iters=4", "--resume")                        # whole: left as it is
+    assert "rewritten" not in capsys.readouterr().out
 
 
 def test_unwritable_out_dir_or_full_disk_fail_before_training(dirs, tmp_path, monkeypatch, capsys):
