@@ -54,9 +54,9 @@ import zlib
 from types import SimpleNamespace
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
-from common import (COMMAND_LINE, atomic_torch_save, atomic_write_json, check_adam_state, check_free_space,
-                    check_resume, cli, default_preset, die, lock_dir, misfit, parse_config, peak_gpu_mib,
-                    pick_device, provenance, read_json, set_threads, sha256_file, stamp)
+from common import (COMMAND_LINE, UserError, atomic_torch_save, atomic_write_json, check_adam_state,
+                    check_free_space, check_resume, cli, default_preset, die, lock_dir, misfit, parse_config,
+                    peak_gpu_mib, pick_device, provenance, read_json, set_threads, sha256_file, stamp)
 
 import numpy as np
 import torch
@@ -834,10 +834,17 @@ def fresh_runs(job):
 def resume_runs(job):
     """The seeds' training state from train_state.pt, after checking it belongs to this run."""
     cfg, path = job.cfg, job.state_path
-    if not os.path.exists(path):
-        die(f"{job.dir} has SAE checkpoints but no {STATE_FILE} to resume from (made by an older sae.py, or "
-            f"deleted); retrain with --overwrite")
-    st = load_checkpoint(path, "SAE training state", f"python sae.py --model {job.name}", kind="sae_state")
+    try:
+        if not os.path.exists(path):
+            die(f"{job.dir} has SAE checkpoints but no {STATE_FILE} to resume from (made by an older sae.py, or "
+                f"deleted); retrain with --overwrite")
+        st = load_checkpoint(path, "SAE training state", f"python sae.py --model {job.name}", kind="sae_state")
+    except UserError:  # the state is needed only to train on: finished SAE files with their metrics stand
+        if not finished_without_state(job):
+            raise
+        print(f"{job.dir}: finished at step {job.total_steps}; nothing to do ({STATE_FILE} is missing or damaged, "
+              f"and is needed only to train further; --overwrite retrains)")
+        return None
     check_resume(st["config"], cfg, RESUME_FREE | {"seeds"}, path)
     if st["model_hash"] != job.info["model_hash"]:
         die(f"{path} was trained on another version of model '{job.name}'; retrain with --overwrite")
@@ -1123,6 +1130,19 @@ def write_metrics(job, runs):
     print(f"-> {job.dir}: " + " | ".join(f"s{s}: fvu {m['fvu']:.3f}, l0 {m['l0']:.1f}, dead {m['dead_frac']:.1%}, "
                                          f"ce recovered {m['ce_recovered']:.3f}" for s, m in per_seed.items()))
     return metrics
+
+
+def finished_without_state(job):
+    """Every seed's SAE file finished, on this model, with these settings (else one line naming the change),
+    and metrics.json listing exactly them: the run is done, whatever became of its training state."""
+    if not outputs_current(job):
+        return False
+    for s, p in job.paths.items():
+        ck = load_checkpoint(p, f"SAE for '{job.name}'", f"python sae.py --model {job.name}", kind="sae")
+        if not ck.get("finished") or ck.get("model_hash") != job.info["model_hash"] or ck.get("seed") != s:
+            return False
+        check_resume(ck["config"], job.cfg, RESUME_FREE | {"seeds"}, p)
+    return True
 
 
 def outputs_current(job):

@@ -540,6 +540,25 @@ def test_a_resume_state_edited_and_re_stamped_is_one_line(dirs, edit, message):
     assert "\n" not in str(e.value)
 
 
+def test_a_finished_run_whose_training_state_is_damaged_or_gone_stands(dirs, capsys):
+    """The state is needed only to train further: finished SAE files, on this model with these settings and
+    listed in metrics.json, are the run's result (retraining a paper-sized SAE would take hours)."""
+    run(dirs, "--model=base")
+    path = os.path.join(dirs[1], "sae_base", S.STATE_FILE)
+    before = {s: sha256_file(S.sae_path(dirs[1], "base", s)) for s in (0, 1)}
+    for damage in (lambda: os.truncate(path, 1000), lambda: os.remove(path)):  # damaged, then gone
+        damage()
+        capsys.readouterr()
+        assert run(dirs, "--model=base", "--resume") is None
+        assert "nothing to do (train_state.pt is missing or damaged" in capsys.readouterr().out
+        assert {s: sha256_file(S.sae_path(dirs[1], "base", s)) for s in (0, 1)} == before
+        with pytest.raises(SystemExit, match=r"sae_s0\.pt with other settings \(--l1_coeff"):
+            run(dirs, "--model=base", "--resume", "--l1_coeff=9")          # changed settings: still named
+    os.remove(S.sae_path(dirs[1], "base", 1))                              # a seed's file gone too: no result
+    with pytest.raises(SystemExit, match=r"no train_state\.pt to resume from"):
+        run(dirs, "--model=base", "--resume")
+
+
 def test_a_failed_save_never_leaves_the_seeds_at_different_steps(dirs, tmp_path, monkeypatch):
     ref, out = str(tmp_path / "ref"), dirs[1]
     write_model(ref, "base", seed=0)
