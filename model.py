@@ -271,16 +271,16 @@ def clean_key(k):
     return k.removeprefix("_orig_mod.").removeprefix("module.")
 
 
-def load_checkpoint(path, what="checkpoint", how=None, kind="model"):
+def load_checkpoint(path, what="checkpoint", how=None, kind="model", again=" --overwrite"):
     """A torch file of `kind` (a model checkpoint; sae.py: an SAE, an SAE training state) as a dict on the
     CPU, after common.check_file. weights_only: the file is read as data (tensors, numbers, text and their
     containers), so nothing in it can run. Missing, unloadable, damaged or of another kind: one line naming
-    the file and `how`, the command that makes it."""
+    the file and `how`, the command that makes it (`again`: what remakes one that is there)."""
     if not os.path.exists(path):
         die(f"no {what} at {path}" + (f"; make it with: {how}" if how else ""))
     if not os.path.isfile(path):  # a folder, a device or a pipe (which would block the read) in its place
         die(f"{path} is not a file but a folder, a device or a pipe; remove it"
-            + (f" and remake it: {how} --overwrite" if how else ""))
+            + (f" and remake it: {how}{again}" if how else ""))
     try:
         # files written before common.FORMAT 1 hold torch.__version__ as a TorchVersion (a str subclass)
         with warnings.catch_warnings(), torch.serialization.safe_globals([TorchVersion]):
@@ -292,8 +292,8 @@ def load_checkpoint(path, what="checkpoint", how=None, kind="model"):
         why = (why or [""])[0].split(". ")[0][:160]
         die(f"cannot load {what} {path} as data ({type(e).__name__}: {why}): damaged, or it holds Python objects "
             f"(a pickle that could run code; a file of an old version); nothing in it was run"
-            + (f"; remake it: {how} --overwrite" if how else "; delete it and re-run"))
-    return check_file(obj, path, kind, how and f"{how} --overwrite")
+            + (f"; remake it: {how}{again}" if how else "; delete it and re-run"))
+    return check_file(obj, path, kind, how and f"{how}{again}")
 
 
 def is_finished(ckpt):

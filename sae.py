@@ -649,12 +649,15 @@ def load_sae(out_dir, model_name, seed=0, device="cpu"):
     model_domains(model_name)
     path = sae_path(out_dir, model_name, seed)
     how = f"python sae.py --model {model_name}" + (f" --seeds 0,1,{seed}" if seed not in (0, 1) else "")
-    ckpt = load_checkpoint(path, f"SAE for '{model_name}'", how, kind="sae")
+    # a damaged or misplaced seed file is rewritten by --resume from the run's training state where that is
+    # kept (any seed file it does not match); without it, only retraining remakes one
+    again = " --resume" if os.path.isfile(os.path.join(os.path.dirname(path), STATE_FILE)) else " --overwrite"
+    ckpt = load_checkpoint(path, f"SAE for '{model_name}'", how, kind="sae", again=again)
     # a seed's file copied or renamed onto another seed's name passes every other check, and the null
     # baseline (seed 0 against seed 1) would then find every feature again: named, never used
     if ckpt.get("seed", seed) != seed:
         die(f"{path} holds the SAE of seed {ckpt.get('seed')}, not seed {seed}: renamed or copied? put it back "
-            f"under its own name, or remake it: {how} --overwrite")
+            f"under its own name, or remake it: {how}{again}")
     if not ckpt.get("finished"):
         die(f"{path} is unfinished (step {ckpt.get('step')}/{ckpt.get('total_steps')}); finish it with: {how} --resume")
     ckpt.pop("train", None)

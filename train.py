@@ -231,9 +231,16 @@ def build_model(run):
     cfg, env, ck = run.cfg, run.env, run.resume
     run.tok_hash, run.lineage_name = None, run.name  # the tokenizer the data must have (None: data_dir's own)
     if ck is not None:
-        model = model_from_checkpoint(ck, env.device, run.ckpt_path, f"python train.py --domain {cfg['domain']} "
-                                      f"--name {run.name} --overwrite")
+        model = model_from_checkpoint(ck, env.device, run.ckpt_path,
+                                      f"python train.py --domain {cfg['domain']} --name {run.name}")
         run.parents, run.tok_hash = ck["parents"], ck["tokenizer_hash"]
+        # a fine-tune finished from a parent since re-made would descend from weights no longer on disk
+        # (analyze.py's lineage check would refuse it, after its SAEs were trained): refused now
+        parent = os.path.join(cfg["out_dir"], cfg["parent"], "ckpt.pt")
+        if cfg["domain"] != "base" and run.parents and os.path.isfile(parent) and \
+                sha256_file(parent) != run.parents[0].get("hash"):
+            die(f"'{cfg['parent']}' was re-made since {run.ckpt_path} began from it; start this fine-tune over "
+                f"from the new one: python train.py --domain {cfg['domain']} --name {run.name} --overwrite")
         if env.master:
             print(f"resuming {run.ckpt_path} from iter {ck['iter_num']}")
     elif cfg["domain"] != "base":
@@ -245,7 +252,7 @@ def build_model(run):
                      f"fine-tune with the {cfg['preset']} recipe")
         run.tok_hash, run.lineage_name = parent["tokenizer_hash"], cfg["parent"]
         model = model_from_checkpoint(parent, env.device, path, MAKES.get(  # exactly the parent's weights
-            cfg["parent"], f"python train.py --domain {parent.get('domain')} --name {cfg['parent']} --overwrite"))
+            cfg["parent"], f"python train.py --domain {parent.get('domain')} --name {cfg['parent']}"))
         run.parents = [{"name": cfg["parent"], "hash": sha256_file(path)}]
     else:
         margs = ModelArgs(vocab_size=datalib.read_meta(cfg["data_dir"], cfg["domain"])["vocab_size"], **{k: cfg[k] for k in (

@@ -248,6 +248,8 @@ BASE = [TRAIN, "--domain=base", D, FRESH, "--preset=tiny", *MODEL, "--max_iters=
 LUA2 = [TRAIN, "--domain=lua", "--name=lua2", D, O, "--preset=tiny", *MODEL, "--max_iters=3"]  # a fine-tune of base
 SAE_TS = [SAE_RUN, "--model=tinystories", D, O, "--preset=tiny", *SAE]
 SAE_LUA_RESUME = [SAE_RUN, "--model=lua", D, O, "--preset=tiny", *SAE, "--resume"]
+# a finished SAE run stands without its training state; with metrics.json gone, --resume must read it
+NEEDS_STATE = remove("out/sae_lua/metrics.json")
 MERGE_M2 = [MERGE, D, O, "--preset=tiny", "--out=m2", "--eval_batches=1", "--batch_size=4"]
 ANALYZE_RUN = ["analyze.py", D, O, "--preset=tiny", *ANALYZE]
 
@@ -349,14 +351,16 @@ CASES = [
     ("train-resume-pickle-payload", [TRAIN, "--domain=lua", D, O, "--preset=tiny", *MODEL, "--max_iters=4", "--resume"],
      payload("out/lua/ckpt.pt"), r"lua/ckpt\.pt .*nothing in it was run.*train\.py .*--domain lua --overwrite"),
     ("sae-model-pickle-payload", SAE_TS, payload("out/tinystories/ckpt.pt"), r"tinystories/ckpt\.pt .*nothing in it"),
-    ("sae-state-pickle-payload", SAE_LUA_RESUME, payload("out/sae_lua/train_state.pt"), r"train_state\.pt .*nothing in it"),
+    ("sae-state-pickle-payload", SAE_LUA_RESUME, both(NEEDS_STATE, payload("out/sae_lua/train_state.pt")),
+     r"train_state\.pt .*nothing in it"),
     ("merge-pickle-payload", MERGE_M2, payload("out/tinystories/ckpt.pt"), r"tinystories/ckpt\.pt .*nothing in it"),
     ("analyze-model-pickle-payload", ANALYZE_RUN, payload("out/lua/ckpt.pt"), r"lua/ckpt\.pt .*nothing in it"),
     ("analyze-sae-pickle-payload", ANALYZE_RUN, payload("out/sae_base/sae_s0.pt"), r"sae_s0\.pt .*nothing in it"),
     ("train-parent-flipped-bytes", LUA2, flip("out/base/ckpt.pt"), r"base/ckpt\.pt is damaged.*train\.py .*--domain base"),
     ("train-resume-flipped-bytes", [TRAIN, "--domain=base", D, U, "--preset=tiny", *MODEL, "--max_iters=10", "--resume"],
      flip("unfinished/base/ckpt.pt"), r"base/ckpt\.pt is damaged"),
-    ("sae-state-flipped-bytes", SAE_LUA_RESUME, flip("out/sae_lua/train_state.pt"), r"train_state\.pt is damaged"),
+    ("sae-state-flipped-bytes", SAE_LUA_RESUME, both(NEEDS_STATE, flip("out/sae_lua/train_state.pt")),
+     r"train_state\.pt is damaged"),
     ("merge-flipped-bytes", MERGE_M2, flip("out/lua/ckpt.pt"), r"lua/ckpt\.pt is damaged.*train\.py .*--domain lua"),
     ("analyze-sae-flipped-bytes", ANALYZE_RUN, flip("out/sae_base/sae_s0.pt"), r"sae_s0\.pt is damaged.*sae\.py"),
     ("train-bin-in-range-garbage", BASE, tokens_at("data/base/train.bin", 5), r"train\.bin is damaged.*data\.py"),
@@ -375,7 +379,8 @@ CASES = [
      r"tinystories/ckpt\.pt is an SAE training state, not a model checkpoint"),
     ("analyze-sae-is-a-model", ANALYZE_RUN, copy("out/base/ckpt.pt", "out/sae_base/sae_s0.pt"),
      r"sae_s0\.pt is a model checkpoint, not an SAE"),
-    ("sae-state-is-an-sae", SAE_LUA_RESUME, copy("out/sae_lua/sae_s0.pt", "out/sae_lua/train_state.pt"),
+    ("sae-state-is-an-sae", SAE_LUA_RESUME,
+     both(NEEDS_STATE, copy("out/sae_lua/sae_s0.pt", "out/sae_lua/train_state.pt")),
      r"train_state\.pt is an SAE, not an SAE training state"),
     ("sweep-record-garbage", [MERGE, D, O, "--preset=tiny", "--sweep", "--eval_batches=1", "--batch_size=4", "--grid=0,1"],
      put("out/merge_sweep.json", lambda ws: '{"t": "all"}'), r"merge_sweep\.json is a dict of no known kind"),
@@ -451,7 +456,7 @@ FAMILIES = {
     "damaged": [
         ("damaged-merged-model-flipped", [SAE_RUN, "--model=luastories", D, O, "--preset=tiny", *SAE],
          flip("out/luastories/ckpt.pt"), r"luastories/ckpt\.pt is damaged.*merge\.py"),
-        ("damaged-sae-state-truncated", SAE_LUA_RESUME, truncate("out/sae_lua/train_state.pt"),
+        ("damaged-sae-state-truncated", SAE_LUA_RESUME, both(NEEDS_STATE, truncate("out/sae_lua/train_state.pt")),
          r"train_state\.pt .*remake it: python sae\.py .* --model lua --overwrite$"),
         ("damaged-merge-record-other-kind", [MERGE, D, O, "--preset=tiny", "--eval_batches=1", "--batch_size=4"],
          put("out/luastories/merge.json", lambda ws: '{"kind": "results", "format": 1}'),

@@ -5,6 +5,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import socket
 from types import SimpleNamespace
 
@@ -557,6 +558,25 @@ def test_a_finished_run_whose_training_state_is_damaged_or_gone_stands(dirs, cap
     os.remove(S.sae_path(dirs[1], "base", 1))                              # a seed's file gone too: no result
     with pytest.raises(SystemExit, match=r"no train_state\.pt to resume from"):
         run(dirs, "--model=base", "--resume")
+
+
+def test_a_damaged_or_swapped_seed_file_is_rewritten_by_resume_from_the_training_state(dirs):
+    run(dirs, "--model=base")
+    p0, p1 = S.sae_path(dirs[1], "base", 0), S.sae_path(dirs[1], "base", 1)
+    whole = {s: ck(dirs[1], "base", s) for s in (0, 1)}
+    for damage, message in ((lambda: os.truncate(p0, 1000), r"cannot load SAE .*sae_s0\.pt as data"),
+                            (lambda: shutil.copy(p1, p0), r"sae_s0\.pt holds the SAE of seed 1, not seed 0")):
+        damage()
+        with pytest.raises(SystemExit, match=message + r".*remake it: python sae\.py --model base --resume$"):
+            S.load_sae(dirs[1], "base", 0)
+        run(dirs, "--model=base", "--resume")                              # from train_state.pt, not retrained
+        for s in (0, 1):
+            again = S.load_sae(dirs[1], "base", s)[1]
+            assert again["seed"] == s and all(torch.equal(whole[s]["sae"][k], again["sae"][k]) for k in again["sae"])
+    os.remove(os.path.join(dirs[1], "sae_base", S.STATE_FILE))             # no state: only retraining remakes it
+    os.truncate(p0, 1000)
+    with pytest.raises(SystemExit, match=r"remake it: python sae\.py --model base --overwrite$"):
+        S.load_sae(dirs[1], "base", 0)
 
 
 def test_a_failed_save_never_leaves_the_seeds_at_different_steps(dirs, tmp_path, monkeypatch):

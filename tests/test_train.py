@@ -195,6 +195,18 @@ def test_a_second_run_on_a_locked_folder_is_refused(dirs):
     assert not os.path.exists(os.path.join(dirs[1], "base", ".lock"))
 
 
+def test_a_finetune_is_not_resumed_from_a_parent_re_made_since_it_began(dirs):
+    run(dirs, "--domain=base", "--max_iters=4")
+    assert run(dirs, "--domain=lua", "--max_iters=6", "--stop_iter=2") is None
+    run(dirs, "--domain=base", "--max_iters=4", "--seed=7", "--overwrite")      # the parent re-made
+    with pytest.raises(SystemExit, match=r"'base' was re-made since .*lua/ckpt\.pt began from it; start this "
+                                         r"fine-tune over from the new one: python train\.py --domain lua "
+                                         r"--name lua --overwrite$"):
+        run(dirs, "--domain=lua", "--max_iters=6", "--resume")
+    run(dirs, "--domain=lua", "--max_iters=6", "--overwrite")
+    assert load(dirs, "lua")["parents"][0]["hash"] == sha256_file(os.path.join(dirs[1], "base", "ckpt.pt"))
+
+
 def test_finetune_refuses_an_unfinished_parent_unless_allowed(dirs):
     # 12.5: a parent stopped early (the state a kill leaves) was used without a word
     run(dirs, "--domain=base", "--max_iters=10", "--stop_iter=3")
