@@ -111,6 +111,13 @@ def watch_driver():
 DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
 
 
+def out_of_memory(e):
+    """Whether an exception is the machine running out of memory: numpy's MemoryError, torch's OutOfMemoryError
+    and its CPU allocator's failures (RuntimeErrors)."""
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and bool(
+        re.search(r"out of memory|can't allocate|not enough memory", str(e))))
+
+
 def cli(main):
     """Run a script's main() as a command: a UserError becomes one line on stderr and exit status 2,
     a full or read-only disk one line naming the path, Ctrl-C one line and status 130."""
@@ -123,8 +130,7 @@ def cli(main):
         # sizes too large for the machine (each setting's range cannot know its memory): torch's OutOfMemoryError
         # and CPU allocator failures are RuntimeErrors, numpy's a MemoryError, a size past int64 an overflow
         text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        if isinstance(e, RuntimeError) and not re.search(r"out of memory|can't allocate|not enough memory|[Oo]verflow",
-                                                         text):
+        if isinstance(e, RuntimeError) and not (out_of_memory(e) or re.search(r"[Oo]verflow", text)):
             raise
         print(f"error: out of memory or past what a size can hold ({text[:160]}); the settings ask for more than "
               f"this machine holds: lower the sizes (batch, width, expansion, tokens) or use a larger device",
@@ -846,7 +852,10 @@ def read_record(path, kind, how=None):
 
 def misfit(path, e, what, how):
     """One line for a file whose weights do not fit the `what` its own args describe (e: the error that
-    building or loading them raised): whole by its checksum, but edited by hand (and re-stamped)."""
+    building or loading them raised): whole by its checksum, but edited by hand (and re-stamped). Out of
+    memory is the machine's, not the file's: raised again (cli names it), the file never called damaged."""
+    if out_of_memory(e):
+        raise e
     why = [x.strip() for x in str(e).splitlines()
            if x.strip() and not x.startswith("Error(s) in loading")]  # torch's heading line
     die(f"{path} does not fit the {what} it describes ({type(e).__name__}: {(why or [''])[0][:200]}):"

@@ -709,6 +709,26 @@ def print_edge(name, rec):
               f"at r >= {cc['null']['threshold']}, {cc['null']['same_class_frac']:.1%} of those in the same class")
 
 
+def with_earlier_edges(path, cfg, keys, edges_out, sae_hashes, token_set):
+    """This run's edge records with those an earlier diffing.json holds for edges this run did not measure (a
+    run with --edges, such as the fix an error names for one edge, would otherwise drop them), where that run
+    had these settings and this token set and its SAEs are this run's where both have them (the analysis
+    checks the rest against the SAEs on disk). Returns (edges, SAE hashes)."""
+    try:
+        old = common.read_record(path, "diffing")
+        conf, kept = old["provenance"]["config"], {k: v for k, v in old["edges"].items() if k not in edges_out}
+        same = (all(conf.get(k) == cfg[k] for k in (*keys, "seeds", "sae_seed")) and old["token_set"] == token_set
+                and all(old["sae_hashes"].get(m, h) == h for m, h in sae_hashes.items()))
+    except (common.UserError, KeyError, TypeError, AttributeError):  # none, damaged or of another shape
+        return edges_out, sae_hashes
+    if not (same and kept):
+        return edges_out, sae_hashes
+    print(f"kept from {path}: {', '.join(kept)} (measured with these settings, SAEs and token set)")
+    order = [*old["edges"], *(k for k in edges_out if k not in old["edges"])]
+    merged = {**kept, **edges_out}
+    return {k: merged[k] for k in order}, {**old["sae_hashes"], **sae_hashes}
+
+
 def main(argv=None):
     cfg, edges = settings(argv)
     device = common.pick_device(cfg["device"])
@@ -749,6 +769,8 @@ def main(argv=None):
             edges_out[f"{parent}->{child}"] = rec = edge_record(cfg, acfg, study, seqs, parent, child, ccs, device)
             rec["seconds"] = {"train": round(t_train, 1), "measure": round(time.time() - t_edge - t_train, 1)}
             print_edge(f"{parent}->{child}", rec)
+        edges_out, sae_hashes = with_earlier_edges(os.path.join(out, "diffing.json"), cfg, keys, edges_out, sae_hashes,
+                                                   token_set)
         res = {"edges": edges_out, "sae_hashes": sae_hashes, "sae_seed": cfg["sae_seed"], "token_set": token_set,
                "arch": cfg["arch"], "cuts": {**CUTS, "scaling": cfg["scaling_cut"]}, "class_legend": CLASSES,
                "delta": "(1/2) ((|d_child| - |d_parent|) / max(|d_parent|, |d_child|) + 1) (Minder et al. 2025)",

@@ -362,10 +362,13 @@ def load_eval_windows(cfg, models):
 
 def up_to_date(cfg, run, made_from):
     """True when the output exists and was made from these inputs and settings (nothing to do)."""
-    if not (os.path.exists(run.out_path) and (cfg["sweep"] or os.path.exists(run.ckpt_path))) or cfg["overwrite"]:
-        return False
     kind, how = (("sweep", "python merge.py --sweep --overwrite") if cfg["sweep"] else
                  ("merge", f"python merge.py --out {cfg['out']} --overwrite"))
+    if not cfg["sweep"] and not cfg["overwrite"] and not os.path.lexists(run.out_path) and \
+            os.path.isfile(run.ckpt_path):  # merge.json lost: rewritten from a checkpoint that says it was made so
+        return record_from_checkpoint(run, made_from, how)
+    if not (os.path.exists(run.out_path) and (cfg["sweep"] or os.path.exists(run.ckpt_path))) or cfg["overwrite"]:
+        return False
     try:
         record = common.read_record(run.out_path, kind, how)
     except common.UserError:  # merge.json damaged: rewritten from a checkpoint that says it was made so
@@ -376,7 +379,7 @@ def up_to_date(cfg, run, made_from):
         if cfg["sweep"] or other or not record_from_checkpoint(run, made_from, how):
             raise
         return True
-    if record["made_from"] == made_from:
+    if plain(record["made_from"]) == plain(made_from):
         held = (record.get("checkpoint") or {}).get("hash")  # the merge's checkpoint, as it was written
         if not cfg["sweep"] and held is not None and (not os.path.isfile(run.ckpt_path)  # (a folder in its place)
                                                       or common.sha256_file(run.ckpt_path) != held):
@@ -387,12 +390,17 @@ def up_to_date(cfg, run, made_from):
     common.die(f"{run.out_path} exists but was made from other inputs or settings; add --overwrite to replace it")
 
 
+def plain(x):
+    """x as JSON gives it back (tuples become lists): what a record read from disk is compared in."""
+    return json.loads(json.dumps(x))
+
+
 def record_from_checkpoint(run, made_from, how):
     """merge.json rewritten from the merge's checkpoint (whole by its checksum) when the checkpoint's own
     record says it was made from these inputs and settings: remaking the merge would give the weights a new
     file hash, and every SAE of it would then need retraining. False when it says otherwise."""
-    ck = load_checkpoint(run.ckpt_path, "merge", how)
-    rec, plain = ck.get("merge") or {}, lambda x: json.loads(json.dumps(x))  # (tuples and lists alike)
+    ck = load_checkpoint(run.ckpt_path, "merge", how, again="")  # (how names --overwrite already)
+    rec = ck.get("merge") or {}
     inputs = made_from["inputs"]
     if plain([ck.get("parents"), rec.get("parent"), [rec.get(k) for k in ("mode", "t_rules", "dot_threshold", "t")]]) \
             != plain([[inputs["a"], inputs["b"]], inputs.get("parent"),
@@ -402,7 +410,8 @@ def record_from_checkpoint(run, made_from, how):
         **rec, "made_from": made_from, "tensors": {}, "val_loss": ck.get("val_loss") or {},
         "checkpoint": {"path": run.ckpt_path, "hash": common.sha256_file(run.ckpt_path)},
         "parents": ck["parents"], "provenance": ck.get("provenance") or {}}, "merge"))
-    print(f"{run.out_path} was damaged; rewritten from {run.ckpt_path}, which was made from these inputs and settings")
+    print(f"{run.out_path} was missing or damaged; rewritten from {run.ckpt_path}, which was made from these inputs "
+          f"and settings")
     return True
 
 

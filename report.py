@@ -454,6 +454,8 @@ def read_stage(out_dir, folder, name, kind):
     None when it is absent: the report shows what exists. One that is not JSON or of another kind: one
     line naming it (common.read_record)."""
     path, how = os.path.normpath(os.path.join(out_dir, folder, name)), STAGE_HOW[kind].format(folder, folder[4:])
+    if kind == "train_metrics" and folder not in TRAINED:  # a merge's folder: merge.py writes its record there
+        how = f"python merge.py --out {folder}"
     if not os.path.exists(path):
         return None
     rec = common.read_record(path, kind, how)
@@ -470,6 +472,7 @@ def read_stage(out_dir, folder, name, kind):
 
 # the commands that remake a stage's record in out_dir/<folder>/ (a finished run rewrites a missing or damaged
 # one from its checkpoint or state): {0} the folder, {1} it without sae_
+TRAINED = ("base", "lua", "tinystories")  # the models train.py makes (luastories: merge.py)
 STAGE_HOW = {"train_metrics": "python train.py --domain {0} --resume",
              "sae_metrics": "python sae.py --model {1} --resume",
              "merge": "python merge.py --out {0} --overwrite", "sweep": "python merge.py --sweep --overwrite"}
@@ -480,8 +483,9 @@ def section_training(out_dir, models):
     and every model's final validation loss on each domain."""
     charts, notes, finals = [], [], {}
     for m in models:
-        met = (read_stage(out_dir, m, "metrics.json", "train_metrics") or read_stage(out_dir, m, "merge.json", "merge")
-               or {})
+        merged = os.path.exists(os.path.join(out_dir, m, "merge.json"))  # (then a metrics.json beside it is stray)
+        met = (read_stage(out_dir, m, "merge.json", "merge") if merged else
+               read_stage(out_dir, m, "metrics.json", "train_metrics")) or {}
         finals[m] = met.get("val_loss") if isinstance(met.get("val_loss"), dict) else {}
         hist = met.get("history") or []
         if hist:

@@ -842,18 +842,18 @@ def resume_runs(job):
             die(f"{job.dir} has SAE checkpoints but no {STATE_FILE} to resume from (made by an older sae.py, or "
                 f"deleted); retrain with --overwrite")
         st = load_checkpoint(path, "SAE training state", f"python sae.py --model {job.name}", kind="sae_state")
+        check_resume(st["config"], cfg, RESUME_FREE | {"seeds"}, path)
+        if st["model_hash"] != job.info["model_hash"]:
+            die(f"{path} was trained on another version of model '{job.name}'; retrain with --overwrite")
+        if sorted(st["seeds"]) != sorted(job.seeds):
+            have = ",".join(map(str, st["seeds"]))
+            die(f"{path} trains seeds {have} together; resume with --seeds {have}, or start over with --overwrite")
     except UserError:  # the state is needed only to train on: finished SAE files with their metrics stand
         if not finished_without_state(job):
             raise
-        print(f"{job.dir}: finished at step {job.total_steps}; nothing to do ({STATE_FILE} is missing or damaged, "
-              f"and is needed only to train further; --overwrite retrains)")
+        print(f"{job.dir}: finished at step {job.total_steps}; nothing to do ({STATE_FILE} is missing, damaged or "
+              f"another run's, and is needed only to train further; --overwrite retrains)")
         return None
-    check_resume(st["config"], cfg, RESUME_FREE | {"seeds"}, path)
-    if st["model_hash"] != job.info["model_hash"]:
-        die(f"{path} was trained on another version of model '{job.name}'; retrain with --overwrite")
-    if sorted(st["seeds"]) != sorted(job.seeds):
-        have = ",".join(map(str, st["seeds"]))
-        die(f"{path} trains seeds {have} together; resume with --seeds {have}, or start over with --overwrite")
     job.scale, job.step, job.history = st["scale"], st["step"], st["history"]
     runs = []
     for s in job.seeds:
@@ -1156,7 +1156,7 @@ def outputs_current(job):
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return set(seeds) == {str(s) for s in job.seeds} and all(
-        os.path.exists(p) and seeds[str(s)].get("checkpoint_sha256") == sha256_file(p) for s, p in job.paths.items())
+        os.path.isfile(p) and seeds[str(s)].get("checkpoint_sha256") == sha256_file(p) for s, p in job.paths.items())
 
 
 if __name__ == "__main__":

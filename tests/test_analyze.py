@@ -430,6 +430,9 @@ def test_records_of_another_kind_or_shape_are_one_line_naming_them(study, tmp_pa
                                      r"--domain base --resume"),
         ("base/metrics.json", '{"kind": "train_metrics", "format": 1, "name": "lua", "val_loss": {}}',
          r"base/metrics\.json is the record of 'lua', not 'base': copied or swapped\?"),
+        ("luastories/metrics.json", '{"kind": "train_metrics", "format": 1, "name": "lua", "val_loss": {}}',
+         r"luastories/metrics\.json is the record of 'lua', not 'luastories'.*remake it: python merge\.py --out "
+         r"luastories$"),                                    # (a merge's folder: its record is merge.json)
         ("sae_lua/metrics.json", '{"kind": "sae_metrics", "format": 1, "model": "base", "seeds": {}, "history": []}',
          r"sae_lua/metrics\.json is the record of 'base', not 'lua'"),
         ("sae_lua/metrics.json", '{"kind": "merge", "format": 1, "made_from": {}, "t": 0.5}',
@@ -457,6 +460,15 @@ def test_records_of_another_kind_or_shape_are_one_line_naming_them(study, tmp_pa
            "checkpoint_sha256": sha256_file(str(tmp_path / "renamed" / "lua" / "ckpt.pt"))}
     (tmp_path / "renamed" / "lua" / "metrics.json").write_text(json.dumps(rec))
     assert report.read_stage(str(tmp_path / "renamed"), "lua", "metrics.json", "train_metrics")["name"] == "lua_plain"
+    # a stray metrics.json beside a merge's merge.json is not read: the merge's record is
+    out2 = str(tmp_path / "stray")
+    shutil.copytree(os.path.join(out_dir, "analysis"), os.path.join(out2, "analysis"))
+    os.makedirs(os.path.join(out2, "luastories"))
+    for name, text in (("merge.json", '{"kind": "merge", "format": 1, "made_from": {}, "t": 0.5}'),
+                       ("metrics.json", '{"kind": "train_metrics", "format": 1, "name": "lua", "val_loss": {}}')):
+        with open(os.path.join(out2, "luastories", name), "w") as f:
+            f.write(text)
+    assert os.path.exists(report.write_report(out2))
 
 
 def test_each_features_status_is_saved_by_python_and_agrees_with_the_counts(study):

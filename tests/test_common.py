@@ -188,6 +188,25 @@ def test_cli_exit_status(tmp_path):
     assert out.returncode == 2 and out.stderr == "error: bad thing; fix it\n"
 
 
+def test_a_file_that_does_not_fit_is_named_but_out_of_memory_is_the_machines(tmp_path):
+    """misfit: a file whose weights do not fit its args is one line naming it and --overwrite; running out of
+    memory while loading a good file (resuming on a smaller GPU) must never tell the user to throw it away."""
+    with pytest.raises(common.UserError, match=r"^error: f\.pt does not fit the model it describes \(ValueError: "
+                                               r"size mismatch\): damaged or hand-made; remake it: python x\.py "
+                                               r"--overwrite$"):
+        common.misfit("f.pt", ValueError("size mismatch\nmore"), "model", "python x.py")
+    for e in (MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+              RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")):
+        with pytest.raises(type(e)) as got:
+            common.misfit("f.pt", e, "model", "python x.py")
+        assert got.value is e
+    code = ("import sys; sys.path.insert(0, %r); import common\n"
+            "def main():\n    raise RuntimeError('CUDA out of memory. Tried to allocate 2.00 GiB')\n"
+            "common.cli(main)\n") % HERE
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("error: out of memory or past what a size can hold")
+
+
 def test_threads(monkeypatch):
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()

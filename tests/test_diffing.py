@@ -342,6 +342,24 @@ def copied_out(out_dir, tmp_path):
     return out2
 
 
+def test_a_run_of_one_edge_keeps_the_other_edges_records(pipeline, tmp_path, capsys):
+    """The fix an edge's error names (diffing.py --edges 'p->c' --overwrite) rewrites diffing.json: the other
+    edges' records stay where the earlier run had these settings, SAEs and token set, and go where it did not."""
+    _, out_dir, res, args = pipeline
+    out2 = copied_out(out_dir, tmp_path)
+    one = [a for a in args if not a.startswith(("--out_dir=", "--edges="))] + [f"--out_dir={out2}", "--edges=base->lua"]
+    path = os.path.join(out2, "diffing", "diffing.json")
+    before = json.load(open(path))
+    capsys.readouterr()
+    diffing.main(one + ["--overwrite"])
+    assert "kept from" in capsys.readouterr().out
+    after = json.load(open(path))
+    assert list(after["edges"]) == ["base->lua", "base->tinystories"] and after["sae_hashes"] == before["sae_hashes"]
+    assert after["edges"]["base->tinystories"] == before["edges"]["base->tinystories"]
+    diffing.main(one + ["--overwrite", "--lr=1e-3"])                        # other settings: not kept
+    assert list(json.load(open(path))["edges"]) == ["base->lua"] and "kept from" not in capsys.readouterr().out
+
+
 def test_a_crosscoder_file_under_another_seeds_name_is_refused(pipeline, tmp_path):
     import shutil
     from helpers import assert_one_line_error, run_script

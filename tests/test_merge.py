@@ -218,7 +218,7 @@ def test_default_merge_writes_a_loadable_checkpoint_with_provenance(world):
     assert set(js["tensors"]) == set(ck["model"]) and js["provenance"]["config"]["t"] == 0.58
 
 
-def test_task_mode_merge_from_the_command_line(world):
+def test_task_mode_merge_from_the_command_line(world, capsys):
     data, out, _ = world
     run(world, "--mode=task", "--out=ls_task", "--t=0.3", "--eval_batches=0")
     ck = torch.load(os.path.join(out, "ls_task", "ckpt.pt"), weights_only=False)
@@ -227,6 +227,12 @@ def test_task_mode_merge_from_the_command_line(world):
     p, a, b = (torch.load(os.path.join(out, n, "ckpt.pt"), weights_only=False)["model"] for n in ("base", "lua", "tinystories"))
     k = "attn.wo.weight"
     torch.testing.assert_close(ck["model"][k], p[k] + merge.slerp(a[k] - p[k], b[k] - p[k], 0.3)[0])
+    # with --t_rules (tuples in memory, lists in merge.json): a rerun finds it made from these settings
+    rules = ["--mode=task", "--out=ls_rules", "--t=0.3", "--t_rules=mlp*=0.6", "--eval_batches=0"]
+    run(world, *rules)
+    capsys.readouterr()
+    run(world, *rules)
+    assert "nothing to do" in capsys.readouterr().out
 
 
 def test_sweep_writes_eleven_points_with_the_parents_losses_at_the_ends(world, capsys):
@@ -339,6 +345,10 @@ def test_rerun_is_a_noop_and_other_inputs_need_overwrite(world, capsys):
     assert json.load(open(record))["made_from"] == made_from
     run(world)
     assert "nothing to do" in capsys.readouterr().out
+    os.remove(record)                                              # missing: rewritten from the checkpoint too
+    run(world)
+    assert "rewritten from" in capsys.readouterr().out and sha256_file(path) == before
+    assert json.load(open(record))["made_from"] == made_from
     for text, why in (("[1, 2]", r"merge\.json is a list, not a merge record"),
                       ('{"made_from": ', r"merge\.json is not readable JSON")):
         open(record, "w").write(text)               # damaged, and the checkpoint was made with another t: one line

@@ -545,13 +545,16 @@ def test_a_finished_run_whose_training_state_is_damaged_or_gone_stands(dirs, cap
     """The state is needed only to train further: finished SAE files, on this model with these settings and
     listed in metrics.json, are the run's result (retraining a paper-sized SAE would take hours)."""
     run(dirs, "--model=base")
+    run(dirs, "--model=lua")
     path = os.path.join(dirs[1], "sae_base", S.STATE_FILE)
     before = {s: sha256_file(S.sae_path(dirs[1], "base", s)) for s in (0, 1)}
-    for damage in (lambda: os.truncate(path, 1000), lambda: os.remove(path)):  # damaged, then gone
+    lua_state = os.path.join(dirs[1], "sae_lua", S.STATE_FILE)
+    for damage in (lambda: os.truncate(path, 1000), lambda: shutil.copy(lua_state, path),  # damaged, another's,
+                   lambda: os.remove(path)):                                               # then gone
         damage()
         capsys.readouterr()
         assert run(dirs, "--model=base", "--resume") is None
-        assert "nothing to do (train_state.pt is missing or damaged" in capsys.readouterr().out
+        assert "nothing to do (train_state.pt is missing, damaged or another run" in capsys.readouterr().out
         assert {s: sha256_file(S.sae_path(dirs[1], "base", s)) for s in (0, 1)} == before
         with pytest.raises(SystemExit, match=r"sae_s0\.pt with other settings \(--l1_coeff"):
             run(dirs, "--model=base", "--resume", "--l1_coeff=9")          # changed settings: still named
