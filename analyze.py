@@ -558,7 +558,8 @@ def select_features(c, n, threshold, dens_p, dens_c, names, taken, allowed=None)
             clear = q % 2 == 0
             i = int(group[np.argmax(m_group) if clear else np.argmin(m_group)])
             how = "the clearest case" if clear else "the closest call"
-            picks.append((model, i, f"density group {q + 1}/{len(groups)} of the {len(idx)} {cat} features (fires on "
+            picks.append((model, i, f"density group {q + 1}/{len(groups)} of the {len(idx)} {cat} features that can "
+                                    f"be examples (active enough, no example on another edge; fires on "
                                     f"{dens[i]:.2%} of tokens), {how}: best r {best[i]:.4f}, "
                                     f"{abs(best[i] - threshold):.4f} {'above' if best[i] >= threshold else 'below'} "
                                     f"the threshold"))
@@ -694,7 +695,9 @@ def settings(argv):
             if e.name != "explain":
                 raise
             die("--explain needs explain.py (automated interpretability) next to analyze.py; it is not there")
-        explain.check_key({k: cfg[k] for k in ("api_base",) if cfg[k]})  # before the long pass, not after it
+        ecfg = {k: cfg[k] for k in ("api_base",) if cfg[k]}
+        explain.check_key(ecfg)  # before the long pass, not after it
+        explain.check_reachable(ecfg)
     return cfg, explain
 
 
@@ -1222,12 +1225,18 @@ def page_data(cfg, study, ctx, activity, logit, trails, near, tok, explanations)
     return {"pages": pages, "tok": tok, "provenance": common.provenance(cfg)}
 
 
+def sae_kind(args):
+    """An SAE's kind in words, from its args: 'relu' or 'topk k 32'."""
+    return args.get("arch", "relu") + (f" k {args['k']}" if args.get("arch") == "topk" else "")
+
+
 def models_record(study, s0, s1, dens, dead):
     """results.json's per-model block: features, live / dead, median density, hashes, SAE metrics."""
     out = {}
     for m in study.models:
         info, live = study.info[m], ~dead[(m, s0)]
-        out[m] = {"n_features": study.sae[(m, s0)].n_features, "live": int(live.sum()), "dead": int(dead[(m, s0)].sum()),
+        out[m] = {"n_features": study.sae[(m, s0)].n_features, "sae_kind": sae_kind(info[f"sae{s0}"]["args"]),
+                  "live": int(live.sum()), "dead": int(dead[(m, s0)].sum()),
                   "median_density": float(np.median(dens[(m, s0)][live])) if live.any() else 0.0,
                   "model_hash": info["model_hash"], "sae_hash": info[f"sae{s0}"]["hash"],
                   "null_sae_hash": info.get(f"sae{s1}", {}).get("hash"),
@@ -1313,7 +1322,7 @@ def diffing_record(cfg, study, found, stats, seqs, token_set, device, n_examples
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # the file's inner shape
             why = f"damaged or of another shape ({type(e).__name__}: {str(e)[:80]})"
     if why is not None:
-        fix = common.keep_settings("re-run python diffing.py --overwrite")
+        fix = common.keep_settings("re-run python diffing.py (current crosscoders are loaded, not retrained)")
         print(f"note: {path} was {why}; not joined: {fix}, then python analyze.py")
         return {"stale": f"{why}; {fix}"}
     ctx = diffing_contexts(cfg, study, stats, seqs, wanted, device, n_ctx)
@@ -1459,10 +1468,15 @@ def main(argv=None):
         study = load_study(cfg, device)
         seqs, token_set = draw_tokens(cfg, study)
         study.enc = datalib.load_tokenizer(cfg["data_dir"], want=study.tokenizer_hash)  # the pages' token strings
-        print("SAEs: " + ", ".join(f"{m} {study.sae[(m, s0)].n_features}" for m in study.models) + f" features; null "
+        arch = {m: sae_kind(study.info[m][f"sae{s0}"]["args"]) for m in study.models}
+        print("SAEs: " + ", ".join(f"{m} {study.sae[(m, s0)].n_features}" for m in study.models) + " features"
+              + (f" ({next(iter(arch.values()))})" if len(set(arch.values())) == 1 else "") + "; null "
               f"baseline (seed {s0} vs {s1}) for {', '.join(study.nulls) or 'no model'}"
               + (f"; no seed-{s1} SAE for {', '.join(study.null_missing)}" if study.null_missing else "")
               + (f"; seed-to-seed spread (seed {cfg['spread_seed']}) for {', '.join(study.spread)}" if study.spread else ""))
+        if len(set(arch.values())) > 1:  # (the paper trains them alike: a feature's match then means the same)
+            print("note: the SAEs differ in kind (" + ", ".join(f"{m} {a}" for m, a in arch.items()) + "); the "
+                  "tracking compares them as they are (the report says so); the paper's comparison trains them alike")
         # 3. streaming passes; 4. classification of every pair, stability, families
         cls, found, dens, dead, stats, timing = track(cfg, study, seqs, token_set, device)
         # 5. the features that get a page; 6. their activity, contexts and logit effects (and explanations)

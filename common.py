@@ -341,6 +341,8 @@ def parse_config(config, argv=None, presets=None, preset_default=None, checks=No
             preset = val
         else:
             cli_pairs.append((key, val))
+    if presets is None and any(k == "preset" for k, _ in pairs):  # never ignored in silence
+        die(f"python {os.path.basename(sys.argv[0])} has no presets (the stage scripts have them); drop --preset")
     converted = {}
     for key, val in cli_pairs:
         if key not in config:

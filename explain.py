@@ -19,7 +19,9 @@ import json
 import math
 import os
 import re
+import socket
 import time
+from urllib.parse import urlparse
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
 import common
@@ -361,6 +363,18 @@ def check_key(cfg):
     if OPENAI_HOST in base and not key:
         common.die("set OPENAI_API_KEY (an OpenAI API key) or use --api_base for a local server")
     return key
+
+
+def check_reachable(cfg):
+    """analyze.py's early word on a server that is not there (a note, not an error: the cached answers may be
+    all the run needs), so it is said before the long pass, not after it."""
+    base = cfg.get("api_base") or config["api_base"]
+    url = urlparse(base)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except (OSError, ValueError, TypeError) as e:
+        print(f"note: cannot reach {base} now ({getattr(e, 'strerror', None) or e}); going on: features whose "
+              f"explanation is not cached will have none (start the server, or fix --api_base)")
 
 
 def explain_features(features, cfg):

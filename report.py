@@ -558,7 +558,7 @@ def sae_table(res, out_dir):
                  or {str(cfg.get("sae_seed", 0)): v["sae_metrics"]})
         for s, sm in seeds.items():
             tracked = role.get(str(s)) == "tracked"
-            rows.append((m, f"{s} ({role.get(str(s), 'unused')})", v["n_features"],
+            rows.append((m, f"{s} ({role.get(str(s), 'unused')})", f"{v['n_features']} {v.get('sae_kind', '')}".strip(),
                          f"{v['live']} ({v['dead']})" if tracked else "-",
                          f"{v['median_density']:.2e}" if tracked else "-",
                          *(_f(sm.get(k), d) for k, _, d in SAE_COLS)))
@@ -604,11 +604,16 @@ def sae_curves(out_dir, models):
 def section_saes(res, out_dir):
     n_tok = res["token_set"]["n_tokens"]
     dens = "".join(density_hist_svg(d, n_tok, m) for m, d in res["density"].items())
+    kinds = {m: v["sae_kind"] for m, v in res["models"].items() if v.get("sae_kind")}
+    mixed = ("" if len(set(kinds.values())) < 2 else "<p><b>These SAEs differ in kind</b> (" + esc(", ".join(
+        f"{m} {k}" for m, k in kinds.items())) + "): the tracking compares them as they are; the paper trains "
+        "them alike (python sae.py --model &lt;model&gt; --overwrite with the same settings).</p>")
     return ("<h2 id='saes'>SAEs</h2><p>One SAE per model on its MLP activations (sae.py), metrics on held-out tokens. "
             "<b>CE loss recovered</b> = (CE with the MLP output zero-ablated &minus; CE with the SAE's reconstruction "
             "spliced in) / (zero-ablated &minus; clean): 1 = as good as the model. Two dead figures: <b>dead fraction "
             "(sae.py, held-out)</b> is the SAE's own evaluation; <b>live (dead) on the token set</b> counts features "
-            "that never fire on this analysis' evaluation tokens (the tracked seed).</p>" + sae_table(res, out_dir)
+            "that never fire on this analysis' evaluation tokens (the tracked seed).</p>" + mixed
+            + sae_table(res, out_dir)
             + sae_curves(out_dir, list(res["models"]))
             + f"<h3 id='density'>Feature density</h3><p>Each SAE's live features (tracked seed) by how often they fire "
               f"on the {n_tok:,} evaluation tokens, on a log scale (sae_vis's feature density histogram).</p>"
@@ -761,7 +766,8 @@ def section_stability(res):
             f"at the <a href='#headline'>top</a>.</p>{''.join(charts)}{note}"
             + "<h3 id='one-to-one'>One-to-one matching</h3><p>Each feature used at most once. Greedy: "
             f"highest r first, pairs &ge; {res['threshold']}. Hungarian: the maximum-weight matching on r (pairs &ge; "
-            f"{res['threshold']} counted), and on decoder cosine with cos &ge; 0.7 counted, the rule of Paulo &amp; "
+            f"{res['threshold']} counted: it maximises the sum of r over all pairs, so it can keep fewer above the cut "
+            "than greedy does), and on decoder cosine with cos &ge; 0.7 counted, the rule of Paulo &amp; "
             "Belrose (2025), who find about 30% of latents shared across seeds for large SAEs. Percentages of the "
             "parent's live features. A connected component too large for the Hungarian algorithm is matched greedily "
             "(counted in the last column).</p>" + one_to_one_table(res))
@@ -990,7 +996,10 @@ def section_diffing(res):
         parts.append(f"<h3 id='diffing-{k}'>{esc(name)}</h3><p>{fit}</p><div class='charts'>"
                      + delta_chart(name, e["crosscoder"], cuts) + class_chart(name, d, e) + "</div>"
                      + "<h4>Cross-application: each model's SAE on both models</h4><p class='dim'>The same held-out "
-                       "windows; the diagonal (an SAE on its own model) is the SAE's own evaluation.</p>"
+                       "windows, of the child's domains (so the parent SAE on its own model differs from its own "
+                       "evaluation, on the parent's domains). CE recovered above 1: the spliced reconstruction "
+                       "predicts these windows better than the model's own MLP output (an SAE trained on a model "
+                       "that knows their domain better).</p>"
                      + cross_table(e, parent, child) + firing_line(e, parent, child)
                      + "<h4>Where the two readings disagree</h4><p class='dim'>SAE features whose status and best "
                        "latent's class disagree, the clearest (highest r) of each kind; the feature's top contexts "
@@ -1485,7 +1494,9 @@ def render_report(res, pages, out_dir):
     banner = ('<p class="banner"><b>Smoke-scale demo.</b> The data source is the generated sample corpus (data.py '
               '--source sample): tiny models on synthetic text; the numbers show that the pipeline runs, not the '
               'study\'s findings.</p>') if ts["smoke_scale_demo"] else ""
-    sw = ("<h2 id='sweep'>Merge sweep</h2><p>Validation loss of SLERP(a, b, t) on each domain (merge.py --sweep).</p>"
+    sw = ("<h2 id='sweep'>Merge sweep</h2><p>Validation loss of SLERP(a, b, t) on each domain (merge.py --sweep), "
+          "on the sweep's own evaluation batches: at t = 0 and 1 (the fine-tunes themselves) it differs a little "
+          "from their final val losses above, measured on train.py's.</p>"
           + sweep_chart(sweep, [(m, read_stage(out_dir, m, "merge.json", "merge") or {}) for m in res["models"]])
           if sweep else "")
     rule = res.get("selection_rule")

@@ -471,6 +471,20 @@ def test_records_of_another_kind_or_shape_are_one_line_naming_them(study, tmp_pa
     assert os.path.exists(report.write_report(out2))
 
 
+def test_saes_of_different_kinds_are_named_in_the_report(study):
+    """A TopK SAE for one model beside ReLU ones (README's sae.py --arch topk example, then analyze.py): the
+    tracking compares them as they are, and the SAE section says so."""
+    _, out_dir, _ = study
+    res = json.load(open(os.path.join(out_dir, "analysis", "results.json")))
+    assert {v["sae_kind"] for v in res["models"].values()} == {"relu"}
+    assert analyze.sae_kind({"arch": "topk", "k": 32}) == "topk k 32" and analyze.sae_kind({"arch": "relu"}) == "relu"
+    assert "differ in kind" not in report.section_saes(res, out_dir)
+    res["models"]["lua"]["sae_kind"] = "topk k 32"
+    html = report.section_saes(res, out_dir)
+    assert "These SAEs differ in kind</b> (base relu, lua topk k 32, tinystories relu" in html
+    assert "<td>96 topk k 32</td>" in html
+
+
 def test_each_features_status_is_saved_by_python_and_agrees_with_the_counts(study):
     """Each feature's status per edge is classify()'s, saved in results.json (one letter per feature): the
     report shows it as saved and never re-derives it from r."""
@@ -556,7 +570,8 @@ def test_explain_hook_gets_contexts_and_its_answers_reach_the_report(study, tmp_
         seen["features"], seen["cfg"] = features, cfg
         return {f["key"]: {"explanation": f"fires on <{f['key']}>", "score": 0.5} for f in features}
 
-    monkeypatch.setitem(sys.modules, "explain", types.SimpleNamespace(explain_features=explain_features, check_key=lambda cfg: None))
+    monkeypatch.setitem(sys.modules, "explain", types.SimpleNamespace(
+        explain_features=explain_features, check_key=lambda cfg: None, check_reachable=lambda cfg: None))
     out2 = str(tmp_path / "out")
     import shutil
     shutil.copytree(out_dir, out2)

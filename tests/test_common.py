@@ -64,6 +64,8 @@ def test_presets_then_variant_then_command_line():
     assert parse(["--preset=tiny", "--arch=topk", "--lr=2"], presets=presets, variant=variant)["lr"] == 2.0
     with pytest.raises(common.UserError, match="unknown preset"):
         parse(["--preset=tiny/finetune"], presets=presets)
+    with pytest.raises(common.UserError, match="has no presets .*drop --preset"):   # (report.py, bench.py)
+        parse(["--preset=banana"])
 
 
 def test_help_shows_the_chosen_presets_values_and_each_keys_comment(tmp_path):

@@ -263,7 +263,7 @@ def test_key_handling(llm, tmp_path, monkeypatch, capsys):
     assert secret not in str(e.value) and secret not in out.out + out.err
 
 
-def test_unreachable_and_wrong_path(llm, tmp_path):
+def test_unreachable_and_wrong_path(llm, tmp_path, capsys):
     import socket
     with socket.socket() as sock:  # a port with nothing listening
         sock.bind(("127.0.0.1", 0))
@@ -271,6 +271,12 @@ def test_unreachable_and_wrong_path(llm, tmp_path):
     with pytest.raises(SystemExit, match="cannot reach .* after 2 attempts"):
         explain.explain_features([make_feature()], make_cfg(llm, tmp_path, retries=1,
                                                             api_base=f"http://127.0.0.1:{port}/v1"))
+    # analyze.py --explain asks before its long pass: a note (the cached answers may be all it needs)
+    explain.check_reachable({"api_base": f"http://127.0.0.1:{port}/v1"})
+    assert re.search(rf"note: cannot reach http://127\.0\.0\.1:{port}/v1 now \(Connection refused\); going on",
+                     capsys.readouterr().out)
+    explain.check_reachable({"api_base": llm["base"]})               # a server there: nothing said
+    assert "cannot reach" not in capsys.readouterr().out
     llm["script"] = [(404, {}, "not found")]
     with pytest.raises(SystemExit, match="404.*--api_base"):
         explain.explain_features([make_feature()], make_cfg(llm, tmp_path))
