@@ -159,6 +159,11 @@ class CorrAccumulator:
         """(n, the sums of x, x^2, y, y^2, x^T y): what pearson() makes r from."""
         return self.n, self.sx, self.sxx, self.sy, self.syy, self.sxy
 
+    @staticmethod
+    def update_bytes(rows, fx, fy):
+        """Peak bytes of one update of rows: float64 copies of x and y and one of their squares."""
+        return 8 * rows * (fx + fy + max(fx, fy))
+
 
 @torch.no_grad()
 def pearson(acc):
@@ -594,22 +599,16 @@ def memory_need(sizes, rows, d_mlp, n_models, sae_features, weights, use_fast=Tr
     ([F] of the SAEs run): what one pass computes; weights: bytes of the models and SAEs on the device.
     - the group's sums: 8 Fp Fc per pair (float64 x^T y) and its column sums;
     - a chunk: the models' MLP activations (4 rows d_mlp each) and the SAE features one pair needs plus
-      the one SAE being encoded (4 rows F each); then the pair's update: CorrAccumulator's float64
-      copies of x and y and one of their squares (8 rows (Fp + Fc + max(Fp, Fc))), or (use_fast)
-      fast.CorrAccumulator's shifted copies and a block of its float32 product with that block's
-      float64 copy (12 x fast.product_rows x Fc) and a block of co-active products
-      (fast.coactive_add, fast.PAIR_ROWS);
+      the one SAE being encoded (4 rows F each); then the pair's update (CorrAccumulator.update_bytes,
+      or with use_fast fast.CorrAccumulator's);
     - classifying a pair (the group's other sums still held; r is made in place): classify's masked copy
       (8 Fp Fc) and boolean masks (4 Fp Fc: live pairs, hits, candidates, slack), and a 4,096-row block of
       decoder cosines; without use_fast, the plain one-to-one matching's dense weights, their indices and
       the solver's cost copy (32 Fp Fc, on the host: counted whatever the device, to be safe)."""
     sums = sum(8 * a * b + 32 * (a + b) for a, b in sizes)
     feats = 4 * rows * (sum(a + b for a, b in sizes) + max(sae_features, default=0))
-    if use_fast:
-        update = max(4 * rows * (a + b) + 12 * min(a, fast.product_rows(b)) * b for a, b in sizes)
-        update += 3 * 16 * fast.PAIR_ROWS * fast.SLOT          # co-active products of a block
-    else:
-        update = max(8 * rows * (a + b + max(a, b)) for a, b in sizes)
+    Acc = fast.CorrAccumulator if use_fast else CorrAccumulator
+    update = max(Acc.update_bytes(rows, a, b) for a, b in sizes)
     chunk = 4 * rows * d_mlp * n_models + feats + update
     classify = max(12 * a * b + 4 * 4096 * b + (0 if use_fast else 32 * a * b) for a, b in sizes)
     return weights + sums + max(chunk, classify)

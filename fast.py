@@ -307,6 +307,14 @@ def trunk(model, idx, positions=None, kv=None):
     return x, model.mlp.hidden(model.mlp_norm(x))                      # resid, (B, T or n, d_mlp)
 
 
+def harvest_flops_per_window(model, T, k):
+    """sae.harvest_flops_per_window for this file's harvest (mlp_acts with token_kv), keeping k of T
+    positions: queries, attention, output projection and MLP at the k kept ones, keys and values looked up."""
+    a = model.attn
+    rest = a.wq.weight.numel() + a.wo.weight.numel() + sum(p.numel() for p in model.mlp.parameters())
+    return k * (2 * rest + 4 * T * model.args.d_model)
+
+
 @torch.no_grad()
 def mlp_acts(model, idx, positions=None, kv=None):
     """model.mlp_acts(idx) with positions (B, n): only at those positions (B, n, d_mlp), the tokens after
@@ -794,6 +802,13 @@ class CorrAccumulator:
         self.shift_x = self.shift_y = False
         self.pending = []                                                          # chunks held for the shift
         self.sx, self.sxx, self.sy, self.syy, self.sxy = zeros(fx), zeros(fx), zeros(fy), zeros(fy), zeros(fx, fy)
+
+    @staticmethod
+    def update_bytes(rows, fx, fy):
+        """Peak bytes of one update of rows (analyze.memory_need; its twin: analyze.CorrAccumulator's): the
+        shifted copies of x and y, a block of the float32 product with its float64 copy (12 x product_rows
+        x Fy), and a block of co-active products (coactive_add, PAIR_ROWS)."""
+        return 4 * rows * (fx + fy) + 12 * min(fx, product_rows(fy)) * fy + 3 * 16 * PAIR_ROWS * SLOT
 
     @torch.no_grad()
     def update(self, x, y, cache=None):

@@ -909,8 +909,9 @@ def print_plan(job):
     cfg, T = job.cfg, job.cfg["seq_len"]
     steps = job.total_steps - job.step
     sae_flops = 12 * job.d_in * job.n_features * job.B * steps * len(job.seeds)  # fwd 4dF + bwd 8dF per activation
-    kept = cfg["tokens_per_seq"] if cfg["fast"] else T  # the plain harvest runs every position
-    harvest_flops = harvest_flops_per_window(job.model, T, kept, cfg["fast"]) * cfg["seqs_per_batch"] * steps
+    per_window = (fast.harvest_flops_per_window(job.model, T, cfg["tokens_per_seq"]) if cfg["fast"] else
+                  harvest_flops_per_window(job.model, T))
+    harvest_flops = per_window * cfg["seqs_per_batch"] * steps
     n_evals = steps // cfg["eval_interval"] + 1
     job.flops_per_step = (sae_flops + harvest_flops) / max(steps, 1)  # for the MFU in metrics.json
     eval_flops = n_evals * cfg["eval_seqs"] * T * (job.model.flops_per_token() / 3 * (2 + len(job.seeds))
@@ -920,15 +921,12 @@ def print_plan(job):
           f"{min(cfg['log_interval'], steps)} steps")
 
 
-def harvest_flops_per_window(model, T, k, lookup=True):
-    """Matmul FLOPs of the harvest's forward for one window of T tokens keeping k positions (fast on:
-    fast.mlp_acts): queries, attention, output projection and MLP at the k kept ones, keys and values
-    looked up (fast.token_kv). lookup False (the plain path, k = T): every position's keys and values
-    projected too."""
-    a = model.attn
-    rest = a.wq.weight.numel() + a.wo.weight.numel() + sum(p.numel() for p in model.mlp.parameters())
-    kv = 0 if lookup else 2 * T * (a.wk.weight.numel() + a.wv.weight.numel())
-    return k * (2 * rest + 4 * T * model.args.d_model) + kv
+def harvest_flops_per_window(model, T):
+    """Matmul FLOPs of the harvest's forward for one window of T tokens, every position run: the attention's
+    four projections and the MLP (2 FLOP a weight a token), and its scores and weighted sum (4 T d_model a
+    token). fast.harvest_flops_per_window: its harvest's, at the kept positions only."""
+    weights = sum(p.numel() for p in model.attn.parameters()) + sum(p.numel() for p in model.mlp.parameters())
+    return T * (2 * weights + 4 * T * model.args.d_model)
 
 
 def train_loop(job, runs):

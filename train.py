@@ -213,15 +213,15 @@ def open_run(cfg, env, name, ckpt_path):
 def restore_metrics(run, ck):
     """A finished run's metrics.json, rewritten from its checkpoint where it is missing, damaged or of another
     checkpoint (both hold the loss curve and the val losses; the speed of the run is not kept)."""
-    path = os.path.join(os.path.dirname(run.ckpt_path), "metrics.json")
+    path, digest = os.path.join(os.path.dirname(run.ckpt_path), "metrics.json"), sha256_file(run.ckpt_path)
     try:
-        ok = read_json(path)["checkpoint_sha256"] == sha256_file(run.ckpt_path)
+        ok = read_json(path)["checkpoint_sha256"] == digest
     except (OSError, ValueError, KeyError, TypeError):
         ok = False
     if not ok:
         atomic_write_json(path, stamp({"name": run.name, "domain": ck.get("domain"), "iters": ck["iter_num"],
                                        "val_loss": ck["val_loss"], "history": ck.get("history") or [],
-                                       "checkpoint": run.ckpt_path, "checkpoint_sha256": sha256_file(run.ckpt_path),
+                                       "checkpoint": run.ckpt_path, "checkpoint_sha256": digest,
                                        "provenance": ck.get("provenance") or {}}, "train_metrics"))
         print(f"{path} was missing, damaged or of another checkpoint: rewritten from {run.ckpt_path}")
 
