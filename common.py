@@ -45,7 +45,7 @@ def die(msg):
 
 # A package missing from the environment is one line naming its install, not an import traceback.
 # Every script imports common before numpy, torch and the rest, so this hook is set before their imports.
-INSTALLS = {"torch": "install PyTorch (CPU: pip install torch==2.13.0; a GPU: the CUDA build for your machine)",
+INSTALLS = {"torch": "install PyTorch (CPU: pip install torch==2.13.0; a GPU: the CUDA build for your machine, >= 2.5)",
             "numpy": "pip install numpy tiktoken requests (or -r requirements-hf.txt beside a CUDA torch)",
             "pyarrow": "pip install -r requirements-hf.txt", "tokenizers": "pip install -r requirements-authors.txt",
             "pytest": "pip install -r requirements-dev.txt", "transformers": "pip install -r requirements-bench.txt"}
@@ -61,6 +61,19 @@ def _missing_module_hook(kind, err, tb):
 
 
 sys.excepthook = _missing_module_hook
+
+# The oldest torch these scripts run on: every torch file is read with torch.serialization.safe_globals
+# (model.load_checkpoint), new in 2.5. The tests pass on 2.5.1, 2.11.0 and 2.13.0 and fail on 2.4.1, where
+# a stage would stop halfway and call a good file damaged; so model.py and fast.py check first.
+TORCH_FLOOR = (2, 5)
+
+
+def check_torch(version):
+    """One line naming the install where torch `version` (torch.__version__) is older than TORCH_FLOOR."""
+    m = re.match(r"(\d+)\.(\d+)", str(version))
+    if m and (int(m[1]), int(m[2])) < TORCH_FLOOR:
+        die(f"torch {version} is older than {'.'.join(map(str, TORCH_FLOOR))}, the oldest these scripts run on; "
+            + INSTALLS["torch"])
 
 
 def watch_driver():
@@ -120,7 +133,7 @@ def out_of_memory(e):
 
 def cli(main):
     """Run a script's main() as a command: a UserError becomes one line on stderr and exit status 2,
-    a full or read-only disk one line naming the path, Ctrl-C one line and status 130."""
+    a full or read-only disk one line naming the path, Ctrl-C one line and status 130, a closed pipe nothing."""
     try:
         main()
     except UserError as e:
@@ -140,6 +153,9 @@ def cli(main):
         print("error: interrupted; finished files are kept, re-run (with --resume where the script has it) "
               "to continue", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader of our output left (`python train.py -h | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail
+        sys.exit(1)
     except OSError as e:
         if e.errno not in DISK_ERRNOS:
             raise

@@ -126,12 +126,14 @@ import warnings
 from types import SimpleNamespace
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
-from common import die
+from common import check_torch, die
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+check_torch(torch.__version__)  # an older torch: one line here (common.TORCH_FLOOR)
 
 
 # -----------------------------------------------------------------------------

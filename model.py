@@ -20,12 +20,14 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
-from common import atomic_torch_save, check_file, die, misfit, stamp
+from common import atomic_torch_save, check_file, check_torch, die, misfit, stamp
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.torch_version import TorchVersion
+
+check_torch(torch.__version__)  # an older torch: one line here, not a failure mid-stage
 
 
 
@@ -196,7 +198,7 @@ class Transformer(nn.Module):
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        # fused: one kernel for every parameter, on the GPU and (torch >= 2.4) the CPU alike
+        # fused: one kernel for every parameter, on the GPU and the CPU alike
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type in ("cuda", "cpu"))
 
     def flops_per_token(self):

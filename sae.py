@@ -399,7 +399,7 @@ def remove_parallel_grad(sae):
 
 
 def make_optimizer(sae, cfg):
-    # fused: one kernel for all parameters (CPU too, torch >= 2.4)
+    # fused: one kernel for all parameters (CPU too)
     return torch.optim.Adam(sae.parameters(), lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]), fused=True)
 
 

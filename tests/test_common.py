@@ -124,6 +124,35 @@ def test_a_missing_package_is_one_line_naming_its_install(tmp_path):
         assert out.returncode == 1 and len(out.stderr.splitlines()) == 1 and out.stderr.startswith(want), (name, out.stderr)
 
 
+@pytest.mark.parametrize("version, ok", [("2.4.1+cu121", False), ("1.13.1", False), ("2.5.1+cu124", True),
+                                         ("2.11.0+cu130", True), ("2.13.0+cpu", True), ("3.0.0", True)])
+def test_torch_older_than_the_floor_is_one_line_naming_the_install(version, ok):
+    if ok:
+        common.check_torch(version)
+    else:
+        with pytest.raises(common.UserError, match=r"torch .* is older than 2\.5, the oldest .*; install PyTorch"):
+            common.check_torch(version)
+
+
+def test_each_torch_script_stops_at_start_on_an_old_torch(tmp_path):
+    # torch as an older release reports itself (sitecustomize runs before the script)
+    (tmp_path / "sitecustomize.py").write_text("import torch\ntorch.__version__ = '2.4.1+cu121'\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for name in ("train.py", "bench.py"):  # model.py checks, and fast.py (bench.py imports no model.py first)
+        out = subprocess.run([sys.executable, os.path.join(HERE, name), "-h"], capture_output=True, text=True, env=env)
+        assert out.returncode == 1 and out.stdout == "" and out.stderr.splitlines() == [
+            f"error: torch 2.4.1+cu121 is older than 2.5, the oldest these scripts run on; {common.INSTALLS['torch']}"]
+
+
+def test_a_closed_output_pipe_ends_a_script_quietly():
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first line (`python data.py -h | head -0`)
+    out = subprocess.run([sys.executable, os.path.join(HERE, "data.py"), "-h"], stdout=w, stderr=subprocess.PIPE,
+                         text=True)
+    os.close(w)
+    assert out.returncode == 1 and out.stderr == ""
+
+
 def test_resume_guard_names_every_changed_setting():
     saved = {"lr": 0.1, "steps": 10, "log": 5}
     common.check_resume(saved, {"lr": 0.1, "steps": 10, "log": 7}, {"log"}, "ck.pt")
