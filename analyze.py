@@ -48,6 +48,8 @@ The method, in the order main() runs it:
    (the report's tracking view), with its logit effects (browse_features).
 7. Write results.json, pages.json and the feature browser's side files (out/analysis/features/), and
    render the report (report.py).
+One device: every edge's correlations come from the same pass of the models and SAEs, which split
+over GPUs each would repeat (DESIGN.md, "Several GPUs").
 """
 import os
 import time

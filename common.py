@@ -487,16 +487,32 @@ def cuda_possible(device="auto"):
     return torch.cuda.is_available()
 
 
+def gpu_count(device="auto"):
+    """The GPUs that stages side by side share out, one each: every CUDA GPU torch sees where --device is auto
+    or cuda; none where it names one (cuda:N) or the stages run on a CPU."""
+    if device not in ("auto", "cuda") or not cuda_possible(device):
+        return 0
+    import torch
+    return torch.cuda.device_count()
+
+
 def stage_jobs(jobs="auto", device="auto", threads=0):
     """reproduce.sh's plan for stages that do not depend on each other: (how many run at once, CPU
-    threads for each). auto: 2 on a CPU with free cores for both, else 1 (a GPU's stages take it one at a time).
-    Two 1-thread stages side by side beat two 2-thread stages one after the other on 2 cores (two SAE
-    stages: 100 vs 159 s; two fine-tunes: ~30 vs 40 s): a stage's Python, its serial parts and the
-    cost of threads leave a second core idle for a quarter to a third of the time. threads > 0: the
-    user's --threads, kept (auto then runs two at once only where 2 x threads cores are free)."""
-    free = free_cores()
-    n = int(jobs) if jobs != "auto" else 2 if free >= 2 * max(threads, 1) and not cuda_possible(device) else 1
-    return n, threads if threads > 0 else max(1, free // n)
+    threads for each, GPUs to share out). auto: on a CPU 2 with free cores for both, else 1; on GPUs one
+    stage per GPU (a stage keeps its GPU busy alone). Two 1-thread stages side by side beat two 2-thread
+    stages one after the other on 2 cores (two SAE stages: 100 vs 159 s; two fine-tunes: ~30 vs 40 s): a
+    stage's Python, its serial parts and the cost of threads leave a second core idle for a quarter to a
+    third of the time. threads > 0: the user's --threads, kept (auto then runs two at once only where
+    2 x threads cores are free). GPUs > 1: reproduce.sh gives each stage the GPU with the fewest stages
+    on it (CUDA_VISIBLE_DEVICES), so the four SAE stages run at once on four."""
+    free, gpus = free_cores(), gpu_count(device)
+    if jobs != "auto":
+        n = int(jobs)
+    elif cuda_possible(device):
+        n = max(1, gpus)
+    else:
+        n = 2 if free >= 2 * max(threads, 1) else 1
+    return n, threads if threads > 0 else max(1, free // n), gpus
 
 
 # -----------------------------------------------------------------------------

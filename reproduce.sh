@@ -21,8 +21,9 @@
 # From the fine-tunes on, JOBS stages run at once, in a fixed order, each once a slot is free and
 # the stages it needs have ended (the base SAE beside the fine-tunes, the merge once both are done,
 # ...); auto = 2 on a CPU with 2+ free cores, each with half of them as --threads (an extra
-# --threads=N is kept, and auto is then 2 only where 2N cores are free), and 1 on a GPU; why:
-# common.stage_jobs. Their lines are then tagged with the stage's name.
+# --threads=N is kept, and auto is then 2 only where 2N cores are free), and on GPUs one per GPU,
+# each stage given the GPU with the fewest stages on it (CUDA_VISIBLE_DEVICES; the diffing and the
+# analysis take one); why: common.stage_jobs. Their lines are then tagged with the stage's name.
 #
 # A kill (Ctrl-C, SIGTERM, SIGHUP) stops the running stages too (each runs in the background while
 # this script polls, so the signal reaches it within 0.2 s); re-run to resume.
@@ -105,15 +106,15 @@ fi
 # so a signal reaches the trap at once. `stage` starts one once fewer than $slots run; `after`
 # waits for the stages named (none named: for all); after a failure nothing more starts, the
 # stages running end, and the run stops with the failure's status.
-declare -A running=()  # pid -> label<TAB>kind<TAB>output<TAB>start<TAB>note, the stages running now
+declare -A running=()  # pid -> label<TAB>kind<TAB>output<TAB>start<TAB>note<TAB>gpu, the stages running now
 timings=()             # label<TAB>kind<TAB>output<TAB>start<TAB>seconds<TAB>note, for the table at the end
-started=$'\n' slots=1 each=0 failed="" failed_rc=0
+started=$'\n' slots=1 each=0 failed="" failed_rc=0 gpu_ids=()  # gpu_ids: CUDA_VISIBLE_DEVICES of each GPU shared out
 now() { local t=${EPOCHREALTIME:-$(date +%s)}; echo "${t/,/.}"; }  # seconds; a decimal point in any locale
 tagged() {  # each line of the input as it comes, after [$1] (awk may hold a pipe's lines back)
   local line; while IFS= read -r line || [ -n "$line" ]; do printf '[%s] %s\n' "$1" "$line"; done
 }
 stage() {  # stage LABEL KIND OUTPUT SCRIPT ARGS...
-  local label=$1 kind=$2 output=$3 script=$4 more=() note=""
+  local label=$1 kind=$2 output=$3 script=$4 more=() note="" gpu="" pin=()
   shift 4
   reap
   while [ ${#running[@]} -ge "$slots" ]; do sleep 0.2; reap; done
@@ -123,22 +124,27 @@ stage() {  # stage LABEL KIND OUTPUT SCRIPT ARGS...
   if [ "$slots" -gt 1 ]; then  # side by side: threads of its own, each line tagged with the stage
     note="side by side"
     if [ "$each" -gt 0 ]; then more+=("--threads=$each"); note+=", --threads=$each"; fi
+    if [ ${#gpu_ids[@]} -gt 1 ]; then  # several GPUs: the stage sees only its own (as cuda:0)
+      gpu=$(least_busy_gpu)
+      pin=("CUDA_VISIBLE_DEVICES=${gpu_ids[gpu]}") note+=", GPU ${gpu_ids[gpu]}"
+    fi
     # stdout through a tagger in the same job (waited for with it: no line comes after the stage's end;
     # pipefail gives python's status), stderr through one to stderr (a process substitution)
-    PYTHONUNBUFFERED=1 "$PY" "$script" "$@" ${more[@]+"${more[@]}"} 2> >(tagged "$label" >&2) | tagged "$label" &
+    env ${pin[@]+"${pin[@]}"} PYTHONUNBUFFERED=1 "$PY" "$script" "$@" ${more[@]+"${more[@]}"} 2> >(tagged "$label" >&2) \
+      | tagged "$label" &
   else
     "$PY" "$script" "$@" ${more[@]+"${more[@]}"} &
   fi
-  running[$!]="$label"$'\t'"$kind"$'\t'"$output"$'\t'"$(now)"$'\t'"$note"
+  running[$!]="$label"$'\t'"$kind"$'\t'"$output"$'\t'"$(now)"$'\t'"$note"$'\t'"$gpu"
   started+="$label"$'\n'
 }
 reap() {  # record the stages that have ended: wall time, and the first failure
-  local pid rc label kind output t0 note wall
+  local pid rc label kind output t0 note gpu wall
   for pid in "${!running[@]}"; do
     kill -0 "$pid" 2>/dev/null && continue
     rc=0
     wait "$pid" || rc=$?
-    IFS=$'\t' read -r label kind output t0 note <<< "${running[$pid]}"
+    IFS=$'\t' read -r label kind output t0 note gpu <<< "${running[$pid]}"
     unset "running[$pid]"
     wall=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
     timings+=("$label"$'\t'"$kind"$'\t'"$output"$'\t'"$t0"$'\t'"$wall"$'\t'"$note")
@@ -149,6 +155,16 @@ reap() {  # record the stages that have ended: wall time, and the first failure
       failed_rc=$rc
     fi
   done
+}
+least_busy_gpu() {  # the GPU (an index of gpu_ids) with the fewest stages running on it, the first of those
+  local g e best=0 count=()
+  for g in "${!gpu_ids[@]}"; do count[g]=0; done
+  for e in ${running[@]+"${running[@]}"}; do
+    g=${e##*$'\t'}
+    [ -z "$g" ] || count[g]=$((count[g] + 1))
+  done
+  for g in "${!gpu_ids[@]}"; do [ "${count[g]}" -ge "${count[best]}" ] || best=$g; done
+  echo "$best"
 }
 busy() {  # busy [LABEL...]: whether one of those stages (none named: any) is running
   local e want
@@ -184,14 +200,21 @@ trap 'stop HUP 129' HUP
 t_start=$(now)
 
 plan_slots() {  # from here on, stages that do not depend on each other run $slots at once with --threads=$each
-  # (common.stage_jobs; an extra --threads is kept and goes to every stage)
-  read -r slots each < <("$PY" - "$JOBS" "$device" "$threads" \
+  # and, on several GPUs, a GPU each (common.stage_jobs; an extra --threads is kept and goes to every stage)
+  local gpus
+  read -r slots each gpus < <("$PY" - "$JOBS" "$device" "$threads" \
     <<< 'import sys, common; print(*common.stage_jobs(*sys.argv[1:3], int(sys.argv[3])))') || true
-  [[ $slots =~ ^[1-9][0-9]*$ && $each =~ ^[0-9]+$ ]] \
-    || { echo "JOBS: could not plan the stages; one at a time"; slots=1 each=0; }
+  [[ $slots =~ ^[1-9][0-9]*$ && $each =~ ^[0-9]+$ && $gpus =~ ^[0-9]+$ ]] \
+    || { echo "JOBS: could not plan the stages; one at a time"; slots=1 each=0 gpus=0; }
   [ "$threads" = 0 ] || each=0
+  if [ "$slots" -gt 1 ] && [ "$gpus" -gt 1 ]; then  # torch numbers the GPUs CUDA_VISIBLE_DEVICES names, in order
+    IFS=, read -r -a gpu_ids <<< "${CUDA_VISIBLE_DEVICES:-}"
+    [ ${#gpu_ids[@]} -ge "$gpus" ] || mapfile -t gpu_ids < <(seq 0 $((gpus - 1)))
+    gpu_ids=("${gpu_ids[@]:0:gpus}")
+  fi
   [ "$slots" -eq 1 ] || echo "stages that do not depend on each other: $slots at once (JOBS=$JOBS)" \
-    "$([ "$each" -gt 0 ] && echo "with --threads=$each each")"
+    "$([ "$each" -gt 0 ] && echo "with --threads=$each each")" \
+    "$([ ${#gpu_ids[@]} -gt 1 ] && echo "on GPUs ${gpu_ids[*]}, the one with the fewest stages each")"
 }
 
 if [ "$MODELS" = authors ]; then  # their four released models: no LM stage of ours
@@ -228,7 +251,7 @@ else
   stage "merge sweep over t" merge "$OUT" merge.py --sweep "${dirs[@]}"  # the shortest last: it fills the other slot
 fi
 after  # the analysis reads every model and SAE
-slots=1
+slots=1 gpu_ids=()  # diffing and the analysis: one stage, one GPU (DESIGN.md, "Several GPUs")
 if [ "$DIFFING" = 1 ]; then  # crosscoders and cross-applied SAEs (issue 28); the analysis folds them in
   stage "diffing: crosscoders and cross-applied SAEs" diffing "$OUT/diffing" diffing.py "${dirs[@]}"
   after

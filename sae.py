@@ -44,6 +44,8 @@ sae_step); --fast=false trains with the plain code here, the same SAEs to roundi
 the stack's products run in bf16 (sae_step auto: stack_bf16; float32 weights, Adam and metrics), other
 matmuls in TF32, and the harvest forward in bf16; on a CPU with bf16 matmuls bf16 picks the sparse step's
 active latents; evaluation and the saved SAEs stay full float32.
+One device a run: its seeds train as one stack on it. Several GPUs take one model's run each, side by
+side (reproduce.sh: JOBS, CUDA_VISIBLE_DEVICES; DESIGN.md, "Several GPUs").
 """
 import contextlib
 import hashlib

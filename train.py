@@ -4,7 +4,7 @@ Pretraining (--domain base) and fine-tuning (--domain lua | tinystories) of the 
     python train.py --domain base                   # from scratch on the base mix (BabyLM + Python)
     python train.py --domain lua                    # every weight fine-tuned from out/base/ckpt.pt
     python train.py --domain tinystories --preset paper --compile=false
-    torchrun --standalone --nproc_per_node=4 train.py --domain base   # several GPUs (DDP)
+    torchrun --standalone --nproc_per_node=4 train.py --domain base --batch_size=16  # DDP: 4 GPUs x 16
 
 The recipes follow DESIGN.md (the authors' released configs): pretraining AdamW lr 6e-4, cosine,
 no warmup, wd 0.1, betas (0.9, 0.999), 64 x 256 tokens a step, 3 epochs; fine-tuning lr 2e-5,
@@ -54,7 +54,7 @@ config = dict(
     rope_theta=10000.0,     # RoPE base frequency
     norm_eps=1e-6,          # RMSNorm epsilon
     # optimisation (the variant presets pretrain / finetune set lr, warmup, decay and epochs)
-    batch_size=64,          # sequences per micro-step (per GPU)
+    batch_size=64,          # sequences per micro-step and process (DDP: a step takes batch_size x processes)
     grad_accum=1,           # micro-steps per optimizer step
     lr=6e-4,                # peak learning rate (AdamW)
     min_lr_frac=0.0,        # cosine decays to lr * min_lr_frac (0 as in HF's cosine schedule)
@@ -99,10 +99,11 @@ CHECKS = {
     "stop_iter": ">=0", "beta1": "[0,1)", "beta2": "[0,1)", "grad_clip": ">=0", "eval_interval": ">=1",
     "eval_iters": ">=1", "log_interval": ">=1", "seed": ">=0", "threads": ">=0", "peak_flops": ">0",
 }
-# settings a resume may change; every other key must equal the checkpoint's (same data, model, schedule)
+# settings a resume may change; every other key must equal the checkpoint's (same data, model, schedule).
+# batch_size is per process: open_run holds the batch of a step (batch_global) to the checkpoint's instead
 RESUME_FREE = {"resume", "overwrite", "stop_iter", "eval_interval", "eval_iters", "log_interval", "device",
                "compile", "data_dir", "out_dir", "peak_flops", "max_iters_resolved", "preset", "threads",
-               "allow_unfinished", "allow_other_preset"}
+               "allow_unfinished", "allow_other_preset", "batch_size", "batch_global"}
 ETA_STEPS = 5  # steps timed (after the first, which may compile) for the start-up time estimate
 
 
@@ -190,6 +191,9 @@ def open_run(cfg, env, name, ckpt_path):
     A finished run with unchanged settings is left as it is (run.finished)."""
     run = SimpleNamespace(cfg=cfg, env=env, name=name, ckpt_path=ckpt_path, resume=None, finished=False,
                           val_loss=None)
+    # a step's batch: batch_size x world sequences, every DDP process its share of one stream (next_batch); a
+    # resume keeps it, however many processes share it (a DDP run continued, or found finished, by one)
+    cfg["batch_global"] = cfg["batch_size"] * env.world
     if not os.path.exists(ckpt_path) or cfg["overwrite"]:
         return run
     if not cfg["resume"]:
@@ -198,6 +202,12 @@ def open_run(cfg, env, name, ckpt_path):
                          MAKES.get(name, f"python train.py --domain {cfg['domain']} --name {name}"))
     if "optimizer" not in ck:
         die(f"{ckpt_path} holds no training state (a merge?); it cannot be resumed, use --overwrite to train anew")
+    was = ck["config"].get("batch_global", ck["config"].get("batch_size"))  # saved before the key: one process
+    if was != cfg["batch_global"]:
+        fix = (f"give --batch_size {was // env.world}" if isinstance(was, int) and was % env.world == 0 else
+               f"run it in a number of processes that divides {was}")
+        die(f"--resume of {ckpt_path} with another batch: its steps take {was} sequences (--batch_size x "
+            f"processes), this run's {cfg['batch_size']} x {env.world}; {fix}, or --overwrite to start over")
     check_resume(ck["config"], cfg, RESUME_FREE, ckpt_path)
     if ck.get("finished"):
         if env.master:

@@ -693,19 +693,25 @@ def test_reproduce_with_the_authors_models_runs_no_lm_stage_of_ours(tmp_path):
     helpers.assert_one_line_error(bad, r"MODELS=theirs: ours .* or authors")
 
 
-def stage_log_python(tmp_path, fail="", slow=()):
+def stage_log_python(tmp_path, fail="", slow=(), plan=""):
     """A stand-in for python that logs each stage's start and end (one line each, appended: the order is
     the order of events), with `train.py --domain lua` waiting until the tinystories fine-tune has
     started (so it only ends if the two run side by side); the stage whose arguments contain `fail`
     exits 3 at once, those whose arguments contain one of `slow` take a second. `python -` (the plan and
-    the stage table) is the real one."""
+    the stage table) is the real one; with `plan` ("slots threads GPUs", as common.stage_jobs prints it)
+    the plan is that, and each start line ends with the stage's CUDA_VISIBLE_DEVICES."""
     import sys
     stub = tmp_path / "python"
     stub.write_text(f"""#!/bin/sh
-[ "$1" = "-" ] && exec {sys.executable} "$@"
+if [ "$1" = "-" ]; then
+  script=$(cat)
+  case "$script" in *stage_jobs*) [ -n "{plan}" ] && echo "{plan}" && exit 0;; esac
+  printf '%s\\n' "$script" | {sys.executable} "$@"
+  exit $?
+fi
 case "$*" in *--help*) echo "  --threads=0"; exit 0;; esac
 log={tmp_path}/events
-echo "start $*" >> $log
+echo "start $*{' gpu=${CUDA_VISIBLE_DEVICES:-}' if plan else ''}" >> $log
 echo "running $*"
 case "$*" in *"{fail or '@never@'}"*) echo "error: no luck" >&2; exit 3;; esac
 case "$*" in *"--domain lua "*)
@@ -760,6 +766,34 @@ def test_reproduce_runs_independent_stages_side_by_side_and_dependent_ones_after
     assert any(x.startswith("[sae for lua] running sae.py --model lua ") for x in lines)
     assert any(x.startswith("running train.py --domain base ") for x in lines)
     assert "| side by side, --threads=" in (tmp_path / "out" / "analysis" / "stages.md").read_text()
+
+
+def test_reproduce_gives_each_stage_side_by_side_a_gpu_of_its_own(tmp_path):
+    # four GPUs (torch's 0-3 are CUDA_VISIBLE_DEVICES' 3,5,6,7): four stages at once, never two on one GPU,
+    # each seeing only its own; the stages alone (data, base, the analysis) see them all
+    import subprocess
+    env = {**stage_log_python(tmp_path, slow=("--domain tinystories", "merge.py --preset"), plan="4 2 4"),
+           "JOBS": "auto", "CUDA_VISIBLE_DEVICES": "3,5,6,7"}
+    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 at once (JOBS=auto) with --threads=2 each on GPUs 3 5 6 7" in proc.stdout
+    on, most, seen = {}, 0, {}
+    for line in (tmp_path / "events").read_text().splitlines():
+        kind, *args = line.split()
+        if kind == "start":
+            key, gpu = " ".join(args[:3]), args[-1].removeprefix("gpu=")
+            seen[key] = gpu
+            assert gpu not in on.values(), (key, gpu, on)            # a GPU of its own
+            on[key] = gpu
+            most = max(most, len(on))
+        else:
+            del on[" ".join(args[:3])]
+    assert most >= 3                                                  # the fine-tunes and the base SAE at once
+    alone = {k: g for k, g in seen.items() if k.split()[0] in ("data.py", "analyze.py") or "--domain base" in k}
+    assert len(alone) == 3 and set(alone.values()) == {"3,5,6,7"}
+    assert len(seen) == 11 and all(g in ("3", "5", "6", "7") for k, g in seen.items() if k not in alone)
+    assert "| side by side, --threads=2, GPU " in (tmp_path / "out" / "analysis" / "stages.md").read_text()
 
 
 def test_reproduce_keeps_an_extra_threads_setting_for_the_stages_side_by_side(tmp_path):

@@ -250,15 +250,21 @@ def test_threads(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_stage_jobs_plans_side_by_side_stages_on_a_cpu_only(monkeypatch):
-    # reproduce.sh's JOBS: auto = 2 stages at once with half the free cores each on a CPU, 1 on a GPU
-    for free, want in [(1, (1, 1)), (2, (2, 1)), (8, (2, 4)), (9, (2, 4))]:
+def test_stage_jobs_plans_side_by_side_stages_two_on_a_cpu_one_per_gpu(monkeypatch):
+    # reproduce.sh's JOBS: auto = 2 stages at once with half the free cores each on a CPU, one per GPU
+    assert common.gpu_count("cpu") == common.gpu_count("cuda:1") == 0 == common.gpu_count("cuda:0")  # none to share
+    monkeypatch.setattr(common, "gpu_count", lambda device: 0)
+    for free, want in [(1, (1, 1, 0)), (2, (2, 1, 0)), (8, (2, 4, 0)), (9, (2, 4, 0))]:
         monkeypatch.setattr(common, "free_cores", lambda free=free: free)
         assert common.stage_jobs("auto", "cpu") == want
-    assert common.stage_jobs("auto", "cuda:1") == (1, 9)      # the GPU's stages one at a time
-    assert common.stage_jobs("3", "cpu") == (3, 3)           # JOBS given
-    assert common.stage_jobs("auto", "cpu", threads=4) == (2, 4)  # the user's --threads kept,
-    assert common.stage_jobs("auto", "cpu", threads=5) == (1, 5)  # two at once only where they fit
+    assert common.stage_jobs("auto", "cuda:1") == (1, 9, 0)   # a GPU named: its stages one at a time
+    assert common.stage_jobs("3", "cpu") == (3, 3, 0)        # JOBS given
+    assert common.stage_jobs("auto", "cpu", threads=4) == (2, 4, 0)  # the user's --threads kept,
+    assert common.stage_jobs("auto", "cpu", threads=5) == (1, 5, 0)  # two at once only where they fit
+    for gpus, want in [(1, (1, 9, 1)), (4, (4, 2, 4))]:   # GPUs shared out: a stage each
+        monkeypatch.setattr(common, "gpu_count", lambda device, gpus=gpus: gpus)
+        assert common.stage_jobs("auto", "cuda") == want
+    assert common.stage_jobs("2", "cuda") == (2, 4, 4)       # JOBS given: 2 at once, on the least busy GPUs
     assert common.cuda_possible("cuda") and not common.cuda_possible("cpu")
 
 

@@ -367,7 +367,9 @@ def test_metrics_carry_mfu_none_on_cpu(dirs):
 def test_ddp_on_two_cpu_processes_is_one_process_with_the_whole_batch(dirs):
     """torchrun with two CPU processes (gloo): each rank takes its half of the one data stream's batch and
     DDP averages the gradients, so every step is the one-process step with the whole batch (16 windows),
-    to float32 rounding (the mean over 16 windows summed in two halves), and the loss curve is the same."""
+    to float32 rounding (the mean over 16 windows summed in two halves), and the loss curve is the same.
+    The DDP run, stopped at step 3, is continued by one process with the whole batch (reproduce.sh's
+    resume of a base model pretrained under torchrun), and a batch other than 16 is refused."""
     import subprocess
     import sys
     data, out = dirs
@@ -376,8 +378,13 @@ def test_ddp_on_two_cpu_processes_is_one_process_with_the_whole_batch(dirs):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            os.path.join(helpers.REPO, "train.py"), *common, f"--out_dir={out}", "--name=ddp",
-                           "--batch_size=8"], env=env, capture_output=True, text=True, timeout=300, cwd=helpers.REPO)
+                           "--batch_size=8", "--stop_iter=3"], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=helpers.REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load(dirs, "ddp")["iter_num"] == 3
+    with pytest.raises(SystemExit, match=r"its steps take 16 sequences .* this run's 8 x 1; give --batch_size 16"):
+        train.main([*common, f"--out_dir={out}", "--name=ddp", "--batch_size=8", "--resume"])
+    train.main([*common, f"--out_dir={out}", "--name=ddp", "--batch_size=16", "--resume"])
     train.main([*common, f"--out_dir={out}", "--name=one", "--batch_size=16"])
     ddp, one = load(dirs, "ddp"), load(dirs, "one")
     assert ddp["iter_num"] == one["iter_num"] == 6
