@@ -131,6 +131,18 @@ def out_of_memory(e):
         re.search(r"out of memory|can't allocate|not enough memory", str(e))))
 
 
+def output_closed():
+    """Whether the reader of our standard output has gone (`python train.py -h | head`): a pipe whose read
+    end is closed polls as an error."""
+    import select
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no fileno (a test's capture), no poll (Windows)
+        return False
+
+
 def cli(main):
     """Run a script's main() as a command: a UserError becomes one line on stderr and exit status 2,
     a full or read-only disk one line naming the path, Ctrl-C one line and status 130, a closed pipe nothing."""
@@ -153,8 +165,10 @@ def cli(main):
         print("error: interrupted; finished files are kept, re-run (with --resume where the script has it) "
               "to continue", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:  # the reader of our output left (`python train.py -h | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail
+    except BrokenPipeError:
+        if not output_closed():
+            raise  # another pipe's (a child's, a socket's)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail
         sys.exit(1)
     except OSError as e:
         if e.errno not in DISK_ERRNOS:

@@ -201,14 +201,14 @@ t_start=$(now)
 
 plan_slots() {  # from here on, stages that do not depend on each other run $slots at once with --threads=$each
   # and, on several GPUs, a GPU each (common.stage_jobs; an extra --threads is kept and goes to every stage)
-  local gpus
+  local gpus listed=${CUDA_VISIBLE_DEVICES:-}
   read -r slots each gpus < <("$PY" - "$JOBS" "$device" "$threads" \
     <<< 'import sys, common; print(*common.stage_jobs(*sys.argv[1:3], int(sys.argv[3])))') || true
   [[ $slots =~ ^[1-9][0-9]*$ && $each =~ ^[0-9]+$ && $gpus =~ ^[0-9]+$ ]] \
     || { echo "JOBS: could not plan the stages; one at a time"; slots=1 each=0 gpus=0; }
   [ "$threads" = 0 ] || each=0
   if [ "$slots" -gt 1 ] && [ "$gpus" -gt 1 ]; then  # torch numbers the GPUs CUDA_VISIBLE_DEVICES names, in order
-    IFS=, read -r -a gpu_ids <<< "${CUDA_VISIBLE_DEVICES:-}"
+    IFS=, read -r -a gpu_ids <<< "${listed// /}"
     [ ${#gpu_ids[@]} -ge "$gpus" ] || mapfile -t gpu_ids < <(seq 0 $((gpus - 1)))
     gpu_ids=("${gpu_ids[@]:0:gpus}")
   fi

@@ -54,7 +54,7 @@ config = dict(
     rope_theta=10000.0,     # RoPE base frequency
     norm_eps=1e-6,          # RMSNorm epsilon
     # optimisation (the variant presets pretrain / finetune set lr, warmup, decay and epochs)
-    batch_size=64,          # sequences per micro-step and process (DDP: a step takes batch_size x processes)
+    batch_size=64,          # sequences per micro-step and process (a step: batch_size x processes x grad_accum)
     grad_accum=1,           # micro-steps per optimizer step
     lr=6e-4,                # peak learning rate (AdamW)
     min_lr_frac=0.0,        # cosine decays to lr * min_lr_frac (0 as in HF's cosine schedule)
@@ -202,7 +202,7 @@ def open_run(cfg, env, name, ckpt_path):
                          MAKES.get(name, f"python train.py --domain {cfg['domain']} --name {name}"))
     if "optimizer" not in ck:
         die(f"{ckpt_path} holds no training state (a merge?); it cannot be resumed, use --overwrite to train anew")
-    was = ck["config"].get("batch_global", ck["config"].get("batch_size"))  # saved before the key: one process
+    was = batch_of(ck)
     if was != cfg["batch_global"]:
         fix = (f"give --batch_size {was // env.world}" if isinstance(was, int) and was % env.world == 0 else
                f"run it in a number of processes that divides {was}")
@@ -218,6 +218,19 @@ def open_run(cfg, env, name, ckpt_path):
             restore_metrics(run, ck)
     run.resume = ck
     return run
+
+
+def batch_of(ck):
+    """The sequences a checkpoint's steps take (batch_size x processes): saved as batch_global; in a run saved
+    before it, from its loss curve's tokens (a DDP run's batch_size is each process's share), else batch_size."""
+    c = ck["config"]
+    if "batch_global" in c:
+        return c["batch_global"]
+    try:
+        last = [h for h in ck.get("history") or [] if h.get("iter")][-1]
+        return last["tokens"] // (last["iter"] * c["block_size"] * c["grad_accum"])
+    except (IndexError, KeyError, TypeError, AttributeError, ZeroDivisionError):
+        return c.get("batch_size")
 
 
 def restore_metrics(run, ck):

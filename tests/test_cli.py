@@ -769,11 +769,11 @@ def test_reproduce_runs_independent_stages_side_by_side_and_dependent_ones_after
 
 
 def test_reproduce_gives_each_stage_side_by_side_a_gpu_of_its_own(tmp_path):
-    # four GPUs (torch's 0-3 are CUDA_VISIBLE_DEVICES' 3,5,6,7): four stages at once, never two on one GPU,
-    # each seeing only its own; the stages alone (data, base, the analysis) see them all
+    # four GPUs (torch's 0-3 are CUDA_VISIBLE_DEVICES' 3,5,6,7, a space and all): four stages at once, never
+    # two on one GPU, each seeing only its own; the stages alone (data, base, the analysis) see them all
     import subprocess
     env = {**stage_log_python(tmp_path, slow=("--domain tinystories", "merge.py --preset"), plan="4 2 4"),
-           "JOBS": "auto", "CUDA_VISIBLE_DEVICES": "3,5,6,7"}
+           "JOBS": "auto", "CUDA_VISIBLE_DEVICES": "3,5, 6,7"}
     proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -782,7 +782,7 @@ def test_reproduce_gives_each_stage_side_by_side_a_gpu_of_its_own(tmp_path):
     for line in (tmp_path / "events").read_text().splitlines():
         kind, *args = line.split()
         if kind == "start":
-            key, gpu = " ".join(args[:3]), args[-1].removeprefix("gpu=")
+            key, gpu = " ".join(args[:3]), line.rsplit(" gpu=", 1)[1]
             seen[key] = gpu
             assert gpu not in on.values(), (key, gpu, on)            # a GPU of its own
             on[key] = gpu
@@ -791,7 +791,7 @@ def test_reproduce_gives_each_stage_side_by_side_a_gpu_of_its_own(tmp_path):
             del on[" ".join(args[:3])]
     assert most >= 3                                                  # the fine-tunes and the base SAE at once
     alone = {k: g for k, g in seen.items() if k.split()[0] in ("data.py", "analyze.py") or "--domain base" in k}
-    assert len(alone) == 3 and set(alone.values()) == {"3,5,6,7"}
+    assert len(alone) == 3 and set(alone.values()) == {"3,5, 6,7"}
     assert len(seen) == 11 and all(g in ("3", "5", "6", "7") for k, g in seen.items() if k not in alone)
     assert "| side by side, --threads=2, GPU " in (tmp_path / "out" / "analysis" / "stages.md").read_text()
 

@@ -151,6 +151,10 @@ def test_a_closed_output_pipe_ends_a_script_quietly():
                          text=True)
     os.close(w)
     assert out.returncode == 1 and out.stderr == ""
+    # a broken pipe of another kind (a child's, a socket's) is not hidden
+    code = "import common\ndef main():\n    raise BrokenPipeError(32, 'Broken pipe')\ncommon.cli(main)\n"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE)
+    assert other.returncode == 1 and other.stderr.splitlines()[-1] == "BrokenPipeError: [Errno 32] Broken pipe"
 
 
 def test_resume_guard_names_every_changed_setting():

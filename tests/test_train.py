@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train
-from common import sha256_file
+from common import atomic_torch_save, sha256_file, stamp
 
 V = 64
 MODEL = ["--block_size=16", "--d_model=32", "--n_head=4", "--n_kv_head=2", "--d_mlp=64",
@@ -382,9 +382,17 @@ def test_ddp_on_two_cpu_processes_is_one_process_with_the_whole_batch(dirs):
                           cwd=helpers.REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert load(dirs, "ddp")["iter_num"] == 3
-    with pytest.raises(SystemExit, match=r"its steps take 16 sequences .* this run's 8 x 1; give --batch_size 16"):
-        train.main([*common, f"--out_dir={out}", "--name=ddp", "--batch_size=8", "--resume"])
-    train.main([*common, f"--out_dir={out}", "--name=ddp", "--batch_size=16", "--resume"])
+    ck = load(dirs, "ddp")
+    del ck["config"]["batch_global"]                   # as saved before the key: the batch from the tokens
+    ck["config"]["name"] = "old"
+    old = os.path.join(out, "old", "ckpt.pt")
+    os.makedirs(os.path.dirname(old))
+    atomic_torch_save(stamp(ck, "model"), old)
+    for name in ("ddp", "old"):
+        with pytest.raises(SystemExit, match=r"its steps take 16 sequences .* this run's 8 x 1; give --batch_size 16"):
+            train.main([*common, f"--out_dir={out}", f"--name={name}", "--batch_size=8", "--resume"])
+        train.main([*common, f"--out_dir={out}", f"--name={name}", "--batch_size=16", "--resume"])
+    assert all(torch.equal(w, load(dirs, "old")["model"][k]) for k, w in load(dirs, "ddp")["model"].items())
     train.main([*common, f"--out_dir={out}", "--name=one", "--batch_size=16"])
     ddp, one = load(dirs, "ddp"), load(dirs, "one")
     assert ddp["iter_num"] == one["iter_num"] == 6
