@@ -518,7 +518,7 @@ def stage_jobs(jobs="auto", device="auto", threads=0):
     stage's Python, its serial parts and the cost of threads leave a second core idle for a quarter to a
     third of the time. threads > 0: the user's --threads, kept (auto then runs two at once only where
     2 x threads cores are free). GPUs > 1: reproduce.sh gives each stage the GPU with the fewest stages
-    on it (CUDA_VISIBLE_DEVICES), so the four SAE stages run at once on four."""
+    on it (CUDA_VISIBLE_DEVICES): on four, the four SAE stages can run at once."""
     free, gpus = free_cores(), gpu_count(device)
     if jobs != "auto":
         n = int(jobs)

@@ -30,7 +30,6 @@ from torch.torch_version import TorchVersion
 check_torch(torch.__version__)  # an older torch: one line here, not a failure mid-stage
 
 
-
 @dataclass
 class ModelArgs:
     vocab_size: int = 32000

@@ -130,8 +130,8 @@ stage() {  # stage LABEL KIND OUTPUT SCRIPT ARGS...
     fi
     # stdout through a tagger in the same job (waited for with it: no line comes after the stage's end;
     # pipefail gives python's status), stderr through one to stderr (a process substitution)
-    env ${pin[@]+"${pin[@]}"} PYTHONUNBUFFERED=1 "$PY" "$script" "$@" ${more[@]+"${more[@]}"} 2> >(tagged "$label" >&2) \
-      | tagged "$label" &
+    env ${pin[@]+"${pin[@]}"} PYTHONUNBUFFERED=1 "$PY" "$script" "$@" ${more[@]+"${more[@]}"} \
+      2> >(tagged "$label" >&2) | tagged "$label" &
   else
     "$PY" "$script" "$@" ${more[@]+"${more[@]}"} &
   fi
