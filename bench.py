@@ -1087,7 +1087,7 @@ def harvest_rates(cfg, device, batches, bf16):
     rates = {}
     for b in batches:
         idx = torch.randint(0, s["vocab_size"], (b, s["block_size"]), generator=g).to(device)
-        pos = (torch.rand(b, s["block_size"] - 1, generator=g).argsort(dim=1)[:, :tps] + 1).to(device)
+        pos = torch.rand(b, s["block_size"] - 1, generator=g).argsort(dim=1)[:, :tps] + 1  # on the CPU, as sae.py's
 
         def call():
             with autocast:

@@ -320,9 +320,11 @@ def harvest_flops_per_window(model, T, k):
 @torch.no_grad()
 def mlp_acts(model, idx, positions=None, kv=None):
     """model.mlp_acts(idx) with positions (B, n): only at those positions (B, n, d_mlp), the tokens after
-    the last of them left out. kv: token_kv()."""
+    the last of them left out (positions on the CPU: their max read without waiting for the GPU). kv:
+    token_kv()."""
     if positions is not None:
         idx = idx[:, :int(positions.max()) + 1]
+        positions = positions.to(idx.device)
     return trunk(model, idx, positions, kv)[1]
 
 
@@ -342,7 +344,7 @@ def mlp_activations(model, windows, batch_size, device, skip_first=0, positions=
             yield start, h[:, skip_first:].float()
         else:
             with autocast:
-                h = mlp_acts(model, idx, torch.as_tensor(positions[start:start + batch_size]).to(device), kv)
+                h = mlp_acts(model, idx, torch.as_tensor(positions[start:start + batch_size]), kv)
             yield start, h.float()                                                   # (b, k, d_mlp)
 
 
