@@ -15,9 +15,10 @@ baseline, sae_s1.pt (sae.py --seeds 0,1), data/<domain>/val.bin (data.py), out/m
 The method, in the order main() runs it:
 1. Load the models and SAEs and check that they belong together: one tokenizer, each child made
    from the parent checkpoint on disk now, each SAE trained on its model.
-2. Draw one evaluation token set: whole block_size windows drawn once (seeded) from the validation
-   splits of base, lua and tinystories, run through every model and SAE, so every correlation is
-   over the very same tokens.
+2. Draw one evaluation token set: whole windows drawn once (seeded) from the validation splits of
+   base, lua and tinystories, as long as the SAEs' training windows (sae.py --seq_len, the model's
+   block_size by default), run through every model and SAE, so every correlation is over the very
+   same tokens, each read with the context its SAE learned from.
 3. Stream it in chunks: each model's MLP activations and each SAE's features are computed once per
    chunk and every pair is updated from them. Pearson r comes from running float64 sums (x, x^2,
    y, y^2 and the (F_parent, F_child) matrix x^T y; with --fast, fast.py makes x^T y over the
@@ -78,14 +79,15 @@ config = dict(
     threads=0,                  # CPU threads for torch (0 = the cores free now)
     models=["base", "lua", "tinystories", "luastories"],  # every edge with both ends here is tracked
     domains=["base", "lua", "tinystories"],  # validation splits the token set is drawn from (equal shares)
-    n_tokens=1_048_576,         # evaluation tokens, as whole block_size windows (fewer if the val splits are short)
+    n_tokens=1_048_576,         # evaluation tokens, as whole seq_len windows (fewer if the val splits are short)
     min_tokens=2048,            # a smaller token set cannot estimate a correlation: error
     seed=0,                     # token-set (and random-context) seed
     sae_seed=0,                 # the SAEs tracked
     null_seed=1,                # the second SAE per model for the null baseline (sae.py --seeds 0,1)
     spread_seed=2,              # a third SAE per model where it exists (sae.py --seeds 0,1,2): the null's spread (-1: none)
     threshold=0.8,              # Pearson r for a match (the study's value)
-    skip_first=1,               # positions < skip_first are left out, as sae.py leaves them out (position 0 has no context)
+    seq_len=0,                  # tokens per token-set window; 0: the SAEs' (sae.py --seq_len: the context they learned)
+    skip_first=-1,              # positions < skip_first are left out; -1: the SAEs' (sae.py: 1; position 0: no context)
     batch_size=32,              # sequences per chunk
     memory_gb=8.0,              # device memory the analysis may use: pairs stream in groups that fit (0: all that is free)
     n_select=6,                 # per edge and category, this many features get a full page
@@ -112,8 +114,8 @@ PRESETS = {
     "paper": dict(batch_size=16),  # 16 x 255-token chunks: one pair's sums and a chunk's features fit 8 GB (plan_groups)
     "tiny": dict(n_tokens=131_072, n_select=4, ctx_window=32),
 }
-CHECKS = {"threads": ">=0", "n_tokens": ">0", "min_tokens": ">=0", "threshold": "(0,1]", "skip_first": ">=0",
-          "batch_size": ">0", "n_select": ">=0", "n_top": ">=1",
+CHECKS = {"threads": ">=0", "n_tokens": ">0", "min_tokens": ">=0", "threshold": "(0,1]", "skip_first": ">=-1",
+          "seq_len": ">=0", "batch_size": ">0", "n_select": ">=0", "n_top": ">=1",
           "n_random": ">=0", "ctx_window": ">0", "n_show": ">0", "max_pairs": ">=0", "max_requests": ">=0",
           "memory_gb": ">=0", "n_intervals": ">=1", "n_per_interval": ">=0", "hist_bins": ">=1",
           "n_all_top": ">=1", "all_window": ">0", "n_all_logits": ">=1", "min_fires": ">=1", "min_act_frac": ">=0"}
@@ -630,7 +632,7 @@ def device_free_bytes(device):
 def plan_groups(cfg, study, device):
     """The pairs in groups streamed one pass each, as many per pass as fit --memory_gb (and the device's
     free memory), checked before the long pass: a single pair that does not fit is a one-line error."""
-    rows = cfg["batch_size"] * (study.block_size - cfg["skip_first"])
+    rows = cfg["batch_size"] * (cfg["seq_len"] - cfg["skip_first"])
     size = {k: sae.n_features for k, sae in study.sae.items()}
     weights = sum(p.numel() * p.element_size() for mod in list(study.model.values()) + list(study.sae.values())
                   for p in mod.parameters())
@@ -768,16 +770,42 @@ def load_study(cfg, device):
     return Study(models, edges, net, saes, info, nulls, null_missing, spread, pairs, d_mlp, block_size, toks[models[0]])
 
 
+def sae_context(cfg, study):
+    """The token set's window length and first position (cfg's seq_len and skip_first), as given or else as
+    every SAE was trained (sae.py), so each reads activations with the context it learned from (the authors'
+    SAEs: 24-token blocks from position 0). Set in cfg; SAEs trained on different ones are a one-line error."""
+    for key, unset in (("seq_len", 0), ("skip_first", -1)):
+        if cfg[key] != unset:
+            continue
+        got = {}
+        for m, seed in study.sae:
+            c = study.info[m][f"sae{seed}"]["config"] or {}
+            v = c.get("skip_first", 1) if key == "skip_first" else c.get("seq_len") or study.block_size
+            if type(v) is not int or v < 0:
+                die(f"{saelib.sae_path(cfg['out_dir'], m, seed)} says it was trained with --{key} {v!r}: damaged "
+                    f"or hand-made; remake it: python sae.py --model {m} --overwrite")
+            got.setdefault(v, []).append(f"{m} seed {seed}")
+        if len(got) > 1:
+            each = "; ".join(f"{v}: {', '.join(w)}" for v, w in got.items())
+            die(f"the SAEs were trained with different --{key} ({each}): one token set cannot give each its own; "
+                f"train them alike, or give analyze.py --{key}")
+        cfg[key] = next(iter(got))
+    if cfg["seq_len"] > study.block_size:
+        die(f"--seq_len {cfg['seq_len']} is longer than the models' block_size {study.block_size}")
+
+
 def draw_tokens(cfg, study):
-    """Step 2: the evaluation token set, drawn once and used by every model. Returns (seqs (n, T), token_set record)."""
-    data_dir, T, skip = cfg["data_dir"], study.block_size, cfg["skip_first"]
+    """Step 2: the evaluation token set, drawn once and used by every model: windows of the SAEs' context
+    (sae_context). Returns (seqs (n, T), token_set record)."""
+    sae_context(cfg, study)
+    data_dir, T, skip = cfg["data_dir"], cfg["seq_len"], cfg["skip_first"]
     first = study.models[0]
     arrays = {d: datalib.open_tokens(data_dir, d, "val", tok_hash=study.tokenizer_hash,
                                      vocab_size=study.model[first].args.vocab_size, who=first) for d in cfg["domains"]}
     # distinct aligned non-overlapping windows, equal shares per domain, a short split gives what it has
     seqs, per_dom = datalib.sample_windows(arrays, cfg["n_tokens"] // T, T, "tiles", cfg["seed"], with_counts=True)
     if not skip < T - 1:
-        die(f"--skip_first {skip} must be in [0, block_size - 1) = [0, {T - 1})")
+        die(f"--skip_first {skip} must be in [0, seq_len - 1) = [0, {T - 1})")
     n_seq, n_tok = len(seqs), len(seqs) * (T - skip)  # tokens that enter every statistic
     if n_tok < max(cfg["min_tokens"], 2):
         die(f"the evaluation token set has {n_tok} tokens ({', '.join(f'{d}: {k} windows of {T}' for d, k in per_dom.items())}), "
@@ -797,7 +825,7 @@ def stream(cfg, study, seqs, device, pairs, stats=None):
     """Step 3: one pass over the token set updating the sums of `pairs`; with stats=None (the first pass)
     also every SAE's feature statistics (density, max, top sequences). Each model and SAE needed runs once
     per chunk; only the features the pairs need are held. Returns ({pair: CorrAccumulator}, stats, seconds)."""
-    s0, batch, T, skip = cfg["sae_seed"], cfg["batch_size"], study.block_size, cfg["skip_first"]
+    s0, batch, T, skip = cfg["sae_seed"], cfg["batch_size"], cfg["seq_len"], cfg["skip_first"]
     Acc = fast.CorrAccumulator if cfg["fast"] else CorrAccumulator
     acc = {n: Acc(study.sae[a].n_features, study.sae[b].n_features, device) for n, a, b in pairs}
     first = stats is None
@@ -973,7 +1001,7 @@ def feature_activity(cfg, study, seqs, keys, stats, device):
     smallest random keys are kept, a reservoir sample). Only the firing entries are touched (SAE features
     are sparse): every live feature of every SAE goes through here. Returns {(model, i): {"max", "hist",
     "samples": [[(seq, pos)] per interval]}}."""
-    s0, T, skip, batch = cfg["sae_seed"], study.block_size, cfg["skip_first"], cfg["batch_size"]
+    s0, T, skip, batch = cfg["sae_seed"], cfg["seq_len"], cfg["skip_first"], cfg["batch_size"]
     n_bins, n_int, per = cfg["hist_bins"], cfg["n_intervals"], cfg["n_per_interval"]
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 2)
     out = {}
@@ -1029,7 +1057,7 @@ def collect_pages(cfg, study, stats, seqs, keys, device):
     every one), the page features' contexts (top sequences cut around the max, occurrences from each activation
     interval, shared random windows), and direct logit effects. Returns ({(model, i): contexts},
     {(model, i): activity}, {(model, i): (top, bottom)}, token strings)."""
-    s0, T = cfg["sae_seed"], study.block_size
+    s0, T = cfg["sae_seed"], cfg["seq_len"]
     rng = np.random.default_rng(cfg["seed"] + 1)
     width = min(cfg["ctx_window"], T)
     rand = [(int(s), int(rng.integers(0, T - width + 1)))
@@ -1083,7 +1111,7 @@ def browse_features(cfg, study, cls, stats, activity, seqs, device):
     occurrence feature_activity drew from each activation interval, and, on each edge it is on, its best
     partner's activations on the same top windows (run through the partner's model and SAE: the tracking
     view), with the histogram and n_all_logits logit effects each way. Returns {model: side-file record}."""
-    s0, T, batch, n_top = cfg["sae_seed"], study.block_size, cfg["batch_size"], cfg["n_all_top"]
+    s0, T, batch, n_top = cfg["sae_seed"], cfg["seq_len"], cfg["batch_size"], cfg["n_all_top"]
     W, skip = min(cfg["all_window"], T), cfg["skip_first"]
     # what to cut, per model: rows (seq, feature, pos, slot) sorted by seq; pos -1 = around the max in that
     # sequence (a top context, slot = its rank), else the drawn token of interval slot - n_top
@@ -1386,7 +1414,7 @@ def join_diffing(d, found, n_examples):
 
 def diffing_contexts(cfg, study, stats, seqs, wanted, device, n_ctx):
     """{(model, feature): [{"tokens": [str], "acts": [float]}]}: the n_ctx top contexts of the examples."""
-    s0, width, top = cfg["sae_seed"], min(cfg["ctx_window"], study.block_size), {}
+    s0, width, top = cfg["sae_seed"], min(cfg["ctx_window"], cfg["seq_len"]), {}
     for m, feats in wanted.items():
         feats = sorted(feats)
         wants = {}
@@ -1421,7 +1449,7 @@ def track(cfg, study, seqs, token_set, device):
     right after its pass; then families. Returns (classify() outputs, found, dens, dead, stats, timing)."""
     groups, need = plan_groups(cfg, study, device)
     print(f"{len(study.edges)} edges + {len(study.pairs) - len(study.edges)} null pairs in {len(groups)} pass(es) of "
-          f"{cfg['batch_size']} x {study.block_size}-token chunks, sums in float64"
+          f"{cfg['batch_size']} x {cfg['seq_len']}-token chunks, sums in float64"
           f"{' (fast.CorrAccumulator)' if cfg['fast'] else ''}; about {need / 2 ** 30:.2f} GB of "
           f"{device} memory")
     stats, dens, dead, cls, records, seconds = None, None, None, {}, {}, 0.0

@@ -2,7 +2,7 @@
 The authors' four released models, converted into this project's checkpoints, so that sae.py and
 analyze.py can study the very models of the paper instead of our own retrained ones.
 
-    python data.py --tokenizer authors --data_dir data_authors      # their tokenizer and val tokens first
+    python data.py --source hf --tokenizer authors --data_dir data_authors  # their tokenizer and val tokens first
     python authors.py --data_dir data_authors --out_dir out_authors  # -> out_authors/{base,lua,tinystories,luastories}/
 
 The models (Hugging Face hub, MistralForCausalLM): nilq/baby-python-mistral-1L-tiny-base and its two

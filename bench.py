@@ -5,7 +5,7 @@ each stage's share of it. Not a test: it prints numbers (no timing is ever asser
 
     python bench.py                      # the default parts (peak, train, sae, corr, bpe), CPU-sized shapes
     python bench.py --markdown           # ... and BENCHMARKS.md's table, with date, CPU, threads, torch
-    python bench.py --only=train,sae     # some parts: peak, train, sae, corr, bpe, data, quickstart
+    python bench.py --only=train,sae     # any of: peak train sae corr bpe data quickstart plan loop quality
     python bench.py --paper_smoke        # every stage at the paper's shapes for a few steps + the plan
     python bench.py --only=plan          # the full-budget projection alone
     python bench.py --only=loop          # sae.py's whole loop at the paper preset (GPU): act/s, the draws made ahead or not

@@ -427,8 +427,8 @@ def require_positive(cfg, keys):
 
 
 # settings added after runs were saved, with the value those runs had: `fast` (fast.py) was the only
-# code before the setting existed; sae.py's `mix` was equal shares
-ADDED_SETTINGS = {"fast": True, "mix": "equal"}
+# code before the setting existed; sae.py's `mix` was equal shares; train.py's `sampler` random windows
+ADDED_SETTINGS = {"fast": True, "mix": "equal", "sampler": "windows"}
 
 
 def check_resume(saved, cfg, free, path):

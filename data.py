@@ -7,7 +7,8 @@ data.py: the study's corpora -> a byte-level BPE tokenizer -> token files for tr
   python data.py --domain all --source hf --preset paper --dry_run  # what that would fetch and make (footers only)
 
 Domains: babylm, python, tinystories, lua, and `base`, the pre-training mix (all of BabyLM plus
-Python matched to the same number of words, as in the paper). For each, writes
+Python matched to the same number of words, as in the paper; `--source hf`: nilq/baby-python whole,
+the authors' own mix). For each, writes
 <data_dir>/<domain>/{train,val}.bin (token ids; every document followed by <|endoftext|>) and
 meta.json (sizes, settings, sources, tokenizer hash). The tokenizer is trained on the base mix train
 split, shared by every model, and lives in <data_dir>/tokenizer/. `--source hf` reads the datasets
@@ -23,10 +24,11 @@ bounded batches; no domain is held whole, and nothing is encoded twice (base's t
 from babylm's and python's token files, in the mix's order). Other scripts import from here: DOMAINS,
 EOT, load_tokenizer, eot_id, doc_sep, tokenizer_hash, read_meta, data_fingerprint, open_tokens (THE check that
 token files are whole and match a model's tokenizer), sample_windows (the evaluation and analysis
-windows) and get_batch (the training batches). The sample corpus itself is made in sample_corpus.py.
+windows) and get_batch / epoch_batch (the training batches). The sample corpus itself is made in sample_corpus.py.
 """
 import array
 import base64
+import functools
 import hashlib
 import heapq
 import io
@@ -443,9 +445,6 @@ def check_tokens(path, meta, split, fix):
         pass
 
 
-load_tokens = open_tokens  # the old name, kept while callers move over
-
-
 SCHEMES = ("spread", "tiles", "consecutive")
 
 
@@ -497,16 +496,43 @@ def cut_windows(arrays, starts_per_domain, T):
 
 
 def get_batch(tokens, batch_size, block_size, device, generator):
-    """batch_size random windows of a token array (uniform starts, drawn from generator):
-    x (B, block_size) int64 and y, the same windows shifted by one token (the next-token
-    targets)."""
+    """batch_size random windows of a token array (uniform starts, drawn from generator), as
+    nanoGPT draws them: x (B, block_size) int64 and y, the same windows shifted by one token (the
+    next-token targets)."""
     import torch
     if len(tokens) <= block_size:
         die(f"only {len(tokens)} tokens, fewer than block_size+1 = {block_size + 1}")
     ix = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).tolist()
-    x = torch.stack([torch.from_numpy(tokens[i:i + block_size].astype(np.int64)) for i in ix])
+    return windows_at(tokens, ix, block_size, device)
+
+
+def epoch_batch(tokens, first, batch_size, block_size, device, seed):
+    """Windows first .. first + batch_size - 1 of the epoch order, as the authors' trainer (HF's,
+    on the text grouped into blocks) reads the data: the tokens cut into (len - 1) // block_size
+    blocks of block_size targets, every block once an epoch, in an order shuffled anew each epoch
+    (seeded by seed and the epoch). A function of the window number alone: a resume needs only the
+    count. x, y as get_batch's."""
+    n = (len(tokens) - 1) // block_size
+    if n < 1:
+        die(f"only {len(tokens)} tokens, fewer than block_size+1 = {block_size + 1}")
+    k = np.arange(first, first + batch_size)  # the windows' numbers: epoch k // n, its block k % n
+    epoch = k // n
+    blocks = np.concatenate([epoch_order(seed, e, n)[k[epoch == e] % n] for e in np.unique(epoch)])
+    return windows_at(tokens, (blocks * block_size).tolist(), block_size, device)
+
+
+@functools.lru_cache(maxsize=2)  # a batch may span two epochs
+def epoch_order(seed, epoch, n_blocks):
+    """The blocks in one epoch's order: (n_blocks,) int64, a permutation seeded by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n_blocks)
+
+
+def windows_at(tokens, starts, block_size, device):
+    """x (B, block_size) int64: the windows at `starts`; y: the same windows one token on."""
+    import torch
+    x = torch.stack([torch.from_numpy(tokens[i:i + block_size].astype(np.int64)) for i in starts])
     y = torch.stack([torch.from_numpy(tokens[i + 1:i + 1 + block_size].astype(np.int64))
-                     for i in ix])
+                     for i in starts])
     if str(device).startswith("cuda"):  # pinned host memory lets the copy overlap with compute
         return (x.pin_memory().to(device, non_blocking=True),
                 y.pin_memory().to(device, non_blocking=True))
@@ -1180,9 +1206,11 @@ def doc_counts(cfg, domain, split, memo):
     return memo[(domain, split)]
 
 
-def mix_plan(words_bab, words_py, seed, split):
+def mix_plan(words_bab, words_py, seed, split, match=True):
     """The base mix: (domains, indices), int arrays naming each document in the mix's order (domain
-    0 babylm, 1 python), and the word shares. Python's `random` drives the choice and the order."""
+    0 babylm, 1 python), and the word shares. Python's `random` drives the choice and the order.
+    match: the side with more words is cut to the other's count (two corpora made into the paper's
+    mix); False: both kept whole (nilq/baby-python is that mix already, matched by its authors)."""
     wb, wp = int(words_bab.sum()), int(words_py.sum())
     small, big = ("python", "babylm") if wb >= wp else ("babylm", "python")
     big_words = words_bab if big == "babylm" else words_py
@@ -1197,7 +1225,7 @@ def mix_plan(words_bab, words_py, seed, split):
     perm = np.frombuffer(perm, dtype=np.int64)[::-1]
     # its documents in that order while the words taken so far are fewer than the small side's
     taken = np.cumsum(big_words[perm], dtype=np.int64)
-    n_pick = int(np.searchsorted(taken - big_words[perm], target, side="left"))
+    n_pick = int(np.searchsorted(taken - big_words[perm], target, side="left")) if match else len(perm)
     picked, w = perm[:n_pick], int(taken[n_pick - 1]) if n_pick else 0
     code = {"babylm": 0, "python": 1}
     doms = np.concatenate([np.full(n_small, code[small], dtype=np.int8), np.full(n_pick, code[big], dtype=np.int8)])
@@ -1206,12 +1234,12 @@ def mix_plan(words_bab, words_py, seed, split):
     rng.shuffle(order)  # the same permutation as shuffling the documents themselves
     order = np.frombuffer(order, dtype=np.int64)
     share = {"babylm_words": min(wb, wp) if big == "python" else w,
-             "python_words": min(wb, wp) if big == "babylm" else w, "cut": big,
+             "python_words": min(wb, wp) if big == "babylm" else w, "cut": big if match else None,
              "cut_kept_docs": f"{n_pick}/{len(big_words)}"}
     tot = share["babylm_words"] + share["python_words"]
     print(f"  base {split}: babylm {share['babylm_words']:,} words ({share['babylm_words'] / max(tot, 1):.1%}), "
           f"python {share['python_words']:,} ({share['python_words'] / max(tot, 1):.1%}); "
-          f"{big} cut to {n_pick}/{len(big_words)} documents")
+          + (f"{big} cut to {n_pick}/{len(big_words)} documents" if match else "both whole (the dataset's mix)"))
     return (doms[order], idx[order]), share
 
 
@@ -1222,7 +1250,7 @@ def base_plan(cfg, split, memo):
     key = ("base-plan", split)
     if key not in memo:
         memo[key] = mix_plan(doc_counts(cfg, "babylm", split, memo)[0], doc_counts(cfg, "python", split, memo)[0],
-                             cfg["seed"], split)
+                             cfg["seed"], split, match=cfg["source"] != "hf")
     return memo[key]
 
 
@@ -1254,6 +1282,8 @@ def settings_of(domain, cfg):
         s.update(max_mb=cfg["max_mb"], revisions={r: hub_revision(cfg["data_dir"], r) for r in repos})
         if domain in ("babylm", "base"):
             s["group_kb"] = cfg["group_kb"]
+        if domain == "base":  # both sides whole: nilq/baby-python is the authors' mix (mix_plan)
+            s["mix"] = "whole"
     elif cfg["source"].startswith("local:"):
         folder, parts = cfg["source"][len("local:"):], ("babylm", "python") if domain == "base" else (domain,)
         s["files"] = {f"{p}/{n}": sha256_file(os.path.join(folder, p, n)) for p in parts

@@ -14,7 +14,6 @@ Also here, because every stage needs them: building a model from a checkpoint, t
 evaluation loss over token windows, and the FLOP count for MFU.
 """
 import contextlib
-import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -144,12 +143,11 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
-        # GPT-2 style: scale the residual-writing projections down
-        for lin in (self.attn.wo, self.mlp.down):
-            nn.init.normal_(lin.weight, mean=0.0, std=0.02 / math.sqrt(2))
 
     @staticmethod
     def _init_weights(m):
+        # every matrix N(0, 0.02), the norms' gains 1: the authors' models' init (HF Mistral's
+        # initializer_range), without GPT-2's down-scaled residual projections
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
@@ -227,7 +225,8 @@ CHECKPOINT_KEYS = {
     "provenance": "common.provenance(): config, code version, inputs",
     # training state, only in checkpoints train.py writes (what an exact --resume needs)
     "optimizer": "optimizer state dict",
-    "data_rng": "[state of the data-order generator before the batch in hand] (one stream for every DDP rank)",
+    "data_rng": "[state of the data-order generator before the batch in hand] (one stream for every DDP rank; "
+                "--sampler windows reads it, epochs counts the windows from iter_num)",
     "best_val_loss": "lowest validation loss seen so far",
     "history": "[{iter, train_loss, val_loss, lr, tokens}] one entry per evaluation (the loss curves)",
     # merges

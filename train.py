@@ -8,8 +8,8 @@ Pretraining (--domain base) and fine-tuning (--domain lua | tinystories) of the 
 
 The recipes follow DESIGN.md (the authors' released configs): pretraining AdamW lr 6e-4, cosine,
 no warmup, wd 0.1, betas (0.9, 0.999), 64 x 256 tokens a step, 3 epochs; fine-tuning lr 2e-5,
-cosine, 500 warmup steps (at most 10% of the run), wd 0.01, 1 epoch. The tiny preset scales everything
-down for a CPU.
+cosine, 500 warmup steps (at most 10% of the run), wd 0.01, 1 epoch; an epoch reads every
+256-token block once, in a shuffled order (--sampler). The tiny preset scales everything down for a CPU.
 Any config key below can be overridden: --key=value (python train.py --help lists them).
 
 Reading order: main() is the algorithm; each of its steps is one function below it, in order.
@@ -62,6 +62,8 @@ config = dict(
     weight_decay=0.1,       # AdamW decay of matrices (never of norm gains)
     epochs=3.0,             # passes over the training tokens (unless --max_iters)
     max_iters=0,            # > 0: this many steps instead of --epochs
+    sampler="epochs",       # epochs: every block of block_size tokens once an epoch, reshuffled each
+                            # epoch (the authors' trainer); windows: random starts, as nanoGPT draws them
     stop_iter=0,            # > 0: stop after this step, as if interrupted (continue with --resume)
     beta1=0.9,              # AdamW beta1
     beta2=0.999,            # AdamW beta2
@@ -91,7 +93,7 @@ PRESETS = {
     "tiny/finetune": dict(lr=3e-4, warmup_iters=30, weight_decay=0.01, epochs=1.0),
 }
 CHECKS = {
-    "domain": ("base", "lua", "tinystories"), "mlp": ("swiglu", "gelu", "relu"),
+    "domain": ("base", "lua", "tinystories"), "mlp": ("swiglu", "gelu", "relu"), "sampler": ("epochs", "windows"),
     "dtype": ("auto", "float32", "bfloat16"),  # float16 would need a GradScaler; bf16 has float32's range
     "block_size": ">=1", "d_model": ">=1", "n_head": ">=1", "n_kv_head": ">=1", "d_mlp": ">=1",
     "rope_theta": ">0", "norm_eps": ">0", "batch_size": ">=1", "grad_accum": ">=1", "lr": ">=0",
@@ -331,7 +333,8 @@ def make_schedule(run):
     run.warmup = min(cfg["warmup_iters"], run.max_iters // 10)
     run.optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["lr"], (cfg["beta1"], cfg["beta2"]),
                                               env.device_type)
-    # the data order, saved for exact resumes; one stream for every DDP rank (next_batch takes its share)
+    # the data order, one stream for every DDP rank (next_batch takes its share): windows' generator,
+    # saved for exact resumes, or epochs' count of windows drawn (set once iter_num is known)
     run.gen = torch.Generator().manual_seed(cfg["seed"])
     run.iter_num, run.best_val, run.history = 0, float("inf"), []
     if ck is not None:
@@ -343,6 +346,7 @@ def make_schedule(run):
             misfit(run.ckpt_path, e, "training state", f"python train.py --domain {cfg['domain']} --name {run.name}")
         run.iter_num, run.best_val, run.history = ck["iter_num"], ck["best_val_loss"], ck.get("history", [])
         run.resume = None  # free the loaded tensors
+    run.drawn = run.iter_num * cfg["grad_accum"] * cfg["batch_global"]  # before the batch in hand
 
 
 def lr_at(run, it):
@@ -485,7 +489,12 @@ def next_batch(run):
     """The next batch (x, y), B windows each: every rank draws the same world x B windows from the
     one data stream and keeps its own B: DDP's mean gradient is one process's over them all."""
     B, env = run.B, run.env
-    x, y = datalib.get_batch(run.data.train, B * env.world, run.block, env.device, run.gen)
+    if run.cfg["sampler"] == "epochs":
+        x, y = datalib.epoch_batch(run.data.train, run.drawn, B * env.world, run.block, env.device,
+                                   run.cfg["seed"])
+        run.drawn += B * env.world
+    else:
+        x, y = datalib.get_batch(run.data.train, B * env.world, run.block, env.device, run.gen)
     r = env.rank * B
     return x[r:r + B], y[r:r + B]
 

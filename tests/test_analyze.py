@@ -313,6 +313,23 @@ def write_sae(out_dir, name, seed, model_ckpt, sae, d_in=None):
                        "provenance": {}}, path)
 
 
+def share_features(out_dir, models, n):
+    """Give each model's seed-1 SAE the first n features of its seed-0 SAE (past the dead ones), as two
+    seeds of one model share some: a null that finds features again (random SAEs rarely do)."""
+    for m in models:
+        s0, _ = saelib.load_sae(out_dir, m, seed=0, device="cpu")
+        s1, _ = saelib.load_sae(out_dir, m, seed=1, device="cpu")
+        with torch.no_grad():
+            for name in ("W_enc", "b_enc", "W_dec"):
+                a, b = getattr(s0, name), getattr(s1, name)
+                if name == "W_enc":
+                    b[:, N_DEAD:N_DEAD + n] = a[:, N_DEAD:N_DEAD + n]
+                else:
+                    b[N_DEAD:N_DEAD + n] = a[N_DEAD:N_DEAD + n]
+        ck = torch.load(os.path.join(out_dir, m, "ckpt.pt"), weights_only=False)
+        write_sae(out_dir, m, 1, ck, s1)
+
+
 def run(data_dir, out_dir, *extra):
     return analyze.main(["--preset=tiny", f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--device=cpu",
                          "--n_tokens=2048", "--min_tokens=1024", "--batch_size=16", "--n_select=2", "--ctx_window=12",
@@ -552,6 +569,27 @@ def test_a_third_sae_seed_gives_the_null_a_seed_to_seed_spread(tmp_path):
     assert all(lo <= v <= hi for lo, v, hi in zip(spread["min"], null, spread["max"]))
     assert res["edges"]["base->lua"]["stability"]["vs_null"]["spread"] == spread
     assert set(res["provenance"]["saes"]["base"]) == {"s0", "s1", "s2"}
+
+
+def test_the_token_set_takes_the_saes_context_and_saes_of_different_ones_are_one_line(tmp_path):
+    """SAEs trained on 8-token windows from position 0 (sae.py --seq_len 8 --skip_first 0, as the authors'
+    24-token blocks) are tracked on 8-token windows from position 0; SAEs of different contexts are named."""
+    data_dir, out_dir = make_study(str(tmp_path), null_models=("base",))
+    def set_context(model, seed, **ctx):
+        path = saelib.sae_path(out_dir, model, seed)
+        ck = torch.load(path, weights_only=False)
+        ck["config"] = dict(ck["config"], **ctx)
+        atomic_torch_save(ck, path)
+    for m, seed in (("base", 0), ("base", 1), ("lua", 0)):
+        set_context(m, seed, seq_len=8, skip_first=0)
+    res = run(data_dir, out_dir, "--models=base,lua")
+    ts = res["token_set"]
+    assert (ts["block_size"], ts["skip_first"]) == (8, 0) and ts["n_tokens"] == ts["n_seq"] * 8 == 2048
+    set_context("lua", 0, seq_len=16)
+    with pytest.raises(SystemExit, match=r"different --seq_len \(8: base seed 0, base seed 1; 16: lua seed 0\)"):
+        run(data_dir, out_dir, "--models=base,lua")
+    res = run(data_dir, out_dir, "--models=base,lua", "--seq_len=16", "--skip_first=1")
+    assert (res["token_set"]["block_size"], res["token_set"]["skip_first"]) == (16, 1)
 
 
 def test_printed_edge_table(tmp_path, capsys):
@@ -802,7 +840,7 @@ def paper_like_study(n_features=16384, d_mlp=1024, block_size=256):
 
 def test_the_paper_preset_is_planned_under_8_gb_and_an_impossible_plan_is_one_line(monkeypatch):
     study = paper_like_study()
-    cfg = dict(analyze.config, **analyze.PRESETS["paper"])
+    cfg = dict(analyze.config, **analyze.PRESETS["paper"], seq_len=256, skip_first=1)
     monkeypatch.setattr(analyze, "device_free_bytes", lambda device: 80 * 2 ** 30)     # an 80 GB card
     groups, need = analyze.plan_groups(cfg, study, "cuda")
     assert need <= 8 * 2 ** 30 and sum(len(g) for g in groups) == len(study.pairs) == 9

@@ -159,7 +159,7 @@ def test_sample_outputs(built, capsys):
         assert meta["source"] == "sample" and "smoke-scale demo" in meta["note"]
         assert meta["dtype"] == "uint16" and meta["tokenizer_hash"] == data.tokenizer_hash(built)
         for split in ("train", "val"):
-            toks = data.load_tokens(built, domain, split)
+            toks = data.open_tokens(built, domain, split)
             s = meta["splits"][split]
             assert len(toks) == s["tokens"] and s["documents"] > 0 and s["bytes"] > 0
             assert int((toks == data.eot_id(enc)).sum()) == s["documents"] and toks[-1] == data.eot_id(enc)
@@ -208,13 +208,13 @@ def test_local_source(tmp_path):
         meta = data.read_meta(str(out), domain)
         assert meta["source"] == f"local:{corp}" and "note" not in meta
         for split, name in (("train", "train"), ("val", "valid")):
-            toks = data.load_tokens(str(out), domain, split)
+            toks = data.open_tokens(str(out), domain, split)
             text = enc.decode(toks.tolist())  # EOT decodes to its text: the documents come back exactly
             assert text.split(data.EOT)[:-1] == docs[domain][name]
     # base: the planned documents, whole and in the plan's order
     (doms, idx), _ = data.mix_plan(*[np.array([len(d.split()) for d in docs[s]["train"]]) for s in data.MIX_SIDES],
                                    seed=data.config["seed"], split="train")
-    base = enc.decode(data.load_tokens(str(out), "base", "train").tolist()).split(data.EOT)[:-1]
+    base = enc.decode(data.open_tokens(str(out), "base", "train").tolist()).split(data.EOT)[:-1]
     assert base == [docs[data.MIX_SIDES[k]]["train"][i] for k, i in zip(doms.tolist(), idx.tolist())]
     with pytest.raises(SystemExit) as e:
         data.main(["--domain", "lua", "--source", f"local:{tmp_path / 'nowhere'}", "--data_dir", str(out)])
@@ -233,17 +233,17 @@ def test_idempotent_rerun_and_tokenizer_change(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("is up to date") == 5 and "training" not in out
     assert {f: os.stat(f).st_mtime_ns for f in files} == before
-    # a new tokenizer (here: another vocabulary) re-encodes what is prepared, and load_tokens
+    # a new tokenizer (here: another vocabulary) re-encodes what is prepared, and open_tokens
     # refuses token files made with the old one
     data.main(["--domain", "babylm", "--data_dir", d, "--vocab_size", "320", "--sample_kb", "20"])
     assert data.read_meta(d, "babylm")["vocab_size"] == 320
-    assert data.load_tokens(d, "babylm", "train").max() < 320
+    assert data.open_tokens(d, "babylm", "train").max() < 320
     with pytest.raises(SystemExit) as e:
-        data.load_tokens(d, "lua", "train")
+        data.open_tokens(d, "lua", "train")
     assert "python data.py --domain lua" in one_line_error(e)
     capsys.readouterr()
     data.main(["--domain", "lua", "--data_dir", d, "--vocab_size", "320", "--sample_kb", "20"])
-    assert "re-encoding" in capsys.readouterr().out and len(data.load_tokens(d, "lua", "train")) > 0
+    assert "re-encoding" in capsys.readouterr().out and len(data.open_tokens(d, "lua", "train")) > 0
 
 
 def test_errors_are_one_line(tmp_path):
@@ -259,7 +259,7 @@ def test_errors_are_one_line(tmp_path):
         data.load_tokenizer(str(tmp_path / "none"))
     assert "python data.py --domain all" in one_line_error(e)
     with pytest.raises(SystemExit) as e:
-        data.load_tokens(str(tmp_path / "none"), "lua", "train")
+        data.open_tokens(str(tmp_path / "none"), "lua", "train")
     assert "python data.py --domain lua" in one_line_error(e)
 
 
@@ -276,6 +276,24 @@ def test_get_batch():
         data.get_batch(tokens[:10], 2, 32, "cpu", torch.Generator())
 
 
+@needs_torch
+def test_epoch_batch_reads_every_block_once_an_epoch_in_a_new_order():
+    tokens = np.arange(1000, dtype=np.uint16)       # 999 targets: 31 blocks of 32, the last 31 unread
+    n, T = 31, 32
+    x, y = data.epoch_batch(tokens, 0, 2 * n + 5, T, "cpu", seed=3)  # two epochs and a part of the third
+    assert x.shape == y.shape == (2 * n + 5, T) and x.dtype == torch.int64 and torch.equal(y, x + 1)
+    starts = x[:, 0].tolist()
+    assert all(s % T == 0 and s + T + 1 <= len(tokens) for s in starts)
+    assert sorted(starts[:n]) == sorted(starts[n:2 * n]) == list(range(0, n * T, T))  # each block once
+    assert starts[:n] != starts[n:2 * n] and len(set(starts[2 * n:])) == 5     # reshuffled each epoch
+    # window k is a function of k: any cut of the stream into batches gives the same windows
+    parts = [data.epoch_batch(tokens, lo, hi - lo, T, "cpu", seed=3)[0] for lo, hi in ((0, 7), (7, 40), (40, 67))]
+    assert torch.equal(torch.cat(parts), x)
+    assert data.epoch_batch(tokens, 0, n, T, "cpu", seed=4)[0][:, 0].tolist() != starts[:n]
+    with pytest.raises(SystemExit, match="fewer than block_size"):
+        data.epoch_batch(tokens[:32], 0, 1, T, "cpu", seed=0)
+
+
 def test_helpers():
     bab = np.array([10, 20, 30, 40, 50, 60])
     py = np.array([3] * 30)  # 90 words
@@ -285,6 +303,9 @@ def test_helpers():
     assert np.array_equal(doms, again[0]) and np.array_equal(idx, again[1])
     assert sorted(idx[doms == 1].tolist()) == list(range(30))  # all of the smaller side (python)
     assert bab[idx[doms == 0]].sum() == share["babylm_words"] and doms[:30].tolist() != [1] * 30  # shuffled
+    (doms, idx), share = data.mix_plan(bab, py, seed=0, split="train", match=False)  # both whole, shuffled
+    assert sorted(idx[doms == 0].tolist()) == list(range(6)) and sorted(idx[doms == 1].tolist()) == list(range(30))
+    assert share["cut"] is None and (share["babylm_words"], share["python_words"]) == (210, 90)
     text = data.sample_corpus_text(sample_kb=10)  # bench.py's input: one string is fine for the trainer
     assert "def " in text and len(data.train_bpe(text, 300, log=lambda *a: None)) == 299
     fracs = [data.hash_frac(f"doc {i}") for i in range(1000)]  # the split by hash of a dataset without val
@@ -544,11 +565,12 @@ def test_hf_source_end_to_end(hub, tmp_path, monkeypatch, capsys):
     assert len([p for p, _ in hub.log if "/baby-python/tree/" in p]) == 3  # 4 files + 1 folder: three pages
     assert not any(p.endswith(".txt") for p, _ in hub.log)  # only the parquet files of the splits
     assert all(h.get("Authorization") == "Bearer hf_test" for p, h in hub.log if "/resolve/" in p)
-    # base: the two sides matched by words, every document's tokens copied from babylm / python
+    # base: nilq/baby-python whole (the authors' mix, not matched again), every document's tokens copied
+    # from babylm / python, in a shuffled order
     base, mix = data.read_meta(d, "base"), data.read_meta(d, "base")["mix"]["train"]
     got = decoded_docs(d, "base", "train")
-    assert set(got) <= set(want["babylm"]["train"]) | set(want["python"]["train"])
-    assert base["splits"]["train"]["documents"] == len(got) and mix["cut"] in ("babylm", "python")
+    assert sorted(got) == sorted(want["babylm"]["train"] + want["python"]["train"]) and mix["cut"] is None
+    assert base["splits"]["train"]["documents"] == len(got) and got != want["babylm"]["train"] + want["python"]["train"]
     out = capsys.readouterr().out
     assert "documents" in out and "tokens" in out and f"pinned commit 5c9180d is {LUA_SHA}" in out
     # a re-run asks the hub nothing and rebuilds nothing
@@ -895,7 +917,6 @@ def test_open_tokens_accepts_good_data(small_built):
     th, meta = data.tokenizer_hash(small_built), data.read_meta(small_built, "lua")
     toks = data.open_tokens(small_built, "lua", "train", tok_hash=th, vocab_size=300, who="lua")
     assert isinstance(toks, np.memmap) and len(toks) == meta["splits"]["train"]["tokens"] > 0
-    assert data.load_tokens is data.open_tokens
 
 
 def test_truncated_token_file_is_refused(small_built):

@@ -15,7 +15,8 @@ IDEAS = {
         "MLP.__init__", "rope_cache")]),
     "one LM step": (100, [("train.py", "train_step"), ("train.py", "lr_at"), ("train.py", "lr_schedule"),
                           ("train.py", "FiniteGuard.update"), ("train.py", "next_batch"),
-                          ("data.py", "get_batch")]),
+                          ("data.py", "get_batch"), ("data.py", "epoch_batch"), ("data.py", "epoch_order"),
+                          ("data.py", "windows_at")]),
     "one SAE step (relu and topk)": (140, [("sae.py", n) for n in (
         "train_seeds", "train_step", "sae_loss", "firing", "SAE.__init__", "SAE.forward", "SAE.encode",
         "SAE.pre_acts", "SAE.activate", "SAE.decode",

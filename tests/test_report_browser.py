@@ -115,9 +115,10 @@ def add_stage_histories(out_dir):
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    from test_analyze import make_study, run
+    from test_analyze import make_study, run, share_features
     root = str(tmp_path_factory.mktemp("browser"))
     data_dir, out_dir = make_study(root)
+    share_features(out_dir, ("base", "lua", "tinystories"), 32)  # each null finds some features again
     run(data_dir, out_dir)
     add_stage_histories(out_dir)
     return out_dir, report.write_report(out_dir)

@@ -66,22 +66,30 @@ def test_finetune_starts_from_parent_weights_and_learns_its_domain(dirs):
     assert ft["val_loss"]["lua"] < base["val_loss"]["lua"] - 0.3
 
 
-def test_resumed_run_continues_exactly(dirs):
-    run(dirs, "--domain=base", "--name=straight", "--max_iters=12", "--eval_interval=6")
-    assert run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=6", "--stop_iter=5") is None
+@pytest.mark.parametrize("sampler", ["epochs", "windows"])
+def test_resumed_run_continues_exactly(dirs, sampler):
+    s = (f"--sampler={sampler}", "--max_iters=12", "--eval_interval=6")
+    run(dirs, "--domain=base", "--name=straight", *s)
+    assert run(dirs, "--domain=base", "--name=split", *s, "--stop_iter=5") is None
     assert load(dirs, "split")["iter_num"] == 5 and not load(dirs, "split")["finished"]
-    assert run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=6", "--stop_iter=5",
-               "--resume") is None                                              # already there: no step
+    assert run(dirs, "--domain=base", "--name=split", *s, "--stop_iter=5", "--resume") is None  # already there
     assert load(dirs, "split")["iter_num"] == 5
-    run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=6", "--resume")
+    run(dirs, "--domain=base", "--name=split", *s, "--resume")
     a, b = load(dirs, "straight"), load(dirs, "split")
     assert b["iter_num"] == 12 and b["finished"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     # a finished run is left alone by --resume with its settings
     before = sha256_file(os.path.join(dirs[1], "split", "ckpt.pt"))
-    run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=6", "--resume")
+    run(dirs, "--domain=base", "--name=split", *s, "--resume")
     assert sha256_file(os.path.join(dirs[1], "split", "ckpt.pt")) == before
+    if sampler == "windows":  # a run saved before --sampler existed drew random windows: named as the fix
+        ck = load(dirs, "split")
+        del ck["config"]["sampler"]
+        atomic_torch_save(stamp(ck, "model"), os.path.join(dirs[1], "split", "ckpt.pt"))
+        run(dirs, "--domain=base", "--name=split", *s, "--resume")
+        with pytest.raises(SystemExit, match="--sampler 'windows' -> 'epochs'"):
+            run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=6", "--resume")
 
 
 def test_errors_are_one_line(dirs, tmp_path):
