@@ -734,7 +734,7 @@ def load_saes(cfg, info, models, device):
                     null_missing.append(m)
                 continue
             sae, sck = saelib.load_sae(cfg["out_dir"], m, seed=seed, device=device)
-            saelib.check_sae_matches(sck, info[m]["ckpt"], model_hash=info[m]["model_hash"])
+            saelib.check_sae_matches(sck, info[m]["ckpt"], model_hash=info[m]["model_hash"], path=path)
             saes[(m, seed)] = sae
             info[m][f"sae{seed}"] = {"hash": common.sha256_file(path), "metrics": sck.get("metrics", {}),
                                      "config": sck.get("config"), "args": sck["sae_args"]}

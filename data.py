@@ -367,6 +367,25 @@ def data_fingerprint(data_dir, domains):
     return {d: sha256_file(os.path.join(data_dir, d, "meta.json")) for d in domains}
 
 
+def tokens_sha256(data_dir, domains, split="train"):
+    """{domain: sha256 of its split's token bytes} as meta.json records them (None: made before checksums):
+    the tokens a run reads, recorded with it so that a resume can tell they are still the same (a meta.json
+    rewritten over the same tokens compares equal)."""
+    return {d: read_meta(data_dir, d)["splits"][split].get("sha256") for d in domains}
+
+
+def check_same_tokens(saved, data_dir, domains, path, fix):
+    """A resumed run trains on the tokens it began on: saved (tokens_sha256 when it began; not a dict: a run
+    saved before the record, not checked) against data_dir's now. One line naming the fix otherwise."""
+    if not isinstance(saved, dict):
+        return
+    now = tokens_sha256(data_dir, domains)
+    changed = [d for d in domains if saved.get(d) != now[d]]
+    if changed:
+        die(f"{path} began on other {', '.join(changed)} tokens than {data_dir} holds now (prepared again since); "
+            f"put the run's data back, or start over: {fix} --overwrite")
+
+
 def open_tokens(data_dir, domain, split, tok_hash=None, vocab_size=None, who=None):
     """A domain's train or val tokens as a read-only memmap, after THE one data check: meta.json
     readable and complete, the file holding exactly the tokens meta.json counts, its vocabulary no

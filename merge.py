@@ -361,33 +361,43 @@ def load_eval_windows(cfg, models):
 
 
 def up_to_date(cfg, run, made_from):
-    """True when the output exists and was made from these inputs and settings (nothing to do)."""
+    """True when the output exists and was made from these inputs and settings (nothing to do). Where
+    merge.json is missing, damaged or disagrees with the checkpoint, the checkpoint's own record (whole by
+    its checksum) decides: made so, merge.json is rewritten from it; made otherwise, nothing is replaced
+    without --overwrite."""
     kind, how = (("sweep", "python merge.py --sweep --overwrite") if cfg["sweep"] else
                  ("merge", f"python merge.py --out {cfg['out']} --overwrite"))
+    other = f"{run.out_path} exists but was made from other inputs or settings; add --overwrite to replace it"
     if not cfg["sweep"] and not cfg["overwrite"] and not os.path.lexists(run.out_path) and \
-            os.path.isfile(run.ckpt_path):  # merge.json lost: rewritten from a checkpoint that says it was made so
-        return record_from_checkpoint(run, made_from, how)
+            os.path.isfile(run.ckpt_path):  # merge.json lost
+        if record_from_checkpoint(run, made_from, how):
+            return True
+        common.die(other.replace(run.out_path, run.ckpt_path))
     if not (os.path.exists(run.out_path) and (cfg["sweep"] or os.path.exists(run.ckpt_path))) or cfg["overwrite"]:
         return False
     try:
         record = common.read_record(run.out_path, kind, how)
     except common.UserError:  # merge.json damaged: rewritten from a checkpoint that says it was made so
         try:  # (another stage's record in its place is named, never overwritten)
-            other = common.read_json(run.out_path).get("kind") not in (None, "merge")
+            another = common.read_json(run.out_path).get("kind") not in (None, "merge")
         except (OSError, ValueError, AttributeError):
-            other = False
-        if cfg["sweep"] or other or not record_from_checkpoint(run, made_from, how):
+            another = False
+        if cfg["sweep"] or another or not record_from_checkpoint(run, made_from, how):
             raise
         return True
-    if plain(record["made_from"]) == plain(made_from):
-        held = (record.get("checkpoint") or {}).get("hash")  # the merge's checkpoint, as it was written
-        if not cfg["sweep"] and held is not None and (not os.path.isfile(run.ckpt_path)  # (a folder in its place)
-                                                      or common.sha256_file(run.ckpt_path) != held):
-            common.die(f"{run.ckpt_path} is not the merge {run.out_path} records (replaced or damaged since); "
-                       f"remake it: {how}")
+    same = plain(record["made_from"]) == plain(made_from)
+    held = record.get("checkpoint")  # the merge's checkpoint, as it was written ({path, hash})
+    held = held.get("hash") if isinstance(held, dict) else "not a record"
+    if same and (cfg["sweep"] or held is None or (os.path.isfile(run.ckpt_path)  # (not a folder in its place)
+                                                  and common.sha256_file(run.ckpt_path) == held)):
         print(f"{run.out_path} was made from these inputs and settings; nothing to do")
         return True
-    common.die(f"{run.out_path} exists but was made from other inputs or settings; add --overwrite to replace it")
+    if not cfg["sweep"] and os.path.isfile(run.ckpt_path) and record_from_checkpoint(run, made_from, how):
+        return True  # merge.json edited or damaged, the checkpoint made so: remaking it would cost its SAEs
+    if same:
+        common.die(f"{run.ckpt_path} is not the merge {run.out_path} records (replaced or damaged since); "
+                   f"remake it: {how}")
+    common.die(other)
 
 
 def plain(x):

@@ -264,6 +264,7 @@ def model_args_from_dict(d):
 
 MAKES = {"base": "python train.py --domain base", "lua": "python train.py --domain lua",
          "tinystories": "python train.py --domain tinystories", "luastories": "python merge.py"}
+STUDY_DOMAIN = {"base": "base", "lua": "lua", "tinystories": "tinystories", "luastories": None}  # None: a merge
 
 
 def clean_key(k):
@@ -302,13 +303,15 @@ def is_finished(ckpt):
 
 
 def check_finished(ckpt, path, name, allow_unfinished=False):
-    """One-line refusal of an unfinished checkpoint (a run stopped early or killed) unless allowed, and of one
-    of the study's models found in another one's folder (folders swapped: a merge would run the wrong way
-    round, an SAE would be named for the wrong model). A copy under a new name is fine."""
-    held = ckpt.get("name")
-    if name in MAKES and held in MAKES and held != name:
-        die(f"{path} holds the model '{held}' (domain {ckpt.get('domain')}), not '{name}': folders swapped? put each "
-            f"model back in its own folder, or remake it: {MAKES[name]} --overwrite")
+    """One-line refusal of an unfinished checkpoint (a run stopped early or killed) unless allowed, and of
+    another model in a study model's folder: one of the study's (folders swapped: a merge would run the wrong
+    way round, an SAE would be named for the wrong model), or any trained on another domain (a copy of another
+    run). A copy of the right model under another name is fine."""
+    held, domain = ckpt.get("name"), ckpt.get("domain")
+    if name in MAKES and ((held in MAKES and held != name) or domain != STUDY_DOMAIN[name]):
+        what = f"domain {domain}" if domain is not None else "a merge"
+        die(f"{path} holds the model '{held}' ({what}), not '{name}': folders swapped, or another run copied in? "
+            f"put each model back in its own folder, or remake it: {MAKES[name]} --overwrite")
     if allow_unfinished or is_finished(ckpt):
         return
     how = MAKES.get(name, f"python train.py --domain {name} --name {name}")

@@ -672,9 +672,9 @@ def load_sae(out_dir, model_name, seed=0, device="cpu"):
     return sae.to(device).eval(), ckpt
 
 
-def check_sae_matches(sae_ckpt, model_ckpt, model_hash=None):
+def check_sae_matches(sae_ckpt, model_ckpt, model_hash=None, path="this SAE"):
     """One-line errors when an SAE does not belong to a model checkpoint dict (model_hash: optional
-    common.sha256_file of the model's file, compared too)."""
+    common.sha256_file of the model's file, compared too; path: the SAE file, for the messages)."""
     name = sae_ckpt["model_name"]
     fix = f"retrain the SAE: python sae.py --model {model_ckpt.get('name', name)} --overwrite"
     d_in, d_mlp = sae_ckpt["sae_args"]["d_in"], model_ckpt["model_args"]["d_mlp"]
@@ -684,7 +684,8 @@ def check_sae_matches(sae_ckpt, model_ckpt, model_hash=None):
         die(f"the SAE for '{name}' was trained with tokenizer {sae_ckpt['tokenizer_hash']}, model "
             f"'{model_ckpt.get('name')}' uses {model_ckpt['tokenizer_hash']}; {fix}")
     if model_ckpt.get("name") != name:
-        die(f"this SAE was trained on model '{name}', not '{model_ckpt.get('name')}'; load the SAE of '{model_ckpt.get('name')}'")
+        die(f"{path} holds an SAE of model '{name}', not '{model_ckpt.get('name')}': folders swapped? put each back in "
+            f"its own folder (sae_<model>), or {fix}")
     if (model_hash is not None and model_hash != sae_ckpt["model_hash"]) or \
             model_fingerprint(model_ckpt) != sae_ckpt["model_fingerprint"]:
         die(f"the SAE for '{name}' was trained on another version of that model (its file hash then: "
@@ -763,6 +764,7 @@ def setup(cfg):
     job.train = open_domains(cfg["data_dir"], job.domains, "train", mckpt, job.name)
     job.val = open_domains(cfg["data_dir"], job.domains, "val", mckpt, job.name)
     job.info["data_meta_sha256"] = datalib.data_fingerprint(cfg["data_dir"], job.domains)
+    job.info["data_train_sha256"] = datalib.tokens_sha256(cfg["data_dir"], job.domains)  # what it trains on
     cfg["seq_len"] = cfg["seq_len"] or margs.block_size
     T = cfg["seq_len"]
     if T > margs.block_size or not 0 < cfg["tokens_per_seq"] <= T - cfg["skip_first"]:
@@ -850,6 +852,9 @@ def resume_runs(job):
         if sorted(st["seeds"]) != sorted(job.seeds):
             have = ",".join(map(str, st["seeds"]))
             die(f"{path} trains seeds {have} together; resume with --seeds {have}, or start over with --overwrite")
+        if not st.get("finished"):  # the harvest goes on from the tokens it began on, never others
+            datalib.check_same_tokens(st.get("data_train_sha256"), cfg["data_dir"], job.domains, path,
+                                      f"python sae.py --model {job.name}")
     except UserError:  # the state is needed only to train on: finished SAE files with their metrics stand
         if not finished_without_state(job):
             raise
@@ -882,9 +887,10 @@ def resume_runs(job):
             print(f"{job.dir}: finished at step {job.total_steps}; nothing to do (--overwrite to retrain)")
         else:
             print(f"{job.dir}: finished at step {job.total_steps}, but the SAE files or metrics.json are missing or "
-                  f"stale (an interrupted save); rewriting them from {STATE_FILE}")
-            for run in runs:
-                save_seed_file(job, run, finished=True)
+                  f"stale (an interrupted save); rewriting those from {STATE_FILE}")
+            for run in runs:  # a good seed file stays as it is: a new one would have a new hash (stale diffing)
+                if not seed_file_current(job, run["seed"]):
+                    save_seed_file(job, run, finished=True)
             job.result = write_metrics(job, runs)
         return None
     print(f"resuming {len(runs)} SAE(s) from step {job.step}/{job.total_steps}")
@@ -1146,6 +1152,17 @@ def finished_without_state(job):
             return False
         check_resume(ck["config"], job.cfg, RESUME_FREE | {"seeds"}, p)
     return True
+
+
+def seed_file_current(job, s):
+    """Seed s's SAE file is whole, finished, of this model and seed, and trained with these settings."""
+    p = job.paths[s]
+    try:
+        ck = load_checkpoint(p, f"SAE for '{job.name}'", f"python sae.py --model {job.name}", kind="sae")
+        check_resume(ck["config"], job.cfg, RESUME_FREE | {"seeds"}, p)
+    except (UserError, KeyError, TypeError, AttributeError):
+        return False
+    return ck.get("finished") is True and ck.get("model_hash") == job.info["model_hash"] and ck.get("seed") == s
 
 
 def outputs_current(job):

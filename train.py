@@ -302,7 +302,8 @@ def load_data(run):
     run.data = SimpleNamespace(
         meta=meta, tok_hash=meta["tokenizer_hash"], train=open_split(cfg["domain"], "train"),
         val={d: open_split(d, "val") for d in [cfg["domain"]] + others},
-        fingerprint=datalib.data_fingerprint(cfg["data_dir"], [cfg["domain"]]))  # which token files made the model
+        fingerprint=datalib.data_fingerprint(cfg["data_dir"], [cfg["domain"]]),  # which token files made the model
+        tokens=datalib.tokens_sha256(cfg["data_dir"], [cfg["domain"]]))  # and the tokens it trains on
 
 
 def make_schedule(run):
@@ -310,7 +311,10 @@ def make_schedule(run):
     cfg, env, ck, model = run.cfg, run.env, run.resume, run.raw_model
     run.B, run.block = cfg["batch_size"], model.args.block_size
     run.tokens_per_iter = run.B * run.block * cfg["grad_accum"] * env.world
-    if ck is not None:
+    if ck is not None:  # an unfinished run goes on with the tokens it began on, never others
+        datalib.check_same_tokens(((ck.get("provenance") or {}).get("data") or {}).get("train_sha256"),
+                                  cfg["data_dir"], [cfg["domain"]], run.ckpt_path,
+                                  f"python train.py --domain {cfg['domain']} --name {run.name}")
         run.max_iters = ck["config"]["max_iters_resolved"]  # the schedule of the run being resumed
         # (its world size may differ from this one's; one process takes the most steps)
         most = cfg["max_iters"] or max(1, math.ceil(cfg["epochs"] * len(run.data.train) * env.world
@@ -454,7 +458,8 @@ def save(run, val_losses, finished):
         tokenizer_hash=tok, parents=run.parents, optimizer=run.optimizer.state_dict(),
         data_rng=[run.pending_state], history=run.history,
         provenance=provenance(cfg, data={"source": run.data.meta.get("source"), "tokenizer_hash": tok,
-                                         "meta_sha256": run.data.fingerprint}, parents=run.parents))
+                                         "meta_sha256": run.data.fingerprint, "train_sha256": run.data.tokens},
+                                   parents=run.parents))
 
 
 def train_step(run, x, y):

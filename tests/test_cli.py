@@ -241,6 +241,17 @@ def swap(a, b):
     return edit
 
 
+def copied_in(src, dst, name):
+    """Another run's model copied into a study folder: src's checkpoint under the run name `name`, re-stamped."""
+    def edit(ws):
+        import torch
+        from common import atomic_torch_save, stamp
+        ck = torch.load(os.path.join(ws, src, "ckpt.pt"), weights_only=False)
+        ck["name"] = name
+        atomic_torch_save(stamp(ck, "model"), os.path.join(ws, dst, "ckpt.pt"))
+    return edit
+
+
 TRAIN, SAE_RUN, MERGE = "train.py", "sae.py", "merge.py"
 D, O, U = "--data_dir={ws}/data", "--out_dir={ws}/out", "--out_dir={ws}/unfinished"
 FRESH = "--out_dir={ws}/fresh"  # an empty out dir: a wrongly accepted run would train, not stop at "exists"
@@ -449,6 +460,10 @@ FAMILIES = {
         ("swapped-sweep-fine-tunes", SWEEP, swap("out/lua", "out/tinystories"), r"holds the model '(tinystories|lua)'"),
         ("swapped-sae-model", SAE_TS, swap("out/lua", "out/tinystories"), r"tinystories/ckpt\.pt holds the model 'lua'"),
         ("swapped-train-parent", LUA2, swap("out/base", "out/lua"), r"base/ckpt\.pt holds the model 'lua'"),
+        ("swapped-merge-another-runs-copy", MERGE_M2, copied_in("out/tinystories", "out/lua", "ts_alt"),
+         r"lua/ckpt\.pt holds the model 'ts_alt' \(domain tinystories\), not 'lua'"),
+        ("swapped-sae-merge-copied-in", SAE_TS, copied_in("out/luastories", "out/tinystories", "m2"),
+         r"tinystories/ckpt\.pt holds the model 'm2' \(a merge\), not 'tinystories'"),
         ("swapped-analyze-models", ANALYZE_RUN, swap("out/base", "out/lua"), r"holds the model '(base|lua)'"),
         ("swapped-train-preset-of-parent", LUA2_PAPER, None, r"--preset paper differs from the preset tiny"),
         ("swapped-train-preset-allowed", [*LUA2_PAPER, "--allow_other_preset"], None, None),

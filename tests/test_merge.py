@@ -355,6 +355,19 @@ def test_rerun_is_a_noop_and_other_inputs_need_overwrite(world, capsys):
         with pytest.raises(SystemExit, match=why + r".*--overwrite"):
             run(world, "--t=0.3")
     run(world)                                                     # rewritten again for the default t
+    capsys.readouterr()
+    for field, value in (("made_from", {}), ("checkpoint", "x"), ("checkpoint", {"hash": 5})):
+        rec = json.load(open(record))                  # edited: the checkpoint says it was made so, and stays
+        rec[field] = value
+        json.dump(rec, open(record, "w"))
+        run(world)
+        assert "rewritten from" in capsys.readouterr().out and sha256_file(path) == before
+        assert json.load(open(record))["made_from"] == made_from
+    os.remove(record)                  # missing, and the checkpoint was made with another t: kept, one line
+    with pytest.raises(SystemExit, match=r"luastories/ckpt\.pt exists but was made from other inputs .*--overwrite"):
+        run(world, "--t=0.3")
+    assert sha256_file(path) == before
+    run(world)
     with pytest.raises(SystemExit, match="made from other inputs or settings; add --overwrite"):
         run(world, "--t=0.3")
     at_half = path + ".t05"

@@ -409,8 +409,8 @@ def test_one_line_errors(dirs, tmp_path):
         S.check_sae_matches(sck, {**mck, "tokenizer_hash": "tok-B"})
     with pytest.raises(SystemExit, match="another version of that model .*retrain the SAE: python sae.py --model base"):
         S.check_sae_matches(sck, write_model(str(tmp_path / "o3"), "base", seed=5))
-    with pytest.raises(SystemExit, match="trained on model 'base', not 'lua'"):
-        S.check_sae_matches(sck, S.load_model(out, "lua")[1])
+    with pytest.raises(SystemExit, match=r"x/sae_s0\.pt holds an SAE of model 'base', not 'lua': folders swapped\?"):
+        S.check_sae_matches(sck, S.load_model(out, "lua")[1], path="x/sae_s0.pt")
     with pytest.raises(SystemExit, match="another version"):
         S.check_sae_matches(sck, mck, model_hash="0123456789abcdef")
     # resuming with other settings (a finished run too); resuming a retrained model; a loss that blows up
@@ -541,6 +541,19 @@ def test_a_resume_state_edited_and_re_stamped_is_one_line(dirs, edit, message):
     assert "\n" not in str(e.value)
 
 
+def test_a_resume_on_other_tokens_is_refused_and_goes_on_with_its_own(dirs):
+    """base's SAEs harvest base's tokens: prepared again with other tokens between the stop and the resume,
+    the run is refused (it would go on from another stream); with its tokens back it goes on."""
+    run(dirs, "--model=base", "--stop_step=10")
+    write_domain(dirs[0], "base", seed=9)
+    with pytest.raises(SystemExit, match=r"began on other base tokens than .* holds now .*sae.py --model base "
+                                         r"--overwrite"):
+        run(dirs, "--model=base", "--resume")
+    write_domain(dirs[0], "base", seed=0)
+    run(dirs, "--model=base", "--resume")
+    assert ck(dirs[1], "base", 0)["finished"]
+
+
 def test_a_finished_run_whose_training_state_is_damaged_or_gone_stands(dirs, capsys):
     """The state is needed only to train further: finished SAE files, on this model with these settings and
     listed in metrics.json, are the run's result (retraining a paper-sized SAE would take hours)."""
@@ -576,6 +589,16 @@ def test_a_damaged_or_swapped_seed_file_is_rewritten_by_resume_from_the_training
         for s in (0, 1):
             again = S.load_sae(dirs[1], "base", s)[1]
             assert again["seed"] == s and all(torch.equal(whole[s]["sae"][k], again["sae"][k]) for k in again["sae"])
+    # metrics.json rewritten, and only a bad seed file with it: a good one keeps its bytes (its hash is an
+    # input of diffing.json and the analysis)
+    before = [sha256_file(p) for p in (p0, p1)]
+    os.remove(os.path.join(dirs[1], "sae_base", "metrics.json"))
+    run(dirs, "--model=base", "--resume")
+    assert [sha256_file(p) for p in (p0, p1)] == before
+    os.truncate(p0, 1000)
+    run(dirs, "--model=base", "--resume")
+    assert sha256_file(p1) == before[1] and all(torch.equal(whole[0]["sae"][k], v)
+                                                for k, v in ck(dirs[1], "base", 0)["sae"].items())
     os.remove(os.path.join(dirs[1], "sae_base", S.STATE_FILE))             # no state: only retraining remakes it
     os.truncate(p0, 1000)
     with pytest.raises(SystemExit, match=r"remake it: python sae\.py --model base --overwrite$"):

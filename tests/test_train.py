@@ -92,6 +92,20 @@ def test_resumed_run_continues_exactly(dirs, sampler):
             run(dirs, "--domain=base", "--name=split", "--max_iters=12", "--eval_interval=6", "--resume")
 
 
+def test_a_resume_on_other_tokens_is_refused_and_goes_on_with_its_own(dirs):
+    """Prepared again with other tokens (same size, same tokenizer) between a stop and the resume, a run is
+    refused: it would train on two corpora. With its tokens back (meta.json rewritten) it goes on."""
+    s = ("--domain=base", "--max_iters=12", "--eval_interval=6")
+    run(dirs, *s, "--stop_iter=5")
+    write_domain(dirs[0], "base", seed=7)
+    with pytest.raises(SystemExit, match=r"began on other base tokens than .* holds now .*--domain base --name base "
+                                         r"--overwrite"):
+        run(dirs, *s, "--resume")
+    write_domain(dirs[0], "base", seed=0)
+    run(dirs, *s, "--resume")
+    assert load(dirs, "base")["finished"]
+
+
 def test_errors_are_one_line(dirs, tmp_path):
     with pytest.raises(SystemExit, match="--domain must be one of base, lua, tinystories; got 'python3'"):
         run(dirs, "--domain=python3")
