@@ -1510,8 +1510,12 @@ def main(argv=None):
         cls, found, dens, dead, stats, timing = track(cfg, study, seqs, token_set, device)
         # 5. the features that get a page; 6. their activity, contexts and logit effects (and explanations)
         selection, keys, trails, near, rule = select_pages(cfg, study, cls, dens, stats)
+        t0 = time.time()  # (each of the next two steps passes over the token set again: a line before each)
+        print(f"feature pages: {len(keys)} features' activity, contexts and logit effects ...", flush=True)
         ctx, activity, logit, tok = collect_pages(cfg, study, stats, seqs, keys, device)
+        print(f"feature pages: done in {time.time() - t0:.1f} s")
         t0 = time.time()
+        print("feature browser: every live feature's top contexts and its partner's activations ...", flush=True)
         browse = browse_features(cfg, study, cls, stats, activity, seqs, device)   # 6b. every live feature
         print(f"feature browser: {sum(f is not None for r in browse.values() for f in r['f']):,} live features' "
               f"contexts, partners and logit effects in {time.time() - t0:.1f} s")

@@ -157,6 +157,11 @@ def cli(main):
         text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         if isinstance(e, RuntimeError) and not (out_of_memory(e) or re.search(r"[Oo]verflow", text)):
             raise
+        if isinstance(e, OverflowError):  # Python's: a number past a float or an index, not memory running out
+            print(f"error: a number too large to hold ({text[:160]}): a file read holds a value no stage writes "
+                  f"(damaged or hand-edited: remake it with the stage that writes it), or a setting is too large "
+                  f"(lower it)", file=sys.stderr)
+            sys.exit(2)
         print(f"error: out of memory or past what a size can hold ({text[:160]}); the settings ask for more than "
               f"this machine holds: lower the sizes (batch, width, expansion, tokens) or use a larger device",
               file=sys.stderr)
@@ -407,10 +412,12 @@ def parse_config(config, argv=None, presets=None, preset_default=None, checks=No
     config.update(converted)
     COMMAND_LINE.clear()
     COMMAND_LINE.update(converted)
+    for key, value in config.items():  # (before --help too: reproduce.sh checks its extra settings so)
+        check_value(key, value, (checks or {}).get(key))
+        if key.endswith("_dir") and isinstance(value, str) and not value.strip():  # "" would be the current folder
+            die(f"--{key} is empty (the current folder); give a folder, e.g. --{key}={key[:-4]}")
     if want_help:
         _print_help(config, presets or {}, chosen if presets else None, caller.get("__doc__"), caller.get("__file__"))
-    for key, value in config.items():
-        check_value(key, value, (checks or {}).get(key))
     # one folder for both would put the models beside the token files of the same names (out/base/ckpt.pt in
     # data/base/), where a stage could overwrite or lock another's files (one inside the other is fine:
     # lock_dir leaves a folder another run holds alone)
@@ -748,19 +755,24 @@ def check_regular(path):
 
 
 def read_json(path):
+    """A JSON file's contents. A file nested past what the parser's recursion holds (200,000 `[`: hostile) raises
+    ValueError, as invalid JSON does: every reader's damaged-file path catches OSError and ValueError."""
     check_regular(path)
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except RecursionError:
+            raise ValueError(f"{path}: JSON nested too deeply to read") from None
 
 
 # -----------------------------------------------------------------------------
 # what a file is and whether it is whole: every checkpoint and record a stage writes says its kind and
-# format, every torch file carries a checksum of its contents, and every reader checks both (check_file)
-# before it uses a file. A file without a kind (written before FORMAT 1) is taken for the kind its reader
+# format and carries a checksum of its contents (JSON records since format 2), and every reader checks them
+# (check_file) before it uses a file. A file without a kind (written before FORMAT 1) is taken for the kind its reader
 # wants when it has that kind's fields (KINDS), so runs made before kinds existed still load; it has no
 # checksum to verify (nothing it holds can run all the same: torch files are loaded as data only).
 
-FORMAT = 1
+FORMAT = 2  # 2: JSON records carry a checksum too
 NUM = (int, float)
 # kind: (what it is, in messages; the top-level fields its readers use, and their types). Most specific first:
 # a file without a kind is described as the first kind whose fields it has (what_is)
@@ -777,15 +789,77 @@ KINDS = {"model": ("a model checkpoint", {"model": dict, "model_args": dict}),
          "crosscoder": ("a crosscoder", {"crosscoder": dict, "crosscoder_args": dict}),    # diffing.py
          "crosscoder_state": ("a crosscoder training state", {"crosscoders": dict, "step": int}),  # diffing.py
          "diffing": ("diffing.py's results", {"edges": dict, "sae_hashes": dict, "provenance": dict})}
-TORCH_KINDS = ("model", "sae", "sae_state", "crosscoder", "crosscoder_state")  # torch.save files: with a checksum (JSON records: none)
+TORCH_KINDS = ("model", "sae", "sae_state", "crosscoder", "crosscoder_state")  # torch.save files (the rest: JSON)
+
+
+def _not_numbers(d, keys):
+    """Those of keys that the dict d holds with a value that is neither a number nor None."""
+    return [k for k in keys if d.get(k) is not None and (type(d[k]) is bool or not isinstance(d[k], NUM))]
+
+
+def _dicts_of_dicts(x):
+    return isinstance(x, dict) and all(isinstance(v, dict) for v in x.values())
+
+
+# the speed a stage measured (reproduce.sh's stage table reads them): numbers, or None where not measured
+SPEED = ("tokens_per_s", "mfu", "peak_gpu_mib")
+# a seed's held-out metrics in sae.py's metrics.json that report.py's SAE table formats as numbers
+SAE_METRICS = ("fvu", "l0", "dead_frac", "dense_frac", "ce_clean", "ce_spliced", "ce_zero_ablation", "ce_recovered",
+               "kl", "mse")
+
+
+def _train_metrics_shape(m):
+    if any(type(v) is bool or not isinstance(v, NUM) for v in m["val_loss"].values()):
+        return "a val_loss that is not a number"
+    hist = m.get("history") or []  # (none in records made before train.py kept a loss curve)
+    if not isinstance(hist, list) or not all(isinstance(h, dict) and not _not_numbers(
+            h, ("iter", "tokens", "train_loss", "val_loss", "lr")) for h in hist):
+        return "a history that is not a list of loss points"
+    return None
+
+
+def _sae_metrics_shape(m):
+    seeds = m["seeds"]
+    if not _dicts_of_dicts(seeds) or any(_not_numbers(v, SAE_METRICS) or not isinstance(v.get(
+            "checkpoint_sha256", ""), str) for v in seeds.values()):
+        return "seeds that are not each seed's metrics"
+    if not all(isinstance(h, dict) and not _not_numbers(h, ("act_per_s",)) and all(
+            type(h.get("step")) is int and _dicts_of_dicts(h[k]) for k in ("train", "eval") if k in h)
+               for h in m["history"]):
+        return "a history that is not a list of logged steps"
+    return None
+
+
+def _merge_shape(m):
+    ck = m.get("checkpoint") or {}  # (none in records made before merge.py kept its checkpoint's hash)
+    if not isinstance(ck, dict) or not isinstance(ck.get("hash") or "", str):
+        return "a checkpoint that is not the merge's checkpoint and its hash"
+    val = m.get("val_loss") or {}  # (none without an evaluation)
+    if not isinstance(val, dict) or _not_numbers(val, list(val)):
+        return "a val_loss that is not a number"
+    return None
+
+
+def _speed_shape(m):
+    bad = _not_numbers(m, SPEED)
+    return f"a {bad[0]} that is not a number" if bad else None
+
+
+# kind: why a record of that kind (its KINDS fields already checked) holds an inner value of another type than
+# its writer gives it and its readers use (None when all are as written). One place per kind: check_file (every
+# reader) and record_problem (a stage deciding whether its own record is current) both ask it
+SHAPES = {"train_metrics": lambda m: _train_metrics_shape(m) or _speed_shape(m),
+          "sae_metrics": lambda m: _sae_metrics_shape(m) or _speed_shape(m), "merge": _merge_shape}
 
 
 def stamp(obj, kind):
     """The dict obj as a file of `kind`: kind and format first; a torch kind's values made plain data (what
     torch.load(weights_only=True) reads back: see _plain) and the checksum of it all last."""
     body = {k: v for k, v in obj.items() if k not in ("kind", "format", "checksum")}
-    if kind not in TORCH_KINDS:
-        return {"kind": kind, "format": FORMAT, **body}
+    if kind not in TORCH_KINDS:  # as JSON reads it back (tuples as lists, numpy as numbers), then its checksum
+        out = json.loads(json.dumps({"kind": kind, "format": FORMAT, **body}, default=_json_default))
+        out["checksum"] = json_checksum(out)
+        return out
     out = _plain({"kind": kind, "format": FORMAT, **body})
     out["checksum"] = checksum(out)
     return out
@@ -863,19 +937,41 @@ def what_is(obj, want=None):
     return None, f"a dict of no known kind (fields: {', '.join(map(str, list(obj)[:6]))})"
 
 
-def check_file(obj, path, kind, how=None):
-    """The one check a reader makes of a file it has loaded, before using it: it is a `kind` file with
-    that kind's fields (KINDS), of a format this code reads, and (a torch kind written with a format)
-    its contents match its checksum. Otherwise one line naming the file, what it is instead, and `how`:
-    the command that remakes it where it is (with --overwrite where the script needs it). Returns obj."""
-    fix = f"; remake it: {how}" if how else ""
+def json_checksum(obj):
+    """sha256 (hex) of a JSON record as json.dumps writes it, the top-level "checksum" field left out: a value
+    edited or a digit flipped on disk no longer matches (a record read back dumps to the same text)."""
+    body = {k: v for k, v in obj.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, ensure_ascii=False).encode()).hexdigest()
+
+
+def record_problem(obj, kind):
+    """What a loaded file is instead of a whole `kind` file as its writer makes it, as the end of "<path> is
+    ..." (None when it is one): its kind, that kind's fields (KINDS) and inner values (SHAPES). check_file's
+    test, which a stage deciding whether its own record is current asks too (one the readers would refuse is
+    then rewritten, never kept as current)."""
     words = KINDS[kind][0]
     got, what = what_is(obj, kind)
     if got != kind:
-        die(f"{path} is {what}, not {words}{fix}")
+        return f"{what}, not {words}"
+    if kind not in TORCH_KINDS and "checksum" in obj and obj["checksum"] != json_checksum(obj):
+        return "damaged: its contents do not match the checksum written with them"
     bad = [f for f, t in KINDS[kind][1].items() if not isinstance(obj.get(f), t)]
     if bad:
-        die(f"{path} is {words} without a valid {', '.join(bad)}: damaged or hand-made{fix}")
+        return f"{words} without a valid {', '.join(bad)}: damaged or hand-made"
+    why = SHAPES[kind](obj) if kind in SHAPES else None
+    return f"{words} with {why}: damaged or hand-made" if why else None
+
+
+def check_file(obj, path, kind, how=None):
+    """The one check a reader makes of a file it has loaded, before using it: it is a `kind` file with
+    that kind's fields and inner values and (a JSON record with one) its checksum (record_problem), of a
+    format this code reads, and (a torch kind written with a format) its contents match its checksum. Otherwise one line naming the file, what it is
+    instead, and `how`: the command that remakes it where it is (with --overwrite where the script needs
+    it). Returns obj."""
+    fix = f"; remake it: {how}" if how else ""
+    problem = record_problem(obj, kind)
+    if problem:
+        die(f"{path} is {problem}{fix}")
     fmt = obj.get("format", 0)
     if type(fmt) is not int or not 0 <= fmt <= FORMAT:
         die(f"{path} has format {fmt!r}, not one this code reads (up to {FORMAT}): written by a newer version? "

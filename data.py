@@ -44,9 +44,9 @@ from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
-from common import (atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, check_free_space, cli,
-                    default_preset, die, free_cores, lock_dir, parse_config, provenance, read_json, sha256_bytes,
-                    sha256_file)
+from common import (atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, check_free_space,
+                    check_regular, cli, default_preset, die, free_cores, lock_dir, parse_config, provenance, read_json,
+                    sha256_bytes, sha256_file)
 
 import numpy as np
 import tiktoken
@@ -148,12 +148,24 @@ def _tok_dir(data_dir):
     return os.path.join(data_dir, "tokenizer")
 
 
-def _remake(data_dir, domain="all"):
-    # names the tokenizer data_dir holds: a re-run with another one (the default, bpe) would replace it
+def remake_command(data_dir, domain="all"):
+    """The command that remakes a domain as data_dir holds it: the source, preset, tokenizer and settings its
+    meta.json records (else another domain's), or the tokenizer's kind; the defaults (the sample, this
+    machine's preset, our BPE) would replace it."""
+    cmd = f"python data.py --domain {domain} --data_dir {shlex.quote(data_dir)}"
+    for d in ([domain] if domain in DOMAINS else []) + list(DOMAINS):
+        made = ((_read_json_or_none(os.path.join(data_dir, d, "meta.json"), ("provenance",)) or {})
+                .get("provenance") or {})
+        made = made.get("config") if isinstance(made, dict) else None
+        if isinstance(made, dict) and made.get("preset") in presets:
+            usual = {**config, **presets[made["preset"]]}
+            keys = ("source", "preset", "tokenizer", "vocab_size", "max_mb", "group_kb", "bpe_mb", "sample_kb",
+                    "val_frac", "seed")
+            return cmd + "".join(f" --{k} {shlex.quote(str(made[k]))}" for k in keys
+                                 if k in made and (k == "preset" or made[k] != usual.get(k)))
     spec = (_read_json_or_none(os.path.join(_tok_dir(data_dir), "tokenizer.json"), ("spec",)) or {"spec": {}})["spec"]
     tok = spec.get("tokenizer", "bpe") if isinstance(spec, dict) else "bpe"
-    return f"python data.py --domain {domain} --data_dir {shlex.quote(data_dir)}" + ("" if tok == "bpe" else
-                                                                                    f" --tokenizer {tok}")
+    return cmd + ("" if tok == "bpe" else f" --tokenizer {tok}")
 
 
 def _read_ranks(path):
@@ -173,19 +185,33 @@ def _tok_format(info):
     return info.get("format", "tiktoken")
 
 
+def _tok_record_ok(info):
+    """Whether a tokenizer.json read as JSON has the shape data.py writes: a format of TOK_FORMATS with that
+    format's key, and the name, vocab_size, special tokens, hash and spec of their types. A record of another
+    shape (a list for the format, text for a count) is damaged, as an unreadable one is."""
+    if not isinstance(info, dict) or not isinstance(_tok_format(info), str) or _tok_format(info) not in TOK_FORMATS:
+        return False
+    special = info.get("special_tokens")
+    return (isinstance(info.get("name"), str) and type(info.get("vocab_size")) is int and isinstance(special, dict)
+            and all(isinstance(k, str) and type(v) is int for k, v in special.items())
+            and isinstance(info.get(TOK_FORMATS[_tok_format(info)][1]), str)
+            and isinstance(info.get("hash", ""), str) and isinstance(info.get("spec", {}), dict))
+
+
 def _tok_info(data_dir):
     """tokenizer.json, checked complete and with the file that decides the ids beside it (one-line errors otherwise)."""
     tdir = _tok_dir(data_dir)
     path = os.path.join(tdir, "tokenizer.json")
     if not os.path.exists(path):
-        die(f"no tokenizer in {tdir}; run: {_remake(data_dir)}")
+        die(f"no tokenizer in {tdir}; run: {remake_command(data_dir)}")
     info = _read_json_or_none(path, ("name", "vocab_size", "special_tokens"))
-    if info is None or _tok_format(info) not in TOK_FORMATS or TOK_FORMATS[_tok_format(info)][1] not in info:
-        die(f"{path} is damaged (not JSON, or keys missing); re-make it: {_remake(data_dir)}")
+    if info is None or not _tok_record_ok(info):
+        die(f"{path} is damaged (not JSON, or keys missing or of the wrong type); "
+            f"re-make it: {remake_command(data_dir)}")
     ids_file = os.path.join(tdir, TOK_FORMATS[_tok_format(info)][0])
     if not os.path.exists(ids_file):
         what = "the rank file" if _tok_format(info) == "tiktoken" else "the hub's tokenizer file"
-        die(f"no {ids_file} beside {path} ({what} is part of the tokenizer); re-make it: {_remake(data_dir)}")
+        die(f"no {ids_file} beside {path} ({what} is part of the tokenizer); re-make it: {remake_command(data_dir)}")
     return info
 
 
@@ -208,18 +234,18 @@ def load_tokenizer(data_dir="data", want=None):
     got = _ids_hash(tdir, info)
     if got != info.get("hash", got):  # (records made before the hash was kept have none)
         die(f"{ids_file} is damaged: it does not match the hash {tdir}/tokenizer.json recorded for it (or it was "
-            f"edited); re-make it: {_remake(data_dir)}")
+            f"edited); re-make it: {remake_command(data_dir)}")
     if want is not None and got != want:
         die(f"the tokenizer in {tdir} ({got}) is not the one the models were trained with ({want}); give the "
             f"--data_dir they were made from")
     if _tok_format(info) == "tokenizers":
-        return TokenizersEncoding(ids_file, info, _remake(data_dir))
+        return TokenizersEncoding(ids_file, info, remake_command(data_dir))
     try:
         ranks = _read_ranks(ids_file)
         return tiktoken.Encoding(name=info["name"], pat_str=info["pattern"], mergeable_ranks=ranks,
                                  special_tokens=info["special_tokens"], explicit_n_vocab=info["vocab_size"])
     except Exception as e:  # a record without a hash: the rank file unchecked until read
-        die(f"{ids_file} is damaged ({type(e).__name__}: {str(e)[:120]}); re-make it: {_remake(data_dir)}")
+        die(f"{ids_file} is damaged ({type(e).__name__}: {str(e)[:120]}); re-make it: {remake_command(data_dir)}")
 
 
 def _hash(rank_file_bytes, pattern, special_tokens):
@@ -334,11 +360,15 @@ def meta_problem(meta):
         return f"no {', '.join(missing)}"
     if meta["dtype"] not in DTYPES:
         return f"dtype {meta['dtype']!r} is not one of {', '.join(DTYPES)}"
-    if not isinstance(meta["vocab_size"], int) or not 0 < meta["vocab_size"] <= np.iinfo(meta["dtype"]).max + 1:
+    if type(meta["vocab_size"]) is not int or not 0 < meta["vocab_size"] <= np.iinfo(meta["dtype"]).max + 1:
         return f"vocab_size {meta['vocab_size']!r} does not fit dtype {meta['dtype']}"
+    if not isinstance(meta["tokenizer_hash"], str):
+        return f"tokenizer_hash {meta['tokenizer_hash']!r} is not a hash"
     for s in ("train", "val"):
-        n = meta["splits"].get(s, {}).get("tokens") if isinstance(meta["splits"], dict) else None
-        if not isinstance(n, int) or n < 0:
+        # every inner value checked for its type too: a list where a split's dict belongs is a damaged file
+        split = meta["splits"].get(s) if isinstance(meta["splits"], dict) else None
+        n = split.get("tokens") if isinstance(split, dict) else None
+        if type(n) is not int or n < 0:
             return f"no token count for the {s} split"
         sha = meta["splits"][s].get("sha256")  # absent in token files made before checksums (check_tokens)
         if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
@@ -350,14 +380,14 @@ def read_meta(data_dir, domain):
     """A domain's meta.json, checked complete (one-line error naming the fix otherwise)."""
     path = os.path.join(data_dir, domain, "meta.json")
     if not os.path.exists(path):
-        die(f"no {path}; run: {_remake(data_dir, domain)}")
+        die(f"no {path}; run: {remake_command(data_dir, domain)}")
     meta = _read_json_or_none(path)
     why = meta_problem(meta)
     if why:
-        die(f"{path} is damaged ({why}); re-make it: {_remake(data_dir, domain)}")
+        die(f"{path} is damaged ({why}); re-make it: {remake_command(data_dir, domain)}")
     if meta.get("domain", domain) != domain:  # (records made before the field: none)
         die(f"{path} is the meta.json of domain '{meta['domain']}', not '{domain}': folders swapped? put each "
-            f"domain back in its own folder, or re-make it: {_remake(data_dir, domain)} --force")
+            f"domain back in its own folder, or re-make it: {remake_command(data_dir, domain)} --force")
     return meta
 
 
@@ -394,7 +424,7 @@ def open_tokens(data_dir, domain, split, tok_hash=None, vocab_size=None, who=Non
     and every id in the vocabulary). who: the model's name, for the messages."""
     if split not in ("train", "val"):
         die(f"split must be train or val, got {split!r}")
-    meta, fix = read_meta(data_dir, domain), _remake(data_dir, domain)
+    meta, fix = read_meta(data_dir, domain), remake_command(data_dir, domain)
     path = os.path.join(data_dir, domain, f"{split}.bin")
     if not os.path.exists(path):
         die(f"no {path}; run: {fix}")
@@ -690,7 +720,7 @@ def safetensors_header(path):
                                                         for v in e["shape"] + e["data_offsets"])
         if not ok:
             raise ValueError(f"tensor {name!r}: no dtype, shape and data_offsets [begin, end] of integers")
-        if e.get("dtype") not in SAFETENSORS_BYTES:
+        if not isinstance(e.get("dtype"), str) or e["dtype"] not in SAFETENSORS_BYTES:  # (a list is unhashable)
             raise ValueError(f"tensor {name!r} has the unknown dtype {e.get('dtype')!r}")
         begin, stop = e["data_offsets"]
         if not begin <= stop <= room:
@@ -835,7 +865,14 @@ def hub_revision(data_dir, repo, kind="datasets", pins=None):
         return pin
     rec = os.path.join(data_dir, "raw", "hf", repo, "REVISION")
     if os.path.exists(rec):
-        sha = open(rec).read().strip()
+        try:  # a file on disk: anything but a full sha (a folder, binary, a path) is damaged, never used
+            check_regular(rec)
+            with open(rec, encoding="ascii") as f:
+                sha = f.read(100).strip()
+        except (OSError, UnicodeDecodeError):
+            sha = None
+        if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{40}", sha)):
+            die(f"{rec} is damaged (not a commit sha); delete it and run again")
     else:
         info = read_json(download(f"{HF}/api/{kind}/{repo}/revision/{pin or 'main'}", rec + ".json", "json",
                                   hub_headers()))
@@ -1305,8 +1342,12 @@ def settings_of(domain, cfg):
             s["mix"] = "whole"
     elif cfg["source"].startswith("local:"):
         folder, parts = cfg["source"][len("local:"):], ("babylm", "python") if domain == "base" else (domain,)
-        s["files"] = {f"{p}/{n}": sha256_file(os.path.join(folder, p, n)) for p in parts
-                      for n in ("train.txt", "valid.txt", "val.txt") if os.path.exists(os.path.join(folder, p, n))}
+        try:
+            s["files"] = {f"{p}/{n}": sha256_file(os.path.join(folder, p, n)) for p in parts
+                          for n in ("train.txt", "valid.txt", "val.txt") if os.path.exists(os.path.join(folder, p, n))}
+        except OSError as e:  # a folder, a pipe or an unreadable file where a text file belongs
+            die(f"--source {cfg['source']}: {e.filename or folder} cannot be read as a text file ({e.strerror}); "
+                f"each domain needs <domain>/train.txt and valid.txt, plain files")
     return s
 
 
@@ -1456,6 +1497,7 @@ def ensure_tokenizer(cfg, memo):
         spec.update(repo=AUTHORS_REPO, sha=hub_revision(cfg["data_dir"], AUTHORS_REPO, "models"), file=AUTHORS_FILE)
     tdir = _tok_dir(cfg["data_dir"])
     old = _read_json_or_none(os.path.join(tdir, "tokenizer.json"), ("spec", "hash"))
+    old = old if old is not None and _tok_record_ok(old) else None  # of the wrong shape: damaged
     if old is not None and old["spec"] == spec and _ids_hash(tdir, old) == old["hash"] and _counts_fit(tdir, old):
         return
     redo = "fetching the tokenizer again" if cfg["tokenizer"] == "authors" else "retraining the tokenizer"
@@ -1655,6 +1697,12 @@ def check_source(cfg):
         die(f"unknown --source {src!r}; use sample, local:DIR or hf")
     if src.startswith("local:") and not os.path.isdir(src[len("local:"):]):
         die(f"--source {src}: no such directory")
+    for d in DOMAINS if not (cfg["force"] or cfg["dry_run"]) else ():  # another source would replace them
+        made = (_read_json_or_none(os.path.join(cfg["data_dir"], d, "meta.json"), ("source",)) or {}).get("source")
+        if isinstance(made, str) and made != src:
+            die(f"{cfg['data_dir']}/{d} was made from --source {made}: this run (--source {src}) would replace it and "
+                f"the tokenizer, and the models trained on them would no longer fit; give --source {made}, another "
+                f"--data_dir, or --force to replace them")
     if cfg["dry_run"] and src != "hf":
         die(f"--dry_run looks at the hub's datasets before a download: use it with --source hf, not {src}")
     if src == "hf":

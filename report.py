@@ -1547,7 +1547,7 @@ def write_report(out_dir):
         if any("status" not in e and n not in pages.get("status", {}) for n, e in res["edges"].items()):
             die(f"{paths['results']} has no feature statuses (an older analyze.py); re-run: {how}")
         page = render_report(res, pages, out_dir)
-    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, ArithmeticError) as e:  # 10**400: overflow
         die(f"{adir}: results.json, pages.json or a stage's record they use is not shaped as its writer makes it "
             f"({type(e).__name__}: {e}); re-run: {how}")
     out = os.path.join(adir, "report.html")

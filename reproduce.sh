@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole study, stage by stage (DESIGN.md): data -> base -> lua, tinystories -> luastories
 # (SLERP) -> two SAEs per model (seeds 0 and 1) -> feature tracking and the report.
-# Finished stages are skipped and interrupted ones resume, so re-running is always safe;
+# Finished stages are skipped (the analysis runs again) and interrupted ones resume, so re-running is safe;
 # delete $OUT (and $DATA) to start over. At the end a table of the stages (wall time, throughput,
 # MFU) is printed and written to $OUT/analysis/stages.md and stages.json.
 #
@@ -97,6 +97,10 @@ if [ ${#extra[@]} -gt 0 ]; then
   for a in "${extra[@]}"; do
     [ -n "${taken[$a]:-}" ] || die "no stage takes $(key_of "$a"); python <stage>.py --help lists each stage's settings"
     echo "extra setting $a ->${taken[$a]}"
+  done
+  for s in "${!takes[@]}"; do  # each value by its stage's own rules (--help checks them), not stages later
+    mapfile -t its <<< "${takes[$s]%$'\n'}"
+    why=$("$PY" "$s" --help "${its[@]}" 2>&1 >/dev/null) || die "$s: ${why##*error: }"
   done
 fi
 
@@ -264,7 +268,7 @@ after
 # (train: tokens_per_s; sae: the mean act_per_s of its history; analyze: tokens streamed per second),
 # and on a GPU the peak memory each stage held (torch.cuda.max_memory_allocated)
 "$PY" - "$OUT" "$(now)" "$t_start" "${timings[@]}" <<'EOF'
-import os, sys
+import math, os, sys
 import common
 out, t_end, t_start = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 rows = []
@@ -277,20 +281,39 @@ for line in sys.argv[4:]:
         m = common.read_json(path) if path and os.path.exists(path) else None
     except (OSError, ValueError):
         m, row["note"] = None, f"{path} unreadable; {note}".rstrip("; ")
+    if m is not None and not isinstance(m, dict):
+        m, row["note"] = None, f"{path} is not a stage's record; {note}".rstrip("; ")
+    bad = []  # the values read that are not numbers (a hand-edited or damaged record): left out of the table
+
+    def num(v, name):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return v
+        if v is not None:
+            bad.append(name)
+        return None
     if m is not None:
         if os.path.getmtime(path) < float(t0):
             row["note"] = f"up to date: rate from the run that made it; {note}".rstrip("; ")
         if kind == "train":
-            row["rate"], row["unit"] = m.get("tokens_per_s"), "tokens/s"
+            row["rate"], row["unit"] = num(m.get("tokens_per_s"), "tokens_per_s"), "tokens/s"
         elif kind == "sae":
-            rates = [h["act_per_s"] for h in m.get("history", []) if h.get("act_per_s")]
+            hist, rates = m.get("history") or [], []
+            for h in hist if isinstance(hist, list) else [None]:  # (a history not a list: as one bad entry)
+                if not isinstance(h, dict):
+                    bad.append("history")
+                elif num(h.get("act_per_s"), "act_per_s"):
+                    rates.append(h["act_per_s"])
             row["rate"], row["unit"] = (sum(rates) / len(rates) if rates else None), "activations/s"
-        elif m.get("stream_seconds"):  # the token set over the time of all its passes (pairs in groups that fit)
-            row["rate"], row["unit"] = m["token_set"]["n_tokens"] / m["stream_seconds"], "tokens/s (stream)"
-            if m.get("stream_passes", 1) > 1:
-                row["note"] = (row["note"] + f"; {m['stream_passes']} passes").lstrip("; ")
-        row["mfu"] = m.get("mfu")  # a fraction, where the stage measured one (a GPU run)
-        row["peak_gpu_mib"] = m.get("peak_gpu_mib")  # torch's most allocated GPU memory in the stage (a GPU run)
+        elif num(m.get("stream_seconds"), "stream_seconds"):  # the token set over the time of all its passes
+            n_tok = num(m["token_set"].get("n_tokens"), "n_tokens") if isinstance(m.get("token_set"), dict) else None
+            row["rate"], row["unit"] = (n_tok / m["stream_seconds"] if n_tok is not None else None), "tokens/s (stream)"
+            passes = num(m.get("stream_passes"), "stream_passes")
+            if passes is not None and passes > 1:
+                row["note"] = (row["note"] + f"; {passes} passes").lstrip("; ")
+        row["mfu"] = num(m.get("mfu"), "mfu")  # a fraction, where the stage measured one (a GPU run)
+        row["peak_gpu_mib"] = num(m.get("peak_gpu_mib"), "peak_gpu_mib")  # torch's most allocated GPU memory
+    if bad:
+        row["note"] = (row["note"] + f"; {path}: {', '.join(dict.fromkeys(bad))} not a number (left out)").lstrip("; ")
     rows.append(row)
 table = ["| stage | wall s | throughput | MFU | peak GPU MiB | note |", "|---|---:|---:|---:|---:|---|"]
 for r in rows:

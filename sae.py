@@ -58,7 +58,8 @@ from types import SimpleNamespace
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
 from common import (COMMAND_LINE, UserError, atomic_torch_save, atomic_write_json, check_adam_state,
                     check_free_space, check_resume, cli, default_preset, die, lock_dir, misfit, parse_config,
-                    peak_gpu_mib, pick_device, provenance, read_json, set_threads, sha256_file, stamp)
+                    peak_gpu_mib, pick_device, provenance, read_json, record_problem, set_threads, sha256_file,
+                    stamp)
 
 import numpy as np
 import torch
@@ -740,8 +741,8 @@ def setup(cfg):
     the stream's shapes and the output paths."""
     job = SimpleNamespace(cfg=cfg, name=cfg["model"], domains=model_domains(cfg["model"]),
                           seeds=list(dict.fromkeys(cfg["seeds"])), result=None)
-    if not job.seeds:
-        die("--seeds is empty; give e.g. --seeds 0,1")
+    if len(job.seeds) < len(cfg["seeds"]) or not job.seeds:  # 0,0 would be one SAE: no null baseline
+        die(f"--seeds {','.join(map(str, cfg['seeds']))}: give each seed once, e.g. --seeds 0,1")
     job.device = pick_device(cfg["device"])
     job.threads = set_threads(cfg["threads"], job.device)
     cfg["harvest_batch"] = cfg["harvest_batch"] or (512 if cfg["fast"] and job.device.startswith("cuda") else 64)
@@ -1166,12 +1167,16 @@ def seed_file_current(job, s):
 
 
 def outputs_current(job):
-    """metrics.json lists exactly this run's seeds, each with the hash its SAE file has now."""
+    """metrics.json lists exactly this run's seeds, each with the hash its SAE file has now, and is shaped as
+    write_metrics makes it (one the readers would refuse is not current: it is rewritten)."""
     path = os.path.join(job.dir, "metrics.json")
     try:
-        seeds = read_json(path)["seeds"]
-    except (OSError, ValueError, KeyError, TypeError):
+        rec = read_json(path)
+    except (OSError, ValueError):
         return False
+    if record_problem(rec, "sae_metrics"):
+        return False
+    seeds = rec["seeds"]
     return set(seeds) == {str(s) for s in job.seeds} and all(
         os.path.isfile(p) and seeds[str(s)].get("checkpoint_sha256") == sha256_file(p) for s, p in job.paths.items())
 

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
 from common import (atomic_write_json, check_adam_state, check_free_space, check_model_folder, check_resume, cli,
                     default_preset, die, lock_dir, misfit, parse_config, peak_gpu_mib, pick_device, provenance,
-                    read_json, set_threads, sha256_file, stamp)
+                    read_json, record_problem, set_threads, sha256_file, stamp)
 
 import torch
 
@@ -240,7 +240,8 @@ def restore_metrics(run, ck):
     checkpoint (both hold the loss curve and the val losses; the speed of the run is not kept)."""
     path, digest = os.path.join(os.path.dirname(run.ckpt_path), "metrics.json"), sha256_file(run.ckpt_path)
     try:
-        ok = read_json(path)["checkpoint_sha256"] == digest
+        rec = read_json(path)  # of this checkpoint and shaped as finish() writes it (else the readers refuse it)
+        ok = rec["checkpoint_sha256"] == digest and record_problem(rec, "train_metrics") is None
     except (OSError, ValueError, KeyError, TypeError):
         ok = False
     if not ok:
@@ -299,9 +300,21 @@ def load_data(run):
     meta = datalib.read_meta(cfg["data_dir"], cfg["domain"])
     others = [d for d in ("base", "lua", "tinystories") if d != cfg["domain"] and
               os.path.exists(os.path.join(cfg["data_dir"], d, "val.bin"))]
+    val = {d: open_split(d, "val") for d in [cfg["domain"]] + others}
+    # an evaluation needs a window of block_size + 1 tokens: found now, not at the first evaluation
+    # (which would end the run before its first checkpoint); another domain's is left out, said so
+    T = run.raw_model.args.block_size
+    for d, a in list(val.items()):
+        if len(a) <= T and d == cfg["domain"]:
+            die(f"the {d} val split has {len(a):,} tokens, fewer than one window of {T + 1}: the run could never "
+                f"be evaluated; give the corpus more validation text, then: "
+                f"{datalib.remake_command(cfg['data_dir'], d)} --force")
+        if len(a) <= T:
+            print(f"the {d} val split has {len(a):,} tokens, fewer than one window of {T + 1}: left out of the "
+                  f"evaluations")
+            del val[d]
     run.data = SimpleNamespace(
-        meta=meta, tok_hash=meta["tokenizer_hash"], train=open_split(cfg["domain"], "train"),
-        val={d: open_split(d, "val") for d in [cfg["domain"]] + others},
+        meta=meta, tok_hash=meta["tokenizer_hash"], train=open_split(cfg["domain"], "train"), val=val,
         fingerprint=datalib.data_fingerprint(cfg["data_dir"], [cfg["domain"]]),  # which token files made the model
         tokens=datalib.tokens_sha256(cfg["data_dir"], [cfg["domain"]]))  # and the tokens it trains on
 

@@ -17,7 +17,7 @@ import fast
 import report
 import data as datalib
 import sae as saelib
-from common import atomic_torch_save, atomic_write_json, sha256_file, stamp
+from common import atomic_torch_save, atomic_write_json, json_checksum, sha256_file, stamp
 from model import ModelArgs, Transformer, save_checkpoint
 
 
@@ -287,8 +287,8 @@ def make_study(root, null_models=("base", "lua", "tinystories"), val_tokens=1500
     lineage = {"base": [], "lua": ["base"], "tinystories": ["base"], "luastories": ["lua", "tinystories"]}
     for name, state in states.items():
         parents = [{"name": p, "hash": sha256_file(os.path.join(out_dir, p, "ckpt.pt"))} for p in lineage[name]]
-        save_checkpoint(os.path.join(out_dir, name, "ckpt.pt"), state, ARGS, finished=True, name=name, domain=name,
-                        tokenizer_hash=th, parents=parents)
+        save_checkpoint(os.path.join(out_dir, name, "ckpt.pt"), state, ARGS, finished=True, name=name,
+                        domain=None if name == "luastories" else name, tokenizer_hash=th, parents=parents)  # (a merge)
         ck = torch.load(os.path.join(out_dir, name, "ckpt.pt"), weights_only=False)
         for seed in (0, 1):
             if seed == 1 and name not in null_models:
@@ -435,10 +435,15 @@ def test_records_of_another_kind_or_shape_are_one_line_naming_them(study, tmp_pa
     import shutil
     _, out_dir, _ = study
     res = json.load(open(os.path.join(out_dir, "analysis", "results.json")))
-    assert (res["kind"], res["format"]) == ("results", 1)
+    assert (res["kind"], res["format"]) == ("results", 2) and res["checksum"] == json_checksum(res)
+    flipped = json.dumps({**res, "threshold": res["threshold"] / 2})     # a value changed on disk, not the checksum
+    res = {k: v for k, v in res.items() if k != "checksum"}           # (below: as a record made before checksums)
     broken = {**res, "edges": {n: {k: v for k, v in e.items() if k != "parent_best"} for n, e in res["edges"].items()}}
+    train_rec = {"kind": "train_metrics", "format": 1, "name": "base", "val_loss": {"base": 2.5}, "history": []}
+    sae_rec = {"kind": "sae_metrics", "format": 1, "model": "lua", "seeds": {}, "history": []}
     cases = [  # (file, its content, the message)
         ("analysis/results.json", "[]", r"results\.json is a list, not analyze\.py's results; remake it: python analyze"),
+        ("analysis/results.json", flipped, r"results\.json is damaged: its contents do not match the checksum"),
         ("analysis/results.json", '{"kind": "results", "format": 1}', r"is analyze\.py's results without a valid edges"),
         ("analysis/results.json", json.dumps(broken), r"not shaped as its writer makes it \(KeyError: 'parent_best'\)"),
         ("analysis/pages.json", json.dumps(res), r"pages\.json is analyze\.py's results, not analyze\.py's feature pages"),
@@ -458,6 +463,24 @@ def test_records_of_another_kind_or_shape_are_one_line_naming_them(study, tmp_pa
         ("merge_sweep.json", '{"kind": "sweep", "format": 1, "made_from": {}, "t": "all", "loss": {}}',
          r"merge_sweep\.json is a merge sweep without a valid t"),
         ("merge_sweep.json", '{"kind": "sweep", "format": 7, "made_from": {}, "t": [], "loss": {}}', r"has format 7"),
+        # whole records with an inner value of the wrong type: named with the stage's own fix (a finished run
+        # rewrites such a record from its checkpoint or state), not the analysis' re-run, which cannot mend it
+        ("base/metrics.json", json.dumps({**train_rec, "val_loss": {"lua": "x"}}),
+         r"base/metrics\.json is train\.py's metrics with a val_loss that is not a number: damaged or hand-made; "
+         r"remake it: python train\.py --domain base --resume$"),
+        ("base/metrics.json", json.dumps({**train_rec, "history": [1, 2]}),
+         r"base/metrics\.json is train\.py's metrics with a history that is not a list of loss points"),
+        ("sae_lua/metrics.json", json.dumps({**sae_rec, "history": [1, 2]}),
+         r"sae_lua/metrics\.json is sae\.py's metrics with a history .*remake it: python sae\.py --model lua "
+         r"--resume$"),
+        ("sae_lua/metrics.json", json.dumps({**sae_rec, "seeds": {"0": "x"}}),
+         r"sae_lua/metrics\.json is sae\.py's metrics with seeds that are not each seed's metrics"),
+        ("luastories/merge.json", '{"kind": "merge", "format": 1, "made_from": {}, "t": 0.5, "checkpoint": "x"}',
+         r"luastories/merge\.json is a merge record with a checkpoint that is not .*python merge\.py --out luastories"),
+        ("analysis/results.json", json.dumps({**res, "threshold": 10 ** 400}),
+         r"not shaped as its writer makes it \(OverflowError: int too large to convert to float\)"),
+        ("analysis/results.json", "[" * 200_000,
+         r"results\.json is not readable JSON \(ValueError: .*nested too deeply"),
     ]
     for i, (rel, text, pattern) in enumerate(cases):
         out2 = str(tmp_path / str(i))

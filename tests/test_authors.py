@@ -175,6 +175,7 @@ BAD = {  # case: (config changes, tensors dropped, header edit, file damage, wor
     "vocab": ({"vocab_size": 12}, (), None, None,
               "model.embed_tokens.weight has shape (11, 8) but config.json implies (12, 8)"),
     "dtype": ({}, (), lambda h: h["model.norm.weight"].update(dtype="X9"), None, "unknown dtype 'X9'"),
+    "dtype_list": ({}, (), lambda h: h["model.norm.weight"].update(dtype=["F32"]), None, "unknown dtype ['F32']"),
     "int_dtype": ({}, (), lambda h: h["model.norm.weight"].update(dtype="I32"), None, "read as F32, F16, BF16"),
     "not_json": ({}, (), None, break_json, "a header that is not JSON"),
     "kv_heads": ({"num_key_value_heads": 3}, (), None, None, "num_key_value_heads 3 does not divide"),

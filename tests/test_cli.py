@@ -97,6 +97,21 @@ def without(key):
     return lambda meta: {k: v for k, v in meta.items() if k != key}
 
 
+def edit_json(rel, **fields):
+    """rel, a JSON record of the study, with fields set to values of the wrong type: whole JSON of the right
+    outer shape, as a hand edit leaves it."""
+    def edit(ws):
+        path = os.path.join(ws, rel)
+        with open(path) as f:
+            obj = json.load(f)
+        with open(path, "w") as f:
+            json.dump({**obj, **fields}, f)
+    return edit
+
+
+DEEP = "[" * 200_000  # valid JSON's start, nested past what the parser's recursion holds
+
+
 def remove(rel):
     return lambda ws: os.remove(os.path.join(ws, rel))
 
@@ -262,6 +277,14 @@ SAE_LUA_RESUME = [SAE_RUN, "--model=lua", D, O, "--preset=tiny", *SAE, "--resume
 # a finished SAE run stands without its training state; with metrics.json gone, --resume must read it
 NEEDS_STATE = remove("out/sae_lua/metrics.json")
 MERGE_M2 = [MERGE, D, O, "--preset=tiny", "--out=m2", "--eval_batches=1", "--batch_size=4"]
+MERGE_AGAIN = [MERGE, D, O, "--preset=tiny", "--eval_batches=1", "--batch_size=4"]  # the study's own merge, again
+LUA_RESUME = [TRAIN, "--domain=lua", D, O, "--preset=tiny", *MODEL, "--max_iters=4", "--resume"]  # finished: kept
+# case: (the record its stage must find damaged and rewrite whole, its kind)
+REWRITTEN = {**{f"damaged-sae-metrics-{k}": ("out/sae_lua/metrics.json", "sae_metrics")
+                for k in ("seeds-text", "seeds-a-list", "history-ints", "nested-deep")},
+             "damaged-merge-record-checkpoint-text": ("out/luastories/merge.json", "merge"),
+             **{f"damaged-train-metrics-{k}": ("out/lua/metrics.json", "train_metrics")
+                for k in ("val-loss-text", "history-ints")}}
 ANALYZE_RUN = ["analyze.py", D, O, "--preset=tiny", *ANALYZE]
 
 # (id, argv, edit of the copy or None, regex the error line must match)
@@ -275,6 +298,8 @@ CASES = [
     ("train-n_head-0", [*BASE, "--n_head=0"], None, r"n_head"),
     ("train-block_size-0", [*BASE, "--block_size=0"], None, r"block_size"),
     ("train-batch_size-0", [*BASE, "--batch_size=0"], None, r"batch_size"),
+    ("train-out_dir-empty", [TRAIN, "--domain=base", D, "--out_dir=", "--preset=tiny", *MODEL], None,
+     r"--out_dir is empty \(the current folder\); give a folder"),
     ("train-unknown-domain", [*BASE[:1], "--domain=python3", *BASE[2:]], None, r"domain.*python3|python3.*domain"),
     ("train-unknown-option", [*BASE, "--learning_rate=1"], None, r"unknown option --learning_rate"),
     ("train-not-an-int", [*BASE, "--max_iters=ten"], None, r"max_iters.*integer|integer.*max_iters"),
@@ -485,6 +510,30 @@ FAMILIES = {
         ("damaged-finetune-bin-out-of-vocab", LUA2, tokens_at("data/lua/train.bin", V + 5), r"lua/train\.bin holds token id"),
         ("damaged-merge-a-truncated", MERGE_M2, truncate("out/lua/ckpt.pt"),
          r"lua/ckpt\.pt .*remake it: python train\.py .* --domain lua --overwrite$"),
+        # inner values of the wrong type in whole JSON: one line naming the file and its fix, or (a stage's own
+        # record of a finished run, REWRITTEN) the record rewritten from the run's checkpoint or state
+        ("damaged-meta-split-a-list", SAE_LUA_RESUME, edit_meta("lua", lambda m: {**m, "splits": {**m["splits"],
+                                                                                                  "train": [1]}}),
+         r"lua/meta\.json is damaged \(no token count for the train split\); re-make it: python data\.py"),
+        ("damaged-tokenizer-format-a-list", MERGE_M2, edit_json("data/tokenizer/tokenizer.json", format=[]),
+         r"tokenizer\.json is damaged .*re-make it: python data\.py .*--domain all"),
+        ("damaged-meta-nested-deep", BASE, put("data/base/meta.json", lambda ws: DEEP),
+         r"base/meta\.json is damaged \(not readable JSON\)"),
+        ("damaged-results-nested-deep", ["report.py", O], both(put("out/analysis/results.json", lambda ws: DEEP),
+                                                               put("out/analysis/pages.json", lambda ws: "{}")),
+         r"results\.json is not readable JSON \(ValueError: .*nested too deeply"),
+        ("damaged-sae-metrics-seeds-text", SAE_LUA_RESUME, edit_json("out/sae_lua/metrics.json",
+                                                                     seeds={"0": "x", "1": "y"}), None),
+        ("damaged-sae-metrics-seeds-a-list", SAE_LUA_RESUME, edit_json("out/sae_lua/metrics.json", seeds=["0", "1"]),
+         None),
+        ("damaged-sae-metrics-history-ints", SAE_LUA_RESUME, edit_json("out/sae_lua/metrics.json", history=[1, 2]),
+         None),
+        ("damaged-sae-metrics-nested-deep", SAE_LUA_RESUME, put("out/sae_lua/metrics.json", lambda ws: DEEP), None),
+        ("damaged-merge-record-checkpoint-text", MERGE_AGAIN, edit_json("out/luastories/merge.json", checkpoint="x"),
+         None),
+        ("damaged-train-metrics-val-loss-text", LUA_RESUME, edit_json("out/lua/metrics.json", val_loss={"lua": "x"}),
+         None),
+        ("damaged-train-metrics-history-ints", LUA_RESUME, edit_json("out/lua/metrics.json", history=[1, 2]), None),
     ],
     "environment": [(f"environment-{s}-device-{d}", [*argv, f"--device={d}"], None, rf"--device '{d}' is not one")
                     for s, argv, d in (("train", BASE, "foo"), ("train", BASE, "mps"), ("sae", SAE_TS, "meta"),
@@ -625,6 +674,10 @@ def test_bad_input_is_one_line(outcomes, case):
         assert os.path.exists(os.path.join(ws, "out", "analysis", "results.json"))
     if case[0] == "train-out-locked":                   # the holder is named; its lock is left alone
         assert str(os.getpid()) in proc.stderr and os.path.exists(os.path.join(ws, "fresh", "base", ".lock"))
+    if case[0] in REWRITTEN:                            # rewritten whole, as its readers take it
+        import common
+        rel, kind = REWRITTEN[case[0]]
+        assert "rewrit" in proc.stdout and common.record_problem(common.read_json(os.path.join(ws, rel)), kind) is None
 
 
 # -----------------------------------------------------------------------------
@@ -686,6 +739,35 @@ def test_reproduce_passes_extra_settings_to_the_stages_that_take_them(tmp_path):
     assert rows["train base"]["peak_gpu_mib"] == 4535.1 and rows["sae for lua"]["peak_gpu_mib"] is None  # a CPU run: none
     md = (out / "analysis" / "stages.md").read_text()
     assert "| train base |" in md and "5,000 tokens/s | 40.0% | 4,535 |" in md and md in proc.stdout
+
+
+def test_reproduce_stage_table_leaves_out_values_that_are_not_numbers(tmp_path):
+    # metrics of the right outer shape holding text, lists or non-dict history entries (hand-edited): the
+    # closing table leaves those values out and says so; it is written all the same, never a traceback
+    import subprocess
+    out = tmp_path / "out"
+    for name, metrics in {"base/metrics.json": {"tokens_per_s": "x", "mfu": [1], "peak_gpu_mib": {"a": 1}},
+                          "lua/metrics.json": [1, 2],
+                          "sae_base/metrics.json": {"history": [1, "x", {"step": 1, "act_per_s": "fast"}]},
+                          "sae_lua/metrics.json": {"history": {"act_per_s": 3}, "mfu": True},
+                          "sae_tinystories/metrics.json": {"history": [{"act_per_s": 100.0}, None]},
+                          "analysis/results.json": {"stream_seconds": 2.0, "token_set": {"n_tokens": "many"},
+                                                    "stream_passes": "two"}}.items():
+        os.makedirs(os.path.dirname(out / name), exist_ok=True)
+        (out / name).write_text(json.dumps(metrics))
+    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh")], env=fake_python(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    rows = {r["stage"]: r for r in json.loads((out / "analysis" / "stages.json").read_text())["stages"]}
+    assert (rows["train base"]["rate"], rows["train base"]["mfu"], rows["train base"]["peak_gpu_mib"]) == (None,) * 3
+    assert "tokens_per_s, mfu, peak_gpu_mib not a number" in rows["train base"]["note"]
+    assert "is not a stage's record" in rows["train lua"]["note"]
+    assert rows["sae for base"]["rate"] is None and "history, act_per_s not a number" in rows["sae for base"]["note"]
+    assert rows["sae for lua"]["rate"] is None and "history, mfu not a number" in rows["sae for lua"]["note"]
+    assert rows["sae for tinystories"]["rate"] == 100.0
+    analysis = [r for name, r in rows.items() if name.startswith("analysis")][0]
+    assert analysis["rate"] is None and "n_tokens, stream_passes not a number" in analysis["note"]
+    assert "| train base |" in (out / "analysis" / "stages.md").read_text()
 
 
 def test_reproduce_with_the_authors_models_runs_no_lm_stage_of_ours(tmp_path):
@@ -853,6 +935,17 @@ def test_reproduce_refuses_bad_extra_settings_in_one_line(tmp_path, extra, patte
                           capture_output=True, text=True, timeout=60)
     helpers.assert_one_line_error(proc, pattern)
     assert not (tmp_path / "calls").exists()                  # before any stage ran
+
+
+def test_reproduce_checks_extra_values_by_the_stages_own_rules_before_any_stage(tmp_path):
+    """A bad value for the analysis (the last stage) was found only after every other stage had run."""
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data")}
+    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh"), "--threshold=2"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    helpers.assert_one_line_error(proc, r"analyze\.py: --threshold must be in \(0, 1\], got 2")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
 
 
 # issue 26, point 5: reproduce.sh's environment, checked up front in one line (a table of the environment family)

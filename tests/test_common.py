@@ -242,6 +242,28 @@ def test_a_file_that_does_not_fit_is_named_but_out_of_memory_is_the_machines(tmp
     assert out.returncode == 2 and out.stderr.startswith("error: out of memory or past what a size can hold")
 
 
+def test_an_overflow_is_not_called_out_of_memory():
+    # a number past a float (an int of 10**400 in a JSON file read) is no memory the machine lacks: no advice to
+    # lower the sizes or find a larger device; still one line and status 2
+    code = ("import sys; sys.path.insert(0, %r); import common\n"
+            "def main():\n    float(10 ** 400)\n"
+            "common.cli(main)\n") % HERE
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("error: a number too large to hold (int too large to convert to float)")
+    assert "out of memory" not in out.stderr and "larger device" not in out.stderr
+
+
+def test_json_nested_past_the_parsers_recursion_reads_as_damaged(tmp_path):
+    # every reader's damaged-file path catches OSError and ValueError; a RecursionError slipped past them
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 200_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        common.read_json(str(path))
+    with pytest.raises(common.UserError, match=r"deep\.json is not readable JSON \(ValueError: .*nested too deeply"):
+        common.read_record(str(path), "results")
+
+
 def test_threads(monkeypatch):
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
@@ -299,7 +321,32 @@ def test_stamp_makes_a_torch_file_plain_data_with_its_checksum(tmp_path):
     assert common.checksum(back) != st["checksum"]
     with pytest.raises(TypeError, match="cannot hold a object"):     # anything else: a programming error, at save
         common.stamp({"x": object()}, "model")
-    assert common.stamp({"x": np.float32(0.5)}, "results") == {"kind": "results", "format": 1, "x": np.float32(0.5)}
+
+
+
+def test_a_json_record_carries_a_checksum_that_a_flipped_digit_or_an_edit_breaks(tmp_path):
+    """A JSON record is stamped as JSON reads it back (numpy as numbers, tuples as lists, NaN kept), with the
+    checksum of that; a digit flipped on disk, or a value edited, is damaged for every reader (check_file) and
+    for the stage that asks whether its own record is current (record_problem). A record made before JSON
+    checksums (format 1, none) still reads."""
+    import numpy as np
+    rec = common.stamp({"val_loss": {"lua": np.float32(0.5)}, "pair": (1, 2), "nan": float("nan"),
+                        "history": [{"iter": 3, "train_loss": 4.25}]}, "train_metrics")
+    assert list(rec)[:2] == ["kind", "format"] and rec["format"] == 2 and rec["pair"] == [1, 2]
+    path = str(tmp_path / "metrics.json")
+    common.atomic_write_json(path, rec)
+    assert common.check_file(common.read_json(path), path, "train_metrics") is not None
+    assert common.record_problem(common.read_json(path), "train_metrics") is None
+    for old, new in (("4.25", "9.25"), ('"lua": 0.5', '"lua": 0.25')):
+        text = open(path).read()
+        open(path, "w").write(text.replace(old, new))
+        with pytest.raises(SystemExit, match=r"metrics\.json is damaged: its contents do not match the checksum"):
+            common.check_file(common.read_json(path), path, "train_metrics", "python train.py --domain lua")
+        assert "damaged" in common.record_problem(common.read_json(path), "train_metrics")
+        open(path, "w").write(text)
+    older = {k: v for k, v in rec.items() if k != "checksum"}
+    older["format"] = 1
+    assert common.record_problem(older, "train_metrics") is None
 
 
 def test_lock_removes_temp_files_a_killed_run_left_in_subfolders_only_when_asked(tmp_path):

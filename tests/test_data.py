@@ -219,6 +219,32 @@ def test_local_source(tmp_path):
     with pytest.raises(SystemExit) as e:
         data.main(["--domain", "lua", "--source", f"local:{tmp_path / 'nowhere'}", "--data_dir", str(out)])
     one_line_error(e)
+    # the fix a damaged file names remakes it as it was made (the defaults would make the sample instead) ...
+    with open(os.path.join(out, "lua", "val.bin"), "r+b") as f:
+        f.write(b"\xff\xff")
+    with pytest.raises(SystemExit) as e:
+        data.open_tokens(str(out), "lua", "val")
+    assert f"python data.py --domain lua --data_dir {out} --source local:{corp} --preset tiny --vocab_size 300 " \
+           "--force" in one_line_error(e)
+    # ... and a run from another source (here the default: the sample) replaces nothing without --force
+    before = data.sha256_file(os.path.join(out, "base", "train.bin"))
+    with pytest.raises(SystemExit) as e:
+        data.main(["--domain", "all", "--data_dir", str(out), "--vocab_size", "300"])
+    assert f"was made from --source local:{corp}: this run (--source sample) would replace it" in one_line_error(e)
+    assert data.sha256_file(os.path.join(out, "base", "train.bin")) == before
+    data.main(["--domain", "all", "--data_dir", str(out), "--vocab_size", "300", "--sample_kb", "20", "--force"])
+    assert data.read_meta(str(out), "lua")["source"] == "sample"
+
+
+def test_a_local_corpus_file_that_is_a_folder_is_one_line(tmp_path):
+    corp = tmp_path / "c"
+    for domain in ("babylm", "python", "tinystories", "lua"):
+        write_corpus(corp, domain, {"train": ["one two three"] * 5, "valid": ["one two"]})
+    os.remove(corp / "lua" / "train.txt")
+    os.mkdir(corp / "lua" / "train.txt")
+    with pytest.raises(SystemExit) as e:
+        data.main(["--domain", "all", "--source", f"local:{corp}", "--data_dir", str(tmp_path / "out")])
+    assert "lua/train.txt cannot be read as a text file" in one_line_error(e)
 
 
 def test_idempotent_rerun_and_tokenizer_change(tmp_path, capsys):
@@ -595,7 +621,17 @@ def test_hf_revision_unpinned_resolves_main_and_a_wrong_prefix_is_refused(hub, t
     with pytest.raises(SystemExit) as e:                                            # nor what the hub answers
         data.hub_revision(d, "nilq/small-lua-stack")
     assert "not the pinned 5c9180e" in str(e.value.code)
-    assert not os.path.exists(os.path.join(d, "raw", "hf", "nilq", "small-lua-stack", "REVISION"))
+    rec = os.path.join(d, "raw", "hf", "nilq", "small-lua-stack", "REVISION")
+    assert not os.path.exists(rec)
+    for damage in ("5c9180e/../../x\n", b"\xff\xfe", None):  # a path past the pin's prefix, binary, a folder
+        if damage is None:
+            os.mkdir(rec)
+        else:
+            open(rec, "wb").write(damage if isinstance(damage, bytes) else damage.encode())
+        with pytest.raises(SystemExit) as e:
+            data.hub_revision(d, "nilq/small-lua-stack")
+        assert "REVISION is damaged (not a commit sha); delete it" in one_line_error(e)
+        os.rmdir(rec) if damage is None else os.remove(rec)
 
 
 def test_hf_dataset_without_val_split_is_split_by_hash(hub, tmp_path):
@@ -986,7 +1022,10 @@ def edit_meta(d, domain, change):
 
 @pytest.mark.parametrize("damage,words", [
     ("bad json", "not readable JSON"), ("no tokenizer_hash", "no tokenizer_hash"),
-    ("dtype", "dtype 'int7'"), ("vocab too big for dtype", "does not fit dtype"), ("no splits", "no splits")])
+    ("dtype", "dtype 'int7'"), ("vocab too big for dtype", "does not fit dtype"), ("no splits", "no splits"),
+    # whole JSON with an inner value of the wrong type (it used to stop open_tokens and data.py with a traceback)
+    ("a split a list", "no token count for the train split"), ("tokens as text", "no token count for the val split"),
+    ("tokenizer_hash a list", "tokenizer_hash [1] is not a hash")])
 def test_damaged_meta_is_one_line_and_data_py_rebuilds_it(small_built, damage, words, capsys):
     path = os.path.join(small_built, "lua", "meta.json")
     if damage == "bad json":
@@ -995,7 +1034,10 @@ def test_damaged_meta_is_one_line_and_data_py_rebuilds_it(small_built, damage, w
         edit_meta(small_built, "lua", {"no tokenizer_hash": lambda m: m.pop("tokenizer_hash"),
                                        "dtype": lambda m: m.update(dtype="int7"),
                                        "vocab too big for dtype": lambda m: m.update(vocab_size=70000),
-                                       "no splits": lambda m: m.pop("splits")}[damage])
+                                       "no splits": lambda m: m.pop("splits"),
+                                       "a split a list": lambda m: m["splits"].update(train=[1]),
+                                       "tokens as text": lambda m: m["splits"]["val"].update(tokens="12"),
+                                       "tokenizer_hash a list": lambda m: m.update(tokenizer_hash=[1])}[damage])
     with pytest.raises(SystemExit) as e:
         data.open_tokens(small_built, "lua", "train")
     msg = one_line_error(e)
@@ -1061,6 +1103,23 @@ def test_damaged_tokenizer_json_is_one_line_and_rebuilt(small_built, capsys):
     out = capsys.readouterr().out
     assert "retraining the tokenizer" in out and "is up to date" in out
     assert json.load(open(path))["vocab_size"] == info["vocab_size"] and data.tokenizer_hash(small_built) == th
+
+
+@pytest.mark.parametrize("field,value", [("format", []), ("format", {"a": 1}), ("vocab_size", "300"),
+                                         ("special_tokens", [1]), ("pattern", 5), ("hash", ["x"])])
+def test_tokenizer_json_of_the_wrong_shape_is_damaged_and_rebuilt(small_built, field, value, capsys):
+    # whole JSON, its fields of the wrong type (a list for the format used to be an unhashable-type traceback)
+    th, path = data.tokenizer_hash(small_built), os.path.join(small_built, "tokenizer", "tokenizer.json")
+    json.dump({**json.load(open(path)), field: value}, open(path, "w"))
+    for f in (data.load_tokenizer, data.tokenizer_hash):
+        with pytest.raises(SystemExit) as e:
+            f(small_built)
+        assert "tokenizer.json is damaged" in one_line_error(e) and "python data.py --domain all" in one_line_error(e)
+    capsys.readouterr()
+    data.main(["--domain", "lua", "--data_dir", small_built, "--vocab_size", "300", "--sample_kb", "20"])
+    out = capsys.readouterr().out
+    assert "tokenizer.json is damaged; retraining" in out and "is up to date" in out
+    assert data.tokenizer_hash(small_built) == th
 
 
 def test_non_utf8_local_corpus_names_file_and_offset(tmp_path):

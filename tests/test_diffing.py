@@ -404,9 +404,12 @@ def analyze_run(data_dir, out_dir, *extra):
     return run(data_dir, out_dir, *extra)
 
 
-@pytest.mark.parametrize("case", ["other_sae", "other_tokens", "damaged", "truncated"])
+@pytest.mark.parametrize("case", ["other_sae", "other_tokens", "damaged", "truncated", "flipped"])
 def test_a_diffing_json_of_other_saes_or_tokens_or_damaged_is_named_not_joined(pipeline, tmp_path, case):
-    """Named in results.json (and the report), never joined; the analysis is written all the same."""
+    """Named in results.json (and the report), never joined; the analysis is written all the same. (Edited
+    records are stamped again, as a whole one of other SAEs or a hand-made one would be; flipped: a value
+    changed under its checksum.)"""
+    import common
     data_dir, out_dir, _, _ = pipeline
     out2 = copied_out(out_dir, tmp_path)
     path = os.path.join(out2, "diffing", "diffing.json")
@@ -417,6 +420,10 @@ def test_a_diffing_json_of_other_saes_or_tokens_or_damaged_is_named_not_joined(p
     if case == "damaged":
         m = d["edges"]["base->lua"]["match"]["parent"]
         m["latent"][0], m["r"][0] = 10 ** 6, 0.99                          # no such latent
+    if case in ("other_sae", "damaged"):
+        d = common.stamp(d, "diffing")
+    if case == "flipped":
+        d["edges"]["base->lua"]["match"]["parent"]["r"][0] = 0.5
     with open(path, "w") as f:
         text = json.dumps(d)
         f.write(text[:len(text) // 2] if case == "truncated" else text)
@@ -424,7 +431,8 @@ def test_a_diffing_json_of_other_saes_or_tokens_or_damaged_is_named_not_joined(p
     why = analyze_run(data_dir, out2, *extra)["diffing"]["stale"]
     assert re.search({"other_sae": r"other SAEs \(lua\)", "other_tokens": r"another token set .*--n_tokens",
                       "damaged": r"damaged or of another shape \(IndexError",
-                      "truncated": r"damaged: the file is not readable JSON"}[case], why), why
+                      "truncated": r"damaged: the file is not readable JSON",
+                      "flipped": r"damaged: .*do not match the checksum"}[case], why), why
     assert re.search(r"re-run python diffing\.py .*current crosscoders are loaded", why) and "--overwrite" not in why
 
 

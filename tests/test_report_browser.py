@@ -280,7 +280,8 @@ def test_side_files_of_another_analysis_run_are_not_shown(study, tmp_path):
     shutil.copytree(out_dir, out2, ignore=shutil.ignore_patterns(".lock"))
     res, pages = load(out2)
     assert side_file(out2, "lua")["run"] == res["run"]                            # analyze.py ties them
-    report.common.atomic_write_json(os.path.join(out2, "analysis", "results.json"), {**res, "run": "another"})
+    report.common.atomic_write_json(os.path.join(out2, "analysis", "results.json"),
+                                    report.common.stamp({**res, "run": "another"}, "results"))
     dom = render(report.write_report(out2), "#lua/7")
     assert problems(dom) == [] and shown_feature(dom) == "lua/7"
     assert "features/lua.js is from another run of analyze.py: re-run python analyze.py" in dom
@@ -309,8 +310,10 @@ def test_an_older_results_json_renders_with_notes_for_what_it_lacks(study):
                 e.pop(key, None)
             e["parent_best"].pop("cos", None)
             e["child_best"].pop("cos", None)
-    for key in ("selection_reasons", "status_legend", "thresholds", "density_bands", "null_spread"):
-        old.pop(key)
+    for key in ("selection_reasons", "status_legend", "thresholds", "density_bands", "null_spread", "checksum"):
+        old.pop(key)                                              # (and made before JSON records had checksums)
+    old["format"] = pages["format"] = 1
+    pages.pop("checksum")
     page = report.render_report(old, pages, out_dir)              # statuses from pages.json's copy
     assert "no stability curves" in page and 'id="data"' in page
     del pages["status"]                                           # no status anywhere: one line naming the fix

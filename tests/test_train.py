@@ -106,6 +106,18 @@ def test_a_resume_on_other_tokens_is_refused_and_goes_on_with_its_own(dirs):
     assert load(dirs, "base")["finished"]
 
 
+def test_a_val_split_shorter_than_a_window_is_found_before_training(dirs, capsys):
+    """A val split too short for one window (block 16 + 1) ended a run at its first evaluation, before any
+    checkpoint: another domain's is now left out of the evaluations, the run's own refused before a step."""
+    write_domain(dirs[0], "tinystories", seed=2, n=150)                       # 15 val tokens
+    run(dirs, "--domain=base", "--max_iters=3")
+    assert "the tinystories val split has 15 tokens" in capsys.readouterr().out
+    assert load(dirs, "base")["finished"] and "tinystories" not in load(dirs, "base")["val_loss"]
+    with pytest.raises(SystemExit, match=r"the tinystories val split has 15 tokens.*could never be evaluated"):
+        run(dirs, "--domain=tinystories", "--max_iters=3")
+    assert not os.path.exists(os.path.join(dirs[1], "tinystories", "ckpt.pt"))
+
+
 def test_errors_are_one_line(dirs, tmp_path):
     with pytest.raises(SystemExit, match="--domain must be one of base, lua, tinystories; got 'python3'"):
         run(dirs, "--domain=python3")
