@@ -414,7 +414,7 @@ def parse_config(config, argv=None, presets=None, preset_default=None, checks=No
     COMMAND_LINE.update(converted)
     for key, value in config.items():  # (before --help too: reproduce.sh checks its extra settings so)
         check_value(key, value, (checks or {}).get(key))
-        if key.endswith("_dir") and isinstance(value, str) and not value.strip():  # "" would be the current folder
+        if key in ("data_dir", "out_dir") and isinstance(value, str) and not value.strip():  # the current folder
             die(f"--{key} is empty (the current folder); give a folder, e.g. --{key}={key[:-4]}")
     if want_help:
         _print_help(config, presets or {}, chosen if presets else None, caller.get("__doc__"), caller.get("__file__"))

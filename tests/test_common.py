@@ -105,7 +105,8 @@ def test_help_shows_the_chosen_presets_values_and_each_keys_comment(tmp_path):
 
 
 def test_every_stage_script_answers_help(tmp_path):
-    for name in ("data.py", "train.py", "merge.py", "sae.py", "analyze.py", "explain.py", "authors.py"):
+    for name in ("data.py", "train.py", "merge.py", "sae.py", "analyze.py", "explain.py", "authors.py", "diffing.py",
+                 "report.py", "bench.py"):
         out = subprocess.run([sys.executable, os.path.join(HERE, name), "-h"], capture_output=True, text=True, cwd=tmp_path)
         assert out.returncode == 0 and "usage: python " + name in out.stdout, (name, out.stderr[-500:])
 
