@@ -940,8 +940,8 @@ def what_is(obj, want=None):
 def json_checksum(obj):
     """sha256 (hex) of a JSON record as json.dumps writes it, the top-level "checksum" field left out: a value
     edited or a digit flipped on disk no longer matches (a record read back dumps to the same text)."""
-    body = {k: v for k, v in obj.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, ensure_ascii=False).encode()).hexdigest()
+    body = {k: v for k, v in obj.items() if k != "checksum"}  # (ASCII escapes: a path's undecodable bytes too)
+    return hashlib.sha256(json.dumps(body).encode()).hexdigest()
 
 
 def record_problem(obj, kind):

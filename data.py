@@ -409,8 +409,8 @@ def check_same_tokens(saved, data_dir, domains, path, fix):
     saved before the record, not checked) against data_dir's now. One line naming the fix otherwise."""
     if not isinstance(saved, dict):
         return
-    now = tokens_sha256(data_dir, domains)
-    changed = [d for d in domains if saved.get(d) != now[d]]
+    now = tokens_sha256(data_dir, domains)  # (None: begun on token files without checksums, which data.py adds)
+    changed = [d for d in domains if saved.get(d) is not None and saved.get(d) != now[d]]
     if changed:
         die(f"{path} began on other {', '.join(changed)} tokens than {data_dir} holds now (prepared again since); "
             f"put the run's data back, or start over: {fix} --overwrite")
@@ -1697,9 +1697,12 @@ def check_source(cfg):
         die(f"unknown --source {src!r}; use sample, local:DIR or hf")
     if src.startswith("local:") and not os.path.isdir(src[len("local:"):]):
         die(f"--source {src}: no such directory")
+    def same(a, b):  # (local:./c is local:c)
+        return a == b or (a.startswith("local:") and b.startswith("local:")
+                          and os.path.realpath(a[6:]) == os.path.realpath(b[6:]))
     for d in DOMAINS if not (cfg["force"] or cfg["dry_run"]) else ():  # another source would replace them
         made = (_read_json_or_none(os.path.join(cfg["data_dir"], d, "meta.json"), ("source",)) or {}).get("source")
-        if isinstance(made, str) and made != src:
+        if isinstance(made, str) and not same(made, src):
             die(f"{cfg['data_dir']}/{d} was made from --source {made}: this run (--source {src}) would replace it and "
                 f"the tokenizer, and the models trained on them would no longer fit; give --source {made}, another "
                 f"--data_dir, or --force to replace them")

@@ -890,7 +890,7 @@ def resume_runs(job):
             print(f"{job.dir}: finished at step {job.total_steps}, but the SAE files or metrics.json are missing or "
                   f"stale (an interrupted save); rewriting those from {STATE_FILE}")
             for run in runs:  # a good seed file stays as it is: a new one would have a new hash (stale diffing)
-                if not seed_file_current(job, run["seed"]):
+                if not seed_file_current(job, run):
                     save_seed_file(job, run, finished=True)
             job.result = write_metrics(job, runs)
         return None
@@ -1155,15 +1155,18 @@ def finished_without_state(job):
     return True
 
 
-def seed_file_current(job, s):
-    """Seed s's SAE file is whole, finished, of this model and seed, and trained with these settings."""
-    p = job.paths[s]
+def seed_file_current(job, run):
+    """A seed's SAE file is whole, finished, of this model and seed, with these settings, and holds the
+    weights its training state folds to (not an earlier run's)."""
+    p, s = job.paths[run["seed"]], run["seed"]
     try:
         ck = load_checkpoint(p, f"SAE for '{job.name}'", f"python sae.py --model {job.name}", kind="sae")
         check_resume(ck["config"], job.cfg, RESUME_FREE | {"seeds"}, p)
     except (UserError, KeyError, TypeError, AttributeError):
         return False
-    return ck.get("finished") is True and ck.get("model_hash") == job.info["model_hash"] and ck.get("seed") == s
+    raw = fold_scale(run["sae"], job.scale).state_dict()
+    return (ck.get("finished") is True and ck.get("model_hash") == job.info["model_hash"] and ck.get("seed") == s
+            and ck["sae"].keys() == raw.keys() and all(torch.equal(ck["sae"][k], v.cpu()) for k, v in raw.items()))
 
 
 def outputs_current(job):

@@ -345,6 +345,9 @@ def test_a_json_record_carries_a_checksum_that_a_flipped_digit_or_an_edit_breaks
             common.check_file(common.read_json(path), path, "train_metrics", "python train.py --domain lua")
         assert "damaged" in common.record_problem(common.read_json(path), "train_metrics")
         open(path, "w").write(text)
+    odd = common.stamp({"val_loss": {}, "path": "/tmp/out_\udce9", "text": "caf\u00e9 \u2028"}, "train_metrics")
+    common.atomic_write_json(path, odd)                 # a folder's undecodable byte, non-ASCII text: whole
+    assert common.record_problem(common.read_json(path), "train_metrics") is None
     older = {k: v for k, v in rec.items() if k != "checksum"}
     older["format"] = 1
     assert common.record_problem(older, "train_metrics") is None

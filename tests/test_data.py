@@ -949,6 +949,17 @@ def test_swapped_domain_folders_are_refused_when_read_and_rebuilt_by_data_py(sma
     assert {d: data.read_meta(small_built, d)["splits"]["val"]["sha256"] for d in ("lua", "tinystories")} == want
 
 
+def test_a_resume_compares_the_tokens_it_began_on(small_built):
+    now = data.tokens_sha256(small_built, ["lua"])
+    assert len(now["lua"]) == 64
+    data.check_same_tokens(now, small_built, ["lua"], "ck.pt", "fix")                  # the same tokens
+    data.check_same_tokens({"lua": None}, small_built, ["lua"], "ck.pt", "fix")        # begun before checksums
+    data.check_same_tokens(None, small_built, ["lua"], "ck.pt", "fix")                 # saved before the record
+    with pytest.raises(SystemExit) as e:
+        data.check_same_tokens({"lua": "0" * 64}, small_built, ["lua"], "ck.pt", "python x.py")
+    assert "ck.pt began on other lua tokens than" in one_line_error(e) and "python x.py --overwrite" in str(e.value)
+
+
 def test_open_tokens_accepts_good_data(small_built):
     th, meta = data.tokenizer_hash(small_built), data.read_meta(small_built, "lua")
     toks = data.open_tokens(small_built, "lua", "train", tok_hash=th, vocab_size=300, who="lua")
