@@ -618,17 +618,6 @@ def memory_need(sizes, rows, d_mlp, n_models, sae_features, weights, use_fast=Tr
     return weights + sums + max(chunk, classify)
 
 
-def device_free_bytes(device):
-    """Free memory on the device: CUDA's free memory, or the machine's available memory for the CPU."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.mem_get_info(torch.device(device))[0]
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-
-
 def plan_groups(cfg, study, device):
     """The pairs in groups streamed one pass each, as many per pass as fit --memory_gb (and the device's
     free memory), checked before the long pass: a single pair that does not fit is a one-line error."""
@@ -636,7 +625,7 @@ def plan_groups(cfg, study, device):
     size = {k: sae.n_features for k, sae in study.sae.items()}
     weights = sum(p.numel() * p.element_size() for mod in list(study.model.values()) + list(study.sae.values())
                   for p in mod.parameters())
-    free = device_free_bytes(device)
+    free = common.device_free_bytes(device)
     budget = cfg["memory_gb"] * 2 ** 30 if cfg["memory_gb"] > 0 else free
     budget = min(budget, free) if budget and free else budget or free or float("inf")
 

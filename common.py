@@ -674,6 +674,28 @@ def check_free_space(path, need_bytes, what):
             f"free some space or choose another folder")
 
 
+def device_free_bytes(device):
+    """Free memory on the device: CUDA's free memory, or the machine's available memory for the CPU (None
+    where /proc/meminfo cannot tell)."""
+    if str(device).startswith("cuda"):
+        import torch
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_free_memory(need_bytes, device, what, fix):
+    """One-line error, before the work, when `what` needs more than the device's free memory: past it a CPU
+    run is killed by the kernel without a word (and may take the machine's other work with it)."""
+    free = device_free_bytes(device)
+    if free is not None and need_bytes > free:
+        die(f"{what} needs at least {need_bytes / 2 ** 30:,.1f} GB of {device} memory, more than the "
+            f"{free / 2 ** 30:,.1f} GB free; {fix}")
+
+
 def _disk_free(path):
     import shutil
     return shutil.disk_usage(path).free

@@ -21,9 +21,9 @@ from contextlib import nullcontext
 from types import SimpleNamespace
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
-from common import (atomic_write_json, check_adam_state, check_free_space, check_model_folder, check_resume, cli,
-                    default_preset, die, lock_dir, misfit, parse_config, peak_gpu_mib, pick_device, provenance,
-                    read_json, record_problem, set_threads, sha256_file, stamp)
+from common import (atomic_write_json, check_adam_state, check_free_memory, check_free_space, check_model_folder,
+                    check_resume, cli, default_preset, die, lock_dir, misfit, parse_config, peak_gpu_mib, pick_device,
+                    provenance, read_json, record_problem, set_threads, sha256_file, stamp)
 
 import torch
 
@@ -283,11 +283,25 @@ def build_model(run):
     else:
         margs = ModelArgs(vocab_size=datalib.read_meta(cfg["data_dir"], cfg["domain"])["vocab_size"], **{k: cfg[k] for k in (
             "block_size", "d_model", "n_head", "n_kv_head", "d_mlp", "mlp", "rope_theta", "norm_eps")})
+        check_step_memory(run, margs)  # before its weights are made
         model, run.parents = Transformer(margs).to(env.device), []
+    check_step_memory(run, model.args)  # the batch a step takes, whichever way the model came
     # a checkpoint holds the weights and AdamW's two moments (float32); the old one stays until the new is in place
     check_free_space(os.path.dirname(run.ckpt_path), 2 * 3 * 4 * model.num_params() + (16 << 20),
                      "train.py's checkpoint")
     run.raw_model = run.model = model
+
+
+def check_step_memory(run, margs):
+    """One line when a training step cannot fit the device's free memory, by a lower bound: weights,
+    gradients and AdamW's two moments in float32, and the activations the backward keeps of the MLP and
+    the residual stream (2 bytes each, as under bf16). Past it a CPU run is killed without a word."""
+    with torch.device("meta"):  # the parameter count without making the weights
+        n = Transformer(margs).num_params()
+    tokens = run.cfg["batch_size"] * margs.block_size
+    need = 16 * n + 2 * tokens * (3 * margs.d_mlp + 4 * margs.d_model)
+    check_free_memory(need, run.env.device, f"a training step ({n / 1e6:,.1f}M parameters, {tokens:,} tokens)",
+                      "lower --batch_size (--grad_accum keeps the tokens of a step) or the model's sizes")
 
 
 def load_data(run):

@@ -864,7 +864,7 @@ def paper_like_study(n_features=16384, d_mlp=1024, block_size=256):
 def test_the_paper_preset_is_planned_under_8_gb_and_an_impossible_plan_is_one_line(monkeypatch):
     study = paper_like_study()
     cfg = dict(analyze.config, **analyze.PRESETS["paper"], seq_len=256, skip_first=1)
-    monkeypatch.setattr(analyze, "device_free_bytes", lambda device: 80 * 2 ** 30)     # an 80 GB card
+    monkeypatch.setattr(analyze.common, "device_free_bytes", lambda device: 80 * 2 ** 30)  # an 80 GB card
     groups, need = analyze.plan_groups(cfg, study, "cuda")
     assert need <= 8 * 2 ** 30 and sum(len(g) for g in groups) == len(study.pairs) == 9
     f = 16384
@@ -874,10 +874,10 @@ def test_the_paper_preset_is_planned_under_8_gb_and_an_impossible_plan_is_one_li
     assert two - one >= 8 * f * f                                                       # a second pair's sums at least
     groups, _ = analyze.plan_groups(dict(cfg, memory_gb=0), study, "cuda")             # the whole card: one pass
     assert len(groups) == 1
-    monkeypatch.setattr(analyze, "device_free_bytes", lambda device: 6 * 2 ** 30)      # a 6 GB card
+    monkeypatch.setattr(analyze.common, "device_free_bytes", lambda device: 6 * 2 ** 30)   # a 6 GB card
     with pytest.raises(SystemExit, match=r"needs \d+\.\d GB of cuda memory for one pair of SAEs, more than 6\.0 GB free "
                                          r"on cuda; use a smaller --batch_size.*--device cpu"):
         analyze.plan_groups(cfg, study, "cuda")
-    monkeypatch.setattr(analyze, "device_free_bytes", lambda device: 80 * 2 ** 30)
+    monkeypatch.setattr(analyze.common, "device_free_bytes", lambda device: 80 * 2 ** 30)
     with pytest.raises(SystemExit, match=r"more than --memory_gb 2"):
         analyze.plan_groups(dict(cfg, memory_gb=2.0), study, "cuda")

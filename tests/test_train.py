@@ -118,6 +118,22 @@ def test_a_val_split_shorter_than_a_window_is_found_before_training(dirs, capsys
     assert not os.path.exists(os.path.join(dirs[1], "tinystories", "ckpt.pt"))
 
 
+def test_a_step_past_the_free_memory_is_refused_before_any_weight_is_made(dirs, monkeypatch):
+    """Past the machine's memory a CPU run was killed by the kernel without a word (--batch_size=100000)."""
+    import common
+    monkeypatch.setattr(common, "device_free_bytes", lambda device: 2 ** 10)            # 1 KB free
+    made = []
+    monkeypatch.setattr(train.Transformer, "to", lambda self, *a, **k: made.append(1) or self)
+    with pytest.raises(SystemExit, match=r"a training step \(0\.0M parameters, 128 tokens\) needs at least "
+                                         r"[\d.]+ GB of cpu memory, more than the 0\.0 GB free; lower --batch_size"):
+        run(dirs, "--domain=base", "--max_iters=3")
+    assert not made and not os.path.exists(os.path.join(dirs[1], "base", "ckpt.pt"))
+    monkeypatch.undo()
+    monkeypatch.setattr(common, "device_free_bytes", lambda device: None)              # unknown: not checked
+    run(dirs, "--domain=base", "--max_iters=3")
+    assert load(dirs, "base")["finished"]
+
+
 def test_errors_are_one_line(dirs, tmp_path):
     with pytest.raises(SystemExit, match="--domain must be one of base, lua, tinystories; got 'python3'"):
         run(dirs, "--domain=python3")
