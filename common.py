@@ -427,6 +427,12 @@ def parse_config(config, argv=None, presets=None, preset_default=None, checks=No
     return config
 
 
+def check_seeds(seeds):
+    """--seeds: at least one, each once (0,0 would train one SAE: no null baseline)."""
+    if not seeds or len(set(seeds)) < len(seeds):
+        die(f"--seeds {','.join(map(str, seeds))}: give each seed once, e.g. --seeds 0,1")
+
+
 def require_positive(cfg, keys):
     """One-line errors for settings that must be > 0 (a zero batch size or interval would fail deep inside)."""
     for k in keys:
@@ -987,9 +993,9 @@ def record_problem(obj, kind):
 def check_file(obj, path, kind, how=None):
     """The one check a reader makes of a file it has loaded, before using it: it is a `kind` file with
     that kind's fields and inner values and (a JSON record with one) its checksum (record_problem), of a
-    format this code reads, and (a torch kind written with a format) its contents match its checksum. Otherwise one line naming the file, what it is
-    instead, and `how`: the command that remakes it where it is (with --overwrite where the script needs
-    it). Returns obj."""
+    format this code reads, and (a torch kind written with a format) its contents match its checksum.
+    Otherwise one line naming the file, what it is instead, and `how`: the command that remakes it where
+    it is (with --overwrite where the script needs it). Returns obj."""
     fix = f"; remake it: {how}" if how else ""
     problem = record_problem(obj, kind)
     if problem:

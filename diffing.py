@@ -326,8 +326,7 @@ def settings(argv):
     if not edges:
         die("--edges is empty; give e.g. --edges base->lua")
     cfg["edges"] = [f"{p}->{c}" for p, c in dict.fromkeys(edges)]
-    if len(set(cfg["seeds"])) < len(cfg["seeds"]) or not cfg["seeds"]:
-        die(f"--seeds {','.join(map(str, cfg['seeds']))}: give each seed once, e.g. --seeds 0,1")
+    common.check_seeds(cfg["seeds"])
     return cfg, list(dict.fromkeys(edges))
 
 

@@ -367,12 +367,12 @@ def up_to_date(cfg, run, made_from):
     without --overwrite."""
     kind, how = (("sweep", "python merge.py --sweep --overwrite") if cfg["sweep"] else
                  ("merge", f"python merge.py --out {cfg['out']} --overwrite"))
-    other = f"{run.out_path} exists but was made from other inputs or settings; add --overwrite to replace it"
+    made_otherwise = "exists but was made from other inputs or settings; add --overwrite to replace it"
     if not cfg["sweep"] and not cfg["overwrite"] and not os.path.lexists(run.out_path) and \
             os.path.isfile(run.ckpt_path):  # merge.json lost
         if record_from_checkpoint(run, made_from, how):
             return True
-        common.die(other.replace(run.out_path, run.ckpt_path))
+        common.die(f"{run.ckpt_path} {made_otherwise}")
     if not (os.path.exists(run.out_path) and (cfg["sweep"] or os.path.exists(run.ckpt_path))) or cfg["overwrite"]:
         return False
     try:
@@ -397,7 +397,7 @@ def up_to_date(cfg, run, made_from):
     if same:
         common.die(f"{run.ckpt_path} is not the merge {run.out_path} records (replaced or damaged since); "
                    f"remake it: {how}")
-    common.die(other)
+    common.die(f"{run.out_path} {made_otherwise}")
 
 
 def plain(x):

@@ -57,9 +57,9 @@ from types import SimpleNamespace
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
 from common import (COMMAND_LINE, UserError, atomic_torch_save, atomic_write_json, check_adam_state,
-                    check_free_space, check_resume, cli, default_preset, die, lock_dir, misfit, parse_config,
-                    peak_gpu_mib, pick_device, provenance, read_json, record_problem, set_threads, sha256_file,
-                    stamp)
+                    check_free_space, check_resume, check_seeds, cli, default_preset, die, lock_dir, misfit,
+                    parse_config, peak_gpu_mib, pick_device, provenance, read_json, record_problem, set_threads,
+                    sha256_file, stamp)
 
 import numpy as np
 import torch
@@ -739,10 +739,9 @@ def main(argv=None):
 def setup(cfg):
     """The device, the model (a finished one unless --allow_unfinished), its data checked against it,
     the stream's shapes and the output paths."""
-    job = SimpleNamespace(cfg=cfg, name=cfg["model"], domains=model_domains(cfg["model"]),
-                          seeds=list(dict.fromkeys(cfg["seeds"])), result=None)
-    if len(job.seeds) < len(cfg["seeds"]) or not job.seeds:  # 0,0 would be one SAE: no null baseline
-        die(f"--seeds {','.join(map(str, cfg['seeds']))}: give each seed once, e.g. --seeds 0,1")
+    check_seeds(cfg["seeds"])
+    job = SimpleNamespace(cfg=cfg, name=cfg["model"], domains=model_domains(cfg["model"]), seeds=list(cfg["seeds"]),
+                          result=None)
     job.device = pick_device(cfg["device"])
     job.threads = set_threads(cfg["threads"], job.device)
     cfg["harvest_batch"] = cfg["harvest_batch"] or (512 if cfg["fast"] and job.device.startswith("cuda") else 64)
@@ -1145,28 +1144,30 @@ def write_metrics(job, runs):
 def finished_without_state(job):
     """Every seed's SAE file finished, on this model, with these settings (else one line naming the change),
     and metrics.json listing exactly them: the run is done, whatever became of its training state."""
-    if not outputs_current(job):
-        return False
-    for s, p in job.paths.items():
-        ck = load_checkpoint(p, f"SAE for '{job.name}'", f"python sae.py --model {job.name}", kind="sae")
-        if not ck.get("finished") or ck.get("model_hash") != job.info["model_hash"] or ck.get("seed") != s:
-            return False
-        check_resume(ck["config"], job.cfg, RESUME_FREE | {"seeds"}, p)
-    return True
+    return outputs_current(job) and all(finished_seed_file(job, s) is not None for s in job.paths)
+
+
+def finished_seed_file(job, s):
+    """Seed s's SAE file, loaded, when it is finished and of this model and seed (else None); one line when it
+    is damaged, or was trained with other settings."""
+    p = job.paths[s]
+    ck = load_checkpoint(p, f"SAE for '{job.name}'", f"python sae.py --model {job.name}", kind="sae")
+    if not ck.get("finished") or ck.get("model_hash") != job.info["model_hash"] or ck.get("seed") != s:
+        return None
+    check_resume(ck["config"], job.cfg, RESUME_FREE | {"seeds"}, p)
+    return ck
 
 
 def seed_file_current(job, run):
     """A seed's SAE file is whole, finished, of this model and seed, with these settings, and holds the
     weights its training state folds to (not an earlier run's)."""
-    p, s = job.paths[run["seed"]], run["seed"]
     try:
-        ck = load_checkpoint(p, f"SAE for '{job.name}'", f"python sae.py --model {job.name}", kind="sae")
-        check_resume(ck["config"], job.cfg, RESUME_FREE | {"seeds"}, p)
+        ck = finished_seed_file(job, run["seed"])
     except (UserError, KeyError, TypeError, AttributeError):
         return False
     raw = fold_scale(run["sae"], job.scale).state_dict()
-    return (ck.get("finished") is True and ck.get("model_hash") == job.info["model_hash"] and ck.get("seed") == s
-            and ck["sae"].keys() == raw.keys() and all(torch.equal(ck["sae"][k], v.cpu()) for k, v in raw.items()))
+    return (ck is not None and ck["sae"].keys() == raw.keys()
+            and all(torch.equal(ck["sae"][k], v.cpu()) for k, v in raw.items()))
 
 
 def outputs_current(job):

@@ -318,15 +318,13 @@ def load_data(run):
     # an evaluation needs a window of block_size + 1 tokens: found now, not at the first evaluation
     # (which would end the run before its first checkpoint); another domain's is left out, said so
     T = run.raw_model.args.block_size
-    for d, a in list(val.items()):
-        if len(a) <= T and d == cfg["domain"]:
-            die(f"the {d} val split has {len(a):,} tokens, fewer than one window of {T + 1}: the run could never "
-                f"be evaluated; give the corpus more validation text, then: "
+    for d in [d for d, a in val.items() if len(a) <= T]:
+        short = f"the {d} val split has {len(val[d]):,} tokens, fewer than one window of {T + 1}"
+        if d == cfg["domain"]:
+            die(f"{short}: the run could never be evaluated; give the corpus more validation text, then: "
                 f"{datalib.remake_command(cfg['data_dir'], d)} --force")
-        if len(a) <= T:
-            print(f"the {d} val split has {len(a):,} tokens, fewer than one window of {T + 1}: left out of the "
-                  f"evaluations")
-            del val[d]
+        print(f"{short}: left out of the evaluations")
+        del val[d]
     run.data = SimpleNamespace(
         meta=meta, tok_hash=meta["tokenizer_hash"], train=open_split(cfg["domain"], "train"), val=val,
         fingerprint=datalib.data_fingerprint(cfg["data_dir"], [cfg["domain"]]),  # which token files made the model
