@@ -10,7 +10,8 @@ show); report.py renders both into out/analysis/report.html.
 
 Inputs: out/<model>/ckpt.pt (train.py, merge.py), out/sae_<model>/sae_s0.pt and, for the null
 baseline, sae_s1.pt (sae.py --seeds 0,1), data/<domain>/val.bin (data.py), out/merge_sweep.json
-(merge.py --sweep; shown when present).
+(merge.py --sweep; shown when present). When out/analysis already holds what these would give (the same
+inputs by hash, settings and code: analysis_current), only the report is re-rendered; --overwrite recomputes.
 
 The method, in the order main() runs it:
 1. Load the models and SAEs and check that they belong together: one tokenizer, each child made
@@ -109,6 +110,7 @@ config = dict(
     llm_model="",               # passed to explain.py ("" = its default)
     max_requests=0,             # passed to explain.py (0 = its default)
     fast=True,                  # speed-ups from fast.py (false: the plain code only, equal results to rounding)
+    overwrite=False,            # run again even when out_dir/analysis is current (the same inputs, settings and code)
 )
 PRESETS = {
     "paper": dict(batch_size=16),  # 16 x 255-token chunks: one pair's sums and a chunk's features fit 8 GB (plan_groups)
@@ -126,6 +128,7 @@ HIST_BINS = np.linspace(0.0, 1.0, 41)
 THRESHOLDS = [round(0.5 + 0.05 * k, 2) for k in range(10)]  # the cuts of the stability curves (r, and decoder cosine)
 CURVE_MIN = THRESHOLDS[0]   # pairs below this r are never candidates for the curves or the one-to-one matching
 COS_RULE = 0.7              # decoder cosine cut after one-to-one matching (Paulo & Belrose 2025)
+FROM_SAES = {"seq_len": 0, "skip_first": -1}  # these values of the settings mean: as the SAEs were trained
 BANDS = {"rare": (0.0, 1e-3), "medium": (1e-3, 1e-2), "common": (1e-2, 1.01)}  # firing frequency (fraction of tokens)
 
 
@@ -763,7 +766,7 @@ def sae_context(cfg, study):
     """The token set's window length and first position (cfg's seq_len and skip_first), as given or else as
     every SAE was trained (sae.py), so each reads activations with the context it learned from (the authors'
     SAEs: 24-token blocks from position 0). Set in cfg; SAEs trained on different ones are a one-line error."""
-    for key, unset in (("seq_len", 0), ("skip_first", -1)):
+    for key, unset in FROM_SAES.items():
         if cfg[key] != unset:
             continue
         got = {}
@@ -1262,21 +1265,15 @@ def models_record(study, s0, s1, dens, dead):
     return out
 
 
-def results_record(cfg, study, token_set, found, dens, dead, selection, explanations, timing):
-    """results.json: the findings and everything they were computed from (config in the provenance).
-    found: {"edges", "null", "spread", "families"}; timing: {"stream_seconds", "stream_passes", "peak_gpu_mib"}."""
-    s0, s1, data_dir, out_dir = cfg["sae_seed"], cfg["null_seed"], cfg["data_dir"], cfg["out_dir"]
-    sweep_path = os.path.join(out_dir, "merge_sweep.json")
-    info = study.info
+def results_record(cfg, study, inputs, token_set, found, dens, dead, selection, explanations, timing):
+    """results.json: the findings and everything they were computed from (config and input_hashes in the
+    provenance). found: {"edges", "null", "spread", "families"}; timing: {"stream_seconds", "stream_passes",
+    "peak_gpu_mib"}."""
+    s0, s1, info = cfg["sae_seed"], cfg["null_seed"], study.info
     prov = common.provenance(
-        cfg, models={m: info[m]["model_hash"] for m in study.models},
-        saes={m: {f"s{s}": info[m][f"sae{s}"]["hash"] for s in (s0, s1, cfg["spread_seed"]) if f"sae{s}" in info[m]}
-              for m in study.models},
-        model_configs={m: info[m]["ckpt"].get("config") for m in study.models},
+        cfg, **inputs, model_configs={m: info[m]["ckpt"].get("config") for m in study.models},
         sae_configs={m: {"args": info[m][f"sae{s0}"]["args"], "config": info[m][f"sae{s0}"]["config"]} for m in study.models},
-        tokenizer_hash=study.tokenizer_hash, token_set_seed=cfg["seed"],
-        val_files={d: common.sha256_file(os.path.join(data_dir, d, "val.bin")) for d in cfg["domains"]},
-        merge_sweep=common.sha256_file(sweep_path) if os.path.exists(sweep_path) else None)
+        tokenizer_hash=study.tokenizer_hash, token_set_seed=cfg["seed"])
     return {"threshold": cfg["threshold"],
             "matching": "many-to-many: every pair with r >= threshold (persisting / disappearing / emerging); "
                         "one-to-one: greedy on r (highest first, each feature once); hungarian_r / hungarian_cos: "
@@ -1289,6 +1286,55 @@ def results_record(cfg, study, token_set, found, dens, dead, selection, explanat
             "selection": {n: {c: [[m, int(i)] for m, i, _ in v] for c, v in s.items()} for n, s in selection.items()},
             "selection_reasons": {n: {c: [why for _, _, why in v] for c, v in s.items()} for n, s in selection.items()},
             "explanations": explanations, **timing, "provenance": prov}
+
+
+def input_hashes(cfg):
+    """What the analysis reads, hashed from disk before it is read: each model's checkpoint, each of its SAE
+    seed files that exists (the null's and the spread's are optional), the validation splits, the merge
+    sweep and diffing.py's record; None for a file that is not there (load_study names what it needs)."""
+    out_dir, models = cfg["out_dir"], list(dict.fromkeys(cfg["models"]))
+    seeds = [cfg["sae_seed"], cfg["null_seed"]] + ([cfg["spread_seed"]] if cfg["spread_seed"] >= 0 else [])
+
+    def sha(path):
+        return common.sha256_file(path) if os.path.isfile(path) else None
+    saes = {m: {f"s{s}": sha(saelib.sae_path(out_dir, m, s)) for s in seeds} for m in models}
+    return {"models": {m: sha(os.path.join(out_dir, m, "ckpt.pt")) for m in models},
+            "saes": {m: {k: h for k, h in hs.items() if h} for m, hs in saes.items()},
+            "val_files": {d: sha(os.path.join(cfg["data_dir"], d, "val.bin")) for d in cfg["domains"]},
+            "merge_sweep": sha(os.path.join(out_dir, "merge_sweep.json")),
+            "diffing": sha(os.path.join(out_dir, "diffing", "diffing.json"))}
+
+
+HOW_ONLY = ("threads", "memory_gb", "data_dir", "out_dir", "overwrite")  # settings that leave the findings as they are
+
+
+def analysis_current(cfg, inputs):
+    """results.json as it would be made now, or None: one made by this code (its sources' hash), with these
+    settings (seq_len and skip_first left to the SAEs match what they gave), from these inputs (input_hashes),
+    with pages.json and the feature browser's side files of the same run beside it. --explain always runs
+    (the LLM is asked anew)."""
+    adir = os.path.join(cfg["out_dir"], "analysis")
+    if cfg["overwrite"] or cfg["explain"]:
+        return None
+    try:
+        res, pages = (common.read_json(os.path.join(adir, f"{k}.json")) for k in ("results", "pages"))
+        if common.record_problem(res, "results") or common.record_problem(pages, "pages"):
+            return None
+        prov, run = res["provenance"], res.get("run")
+        saved = prov.get("config") or {}
+        if any(k not in HOW_ONLY and saved.get(k) != v and not (k in FROM_SAES and v == FROM_SAES[k])
+               for k, v in cfg.items()) or \
+                (prov.get("code") or {}).get("source_sha256") != common.code_version()["source_sha256"] or \
+                any(prov.get(k) != v for k, v in inputs.items()) or not isinstance(run, str):
+            return None
+        for name in [*dict.fromkeys(cfg["models"]), "tokens"]:  # each side file ends with its run's id
+            with open(os.path.join(adir, report.SIDE, f"{name}.js"), "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+                if f'"run":"{run}"'.encode() not in f.read():
+                    return None
+    except (OSError, ValueError, AttributeError, TypeError):  # missing, damaged, another shape: made anew
+        return None
+    return res
 
 
 # -----------------------------------------------------------------------------
@@ -1477,6 +1523,16 @@ def main(argv=None):
         # results.json, pages.json, report.html and the browser's side files (features/, which dominate; their
         # size at the paper's sizes: BENCHMARKS.md); checked before the long passes, not after them
         common.check_free_space(adir, 128 << 20, "the analysis (results.json, pages.json, features/, report.html)")
+        inputs = input_hashes(cfg)  # (hashed before they are read: a file replaced meanwhile reruns next time)
+        res = analysis_current(cfg, inputs)
+        if res is not None:  # nothing to recompute: the page re-rendered (its stages' records may be newer)
+            try:
+                path = report.write_report(cfg["out_dir"])
+                print(f"{adir} is current (results.json of {res['provenance'].get('created')}: the same models, "
+                      f"SAEs, tokens, settings and code); nothing recomputed (--overwrite recomputes it)\n-> {path}")
+                return {**res, "config": cfg}
+            except common.UserError as e:  # a record the page cannot show: made anew below
+                print(f"note: the saved analysis cannot be shown ({e.msg}); it is made anew")
         side = os.path.join(adir, report.SIDE)
         if os.path.lexists(side) and not os.path.isdir(side):
             die(f"{side} is not a folder (the feature browser's side files go there); move it away and re-run")
@@ -1510,7 +1566,7 @@ def main(argv=None):
               f"contexts, partners and logit effects in {time.time() - t0:.1f} s")
         explanations, explain_error = run_explain(cfg, explain, ctx, tok, dead)
         # 7. results.json, pages.json, the browser's side files (features/), report.html
-        res = results_record(cfg, study, token_set, found, dens, dead, selection, explanations, timing)
+        res = results_record(cfg, study, inputs, token_set, found, dens, dead, selection, explanations, timing)
         res["selection_rule"] = rule
         res["run"] = os.urandom(8).hex()  # ties the side files (features/) to this results.json (report.py)
         diff = diffing_record(cfg, study, found, stats, seqs, token_set, device)  # diffing.py's, when it has run

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole study, stage by stage (DESIGN.md): data -> base -> lua, tinystories -> luastories
 # (SLERP) -> two SAEs per model (seeds 0 and 1) -> feature tracking and the report.
-# Finished stages are skipped (the analysis runs again) and interrupted ones resume, so re-running is safe;
+# Finished stages are skipped (a current analysis too) and interrupted ones resume, so re-running is safe;
 # delete $OUT (and $DATA) to start over. At the end a table of the stages (wall time, throughput,
 # MFU) is printed and written to $OUT/analysis/stages.md and stages.json.
 #

@@ -429,6 +429,43 @@ def test_report_rerenders_alone_from_the_saved_files(study, tmp_path):
         report.main([f"--out_dir={tmp_path / 'nothing'}"])
 
 
+def test_a_current_analysis_is_not_recomputed_and_any_change_remakes_it(study, tmp_path, capsys):
+    """A second run with the same inputs, settings and code re-renders the page and recomputes nothing (a
+    finished ./reproduce.sh run again); a setting that changes the findings, an input added or removed, a side
+    file of another run, a damaged pages.json or --overwrite makes the analysis anew."""
+    import shutil
+    data_dir, out_dir, first = study
+    out2 = str(tmp_path / "out")
+    shutil.copytree(out_dir, out2)
+    adir = os.path.join(out2, "analysis")
+    results = os.path.join(adir, "results.json")
+    before = open(results, "rb").read()
+    os.remove(os.path.join(adir, "report.html"))
+    for same in ([], ["--threads=2", "--memory_gb=1"], [f"--seq_len={first['provenance']['config']['seq_len']}"]):
+        res = run(data_dir, out2, *same)
+        assert res["run"] == first["run"] and open(results, "rb").read() == before, same
+        assert "is current" in capsys.readouterr().out and os.path.isfile(os.path.join(adir, "report.html"))
+
+    def remade(*extra):
+        old = json.load(open(results))["run"]
+        res = run(data_dir, out2, *extra)
+        assert res["run"] != old and json.load(open(results))["run"] == res["run"]
+        assert "is current" not in capsys.readouterr().out
+        return res
+    assert remade("--threshold=0.7")["threshold"] == 0.7
+    assert remade()["threshold"] == 0.8                                      # and back
+    os.remove(os.path.join(out2, "merge_sweep.json"))                        # an input gone
+    assert remade()["provenance"]["merge_sweep"] is None
+    side = os.path.join(adir, report.SIDE, "lua.js")
+    text = open(side).read()
+    open(side, "w").write(text.replace(json.load(open(results))["run"], "0" * 16))   # another run's side file
+    remade()
+    pages = os.path.join(adir, "pages.json")
+    open(pages, "w").write(open(pages).read()[:-40])                         # cut short
+    remade()
+    remade("--overwrite")
+
+
 def test_records_of_another_kind_or_shape_are_one_line_naming_them(study, tmp_path):
     """What report.py reads (issue 26): results, pages, the stages' metrics, merge records and the sweep, each
     checked for its kind and fields; a part deeper down that is not what its writer makes is one line too."""
@@ -550,7 +587,7 @@ def test_pairs_streamed_in_several_passes_give_the_same_results(study, tmp_path,
     out2 = str(tmp_path / "out")
     shutil.copytree(out_dir, out2)
     monkeypatch.setattr(analyze, "plan_groups", lambda cfg, study, device: ([[p] for p in study.pairs], 0))
-    many = run(data_dir, out2)
+    many = run(data_dir, out2, "--overwrite")
     assert many["stream_passes"] == len(one["edges"]) + len(one["null"]) > 1
     for group in ("edges", "null"):
         for name, e in one[group].items():
