@@ -981,6 +981,9 @@ def record_problem(obj, kind):
     got, what = what_is(obj, kind)
     if got != kind:
         return f"{what}, not {words}"
+    fmt = obj.get("format", 0)  # before the checksum: a newer format may sum otherwise
+    if type(fmt) is not int or not 0 <= fmt <= FORMAT:
+        return f"{words} of format {fmt!r}, not one this code reads (up to {FORMAT}): written by a newer version?"
     if kind not in TORCH_KINDS and "checksum" in obj and obj["checksum"] != json_checksum(obj):
         return "damaged: its contents do not match the checksum written with them"
     bad = [f for f, t in KINDS[kind][1].items() if not isinstance(obj.get(f), t)]
@@ -999,12 +1002,9 @@ def check_file(obj, path, kind, how=None):
     fix = f"; remake it: {how}" if how else ""
     problem = record_problem(obj, kind)
     if problem:
-        die(f"{path} is {problem}{fix}")
-    fmt = obj.get("format", 0)
-    if type(fmt) is not int or not 0 <= fmt <= FORMAT:
-        die(f"{path} has format {fmt!r}, not one this code reads (up to {FORMAT}): written by a newer version? "
-            f"update the code{fix.replace('; remake', ', or remake')}")
-    if kind in TORCH_KINDS and fmt >= 1 and obj.get("checksum") != checksum(obj):
+        newer = "newer version" in problem
+        die(f"{path} is {problem}" + (f" update the code{fix.replace('; remake', ', or remake')}" if newer else fix))
+    if kind in TORCH_KINDS and obj.get("format", 0) >= 1 and obj.get("checksum") != checksum(obj):
         die(f"{path} is damaged: its contents do not match the checksum written with them{fix}")
     return obj
 

@@ -351,6 +351,10 @@ def test_a_json_record_carries_a_checksum_that_a_flipped_digit_or_an_edit_breaks
     older = {k: v for k, v in rec.items() if k != "checksum"}
     older["format"] = 1
     assert common.record_problem(older, "train_metrics") is None
+    newer = {**rec, "format": 3}                        # its checksum may be summed otherwise: a version, not damage
+    with pytest.raises(SystemExit, match=r"metrics\.json is train\.py's metrics of format 3, not one this code reads "
+                                         r"\(up to 2\): written by a newer version\? update the code, or remake it"):
+        common.check_file(newer, path, "train_metrics", "python train.py --domain lua")
 
 
 def test_lock_removes_temp_files_a_killed_run_left_in_subfolders_only_when_asked(tmp_path):
