@@ -1697,6 +1697,10 @@ def check_source(cfg):
         die(f"unknown --source {src!r}; use sample, local:DIR or hf")
     if src.startswith("local:") and not os.path.isdir(src[len("local:"):]):
         die(f"--source {src}: no such directory")
+    if src.startswith("local:"):  # each domain's two files, before any is read: a missing one named first, not last
+        for d in domains_to_prepare(cfg):
+            for split in ("train", "val") if d != "base" else ():  # (base is made from babylm and python)
+                local_path(src[len("local:"):], d, split)
     def same(a, b):  # (local:./c is local:c)
         return a == b or (a.startswith("local:") and b.startswith("local:")
                           and os.path.realpath(a[6:]) == os.path.realpath(b[6:]))

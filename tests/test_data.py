@@ -247,6 +247,18 @@ def test_a_local_corpus_file_that_is_a_folder_is_one_line(tmp_path):
     assert "lua/train.txt cannot be read as a text file" in one_line_error(e)
 
 
+def test_a_local_domain_missing_is_named_before_any_domain_is_made(tmp_path):
+    corp = tmp_path / "c"
+    for domain in ("babylm", "python", "tinystories"):
+        write_corpus(corp, domain, {"train": ["one two three"] * 5, "valid": ["one two"]})
+    with pytest.raises(SystemExit) as e:
+        data.main(["--domain", "all", "--source", f"local:{corp}", "--data_dir", str(tmp_path / "out")])
+    assert f"no {corp}/lua/train.txt (local:DIR wants DIR/<domain>/train.txt and valid.txt)" in one_line_error(e)
+    assert not os.path.exists(tmp_path / "out")                        # not after the tokenizer and three domains
+    data.main(["--domain", "tinystories", "--source", f"local:{corp}", "--data_dir", str(tmp_path / "out"),
+               "--vocab_size", "300"])                                 # a domain that is there is made
+
+
 def test_idempotent_rerun_and_tokenizer_change(tmp_path, capsys):
     d = str(tmp_path)
     args = ["--domain", "all", "--data_dir", d, "--vocab_size", "300", "--sample_kb", "20"]
