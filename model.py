@@ -11,7 +11,8 @@ then skips the LM head, which dominates the compute at a 32k vocabulary. The pla
 fast.py has the chunked LM-head loss and the forward at a few positions, keys and values looked up.
 
 Also here, because every stage needs them: building a model from a checkpoint, the
-evaluation loss over token windows, and the FLOP count for MFU.
+evaluation loss over token windows, and the FLOP count for MFU. Run on its own, it samples
+the text a trained model writes: python model.py --model luastories --prompt "local function".
 """
 import contextlib
 import os
@@ -374,3 +375,78 @@ def eval_loss(model, windows, batch_size, device="cpu", autocast=None, rows=None
         count += len(tgt)
     model.train(was_training)
     return total.item() / count
+
+
+# -----------------------------------------------------------------------------
+# python model.py: text a trained model writes (nanoGPT's sample.py), to see what a fine-tune and the
+# merge learned before any SAE looks at them:
+#   python model.py --model luastories --prompt "local function"
+#   python model.py --model tinystories --num_samples 5 --temperature 1.0
+
+config = dict(
+    out_dir="out",          # reads out_dir/<model>/ckpt.pt (train.py, merge.py or authors.py)
+    data_dir="data",        # the tokenizer the model was trained with (data.py)
+    model="luastories",     # base | lua | tinystories | luastories
+    prompt="",              # the text to continue ("": a new document)
+    num_samples=3,          # continuations, drawn independently
+    max_new_tokens=100,     # tokens each (the model reads the last block_size tokens)
+    temperature=0.8,        # divides the logits: < 1 sharper, > 1 flatter
+    top_k=50,               # draw among the top_k likeliest tokens (0: all of them)
+    seed=0,                 # the same seed, model and settings give the same text
+    device="auto",          # auto (cuda if available) | cpu | cuda | cuda:N
+    threads=0,              # CPU threads for torch (0 = the cores free now)
+)
+CHECKS = {"model": tuple(MAKES), "num_samples": ">0", "max_new_tokens": ">0", "temperature": ">0",
+          "top_k": ">=0", "threads": ">=0"}
+
+
+@torch.no_grad()
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, generator=None):
+    """idx (B, T) token ids -> (B, T + max_new_tokens): each new token drawn from the softmax of
+    the last position's logits / temperature, among the top_k likeliest (0: all), the context
+    cropped to the model's block_size (nanoGPT's generate)."""
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -model.args.block_size:])          # (B, <= block_size, vocab)
+        logits = logits[:, -1, :].float() / temperature              # (B, vocab)
+        if top_k:
+            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = F.softmax(logits, dim=-1)
+        idx = torch.cat([idx, torch.multinomial(probs, 1, generator=generator)], dim=1)
+    return idx
+
+
+def main(argv=None):
+    import common
+    import data
+    cfg = common.parse_config(dict(config), argv, checks=CHECKS)
+    device = common.pick_device(cfg["device"])
+    common.set_threads(cfg["threads"])
+    model, ckpt = load_model(cfg["out_dir"], cfg["model"], device)
+    enc = data.load_tokenizer(cfg["data_dir"], want=ckpt.get("tokenizer_hash"))
+    parents = [p.get("name") for p in ckpt.get("parents") or [] if isinstance(p, dict)]
+    made = (f"trained on {ckpt['domain']} ({ckpt.get('iter_num')} steps)" if ckpt.get("domain")
+            else f"a merge of {' and '.join(map(str, parents))}")
+    print(f"{cfg['model']}: {made}, {model.num_params() / 1e6:.2f}M parameters, "
+          f"context {model.args.block_size} tokens; device {device}")
+    # a document starts after our EOT (every document ends with it) or with the authors' <s>: the
+    # separator first either way (data.doc_sep), then the prompt
+    sep, _ = data.doc_sep(enc)
+    ctx = [sep] + enc.encode_ordinary(cfg["prompt"])
+    if max(ctx) >= model.args.vocab_size:
+        die(f"the tokenizer in {cfg['data_dir']} gives ids past the model's vocabulary "
+            f"({model.args.vocab_size}); give the --data_dir the model was trained from")
+    idx = torch.tensor([ctx] * cfg["num_samples"], device=device)    # (num_samples, len(ctx))
+    gen = torch.Generator(device=device).manual_seed(cfg["seed"])
+    out = generate(model, idx, cfg["max_new_tokens"], cfg["temperature"], cfg["top_k"], gen)
+    for i, row in enumerate(out[:, len(ctx):].tolist()):
+        ended = sep in row                                            # the document ended there
+        text = cfg["prompt"] + enc.decode(row[:row.index(sep)] if ended else row)
+        print(f"--- sample {i + 1} of {cfg['num_samples']} (temperature {cfg['temperature']}, "
+              f"top_k {cfg['top_k']}, seed {cfg['seed']}) ---\n{text}"
+              + ("\n[end of the document]" if ended else ""))
+
+
+if __name__ == "__main__":
+    from common import cli
+    cli(main)

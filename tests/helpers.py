@@ -7,6 +7,23 @@ import numpy as np
 import pytest
 
 
+def write_tokenizer(data_dir):
+    """A byte-level tokenizer (256 byte tokens + <|endoftext|> = 257) in data.py's files (tokenizer.json +
+    bpe.tiktoken); returns its hash."""
+    import base64
+
+    import data as datalib
+    from common import atomic_write_json
+    tdir = os.path.join(data_dir, "tokenizer")
+    os.makedirs(tdir, exist_ok=True)
+    with open(os.path.join(tdir, "bpe.tiktoken"), "w") as f:
+        f.writelines(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256))
+    atomic_write_json(os.path.join(tdir, "tokenizer.json"), {"name": "bytes257", "vocab_size": 257,
+                                                             "pattern": datalib.PATTERN,
+                                                             "special_tokens": {datalib.EOT: 256}})
+    return datalib.tokenizer_hash(data_dir)
+
+
 def write_domain(data_dir, domain, seed, vocab, tok_hash="tok-A", n=6000, noise=0.1):
     """A learnable token stream in data.py's layout: each token mostly follows from the previous one by a
     domain rule (a fraction `noise` random), split 90/10 into train.bin / val.bin, with a meta.json."""

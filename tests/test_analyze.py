@@ -254,24 +254,12 @@ ARGS = ModelArgs(vocab_size=257, block_size=16, d_model=32, n_head=4, n_kv_head=
 N_FEAT, N_DEAD = 96, 5
 
 
-def write_tokenizer(data_dir):
-    """A byte-level tokenizer (256 byte tokens + <|endoftext|>) in data.py's files."""
-    tdir = os.path.join(data_dir, "tokenizer")
-    os.makedirs(tdir, exist_ok=True)
-    import base64
-    with open(os.path.join(tdir, "bpe.tiktoken"), "w") as f:
-        f.writelines(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256))
-    atomic_write_json(os.path.join(tdir, "tokenizer.json"), {"name": "bytes257", "vocab_size": 257, "pattern": datalib.PATTERN,
-                                                             "special_tokens": {datalib.EOT: 256}})
-    return datalib.tokenizer_hash(data_dir)
-
-
 def make_study(root, null_models=("base", "lua", "tinystories"), val_tokens=1500, source="sample"):
     """data/ with val splits of bytes of text, out/ with four models (lua and luastories are exact copies
     of base, tinystories another random model) and their SAEs (lua's and luastories' copy base's, with
     N_DEAD dead features), seed-1 SAEs for null_models, and a merge sweep."""
     data_dir, out_dir = os.path.join(root, "data"), os.path.join(root, "out")
-    th = write_tokenizer(data_dir)
+    th = helpers.write_tokenizer(data_dir)
     texts = {"base": "def main():\n    return 'ok' # the <b>cat</b> & \"dog\" </script>\n",
              "lua": "local t = {} for i = 1, 10 do t[i] = i end\n", "tinystories": "Once upon a time, a dog ran.\n"}
     for d, text in texts.items():

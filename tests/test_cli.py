@@ -4,7 +4,6 @@ refused with exit status 2 and exactly one line on stderr starting with `error:`
 traceback. Each case runs in its own copy of the study, so a case that is wrongly accepted cannot
 change what the others see. The commands run in forks of one interpreter that has imported torch
 once (helpers.run_scripts; CLI_TEST_PROCESSES=1 starts a real process for each instead)."""
-import base64
 import errno
 import json
 import os
@@ -25,19 +24,6 @@ ANALYZE = ["--models=base,lua", "--domains=base,lua", "--n_tokens=512", "--min_t
            "--n_select=2", "--ctx_window=8", "--device=cpu"]
 
 
-def write_tokenizer(data_dir):
-    """A byte-level tokenizer in data.py's files (tokenizer.json + bpe.tiktoken); returns its hash."""
-    import data as datalib
-    from common import atomic_write_json
-    tdir = os.path.join(data_dir, "tokenizer")
-    os.makedirs(tdir, exist_ok=True)
-    with open(os.path.join(tdir, "bpe.tiktoken"), "w") as f:
-        f.writelines(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256))
-    atomic_write_json(os.path.join(tdir, "tokenizer.json"), {"name": "bytes257", "vocab_size": V, "pattern": datalib.PATTERN,
-                                                             "special_tokens": {datalib.EOT: 256}})
-    return datalib.tokenizer_hash(data_dir)
-
-
 def run_ok(commands, folder):
     for cmd, proc in zip(commands, helpers.run_scripts(commands, folder, parallel=3)):
         assert proc.returncode == 0, f"{' '.join(map(str, cmd))}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
@@ -50,7 +36,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     logs = str(tmp_path_factory.mktemp("study_logs"))
     data, out, unfinished = (str(root / n) for n in ("data", "out", "unfinished"))
-    th = write_tokenizer(data)
+    th = helpers.write_tokenizer(data)
     for i, d in enumerate(("base", "lua", "tinystories")):
         helpers.write_domain(data, d, seed=i, vocab=V, tok_hash=th, n=6000, noise=0.1)
     dirs = [f"--data_dir={data}", f"--out_dir={out}", "--preset=tiny"]

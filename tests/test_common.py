@@ -105,8 +105,8 @@ def test_help_shows_the_chosen_presets_values_and_each_keys_comment(tmp_path):
 
 
 def test_every_stage_script_answers_help(tmp_path):
-    for name in ("data.py", "train.py", "merge.py", "sae.py", "analyze.py", "explain.py", "authors.py", "diffing.py",
-                 "report.py", "bench.py"):
+    for name in ("data.py", "model.py", "train.py", "merge.py", "sae.py", "analyze.py", "explain.py", "authors.py",
+                 "diffing.py", "report.py", "bench.py"):
         out = subprocess.run([sys.executable, os.path.join(HERE, name), "-h"], capture_output=True, text=True, cwd=tmp_path)
         assert out.returncode == 0 and "usage: python " + name in out.stdout, (name, out.stderr[-500:])
 
@@ -117,7 +117,8 @@ def test_a_missing_package_is_one_line_naming_its_install(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text(f'raise ModuleNotFoundError("no {name}", name="{name}")\n')
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    for name in ("data.py", "train.py", "merge.py", "sae.py", "analyze.py", "explain.py", "authors.py", "bench.py"):
+    for name in ("data.py", "model.py", "train.py", "merge.py", "sae.py", "analyze.py", "explain.py", "authors.py",
+                 "bench.py"):
         out = subprocess.run([sys.executable, os.path.join(HERE, name), "-h"], capture_output=True, text=True, env=env)
         want = {"data.py": "error: no module named 'tiktoken': pip install numpy tiktoken requests (or -r requirements-hf",
                 "explain.py": "error: no module named 'requests': pip install numpy tiktoken requests"}.get(

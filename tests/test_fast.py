@@ -693,7 +693,7 @@ def small_study(root):
 
     import merge
     import train
-    from test_analyze import write_tokenizer
+    from helpers import write_tokenizer
     data_dir, out_dir = os.path.join(root, "data"), os.path.join(root, "out")
     th = write_tokenizer(data_dir)
     texts = {"base": "def main(x):\n    return x + 1  # the cat and the dog\n",

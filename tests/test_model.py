@@ -254,3 +254,63 @@ def test_a_checkpoint_from_before_kinds_loads_with_its_kind_inferred(tmp_path):
     torch.save(ck, path)
     net, loaded = load_model(str(tmp_path), "base")
     assert "kind" not in loaded and torch.equal(loaded["model"]["tok_emb.weight"], ck["model"]["tok_emb.weight"])
+
+
+def test_generate_with_top_k_1_is_greedy_over_the_last_block_size_tokens():
+    from model import generate
+    m = make()
+    prompt = torch.randint(0, 97, (2, 20))                     # longer than block_size 16: a sliding window
+    got = generate(m, prompt, 6, temperature=0.7, top_k=1)
+    want = prompt
+    for _ in range(6):
+        nxt = m(want[:, -16:])[0][:, -1].argmax(-1, keepdim=True)
+        want = torch.cat([want, nxt], dim=1)
+    assert torch.equal(got, want) and got.shape == (2, 26)
+
+
+def test_generate_draws_from_the_softmax_of_the_tempered_top_k_logits():
+    """One step for 40,000 copies of one context: every token drawn is among the top_k, and each one's
+    frequency is its softmax(logits / temperature) over the top_k (within 5 standard errors)."""
+    from model import generate
+    m = make()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(12)                                # logits spread over a few units
+    ctx = torch.randint(0, 97, (1, 8))
+    logits = m(ctx)[0][0, -1].detach()
+    top = torch.topk(logits, 5).indices
+    p = torch.softmax(logits[top] / 0.5, dim=0)
+    assert p.max() < 0.9 and p.min() > 0.01                      # a distribution, not one sure token
+    drawn = generate(m, ctx.expand(40_000, -1), 1, temperature=0.5, top_k=5,
+                     generator=torch.Generator().manual_seed(0))[:, -1]
+    assert set(drawn.tolist()) <= set(top.tolist())
+    freq = torch.stack([(drawn == t).float().mean() for t in top])
+    assert ((freq - p).abs() <= 5 * (p * (1 - p) / 40_000).sqrt() + 1e-9).all(), (freq, p)
+
+
+def test_model_py_writes_a_models_continuations_of_a_prompt(tmp_path, capsys):
+    """python model.py: the model's samples, each the prompt and its continuation; the same seed the same
+    text; a document that ends (EOT drawn) is cut there and says so."""
+    import helpers
+
+    import model
+    from model import ModelArgs, save_checkpoint
+    data_dir, out_dir = str(tmp_path / "data"), str(tmp_path / "out")
+    th = helpers.write_tokenizer(data_dir)
+    net = make(vocab_size=257)
+
+    def sample(*extra):
+        save_checkpoint(os.path.join(out_dir, "lua", "ckpt.pt"), net, ModelArgs(**(ARGS | {"vocab_size": 257})),
+                        finished=True, name="lua", domain="lua", tokenizer_hash=th, parents=[], iter_num=7)
+        model.main([f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--model=lua", "--prompt=local x",
+                    "--max_new_tokens=12", "--num_samples=2", "--device=cpu", *extra])
+        return capsys.readouterr().out
+    first = sample()
+    assert first.startswith("lua: trained on lua (7 steps)") and first.count("--- sample") == 2
+    texts = [t.split("\n", 1)[1] for t in first.split("--- sample ")[1:]]
+    assert all(t.startswith("local x") for t in texts) and texts[0] != texts[1]
+    assert sample() == first and sample("--seed=1") != first
+    with torch.no_grad():  # a residual stream with one large positive coordinate, read by EOT's row only
+        net.tok_emb.weight[:, 0] = 10.0
+        net.lm_head.weight[256, 0] = 100.0
+    ended = sample()
+    assert ended.count("local x\n[end of the document]") == 2
