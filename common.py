@@ -983,7 +983,8 @@ def record_problem(obj, kind):
         return f"{what}, not {words}"
     fmt = obj.get("format", 0)  # before the checksum: a newer format may sum otherwise
     if type(fmt) is not int or not 0 <= fmt <= FORMAT:
-        return f"{words} of format {fmt!r}, not one this code reads (up to {FORMAT}): written by a newer version?"
+        return f"{words} of format {fmt!r}, not one this code reads (up to {FORMAT}): written by a newer version? " \
+               f"update the code"
     if kind not in TORCH_KINDS and "checksum" in obj and obj["checksum"] != json_checksum(obj):
         return "damaged: its contents do not match the checksum written with them"
     bad = [f for f, t in KINDS[kind][1].items() if not isinstance(obj.get(f), t)]
@@ -1002,8 +1003,7 @@ def check_file(obj, path, kind, how=None):
     fix = f"; remake it: {how}" if how else ""
     problem = record_problem(obj, kind)
     if problem:
-        newer = "newer version" in problem
-        die(f"{path} is {problem}" + (f" update the code{fix.replace('; remake', ', or remake')}" if newer else fix))
+        die(f"{path} is {problem}{fix}")
     if kind in TORCH_KINDS and obj.get("format", 0) >= 1 and obj.get("checksum") != checksum(obj):
         die(f"{path} is damaged: its contents do not match the checksum written with them{fix}")
     return obj

@@ -354,7 +354,7 @@ def test_a_json_record_carries_a_checksum_that_a_flipped_digit_or_an_edit_breaks
     assert common.record_problem(older, "train_metrics") is None
     newer = {**rec, "format": 3}                        # its checksum may be summed otherwise: a version, not damage
     with pytest.raises(SystemExit, match=r"metrics\.json is train\.py's metrics of format 3, not one this code reads "
-                                         r"\(up to 2\): written by a newer version\? update the code, or remake it"):
+                                         r"\(up to 2\): written by a newer version\? update the code; remake it"):
         common.check_file(newer, path, "train_metrics", "python train.py --domain lua")
 
 
