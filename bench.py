@@ -219,14 +219,18 @@ def lm_step(model, loss_fn, device, autocast, compile_=False):
         try:
             with autocast():
                 loss = loss_fn(state["run"])
+            # in the try too: AOTAutograd lowers a static-shape backward at its first call
+            # (train.py's compile_or_eager tries both)
+            loss.backward()
         except Exception as e:  # noqa: BLE001 - a compiler failure (e.g. no C compiler): eager, as train.py does
             if state["run"] is model:
                 raise
             print(f"  warning: torch.compile failed ({type(e).__name__}); timing eager instead")
             state["run"] = model
+            opt.zero_grad(set_to_none=True)
             with autocast():
                 loss = loss_fn(model)
-        loss.backward()
+            loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         if not bool(torch.isfinite(loss.detach()) & torch.isfinite(gnorm)):
             die("non-finite loss in the LM benchmark")
