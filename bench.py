@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
@@ -49,7 +50,7 @@ import numpy as np
 import torch
 
 import fast
-from common import die, parse_config, pick_device
+from common import UserError, die, parse_config, pick_device
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 config = dict(
@@ -1342,29 +1343,43 @@ def main(argv=None):
     print(f"bench: {threads} torch threads ({'--threads' if cfg['threads'] else 'common.set_threads: cores free now'}; "
           f"{os.cpu_count()} cores, load average {CONTEXT['loadavg']}), device {device} ({CONTEXT['device_name']}), "
           f"torch {torch.__version__}, " + ", ".join(f"{k} {v or 'not installed'}" for k, v in CONTEXT["peers"].items()))
-    tpw = None
+    tpw, failed = None, []
     for part in parts:
-        if part == "peak":
-            bench_peak(cfg, device)
-        elif part == "corr":
-            bench_corr(cfg, device, threads)
-        elif part == "smoke":
-            tpw = paper_smoke(cfg, device)
-        elif part == "plan":
-            plan(cfg, device, tpw)
-        else:
-            {"train": bench_train, "sae": bench_sae, "bpe": bench_bpe, "data": bench_data,
-             "quickstart": bench_quickstart, "loop": bench_loop,
-             "quality": bench_quality}[part](cfg, device)
+        try:
+            if part == "peak":
+                bench_peak(cfg, device)
+            elif part == "corr":
+                bench_corr(cfg, device, threads)
+            elif part == "smoke":
+                tpw = paper_smoke(cfg, device)
+            elif part == "plan":
+                plan(cfg, device, tpw)
+            else:
+                {"train": bench_train, "sae": bench_sae, "bpe": bench_bpe, "data": bench_data,
+                 "quickstart": bench_quickstart, "loop": bench_loop,
+                 "quality": bench_quality}[part](cfg, device)
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - named; the other parts still run: a
+            # part's first run on a device (a GPU lease of minutes) must not cost later parts theirs
+            why = e.msg if isinstance(e, UserError) else str(e).strip()
+            if not isinstance(e, UserError):
+                traceback.print_exc()
+            print(f"{part}: FAILED ({type(e).__name__}: {why[:300]})")
+            failed.append(part)
+            row(part, f"{part} (the whole part)", f"FAILED ({type(e).__name__})", note=why[:200])
         sys.stdout.flush()
+        if cfg["json_out"]:  # after every part: a timeout or a later failure keeps the parts done
+            common.atomic_write_json(cfg["json_out"], {"context": CONTEXT, "rows": ROWS,
+                                                       "provenance": common.provenance(cfg)})
     goals = [f"{r['part']} {r['ratio'] or ''} {r['goal']}".replace("  ", " ") for r in ROWS if r["goal"]]
     if goals:
         print("goals (issue 13; valid on a quiet machine only): " + "; ".join(goals))
     if cfg["markdown"]:
         print_markdown()
     if cfg["json_out"]:
-        common.atomic_write_json(cfg["json_out"], {"context": CONTEXT, "rows": ROWS, "provenance": common.provenance(cfg)})
         print(f"-> {cfg['json_out']}")
+    if failed:
+        die(f"bench.py: {', '.join(failed)} failed (above); the other parts' figures are printed"
+            + (f" and in {cfg['json_out']}" if cfg["json_out"] else ""))
 
 
 if __name__ == "__main__":

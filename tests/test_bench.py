@@ -1,9 +1,38 @@
-"""bench.py's own plumbing (its figures are never asserted): the LM step falls back to eager when
-the compiled backward fails."""
+"""bench.py's own plumbing (its figures are never asserted): a part that fails leaves the others
+their run and their figures, and the LM step falls back to eager when the compiled backward
+fails."""
+import json
+
+import pytest
 import torch
 from helpers import one_thread  # noqa: F401 (an autouse fixture)
 
 import bench
+import common
+
+
+def test_a_failing_part_is_named_and_the_other_parts_still_run_and_are_saved(tmp_path, monkeypatch):
+    ran, saved = [], []
+    out = str(tmp_path / "bench.json")
+
+    def fails(cfg, device):
+        ran.append("bpe")
+        raise RuntimeError("a kernel this device lacks")
+
+    def works(cfg, device):
+        ran.append("data")
+        saved.append(json.load(open(out))["rows"][0]["ours"])  # the failed part's, saved already
+        bench.row("data", "something", "1 MB/s")
+
+    monkeypatch.setattr(bench, "ROWS", [])
+    monkeypatch.setattr(bench, "bench_bpe", fails)
+    monkeypatch.setattr(bench, "bench_data", works)
+    with pytest.raises(common.UserError, match="bpe failed"):
+        bench.main(["--only=bpe,data", "--device=cpu", f"--json_out={out}"])
+    assert ran == ["bpe", "data"] and saved == ["FAILED (RuntimeError)"]
+    rows = json.load(open(out))["rows"]
+    assert [(r["part"], r["ours"]) for r in rows] == [("bpe", "FAILED (RuntimeError)"),
+                                                      ("data", "1 MB/s")]
 
 
 def test_the_lm_step_times_eager_when_the_compiled_backward_fails(monkeypatch, capsys):
