@@ -1174,8 +1174,9 @@ def bench_loop(cfg, device):
 
 
 def measure_forward_and_corr(cfg, device, harvest_batch, bf16):
-    """Tokens/s of the MLP-activation forward (harvest, analysis; bf16 autocast when sae.py's fast_math
-    applies) and of one streamed correlation pair at 16,384 x 16,384 features, paper shapes, this device."""
+    """Tokens/s of the MLP-activation forward at every position (the analysis: float32, bf16
+    False; bf16: under bf16 autocast) and of one streamed correlation pair at 16,384 x 16,384
+    features, paper shapes, this device."""
     from model import Transformer
     s = SHAPES["paper"]
     model = Transformer(model_args(s)).to(device).eval()
@@ -1237,7 +1238,9 @@ def plan(cfg, device, tokens_per_word=None):
     for b, r in windows.items():
         row("plan", f"harvest forward, {b} windows a call" + (" (sae.py's default here)" if b == hb else ""),
             f"{r * sc.get('tokens_per_seq', 24) / 1e6:,.2f}M act/s", note="paper shapes, 24 of 256 positions")
-    fwd, corr = measure_forward_and_corr(cfg, device, hb, fast_math)
+    # float32: analyze.py's and diffing.py's measuring passes run the model without autocast
+    # (analyze.py with TF32 off, as here)
+    fwd, corr = measure_forward_and_corr(cfg, device, hb, False)
     seeds, acts, per_seq = len(sc.get("seeds", [0, 1])), sc.get("total_acts", 200_000_000), sc.get("tokens_per_seq", 24)
     seq_len = sc.get("seq_len") or SHAPES["paper"]["block_size"]
     models, n_tok = ac.get("models", ["base", "lua", "tinystories", "luastories"]), ac.get("n_tokens", 1_048_576)
