@@ -973,7 +973,9 @@ def bench_quality(cfg, device):
         rc, seconds[name], peak, last = run_measured(cmd, log)
         print(f"  {name:24s} {'ok' if rc == 0 else f'FAILED (exit {rc})':16s} {seconds[name]:7.1f} s  peak RSS "
               f"{peak:7,.0f} MiB" + ("" if rc == 0 else f"\n      {' '.join(cmd[1:])}\n      -> {last}"), flush=True)
-        if rc != 0:
+        if rc != 0:  # the log's tail here: its folder may be out of reach (a GPU lease's machine)
+            with open(log, encoding="utf-8", errors="replace") as f:
+                print("".join("      | " + ln for ln in f.readlines()[-25:]), end="", flush=True)
             row("quality", name, f"FAILED (exit {rc})", note=last)
             return
         if name.startswith("sae"):  # each run's SAEs kept apart: the second run writes sae_base again
