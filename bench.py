@@ -1222,7 +1222,12 @@ def plan(cfg, device, tokens_per_word=None):
     tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, fast_math  # (diffing.py too)
     try:
         sae_rates, picked = sae_step_rates(cfg, device)
-        cc_rate = crosscoder_rate(cfg, device)
+        try:  # the optional diffing stage's: its failure (a first run here) leaves the rest
+            cc_rate = crosscoder_rate(cfg, device)
+        except Exception as e:  # noqa: BLE001 (reported, not hidden)
+            print(f"plan: crosscoder step FAILED ({type(e).__name__}: {str(e)[:200]})")
+            row("plan", "crosscoder step", f"FAILED ({type(e).__name__})", note=str(e)[:200])
+            cc_rate = None
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     if not sae_rates:
@@ -1262,7 +1267,8 @@ def plan(cfg, device, tokens_per_word=None):
          n_tok * (len(models) / fwd + pairs / corr)),
     ]
     total = sum(t for _, _, t in stages)
-    diff_work, diff_t = diffing_stage(cc_rate, windows, hb, fwd, corr, n_tok)
+    diff_work, diff_t = (diffing_stage(cc_rate, windows, hb, fwd, corr, n_tok) if cc_rate
+                         else (None, None))
     dev = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu_model()}, {torch.get_num_threads()} threads"
     print(f"\nPROJECTION (not a measurement): full-budget time per stage on this device ({dev}), from "
           f"{cfg['plan_steps']}-step measurements at the paper's shapes, LM {'compiled' if compile_lm else 'eager'}, "
@@ -1277,9 +1283,11 @@ def plan(cfg, device, tokens_per_word=None):
         note=f"on {dev}; LM {lm / 1e3:,.1f}k tok/s, SAE {sae_rate / 1e3:,.1f}k act/s per SAE ({picked}), "
              f"harvest {windows[hb]:,.0f} windows/s, forward {fwd / 1e3:,.1f}k tok/s, "
              f"correlation {corr:,.0f} tok/s per pair, all measured at paper shapes")
-    print(f"  {'diffing (optional)':22s} {fmt_time(diff_t):>10s}   {diff_work} (not in the total)")
-    row("plan", "diffing (optional, not in the total)", f"projected {fmt_time(diff_t)}",
-        note=f"{diff_work}; crosscoder {cc_rate / 1e3:,.1f}k tok/s measured")
+    if cc_rate:
+        print(f"  {'diffing (optional)':22s} {fmt_time(diff_t):>10s}   {diff_work} "
+              f"(not in the total)")
+        row("plan", "diffing (optional, not in the total)", f"projected {fmt_time(diff_t)}",
+            note=f"{diff_work}; crosscoder {cc_rate / 1e3:,.1f}k tok/s measured")
 
 
 def diffing_stage(cc_rate, windows, hb, fwd, corr, n_tok):

@@ -56,3 +56,20 @@ def test_the_lm_step_times_eager_when_the_compiled_backward_fails(monkeypatch, c
     step()
     assert "timing eager instead" in capsys.readouterr().out
     assert not torch.equal(model.weight, before)  # the eager steps trained
+
+
+def test_the_plan_projects_without_the_crosscoder_when_its_step_fails(monkeypatch):
+    def fails(cfg, device):
+        raise RuntimeError("a kernel this device lacks")
+    monkeypatch.setattr(bench, "ROWS", [])
+    monkeypatch.setattr(bench, "bench_train", lambda *a, **k: 1e5)
+    monkeypatch.setattr(bench, "sae_step_rates", lambda cfg, device: ({"each seed, dense": 1e4},
+                                                                      "each seed, dense"))
+    monkeypatch.setattr(bench, "crosscoder_rate", fails)
+    monkeypatch.setattr(bench, "harvest_rates", lambda cfg, dev, hb, bf16: dict.fromkeys(hb, 1e3))
+    monkeypatch.setattr(bench, "measure_forward_and_corr", lambda *a: (1e5, 1e3))
+    cfg = common.parse_config(dict(bench.config), ["--device=cpu"], checks=bench.checks)
+    bench.plan(cfg, "cpu")
+    rows = {r["what"]: r["ours"] for r in bench.ROWS}
+    assert rows["crosscoder step"] == "FAILED (RuntimeError)" and "total (projection)" in rows
+    assert not any(w.startswith("diffing") for w in rows)
