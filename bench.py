@@ -71,7 +71,7 @@ config = dict(
     corr_features=2048,     # corr: features on each side (tiny SAEs: 2048)
     corr_tokens=[25_000, 100_000],  # corr: two token counts (memory against tokens); speed and accuracy at the last
     corr_chunk=8192,        # corr: tokens per streamed chunk
-    corr_density=0.012,     # corr: share of active features per token (the quickstart SAEs: L0 20-28 of 2048)
+    corr_density=0.012,     # corr: share of active features per token (the quickstart SAEs: L0 22-31 of 2048)
     data_mb=[60, 240],      # data: sizes of the generated corpus with the paper's document sizes, MB over four domains
     paper_smoke=False,      # run each stage at the paper's shapes for smoke_steps steps, then the plan
     smoke_dir="",           # paper_smoke: work folder ("" = a temp folder, removed at the end)
@@ -88,7 +88,7 @@ config = dict(
     plan_tinystories_tokens=480e6,  # plan: TinyStories fine-tune tokens (ESTIMATE, DESIGN.md's expected sizes: ~1.9 GB / 3.95 bytes/token)
     quality_acts=0,         # quality: activations per SAE run; 0 = the preset's own (tiny 1M) or 30M at paper shapes
                             # (15% of the paper's 200M: the resampling checks and dead window scaled to it)
-    quality_lm_steps=0,     # quality: base LM steps before the SAEs; 0 = train.py's own run (3 epochs of the sample)
+    quality_lm_steps=0,     # quality: base LM steps before the SAEs; 0 = train.py's own run (its preset's epochs: 2 at tiny)
 )
 checks = {"loop_buffers": ">=2", "plan_sae_l0": ">0", "steps": ">0", "warmup": ">=0", "sae_density": "(0,1]", "threads": ">=0", "corr_features": ">0", "corr_chunk": ">0",
           "corr_density": "(0,1]", "smoke_mb": ">0", "quality_acts": ">=0", "quality_lm_steps": ">=0", "smoke_steps": ">0", "plan_steps": ">0",

@@ -7,6 +7,8 @@ readings of an edge side by side. DESIGN.md ("Model diffing") has the definition
     python diffing.py                          # out/diffing/diffing.json, cc_<parent>_<child>_s<seed>.pt
                                                # (stopped or killed: run it again, an edge resumes at its state)
     python diffing.py --arch l1 --edges 'base->lua'    # (quoted: > is the shell's redirection)
+                                               # replaces that edge's crosscoders; diffing.json then holds
+                                               # only the edges made with these settings
     python analyze.py                          # folds out/diffing/diffing.json into results.json["diffing"]
 
 The order (diffing.py after sae.py, before analyze.py): everything here is computed from the models and
@@ -30,7 +32,7 @@ diffing.json made from other SAEs than analyze.py loads is named as stale there,
    sqrt(d) (as sae.py); the crosscoder works in that space, where its loss and its decoder norms are
    defined, and takes raw activations (Crosscoder.scaled). Per latent the relative decoder norm
    delta = (1/2) ((n_child - n_parent) / max(n_parent, n_child) + 1) (Minder et al.): 0 parent-only,
-   1/2 shared, 1 child-only, with CUTS; exclusive latents get the latent-scaling check (latent_scaling).
+   1/2 shared, 1 child-only, with CUTS; exclusive latents get the latent-scaling check (ScalingSums).
    Every edge gets two seeds: the crosscoder's own null (how many latents a second seed finds again,
    and whether it gives them the same class).
 3. Per SAE feature (seed sae_seed) its best crosscoder latent (seed 0 of the crosscoders) by r, and

@@ -3,7 +3,7 @@ Merge the two fine-tunes into one model by spherical linear interpolation (SLERP
 does with mergekit, and sweep the interpolation weight.
 
   python merge.py                  # the paper's merge: --a lua --b tinystories --t 0.58 -> out/luastories/
-  python merge.py --mode task      # SLERP of the fine-tuning deltas (a - base, b - base), added back to base
+  python merge.py --mode task --out luastories_task  # SLERP of the deltas (a - base, b - base), added to base
   python merge.py --sweep          # val loss on both domains at t = 0, 0.1, ..., 1 -> out/merge_sweep.json
 
 Convention (mergekit with base_model = a): t = 0 gives model a, t = 1 gives model b; the paper merged

@@ -3,7 +3,7 @@ Sparse autoencoders on each model's MLP hidden activations (model.mlp_acts, widt
 on that model's own data distribution, with honest metrics.
 
     python sae.py --model lua                  # out/sae_lua/sae_s0.pt, sae_s1.pt, metrics.json
-    python sae.py --model base --arch topk --seeds 0,1,2
+    python sae.py --model base --arch topk --seeds 0,1,2 --overwrite  # replaces the study's out/sae_base
     python sae.py --model lua --resume         # continue exactly (a finished run: nothing to do)
 
 Activations are harvested on the fly: random windows of the model's data (its domains, MODEL_DATA,
