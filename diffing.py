@@ -6,8 +6,8 @@ readings of an edge side by side. DESIGN.md ("Model diffing") has the definition
 
     python diffing.py                          # out/diffing/diffing.json, cc_<parent>_<child>_s<seed>.pt
                                                # (stopped or killed: run it again, an edge resumes at its state)
-    python diffing.py --arch l1 --edges 'base->lua'    # (quoted: > is the shell's redirection)
-                                               # replaces that edge's crosscoders; diffing.json then holds
+    python diffing.py --arch l1 --edges 'base->lua' --overwrite  # (quoted: > is the shell's redirection)
+                                               # that edge's crosscoders replaced; diffing.json then holds
                                                # only the edges made with these settings
     python analyze.py                          # folds out/diffing/diffing.json into results.json["diffing"]
 
@@ -373,18 +373,32 @@ def state_how(parent, child):
 
 
 def load_state(path, parent, child, inputs, seeds):
-    """The training state at path if it continues this run exactly (same edge, inputs and seeds), else None
-    (the edge starts over, and says why). A damaged file is refused in one line naming the fix."""
+    """The training state at path, which this run continues exactly: one of another edge, models, settings
+    or seeds, or a damaged one, is refused in one line naming the fix (--overwrite starts the edge over)."""
     how = state_how(parent, child)
     st = load_checkpoint(path, "crosscoder training state", how, kind="crosscoder_state")
     if (st.get("parent"), st.get("child")) != (parent, child):
         die(f"{path} holds the training state of {st.get('parent')}->{st.get('child')}, not {parent}->{child}: "
             f"renamed or copied? put it back under its own name, or start over: {how} --overwrite")
-    if st.get("inputs") != inputs or sorted(st["crosscoders"]) != sorted(seeds):
-        print(f"{path}: from other models, settings or seeds ({', '.join(map(str, sorted(st['crosscoders'])))}); "
-              f"this edge starts over")
-        return None
+    check_inputs(path, st.get("inputs"), inputs, how)
+    if sorted(st["crosscoders"]) != sorted(seeds):
+        have = ",".join(map(str, sorted(st["crosscoders"])))
+        die(f"{path} trains seeds {have}, not {','.join(map(str, seeds))}: give --seeds {have} to continue it, or "
+            f"start over: {how} --overwrite")
     return st
+
+
+def check_inputs(path, saved, inputs, how):
+    """One line when a crosscoder file (finished, or an edge's training state) was made from other models or
+    settings than this run's: training on would replace it unasked, as sae.py and train.py refuse to."""
+    if saved == inputs:
+        return
+    saved = saved if isinstance(saved, dict) else {}
+    was, models = saved.get("settings") or {}, saved.get("models") or {}
+    why = [f"--{k} {was.get(k)!r} -> {v!r}" for k, v in inputs["settings"].items() if was.get(k) != v]
+    why += [f"{m} is another model now" for m, h in inputs["models"].items() if models.get(m) != h]
+    die(f"{path} was made from other settings or models ({'; '.join(why) or 'unrecorded'}): give its settings "
+        f"to keep it, or replace it: {how} --overwrite")
 
 
 def save_state(path, parent, child, inputs, runs, step, chunk, pos):
@@ -398,8 +412,8 @@ def save_state(path, parent, child, inputs, runs, step, chunk, pos):
 
 
 def load_current(path, seed, parent, child, inputs, want):
-    """The crosscoder at path if it is current (trained to the end on these inputs), else None; a file of
-    another edge or seed, or one that does not fit its own args, is refused in one line."""
+    """The crosscoder at path if it is finished (else None); a file of another edge, seed, models or
+    settings, or one that does not fit its own args, is refused in one line."""
     how = state_how(parent, child)  # this edge only; load_checkpoint and the lines below add --overwrite
     ck = load_checkpoint(path, "crosscoder", how, kind="crosscoder")
     # refused, not retrained: a file renamed or copied onto another seed's name (s1 as s0) would pass
@@ -409,8 +423,9 @@ def load_current(path, seed, parent, child, inputs, want):
     if held != (parent, child, seed):
         die(f"{path} holds the crosscoder of {held[0]}->{held[1]} seed {held[2]}, not {parent}->{child} seed "
             f"{seed}: renamed or copied? put it back under its own name, or remake it: {how} --overwrite")
-    if ck.get("inputs") != inputs or not ck.get("finished"):
+    if not ck.get("finished"):
         return None
+    check_inputs(path, ck.get("inputs"), inputs, how)
     # the checksum only says the file is whole: args or weights edited by hand (and re-stamped)
     # would fail here with a TypeError or a size mismatch, or later in the pass with a shape error
     try:
@@ -424,7 +439,7 @@ def load_current(path, seed, parent, child, inputs, want):
 
 
 def current_crosscoders(cfg, parent, child, inputs, want, device):
-    """{seed: Crosscoder} of this edge's files that are current (trained to the end on these inputs)."""
+    """{seed: Crosscoder} of this edge's finished files (of these inputs: load_current refuses others)."""
     have = {}
     for s in cfg["seeds"]:
         p = cc_path(cfg, parent, child, s)
@@ -511,6 +526,10 @@ def train_edge(cfg, study, parent, child, inputs, device):
         print(f"{parent}->{child}: at step {start}, --stop_step {cfg['stop_step']}: nothing to train; run diffing.py "
               f"again without --stop_step to continue")
         return None
+    if cfg["overwrite"]:  # replaced as asked: a finished file left beside the new state would be taken as current
+        for s in cfg["seeds"]:
+            if os.path.exists(cc_path(cfg, parent, child, s)):
+                os.remove(cc_path(cfg, parent, child, s))
     buf = paired_buffer(study, parent, child, arrays, chunk, hcfg, device)
     if pos > len(buf):
         common.misfit(spath, ValueError(f"position {pos} in a buffer of {len(buf)}"), "crosscoder state",

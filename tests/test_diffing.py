@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import analyze
+import common
 import diffing
 import sae as saelib
 from helpers import one_thread  # noqa: F401 (autouse)
@@ -439,8 +440,9 @@ def test_a_diffing_json_of_other_saes_or_tokens_or_damaged_is_named_not_joined(p
 def test_a_stopped_edge_resumes_exactly_and_its_state_is_checked(pipeline, tmp_path, capsys):
     """--stop_step stops an edge's training with its state saved (every seed's crosscoder, Adam state and
     steps without firing, and where the stream is: mid-buffer here, AuxK on); a second run continues it and
-    its crosscoders are bit for bit those of a run never stopped; the state file is then removed. A state of
-    other settings is not resumed (the edge starts over); a damaged one is a line naming the fix. With
+    its crosscoders are bit for bit those of a run never stopped; the state file is then removed. A state or
+    crosscoders of other settings are refused, and --overwrite starts over; a damaged state is a line naming
+    the fix. With
     --stop_step no edge is measured before every edge is trained."""
     from helpers import assert_one_line_error, run_script
     data_dir, out_dir, _, args = pipeline
@@ -474,14 +476,21 @@ def test_a_stopped_edge_resumes_exactly_and_its_state_is_checked(pipeline, tmp_p
     printed = capsys.readouterr().out
     assert "base->lua: crosscoders up to date" in printed and "stopping at step 3" in printed
     assert "parent SAE FVU" not in printed
-    # a state of other settings: the edge starts over from step 0
+    # a state or finished crosscoders of other settings: refused, never trained over; --overwrite starts over
     diffing.main(one + [f"--out_dir={outs['stopped']}", "--stop_step=7", "--overwrite"])
+    assert not any(f.startswith("cc_base_lua_s") for f in os.listdir(folder))   # replaced: the old ones gone
+    for path, extra in ((state, []), (os.path.join(outs["whole"], "diffing", "cc_base_lua_s0.pt"),
+                                      [f"--out_dir={outs['whole']}"])):
+        with pytest.raises(common.UserError, match=re.escape(path) + r" was made from other settings or models "
+                           r"\(--lr 0\.004 -> 0\.002\): give its settings to keep it, or replace it: python "
+                           r"diffing\.py --edges 'base->lua' --overwrite"):
+            diffing.main(one + [f"--out_dir={outs['stopped']}", "--stop_step=9", "--lr=2e-3", *extra])
+    with pytest.raises(common.UserError, match=r"trains seeds 0,1, not 0,1,2: give --seeds 0,1 to continue it"):
+        diffing.main(one + [f"--out_dir={outs['stopped']}", "--stop_step=9", "--seeds=0,1,2"])
+    assert torch.load(state, weights_only=True)["step"] == 7
     capsys.readouterr()
-    diffing.main(one + [f"--out_dir={outs['stopped']}", "--stop_step=9", "--lr=2e-3"])
-    printed = capsys.readouterr().out
-    assert "this edge starts over" in printed and "resumed" not in printed
-    assert torch.load(state, weights_only=True)["step"] == 9
-    import common
+    diffing.main(one + [f"--out_dir={outs['stopped']}", "--stop_step=9", "--lr=2e-3", "--overwrite"])
+    assert "resumed" not in capsys.readouterr().out and torch.load(state, weights_only=True)["step"] == 9
     whole_state = open(state, "rb").read()
     for edit, why in ((lambda st: st.update(step=10 ** 6), "step 1000000 of 32"),
                       (lambda st: st.update(pos=-10 ** 9), "position -1000000000"),
