@@ -7,8 +7,8 @@ analyze.py can study the very models of the paper instead of our own retrained o
 
 The models (Hugging Face hub, MistralForCausalLM): nilq/baby-python-mistral-1L-tiny-base and its two
 fine-tunes -lua-ft and -TinyStories-ft, and nilq/baby-python-1L-mistral-lua-stories-slerp, their
-SLERP merge (stored in float16). Each is fetched once at a pinned commit (PINNED_MODELS; no pin: the
-commit `main` has at the first download, recorded and reused) with data.py's downloader (resumed,
+SLERP merge (stored in float16). Each is fetched once, at the commit `main` has at the first download,
+recorded and reused (PINNED_MODELS can pin one; none is pinned yet) with data.py's downloader (resumed,
 checked before it is kept, one line without network), read without any new dependency (safetensors
 is an 8-byte header length, a JSON header and raw bytes; pytorch_model.bin only with
 torch.load(weights_only=True)), checked field by field against what model.py builds, and written with
