@@ -432,10 +432,7 @@ def main(argv=None):
     # a document starts after our EOT (every document ends with it) or with the authors' <s>: the
     # separator first either way (data.doc_sep), then the prompt
     sep, _ = data.doc_sep(enc)
-    ctx = [sep] + enc.encode_ordinary(cfg["prompt"])
-    if max(ctx) >= model.args.vocab_size:
-        die(f"the tokenizer in {cfg['data_dir']} gives ids past the model's vocabulary "
-            f"({model.args.vocab_size}); give the --data_dir the model was trained from")
+    ctx = [sep] + enc.encode_ordinary(cfg["prompt"])  # (the model's own tokenizer: load_tokenizer's want)
     idx = torch.tensor([ctx] * cfg["num_samples"], device=device)    # (num_samples, len(ctx))
     gen = torch.Generator(device=device).manual_seed(cfg["seed"])
     out = generate(model, idx, cfg["max_new_tokens"], cfg["temperature"], cfg["top_k"], gen)
