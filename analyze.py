@@ -1310,9 +1310,9 @@ HOW_ONLY = ("threads", "memory_gb", "data_dir", "out_dir", "overwrite")  # setti
 
 def analysis_current(cfg, inputs):
     """results.json as it would be made now, or None: one made by this code (its sources' hash), with these
-    settings (seq_len and skip_first left to the SAEs match what they gave), from these inputs (input_hashes),
-    with pages.json and the feature browser's side files of the same run beside it. --explain always runs
-    (the LLM is asked anew)."""
+    settings (seq_len and skip_first: as given, or left to the SAEs by both runs, the SAEs being hashed),
+    from these inputs (input_hashes), with pages.json and the feature browser's side files of the same run
+    beside it. --explain always runs (the LLM is asked anew)."""
     adir = os.path.join(cfg["out_dir"], "analysis")
     if cfg["overwrite"] or cfg["explain"]:
         return None
@@ -1321,14 +1321,17 @@ def analysis_current(cfg, inputs):
         if common.record_problem(res, "results") or common.record_problem(pages, "pages"):
             return None
         prov, run = res["provenance"], res.get("run")
-        saved = prov.get("config") or {}
-        if any(k not in HOW_ONLY and saved.get(k) != v and not (k in FROM_SAES and v == FROM_SAES[k])
+        saved, left = prov.get("config") or {}, prov.get("from_saes") or []
+        # a setting left to the SAEs now was left to them then (saved holds what they gave, not "unset")
+        if any(k not in HOW_ONLY and not (k in left if k in FROM_SAES and v == FROM_SAES[k] else saved.get(k) == v)
                for k, v in cfg.items()) or \
                 (prov.get("code") or {}).get("source_sha256") != common.code_version()["source_sha256"] or \
                 any(prov.get(k) != v for k, v in inputs.items()) or not isinstance(run, str):
             return None
         for name in [*dict.fromkeys(cfg["models"]), "tokens"]:  # each side file ends with its run's id
-            with open(os.path.join(adir, report.SIDE, f"{name}.js"), "rb") as f:
+            path = os.path.join(adir, report.SIDE, f"{name}.js")
+            common.check_regular(path)  # a pipe's open would wait for a writer (check_outputs names it below)
+            with open(path, "rb") as f:
                 f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
                 if f'"run":"{run}"'.encode() not in f.read():
                     return None
@@ -1531,8 +1534,11 @@ def main(argv=None):
                 print(f"{adir} is current (results.json of {res['provenance'].get('created')}: the same models, "
                       f"SAEs, tokens, settings and code); nothing recomputed (--overwrite recomputes it)\n-> {path}")
                 return {**res, "config": cfg}
-            except common.UserError as e:  # a record the page cannot show: made anew below
+            except common.UserError as e:  # results.json or pages.json the page cannot show: made anew below
+                if adir not in e.msg:  # a stage's record (its own fix named): recomputing ends in this error
+                    raise
                 print(f"note: the saved analysis cannot be shown ({e.msg}); it is made anew")
+        from_saes = [k for k, unset in FROM_SAES.items() if cfg[k] == unset]  # (draw_tokens sets them)
         side = os.path.join(adir, report.SIDE)
         if os.path.lexists(side) and not os.path.isdir(side):
             die(f"{side} is not a folder (the feature browser's side files go there); move it away and re-run")
@@ -1568,6 +1574,7 @@ def main(argv=None):
         # 7. results.json, pages.json, the browser's side files (features/), report.html
         res = results_record(cfg, study, inputs, token_set, found, dens, dead, selection, explanations, timing)
         res["selection_rule"] = rule
+        res["provenance"]["from_saes"] = from_saes  # (analysis_current: what the saved config's values mean)
         res["run"] = os.urandom(8).hex()  # ties the side files (features/) to this results.json (report.py)
         diff = diffing_record(cfg, study, found, stats, seqs, token_set, device)  # diffing.py's, when it has run
         if diff is not None:

@@ -454,6 +454,43 @@ def test_a_current_analysis_is_not_recomputed_and_any_change_remakes_it(study, t
     remade("--overwrite")
 
 
+def test_a_current_analysis_is_checked_against_the_saes_context_and_its_files_not_waited_on(study, tmp_path, capsys):
+    """A run given --skip_first 0 is not current for a run that leaves it to the SAEs (1 here), though its
+    saved config holds a value, not 'unset'; a stage's record the page cannot show is its own line at once
+    (recomputing would end in it); a pipe in place of a side file is refused, never waited on."""
+    import shutil
+    import signal
+    data_dir, out_dir, _ = study
+    out2 = str(tmp_path / "out")
+    shutil.copytree(out_dir, out2)
+    assert run(data_dir, out2, "--skip_first=0")["token_set"]["skip_first"] == 0
+    assert run(data_dir, out2)["token_set"]["skip_first"] == 1               # made anew, not "current"
+    capsys.readouterr()
+    run(data_dir, out2)
+    assert "is current" in capsys.readouterr().out
+    results = os.path.join(out2, "analysis", "results.json")
+    before = open(results, "rb").read()
+    atomic_write_json(os.path.join(out2, "base", "metrics.json"), {"kind": "train_metrics", "format": 2})
+    with pytest.raises(SystemExit, match=r"base/metrics\.json is train\.py's metrics without a valid val_loss"):
+        run(data_dir, out2)
+    assert "chunk 1/" not in capsys.readouterr().out and open(results, "rb").read() == before
+    os.remove(os.path.join(out2, "base", "metrics.json"))
+    side = os.path.join(out2, "analysis", report.SIDE, "lua.js")
+    os.remove(side)
+    os.mkfifo(side)
+
+    def waited(*_):
+        raise AssertionError("analyze.py waits on a pipe in place of a side file")
+    old = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(60)
+    try:
+        with pytest.raises(SystemExit, match=r"features/lua\.js is not a file but a folder, a device or a pipe"):
+            run(data_dir, out2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def test_records_of_another_kind_or_shape_are_one_line_naming_them(study, tmp_path):
     """What report.py reads (issue 26): results, pages, the stages' metrics, merge records and the sweep, each
     checked for its kind and fields; a part deeper down that is not what its writer makes is one line too."""
