@@ -395,10 +395,11 @@ def check_inputs(path, saved, inputs, how):
         return
     saved = saved if isinstance(saved, dict) else {}
     was, models = saved.get("settings") or {}, saved.get("models") or {}
-    why = [f"--{k} {was.get(k)!r} -> {v!r}" for k, v in inputs["settings"].items() if was.get(k) != v]
-    why += [f"{m} is another model now" for m, h in inputs["models"].items() if models.get(m) != h]
-    die(f"{path} was made from other settings or models ({'; '.join(why) or 'unrecorded'}): give its settings "
-        f"to keep it, or replace it: {how} --overwrite")
+    changed = [f"--{k} {was.get(k)!r} -> {v!r}" for k, v in inputs["settings"].items() if was.get(k) != v]
+    other = [f"{m} is another model now" for m, h in inputs["models"].items() if models.get(m) != h]
+    keep = "give its settings to keep it, or " if changed and not other else ""  # (no setting brings a model back)
+    die(f"{path} was made from other settings or models ({'; '.join(changed + other) or 'unrecorded'}): {keep}"
+        f"replace it: {how} --overwrite")
 
 
 def save_state(path, parent, child, inputs, runs, step, chunk, pos):

@@ -437,6 +437,21 @@ def test_a_diffing_json_of_other_saes_or_tokens_or_damaged_is_named_not_joined(p
     assert re.search(r"re-run python diffing\.py .*current crosscoders are loaded", why) and "--overwrite" not in why
 
 
+def test_a_crosscoder_of_another_model_names_only_the_fix_that_works():
+    """Settings changed: give them back, or --overwrite; a model made anew (no setting brings it back) or no
+    record of what it was made from: --overwrite only."""
+    how = "python diffing.py --edges 'base->lua'"
+    now = {"models": {"base": "a", "lua": "c"}, "settings": {"lr": 2e-3}}
+    cases = [("c", 4e-3, "--lr 0.004 -> 0.002", True), ("b", 2e-3, "lua is another model now", False),
+             ("b", 4e-3, "--lr 0.004 -> 0.002; lua is another model now", False)]
+    for lua, lr, why, keep in cases:
+        with pytest.raises(common.UserError) as e:
+            diffing.check_inputs("cc.pt", {"models": {"base": "a", "lua": lua}, "settings": {"lr": lr}}, now, how)
+        keep = "give its settings to keep it, or " if keep else ""
+        assert e.value.msg == f"cc.pt was made from other settings or models ({why}): {keep}replace it: " \
+                              f"{how} --overwrite"
+
+
 def test_a_stopped_edge_resumes_exactly_and_its_state_is_checked(pipeline, tmp_path, capsys):
     """--stop_step stops an edge's training with its state saved (every seed's crosscoder, Adam state and
     steps without firing, and where the stream is: mid-buffer here, AuxK on); a second run continues it and
