@@ -672,10 +672,15 @@ class Study:
     enc: object = None     # data_dir's tokenizer, checked against tokenizer_hash before the pass (main)
 
 
+def sae_seeds(cfg):
+    """The SAE seeds a model's tracking reads: sae_seed, null_seed and spread_seed (unless -1)."""
+    return [cfg["sae_seed"], cfg["null_seed"]] + ([cfg["spread_seed"]] if cfg["spread_seed"] >= 0 else [])
+
+
 def settings(argv):
     """The config, checked; and explain.py when --explain asks for it (its API key checked before the long pass)."""
     cfg = common.parse_config(dict(config), argv, presets=PRESETS, preset_default=common.default_preset(), checks=CHECKS)
-    seeds = [cfg["sae_seed"], cfg["null_seed"]] + ([cfg["spread_seed"]] if cfg["spread_seed"] >= 0 else [])
+    seeds = sae_seeds(cfg)
     if len(set(seeds)) < len(seeds):
         die(f"--sae_seed, --null_seed and --spread_seed must differ (got {', '.join(map(str, seeds))}): the null "
             f"baseline compares SAEs of one model that differ in seed")
@@ -716,10 +721,10 @@ def check_lineage(info, edges):
 def load_saes(cfg, info, models, device):
     """Every model's SAEs: sae_seed (required), null_seed and spread_seed (where they exist), each checked
     against its model. Returns ({(model, seed): SAE}, models without a null_seed SAE)."""
-    s0, s1, s2 = cfg["sae_seed"], cfg["null_seed"], cfg["spread_seed"]
+    s0, s1 = cfg["sae_seed"], cfg["null_seed"]
     saes, null_missing = {}, []
     for m in models:
-        for seed in [s0, s1] + ([s2] if s2 >= 0 else []):
+        for seed in sae_seeds(cfg):
             path = saelib.sae_path(cfg["out_dir"], m, seed)
             if seed != s0 and not os.path.exists(path):
                 if seed == s1:
@@ -1293,10 +1298,13 @@ def input_hashes(cfg):
     seed files that exists (the null's and the spread's are optional), the validation splits, the merge
     sweep and diffing.py's record; None for a file that is not there (load_study names what it needs)."""
     out_dir, models = cfg["out_dir"], list(dict.fromkeys(cfg["models"]))
-    seeds = [cfg["sae_seed"], cfg["null_seed"]] + ([cfg["spread_seed"]] if cfg["spread_seed"] >= 0 else [])
+    seeds = sae_seeds(cfg)
 
     def sha(path):
-        return common.sha256_file(path) if os.path.isfile(path) else None
+        try:
+            return common.sha256_file(path) if os.path.isfile(path) else None
+        except OSError:  # unreadable: load_study names it
+            return None
     saes = {m: {f"s{s}": sha(saelib.sae_path(out_dir, m, s)) for s in seeds} for m in models}
     return {"models": {m: sha(os.path.join(out_dir, m, "ckpt.pt")) for m in models},
             "saes": {m: {k: h for k, h in hs.items() if h} for m, hs in saes.items()},
@@ -1322,9 +1330,10 @@ def analysis_current(cfg, inputs):
             return None
         prov, run = res["provenance"], res.get("run")
         saved, left = prov.get("config") or {}, prov.get("from_saes") or []
-        # a setting left to the SAEs now was left to them then (saved holds what they gave, not "unset")
-        if any(k not in HOW_ONLY and not (k in left if k in FROM_SAES and v == FROM_SAES[k] else saved.get(k) == v)
-               for k, v in cfg.items()) or \
+
+        def same(k, v):  # left to the SAEs now: left to them then too (saved holds what they gave)
+            return k in left if k in FROM_SAES and v == FROM_SAES[k] else saved.get(k) == v
+        if any(k not in HOW_ONLY and not same(k, v) for k, v in cfg.items()) or \
                 (prov.get("code") or {}).get("source_sha256") != common.code_version()["source_sha256"] or \
                 any(prov.get(k) != v for k, v in inputs.items()) or not isinstance(run, str):
             return None
@@ -1529,15 +1538,10 @@ def main(argv=None):
         inputs = input_hashes(cfg)  # (hashed before they are read: a file replaced meanwhile reruns next time)
         res = analysis_current(cfg, inputs)
         if res is not None:  # nothing to recompute: the page re-rendered (its stages' records may be newer)
-            try:
-                path = report.write_report(cfg["out_dir"])
-                print(f"{adir} is current (results.json of {res['provenance'].get('created')}: the same models, "
-                      f"SAEs, tokens, settings and code); nothing recomputed (--overwrite recomputes it)\n-> {path}")
-                return {**res, "config": cfg}
-            except common.UserError as e:  # results.json or pages.json the page cannot show: made anew below
-                if adir not in e.msg:  # a stage's record (its own fix named): recomputing ends in this error
-                    raise
-                print(f"note: the saved analysis cannot be shown ({e.msg}); it is made anew")
+            path = report.write_report(cfg["out_dir"])  # (a record it cannot show: one line naming the fix)
+            print(f"{adir} is current (results.json of {res['provenance'].get('created')}: the same models, "
+                  f"SAEs, tokens, settings and code); nothing recomputed (--overwrite recomputes it)\n-> {path}")
+            return {**res, "config": cfg}
         from_saes = [k for k, unset in FROM_SAES.items() if cfg[k] == unset]  # (draw_tokens sets them)
         side = os.path.join(adir, report.SIDE)
         if os.path.lexists(side) and not os.path.isdir(side):

@@ -378,15 +378,15 @@ def eval_loss(model, windows, batch_size, device="cpu", autocast=None, rows=None
 
 
 # -----------------------------------------------------------------------------
-# python model.py: text a trained model writes (nanoGPT's sample.py), to see what a fine-tune and the
-# merge learned before any SAE looks at them:
+# python model.py: text a trained model writes (nanoGPT's sample.py), to see what a fine-tune
+# and the merge learned before any SAE looks at them:
 #   python model.py --model luastories --prompt "local function"
 #   python model.py --model tinystories --num_samples 5 --temperature 1.0
 
 config = dict(
     out_dir="out",          # reads out_dir/<model>/ckpt.pt (train.py, merge.py or authors.py)
     data_dir="data",        # the tokenizer the model was trained with (data.py)
-    model="luastories",     # base | lua | tinystories | luastories
+    model="luastories",     # base | lua | tinystories | luastories | a variant's (train.py --name)
     prompt="",              # the text to continue ("": a new document)
     num_samples=3,          # continuations, drawn independently
     max_new_tokens=100,     # tokens each (the model reads the last block_size tokens)
@@ -396,7 +396,7 @@ config = dict(
     device="auto",          # auto (cuda if available) | cpu | cuda | cuda:N
     threads=0,              # CPU threads for torch (0 = the cores free now)
 )
-CHECKS = {"model": tuple(MAKES), "num_samples": ">0", "max_new_tokens": ">0", "temperature": ">0",
+CHECKS = {"num_samples": ">0", "max_new_tokens": ">0", "temperature": ">0",
           "top_k": ">=0", "threads": ">=0"}
 
 
@@ -420,19 +420,21 @@ def main(argv=None):
     import common
     import data
     cfg = common.parse_config(dict(config), argv, checks=CHECKS)
+    common.check_model_folder("--model", cfg["model"])
     device = common.pick_device(cfg["device"])
     common.set_threads(cfg["threads"])
     model, ckpt = load_model(cfg["out_dir"], cfg["model"], device)
     enc = data.load_tokenizer(cfg["data_dir"], want=ckpt.get("tokenizer_hash"))
     parents = [p.get("name") for p in ckpt.get("parents") or [] if isinstance(p, dict)]
-    made = (f"trained on {ckpt['domain']} ({ckpt.get('iter_num')} steps)" if ckpt.get("domain")
+    steps = f" ({ckpt['iter_num']} steps)" if ckpt.get("iter_num") else ""  # (authors': not kept)
+    made = (f"trained on {ckpt['domain']}{steps}" if ckpt.get("domain")
             else f"a merge of {' and '.join(map(str, parents))}")
     print(f"{cfg['model']}: {made}, {model.num_params() / 1e6:.2f}M parameters, "
           f"context {model.args.block_size} tokens; device {device}")
     # a document starts after our EOT (every document ends with it) or with the authors' <s>: the
     # separator first either way (data.doc_sep), then the prompt
     sep, _ = data.doc_sep(enc)
-    ctx = [sep] + enc.encode_ordinary(cfg["prompt"])  # (the model's own tokenizer: load_tokenizer's want)
+    ctx = [sep] + enc.encode_ordinary(cfg["prompt"])  # (the model's tokenizer: `want` above)
     idx = torch.tensor([ctx] * cfg["num_samples"], device=device)    # (num_samples, len(ctx))
     gen = torch.Generator(device=device).manual_seed(cfg["seed"])
     out = generate(model, idx, cfg["max_new_tokens"], cfg["temperature"], cfg["top_k"], gen)

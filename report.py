@@ -1540,6 +1540,7 @@ def write_report(out_dir):
     for path in paths.values():
         if not os.path.exists(path):
             die(f"no {path}; run the analysis first: {how}")
+    how += " --overwrite"  # (a results.json it would find current otherwise)
     res, pages = common.read_record(paths["results"], "results", how), common.read_record(paths["pages"], "pages", how)
     # their kinds and top-level fields are checked; a record whose inner parts are not what its writer makes
     # (hand-edited, or made by another version) is one line too, not a traceback from deep in the page

@@ -524,7 +524,7 @@ def test_records_of_another_kind_or_shape_are_one_line_naming_them(study, tmp_pa
         ("luastories/merge.json", '{"t": 0.5}', r"luastories/merge\.json is a dict of no known kind \(fields: t\)"),
         ("merge_sweep.json", '{"kind": "sweep", "format": 1, "made_from": {}, "t": "all", "loss": {}}',
          r"merge_sweep\.json is a merge sweep without a valid t"),
-        ("merge_sweep.json", '{"kind": "sweep", "format": 7, "made_from": {}, "t": [], "loss": {}}', r"is a merge sweep of format 7, not one this code reads"),
+        ("merge_sweep.json", '{"kind": "sweep", "format": 7, "made_from": {}, "t": [], "loss": {}}', r"is a merge sweep of format 7, written by newer code"),
         # whole records with an inner value of the wrong type: named with the stage's own fix (a finished run
         # rewrites such a record from its checkpoint or state), not the analysis' re-run, which cannot mend it
         ("base/metrics.json", json.dumps({**train_rec, "val_loss": {"lua": "x"}}),

@@ -353,8 +353,8 @@ def test_a_json_record_carries_a_checksum_that_a_flipped_digit_or_an_edit_breaks
     older["format"] = 1
     assert common.record_problem(older, "train_metrics") is None
     newer = {**rec, "format": 3}                        # its checksum may be summed otherwise: a version, not damage
-    with pytest.raises(SystemExit, match=r"metrics\.json is train\.py's metrics of format 3, not one this code reads "
-                                         r"\(up to 2\): written by a newer version\? update the code; remake it"):
+    with pytest.raises(SystemExit, match=r"metrics\.json is train\.py's metrics of format 3, written by newer code "
+                                         r"\(this code reads formats up to 2\); remake it: python train\.py"):
         common.check_file(newer, path, "train_metrics", "python train.py --domain lua")
 
 

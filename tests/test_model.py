@@ -224,7 +224,7 @@ def test_damaged_or_foreign_checkpoint_files_are_one_line_naming_them(tmp_path):
         "an SAE of before kinds": ({"sae": {}, "sae_args": {}}, r"is an SAE, not a model checkpoint"),
         "no known kind": ({"weights": {}}, r"is a dict of no known kind \(fields: weights\)"),
         "unknown kind": ({"kind": "tokenizer"}, r"is a file of unknown kind 'tokenizer'"),
-        "a newer format": ({**torch.load(path, weights_only=True), "format": 9}, r"is a model checkpoint of format 9, not one this code reads.*update the code"),
+        "a newer format": ({**torch.load(path, weights_only=True), "format": 9}, r"is a model checkpoint of format 9, written by newer code \(this code reads formats up to 2\); remake"),
         "kind without its fields": ({"kind": "model", "format": 1, "model": [], "model_args": {}},
                                     r"is a model checkpoint without a valid model"),
         "no checksum": ({k: v for k, v in torch.load(path, weights_only=True).items() if k != "checksum"}, "is damaged"),
@@ -314,3 +314,9 @@ def test_model_py_writes_a_models_continuations_of_a_prompt(tmp_path, capsys):
         net.lm_head.weight[256, 0] = 100.0
     ended = sample()
     assert ended.count("local x\n[end of the document]") == 2
+    save_checkpoint(os.path.join(out_dir, "lua_plain", "ckpt.pt"), net, ModelArgs(**(ARGS | {"vocab_size": 257})),
+                    finished=True, name="lua_plain", domain="lua", tokenizer_hash=th, parents=[])
+    model.main([f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--model=lua_plain", "--num_samples=1"])
+    assert capsys.readouterr().out.startswith("lua_plain: trained on lua, ")   # a variant's folder; no steps kept
+    with pytest.raises(SystemExit, match="must be a plain folder name"):
+        model.main([f"--out_dir={out_dir}", "--model=../lua"])
