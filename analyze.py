@@ -1293,18 +1293,20 @@ def results_record(cfg, study, inputs, token_set, found, dens, dead, selection, 
             "explanations": explanations, **timing, "provenance": prov}
 
 
+def file_hash(path):
+    """common.sha256_file, or None for a file that is not there or cannot be read (its reader names it)."""
+    try:
+        return common.sha256_file(path) if os.path.isfile(path) else None
+    except OSError:
+        return None
+
+
 def input_hashes(cfg):
     """What the analysis reads, hashed from disk before it is read: each model's checkpoint, each of its SAE
     seed files that exists (the null's and the spread's are optional), the validation splits, the merge
     sweep and diffing.py's record; None for a file that is not there (load_study names what it needs)."""
-    out_dir, models = cfg["out_dir"], list(dict.fromkeys(cfg["models"]))
+    out_dir, models, sha = cfg["out_dir"], list(dict.fromkeys(cfg["models"])), file_hash
     seeds = sae_seeds(cfg)
-
-    def sha(path):
-        try:
-            return common.sha256_file(path) if os.path.isfile(path) else None
-        except OSError:  # unreadable: load_study names it
-            return None
     saes = {m: {f"s{s}": sha(saelib.sae_path(out_dir, m, s)) for s in seeds} for m in models}
     return {"models": {m: sha(os.path.join(out_dir, m, "ckpt.pt")) for m in models},
             "saes": {m: {k: h for k, h in hs.items() if h} for m, hs in saes.items()},

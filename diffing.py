@@ -750,6 +750,35 @@ def with_earlier_edges(path, cfg, keys, edges_out, sae_hashes, token_set):
     return {k: merged[k] for k in order}, {**old["sae_hashes"], **sae_hashes}
 
 
+HOW_ONLY = ("threads", "data_dir", "out_dir", "stop_step", "ckpt_interval")  # settings diffing.json does not hold
+
+
+def crosscoder_hashes(cfg, edges):
+    """{edge: {seed: hash of its crosscoder file, None where there is none}}."""
+    return {f"{p}->{c}": {str(s): analyze.file_hash(cc_path(cfg, p, c, s)) for s in cfg["seeds"]} for p, c in edges}
+
+
+def diffing_current(cfg, edges, inputs):
+    """diffing.json as this run would make it, or None: made by this code, with these settings, from these
+    models, SAEs and validation splits (inputs, hashed before they are read) and these crosscoder files.
+    A finished reproduce.sh run again then measures nothing, and analyze.py finds its input unchanged."""
+    if cfg["overwrite"]:
+        return None
+    try:
+        rec = common.read_json(os.path.join(cfg["out_dir"], "diffing", "diffing.json"))
+        if common.record_problem(rec, "diffing"):
+            return None
+        prov = rec["provenance"]
+        saved, made = prov.get("config") or {}, prov.get("inputs") or {}
+        if any(k not in HOW_ONLY and saved.get(k) != v for k, v in cfg.items()) or \
+                (prov.get("code") or {}).get("source_sha256") != common.code_version()["source_sha256"] or \
+                made != {**inputs, "crosscoders": crosscoder_hashes(cfg, edges)}:
+            return None
+    except (OSError, ValueError, AttributeError, TypeError):  # missing, damaged, another shape: made anew
+        return None
+    return rec
+
+
 def main(argv=None):
     cfg, edges = settings(argv)
     device = common.pick_device(cfg["device"])
@@ -763,6 +792,13 @@ def main(argv=None):
     t0 = time.time()
     with common.lock_dir(out, "a diffing run"):
         acfg = analysis_config(cfg, models, device)
+        got = analyze.input_hashes(acfg)  # (before they are read: a file replaced meanwhile remakes it next time)
+        hashed = {k: got[k] for k in ("models", "saes", "val_files")}
+        rec = None if cfg["stop_step"] else diffing_current(cfg, edges, hashed)
+        if rec is not None:
+            print(f"{os.path.join(out, 'diffing.json')} is current (the same models, SAEs, tokens, crosscoders, "
+                  f"settings and code); nothing measured (--overwrite retrains and measures anew)")
+            return rec
         study = analyze.load_study(acfg, device)  # the models and SAEs, checked to belong together
         sae_hashes = {m: study.info[m][f"sae{cfg['sae_seed']}"]["hash"] for m in models}
         n_lat = cfg["expansion"] * study.d_mlp
@@ -795,7 +831,8 @@ def main(argv=None):
         res = {"edges": edges_out, "sae_hashes": sae_hashes, "sae_seed": cfg["sae_seed"], "token_set": token_set,
                "arch": cfg["arch"], "cuts": {**CUTS, "scaling": cfg["scaling_cut"]}, "class_legend": CLASSES,
                "delta": "(1/2) ((|d_child| - |d_parent|) / max(|d_parent|, |d_child|) + 1) (Minder et al. 2025)",
-               "seconds": round(time.time() - t0, 1), "provenance": common.provenance(cfg)}
+               "seconds": round(time.time() - t0, 1),
+               "provenance": common.provenance(cfg, inputs={**hashed, "crosscoders": crosscoder_hashes(cfg, edges)})}
         common.atomic_write_json(os.path.join(out, "diffing.json"), common.stamp(res, "diffing"))
     print(f"-> {os.path.join(out, 'diffing.json')} ({time.time() - t0:.0f} s)")
     return res

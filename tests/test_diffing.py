@@ -306,12 +306,19 @@ def test_diffing_end_to_end_and_folded_into_the_results(pipeline, capsys):
     def mtimes():
         return [os.stat(os.path.join(folder, f)).st_mtime_ns for f in files]
     before = mtimes()
+    record = os.path.join(folder, "diffing.json")
+    was = open(record, "rb").read()
     capsys.readouterr()
+    assert diffing.main(args)["edges"] == json.loads(was)["edges"]    # all current: nothing measured
+    assert "diffing.json is current" in capsys.readouterr().out and open(record, "rb").read() == was
+    os.remove(record)                                                 # measured again, from the same crosscoders
     again = diffing.main(args)
     printed = capsys.readouterr().out
     assert mtimes() == before and printed.count("crosscoders up to date") == 2 and " steps of " not in printed
     first = e["crosscoder"]["seeds"]["0"]["classes"]
     assert again["edges"]["base->lua"]["crosscoder"]["seeds"]["0"]["classes"] == first
+    diffing.main(args + ["--threads=1", "--match_threshold=0.7"])    # a setting diffing.json holds: measured
+    assert "is current" not in capsys.readouterr().out and open(record, "rb").read() != was
     diffing.main(args + ["--overwrite"])
     printed = capsys.readouterr().out
     assert all(a != b for a, b in zip(mtimes(), before)) and "up to date" not in printed
