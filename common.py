@@ -982,8 +982,10 @@ def record_problem(obj, kind):
     if got != kind:
         return f"{what}, not {words}"
     fmt = obj.get("format", 0)  # before the checksum: a newer format may sum otherwise
-    if type(fmt) is not int or not 0 <= fmt <= FORMAT:
+    if type(fmt) is int and fmt > FORMAT:
         return f"{words} of format {fmt!r}, written by newer code (this code reads formats up to {FORMAT})"
+    if type(fmt) is not int or fmt < 0:
+        return f"{words} of format {fmt!r}, not one any version writes: damaged or hand-made"
     if kind not in TORCH_KINDS and "checksum" in obj and obj["checksum"] != json_checksum(obj):
         return "damaged: its contents do not match the checksum written with them"
     bad = [f for f, t in KINDS[kind][1].items() if not isinstance(obj.get(f), t)]

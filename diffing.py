@@ -750,7 +750,7 @@ def with_earlier_edges(path, cfg, keys, edges_out, sae_hashes, token_set):
     return {k: merged[k] for k in order}, {**old["sae_hashes"], **sae_hashes}
 
 
-HOW_ONLY = ("threads", "data_dir", "out_dir", "stop_step", "ckpt_interval")  # settings diffing.json does not hold
+HOW_ONLY = ("threads", "data_dir", "out_dir", "stop_step", "ckpt_interval", "overwrite")  # settings diffing.json does not hold
 
 
 def crosscoder_hashes(cfg, edges):

@@ -356,6 +356,9 @@ def test_a_json_record_carries_a_checksum_that_a_flipped_digit_or_an_edit_breaks
     with pytest.raises(SystemExit, match=r"metrics\.json is train\.py's metrics of format 3, written by newer code "
                                          r"\(this code reads formats up to 2\); remake it: python train\.py"):
         common.check_file(newer, path, "train_metrics", "python train.py --domain lua")
+    for fmt in (-1, "2", 2.0, True):                     # no version writes these: not "newer code"
+        got = common.record_problem({**rec, "format": fmt}, "train_metrics")
+        assert got == f"train.py's metrics of format {fmt!r}, not one any version writes: damaged or hand-made"
 
 
 def test_lock_removes_temp_files_a_killed_run_left_in_subfolders_only_when_asked(tmp_path):
