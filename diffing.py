@@ -750,7 +750,8 @@ def with_earlier_edges(path, cfg, keys, edges_out, sae_hashes, token_set):
     return {k: merged[k] for k in order}, {**old["sae_hashes"], **sae_hashes}
 
 
-HOW_ONLY = ("threads", "data_dir", "out_dir", "stop_step", "ckpt_interval", "overwrite")  # settings diffing.json does not hold
+# the settings diffing.json does not depend on (how a run goes, not what it measures)
+HOW_ONLY = ("threads", "data_dir", "out_dir", "stop_step", "ckpt_interval", "overwrite")
 
 
 def crosscoder_hashes(cfg, edges):
