@@ -1328,16 +1328,12 @@ def analysis_current(cfg, inputs):
         return None
     try:
         res, pages = (common.read_json(os.path.join(adir, f"{k}.json")) for k in ("results", "pages"))
-        if common.record_problem(res, "results") or common.record_problem(pages, "pages"):
-            return None
-        prov, run = res["provenance"], res.get("run")
-        saved, left = prov.get("config") or {}, prov.get("from_saes") or []
+        left, run = res["provenance"]["from_saes"], res.get("run")
 
-        def same(k, v):  # left to the SAEs now: left to them then too (saved holds what they gave)
+        def same(k, v, saved):  # left to the SAEs now: left to them then too (saved holds what they gave)
             return k in left if k in FROM_SAES and v == FROM_SAES[k] else saved.get(k) == v
-        if any(k not in HOW_ONLY and not same(k, v) for k, v in cfg.items()) or \
-                (prov.get("code") or {}).get("source_sha256") != common.code_version()["source_sha256"] or \
-                any(prov.get(k) != v for k, v in inputs.items()) or not isinstance(run, str):
+        if not common.made_as_now(res, "results", cfg, HOW_ONLY, inputs, same) or \
+                common.record_problem(pages, "pages") or not isinstance(run, str):
             return None
         for name in [*dict.fromkeys(cfg["models"]), "tokens"]:  # each side file ends with its run's id
             path = os.path.join(adir, report.SIDE, f"{name}.js")
@@ -1346,7 +1342,7 @@ def analysis_current(cfg, inputs):
                 f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
                 if f'"run":"{run}"'.encode() not in f.read():
                     return None
-    except (OSError, ValueError, AttributeError, TypeError):  # missing, damaged, another shape: made anew
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):  # missing, damaged, other shape: made anew
         return None
     return res
 

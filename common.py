@@ -995,6 +995,24 @@ def record_problem(obj, kind):
     return f"{words} with {why}: damaged or hand-made" if why else None
 
 
+def made_as_now(rec, kind, cfg, how_only, inputs, same=None):
+    """Whether a stage's loaded JSON record is what the stage would write now, so it has nothing to do: whole
+    and of its kind (record_problem), made by this code (the sources' hash), with cfg's settings but how_only's
+    (same(key, value, saved config): the stage's own test of a setting; else equal), and its provenance
+    holding each of `inputs` (hashes of the files it reads) as they are now."""
+    try:
+        if record_problem(rec, kind):
+            return False
+        prov = rec["provenance"]
+        saved = prov.get("config") or {}
+        same = same or (lambda k, v, saved: saved.get(k) == v)
+        return (all(k in how_only or same(k, v, saved) for k, v in cfg.items())
+                and (prov.get("code") or {}).get("source_sha256") == code_version()["source_sha256"]
+                and all(prov.get(k) == v for k, v in inputs.items()))
+    except (KeyError, AttributeError, TypeError):  # a record of another shape: not current
+        return False
+
+
 def check_file(obj, path, kind, how=None):
     """The one check a reader makes of a file it has loaded, before using it: it is a `kind` file with
     that kind's fields and inner values and (a JSON record with one) its checksum (record_problem), of a

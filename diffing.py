@@ -767,17 +767,10 @@ def diffing_current(cfg, edges, inputs):
         return None
     try:
         rec = common.read_json(os.path.join(cfg["out_dir"], "diffing", "diffing.json"))
-        if common.record_problem(rec, "diffing"):
-            return None
-        prov = rec["provenance"]
-        saved, made = prov.get("config") or {}, prov.get("inputs") or {}
-        if any(k not in HOW_ONLY and saved.get(k) != v for k, v in cfg.items()) or \
-                (prov.get("code") or {}).get("source_sha256") != common.code_version()["source_sha256"] or \
-                made != {**inputs, "crosscoders": crosscoder_hashes(cfg, edges)}:
-            return None
-    except (OSError, ValueError, AttributeError, TypeError):  # missing, damaged, another shape: made anew
+    except (OSError, ValueError):  # missing or damaged: made anew
         return None
-    return rec
+    made = {"inputs": {**inputs, "crosscoders": crosscoder_hashes(cfg, edges)}}
+    return rec if common.made_as_now(rec, "diffing", cfg, HOW_ONLY, made) else None
 
 
 def main(argv=None):

@@ -405,3 +405,20 @@ def test_lock_of_a_reused_pid_is_taken_over_and_wrong_kinds_are_one_line(tmp_pat
     with pytest.raises(common.UserError, match="is a folder"):
         with common.lock_dir(str(d)):
             pass
+
+
+def test_made_as_now_compares_settings_but_how_only_code_and_inputs(monkeypatch):
+    cfg = {"lr": 0.1, "threads": 2, "seq_len": 0}
+    rec = common.stamp({"edges": {}, "sae_hashes": {}, "provenance": common.provenance(cfg, inputs={"m": "ab"})},
+                       "diffing")
+    rec = json.loads(json.dumps(rec))                                        # as read back from disk
+    now = {"inputs": {"m": "ab"}}
+    assert common.made_as_now(rec, "diffing", cfg, ("threads",), now)
+    assert common.made_as_now(rec, "diffing", {**cfg, "threads": 8}, ("threads",), now)    # how, not what
+    assert not common.made_as_now(rec, "diffing", {**cfg, "lr": 0.2}, ("threads",), now)
+    assert not common.made_as_now(rec, "diffing", cfg, ("threads",), {"inputs": {"m": "cd"}})
+    assert common.made_as_now(rec, "diffing", {**cfg, "seq_len": 24}, ("threads",), now,
+                              same=lambda k, v, saved: k == "seq_len" or saved.get(k) == v)   # the stage's rule
+    assert not common.made_as_now([rec], "diffing", cfg, ("threads",), now)                  # another shape
+    monkeypatch.setattr(common, "_CODE_VERSION", {**common.code_version(), "source_sha256": "other"})
+    assert not common.made_as_now(rec, "diffing", cfg, ("threads",), now)                    # other code
