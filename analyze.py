@@ -718,9 +718,10 @@ def check_lineage(info, edges):
                 f"re-make it: {remake}")
 
 
-def load_saes(cfg, info, models, device):
+def load_saes(cfg, info, models, device, hashes):
     """Every model's SAEs: sae_seed (required), null_seed and spread_seed (where they exist), each checked
-    against its model. Returns ({(model, seed): SAE}, models without a null_seed SAE)."""
+    against its model (hashes: input_hashes' of the SAE files). Returns ({(model, seed): SAE}, models without
+    a null_seed SAE)."""
     s0, s1 = cfg["sae_seed"], cfg["null_seed"]
     saes, null_missing = {}, []
     for m in models:
@@ -733,13 +734,15 @@ def load_saes(cfg, info, models, device):
             sae, sck = saelib.load_sae(cfg["out_dir"], m, seed=seed, device=device)
             saelib.check_sae_matches(sck, info[m]["ckpt"], model_hash=info[m]["model_hash"], path=path)
             saes[(m, seed)] = sae
-            info[m][f"sae{seed}"] = {"hash": common.sha256_file(path), "metrics": sck.get("metrics", {}),
+            info[m][f"sae{seed}"] = {"hash": hashes.get(m, {}).get(f"s{seed}") or common.sha256_file(path),
+                                     "metrics": sck.get("metrics", {}),
                                      "config": sck.get("config"), "args": sck["sae_args"]}
     return saes, null_missing
 
 
-def load_study(cfg, device):
-    """Step 1: the models and SAEs, with the checks that make their correlations meaningful."""
+def load_study(cfg, device, hashes):
+    """Step 1: the models and SAEs, with the checks that make their correlations meaningful. hashes:
+    input_hashes, taken just before (each file is read once more only where it had none then)."""
     models, out_dir = list(dict.fromkeys(cfg["models"])), cfg["out_dir"]
     edges = [(f"{p}->{c}", p, c) for p, c in EDGES if p in models and c in models]
     if not edges:
@@ -747,7 +750,8 @@ def load_study(cfg, device):
     net, info = {}, {}
     for m in models:
         net[m], ckpt = load_model(out_dir, m, device)
-        info[m] = {"ckpt": ckpt, "model_hash": common.sha256_file(os.path.join(out_dir, m, "ckpt.pt"))}
+        info[m] = {"ckpt": ckpt, "model_hash": hashes["models"].get(m)
+                   or common.sha256_file(os.path.join(out_dir, m, "ckpt.pt"))}
     toks = {m: info[m]["ckpt"].get("tokenizer_hash") for m in models}
     if len(set(toks.values())) > 1:
         die("the models use different tokenizers (" + ", ".join(f"{m} {t}" for m, t in toks.items()) +
@@ -757,7 +761,7 @@ def load_study(cfg, device):
     if len(set(widths.values())) > 1:
         die("the models differ in d_mlp / block_size (" + ", ".join(f"{m} {w}" for m, w in widths.items()) +
             "); fine-tunes and merges of one base share its shape")
-    saes, null_missing = load_saes(cfg, info, models, device)
+    saes, null_missing = load_saes(cfg, info, models, device, hashes["saes"])
     s0, s1, s2 = cfg["sae_seed"], cfg["null_seed"], cfg["spread_seed"]
     nulls = [m for m in models if (m, s1) in saes]
     spread = [m for m in nulls if (m, s2) in saes]
@@ -1305,14 +1309,13 @@ def input_hashes(cfg):
     """What the analysis reads, hashed from disk before it is read: each model's checkpoint, each of its SAE
     seed files that exists (the null's and the spread's are optional), the validation splits, the merge
     sweep and diffing.py's record; None for a file that is not there (load_study names what it needs)."""
-    out_dir, models, sha = cfg["out_dir"], list(dict.fromkeys(cfg["models"])), file_hash
-    seeds = sae_seeds(cfg)
-    saes = {m: {f"s{s}": sha(saelib.sae_path(out_dir, m, s)) for s in seeds} for m in models}
-    return {"models": {m: sha(os.path.join(out_dir, m, "ckpt.pt")) for m in models},
+    out_dir, models = cfg["out_dir"], list(dict.fromkeys(cfg["models"]))
+    saes = {m: {f"s{s}": file_hash(saelib.sae_path(out_dir, m, s)) for s in sae_seeds(cfg)} for m in models}
+    return {"models": {m: file_hash(os.path.join(out_dir, m, "ckpt.pt")) for m in models},
             "saes": {m: {k: h for k, h in hs.items() if h} for m, hs in saes.items()},
-            "val_files": {d: sha(os.path.join(cfg["data_dir"], d, "val.bin")) for d in cfg["domains"]},
-            "merge_sweep": sha(os.path.join(out_dir, "merge_sweep.json")),
-            "diffing": sha(os.path.join(out_dir, "diffing", "diffing.json"))}
+            "val_files": {d: file_hash(os.path.join(cfg["data_dir"], d, "val.bin")) for d in cfg["domains"]},
+            "merge_sweep": file_hash(os.path.join(out_dir, "merge_sweep.json")),
+            "diffing": file_hash(os.path.join(out_dir, "diffing", "diffing.json"))}
 
 
 HOW_ONLY = ("threads", "memory_gb", "data_dir", "out_dir", "overwrite")  # settings that leave the findings as they are
@@ -1547,7 +1550,7 @@ def main(argv=None):
         common.check_outputs(*(os.path.join(adir, f) for f in ("results.json", "pages.json", "report.html")),
                              *(os.path.join(side, f"{m}.js") for m in [*cfg["models"], "tokens"]))
         # 1. models and SAEs; 2. the token set
-        study = load_study(cfg, device)
+        study = load_study(cfg, device, inputs)
         seqs, token_set = draw_tokens(cfg, study)
         study.enc = datalib.load_tokenizer(cfg["data_dir"], want=study.tokenizer_hash)  # the pages' token strings
         arch = {m: sae_kind(study.info[m][f"sae{s0}"]["args"]) for m in study.models}

@@ -1272,8 +1272,6 @@ def plan(cfg, device, tokens_per_word=None):
          n_tok * (len(models) / fwd + pairs / corr)),
     ]
     total = sum(t for _, _, t in stages)
-    diff_work, diff_t = (diffing_stage(cc_rate, windows, hb, fwd, corr, n_tok) if cc_rate
-                         else (None, None))
     dev = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu_model()}, {torch.get_num_threads()} threads"
     print(f"\nPROJECTION (not a measurement): full-budget time per stage on this device ({dev}), from "
           f"{cfg['plan_steps']}-step measurements at the paper's shapes, LM {'compiled' if compile_lm else 'eager'}, "
@@ -1288,9 +1286,9 @@ def plan(cfg, device, tokens_per_word=None):
         note=f"on {dev}; LM {lm / 1e3:,.1f}k tok/s, SAE {sae_rate / 1e3:,.1f}k act/s per SAE ({picked}), "
              f"harvest {windows[hb]:,.0f} windows/s, forward {fwd / 1e3:,.1f}k tok/s, "
              f"correlation {corr:,.0f} tok/s per pair, all measured at paper shapes")
-    if cc_rate:
-        print(f"  {'diffing (optional)':22s} {fmt_time(diff_t):>10s}   {diff_work} "
-              f"(not in the total)")
+    if cc_rate:  # (None: its step failed, said above)
+        diff_work, diff_t = diffing_stage(cc_rate, windows, hb, fwd, corr, n_tok)
+        print(f"  {'diffing (optional)':22s} {fmt_time(diff_t):>10s}   {diff_work} (not in the total)")
         row("plan", "diffing (optional, not in the total)", f"projected {fmt_time(diff_t)}",
             note=f"{diff_work}; crosscoder {cc_rate / 1e3:,.1f}k tok/s measured")
 

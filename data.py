@@ -1695,10 +1695,10 @@ def check_source(cfg):
     src = cfg["source"]
     if not (src in ("sample", "hf") or src.startswith("local:")):
         die(f"unknown --source {src!r}; use sample, local:DIR or hf")
-    if src.startswith("local:") and not os.path.isdir(src[len("local:"):]):
-        die(f"--source {src}: no such directory")
-    if src.startswith("local:"):  # each domain's two files, before any is read: a missing one named first, not last
-        for d in domains_to_prepare(cfg):
+    if src.startswith("local:"):
+        if not os.path.isdir(src[len("local:"):]):
+            die(f"--source {src}: no such directory")
+        for d in domains_to_prepare(cfg):  # each domain's two files before any is read: a missing one named first
             for split in ("train", "val") if d != "base" else ():  # (base is made from babylm and python)
                 local_path(src[len("local:"):], d, split)
     def same(a, b):  # (local:./c is local:c)

@@ -528,9 +528,9 @@ def train_edge(cfg, study, parent, child, inputs, device):
               f"again without --stop_step to continue")
         return None
     if cfg["overwrite"]:  # replaced as asked: a finished file left beside the new state would be taken as current
-        for s in cfg["seeds"]:
-            if os.path.exists(cc_path(cfg, parent, child, s)):
-                os.remove(cc_path(cfg, parent, child, s))
+        for path in (cc_path(cfg, parent, child, s) for s in cfg["seeds"]):
+            if os.path.exists(path):
+                os.remove(path)
     buf = paired_buffer(study, parent, child, arrays, chunk, hcfg, device)
     if pos > len(buf):
         common.misfit(spath, ValueError(f"position {pos} in a buffer of {len(buf)}"), "crosscoder state",
@@ -793,7 +793,7 @@ def main(argv=None):
             print(f"{os.path.join(out, 'diffing.json')} is current (the same models, SAEs, tokens, crosscoders, "
                   f"settings and code); nothing measured (--overwrite retrains and measures anew)")
             return rec
-        study = analyze.load_study(acfg, device)  # the models and SAEs, checked to belong together
+        study = analyze.load_study(acfg, device, got)  # the models and SAEs, checked to belong together
         sae_hashes = {m: study.info[m][f"sae{cfg['sae_seed']}"]["hash"] for m in models}
         n_lat = cfg["expansion"] * study.d_mlp
         cc_bytes = 2 * 2 * n_lat * study.d_mlp * 4  # encoder and decoder of 2 models, float32

@@ -396,8 +396,7 @@ config = dict(
     device="auto",          # auto (cuda if available) | cpu | cuda | cuda:N
     threads=0,              # CPU threads for torch (0 = the cores free now)
 )
-CHECKS = {"num_samples": ">0", "max_new_tokens": ">0", "temperature": ">0",
-          "top_k": ">=0", "threads": ">=0"}
+CHECKS = {"num_samples": ">0", "max_new_tokens": ">0", "temperature": ">0", "top_k": ">=0", "threads": ">=0"}
 
 
 @torch.no_grad()
