@@ -1524,7 +1524,8 @@ def track(cfg, study, seqs, token_set, device):
 
 def main(argv=None):
     cfg, explain = settings(argv)
-    device = common.pick_device(cfg["device"])
+    # the device as resolved, in the record too: --device auto and cpu are one run on a CPU (made_as_now)
+    cfg["device"] = device = common.pick_device(cfg["device"])
     threads = common.set_threads(cfg["threads"])
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False  # correlations want full float32 products

@@ -754,9 +754,11 @@ def with_earlier_edges(path, cfg, keys, edges_out, sae_hashes, token_set):
 HOW_ONLY = ("threads", "data_dir", "out_dir", "stop_step", "ckpt_interval", "overwrite")
 
 
-def crosscoder_hashes(cfg, edges):
-    """{edge: {seed: hash of its crosscoder file, None where there is none}}."""
-    return {f"{p}->{c}": {str(s): analyze.file_hash(cc_path(cfg, p, c, s)) for s in cfg["seeds"]} for p, c in edges}
+def inputs_now(cfg, edges, hashed):
+    """diffing.json's inputs: hashed (the models, SAEs and splits, hashed before they were read) and the
+    crosscoder files as they are now, {edge: {seed: hash, None where there is none}}."""
+    return {**hashed, "crosscoders": {f"{p}->{c}": {str(s): analyze.file_hash(cc_path(cfg, p, c, s))
+                                                    for s in cfg["seeds"]} for p, c in edges}}
 
 
 def diffing_current(cfg, edges, inputs):
@@ -769,13 +771,14 @@ def diffing_current(cfg, edges, inputs):
         rec = common.read_json(os.path.join(cfg["out_dir"], "diffing", "diffing.json"))
     except (OSError, ValueError):  # missing or damaged: made anew
         return None
-    made = {"inputs": {**inputs, "crosscoders": crosscoder_hashes(cfg, edges)}}
+    made = {"inputs": inputs_now(cfg, edges, inputs)}
     return rec if common.made_as_now(rec, "diffing", cfg, HOW_ONLY, made) else None
 
 
 def main(argv=None):
     cfg, edges = settings(argv)
-    device = common.pick_device(cfg["device"])
+    # the device as resolved, in the record too: --device auto and cpu are one run on a CPU (made_as_now)
+    cfg["device"] = device = common.pick_device(cfg["device"])
     threads = common.set_threads(cfg["threads"], device)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = cfg["fast_math"]
@@ -826,7 +829,7 @@ def main(argv=None):
                "arch": cfg["arch"], "cuts": {**CUTS, "scaling": cfg["scaling_cut"]}, "class_legend": CLASSES,
                "delta": "(1/2) ((|d_child| - |d_parent|) / max(|d_parent|, |d_child|) + 1) (Minder et al. 2025)",
                "seconds": round(time.time() - t0, 1),
-               "provenance": common.provenance(cfg, inputs={**hashed, "crosscoders": crosscoder_hashes(cfg, edges)})}
+               "provenance": common.provenance(cfg, inputs=inputs_now(cfg, edges, hashed))}
         common.atomic_write_json(os.path.join(out, "diffing.json"), common.stamp(res, "diffing"))
     print(f"-> {os.path.join(out, 'diffing.json')} ({time.time() - t0:.0f} s)")
     return res

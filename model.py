@@ -315,7 +315,7 @@ def check_finished(ckpt, path, name, allow_unfinished=False):
             f"put each model back in its own folder, or remake it: {MAKES[name]} --overwrite")
     if allow_unfinished or is_finished(ckpt):
         return
-    how = MAKES.get(name, f"python train.py --domain {name} --name {name}")
+    how = MAKES.get(name, f"python train.py --domain {domain} --name {name}")
     die(f"{path} is unfinished (stopped at iter {ckpt.get('iter_num')}); finish it with: {how} --resume, "
         f"or pass --allow_unfinished to use it as it is")
 
@@ -345,9 +345,11 @@ def load_model(out_dir, name, device="cpu", allow_unfinished=False):
     """The model of stage `name` (base, lua, tinystories, luastories): (model in eval mode, ckpt dict).
     An unfinished checkpoint is refused unless allow_unfinished."""
     path = os.path.join(out_dir, name, "ckpt.pt")
-    ckpt = load_checkpoint(path, f"'{name}' model checkpoint", MAKES.get(name))
+    # a variant (train.py --name, merge.py --out) is made by the command that named it
+    how = MAKES.get(name, f"python train.py --domain DOMAIN --name {name} (or python merge.py --out {name})")
+    ckpt = load_checkpoint(path, f"'{name}' model checkpoint", how)
     check_finished(ckpt, path, name, allow_unfinished)
-    model = model_from_checkpoint(ckpt, device, path, MAKES.get(name))
+    model = model_from_checkpoint(ckpt, device, path, how)
     model.eval()
     return model, ckpt
 

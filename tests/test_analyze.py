@@ -429,7 +429,8 @@ def test_a_current_analysis_is_not_recomputed_and_any_change_remakes_it(study, t
     results = os.path.join(adir, "results.json")
     before = open(results, "rb").read()
     os.remove(os.path.join(adir, "report.html"))
-    for same in ([], ["--threads=2", "--memory_gb=1"], [f"--seq_len={first['provenance']['config']['seq_len']}"]):
+    auto = [] if torch.cuda.is_available() else ["--device=auto"]  # auto is the cpu run here: the same run
+    for same in ([], ["--threads=2", "--memory_gb=1", *auto], [f"--seq_len={first['provenance']['config']['seq_len']}"]):
         res = run(data_dir, out2, *same)
         assert res["run"] == first["run"] and open(results, "rb").read() == before, same
         assert "is current" in capsys.readouterr().out and os.path.isfile(os.path.join(adir, "report.html"))

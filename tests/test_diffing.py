@@ -323,7 +323,8 @@ def test_diffing_end_to_end_and_folded_into_the_results(pipeline, capsys):
     printed = capsys.readouterr().out
     assert all(a != b for a, b in zip(mtimes(), before)) and "up to date" not in printed
     was = open(record, "rb").read()
-    diffing.main(args)                                                # --overwrite is not a setting it holds
+    auto = [] if torch.cuda.is_available() else ["--device=auto"]    # auto is the cpu run here
+    diffing.main(args + auto)                                         # --overwrite is not a setting it holds
     assert "diffing.json is current" in capsys.readouterr().out and open(record, "rb").read() == was
     # analyze.py joins it with its statuses
     out = analyze_run(data_dir, out_dir)                  # on the same token set (--n_tokens): joined

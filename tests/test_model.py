@@ -127,6 +127,10 @@ def test_unfinished_checkpoint_is_refused_unless_allowed(tmp_path):
                                          r"python train.py --domain lua --resume, or pass --allow_unfinished"):
         load_model(str(tmp_path), "lua")
     assert load_model(str(tmp_path), "lua", allow_unfinished=True)[1]["iter_num"] == 7
+    save_checkpoint(str(tmp_path / "lua_long" / "ckpt.pt"), m, m.args, finished=False, name="lua_long",
+                    domain="lua", iter_num=9, tokenizer_hash="t", parents=[], optimizer={})
+    with pytest.raises(SystemExit, match=r"finish it with: python train.py --domain lua --name lua_long --resume"):
+        load_model(str(tmp_path), "lua_long")   # a variant: its own domain and name
     # written before the flag existed: final when it holds no training state (a merge), else unfinished;
     # such a file predates kinds and checksums too, and loads as a model checkpoint (its fields say so)
     ck = torch.load(path, weights_only=True)
@@ -320,3 +324,6 @@ def test_model_py_writes_a_models_continuations_of_a_prompt(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("lua_plain: trained on lua, ")   # a variant's folder; no steps kept
     with pytest.raises(SystemExit, match="must be a plain folder name"):
         model.main([f"--out_dir={out_dir}", "--model=../lua"])
+    with pytest.raises(SystemExit, match=r"no 'lua_long' model checkpoint at .*; make it with: python train.py "
+                                         r"--domain DOMAIN --name lua_long \(or python merge.py --out lua_long\)$"):
+        model.main([f"--out_dir={out_dir}", "--model=lua_long"])
