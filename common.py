@@ -991,6 +991,8 @@ def record_problem(obj, kind):
     bad = [f for f, t in KINDS[kind][1].items() if not isinstance(obj.get(f), t)]
     if bad:
         return f"{words} without a valid {', '.join(bad)}: damaged or hand-made"
+    if kind not in TORCH_KINDS and fmt >= 2 and "checksum" not in obj:  # every format-2 record is written with one
+        return f"{words} of format {fmt} without the checksum written with it: damaged or hand-made"
     why = SHAPES[kind](obj) if kind in SHAPES else None
     return f"{words} with {why}: damaged or hand-made" if why else None
 

@@ -500,7 +500,7 @@ def test_records_of_another_kind_or_shape_are_one_line_naming_them(study, tmp_pa
     res = json.load(open(os.path.join(out_dir, "analysis", "results.json")))
     assert (res["kind"], res["format"]) == ("results", 2) and res["checksum"] == json_checksum(res)
     flipped = json.dumps({**res, "threshold": res["threshold"] / 2})     # a value changed on disk, not the checksum
-    res = {k: v for k, v in res.items() if k != "checksum"}           # (below: as a record made before checksums)
+    res = {**{k: v for k, v in res.items() if k != "checksum"}, "format": 1}  # (below: made before checksums)
     broken = {**res, "edges": {n: {k: v for k, v in e.items() if k != "parent_best"} for n, e in res["edges"].items()}}
     train_rec = {"kind": "train_metrics", "format": 1, "name": "base", "val_loss": {"base": 2.5}, "history": []}
     sae_rec = {"kind": "sae_metrics", "format": 1, "model": "lua", "seeds": {}, "history": []}

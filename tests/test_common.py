@@ -352,6 +352,11 @@ def test_a_json_record_carries_a_checksum_that_a_flipped_digit_or_an_edit_breaks
     older = {k: v for k, v in rec.items() if k != "checksum"}
     older["format"] = 1
     assert common.record_problem(older, "train_metrics") is None
+    stripped = {**older, "format": 2, "val_loss": {"lua": 0.01}}  # edited, its checksum dropped: not a finding
+    assert common.record_problem(stripped, "train_metrics") == \
+        "train.py's metrics of format 2 without the checksum written with it: damaged or hand-made"
+    with pytest.raises(SystemExit, match=r"metrics\.json is train\.py's metrics of format 2 without the checksum"):
+        common.check_file(stripped, path, "train_metrics", "python train.py --domain lua")
     newer = {**rec, "format": 3}                        # its checksum may be summed otherwise: a version, not damage
     with pytest.raises(SystemExit, match=r"metrics\.json is train\.py's metrics of format 3, written by newer code "
                                          r"\(this code reads formats up to 2\); remake it: python train\.py"):
