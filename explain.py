@@ -377,6 +377,27 @@ def check_reachable(cfg):
               f"explanation is not cached will have none (start the server, or fix --api_base)")
 
 
+def feature_problem(f):
+    """Why f is not a feature as the docstring's format has it (None when it is): read from a file that may have
+    been edited, every value is checked before use (a list of strings in place of a list of contexts, or a
+    context's activations as text, were a traceback)."""
+    if not isinstance(f, dict) or not isinstance(f.get("key"), str):
+        return "not an object with a string \"key\""
+    for part in ("top", "random"):
+        if not isinstance(f.get(part, []), list):
+            return f"its \"{part}\" is not a list of contexts"
+        for c in f.get(part, []):
+            if not isinstance(c, dict) or not isinstance(c.get("tokens"), list) or not isinstance(c.get("acts"), list):
+                return f"a context in \"{part}\" is not {{\"tokens\": [...], \"acts\": [...]}}"
+            if not all(isinstance(t, str) for t in c["tokens"]):
+                return "a context's tokens are not all strings"
+            if not all(type(a) in (int, float) and math.isfinite(a) for a in c["acts"]):
+                return "a context's activations are not all finite numbers"
+            if len(c["tokens"]) != len(c["acts"]):
+                return f"a context has {len(c['tokens'])} tokens but {len(c['acts'])} activations"
+    return None
+
+
 def explain_features(features, cfg):
     """{key: {"explanation", "score", "n_explain_examples", "n_sim_examples", "error"}} for each feature.
     Raises Incomplete (a one-line UserError carrying these results) when explanations are missing:
@@ -384,10 +405,10 @@ def explain_features(features, cfg):
     max_failures failed requests in a row. An unusable answer is the feature's result, not a failure."""
     cfg = common.parse_config({**config, **{k: v for k, v in cfg.items() if v is not None}}, [], checks=CHECKS)
     for f in features:
-        for c in f.get("top", []) + f.get("random", []):
-            if len(c["tokens"]) != len(c["acts"]):
-                common.die(f"feature {f['key']}: a context has {len(c['tokens'])} tokens but "
-                           f"{len(c['acts'])} activations")
+        why = feature_problem(f)
+        if why:
+            key = f["key"] if isinstance(f, dict) and isinstance(f.get("key"), str) else repr(f)[:60]
+            common.die(f"feature {key}: {why}")
     # the cache is written here: one run at a time, and temp files of a killed run are removed
     with common.lock_dir(cfg["cache_dir"], "an explanation run (explain.py or analyze.py)"):
         return explain_locked(features, cfg)

@@ -295,6 +295,24 @@ def test_cli(llm, tmp_path, capsys):
         explain.main([])
 
 
+@pytest.mark.parametrize("feature, why", [
+    ({"key": "base/1", "top": "x", "random": []}, r'its "top" is not a list of contexts'),
+    ({"key": "base/1", "top": [1, 2]}, r'a context in "top" is not'),
+    ({"key": "base/1", "top": [{"tokens": ["a"], "acts": ["x"]}]}, r"activations are not all finite numbers"),
+    ({"key": "base/1", "top": [{"tokens": [7], "acts": [1.0]}]}, r"tokens are not all strings"),
+    ({"key": "base/1", "top": [], "random": [{"tokens": ["a"], "acts": [1, 2]}]}, r"1 tokens but 2 activations"),
+    ({"key": ["a"], "top": []}, r'not an object with a string "key"'),
+])
+def test_a_hand_edited_features_file_is_one_line(tmp_path, feature, why):
+    """Every value of --features_json is checked before use: a traceback (TypeError) before, for a "top" that
+    was a string or a context's activations given as text."""
+    path = tmp_path / "features.json"
+    path.write_text(json.dumps([feature]))
+    with pytest.raises(SystemExit, match=why):
+        explain.main(["--features_json", str(path), "--api_base", "http://127.0.0.1:9/v1",
+                      "--cache_dir", str(tmp_path / "c")])
+
+
 # -----------------------------------------------------------------------------
 # issue 12: a hung server, a lone surrogate, missing explanations are an error
 
