@@ -433,6 +433,13 @@ def check_seeds(seeds):
         die(f"--seeds {','.join(map(str, seeds))}: give each seed once, e.g. --seeds 0,1")
 
 
+def check_resume_or_overwrite(cfg):
+    """--resume and --overwrite together contradict each other (keep the run / throw it away): refused, never one of
+    them chosen in silence (--overwrite used to win, and a finished model or SAE, with all it fed, was lost)."""
+    if cfg.get("resume") and cfg.get("overwrite"):
+        die("--resume continues the run on disk and --overwrite starts it over; give one of them, not both")
+
+
 def require_positive(cfg, keys):
     """One-line errors for settings that must be > 0 (a zero batch size or interval would fail deep inside)."""
     for k in keys:

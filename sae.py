@@ -57,9 +57,9 @@ from types import SimpleNamespace
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
 from common import (COMMAND_LINE, UserError, atomic_torch_save, atomic_write_json, check_adam_state,
-                    check_free_space, check_resume, check_seeds, cli, default_preset, die, lock_dir, misfit,
-                    parse_config, peak_gpu_mib, pick_device, provenance, read_json, record_problem, set_threads,
-                    sha256_file, stamp)
+                    check_free_space, check_resume, check_resume_or_overwrite, check_seeds, cli, default_preset, die,
+                    lock_dir, misfit, parse_config, peak_gpu_mib, pick_device, provenance, read_json, record_problem,
+                    set_threads, sha256_file, stamp)
 
 import numpy as np
 import torch
@@ -740,6 +740,7 @@ def setup(cfg):
     """The device, the model (a finished one unless --allow_unfinished), its data checked against it,
     the stream's shapes and the output paths."""
     check_seeds(cfg["seeds"])
+    check_resume_or_overwrite(cfg)
     job = SimpleNamespace(cfg=cfg, name=cfg["model"], domains=model_domains(cfg["model"]), seeds=list(cfg["seeds"]),
                           result=None)
     job.device = pick_device(cfg["device"])

@@ -22,8 +22,8 @@ from types import SimpleNamespace
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
 from common import (atomic_write_json, check_adam_state, check_free_memory, check_free_space, check_model_folder,
-                    check_resume, cli, default_preset, die, lock_dir, misfit, parse_config, peak_gpu_mib, pick_device,
-                    provenance, read_json, record_problem, set_threads, sha256_file, stamp)
+                    check_resume, check_resume_or_overwrite, cli, default_preset, die, lock_dir, misfit, parse_config,
+                    peak_gpu_mib, pick_device, provenance, read_json, record_problem, set_threads, sha256_file, stamp)
 
 import torch
 
@@ -133,6 +133,7 @@ def lr_schedule(it, lr, warmup, max_iters, min_lr_frac):
 
 def main(argv=None):
     cfg = parse_config(dict(config), argv, PRESETS, default_preset(), checks=CHECKS, variant=variant)
+    check_resume_or_overwrite(cfg)
     check_consistency(cfg)
     name = cfg["name"] or cfg["domain"]  # (the saved config keeps "": resumes compare configs)
     # the output folder is a new or own one: never the parent it starts from, another stage's folder or a path

@@ -308,6 +308,9 @@ CASES = [
                                           "--resume", "--lr=0.1"], None, r"other settings|lr"),
     ("train-exists-no-resume", [TRAIN, "--domain=lua", D, O, "--preset=tiny", *MODEL, "--max_iters=4"], None,
      r"exists|--resume"),
+    # --resume with --overwrite: refused, never the overwrite (the finished lua, its merge and SAEs, lost)
+    ("train-resume-and-overwrite", [*LUA_RESUME, "--overwrite"], None, r"--resume .* --overwrite .* give one"),
+    ("sae-resume-and-overwrite", [*SAE_LUA_RESUME, "--overwrite"], None, r"--resume .* --overwrite .* give one"),
     # sae.py
     ("sae-l1-nan", [SAE_RUN, "--model=base", D, FRESH, "--preset=tiny", *SAE, "--l1_coeff=nan"], None, r"l1_coeff"),
     ("sae-lr-nan", [SAE_RUN, "--model=base", D, O, "--preset=tiny", *SAE, "--lr=nan", "--overwrite"], None, r"--lr"),
