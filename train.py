@@ -143,6 +143,11 @@ def main(argv=None):
     check_model_folder("--name", name)
     env = setup_devices(cfg)
     run_dir = os.path.join(cfg["out_dir"], name)
+    # a merge's folder is merge.py's (as a train.py folder is refused by merge.py): trained over, even with
+    # --overwrite, its merge.json would stay beside another model, and every fix the readers name dead-ends
+    if os.path.lexists(os.path.join(run_dir, "merge.json")):
+        die(f"--name {name}: {run_dir} holds a merge (merge.py's merge.json); training would replace it; choose "
+            f"another --name (e.g. --name {cfg['domain']}_2)")
     try:  # the one place the DDP process group is torn down, however the run ends
         with lock_dir(run_dir, f"train.py --name {name}") if env.master else nullcontext():
             run = open_run(cfg, env, name, os.path.join(run_dir, "ckpt.pt"))

@@ -310,6 +310,10 @@ CASES = [
      r"exists|--resume"),
     # --resume with --overwrite: refused, never the overwrite (the finished lua, its merge and SAEs, lost)
     ("train-resume-and-overwrite", [*LUA_RESUME, "--overwrite"], None, r"--resume .* --overwrite .* give one"),
+    # a merge's folder trained over (--overwrite as train.py's own hint said) left merge.json beside a trained
+    # model: merge.py then refused the folder and analyze.py named merge.py --overwrite, a dead end
+    ("train-over-a-merge", [TRAIN, "--domain=base", "--name=luastories", D, O, "--preset=tiny", *MODEL,
+                            "--max_iters=3", "--overwrite"], None, r"--name luastories: .* holds a merge"),
     ("sae-resume-and-overwrite", [*SAE_LUA_RESUME, "--overwrite"], None, r"--resume .* --overwrite .* give one"),
     # sae.py
     ("sae-l1-nan", [SAE_RUN, "--model=base", D, FRESH, "--preset=tiny", *SAE, "--l1_coeff=nan"], None, r"l1_coeff"),
