@@ -1325,7 +1325,8 @@ def analysis_current(cfg, inputs):
     """results.json as it would be made now, or None: one made by this code (its sources' hash), with these
     settings (seq_len and skip_first: as given, or left to the SAEs by both runs, the SAEs being hashed),
     from these inputs (input_hashes), with pages.json and the feature browser's side files of the same run
-    beside it. --explain always runs (the LLM is asked anew)."""
+    beside it. --explain always runs (the LLM is asked anew, or its cache read); a record with explanations is
+    current for a run without (a ./reproduce.sh after analyze.py --explain keeps them)."""
     adir = os.path.join(cfg["out_dir"], "analysis")
     if cfg["overwrite"] or cfg["explain"]:
         return None
@@ -1334,6 +1335,8 @@ def analysis_current(cfg, inputs):
         left, run = res["provenance"]["from_saes"], res.get("run")
 
         def same(k, v, saved):  # left to the SAEs now: left to them then too (saved holds what they gave)
+            if k in ("explain", "api_base", "llm_model", "max_requests"):
+                return True  # explanations (here: not asked for now) add to the findings, never change them
             return k in left if k in FROM_SAES and v == FROM_SAES[k] else saved.get(k) == v
         if not common.made_as_now(res, "results", cfg, HOW_ONLY, inputs, same) or \
                 common.record_problem(pages, "pages") or not isinstance(run, str):

@@ -1128,6 +1128,31 @@ def local_path(folder, domain, split):
     die(f"no {os.path.join(folder, domain, names[0])} (local:DIR wants DIR/<domain>/train.txt and valid.txt)")
 
 
+def not_utf8(path, e, at):
+    """One line naming the byte of path that e (a UnicodeDecodeError of a block read at offset `at`) met."""
+    byte = e.object[e.start] if e.start < len(e.object) else 0
+    die(f"{path} is not UTF-8: byte 0x{byte:02x} at offset {at + e.start:,} ({e.reason}); "
+        f"convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+def check_utf8(path, block=1 << 24):
+    """not_utf8 before anything is made (a tokenizer trained, a domain's files replaced): one decoding pass,
+    in C (about a second a GB), over a file local_file_docs reads later."""
+    import codecs
+    dec, pos = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as f:
+        while True:
+            raw = f.read(block)
+            held = len(dec.getstate()[0])  # bytes of a character cut by the previous block
+            try:
+                dec.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                not_utf8(path, e, pos - held)
+            pos += len(raw)
+            if not raw:
+                return
+
+
 def local_file_docs(path, block=1 << 20):
     """Documents of a file in the corpora format (each followed by a line `<|endoftext|>`), read in
     blocks: newlines as text mode reads them, a byte that is not UTF-8 -> one line naming its offset."""
@@ -1143,9 +1168,7 @@ def local_file_docs(path, block=1 << 20):
             try:
                 text = text_dec.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
-                byte = e.object[e.start] if e.start < len(e.object) else 0
-                die(f"{path} is not UTF-8: byte 0x{byte:02x} at offset {pos - held + e.start:,} ({e.reason}); "
-                    f"convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+                not_utf8(path, e, pos - held)
             pos += len(raw)
             lines = (rest + text).split("\n")
             rest = lines.pop() if raw else ""
@@ -1698,9 +1721,11 @@ def check_source(cfg):
     if src.startswith("local:"):
         if not os.path.isdir(src[len("local:"):]):
             die(f"--source {src}: no such directory")
-        for d in domains_to_prepare(cfg):  # each domain's two files before any is read: a missing one named first
-            for split in ("train", "val") if d != "base" else ():  # (base is made from babylm and python)
-                local_path(src[len("local:"):], d, split)
+        # each domain's two files before any is read (base is made from babylm and python): a missing one named
+        # first, then each checked to be UTF-8, so a rebuild never stops halfway (its tokenizer replaced) on one
+        for path in [local_path(src[len("local:"):], d, split) for d in domains_to_prepare(cfg) if d != "base"
+                     for split in ("train", "val")]:
+            check_utf8(path)
     def same(a, b):  # (local:./c is local:c)
         return a == b or (a.startswith("local:") and b.startswith("local:")
                           and os.path.realpath(a[6:]) == os.path.realpath(b[6:]))

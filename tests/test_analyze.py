@@ -711,6 +711,10 @@ def test_explain_hook_gets_contexts_and_its_answers_reach_the_report(study, tmp_
     assert res["explanations"][feats[0]["key"]]["score"] == 0.5
     page = open(os.path.join(out2, "analysis", "report.html"), encoding="utf-8").read()
     assert "fires on \\u003c" in page                                          # escaped in the embedded JSON
+    # the analysis run again without --explain (./reproduce.sh after it): current, the explanations kept
+    again = run(data_dir, out2, "--n_random=4")
+    assert again["run"] == res["run"] and again["explanations"] == res["explanations"]
+    assert open(os.path.join(out2, "analysis", "report.html"), encoding="utf-8").read() == page
 
 
 def test_explain_end_to_end_with_a_local_llm_stub(study, tmp_path, monkeypatch):

@@ -1159,6 +1159,43 @@ def test_non_utf8_local_corpus_names_file_and_offset(tmp_path):
     assert str(bad) in msg and "offset 43" in msg and "0xe9" in msg and "UTF-8" in msg
 
 
+def test_a_rebuild_from_a_source_not_utf8_changes_nothing(tmp_path):
+    """A domain rebuilt from an edited source with a byte that is not UTF-8 (here in its val text, read after
+    the tokenizer is trained and the train split encoded) is refused before anything is made: the tokenizer,
+    token files and meta.json stay as they were, usable. The byte is named at its offset past a block's end."""
+    corp, out = tmp_path / "corpora", tmp_path / "out"
+    for domain in ("babylm", "python"):
+        write_corpus(corp, domain, {"train": ["def f(x): return x"] * 40, "valid": ["return x"] * 8})
+    args = ["--domain", "python", "--source", f"local:{corp}", "--data_dir", str(out), "--vocab_size", "300"]
+    data.main(args)
+
+    def files():
+        return {os.path.join(d, f): open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(out) for f in fs
+                if f != ".lock"}
+    before = files()
+    assert {"meta.json", "train.bin", "val.bin"} <= {os.path.basename(f) for f in before}
+    write_corpus(corp, "python", {"train": ["def g(y): return y"] * 40, "valid": ["return y"] * 8})
+    val = corp / "python" / "valid.txt"
+    good = val.read_bytes()
+    val.write_bytes(good + b"caf\xe9\n")
+    for extra in ([], ["--force"]):
+        with pytest.raises(SystemExit) as e:
+            data.main(args + extra)
+        assert f"{val} is not UTF-8: byte 0xe9 at offset {len(good) + 3:,}" in one_line_error(e)
+        assert files() == before
+    with pytest.raises(SystemExit) as e:  # across the blocks check_utf8 reads: the same offset
+        data.check_utf8(str(val), block=7)
+    assert f"byte 0xe9 at offset {len(good) + 3:,}" in one_line_error(e)
+    wide = tmp_path / "wide.txt"  # characters of 2 and 3 bytes cut by every block size
+    wide.write_bytes("é☃".encode() * 4 + b"\xff")
+    for block in (1, 2, 3, 7):
+        with pytest.raises(SystemExit) as e:
+            data.check_utf8(str(wide), block=block)
+        assert "byte 0xff at offset 20" in one_line_error(e), block
+    wide.write_bytes("é☃".encode() * 4)
+    data.check_utf8(str(wide), block=2)  # (whole: nothing to say)
+
+
 @pytest.mark.parametrize("bad", [["--val_frac", "1.5"], ["--val_frac", "0"], ["--val_frac", "nan"], ["--threads", "-1"],
                                  ["--vocab_size", "100"], ["--sample_kb", "0"], ["--domain", "klingon"]])
 def test_bad_settings_refused_at_parse_time(tmp_path, bad):
