@@ -473,7 +473,8 @@ def write_merge(cfg, run, models, evaluate, made_from, inputs):
     val = evaluate(sd) if evaluate else {}
     for r in ("a", "b"):
         print(f"  {models[r]['name']:12s} stored val_loss {models[r]['ckpt'].get('val_loss', {})}")
-    print(f"  {cfg['out']:12s} val_loss " + " ".join(f"{d} {v:.4f}" for d, v in val.items()))
+    print(f"  {cfg['out']:12s} val_loss " + (" ".join(f"{d} {v:.4f}" for d, v in val.items())
+                                             or "not measured (--eval_batches 0)"))
     record = {"a": cfg["a"], "b": cfg["b"], "t": cfg["t"], "t_rules": run.rules, "mode": cfg["mode"],
               "parent": inputs.get("parent"), "dot_threshold": cfg["dot_threshold"], "fell_back_linear": n_lin,
               "angles": {k: i.get("angle_deg") for k, i in infos.items()}}

@@ -647,14 +647,18 @@ def model_fingerprint(model_ckpt):
     return h.hexdigest()[:16]
 
 
+def remake_flag(path):
+    """What remakes the seed file at path: a damaged or misplaced one is rewritten by --resume from the run's
+    training state where that is kept beside it (any seed file it does not match); without it, only retraining."""
+    return " --resume" if os.path.isfile(os.path.join(os.path.dirname(path), STATE_FILE)) else " --overwrite"
+
+
 def load_sae(out_dir, model_name, seed=0, device="cpu"):
     """(SAE in eval mode on raw activations, its checkpoint dict without the training state)."""
     model_domains(model_name)
     path = sae_path(out_dir, model_name, seed)
     how = f"python sae.py --model {model_name}" + (f" --seeds 0,1,{seed}" if seed not in (0, 1) else "")
-    # a damaged or misplaced seed file is rewritten by --resume from the run's training state where that is
-    # kept (any seed file it does not match); without it, only retraining remakes one
-    again = " --resume" if os.path.isfile(os.path.join(os.path.dirname(path), STATE_FILE)) else " --overwrite"
+    again = remake_flag(path)
     ckpt = load_checkpoint(path, f"SAE for '{model_name}'", how, kind="sae", again=again)
     # a seed's file copied or renamed onto another seed's name passes every other check, and the null
     # baseline (seed 0 against seed 1) would then find every feature again: named, never used
@@ -684,9 +688,10 @@ def check_sae_matches(sae_ckpt, model_ckpt, model_hash=None, path="this SAE"):
     if sae_ckpt["tokenizer_hash"] != model_ckpt["tokenizer_hash"]:
         die(f"the SAE for '{name}' was trained with tokenizer {sae_ckpt['tokenizer_hash']}, model "
             f"'{model_ckpt.get('name')}' uses {model_ckpt['tokenizer_hash']}; {fix}")
-    if model_ckpt.get("name") != name:
+    if model_ckpt.get("name") != name:  # (a file copied in: its own run's training state, kept, remakes it)
         die(f"{path} holds an SAE of model '{name}', not '{model_ckpt.get('name')}': folders swapped? put each back in "
-            f"its own folder (sae_<model>), or {fix}")
+            f"its own folder (sae_<model>), or remake it: python sae.py --model {model_ckpt.get('name')}"
+            f"{remake_flag(path) if os.path.dirname(path) else ' --overwrite'}")
     if (model_hash is not None and model_hash != sae_ckpt["model_hash"]) or \
             model_fingerprint(model_ckpt) != sae_ckpt["model_fingerprint"]:
         die(f"the SAE for '{name}' was trained on another version of that model (its file hash then: "

@@ -29,7 +29,7 @@ import torch
 
 import data as datalib
 import fast
-from model import (MAKES, ModelArgs, Transformer, check_finished, check_preset, eval_loss, load_checkpoint,
+from model import (MAKES, STUDY_DOMAIN, ModelArgs, Transformer, check_finished, check_preset, eval_loss, load_checkpoint,
                    model_from_checkpoint, save_checkpoint)
 
 # -----------------------------------------------------------------------------
@@ -140,6 +140,10 @@ def main(argv=None):
     if cfg["domain"] != "base" and name == cfg["parent"]:
         die(f"--name {name} is the parent this fine-tune starts from; it would overwrite it: choose another "
             f"--name (e.g. --name {cfg['domain']})")
+    # (--overwrite would lose the study's model; a --resume names the setting that differs from its run's)
+    if name in MAKES and STUDY_DOMAIN[name] != cfg["domain"] and not cfg["resume"]:
+        die(f"--name {name} is the folder of the study's {name} model ({MAKES[name]}); a {cfg['domain']} run "
+            f"would replace it: choose another --name (e.g. --name {cfg['domain']}_2)")
     check_model_folder("--name", name)
     env = setup_devices(cfg)
     run_dir = os.path.join(cfg["out_dir"], name)

@@ -312,8 +312,12 @@ CASES = [
     ("train-resume-and-overwrite", [*LUA_RESUME, "--overwrite"], None, r"--resume .* --overwrite .* give one"),
     # a merge's folder trained over (--overwrite as train.py's own hint said) left merge.json beside a trained
     # model: merge.py then refused the folder and analyze.py named merge.py --overwrite, a dead end
-    ("train-over-a-merge", [TRAIN, "--domain=base", "--name=luastories", D, O, "--preset=tiny", *MODEL,
-                            "--max_iters=3", "--overwrite"], None, r"--name luastories: .* holds a merge"),
+    ("train-over-a-merge", [TRAIN, "--domain=base", "--name=m3", D, O, "--preset=tiny", *MODEL, "--max_iters=3",
+                            "--overwrite"], lambda ws: shutil.copytree(os.path.join(ws, "out", "luastories"),
+                                                                       os.path.join(ws, "out", "m3")),
+     r"--name m3: .* holds a merge"),
+    ("train-over-the-study-merge", [TRAIN, "--domain=base", "--name=luastories", D, O, "--preset=tiny", *MODEL,
+                                    "--max_iters=3", "--overwrite"], None, r"--name luastories is the folder of"),
     ("sae-resume-and-overwrite", [*SAE_LUA_RESUME, "--overwrite"], None, r"--resume .* --overwrite .* give one"),
     # sae.py
     ("sae-l1-nan", [SAE_RUN, "--model=base", D, FRESH, "--preset=tiny", *SAE, "--l1_coeff=nan"], None, r"l1_coeff"),
@@ -450,6 +454,8 @@ FAMILIES = {
         ("hostile-merge-out-dot", [*MERGE_M2, "--out=."], None, r"plain folder name"),
         ("hostile-train-name-is-parent", [*LUA2, "--name=base", "--overwrite"], None, r"parent this fine-tune starts"),
         ("hostile-train-name-sae-folder", [*LUA2, "--name=sae_lua"], None, r"plain folder name"),
+        ("hostile-train-name-another-study-model", [*LUA2, "--name=tinystories", "--overwrite"], None,
+         r"--name tinystories is the folder of the study's tinystories model .* choose another --name \(e\.g\. --name lua_2\)$"),
         ("hostile-train-name-path", [*LUA2, "--name=../x"], None, r"plain folder name"),
         ("hostile-train-data-dir-is-out-dir", [TRAIN, "--domain=lua", D, "--out_dir={ws}/data/", "--preset=tiny",
                                               *MODEL], None, r"--data_dir and --out_dir are both"),
@@ -483,6 +489,9 @@ FAMILIES = {
         ("swapped-sae-merge-copied-in", SAE_TS, copied_in("out/luastories", "out/tinystories", "m2"),
          r"tinystories/ckpt\.pt holds the model 'm2' \(a merge\), not 'tinystories'"),
         ("swapped-analyze-models", ANALYZE_RUN, swap("out/base", "out/lua"), r"holds the model '(base|lua)'"),
+        # a seed file copied in from another model's SAEs: its own run's training state remakes it, no retraining
+        ("swapped-analyze-sae-file", ANALYZE_RUN, copy("out/sae_base/sae_s0.pt", "out/sae_lua/sae_s0.pt"),
+         r"sae_lua/sae_s0\.pt holds an SAE of model 'base', not 'lua'.* python sae\.py .*--model lua --resume$"),
         ("swapped-train-preset-of-parent", LUA2_PAPER, None, r"--preset paper differs from the preset tiny"),
         ("swapped-train-preset-allowed", [*LUA2_PAPER, "--allow_other_preset"], None, None),
     ],
