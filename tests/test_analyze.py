@@ -948,3 +948,105 @@ def test_the_paper_preset_is_planned_under_8_gb_and_an_impossible_plan_is_one_li
     monkeypatch.setattr(analyze.common, "device_free_bytes", lambda device: 80 * 2 ** 30)
     with pytest.raises(SystemExit, match=r"more than --memory_gb 2"):
         analyze.plan_groups(dict(cfg, memory_gb=2.0), study, "cuda")
+
+
+# -----------------------------------------------------------------------------
+# known answers that pin the counts, curves and null reading (mutation audit)
+
+def unequal_edge():
+    """5 parents (P4 dead) x 4 children (C3 dead): live counts differ on the two sides, one pair exactly at the
+    threshold, a live parent whose live partners are all negative (its best is one of them, never the dead child)."""
+    r = np.array([[0.8, 0.5, 0.1, 0.0],
+                  [0.25, 0.75, 0.3, 0.0],
+                  [-0.2, -0.1, -0.3, 0.0],
+                  [0.1, 0.2, 0.05, 0.0],
+                  [0.0, 0.0, 0.0, 0.0]])
+    return analyze.classify(r, np.array([0, 0, 0, 0, 1], bool), np.array([0, 0, 0, 1], bool), 0.8)
+
+
+def test_classify_known_answers_with_unequal_live_counts_and_a_pair_at_the_threshold():
+    c = unequal_edge()
+    assert c["counts"] == {"parent_live": 4, "parent_dead": 1, "child_live": 3, "child_dead": 1, "persisting": 1,
+                           "disappearing": 3, "emerging": 2, "child_matched": 1, "pairs": 1}
+    assert c["persisting"].tolist() == [True, False, False, False, False]       # r = threshold persists (r >= t)
+    assert c["parent_best"].tolist() == [0, 1, 1, 1, -1]
+    assert c["parent_best_r"].tolist() == [0.8, 0.75, -0.1, 0.2, 0.0]
+    assert c["child_best"].tolist() == [0, 1, 1, -1]
+    assert c["child_best_r"].tolist() == [0.8, 0.75, 0.3, 0.0]
+    assert c["emerging"].tolist() == [False, True, True, False]
+
+
+def test_stability_curves_known_answers():
+    c = unequal_edge()
+    dens_p = np.array([0.5, 0.25, 0.125, 0.125, 0.9])      # the dead parent's density must weigh nothing
+    dens_c = np.array([0.5, 0.25, 0.25, 0.7])
+    st = analyze.stability(c, dens_p, dens_c, np.array([0.8, 0.75]), np.array([0.9, 0.7, 0.6]))
+    at = {t: k for k, t in enumerate(st["thresholds"])}
+    assert [st["parent"][at[t]] for t in (0.5, 0.75, 0.8, 0.85)] == [0.5, 0.5, 0.25, 0.0]    # of 4 live parents
+    assert [st["child"][at[t]] for t in (0.5, 0.8, 0.85)] == [0.66667, 0.33333, 0.0]         # of 3 live children
+    assert [st["parent_weighted"][at[t]] for t in (0.5, 0.8)] == [0.75, 0.5]
+    assert [st["child_weighted"][at[t]] for t in (0.5, 0.8)] == [0.75, 0.5]
+    assert [st["one_to_one_r"][at[t]] for t in (0.5, 0.8)] == [0.5, 0.25]
+    assert [st["one_to_one_cos"][at[t]] for t in (0.5, 0.7, 0.9, 0.95)] == [0.75, 0.5, 0.25, 0.0]
+    assert st["cos_rule"] == {"cos": 0.7, "matched": 2, "rate": 0.5}
+
+
+def test_an_edge_is_read_against_its_parents_null_as_edge_over_null():
+    study = types.SimpleNamespace(spread=[], nulls=["base", "tinystories"], pairs=[],
+                                  edges=[("base->lua", "base", "lua"), ("lua->luastories", "lua", "luastories")])
+    records = {"base->lua": {"stability": {"parent": [0.6, 0.3, 0.2]}, "persisting_frac": 0.3},
+               "lua->luastories": {"stability": {"parent": [0.5, 0.5, 0.5]}, "persisting_frac": 0.5},
+               "base": {"stability": {"parent": [0.3, 0.6, 0.0]}, "persisting_frac": 0.25},
+               "tinystories": {"stability": {"parent": [0.9, 0.9, 0.9]}, "persisting_frac": 0.75}}
+    edges, null, _ = analyze.vs_null(study, records)
+    assert set(null) == {"base", "tinystories"} and set(edges) == {"base->lua", "lua->luastories"}
+    e = edges["base->lua"]
+    assert e["null_parent_persisting_frac"] == 0.25 and e["null_child_persisting_frac"] is None
+    assert e["stability"]["vs_null"]["ratio"] == [2.0, 0.5, None] and e["stability"]["vs_null"]["null"] == "base"
+    assert edges["lua->luastories"]["null_parent_persisting_frac"] is None
+    assert "vs_null" not in edges["lua->luastories"]["stability"]
+
+
+def test_decoder_cosines_known_answers_in_blocks_of_rows():
+    g = torch.Generator().manual_seed(5)
+    W_a = torch.randn(7, 3, generator=g) * torch.arange(1, 8)[:, None]     # rows of unequal norms
+    W_b = torch.randn(5, 3, generator=g) * 3.0
+    cos = (torch.nn.functional.normalize(W_a.double(), dim=1) @ torch.nn.functional.normalize(W_b.double(), dim=1).T).numpy()
+    live_a, live_b = np.array([1, 1, 1, 0, 1, 1, 1], bool), np.array([1, 0, 1, 1, 1], bool)
+    want = {(i, j) for i in range(7) for j in range(5) if cos[i, j] >= 0.3 and live_a[i] and live_b[j]}
+    assert want and any(i >= 2 for i, _ in want)
+    for rows in (2, 3, 4096):                                               # blocks past the first keep their row offset
+        pairs, vals = analyze.decoder_cos_pairs(W_a, W_b, live_a, live_b, 0.3, rows=rows)
+        assert {tuple(p) for p in pairs.tolist()} == want
+        np.testing.assert_allclose(vals, cos[pairs[:, 0], pairs[:, 1]], atol=1e-6)
+    i, j = np.array([0, 3, 6]), np.array([4, 0, 2])
+    np.testing.assert_allclose(analyze.decoder_cos(W_a, W_b, i, j), cos[i, j], atol=1e-12)
+
+
+def test_one_to_one_record_counts_hungarian_pairs_at_the_threshold():
+    c = unequal_edge()                     # candidates >= 0.5: (0,0) 0.8, (0,1) 0.5, (1,1) 0.75
+    sae_a, sae_b = saelib.init_sae(3, 5, "relu", 0, seed=1), saelib.init_sae(3, 4, "relu", 0, seed=2)
+    rec, hung_r, _ = analyze.one_to_one_record(c, sae_a, sae_b, 0.8, use_fast=False)
+    assert sorted(hung_r.tolist()) == [0.75, 0.8]
+    assert rec["n"] == 1 and rec["hungarian_r"]["n"] == 1
+
+
+def test_the_null_pairs_two_seeds_and_the_stream_counts_the_positions_past_skip_first(study):
+    """The null baseline compares seed 0 with seed 1 (random, unrelated SAEs here: few features found
+    again), never an SAE with itself; and every statistic is over the n_tokens positions >= skip_first."""
+    data_dir, out_dir, _ = study
+    disk = json.load(open(os.path.join(out_dir, "analysis", "results.json")))
+    for m in ("base", "lua", "tinystories"):
+        nul = disk["null"][m]
+        assert nul["persisting_frac"] < 0.5 and min(nul["parent_best"]["r"][N_DEAD:]) < 0.9
+    cfg, _ = analyze.settings(["--preset=tiny", f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--device=cpu",
+                               "--n_tokens=2048", "--min_tokens=1024", "--batch_size=16"])
+    st = analyze.load_study(cfg, "cpu", analyze.input_hashes(cfg))
+    seqs, token_set = analyze.draw_tokens(cfg, st)
+    assert token_set["n_tokens"] == len(seqs) * (seqs.shape[1] - 1)           # skip_first 1, as the SAEs were trained
+    for use_fast in (False, True):
+        cfg["fast"] = use_fast
+        acc, stats, _ = analyze.stream(cfg, st, seqs, "cpu", st.pairs[:1])
+        n_rows = next(iter(acc.values())).sums()[0]
+        assert n_rows == token_set["n_tokens"]
+        assert all(int(s["nnz"].max()) <= token_set["n_tokens"] for s in stats.values())
