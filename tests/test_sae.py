@@ -654,3 +654,61 @@ def test_no_two_saes_of_the_study_share_their_initialisation(dirs):
     for a, b in ((("base", 0), ("lua", 0)), (("base", 0), ("base", 1)), (("lua", 0), ("lua", 1))):
         cos = torch.nn.functional.cosine_similarity(dec[a], dec[b], dim=1)  # row i of one vs row i of the other
         assert cos.abs().mean() < 0.5, (a, b, cos.abs().mean())
+
+
+# -----------------------------------------------------------------------------
+# known answers that pin the metrics' boundaries, the KL's direction, the stream and the schedules (mutation audit)
+
+def test_dead_and_dense_fractions_at_their_boundaries():
+    assert S.dead_fraction(torch.tensor([0, 1, 2, 0])) == 0.5                 # one firing is alive
+    assert S.dense_fraction(torch.tensor([10, 11, 9, 0]), 100) == 0.25         # dense: more than 10% of tokens
+
+
+def test_evaluate_kl_is_clean_against_spliced():
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(**MARGS)).eval()
+    with torch.no_grad():
+        model.mlp.down.weight.mul_(30)
+        model.lm_head.weight.mul_(10)
+    wins = torch.randint(0, V, (4, MARGS["block_size"] + 1), generator=torch.Generator().manual_seed(1))
+    zero = S.SAE(MARGS["d_mlp"], 2 * MARGS["d_mlp"], "relu")                    # x_hat = 0: the MLP ablated
+    (m,) = S.evaluate(model, [zero], wins, skip=1, batch=4)
+    with torch.no_grad():
+        resid, h = model.trunk(wins[:, :-1])
+        resid, h = resid[:, 1:].flatten(0, 1).double(), h[:, 1:].flatten(0, 1)
+        log_p = torch.log_softmax(model.head(resid.float(), h).double(), -1)
+        log_q = torch.log_softmax(model.head(resid.float(), torch.zeros_like(h)).double(), -1)
+    want = (log_p.exp() * (log_p - log_q)).sum(-1).mean().item()               # KL(clean || spliced)
+    backwards = (log_q.exp() * (log_q - log_p)).sum(-1).mean().item()
+    assert abs(want - backwards) > 1e-3 * want                                 # the two directions differ here
+    assert m["kl"] == pytest.approx(want, rel=1e-4)
+
+
+def test_harvest_draws_skip_the_first_positions_and_differ_buffer_by_buffer():
+    arrays = {"a": np.arange(500) % V, "b": (np.arange(300) * 7) % V}
+    cfg = dict(data_seed=3, seq_len=12, tokens_per_seq=10, skip_first=2, buffer_batches=2, seqs_per_batch=3,
+               mix="equal", fast=False)
+    idx, pos, perm = S.harvest_draws(arrays, 0, cfg)
+    assert idx.shape == (6, 12) and pos.shape == (6, 10) and sorted(perm.tolist()) == list(range(60))
+    assert (pos.sort(dim=1).values == torch.arange(2, 12)).all()               # every kept position >= skip_first, once
+    again = S.harvest_draws(arrays, 0, cfg)
+    assert all(torch.equal(a, b) for a, b in zip((idx, pos, perm), again))    # a pure function of (data_seed, chunk)
+    other = S.harvest_draws(arrays, 1, cfg)
+    assert not torch.equal(idx, other[0]) and not torch.equal(pos, other[1])  # the next buffer: fresh windows
+
+
+def test_lr_decays_linearly_to_zero_over_the_last_fraction():
+    job = SimpleNamespace(cfg={"lr": 1.0, "lr_decay_frac": 0.2}, total_steps=100)
+    assert [S.lr_at(job, i) for i in (0, 80, 90, 99)] == pytest.approx([1.0, 1.0, 0.5, 0.05])
+
+
+def test_resampled_encoder_columns_have_a_fifth_of_the_mean_alive_norm():
+    pool = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
+    sae = random_sae("relu")
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[:6] = True
+    alive = sae.W_enc[:, ~dead].norm(dim=0).mean().item()
+    S.resample_dead(sae, opt, dead, pool, torch.Generator().manual_seed(1))
+    assert torch.allclose(sae.W_enc[:, dead].norm(dim=0), torch.full((6,), 0.2 * alive), rtol=1e-5)
+    assert (sae.b_enc[dead] == 0).all()
