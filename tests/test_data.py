@@ -1494,3 +1494,11 @@ def test_authors_bad_inputs_are_one_line(authors_hub, tmp_path, monkeypatch, cap
     with pytest.raises(SystemExit) as e:
         data.load_tokenizer(str(tmp_path / "d"))
     assert "pip install -r requirements-authors.txt" in one_line_error(e)
+
+
+def test_consecutive_windows_cover_an_array_whose_length_is_a_multiple_of_the_stride():
+    """T = 5 (stride 4) over 12 tokens: windows at 0 and 4 (the last ends at token 8); one at 8 would run past the end."""
+    a = np.arange(12)
+    w = data.sample_windows(a, None, 5, "consecutive")
+    assert w.tolist() == [[0, 1, 2, 3, 4], [4, 5, 6, 7, 8]]
+    assert data.sample_windows(np.arange(13), None, 5, "consecutive").tolist()[-1] == [8, 9, 10, 11, 12]

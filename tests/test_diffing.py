@@ -534,3 +534,9 @@ def test_a_stopped_edge_resumes_exactly_and_its_state_is_checked(pipeline, tmp_p
         f.write(b"\0" * 64)
     assert_one_line_error(run_script("diffing.py", *one, f"--out_dir={outs['stopped']}", "--lr=2e-3"),
                           "--edges 'base->lua' --overwrite")
+
+
+def test_firing_change_at_exactly_the_ratio():
+    """A rate that falls by exactly `ratio` has stopped; one that rises by exactly `ratio` has started."""
+    out = diffing.firing_change([0.5, 0.125, 0.5], [0.125, 0.5, 0.25], 4.0)
+    assert out["stopped"] == 1 and out["started"] == 1 and out["live"] == 3

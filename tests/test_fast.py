@@ -758,3 +758,18 @@ def test_a_small_pipeline_tracks_the_same_features_with_fast_on_and_off(tmp_path
             n = max(c["parent_live"], c["child_live"])
             for k in ("persisting", "disappearing", "emerging", "parent_live", "child_live"):
                 assert abs(c[k] - q[k]) <= 0.05 * n, (group, name, k, c[k], q[k])
+
+
+def test_topk_support_drops_non_positive_entries_of_the_top_k():
+    pre = torch.tensor([[3.0, -1.0, 0.0, 2.0], [-2.0, -1.0, -3.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
+    rows, cols = fast.top_support(pre, 2)
+    assert list(zip(rows.tolist(), cols.tolist())) == [(0, 0), (0, 3), (1, 3)]
+
+
+def test_fast_windows_at_a_start_exactly_on_a_domain_boundary():
+    """mix tokens: a draw u that lands exactly on the first start of the second domain takes that window."""
+    a, b = np.arange(10), 100 + np.arange(12)
+    T = 4                                                        # starts: 7 in a, 9 in b, 16 in all (u * 16 exact)
+    u = torch.tensor([0.0, 7 / 16, 6 / 16, 15 / 16], dtype=torch.float64)
+    got = fast.windows_at([a, b], u, T, "tokens")
+    assert got.tolist() == [[0, 1, 2, 3], [100, 101, 102, 103], [6, 7, 8, 9], [108, 109, 110, 111]]
