@@ -1140,6 +1140,7 @@ def check_utf8(path, block=1 << 24):
     in C (about a second a GB), over a file local_file_docs reads later."""
     import codecs
     dec, pos = codecs.getincrementaldecoder("utf-8")(), 0
+    check_regular(path)  # (a pipe's open would wait for a writer; OSError, as open's)
     with open(path, "rb") as f:
         while True:
             raw = f.read(block)
@@ -1368,10 +1369,16 @@ def settings_of(domain, cfg):
         try:
             s["files"] = {f"{p}/{n}": sha256_file(os.path.join(folder, p, n)) for p in parts
                           for n in ("train.txt", "valid.txt", "val.txt") if os.path.exists(os.path.join(folder, p, n))}
-        except OSError as e:  # a folder, a pipe or an unreadable file where a text file belongs
-            die(f"--source {cfg['source']}: {e.filename or folder} cannot be read as a text file ({e.strerror}); "
-                f"each domain needs <domain>/train.txt and valid.txt, plain files")
+        except OSError as e:
+            not_a_text_file(cfg["source"], e)
     return s
+
+
+def not_a_text_file(source, e):
+    """One line for an OSError met reading a local corpus file: a folder, a pipe or an unreadable file where a
+    text file belongs."""
+    die(f"--source {source}: {e.filename or source} cannot be read as a text file ({e.strerror}); "
+        f"each domain needs <domain>/train.txt and valid.txt, plain files")
 
 
 # -----------------------------------------------------------------------------
@@ -1725,7 +1732,10 @@ def check_source(cfg):
         # first, then each checked to be UTF-8, so a rebuild never stops halfway (its tokenizer replaced) on one
         for path in [local_path(src[len("local:"):], d, split) for d in domains_to_prepare(cfg) if d != "base"
                      for split in ("train", "val")]:
-            check_utf8(path)
+            try:
+                check_utf8(path)
+            except OSError as e:
+                not_a_text_file(src, e)
     def same(a, b):  # (local:./c is local:c)
         return a == b or (a.startswith("local:") and b.startswith("local:")
                           and os.path.realpath(a[6:]) == os.path.realpath(b[6:]))

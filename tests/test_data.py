@@ -245,6 +245,11 @@ def test_a_local_corpus_file_that_is_a_folder_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as e:
         data.main(["--domain", "all", "--source", f"local:{corp}", "--data_dir", str(tmp_path / "out")])
     assert "lua/train.txt cannot be read as a text file" in one_line_error(e)
+    os.rmdir(corp / "lua" / "train.txt")
+    os.mkfifo(corp / "lua" / "train.txt")   # a pipe: refused before its open would wait for a writer
+    with pytest.raises(SystemExit) as e:
+        data.main(["--domain", "all", "--source", f"local:{corp}", "--data_dir", str(tmp_path / "out")])
+    assert "lua/train.txt cannot be read as a text file" in one_line_error(e)
 
 
 def test_a_local_domain_missing_is_named_before_any_domain_is_made(tmp_path):
