@@ -92,9 +92,9 @@ config = dict(
     aux_k=0,               # topk: latents in the AuxK loss; 0 = d_in // 2 (Gao et al.)
     aux_coeff=1 / 32,      # topk: AuxK weight (Gao et al.)
     dead_window=10_000_000,  # a latent is dead after this many training activations without firing (Gao: 10M)
-    lr=1e-4,               # Adam learning rate (Anthropic Apr 2024 update)
+    lr=1e-4,               # Adam learning rate (the authors' config, DESIGN.md)
     beta1=0.9,             # Adam beta1
-    beta2=0.9999,          # Adam beta2 (Gao et al.)
+    beta2=0.9999,          # Adam beta2 (the authors' config, DESIGN.md)
     lr_decay_frac=0.2,     # lr decays linearly to 0 over the last 20% of steps
     seqs_per_batch=128,    # a batch = seqs_per_batch sequences x tokens_per_seq random positions (128 x 24)
     tokens_per_seq=24,     # positions kept per harvested window
@@ -183,8 +183,9 @@ class ReLU:
     def encoder_gain(self, d_in, n_features):
         """Encoder init = decoder transpose x this: with random directions
         sum_i relu(<v, d_i>) d_i ~ (n_features / 2 d_in) v, so 2 d_in / n_features starts the SAE
-        near the identity instead of with L0 ~ n_features / 2 and a reconstruction several times too
-        large (tiny: FVU 0.13 vs 0.18)."""
+        near the identity instead of with a reconstruction n_features / (2 d_in) times too large.
+        L0 starts at ~n_features / 2 either way: a positive gain does not change which
+        pre-activations are > 0 (tiny: FVU 0.13 vs 0.18)."""
         return min(1.0, 2 * d_in / n_features)
 
     def penalty(self, sae, x, x_hat, f, hp):
@@ -374,8 +375,9 @@ def density_histogram(fire_counts, n_tokens, lo=-6.0, step=0.25):
 # training step pieces
 
 def sae_loss(sae, x, hp):
-    """x (N, d_in) in training (scaled) space -> (loss, mse, f). The MSE and the activation's
-    penalty are means over tokens of sums over dimensions / features. hp: this step's settings,
+    """x (N, d_in) in training (scaled) space -> (loss, mse, f). The MSE is a mean over tokens of
+    the sum over dimensions; the penalty is the activation's (ReLU: the L1, a mean over tokens of
+    the sum over features; TopK: AuxK's MSE over the residual's variance). hp: this step's settings,
     made by train_seeds: l1_coeff (ReLU's ramped L1), dead (F,) bool, aux_k, aux_coeff (TopK)."""
     x_hat, f = sae(x)                                                      # (N, d_in), (N, F)
     mse = (x_hat - x).pow(2).sum(-1).mean()
