@@ -996,6 +996,12 @@ def lr_at(job, i):
     return job.cfg["lr"] * min(1.0, (job.total_steps - i) / max(1.0, job.cfg["lr_decay_frac"] * job.total_steps))
 
 
+def l1_at(job, i):
+    """ReLU's L1 weight at step i: linearly up to l1_coeff over the first l1_warmup_frac of the steps
+    (step i trains with (i + 1) / warm-up steps of it), then constant."""
+    return job.cfg["l1_coeff"] * min(1.0, (i + 1) / max(1.0, job.cfg["l1_warmup_frac"] * job.total_steps))
+
+
 def train_seeds(job, runs, x):
     """One step of every seed's SAE on x, and the running sums of the training log (on the device:
     nothing is read back here)."""
@@ -1007,8 +1013,7 @@ def train_seeds(job, runs, x):
     stats["sum_x"] += x.sum(0, dtype=torch.float64)
     stats["sum_sq"] += x.pow(2).sum(dtype=torch.float64)
     stats["n"] += B
-    l1 = cfg["l1_coeff"] * min(1.0, (step + 1) / max(1.0, cfg["l1_warmup_frac"] * job.total_steps))
-    lr = lr_at(job, step)
+    lr, l1 = lr_at(job, step), l1_at(job, step)
     hps = [SimpleNamespace(l1_coeff=l1, dead=(step - r["last_fired"]) * B >= cfg["dead_window"],
                            aux_k=job.aux_k, aux_coeff=cfg["aux_coeff"]) for r in runs]  # dead (F,)
     if job.fast_steps:  # fast.py: the seeds as one stack, or sparse steps in threads (to rounding)

@@ -702,6 +702,29 @@ def test_lr_decays_linearly_to_zero_over_the_last_fraction():
     assert [S.lr_at(job, i) for i in (0, 80, 90, 99)] == pytest.approx([1.0, 1.0, 0.5, 0.05])
 
 
+def test_l1_ramps_up_linearly_over_the_first_fraction():
+    job = SimpleNamespace(cfg={"l1_coeff": 2.0, "l1_warmup_frac": 0.05}, total_steps=100)
+    assert [S.l1_at(job, i) for i in (0, 1, 3, 4, 5, 99)] == pytest.approx([0.4, 0.8, 1.6, 2.0, 2.0, 2.0])
+    job.cfg["l1_warmup_frac"] = 0.0                                             # no warm-up: the full weight at once
+    assert S.l1_at(job, 0) == 2.0
+
+
+def test_resampling_draws_inputs_in_proportion_to_their_squared_loss():
+    """Anthropic's rule: an input is drawn with probability proportional to the square of its reconstruction
+    loss. An SAE that reconstructs 0 has loss |x|^2: inputs of loss 1 and 2 are drawn 1 : 4 (not 1 : 2)."""
+    d, n_feat = 4, 4000
+    sae = S.SAE(d, n_feat, "relu")
+    with torch.no_grad():
+        sae.W_enc.zero_(), sae.b_enc.zero_(), sae.b_dec.zero_()                 # f = 0, x_hat = 0
+    pool = torch.tensor([[1.0, 0, 0, 0], [0, 2 ** 0.5, 0, 0], [0, 0, 0, 0]])    # losses 1, 2, 0
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    dead = torch.ones(n_feat, dtype=torch.bool)
+    assert S.resample_dead(sae, opt, dead, pool, torch.Generator().manual_seed(0)) == n_feat
+    second = (sae.W_dec[:, 1] > 0.5).double().mean().item()                   # rows that are input 1's direction
+    assert (sae.W_dec[:, 0] > 0.5).double().mean().item() + second == 1.0     # never the input of loss 0
+    assert abs(second - 0.8) < 0.03                                          # 4/5 (sd 0.006); by the loss: 2/3
+
+
 def test_resampled_encoder_columns_have_a_fifth_of_the_mean_alive_norm():
     pool = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
     sae = random_sae("relu")
