@@ -932,8 +932,8 @@ def _plain(o):
 
 def checksum(obj):
     """sha256 (hex) of a file's contents: each tensor's dtype, shape and bytes, each other value's type and
-    repr, containers with their lengths, in order; the top-level "checksum" field left out. Costs ~0.8 s
-    a GB of tensors on a 2-core AMD EPYC, about what torch.save takes (DESIGN.md, Reliability)."""
+    repr, containers with their lengths, in order; the top-level "checksum" field left out. Costs about
+    what torch.save takes (DESIGN.md, Reliability)."""
     import torch
     h = hashlib.sha256()
 

@@ -321,6 +321,9 @@ def test_stamp_makes_a_torch_file_plain_data_with_its_checksum(tmp_path):
     assert common.checksum(back) == st["checksum"] == common.checksum(st)
     back["opt"]["param_groups"][0]["betas"] = (0.9, 0.999)
     assert common.checksum(back) != st["checksum"]
+    w = torch.arange(6, dtype=torch.float32)                          # the same bytes read another way: not whole
+    sums = {common.checksum({"w": x}) for x in (w, w.reshape(2, 3), w.reshape(3, 2), w.view(torch.int32))}
+    assert len(sums) == 4
     with pytest.raises(TypeError, match="cannot hold a object"):     # anything else: a programming error, at save
         common.stamp({"x": object()}, "model")
 
