@@ -1128,40 +1128,15 @@ def local_path(folder, domain, split):
     die(f"no {os.path.join(folder, domain, names[0])} (local:DIR wants DIR/<domain>/train.txt and valid.txt)")
 
 
-def not_utf8(path, e, at):
-    """One line naming the byte of path that e (a UnicodeDecodeError of a block read at offset `at`) met."""
-    byte = e.object[e.start] if e.start < len(e.object) else 0
-    die(f"{path} is not UTF-8: byte 0x{byte:02x} at offset {at + e.start:,} ({e.reason}); "
-        f"convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
-
-
-def check_utf8(path, block=1 << 24):
-    """not_utf8 before anything is made (a tokenizer trained, a domain's files replaced): one decoding pass,
-    in C (about a second a GB), over a file local_file_docs reads later."""
-    import codecs
-    dec, pos = codecs.getincrementaldecoder("utf-8")(), 0
-    check_regular(path)  # (a pipe's open would wait for a writer; OSError, as open's)
-    with open(path, "rb") as f:
-        while True:
-            raw = f.read(block)
-            held = len(dec.getstate()[0])  # bytes of a character cut by the previous block
-            try:
-                dec.decode(raw, final=not raw)
-            except UnicodeDecodeError as e:
-                not_utf8(path, e, pos - held)
-            pos += len(raw)
-            if not raw:
-                return
-
-
-def local_file_docs(path, block=1 << 20):
-    """Documents of a file in the corpora format (each followed by a line `<|endoftext|>`), read in
-    blocks: newlines as text mode reads them, a byte that is not UTF-8 -> one line naming its offset."""
+def text_blocks(path, block=1 << 20):
+    """(text, last) for each block of a UTF-8 file, newlines as text mode reads them; a byte that is not
+    UTF-8 -> one line naming its offset (a folder or a pipe in the file's place: OSError, as open's)."""
     import codecs
     import io
     dec = codecs.getincrementaldecoder("utf-8")()
     text_dec = io.IncrementalNewlineDecoder(dec, translate=True)
-    doc, rest, pos = [], "", 0
+    pos = 0
+    check_regular(path)  # (a pipe's open would wait for a writer)
     with open(path, "rb") as f:
         while True:
             raw = f.read(block)
@@ -1169,18 +1144,34 @@ def local_file_docs(path, block=1 << 20):
             try:
                 text = text_dec.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
-                not_utf8(path, e, pos - held)
+                byte = e.object[e.start] if e.start < len(e.object) else 0
+                die(f"{path} is not UTF-8: byte 0x{byte:02x} at offset {pos - held + e.start:,} ({e.reason}); "
+                    f"convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
             pos += len(raw)
-            lines = (rest + text).split("\n")
-            rest = lines.pop() if raw else ""
-            for line in lines:
-                if line == EOT:
-                    yield from _finished(doc)
-                    doc = []
-                else:
-                    doc.append(line)
+            yield text, not raw
             if not raw:
-                break
+                return
+
+
+def check_utf8(path, block=1 << 24):
+    """text_blocks' check before anything is made (a tokenizer trained, a domain's files replaced)."""
+    for _ in text_blocks(path, block):
+        pass
+
+
+def local_file_docs(path, block=1 << 20):
+    """Documents of a file in the corpora format (each followed by a line `<|endoftext|>`), read in
+    blocks (text_blocks)."""
+    doc, rest = [], ""
+    for text, last in text_blocks(path, block):
+        lines = (rest + text).split("\n")
+        rest = lines.pop() if not last else ""
+        for line in lines:
+            if line == EOT:
+                yield from _finished(doc)
+                doc = []
+            else:
+                doc.append(line)
     yield from _finished(doc)
 
 

@@ -346,9 +346,14 @@ def load_model(out_dir, name, device="cpu", allow_unfinished=False):
     An unfinished checkpoint is refused unless allow_unfinished."""
     path = os.path.join(out_dir, name, "ckpt.pt")
     # a variant (train.py --name, merge.py --out) is made by the command that named it
-    how = MAKES.get(name, f"python train.py --domain DOMAIN --name {name} (or python merge.py --out {name})")
+    how = MAKES.get(name, f"python train.py --domain DOMAIN --name {name}")
+    if name not in MAKES and not os.path.lexists(path):
+        die(f"no '{name}' model checkpoint at {path}; make it with: {how} (or python merge.py --out {name})")
     ckpt = load_checkpoint(path, f"'{name}' model checkpoint", how)
     check_finished(ckpt, path, name, allow_unfinished)
+    if name not in MAKES:  # (loaded: its own domain, or a merge)
+        how = (f"python merge.py --out {name}" if ckpt.get("domain") is None
+               else f"python train.py --domain {ckpt['domain']} --name {name}")
     model = model_from_checkpoint(ckpt, device, path, how)
     model.eval()
     return model, ckpt

@@ -693,7 +693,8 @@ def check_sae_matches(sae_ckpt, model_ckpt, model_hash=None, path="this SAE"):
     if model_ckpt.get("name") != name:  # (a file copied in: its own run's training state, kept, remakes it)
         die(f"{path} holds an SAE of model '{name}', not '{model_ckpt.get('name')}': folders swapped? put each back in "
             f"its own folder (sae_<model>), or remake it: python sae.py --model {model_ckpt.get('name')}"
-            f"{remake_flag(path) if os.path.dirname(path) else ' --overwrite'}")
+            + (f" --seeds 0,1,{sae_ckpt['seed']}" if sae_ckpt.get("seed", 0) not in (0, 1) else "")
+            + (remake_flag(path) if os.path.dirname(path) else " --overwrite"))
     if (model_hash is not None and model_hash != sae_ckpt["model_hash"]) or \
             model_fingerprint(model_ckpt) != sae_ckpt["model_fingerprint"]:
         die(f"the SAE for '{name}' was trained on another version of that model (its file hash then: "

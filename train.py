@@ -140,8 +140,9 @@ def main(argv=None):
     if cfg["domain"] != "base" and name == cfg["parent"]:
         die(f"--name {name} is the parent this fine-tune starts from; it would overwrite it: choose another "
             f"--name (e.g. --name {cfg['domain']})")
-    # (--overwrite would lose the study's model; a --resume names the setting that differs from its run's)
-    if name in MAKES and STUDY_DOMAIN[name] != cfg["domain"] and not cfg["resume"]:
+    # (--overwrite would lose the study's model; a --resume of one names the setting that differs from its run's)
+    resumes = cfg["resume"] and os.path.exists(os.path.join(cfg["out_dir"], name, "ckpt.pt"))
+    if name in MAKES and STUDY_DOMAIN[name] != cfg["domain"] and not resumes:
         die(f"--name {name} is the folder of the study's {name} model ({MAKES[name]}); a {cfg['domain']} run "
             f"would replace it: choose another --name (e.g. --name {cfg['domain']}_2)")
     check_model_folder("--name", name)

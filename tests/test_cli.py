@@ -456,6 +456,8 @@ FAMILIES = {
         ("hostile-train-name-sae-folder", [*LUA2, "--name=sae_lua"], None, r"plain folder name"),
         ("hostile-train-name-another-study-model", [*LUA2, "--name=tinystories", "--overwrite"], None,
          r"--name tinystories is the folder of the study's tinystories model .* choose another --name \(e\.g\. --name lua_2\)$"),
+        ("hostile-train-name-another-study-model-resume", [*LUA2, "--name=tinystories", "--resume"],
+         remove("out/tinystories/ckpt.pt"), r"--name tinystories is the folder of"),  # nothing to resume there
         ("hostile-train-name-path", [*LUA2, "--name=../x"], None, r"plain folder name"),
         ("hostile-train-data-dir-is-out-dir", [TRAIN, "--domain=lua", D, "--out_dir={ws}/data/", "--preset=tiny",
                                               *MODEL], None, r"--data_dir and --out_dir are both"),

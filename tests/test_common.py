@@ -428,5 +428,8 @@ def test_made_as_now_compares_settings_but_how_only_code_and_inputs(monkeypatch)
     assert common.made_as_now(rec, "diffing", {**cfg, "seq_len": 24}, ("threads",), now,
                               same=lambda k, v, saved: k == "seq_len" or saved.get(k) == v)   # the stage's rule
     assert not common.made_as_now([rec], "diffing", cfg, ("threads",), now)                  # another shape
+    old = {k: v for k, v in rec.items() if k != "checksum"}                  # edited, its checksum dropped ...
+    assert not common.made_as_now(old, "diffing", cfg, ("threads",), now)
+    assert not common.made_as_now({**old, "format": 1}, "diffing", cfg, ("threads",), now)  # ... and called older
     monkeypatch.setattr(common, "_CODE_VERSION", {**common.code_version(), "source_sha256": "other"})
     assert not common.made_as_now(rec, "diffing", cfg, ("threads",), now)                    # other code
