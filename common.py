@@ -573,9 +573,12 @@ def lock_dir(path, what="this run", subfolders=False):
     reused), is taken over. A .lock that is no lock file (a folder, other JSON, text) is one line: it is
     left for the user to look at, not deleted. Stale temp files of interrupted atomic writes (`.*.tmp`)
     in the folder are removed, and in its subfolders with `subfolders` (data.py: the writer of every file
-    under data_dir; a folder under out_dir may belong to another stage running now, so not there). A folder
-    made here and still empty at the end (a run refused after taking the lock) is removed."""
-    created = not os.path.isdir(path)
+    under data_dir; a folder under out_dir may belong to another stage running now, so not there). Folders
+    made here and still empty at the end (a run refused after taking the lock) are removed."""
+    made, p = [], os.path.abspath(path)  # the folders made here (--out_dir too, where it is new), deepest first
+    while not os.path.isdir(p):
+        made.append(p)
+        p = os.path.dirname(p)
     check_writable(path)
     lock = os.path.join(path, ".lock")
     mine = json.dumps({"pid": os.getpid(), "start": proc_start(os.getpid()), "host": socket.gethostname(),
@@ -629,9 +632,9 @@ def lock_dir(path, what="this run", subfolders=False):
             with open(lock, encoding="utf-8") as f:
                 if f.read() == mine:
                     os.remove(lock)
-        if created:
+        for p in made:
             with contextlib.suppress(OSError):
-                os.rmdir(path)  # only when empty
+                os.rmdir(p)  # only when empty
 
 
 def _alive(holder):

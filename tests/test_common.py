@@ -180,6 +180,10 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
             with common.lock_dir(str(d), "train.py"):
                 pass
     assert not d.exists()  # made by the lock and left empty: removed with it
+    with pytest.raises(common.UserError):
+        with common.lock_dir(str(tmp_path / "new_out" / "luastories")):     # a new --out_dir too
+            common.die("no models")
+    assert sorted(os.listdir(tmp_path)) == []
     d.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
