@@ -245,7 +245,8 @@ else
   after "train lua" "train tinystories"  # the merges need both fine-tunes
   # a no-op when out/luastories was made from these very inputs
   merge_extra=$(printf %s "${takes[merge.py]:-}" | paste -sd' ')  # the label says what settings were given
-  merge="merge: luastories = SLERP(lua, tinystories, ${merge_extra:-t=0.58})"
+  [[ " $merge_extra" == *" --t="* ]] || merge_extra="t=0.58${merge_extra:+ $merge_extra}"  # (the default t)
+  merge="merge: luastories = SLERP(lua, tinystories, $merge_extra)"
   stage "$merge" merge "$OUT/luastories" merge.py "${dirs[@]}"
   for m in lua tinystories; do
     stage "sae for $m" sae "$OUT/sae_$m" sae.py --model $m "${dirs[@]}" --resume

@@ -695,7 +695,8 @@ def fake_python(tmp_path):
     stub.write_text(f"""#!/bin/sh
 case "$*" in *--help*)
   case $1 in train.py) echo "  --compile=True      torch.compile"; echo "  --max_iters=0";;
-             sae.py) echo "  --total_acts=1000   activations";; esac; exit 0;; esac
+             sae.py) echo "  --total_acts=1000   activations";;
+             merge.py) echo "  --dot_threshold=0.9995";; esac; exit 0;; esac
 [ "$1" = "-" ] && exec {sys.executable} "$@"
 echo "$*" >> {tmp_path}/calls
 """)
@@ -706,7 +707,7 @@ echo "$*" >> {tmp_path}/calls
 
 def test_reproduce_passes_extra_settings_to_the_stages_that_take_them(tmp_path):
     import subprocess
-    env = {**fake_python(tmp_path), "EXTRA": "--compile=false"}
+    env = {**fake_python(tmp_path), "EXTRA": "--compile=false --dot_threshold=0.9"}
     out = tmp_path / "out"                                    # what earlier runs of the stages left: their metrics
     for name, metrics in {"base/metrics.json": {"tokens_per_s": 5000, "mfu": 0.4, "peak_gpu_mib": 4535.1},
                           "sae_lua/metrics.json": {"history": [{"step": 1, "act_per_s": 100.0},
@@ -731,10 +732,12 @@ def test_reproduce_passes_extra_settings_to_the_stages_that_take_them(tmp_path):
         script = call.split()[0]
         assert ("--compile=false" in call) == (script == "train.py"), call
         assert ("--total-acts=500" in call) == (script == "sae.py"), call
+        assert ("--dot_threshold=0.9" in call) == (script == "merge.py"), call
     # the stage table: reproduce.sh's wall times, each stage's throughput and MFU from its metrics
     table = json.loads((out / "analysis" / "stages.json").read_text())["stages"]
     rows = {r["stage"]: r for r in table}
     assert len(table) == 11 and all(r["wall_s"] >= 0 for r in table)
+    assert "merge: luastories = SLERP(lua, tinystories, t=0.58 --dot_threshold=0.9)" in rows   # t: the default
     assert (rows["train base"]["rate"], rows["train base"]["unit"], rows["train base"]["mfu"]) == (5000, "tokens/s", 0.4)
     assert rows["sae for lua"]["rate"] == 200.0 and rows["sae for lua"]["unit"] == "activations/s"
     analysis = [r for name, r in rows.items() if name.startswith("analysis")][0]
