@@ -29,8 +29,8 @@ import torch
 
 import data as datalib
 import fast
-from model import (MAKES, STUDY_DOMAIN, ModelArgs, Transformer, check_finished, check_preset, eval_loss, load_checkpoint,
-                   model_from_checkpoint, save_checkpoint)
+from model import (MAKES, STUDY_DOMAIN, ModelArgs, Transformer, check_finished, check_preset, eval_loss,
+                   load_checkpoint, model_from_checkpoint, save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # config: the paper's pretraining values; PRESETS below override them per preset and per variant
