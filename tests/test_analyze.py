@@ -239,6 +239,9 @@ def test_logit_effects_follow_w_out_norm_gain_and_lm_head():
         order = torch.argsort(full[k], descending=True)
         assert ti[k].tolist() == order[:4].tolist() and bi[k].tolist() == order.flip(0)[:4].tolist()
         np.testing.assert_allclose(tv[k], full[k, order[:4]].detach().numpy(), rtol=1e-5)
+        # the suppressed tokens' values are their (negative) logit effects, most negative first
+        np.testing.assert_allclose(bv[k], full[k, order.flip(0)[:4]].detach().numpy(), rtol=1e-5)
+        assert (bv[k] < 0).all() and (np.diff(bv[k]) >= 0).all()
 
 
 def test_json_for_script_cannot_close_the_script_or_inject_html():
@@ -1050,3 +1053,64 @@ def test_the_null_pairs_two_seeds_and_the_stream_counts_the_positions_past_skip_
         n_rows = next(iter(acc.values())).sums()[0]
         assert n_rows == token_set["n_tokens"]
         assert all(int(s["nnz"].max()) <= token_set["n_tokens"] for s in stats.values())
+
+
+def test_pair_record_fractions_histograms_and_many_to_many_truncation_known_answers():
+    """pair_record on unequal_edge (4 live parents, 3 live children): emerging is a fraction of the child's live
+    features; the best-r histograms count each live feature once (a negative best r in the first bin, a dead
+    feature nowhere); the many-to-many list keeps the first max_pairs pairs in (parent, child) order and says
+    whether it was cut."""
+    c = unequal_edge()
+    sae_a, sae_b = saelib.init_sae(3, 5, "relu", 0, seed=1), saelib.init_sae(3, 4, "relu", 0, seed=2)
+    dens_p, dens_c = np.array([0.5, 0.25, 0.125, 0.125, 0.0]), np.array([0.5, 0.25, 0.25, 0.0])
+    rec = analyze.pair_record(c, sae_a, sae_b, dens_p, dens_c, ("p", "c"), 0.8, 10, use_fast=False)
+    assert rec["persisting_frac"] == 1 / 4 and rec["emerging_frac"] == 2 / 3
+    hp, hc = rec["hist"]["parent"], rec["hist"]["child"]
+    assert len(hp) == len(analyze.HIST_BINS) - 1 and sum(hp) == 4 and sum(hc) == 3
+    assert hp[0] == 1 and hc[0] == 0           # P2's best r -0.1 clipped into the first bin; dead P4 / C3 not counted
+    # at threshold 0.5 there are 3 pairs: (0, 0) 0.8, (0, 1) 0.5, (1, 1) 0.75 (row-major order)
+    r = np.array([[0.8, 0.5, 0.1, 0.0], [0.25, 0.75, 0.3, 0.0], [-0.2, -0.1, -0.3, 0.0], [0.1, 0.2, 0.05, 0.0],
+                  [0.0, 0.0, 0.0, 0.0]])                                   # unequal_edge's r
+    c5 = analyze.classify(r, c["dead_parent"], c["dead_child"], 0.5)
+    cos = analyze.decoder_cos(sae_a.W_dec, sae_b.W_dec, [0, 0, 1], [0, 1, 1])
+    for max_pairs, want in ((2, [(0, 0, 0.8), (0, 1, 0.5)]), (3, [(0, 0, 0.8), (0, 1, 0.5), (1, 1, 0.75)])):
+        many = analyze.pair_record(c5, sae_a, sae_b, dens_p, dens_c, ("p", "c"), 0.5, max_pairs,
+                                   use_fast=False)["many_to_many"]
+        assert many["n"] == 3 and many["truncated"] == (max_pairs < 3)
+        assert [tuple(p[:3]) for p in many["pairs"]] == want
+        assert [p[3] for p in many["pairs"]] == [round(float(q), 4) for q in cos[:max_pairs]]
+
+
+def test_select_features_spreads_over_density_and_alternates_clearest_and_closest_known_answer():
+    """n = 2 density groups per category: the first group's clearest case (farthest from the threshold on its
+    side: highest r for persisting, lowest for disappearing / emerging), the second group's closest call."""
+    thr = 0.8
+    persisting = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
+    c = {"persisting": persisting, "disappearing": ~persisting,
+         "parent_best_r": np.array([0.95, 0.82, 0.9, 0.81, 0.1, 0.7, 0.3, 0.79]),
+         "emerging": np.array([1, 1, 1, 1], bool), "child_best_r": np.array([0.2, 0.5, 0.6, 0.0])}
+    # parents 0-3 have densities in reverse index order: groups by density are {3, 2} and {1, 0}
+    dens_p = np.array([0.4, 0.3, 0.2, 0.1, 0.05, 0.06, 0.07, 0.08])
+    dens_c = np.array([0.1, 0.1, 0.2, 0.2])
+    taken = set()
+    got = analyze.select_features(c, 2, thr, dens_p, dens_c, ("base", "lua"), taken)
+    picks = {cat: [(m, i) for m, i, _ in v] for cat, v in got.items()}
+    # persisting {3: .81, 2: .9} clearest 2, {1: .82, 0: .95} closest 1; disappearing {4: .1, 5: .7} clearest 4,
+    # {6: .3, 7: .79} closest 7; emerging {0: .2, 1: .5} clearest 0, {2: .6, 3: 0} closest 2
+    assert picks == {"persisting": [("base", 2), ("base", 1)], "disappearing": [("base", 4), ("base", 7)],
+                     "emerging": [("lua", 0), ("lua", 2)]}
+    assert taken == {p for v in picks.values() for p in v}
+    assert "the clearest case" in got["persisting"][0][2] and "the closest call" in got["persisting"][1][2]
+
+
+def test_trail_follows_best_partners_at_or_above_the_threshold_both_ways():
+    """a -> b -> c: a0's best in b is b1 (r 0.9), b1's best in c is c2 at r 0.5 (below 0.8: not followed); from
+    c2 backwards: its best parent b1 (0.85), whose best parent is a0 (0.9)."""
+    edges = [("a->b", "a", "b"), ("b->c", "b", "c")]
+    cls = {"a->b": {"parent_best": np.array([1, -1]), "parent_best_r": np.array([0.9, 0.0]),
+                    "child_best": np.array([-1, 0]), "child_best_r": np.array([0.0, 0.9])},
+           "b->c": {"parent_best": np.array([-1, 2]), "parent_best_r": np.array([0.0, 0.5]),
+                    "child_best": np.array([-1, -1, 1]), "child_best_r": np.array([0.0, 0.0, 0.85])}}
+    assert analyze.trail("a", 0, edges, cls, 0.8) == [("b", 1, 0.9, "a->b")]
+    assert analyze.trail("c", 2, edges, cls, 0.8) == [("b", 1, 0.85, "b->c"), ("a", 0, 0.9, "a->b")]
+    assert analyze.trail("b", 1, edges, cls, 0.5) == [("a", 0, 0.9, "a->b"), ("c", 2, 0.5, "b->c")]

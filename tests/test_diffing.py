@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -540,3 +541,43 @@ def test_firing_change_at_exactly_the_ratio():
     """A rate that falls by exactly `ratio` has stopped; one that rises by exactly `ratio` has started."""
     out = diffing.firing_change([0.5, 0.125, 0.5], [0.125, 0.5, 0.25], 4.0)
     assert out["stopped"] == 1 and out["started"] == 1 and out["live"] == 3
+
+
+def test_batchtopk_threshold_is_an_ema_of_the_smallest_kept_score():
+    """The first batch sets the inference threshold to its smallest kept score; every later batch moves it by
+    1% towards that batch's (0.99 old + 0.01 new), so one batch cannot reset it."""
+    W_dec = [[[1.0, 0.0], [1.0, 0.0], [0.5, 0.0]], [[0.0, 0.0], [0.0, 1.0], [0.0, 0.5]]]   # norms' sums 1, 2, 1
+    cc = hand_crosscoder("batchtopk", np.zeros((2, 2, 3)), W_dec, k=1)
+    cc.activate(torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.4, 2.0]]), train=True)   # kept scores 3, 2.8
+    assert cc.threshold.item() == pytest.approx(2.8)
+    cc.activate(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.5]]), train=True)   # scores 1, 0.5: both kept, min 0.5
+    assert cc.threshold.item() == pytest.approx(0.99 * 2.8 + 0.01 * 0.5)
+    cc.activate(torch.zeros(2, 3), train=True)                                  # nothing positive kept: unchanged
+    assert cc.threshold.item() == pytest.approx(0.99 * 2.8 + 0.01 * 0.5)
+
+
+def test_crosscoder_record_counts_classes_spurious_and_genuine_exclusives_known_answer():
+    """Four latents by their decoder norms (parent, child): (1, 1) shared, (1, 0) parent-only, (0, 1) and (0, 2)
+    child-only, and a dead one; latent scaling calls the parent-only one and the first child-only one spurious:
+    spurious {parent-only 1, child-only 1}, genuine {parent-only 0, child-only 1}; FVU per model from the sums."""
+    e = torch.eye(2)
+    W_dec = torch.stack([torch.stack([e[0], e[0], 0 * e[0], 0 * e[0], e[1]]),
+                         torch.stack([e[1], 0 * e[1], e[1], 2 * e[1], e[1]])])          # (M, L, d)
+    cc = hand_crosscoder("l1", torch.zeros(2, 2, 5), W_dec)
+    dead = np.array([False, False, False, False, True])
+    scaling = types.SimpleNamespace(result=lambda cut: {"latent": [1, 2, 3], "nu_eps": [0.9, 0.1, 0.6],
+                                                        "nu_r": [0.0, 0.0, 0.0], "spurious": [True, False, True],
+                                                        "fired": [True, True, False]})
+    # 4 tokens; model 0: x = (1, 0), (-1, 0), (1, 0), (-1, 0): variance sum 4, sse 1 -> FVU 0.25; model 1: sse 2 -> 0.5
+    sums = {"sse": torch.tensor([1.0, 2.0], dtype=torch.float64), "sx": torch.zeros(2, 2, dtype=torch.float64),
+            "sxx": torch.tensor([4.0, 4.0], dtype=torch.float64)}
+    rate = np.array([0.5, 0.25, 0.25, 0.0, 0.0])
+    rec = diffing.crosscoder_record({"scaling_cut": 0.5}, cc, sums, 4, dead, rate, scaling, threshold=False)
+    assert rec["classes"] == "spccx" and rec["live"] == 4 and rec["dead"] == 1
+    assert rec["counts"] == {"shared": 1, "parent-only": 1, "child-only": 2, "mixed": 0}
+    # latent 3 is called spurious but never fired: not counted
+    assert rec["spurious"] == {"parent-only": 1, "child-only": 0}
+    assert rec["genuine"] == {"parent-only": 0, "child-only": 2}
+    assert rec["fvu"] == {"parent": 0.25, "child": 0.5} and rec["l0"] == 1.0
+    assert rec["delta"][:4] == [0.5, 0.0, 1.0, 1.0] and sum(rec["delta_hist"]["counts"]) == 4
+    assert rec["threshold"] is None

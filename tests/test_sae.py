@@ -735,3 +735,73 @@ def test_resampled_encoder_columns_have_a_fifth_of_the_mean_alive_norm():
     S.resample_dead(sae, opt, dead, pool, torch.Generator().manual_seed(1))
     assert torch.allclose(sae.W_enc[:, dead].norm(dim=0), torch.full((6,), 0.2 * alive), rtol=1e-5)
     assert (sae.b_enc[dead] == 0).all()
+
+
+def test_auxk_reconstructs_the_residual_from_dead_latents_only_over_its_variance_known_answer():
+    """AuxK by hand: 2 tokens, decoder rows e0, e1, (e0 + e1)/sqrt 2, latent 0 live (masked out even though its
+    pre-activation is the largest), aux_k 1: token 0 takes latent 1 (2 e1), token 1 latent 2 (3 (e0 + e1)/sqrt 2);
+    the loss is ||e_hat - e||^2 over the residual's variance about its mean (not its raw second moment)."""
+    sae = S.SAE(2, 3, "topk", 1)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [2 ** -0.5, 2 ** -0.5]]))
+    hp = SimpleNamespace(dead=torch.tensor([False, True, True]), aux_k=1, aux_coeff=0.5)
+    pre = torch.tensor([[5.0, 2.0, 1.0], [5.0, -1.0, 3.0]])
+    e_hat = sae.act.aux_hat(sae, pre, hp)
+    s = 3 * 2 ** -0.5
+    torch.testing.assert_close(e_hat, torch.tensor([[0.0, 2.0], [s, s]]))
+    x, x_hat = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 0.0], [1.0, 1.0]])   # e = (0, 2), (2, 3)
+    sq = ((s - 2) ** 2 + (s - 3) ** 2) / 2                  # mean over tokens of ||e_hat - e||^2 (token 0: exact)
+    var = (1.0 + 0.25 + 1.0 + 0.25) / 2                     # e's mean (1, 2.5): deviations (-1, -0.5), (1, 0.5)
+    assert S.TopK.aux_loss(e_hat, x, x_hat).item() == pytest.approx(sq / var, rel=1e-6)
+
+
+def test_a_latent_is_dead_after_dead_window_activations_without_firing(monkeypatch):
+    """train_seeds' dead mask (AuxK's input) with B = 4 tokens a step and dead_window 8: latent 0 fires every step,
+    latent 1 at step 0 only, latent 2 never. Dead once 8 activations (2 steps) have passed since it last fired:
+    latent 2 from step 2, latent 1 from step 3."""
+    seen = []
+
+    def fake_step(sae, opt, x, lr, hp):
+        seen.append(hp.dead.tolist())
+        f = torch.zeros(len(x), 3)
+        f[0, 0] = 1.0
+        if len(seen) == 1:
+            f[1, 1] = 1.0
+        return torch.tensor(1.0), torch.tensor(1.0), f
+    monkeypatch.setattr(S, "train_step", fake_step)
+    cfg = {"dead_window": 8, "aux_coeff": 1 / 32, "lr": 1e-3, "lr_decay_frac": 0.2, "l1_coeff": 0.0,
+           "l1_warmup_frac": 0.0}
+    job = SimpleNamespace(cfg=cfg, step=0, B=4, stats=None, d_in=2, device="cpu", fast_steps=None, aux_k=1,
+                          total_steps=10)
+    run = {"sae": None, "opt": None, "last_fired": torch.zeros(3, dtype=torch.long),
+           "bad_step": torch.tensor(-1), "bad_loss": torch.tensor(0.0)}
+    for step in range(4):
+        job.step = step
+        S.train_seeds(job, [run], torch.ones(4, 2))
+    assert seen == [[False, False, False], [False, False, False], [False, False, True], [False, True, True]]
+
+
+def test_resampling_takes_the_latents_that_did_not_fire_in_the_last_resample_every_steps(monkeypatch):
+    """At step 8 with resample_every 4 (steps 4-7 looked at): a latent that last fired at step 7 or at step 4 is
+    alive, one that last fired at step 3 or never is resampled; the resampled ones count as fired now."""
+    got = {}
+
+    def fake_resample(sae, opt, dead, pool, generator):
+        got["dead"] = dead.tolist()
+        return int(dead.sum())
+    monkeypatch.setattr(S, "resample_dead", fake_resample)
+    job = SimpleNamespace(step=8, cfg={"resample_every": 4}, buf=torch.zeros(1, 2), scale=1.0, n_features=4)
+    run = {"seed": 0, "sae": None, "opt": None, "n_resampled": 0, "bad_step": torch.tensor(-1),
+           "bad_loss": torch.tensor(0.0), "last_fired": torch.tensor([8, 5, 4, 0])}  # fired at step 7, 4, 3, never
+    S.resample(job, [run])
+    assert got["dead"] == [False, False, True, True] and run["n_resampled"] == 2
+    assert run["last_fired"].tolist() == [8, 5, 8, 8]
+
+
+def test_relu_encoder_starts_as_the_decoder_transpose_times_two_d_in_over_n_features():
+    """init_sae: the ReLU SAE's encoder is W_dec^T x min(1, 2 d_in / n_features) (near the identity at the start),
+    TopK's W_dec^T itself."""
+    for arch, d_in, n_f, gain in (("relu", 4, 16, 0.5), ("relu", 4, 6, 1.0), ("topk", 4, 16, 1.0)):
+        sae = S.init_sae(d_in, n_f, arch, 2, seed=3)
+        torch.testing.assert_close(sae.W_enc, sae.W_dec.T * gain)
+        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(n_f))

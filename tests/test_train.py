@@ -1,6 +1,7 @@
 """train.py end to end on a tiny learnable token stream: loss falls, fine-tunes start from the
 parent's exact weights, resumes continue exactly, and the user's mistakes get one-line errors."""
 import json
+import math
 import os
 
 import helpers
@@ -454,3 +455,24 @@ def test_ddp_on_two_cpu_processes_is_one_process_with_the_whole_batch(dirs):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert (a["val_loss"] is None) == (b["val_loss"] is None)
         assert a["val_loss"] is None or a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+
+
+def test_grad_accum_is_one_batch_of_the_same_windows_and_an_epoch_counts_its_tokens(dirs):
+    """--grad_accum 2 of 4 windows is one step over the same 8 windows (the epoch order) as --batch_size 8: the same
+    logged train loss (a mean, not a sum) and the same weights; and --epochs counts a step's tokens with its
+    micro-steps (B x block x grad_accum), so both runs take the same number of steps."""
+    data, out = dirs
+    both = ["--domain=base", "--epochs=0.2", "--eval_interval=1000", "--log_interval=1", "--grad_clip=0"]
+    run(dirs, *both, "--name=one", "--batch_size=8")
+    run(dirs, *both, "--name=two", "--batch_size=4", "--grad_accum=2")
+    a, b = load(dirs, "one"), load(dirs, "two")
+    n_train = os.path.getsize(os.path.join(data, "base", "train.bin")) // 2      # uint16 tokens
+    steps = math.ceil(0.2 * n_train / (8 * 16))                                    # 0.2 epochs of 8 x 16 tokens a step
+    assert a["iter_num"] == b["iter_num"] == steps
+    assert a["config"]["max_iters_resolved"] == b["config"]["max_iters_resolved"] == steps
+    ha, hb = a["history"], b["history"]
+    assert [h["iter"] for h in ha] == [h["iter"] for h in hb] and [h["tokens"] for h in ha] == [h["tokens"] for h in hb]
+    for x, y in zip(ha, hb):
+        assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-4)
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-3, atol=1e-5)
