@@ -581,3 +581,16 @@ def test_crosscoder_record_counts_classes_spurious_and_genuine_exclusives_known_
     assert rec["fvu"] == {"parent": 0.25, "child": 0.5} and rec["l0"] == 1.0
     assert rec["delta"][:4] == [0.5, 0.0, 1.0, 1.0] and sum(rec["delta_hist"]["counts"]) == 4
     assert rec["threshold"] is None
+
+
+def test_cross_application_reads_the_other_models_activations_and_the_null_counts_live_latents(pipeline):
+    """base->tinystories (another random model): the parent SAE's firing on the child's activations is not its
+    firing on its own; the crosscoder null's fraction is of seed 0's live latents."""
+    e = pipeline[2]["edges"]["base->tinystories"]
+    for side in ("parent_sae", "child_sae"):
+        f = e["firing"][side]
+        assert f["rate_own"] != f["rate_other"], side
+        assert f["live"] == sum(r > 0 for r in f["rate_own"])
+    null, s0 = e["crosscoder"]["null"], e["crosscoder"]["seeds"]["0"]
+    assert null["live"] == s0["live"] and 0 < null["live"] < len(s0["classes"]) + 1
+    assert null["found_again_frac"] == round(null["found_again"] / null["live"], 5)
