@@ -1341,10 +1341,15 @@ def analysis_current(cfg, inputs):
         if not common.made_as_now(res, "results", cfg, HOW_ONLY, inputs, same) or \
                 common.record_problem(pages, "pages") or not isinstance(run, str):
             return None
-        for name in [*dict.fromkeys(cfg["models"]), "tokens"]:  # each side file ends with its run's id
+        # each side file starts by naming its key (another model's file copied or swapped onto this name
+        # sets another key: the page finds none for this model) and ends with its run's id
+        for key, name in [*((m, m) for m in dict.fromkeys(cfg["models"])), (report.TOKENS, "tokens")]:
             path = os.path.join(adir, report.SIDE, f"{name}.js")
             common.check_regular(path)  # a pipe's open would wait for a writer (check_outputs names it below)
+            head = report.side_js(key, {})[:-len("{};\n")].encode()
             with open(path, "rb") as f:
+                if f.read(len(head)) != head:
+                    return None
                 f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
                 if f'"run":"{run}"'.encode() not in f.read():
                     return None

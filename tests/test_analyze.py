@@ -423,7 +423,7 @@ def test_report_rerenders_alone_from_the_saved_files(study, tmp_path):
 def test_a_current_analysis_is_not_recomputed_and_any_change_remakes_it(study, tmp_path, capsys):
     """A second run with the same inputs, settings and code re-renders the page and recomputes nothing (a
     finished ./reproduce.sh run again); a setting that changes the findings, an input added or removed, a side
-    file of another run, a damaged pages.json or --overwrite makes the analysis anew."""
+    file of another run or of another model (swapped), a damaged pages.json or --overwrite makes the analysis anew."""
     import shutil
     data_dir, out_dir, first = study
     out2 = str(tmp_path / "out")
@@ -451,6 +451,8 @@ def test_a_current_analysis_is_not_recomputed_and_any_change_remakes_it(study, t
     side = os.path.join(adir, report.SIDE, "lua.js")
     text = open(side).read()
     open(side, "w").write(text.replace(json.load(open(results))["run"], "0" * 16))   # another run's side file
+    remade()
+    shutil.copy(os.path.join(adir, report.SIDE, "base.js"), side)          # another model's, of this run
     remade()
     pages = os.path.join(adir, "pages.json")
     open(pages, "w").write(open(pages).read()[:-40])                         # cut short
