@@ -738,7 +738,9 @@ def with_earlier_edges(path, cfg, keys, edges_out, sae_hashes, token_set):
     try:
         old = common.read_record(path, "diffing")
         conf, kept = old["provenance"]["config"], {k: v for k, v in old["edges"].items() if k not in edges_out}
-        same = (all(conf.get(k) == cfg[k] for k in (*keys, "seeds", "sae_seed")) and old["token_set"] == token_set
+        # every setting it measured with (fire_ratio, scaling_cut, eval_seqs, ... too), as diffing_current compares
+        same = (all(conf.get(k) == v for k, v in cfg.items() if k not in (*HOW_ONLY, "edges"))
+                and all(conf.get(k) == cfg[k] for k in keys) and old["token_set"] == token_set
                 and all(old["sae_hashes"].get(m, h) == h for m, h in sae_hashes.items()))
     except (common.UserError, KeyError, TypeError, AttributeError):  # none, damaged or of another shape
         return edges_out, sae_hashes

@@ -371,6 +371,13 @@ def test_a_run_of_one_edge_keeps_the_other_edges_records(pipeline, tmp_path, cap
     assert after["edges"]["base->tinystories"] == before["edges"]["base->tinystories"]
     diffing.main(one + ["--overwrite", "--lr=1e-3"])                        # other settings: not kept
     assert list(json.load(open(path))["edges"]) == ["base->lua"] and "kept from" not in capsys.readouterr().out
+    # a setting that changes only the measuring (the crosscoders current): the other edges' records were made
+    # with the earlier value (their spurious counts with the earlier cut), so they go too
+    out3 = str(tmp_path / "out3")
+    shutil.copytree(out_dir, out3, ignore=shutil.ignore_patterns(".lock"))
+    path3 = os.path.join(out3, "diffing", "diffing.json")
+    diffing.main([a.replace(out2, out3) for a in one] + ["--scaling_cut=0.3"])
+    assert list(json.load(open(path3))["edges"]) == ["base->lua"] and "kept from" not in capsys.readouterr().out
 
 
 def test_a_crosscoder_file_under_another_seeds_name_is_refused(pipeline, tmp_path):
