@@ -1387,7 +1387,7 @@ def diffing_record(cfg, study, found, stats, seqs, token_set, device, n_examples
     the class of its best crosscoder latent (DIFF_AGREE), with examples of disagreement and their top contexts.
     A diffing.json made from other SAEs or on another token set than this run's is named stale, and one that is
     damaged or of another shape is named so; neither is joined (the analysis is written all the same)."""
-    path, s0 = os.path.join(cfg["out_dir"], "diffing", "diffing.json"), cfg["sae_seed"]
+    path, s0, odd = os.path.join(cfg["out_dir"], "diffing", "diffing.json"), cfg["sae_seed"], []
     if not os.path.exists(path):
         return None
     try:
@@ -1397,18 +1397,31 @@ def diffing_record(cfg, study, found, stats, seqs, token_set, device, n_examples
     if d is not None:
         other = [m for m, h in d["sae_hashes"].items() if m in study.models and study.info[m][f"sae{s0}"]["hash"] != h]
         theirs = d.get("token_set") if isinstance(d.get("token_set"), dict) else {}
+        differ = [k for k in TOKEN_SET_KEYS if theirs.get(k) != token_set[k]]
+        # diffing.py draws analyze.py's token set of its preset with its own --n_tokens only: a count it can match;
+        # this run's --seed, --seq_len, --skip_first or --domains it cannot (this analysis without them joins it)
+        odd = [{"block_size": "--seq_len"}.get(k, f"--{k}") for k in differ
+               if k not in ("n_tokens", "n_seq", "per_domain")]
+        was = theirs.get("per_domain")
+        if differ and not (isinstance(was, dict) and set(was) == set(token_set["per_domain"])):
+            odd.append("--domains")
+        if other or d.get("sae_seed", s0) != s0:
+            odd = []  # (named once those are fixed)
         why = (f"made from other SAEs ({', '.join(other)})" if other else
                "made from another seed's SAEs" if d.get("sae_seed", s0) != s0 else
-               "made on another token set (give diffing.py the same --n_tokens as analyze.py)"
-               if any(theirs.get(k) != token_set[k] for k in TOKEN_SET_KEYS) else None)
+               f"made on analyze.py's default token set, not on this analysis' (its {', '.join(odd)} differ)"
+               if odd else
+               "made on another token set (give diffing.py the same --n_tokens as analyze.py)" if differ else None)
     if why is None:
         try:
             out, wanted, meta = join_diffing(d, found, n_examples)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # the file's inner shape
             why = f"damaged or of another shape ({type(e).__name__}: {str(e)[:80]})"
     if why is not None:
-        fix = common.keep_settings("re-run python diffing.py (current crosscoders are loaded, not retrained)")
-        print(f"note: {path} was {why}; not joined: {fix}, then python analyze.py")
+        fix = common.keep_settings(
+            f"run python analyze.py without {', '.join(odd)} (diffing.py cannot take them) to join it" if odd else
+            "re-run python diffing.py (current crosscoders are loaded, not retrained), then python analyze.py")
+        print(f"note: {path} was {why}; not joined: {fix}")
         return {"stale": f"{why}; {fix}"}
     ctx = diffing_contexts(cfg, study, stats, seqs, wanted, device, n_ctx)
     for rec in out.values():

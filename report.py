@@ -967,8 +967,9 @@ def section_diffing(res):
         return ""
     head = "<h2 id='diffing'>Model diffing: crosscoders and cross-application</h2>"
     if d.get("stale"):
-        return (f"{head}<p class='dim'>diffing.py's results (out/diffing/diffing.json) were {esc(str(d['stale']))}, "
-                "then python analyze.py.</p>")
+        stale = str(d["stale"])  # (its fix names the analysis too, with the run's folders; an older one did not)
+        return (f"{head}<p class='dim'>diffing.py's results (diffing/diffing.json beside analysis/) were {esc(stale)}"
+                + ("" if "python analyze.py" in stale else ", then python analyze.py") + ".</p>")
     cuts, thr = d["cuts"], res["threshold"]
     null_r = next((e["crosscoder"].get("null") or {} for e in d["edges"].values()), {}).get("threshold") or 0.8
     rule = ", ".join(f"{esc(k)} with {esc(v)}" for k, v in d["agree_rule"].items())
