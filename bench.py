@@ -1346,9 +1346,9 @@ def main(argv=None):
     parts = ["peak", "smoke", "plan"] if cfg["paper_smoke"] else [p for p in cfg["only"].split(",") if p]
     unknown = [p for p in parts if p not in ("peak", "train", "sae", "corr", "bpe", "data", "quickstart", "plan",
                                              "smoke", "loop", "quality")]
-    if unknown:
-        die(f"--only: unknown part {unknown[0]!r}; choose from peak, train, sae, corr, bpe, data, quickstart, plan, loop, "
-            f"quality")
+    if unknown or not parts:  # (--only= or --only=, would run nothing and end as if all went well)
+        die(f"--only: {f'unknown part {unknown[0]!r}' if unknown else 'no part named'}; choose from peak, train, sae, "
+            f"corr, bpe, data, quickstart, plan, loop, quality")
     if set(parts) & {"train", "sae", "corr", "plan"} and "peak" not in parts:
         parts.insert(0, "peak")  # every share needs it
     CONTEXT.update(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

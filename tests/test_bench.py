@@ -73,3 +73,9 @@ def test_the_plan_projects_without_the_crosscoder_when_its_step_fails(monkeypatc
     rows = {r["what"]: r["ours"] for r in bench.ROWS}
     assert rows["crosscoder step"] == "FAILED (RuntimeError)" and "total (projection)" in rows
     assert not any(w.startswith("diffing") for w in rows)
+
+
+@pytest.mark.parametrize("only", ["", ",", "bogus"])
+def test_an_empty_or_unknown_only_is_one_line_not_a_silent_run_of_nothing(only):
+    with pytest.raises(common.UserError, match="--only: (no part named|unknown part 'bogus'); choose from peak"):
+        bench.main([f"--only={only}", "--device=cpu"])
