@@ -361,3 +361,20 @@ def test_logits_match_transformers(tmp_path, serve, capsys):
         plain = authors.load_hf(os.path.join(d, "raw", "hf", authors.MODELS["base"], SHA), 32)
         with torch.no_grad():
             assert (plain(idx)[0] - refs["base"](input_ids=idx).logits).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("text", ['{"sha": "', "[1, 2]"])
+def test_a_damaged_cached_model_info_is_one_line_and_removed(tmp_path, monkeypatch, capsys, text):
+    """The hub's model info kept on disk (raw/hf/<repo>/<sha>/info.json), cut short or not the hub's answer: one
+    line and exit 2 (never a JSON traceback), and the file removed, so that a run with the network fetches it anew."""
+    sha, repo = "0123456789abcdef" * 2 + "01234567", authors.MODELS["base"]
+    folder = tmp_path / "raw" / "hf" / repo / sha
+    folder.mkdir(parents=True)
+    (folder.parent / "REVISION").write_text(sha + "\n")
+    (folder / "info.json").write_text(text)
+    monkeypatch.setattr(data, "HF", "http://127.0.0.1:9")  # no request is made: the file is there
+    with pytest.raises(SystemExit) as e:
+        common.cli(lambda: authors.main(["--data_dir", str(tmp_path), "--out_dir", str(tmp_path / "o")] + RUN))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "names another commit, or none; run again" in err, err
+    assert not (folder / "info.json").exists()
