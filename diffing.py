@@ -730,7 +730,7 @@ def print_edge(name, rec):
               f"at r >= {cc['null']['threshold']}, {cc['null']['same_class_frac']:.1%} of those in the same class")
 
 
-def with_earlier_edges(path, cfg, keys, edges_out, sae_hashes, token_set):
+def with_earlier_edges(path, cfg, edges_out, sae_hashes, token_set):
     """This run's edge records with those an earlier diffing.json holds for edges this run did not measure (a
     run with --edges, such as the fix an error names for one edge, would otherwise drop them), where that run
     had these settings and this token set and its SAEs are this run's where both have them (the analysis
@@ -740,7 +740,7 @@ def with_earlier_edges(path, cfg, keys, edges_out, sae_hashes, token_set):
         conf, kept = old["provenance"]["config"], {k: v for k, v in old["edges"].items() if k not in edges_out}
         # every setting it measured with (fire_ratio, scaling_cut, eval_seqs, ... too), as diffing_current compares
         same = (all(conf.get(k) == v for k, v in cfg.items() if k not in (*HOW_ONLY, "edges"))
-                and all(conf.get(k) == cfg[k] for k in keys) and old["token_set"] == token_set
+                and old["token_set"] == token_set
                 and all(old["sae_hashes"].get(m, h) == h for m, h in sae_hashes.items()))
     except (common.UserError, KeyError, TypeError, AttributeError):  # none, damaged or of another shape
         return edges_out, sae_hashes
@@ -825,7 +825,7 @@ def main(argv=None):
             edges_out[f"{parent}->{child}"] = rec = edge_record(cfg, acfg, study, seqs, parent, child, ccs, device)
             rec["seconds"] = {"train": round(t_train, 1), "measure": round(time.time() - t_edge - t_train, 1)}
             print_edge(f"{parent}->{child}", rec)
-        edges_out, sae_hashes = with_earlier_edges(os.path.join(out, "diffing.json"), cfg, keys, edges_out, sae_hashes,
+        edges_out, sae_hashes = with_earlier_edges(os.path.join(out, "diffing.json"), cfg, edges_out, sae_hashes,
                                                    token_set)
         res = {"edges": edges_out, "sae_hashes": sae_hashes, "sae_seed": cfg["sae_seed"], "token_set": token_set,
                "arch": cfg["arch"], "cuts": {**CUTS, "scaling": cfg["scaling_cut"]}, "class_legend": CLASSES,
