@@ -102,6 +102,10 @@ if [ ${#extra[@]} -gt 0 ]; then
     mapfile -t its <<< "${takes[$s]%$'\n'}"
     why=$("$PY" "$s" --help "${its[@]}" 2>&1 >/dev/null) || die "$s: ${why##*error: }"
   done
+  if [ "$device" != auto ]; then  # a GPU asked for that torch does not see: now, not after the data stage
+    why=$("$PY" - "$device" 2>&1 >/dev/null <<< 'import sys, common; common.cli(lambda: common.pick_device(sys.argv[1]))') \
+      || die "${why##*error: }"
+  fi
 fi
 
 # -----------------------------------------------------------------------------

@@ -955,6 +955,21 @@ def test_reproduce_checks_extra_values_by_the_stages_own_rules_before_any_stage(
     assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
 
 
+def test_reproduce_checks_an_extra_device_before_any_stage(tmp_path):
+    """--device=cuda where torch sees no GPU was found by the first training stage, after the data stage."""
+    import subprocess
+    import sys
+
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here: --device=cuda is a good setting")
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data")}
+    proc = subprocess.run([os.path.join(helpers.REPO, "reproduce.sh"), "--device=cuda"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    helpers.assert_one_line_error(proc, r"--device cuda asked for, but torch sees no CUDA GPU; use --device cpu$")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
+
+
 # issue 26, point 5: reproduce.sh's environment, checked up front in one line (a table of the environment family)
 @pytest.mark.parametrize("setting, pattern", [
     ({"SOURCE": "ftp"}, r"SOURCE=ftp: sample .*local:DIR or hf"),
