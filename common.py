@@ -1013,7 +1013,8 @@ def made_as_now(rec, kind, cfg, how_only, inputs, same=None):
     (same(key, value, saved config): the stage's own test of a setting; else equal), and its provenance
     holding each of `inputs` (hashes of the files it reads) as they are now."""
     try:
-        if record_problem(rec, kind) or rec.get("format") != FORMAT or "checksum" not in rec:  # (older: not now's)
+        # (record_problem: a format-2 record without its checksum; an older format is not this code's)
+        if record_problem(rec, kind) or rec.get("format") != FORMAT:
             return False
         prov = rec["provenance"]
         saved = prov.get("config") or {}

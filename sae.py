@@ -649,18 +649,24 @@ def model_fingerprint(model_ckpt):
     return h.hexdigest()[:16]
 
 
+def sae_how(model_name, seed):
+    """The command that trains model_name's SAEs with this seed among them."""
+    return f"python sae.py --model {model_name}" + (f" --seeds 0,1,{seed}" if seed not in (0, 1) else "")
+
+
 def remake_flag(path):
     """What remakes the seed file at path: a damaged or misplaced one is rewritten by --resume from the run's
-    training state where that is kept beside it (any seed file it does not match); without it, only retraining."""
-    return " --resume" if os.path.isfile(os.path.join(os.path.dirname(path), STATE_FILE)) else " --overwrite"
+    training state where that is kept beside it (any seed file it does not match); without it (or without a
+    folder to look in), only retraining."""
+    folder = os.path.dirname(path)
+    return " --resume" if folder and os.path.isfile(os.path.join(folder, STATE_FILE)) else " --overwrite"
 
 
 def load_sae(out_dir, model_name, seed=0, device="cpu"):
     """(SAE in eval mode on raw activations, its checkpoint dict without the training state)."""
     model_domains(model_name)
     path = sae_path(out_dir, model_name, seed)
-    how = f"python sae.py --model {model_name}" + (f" --seeds 0,1,{seed}" if seed not in (0, 1) else "")
-    again = remake_flag(path)
+    how, again = sae_how(model_name, seed), remake_flag(path)
     ckpt = load_checkpoint(path, f"SAE for '{model_name}'", how, kind="sae", again=again)
     # a seed's file copied or renamed onto another seed's name passes every other check, and the null
     # baseline (seed 0 against seed 1) would then find every feature again: named, never used
@@ -692,9 +698,8 @@ def check_sae_matches(sae_ckpt, model_ckpt, model_hash=None, path="this SAE"):
             f"'{model_ckpt.get('name')}' uses {model_ckpt['tokenizer_hash']}; {fix}")
     if model_ckpt.get("name") != name:  # (a file copied in: its own run's training state, kept, remakes it)
         die(f"{path} holds an SAE of model '{name}', not '{model_ckpt.get('name')}': folders swapped? put each back in "
-            f"its own folder (sae_<model>), or remake it: python sae.py --model {model_ckpt.get('name')}"
-            + (f" --seeds 0,1,{sae_ckpt['seed']}" if sae_ckpt.get("seed", 0) not in (0, 1) else "")
-            + (remake_flag(path) if os.path.dirname(path) else " --overwrite"))
+            f"its own folder (sae_<model>), or remake it: {sae_how(model_ckpt.get('name'), sae_ckpt.get('seed', 0))}"
+            f"{remake_flag(path)}")
     if (model_hash is not None and model_hash != sae_ckpt["model_hash"]) or \
             model_fingerprint(model_ckpt) != sae_ckpt["model_fingerprint"]:
         die(f"the SAE for '{name}' was trained on another version of that model (its file hash then: "

@@ -140,14 +140,14 @@ def main(argv=None):
     if cfg["domain"] != "base" and name == cfg["parent"]:
         die(f"--name {name} is the parent this fine-tune starts from; it would overwrite it: choose another "
             f"--name (e.g. --name {cfg['domain']})")
+    run_dir = os.path.join(cfg["out_dir"], name)
     # (--overwrite would lose the study's model; a --resume of one names the setting that differs from its run's)
-    resumes = cfg["resume"] and os.path.exists(os.path.join(cfg["out_dir"], name, "ckpt.pt"))
+    resumes = cfg["resume"] and os.path.exists(os.path.join(run_dir, "ckpt.pt"))
     if name in MAKES and STUDY_DOMAIN[name] != cfg["domain"] and not resumes:
         die(f"--name {name} is the folder of the study's {name} model ({MAKES[name]}); a {cfg['domain']} run "
             f"would replace it: choose another --name (e.g. --name {cfg['domain']}_2)")
     check_model_folder("--name", name)
     env = setup_devices(cfg)
-    run_dir = os.path.join(cfg["out_dir"], name)
     # a merge's folder is merge.py's (as a train.py folder is refused by merge.py): trained over, even with
     # --overwrite, its merge.json would stay beside another model, and every fix the readers name dead-ends
     if os.path.lexists(os.path.join(run_dir, "merge.json")):
