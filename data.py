@@ -874,9 +874,9 @@ def hub_revision(data_dir, repo, kind="datasets", pins=None):
         if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{40}", sha)):
             die(f"{rec} is damaged (not a commit sha); delete it and run again")
     else:
-        info = read_json(download(f"{HF}/api/{kind}/{repo}/revision/{pin or 'main'}", rec + ".json", "json",
-                                  hub_headers()))
-        sha = info.get("sha") if isinstance(info, dict) else None
+        info = _read_json_or_none(download(f"{HF}/api/{kind}/{repo}/revision/{pin or 'main'}", rec + ".json",
+                                           "json", hub_headers()))  # (None: cut short or edited on disk)
+        sha = info.get("sha") if info else None
         if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{40}", sha)):
             die(f"the hub's answer for {repo} holds no commit sha; delete {rec}.json and run again")
         kept = os.path.join(data_dir, "raw", "hf", repo, sha, "info.json")  # the hub's answer at that commit
@@ -924,7 +924,13 @@ def hub_tree(data_dir, repo, sha):
             os.remove(page_path)
             url, page = nxt[0], page + 1
         atomic_write_json(path, entries)
-    return read_json(path)
+    try:
+        entries = read_json(path)
+    except (OSError, ValueError):  # cut short or edited on disk since
+        entries = None
+    if not isinstance(entries, list):
+        die(f"{path} is damaged (not the hub's JSON list of files); delete it and run again")
+    return entries
 
 
 def hub_file(data_dir, repo, path, kind="parquet", repo_type="datasets", sha=None):

@@ -649,6 +649,22 @@ def test_hf_revision_unpinned_resolves_main_and_a_wrong_prefix_is_refused(hub, t
             data.hub_revision(d, "nilq/small-lua-stack")
         assert "REVISION is damaged (not a commit sha); delete it" in one_line_error(e)
         os.rmdir(rec) if damage is None else os.remove(rec)
+    # the hub's answers kept on disk and cut short since: one line naming the file, and deleting it mends it
+    monkeypatch.setitem(data.PINNED, "nilq/small-lua-stack", (None, "2026-11-25"))
+    open(rec + ".json", "w").write('{"sha": "' + LUA_SHA[:10])
+    with pytest.raises(SystemExit) as e:
+        data.hub_revision(d, "nilq/small-lua-stack")
+    assert f"holds no commit sha; delete {rec}.json and run again" in one_line_error(e)
+    os.remove(rec + ".json")
+    assert data.hub_revision(d, "nilq/small-lua-stack") == LUA_SHA
+    tree = data.hub_tree(d, "nilq/small-lua-stack", LUA_SHA)
+    kept = os.path.join(d, "raw", "hf", "nilq", "small-lua-stack", LUA_SHA, "tree.json")
+    open(kept, "w").write(json.dumps(tree)[:-5])
+    with pytest.raises(SystemExit) as e:
+        data.hub_tree(d, "nilq/small-lua-stack", LUA_SHA)
+    assert f"{kept} is damaged (not the hub's JSON list of files); delete it" in one_line_error(e)
+    os.remove(kept)
+    assert data.hub_tree(d, "nilq/small-lua-stack", LUA_SHA) == tree and tree
 
 
 def test_hf_dataset_without_val_split_is_split_by_hash(hub, tmp_path):
