@@ -1477,7 +1477,7 @@ def join_diffing(d, found, n_examples):
                      "examples": chosen}
     meta = {"arch": d["arch"], "cuts": d["cuts"], "match_min_r": DIFF_MATCH,
             "agree_rule": {STATUS_LEGEND[k]: legend[v] for k, v in DIFF_AGREE.items()}, "class_legend": legend,
-            "delta": d["delta"], "seconds": d["seconds"]}
+            "delta": d["delta"], "seconds": d["seconds"], "fire_ratio": d["provenance"]["config"]["fire_ratio"]}
     return out, wanted, meta
 
 

@@ -927,9 +927,9 @@ def cross_table(e, parent, child):
                  groups=[("", 1), (f"on {parent} (parent)", 3), (f"on {child} (child)", 3)])
 
 
-def firing_line(e, parent, child):
+def firing_line(e, parent, child, ratio):
     """Each SAE's features on the other model's activations of the same tokens: how many stopped or started
-    firing, and the median ratio of the two firing rates."""
+    firing (their rate fell or rose by the factor `ratio`), and the median ratio of the two firing rates."""
     out = []
     for sae, who, other in (("parent_sae", parent, child), ("child_sae", child, parent)):
         f = e["firing"].get(sae)
@@ -940,8 +940,9 @@ def firing_line(e, parent, child):
                    f"stopped; <b>{f['started']:,}</b> features (rare or silent on {esc(who)}) started firing; "
                    f"median firing rate on {esc(other)} / on "
                    f"{esc(who)} " + (f"<b>{10 ** med:.2f}</b>" if _num(med) else "n/a"))
-    return ("<p>Firing on the other model (the analysis' token set; stopped / started: the rate falls / rises by "
-            "diffing.py's fire_ratio, 10x by default, or more): " + "; ".join(out) + ".</p>")
+    by = "by diffing.py's --fire_ratio" if ratio is None else f"{ratio:g}x (diffing.py's --fire_ratio)"
+    return ("<p>Firing on the other model (the analysis' token set; stopped / started: the rate falls / rises "
+            f"{by} or more): " + "; ".join(out) + ".</p>")
 
 
 def diffing_examples(k, e):
@@ -1001,7 +1002,7 @@ def section_diffing(res):
                        "evaluation, on the parent's domains). CE recovered above 1: the spliced reconstruction "
                        "predicts these windows better than the model's own MLP output (an SAE trained on a model "
                        "that knows their domain better).</p>"
-                     + cross_table(e, parent, child) + firing_line(e, parent, child)
+                     + cross_table(e, parent, child) + firing_line(e, parent, child, d.get("fire_ratio"))
                      + "<h4>Where the two readings disagree</h4><p class='dim'>SAE features whose status and best "
                        "latent's class disagree, the clearest (highest r) of each kind; the feature's top contexts "
                        "(its maximum outlined), each opening its page.</p>" + diffing_examples(k, e))

@@ -336,6 +336,7 @@ def test_diffing_end_to_end_and_folded_into_the_results(pipeline, capsys):
     n_live = out["edges"]["base->lua"]["counts"]["parent_live"]
     assert sum(sum(v.values()) for v in row["agreement"]["parent"].values()) == n_live
     assert row["correlation"]["persisting_frac"] == out["edges"]["base->lua"]["persisting_frac"]
+    assert d["fire_ratio"] == diffing.config["fire_ratio"]        # the report names the factor it counted by
 
 
 def test_bad_inputs_are_one_line_errors(pipeline):

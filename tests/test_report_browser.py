@@ -431,7 +431,7 @@ def diffing_record(res, n_edges=2):
             "match_min_r": 0.5, "agree_rule": {"persists": "shared", "disappears": "parent-only", "matched": "shared",
                                                "emerges": "child-only"},
             "class_legend": legend, "delta": "(1/2) ((|d_child| - |d_parent|) / max(|d_parent|, |d_child|) + 1)",
-            "seconds": 1.0}
+            "seconds": 1.0, "fire_ratio": 4.0}
 
 
 def numbers(cell):
@@ -494,6 +494,7 @@ def test_the_model_diffing_section_shows_the_records_numbers(diffing_page):
             want = [(f"{bins[b]:g}", f"{bins[b + 1]:g}", str(c)) for b, c in enumerate(counts) if c]
             assert bars == want, (name, s)
         assert "relative decoder norm (0 parent-only, ½ shared, 1 child-only)" in block
+        assert "the rate falls / rises 4x (diffing.py's --fire_ratio) or more" in block   # the record's factor
         exs = re.findall(r'<div class="dex"><p><a href="#([\w.-]+)/(\d+)">.*?<div data-dctx="[\d.]+">(.*?)</div></div>',
                          block)
         assert len(exs) == len(e["examples"]) > 0
