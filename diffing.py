@@ -763,6 +763,20 @@ def inputs_now(cfg, edges, hashed):
                                                     for s in cfg["seeds"]} for p, c in edges}}
 
 
+def measured_before(cfg, path, hashed, token_set):
+    """{edge: record} of the edges a run stopped in a later edge measured (its partial.json), where it was made
+    by this code with these settings (--edges too) from these models, SAEs, splits, token set and crosscoder
+    files (the same files: current then, so now); {} otherwise, and always with --overwrite."""
+    try:
+        rec = common.read_json(path)
+        done = [tuple(e.split("->")) for e in rec["edges"]]
+        made = {"inputs": inputs_now(cfg, done, hashed)}
+        ok = common.made_as_now(rec, "diffing", cfg, HOW_ONLY, made) and rec["token_set"] == token_set
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none, damaged or of another shape
+        return {}
+    return dict(rec["edges"]) if ok and not cfg["overwrite"] else {}
+
+
 def diffing_current(cfg, edges, inputs):
     """diffing.json as this run would make it, or None: made by this code, with these settings, from these
     models, SAEs and validation splits (inputs, hashed before they are read) and these crosscoder files.
@@ -815,8 +829,13 @@ def main(argv=None):
                 if train_edge(cfg, study, parent, child, inputs[(parent, child)], device) is None:
                     return None  # (nothing more this run, no diffing.json)
         seqs, token_set = analyze.draw_tokens(acfg, study)
-        edges_out = {}
+        # partial.json: the edges measured so far, rewritten after each; a run stopped in a later edge left it
+        part_path = os.path.join(out, "partial.json")
+        edges_out = measured_before(cfg, part_path, hashed, token_set)
         for parent, child in edges:
+            if f"{parent}->{child}" in edges_out:
+                print(f"{parent}->{child}: measured by a run that stopped later, kept ({part_path})")
+                continue
             t_edge = time.time()
             ccs = train_edge(cfg, study, parent, child, inputs[(parent, child)], device)  # (loaded where current)
             t_train = time.time() - t_edge
@@ -825,6 +844,11 @@ def main(argv=None):
             edges_out[f"{parent}->{child}"] = rec = edge_record(cfg, acfg, study, seqs, parent, child, ccs, device)
             rec["seconds"] = {"train": round(t_train, 1), "measure": round(time.time() - t_edge - t_train, 1)}
             print_edge(f"{parent}->{child}", rec)
+            done = [e for e in edges if f"{e[0]}->{e[1]}" in edges_out]
+            common.atomic_write_json(part_path, common.stamp(
+                {"edges": edges_out, "sae_hashes": sae_hashes, "token_set": token_set,
+                 "provenance": common.provenance(cfg, inputs=inputs_now(cfg, done, hashed))}, "diffing"))
+        edges_out = {f"{p}->{c}": edges_out[f"{p}->{c}"] for p, c in edges}  # (in --edges' order)
         edges_out, sae_hashes = with_earlier_edges(os.path.join(out, "diffing.json"), cfg, edges_out, sae_hashes,
                                                    token_set)
         res = {"edges": edges_out, "sae_hashes": sae_hashes, "sae_seed": cfg["sae_seed"], "token_set": token_set,
@@ -833,6 +857,8 @@ def main(argv=None):
                "seconds": round(time.time() - t0, 1),
                "provenance": common.provenance(cfg, inputs=inputs_now(cfg, edges, hashed))}
         common.atomic_write_json(os.path.join(out, "diffing.json"), common.stamp(res, "diffing"))
+        if os.path.exists(part_path):
+            os.remove(part_path)
     print(f"-> {os.path.join(out, 'diffing.json')} ({time.time() - t0:.0f} s)")
     return res
 

@@ -381,6 +381,43 @@ def test_a_run_of_one_edge_keeps_the_other_edges_records(pipeline, tmp_path, cap
     assert list(json.load(open(path3))["edges"]) == ["base->lua"] and "kept from" not in capsys.readouterr().out
 
 
+def test_a_run_stopped_in_a_later_edge_keeps_the_edges_it_measured(pipeline, tmp_path, monkeypatch, capsys):
+    """partial.json holds the edges measured so far: a run stopped while measuring the second edge, run again,
+    measures only that one, and its diffing.json equals an unstopped run's; partial.json is then removed. One
+    made with another setting is not used."""
+    _, out_dir, res, args = pipeline
+    out2 = copied_out(out_dir, tmp_path)
+    args = [a for a in args if not a.startswith("--out_dir=")] + [f"--out_dir={out2}"]
+    folder = os.path.join(out2, "diffing")
+    os.remove(os.path.join(folder, "diffing.json"))
+    measure, calls = diffing.edge_record, []
+
+    def stopped_at_second(*a, **k):
+        calls.append(a[4:6])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return measure(*a, **k)
+    monkeypatch.setattr(diffing, "edge_record", stopped_at_second)
+    for extra in ([], ["--match_threshold=0.7"]):
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            diffing.main(args)
+        part = json.load(open(os.path.join(folder, "partial.json")))
+        assert list(part["edges"]) == ["base->lua"] and not os.path.exists(os.path.join(folder, "diffing.json"))
+        calls.clear()
+        monkeypatch.setattr(diffing, "edge_record", lambda *a, **k: calls.append(a[4:6]) or measure(*a, **k))
+        got = diffing.main(args + extra)
+        monkeypatch.setattr(diffing, "edge_record", stopped_at_second)
+        assert calls == ([("base", "tinystories")] if not extra else [("base", "lua"), ("base", "tinystories")])
+        assert ("measured by a run that stopped later, kept" in capsys.readouterr().out) == (not extra)
+        assert not os.path.exists(os.path.join(folder, "partial.json"))
+        if not extra:
+            def measured(edges):
+                return {k: {f: v for f, v in e.items() if f != "seconds"} for k, e in edges.items()}
+            assert list(got["edges"]) == list(res["edges"]) and measured(got["edges"]) == measured(res["edges"])
+        os.remove(os.path.join(folder, "diffing.json"))
+
+
 def test_a_crosscoder_file_under_another_seeds_name_is_refused(pipeline, tmp_path):
     import shutil
     from helpers import assert_one_line_error, run_script
