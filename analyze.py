@@ -53,6 +53,7 @@ The method, in the order main() runs it:
 One device: every edge's correlations come from the same pass of the models and SAEs, which split
 over GPUs each would repeat (DESIGN.md, "Several GPUs").
 """
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -1341,18 +1342,21 @@ def analysis_current(cfg, inputs):
         if not common.made_as_now(res, "results", cfg, HOW_ONLY, inputs, same) or \
                 common.record_problem(pages, "pages") or not isinstance(run, str):
             return None
-        # each side file starts by naming its key (another model's file copied or swapped onto this name
-        # sets another key: the page finds none for this model) and ends with its run's id
-        for key, name in [*((m, m) for m in dict.fromkeys(cfg["models"])), (report.TOKENS, "tokens")]:
+        # each side file names its key (another model's file copied or swapped onto this name sets another
+        # key: the page finds none for this model), then holds its record of this run, whole: the checksum
+        # stamped at writing (a hand edit anywhere in it, its run id left in place, no longer matches)
+        for key, name, kind in [*((m, m, "features") for m in dict.fromkeys(cfg["models"])),
+                                (report.TOKENS, "tokens", "tokens")]:
             path = os.path.join(adir, report.SIDE, f"{name}.js")
             common.check_regular(path)  # a pipe's open would wait for a writer (check_outputs names it below)
             head = report.side_js(key, {})[:-len("{};\n")].encode()
             with open(path, "rb") as f:
-                if f.read(len(head)) != head:
-                    return None
-                f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
-                if f'"run":"{run}"'.encode() not in f.read():
-                    return None
+                text = f.read()
+            if not (text.startswith(head) and text.endswith(b";\n")):
+                return None
+            rec = json.loads(text[len(head):-2])
+            if rec.get("kind") != kind or rec.get("checksum") != common.json_checksum(rec) or rec.get("run") != run:
+                return None
     except (OSError, ValueError, KeyError, AttributeError, TypeError):  # missing, damaged, other shape: made anew
         return None
     return res

@@ -454,6 +454,10 @@ def test_a_current_analysis_is_not_recomputed_and_any_change_remakes_it(study, t
     remade()
     shutil.copy(os.path.join(adir, report.SIDE, "base.js"), side)          # another model's, of this run
     remade()
+    text = open(side, encoding="utf-8").read()
+    mid = next(i for i in range(len(text) // 2, len(text)) if text[i] in "12345678")
+    open(side, "w", encoding="utf-8").write(text[:mid] + "9" + text[mid + 1:])  # a digit edited, its run id kept
+    remade()
     pages = os.path.join(adir, "pages.json")
     open(pages, "w").write(open(pages).read()[:-40])                         # cut short
     remade()
