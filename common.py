@@ -209,6 +209,27 @@ def keep_settings(msg):
     return re.sub(r"python (\w+\.py)\b", add, msg)
 
 
+def keep_study_settings(out_dir, keys):
+    """GIVEN completed with `keys`, settings this script does not take (report.py: --data_dir and --preset), as
+    the study in out_dir was made with: its records' provenance (a stage's small record first, then the
+    analysis'). Without them report.py's fixes (python analyze.py, python sae.py ...) would read data/ and
+    the machine's default preset, not the study's. A record that cannot be read is passed over (its reader
+    names it)."""
+    try:
+        names = [os.path.join(d, f) for d in sorted(os.listdir(out_dir)) for f in ("metrics.json", "merge.json")]
+    except OSError:  # no out_dir: the caller names it
+        return
+    for name in names + [os.path.join("analysis", f"{k}.json") for k in ("results", "pages")]:
+        try:
+            made = read_json(os.path.join(out_dir, name))["provenance"]["config"]
+            got = {k: made[k] for k in keys if isinstance(made.get(k), str) and made[k].strip()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if got:
+            GIVEN.update({k: v for k, v in got.items() if k not in GIVEN})
+            return
+
+
 def _convert(key, text, default):
     """Turn the command-line string `text` into the type of `default`."""
     if isinstance(default, bool):

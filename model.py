@@ -426,6 +426,7 @@ def main(argv=None):
     import common
     import data
     cfg = common.parse_config(dict(config), argv, checks=CHECKS)
+    common.keep_study_settings(cfg["out_dir"], ("preset",))  # for the fixes it prints
     common.check_model_folder("--model", cfg["model"])
     device = common.pick_device(cfg["device"])
     common.set_threads(cfg["threads"])

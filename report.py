@@ -1560,6 +1560,7 @@ def write_report(out_dir):
 
 def main(argv=None):
     cfg = common.parse_config(dict(config), argv)
+    common.keep_study_settings(cfg["out_dir"], ("data_dir", "preset"))  # for the fixes it prints
     adir = os.path.join(cfg["out_dir"], "analysis")
     if not os.path.isdir(adir):  # write_report names the command that makes it
         return write_report(cfg["out_dir"])

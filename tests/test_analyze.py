@@ -583,6 +583,25 @@ def test_records_of_another_kind_or_shape_are_one_line_naming_them(study, tmp_pa
     assert os.path.exists(report.write_report(out2))
 
 
+def test_report_alone_names_its_fixes_with_the_folders_and_preset_the_study_was_made_with(study, tmp_path):
+    """report.py takes only --out_dir; a fix it prints (python sae.py, python analyze.py) must still read the
+    study's --data_dir and preset, which its records' provenance holds: without them it would read data/."""
+    import shutil
+    data_dir, out_dir, _ = study
+    for i, (rel, fix) in enumerate((
+            ("sae_lua/metrics.json", "python sae.py --data_dir={} --out_dir={} --preset={} --model lua --resume"),
+            ("analysis/results.json", "python analyze.py --data_dir={} --preset={} --out_dir {} --overwrite"))):
+        out2 = str(tmp_path / f"out{i}")
+        shutil.copytree(os.path.join(out_dir, "analysis"), os.path.join(out2, "analysis"))
+        os.makedirs(os.path.dirname(os.path.join(out2, rel)), exist_ok=True)
+        with open(os.path.join(out2, rel), "w") as f:
+            f.write("{")                                                # damaged: not JSON
+        preset = json.load(open(os.path.join(out2, "analysis", "pages.json")))["provenance"]["config"]["preset"]
+        want = fix.format(*((data_dir, out2, preset) if "sae" in fix else (data_dir, preset, out2)))
+        proc = helpers.run_script("report.py", f"--out_dir={out2}")
+        helpers.assert_one_line_error(proc, re.escape(f"remake it: {want}") + "$")
+
+
 def test_saes_of_different_kinds_are_named_in_the_report(study):
     """A TopK SAE for one model beside ReLU ones (README's sae.py --arch topk example, then analyze.py): the
     tracking compares them as they are, and the SAE section says so."""

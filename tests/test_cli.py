@@ -561,7 +561,15 @@ FAMILIES = {
         r"python train\.py " + FIX_DIRS.format("out") + r" --domain base --overwrite"),
        ("environment-fix-keeps-folders-no-sae", ["analyze.py", D, O, "--preset=tiny", "--models=base,tinystories",
                                                  "--domains=base,tinystories", *ANALYZE[2:]], None,
-        r"python sae\.py " + FIX_DIRS.format("out") + r" --model tinystories")],
+        r"python sae\.py " + FIX_DIRS.format("out") + r" --model tinystories"),
+       # report.py and model.py take no --preset (report.py no --data_dir): the study's records give them
+       ("environment-fix-keeps-folders-report-no-analysis", ["report.py", O], None,
+        r"run the analysis first: python analyze\.py --data_dir=\S+/data --preset=tiny --out_dir \S+/out$"),
+       ("environment-fix-keeps-folders-report-results", ["report.py", O], both(
+           put("out/analysis/results.json", lambda ws: "[]"), put("out/analysis/pages.json", lambda ws: "{}")),
+        r"remake it: python analyze\.py --data_dir=\S+/data --preset=tiny --out_dir \S+/out --overwrite$"),
+       ("environment-fix-keeps-folders-model-py", ["model.py", D, O, "--model=lua"], flip("out/lua/ckpt.pt"),
+        r"remake it: python train\.py " + FIX_DIRS.format("out") + r" --domain lua --overwrite$")],
 }
 CASES += [case for cases in FAMILIES.values() for case in cases]
 
