@@ -785,7 +785,7 @@ def sae_context(cfg, study):
             v = c.get("skip_first", 1) if key == "skip_first" else c.get("seq_len") or study.block_size
             if type(v) is not int or v < 0:
                 die(f"{saelib.sae_path(cfg['out_dir'], m, seed)} says it was trained with --{key} {v!r}: damaged "
-                    f"or hand-made; remake it: python sae.py --model {m} --overwrite")
+                    f"or hand-made; remake it: {saelib.sae_how(m, seed)} --overwrite")
             got.setdefault(v, []).append(f"{m} seed {seed}")
         if len(got) > 1:
             each = "; ".join(f"{v}: {', '.join(w)}" for v, w in got.items())

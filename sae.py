@@ -649,9 +649,11 @@ def model_fingerprint(model_ckpt):
     return h.hexdigest()[:16]
 
 
-def sae_how(model_name, seed):
-    """The command that trains model_name's SAEs with this seed among them."""
-    return f"python sae.py --model {model_name}" + (f" --seeds 0,1,{seed}" if seed not in (0, 1) else "")
+def sae_how(model_name, seeds):
+    """The command that trains model_name's SAEs: with seeds, a run's own (a list), or the study's 0 and 1
+    with this seed (an int) among them. Without its --seeds the command would train 0 and 1 only."""
+    seeds = list(seeds) if isinstance(seeds, (list, tuple)) else [0, 1] + [seeds] * (seeds not in (0, 1))
+    return f"python sae.py --model {model_name}" + ("" if seeds == [0, 1] else f" --seeds {','.join(map(str, seeds))}")
 
 
 def remake_flag(path):
@@ -689,7 +691,7 @@ def check_sae_matches(sae_ckpt, model_ckpt, model_hash=None, path="this SAE"):
     """One-line errors when an SAE does not belong to a model checkpoint dict (model_hash: optional
     common.sha256_file of the model's file, compared too; path: the SAE file, for the messages)."""
     name = sae_ckpt["model_name"]
-    fix = f"retrain the SAE: python sae.py --model {model_ckpt.get('name', name)} --overwrite"
+    fix = f"retrain the SAE: {sae_how(model_ckpt.get('name', name), sae_ckpt.get('seed', 0))} --overwrite"
     d_in, d_mlp = sae_ckpt["sae_args"]["d_in"], model_ckpt["model_args"]["d_mlp"]
     if d_in != d_mlp:
         die(f"the SAE for '{name}' takes {d_in}-wide inputs but model '{model_ckpt.get('name')}' has d_mlp {d_mlp}; {fix}")
@@ -859,7 +861,7 @@ def resume_runs(job):
         if not os.path.exists(path):
             die(f"{job.dir} has SAE checkpoints but no {STATE_FILE} to resume from (made by an older sae.py, or "
                 f"deleted); retrain with --overwrite")
-        st = load_checkpoint(path, "SAE training state", f"python sae.py --model {job.name}", kind="sae_state")
+        st = load_checkpoint(path, "SAE training state", sae_how(job.name, job.seeds), kind="sae_state")
         check_resume(st["config"], cfg, RESUME_FREE | {"seeds"}, path)
         if st["model_hash"] != job.info["model_hash"]:
             die(f"{path} was trained on another version of model '{job.name}'; retrain with --overwrite")
@@ -868,7 +870,7 @@ def resume_runs(job):
             die(f"{path} trains seeds {have} together; resume with --seeds {have}, or start over with --overwrite")
         if not st.get("finished"):  # the harvest goes on from the tokens it began on, never others
             datalib.check_same_tokens(st.get("data_train_sha256"), cfg["data_dir"], job.domains, path,
-                                      f"python sae.py --model {job.name}")
+                                      sae_how(job.name, job.seeds))
     except UserError:  # the state is needed only to train on: finished SAE files with their metrics stand
         if not finished_without_state(job):
             raise
@@ -890,7 +892,7 @@ def resume_runs(job):
             if tuple(ck["last_fired"].shape) != (job.n_features,):
                 raise ValueError(f"last_fired has shape {tuple(ck['last_fired'].shape)}, not ({job.n_features},)")
         except Exception as e:  # whole by its checksum, but edited (and re-stamped)
-            misfit(path, e, "SAE training state", f"python sae.py --model {job.name}")
+            misfit(path, e, "SAE training state", sae_how(job.name, job.seeds))
         for adam in run["opt"].state.values():  # its own step count (a stack's seeds were saved sharing one)
             adam["step"] = adam["step"].clone()
         run.update(last_fired=ck["last_fired"].to(job.device), n_resampled=ck["n_resampled"], metrics=ck["metrics"],
@@ -1170,7 +1172,7 @@ def finished_seed_file(job, s):
     """Seed s's SAE file, loaded, when it is finished and of this model and seed (else None); one line when it
     is damaged, or was trained with other settings."""
     p = job.paths[s]
-    ck = load_checkpoint(p, f"SAE for '{job.name}'", f"python sae.py --model {job.name}", kind="sae")
+    ck = load_checkpoint(p, f"SAE for '{job.name}'", sae_how(job.name, job.seeds), kind="sae")
     if not ck.get("finished") or ck.get("model_hash") != job.info["model_hash"] or ck.get("seed") != s:
         return None
     check_resume(ck["config"], job.cfg, RESUME_FREE | {"seeds"}, p)

@@ -602,6 +602,15 @@ def test_report_alone_names_its_fixes_with_the_folders_and_preset_the_study_was_
         helpers.assert_one_line_error(proc, re.escape(f"remake it: {want}") + "$")
 
 
+def test_a_damaged_sae_setting_names_the_command_that_remakes_that_seed():
+    """A third seed's file (analyze.py's spread_seed) is remade only by a run whose --seeds hold it."""
+    study = types.SimpleNamespace(sae={("lua", 0): None, ("lua", 2): None}, block_size=16, info={
+        "lua": {"sae0": {"config": {"seq_len": 16}}, "sae2": {"config": {"seq_len": "16"}}}})
+    with pytest.raises(SystemExit, match=r"sae_s2\.pt says it was trained with --seq_len '16': damaged or hand-made; "
+                                         r"remake it: python sae\.py --model lua --seeds 0,1,2 --overwrite$"):
+        analyze.sae_context({"seq_len": 0, "skip_first": -1, "out_dir": "out"}, study)
+
+
 def test_saes_of_different_kinds_are_named_in_the_report(study):
     """A TopK SAE for one model beside ReLU ones (README's sae.py --arch topk example, then analyze.py): the
     tracking compares them as they are, and the SAE section says so."""

@@ -605,6 +605,23 @@ def test_a_damaged_or_swapped_seed_file_is_rewritten_by_resume_from_the_training
         S.load_sae(dirs[1], "base", 0)
 
 
+def test_the_fixes_name_the_seeds_the_run_or_the_file_needs(dirs):
+    """A printed command that remakes SAEs trains the seeds in question: the run's own --seeds (without them
+    python sae.py --model base --overwrite would train 0 and 1 and drop the run's seed 2), or the file's seed
+    beside the study's 0 and 1."""
+    args = ("--model=base", "--seeds=0,2", "--total_acts=64", "--resample_every=0")
+    run(dirs, *args)
+    os.remove(os.path.join(dirs[1], "sae_base", "metrics.json"))      # the state is needed: it is read
+    os.truncate(os.path.join(dirs[1], "sae_base", S.STATE_FILE), 1000)
+    with pytest.raises(SystemExit, match=r"train_state\.pt as data .*remake it: python sae\.py --model base "
+                                         r"--seeds 0,2 --overwrite$"):
+        run(dirs, *args, "--resume")
+    _, sck = S.load_sae(dirs[1], "base", seed=2)
+    _, mck = S.load_model(dirs[1], "base")
+    with pytest.raises(SystemExit, match=r"retrain the SAE: python sae\.py --model base --seeds 0,1,2 --overwrite$"):
+        S.check_sae_matches(sck, {**mck, "tokenizer_hash": "tok-B"})
+
+
 def test_a_failed_save_never_leaves_the_seeds_at_different_steps(dirs, tmp_path, monkeypatch):
     ref, out = str(tmp_path / "ref"), dirs[1]
     write_model(ref, "base", seed=0)
