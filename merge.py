@@ -200,7 +200,7 @@ def load_models(out_dir, a, b, parent=None, allow_unfinished=False, allow_unrela
         common.die(f"--a and --b are both {a!r}; merge two different models")
     out = {}
     for role, name in names.items():
-        how = MAKES.get(name, f"python train.py --domain {name}")
+        how = MAKES.get(name, f"python train.py --domain DOMAIN --name {name}")  # (a variant: its --name)
         path = os.path.join(out_dir, name, "ckpt.pt")
         ckpt = load_checkpoint(path, f"'{name}' model checkpoint", how)
         check_finished(ckpt, path, name, allow_unfinished)

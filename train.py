@@ -283,7 +283,7 @@ def build_model(run):
     elif cfg["domain"] != "base":
         path = os.path.join(cfg["out_dir"], cfg["parent"], "ckpt.pt")
         parent = load_checkpoint(path, f"parent checkpoint '{cfg['parent']}'",
-                                 MAKES.get(cfg["parent"], f"python train.py --domain {cfg['parent']}"))
+                                 MAKES.get(cfg["parent"], f"python train.py --domain DOMAIN --name {cfg['parent']}"))
         check_finished(parent, path, cfg["parent"], cfg["allow_unfinished"])
         check_preset(parent, path, cfg["preset"], cfg["allow_other_preset"],
                      f"fine-tune with the {cfg['preset']} recipe")

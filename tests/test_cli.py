@@ -569,7 +569,12 @@ FAMILIES = {
            put("out/analysis/results.json", lambda ws: "[]"), put("out/analysis/pages.json", lambda ws: "{}")),
         r"remake it: python analyze\.py --data_dir=\S+/data --preset=tiny --out_dir \S+/out --overwrite$"),
        ("environment-fix-keeps-folders-model-py", ["model.py", D, O, "--model=lua"], flip("out/lua/ckpt.pt"),
-        r"remake it: python train\.py " + FIX_DIRS.format("out") + r" --domain lua --overwrite$")],
+        r"remake it: python train\.py " + FIX_DIRS.format("out") + r" --domain lua --overwrite$"),
+       # a variant (train.py --name) is remade under its --name; --domain lua2 is no domain
+       ("environment-fix-names-a-variant-merge-input", [*MERGE_M2, "--a=lua2"], None,
+        r"no 'lua2' model checkpoint .*: python train\.py " + FIX_DIRS.format("out") + r" --domain DOMAIN --name lua2$"),
+       ("environment-fix-names-a-variant-parent", [*LUA2, "--parent=base2"], None,
+        r"no parent checkpoint 'base2' .*: python train\.py " + FIX_DIRS.format("out") + r" --domain DOMAIN --name base2$")],
 }
 CASES += [case for cases in FAMILIES.values() for case in cases]
 
