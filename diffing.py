@@ -368,14 +368,17 @@ def state_path(cfg, parent, child):
     return os.path.join(cfg["out_dir"], "diffing", f"cc_{parent}_{child}.state.pt")
 
 
-def state_how(parent, child):
-    return f"python diffing.py --edges '{parent}->{child}'"  # (+ --overwrite: this edge only starts over)
+def state_how(parent, child, seeds):
+    """The command that (+ --overwrite) starts this edge alone over, with the run's seeds (without its --seeds
+    it would train 0 and 1 only)."""
+    return f"python diffing.py --edges '{parent}->{child}'" + (
+        "" if list(seeds) == [0, 1] else f" --seeds {','.join(map(str, seeds))}")
 
 
 def load_state(path, parent, child, inputs, seeds):
     """The training state at path, which this run continues exactly: one of another edge, models, settings
     or seeds, or a damaged one, is refused in one line naming the fix (--overwrite starts the edge over)."""
-    how = state_how(parent, child)
+    how = state_how(parent, child, seeds)
     st = load_checkpoint(path, "crosscoder training state", how, kind="crosscoder_state")
     if (st.get("parent"), st.get("child")) != (parent, child):
         die(f"{path} holds the training state of {st.get('parent')}->{st.get('child')}, not {parent}->{child}: "
@@ -412,10 +415,10 @@ def save_state(path, parent, child, inputs, runs, step, chunk, pos):
                              path)
 
 
-def load_current(path, seed, parent, child, inputs, want):
+def load_current(path, seed, parent, child, inputs, want, seeds):
     """The crosscoder at path if it is finished (else None); a file of another edge, seed, models or
-    settings, or one that does not fit its own args, is refused in one line."""
-    how = state_how(parent, child)  # this edge only; load_checkpoint and the lines below add --overwrite
+    settings, or one that does not fit its own args, is refused in one line (seeds: the run's, for its fix)."""
+    how = state_how(parent, child, seeds)  # this edge only; load_checkpoint and the lines below add --overwrite
     ck = load_checkpoint(path, "crosscoder", how, kind="crosscoder")
     # refused, not retrained: a file renamed or copied onto another seed's name (s1 as s0) would pass
     # every other check and make the null find 100% of the latents again; retraining over it would
@@ -445,7 +448,7 @@ def current_crosscoders(cfg, parent, child, inputs, want, device):
     for s in cfg["seeds"]:
         p = cc_path(cfg, parent, child, s)
         if os.path.exists(p) and not cfg["overwrite"]:
-            cc = load_current(p, s, parent, child, inputs, want)
+            cc = load_current(p, s, parent, child, inputs, want, cfg["seeds"])
             if cc is not None:
                 have[s] = cc.to(device).eval()
     return have
@@ -474,7 +477,8 @@ def edge_runs(cfg, parent, child, st, buf, device):
                     raise ValueError(f"since has shape {tuple(st['crosscoders'][s]['since'].shape)}, not ({L},)")
                 since.copy_(st["crosscoders"][s]["since"])
             except Exception as e:  # whole (its checksum) but not what it says: edited by hand
-                common.misfit(state_path(cfg, parent, child), e, "crosscoder state", state_how(parent, child))
+                common.misfit(state_path(cfg, parent, child), e, "crosscoder state",
+                              state_how(parent, child, cfg["seeds"]))
         runs.append((s, cc, opt, since))
     return runs
 
@@ -522,7 +526,7 @@ def train_edge(cfg, study, parent, child, inputs, device):
     steps = max(1, cfg["total_acts"] // B)
     if not (all(type(v) is int for v in (start, pos, chunk)) and 0 <= start <= steps and pos >= 0 and chunk >= 0):
         common.misfit(spath, ValueError(f"step {start} of {steps}, position {pos}, buffer {chunk}"), "crosscoder state",
-                      state_how(parent, child))
+                      state_how(parent, child, cfg["seeds"]))
     if 0 < cfg["stop_step"] <= start < steps:  # resumed where --stop_step already stopped it (before harvesting)
         print(f"{parent}->{child}: at step {start}, --stop_step {cfg['stop_step']}: nothing to train; run diffing.py "
               f"again without --stop_step to continue")
@@ -534,7 +538,7 @@ def train_edge(cfg, study, parent, child, inputs, device):
     buf = paired_buffer(study, parent, child, arrays, chunk, hcfg, device)
     if pos > len(buf):
         common.misfit(spath, ValueError(f"position {pos} in a buffer of {len(buf)}"), "crosscoder state",
-                      state_how(parent, child))
+                      state_how(parent, child, cfg["seeds"]))
     runs = edge_runs(cfg, parent, child, st, buf, device)
     d, L = buf.shape[-1], cfg["expansion"] * buf.shape[-1]
     aux_k = cfg["aux_k"] or d // 2

@@ -514,6 +514,21 @@ def test_a_crosscoder_of_another_model_names_only_the_fix_that_works():
                               f"{how} --overwrite"
 
 
+def test_a_damaged_crosscoder_file_names_the_runs_seeds(tmp_path):
+    """The fix for an edge's damaged state or crosscoder starts the edge over with the run's seeds: without
+    --seeds 0,2 it would train seeds 0 and 1, not the run's seed 2."""
+    path = str(tmp_path / "cc_base_lua.state.pt")
+    with open(path, "wb") as f:
+        f.write(b"not a torch file")
+    for load, seeds, flag in ((diffing.load_state, [0, 2], " --seeds 0,2"),
+                              (diffing.load_current, [0, 1], "")):
+        args = ((path, "base", "lua", {}, seeds) if load is diffing.load_state else
+                (path, 0, "base", "lua", {}, 64, seeds))
+        with pytest.raises(common.UserError) as e:
+            load(*args)
+        assert e.value.msg.endswith(f"remake it: python diffing.py --edges 'base->lua'{flag} --overwrite"), e.value.msg
+
+
 def test_a_stopped_edge_resumes_exactly_and_its_state_is_checked(pipeline, tmp_path, capsys):
     """--stop_step stops an edge's training with its state saved (every seed's crosscoder, Adam state and
     steps without firing, and where the stream is: mid-buffer here, AuxK on); a second run continues it and
