@@ -72,6 +72,14 @@ CARD_LOSS = {"base": 3.1027, "lua": 2.4518, "tinystories": 2.0442}  # the model 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 MAKE_TOKENIZER = "python data.py --tokenizer authors --data_dir {}"
 
+
+def make_tokenizer(data_dir):
+    """The command that makes the authors' tokenizer and tokens in data_dir: where its records say they were
+    made for the authors' models, data.py's own remake command (their --source and preset kept: the plain
+    command would re-make them from the built-in sample), else MAKE_TOKENIZER."""
+    cmd = data.remake_command(data_dir)
+    return cmd if " --tokenizer authors" in cmd else MAKE_TOKENIZER.format(shlex.quote(data_dir))
+
 # -----------------------------------------------------------------------------
 # reading a MistralForCausalLM folder (config.json + weights) into model.py's Transformer
 
@@ -311,7 +319,7 @@ def fetch_weights(data_dir, repo, sha, folder, info):
 
 def authors_tokenizer_hash(data_dir, vocab_size):
     """The hash of the tokenizer in data_dir, checked to be the authors' (its vocabulary the models')."""
-    make = MAKE_TOKENIZER.format(shlex.quote(data_dir))
+    make = make_tokenizer(data_dir)
     try:
         tok_hash, info = data.tokenizer_hash(data_dir), data._tok_info(data_dir)
     except common.UserError:  # none, or a damaged one
@@ -372,7 +380,7 @@ def main(argv=None):
         for dom in EVAL_DOMAINS[name]:
             if not os.path.exists(os.path.join(data_dir, dom, "val.bin")):
                 print(f"  {name:12s} on {dom:12s} skipped: no {data_dir}/{dom}/val.bin "
-                      f"(made by {MAKE_TOKENIZER.format(shlex.quote(data_dir))})")
+                      f"(made by {make_tokenizer(data_dir)})")
                 continue
             toks = data.open_tokens(data_dir, dom, "val", ckpt["tokenizer_hash"], model.args.vocab_size, name)
             loss = eval_loss(model, data.sample_windows(toks, n, T + 1, "consecutive"), cfg["batch_size"], device,

@@ -309,6 +309,27 @@ def test_fetch_convert_lineage_and_rerun(tmp_path, serve, capsys):
     assert "python data.py --tokenizer authors" in one_line_error(e)
 
 
+def test_the_tokenizer_fix_keeps_the_source_the_tokens_were_made_from(tmp_path):
+    """A data_dir prepared for the authors' models from the hub, its tokenizer lost: the fix keeps --source hf
+    and the preset (the plain python data.py --tokenizer authors would re-make the tokens from the sample)."""
+    d = str(tmp_path / "data")
+    write_domain(d, "base", 0, vocab=11, tok_hash="tok-A", n=2000)
+    path = os.path.join(d, "base", "meta.json")
+    with open(path) as f:
+        meta = json.load(f)
+    meta["provenance"] = {"config": {"source": "hf", "preset": "paper", "tokenizer": "authors"}}
+    with open(path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(SystemExit) as e:
+        authors.authors_tokenizer_hash(d, 11)
+    assert one_line_error(e).endswith(f"run first: python data.py --domain all --data_dir {d} --source hf "
+                                      "--preset paper --tokenizer authors")
+    os.remove(path)                                                     # no record: the plain command
+    with pytest.raises(SystemExit) as e:
+        authors.authors_tokenizer_hash(d, 11)
+    assert one_line_error(e).endswith(f"run first: python data.py --tokenizer authors --data_dir {d}")
+
+
 def test_offline_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     def no_dns(*a, **k):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
