@@ -199,6 +199,13 @@ def setup_devices(cfg):
     return env
 
 
+def run_how(cfg, name):
+    """The command that trains this run again: its domain, name and (a fine-tune of another model than
+    base) its --parent, without which it would start from base."""
+    return f"python train.py --domain {cfg['domain']} --name {name}" + (
+        f" --parent {cfg['parent']}" if cfg["domain"] != "base" and cfg["parent"] != "base" else "")
+
+
 def open_run(cfg, env, name, ckpt_path):
     """A fresh run, or the checkpoint to resume with the same settings (finished or not).
     A finished run with unchanged settings is left as it is (run.finished)."""
@@ -212,7 +219,7 @@ def open_run(cfg, env, name, ckpt_path):
     if not cfg["resume"]:
         die(f"{ckpt_path} exists; add --resume to continue it or --overwrite to start over")
     ck = load_checkpoint(ckpt_path, "checkpoint to resume",
-                         MAKES.get(name, f"python train.py --domain {cfg['domain']} --name {name}"))
+                         MAKES.get(name, run_how(cfg, name)))
     if "optimizer" not in ck:
         die(f"{ckpt_path} holds no training state (a merge?); it cannot be resumed, use --overwrite to train anew")
     was = batch_of(ck)
@@ -268,8 +275,7 @@ def build_model(run):
     cfg, env, ck = run.cfg, run.env, run.resume
     run.tok_hash, run.lineage_name = None, run.name  # the tokenizer the data must have (None: data_dir's own)
     if ck is not None:
-        model = model_from_checkpoint(ck, env.device, run.ckpt_path,
-                                      f"python train.py --domain {cfg['domain']} --name {run.name}")
+        model = model_from_checkpoint(ck, env.device, run.ckpt_path, run_how(cfg, run.name))
         run.parents, run.tok_hash = ck["parents"], ck["tokenizer_hash"]
         # a fine-tune finished from a parent since re-made would descend from weights no longer on disk
         # (analyze.py's lineage check would refuse it, after its SAEs were trained): refused now
@@ -277,7 +283,7 @@ def build_model(run):
         if cfg["domain"] != "base" and run.parents and os.path.isfile(parent) and \
                 sha256_file(parent) != run.parents[0].get("hash"):
             die(f"'{cfg['parent']}' was re-made since {run.ckpt_path} began from it; start this fine-tune over "
-                f"from the new one: python train.py --domain {cfg['domain']} --name {run.name} --overwrite")
+                f"from the new one: {run_how(cfg, run.name)} --overwrite")
         if env.master:
             print(f"resuming {run.ckpt_path} from iter {ck['iter_num']}")
     elif cfg["domain"] != "base":
@@ -350,7 +356,7 @@ def make_schedule(run):
     if ck is not None:  # an unfinished run goes on with the tokens it began on, never others
         datalib.check_same_tokens(((ck.get("provenance") or {}).get("data") or {}).get("train_sha256"),
                                   cfg["data_dir"], [cfg["domain"]], run.ckpt_path,
-                                  f"python train.py --domain {cfg['domain']} --name {run.name}")
+                                  run_how(cfg, run.name))
         run.max_iters = ck["config"]["max_iters_resolved"]  # the schedule of the run being resumed
         # (its world size may differ from this one's; one process takes the most steps)
         most = cfg["max_iters"] or max(1, math.ceil(cfg["epochs"] * len(run.data.train) * env.world
@@ -383,7 +389,7 @@ def make_schedule(run):
             check_adam_state(run.optimizer)
             run.gen.set_state(ck["data_rng"][0])
         except Exception as e:
-            misfit(run.ckpt_path, e, "training state", f"python train.py --domain {cfg['domain']} --name {run.name}")
+            misfit(run.ckpt_path, e, "training state", run_how(cfg, run.name))
         run.iter_num, run.best_val, run.history = ck["iter_num"], ck["best_val_loss"], ck.get("history", [])
         run.resume = None  # free the loaded tensors
     run.drawn = run.iter_num * cfg["grad_accum"] * cfg["batch_global"]  # before the batch in hand

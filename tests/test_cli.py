@@ -574,7 +574,12 @@ FAMILIES = {
        ("environment-fix-names-a-variant-merge-input", [*MERGE_M2, "--a=lua2"], None,
         r"no 'lua2' model checkpoint .*: python train\.py " + FIX_DIRS.format("out") + r" --domain DOMAIN --name lua2$"),
        ("environment-fix-names-a-variant-parent", [*LUA2, "--parent=base2"], None,
-        r"no parent checkpoint 'base2' .*: python train\.py " + FIX_DIRS.format("out") + r" --domain DOMAIN --name base2$")],
+        r"no parent checkpoint 'base2' .*: python train\.py " + FIX_DIRS.format("out") + r" --domain DOMAIN --name base2$"),
+       # a fine-tune of another parent than base is remade from that parent, not from base
+       ("environment-fix-keeps-the-parent", [TRAIN, "--domain=lua", "--name=lua4", "--parent=other", D, O, "--preset=tiny",
+                                             *MODEL, "--max_iters=3", "--resume"],
+        both(copy("out/lua/ckpt.pt", "out/lua4/ckpt.pt"), flip("out/lua4/ckpt.pt")),
+        r"lua4/ckpt\.pt is damaged.* --domain lua --name lua4 --parent other --overwrite$")],
 }
 CASES += [case for cases in FAMILIES.values() for case in cases]
 
