@@ -80,6 +80,7 @@ def make_tokenizer(data_dir):
     cmd = data.remake_command(data_dir)
     return cmd if " --tokenizer authors" in cmd else MAKE_TOKENIZER.format(shlex.quote(data_dir))
 
+
 # -----------------------------------------------------------------------------
 # reading a MistralForCausalLM folder (config.json + weights) into model.py's Transformer
 

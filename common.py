@@ -186,8 +186,9 @@ def cli(main):
 # -----------------------------------------------------------------------------
 # config / command line
 
-# the folder and preset settings given on this command line: every fix a message prints as a command keeps
-# them (keep_settings), so that, copied as printed, it works on the user's folders, not on the defaults
+# the folder and preset settings given on this command line (and those a script lacks, from the study's records:
+# keep_study_settings): every fix a message prints as a command keeps them (keep_settings), so that, copied as
+# printed, it works on the user's folders, not on the defaults
 GIVEN = {}
 # every key set on this command line (not by a default or a preset): a setting that means nothing for this
 # run is refused when the user chose it and only noted when a preset did (sae.py's resample_every)
