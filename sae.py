@@ -726,10 +726,22 @@ def save_state(job, runs, finished):
                          "sae_args": sae_args(r["sae"]), "optimizer": r["opt"].state_dict(),
                          "last_fired": r["last_fired"].cpu(), "n_resampled": r["n_resampled"], "density": r["density"],
                          "metrics": r.get("metrics", {})} for r in runs}
+    # the training log's sums since its last line (a save between two logs): a resume logs the same numbers
+    # and meets the early check (health_at) at the same log
+    log = {"last_logged": job.last_logged, "stats": on_device(job.stats, "cpu")}
     state = {"step": job.step, "total_steps": job.total_steps, "finished": finished, "scale": job.scale,
-             "config": job.cfg, "history": job.history, "seeds": seeds, **job.info,
+             "config": job.cfg, "history": job.history, "seeds": seeds, "log": log, **job.info,
              "provenance": provenance(job.cfg, **job.info)}
     atomic_torch_save(stamp(state, "sae_state"), job.state_path)
+
+
+def on_device(x, device):
+    """x (the training log's sums: a dict of tensors, numbers and lists of them; or None), its tensors on device."""
+    if isinstance(x, dict):
+        return {k: on_device(v, device) for k, v in x.items()}
+    if isinstance(x, list):
+        return [on_device(v, device) for v in x]
+    return x.to(device) if torch.is_tensor(x) else x
 
 
 # -----------------------------------------------------------------------------
@@ -846,7 +858,7 @@ def fresh_runs(job):
     job.buf, job.buf_chunk = harvest(job.model, job.train, 0, cfg, job.device), 0
     job.scale = math.sqrt(d_in) / job.buf.norm(dim=1).mean().item()  # E||x * scale|| = sqrt(d_in)
     b_dec = geometric_median(job.buf[:16384] * job.scale).float()
-    job.step, job.history = 0, []
+    job.step, job.history, job.last_logged, job.stats = 0, [], 0, None
     runs = [new_run(s, init_sae(d_in, job.n_features, cfg["arch"], cfg["k"], init_seed(job.name, s), b_dec).to(job.device),
                     cfg, job.n_features, job.device) for s in job.seeds]
     print(f"input scale {job.scale:.4g} (mean raw norm {math.sqrt(d_in) / job.scale:.4g}); b_dec = geometric median "
@@ -882,8 +894,11 @@ def resume_runs(job):
     for s in job.seeds:
         ck = st["seeds"][s]
         try:
-            if not (type(job.step) is int and 0 <= job.step <= job.total_steps and math.isfinite(job.scale)):
-                raise ValueError(f"step {job.step} of {job.total_steps}, input scale {job.scale}")
+            job.last_logged, job.stats = resume_log(job, st)
+            if not (type(job.step) is int and 0 <= job.step <= job.total_steps and math.isfinite(job.scale)
+                    and type(job.last_logged) is int and 0 <= job.last_logged <= job.step):
+                raise ValueError(f"step {job.step} of {job.total_steps}, last logged at {job.last_logged}, input "
+                                 f"scale {job.scale}")
             sae = SAE(**ck["sae_args"]).to(job.device)
             sae.load_state_dict(ck["sae"])
             run = new_run(s, sae, cfg, job.n_features, job.device)
@@ -911,6 +926,19 @@ def resume_runs(job):
         return None
     print(f"resuming {len(runs)} SAE(s) from step {job.step}/{job.total_steps}")
     return runs
+
+
+def resume_log(job, st):
+    """(the step last logged, the training log's sums since: save_state's) of a state, each seed's sums in this
+    run's order of the seeds (--seeds 1,0 resumes 0,1); a state of an older sae.py kept none: logged at its step."""
+    log = st.get("log") or {"last_logged": st["step"], "stats": None}
+    stats = on_device(log["stats"], job.device)
+    if stats is not None:
+        at = [list(st["seeds"]).index(s) for s in job.seeds]
+        stats.update({k: [stats[k][i] for i in at] for k in ("sse", "l0")})
+        if tuple(stats["sum_x"].shape) != (job.d_in,):
+            raise ValueError(f"the log's sum_x has shape {tuple(stats['sum_x'].shape)}, not ({job.d_in},)")
+    return log["last_logged"], stats
 
 
 def print_settings(job):
@@ -959,7 +987,7 @@ def train_loop(job, runs):
     if 0 < cfg["stop_step"] <= job.step < job.total_steps:  # resumed where --stop_step already stopped it
         print(f"at step {job.step}, --stop_step {cfg['stop_step']}: nothing to train; continue with --resume alone")
         return False
-    job.stats, job.t0, job.last_logged = None, time.time(), job.step
+    job.t0, job.t0_step = time.time(), job.step  # the rate: this process's steps (a resume's log began before)
     if job.fast_steps:  # fast: a stack of the seeds' parameters and Adam state, the runs' views of it
         job.fast_steps.start(runs)
     # fast, CUDA: the next buffer's draws made in a thread while this one trains (else None)
@@ -1067,7 +1095,7 @@ def log_progress(job, runs):
     """The training log since the last one (sums over every step, read back once here), rate and ETA."""
     check_finite(job, runs)
     cfg, stats, step, B, d_in = job.cfg, job.stats, job.step, job.B, job.d_in
-    rate = (step - job.last_logged) * B / max(time.time() - job.t0, 1e-9)
+    rate = (step - job.t0_step) * B / max(time.time() - job.t0, 1e-9)
     logs = {r["seed"]: {"mse": float(stats["sse"][j]) / (stats["n"] * d_in),  # per element, scaled space
                         "fvu": fvu_from_sums(float(stats["sse"][j]), stats["sum_x"], float(stats["sum_sq"]), stats["n"]),
                         "l0": float(stats["l0"][j]) / stats["n"],
@@ -1080,12 +1108,13 @@ def log_progress(job, runs):
         + (f", {rate / 1e6:.2f}M act/s" if rate >= 1e6 else f", {rate / 1e3:.1f}k act/s")
         + (f", eta {eta / 60:.1f} min" if step < job.total_steps else ""))
     job.history.append({"step": step, "train": logs, "act_per_s": rate})
-    if job.last_logged < job.health_step <= step < job.total_steps:  # early: a finished run is evaluated instead
-        check_health(job, runs, logs)
-    job.stats, job.t0, job.last_logged = None, time.time(), step
+    # the log's sums start again here, before the early check: a run it stops is saved with this line logged
+    since, job.stats, job.t0, job.t0_step, job.last_logged = job.last_logged, None, time.time(), step, step
+    if since < job.health_step <= step < job.total_steps:  # early: a finished run is evaluated instead
+        check_health(job, runs, logs, since)
 
 
-def check_health(job, runs, logs):
+def check_health(job, runs, logs, since):
     """The early check (health_at): a seed outside HEALTH stops the run here, its state saved, in one
     line naming the setting to change."""
     cfg, l0_max = job.cfg, max(job.d_in, HEALTH["l0_frac"] * job.n_features)
@@ -1101,7 +1130,7 @@ def check_health(job, runs, logs):
             continue
         save_all(job, runs, finished=False)
         die(f"early check at step {job.step} ({job.step / job.total_steps:.0%} of the run): seed {r['seed']} has L0 "
-            f"{m['l0']:.1f}, FVU {m['fvu']:.3f}, {m['silent']:.0%} of latents silent since step {job.last_logged} "
+            f"{m['l0']:.1f}, FVU {m['fvu']:.3f}, {m['silent']:.0%} of latents silent since step {since} "
             f"(bands: {bands}); {fix} and start over with --overwrite, or train on with --resume --health_at 0 "
             f"(state saved)")
     print(f"early check at step {job.step}: " + ", ".join(

@@ -373,6 +373,10 @@ def test_seeds_share_one_stream_and_resume_continues_exactly(dirs, tmp_path, arc
         assert full["seeds"][s]["metrics"]["fvu"] == res["seeds"][s]["metrics"]["fvu"]
     if arch == "relu":
         assert full["seeds"][1]["n_resampled"] > 0       # the resampling path ran inside the compared span
+    # the training log too: the stop at step 10 fell between two logs (every 8), whose sums the state keeps
+    timeless = lambda h: [{k: v for k, v in e.items() if k != "act_per_s"} for e in h]  # noqa: E731
+    assert [e["step"] for e in res["history"]] == [8, 16, 24, 24]
+    assert timeless(full["history"]) == timeless(res["history"])
     with pytest.raises(SystemExit, match="trains seeds 0,1 together; resume with --seeds 0,1"):
         run(dirs, *extra, "--seeds=0", "--resume", out=c)
     with pytest.raises(SystemExit, match=f"other settings \\(--fast {use_fast} -> {not use_fast}\\)"):
@@ -465,6 +469,7 @@ def test_early_check_stops_a_far_off_run_saved_naming_the_setting(dirs):
         run(dirs, *far, "--health_at=0.1")
     st = state(dirs[1], "base")
     assert st["step"] == 16 and not st["finished"]                            # saved: nothing lost
+    assert st["log"] == {"last_logged": 16, "stats": None}  # with its last log line: a resume's next covers 17-24
     assert run(dirs, *far, "--resume")["steps"] == 96                         # trains on (--health_at 0)
     # the same run with the tiny preset's L1 passes
     assert run(dirs, *far[:3], "--health_at=0.1", "--overwrite")["steps"] == 96
@@ -475,6 +480,16 @@ def test_early_check_stops_a_far_off_run_saved_naming_the_setting(dirs):
     with pytest.raises(SystemExit, match=r"seed 0 has L0 1\.0, FVU 0\.\d+.*raise --k \(now 1\) or lower --lr"):
         run(dirs, "--model=lua", "--seeds=0", "--total_acts=3072", "--health_at=0.1", "--arch=topk", "--k=1",
             "--overwrite")
+
+
+def test_a_run_resumed_between_two_logs_still_meets_the_early_check(dirs):
+    # 96 steps, logs every 8: the check is due at step 10 (10%), so it runs at the log of step 16. A run stopped at
+    # step 12 (saved past the check's step, before its log) and resumed meets it there, as one never stopped does
+    far = ["--model=base", "--seeds=0", "--total_acts=3072", "--l1_coeff=1000", "--lr=0.03", "--health_at=0.1"]
+    assert run(dirs, *far, "--stop_step=12") is None
+    with pytest.raises(SystemExit, match=r"early check at step 16 \(17% of the run\): seed 0 has L0 .* silent since "
+                       r"step 8 "):
+        run(dirs, *far, "--resume")
 
 
 def test_a_model_of_another_preset_is_refused_unless_allowed(dirs):
