@@ -262,11 +262,16 @@ def restore_metrics(run, ck):
         ok = rec["checkpoint_sha256"] == digest and record_problem(rec, "train_metrics") is None
     except (OSError, ValueError, KeyError, TypeError):
         ok = False
-    if not ok:
+    if not ok:  # finish()'s record but the run's speed (its batch: open_run held it to this run's)
+        cfg, data = run.cfg, ((ck.get("provenance") or {}).get("data") or {})
         atomic_write_json(path, stamp({"name": run.name, "domain": ck.get("domain"), "iters": ck["iter_num"],
                                        "val_loss": ck["val_loss"], "history": ck.get("history") or [],
+                                       "tokens_per_step": cfg["batch_global"] * ck["model_args"]["block_size"]
+                                       * cfg["grad_accum"], "params": sum(v.numel() for v in ck["model"].values()),
                                        "checkpoint": run.ckpt_path, "checkpoint_sha256": digest,
-                                       "provenance": ck.get("provenance") or {}}, "train_metrics"))
+                                       "data_source": data.get("source"), "provenance": {
+                                           **(ck.get("provenance") or {}), "tokenizer_hash": ck["tokenizer_hash"],
+                                           "data_meta_sha256": data.get("meta_sha256")}}, "train_metrics"))
         print(f"{path} was missing, damaged or of another checkpoint: rewritten from {run.ckpt_path}")
 
 
