@@ -1558,7 +1558,8 @@ def main(argv=None):
     print(f"preset {cfg['preset']}, device {device}, {threads} CPU thread(s), threshold {cfg['threshold']}, "
           f"models {', '.join(dict.fromkeys(cfg['models']))}")
     adir = os.path.join(cfg["out_dir"], "analysis")
-    with torch.no_grad(), common.lock_dir(adir, "an analysis"):
+    # (subfolders: features/ is this folder's own, so the temp files a killed run left there are removed too)
+    with torch.no_grad(), common.lock_dir(adir, "an analysis", subfolders=True):
         # results.json, pages.json, report.html and the browser's side files (features/, which dominate; their
         # size at the paper's sizes: BENCHMARKS.md); checked before the long passes, not after them
         common.check_free_space(adir, 128 << 20, "the analysis (results.json, pages.json, features/, report.html)")

@@ -420,6 +420,21 @@ def test_report_rerenders_alone_from_the_saved_files(study, tmp_path):
         report.main([f"--out_dir={tmp_path / 'nothing'}"])
 
 
+def test_temp_files_a_killed_run_left_in_the_feature_folder_are_removed(study, tmp_path):
+    """A kill -9 while a side file was written leaves features/.<model>.js.<random>.tmp: the next run removes it, as
+    it removes those beside results.json (the folder is the analysis' own)."""
+    import shutil
+    data_dir, out_dir, _ = study
+    out2 = str(tmp_path / "out")
+    shutil.copytree(out_dir, out2)
+    adir = os.path.join(out2, "analysis")
+    stale = [os.path.join(adir, ".results.json.deadbeef.tmp"), os.path.join(adir, report.SIDE, ".base.js.deadbeef.tmp")]
+    for path in stale:
+        open(path, "w").write("half a file")
+    run(data_dir, out2)                                                      # current: the page re-rendered
+    assert [p for p in stale if os.path.exists(p)] == []
+
+
 def test_a_current_analysis_is_not_recomputed_and_any_change_remakes_it(study, tmp_path, capsys):
     """A second run with the same inputs, settings and code re-renders the page and recomputes nothing (a
     finished ./reproduce.sh run again); a setting that changes the findings, an input added or removed, a side
