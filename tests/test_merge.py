@@ -42,7 +42,10 @@ def test_endpoints_return_the_inputs_bitwise(dtype, colinear):
     g = torch.Generator().manual_seed(0)
     a = torch.randn(7, 5, generator=g)
     b = a + 1e-4 * torch.randn(7, 5, generator=g) if colinear else torch.randn(7, 5, generator=g)
-    a[0, 0], b[0, 0] = -0.0, -0.0  # signed zeros must survive too (0*x + 1*(-0.0) would give +0.0)
+    # signed zeros must survive too, each where the other input is positive: the path's 1*(-0.0) + 0*(+x)
+    # gives +0.0 (with -0.0 in both, 0*(-0.0) is -0.0 and the sum keeps the sign: the check could not fail)
+    a[0, 0], b[0, 0] = -0.0, 1e-4
+    a[0, 1], b[0, 1] = 1e-4, -0.0
     a, b = a.to(dtype), b.to(dtype)
     r0, info = merge.slerp(a, b, 0.0)
     r1, _ = merge.slerp(a, b, 1.0)
@@ -93,6 +96,10 @@ def test_known_answers_on_2d_vectors():
     # 60 degrees apart, t = 0.5 -> the unit vector at 30 degrees
     r, _ = merge.slerp(torch.tensor([1.0, 0.0]), torch.tensor([0.5, math.sqrt(3) / 2]), 0.5)
     torch.testing.assert_close(r, torch.tensor([math.sqrt(3) / 2, 0.5]))
+    # 120 degrees apart (cos -1/2), t = 0.5 -> the unit vector at 60 degrees
+    r, info = merge.slerp(torch.tensor([1.0, 0.0]), torch.tensor([-0.5, math.sqrt(3) / 2]), 0.5)
+    torch.testing.assert_close(r, torch.tensor([0.5, math.sqrt(3) / 2]))
+    assert info["angle_deg"] == pytest.approx(120.0) and info["cos"] == pytest.approx(-0.5)
 
 
 def test_nearly_colinear_inputs_take_the_flagged_linear_path():
@@ -143,6 +150,21 @@ def test_t_rules_first_match_wins_and_fall_back_to_t():
     assert torch.equal(out["mlp.down.weight"], sd_b["mlp.down.weight"])
     ref, _ = merge.slerp(sd_a["lm_head.weight"], sd_b["lm_head.weight"], 0.5)
     assert torch.equal(out["lm_head.weight"], ref)
+    # a pattern with [ only is a glob too (whole name): w[qk] picks wq and wk, not wv
+    _, info = merge.merge_state_dicts(sd_a, sd_b, 0.5, "attn.w[qk].weight=0.25")
+    assert [info[f"attn.w{c}.weight"]["t"] for c in "qkv"] == [0.25, 0.25, 0.5]
+
+
+def test_integer_tensors_are_kept_as_they_are_and_must_agree():
+    """A non-float tensor (a step counter, 2^24 + 1: float32 cannot hold it) is copied from a, never interpolated
+    (float32 would round it to 2^24), its info without a path; one that differs between a and b is refused."""
+    w = torch.tensor([1.0, 2.0])
+    n = torch.tensor([2 ** 24 + 1, 7])
+    out, info = merge.merge_state_dicts({"w": w, "n": n}, {"w": 2 * w, "n": n.clone()}, 0.58)
+    assert out["n"].dtype == torch.int64 and out["n"].tolist() == [2 ** 24 + 1, 7]
+    assert info["n"] == {"t": 0.58, "rule": None, "linear": None}
+    with pytest.raises(SystemExit, match="differ in the non-float tensor n"):
+        merge.merge_state_dicts({"w": w, "n": n}, {"w": 2 * w, "n": n + 1}, 0.58)
 
 
 def test_task_mode_interpolates_the_deltas_from_the_parent():
@@ -158,6 +180,13 @@ def test_task_mode_interpolates_the_deltas_from_the_parent():
     assert not torch.allclose(task[k], plain[k], atol=1e-5)
     e0, _ = merge.merge_state_dicts(sd_a, sd_b, 0.0, parent=p)
     assert all(torch.equal(e0[n], sd_a[n]) for n in p)
+    e1, _ = merge.merge_state_dicts(sd_a, sd_b, 1.0, parent=p)
+    assert all(torch.equal(e1[n], sd_b[n]) for n in p)
+    # t = 1 is b bit for bit even where parent + (b - parent) is not: b = 1e-10 next to a parent weight 1.0
+    # (1e-10 - 1 rounds to -1 in float32, and 1 + -1 = 0)
+    one = {"w": torch.tensor([1.0, 3.0])}
+    e1, _ = merge.merge_state_dicts({"w": torch.tensor([0.5, 2.0])}, {"w": torch.tensor([1e-10, 3.5])}, 1.0, parent=one)
+    assert torch.equal(e1["w"], torch.tensor([1e-10, 3.5]))
 
 
 # -----------------------------------------------------------------------------
