@@ -332,3 +332,32 @@ def test_model_py_writes_a_models_continuations_of_a_prompt(tmp_path, capsys):
         f.write(b"\x00not a checkpoint")                  # damaged, its domain unknown: the command to fill in
     with pytest.raises(SystemExit, match=r"remake it: python train.py --domain DOMAIN --name lua_long --overwrite$"):
         model.main([f"--out_dir={out_dir}", "--model=lua_long"])
+
+
+# -----------------------------------------------------------------------------
+# known answers for the blocks the study's numbers run through (mutation round 3)
+
+def test_rmsnorm_known_answer_with_gain_and_eps():
+    from model import RMSNorm
+    norm = RMSNorm(2, eps=0.0)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([2.0, 0.5]))
+    # (3, 4): mean square (9 + 16) / 2 = 12.5, so x / sqrt(12.5) times the gains (2, 0.5)
+    want = torch.tensor([3.0, 4.0]) / math.sqrt(12.5) * torch.tensor([2.0, 0.5])
+    torch.testing.assert_close(norm(torch.tensor([[3.0, 4.0]])), want[None])
+    # eps inside the root: (1e-3, 1e-3) has mean square 1e-6, + eps 1e-6 -> 1e-3 / sqrt(2e-6) = 1 / sqrt(2)
+    norm = RMSNorm(2, eps=1e-6)
+    torch.testing.assert_close(norm(torch.full((1, 2), 1e-3)), torch.full((1, 2), 2 ** -0.5))
+    assert torch.equal(norm(torch.zeros(1, 2)), torch.zeros(1, 2))   # a zero vector stays 0, never NaN
+
+
+def test_rope_known_answer_rotates_each_pair_by_position_times_its_frequency():
+    # head_dim 4, theta 100: pair frequencies 100^(-0/4) = 1 and 100^(-2/4) = 0.1; position t turns
+    # (1, 0) to (cos a, sin a) with a = t x frequency (counter-clockwise), and position 0 not at all
+    cos, sin = rope_cache(3, 4, 100.0)
+    x = torch.tensor([1.0, 0.0, 1.0, 0.0]).expand(1, 1, 3, 4)
+    want = torch.tensor([[math.cos(t), math.sin(t), math.cos(0.1 * t), math.sin(0.1 * t)] for t in range(3)])
+    torch.testing.assert_close(apply_rope(x, cos, sin)[0, 0], want)
+    # the second component of a pair: (0, 1) turns to (-sin a, cos a)
+    y = torch.tensor([0.0, 1.0, 0.0, 0.0]).expand(1, 1, 3, 4)
+    torch.testing.assert_close(apply_rope(y, cos, sin)[0, 0, 2, :2], torch.tensor([-math.sin(2), math.cos(2)]))
