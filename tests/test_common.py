@@ -333,6 +333,22 @@ def test_stamp_makes_a_torch_file_plain_data_with_its_checksum(tmp_path):
 
 
 
+def test_a_torch_file_of_every_checksummed_format_is_checked():
+    """Torch files carry a checksum from format 1 on (format 2 added JSON's): a format-1 file whose weights were
+    changed after stamping is damaged, as a format-2 one is; one made before any checksum (format 0) reads."""
+    import torch
+    for fmt in (1, 2):
+        st = common.stamp({"model": {"w": torch.arange(4.0)}, "model_args": {"d": 4}}, "model")
+        st["format"] = fmt
+        st["checksum"] = common.checksum(st)
+        assert common.check_file(st, "m.pt", "model") is st
+        st["model"]["w"][0] = 9.0
+        with pytest.raises(SystemExit, match="m.pt is damaged: its contents do not match the checksum"):
+            common.check_file(st, "m.pt", "model")
+    old = {"kind": "model", "format": 0, "model": {"w": torch.arange(4.0)}, "model_args": {"d": 4}}
+    assert common.check_file(old, "m.pt", "model") is old
+
+
 def test_a_json_record_carries_a_checksum_that_a_flipped_digit_or_an_edit_breaks(tmp_path):
     """A JSON record is stamped as JSON reads it back (numpy as numbers, tuples as lists, NaN kept), with the
     checksum of that; a digit flipped on disk, or a value edited, is damaged for every reader (check_file) and
