@@ -126,6 +126,20 @@ def test_python_and_tiktoken_split_alike():
     assert [enc.decode_single_token_bytes(t) for t in enc.encode_ordinary(text)] == [c.encode() for c in chunks]
 
 
+def test_pretokenizer_chunks_known_answer():
+    """Each alternative of the pattern on one line, by hand: contractions of any case ('T, 's) split off a word;
+    digits in groups of three; a word takes its one leading space; punctuation takes the newlines after it;
+    a run of spaces leaves its last one to the next word. tiktoken's PATTERN cuts the same chunks."""
+    text = "O'Toole's 12345 apples,  go!\n\n  x"
+    want = ["O", "'T", "oole", "'s", " ", "123", "45", " apples", ",", " ", " go", "!\n\n", " ", " x"]
+    assert re.findall(data.RE_PATTERN, text) == want
+    ranks = {bytes([i]): i for i in range(256)}
+    for c in want:
+        ranks.setdefault(c.encode(), len(ranks))
+    enc = tiktoken.Encoding("chunks", pat_str=data.PATTERN, mergeable_ranks=ranks, special_tokens={})
+    assert [enc.decode_single_token_bytes(t).decode() for t in enc.encode_ordinary(text)] == want
+
+
 def test_bpe_trainer_known_merges():
     # the classic example: hug x10, pug x5, pun x12, bun x4, hugs x5
     texts = ["hug"] * 10 + ["pug"] * 5 + ["pun"] * 12 + ["bun"] * 4 + ["hugs"] * 5
@@ -337,6 +351,16 @@ def test_epoch_batch_reads_every_block_once_an_epoch_in_a_new_order():
         data.epoch_batch(tokens[:32], 0, 1, T, "cpu", seed=0)
 
 
+@needs_torch
+def test_epoch_batch_with_tokens_a_multiple_of_the_block_reads_only_whole_windows():
+    """32 tokens, block 8: 31 targets make 3 blocks (starts 0, 8, 16); a block at 24 would need a target at
+    token 32, past the end. Epoch 1 is windows 0-2, epoch 2 windows 3-5, each a permutation of the 3 blocks."""
+    tokens = np.arange(32, dtype=np.uint16)
+    x, y = data.epoch_batch(tokens, 0, 6, 8, "cpu", seed=0)
+    starts = x[:, 0].tolist()
+    assert sorted(starts[:3]) == sorted(starts[3:]) == [0, 8, 16] and torch.equal(y, x + 1)
+
+
 def test_helpers():
     bab = np.array([10, 20, 30, 40, 50, 60])
     py = np.array([3] * 30)  # 90 words
@@ -355,6 +379,16 @@ def test_helpers():
     assert 50 < sum(f < 0.1 for f in fracs) < 150 and fracs == [data.hash_frac(f"doc {i}") for i in range(1000)]
     assert [len(b) for b in data.batched(iter(["x" * 10] * 7), max_docs=3)] == [3, 3, 1]
     assert [len(b) for b in data.batched(iter(["x" * 10] * 7), max_bytes=25)] == [3, 3, 1]
+
+
+def test_a_document_ends_only_at_a_line_that_is_the_end_of_text_mark_alone(tmp_path):
+    """The mark inside a line, or with more on its line, is text; only a line of the mark alone ends a document
+    (the streaming reader agrees)."""
+    text = "a <|endoftext|> b\n<|endoftext|>\n\n<|endoftext|>x\nc\n<|endoftext|>\n"
+    want = ["a <|endoftext|> b", "<|endoftext|>x\nc"]
+    assert data.split_eot(text) == want
+    (tmp_path / "f.txt").write_text(text, encoding="utf-8")
+    assert list(data.local_file_docs(str(tmp_path / "f.txt"))) == want
 
 
 def test_local_reader_matches_split_eot_across_blocks(tmp_path):
@@ -1523,3 +1557,6 @@ def test_consecutive_windows_cover_an_array_whose_length_is_a_multiple_of_the_st
     w = data.sample_windows(a, None, 5, "consecutive")
     assert w.tolist() == [[0, 1, 2, 3, 4], [4, 5, 6, 7, 8]]
     assert data.sample_windows(np.arange(13), None, 5, "consecutive").tolist()[-1] == [8, 9, 10, 11, 12]
+    # from window 1 on: the windows left after the offset, none past the end
+    assert data.sample_windows(np.arange(13), None, 5, "consecutive", offset=1).tolist() == [[4, 5, 6, 7, 8],
+                                                                                             [8, 9, 10, 11, 12]]
