@@ -478,3 +478,25 @@ def test_grad_accum_is_one_batch_of_the_same_windows_and_an_epoch_counts_its_tok
         assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-4)
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-3, atol=1e-5)
+
+
+def test_validation_loss_is_the_mean_over_the_first_eval_iters_batches_of_consecutive_windows():
+    """train.evaluate on a hand-made run: B 2, 2 processes, eval_iters 2 -> the first 2 x 2 x 2 = 8 windows of
+    block_size + 1 = 9 tokens at stride 8 (window k is tokens 8k .. 8k + 8: the 8 inputs and their 8 next
+    tokens), of each domain's own val split; the loss is the mean CE over those 8 x 8 predictions."""
+    import types
+
+    import numpy as np
+
+    from model import ModelArgs, Transformer
+    torch.manual_seed(0)
+    m = Transformer(ModelArgs(vocab_size=V, block_size=8, d_model=16, n_head=2, n_kv_head=1, d_mlp=32)).eval()
+    g = np.random.default_rng(0)
+    val = {"lua": g.integers(0, V, 8 * 12 + 1).astype(np.uint16), "base": g.integers(0, V, 8 * 10 + 1).astype(np.uint16)}
+    run = types.SimpleNamespace(raw_model=m, block=8, B=2, cfg={"eval_iters": 2, "fast": False}, data=types.SimpleNamespace(val=val),
+                                env=types.SimpleNamespace(world=2, device="cpu", autocast=None))
+    got = train.evaluate(run, ["lua", "base"])
+    for d, a in val.items():
+        w = torch.from_numpy(np.stack([a[8 * k:8 * k + 9].astype(np.int64) for k in range(8)]))
+        want = m(w[:, :-1], w[:, 1:])[1].item()
+        assert got[d] == pytest.approx(want, rel=1e-6), d
