@@ -247,3 +247,36 @@ def random_sae(arch="relu", d=16, n=48, k=5, seed=0):
         s.b_enc.normal_(0, 0.3, generator=torch.Generator().manual_seed(seed + 1))
         s.b_dec.normal_(0, 1.0, generator=torch.Generator().manual_seed(seed + 2))
     return s
+
+
+def table_model(table, block_size=8):
+    """A tiny model.Transformer whose MLP activation of token t is table[t] (vocab x d_mlp, given by hand):
+    the plain harvest path (sae.mlp_activations with use_fast off) reads model.mlp_acts, so a stage run on
+    it sees exactly these activations; the rest of the model (its LM head for logit effects) is a real one."""
+    import torch
+
+    from model import ModelArgs, Transformer
+
+    class Table(Transformer):
+        def mlp_acts(self, idx):
+            return self.table[idx]
+    table = torch.as_tensor(table, dtype=torch.float32)
+    torch.manual_seed(0)
+    m = Table(ModelArgs(vocab_size=len(table), block_size=block_size, d_model=8, n_head=2, n_kv_head=1,
+                        d_mlp=table.shape[1]))
+    m.register_buffer("table", table)
+    return m.eval()
+
+
+def hand_sae(W_enc, b_enc, W_dec=None):
+    """A ReLU SAE with the given encoder (d_in, F) and bias (F,), b_dec 0, decoder W_enc^T unless given."""
+    import torch
+
+    import sae
+    W_enc = torch.as_tensor(W_enc, dtype=torch.float32)
+    s = sae.SAE(W_enc.shape[0], W_enc.shape[1], "relu")
+    with torch.no_grad():
+        s.W_enc.copy_(W_enc)
+        s.b_enc.copy_(torch.as_tensor(b_enc, dtype=torch.float32))
+        s.W_dec.copy_(W_enc.T if W_dec is None else torch.as_tensor(W_dec, dtype=torch.float32))
+    return s

@@ -659,3 +659,60 @@ def test_cross_application_reads_the_other_models_activations_and_the_null_count
     null, s0 = e["crosscoder"]["null"], e["crosscoder"]["seeds"]["0"]
     assert null["live"] == s0["live"] and 0 < null["live"] < len(s0["classes"]) + 1
     assert null["found_again_frac"] == round(null["found_again"] / null["live"], 5)
+
+
+def test_edge_record_on_hand_made_activations_known_answer(monkeypatch):
+    """edge_record on 8 tokens whose MLP activations are given by hand (helpers.table_model): parent (a_t, b_t),
+    child (0, e_t), with a = 1..8, b firing on the last token only, e = 3 1 4 1 5 9 2 6. Crosscoder seed 0:
+    latent 0 reads a (decoders in both: shared), 1 reads e (child-only), 2 reads b (parent-only, firing once:
+    live), 3 never fires. Seed 1: latent 0 reads e (child-only), 1 and 2 never fire, 3 reads a (shared).
+    The null: seed 0's latents 0 and 1 are found again (r = 1) as seed 1's 3 and 0, in the same classes (s = s,
+    c = c; the same index would compare s with c, c with x), latent 2 not (r < 0.8 with a and e): 2 of 3 live, 2
+    of 2 alike; seed 1's latent 3 is live though seed 0's latent 3 is dead (each seed its own dead mask).
+    SAE features: the parent's f2 = relu(x1 - 2) is dead on the parent (b <= 1) though it fires on the child:
+    it gets no latent. Firing on the other model, FVU per model: by hand below."""
+    from helpers import hand_sae, table_model
+    a, b, e = list(range(1, 9)), [0] * 7 + [1], [3, 1, 4, 1, 5, 9, 2, 6]
+    study = types.SimpleNamespace(
+        model={"base": table_model([[x, y] for x, y in zip(a, b)]), "lua": table_model([[0, y] for y in e])},
+        sae={("base", 0): hand_sae([[1, 0, 0], [0, 1, 1]], [0, 0, -2]),     # f0 = x0, f1 = x1, f2 = relu(x1 - 2)
+             ("lua", 0): hand_sae([[0, 1], [1, 0]], [0, -2])},              # g0 = x1, g1 = relu(x0 - 2)
+        d_mlp=2)
+    # W_enc (model, dim, latent), W_dec (model, latent, dim)
+    W0 = hand_crosscoder("l1", [[[1, 0, 0, 0], [0, 0, 1, 0]], [[0, 0, 0, 0], [0, 1, 0, 0]]],
+                         [[[1, 0], [0, 0], [0, 1], [1, 0]], [[1, 0], [0, 1], [0, 0], [1, 0]]])
+    W1 = hand_crosscoder("l1", [[[0, 0, 0, 1], [0, 0, 0, 0]], [[0, 0, 0, 0], [1, 0, 0, 0]]],
+                         [[[0, 0], [1, 0], [1, 0], [1, 0]], [[0, 1], [1, 0], [1, 0], [1, 0]]])
+    with torch.no_grad():
+        W0.b_enc[3] = W1.b_enc[1] = W1.b_enc[2] = -1.0
+    monkeypatch.setattr(diffing, "cross_application", lambda *args: {})   # sae.evaluate's, tested on its own
+    cfg = {"sae_seed": 0, "fast": False, "match_threshold": 0.8, "fire_ratio": 10.0, "arch": "l1", "scaling_cut": 0.5}
+    rec = diffing.edge_record(cfg, {"skip_first": 0, "batch_size": 1}, study, torch.arange(8).view(2, 4),
+                              "base", "lua", {0: W0, 1: W1}, "cpu")
+    assert rec["tokens"] == 8
+    cc = rec["crosscoder"]
+    assert cc["seeds"]["0"]["classes"] == "scpx" and cc["seeds"]["1"]["classes"] == "cxxs"
+    assert cc["null"] == {"seeds": [0, 1], "threshold": 0.8, "live": 3, "found_again": 2, "found_again_frac": 0.66667,
+                          "same_class": 2, "same_class_frac": 1.0}
+    assert rec["match"]["parent"]["latent"] == [0, 2, -1] and rec["match"]["child"]["latent"] == [1, -1]
+    # seed 0 rebuilds the parent exactly; on the child it adds a to dim 0: sse sum a^2 = 204 over the child's
+    # variance sum e^2 - 8 mean(e)^2 = 173 - 120.125
+    assert cc["seeds"]["0"]["fvu"] == {"parent": 0.0, "child": round(204 / 52.875, 5)}
+    # the parent SAE on the child's activations (0, e): f0 never, f1 always, f2 on 5 of 8; own rates 1, 1/8, 0
+    p = rec["firing"]["parent_sae"]
+    assert p["rate_own"] == [1.0, 0.125, 0.0] and p["rate_other"] == [0.0, 1.0, 0.625]
+    assert (p["live"], p["stopped"], p["started"]) == (2, 1, 1)
+    c = rec["firing"]["child_sae"]
+    assert c["rate_own"] == [1.0, 0.0] and c["rate_other"] == [0.125, 0.75] and (c["live"], c["stopped"], c["started"]) == (1, 0, 1)
+
+
+def test_batchtopk_inference_keeps_latents_whose_norm_weighted_score_passes_the_threshold():
+    """Outside training a latent is kept where its score f_i sum_m ||W_dec,i^m|| passes the threshold, not f_i:
+    threshold 2.8; latent 1 (norms' sum 2) at f = 2 scores 4 (kept, though f < 2.8); latent 2 (sum 1) at f = 2.5
+    scores 2.5 (dropped); latent 0 (sum 1) at f = 2.9 scores 2.9 (kept)."""
+    W_dec = [[[1.0, 0.0], [1.0, 0.0], [0.5, 0.0]], [[0.0, 0.0], [0.0, 1.0], [0.0, 0.5]]]   # norms' sums 1, 2, 1
+    cc = hand_crosscoder("batchtopk", np.zeros((2, 2, 3)), W_dec, k=1)
+    with torch.no_grad():
+        cc.threshold.fill_(2.8)
+    f = cc.activate(torch.tensor([[0.0, 2.0, 2.5], [2.9, 0.0, 0.0]]))
+    assert torch.equal(f, torch.tensor([[0.0, 2.0, 0.0], [2.9, 0.0, 0.0]]))
