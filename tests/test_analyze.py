@@ -1163,3 +1163,94 @@ def test_trail_follows_best_partners_at_or_above_the_threshold_both_ways():
     assert analyze.trail("a", 0, edges, cls, 0.8) == [("b", 1, 0.9, "a->b")]
     assert analyze.trail("c", 2, edges, cls, 0.8) == [("b", 1, 0.85, "b->c"), ("a", 0, 0.9, "a->b")]
     assert analyze.trail("b", 1, edges, cls, 0.5) == [("a", 0, 0.9, "a->b"), ("c", 2, 0.5, "b->c")]
+
+
+def table_study(tables, saes):
+    """A Study of hand-made models (helpers.table_model: token t's MLP activation is tables[m][t]) and SAEs,
+    with the edge base->lua and no nulls; the analysis settings for 2 windows of 4 tokens, plain path."""
+    models = list(tables)
+    study = analyze.Study(models=models, edges=[("base->lua", "base", "lua")],
+                          model={m: helpers.table_model(t) for m, t in tables.items()},
+                          sae={(m, 0): s for m, s in saes.items()}, info={}, nulls=[], null_missing=[], spread=[],
+                          pairs=[("base->lua", ("base", 0), ("lua", 0))], d_mlp=2, block_size=8,
+                          tokenizer_hash="")
+    cfg = {**analyze.config, "seq_len": 4, "skip_first": 0, "batch_size": 1, "fast": False, "memory_gb": 1.0}
+    return study, cfg, torch.arange(8).view(2, 4)
+
+
+def test_a_feature_firing_once_is_live_and_one_never_firing_is_dead():
+    """track on 8 hand-made tokens: base's f1 fires on one token only (b = 0 ... 0 1): it is live (density 1/8)
+    and, with no lua feature at r >= 0.8 (a = 1..8 and e = 3 1 4 1 5 9 2 6 correlate < 0.6 with it), it
+    disappears; f2 = relu(x1 - 2) never fires: dead, neither persisting nor disappearing. f0 = a persists (lua's
+    g0 = a, r = 1); lua's g1 = e is emerging."""
+    a, b, e = list(range(1, 9)), [0] * 7 + [1], [3, 1, 4, 1, 5, 9, 2, 6]
+    study, cfg, seqs = table_study({"base": [[x, y] for x, y in zip(a, b)], "lua": [[x, y] for x, y in zip(a, e)]},
+                                   {"base": helpers.hand_sae([[1, 0, 0], [0, 1, 1]], [0, 0, -2]),
+                                    "lua": helpers.hand_sae([[1, 0], [0, 1]], [0, 0])})
+    cls, found, dens, dead, _, _ = analyze.track(cfg, study, seqs, {"n_tokens": 8}, "cpu")
+    assert dead[("base", 0)].tolist() == [False, False, True] and dens[("base", 0)].tolist() == [1.0, 0.125, 0.0]
+    c = cls["base->lua"]
+    assert c["persisting"].tolist() == [True, False, False] and c["disappearing"].tolist() == [False, True, False]
+    assert c["emerging"].tolist() == [False, True]
+    counts = found["edges"]["base->lua"]["counts"]
+    assert (counts["parent_live"], counts["parent_dead"], counts["persisting"], counts["disappearing"]) == (2, 1, 1, 1)
+
+
+def test_interval_samples_keep_at_most_n_per_interval_and_no_empty_slots():
+    """feature_activity on hand-made activations (skip_first 1: positions 0 never count), 4 intervals, 2 samples
+    each, 4 histogram bins. f0 fires once, on token 7 (sequence 1, position 3) at its max: one sample in the
+    top interval and nothing else (the reservoir's other slots stay empty, never a sample). f1 (max 2) is 1 on
+    token 1 (level 0.5: interval 1, bin 1) and 2 on tokens 2, 3, 6, 7 (interval 3, bin 3): 2 of those 4 drawn;
+    its 2 on token 4 is at position 0, left out."""
+    x0, x1 = [0] * 7 + [4], [0, 1, 2, 2, 2, 0, 2, 2]
+    study, cfg, seqs = table_study({"base": list(zip(x0, x1)), "lua": [[0, 0]] * 8},
+                                   {"base": helpers.hand_sae([[1, 0], [0, 1]], [0, 0]),
+                                    "lua": helpers.hand_sae([[1, 0], [0, 1]], [0, 0])})
+    cfg.update(skip_first=1, n_intervals=4, n_per_interval=2, hist_bins=4)
+    stats = {("base", 0): {"max": torch.tensor([4.0, 2.0])}}
+    got = analyze.feature_activity(cfg, study, seqs, {("base", 0), ("base", 1)}, stats, "cpu")
+    assert got[("base", 0)] == {"max": 4.0, "hist": [0, 0, 0, 1], "samples": [[], [], [], [(1, 3)]]}
+    f1 = got[("base", 1)]
+    assert f1["hist"] == [0, 1, 0, 4] and f1["samples"][:3] == [[], [(0, 1)], []]
+    top = f1["samples"][3]
+    assert len(top) == 2 and len(set(top)) == 2 and set(top) <= {(0, 2), (0, 3), (1, 2), (1, 3)}
+
+
+def test_side_file_partner_digits_are_the_partners_activations_over_the_partners_max():
+    """browse_features on hand-made activations (windows of 4 tokens, one top context each): base's f0 is
+    0 1 2 4 on sequence 0 (max 4): digits ceil(35 a / 4) = 0 9 18 35 = "09iz". Its best partner on base->lua is
+    lua's f1 (parent_best), 3 0 6 0 there with lua's f1 max 6: "i0z0" (not over base's max, nor base's f1's
+    activations), and the head names lua/1 with max 6. lua's features take their partners from child_best
+    (base's f0 for both): lua's f1 over the same window shows base's f0's "09iz"."""
+    base = [[0, 0], [1, 0], [2, 0], [4, 0], [0, 1], [0, 0], [0, 0], [0, 0]]
+    lua = [[0, 3], [0, 0], [0, 6], [0, 0], [2, 0], [1, 0], [0, 0], [0, 0]]
+    study, cfg, seqs = table_study({"base": base, "lua": lua}, {m: helpers.hand_sae([[1, 0], [0, 1]], [0, 0])
+                                                                for m in ("base", "lua")})
+    cfg.update(n_all_top=1, all_window=4, n_intervals=2, n_all_logits=2)
+    stats = {("base", 0): {"top_v": torch.tensor([[4.0, 1.0]]), "top_i": torch.tensor([[0, 1]]),
+                           "max": torch.tensor([4.0, 1.0]), "nnz": torch.tensor([3.0, 1.0])},
+             ("lua", 0): {"top_v": torch.tensor([[2.0, 6.0]]), "top_i": torch.tensor([[1, 0]]),
+                          "max": torch.tensor([2.0, 6.0]), "nnz": torch.tensor([2.0, 2.0])}}
+    activity = {(m, i): {"max": 1.0, "hist": [0, 1], "samples": [[], []]} for m in ("base", "lua") for i in (0, 1)}
+    cls = {"base->lua": {"parent_best": np.array([1, -1]), "child_best": np.array([0, 0])}}
+    out = analyze.browse_features(cfg, study, cls, stats, activity, seqs, "cpu")
+    f0 = out["base"]["f"][0]
+    assert f0[2] == [[0, 0, "09iz", ["i0z0"]]] and f0[6] == [[0, 1, 6.0]]
+    assert out["base"]["f"][1][6] == [None] and out["base"]["edges"] == ["base->lua"]
+    lua1, lua0 = out["lua"]["f"][1], out["lua"]["f"][0]
+    assert lua1[2] == [[0, 0, "i0z0", ["09iz"]]] and lua1[6] == [[0, 0, 4.0]]
+    assert lua0[2] == [[1, 0, "zi00", ["0000"]]]   # base's f0 is silent on sequence 1
+
+
+def test_every_live_feature_gets_its_activity_for_the_browser_one_firing_once_included():
+    """collect_pages with no page features: the activity of every live feature (nnz > 0), so a feature firing on a
+    single token has its histogram and samples too; a dead one has none."""
+    x0, x1 = [0] * 7 + [4], [0, 1, 2, 2, 2, 0, 2, 2]
+    study, cfg, seqs = table_study({"base": list(zip(x0, x1)), "lua": [[0, 0]] * 8},
+                                   {m: helpers.hand_sae([[1, 0], [0, 1]], [0, 0]) for m in ("base", "lua")})
+    cfg.update(n_intervals=2, n_per_interval=1, hist_bins=2)
+    stats = {("base", 0): {"nnz": torch.tensor([1.0, 5.0]), "max": torch.tensor([4.0, 2.0])},
+             ("lua", 0): {"nnz": torch.tensor([0.0, 0.0]), "max": torch.tensor([0.0, 0.0])}}
+    _, activity, _, _ = analyze.collect_pages(cfg, study, stats, seqs, set(), "cpu")
+    assert set(activity) == {("base", 0), ("base", 1)}
+    assert activity[("base", 0)]["hist"] == [0, 1] and activity[("base", 0)]["samples"] == [[], [(1, 3)]]
