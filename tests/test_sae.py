@@ -729,6 +729,29 @@ def test_harvest_draws_skip_the_first_positions_and_differ_buffer_by_buffer():
     assert not torch.equal(idx, other[0]) and not torch.equal(pos, other[1])  # the next buffer: fresh windows
 
 
+def test_a_harvest_buffer_is_the_activations_at_its_draws_in_the_drawn_shuffle():
+    """harvest on a hand-made model (helpers.table_model: token t's activation is (t, 1)): row k of the buffer is
+    the activation at the drawn window and position number perm[k] (window-major: n // tokens_per_seq), so the
+    buffer's first column reads back exactly which token each row came from, shuffled by perm."""
+    model = helpers.table_model([[t, 1.0] for t in range(V)], block_size=12)
+    arrays = {"a": np.arange(500) % V, "b": (np.arange(300) * 7) % V}
+    cfg = dict(data_seed=3, seq_len=12, tokens_per_seq=4, skip_first=2, buffer_batches=2, seqs_per_batch=3,
+               mix="equal", fast=False, harvest_batch=4, fast_math=False)
+    idx, pos, perm = S.harvest_draws(arrays, 0, cfg)
+    buf = S.harvest(model, arrays, 0, cfg, "cpu")
+    tokens = idx[torch.arange(6)[:, None], pos].reshape(-1)                    # (24,) in draw order
+    assert buf.shape == (24, 2) and torch.equal(buf[:, 0].long(), tokens[perm]) and not torch.equal(perm, torch.arange(24))
+
+
+def test_mix_tokens_a_draw_on_a_domain_boundary_takes_the_next_domains_first_window():
+    """Each domain exactly one window long: one start each, u * 2 is 0 (a) or 1 (b's first start, the boundary);
+    the plain loop and fast.windows_at take whole windows of a or of b, never a window running past a's end."""
+    arrays = {"a": np.arange(4), "b": 100 + np.arange(4)}
+    for use_fast in (False, True):
+        got = S.stream_windows(arrays, 40, 4, torch.Generator().manual_seed(0), "tokens", use_fast)
+        assert {tuple(w) for w in got.tolist()} == {(0, 1, 2, 3), (100, 101, 102, 103)}
+
+
 def test_lr_decays_linearly_to_zero_over_the_last_fraction():
     job = SimpleNamespace(cfg={"lr": 1.0, "lr_decay_frac": 0.2}, total_steps=100)
     assert [S.lr_at(job, i) for i in (0, 80, 90, 99)] == pytest.approx([1.0, 1.0, 0.5, 0.05])
