@@ -243,8 +243,32 @@ def test_the_tracking_view_shows_the_partner_on_this_features_top_contexts(study
     for (own, partner), (k, c) in zip(rows, expected):
         assert f'<span class="mx">base/{i}</span>' in own and f'<span class="mx">base/{i}</span>' not in partner
         assert shaded(own) == [d != "0" for d in c[2]] and shaded(partner) == [d != "0" for d in c[3][k]]
+        # each token's value: its digit of 35 times the row's own max (this feature's f[0]; the partner's, the
+        # head's [edge, j, max]), shown to 3 significant digits (2 decimals from 1 up)
+        for row, digits, mx in ((own, c[2], f[0]), (partner, c[3][k], f[6][k][2])):
+            shown = [float(v) for v in re.findall(r'<span title="activation about ([^"]*)"', row)]
+            want = [int(d, 36) * mx / base["levels"] for d in digits]
+            assert len(shown) == len(want) and all(abs(a - b) <= (0.0051 if b >= 1 else 0.006 * b)
+                                                   for a, b in zip(shown, want)), (shown, want)
         if base["edges"][k] == "base->lua":
             assert f'<span class="mx">lua/{i}</span>' in partner and c[3][k] == c[2]
+
+
+@needs_chromium
+def test_a_feature_page_from_the_side_file_shows_each_tokens_digit_times_its_max_over_35(study):
+    """A live feature with no example page (pages.json) is drawn from its side file: its top context's tokens
+    show activation digit x max / levels (35), to 3 significant digits (2 decimals from 1 up)."""
+    out_dir, page = study
+    _, pages = load(out_dir)
+    base = side_file(out_dir, "base")
+    i = next(k for k, f in enumerate(base["f"]) if f and f[2] and f"base/{k}" not in pages["pages"])
+    f = base["f"][i]
+    dom = render(page, f"#base/{i}")
+    assert problems(dom) == [] and f'data-shown="base/{i}"' in dom
+    shown = [float(v) for v in re.findall(r'<span title="activation (-?[0-9][^"]*)"', dom)][:len(f[2][0][2])]
+    want = [int(d, 36) * f[0] / base["levels"] for d in f[2][0][2]]
+    assert len(shown) == len(want) and all(abs(a - b) <= (0.0051 if b >= 1 else 0.006 * b)
+                                           for a, b in zip(shown, want)), (shown, want)
 
 
 def test_every_live_feature_has_a_compact_side_file_entry(study):
