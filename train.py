@@ -16,6 +16,7 @@ Reading order: main() is the algorithm; each of its steps is one function below 
 """
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from types import SimpleNamespace
@@ -167,6 +168,11 @@ def main(argv=None):
             return finish(run)
     finally:
         if env.ddp:
+            # on a normal end the ranks leave together: a rank tearing its group down and exiting while rank 0
+            # still saved made gloo abort it at exit, now and then. After an error none waits: the other
+            # ranks may never get here (torchrun stops them)
+            if sys.exc_info()[0] is None:
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
