@@ -282,13 +282,11 @@ def hub_model(data_dir, repo):
     sha = data.hub_revision(data_dir, repo, kind="models", pins=PINNED_MODELS)
     folder = os.path.join(data_dir, "raw", "hf", repo, sha)
     info_path = os.path.join(folder, "info.json")
-    path = data.download(f"{data.HF}/api/models/{repo}/revision/{sha}", info_path, "json",
-                         data.hub_headers())  # (kept there by hub_revision when it resolved it)
-    try:
-        info = common.read_json(path)
-    except ValueError:  # cut short or edited on disk since: fetched anew on the next run
-        info = None
-    if not isinstance(info, dict) or info.get("sha") != sha:
+    # (kept there by hub_revision when it resolved it; None: cut short or edited on disk since, fetched anew
+    # on the next run)
+    info = data._read_json_or_none(data.download(f"{data.HF}/api/models/{repo}/revision/{sha}", info_path, "json",
+                                                 data.hub_headers()))
+    if info is None or info.get("sha") != sha:
         os.remove(info_path)
         die(f"the hub's answer for {repo} at {sha} names another commit, or none; run again")
     return sha, folder, info

@@ -771,6 +771,8 @@ def measured_before(cfg, path, hashed, token_set):
     """{edge: record} of the edges a run stopped in a later edge measured (its partial.json), where it was made
     by this code with these settings (--edges too) from these models, SAEs, splits, token set and crosscoder
     files (the same files: current then, so now); {} otherwise, and always with --overwrite."""
+    if cfg["overwrite"]:
+        return {}
     try:
         rec = common.read_json(path)
         done = [tuple(e.split("->")) for e in rec["edges"]]
@@ -778,7 +780,7 @@ def measured_before(cfg, path, hashed, token_set):
         ok = common.made_as_now(rec, "diffing", cfg, HOW_ONLY, made) and rec["token_set"] == token_set
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none, damaged or of another shape
         return {}
-    return dict(rec["edges"]) if ok and not cfg["overwrite"] else {}
+    return dict(rec["edges"]) if ok else {}
 
 
 def diffing_current(cfg, edges, inputs):

@@ -39,7 +39,7 @@ import common
 import torch
 
 import fast
-from model import MAKES, check_finished, clean_key, eval_loss, load_checkpoint, model_from_checkpoint, save_checkpoint
+from model import check_finished, clean_key, eval_loss, load_checkpoint, make_command, model_from_checkpoint, save_checkpoint
 
 config = {
     "a": "lua",               # model at t = 0 (mergekit's base_model): out_dir/<a>/ckpt.pt
@@ -200,7 +200,7 @@ def load_models(out_dir, a, b, parent=None, allow_unfinished=False, allow_unrela
         common.die(f"--a and --b are both {a!r}; merge two different models")
     out = {}
     for role, name in names.items():
-        how = MAKES.get(name, f"python train.py --domain DOMAIN --name {name}")  # (a variant: its --name)
+        how = make_command(name)
         path = os.path.join(out_dir, name, "ckpt.pt")
         ckpt = load_checkpoint(path, f"'{name}' model checkpoint", how)
         check_finished(ckpt, path, name, allow_unfinished)

@@ -268,6 +268,12 @@ MAKES = {"base": "python train.py --domain base", "lua": "python train.py --doma
 STUDY_DOMAIN = {"base": "base", "lua": "lua", "tinystories": "tinystories", "luastories": None}  # None: a merge
 
 
+def make_command(name):
+    """The command that makes model `name`: the study's (MAKES), or a variant's (train.py --name, merge.py --out:
+    made by the command that named it; DOMAIN for the user to fill in, as --domain lua2 is no domain)."""
+    return MAKES.get(name, f"python train.py --domain DOMAIN --name {name}")
+
+
 def clean_key(k):
     """A parameter name without the prefixes torch.compile (_orig_mod.) and DDP (module.) add."""
     return k.removeprefix("_orig_mod.").removeprefix("module.")
@@ -345,8 +351,7 @@ def load_model(out_dir, name, device="cpu", allow_unfinished=False):
     """The model of stage `name` (base, lua, tinystories, luastories): (model in eval mode, ckpt dict).
     An unfinished checkpoint is refused unless allow_unfinished."""
     path = os.path.join(out_dir, name, "ckpt.pt")
-    # a variant (train.py --name, merge.py --out) is made by the command that named it
-    how = MAKES.get(name, f"python train.py --domain DOMAIN --name {name}")
+    how = make_command(name)
     if name not in MAKES and not os.path.lexists(path):
         die(f"no '{name}' model checkpoint at {path}; make it with: {how} (or python merge.py --out {name})")
     ckpt = load_checkpoint(path, f"'{name}' model checkpoint", how)

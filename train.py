@@ -31,7 +31,7 @@ import torch
 import data as datalib
 import fast
 from model import (MAKES, STUDY_DOMAIN, ModelArgs, Transformer, check_finished, check_preset, eval_loss,
-                   load_checkpoint, model_from_checkpoint, save_checkpoint)
+                   load_checkpoint, make_command, model_from_checkpoint, save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # config: the paper's pretraining values; PRESETS below override them per preset and per variant
@@ -300,7 +300,7 @@ def build_model(run):
     elif cfg["domain"] != "base":
         path = os.path.join(cfg["out_dir"], cfg["parent"], "ckpt.pt")
         parent = load_checkpoint(path, f"parent checkpoint '{cfg['parent']}'",
-                                 MAKES.get(cfg["parent"], f"python train.py --domain DOMAIN --name {cfg['parent']}"))
+                                 make_command(cfg["parent"]))
         check_finished(parent, path, cfg["parent"], cfg["allow_unfinished"])
         check_preset(parent, path, cfg["preset"], cfg["allow_other_preset"],
                      f"fine-tune with the {cfg['preset']} recipe")
