@@ -1,10 +1,11 @@
 """
 fast.py: every speed-up of the study, beside the plain code it replaces (nanoGPT keeps flash
 attention and torch.compile behind a flag the same way). model.py, train.py, merge.py, sae.py and
-analyze.py read as the study; each takes a `fast` setting (default true) and, where it is on, calls
-the functions here instead of their plain twins. A learner can skip this file: `--fast=false` runs
-the plain path everywhere (a resume keeps the setting it started with), and tests/test_fast.py
-checks each entry against its twin.
+analyze.py read as the study; train.py, merge.py, sae.py, analyze.py (and diffing.py) each take a `fast`
+setting (default true) and, where it is on, call the functions here instead of their plain twins
+(model.py has no setting: its callers pass eval_loss fast.head_rows' `rows`). A learner can skip
+this file: `--fast=false` runs the plain path everywhere (a resume keeps the setting it started
+with), and tests/test_fast.py checks each entry against its twin.
 
 Each entry: its plain twin; where it pays; what it gains (measured); how equal it is.
 
