@@ -498,10 +498,11 @@ SCHEMES = ("spread", "tiles", "consecutive")
 
 
 def sample_windows(arrays, n, T, scheme, rng=None, offset=0, with_counts=False):
-    """The window sampler of the evaluations and the analysis (the training batches: get_batch; the SAE
-    harvest: sae.stream_windows): (n, T) int64 token windows, equal shares per domain (the first n % k
-    domains one more) when `arrays` holds k token arrays (a list, or a dict {domain: array}; a single
-    array is one domain). Schemes, each reproducing the sampler a stage used before, RNG call for call:
+    """The window sampler of the evaluations and the analysis (the training batches: epoch_batch, or
+    get_batch with --sampler windows; the SAE harvest: sae.stream_windows): (n, T) int64 token
+    windows, equal shares per domain (the first n % k domains one more) when `arrays` holds k token
+    arrays (a list, or a dict {domain: array}; a single array is one domain). Schemes, each
+    reproducing the sampler a stage used before, RNG call for call:
       spread       evenly spaced starts from the first token to the last window (deterministic);
                    the SAE's held-out evaluation windows
       tiles        distinct aligned non-overlapping windows at multiples of T, chosen at random and
