@@ -6,9 +6,10 @@ an untied LM head. No biases, no dropout.
 The SAEs live on the MLP hidden activation h = act(gate(x)) * up(x) (width d_mlp), the input
 of the down projection. trunk() returns h with the residual stream before the MLP's write, and
 head(resid, h') gives the logits with any h' in its place (splice in an SAE reconstruction, or
-zero-ablate, for CE-loss metrics). mlp_acts() stops after the MLP: harvesting activations
-then skips the LM head, which dominates the compute at a 32k vocabulary. The plain code only:
-fast.py has the chunked LM-head loss and the forward at a few positions, keys and values looked up.
+zero-ablate, for CE-loss metrics). mlp_acts() stops at h (the down projection is not run):
+harvesting activations then skips the LM head, which dominates the compute at a 32k vocabulary.
+The plain code only: fast.py has the chunked LM-head loss and the forward at a few positions, keys
+and values looked up.
 
 Also here, because every stage needs them: building a model from a checkpoint, the
 evaluation loss over token windows, and the FLOP count for MFU. Run on its own, it samples
