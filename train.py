@@ -77,7 +77,8 @@ config = dict(
     # system
     device="auto",          # auto: cuda when available, else cpu
     dtype="auto",           # auto: bfloat16 autocast on CUDA, float32 on CPU
-    fast=True,              # the speed-ups of fast.py: the LM head's loss in cache-sized chunks on a CPU
+    fast=True,              # the speed-ups of fast.py: on a CPU the LM head's logits in cache-sized blocks of rows
+                            # (the training loss: fast.ChunkedHead; evaluation: fast.head_rows)
     compile=True,           # torch.compile on CUDA (falls back to eager if it fails); not on a CPU (minutes to compile)
     threads=0,              # CPU threads; 0: the cores free now
     peak_flops=989e12,      # the device's peak FLOP/s for MFU (default: H100 SXM dense bf16)
