@@ -36,9 +36,10 @@ The method, in the order main() runs it:
    exists, gives its seed-to-seed spread). Because one cut cannot say whether an edge differs from
    noise, every pair also gets stability curves: the fraction of live features matched at r >= t for
    t = 0.5 .. 0.95, the same weighted by firing frequency, and the maximum-weight one-to-one matching
-   (Hungarian) on r and on decoder cosine (Paulo & Belrose 2025 count cos >= 0.7), read as edge / null
-   ratios; and the classification by density band (rare / medium / common). Families follow each live
-   base feature to lua and tinystories, and on to luastories.
+   (Hungarian) on r and on decoder cosine (Paulo & Belrose 2025 count cos >= 0.7), each beside its
+   null's, the persisting curve also as edge / null ratios (vs_null); and the classification by
+   density band (rare / medium / common). Families follow each live base feature to lua and
+   tinystories, and on to luastories.
 5. Select the examples: per edge and category, features spread over the category's density range,
    alternately the clearest case and the closest call, distinct across edges, each with its reason,
    among the features that fire on >= min_fires tokens with a max >= min_act_frac x their SAE's median
@@ -997,12 +998,12 @@ def select_pages(cfg, study, cls, dens, stats):
 
 @torch.no_grad()
 def feature_activity(cfg, study, seqs, keys, stats, device):
-    """For the page features, one more pass over the token set: a histogram of each one's nonzero
-    activations (hist_bins equal bins up to its max), and n_per_interval occurrences drawn uniformly at
-    random from each of n_intervals equal-width activation intervals (sae_vis's quantile contexts; the
-    smallest random keys are kept, a reservoir sample). Only the firing entries are touched (SAE features
-    are sparse): every live feature of every SAE goes through here. Returns {(model, i): {"max", "hist",
-    "samples": [[(seq, pos)] per interval]}}."""
+    """For the features in keys (collect_pages: the page features and every live feature), one more
+    pass over the token set: a histogram of each one's nonzero activations (hist_bins equal bins up to
+    its max), and n_per_interval occurrences drawn uniformly at random from each of n_intervals
+    equal-width activation intervals (sae_vis's quantile contexts; the smallest random keys are kept,
+    a reservoir sample). Only the firing entries are touched (SAE features are sparse). Returns
+    {(model, i): {"max", "hist", "samples": [[(seq, pos)] per interval]}}."""
     s0, T, skip, batch = cfg["sae_seed"], cfg["seq_len"], cfg["skip_first"], cfg["batch_size"]
     n_bins, n_int, per = cfg["hist_bins"], cfg["n_intervals"], cfg["n_per_interval"]
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 2)
