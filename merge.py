@@ -82,8 +82,8 @@ def check_t(t, what="--t"):
 def slerp(a, b, t, eps=1e-8, dot_threshold=0.9995):
     """Spherical interpolation of two same-shape tensors -> (tensor in a's dtype, info dict).
 
-    info: cos and angle_deg between the flattened tensors, linear (True when |cos| > dot_threshold
-    and the result is the linear interpolation), norm_a, norm_b."""
+    info: cos and angle_deg between the flattened tensors, linear (True when |cos| > dot_threshold,
+    or the angle is 0, and the result is the linear interpolation), norm_a, norm_b."""
     if a.shape != b.shape:
         common.die(f"cannot interpolate tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}")
     a32, b32 = a.detach().float().flatten(), b.detach().float().flatten()  # (N,)
@@ -94,8 +94,10 @@ def slerp(a, b, t, eps=1e-8, dot_threshold=0.9995):
     # cos = <a/|a|, b/|b|>; mergekit's normalize() leaves a near-zero vector as it is
     cos = torch.dot(a64, b64).item() / ((na if na > eps else 1.0) * (nb if nb > eps else 1.0))
     del a64, b64
-    linear = abs(cos) > dot_threshold  # mergekit: lerp when nearly colinear (either sign)
     theta = math.acos(max(-1.0, min(1.0, cos)))
+    # mergekit: lerp when nearly colinear (either sign); and at theta 0 (cos 1, only reached with
+    # --dot_threshold 1), where the slerp weights are 0/0 and their limit is the lerp's
+    linear = abs(cos) > dot_threshold or theta == 0.0
     info = {"cos": cos, "angle_deg": math.degrees(theta), "linear": linear, "norm_a": na,
             "norm_b": nb}
     if t == 0:  # the endpoints are the inputs, bit for bit (signed zeros included)

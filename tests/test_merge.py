@@ -116,6 +116,23 @@ def test_nearly_colinear_inputs_take_the_flagged_linear_path():
     assert merge.slerp(a, -2 * a, 0.5)[1]["linear"]
 
 
+def test_dot_threshold_1_slerps_all_but_cos_1_which_takes_the_limit_the_lerp():
+    # --dot_threshold 1 passes CHECKS ([0, 1]): no |cos| is above it, so every tensor slerps; one whose cos
+    # is exactly 1 (equal inputs, or a few ulps apart) has slerp weights sin(0)/sin(0), 0/0, whose limit at
+    # theta -> 0 is the lerp (was: ZeroDivisionError, a traceback from python merge.py --dot_threshold 1)
+    x = torch.tensor([3.0, 4.0])                                                 # |x|^2 = 25 exactly
+    for y in (x.clone(), 2.0 * x):
+        r, info = merge.slerp(x, y, 0.3, dot_threshold=1.0)
+        assert info["cos"] == 1.0 and info["linear"]
+        torch.testing.assert_close(r, 0.7 * x + 0.3 * y)
+    x = torch.randn(4, 9, generator=torch.Generator().manual_seed(5))  # cos 1 or a hair below: lerp either way
+    torch.testing.assert_close(merge.slerp(x, x.clone(), 0.3, dot_threshold=1.0)[0], x)
+    # 1 degree: the default lerps it (the test above), dot_threshold 1 slerps it
+    a, b = torch.tensor([1.0, 0.0]), 3.0 * torch.tensor([math.cos(math.radians(1)), math.sin(math.radians(1))])
+    r, info = merge.slerp(a, b, 0.3, dot_threshold=1.0)
+    assert not info["linear"] and (r - (0.7 * a + 0.3 * b)).abs().max() > 1e-5
+
+
 def test_dtype_is_kept():
     g = torch.Generator().manual_seed(4)
     for dt in (torch.bfloat16, torch.float16):
