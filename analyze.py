@@ -23,7 +23,8 @@ The method, in the order main() runs it:
 3. Stream it in chunks: each model's MLP activations and each SAE's features are computed once per
    chunk and every pair is updated from them. Pearson r comes from running float64 sums (x, x^2,
    y, y^2 and the (F_parent, F_child) matrix x^T y; with --fast, fast.py makes x^T y over the
-   co-active feature pairs of each token only: SAE features are sparse); memory grows with
+   co-active feature pairs of each token only where that is cheaper, SAE features being sparse, and
+   else as float32 products of features shifted per feature); memory grows with
    F_parent x F_child, never with tokens. Pairs are streamed in groups that fit --memory_gb
    (planned, and checked against the device, before the long pass). Per feature: density, max and
    a running top-k of sequences by their max.
