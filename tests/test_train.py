@@ -421,8 +421,9 @@ def test_ddp_on_two_cpu_processes_is_one_process_with_the_whole_batch(dirs):
     """torchrun with two CPU processes (gloo): each rank takes its half of the one data stream's batch and
     DDP averages the gradients, so every step is the one-process step with the whole batch (16 windows),
     to float32 rounding (the mean over 16 windows summed in two halves), and the loss curve is the same.
-    The DDP run, stopped at step 3, is continued by one process with the whole batch (reproduce.sh's
-    resume of a base model pretrained under torchrun), and a batch other than 16 is refused."""
+    The DDP run, stopped at step 5 (between evaluations: it carries the ranks' mean train loss since the curve's
+    point at 4), is continued by one process with the whole batch (reproduce.sh's resume of a base model
+    pretrained under torchrun), and a batch other than 16 is refused."""
     import subprocess
     import sys
     data, out = dirs
@@ -431,10 +432,10 @@ def test_ddp_on_two_cpu_processes_is_one_process_with_the_whole_batch(dirs):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            os.path.join(helpers.REPO, "train.py"), *common, f"--out_dir={out}", "--name=ddp",
-                           "--batch_size=8", "--stop_iter=3"], env=env, capture_output=True, text=True, timeout=300,
+                           "--batch_size=8", "--stop_iter=5"], env=env, capture_output=True, text=True, timeout=300,
                           cwd=helpers.REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert load(dirs, "ddp")["iter_num"] == 3
+    assert load(dirs, "ddp")["iter_num"] == 5 and load(dirs, "ddp")["loss_since"][1] == 1
     ck = load(dirs, "ddp")
     del ck["config"]["batch_global"]                   # as saved before the key: the batch from the tokens
     ck["config"]["name"] = "old"
@@ -500,3 +501,34 @@ def test_validation_loss_is_the_mean_over_the_first_eval_iters_batches_of_consec
         w = torch.from_numpy(np.stack([a[8 * k:8 * k + 9].astype(np.int64) for k in range(8)]))
         want = m(w[:, :-1], w[:, 1:])[1].item()
         assert got[d] == pytest.approx(want, rel=1e-6), d
+
+
+def test_a_stop_between_evaluations_resumes_to_the_unstopped_runs_metrics(dirs):
+    """--stop_iter at steps that are no evaluation (7; 10, a log step) checkpoints there without evaluating or
+    adding a point to the loss curve, carrying the train loss since its last point: resumed to the end, the run's
+    metrics.json (but for this run's time and tokens) and checkpoint are the unstopped run's, bit for bit."""
+    s = ("--domain=base", "--max_iters=18", "--eval_interval=6")
+    other = (dirs[0], dirs[1] + "_straight")                   # the same --name in another out_dir
+    run(other, *s)
+    assert run(dirs, *s, "--stop_iter=7") is None
+    ck = load(dirs, "base")
+    assert ck["iter_num"] == 7 and not ck["finished"] and ck["val_loss"] == {}
+    assert [h["iter"] for h in ck["history"]] == [5, 6]                  # no point at the stop
+    assert run(dirs, *s, "--stop_iter=10", "--resume") is None
+    assert load(dirs, "base")["iter_num"] == 10
+    run(dirs, *s, "--resume")
+    a, b = (json.load(open(os.path.join(d[1], "base", "metrics.json"))) for d in (other, dirs))
+    assert [h["iter"] for h in b["history"]] == [5, 6, 10, 12, 15, 18]
+    this_run = ("checkpoint", "checkpoint_sha256", "tokens_this_run", "seconds_this_run", "tokens_per_s",
+                "provenance", "checksum")              # (where it is and when it was written: its checksums)
+    assert {k: v for k, v in b.items() if k not in this_run} == {k: v for k, v in a.items() if k not in this_run}
+    pa, pb = a["provenance"], b["provenance"]
+    how = ("out_dir", "resume")                        # the settings but how this run was started
+    assert {k: v for k, v in pa["config"].items() if k not in how} == \
+        {k: v for k, v in pb["config"].items() if k not in how}
+    assert {k: v for k, v in pa.items() if k not in ("config", "created")} == \
+        {k: v for k, v in pb.items() if k not in ("config", "created")}
+    ca, cb = load(other, "base"), load(dirs, "base")
+    for k in ("history", "val_loss", "best_val_loss", "iter_num", "finished"):
+        assert ca[k] == cb[k], k
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
