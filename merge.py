@@ -418,10 +418,10 @@ def record_from_checkpoint(run, made_from, how):
             != plain([[inputs["a"], inputs["b"]], inputs.get("parent"),
                       [made_from[k] for k in ("mode", "t_rules", "dot_threshold", "t")]]):
         return False
-    common.atomic_write_json(run.out_path, common.stamp({
-        **rec, "made_from": made_from, "tensors": {}, "val_loss": ck.get("val_loss") or {},
-        "checkpoint": {"path": run.ckpt_path, "hash": common.sha256_file(run.ckpt_path)},
-        "parents": ck["parents"], "provenance": ck.get("provenance") or {}}, "merge"))
+    # a checkpoint of an older merge.py kept no per-tensor record: {} (recomputed, it would describe this code's
+    # interpolation, not necessarily the one that made the weights)
+    write_record(run, {**rec, "tensors": rec.get("tensors", {})}, made_from, ck.get("val_loss") or {},
+                 ck["parents"], ck.get("provenance") or {})
     print(f"{run.out_path} was missing or damaged; rewritten from {run.ckpt_path}, which was made from these inputs "
           f"and settings")
     return True
@@ -477,18 +477,26 @@ def write_merge(cfg, run, models, evaluate, made_from, inputs):
         print(f"  {models[r]['name']:12s} stored val_loss {models[r]['ckpt'].get('val_loss', {})}")
     print(f"  {cfg['out']:12s} val_loss " + (" ".join(f"{d} {v:.4f}" for d, v in val.items())
                                              or "not measured (--eval_batches 0)"))
+    # the per-tensor record (cos, angle, path) in the checkpoint too: merge.json rebuilt from it is this one
     record = {"a": cfg["a"], "b": cfg["b"], "t": cfg["t"], "t_rules": run.rules, "mode": cfg["mode"],
               "parent": inputs.get("parent"), "dot_threshold": cfg["dot_threshold"], "fell_back_linear": n_lin,
-              "angles": {k: i.get("angle_deg") for k, i in infos.items()}}
+              "angles": {k: i.get("angle_deg") for k, i in infos.items()}, "tensors": infos}
     prov = common.provenance(cfg, inputs=inputs)
     save_checkpoint(run.ckpt_path, sd, ca["model_args"], finished=True, config=cfg, name=cfg["out"], domain=None,
                     iter_num=0, tokenizer_hash=ca.get("tokenizer_hash"), parents=[inputs["a"], inputs["b"]],
                     val_loss=val, provenance=prov, merge=record)
-    common.atomic_write_json(run.out_path, common.stamp({  # written last: its made_from vouches for the checkpoint
-        **record, "made_from": made_from, "tensors": infos, "val_loss": val,
-        "checkpoint": {"path": run.ckpt_path, "hash": common.sha256_file(run.ckpt_path)},
-        "parents": [inputs["a"], inputs["b"]], "provenance": prov}, "merge"))
+    # written last: its made_from vouches for the checkpoint
+    write_record(run, record, made_from, val, [inputs["a"], inputs["b"]], prov)
     print(f"wrote {run.ckpt_path} and merge.json")
+
+
+def write_record(run, record, made_from, val, parents, prov):
+    """merge.json: the checkpoint's merge record and what it was made from. The one writer (write_merge, and
+    record_from_checkpoint from the checkpoint's fields), so a rebuilt merge.json is the merge's own."""
+    common.atomic_write_json(run.out_path, common.stamp({
+        **record, "made_from": made_from, "val_loss": val,
+        "checkpoint": {"path": run.ckpt_path, "hash": common.sha256_file(run.ckpt_path)},
+        "parents": parents, "provenance": prov}, "merge"))
 
 
 if __name__ == "__main__":

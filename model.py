@@ -234,7 +234,8 @@ CHECKPOINT_KEYS = {
     "loss_since": "[sum, steps] of the train loss since history's last point ([0.0, 0] but at a --stop_iter "
                   "between evaluations, whose val_loss is {}): the resume's next point includes them",
     # merges
-    "merge": "merge.py's record: a, b, t, t_rules, mode, parent, angles, ...",
+    "merge": "merge.py's record: a, b, t, t_rules, mode, parent, angles, tensors (each one's cos, angle and "
+             "path: merge.json's, rebuilt from here), ...",
     # what the file is and whether it is whole (common.stamp writes them, common.check_file checks them)
     "kind": "'model' (common.KINDS)",
     "format": "common.FORMAT when written (files without it: the version before kinds)",

@@ -438,6 +438,30 @@ def test_rerun_is_a_noop_and_other_inputs_need_overwrite(world, capsys):
         run(world, "--out=other")
 
 
+def test_merge_json_rebuilt_from_the_checkpoint_is_the_one_the_merge_wrote(world, capsys):
+    """Lost after the checkpoint was written (a kill between the two files), or damaged, merge.json is rewritten
+    from the checkpoint's record: byte for byte the merge's, its per-tensor cos, angle and path included."""
+    out = world[1]
+    args = ("--mode=task", "--out=ls_task", "--t=0.3", "--t_rules=mlp*=0.6")
+    run(world, *args)
+    record = os.path.join(out, "ls_task", "merge.json")
+    written = open(record).read()
+    tensors = json.loads(written)["tensors"]
+    assert tensors["mlp.up.weight"]["t"] == 0.6 and tensors["attn.wo.weight"]["linear"] is False
+    for damage in (lambda: os.remove(record), lambda: open(record, "w").write(written[:100])):
+        damage()
+        run(world, *args)
+        assert "rewritten from" in capsys.readouterr().out
+        assert open(record).read() == written
+    ck = torch.load(os.path.join(out, "ls_task", "ckpt.pt"), weights_only=True)
+    del ck["merge"]["tensors"]                          # a merge of an older merge.py kept no per-tensor record
+    atomic_torch_save(stamp(ck, "model"), os.path.join(out, "ls_task", "ckpt.pt"))
+    os.remove(record)
+    run(world, *args)
+    rebuilt = json.load(open(record))
+    assert rebuilt["tensors"] == {} and rebuilt["made_from"] == json.loads(written)["made_from"]
+
+
 def test_unfinished_input_is_refused_unless_allowed(world):
     # issue 12.5: a fine-tune stopped early (or killed) is not silently merged
     out = world[1]
