@@ -39,7 +39,8 @@ import common
 import torch
 
 import fast
-from model import check_finished, clean_key, eval_loss, load_checkpoint, make_command, model_from_checkpoint, save_checkpoint
+from model import (check_finished, clean_key, eval_loss, load_checkpoint, make_command, merge_command, model_from_checkpoint,
+                   save_checkpoint)
 
 config = {
     "a": "lua",               # model at t = 0 (mergekit's base_model): out_dir/<a>/ckpt.pt
@@ -202,7 +203,7 @@ def load_models(out_dir, a, b, parent=None, allow_unfinished=False, allow_unrela
         common.die(f"--a and --b are both {a!r}; merge two different models")
     out = {}
     for role, name in names.items():
-        how = make_command(name)
+        how = make_command(name, out_dir)
         path = os.path.join(out_dir, name, "ckpt.pt")
         ckpt = load_checkpoint(path, f"'{name}' model checkpoint", how)
         check_finished(ckpt, path, name, allow_unfinished)
@@ -367,8 +368,9 @@ def up_to_date(cfg, run, made_from):
     merge.json is missing, damaged or disagrees with the checkpoint, the checkpoint's own record (whole by
     its checksum) decides: made so, merge.json is rewritten from it; made otherwise, nothing is replaced
     without --overwrite."""
+    # the fix remakes this merge: its --out and every setting that made it (--out alone: the default inputs and t)
     kind, how = (("sweep", "python merge.py --sweep --overwrite") if cfg["sweep"] else
-                 ("merge", f"python merge.py --out {cfg['out']} --overwrite"))
+                 ("merge", merge_command(cfg["out"], {**cfg, "t_rules": run.rules}) + " --overwrite"))
     made_otherwise = "exists but was made from other inputs or settings; add --overwrite to replace it"
     if not cfg["sweep"] and not cfg["overwrite"] and not os.path.lexists(run.out_path) and \
             os.path.isfile(run.ckpt_path):  # merge.json lost

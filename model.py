@@ -21,7 +21,7 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
-from common import atomic_torch_save, check_file, check_torch, die, misfit, stamp
+from common import atomic_torch_save, check_file, check_torch, die, misfit, read_json, record_problem, stamp
 
 import torch
 import torch.nn as nn
@@ -272,10 +272,50 @@ MAKES = {"base": "python train.py --domain base", "lua": "python train.py --doma
 STUDY_DOMAIN = {"base": "base", "lua": "lua", "tinystories": "tinystories", "luastories": None}  # None: a merge
 
 
-def make_command(name):
+def make_command(name, out_dir=None):
     """The command that makes model `name`: the study's (MAKES), or a variant's (train.py --name, merge.py --out:
-    made by the command that named it; DOMAIN for the user to fill in, as --domain lua2 is no domain)."""
+    made by the command that named it; DOMAIN for the user to fill in, as --domain lua2 is no domain). A merge's
+    (luastories too: reproduce.sh may pass it settings) with the settings its merge.json in out_dir records."""
+    rec = None
+    if out_dir is not None and STUDY_DOMAIN.get(name) is None:
+        try:  # whole, or not used (its reader names it)
+            rec = read_json(os.path.join(out_dir, name, "merge.json"))
+            rec = rec if record_problem(rec, "merge") is None else None
+        except (OSError, ValueError):
+            pass
+    if rec is not None:
+        return merge_command(name, rec)
     return MAKES.get(name, f"python train.py --domain DOMAIN --name {name}")
+
+
+def command_of(name, ckpt):
+    """The command that made model `name`, as its loaded checkpoint says: a merge's with the settings of its
+    merge record, a variant's with its domain, the study's (MAKES)."""
+    if ckpt.get("domain") is None and STUDY_DOMAIN.get(name) is None:
+        return merge_command(name, ckpt.get("merge"))
+    return MAKES.get(name, f"python train.py --domain {ckpt.get('domain')} --name {name}")
+
+
+def merge_command(name, rec):
+    """The merge.py command that makes the merge `name` that rec, its merge record (merge.py's: in the checkpoint
+    and merge.json), describes: its inputs, t, rules, mode and threshold, so that, run as printed, it makes the same
+    merge (--out alone would merge lua and tinystories at the defaults). Without a record of them (none kept,
+    hand-made): the study's command (MAKES), or a variant's with the settings to fill in named, as DOMAIN is."""
+    import shlex
+    try:
+        parent = rec["parent"] if rec["mode"] == "task" else None
+        parent = parent.get("name") if isinstance(parent, dict) else parent  # (a record's {name, hash})
+        words = [rec["a"], rec["b"], float(rec["t"]), rec["mode"], float(rec["dot_threshold"])]
+        rules = ",".join(f"{p}={float(t)!r}" for p, t in rec.get("t_rules") or [])
+        if not all(isinstance(w, str) and w for w in [*words[:2], words[3]] + [parent] * (parent is not None)) or \
+                (rec["mode"] == "task") != (parent is not None):
+            raise TypeError("not a merge record's settings")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return MAKES.get(name, f"python merge.py --out {name} --a A --b B --t T --mode MODE")
+    a, b, t, mode, dot = (shlex.quote(str(w)) for w in words)
+    return (f"python merge.py --out {name} --a {a} --b {b} --t {t} --mode {mode}"
+            + (f" --parent {shlex.quote(parent)}" if parent else "")
+            + (f" --t_rules {shlex.quote(rules)}" if rules else "") + f" --dot_threshold {dot}")
 
 
 def clean_key(k):
@@ -355,15 +395,13 @@ def load_model(out_dir, name, device="cpu", allow_unfinished=False):
     """The model of stage `name` (base, lua, tinystories, luastories): (model in eval mode, ckpt dict).
     An unfinished checkpoint is refused unless allow_unfinished."""
     path = os.path.join(out_dir, name, "ckpt.pt")
-    how = make_command(name)
+    how = make_command(name, out_dir)
     if name not in MAKES and not os.path.lexists(path):
-        die(f"no '{name}' model checkpoint at {path}; make it with: {how} (or python merge.py --out {name})")
+        either = "" if how.startswith("python merge.py") else f" (or {merge_command(name, None)})"
+        die(f"no '{name}' model checkpoint at {path}; make it with: {how}{either}")
     ckpt = load_checkpoint(path, f"'{name}' model checkpoint", how)
     check_finished(ckpt, path, name, allow_unfinished)
-    if name not in MAKES:  # (loaded: its own domain, or a merge)
-        how = (f"python merge.py --out {name}" if ckpt.get("domain") is None
-               else f"python train.py --domain {ckpt['domain']} --name {name}")
-    model = model_from_checkpoint(ckpt, device, path, how)
+    model = model_from_checkpoint(ckpt, device, path, command_of(name, ckpt))  # (loaded: its domain, or a merge)
     model.eval()
     return model, ckpt
 

@@ -30,7 +30,7 @@ import torch
 
 import data as datalib
 import fast
-from model import (MAKES, STUDY_DOMAIN, ModelArgs, Transformer, check_finished, check_preset, eval_loss,
+from model import (MAKES, STUDY_DOMAIN, ModelArgs, Transformer, check_finished, check_preset, command_of, eval_loss,
                    load_checkpoint, make_command, model_from_checkpoint, save_checkpoint)
 
 # -----------------------------------------------------------------------------
@@ -301,13 +301,13 @@ def build_model(run):
     elif cfg["domain"] != "base":
         path = os.path.join(cfg["out_dir"], cfg["parent"], "ckpt.pt")
         parent = load_checkpoint(path, f"parent checkpoint '{cfg['parent']}'",
-                                 make_command(cfg["parent"]))
+                                 make_command(cfg["parent"], cfg["out_dir"]))
         check_finished(parent, path, cfg["parent"], cfg["allow_unfinished"])
         check_preset(parent, path, cfg["preset"], cfg["allow_other_preset"],
                      f"fine-tune with the {cfg['preset']} recipe")
         run.tok_hash, run.lineage_name = parent["tokenizer_hash"], cfg["parent"]
-        model = model_from_checkpoint(parent, env.device, path, MAKES.get(  # exactly the parent's weights
-            cfg["parent"], f"python train.py --domain {parent.get('domain')} --name {cfg['parent']}"))
+        model = model_from_checkpoint(parent, env.device, path,  # exactly the parent's weights
+                                      command_of(cfg["parent"], parent))
         run.parents = [{"name": cfg["parent"], "hash": sha256_file(path)}]
     else:
         margs = ModelArgs(vocab_size=datalib.read_meta(cfg["data_dir"], cfg["domain"])["vocab_size"], **{k: cfg[k] for k in (

@@ -462,6 +462,71 @@ def test_merge_json_rebuilt_from_the_checkpoint_is_the_one_the_merge_wrote(world
     assert rebuilt["tensors"] == {} and rebuilt["made_from"] == json.loads(written)["made_from"]
 
 
+def test_a_variant_merges_fix_command_remakes_that_merge(world):
+    """A damaged variant merge's fix, wherever it is printed (merge.py run again for it or given it as an input,
+    model.load_model as sae.py and analyze.py load it, train.py fine-tuning from it), names every setting that
+    made it, from its merge.json or its checkpoint: run as printed, it remakes the same merge, bit for bit
+    (--out alone merged lua and tinystories at t 0.58). With neither kept, the settings to give are named."""
+    import re
+    import shlex
+
+    import train
+    data, out, _ = world
+    made = ("--out=ls_var", "--a=tinystories", "--b=lua", "--t=0.3", "--mode=task", "--t_rules=mlp*=0.6",
+            "--dot_threshold=0.99")
+    run(world, *made)
+    path, record = os.path.join(out, "ls_var", "ckpt.pt"), os.path.join(out, "ls_var", "merge.json")
+    good = torch.load(path, weights_only=True)
+    fine_tune = ["--preset=tiny", f"--data_dir={data}", f"--out_dir={out}", "--domain=lua", "--name=ft",
+                 "--parent=ls_var", "--device=cpu"]
+    fixes = []
+
+    def fix(call):
+        with pytest.raises(SystemExit) as e:
+            call()
+        fixes.append(re.search(r"(python merge\.py .*) --overwrite$", str(e.value)).group(1))
+    whole = open(path, "rb").read()
+    open(path, "wb").write(whole[:len(whole) // 2])          # unloadable: the settings from merge.json
+    fix(lambda: run(world, *made))
+    fix(lambda: run(world, "--a=ls_var", "--b=lua", "--out=x", "--allow_unrelated"))
+    fix(lambda: load_model(out, "ls_var"))
+    fix(lambda: train.main(fine_tune))
+    os.remove(record)                                  # whole, but its weights do not fit its args: from the checkpoint
+    atomic_torch_save(stamp({**good, "model_args": {**good["model_args"], "d_mlp": 48}}, "model"), path)
+    fix(lambda: load_model(out, "ls_var"))
+    fix(lambda: train.main(fine_tune))
+    assert set(fixes) == {"python merge.py --out ls_var --a tinystories --b lua --t 0.3 --mode task --parent base "
+                          "--t_rules 'mlp*=0.6' --dot_threshold 0.99"}
+    run(world, *shlex.split(fixes[0])[2:], "--overwrite")                   # run as printed
+    again = torch.load(path, weights_only=True)
+    assert again["merge"] == good["merge"] and again["val_loss"] == good["val_loss"]
+    assert all(torch.equal(again["model"][k], w) for k, w in good["model"].items())
+    shutil.rmtree(os.path.join(out, "ls_var"))
+    with pytest.raises(SystemExit, match=r"make it with: python train\.py --domain DOMAIN --name ls_var \(or python "
+                                         r"merge\.py --out ls_var --a A --b B --t T --mode MODE\)$"):
+        load_model(out, "ls_var")
+
+
+def test_merge_command_known_answers_parse_to_the_recorded_settings():
+    import shlex
+
+    from common import parse_config
+    from model import merge_command
+    rec = {"a": "lua", "b": "tinystories", "t": 0.58, "t_rules": [["attn.w[qk]*", 0.25], ["mlp", 1.0]],
+           "mode": "slerp", "parent": None, "dot_threshold": 0.9995, "fell_back_linear": 3}
+    cmd = merge_command("m", rec)
+    assert cmd == ("python merge.py --out m --a lua --b tinystories --t 0.58 --mode slerp "
+                   "--t_rules 'attn.w[qk]*=0.25,mlp=1.0' --dot_threshold 0.9995")     # (no --parent: slerp has none)
+    cfg = parse_config(dict(merge.config), shlex.split(cmd)[2:], merge.PRESETS, "tiny", checks=merge.CHECKS)
+    assert {k: cfg[k] for k in ("out", "a", "b", "t", "mode", "dot_threshold")} == {"out": "m", **{
+        k: rec[k] for k in ("a", "b", "t", "mode", "dot_threshold")}}
+    assert merge.parse_t_rules(cfg["t_rules"]) == [tuple(r) for r in rec["t_rules"]]
+    task = {**rec, "t_rules": [], "mode": "task", "parent": {"name": "base2", "hash": "h"}}
+    assert merge_command("m", task).endswith("--t 0.58 --mode task --parent base2 --dot_threshold 0.9995")
+    assert merge_command("luastories", {}) == "python merge.py"          # none recorded: the study's own
+    assert merge_command("m", {"a": "lua"}) == "python merge.py --out m --a A --b B --t T --mode MODE"
+
+
 def test_unfinished_input_is_refused_unless_allowed(world):
     # issue 12.5: a fine-tune stopped early (or killed) is not silently merged
     out = world[1]

@@ -325,7 +325,8 @@ def test_model_py_writes_a_models_continuations_of_a_prompt(tmp_path, capsys):
     with pytest.raises(SystemExit, match="must be a plain folder name"):
         model.main([f"--out_dir={out_dir}", "--model=../lua"])
     with pytest.raises(SystemExit, match=r"no 'lua_long' model checkpoint at .*; make it with: python train.py "
-                                         r"--domain DOMAIN --name lua_long \(or python merge.py --out lua_long\)$"):
+                                         r"--domain DOMAIN --name lua_long \(or python merge.py --out lua_long --a A "
+                                         r"--b B --t T --mode MODE\)$"):
         model.main([f"--out_dir={out_dir}", "--model=lua_long"])
     os.makedirs(os.path.join(out_dir, "lua_long"))
     with open(os.path.join(out_dir, "lua_long", "ckpt.pt"), "wb") as f:
