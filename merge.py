@@ -368,9 +368,9 @@ def up_to_date(cfg, run, made_from):
     merge.json is missing, damaged or disagrees with the checkpoint, the checkpoint's own record (whole by
     its checksum) decides: made so, merge.json is rewritten from it; made otherwise, nothing is replaced
     without --overwrite."""
-    # the fix remakes this merge: its --out and every setting that made it (--out alone: the default inputs and t)
-    kind, how = (("sweep", "python merge.py --sweep --overwrite") if cfg["sweep"] else
-                 ("merge", merge_command(cfg["out"], {**cfg, "t_rules": run.rules}) + " --overwrite"))
+    # the fix remakes this merge (or sweep): every setting that made it (--out alone: the default inputs and t)
+    kind = "sweep" if cfg["sweep"] else "merge"
+    how = merge_command(cfg["out"], {**cfg, "t_rules": run.rules}, run.grid if cfg["sweep"] else None) + " --overwrite"
     made_otherwise = "exists but was made from other inputs or settings; add --overwrite to replace it"
     if not cfg["sweep"] and not cfg["overwrite"] and not os.path.lexists(run.out_path) and \
             os.path.isfile(run.ckpt_path):  # merge.json lost

@@ -17,6 +17,7 @@ the text a trained model writes: python model.py --model luastories --prompt "lo
 """
 import contextlib
 import os
+import shlex
 import warnings
 from dataclasses import asdict, dataclass, fields
 
@@ -290,18 +291,24 @@ def make_command(name, out_dir=None):
 
 def command_of(name, ckpt):
     """The command that made model `name`, as its loaded checkpoint says: a merge's with the settings of its
-    merge record, a variant's with its domain, the study's (MAKES)."""
+    merge record, a variant's with its domain (and a fine-tune's parent other than base, without which it
+    would start from base), the study's (MAKES)."""
     if ckpt.get("domain") is None and STUDY_DOMAIN.get(name) is None:
         return merge_command(name, ckpt.get("merge"))
-    return MAKES.get(name, f"python train.py --domain {ckpt.get('domain')} --name {name}")
+    parents = ckpt.get("parents")
+    parent = parents[0].get("name") if isinstance(parents, list) and parents and isinstance(parents[0], dict) \
+        else None
+    keep = isinstance(parent, str) and parent and parent != "base" and ckpt.get("domain") != "base"
+    return MAKES.get(name, f"python train.py --domain {ckpt.get('domain')} --name {name}"
+                     + (f" --parent {shlex.quote(parent)}" if keep else ""))
 
 
-def merge_command(name, rec):
+def merge_command(name, rec, grid=None):
     """The merge.py command that makes the merge `name` that rec, its merge record (merge.py's: in the checkpoint
     and merge.json), describes: its inputs, t, rules, mode and threshold, so that, run as printed, it makes the same
     merge (--out alone would merge lua and tinystories at the defaults). Without a record of them (none kept,
-    hand-made): the study's command (MAKES), or a variant's with the settings to fill in named, as DOMAIN is."""
-    import shlex
+    hand-made): the study's command (MAKES), or a variant's with the settings to fill in named, as DOMAIN is.
+    With grid (the values of t): the --sweep of those inputs over it (merge_sweep.json; name and t unused)."""
     try:
         parent = rec["parent"] if rec["mode"] == "task" else None
         parent = parent.get("name") if isinstance(parent, dict) else parent  # (a record's {name, hash})
@@ -313,7 +320,9 @@ def merge_command(name, rec):
     except (KeyError, TypeError, ValueError, AttributeError):
         return MAKES.get(name, f"python merge.py --out {name} --a A --b B --t T --mode MODE")
     a, b, t, mode, dot = (shlex.quote(str(w)) for w in words)
-    return (f"python merge.py --out {name} --a {a} --b {b} --t {t} --mode {mode}"
+    head = (f"python merge.py --sweep --grid {shlex.quote(','.join(map(str, grid)))}" if grid is not None
+            else f"python merge.py --out {name}")
+    return (f"{head} --a {a} --b {b}" + (f" --t {t}" if grid is None else "") + f" --mode {mode}"
             + (f" --parent {shlex.quote(parent)}" if parent else "")
             + (f" --t_rules {shlex.quote(rules)}" if rules else "") + f" --dot_threshold {dot}")
 

@@ -281,6 +281,18 @@ def test_task_mode_merge_from_the_command_line(world, capsys):
     assert "nothing to do" in capsys.readouterr().out
 
 
+def test_a_damaged_sweeps_fix_remakes_that_sweep(world):
+    # its fix names the sweep's own grid and inputs: 'python merge.py --sweep' would sweep lua x tinystories
+    # over the default grid, another sweep than the one lost
+    out = world[1]
+    run(world, "--sweep", "--grid=0,1", "--a=tinystories", "--b=lua")
+    path = os.path.join(out, "merge_sweep.json")
+    open(path, "r+").truncate(100)
+    with pytest.raises(SystemExit, match=r"python merge\.py --sweep --grid 0\.0,1\.0 --a tinystories --b lua "
+                                         r"--mode slerp --dot_threshold 0\.9995 --overwrite"):
+        run(world, "--sweep", "--grid=0,1", "--a=tinystories", "--b=lua")
+
+
 def test_sweep_writes_eleven_points_with_the_parents_losses_at_the_ends(world, capsys):
     data, out, toks = world
     run(world, "--sweep")
@@ -524,6 +536,11 @@ def test_merge_command_known_answers_parse_to_the_recorded_settings():
     task = {**rec, "t_rules": [], "mode": "task", "parent": {"name": "base2", "hash": "h"}}
     assert merge_command("m", task).endswith("--t 0.58 --mode task --parent base2 --dot_threshold 0.9995")
     assert merge_command("luastories", {}) == "python merge.py"          # none recorded: the study's own
+    sweep = merge_command("m", {**task, "t_rules": [["mlp", 1.0]]}, grid=[0.0, 0.25, 1.0])  # a sweep's: no --out, --t
+    assert sweep == ("python merge.py --sweep --grid 0.0,0.25,1.0 --a lua --b tinystories --mode task --parent base2 "
+                     "--t_rules mlp=1.0 --dot_threshold 0.9995")
+    cfg = parse_config(dict(merge.config), shlex.split(sweep)[2:], merge.PRESETS, "tiny", checks=merge.CHECKS)
+    assert (cfg["sweep"], cfg["grid"], cfg["parent"], cfg["t_rules"]) == (True, [0.0, 0.25, 1.0], "base2", "mlp=1.0")
     assert merge_command("m", {"a": "lua"}) == "python merge.py --out m --a A --b B --t T --mode MODE"
 
 

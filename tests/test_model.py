@@ -362,3 +362,20 @@ def test_rope_known_answer_rotates_each_pair_by_position_times_its_frequency():
     # the second component of a pair: (0, 1) turns to (-sin a, cos a)
     y = torch.tensor([0.0, 1.0, 0.0, 0.0]).expand(1, 1, 3, 4)
     torch.testing.assert_close(apply_rope(y, cos, sin)[0, 0, 2, :2], torch.tensor([-math.sin(2), math.cos(2)]))
+
+
+def test_command_of_names_what_made_the_loaded_model():
+    # the fix for a variant's weights that do not fit its args: a fine-tune of another parent than base is
+    # remade with that --parent (without it train.py starts from base), a merge with its record's settings
+    from model import command_of
+    ft = {"domain": "lua", "parents": [{"name": "base2", "hash": "h"}]}
+    assert command_of("lua2", ft) == "python train.py --domain lua --name lua2 --parent base2"
+    assert command_of("lua3", {**ft, "parents": [{"name": "base", "hash": "h"}]}) == \
+        "python train.py --domain lua --name lua3"
+    assert command_of("base2", {"domain": "base", "parents": []}) == "python train.py --domain base --name base2"
+    assert command_of("lua4", {"domain": "lua", "parents": "hand-made"}) == "python train.py --domain lua --name lua4"
+    assert command_of("lua", ft) == "python train.py --domain lua"                  # the study's own (MAKES)
+    merged = {"domain": None, "merge": {"a": "lua", "b": "tinystories", "t": 0.5, "mode": "slerp",
+                                        "parent": None, "dot_threshold": 0.9995}}
+    assert command_of("m", merged) == ("python merge.py --out m --a lua --b tinystories --t 0.5 --mode slerp "
+                                       "--dot_threshold 0.9995")
