@@ -198,15 +198,16 @@ SCRIPT_KEYS = {"data.py": ("data_dir", "preset"), "report.py": ("out_dir",),
                                                                            "diffing")}}
 
 
-def keep_settings(msg):
-    """msg with each `python <script>.py` command in it given the GIVEN settings that script takes and the
-    command does not name already (placed right after the script's name)."""
+def keep_settings(msg, given=None):
+    """msg with each `python <script>.py` command in it given the GIVEN settings (or `given`'s) that script takes
+    and the command does not name already (placed right after the script's name)."""
     import shlex
+    given = GIVEN if given is None else given
 
     def add(m):
         rest = msg[m.end():].split(";")[0]
-        keys = [k for k in SCRIPT_KEYS.get(m.group(1), ()) if k in GIVEN and f"--{k}" not in rest]
-        return m.group(0) + "".join(f" --{k}={shlex.quote(str(GIVEN[k]))}" for k in keys)
+        keys = [k for k in SCRIPT_KEYS.get(m.group(1), ()) if k in given and f"--{k}" not in rest]
+        return m.group(0) + "".join(f" --{k}={shlex.quote(str(given[k]))}" for k in keys)
     return re.sub(r"python (\w+\.py)\b", add, msg)
 
 

@@ -446,6 +446,21 @@ def _pct(x, d=1):
     return "n/a" if x is None else f"{x:.{d}%}"
 
 
+def study_settings(res, out_dir):
+    """The folder and preset settings a command the page names must keep to work on this study: out_dir, where
+    the report is, and the data_dir and preset its analysis ran with (results.json's provenance). Without them
+    the page's `python analyze.py` would analyse out/ and data/ with this machine's default preset."""
+    cfg = (res.get("provenance") or {}).get("config") or {}
+    cfg = cfg if isinstance(cfg, dict) else {}
+    return {"out_dir": out_dir, **{k: cfg[k] for k in ("data_dir", "preset")
+                                   if isinstance(cfg.get(k), str) and cfg[k].strip()}}
+
+
+def for_study(msg, res, out_dir):
+    """msg with each `python <script>.py` in it given this study's folders and preset (common.keep_settings)."""
+    return common.keep_settings(msg, study_settings(res, out_dir))
+
+
 # -----------------------------------------------------------------------------
 # the sections of the page
 
@@ -620,7 +635,9 @@ def section_saes(res, out_dir):
               f"<div class='charts'>{dens}</div>")
 
 
-def section_edges(res, thr, cfg):
+def section_edges(res, thr, cfg, out_dir=None):
+    """The edges' and the nulls' tables; out_dir: the study's folder (the commands it names keep it and the
+    analysis' data_dir and preset)."""
     edges = table(["edge", "parent live (dead)", "child live (dead)", "persisting", "disappearing", "emerging",
                    "child matched", "pairs >= thr", "one-to-one", "mean decoder cos (1:1)", "null persisting (parent)",
                    "null persisting (child)"],
@@ -636,8 +653,10 @@ def section_edges(res, thr, cfg):
                   f"{e['counts']['emerging']} ({e['emerging_frac']:.1%})", e["one_to_one"]["n"], _f(e["one_to_one"]["mean_cos"]))
                  for m, e in res["null"].items()])
     if res.get("null_missing"):
+        seeds = f"{cfg.get('sae_seed', 0)},{cfg['null_seed']}"
+        make = "; ".join(f"python sae.py --model {shlex.quote(m)} --seeds {seeds}" for m in res["null_missing"])
         nul += (f"<p>No seed-{cfg['null_seed']} SAE for: {esc(', '.join(res['null_missing']))} (make one with "
-                "python sae.py --model NAME --seeds 0,1).</p>")
+                f"{esc(make if out_dir is None else for_study(make, res, out_dir))}).</p>")
     return (f"<h2 id='edges'>Edges</h2><p>A live parent feature <b>persists</b> when some live child feature correlates "
             f"with it at r &ge; {thr} over the same tokens, else it <b>disappears</b>; a live child feature with no such "
             "parent <b>emerges</b>; dead features (never active on the token set) are counted apart. <b>Null</b>: the "
@@ -684,12 +703,13 @@ def ratio_cell(st, vs, k):
             + spread)
 
 
-def ratio_table(res):
-    """Each edge's persisting fraction against its null's at r >= 0.5, 0.6, ..., 0.9."""
+def ratio_table(res, rerun="python analyze.py"):
+    """Each edge's persisting fraction against its null's at r >= 0.5, 0.6, ..., 0.9. rerun: the command that
+    analyses this study again."""
     first = next(iter(res["edges"].values()), None)
     if first is None or not all("stability" in e for e in res["edges"].values()):
-        return ("<p class='dim'>This results.json has no stability curves (an older analyze.py): re-run python "
-                "analyze.py.</p>")
+        return (f"<p class='dim'>This results.json has no stability curves (an older analyze.py): re-run "
+                f"{esc(rerun)}.</p>")
     keep = [k for k, t in enumerate(first["stability"]["thresholds"]) if abs(t * 10 - round(t * 10)) <= 1e-9]
     head = "".join(f"<th>r &ge; {first['stability']['thresholds'][k]:g}</th>" for k in keep)
     rows = "".join(f"<tr><td>{esc(n)}</td>" + "".join(f"<td>{ratio_cell(e['stability'], e['stability'].get('vs_null'), k)}</td>"
@@ -747,15 +767,27 @@ def one_to_one_table(res):
                   "Hungarian on decoder cos >= 0.7", "mean decoder cos (greedy)", "components matched greedily"], rows)
 
 
-def section_stability(res):
+def third_seed_commands(res):
+    """The commands that train each model's SAEs with a third seed (the analysis' sae, null and spread seeds)."""
+    cfg = res["provenance"]["config"]
+    spread = cfg.get("spread_seed")
+    spread = spread if isinstance(spread, int) and spread >= 0 else 2  # (-1: the analysis asked for none)
+    seeds = f"{cfg.get('sae_seed', 0)},{cfg.get('null_seed', 1)},{spread}"
+    return "; ".join(f"python sae.py --model {shlex.quote(m)} --seeds {seeds}" for m in res["models"])
+
+
+def section_stability(res, rerun="python analyze.py", sae_seeds=None):
+    """rerun: the command that analyses this study again; sae_seeds: the commands that train each model's third
+    SAE seed (sae.py --model M --seeds 0,1,2 for each model; with the study's folders)."""
+    sae_seeds = sae_seeds or third_seed_commands(res)
     if not all("stability" in e for e in list(res["edges"].values()) + list(res["null"].values())):
         return ("<h2 id='stability'>Stability</h2><p class='dim'>This results.json has no stability curves (written by "
-                "an older analyze.py): re-run python analyze.py.</p>")
+                f"an older analyze.py): re-run {esc(rerun)}.</p>")
     charts = ["<div class='charts'>" + "".join(stability_charts(n, e, res)) + "</div>" for n, e in res["edges"].items()]
     spread = res.get("null_spread") or {}
     note = (f"<p>Shaded: the seed-to-seed spread of the null (min to max over the {next(iter(spread.values()))['seed_pairs']} "
             "pairs of three SAE seeds).</p>" if spread else
-            "<p class='dim'>With a third SAE seed per model (python sae.py --seeds 0,1,2) the null gets a seed-to-seed "
+            f"<p class='dim'>With a third SAE seed per model ({esc(sae_seeds)}) the null gets a seed-to-seed "
             "spread (shaded).</p>")
     return ("<h2 id='stability'>Stability: each edge against its null</h2><p>Left: the fraction of the parent's live "
             "features that have a partner at r &ge; t in the child (solid) and between two seeds of the parent's SAE "
@@ -871,14 +903,14 @@ def _first_seed(d):
     return min(e["crosscoder"]["seeds"], key=int) if e else "0"
 
 
-def delta_chart(name, cc, cuts):
+def delta_chart(name, cc, cuts, rerun="re-run python diffing.py, then python analyze.py"):
     """The histogram of the crosscoder's live latents by relative decoder norm, a bar per seed in each bin,
-    dashed lines at the class cut-offs."""
+    dashed lines at the class cut-offs. rerun: the commands that make it (with the study's folders)."""
     seeds = sorted(cc["seeds"], key=int)
     hists = [(s, cc["seeds"][s].get("delta_hist")) for s in seeds]
     if not all(h for _, h in hists):
         return (f"<p class='dim'>{esc(name)}: no histogram of the relative decoder norm in this results.json "
-                "(an older diffing.py or analyze.py): re-run python diffing.py, then python analyze.py.</p>")
+                f"(an older diffing.py or analyze.py): {esc(rerun)}.</p>")
     series = [{"name": f"seed {s}" + (f" (mean {h['mean']:.2f}, sd {h['sd']:.2f})" if _num(h.get("mean"))
                                       and _num(h.get("sd")) else ""),
                "x": h["edges"], "y": h["counts"], "colour": COLOURS[k % len(COLOURS)], "bars": True}
@@ -961,16 +993,18 @@ def diffing_examples(k, e):
     return "".join(out)
 
 
-def section_diffing(res):
-    """results.diffing (analyze.py's join of diffing.py's record with the statuses), or '' when there is none."""
+def section_diffing(res, out_dir=None):
+    """results.diffing (analyze.py's join of diffing.py's record with the statuses), or '' when there is none.
+    out_dir: the study's folder (its commands name it, and the analysis' data_dir and preset)."""
     d = res.get("diffing")
     if not d:
         return ""
+    study = (lambda msg: for_study(msg, res, out_dir)) if out_dir is not None else (lambda msg: msg)
     head = "<h2 id='diffing'>Model diffing: crosscoders and cross-application</h2>"
     if d.get("stale"):
         stale = str(d["stale"])  # (its fix names the analysis too, with the run's folders; an older one did not)
-        return (f"{head}<p class='dim'>diffing.py's results (diffing/diffing.json beside analysis/) were {esc(stale)}"
-                + ("" if "python analyze.py" in stale else ", then python analyze.py") + ".</p>")
+        return (f"{head}<p class='dim'>diffing.py's results (diffing/diffing.json beside analysis/) were "
+                + esc(study(stale + ("" if "python analyze.py" in stale else ", then python analyze.py"))) + ".</p>")
     cuts, thr = d["cuts"], res["threshold"]
     null_r = next((e["crosscoder"].get("null") or {} for e in d["edges"].values()), {}).get("threshold") or 0.8
     rule = ", ".join(f"{esc(k)} with {esc(v)}" for k, v in d["agree_rule"].items())
@@ -996,7 +1030,8 @@ def section_diffing(res):
                f"{_f(s0['fvu']['parent'])} on {esc(parent)}, {_f(s0['fvu']['child'])} on {esc(child)}, L0 "
                f"{_f(s0['l0'], 1)}")
         parts.append(f"<h3 id='diffing-{k}'>{esc(name)}</h3><p>{fit}</p><div class='charts'>"
-                     + delta_chart(name, e["crosscoder"], cuts) + class_chart(name, d, e) + "</div>"
+                     + delta_chart(name, e["crosscoder"], cuts, study("re-run python diffing.py, then python analyze.py"))
+                     + class_chart(name, d, e) + "</div>"
                      + "<h4>Cross-application: each model's SAE on both models</h4><p class='dim'>The same held-out "
                        "windows, of the child's domains (so the parent SAE on its own model differs from its own "
                        "evaluation, on the parent's domains). CE recovered above 1: the spliced reconstruction "
@@ -1200,7 +1235,7 @@ function tracking(m, i) {  // per edge: the best partner's activations on this f
     b.append(h('p', {class: 'dim'}, (D.side[m] && D.side[m].other_run ? 'The side file ' + D.side[m].file
                                      + ' is from another run of analyze.py' : 'No side file ' + (D.side[m] ?
                                      D.side[m].file : 'features/' + m + '.js') + ' (or features/tokens.js) beside '
-                                     + 'the report') + ': re-run python analyze.py.'));
+                                     + 'the report') + ': re-run ' + D.rerun + '.'));
     return b;
   }
   if (!f) { b.append(h('p', {class: 'dim'}, 'Dead on the token set: nothing to track.')); return b; }
@@ -1330,7 +1365,7 @@ function search(q, out) {  // the features whose top contexts peak on token q, f
   needAll(['#tokens', ...D.models], () => {
     const T = FS['#tokens'];
     if (!T) {
-      out.replaceChildren(h('p', {class: 'dim'}, 'No side files of this analysis beside the report: re-run python analyze.py.'));
+      out.replaceChildren(h('p', {class: 'dim'}, 'No side files of this analysis beside the report: re-run ' + D.rerun + '.'));
       return;
     }
     const want = new Set(Object.keys(T.tok).filter(id => T.tok[id].trim() === word).map(Number));
@@ -1433,10 +1468,11 @@ def examples(res):
     return out
 
 
-def page_data(res, pages, side=None):
+def page_data(res, pages, side=None, rerun="python analyze.py"):
     """The data the page's script uses: per edge each feature's best partner, r, decoder cosine and status
     (from results.json; pages.json's copy of the status for an older results.json), densities, the feature
-    pages (pages.json), the examples with their reasons, and the side files (side_files) it may load."""
+    pages (pages.json), the examples with their reasons, the side files (side_files) it may load, and rerun,
+    the command that analyses this study again (the script's notes name it)."""
     edges = []
     for n, e in res["edges"].items():
         status = e.get("status") or pages["status"][n]
@@ -1447,7 +1483,7 @@ def page_data(res, pages, side=None):
     data = {"models": list(res["models"]), "n_show": res["provenance"]["config"]["n_show"], "edges": edges,
             "density": res["density"], "pages": pages["pages"], "tok": pages["tok"],
             "status_name": res.get("status_legend") or pages["status_legend"], "sel": examples(res),
-            "side": side or {}, "n_tokens": res["token_set"]["n_tokens"], "run": res.get("run")}
+            "side": side or {}, "n_tokens": res["token_set"]["n_tokens"], "run": res.get("run"), "rerun": rerun}
     data["why"] = {k: f"{c} on {s['edge']}" + (f"; {why}" if why else "") for s in data["sel"] for c in CATEGORIES
                    for k, why in s[c]}
     data["first"] = next((k for s in data["sel"] for c in CATEGORIES for k, _ in s[c]), f"{data['models'][0]}/0")
@@ -1468,15 +1504,16 @@ def sections(res):
     return SECTIONS + ((("diffing", "model diffing"),) if res.get("diffing") else ())
 
 
-def section_browse(side):
+def section_browse(side, rerun="python analyze.py"):
     """Every live feature, one click away: the search box and the sortable list (built by the page's script
-    from the densities and statuses; each feature's page loads its model's side file)."""
+    from the densities and statuses; each feature's page loads its model's side file). rerun: the command that
+    makes the side files (the study's analysis)."""
     size = sum(v["bytes"] for v in side.values())
     where = (f"Contexts, histograms and logit effects of every live feature are in side files beside this page "
              f"({esc(SIDE)}/: {size / 1e6:.1f} MB, one per model plus the token set), loaded when a feature or a "
              "search needs them." if side else
              "<b>No side files</b> (features/) beside this page: the list works, but only the example features have "
-             "contexts; re-run python analyze.py to make them.")
+             f"contexts; re-run {esc(rerun)} to make them.")
     return ("<h2 id='browse'>Every feature</h2><p>" + where + " Search by feature (lua/12, or 12 for the list's model) "
             "or by token: <i>self</i> lists the features whose top contexts peak on that token. A link to "
             "report.html#search=self runs a search.</p><form id='fs'>Search: <input id='fq' size='30' "
@@ -1492,6 +1529,7 @@ def render_report(res, pages, out_dir):
     reading, links to the rest."""
     cfg, thr, ts = res["provenance"]["config"], res["threshold"], res["token_set"]
     side = side_files(os.path.join(out_dir, "analysis"), list(res["models"]))
+    rerun = for_study("python analyze.py", res, out_dir)  # what each note of a part to remake names
     sweep = read_stage(out_dir, ".", "merge_sweep.json", "sweep")
     banner = ('<p class="banner"><b>Smoke-scale demo.</b> The data source is the generated sample corpus (data.py '
               '--source sample): tiny models on synthetic text; the numbers show that the pipeline runs, not the '
@@ -1507,15 +1545,15 @@ def render_report(res, pages, out_dir):
             + ", ".join(f"{esc(m)} {v:.3g}" for m, v in rule["min_act"].items()) + ")." if rule else "")
     first = (f"<h1 id='top'>Tracking SAE features through fine-tuning and merging</h1>{banner}{run_summary(res)}"
              f"<h2 id='headline'>Each edge against its null</h2><p class='reading'>{reading(res)}</p>"
-             + ratio_table(res) + "<p class='toc'>" + " | ".join(f"<a href='#{k}'>{v}</a>" for k, v in sections(res))
+             + ratio_table(res, rerun) + "<p class='toc'>" + " | ".join(f"<a href='#{k}'>{v}</a>" for k, v in sections(res))
              + f" | <a href='#{esc(page_data_first(res))}'>a feature page</a></p>")
-    body = [first, section_browse(side),
+    body = [first, section_browse(side, rerun),
             "<h2 id='features'>Example features</h2><p>The examples of each edge, chosen across the density range of "
             "their class and by their distance from the threshold (the reason is given)." + rule + " Each opens its "
             "page; links such as #lua/12 open any feature.</p><div id='sel'></div>",
-            section_training(out_dir, list(res["models"])), sw, section_saes(res, out_dir), section_edges(res, thr, cfg),
-            section_stability(res), section_bands(res), section_families(res, thr), section_hists(res, thr),
-            section_diffing(res), "<details><summary>Provenance</summary><pre>"
+            section_training(out_dir, list(res["models"])), sw, section_saes(res, out_dir), section_edges(res, thr, cfg, out_dir),
+            section_stability(res, rerun, for_study(third_seed_commands(res), res, out_dir)), section_bands(res),
+            section_families(res, thr), section_hists(res, thr), section_diffing(res, out_dir), "<details><summary>Provenance</summary><pre>"
             + esc(json.dumps(res["provenance"], indent=1, default=common._json_default)) + "</pre></details>"]
     view = ("<div id='fview' hidden><form class='nav' id='fs2'><a href='#top'>&larr; the report</a> | "
             "<a href='#browse'>every feature</a> | <a href='#features'>the examples</a> | <input id='fq2' size='24' "
@@ -1523,7 +1561,7 @@ def render_report(res, pages, out_dir):
     return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Feature tracking report</title>'
             "<script>window.onerror=function(m,s,l){document.documentElement.setAttribute('data-js','error: '+m+' (line '+l+')');};</script>"
             f"<style>{STYLE}</style></head><body>{view}<div id='report'>" + "\n".join(body) + "</div>"
-            + f'<script type="application/json" id="data">{json_for_script(page_data(res, pages, side))}</script>'
+            + f'<script type="application/json" id="data">{json_for_script(page_data(res, pages, side, rerun))}</script>'
             + f"<script>{SCRIPT}</script></body></html>\n")
 
 

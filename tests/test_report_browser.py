@@ -322,6 +322,62 @@ def test_a_report_without_side_files_says_so(study, tmp_path):
     assert "No side files" in page and '"side":{}' in page
 
 
+def other_study(out_dir, where):
+    """The study's analysis copied to the folder `where`, its results.json saying that the analysis read the data of
+    the folder 'elsewhere' with the paper preset (as a study run with --out_dir where --data_dir elsewhere
+    --preset paper records): (results, pages, the command that analyses that study again)."""
+    shutil.copytree(out_dir, where, ignore=shutil.ignore_patterns(".lock"))
+    res, pages = load(where)
+    res["provenance"]["config"].update(data_dir="elsewhere", preset="paper")
+    report.common.atomic_write_json(os.path.join(where, "analysis", "results.json"), report.common.stamp(res, "results"))
+    return res, pages, f"python analyze.py --data_dir=elsewhere --out_dir={where} --preset=paper"
+
+
+def test_the_notes_name_the_analysis_of_this_study_not_of_the_default_folders(study, tmp_path):
+    """Every note of the page that says to re-run the analysis (or diffing.py, or sae.py for more seeds) names the
+    command with the study's folders and preset: the report's --out_dir, the analysis' --data_dir and --preset
+    (results.json's provenance). A plain python analyze.py would analyse out/ with data/ and this machine's preset."""
+    out_dir, _ = study
+    where = str(tmp_path / "other")
+    res, pages, want = other_study(out_dir, where)
+    folders = want[len("python analyze.py"):]
+    old = copy.deepcopy(res)                                       # an older analyze.py: no stability curves
+    for group in (old["edges"], old["null"]):
+        for e in group.values():
+            e.pop("stability")
+    page = report.render_report(old, pages, where)
+    assert page.count(f"re-run {want}.</p>") == 2                 # the first screen's table and the section
+    shutil.rmtree(os.path.join(where, "analysis", "features"))    # no side files
+    page = report.render_report(res, pages, where)
+    assert f"re-run {want} to make them." in page
+    assert f"(python sae.py{folders} --model base --seeds 0,1,2; python sae.py{folders} --model lua " in page
+    assert res["null_missing"] == ["luastories"] and f"(make one with python sae.py{folders} --model luastories " \
+        "--seeds 0,1)" in page
+    res["diffing"] = {"stale": "made from other SAEs (lua); re-run python diffing.py"}
+    assert f"re-run python diffing.py{folders}, then {want}.</p>" in report.render_report(res, pages, where)
+    res["diffing"] = diffing_record(res)                           # an older diffing.py: no histogram
+    for e in res["diffing"]["edges"].values():
+        e["crosscoder"]["seeds"]["0"].pop("delta_hist")
+    assert f"re-run python diffing.py{folders}, then {want}.</p>" in report.render_report(res, pages, where)
+    assert '"rerun":"' + want + '"' in report.render_report(res, pages, where)  # the script's notes (below) use it
+
+
+@needs_chromium
+def test_the_scripts_notes_name_the_analysis_of_this_study(study, tmp_path):
+    """The notes the page's script writes (a feature page or a search without the side files) name the command
+    that analyses this study, passed in with the page's data."""
+    out_dir, _ = study
+    where = str(tmp_path / "other")
+    _, _, want = other_study(out_dir, where)
+    os.remove(os.path.join(where, "analysis", "features", "tokens.js"))
+    page = report.write_report(where)
+    dom = render(page, "#lua/7")
+    assert problems(dom) == [] and shown_feature(dom) == "lua/7"
+    assert f"(or features/tokens.js) beside the report: re-run {want}." in dom
+    dom = render(page, "#search=self")
+    assert f"No side files of this analysis beside the report: re-run {want}." in dom
+
+
 def test_an_older_results_json_renders_with_notes_for_what_it_lacks(study):
     out_dir, _ = study
     res, pages = load(out_dir)
@@ -544,7 +600,8 @@ def test_a_stale_or_absent_diffing_record(study, diffing_page):
     res["diffing"] = {"stale": "made from other SAEs (lua); re-run python diffing.py"}
     page = report.render_report(res, pages, out_dir)
     section = page.split("id='diffing'>")[1].split("<details>")[0]
-    assert "href='#diffing'" in page and "re-run python diffing.py, then python analyze.py" in section
+    assert "href='#diffing'" in page and re.search(r"re-run python diffing\.py --data_dir=\S+ --out_dir=\S+ "
+                                                   r"--preset=\w+, then python analyze\.py --data_dir", section)
     assert "<table" not in section and "<svg" not in section and section.count("<p") == 1
     assert '"diff"' not in page.split('id="data">')[1]                          # no contexts to draw
 
