@@ -72,7 +72,7 @@ import fast
 import report
 import sae as saelib
 from common import die
-from model import load_model
+from model import authors_how, load_model, made_by_authors
 
 # -----------------------------------------------------------------------------
 # default config (paper preset; PRESETS below overrides)
@@ -704,9 +704,10 @@ def settings(argv):
     return cfg, explain
 
 
-def check_lineage(info, edges):
+def check_lineage(info, edges, out_dir="out"):
     """A child must descend from the parent checkpoint on disk now: a retrained base or fine-tune makes its
-    children stale, and their correlations would compare unrelated models."""
+    children stale, and their correlations would compare unrelated models. The fix remakes the child with
+    what made it: train.py or merge.py, or authors.py in a study of the authors' models (out_dir: the study's)."""
     def ancestors(name, seen=()):
         found = set()
         for par in info[name]["ckpt"].get("parents", []):
@@ -716,7 +717,9 @@ def check_lineage(info, edges):
         return found
     for _, parent, child in edges:
         if info[parent]["model_hash"] not in ancestors(child):
-            remake = "python merge.py --overwrite" if child == "luastories" else f"python train.py --domain {child} --overwrite"
+            remake = ("python merge.py --overwrite" if child == "luastories" else f"python train.py --domain {child} --overwrite")
+            if made_by_authors(info[child]["ckpt"]):
+                remake = authors_how(out_dir, child, info[child]["ckpt"]) + " --overwrite"
             die(f"'{child}' was not made from the current '{parent}' checkpoint ({parent} was re-made since?); "
                 f"re-make it: {remake}")
 
@@ -759,7 +762,7 @@ def load_study(cfg, device, hashes):
     if len(set(toks.values())) > 1:
         die("the models use different tokenizers (" + ", ".join(f"{m} {t}" for m, t in toks.items()) +
             "); train them all from one --data_dir")
-    check_lineage(info, edges)
+    check_lineage(info, edges, out_dir)
     widths = {m: (net[m].args.d_mlp, net[m].args.block_size) for m in models}
     if len(set(widths.values())) > 1:
         die("the models differ in d_mlp / block_size (" + ", ".join(f"{m} {w}" for m, w in widths.items()) +

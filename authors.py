@@ -4,6 +4,7 @@ analyze.py can study the very models of the paper instead of our own retrained o
 
     python data.py --source hf --tokenizer authors --data_dir data_authors  # their tokenizer and val tokens first
     python authors.py --data_dir data_authors --out_dir out_authors  # -> out_authors/{base,lua,tinystories,luastories}/
+    python authors.py --data_dir data_authors --out_dir out_authors --models lua --overwrite  # lua alone, again
 
 The models (Hugging Face hub, MistralForCausalLM): nilq/baby-python-mistral-1L-tiny-base and its two
 fine-tunes -lua-ft and -TinyStories-ft, and nilq/baby-python-1L-mistral-lua-stories-slerp, their
@@ -13,7 +14,8 @@ checked before it is kept, one line without network), read without any new depen
 is an 8-byte header length, a JSON header and raw bytes; pytorch_model.bin only with
 torch.load(weights_only=True)), checked field by field against what model.py builds, and written with
 model.save_checkpoint in float32 with the lineage analyze.py checks (lua and tinystories: parent base;
-luastories: parents lua and tinystories).
+luastories: parents lua and tinystories). In a study of these models, a fix that remakes one names this
+script (remake_command, through model.load_model and analyze.py's lineage check), never train.py or merge.py.
 
 Two conventions differ from transformers' Mistral, and the conversion absorbs both:
 - RoPE: transformers rotates the two halves of each head (dims i and i + head_dim/2 form a pair),
@@ -49,10 +51,12 @@ config = {
     "threads": 0,             # CPU threads; 0: the cores free now (common.set_threads)
     "fast": True,             # fast.py's evaluation: the LM head a cache-sized block of tokens at a time on a CPU
     "overwrite": False,       # replace a checkpoint made otherwise (train.py's, another commit or setting)
+    "models": ["base", "lua", "tinystories", "luastories"],  # which to convert (a child needs its parents' converted)
 }
 # the authors' models are paper-sized whatever the preset: it only scales the card check
 PRESETS = {"paper": {}, "tiny": {"eval_batches": 4}}
-CHECKS = {"block_size": ">=2", "eval_batches": ">=0", "batch_size": ">=1", "threads": ">=0"}
+CHECKS = {"block_size": ">=2", "eval_batches": ">=0", "batch_size": ">=1", "threads": ">=0",
+          "models": ("base", "lua", "tinystories", "luastories")}
 
 # our name -> hub repo; the names are the ones sae.py (MODEL_DATA) and analyze.py expect
 MODELS = {"base": "nilq/baby-python-mistral-1L-tiny-base",
@@ -71,6 +75,20 @@ CARD_LOSS = {"base": 3.1027, "lua": 2.4518, "tinystories": 2.0442}  # the model 
 # the weight files a repo may hold, in the order they are preferred (the merge has an index and one shard)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 MAKE_TOKENIZER = "python data.py --tokenizer authors --data_dir {}"
+
+
+def remake_command(out_dir, name, made=None):
+    """The command that converts model `name` into out_dir again, alone (--models; with --overwrite where the
+    caller needs it) and as the study's were: the data_dir, preset, block_size and tokenizer_hash that `made`,
+    the config a checkpoint of authors.py records, holds (another block size or tokenizer would be another
+    conversion, and its children's lineage would no longer hold)."""
+    made = made if isinstance(made, dict) else {}
+    cmd = f"python authors.py --models {name} --out_dir {shlex.quote(out_dir)}"
+    for k in ("data_dir", "preset", "tokenizer_hash"):
+        if isinstance(made.get(k), str) and made[k].strip():
+            cmd += f" --{k} {shlex.quote(made[k])}"
+    T = made.get("block_size")
+    return cmd + (f" --block_size {T}" if type(T) is int and T != config["block_size"] else "")
 
 
 def make_tokenizer(data_dir):
@@ -330,12 +348,13 @@ def authors_tokenizer_hash(data_dir, vocab_size):
     return tok_hash
 
 
-def up_to_date(path, made_from, overwrite):
+def up_to_date(path, made_from, overwrite, how=None):
     """True when path holds this very conversion (nothing to do). A checkpoint made otherwise (trained by
-    train.py, another commit, block size, tokenizer or parent) is replaced only with --overwrite."""
+    train.py, another commit, block size, tokenizer or parent) is replaced only with --overwrite. how: the
+    command that converts it alone (remake_command), for one that cannot be read."""
     if not os.path.exists(path) or overwrite:
         return False
-    if load_checkpoint(path).get("provenance", {}).get("hub") == made_from:
+    if load_checkpoint(path, how=how).get("provenance", {}).get("hub") == made_from:
         print(f"{path}: converted from {made_from['repo']} at {made_from['sha'][:12]}; nothing to do")
         return True
     die(f"{path} exists but was not converted from {made_from['repo']} at {made_from['sha'][:12]} with these "
@@ -348,9 +367,19 @@ def main(argv=None):
     device = common.pick_device(cfg["device"])
     threads = common.set_threads(cfg["threads"], device)
     out_dir, data_dir, T = cfg["out_dir"], cfg["data_dir"], cfg["block_size"]
-    print(f"authors: the authors' 4 models -> {out_dir}/, block_size {T}, device {device} ({threads} CPU threads)")
+    todo = [m for m in MODELS if m in cfg["models"]]  # (parents first)
+    if not todo:
+        die(f"--models is empty; name the models to convert, e.g. --models {','.join(MODELS)}")
+    print(f"authors: the authors' {', '.join(todo)} -> {out_dir}/, block_size {T}, device {device} ({threads} CPU "
+          f"threads)")
     tok = cfg["tokenizer_hash"] or None  # else the one in data_dir, checked against base's vocabulary
-    for name, repo in MODELS.items():
+    for name in todo:
+        for p in PARENTS[name]:  # a parent not converted in this run must be there already: its hash is the lineage
+            if p not in todo and not os.path.isfile(os.path.join(out_dir, p, "ckpt.pt")):
+                die(f"no {os.path.join(out_dir, p, 'ckpt.pt')}, {name}'s parent; convert it first: "
+                    f"{remake_command(out_dir, p, cfg)}")
+    for name in todo:
+        repo = MODELS[name]
         sha, folder, info = hub_model(data_dir, repo)
         fetch(data_dir, repo, sha, ["config.json"])  # small: checks the tokenizer before the weights come
         args, _ = read_config(folder, T)
@@ -359,7 +388,7 @@ def main(argv=None):
         made_from = {"repo": repo, "sha": sha, "block_size": T, "tokenizer_hash": tok, "parents": parents}
         path = os.path.join(out_dir, name, "ckpt.pt")
         with common.lock_dir(os.path.dirname(path), "authors.py"):
-            if up_to_date(path, made_from, cfg["overwrite"]):
+            if up_to_date(path, made_from, cfg["overwrite"], remake_command(out_dir, name, cfg)):
                 continue
             files = ["config.json"] + fetch_weights(data_dir, repo, sha, folder, info)
             model = load_hf(folder, T)
@@ -373,7 +402,7 @@ def main(argv=None):
     # the card check: each model's loss on its own val split beside its card's eval loss
     n = cfg["eval_batches"] * cfg["batch_size"]
     print(f"card check: val loss over {n} consecutive windows of {T} tokens per domain (card: the model card's)")
-    for name in MODELS:
+    for name in todo:
         model, ckpt = load_model(out_dir, name, device)
         rows = fast.head_rows(model, cfg["batch_size"] * T) if cfg["fast"] else None
         for dom in EVAL_DOMAINS[name]:

@@ -22,7 +22,8 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
-from common import atomic_torch_save, check_file, check_torch, die, misfit, read_json, record_problem, stamp
+from common import (UserError, atomic_torch_save, check_file, check_torch, die, misfit, read_json, record_problem,
+                    stamp)
 
 import torch
 import torch.nn as nn
@@ -327,6 +328,38 @@ def merge_command(name, rec, grid=None):
             + (f" --t_rules {shlex.quote(rules)}" if rules else "") + f" --dot_threshold {dot}")
 
 
+def made_by_authors(ckpt):
+    """Whether a checkpoint dict is one of the authors' released models converted by authors.py (its provenance
+    records the hub's repo and commit)."""
+    prov = ckpt.get("provenance") if isinstance(ckpt, dict) else None
+    return isinstance(prov, dict) and isinstance(prov.get("hub"), dict)
+
+
+def authors_how(out_dir, name, ckpt=None):
+    """In a study of the authors' models, the command that remakes model `name` in out_dir: authors.py's
+    (authors.remake_command, with the settings the conversion recorded), as train.py and merge.py never made
+    them. Which study it is: ckpt (the model's own checkpoint dict), else, when that cannot be read, another of
+    out_dir's study models (only its records are read: mmap). None for a study of our own models."""
+    if ckpt is None:
+        for other in MAKES:
+            path = os.path.join(out_dir, other, "ckpt.pt")
+            if other == name or not os.path.isfile(path):
+                continue
+            try:
+                with warnings.catch_warnings(), torch.serialization.safe_globals([TorchVersion]):
+                    warnings.simplefilter("ignore")
+                    ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # damaged too, or not a torch file: the next one may say
+                continue
+            if isinstance(ck, dict):
+                ckpt = ck
+                break
+    if not made_by_authors(ckpt):
+        return None
+    import authors  # (here: authors.py imports this module)
+    return authors.remake_command(out_dir, name, ckpt.get("config"))
+
+
 def clean_key(k):
     """A parameter name without the prefixes torch.compile (_orig_mod.) and DDP (module.) add."""
     return k.removeprefix("_orig_mod.").removeprefix("module.")
@@ -362,16 +395,17 @@ def is_finished(ckpt):
     return bool(ckpt.get("finished", "optimizer" not in ckpt))
 
 
-def check_finished(ckpt, path, name, allow_unfinished=False):
+def check_finished(ckpt, path, name, allow_unfinished=False, how=None):
     """One-line refusal of an unfinished checkpoint (a run stopped early or killed) unless allowed, and of
     another model in a study model's folder: one of the study's (folders swapped: a merge would run the wrong
     way round, an SAE would be named for the wrong model), or any trained on another domain (a copy of another
-    run). A copy of the right model under another name is fine."""
+    run). A copy of the right model under another name is fine. how: the command that remakes `name` (MAKES'
+    by default; authors_how's in a study of the authors' models)."""
     held, domain = ckpt.get("name"), ckpt.get("domain")
     if name in MAKES and ((held in MAKES and held != name) or domain != STUDY_DOMAIN[name]):
         what = f"domain {domain}" if domain is not None else "a merge"
         die(f"{path} holds the model '{held}' ({what}), not '{name}': folders swapped, or another run copied in? "
-            f"put each model back in its own folder, or remake it: {MAKES[name]} --overwrite")
+            f"put each model back in its own folder, or remake it: {how or MAKES[name]} --overwrite")
     if allow_unfinished or is_finished(ckpt):
         return
     how = MAKES.get(name, f"python train.py --domain {domain} --name {name}")
@@ -408,9 +442,19 @@ def load_model(out_dir, name, device="cpu", allow_unfinished=False):
     if name not in MAKES and not os.path.lexists(path):
         either = "" if how.startswith("python merge.py") else f" (or {merge_command(name, None)})"
         die(f"no '{name}' model checkpoint at {path}; make it with: {how}{either}")
-    ckpt = load_checkpoint(path, f"'{name}' model checkpoint", how)
-    check_finished(ckpt, path, name, allow_unfinished)
-    model = model_from_checkpoint(ckpt, device, path, command_of(name, ckpt))  # (loaded: its domain, or a merge)
+    try:
+        ckpt = load_checkpoint(path, f"'{name}' model checkpoint", how)
+    except UserError:  # missing or damaged: in a study of the authors' models, authors.py remakes it
+        authors = authors_how(out_dir, name) if name in MAKES else None
+        if authors is None:
+            raise
+        ckpt = load_checkpoint(path, f"'{name}' model checkpoint", authors)  # (the same line, naming it)
+    by_authors = name in MAKES and made_by_authors(ckpt)
+    if by_authors:
+        how = authors_how(out_dir, name, ckpt)
+    check_finished(ckpt, path, name, allow_unfinished, how if name in MAKES else None)
+    # (loaded: its domain, or a merge)
+    model = model_from_checkpoint(ckpt, device, path, how if by_authors else command_of(name, ckpt))
     model.eval()
     return model, ckpt
 

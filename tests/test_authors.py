@@ -399,3 +399,84 @@ def test_a_damaged_cached_model_info_is_one_line_and_removed(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "names another commit, or none; run again" in err, err
     assert not (folder / "info.json").exists()
+
+
+def printed_command(msg, after):
+    """The arguments of the command a one-line error prints after `after` (up to its end), checked to be authors.py's."""
+    import shlex
+    words = shlex.split(msg.split(after, 1)[1])
+    assert words[:2] == ["python", "authors.py"], msg
+    return words[2:]
+
+
+def test_the_fixes_of_a_study_of_the_authors_models_name_authors_py_and_work(tmp_path, serve, monkeypatch):
+    """In a study of the authors' models (converted by authors.py, never trained), a model removed, damaged or made
+    stale is remade by authors.py: each fix line names it (that model alone, the study's folders and the settings
+    of the conversion: --block_size, --tokenizer_hash), not train.py or merge.py, and running it as printed (here
+    against the local hub) remakes the model, its weights the authors' again."""
+    import analyze
+    folders = {name: make_folder(tmp_path / "hf" / name, tensors=hf_tensors(TINY, i))
+               for i, name in enumerate(authors.MODELS)}
+    serve(folders)
+    d, o = str(tmp_path / "data_authors"), str(tmp_path / "out_authors")
+    for i, dom in enumerate(("base", "lua", "tinystories")):
+        write_domain(d, dom, i, vocab=11, tok_hash="tok-A", n=2000)
+    authors.main(["--data_dir", d, "--out_dir", o] + RUN)
+
+    def same_weights(name):
+        net, _ = model.load_model(o, name)
+        ref = authors.load_hf(folders[name], 16)
+        return all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values()))
+
+    def lineage():
+        info = {m: {"ckpt": model.load_checkpoint(os.path.join(o, m, "ckpt.pt")),
+                    "model_hash": common.sha256_file(os.path.join(o, m, "ckpt.pt"))} for m in authors.MODELS}
+        analyze.check_lineage(info, [(f"{p}->{c}", p, c) for p, c in analyze.EDGES], o)
+
+    # removed: the fix converts it again (and only it: the others are left as they are)
+    os.remove(os.path.join(o, "lua", "ckpt.pt"))
+    kept = common.sha256_file(os.path.join(o, "tinystories", "ckpt.pt"))
+    with pytest.raises(SystemExit) as e:
+        model.load_model(o, "lua")
+    msg = one_line_error(e)
+    assert "train.py" not in msg and msg.endswith(f"make it with: python authors.py --models lua --out_dir {o} "
+                                                  f"--data_dir {d} --preset {common.default_preset()} "
+                                                  "--tokenizer_hash tok-A --block_size 16"), msg
+    authors.main(printed_command(msg, "make it with: "))
+    assert same_weights("lua") and common.sha256_file(os.path.join(o, "tinystories", "ckpt.pt")) == kept
+    # luastories was made from the lua that was removed: the lineage check names authors.py, not merge.py
+    with pytest.raises(SystemExit) as e:
+        lineage()
+    msg = one_line_error(e)
+    assert "merge.py" not in msg and "re-make it: python authors.py --models luastories " in msg and \
+        msg.endswith(" --overwrite"), msg
+    authors.main(printed_command(msg, "re-make it: "))
+    lineage()
+    assert same_weights("luastories")
+    # damaged: the fix replaces it (--overwrite); a swapped folder: the same command
+    path = os.path.join(o, "base", "ckpt.pt")
+    os.truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(SystemExit) as e:
+        model.load_model(o, "base")
+    msg = one_line_error(e)
+    assert "train.py" not in msg and "remake it: python authors.py --models base " in msg and \
+        msg.endswith(" --overwrite"), msg
+    authors.main(printed_command(msg, "remake it: "))
+    assert same_weights("base")
+    os.replace(os.path.join(o, "tinystories", "ckpt.pt"), path)
+    with pytest.raises(SystemExit) as e:
+        model.load_model(o, "base")
+    msg = one_line_error(e)
+    assert "train.py" not in msg and "remake it: python authors.py --models base " in msg, msg
+    authors.main(printed_command(msg, "remake it: "))
+    assert same_weights("base")
+    # with no model of the authors' in the study, train.py's command as before
+    for m in ("base", "lua", "luastories"):
+        os.remove(os.path.join(o, m, "ckpt.pt"))
+    with pytest.raises(SystemExit, match=r"make it with: python train\.py --domain lua$"):
+        model.load_model(o, "lua")
+    # converting a child alone needs its parents there (their hashes are its lineage): one line naming theirs
+    with pytest.raises(SystemExit) as e:
+        authors.main(["--data_dir", d, "--out_dir", o, "--models", "lua"] + RUN)
+    assert f"no {os.path.join(o, 'base', 'ckpt.pt')}, lua's parent; convert it first: python authors.py --models " \
+           "base " in one_line_error(e)
