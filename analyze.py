@@ -815,9 +815,15 @@ def draw_tokens(cfg, study):
         die(f"--skip_first {skip} must be in [0, seq_len - 1) = [0, {T - 1})")
     n_seq, n_tok = len(seqs), len(seqs) * (T - skip)  # tokens that enter every statistic
     if n_tok < max(cfg["min_tokens"], 2):
+        windows = -(-max(cfg["min_tokens"], 2) // (T - skip))  # windows the token set needs
+        if seqs.size < cfg["n_tokens"] - T:  # the val splits hold fewer than asked: the one with the fewest grows
+            d = min(per_dom, key=per_dom.get)
+            fix = (f"the {d} val split holds the fewest; " + datalib.grow_fix(
+                data_dir, d, "val", -(-windows // len(per_dom)) * T))
+        else:
+            fix = f"give --n_tokens {windows * T}"
         die(f"the evaluation token set has {n_tok} tokens ({', '.join(f'{d}: {k} windows of {T}' for d, k in per_dom.items())}), "
-            f"fewer than the {cfg['min_tokens']} needed to estimate a correlation; prepare more val data "
-            f"(python data.py) or raise --n_tokens")
+            f"fewer than the {cfg['min_tokens']} needed to estimate a correlation; {fix}")
     sources = {d: datalib.read_meta(data_dir, d).get("source") for d in cfg["domains"]}
     token_set = {"n_tokens": int(n_tok), "n_seq": n_seq, "block_size": T, "skip_first": skip, "per_domain": per_dom,
                  "seed": cfg["seed"], "sources": sources, "smoke_scale_demo": "sample" in sources.values()}

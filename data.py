@@ -44,7 +44,7 @@ from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
-from common import (atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, check_free_space,
+from common import (GIVEN, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, check_free_space,
                     check_regular, cli, default_preset, die, free_cores, lock_dir, parse_config, provenance, read_json,
                     sha256_bytes, sha256_file)
 
@@ -166,6 +166,88 @@ def remake_command(data_dir, domain="all"):
     spec = (_read_json_or_none(os.path.join(_tok_dir(data_dir), "tokenizer.json"), ("spec",)) or {"spec": {}})["spec"]
     tok = spec.get("tokenizer", "bpe") if isinstance(spec, dict) else "bpe"
     return cmd + ("" if tok == "bpe" else f" --tokenizer {tok}")
+
+
+def grow_fix(data_dir, domain, split, need):
+    """What makes the `split` of `domain` in data_dir hold at least `need` tokens, as the clause of a message: the
+    data.py command (remake_command: its recorded settings kept) with the setting that makes that split larger,
+    sized from what its meta.json records (its bytes a token, and the settings it was made with) to about twice
+    `need`: the sample's --val_frac or --sample_kb, the hub's --val_frac or --max_mb. Where no setting of data.py
+    can (a local corpus: its files; the hub's whole split), what to change instead. Our BPE is trained on the base
+    mix these settings make: then the clause says that it is retrained, and with it every model on data_dir."""
+    import math
+
+    def record(d):
+        m = _read_json_or_none(os.path.join(data_dir, d, "meta.json"))
+        return m if isinstance(m, dict) else {}
+
+    def settings(m):
+        made = m.get("provenance").get("config") if isinstance(m.get("provenance"), dict) else None
+        return made if isinstance(made, dict) else {}
+    meta = record(domain)  # (its settings: else another domain's, as remake_command reads them)
+    made = settings(meta) or next((settings(record(d)) for d in DOMAINS if settings(record(d))), {})
+    splits = meta.get("splits") if isinstance(meta.get("splits"), dict) else {}
+    ratios = [sp["bytes"] / sp["tokens"] for sp in (splits.get(split), *splits.values()) if isinstance(sp, dict)
+              and all(isinstance(sp.get(k), (int, float)) and sp[k] > 0 for k in ("bytes", "tokens"))]
+    want = 2 * need * (ratios[0] if ratios else 4.0)  # bytes of text: twice what one window needs, as a margin
+
+    def up(x):  # a setting's value, rounded up to two significant digits
+        e = 10 ** (math.floor(math.log10(x)) - 1)
+        return float(f"{math.ceil(x / e) * e:.6g}")
+    src, val = made.get("source"), made.get("val_frac")
+    change = None
+    if src == "sample" and isinstance(made.get("sample_kb"), int) and isinstance(val, float):
+        kb = made["sample_kb"]  # train: sample_kb KB of text; val: sample_kb x val_frac (sample_corpus.sample_docs)
+        if split == "train":
+            change = {"sample_kb": max(2 * kb, math.ceil(want / 1024))}
+        elif up(max(2 * val, want / (kb * 1024))) <= 0.5:
+            change = {"val_frac": up(max(2 * val, want / (kb * 1024)))}
+        else:
+            change = {"sample_kb": max(kb, math.ceil(want / 512)), "val_frac": 0.5}
+    elif src == "hf" and isinstance(made.get("max_mb"), (int, float)) and isinstance(val, float):
+        mb = made["max_mb"]  # train: max_mb MB of text; val: max_mb x val_frac (hf_docs); 0: all of it
+        if not mb:
+            return (f"{data_dir}/{domain}/{split}.bin holds all of its dataset's {split} split (--max_mb 0), and no "
+                    "setting of data.py makes it larger")
+        if split == "train":
+            change = {"max_mb": up(max(2 * mb, want / 1e6))}
+        elif up(max(2 * val, want / (mb * 1e6))) <= 0.5:
+            change = {"val_frac": up(max(2 * val, want / (mb * 1e6)))}
+        else:
+            change = {"max_mb": up(max(mb, want / 0.5e6)), "val_frac": 0.5}
+    elif isinstance(src, str) and src.startswith("local:"):
+        folder, name = src[len("local:"):], "train.txt" if split == "train" else "valid.txt"
+        files = " and ".join(os.path.join(folder, d, name) for d in (("babylm", "python") if domain == "base"
+                                                                      else (domain,)))
+        retrain = made.get("tokenizer", "bpe") == "bpe" and domain in MIX_SIDES + ("base",)
+        return (f"add text to {files} (no setting of data.py makes a local corpus larger), then run "
+                f"{remake_command(data_dir)}" + (f" (this retrains the tokenizer, trained on that text: every model "
+                                                 f"on {data_dir} must then be trained again)" if retrain else ""))
+    if change is None:  # no record of how it was made (made by hand, or before meta.json kept its settings)
+        return (f"make {data_dir} again with more text: {remake_command(data_dir)} with a larger --sample_kb (the "
+                f"sample) or --max_mb (--source hf)" + (", or --val_frac" if split == "val" else ""))
+    cmd = remake_command(data_dir)
+    cmd = re.sub(r" --(" + "|".join(change) + r") \S+", "", cmd) + "".join(f" --{k} {v:g}" if isinstance(v, float)
+                                                                      else f" --{k} {v}" for k, v in change.items())
+    retrain = made.get("tokenizer", "bpe") == "bpe"
+    return (f"make it larger: {cmd}" + (f" (this retrains the tokenizer, trained on the base mix these settings "
+                                        f"make: every model on {data_dir} must then be trained again)" if retrain else ""))
+
+
+def too_short(a, name, T):
+    """The one line for the token array `a` (open_tokens': its file says which split of which domain in which data
+    folder; name: the caller's for it), shorter than one window of T tokens, with grow_fix's fix."""
+    path = getattr(a, "filename", None)
+    if not isinstance(path, str):  # not a split's file (a caller's own array)
+        label = f"domain '{name}'" if isinstance(name, str) else "a token array"
+        die(f"{label} has {len(a):,} tokens, fewer than one window of {T}; give it at least {T} tokens")
+    folder, split = os.path.dirname(path), os.path.splitext(os.path.basename(path))[0]
+    data_dir, domain = os.path.dirname(folder), os.path.basename(folder)
+    given = GIVEN.get("data_dir")
+    if given and os.path.realpath(given) == os.path.realpath(data_dir):  # as the user wrote it
+        data_dir = given
+    die(f"the {split} split of domain '{domain}' ({os.path.join(data_dir, domain, split + '.bin')}) has {len(a):,} "
+        f"tokens, fewer than one window of {T}; {grow_fix(data_dir, domain, split, T)}")
 
 
 def _read_ranks(path):
@@ -451,9 +533,15 @@ def open_tokens(data_dir, domain, split, tok_hash=None, vocab_size=None, who=Non
                 f"{_tok_dir(data_dir)} has {info['vocab_size']}: the {bad} is damaged; re-make it: {fix}"
                 + (" --force" if bad == "meta.json" else ""))
     check_tokens(path, meta, split, fix)
-    if n_tok == 0:  # numpy cannot map an empty file
-        return np.zeros(0, dtype=dtype)
+    if n_tok == 0:  # numpy cannot map an empty file: an empty array that names its file as a memmap does
+        empty = np.zeros(0, dtype=dtype).view(NoTokens)
+        empty.filename = os.path.abspath(path)
+        return empty
     return np.memmap(path, dtype=dtype, mode="r")
+
+
+class NoTokens(np.ndarray):
+    """An empty split (open_tokens), which names its file (filename, as np.memmap does) for too_short's message."""
 
 
 def scan_tokens(path, dtype, block=1 << 24):
@@ -521,8 +609,7 @@ def sample_windows(arrays, n, T, scheme, rng=None, offset=0, with_counts=False):
     for d, (name, a) in enumerate(zip(names, arrays)):
         want = None if n is None else n // len(arrays) + (d < n % len(arrays))
         if scheme != "tiles" and len(a) < T:
-            label = f"domain '{name}'" if isinstance(name, str) else "a token array"
-            die(f"{label} has {len(a):,} tokens, fewer than one window of {T}; prepare more data (python data.py)")
+            too_short(a, name, T)
         starts.append(_starts(a, want, T, scheme, rng, offset))
     wins = cut_windows(arrays, starts, T)
     return (wins, {name: len(s) for name, s in zip(names, starts)}) if with_counts else wins

@@ -493,6 +493,22 @@ def mlp_activations(model, windows, batch_size, device, skip_first=0, positions=
             yield start, h[torch.arange(len(h), device=device)[:, None], pos]       # (b, k, d_mlp)
 
 
+def short_splits(job, cfg, T):
+    """One line where a train or val split holds less than one window of T + 1 tokens (the harvest's, the held-out
+    evaluation's): the data.py command that makes it larger (data.grow_fix) or, where every split holds a shorter
+    window that still leaves tokens_per_seq positions past skip_first, the --seq_len that fits."""
+    sizes = {(d, s): len(a) for s, arrays in (("train", job.train), ("val", job.val)) for d, a in arrays.items()}
+    short = [(d, s) for (d, s), n in sizes.items() if n < T + 1]
+    if not short:
+        return
+    (d, split), fits = short[0], min(sizes.values()) - 1  # the longest seq_len every split holds a window of
+    fix = datalib.grow_fix(cfg["data_dir"], d, split, T + 1)
+    if fits >= cfg["skip_first"] + cfg["tokens_per_seq"]:
+        fix += f"; or harvest shorter windows: {sae_how(job.name, job.seeds)} --seq_len {fits}"
+    die(f"the {d} {split} split ({os.path.join(cfg['data_dir'], d, split + '.bin')}) has {sizes[short[0]]:,} tokens, "
+        f"fewer than one window of {T + 1} (--seq_len {T}, and the next token); {fix}")
+
+
 def stream_windows(arrays, n_seq, T, g, mix="equal", use_fast=False):
     """The harvest's windows (n_seq, T), a float64 draw u_i a window, first from g. mix equal:
     window i from domain i % n_domains at start u_i (len - T + 1); mix tokens (the authors'
@@ -500,8 +516,7 @@ def stream_windows(arrays, n_seq, T, g, mix="equal", use_fast=False):
     u = torch.rand(n_seq, generator=g, dtype=torch.float64)                  # (n_seq,) in [0, 1)
     for name, a in arrays.items():
         if len(a) < T:
-            die(f"domain '{name}' has {len(a):,} tokens, fewer than one window of {T}; "
-                f"prepare more data (python data.py)")
+            datalib.too_short(a, name, T)
     arrays = list(arrays.values())
     if use_fast:
         return fast.windows_at(arrays, u, T, mix)
@@ -798,9 +813,7 @@ def setup(cfg):
     if T > margs.block_size or not 0 < cfg["tokens_per_seq"] <= T - cfg["skip_first"]:
         die(f"need tokens_per_seq {cfg['tokens_per_seq']} <= seq_len {T} - skip_first {cfg['skip_first']}, "
             f"seq_len <= block_size {margs.block_size}")
-    for d, a in job.train.items():
-        if len(a) < T + 1:
-            die(f"the {d} train split has {len(a)} tokens, fewer than one window of {T + 1}; prepare more data")
+    short_splits(job, cfg, T)
     job.d_in = margs.d_mlp
     job.n_features = cfg["expansion"] * job.d_in
     job.aux_k = cfg["aux_k"] or job.d_in // 2

@@ -813,13 +813,29 @@ def resave(path, **changes):
     save_checkpoint(path, ck.pop("model"), ck.pop("model_args"), **ck)
 
 
+def test_a_token_set_too_small_names_what_makes_it_large_enough(tmp_path):
+    """Fewer evaluation tokens than --min_tokens: where --n_tokens asked for too few, the --n_tokens that gives
+    enough (run with it, the analysis goes on); where the val splits hold too few, data.py with the setting that
+    makes them larger (data.grow_fix: here, val splits made by hand, the settings to raise)."""
+    data_dir, out_dir = make_study(str(tmp_path))
+    with pytest.raises(SystemExit, match=r"fewer than the 1024 needed to estimate a correlation; give --n_tokens 1104$"):
+        run(data_dir, out_dir, "--n_tokens=256")
+    assert run(data_dir, out_dir, "--n_tokens=1104")["token_set"]["n_tokens"] >= 1024
+    data_dir, out_dir = make_study(str(tmp_path / "short"), val_tokens=200)
+    with pytest.raises(SystemExit) as e:
+        run(data_dir, out_dir)
+    assert str(e.value).endswith(f"needed to estimate a correlation; the base val split holds the fewest; make "
+                                 f"{data_dir} again with more text: python data.py --domain all --data_dir {data_dir} "
+                                 "with a larger --sample_kb (the sample) or --max_mb (--source hf), or --val_frac")
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch, capsys):
     data_dir, out_dir = make_study(str(tmp_path))
     resave(os.path.join(out_dir, "tinystories", "ckpt.pt"), iter_num=7)     # tinystories re-made since the merge
     with pytest.raises(SystemExit, match=r"'luastories' was not made from the current 'tinystories'.*merge.py --overwrite"):
         run(data_dir, out_dir)
     data_dir, out_dir = make_study(str(tmp_path / "fresh"))
-    with pytest.raises(SystemExit, match=r"needed to estimate a correlation"):
+    with pytest.raises(SystemExit, match=r"needed to estimate a correlation; give --n_tokens 1104$"):
         run(data_dir, out_dir, "--n_tokens=256")
     with pytest.raises(SystemExit, match=r"--threshold must be in \(0, 1\]"):
         run(data_dir, out_dir, "--threshold=0")

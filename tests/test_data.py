@@ -1560,3 +1560,78 @@ def test_consecutive_windows_cover_an_array_whose_length_is_a_multiple_of_the_st
     # from window 1 on: the windows left after the offset, none past the end
     assert data.sample_windows(np.arange(13), None, 5, "consecutive", offset=1).tolist() == [[4, 5, 6, 7, 8],
                                                                                              [8, 9, 10, 11, 12]]
+
+
+def run_printed(msg, after, until=" (this retrains"):
+    """Run the data.py command a one-line error prints after `after`, as printed (up to `until`)."""
+    import shlex
+    words = shlex.split(msg.split(after, 1)[1].split(until)[0].split(";")[0])
+    assert words[:2] == ["python", "data.py"], msg
+    data.main(words[2:])
+
+
+def test_a_split_shorter_than_one_window_names_the_setting_that_makes_it_larger(tmp_path):
+    """A split with fewer tokens than one window (here: the sample with --val_frac 0.01, a val split of a few
+    hundred bytes): the line names the data.py setting that makes that split larger, sized from what meta.json
+    records, with the study's --data_dir and other settings; run as printed, it holds the window. The same for a
+    train split. It says that our BPE, trained on the base mix these settings make, is retrained with them."""
+    d = str(tmp_path / "small data")
+    data.main(["--domain", "all", "--data_dir", d, "--vocab_size", "300", "--sample_kb", "20", "--val_frac", "0.01",
+               "--threads", "1"])
+    val = data.open_tokens(d, "lua", "val")
+    T = len(val) + 1
+    with pytest.raises(SystemExit) as e:
+        data.sample_windows({"lua": val}, 8, T, "consecutive")
+    msg = one_line_error(e)
+    assert msg.startswith(f"error: the val split of domain 'lua' ({os.path.join(d, 'lua', 'val.bin')}) has "
+                          f"{len(val):,} tokens, fewer than one window of {T}; make it larger: python data.py "
+                          f"--domain all --data_dir '{d}' "), msg
+    assert re.search(r" --vocab_size 300 --sample_kb 20 --val_frac 0\.\d+", msg) and "--val_frac 0.01" not in msg
+    assert msg.endswith(f"(this retrains the tokenizer, trained on the base mix these settings make: every model on "
+                        f"{d} must then be trained again)")
+    tokenizer = data.tokenizer_hash(d)
+    run_printed(msg, "make it larger: ")
+    assert len(data.open_tokens(d, "lua", "val")) >= T and data.tokenizer_hash(d) != tokenizer  # (retrained)
+    assert data.sample_windows({"lua": data.open_tokens(d, "lua", "val")}, 8, T, "consecutive").shape[1] == T
+    train = data.open_tokens(d, "tinystories", "train")
+    T = len(train) + 1
+    with pytest.raises(SystemExit) as e:
+        data.sample_windows([train], 2, T, "spread")
+    msg = one_line_error(e)
+    assert "the train split of domain 'tinystories'" in msg and re.search(r"--vocab_size 300 --val_frac 0\.\d+ "
+                                                                          r"--sample_kb \d+ \(this", msg), msg
+    run_printed(msg, "make it larger: ")
+    assert len(data.open_tokens(d, "tinystories", "train")) >= T
+
+
+def test_the_fix_of_a_short_split_by_source(tmp_path):
+    """Known answers of data.grow_fix from meta.json's records: the hub's --val_frac, then its --max_mb where a val
+    share past 0.5 would be needed; no setting for the hub's whole split (--max_mb 0); a local corpus' files; an
+    empty split (numpy maps no empty file) still names its file."""
+    d = str(tmp_path / "d")
+
+    def meta(config, tokens, nbytes, tokenizer="authors"):
+        os.makedirs(os.path.join(d, "lua"), exist_ok=True)
+        with open(os.path.join(d, "lua", "meta.json"), "w") as f:
+            json.dump({"domain": "lua", "tokenizer": {"name": tokenizer}, "provenance": {"config": config},
+                       "splits": {"train": {"tokens": 10 * tokens, "bytes": 10 * nbytes},
+                                  "val": {"tokens": tokens, "bytes": nbytes}}}, f)
+    hf = {"source": "hf", "preset": "tiny", "tokenizer": "authors", "max_mb": 1.0, "val_frac": 0.1}
+    meta(hf, 100_000, 300_000)                    # 3 bytes a token; 0.1 MB of val text now
+    # 257 tokens: 2 x 257 x 3 bytes = 1542 bytes, less than the doubled share: --val_frac 0.2
+    assert data.grow_fix(d, "lua", "val", 257) == (f"make it larger: python data.py --domain all --data_dir {d} "
+                                                   "--source hf --preset tiny --tokenizer authors --max_mb 1.0 --val_frac 0.2")
+    # 200,000 tokens: 1.2 MB of text, past half of --max_mb 1: --max_mb 2.4 and --val_frac 0.5
+    assert data.grow_fix(d, "lua", "val", 200_000).endswith(" --tokenizer authors --max_mb 2.4 --val_frac 0.5")
+    assert data.grow_fix(d, "lua", "train", 1_000_000).endswith(" --tokenizer authors --max_mb 6")
+    meta({**hf, "max_mb": 0.0}, 100, 300)
+    assert data.grow_fix(d, "lua", "val", 257) == (f"{d}/lua/val.bin holds all of its dataset's val split "
+                                                   "(--max_mb 0), and no setting of data.py makes it larger")
+    meta({"source": "local:/corpora", "preset": "tiny", "val_frac": 0.1}, 100, 300, tokenizer="bpe4096")
+    assert data.grow_fix(d, "lua", "val", 257).startswith("add text to /corpora/lua/valid.txt (no setting of data.py "
+                                                          "makes a local corpus larger), then run python data.py")
+    assert "/corpora/babylm/train.txt and /corpora/python/train.txt" in data.grow_fix(d, "base", "train", 257)
+    empty = np.zeros(0, np.uint16).view(data.NoTokens)
+    empty.filename = os.path.abspath(os.path.join(d, "lua", "val.bin"))
+    with pytest.raises(SystemExit, match=r"the val split of domain 'lua' \(.*/d/lua/val\.bin\) has 0 tokens"):
+        data.sample_windows({"lua": empty}, 1, 4, "spread")

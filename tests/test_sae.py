@@ -860,3 +860,20 @@ def test_relu_encoder_starts_as_the_decoder_transpose_times_two_d_in_over_n_feat
         sae = S.init_sae(d_in, n_f, arch, 2, seed=3)
         torch.testing.assert_close(sae.W_enc, sae.W_dec.T * gain)
         torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(n_f))
+
+
+def test_a_split_shorter_than_one_window_names_what_makes_it_fit(dirs, tmp_path):
+    """A val (or train) split with fewer tokens than one window of --seq_len + 1: the line names the data.py
+    setting that makes it larger (data.grow_fix) and, as every split holds a shorter window, the --seq_len that fits
+    (the seeds kept); run with it, the SAEs train on windows of that length."""
+    data = str(tmp_path / "short")
+    write_domain(data, "base", seed=0, n=300)                   # 270 train, 30 val tokens; the model's block: 32
+    with pytest.raises(SystemExit) as e:
+        run((data, dirs[1]), "--model=base", "--seeds=0,2")
+    msg = str(e.value)
+    assert msg.startswith(f"error: the base val split ({os.path.join(data, 'base', 'val.bin')}) has 30 tokens, fewer "
+                          f"than one window of 33 (--seq_len 32, and the next token); make {data} again with more text: "
+                          f"python data.py --domain all --data_dir {data}"), msg
+    assert msg.endswith("; or harvest shorter windows: python sae.py --model base --seeds 0,2 --seq_len 29"), msg
+    run((data, dirs[1]), "--model=base", "--seeds=0,2", "--seq_len=29")
+    assert ck(dirs[1], "base", 2)["config"]["seq_len"] == 29
