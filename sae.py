@@ -162,6 +162,9 @@ RESUME_FREE = {"resume", "overwrite", "device", "eval_interval", "log_interval",
 HEALTH = {"fvu": 0.5, "silent": 0.5, "l0_frac": 0.25}  # maxima; L0 in [1, max(d_in, l0_frac x n_features)]
 # L1_NOTE: the soft threshold ~ l1/2 is compared with per-feature magnitudes ~ sqrt(d_in / L0)
 STATE_FILE = "train_state.pt"  # every seed's training state at one step (see save_state)
+# seed * SEED_STRIDE + i: one generator seed for each (seed, i) of a stream (i: a chunk, a step, a model's crc32)
+SEED_STRIDE = 1_000_003  # (a prime: two seeds' streams meet only past a million chunks or steps)
+MEDIAN_SAMPLE = 16384  # activations b_dec's start value (their geometric median) is taken over: cheap at any d_in
 
 
 # -----------------------------------------------------------------------------
@@ -188,7 +191,7 @@ class ReLU:
         pre-activations are > 0."""
         return min(1.0, 2 * d_in / n_features)
 
-    def penalty(self, sae, x, x_hat, f, hp):
+    def penalty(self, sae, x, pre, f, x_hat, hp):
         """The L1 term: the mean over tokens of sum_i f_i (= the decoder-norm-weighted L1, the
         decoder's rows being unit norm), times hp.l1_coeff."""
         return hp.l1_coeff * f.sum(-1).mean(-1)
@@ -216,10 +219,10 @@ class TopK:
     def encoder_gain(self, d_in, n_features):
         return 1.0
 
-    def penalty(self, sae, x, x_hat, f, hp):
+    def penalty(self, sae, x, pre, f, x_hat, hp):
         """AuxK (Gao et al. 2024, A.2): the dead latents (hp.dead, a (F,) mask) reconstruct the
-        residual x - x_hat, times hp.aux_coeff."""
-        return hp.aux_coeff * self.aux_loss(self.aux_hat(sae, sae.pre_acts(x), hp), x, x_hat)
+        residual x - x_hat from their pre-activations pre (N, F), times hp.aux_coeff."""
+        return hp.aux_coeff * self.aux_loss(self.aux_hat(sae, pre, hp), x, x_hat)
 
     def aux_hat(self, sae, pre, hp):
         """AuxK's reconstruction (N, d_in) from the pre-activations pre (N, F): the hp.aux_k largest
@@ -286,7 +289,7 @@ def init_seed(model_name, seed):
     a parent's and a child's seed-0 SAEs would start from the same random decoder, so an edge would
     share its start while the null (seed 0 vs seed 1 of one model) does not, and every edge would look
     more alike than it is."""
-    return seed * 1_000_003 + zlib.crc32(model_name.encode("utf-8"))
+    return seed * SEED_STRIDE + zlib.crc32(model_name.encode("utf-8"))
 
 
 def init_sae(d_in, n_features, arch, k, seed, b_dec=None):
@@ -379,9 +382,11 @@ def sae_loss(sae, x, hp):
     the sum over dimensions; the penalty is the activation's (ReLU: the L1, a mean over tokens of
     the sum over features; TopK: AuxK's MSE over the residual's variance). hp: this step's settings,
     made by train_seeds: l1_coeff (ReLU's ramped L1), dead (F,) bool, aux_k, aux_coeff (TopK)."""
-    x_hat, f = sae(x)                                                      # (N, d_in), (N, F)
+    pre = sae.pre_acts(x)                              # (N, F): sae(x) in steps, pre kept for AuxK
+    f = sae.activate(pre)                                                  # (N, F)
+    x_hat = sae.decode(f)                                                  # (N, d_in)
     mse = (x_hat - x).pow(2).sum(-1).mean()
-    return mse + sae.act.penalty(sae, x, x_hat, f, hp), mse, f
+    return mse + sae.act.penalty(sae, x, pre, f, x_hat, hp), mse, f
 
 
 def firing(f):
@@ -537,7 +542,7 @@ def stream_windows(arrays, n_seq, T, g, mix="equal", use_fast=False):
 def harvest_draws(arrays, chunk, cfg):
     """Shuffle buffer `chunk`'s draws, a pure function of (data_seed, chunk): windows (n_seq, T),
     tokens_per_seq distinct positions >= skip_first in each (n_seq, tps), the shuffle of all."""
-    g = torch.Generator().manual_seed(cfg["data_seed"] * 1_000_003 + chunk)
+    g = torch.Generator().manual_seed(cfg["data_seed"] * SEED_STRIDE + chunk)
     T, tps, skip = cfg["seq_len"], cfg["tokens_per_seq"], cfg["skip_first"]
     n_seq = cfg["buffer_batches"] * cfg["seqs_per_batch"]
     # draws first from g (fast: the same windows gathered at once)
@@ -870,12 +875,12 @@ def fresh_runs(job):
     cfg, d_in = job.cfg, job.d_in
     job.buf, job.buf_chunk = harvest(job.model, job.train, 0, cfg, job.device), 0
     job.scale = math.sqrt(d_in) / job.buf.norm(dim=1).mean().item()  # E||x * scale|| = sqrt(d_in)
-    b_dec = geometric_median(job.buf[:16384] * job.scale).float()
+    b_dec = geometric_median(job.buf[:MEDIAN_SAMPLE] * job.scale).float()
     job.step, job.history, job.last_logged, job.stats = 0, [], 0, None
     runs = [new_run(s, init_sae(d_in, job.n_features, cfg["arch"], cfg["k"], init_seed(job.name, s), b_dec).to(job.device),
                     cfg, job.n_features, job.device) for s in job.seeds]
     print(f"input scale {job.scale:.4g} (mean raw norm {math.sqrt(d_in) / job.scale:.4g}); b_dec = geometric median "
-          f"of {min(len(job.buf), 16384)} activations, norm {b_dec.norm().item() / job.scale:.4g} raw")
+          f"of {min(len(job.buf), MEDIAN_SAMPLE)} activations, norm {b_dec.norm().item() / job.scale:.4g} raw")
     return runs
 
 
@@ -1042,13 +1047,15 @@ def next_batch(job):
 
 def lr_at(job, i):
     """Constant, then linearly to 0 over the last lr_decay_frac of the steps."""
-    return job.cfg["lr"] * min(1.0, (job.total_steps - i) / max(1.0, job.cfg["lr_decay_frac"] * job.total_steps))
+    decay_steps = max(1.0, job.cfg["lr_decay_frac"] * job.total_steps)
+    return job.cfg["lr"] * min(1.0, (job.total_steps - i) / decay_steps)
 
 
 def l1_at(job, i):
-    """ReLU's L1 weight at step i: linearly up to l1_coeff over the first l1_warmup_frac of the steps
-    (step i trains with (i + 1) / warm-up steps of it), then constant."""
-    return job.cfg["l1_coeff"] * min(1.0, (i + 1) / max(1.0, job.cfg["l1_warmup_frac"] * job.total_steps))
+    """ReLU's L1 weight at step i: linearly up to l1_coeff over the first l1_warmup_frac of the
+    steps (step i trains with (i + 1) / warm-up steps of it), then constant."""
+    warmup_steps = max(1.0, job.cfg["l1_warmup_frac"] * job.total_steps)
+    return job.cfg["l1_coeff"] * min(1.0, (i + 1) / warmup_steps)
 
 
 def train_seeds(job, runs, x):
@@ -1097,7 +1104,7 @@ def resample(job, runs):
     step, every = job.step, job.cfg["resample_every"]
     for r in runs:
         dead = r["last_fired"] <= step - every
-        g = torch.Generator().manual_seed(r["seed"] * 1_000_003 + step)
+        g = torch.Generator().manual_seed(r["seed"] * SEED_STRIDE + step)
         n = resample_dead(r["sae"], r["opt"], dead, job.buf * job.scale, g)
         r["last_fired"][dead] = step
         r["n_resampled"] += n
