@@ -20,8 +20,8 @@ IDEAS = {
     "one SAE step (relu and topk)": (140, [("sae.py", n) for n in (
         "train_seeds", "train_step", "sae_loss", "firing", "SAE.__init__", "SAE.forward", "SAE.encode",
         "SAE.pre_acts", "SAE.activate", "SAE.decode",
-        "ReLU.__call__", "ReLU.penalty", "TopK.__call__", "TopK.penalty", "TopK.aux_hat", "TopK.aux_loss",
-        "remove_parallel_grad",
+        "ReLU.__init__", "ReLU.__call__", "ReLU.penalty", "TopK.__init__", "TopK.__call__", "TopK.penalty",
+        "TopK.aux_hat", "TopK.aux_loss", "lr_at", "l1_at", "remove_parallel_grad",
         "normalize_decoder")]),
     "harvest": (70, [("sae.py", "harvest"), ("sae.py", "harvest_draws"), ("sae.py", "stream_windows"),
                      ("sae.py", "mlp_activations"), ("model.py", "Transformer.mlp_acts")]),
