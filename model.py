@@ -233,8 +233,8 @@ CHECKPOINT_KEYS = {
                 "--sampler windows reads it, epochs counts the windows from iter_num)",
     "best_val_loss": "lowest validation loss seen so far",
     "history": "[{iter, train_loss, val_loss, lr, tokens}] one entry per evaluation (the loss curves)",
-    "loss_since": "[sum, steps] of the train loss since history's last point ([0.0, 0] but at a --stop_iter "
-                  "between evaluations, whose val_loss is {}): the resume's next point includes them",
+    "loss_since": "[[each DDP rank's sum], steps] of the train loss since history's last point ([[0.0], 0] but at "
+                  "a --stop_iter between evaluations, whose val_loss is {}): the resume's next point includes them",
     # merges
     "merge": "merge.py's record: a, b, t, t_rules, mode, parent, angles, tensors (each one's cos, angle and "
              "path: merge.json's, rebuilt from here), ...",

@@ -394,17 +394,19 @@ def make_schedule(run):
     # the data order, one stream for every DDP rank (next_batch takes its share): windows' generator,
     # saved for exact resumes, or epochs' count of windows drawn (set once iter_num is known)
     run.gen = torch.Generator().manual_seed(cfg["seed"])
-    run.iter_num, run.best_val, run.history, run.loss_since = 0, float("inf"), [], [0.0, 0]
+    run.iter_num, run.best_val, run.history, run.loss_since = 0, float("inf"), [], [[0.0], 0]
     if ck is not None:
         try:  # whole by its checksum, but edited (and re-stamped): one line, not a crash in the first step
             run.optimizer.load_state_dict(ck["optimizer"])
             check_adam_state(run.optimizer)
             run.gen.set_state(ck["data_rng"][0])
             # the train loss since the curve's last point (an older train.py's checkpoints: at an evaluation)
-            run.loss_since = ck.get("loss_since", [0.0, 0])
-            total, n = run.loss_since
-            if not (type(total) is float and math.isfinite(total) and type(n) is int and 0 <= n <= ck["iter_num"]):
-                raise ValueError(f"loss_since {run.loss_since!r} is not [sum, steps] of a finite train loss")
+            run.loss_since = ck.get("loss_since", [[0.0], 0])
+            sums, n = run.loss_since
+            if not (isinstance(sums, list) and sums and all(type(s) is float and math.isfinite(s) for s in sums)
+                    and type(n) is int and 0 <= n <= ck["iter_num"]):
+                raise ValueError(f"loss_since {run.loss_since!r} is not [each rank's sum, steps] of a finite train "
+                                 f"loss")
         except Exception as e:
             misfit(run.ckpt_path, e, "training state", run_how(cfg, run.name))
         run.iter_num, run.best_val, run.history = ck["iter_num"], ck["best_val_loss"], ck.get("history", [])
@@ -507,9 +509,9 @@ def evaluate(run, domains):
             for d in domains}
 
 
-def save(run, val_losses, finished, loss_since=(0.0, 0)):
-    """The checkpoint (rank 0). loss_since: the train loss [sum, steps] since the loss curve's last point
-    (none at an evaluation: it just recorded one)."""
+def save(run, val_losses, finished, loss_since=None):
+    """The checkpoint (rank 0). loss_since: the train loss [each rank's sum, steps] since the loss curve's last
+    point (none, [[0.0], 0], at an evaluation: it just recorded one)."""
     if not run.env.master:
         return
     cfg, tok = run.cfg, run.data.tok_hash
@@ -517,7 +519,7 @@ def save(run, val_losses, finished, loss_since=(0.0, 0)):
         run.ckpt_path, run.raw_model, run.raw_model.args, finished=finished, config=cfg, name=run.name,
         domain=cfg["domain"], iter_num=run.iter_num, best_val_loss=run.best_val, val_loss=val_losses,
         tokenizer_hash=tok, parents=run.parents, optimizer=run.optimizer.state_dict(),
-        data_rng=[run.pending_state], history=run.history, loss_since=list(loss_since),
+        data_rng=[run.pending_state], history=run.history, loss_since=loss_since or [[0.0], 0],
         provenance=provenance(cfg, data={"source": run.data.meta.get("source"), "tokenizer_hash": tok,
                                          "meta_sha256": run.data.fingerprint, "train_sha256": run.data.tokens},
                                    parents=run.parents))
@@ -586,8 +588,12 @@ def start_loop(run):
         run.model = DDP(run.model, device_ids=ids)
     run.guard = FiniteGuard(env.device, run.iter_num)
     run.loss_acc = torch.zeros((), device=env.device)
-    # the train loss since the loss curve's last point (a run stopped between points resumes with its own)
-    run.train_sum = torch.tensor(float(run.loss_since[0]), device=env.device)
+    # the train loss since the loss curve's last point (a run stopped between points resumes with its own): each
+    # rank its own sum, so record_loss's all-reduce adds what an unstopped run's would; under another number of
+    # processes (a DDP run continued by one) every rank takes their mean, as record_loss's is
+    sums = run.loss_since[0]
+    run.train_sum = torch.tensor(sums[env.rank] if len(sums) == env.world else sum(sums) / len(sums),
+                                 device=env.device)
     run.train_n = run.loss_since[1]
     run.start_iter, run.tokens_run, run.t_start = run.iter_num, 0, time.time()
     return x, y
@@ -683,13 +689,13 @@ def evaluate_and_save(run):
 def stop_and_save(run):
     """--stop_iter between evaluations: a checkpoint of the steps so far, neither evaluated (val_loss {}) nor
     a point of the loss curve, which an unstopped run would not have; it carries the train loss since the
-    curve's last point (all ranks' mean, as record_loss takes it) for the resume's next point."""
+    curve's last point (each rank's sum: float sums in another order would round otherwise) for the resume's
+    next point."""
     run.guard.check(run.iter_num, run.env.ddp, run.ckpt_path)
-    since = run.train_sum.clone()
-    if run.env.ddp:  # every rank resumes with the mean: record_loss's all-reduce then adds only new steps
-        torch.distributed.all_reduce(since)
-        since /= run.env.world
-    save(run, {}, finished=False, loss_since=[since.item(), run.train_n])
+    sums = [run.train_sum.clone() for _ in range(run.env.world)]
+    if run.env.ddp:
+        torch.distributed.all_gather(sums, run.train_sum)
+    save(run, {}, finished=False, loss_since=[[s.item() for s in sums], run.train_n])
 
 
 def finish(run):

@@ -287,6 +287,10 @@ def test_resume_of_a_finished_run_with_changed_settings_is_refused(dirs):
     (lambda ck: ck["config"].update(max_iters_resolved=10 ** 12), r"at step 3 of 1000000000000, which its settings"),
     (lambda ck: (ck["config"].update(max_iters_resolved=10 ** 12), ck["provenance"]["data"].update(meta_sha256="x")),
      r"more than the training tokens in .* now give \(8\): the data was prepared again since"),  # (data shrank)
+    (lambda ck: ck.update(loss_since=[[float("nan")], 1]), r"does not fit the training state .*loss_since"),
+    (lambda ck: ck.update(loss_since=[["4.0"], 1]), r"does not fit the training state .*loss_since"),
+    (lambda ck: ck.update(loss_since=[[], 0]), r"does not fit the training state .*loss_since"),
+    (lambda ck: ck.update(loss_since=[[4.0], 9]), r"does not fit the training state .*loss_since"),  # past iter_num
 ])
 def test_a_resume_state_edited_and_re_stamped_is_one_line(dirs, edit, message):
     import common
@@ -435,7 +439,7 @@ def test_ddp_on_two_cpu_processes_is_one_process_with_the_whole_batch(dirs):
                            "--batch_size=8", "--stop_iter=5"], env=env, capture_output=True, text=True, timeout=300,
                           cwd=helpers.REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert load(dirs, "ddp")["iter_num"] == 5 and load(dirs, "ddp")["loss_since"][1] == 1
+    assert load(dirs, "ddp")["iter_num"] == 5 and load(dirs, "ddp")["loss_since"][1] == 1  # (one step since 4)
     ck = load(dirs, "ddp")
     del ck["config"]["batch_global"]                   # as saved before the key: the batch from the tokens
     ck["config"]["name"] = "old"
@@ -458,6 +462,33 @@ def test_ddp_on_two_cpu_processes_is_one_process_with_the_whole_batch(dirs):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert (a["val_loss"] is None) == (b["val_loss"] is None)
         assert a["val_loss"] is None or a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+
+
+def test_a_ddp_run_stopped_between_evaluations_resumes_to_the_unstopped_ddp_runs_bits(dirs):
+    """Two CPU processes (gloo), stopped at step 5 (between the loss curve's points at 4 and 6) and resumed by
+    two: each rank resumes with its own train loss since the point at 4, so the point at 6, the ranks' sums added
+    by record_loss's all-reduce, is the unstopped DDP run's bit for bit (resumed with the ranks' mean, M + l0 and
+    M + l1 round otherwise than s0 + l0 and s1 + l1 on these steps), as are the weights."""
+    import subprocess
+    import sys
+    data, out = dirs
+    common = ["--preset=tiny", f"--data_dir={data}", f"--out_dir={out}", *MODEL[:5], "--batch_size=8",
+              "--log_interval=4", "--eval_iters=2", "--warmup_iters=2", "--domain=base", "--max_iters=12",
+              "--eval_interval=6", "--device=cpu", "--threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(*args):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               os.path.join(helpers.REPO, "train.py"), *common, *args], env=env, capture_output=True,
+                              text=True, timeout=300, cwd=helpers.REPO)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    torchrun("--name=straight")
+    torchrun("--name=split", "--stop_iter=5")
+    torchrun("--name=split", "--resume")
+    a, b = load(dirs, "straight"), load(dirs, "split")
+    assert [h["iter"] for h in b["history"]] == [4, 6, 8, 12]
+    assert a["history"] == b["history"] and a["best_val_loss"] == b["best_val_loss"]
+    assert all(torch.equal(w, b["model"][k]) for k, w in a["model"].items())
 
 
 def test_grad_accum_is_one_batch_of_the_same_windows_and_an_epoch_counts_its_tokens(dirs):
