@@ -318,7 +318,7 @@ def merge_command(name, rec, grid=None):
         if not all(isinstance(w, str) and w for w in [*words[:2], words[3]] + [parent] * (parent is not None)) or \
                 (rec["mode"] == "task") != (parent is not None):
             raise TypeError("not a merge record's settings")
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):  # (an integer past a float's range)
         return MAKES.get(name, f"python merge.py --out {name} --a A --b B --t T --mode MODE")
     a, b, t, mode, dot = (shlex.quote(str(w)) for w in words)
     head = (f"python merge.py --sweep --grid {shlex.quote(','.join(map(str, grid)))}" if grid is not None

@@ -379,3 +379,19 @@ def test_command_of_names_what_made_the_loaded_model():
                                         "parent": None, "dot_threshold": 0.9995}}
     assert command_of("m", merged) == ("python merge.py --out m --a lua --b tinystories --t 0.5 --mode slerp "
                                        "--dot_threshold 0.9995")
+
+
+def test_a_merge_record_with_numbers_past_a_float_names_the_settings_to_fill_in(tmp_path):
+    # a hostile or damaged merge.json (whole by its checksum) or checkpoint record whose t, threshold or rule
+    # holds an integer past a float's range: the fix asks for the settings, never an OverflowError traceback
+    from common import atomic_write_json, stamp
+    from model import command_of, load_model, merge_command
+    rec = {"a": "lua", "b": "tinystories", "t": 0.5, "mode": "slerp", "parent": None, "dot_threshold": 0.9995}
+    fill_in = "python merge.py --out m --a A --b B --t T --mode MODE"
+    for bad in ({"t": 10 ** 400}, {"dot_threshold": 10 ** 400}, {"t_rules": [["mlp*", 10 ** 400]]}):
+        assert merge_command("m", {**rec, **bad}) == fill_in
+        assert command_of("m", {"domain": None, "merge": {**rec, **bad}}) == fill_in
+    os.makedirs(tmp_path / "m")
+    atomic_write_json(str(tmp_path / "m" / "merge.json"), stamp({**rec, "t": 10 ** 400, "made_from": {}}, "merge"))
+    with pytest.raises(SystemExit, match=rf"no 'm' model checkpoint at .*; make it with: {re.escape(fill_in)}$"):
+        load_model(str(tmp_path), "m")
