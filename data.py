@@ -187,42 +187,45 @@ def grow_fix(data_dir, domain, split, need):
     meta = record(domain)  # (its settings: else another domain's, as remake_command reads them)
     made = settings(meta) or next((settings(record(d)) for d in DOMAINS if settings(record(d))), {})
     splits = meta.get("splits") if isinstance(meta.get("splits"), dict) else {}
-    ratios = [sp["bytes"] / sp["tokens"] for sp in (splits.get(split), *splits.values()) if isinstance(sp, dict)
-              and all(isinstance(sp.get(k), (int, float)) and sp[k] > 0 for k in ("bytes", "tokens"))]
-    want = 2 * need * (ratios[0] if ratios else 4.0)  # bytes of text: twice what one window needs, as a margin
-
-    def up(x):  # a setting's value, rounded up to two significant digits
-        e = 10 ** (math.floor(math.log10(x)) - 1)
-        return float(f"{math.ceil(x / e) * e:.6g}")
-    src, val = made.get("source"), made.get("val_frac")
     change = None
-    if src == "sample" and isinstance(made.get("sample_kb"), int) and isinstance(val, float):
-        kb = made["sample_kb"]  # train: sample_kb KB of text; val: sample_kb x val_frac (sample_corpus.sample_docs)
-        if split == "train":
-            change = {"sample_kb": max(2 * kb, math.ceil(want / 1024))}
-        elif up(max(2 * val, want / (kb * 1024))) <= 0.5:
-            change = {"val_frac": up(max(2 * val, want / (kb * 1024)))}
-        else:
-            change = {"sample_kb": max(kb, math.ceil(want / 512)), "val_frac": 0.5}
-    elif src == "hf" and isinstance(made.get("max_mb"), (int, float)) and isinstance(val, float):
-        mb = made["max_mb"]  # train: max_mb MB of text; val: max_mb x val_frac (hf_docs); 0: all of it
-        if not mb:
-            return (f"{data_dir}/{domain}/{split}.bin holds all of its dataset's {split} split (--max_mb 0), and no "
-                    "setting of data.py makes it larger")
-        if split == "train":
-            change = {"max_mb": up(max(2 * mb, want / 1e6))}
-        elif up(max(2 * val, want / (mb * 1e6))) <= 0.5:
-            change = {"val_frac": up(max(2 * val, want / (mb * 1e6)))}
-        else:
-            change = {"max_mb": up(max(mb, want / 0.5e6)), "val_frac": 0.5}
-    elif isinstance(src, str) and src.startswith("local:"):
-        folder, name = src[len("local:"):], "train.txt" if split == "train" else "valid.txt"
-        files = " and ".join(os.path.join(folder, d, name) for d in (("babylm", "python") if domain == "base"
-                                                                      else (domain,)))
-        retrain = made.get("tokenizer", "bpe") == "bpe" and domain in MIX_SIDES + ("base",)
-        return (f"add text to {files} (no setting of data.py makes a local corpus larger), then run "
-                f"{remake_command(data_dir)}" + (f" (this retrains the tokenizer, trained on that text: every model "
-                                                 f"on {data_dir} must then be trained again)" if retrain else ""))
+    try:  # (a damaged or hand-made record's NaN, infinity, 0 or integer past a float: the fix below, unsized)
+        ratios = [sp["bytes"] / sp["tokens"] for sp in (splits.get(split), *splits.values()) if isinstance(sp, dict)
+                  and all(isinstance(sp.get(k), (int, float)) and sp[k] > 0 for k in ("bytes", "tokens"))]
+        want = 2 * need * (ratios[0] if ratios else 4.0)  # bytes of text: twice what one window needs, as a margin
+
+        def up(x):  # a setting's value, rounded up to two significant digits
+            e = 10 ** (math.floor(math.log10(x)) - 1)
+            return float(f"{math.ceil(x / e) * e:.6g}")
+        src, val = made.get("source"), made.get("val_frac")
+        if src == "sample" and isinstance(made.get("sample_kb"), int) and isinstance(val, float):
+            kb = made["sample_kb"]  # train: sample_kb KB of text; val: sample_kb x val_frac (sample_corpus.sample_docs)
+            if split == "train":
+                change = {"sample_kb": max(2 * kb, math.ceil(want / 1024))}
+            elif up(max(2 * val, want / (kb * 1024))) <= 0.5:
+                change = {"val_frac": up(max(2 * val, want / (kb * 1024)))}
+            else:
+                change = {"sample_kb": max(kb, math.ceil(want / 512)), "val_frac": 0.5}
+        elif src == "hf" and isinstance(made.get("max_mb"), (int, float)) and isinstance(val, float):
+            mb = made["max_mb"]  # train: max_mb MB of text; val: max_mb x val_frac (hf_docs); 0: all of it
+            if not mb:
+                return (f"{data_dir}/{domain}/{split}.bin holds all of its dataset's {split} split (--max_mb 0), and no "
+                        "setting of data.py makes it larger")
+            if split == "train":
+                change = {"max_mb": up(max(2 * mb, want / 1e6))}
+            elif up(max(2 * val, want / (mb * 1e6))) <= 0.5:
+                change = {"val_frac": up(max(2 * val, want / (mb * 1e6)))}
+            else:
+                change = {"max_mb": up(max(mb, want / 0.5e6)), "val_frac": 0.5}
+        elif isinstance(src, str) and src.startswith("local:"):
+            folder, name = src[len("local:"):], "train.txt" if split == "train" else "valid.txt"
+            files = " and ".join(os.path.join(folder, d, name) for d in (("babylm", "python") if domain == "base"
+                                                                          else (domain,)))
+            retrain = made.get("tokenizer", "bpe") == "bpe" and domain in MIX_SIDES + ("base",)
+            return (f"add text to {files} (no setting of data.py makes a local corpus larger), then run "
+                    f"{remake_command(data_dir)}" + (f" (this retrains the tokenizer, trained on that text: every model "
+                                                     f"on {data_dir} must then be trained again)" if retrain else ""))
+    except (ArithmeticError, ValueError):
+        change = None
     if change is None:  # no record of how it was made (made by hand, or before meta.json kept its settings)
         return (f"make {data_dir} again with more text: {remake_command(data_dir)} with a larger --sample_kb (the "
                 f"sample) or --max_mb (--source hf)" + (", or --val_frac" if split == "val" else ""))

@@ -1635,3 +1635,31 @@ def test_the_fix_of_a_short_split_by_source(tmp_path):
     empty.filename = os.path.abspath(os.path.join(d, "lua", "val.bin"))
     with pytest.raises(SystemExit, match=r"the val split of domain 'lua' \(.*/d/lua/val\.bin\) has 0 tokens"):
         data.sample_windows({"lua": empty}, 1, 4, "spread")
+
+
+@pytest.mark.parametrize("config, nbytes", [
+    ({"source": "sample", "sample_kb": 20, "val_frac": float("nan")}, 300),
+    ({"source": "sample", "sample_kb": 20, "val_frac": float("inf")}, 300),
+    ({"source": "sample", "sample_kb": 10 ** 400, "val_frac": 0.1}, 300),            # past a float's range
+    ({"source": "sample", "sample_kb": 0, "val_frac": 0.1}, 300),
+    ({"source": "hf", "max_mb": 10 ** 400, "val_frac": 0.1}, 300),
+    ({"source": "sample", "sample_kb": 20, "val_frac": 0.1}, 10 ** 400),               # its bytes a token
+])
+def test_a_short_splits_fix_from_a_hostile_meta_json_is_one_line(tmp_path, config, nbytes):
+    """meta.json passes meta_problem (its token files are described), but the settings or byte counts that
+    grow_fix sizes the fix from are not numbers a run of data.py records (NaN, infinity, 0, an integer past a
+    float): the split too short for a window still gets one line, the fix without a size (no traceback)."""
+    import helpers
+    d = str(tmp_path / "d")
+    helpers.write_domain(d, "lua", seed=0, vocab=64, n=100)                  # 10 val tokens
+    path = os.path.join(d, "lua", "meta.json")
+    meta = json.load(open(path))
+    meta["provenance"] = {"config": {"preset": "tiny", **config}}
+    meta["splits"]["val"]["bytes"] = nbytes
+    with open(path, "w") as f:
+        f.write(json.dumps(meta))                                   # (NaN and Infinity as Python's json writes them)
+    with pytest.raises(SystemExit) as e:
+        data.sample_windows({"lua": data.open_tokens(d, "lua", "val")}, 2, 17, "spread")
+    msg = one_line_error(e)
+    assert re.search(rf"fewer than one window of 17; make {re.escape(d)} again with more text: python data\.py .* with "
+                     r"a larger --sample_kb \(the sample\) or --max_mb \(--source hf\), or --val_frac$", msg), msg
