@@ -501,15 +501,17 @@ def mlp_activations(model, windows, batch_size, device, skip_first=0, positions=
 def short_splits(job, cfg, T):
     """One line where a train or val split holds less than one window of T + 1 tokens (the harvest's, the held-out
     evaluation's): the data.py command that makes it larger (data.grow_fix) or, where every split holds a shorter
-    window that still leaves tokens_per_seq positions past skip_first, the --seq_len that fits."""
+    window that still leaves tokens_per_seq positions past skip_first, the --seq_len that fits (with those two
+    where the command line gave them: the printed command's defaults may not fit)."""
     sizes = {(d, s): len(a) for s, arrays in (("train", job.train), ("val", job.val)) for d, a in arrays.items()}
     short = [(d, s) for (d, s), n in sizes.items() if n < T + 1]
     if not short:
         return
     (d, split), fits = short[0], min(sizes.values()) - 1  # the longest seq_len every split holds a window of
     fix = datalib.grow_fix(cfg["data_dir"], d, split, T + 1)
-    if fits >= cfg["skip_first"] + cfg["tokens_per_seq"]:
-        fix += f"; or harvest shorter windows: {sae_how(job.name, job.seeds)} --seq_len {fits}"
+    if fits >= cfg["skip_first"] + cfg["tokens_per_seq"]:  # (the command names those that the command line set)
+        keep = "".join(f" --{k} {cfg[k]}" for k in ("tokens_per_seq", "skip_first") if k in COMMAND_LINE)
+        fix += f"; or harvest shorter windows: {sae_how(job.name, job.seeds)} --seq_len {fits}{keep}"
     die(f"the {d} {split} split ({os.path.join(cfg['data_dir'], d, split + '.bin')}) has {sizes[short[0]]:,} tokens, "
         f"fewer than one window of {T + 1} (--seq_len {T}, and the next token); {fix}")
 

@@ -874,6 +874,23 @@ def test_a_split_shorter_than_one_window_names_what_makes_it_fit(dirs, tmp_path)
     assert msg.startswith(f"error: the base val split ({os.path.join(data, 'base', 'val.bin')}) has 30 tokens, fewer "
                           f"than one window of 33 (--seq_len 32, and the next token); make {data} again with more text: "
                           f"python data.py --domain all --data_dir {data}"), msg
-    assert msg.endswith("; or harvest shorter windows: python sae.py --model base --seeds 0,2 --seq_len 29"), msg
+    assert msg.endswith("; or harvest shorter windows: python sae.py --model base --seeds 0,2 --seq_len 29 "
+                        "--tokens_per_seq 4"), msg                      # (as given: see the test below)
     run((data, dirs[1]), "--model=base", "--seeds=0,2", "--seq_len=29")
     assert ck(dirs[1], "base", 2)["config"]["seq_len"] == 29
+
+
+def test_the_shorter_windows_fix_keeps_the_positions_it_was_sized_for(dirs, tmp_path):
+    """The --seq_len fix of a split shorter than one window is offered where the shorter window still holds
+    --tokens_per_seq positions past --skip_first: given on the command line (here --tokens_per_seq 4, under the
+    preset's 24), the printed command names it, or run as printed (the preset's value) it fails that very check."""
+    import shlex
+    data = str(tmp_path / "short")
+    write_domain(data, "base", seed=0, n=120)                   # 108 train, 12 val tokens; the model's block: 32
+    with pytest.raises(SystemExit) as e:
+        run((data, dirs[1]), "--model=base")
+    printed = str(e.value).split("; or harvest shorter windows: ")[1]
+    assert printed == "python sae.py --model base --seq_len 11 --tokens_per_seq 4", printed
+    speed = [a for a in RUN if not a.startswith("--tokens_per_seq=")]  # the test's sizes, but the setting named
+    S.main([*speed, f"--data_dir={data}", f"--out_dir={dirs[1]}", *shlex.split(printed)[2:]])
+    assert ck(dirs[1], "base", 0)["config"]["seq_len"] == 11
