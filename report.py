@@ -635,7 +635,7 @@ def section_saes(res, out_dir):
               f"<div class='charts'>{dens}</div>")
 
 
-def section_edges(res, thr, cfg, out_dir=None):
+def section_edges(res, thr, cfg, out_dir):
     """The edges' and the nulls' tables; out_dir: the study's folder (the commands it names keep it and the
     analysis' data_dir and preset)."""
     edges = table(["edge", "parent live (dead)", "child live (dead)", "persisting", "disappearing", "emerging",
@@ -656,7 +656,7 @@ def section_edges(res, thr, cfg, out_dir=None):
         seeds = f"{cfg.get('sae_seed', 0)},{cfg['null_seed']}"
         make = "; ".join(f"python sae.py --model {shlex.quote(m)} --seeds {seeds}" for m in res["null_missing"])
         nul += (f"<p>No seed-{cfg['null_seed']} SAE for: {esc(', '.join(res['null_missing']))} (make one with "
-                f"{esc(make if out_dir is None else for_study(make, res, out_dir))}).</p>")
+                f"{esc(for_study(make, res, out_dir))}).</p>")
     return (f"<h2 id='edges'>Edges</h2><p>A live parent feature <b>persists</b> when some live child feature correlates "
             f"with it at r &ge; {thr} over the same tokens, else it <b>disappears</b>; a live child feature with no such "
             "parent <b>emerges</b>; dead features (never active on the token set) are counted apart. <b>Null</b>: the "
@@ -703,7 +703,7 @@ def ratio_cell(st, vs, k):
             + spread)
 
 
-def ratio_table(res, rerun="python analyze.py"):
+def ratio_table(res, rerun):
     """Each edge's persisting fraction against its null's at r >= 0.5, 0.6, ..., 0.9. rerun: the command that
     analyses this study again."""
     first = next(iter(res["edges"].values()), None)
@@ -776,10 +776,9 @@ def third_seed_commands(res):
     return "; ".join(f"python sae.py --model {shlex.quote(m)} --seeds {seeds}" for m in res["models"])
 
 
-def section_stability(res, rerun="python analyze.py", sae_seeds=None):
+def section_stability(res, rerun, sae_seeds):
     """rerun: the command that analyses this study again; sae_seeds: the commands that train each model's third
-    SAE seed (sae.py --model M --seeds 0,1,2 for each model; with the study's folders)."""
-    sae_seeds = sae_seeds or third_seed_commands(res)
+    SAE seed (third_seed_commands, with the study's folders)."""
     if not all("stability" in e for e in list(res["edges"].values()) + list(res["null"].values())):
         return ("<h2 id='stability'>Stability</h2><p class='dim'>This results.json has no stability curves (written by "
                 f"an older analyze.py): re-run {esc(rerun)}.</p>")
@@ -903,7 +902,7 @@ def _first_seed(d):
     return min(e["crosscoder"]["seeds"], key=int) if e else "0"
 
 
-def delta_chart(name, cc, cuts, rerun="re-run python diffing.py, then python analyze.py"):
+def delta_chart(name, cc, cuts, rerun):
     """The histogram of the crosscoder's live latents by relative decoder norm, a bar per seed in each bin,
     dashed lines at the class cut-offs. rerun: the commands that make it (with the study's folders)."""
     seeds = sorted(cc["seeds"], key=int)
@@ -993,18 +992,18 @@ def diffing_examples(k, e):
     return "".join(out)
 
 
-def section_diffing(res, out_dir=None):
+def section_diffing(res, out_dir):
     """results.diffing (analyze.py's join of diffing.py's record with the statuses), or '' when there is none.
     out_dir: the study's folder (its commands name it, and the analysis' data_dir and preset)."""
     d = res.get("diffing")
     if not d:
         return ""
-    study = (lambda msg: for_study(msg, res, out_dir)) if out_dir is not None else (lambda msg: msg)
     head = "<h2 id='diffing'>Model diffing: crosscoders and cross-application</h2>"
     if d.get("stale"):
         stale = str(d["stale"])  # (its fix names the analysis too, with the run's folders; an older one did not)
         return (f"{head}<p class='dim'>diffing.py's results (diffing/diffing.json beside analysis/) were "
-                + esc(study(stale + ("" if "python analyze.py" in stale else ", then python analyze.py"))) + ".</p>")
+                + esc(for_study(stale + ("" if "python analyze.py" in stale else ", then python analyze.py"), res,
+                                out_dir)) + ".</p>")
     cuts, thr = d["cuts"], res["threshold"]
     null_r = next((e["crosscoder"].get("null") or {} for e in d["edges"].values()), {}).get("threshold") or 0.8
     rule = ", ".join(f"{esc(k)} with {esc(v)}" for k, v in d["agree_rule"].items())
@@ -1030,7 +1029,8 @@ def section_diffing(res, out_dir=None):
                f"{_f(s0['fvu']['parent'])} on {esc(parent)}, {_f(s0['fvu']['child'])} on {esc(child)}, L0 "
                f"{_f(s0['l0'], 1)}")
         parts.append(f"<h3 id='diffing-{k}'>{esc(name)}</h3><p>{fit}</p><div class='charts'>"
-                     + delta_chart(name, e["crosscoder"], cuts, study("re-run python diffing.py, then python analyze.py"))
+                     + delta_chart(name, e["crosscoder"], cuts,
+                                   for_study("re-run python diffing.py, then python analyze.py", res, out_dir))
                      + class_chart(name, d, e) + "</div>"
                      + "<h4>Cross-application: each model's SAE on both models</h4><p class='dim'>The same held-out "
                        "windows, of the child's domains (so the parent SAE on its own model differs from its own "
@@ -1468,7 +1468,7 @@ def examples(res):
     return out
 
 
-def page_data(res, pages, side=None, rerun="python analyze.py"):
+def page_data(res, pages, side, rerun):
     """The data the page's script uses: per edge each feature's best partner, r, decoder cosine and status
     (from results.json; pages.json's copy of the status for an older results.json), densities, the feature
     pages (pages.json), the examples with their reasons, the side files (side_files) it may load, and rerun,
@@ -1483,7 +1483,7 @@ def page_data(res, pages, side=None, rerun="python analyze.py"):
     data = {"models": list(res["models"]), "n_show": res["provenance"]["config"]["n_show"], "edges": edges,
             "density": res["density"], "pages": pages["pages"], "tok": pages["tok"],
             "status_name": res.get("status_legend") or pages["status_legend"], "sel": examples(res),
-            "side": side or {}, "n_tokens": res["token_set"]["n_tokens"], "run": res.get("run"), "rerun": rerun}
+            "side": side, "n_tokens": res["token_set"]["n_tokens"], "run": res.get("run"), "rerun": rerun}
     data["why"] = {k: f"{c} on {s['edge']}" + (f"; {why}" if why else "") for s in data["sel"] for c in CATEGORIES
                    for k, why in s[c]}
     data["first"] = next((k for s in data["sel"] for c in CATEGORIES for k, _ in s[c]), f"{data['models'][0]}/0")
@@ -1504,7 +1504,7 @@ def sections(res):
     return SECTIONS + ((("diffing", "model diffing"),) if res.get("diffing") else ())
 
 
-def section_browse(side, rerun="python analyze.py"):
+def section_browse(side, rerun):
     """Every live feature, one click away: the search box and the sortable list (built by the page's script
     from the densities and statuses; each feature's page loads its model's side file). rerun: the command that
     makes the side files (the study's analysis)."""
