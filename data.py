@@ -33,6 +33,7 @@ import hashlib
 import heapq
 import io
 import json
+import math
 import mmap
 import os
 import platform
@@ -148,21 +149,30 @@ def _tok_dir(data_dir):
     return os.path.join(data_dir, "tokenizer")
 
 
-def remake_command(data_dir, domain="all"):
-    """The command that remakes a domain as data_dir holds it: the source, preset, tokenizer and settings its
-    meta.json records (else another domain's), or the tokenizer's kind; the defaults (the sample, this
-    machine's preset, our BPE) would replace it."""
-    cmd = f"python data.py --domain {domain} --data_dir {shlex.quote(data_dir)}"
+def made_with(data_dir, domain="all"):
+    """The settings data.py recorded in a domain's meta.json (else another domain's): {} where none did (made by
+    hand, or before meta.json kept them)."""
     for d in ([domain] if domain in DOMAINS else []) + list(DOMAINS):
         made = ((_read_json_or_none(os.path.join(data_dir, d, "meta.json"), ("provenance",)) or {})
                 .get("provenance") or {})
         made = made.get("config") if isinstance(made, dict) else None
         if isinstance(made, dict) and made.get("preset") in presets:
-            usual = {**config, **presets[made["preset"]]}
-            keys = ("source", "preset", "tokenizer", "vocab_size", "max_mb", "group_kb", "bpe_mb", "sample_kb",
-                    "val_frac", "seed")
-            return cmd + "".join(f" --{k} {shlex.quote(str(made[k]))}" for k in keys
-                                 if k in made and (k == "preset" or made[k] != usual.get(k)))
+            return made
+    return {}
+
+
+def remake_command(data_dir, domain="all"):
+    """The command that remakes a domain as data_dir holds it: the source, preset, tokenizer and settings its
+    meta.json records (else another domain's), or the tokenizer's kind; the defaults (the sample, this
+    machine's preset, our BPE) would replace it."""
+    cmd = f"python data.py --domain {domain} --data_dir {shlex.quote(data_dir)}"
+    made = made_with(data_dir, domain)
+    if made:
+        usual = {**config, **presets[made["preset"]]}
+        keys = ("source", "preset", "tokenizer", "vocab_size", "max_mb", "group_kb", "bpe_mb", "sample_kb",
+                "val_frac", "seed")
+        return cmd + "".join(f" --{k} {shlex.quote(str(made[k]))}" for k in keys
+                             if k in made and (k == "preset" or made[k] != usual.get(k)))
     spec = (_read_json_or_none(os.path.join(_tok_dir(data_dir), "tokenizer.json"), ("spec",)) or {"spec": {}})["spec"]
     tok = spec.get("tokenizer", "bpe") if isinstance(spec, dict) else "bpe"
     return cmd + ("" if tok == "bpe" else f" --tokenizer {tok}")
@@ -175,55 +185,41 @@ def grow_fix(data_dir, domain, split, need):
     `need`: the sample's --val_frac or --sample_kb, the hub's --val_frac or --max_mb. Where no setting of data.py
     can (a local corpus: its files; the hub's whole split), what to change instead. Our BPE is trained on the base
     mix these settings make: then the clause says that it is retrained, and with it every model on data_dir."""
-    import math
-
-    def record(d):
-        m = _read_json_or_none(os.path.join(data_dir, d, "meta.json"))
-        return m if isinstance(m, dict) else {}
-
-    def settings(m):
-        made = m.get("provenance").get("config") if isinstance(m.get("provenance"), dict) else None
-        return made if isinstance(made, dict) else {}
-    meta = record(domain)  # (its settings: else another domain's, as remake_command reads them)
-    made = settings(meta) or next((settings(record(d)) for d in DOMAINS if settings(record(d))), {})
+    made, meta = made_with(data_dir, domain), _read_json_or_none(os.path.join(data_dir, domain, "meta.json")) or {}
     splits = meta.get("splits") if isinstance(meta.get("splits"), dict) else {}
+    src, val = made.get("source"), made.get("val_frac")
+    retrain = made.get("tokenizer", "bpe") == "bpe"
+    if isinstance(src, str) and src.startswith("local:"):
+        folder, name = src[len("local:"):], "train.txt" if split == "train" else "valid.txt"
+        files = " and ".join(os.path.join(folder, d, name) for d in (("babylm", "python") if domain == "base"
+                                                                      else (domain,)))
+        return (f"add text to {files} (no setting of data.py makes a local corpus larger), then run "
+                f"{remake_command(data_dir)}" + (f" (this retrains the tokenizer, trained on that text: every model "
+                                                 f"on {data_dir} must then be trained again)"
+                                                 if retrain and domain in MIX_SIDES + ("base",) else ""))
+    # the setting that sizes the text, and its unit in bytes: train holds that much, val that much x --val_frac
+    key, unit = {"sample": ("sample_kb", 1024), "hf": ("max_mb", 1e6)}.get(src, (None, None))
+    size = made.get(key)
+    if src == "hf" and size == 0:
+        return (f"{data_dir}/{domain}/{split}.bin holds all of its dataset's {split} split (--max_mb 0), and no "
+                "setting of data.py makes it larger")
+
+    def up(x):  # a setting's value, rounded up to two significant digits
+        e = 10 ** (math.floor(math.log10(x)) - 1)
+        return float(f"{math.ceil(x / e) * e:.6g}")
+    grow = math.ceil if src == "sample" else up  # (sample_kb: an integer)
     change = None
     try:  # (a damaged or hand-made record's NaN, infinity, 0 or integer past a float: the fix below, unsized)
         ratios = [sp["bytes"] / sp["tokens"] for sp in (splits.get(split), *splits.values()) if isinstance(sp, dict)
                   and all(isinstance(sp.get(k), (int, float)) and sp[k] > 0 for k in ("bytes", "tokens"))]
         want = 2 * need * (ratios[0] if ratios else 4.0)  # bytes of text: twice what one window needs, as a margin
-
-        def up(x):  # a setting's value, rounded up to two significant digits
-            e = 10 ** (math.floor(math.log10(x)) - 1)
-            return float(f"{math.ceil(x / e) * e:.6g}")
-        src, val = made.get("source"), made.get("val_frac")
-        if src == "sample" and isinstance(made.get("sample_kb"), int) and isinstance(val, float):
-            kb = made["sample_kb"]  # train: sample_kb KB of text; val: sample_kb x val_frac (sample_corpus.sample_docs)
+        if key and isinstance(size, int if src == "sample" else (int, float)) and isinstance(val, float):
             if split == "train":
-                change = {"sample_kb": max(2 * kb, math.ceil(want / 1024))}
-            elif up(max(2 * val, want / (kb * 1024))) <= 0.5:
-                change = {"val_frac": up(max(2 * val, want / (kb * 1024)))}
-            else:
-                change = {"sample_kb": max(kb, math.ceil(want / 512)), "val_frac": 0.5}
-        elif src == "hf" and isinstance(made.get("max_mb"), (int, float)) and isinstance(val, float):
-            mb = made["max_mb"]  # train: max_mb MB of text; val: max_mb x val_frac (hf_docs); 0: all of it
-            if not mb:
-                return (f"{data_dir}/{domain}/{split}.bin holds all of its dataset's {split} split (--max_mb 0), and no "
-                        "setting of data.py makes it larger")
-            if split == "train":
-                change = {"max_mb": up(max(2 * mb, want / 1e6))}
-            elif up(max(2 * val, want / (mb * 1e6))) <= 0.5:
-                change = {"val_frac": up(max(2 * val, want / (mb * 1e6)))}
-            else:
-                change = {"max_mb": up(max(mb, want / 0.5e6)), "val_frac": 0.5}
-        elif isinstance(src, str) and src.startswith("local:"):
-            folder, name = src[len("local:"):], "train.txt" if split == "train" else "valid.txt"
-            files = " and ".join(os.path.join(folder, d, name) for d in (("babylm", "python") if domain == "base"
-                                                                          else (domain,)))
-            retrain = made.get("tokenizer", "bpe") == "bpe" and domain in MIX_SIDES + ("base",)
-            return (f"add text to {files} (no setting of data.py makes a local corpus larger), then run "
-                    f"{remake_command(data_dir)}" + (f" (this retrains the tokenizer, trained on that text: every model "
-                                                     f"on {data_dir} must then be trained again)" if retrain else ""))
+                change = {key: grow(max(2 * size, want / unit))}
+            else:  # a larger share of the text, up to half of it; past that more text too
+                frac = up(max(2 * val, want / (size * unit)))
+                change = ({"val_frac": frac} if frac <= 0.5 else
+                          {key: grow(max(size, want / (0.5 * unit))), "val_frac": 0.5})
     except (ArithmeticError, ValueError):
         change = None
     if change is None:  # no record of how it was made (made by hand, or before meta.json kept its settings)
@@ -232,7 +228,6 @@ def grow_fix(data_dir, domain, split, need):
     cmd = remake_command(data_dir)
     cmd = re.sub(r" --(" + "|".join(change) + r") \S+", "", cmd) + "".join(f" --{k} {v:g}" if isinstance(v, float)
                                                                       else f" --{k} {v}" for k, v in change.items())
-    retrain = made.get("tokenizer", "bpe") == "bpe"
     return (f"make it larger: {cmd}" + (f" (this retrains the tokenizer, trained on the base mix these settings "
                                         f"make: every model on {data_dir} must then be trained again)" if retrain else ""))
 
