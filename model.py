@@ -408,7 +408,7 @@ def check_finished(ckpt, path, name, allow_unfinished=False, how=None):
             f"put each model back in its own folder, or remake it: {how or MAKES[name]} --overwrite")
     if allow_unfinished or is_finished(ckpt):
         return
-    how = MAKES.get(name, f"python train.py --domain {domain} --name {name}")
+    how = command_of(name, ckpt)  # (a fine-tune's --parent too: the resume refuses other settings)
     die(f"{path} is unfinished (stopped at iter {ckpt.get('iter_num')}); finish it with: {how} --resume, "
         f"or pass --allow_unfinished to use it as it is")
 

@@ -3,6 +3,7 @@ parent's exact weights, resumes continue exactly, and the user's mistakes get on
 import json
 import math
 import os
+import re
 
 import helpers
 import pytest
@@ -257,6 +258,21 @@ def test_a_finetune_is_not_resumed_from_a_parent_re_made_since_it_began(dirs):
     run(dirs, "--domain=lua", "--max_iters=6", "--overwrite")
     assert load(dirs, "lua")["parents"][0]["hash"] == sha256_file(os.path.join(dirs[1], "base", "ckpt.pt"))
 
+
+def test_an_unfinished_fine_tune_of_another_parent_is_finished_by_its_printed_command(dirs):
+    # a fine-tune of base2 stopped early: the fix that finishes it names --parent base2 (without it the resume
+    # is refused, its settings having --parent base2, not base); run as printed, it finishes
+    import shlex
+
+    from model import load_model
+    run(dirs, "--domain=base", "--name=base2", "--max_iters=4")
+    run(dirs, "--domain=lua", "--name=lua2", "--parent=base2", "--max_iters=6", "--stop_iter=3")
+    with pytest.raises(SystemExit) as e:
+        load_model(dirs[1], "lua2")
+    printed = re.search(r"finish it with: (python train\.py .*), or pass --allow_unfinished", str(e.value)).group(1)
+    assert printed == "python train.py --domain lua --name lua2 --parent base2 --resume", printed
+    run(dirs, "--max_iters=6", *shlex.split(printed)[2:])
+    assert load(dirs, "lua2")["finished"]
 
 def test_finetune_refuses_an_unfinished_parent_unless_allowed(dirs):
     # 12.5: a parent stopped early (the state a kill leaves) was used without a word
