@@ -72,7 +72,7 @@ import fast
 import report
 import sae as saelib
 from common import die
-from model import authors_how, load_model, made_by_authors
+from model import authors_how, command_of, load_model, made_by_authors
 
 # -----------------------------------------------------------------------------
 # default config (paper preset; PRESETS below overrides)
@@ -704,10 +704,11 @@ def settings(argv):
     return cfg, explain
 
 
-def check_lineage(info, edges, out_dir="out"):
+def check_lineage(info, edges, out_dir):
     """A child must descend from the parent checkpoint on disk now: a retrained base or fine-tune makes its
     children stale, and their correlations would compare unrelated models. The fix remakes the child with
-    what made it: train.py or merge.py, or authors.py in a study of the authors' models (out_dir: the study's)."""
+    what made it: train.py, or merge.py with its merge's settings, or authors.py in a study of the authors' models
+    (out_dir: the study's)."""
     def ancestors(name, seen=()):
         found = set()
         for par in info[name]["ckpt"].get("parents", []):
@@ -717,11 +718,10 @@ def check_lineage(info, edges, out_dir="out"):
         return found
     for _, parent, child in edges:
         if info[parent]["model_hash"] not in ancestors(child):
-            remake = ("python merge.py --overwrite" if child == "luastories" else f"python train.py --domain {child} --overwrite")
-            if made_by_authors(info[child]["ckpt"]):
-                remake = authors_how(out_dir, child, info[child]["ckpt"]) + " --overwrite"
+            ck = info[child]["ckpt"]
+            remake = authors_how(out_dir, child, ck) if made_by_authors(ck) else command_of(child, ck)
             die(f"'{child}' was not made from the current '{parent}' checkpoint ({parent} was re-made since?); "
-                f"re-make it: {remake}")
+                f"re-make it: {remake} --overwrite")
 
 
 def load_saes(cfg, info, models, device, hashes):

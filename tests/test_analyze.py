@@ -1272,3 +1272,27 @@ def test_every_live_feature_gets_its_activity_for_the_browser_one_firing_once_in
     _, activity, _, _ = analyze.collect_pages(cfg, study, stats, seqs, set(), "cpu")
     assert set(activity) == {("base", 0), ("base", 1)}
     assert activity[("base", 0)]["hist"] == [0, 1] and activity[("base", 0)]["samples"] == [[], [(1, 3)]]
+
+
+def test_the_lineage_fix_remakes_a_stale_merge_with_the_settings_that_made_it():
+    # luastories merged at t 0.3 (reproduce.sh passes merge.py its EXTRA settings) from a tinystories re-made
+    # since: the fix names the merge's own settings (its checkpoint's record); 'python merge.py --overwrite' would
+    # merge at the default t 0.58, another model than the study's
+    rec = {"a": "lua", "b": "tinystories", "t": 0.3, "mode": "slerp", "parent": None, "dot_threshold": 0.9995}
+    info = {"base": {"ckpt": {"domain": "base", "parents": []}, "model_hash": "b"},
+            "lua": {"ckpt": {"domain": "lua", "parents": [{"name": "base", "hash": "b"}]}, "model_hash": "l"},
+            "tinystories": {"ckpt": {"domain": "tinystories", "parents": [{"name": "base", "hash": "b"}]},
+                            "model_hash": "t-now"},
+            "luastories": {"ckpt": {"domain": None, "merge": rec, "parents": [{"name": "lua", "hash": "l"},
+                                                                              {"name": "tinystories", "hash": "t-then"}]},
+                           "model_hash": "m"}}
+    edges = [(f"{p}->{c}", p, c) for p, c in analyze.EDGES]
+    with pytest.raises(SystemExit, match=r"'luastories' was not made from the current 'tinystories' .*; re-make it: "
+                                         r"python merge\.py --out luastories --a lua --b tinystories --t 0\.3 --mode "
+                                         r"slerp --dot_threshold 0\.9995 --overwrite$"):
+        analyze.check_lineage(info, edges, "out")
+    info["tinystories"]["model_hash"] = "t-then"
+    info["base"]["model_hash"] = "b-now"                                   # a fine-tune: train.py's, as before
+    with pytest.raises(SystemExit, match=r"'lua' was not made .*; re-make it: python train\.py --domain lua "
+                                         r"--overwrite$"):
+        analyze.check_lineage(info, edges, "out")
