@@ -290,18 +290,23 @@ def make_command(name, out_dir=None):
     return MAKES.get(name, f"python train.py --domain DOMAIN --name {name}")
 
 
+def train_command(domain, name, parent="base"):
+    """train.py's command for the model `name`: its domain and (a fine-tune of another model than base) its
+    --parent, without which it would start from base."""
+    return f"python train.py --domain {domain} --name {name}" + (
+        f" --parent {shlex.quote(parent)}" if domain != "base" and parent != "base" else "")
+
+
 def command_of(name, ckpt):
     """The command that made model `name`, as its loaded checkpoint says: a merge's with the settings of its
-    merge record, a variant's with its domain (and a fine-tune's parent other than base, without which it
-    would start from base), the study's (MAKES)."""
+    merge record, a variant's train_command (its domain and parent), the study's (MAKES)."""
     if ckpt.get("domain") is None and STUDY_DOMAIN.get(name) is None:
         return merge_command(name, ckpt.get("merge"))
     parents = ckpt.get("parents")
     parent = parents[0].get("name") if isinstance(parents, list) and parents and isinstance(parents[0], dict) \
         else None
-    keep = isinstance(parent, str) and parent and parent != "base" and ckpt.get("domain") != "base"
-    return MAKES.get(name, f"python train.py --domain {ckpt.get('domain')} --name {name}"
-                     + (f" --parent {shlex.quote(parent)}" if keep else ""))
+    return MAKES.get(name, train_command(ckpt.get("domain"), name, parent if isinstance(parent, str) and parent
+                                         else "base"))
 
 
 def merge_command(name, rec, grid=None):

@@ -31,7 +31,7 @@ import torch
 import data as datalib
 import fast
 from model import (MAKES, STUDY_DOMAIN, ModelArgs, Transformer, check_finished, check_preset, command_of, eval_loss,
-                   load_checkpoint, make_command, model_from_checkpoint, save_checkpoint)
+                   load_checkpoint, make_command, model_from_checkpoint, save_checkpoint, train_command)
 
 # -----------------------------------------------------------------------------
 # config: the paper's pretraining values; PRESETS below override them per preset and per variant
@@ -207,10 +207,8 @@ def setup_devices(cfg):
 
 
 def run_how(cfg, name):
-    """The command that trains this run again: its domain, name and (a fine-tune of another model than
-    base) its --parent, without which it would start from base."""
-    return f"python train.py --domain {cfg['domain']} --name {name}" + (
-        f" --parent {cfg['parent']}" if cfg["domain"] != "base" and cfg["parent"] != "base" else "")
+    """The command that trains this run again (model.train_command)."""
+    return train_command(cfg["domain"], name, cfg["parent"])
 
 
 def open_run(cfg, env, name, ckpt_path):
