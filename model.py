@@ -351,9 +351,7 @@ def authors_how(out_dir, name, ckpt=None):
             if other == name or not os.path.isfile(path):
                 continue
             try:
-                with warnings.catch_warnings(), torch.serialization.safe_globals([TorchVersion]):
-                    warnings.simplefilter("ignore")
-                    ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                ck = load_data(path, mmap=True)
             except Exception:  # damaged too, or not a torch file: the next one may say
                 continue
             if isinstance(ck, dict):
@@ -370,6 +368,15 @@ def clean_key(k):
     return k.removeprefix("_orig_mod.").removeprefix("module.")
 
 
+def load_data(path, mmap=False):
+    """torch.load of a file as data on the CPU (weights_only: tensors, numbers, text and their containers, so
+    nothing in it can run); mmap: tensors not read until used."""
+    # files written before common.FORMAT 1 hold torch.__version__ as a TorchVersion (a str subclass)
+    with warnings.catch_warnings(), torch.serialization.safe_globals([TorchVersion]):
+        warnings.simplefilter("ignore")  # torch's notes on pickle protocols would add lines to the one
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def load_checkpoint(path, what="checkpoint", how=None, kind="model", again=" --overwrite"):
     """A torch file of `kind` (a model checkpoint; sae.py: an SAE, an SAE training state) as a dict on the
     CPU, after common.check_file. weights_only: the file is read as data (tensors, numbers, text and their
@@ -381,10 +388,7 @@ def load_checkpoint(path, what="checkpoint", how=None, kind="model", again=" --o
         die(f"{path} is not a file but a folder, a device or a pipe; remove it"
             + (f" and remake it: {how}{again}" if how else ""))
     try:
-        # files written before common.FORMAT 1 hold torch.__version__ as a TorchVersion (a str subclass)
-        with warnings.catch_warnings(), torch.serialization.safe_globals([TorchVersion]):
-            warnings.simplefilter("ignore")  # torch's notes on pickle protocols would add lines to the one
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_data(path)
     except Exception as e:  # truncated or damaged, a pickle of objects (code), not a torch file at all
         why = [x.strip() for x in str(e).splitlines() if x.strip() and not x.startswith(
             ("Weights only load failed", "Check the documentation", "Please file an issue"))]  # torch's lines
