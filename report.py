@@ -653,10 +653,9 @@ def section_edges(res, thr, cfg, out_dir):
                   f"{e['counts']['emerging']} ({e['emerging_frac']:.1%})", e["one_to_one"]["n"], _f(e["one_to_one"]["mean_cos"]))
                  for m, e in res["null"].items()])
     if res.get("null_missing"):
-        seeds = f"{cfg.get('sae_seed', 0)},{cfg['null_seed']}"
-        make = "; ".join(f"python sae.py --model {shlex.quote(m)} --seeds {seeds}" for m in res["null_missing"])
+        make = sae_commands(res["null_missing"], [cfg.get("sae_seed", 0), cfg["null_seed"]])
         nul += (f"<p>No seed-{cfg['null_seed']} SAE for: {esc(', '.join(res['null_missing']))} (make one with "
-                f"{esc(for_study(make, res, out_dir))}).</p>")
+                f"{esc(for_study(make, res, out_dir))}, which trains the other seed again with it).</p>")
     return (f"<h2 id='edges'>Edges</h2><p>A live parent feature <b>persists</b> when some live child feature correlates "
             f"with it at r &ge; {thr} over the same tokens, else it <b>disappears</b>; a live child feature with no such "
             "parent <b>emerges</b>; dead features (never active on the token set) are counted apart. <b>Null</b>: the "
@@ -767,13 +766,19 @@ def one_to_one_table(res):
                   "Hungarian on decoder cos >= 0.7", "mean decoder cos (greedy)", "components matched greedily"], rows)
 
 
+def sae_commands(models, seeds):
+    """The commands that train each model's SAEs with these seeds: --overwrite, as sae.py trains a model's seeds
+    together from one training state, so a seed added retrains the ones it has with it."""
+    return "; ".join(f"python sae.py --model {shlex.quote(m)} --seeds {','.join(map(str, seeds))} --overwrite"
+                     for m in models)
+
+
 def third_seed_commands(res):
     """The commands that train each model's SAEs with a third seed (the analysis' sae, null and spread seeds)."""
     cfg = res["provenance"]["config"]
     spread = cfg.get("spread_seed")
     spread = spread if isinstance(spread, int) and spread >= 0 else 2  # (-1: the analysis asked for none)
-    seeds = f"{cfg.get('sae_seed', 0)},{cfg.get('null_seed', 1)},{spread}"
-    return "; ".join(f"python sae.py --model {shlex.quote(m)} --seeds {seeds}" for m in res["models"])
+    return sae_commands(res["models"], [cfg.get("sae_seed", 0), cfg.get("null_seed", 1), spread])
 
 
 def section_stability(res, rerun, sae_seeds):
@@ -786,8 +791,8 @@ def section_stability(res, rerun, sae_seeds):
     spread = res.get("null_spread") or {}
     note = (f"<p>Shaded: the seed-to-seed spread of the null (min to max over the {next(iter(spread.values()))['seed_pairs']} "
             "pairs of three SAE seeds).</p>" if spread else
-            f"<p class='dim'>With a third SAE seed per model ({esc(sae_seeds)}) the null gets a seed-to-seed "
-            "spread (shaded).</p>")
+            f"<p class='dim'>With a third SAE seed per model ({esc(sae_seeds)}: the other two are trained again "
+            "with it) the null gets a seed-to-seed spread (shaded).</p>")
     return ("<h2 id='stability'>Stability: each edge against its null</h2><p>Left: the fraction of the parent's live "
             "features that have a partner at r &ge; t in the child (solid) and between two seeds of the parent's SAE "
             "(dashed), for every cut t from 0.5 to 0.95; orange: the same weighted by how often each feature fires. "

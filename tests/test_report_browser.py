@@ -350,9 +350,9 @@ def test_the_notes_name_the_analysis_of_this_study_not_of_the_default_folders(st
     shutil.rmtree(os.path.join(where, "analysis", "features"))    # no side files
     page = report.render_report(res, pages, where)
     assert f"re-run {want} to make them." in page
-    assert f"(python sae.py{folders} --model base --seeds 0,1,2; python sae.py{folders} --model lua " in page
+    assert f"(python sae.py{folders} --model base --seeds 0,1,2 --overwrite; python sae.py{folders} --model lua " in page
     assert res["null_missing"] == ["luastories"] and f"(make one with python sae.py{folders} --model luastories " \
-        "--seeds 0,1)" in page
+        "--seeds 0,1 --overwrite, which" in page
     res["diffing"] = {"stale": "made from other SAEs (lua); re-run python diffing.py"}
     assert f"re-run python diffing.py{folders}, then {want}.</p>" in report.render_report(res, pages, where)
     res["diffing"] = diffing_record(res)                           # an older diffing.py: no histogram

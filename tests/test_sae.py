@@ -5,6 +5,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import socket
 from types import SimpleNamespace
@@ -894,3 +895,23 @@ def test_the_shorter_windows_fix_keeps_the_positions_it_was_sized_for(dirs, tmp_
     speed = [a for a in RUN if not a.startswith("--tokens_per_seq=")]  # the test's sizes, but the setting named
     S.main([*speed, f"--data_dir={data}", f"--out_dir={dirs[1]}", *shlex.split(printed)[2:]])
     assert ck(dirs[1], "base", 0)["config"]["seq_len"] == 11
+
+
+def test_the_reports_commands_for_another_seed_run_as_printed(dirs):
+    """report.html's notes name sae.py commands for a third seed (the null's spread) and for a missing null seed:
+    the model's SAEs are trained already, and sae.py trains a model's seeds together from one training state, so
+    run as printed (the test's sizes first) each must make the new seed, not stop at 'train_state.pt exists'."""
+    import shlex
+
+    import report
+    run(dirs, "--model=base", "--seeds=0")
+    res = {"provenance": {"config": {"sae_seed": 0, "null_seed": 1, "spread_seed": 2, "data_dir": dirs[0],
+                                     "preset": "tiny"}},
+           "models": {"base": {}}, "null_missing": ["base"], "edges": {}, "null": {}}
+    note = report.section_edges(res, 0.8, res["provenance"]["config"], dirs[1])
+    printed = re.search(r"make one with (python sae\.py .*?)(, which|\))", note).group(1)
+    S.main([*RUN, *shlex.split(printed)[2:]])
+    assert os.path.isfile(S.sae_path(dirs[1], "base", 1))
+    printed = report.for_study(report.third_seed_commands(res), res, dirs[1])  # (as render_report names it)
+    S.main([*RUN, *shlex.split(printed)[2:]])
+    assert all(os.path.isfile(S.sae_path(dirs[1], "base", s)) for s in (0, 1, 2))
