@@ -205,7 +205,7 @@ def keep_settings(msg, given=None):
     given = GIVEN if given is None else given
 
     def add(m):
-        rest = msg[m.end():].split(";")[0]
+        rest = re.split(r";|\bpython \w+\.py\b", msg[m.end():])[0]  # this command's words: up to the next
         keys = [k for k in SCRIPT_KEYS.get(m.group(1), ()) if k in given and f"--{k}" not in rest]
         return m.group(0) + "".join(f" --{k}={shlex.quote(str(given[k]))}" for k in keys)
     return re.sub(r"python (\w+\.py)\b", add, msg)

@@ -453,3 +453,15 @@ def test_made_as_now_compares_settings_but_how_only_code_and_inputs(monkeypatch)
     assert not common.made_as_now({**old, "format": 1}, "diffing", cfg, ("threads",), now)  # ... and called older
     monkeypatch.setattr(common, "_CODE_VERSION", {**common.code_version(), "source_sha256": "other"})
     assert not common.made_as_now(rec, "diffing", cfg, ("threads",), now)                    # other code
+
+
+def test_keep_settings_gives_each_command_in_a_message_the_settings_it_does_not_name():
+    # each `python X.py` gets the folders and preset it takes and does not name itself; a later command's own
+    # --data_dir (up to the next command or ';') is not the earlier one's
+    given = {"out_dir": "o", "data_dir": "d x", "preset": "paper"}
+    msg = "re-run python diffing.py, then python analyze.py --data_dir=mine; or python report.py"
+    assert common.keep_settings(msg, given) == (
+        "re-run python diffing.py --data_dir='d x' --out_dir=o --preset=paper, then python analyze.py "
+        "--out_dir=o --preset=paper --data_dir=mine; or python report.py --out_dir=o")
+    assert common.keep_settings("python sae.py --model lua --out_dir=x", given) == \
+        "python sae.py --data_dir='d x' --preset=paper --model lua --out_dir=x"
