@@ -223,13 +223,20 @@ def keep_study_settings(out_dir, keys):
         return
     for name in names + [os.path.join("analysis", f"{k}.json") for k in ("results", "pages")]:
         try:
-            made = read_json(os.path.join(out_dir, name))["provenance"]["config"]
-            got = {k: made[k] for k in keys if isinstance(made.get(k), str) and made[k].strip()}
+            got = recorded_settings(read_json(os.path.join(out_dir, name)), keys)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
         if got:
             GIVEN.update({k: v for k, v in got.items() if k not in GIVEN})
             return
+
+
+def recorded_settings(record, keys):
+    """{key: value} of the folder and preset settings `keys` a stage's record says it ran with (its provenance's
+    config; those given as non-empty strings). Raises KeyError, TypeError or AttributeError when the record has
+    no such config."""
+    made = record["provenance"]["config"]
+    return {k: made[k] for k in keys if isinstance(made.get(k), str) and made[k].strip()}
 
 
 def _convert(key, text, default):

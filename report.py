@@ -450,10 +450,10 @@ def study_settings(res, out_dir):
     """The folder and preset settings a command the page names must keep to work on this study: out_dir, where
     the report is, and the data_dir and preset its analysis ran with (results.json's provenance). Without them
     the page's `python analyze.py` would analyse out/ and data/ with this machine's default preset."""
-    cfg = (res.get("provenance") or {}).get("config") or {}
-    cfg = cfg if isinstance(cfg, dict) else {}
-    return {"out_dir": out_dir, **{k: cfg[k] for k in ("data_dir", "preset")
-                                   if isinstance(cfg.get(k), str) and cfg[k].strip()}}
+    try:
+        return {"out_dir": out_dir, **common.recorded_settings(res, ("data_dir", "preset"))}
+    except (KeyError, TypeError, AttributeError):
+        return {"out_dir": out_dir}
 
 
 def for_study(msg, res, out_dir):
