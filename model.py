@@ -316,16 +316,16 @@ def merge_command(name, rec, grid=None):
     hand-made): the study's command (MAKES), or a variant's with the settings to fill in named, as DOMAIN is.
     With grid (the values of t): the --sweep of those inputs over it (merge_sweep.json; name and t unused)."""
     try:
+        names = [rec["a"], rec["b"], rec["mode"]]  # (and task mode's parent: a record's {name, hash})
         parent = rec["parent"] if rec["mode"] == "task" else None
-        parent = parent.get("name") if isinstance(parent, dict) else parent  # (a record's {name, hash})
-        words = [rec["a"], rec["b"], float(rec["t"]), rec["mode"], float(rec["dot_threshold"])]
-        rules = ",".join(f"{p}={float(t)!r}" for p, t in rec.get("t_rules") or [])
-        if not all(isinstance(w, str) and w for w in [*words[:2], words[3]] + [parent] * (parent is not None)) or \
-                (rec["mode"] == "task") != (parent is not None):
+        parent = parent.get("name") if isinstance(parent, dict) else parent
+        t, dot = float(rec["t"]), float(rec["dot_threshold"])
+        rules = ",".join(f"{p}={float(v)!r}" for p, v in rec.get("t_rules") or [])
+        if not all(isinstance(w, str) and w for w in names + [parent] * (rec["mode"] == "task")):
             raise TypeError("not a merge record's settings")
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError):  # (an integer past a float's range)
         return MAKES.get(name, f"python merge.py --out {name} --a A --b B --t T --mode MODE")
-    a, b, t, mode, dot = (shlex.quote(str(w)) for w in words)
+    a, b, mode, t, dot = (shlex.quote(str(w)) for w in names + [t, dot])
     head = (f"python merge.py --sweep --grid {shlex.quote(','.join(map(str, grid)))}" if grid is not None
             else f"python merge.py --out {name}")
     return (f"{head} --a {a} --b {b}" + (f" --t {t}" if grid is None else "") + f" --mode {mode}"
