@@ -143,13 +143,20 @@ def output_closed():
         return False
 
 
+def one_line(text):
+    """text with its control characters written as escapes (a newline as \\n, ESC as \\x1b): a message quotes
+    names read from files and records, and a newline there would break its one line, a terminal escape
+    sequence rewrite the screen."""
+    return re.sub(r"[\x00-\x08\x0a-\x1f\x7f]", lambda m: repr(m.group(0))[1:-1], text)
+
+
 def cli(main):
     """Run a script's main() as a command: a UserError becomes one line on stderr and exit status 2,
     a full or read-only disk one line naming the path, Ctrl-C one line and status 130, a closed pipe nothing."""
     try:
         main()
     except UserError as e:
-        print(f"error: {keep_settings(e.msg)}", file=sys.stderr)
+        print(f"error: {one_line(keep_settings(e.msg))}", file=sys.stderr)
         sys.exit(2)
     except (MemoryError, OverflowError, RuntimeError) as e:
         # sizes too large for the machine (each setting's range cannot know its memory): torch's OutOfMemoryError

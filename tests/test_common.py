@@ -227,6 +227,10 @@ def test_cli_exit_status(tmp_path):
             "def main():\n    common.die('bad thing; fix it')\ncommon.cli(main)\n") % HERE
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr == "error: bad thing; fix it\n"
+    # a name read from a record, with a newline and a terminal escape in it, stays one line of plain text
+    code = code.replace("'bad thing; fix it'", "'no model x\\n\\x1b[2Jy; fix it'")  # (a newline, ESC [2J at run time)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr == "error: no model x\\n\\x1b[2Jy; fix it\n"
 
 
 def test_a_file_that_does_not_fit_is_named_but_out_of_memory_is_the_machines(tmp_path):
