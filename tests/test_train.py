@@ -385,6 +385,15 @@ def test_history_survives_a_resume(dirs):
     assert [h["val_loss"] for h in a] == [h["val_loss"] for h in b]
 
 
+def test_a_stop_at_an_evaluation_keeps_that_evaluation_in_its_checkpoint(dirs):
+    """--stop_iter at an evaluation step: the checkpoint is the evaluation's (its val_loss, nothing of the
+    train loss left over), not the between-evaluations one (val_loss {})."""
+    run(dirs, "--domain=base", "--max_iters=12", "--eval_interval=5", "--stop_iter=5")
+    ck = load(dirs, "base")
+    assert ck["iter_num"] == 5 and not ck["finished"] and ck["loss_since"] == [0.0, 0]
+    assert set(ck["val_loss"]) == {"base"} and ck["val_loss"]["base"] == ck["history"][-1]["val_loss"]
+
+
 def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):
     # issue 11: torch.compile without a C compiler died at the first step
     from contextlib import nullcontext
