@@ -262,6 +262,8 @@ def test_default_merge_writes_a_loadable_checkpoint_with_provenance(world):
     js = json.load(open(os.path.join(out, "luastories", "merge.json")))
     assert js["checkpoint"]["hash"] == sha256_file(os.path.join(out, "luastories", "ckpt.pt"))
     assert set(js["tensors"]) == set(ck["model"]) and js["provenance"]["config"]["t"] == 0.58
+    # (the report's table of final losses reads a merge's from merge.json)
+    assert js["val_loss"] == ck["val_loss"] and set(js["val_loss"]) == {"lua", "tinystories"}
 
 
 def test_task_mode_merge_from_the_command_line(world, capsys):
@@ -513,10 +515,34 @@ def test_a_variant_merges_fix_command_remakes_that_merge(world):
     again = torch.load(path, weights_only=True)
     assert again["merge"] == good["merge"] and again["val_loss"] == good["val_loss"]
     assert all(torch.equal(again["model"][k], w) for k, w in good["model"].items())
+    os.remove(path)                                    # the checkpoint gone, merge.json kept: that merge alone
+    with pytest.raises(SystemExit, match=r"make it with: python merge\.py --out ls_var --a tinystories --b lua "
+                                         r"--t 0\.3 --mode task --parent base --t_rules 'mlp\*=0\.6' "
+                                         r"--dot_threshold 0\.99$"):
+        load_model(out, "ls_var")
     shutil.rmtree(os.path.join(out, "ls_var"))
     with pytest.raises(SystemExit, match=r"make it with: python train\.py --domain DOMAIN --name ls_var \(or python "
                                          r"merge\.py --out ls_var --a A --b B --t T --mode MODE\)$"):
         load_model(out, "ls_var")
+
+
+def test_the_fix_for_a_damaged_luastories_keeps_the_settings_its_whole_merge_json_records(world):
+    """luastories made with settings (reproduce.sh may pass them): the fix for its damaged checkpoint remakes that
+    merge, not the defaults' (python merge.py would merge at t 0.58); a merge.json edited since it was written
+    (its checksum no longer holds) is no record of them: the study's plain command."""
+    out = world[1]
+    run(world, "--t=0.3", "--eval_batches=0")
+    path = os.path.join(out, "luastories", "ckpt.pt")
+    os.truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(SystemExit, match=r"remake it: python merge\.py --out luastories --a lua --b tinystories "
+                                         r"--t 0\.3 --mode slerp --dot_threshold 0\.9995 --overwrite$"):
+        load_model(out, "luastories")
+    record = os.path.join(out, "luastories", "merge.json")
+    js = json.load(open(record))
+    js["t"] = 0.7                                                   # edited by hand, not re-stamped
+    json.dump(js, open(record, "w"))
+    with pytest.raises(SystemExit, match=r"remake it: python merge\.py --overwrite$"):
+        load_model(out, "luastories")
 
 
 def test_merge_command_known_answers_parse_to_the_recorded_settings():
