@@ -149,6 +149,37 @@ def test_load_hf_maps_every_tensor(tmp_path):
     assert torch.equal(tied.lm_head.weight, tied.tok_emb.weight)
 
 
+def test_a_window_and_positions_of_exactly_block_size_are_enough_and_old_rotary_buffers_are_dropped(tmp_path):
+    """sliding_window and max_position_embeddings equal to --block_size hold the whole context: converted; one less
+    is refused. An older transformers saved the rotary frequencies (rotary_emb.inv_freq), which model.py computes:
+    dropped, the weights as without them."""
+    args = authors.model_args_from_config({**TINY, "sliding_window": 16, "max_position_embeddings": 16}, 16, "cfg")
+    assert (args.block_size, args.d_model, args.n_head, args.n_kv_head, args.d_mlp) == (16, 8, 2, 1, 12)
+    for key in ("sliding_window", "max_position_embeddings"):
+        with pytest.raises(SystemExit, match=f"cfg: {key} 15"):
+            authors.model_args_from_config({**TINY, key: 15}, 16, "cfg")
+    tensors = hf_tensors(TINY)
+    plain = authors.load_hf(make_folder(tmp_path / "plain", tensors=tensors), 16).state_dict()
+    old = {**tensors, "model.layers.0.self_attn.rotary_emb.inv_freq": ("F32", np.ones(2, np.float32))}
+    got = authors.load_hf(make_folder(tmp_path / "old", tensors=old), 16).state_dict()
+    assert got.keys() == plain.keys() and all(torch.equal(got[k], v) for k, v in plain.items())
+
+
+def test_remake_command_known_answers():
+    """The command that converts one model again keeps the study's folders, preset and tokenizer, and a block size
+    other than the default (the default's --block_size would be noise); a record without them gives the plain one."""
+    made = {"data_dir": "data authors", "preset": "paper", "tokenizer_hash": "tok-A", "block_size": 16, "lr": 1.0}
+    assert authors.remake_command("out a", "lua", made) == ("python authors.py --models lua --out_dir 'out a' "
+                                                            "--data_dir 'data authors' --preset paper "
+                                                            "--tokenizer_hash tok-A --block_size 16")
+    assert authors.remake_command("o", "base", {**made, "block_size": authors.config["block_size"]}).endswith(
+        "--tokenizer_hash tok-A")
+    assert authors.remake_command("o", "base", {"data_dir": " ", "preset": None, "block_size": True}) == \
+        "python authors.py --models base --out_dir o"
+    assert authors.remake_command("o", "luastories", "not a record") == \
+        "python authors.py --models luastories --out_dir o"
+
+
 def past_end(h):
     h["lm_head.weight"]["data_offsets"] = [v + 10_000 for v in h["lm_head.weight"]["data_offsets"]]
 
@@ -186,6 +217,8 @@ BAD = {  # case: (config changes, tensors dropped, header edit, file damage, wor
               "not a MistralForCausalLM"),
     "head_dim": ({"head_dim": 8}, (), None, None, "head_dim 8 is not hidden_size / num_attention_heads = 4"),
     "scaling": ({"rope_scaling": {"type": "linear", "factor": 2.0}}, (), None, None, "RoPE type 'linear'"),
+    "odd_head": ({"hidden_size": 6}, (), None, None, "hidden_size 6 / num_attention_heads 2 is not a whole even head"),
+    "zero": ({"intermediate_size": 0}, (), None, None, "intermediate_size is 0, not a positive number"),
 }
 
 
@@ -271,6 +304,35 @@ def as_index(folder):
         json.dump({"metadata": {"mergekit_version": "0.0.4"}, "weight_map": {n: shard for n in names}}, f)
 
 
+@pytest.mark.parametrize("edit, words", [
+    (lambda wm: wm.update({"model.norm.weight": "../elsewhere.safetensors"}), "its weight_map does not map names to "
+                                                                               "shard files"),
+    (lambda wm: wm.update({"model.layers.0.extra.weight": "model-00001-of-00001.safetensors"}),
+     "lists model.layers.0.extra.weight, which its shard model-00001-of-00001.safetensors does not hold"),
+])
+def test_a_sharded_models_index_that_does_not_fit_its_shards_is_one_line(tmp_path, edit, words):
+    """model.safetensors.index.json names its shards by file name in the folder (no path out of it), and each
+    tensor it lists must be in the shard it names."""
+    folder = make_folder(tmp_path / "m")
+    as_index(folder)
+    assert authors.read_weights(folder).keys() == set(hf_tensors(TINY))     # as it is: read
+    path = os.path.join(folder, "model.safetensors.index.json")
+    index = json.load(open(path))
+    edit(index["weight_map"])
+    json.dump(index, open(path, "w"))
+    with pytest.raises(SystemExit) as e:
+        authors.read_weights(folder)
+    assert words in one_line_error(e) and path in str(e.value)
+
+
+@pytest.mark.parametrize("models", ["", ","])
+def test_an_empty_models_list_is_one_line_not_a_run_that_converts_nothing(tmp_path, models):
+    with pytest.raises(SystemExit) as e:
+        authors.main(["--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o"), "--models", models] + RUN)
+    assert one_line_error(e) == ("error: --models is empty; name the models to convert, e.g. --models "
+                                 "base,lua,tinystories,luastories")
+
+
 def test_fetch_convert_lineage_and_rerun(tmp_path, serve, capsys):
     folders = {name: make_folder(tmp_path / "hf" / name, tensors=hf_tensors(TINY, i))
                for i, name in enumerate(authors.MODELS)}
@@ -307,6 +369,32 @@ def test_fetch_convert_lineage_and_rerun(tmp_path, serve, capsys):
     with pytest.raises(SystemExit) as e:
         authors.main(["--data_dir", d, "--out_dir", str(tmp_path / "o2"), "--block_size", "16", "--eval_batches", "0"])
     assert "python data.py --tokenizer authors" in one_line_error(e)
+
+
+def test_models_named_in_any_order_convert_parents_first_and_a_damaged_one_names_its_own_conversion(tmp_path, serve):
+    """--models luastories,lua,tinystories,base converts base first (a child's lineage is its parents' hashes) and
+    card-checks only the models named; a checkpoint there that cannot be read names the command that converts it
+    alone, with --overwrite."""
+    folders = {name: make_folder(tmp_path / "hf" / name, tensors=hf_tensors(TINY, i))
+               for i, name in enumerate(authors.MODELS)}
+    serve(folders)
+    d, o = str(tmp_path / "data"), str(tmp_path / "out")
+    for i, dom in enumerate(("base", "lua", "tinystories")):
+        write_domain(d, dom, i, vocab=11, tok_hash="tok-A", n=2000)
+    authors.main(["--data_dir", d, "--out_dir", o, "--models", "base"] + RUN)   # alone: no other model checked
+    assert os.listdir(o) == ["base"]
+    authors.main(["--data_dir", d, "--out_dir", o, "--models", "luastories,lua,tinystories,base"] + RUN)
+    for name in authors.MODELS:
+        ck = model.load_checkpoint(os.path.join(o, name, "ckpt.pt"))
+        for p in ck["parents"]:
+            assert p["hash"] == common.sha256_file(os.path.join(o, p["name"], "ckpt.pt")), (name, p)
+    path = os.path.join(o, "lua", "ckpt.pt")
+    os.truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(SystemExit) as e:
+        authors.main(["--data_dir", d, "--out_dir", o] + RUN)
+    assert one_line_error(e).endswith(f"remake it: python authors.py --models lua --out_dir {o} --data_dir {d} "
+                                      f"--preset {common.default_preset()} --tokenizer_hash tok-A --block_size 16 "
+                                      "--overwrite")
 
 
 def test_the_tokenizer_fix_keeps_the_source_the_tokens_were_made_from(tmp_path):
@@ -468,6 +556,17 @@ def test_the_fixes_of_a_study_of_the_authors_models_name_authors_py_and_work(tmp
         model.load_model(o, "base")
     msg = one_line_error(e)
     assert "train.py" not in msg and "remake it: python authors.py --models base " in msg, msg
+    authors.main(printed_command(msg, "remake it: "))
+    assert same_weights("base")
+    # weights that do not fit the checkpoint's own args (edited, re-stamped): the same command
+    ck = torch.load(path, weights_only=True)
+    ck["model"]["norm_f.weight"] = torch.ones(3)
+    common.atomic_torch_save(common.stamp(ck, "model"), path)
+    with pytest.raises(SystemExit) as e:
+        model.load_model(o, "base")
+    msg = one_line_error(e)
+    assert "does not fit the model" in msg and "train.py" not in msg and \
+        "remake it: python authors.py --models base " in msg and msg.endswith(" --overwrite"), msg
     authors.main(printed_command(msg, "remake it: "))
     assert same_weights("base")
     # with no model of the authors' in the study, train.py's command as before
