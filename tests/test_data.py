@@ -1604,6 +1604,58 @@ def test_a_split_shorter_than_one_window_names_the_setting_that_makes_it_larger(
     assert len(data.open_tokens(d, "tinystories", "train")) >= T
 
 
+def test_the_fix_of_a_short_split_of_the_sample_known_answers(tmp_path, monkeypatch):
+    """data.grow_fix for the sample, sized from meta.json (3 bytes a token): a val split grows by --val_frac (at
+    least doubled), past a share of 0.5 by --sample_kb at 0.5; a train split by --sample_kb (at least doubled). The
+    hub's train split doubles --max_mb at least. A domain whose meta.json keeps no settings takes another's (as
+    data.remake_command does). A local corpus' lua text is not the BPE's (the base mix is): no retraining said.
+    The split's file and the command name --data_dir as the user gave it."""
+    d = str(tmp_path / "d")
+
+    def meta(domain, config, tokenizer="bpe"):
+        os.makedirs(os.path.join(d, domain), exist_ok=True)
+        with open(os.path.join(d, domain, "meta.json"), "w") as f:
+            json.dump({"domain": domain, "tokenizer": {"name": tokenizer}, **({"provenance": {"config": config}}
+                                                                              if config else {}),
+                       "splits": {"train": {"tokens": 10_000, "bytes": 30_000}, "val": {"tokens": 1000,
+                                                                                     "bytes": 3000}}}, f)
+    sample = {"source": "sample", "preset": "tiny", "vocab_size": 300, "sample_kb": 20, "val_frac": 0.1}
+    meta("lua", sample)
+    cmd = f"make it larger: python data.py --domain all --data_dir {d} --preset tiny --vocab_size 300"
+    retrain = f" (this retrains the tokenizer, trained on the base mix these settings make: every model on {d} must " \
+              "then be trained again)"
+    # 257 tokens: 1542 bytes, 7.5% of 20 KB: the share doubled, 0.2
+    assert data.grow_fix(d, "lua", "val", 257) == cmd + " --sample_kb 20 --val_frac 0.2" + retrain
+    # 20,000 tokens: 120,000 bytes, past half of 20 KB: 235 KB at 0.5
+    assert data.grow_fix(d, "lua", "val", 20_000) == cmd + " --sample_kb 235 --val_frac 0.5" + retrain
+    assert data.grow_fix(d, "lua", "train", 20_000) == cmd + " --sample_kb 118" + retrain
+    assert data.grow_fix(d, "lua", "train", 257) == cmd + " --sample_kb 40" + retrain
+    hf = {"source": "hf", "preset": "tiny", "tokenizer": "authors", "max_mb": 1.0, "val_frac": 0.1}
+    meta("lua", hf)
+    assert data.grow_fix(d, "lua", "train", 257).endswith(" --tokenizer authors --max_mb 2")
+    meta("lua", None)
+    meta("base", hf)                                                  # lua's settings: base's
+    assert data.grow_fix(d, "lua", "val", 257).endswith(" --tokenizer authors --max_mb 1.0 --val_frac 0.2")
+    local = {"source": "local:/corpora", "preset": "tiny", "val_frac": 0.1}
+    meta("lua", local)
+    meta("base", local)
+    assert data.grow_fix(d, "lua", "val", 257) == (f"add text to /corpora/lua/valid.txt (no setting of data.py makes a "
+                                                   f"local corpus larger), then run python data.py --domain all "
+                                                   f"--data_dir {d} --source local:/corpora --preset tiny")
+    assert data.grow_fix(d, "base", "val", 257).endswith(" (this retrains the tokenizer, trained on that text: every "
+                                                         f"model on {d} must then be trained again)")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(data.GIVEN, "data_dir", "d")
+    empty = np.zeros(0, np.uint16).view(data.NoTokens)
+    empty.filename = os.path.abspath(os.path.join(d, "lua", "val.bin"))
+    with pytest.raises(SystemExit) as e:
+        data.sample_windows({"lua": empty}, 1, 4, "spread")
+    assert one_line_error(e).startswith("error: the val split of domain 'lua' (d/lua/val.bin) has 0 tokens, fewer than "
+                                        "one window of 4; add text to /corpora/lua/valid.txt (no setting of data.py "
+                                        "makes a local corpus larger), then run python data.py --domain all "
+                                        "--data_dir d "), str(e.value)
+
+
 def test_the_fix_of_a_short_split_by_source(tmp_path):
     """Known answers of data.grow_fix from meta.json's records: the hub's --val_frac, then its --max_mb where a val
     share past 0.5 would be needed; no setting for the hub's whole split (--max_mb 0); a local corpus' files; an
