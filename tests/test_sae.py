@@ -863,6 +863,20 @@ def test_relu_encoder_starts_as_the_decoder_transpose_times_two_d_in_over_n_feat
         torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(n_f))
 
 
+@pytest.mark.parametrize("n, val, fits", [(320, 32, 31), (60, 6, 5)])
+def test_a_split_one_token_short_is_found_and_the_shortest_window_that_fits_is_offered(dirs, tmp_path, n, val, fits):
+    """The boundaries of sae.short_splits: a val split of exactly --seq_len tokens is short (a window needs the next
+    token too), and a --seq_len that leaves exactly --skip_first + --tokens_per_seq positions is still offered."""
+    data = str(tmp_path / "short")
+    write_domain(data, "base", seed=0, n=n)                    # the model's block: 32
+    with pytest.raises(SystemExit) as e:
+        run((data, dirs[1]), "--model=base", "--skip_first=1", "--tokens_per_seq=4")
+    msg = str(e.value)
+    assert f"the base val split ({os.path.join(data, 'base', 'val.bin')}) has {val} tokens, fewer than one window " \
+           "of 33 (--seq_len 32, and the next token)" in msg, msg
+    assert msg.endswith(f"; or harvest shorter windows: python sae.py --model base --seq_len {fits}"), msg
+
+
 def test_a_split_shorter_than_one_window_names_what_makes_it_fit(dirs, tmp_path):
     """A val (or train) split with fewer tokens than one window of --seq_len + 1: the line names the data.py
     setting that makes it larger (data.grow_fix) and, as every split holds a shorter window, the --seq_len that fits
