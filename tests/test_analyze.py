@@ -827,6 +827,24 @@ def test_a_token_set_too_small_names_what_makes_it_large_enough(tmp_path):
     assert str(e.value).endswith(f"needed to estimate a correlation; the base val split holds the fewest; make "
                                  f"{data_dir} again with more text: python data.py --domain all --data_dir {data_dir} "
                                  "with a larger --sample_kb (the sample) or --max_mb (--source hf), or --val_frac")
+    # --n_tokens not a multiple of the window (260 asks for 16 windows of 16): the splits hold those, --n_tokens grows
+    with pytest.raises(SystemExit, match=r"needed to estimate a correlation; give --n_tokens 1104$"):
+        run(data_dir, out_dir, "--n_tokens=260")
+    # lua's val split the shortest (6 windows of 16; base and tinystories 12), with the sample's settings recorded:
+    # lua grows, by the share that holds its third of the 69 windows needed (23 x 16 tokens, at 4 bytes a token
+    # with no bytes recorded: 2944 bytes, 14% of 20 KB, less than --val_frac 0.1 doubled)
+    ids = np.fromfile(os.path.join(data_dir, "lua", "val.bin"), dtype=np.uint16)[:100]
+    ids.tofile(os.path.join(data_dir, "lua", "val.bin"))
+    meta = json.load(open(os.path.join(data_dir, "lua", "meta.json")))
+    meta["splits"]["val"]["tokens"] = 100
+    meta["provenance"] = {"config": {"source": "sample", "preset": "tiny", "tokenizer": "bpe", "sample_kb": 20,
+                                     "val_frac": 0.1}}
+    atomic_write_json(os.path.join(data_dir, "lua", "meta.json"), meta)
+    with pytest.raises(SystemExit) as e:
+        run(data_dir, out_dir)
+    assert "(base: 12 windows of 16, lua: 6 windows of 16, tinystories: 12 windows of 16)" in str(e.value)
+    assert re.search(r"needed to estimate a correlation; the lua val split holds the fewest; make it larger: python "
+                     r"data\.py .*--sample_kb 20 --val_frac 0\.2 \(this retrains", str(e.value)), str(e.value)
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch, capsys):
