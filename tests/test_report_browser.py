@@ -446,6 +446,105 @@ def test_the_two_neithers_are_worded_apart():
     assert "neither fine-tune" not in report.PATHS["neither"] and "path" not in report.FINE_TUNE_GROUPS["neither"]
 
 
+def test_the_reading_of_the_ratio_table_known_answers():
+    """The headline's reading: the edges' lowest and highest edge / null ratio at the study's cut, named, and the
+    verdict: within [0.95, 1.05] (both ends included) as well as the seed null, below it less well, above it
+    differently."""
+    def res(*ratios):
+        return {"threshold": 0.8, "edges": {f"e{k}": {"stability": {"thresholds": [0.5, 0.8], "vs_null": {"ratio": [
+            9.0, r]}}} for k, r in enumerate(ratios)}}
+    text = report.reading(res(1.05, 0.95))
+    assert "the edges keep 0.95 (e1) to 1.05 (e0) times as many" in text and "keep features as well as " in text
+    assert "keep features less well than " in report.reading(res(1.0, 0.949))
+    assert "keep features differently from " in report.reading(res(1.051, 0.99))
+    assert "No edge has a null baseline" in report.reading({"threshold": 0.8, "edges": {"e": {"stability": {
+        "thresholds": [0.8], "vs_null": None}}}})
+
+
+def test_the_ratio_table_shows_the_tenths_only():
+    t = [0.5 + 0.05 * k for k in range(10)]                         # 0.5, 0.55, ..., 0.95 (as analyze.py's)
+    st = {"thresholds": t, "parent": [0.5] * 10, "vs_null": {"ratio": [1.0] * 10, "null_parent": [0.5] * 10}}
+    page = report.ratio_table({"edges": {"base->lua": {"stability": st}}})
+    assert re.findall(r"<th>r &ge; ([\d.]+)</th>", page) == ["0.5", "0.6", "0.7", "0.8", "0.9"]
+
+
+def test_the_commands_a_section_names_keep_the_analysis_seeds():
+    """The null's missing SAE is made with the analysis' seeds (--null_seed 3: seed 3, not 1); the third seed's
+    commands take its spread seed (2 when the analysis asked for none, -1); a stale diffing record's fix that
+    names the analysis already is not given it twice."""
+    html = report.section_edges({"edges": {}, "null": {}, "null_missing": ["luastories"]}, 0.8,
+                                {"sae_seed": 0, "null_seed": 3})
+    assert "(make one with python sae.py --model luastories --seeds 0,3)" in html
+    res = {"models": {"base": {}, "lua x": {}}, "provenance": {"config": {"sae_seed": 0, "null_seed": 3,
+                                                                        "spread_seed": 5}}}
+    assert report.third_seed_commands(res) == ("python sae.py --model base --seeds 0,3,5; "
+                                               "python sae.py --model 'lua x' --seeds 0,3,5")
+    res["provenance"]["config"]["spread_seed"] = -1
+    assert report.third_seed_commands(res).startswith("python sae.py --model base --seeds 0,3,2;")
+    stale = "made from other SAEs (lua); re-run python diffing.py, then python analyze.py"
+    html = report.section_diffing({"diffing": {"stale": stale}})
+    assert html.count("python analyze.py") == 1 and "then python analyze.py.</p>" in html
+
+
+def test_a_fine_tunes_loss_curve_starts_at_its_parents_final_loss(tmp_path):
+    """The training section: a fine-tune's validation curve starts, at 0 tokens, at its parent's final loss on its
+    domain (train.py records the parent); base's own does not (its config's parent is base, unused)."""
+    def metrics(m, val):
+        hist = [{"iter": it, "tokens": 128 * it, "train_loss": 5 - it / 10, "val_loss": 5.1 - it / 10, "lr": 1e-3}
+                for it in (5, 10)]
+        report.common.atomic_write_json(os.path.join(tmp_path, m, "metrics.json"), {
+            "name": m, "domain": m, "history": hist, "val_loss": val, "provenance": {"config": {"parent": "base"}}})
+    metrics("base", {"base": 4.1, "lua": 6.5})
+    metrics("lua", {"base": 5.0, "lua": 4.0})
+    html = report.section_training(str(tmp_path), ["base", "lua"])
+    assert "val (lua); at 0: base&#x27;s: 0, 6.5<" in html                 # base's final loss on lua, at 0 tokens
+    assert "val (base): 640, 4.6<" in html and "at 0" not in html.replace("val (lua); at 0", "")
+
+
+def test_the_diffing_sections_figures_known_answers():
+    """The median firing-rate ratio is shown as a ratio (10 ** its log10), not as its log; an edge whose null
+    persists nothing has no edge / null ratio ('-'), not a division by zero; a band's null figure is shown only
+    when the edge has a null to read it against."""
+    line = report.firing_line({"firing": {"parent_sae": {"live": 10, "stopped": 1, "started": 2,
+                                                         "median_log10_ratio": 0.30103}}}, "base", "lua", 4.0)
+    assert "median firing rate on lua / on base <b>2.00</b>" in line
+    seed = {"fractions": {k: 0.25 for k in ("shared", "parent-only", "child-only", "mixed")},
+            "spurious": {"parent-only": 1, "child-only": 2}, "counts": {"parent-only": 5, "child-only": 6}}
+    edge = {"correlation": {"persisting_frac": 0.5, "disappearing_frac": 0.5, "emerging_frac": 0.1,
+                            "null_persisting_frac": 0.0},
+            "crosscoder": {"seeds": {"0": seed}}, "agreement": {"agree": 3, "n": 4, "agree_frac": 0.75,
+                                                                "n_matched": 3, "agree_frac_matched": 1.0}}
+    html = report.diffing_table({"edges": {"base->lua": edge}, "arch": "l1"})
+    cells = re.findall(r"<td>(.*?)</td>", html)
+    assert cells[:7] == ["base-&gt;lua", "50.0%", "50.0%", "10.0%", "0.0%", "-", "25.0%"], cells
+    band = {"density": [0.0, 0.001], "parent_live": 4, "persisting": 2, "persisting_frac": 0.5, "child_live": 4,
+            "emerging": 1, "emerging_frac": 0.25}
+    res = {"edges": {"base->lua": {"parent": "base", "density_bands": {"rare": band}, "stability": {}}},
+           "null": {"base": {"density_bands": {"rare": {**band, "persisting_frac": 0.75}}}}}
+    row = re.findall(r"<td>(.*?)</td>", report.section_bands(res))
+    assert row[4:6] == ["50.0%", "n/a"], row
+    res["edges"]["base->lua"]["stability"] = {"vs_null": {"null": "base"}}
+    assert re.findall(r"<td>(.*?)</td>", report.section_bands(res))[4:6] == ["50.0%", "75.0%"]
+
+
+def test_the_sae_table_names_each_seeds_role_and_gives_token_set_figures_to_the_tracked_one(tmp_path):
+    """Each seed sae.py's metrics.json holds is a row with its role in the analysis (--sae_seed tracked, --null_seed
+    the null, else unused) and its own held-out metrics; live, dead and density on the token set are the tracked
+    seed's only."""
+    sm = {"fvu": 0.1, "l0": 3.0, "dead_frac": 0.0, "ce_clean": 4.0, "ce_spliced": 4.1, "ce_zero_ablation": 5.0,
+          "ce_recovered": 0.9, "kl": 0.01}
+    report.common.atomic_write_json(os.path.join(tmp_path, "sae_base", "metrics.json"), report.common.stamp(
+        {"model": "base", "history": [], "seeds": {"0": sm, "3": {**sm, "fvu": 0.2}, "7": sm}}, "sae_metrics"))
+    res = {"provenance": {"config": {"sae_seed": 0, "null_seed": 3, "spread_seed": 2}},
+           "models": {"base": {"n_features": 96, "sae_kind": "relu", "live": 90, "dead": 6, "median_density": 0.01,
+                               "sae_metrics": sm}}}
+    html = report.sae_table(res, str(tmp_path))
+    rows = [re.findall(r"<td>(.*?)</td>", r)[:6] for r in re.findall(r"<tr>(.*?)</tr>", html)]
+    assert rows[1:] == [["base", "0 (tracked)", "96 relu", "90 (6)", "1.00e-02", "0.100"],
+                        ["base", "3 (null)", "96 relu", "-", "-", "0.200"],
+                        ["base", "7 (unused)", "96 relu", "-", "-", "0.100"]]
+
+
 def test_markup_in_the_inputs_is_escaped(study):
     out_dir, _ = study
     res, pages = load(out_dir)
