@@ -107,6 +107,25 @@ def test_normalize_and_parsers():
     assert explain.parse_simulation("```json\n[1, 0, 7]\n```", 3) == [1.0, 0.0, 7.0]
     assert explain.parse_simulation("0\t3\n2\t1", 3) is None  # token 1 missing
     assert explain.parse_simulation("no numbers here", 2) is None
+    # an index past the tokens is no token's; a token given twice keeps its first value; the value is the line's
+    # last number (a token echoed with digits in it); a JSON list of another length is not the answer
+    assert explain.parse_simulation("0\t1\n1\t2\n2\t3", 2) == [1.0, 2.0]
+    assert explain.parse_simulation("0\t1\n0\t5\n1\t2", 2) == [1.0, 2.0]
+    assert explain.parse_simulation("0\tfoo3\t7\n1\tx 2 4", 2) == [7.0, 4.0]
+    assert explain.parse_simulation("[1, 2]\n0\t4\n1\t5\n2\t6", 3) == [4.0, 5.0, 6.0]
+    # a long explanation is cut at a word boundary, not inside a word
+    assert explain.parse_explanation("abcdefghijk " * 30) == " ".join(["abcdefghijk"] * 16)
+
+
+def test_sparse_activations_are_shown_again_without_their_zeros():
+    """Bills et al. repeat the examples with only their non-zero tokens when under a fifth of the tokens are
+    non-zero (after normalising to 0-10); a fifth or more: once."""
+    sparse = [{"tokens": ["a", "b", "c", "d", "e", "f"], "acts": [0.0, 0.0, 5.0, 0.0, 0.0, 0.0]}]
+    user = explain.explanation_messages(sparse)[1]["content"]
+    assert user.count("c\t10") == 2
+    assert "Same activations, but with all zeros filtered out:\n<start>\nc\t10\n<end>" in user
+    fifth = [{"tokens": ["a", "b", "c", "d", "e"], "acts": [0.0, 0.0, 5.0, 0.0, 0.0]}]
+    assert "filtered out" not in explain.explanation_messages(fifth)[1]["content"]
 
 
 # -----------------------------------------------------------------------------
@@ -144,6 +163,9 @@ def test_prompts_split_and_score(llm, tmp_path):
     simulated = [10.0 if t == "foo" else 0.0 for c in ctxs for t in c["tokens"]]
     assert res["score"] == pytest.approx(np.corrcoef(true, simulated)[0, 1], abs=1e-9)
     assert 0.3 < res["score"] < 0.99
+
+    # answer caps: a short phrase; one line of a few tokens for each of the 70 held-out tokens
+    assert [r["body"]["max_tokens"] for r in llm["requests"]] == [100, 8 * 70 + 64]
 
     perfect = explain.explain_features([make_feature("base/3", perfect=True)], make_cfg(llm, tmp_path))
     assert perfect["base/3"]["score"] == pytest.approx(1.0)
@@ -235,6 +257,34 @@ def test_request_cap_and_resume(llm, tmp_path, capsys):
     assert len(llm["requests"]) == 6 and all(r["error"] is None for r in res.values())
 
 
+def test_the_request_cap_is_no_failure_streak_and_every_feature_is_tried(llm, tmp_path):
+    """Features left unexplained by the request cap do not count as failed requests in a row (the server is
+    fine): every feature is tried and says so, none is 'not attempted: the run stopped'."""
+    feats = [make_feature(f"lua/{i}") for i in range(5)]
+    with pytest.raises(explain.Incomplete, match=r"5 of 5 features .*\(the first: request cap reached\)") as e:
+        explain.explain_features(feats, make_cfg(llm, tmp_path, max_requests=0, max_failures=3))
+    assert [r["error"] for r in e.value.results.values()] == ["request cap reached"] * 5 and not llm["requests"]
+
+
+def test_a_negative_retry_after_waits_nothing(llm, tmp_path, monkeypatch):
+    delays = []
+    monkeypatch.setattr(explain, "_sleep", delays.append)
+    llm["script"] = [(503, {"Retry-After": "-5"}, "busy")]
+    res = explain.explain_features([make_feature()], make_cfg(llm, tmp_path))
+    assert res["lua/7"]["error"] is None and delays == [0.0]             # (time.sleep(-5) raises ValueError)
+
+
+def test_an_empty_cached_explanation_plans_no_simulation_request(llm, tmp_path, capsys):
+    """An explanation answered empty is the feature's result (no simulation follows): run again from the cache,
+    the plan counts no request for it."""
+    llm["script"] = [(200, {}, json.dumps({"choices": [{"message": {"content": ""}}]}))]
+    res = explain.explain_features([make_feature()], make_cfg(llm, tmp_path))
+    assert res["lua/7"]["error"] == "empty explanation" and len(llm["requests"]) == 1
+    capsys.readouterr()
+    assert explain.explain_features([make_feature()], make_cfg(llm, tmp_path)) == res
+    assert "~0 requests (2 cached)" in capsys.readouterr().out and len(llm["requests"]) == 1
+
+
 def test_malformed_simulation(llm, tmp_path):
     llm["mode"] = "garbage"
     res = explain.explain_features([make_feature()], make_cfg(llm, tmp_path))["lua/7"]
@@ -302,6 +352,7 @@ def test_cli(llm, tmp_path, capsys):
     ({"key": "base/1", "top": [{"tokens": [7], "acts": [1.0]}]}, r"tokens are not all strings"),
     ({"key": "base/1", "top": [], "random": [{"tokens": ["a"], "acts": [1, 2]}]}, r"1 tokens but 2 activations"),
     ({"key": ["a"], "top": []}, r'not an object with a string "key"'),
+    ({"key": "base/1", "top": [{"tokens": ["a"], "acts": [float("nan")]}]}, r"activations are not all finite numbers"),
 ])
 def test_a_hand_edited_features_file_is_one_line(tmp_path, feature, why):
     """Every value of --features_json is checked before use: a traceback (TypeError) before, for a "top" that
