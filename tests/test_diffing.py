@@ -276,9 +276,12 @@ def pipeline(tmp_path_factory):
         meta["splits"]["train"] = {"tokens": len(ids)}
         with open(os.path.join(folder, "meta.json"), "w") as f:
             json.dump(meta, f)
+    # --threads 1: with 0 (the cores free now, which a loaded machine changes between runs) a rerun's float sums, and
+    # the records the tests compare bit for bit, could differ from these
     args = ["--preset=tiny", f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--device=cpu", "--total_acts=2048",
             "--seqs_per_batch=8", "--tokens_per_seq=8", "--buffer_batches=4", "--eval_seqs=8", "--eval_batch=8",
-            "--edges=base->lua,base->tinystories", "--expansion=2", "--k=4", "--n_tokens=2048"]  # test_analyze.run's
+            "--edges=base->lua,base->tinystories", "--expansion=2", "--k=4", "--n_tokens=2048",  # test_analyze.run's
+            "--threads=1"]
     res = diffing.main(args)
     return data_dir, out_dir, res, args
 
