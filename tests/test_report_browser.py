@@ -464,7 +464,7 @@ def test_the_reading_of_the_ratio_table_known_answers():
 def test_the_ratio_table_shows_the_tenths_only():
     t = [0.5 + 0.05 * k for k in range(10)]                         # 0.5, 0.55, ..., 0.95 (as analyze.py's)
     st = {"thresholds": t, "parent": [0.5] * 10, "vs_null": {"ratio": [1.0] * 10, "null_parent": [0.5] * 10}}
-    page = report.ratio_table({"edges": {"base->lua": {"stability": st}}})
+    page = report.ratio_table({"edges": {"base->lua": {"stability": st}}}, "python analyze.py")
     assert re.findall(r"<th>r &ge; ([\d.]+)</th>", page) == ["0.5", "0.6", "0.7", "0.8", "0.9"]
 
 
@@ -473,17 +473,17 @@ def test_the_commands_a_section_names_keep_the_analysis_seeds():
     commands take its spread seed (2 when the analysis asked for none, -1); a stale diffing record's fix that
     names the analysis already is not given it twice."""
     html = report.section_edges({"edges": {}, "null": {}, "null_missing": ["luastories"]}, 0.8,
-                                {"sae_seed": 0, "null_seed": 3})
-    assert "(make one with python sae.py --model luastories --seeds 0,3)" in html
+                                {"sae_seed": 0, "null_seed": 3}, "o")
+    assert "(make one with python sae.py --out_dir=o --model luastories --seeds 0,3 --overwrite" in html
     res = {"models": {"base": {}, "lua x": {}}, "provenance": {"config": {"sae_seed": 0, "null_seed": 3,
                                                                         "spread_seed": 5}}}
-    assert report.third_seed_commands(res) == ("python sae.py --model base --seeds 0,3,5; "
-                                               "python sae.py --model 'lua x' --seeds 0,3,5")
+    assert report.third_seed_commands(res) == ("python sae.py --model base --seeds 0,3,5 --overwrite; "
+                                               "python sae.py --model 'lua x' --seeds 0,3,5 --overwrite")
     res["provenance"]["config"]["spread_seed"] = -1
-    assert report.third_seed_commands(res).startswith("python sae.py --model base --seeds 0,3,2;")
+    assert report.third_seed_commands(res).startswith("python sae.py --model base --seeds 0,3,2 --overwrite;")
     stale = "made from other SAEs (lua); re-run python diffing.py, then python analyze.py"
-    html = report.section_diffing({"diffing": {"stale": stale}})
-    assert html.count("python analyze.py") == 1 and "then python analyze.py.</p>" in html
+    html = report.section_diffing({"diffing": {"stale": stale}}, "o")
+    assert html.count("python analyze.py") == 1 and "then python analyze.py --out_dir=o.</p>" in html
 
 
 def test_a_fine_tunes_loss_curve_starts_at_its_parents_final_loss(tmp_path):

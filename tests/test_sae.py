@@ -874,7 +874,8 @@ def test_a_split_one_token_short_is_found_and_the_shortest_window_that_fits_is_o
     msg = str(e.value)
     assert f"the base val split ({os.path.join(data, 'base', 'val.bin')}) has {val} tokens, fewer than one window " \
            "of 33 (--seq_len 32, and the next token)" in msg, msg
-    assert msg.endswith(f"; or harvest shorter windows: python sae.py --model base --seq_len {fits}"), msg
+    assert msg.endswith(f"; or harvest shorter windows: python sae.py --model base --seq_len {fits} "
+                        "--tokens_per_seq 4 --skip_first 1"), msg
 
 
 def test_a_split_shorter_than_one_window_names_what_makes_it_fit(dirs, tmp_path):

@@ -390,7 +390,7 @@ def test_a_stop_at_an_evaluation_keeps_that_evaluation_in_its_checkpoint(dirs):
     train loss left over), not the between-evaluations one (val_loss {})."""
     run(dirs, "--domain=base", "--max_iters=12", "--eval_interval=5", "--stop_iter=5")
     ck = load(dirs, "base")
-    assert ck["iter_num"] == 5 and not ck["finished"] and ck["loss_since"] == [0.0, 0]
+    assert ck["iter_num"] == 5 and not ck["finished"] and ck["loss_since"] == [[0.0], 0]
     assert set(ck["val_loss"]) == {"base"} and ck["val_loss"]["base"] == ck["history"][-1]["val_loss"]
 
 
