@@ -333,14 +333,22 @@ def test_an_empty_models_list_is_one_line_not_a_run_that_converts_nothing(tmp_pa
                                  "base,lua,tinystories,luastories")
 
 
-def test_fetch_convert_lineage_and_rerun(tmp_path, serve, capsys):
+def hub_study(tmp_path, serve, data="data", out="out", sharded=()):
+    """The four models on a local hub (sharded: those served as an index of shards) and their domains' tokens:
+    (folders, hub, data_dir, out_dir)."""
     folders = {name: make_folder(tmp_path / "hf" / name, tensors=hf_tensors(TINY, i))
                for i, name in enumerate(authors.MODELS)}
-    as_index(folders["luastories"])
+    for name in sharded:
+        as_index(folders[name])
     hub = serve(folders)
-    d, o = str(tmp_path / "data"), str(tmp_path / "out")
+    d, o = str(tmp_path / data), str(tmp_path / out)
     for i, dom in enumerate(("base", "lua", "tinystories")):
         write_domain(d, dom, i, vocab=11, tok_hash="tok-A", n=2000)
+    return folders, hub, d, o
+
+
+def test_fetch_convert_lineage_and_rerun(tmp_path, serve, capsys):
+    folders, hub, d, o = hub_study(tmp_path, serve, sharded=["luastories"])
     authors.main(["--data_dir", d, "--out_dir", o] + RUN)
     out = capsys.readouterr().out
     for name, repo in authors.MODELS.items():
@@ -375,12 +383,7 @@ def test_models_named_in_any_order_convert_parents_first_and_a_damaged_one_names
     """--models luastories,lua,tinystories,base converts base first (a child's lineage is its parents' hashes) and
     card-checks only the models named; a checkpoint there that cannot be read names the command that converts it
     alone, with --overwrite."""
-    folders = {name: make_folder(tmp_path / "hf" / name, tensors=hf_tensors(TINY, i))
-               for i, name in enumerate(authors.MODELS)}
-    serve(folders)
-    d, o = str(tmp_path / "data"), str(tmp_path / "out")
-    for i, dom in enumerate(("base", "lua", "tinystories")):
-        write_domain(d, dom, i, vocab=11, tok_hash="tok-A", n=2000)
+    folders, _, d, o = hub_study(tmp_path, serve)
     authors.main(["--data_dir", d, "--out_dir", o, "--models", "base"] + RUN)   # alone: no other model checked
     assert os.listdir(o) == ["base"]
     authors.main(["--data_dir", d, "--out_dir", o, "--models", "luastories,lua,tinystories,base"] + RUN)
@@ -503,12 +506,7 @@ def test_the_fixes_of_a_study_of_the_authors_models_name_authors_py_and_work(tmp
     of the conversion: --block_size, --tokenizer_hash), not train.py or merge.py, and running it as printed (here
     against the local hub) remakes the model, its weights the authors' again."""
     import analyze
-    folders = {name: make_folder(tmp_path / "hf" / name, tensors=hf_tensors(TINY, i))
-               for i, name in enumerate(authors.MODELS)}
-    serve(folders)
-    d, o = str(tmp_path / "data_authors"), str(tmp_path / "out_authors")
-    for i, dom in enumerate(("base", "lua", "tinystories")):
-        write_domain(d, dom, i, vocab=11, tok_hash="tok-A", n=2000)
+    folders, _, d, o = hub_study(tmp_path, serve, "data_authors", "out_authors")
     authors.main(["--data_dir", d, "--out_dir", o] + RUN)
 
     def same_weights(name):
