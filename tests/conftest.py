@@ -1,0 +1,20 @@
+"""One CPU thread count for every test run in this process. A script's --threads 0 takes the cores free at
+that moment (common.free_cores), and float sums differ in their last bits between thread counts: two runs a
+test compares bit for bit (a resumed run against an unstopped one, a rerun against the first) would then
+depend on the machine's load between them. Tests that start a script in another process pass --threads."""
+import pytest
+
+import common
+
+
+@pytest.fixture(autouse=True)
+def one_thread_count(monkeypatch):
+    monkeypatch.setattr(common, "free_cores", lambda sample_s=0.1: 1)
+    try:
+        import torch
+    except ImportError:  # data.py's tests run without torch (Python 3.10 in CI)
+        yield
+        return
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)  # what a script's set_threads left is not the next test's
