@@ -1,15 +1,25 @@
 """One CPU thread count for every test run in this process. A script's --threads 0 takes the cores free at
 that moment (common.free_cores), and float sums differ in their last bits between thread counts: two runs a
-test compares bit for bit (a resumed run against an unstopped one, a rerun against the first) would then
-depend on the machine's load between them. Tests that start a script in another process pass --threads."""
+test compares bit for bit (a resumed run against an unstopped one, a rerun against the first, a module's
+fixture's run against a test's) would then depend on the machine's load between them. Tests that start a
+script in another process pass --threads.
+
+The pin is session-wide, so module-scoped fixtures (test_analyze's study, made before any function-scoped
+fixture) take it too."""
 import pytest
 
 import common
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_free_core():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common, "free_cores", lambda sample_s=0.1: 1)
+        yield
+
+
 @pytest.fixture(autouse=True)
-def one_thread_count(monkeypatch):
-    monkeypatch.setattr(common, "free_cores", lambda sample_s=0.1: 1)
+def one_thread_count(one_free_core):
     try:
         import torch
     except ImportError:  # data.py's tests run without torch (Python 3.10 in CI)
