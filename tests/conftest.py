@@ -8,6 +8,8 @@ The pin is session-wide, so module-scoped fixtures (test_analyze's study, made b
 fixture) take it too; and torch's thread count is 1 at the start and the end of every test, so what a
 script's set_threads left (in a test, or in a module's fixture made between two tests) is not what the next
 test computes with, whichever tests ran before it."""
+import functools
+
 import pytest
 
 import common
@@ -16,7 +18,7 @@ import common
 @pytest.fixture(scope="session", autouse=True)
 def one_free_core():
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(common, "free_cores", lambda sample_s=0.1: 1)
+        mp.setattr(common, "free_cores", functools.wraps(common.free_cores)(lambda sample_s=0.1: 1))
         try:
             import torch
             torch.set_num_threads(1)  # the session's first module fixture too
