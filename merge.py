@@ -475,8 +475,11 @@ def write_merge(cfg, run, models, evaluate, made_from, inputs):
     sd, infos = merge_state_dicts(ca["model"], cb["model"], cfg["t"], run.rules, sd_p, cfg["dot_threshold"])
     n_lin = print_angles(infos, cfg["dot_threshold"], run.hint)
     val = evaluate(sd) if evaluate else {}
-    for r in ("a", "b"):
-        print(f"  {models[r]['name']:12s} stored val_loss {models[r]['ckpt'].get('val_loss', {})}")
+    for r in ("a", "b"):  # (a checkpoint saved at a --stop_iter between evaluations has none)
+        stored = models[r]["ckpt"].get("val_loss")
+        stored = " ".join(f"{d} {v:.4f}" for d, v in stored.items() if isinstance(v, (int, float))) \
+            if isinstance(stored, dict) else ""
+        print(f"  {models[r]['name']:12s} stored val_loss {stored or 'none'}")
     print(f"  {cfg['out']:12s} val_loss " + (" ".join(f"{d} {v:.4f}" for d, v in val.items())
                                              or "not measured (--eval_batches 0)"))
     # the per-tensor record (cos, angle, path) in the checkpoint too: merge.json rebuilt from it is this one

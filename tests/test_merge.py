@@ -4,6 +4,7 @@ one-line errors for every bad input."""
 import json
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -570,7 +571,7 @@ def test_merge_command_known_answers_parse_to_the_recorded_settings():
     assert merge_command("m", {"a": "lua"}) == "python merge.py --out m --a A --b B --t T --mode MODE"
 
 
-def test_unfinished_input_is_refused_unless_allowed(world):
+def test_unfinished_input_is_refused_unless_allowed(world, capsys):
     # issue 12.5: a fine-tune stopped early (or killed) is not silently merged
     out = world[1]
     base = {"name": "base", "hash": sha256_file(os.path.join(out, "base", "ckpt.pt"))}
@@ -579,6 +580,7 @@ def test_unfinished_input_is_refused_unless_allowed(world):
         run(world)
     assert not os.path.exists(os.path.join(out, "luastories"))
     run(world, "--allow_unfinished")
+    assert re.search(r"^  lua +stored val_loss none$", capsys.readouterr().out, re.M)  # (stopped before evaluating)
     assert torch.load(os.path.join(out, "luastories", "ckpt.pt"), weights_only=False)["finished"]
 
 
