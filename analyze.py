@@ -72,7 +72,7 @@ import fast
 import report
 import sae as saelib
 from common import die
-from model import authors_how, command_of, load_model, made_by_authors
+from model import authors_how, command_of, load_model
 
 # -----------------------------------------------------------------------------
 # default config (paper preset; PRESETS below overrides)
@@ -719,7 +719,7 @@ def check_lineage(info, edges, out_dir):
     for _, parent, child in edges:
         if info[parent]["model_hash"] not in ancestors(child):
             ck = info[child]["ckpt"]
-            remake = authors_how(out_dir, child, ck) if made_by_authors(ck) else command_of(child, ck)
+            remake = authors_how(out_dir, child, ck) or command_of(child, ck)  # (authors_how: None unless it made it)
             die(f"'{child}' was not made from the current '{parent}' checkpoint ({parent} was re-made since?); "
                 f"re-make it: {remake} --overwrite")
 

@@ -458,12 +458,10 @@ def load_model(out_dir, name, device="cpu", allow_unfinished=False):
         if authors is None:
             raise
         ckpt = load_checkpoint(path, f"'{name}' model checkpoint", authors)  # (the same line, naming it)
-    by_authors = name in MAKES and made_by_authors(ckpt)
-    if by_authors:
-        how = authors_how(out_dir, name, ckpt)
-    check_finished(ckpt, path, name, allow_unfinished, how if name in MAKES else None)
+    authors = authors_how(out_dir, name, ckpt) if name in MAKES else None  # (None unless authors.py made it)
+    check_finished(ckpt, path, name, allow_unfinished, (authors or how) if name in MAKES else None)
     # (loaded: its domain, or a merge)
-    model = model_from_checkpoint(ckpt, device, path, how if by_authors else command_of(name, ckpt))
+    model = model_from_checkpoint(ckpt, device, path, authors or command_of(name, ckpt))
     model.eval()
     return model, ckpt
 
