@@ -84,9 +84,8 @@ def remake_command(out_dir, name, made=None):
     conversion, and its children's lineage would no longer hold)."""
     made = made if isinstance(made, dict) else {}
     cmd = f"python authors.py --models {name} --out_dir {shlex.quote(out_dir)}"
-    for k in ("data_dir", "preset", "tokenizer_hash"):
-        if isinstance(made.get(k), str) and made[k].strip():
-            cmd += f" --{k} {shlex.quote(made[k])}"
+    for k, v in common.recorded_settings(made, ("data_dir", "preset", "tokenizer_hash")).items():
+        cmd += f" --{k} {shlex.quote(v)}"
     T = made.get("block_size")
     return cmd + (f" --block_size {T}" if type(T) is int and T != config["block_size"] else "")
 

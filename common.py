@@ -230,7 +230,7 @@ def keep_study_settings(out_dir, keys):
         return
     for name in names + [os.path.join("analysis", f"{k}.json") for k in ("results", "pages")]:
         try:
-            got = recorded_settings(read_json(os.path.join(out_dir, name)), keys)
+            got = recorded_settings(read_json(os.path.join(out_dir, name))["provenance"]["config"], keys)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
         if got:
@@ -238,11 +238,9 @@ def keep_study_settings(out_dir, keys):
             return
 
 
-def recorded_settings(record, keys):
-    """{key: value} of the folder and preset settings `keys` a stage's record says it ran with (its provenance's
-    config; those given as non-empty strings). Raises KeyError, TypeError or AttributeError when the record has
-    no such config."""
-    made = record["provenance"]["config"]
+def recorded_settings(made, keys):
+    """{key: value} of the settings `keys` (folders, preset: text) that `made`, the config a stage's record says
+    it ran with, gives as non-empty strings. AttributeError when `made` is not a dict."""
     return {k: made[k] for k in keys if isinstance(made.get(k), str) and made[k].strip()}
 
 

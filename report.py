@@ -451,7 +451,7 @@ def study_settings(res, out_dir):
     the report is, and the data_dir and preset its analysis ran with (results.json's provenance). Without them
     the page's `python analyze.py` would analyse out/ and data/ with this machine's default preset."""
     try:
-        return {"out_dir": out_dir, **common.recorded_settings(res, ("data_dir", "preset"))}
+        return {"out_dir": out_dir, **common.recorded_settings(res["provenance"]["config"], ("data_dir", "preset"))}
     except (KeyError, TypeError, AttributeError):
         return {"out_dir": out_dir}
 
