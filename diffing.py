@@ -371,8 +371,7 @@ def state_path(cfg, parent, child):
 def state_how(parent, child, seeds):
     """The command that (+ --overwrite) starts this edge alone over, with the run's seeds (without its --seeds
     it would train 0 and 1 only)."""
-    return f"python diffing.py --edges '{parent}->{child}'" + (
-        "" if list(seeds) == [0, 1] else f" --seeds {','.join(map(str, seeds))}")
+    return f"python diffing.py --edges '{parent}->{child}'" + saelib.seeds_flag(seeds)
 
 
 def load_state(path, parent, child, inputs, seeds):

@@ -675,7 +675,12 @@ def sae_how(model_name, seeds):
     """The command that trains model_name's SAEs: with seeds, a run's own (a list), or the study's 0 and 1
     with this seed (an int) among them. Without its --seeds the command would train 0 and 1 only."""
     seeds = list(seeds) if isinstance(seeds, (list, tuple)) else [0, 1] + [seeds] * (seeds not in (0, 1))
-    return f"python sae.py --model {model_name}" + ("" if seeds == [0, 1] else f" --seeds {','.join(map(str, seeds))}")
+    return f"python sae.py --model {model_name}" + seeds_flag(seeds)
+
+
+def seeds_flag(seeds):
+    """' --seeds a,b' for a command that trains these seeds (sae.py's, diffing.py's); '' for their default 0,1."""
+    return "" if list(seeds) == [0, 1] else f" --seeds {','.join(map(str, seeds))}"
 
 
 def remake_flag(path):
