@@ -14,6 +14,7 @@ Any config key below can be overridden: --key=value (python train.py --help list
 
 Reading order: main() is the algorithm; each of its steps is one function below it, in order.
 """
+import importlib
 import math
 import os
 import sys
@@ -155,6 +156,7 @@ def main(argv=None):
     if os.path.lexists(os.path.join(run_dir, "merge.json")):
         die(f"--name {name}: {run_dir} holds a merge (merge.py's merge.json); training would replace it; choose "
             f"another --name (e.g. --name {cfg['domain']}_2)")
+    run = None
     try:  # the one place the DDP process group is torn down, however the run ends
         with lock_dir(run_dir, f"train.py --name {name}") if env.master else nullcontext():
             run = open_run(cfg, env, name, os.path.join(run_dir, "ckpt.pt"))
@@ -169,11 +171,16 @@ def main(argv=None):
             return finish(run)
     finally:
         if env.ddp:
-            # on a normal end the ranks leave together: a rank tearing its group down and exiting while rank 0
-            # still saved made gloo abort it at exit, now and then. After an error none waits: the other
-            # ranks may never get here (torchrun stops them)
+            # on a normal end the ranks leave together (after an error none waits: the other ranks may never
+            # get here; torchrun stops them). The group ends here, not at exit: gloo's threads still drop
+            # the last collectives' tensors, which takes the GIL, and a thread asking for it while the
+            # interpreter exits aborts the process. DDP, which holds the group, goes first (the group
+            # ended by it would wait for those threads while holding the GIL: a deadlock);
+            # destroy_process_group ends it with the GIL released
             if sys.exc_info()[0] is None:
                 torch.distributed.barrier()
+            if run is not None:
+                run.model = None
             torch.distributed.destroy_process_group()
 
 
@@ -186,6 +193,10 @@ def setup_devices(cfg):
     env = SimpleNamespace(ddp=int(os.environ.get("RANK", -1)) != -1, rank=0, world=1)
     if env.ddp:
         from torch.distributed import init_process_group
+        # imported before the group exists: torch.distributed.nn's functions take group.WORLD as a default
+        # argument when first imported (DDP imports them), which kept the group alive past
+        # destroy_process_group, into the interpreter's exit (see the end of main)
+        importlib.import_module("torch.distributed.nn")
         env.rank, env.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         gpu = cfg["device"] != "cpu" and torch.cuda.is_available()
         init_process_group(backend="nccl" if gpu else "gloo")  # NCCL only runs on GPUs; gloo on CPUs

@@ -446,6 +446,41 @@ def test_metrics_carry_mfu_none_on_cpu(dirs):
     assert "mfu" in m and m["mfu"] is None and m["tokens_per_s"] > 0
 
 
+# train.py run as its command line does (runpy, as __main__), with the names of the threads a rank has
+# right after each destroy_process_group written out
+THREADS_LEFT = """import os, runpy, sys
+import torch.distributed as dist
+def destroy(*args, _destroy=dist.destroy_process_group, **kwargs):
+    _destroy(*args, **kwargs)
+    names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+    os.write(1, f"threads after destroy_process_group: {names}\\n".encode())  # one write: the ranks share the pipe
+dist.destroy_process_group = destroy
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def torchrun(*args):
+    """train.py under torchrun, two CPU processes (gloo): it succeeds, and each rank's destroy_process_group ends
+    gloo's threads. One left past it was ended later: by DDP's reducer, holding the GIL that the thread may still
+    need (a deadlock), or at the interpreter's exit (an abort, now and then: torch.distributed.nn, imported after
+    the group was made, kept it)."""
+    import subprocess
+    import sys
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        driver = os.path.join(tmp, "threads_left.py")
+        with open(driver, "w") as f:
+            f.write(THREADS_LEFT)
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               driver, os.path.join(helpers.REPO, "train.py"), *args], capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, cwd=helpers.REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    left = re.findall(r"^threads after destroy_process_group: (.*)$", proc.stdout, re.M)
+    assert len(left) == 2 and not any("gloo" in names for names in left), proc.stdout[-2000:]
+
+
 def test_ddp_on_two_cpu_processes_is_one_process_with_the_whole_batch(dirs):
     """torchrun with two CPU processes (gloo): each rank takes its half of the one data stream's batch and
     DDP averages the gradients, so every step is the one-process step with the whole batch (16 windows),
@@ -453,17 +488,10 @@ def test_ddp_on_two_cpu_processes_is_one_process_with_the_whole_batch(dirs):
     The DDP run, stopped at step 5 (between evaluations: it carries the ranks' mean train loss since the curve's
     point at 4), is continued by one process with the whole batch (reproduce.sh's resume of a base model
     pretrained under torchrun), and a batch other than 16 is refused."""
-    import subprocess
-    import sys
     data, out = dirs
     common = ["--preset=tiny", f"--data_dir={data}", *MODEL[:4], "--log_interval=2", "--eval_iters=2",
               "--warmup_iters=2", "--domain=base", "--max_iters=6", "--eval_interval=3", "--device=cpu", "--threads=1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           os.path.join(helpers.REPO, "train.py"), *common, f"--out_dir={out}", "--name=ddp",
-                           "--batch_size=8", "--stop_iter=5"], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=helpers.REPO)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    torchrun(*common, f"--out_dir={out}", "--name=ddp", "--batch_size=8", "--stop_iter=5")
     assert load(dirs, "ddp")["iter_num"] == 5 and load(dirs, "ddp")["loss_since"][1] == 1  # (one step since 4)
     ck = load(dirs, "ddp")
     del ck["config"]["batch_global"]                   # as saved before the key: the batch from the tokens
@@ -494,22 +522,13 @@ def test_a_ddp_run_stopped_between_evaluations_resumes_to_the_unstopped_ddp_runs
     two: each rank resumes with its own train loss since the point at 4, so the point at 6, the ranks' sums added
     by record_loss's all-reduce, is the unstopped DDP run's bit for bit (resumed with the ranks' mean, M + l0 and
     M + l1 round otherwise than s0 + l0 and s1 + l1 on these steps), as are the weights."""
-    import subprocess
-    import sys
     data, out = dirs
     common = ["--preset=tiny", f"--data_dir={data}", f"--out_dir={out}", *MODEL[:5], "--batch_size=8",
               "--log_interval=4", "--eval_iters=2", "--warmup_iters=2", "--domain=base", "--max_iters=12",
               "--eval_interval=6", "--device=cpu", "--threads=1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def torchrun(*args):
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               os.path.join(helpers.REPO, "train.py"), *common, *args], env=env, capture_output=True,
-                              text=True, timeout=300, cwd=helpers.REPO)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    torchrun("--name=straight")
-    torchrun("--name=split", "--stop_iter=5")
-    torchrun("--name=split", "--resume")
+    torchrun(*common, "--name=straight")
+    torchrun(*common, "--name=split", "--stop_iter=5")
+    torchrun(*common, "--name=split", "--resume")
     a, b = load(dirs, "straight"), load(dirs, "split")
     assert [h["iter"] for h in b["history"]] == [4, 6, 8, 12]
     assert a["history"] == b["history"] and a["best_val_loss"] == b["best_val_loss"]
