@@ -788,9 +788,10 @@ def sae_context(cfg, study):
         for m, seed in study.sae:
             c = study.info[m][f"sae{seed}"]["config"] or {}
             v = c.get("skip_first", 1) if key == "skip_first" else c.get("seq_len") or study.block_size
-            if type(v) is not int or v < 0:
+            if type(v) is not int or v < 0:  # (the fix names its other settings: not this one's value)
+                how = saelib.sae_how(m, seed, {k: x for k, x in c.items() if k != key})
                 die(f"{saelib.sae_path(cfg['out_dir'], m, seed)} says it was trained with --{key} {v!r}: damaged "
-                    f"or hand-made; remake it: {saelib.sae_how(m, seed)} --overwrite")
+                    f"or hand-made; remake it: {how} --overwrite")
             got.setdefault(v, []).append(f"{m} seed {seed}")
         if len(got) > 1:
             each = "; ".join(f"{v}: {', '.join(w)}" for v, w in got.items())

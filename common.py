@@ -244,6 +244,34 @@ def recorded_settings(made, keys):
     return {k: made[k] for k in keys if isinstance(made.get(k), str) and made[k].strip()}
 
 
+def with_settings(cmd, made, defaults, presets, free, variant=None):
+    """cmd, the command that remakes a stage's file, with ` --key value` for each setting of `made` (the config
+    the file records it was made with) that differs from what cmd would use: the script's `defaults` after the
+    made preset of `presets` (and of its `variant`, train.py's); the preset itself where cmd would run another.
+    Left out: keys cmd names, keys in `free` (the script's RESUME_FREE: they change nothing made), fast (the same
+    results to rounding), and values of another type than the default's (hand-made). made not a dict or empty
+    (nothing recorded): cmd."""
+    import shlex
+    if not isinstance(made, dict) or not made:
+        return cmd
+    made = {**ADDED_SETTINGS, **made}  # (settings it predates: the value they had then)
+    named = {w[2:].split("=")[0] for w in cmd.split() if w.startswith("--")}
+    base, preset, flags = dict(defaults), made.get("preset"), ""
+    if isinstance(preset, str) and preset in presets:
+        base.update(presets[preset])
+        if variant is not None:
+            base.update(presets.get(f"{preset}/{variant({**defaults, **made})}", {}))
+        if preset != GIVEN.get("preset", default_preset()) and "preset" not in named:
+            flags += f" --preset {shlex.quote(preset)}"
+    for k, d in base.items():
+        v = made.get(k, d)
+        if k in named or k in free or k in ("fast", "preset") or v == d or not (
+                type(v) is type(d) or (type(d) is float and type(v) is int)):
+            continue
+        flags += f" --{k} {shlex.quote(str(v).lower() if isinstance(v, bool) else str(_show(v)))}"
+    return cmd + flags
+
+
 def _convert(key, text, default):
     """Turn the command-line string `text` into the type of `default`."""
     if isinstance(default, bool):

@@ -653,7 +653,7 @@ def section_edges(res, thr, cfg, out_dir):
                   f"{e['counts']['emerging']} ({e['emerging_frac']:.1%})", e["one_to_one"]["n"], _f(e["one_to_one"]["mean_cos"]))
                  for m, e in res["null"].items()])
     if res.get("null_missing"):
-        make = sae_commands(res["null_missing"], [cfg.get("sae_seed", 0), cfg["null_seed"]])
+        make = sae_commands(res["null_missing"], [cfg.get("sae_seed", 0), cfg["null_seed"]], res)
         nul += (f"<p>No seed-{cfg['null_seed']} SAE for: {esc(', '.join(res['null_missing']))} (make one with "
                 f"{esc(for_study(make, res, out_dir))}, which trains the other seed again with it).</p>")
     return (f"<h2 id='edges'>Edges</h2><p>A live parent feature <b>persists</b> when some live child feature correlates "
@@ -766,11 +766,14 @@ def one_to_one_table(res):
                   "Hungarian on decoder cos >= 0.7", "mean decoder cos (greedy)", "components matched greedily"], rows)
 
 
-def sae_commands(models, seeds):
+def sae_commands(models, seeds, res):
     """The commands that train each model's SAEs with these seeds: --overwrite, as sae.py trains a model's seeds
-    together from one training state, so a seed added retrains the ones it has with it."""
-    return "; ".join(f"python sae.py --model {shlex.quote(m)} --seeds {','.join(map(str, seeds))} --overwrite"
-                     for m in models)
+    together from one training state, so a seed added retrains the ones it has with it; with the settings the
+    study's SAEs were trained with (res: results.json, its sae_configs), or they would be other SAEs."""
+    import sae  # (torch: only here, for sae.py's defaults)
+    made = (res.get("provenance") or {}).get("sae_configs")
+    made = {m: c.get("config") for m, c in made.items() if isinstance(c, dict)} if isinstance(made, dict) else {}
+    return "; ".join(f"{sae.sae_how(shlex.quote(m), seeds, made.get(m))} --overwrite" for m in models)
 
 
 def third_seed_commands(res):
@@ -778,7 +781,7 @@ def third_seed_commands(res):
     cfg = res["provenance"]["config"]
     spread = cfg.get("spread_seed")
     spread = spread if isinstance(spread, int) and spread >= 0 else 2  # (-1: the analysis asked for none)
-    return sae_commands(res["models"], [cfg.get("sae_seed", 0), cfg.get("null_seed", 1), spread])
+    return sae_commands(res["models"], [cfg.get("sae_seed", 0), cfg.get("null_seed", 1), spread], res)
 
 
 def section_stability(res, rerun, sae_seeds):

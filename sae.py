@@ -59,7 +59,7 @@ from types import SimpleNamespace
 from common import (COMMAND_LINE, UserError, atomic_torch_save, atomic_write_json, check_adam_state,
                     check_free_space, check_resume, check_resume_or_overwrite, check_seeds, cli, default_preset, die,
                     lock_dir, misfit, parse_config, peak_gpu_mib, pick_device, provenance, read_json, record_problem,
-                    set_threads, sha256_file, stamp)
+                    set_threads, sha256_file, stamp, with_settings)
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ import torch.nn.functional as F
 
 import data as datalib
 import fast
-from model import check_preset, clean_key, load_checkpoint, load_model
+from model import check_preset, clean_key, load_checkpoint, load_data, load_model
 
 # -----------------------------------------------------------------------------
 # config: the paper's values; PRESETS below override them
@@ -671,11 +671,14 @@ def model_fingerprint(model_ckpt):
     return h.hexdigest()[:16]
 
 
-def sae_how(model_name, seeds):
+def sae_how(model_name, seeds, made=None):
     """The command that trains model_name's SAEs: with seeds, a run's own (a list), or the study's 0 and 1
-    with this seed (an int) among them. Without its --seeds the command would train 0 and 1 only."""
+    with this seed (an int) among them. Without its --seeds the command would train 0 and 1 only. made: the
+    config they were (or are being) trained with, whose settings off the defaults the command names (else it
+    would train other SAEs: common.with_settings)."""
     seeds = list(seeds) if isinstance(seeds, (list, tuple)) else [0, 1] + [seeds] * (seeds not in (0, 1))
-    return f"python sae.py --model {model_name}" + seeds_flag(seeds)
+    return with_settings(f"python sae.py --model {model_name}" + seeds_flag(seeds), made, config, PRESETS,
+                         RESUME_FREE | {"seeds"})
 
 
 def seeds_flag(seeds):
@@ -691,12 +694,30 @@ def remake_flag(path):
     return " --resume" if folder and os.path.isfile(os.path.join(folder, STATE_FILE)) else " --overwrite"
 
 
+def run_config(folder):
+    """The config the SAE run in folder recorded: its training state's (what a --resume must be given; its
+    records only: mmap), else its metrics.json's; None where neither can be read."""
+    try:
+        return load_data(os.path.join(folder, STATE_FILE), mmap=True)["config"]
+    except Exception:  # damaged too, or none: the record may say
+        pass
+    try:
+        return read_json(os.path.join(folder, "metrics.json"))["provenance"]["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_sae(out_dir, model_name, seed=0, device="cpu"):
     """(SAE in eval mode on raw activations, its checkpoint dict without the training state)."""
     model_domains(model_name)
     path = sae_path(out_dir, model_name, seed)
     how, again = sae_how(model_name, seed), remake_flag(path)
-    ckpt = load_checkpoint(path, f"SAE for '{model_name}'", how, kind="sae", again=again)
+    try:
+        ckpt = load_checkpoint(path, f"SAE for '{model_name}'", how, kind="sae", again=again)
+    except UserError:  # missing or damaged: the command names the settings its run recorded
+        how = sae_how(model_name, seed, run_config(os.path.dirname(path)))
+        ckpt = load_checkpoint(path, f"SAE for '{model_name}'", how, kind="sae", again=again)  # (the same line)
+    how = sae_how(model_name, seed, ckpt.get("config"))
     # a seed's file copied or renamed onto another seed's name passes every other check, and the null
     # baseline (seed 0 against seed 1) would then find every feature again: named, never used
     if ckpt.get("seed", seed) != seed:
@@ -718,7 +739,8 @@ def check_sae_matches(sae_ckpt, model_ckpt, model_hash=None, path="this SAE"):
     """One-line errors when an SAE does not belong to a model checkpoint dict (model_hash: optional
     common.sha256_file of the model's file, compared too; path: the SAE file, for the messages)."""
     name = sae_ckpt["model_name"]
-    fix = f"retrain the SAE: {sae_how(model_ckpt.get('name', name), sae_ckpt.get('seed', 0))} --overwrite"
+    seed, made = sae_ckpt.get("seed", 0), sae_ckpt.get("config")  # (the command names its settings)
+    fix = f"retrain the SAE: {sae_how(model_ckpt.get('name', name), seed, made)} --overwrite"
     d_in, d_mlp = sae_ckpt["sae_args"]["d_in"], model_ckpt["model_args"]["d_mlp"]
     if d_in != d_mlp:
         die(f"the SAE for '{name}' takes {d_in}-wide inputs but model '{model_ckpt.get('name')}' has d_mlp {d_mlp}; {fix}")
@@ -726,8 +748,9 @@ def check_sae_matches(sae_ckpt, model_ckpt, model_hash=None, path="this SAE"):
         die(f"the SAE for '{name}' was trained with tokenizer {sae_ckpt['tokenizer_hash']}, model "
             f"'{model_ckpt.get('name')}' uses {model_ckpt['tokenizer_hash']}; {fix}")
     if model_ckpt.get("name") != name:  # (a file copied in: its own run's training state, kept, remakes it)
+        made = run_config(os.path.dirname(path)) if os.path.dirname(path) else None  # (with that run's settings)
         die(f"{path} holds an SAE of model '{name}', not '{model_ckpt.get('name')}': folders swapped? put each back in "
-            f"its own folder (sae_<model>), or remake it: {sae_how(model_ckpt.get('name'), sae_ckpt.get('seed', 0))}"
+            f"its own folder (sae_<model>), or remake it: {sae_how(model_ckpt.get('name'), seed, made)}"
             f"{remake_flag(path)}")
     if (model_hash is not None and model_hash != sae_ckpt["model_hash"]) or \
             model_fingerprint(model_ckpt) != sae_ckpt["model_fingerprint"]:
@@ -898,7 +921,7 @@ def resume_runs(job):
         if not os.path.exists(path):
             die(f"{job.dir} has SAE checkpoints but no {STATE_FILE} to resume from (made by an older sae.py, or "
                 f"deleted); retrain with --overwrite")
-        st = load_checkpoint(path, "SAE training state", sae_how(job.name, job.seeds), kind="sae_state")
+        st = load_checkpoint(path, "SAE training state", sae_how(job.name, job.seeds, cfg), kind="sae_state")
         check_resume(st["config"], cfg, RESUME_FREE | {"seeds"}, path)
         if st["model_hash"] != job.info["model_hash"]:
             die(f"{path} was trained on another version of model '{job.name}'; retrain with --overwrite")
@@ -907,7 +930,7 @@ def resume_runs(job):
             die(f"{path} trains seeds {have} together; resume with --seeds {have}, or start over with --overwrite")
         if not st.get("finished"):  # the harvest goes on from the tokens it began on, never others
             datalib.check_same_tokens(st.get("data_train_sha256"), cfg["data_dir"], job.domains, path,
-                                      sae_how(job.name, job.seeds))
+                                      sae_how(job.name, job.seeds, cfg))
     except UserError:  # the state is needed only to train on: finished SAE files with their metrics stand
         if not finished_without_state(job):
             raise
@@ -932,7 +955,7 @@ def resume_runs(job):
             if tuple(ck["last_fired"].shape) != (job.n_features,):
                 raise ValueError(f"last_fired has shape {tuple(ck['last_fired'].shape)}, not ({job.n_features},)")
         except Exception as e:  # whole by its checksum, but edited (and re-stamped)
-            misfit(path, e, "SAE training state", sae_how(job.name, job.seeds))
+            misfit(path, e, "SAE training state", sae_how(job.name, job.seeds, cfg))
         for adam in run["opt"].state.values():  # its own step count (a stack's seeds were saved sharing one)
             adam["step"] = adam["step"].clone()
         run.update(last_fired=ck["last_fired"].to(job.device), n_resampled=ck["n_resampled"], metrics=ck["metrics"],
@@ -1228,7 +1251,7 @@ def finished_seed_file(job, s):
     """Seed s's SAE file, loaded, when it is finished and of this model and seed (else None); one line when it
     is damaged, or was trained with other settings."""
     p = job.paths[s]
-    ck = load_checkpoint(p, f"SAE for '{job.name}'", sae_how(job.name, job.seeds), kind="sae")
+    ck = load_checkpoint(p, f"SAE for '{job.name}'", sae_how(job.name, job.seeds, job.cfg), kind="sae")
     if not ck.get("finished") or ck.get("model_hash") != job.info["model_hash"] or ck.get("seed") != s:
         return None
     check_resume(ck["config"], job.cfg, RESUME_FREE | {"seeds"}, p)

@@ -20,6 +20,10 @@ SAE = ["--expansion=2", "--seqs_per_batch=8", "--tokens_per_seq=4", "--total_act
        "--harvest_batch=16", "--eval_seqs=8", "--eval_batch=8", "--lr=3e-3", "--log_interval=8",
        "--eval_interval=1000", "--ckpt_interval=1000", "--dead_window=64", "--resample_every=6",
        "--health_at=0", "--device=cpu"]  # no early check: a few dozen steps on toy models are not what it checks
+# what a printed fix names of SAE's settings (common.with_settings): those off the tiny preset that change what is
+# made (not the log's, the evaluation's, threads or device); seq_len as sae.py resolved it (block_size 16)
+SAE_FIX = ("--expansion 2 --resample_every 6 --dead_window 64 --lr 0.003 --seqs_per_batch 8 --tokens_per_seq 4 "
+           "--seq_len 16 --total_acts 384 --buffer_batches 4 --eval_seqs 8")
 ANALYZE = ["--models=base,lua", "--domains=base,lua", "--n_tokens=512", "--min_tokens=256", "--batch_size=16",
            "--n_select=2", "--ctx_window=8", "--device=cpu"]
 
@@ -493,7 +497,8 @@ FAMILIES = {
         ("swapped-analyze-models", ANALYZE_RUN, swap("out/base", "out/lua"), r"holds the model '(base|lua)'"),
         # a seed file copied in from another model's SAEs: its own run's training state remakes it, no retraining
         ("swapped-analyze-sae-file", ANALYZE_RUN, copy("out/sae_base/sae_s0.pt", "out/sae_lua/sae_s0.pt"),
-         r"sae_lua/sae_s0\.pt holds an SAE of model 'base', not 'lua'.* python sae\.py .*--model lua --resume$"),
+         rf"sae_lua/sae_s0\.pt holds an SAE of model 'base', not 'lua'.* python sae\.py .*--model lua {SAE_FIX} "
+         r"--resume$"),
         ("swapped-train-preset-of-parent", LUA2_PAPER, None, r"--preset paper differs from the preset tiny"),
         ("swapped-train-preset-allowed", [*LUA2_PAPER, "--allow_other_preset"], None, None),
     ],
@@ -501,7 +506,7 @@ FAMILIES = {
         ("damaged-merged-model-flipped", [SAE_RUN, "--model=luastories", D, O, "--preset=tiny", *SAE],
          flip("out/luastories/ckpt.pt"), r"luastories/ckpt\.pt is damaged.*merge\.py"),
         ("damaged-sae-state-truncated", SAE_LUA_RESUME, both(NEEDS_STATE, truncate("out/sae_lua/train_state.pt")),
-         r"train_state\.pt .*remake it: python sae\.py .* --model lua --overwrite$"),
+         rf"train_state\.pt .*remake it: python sae\.py .* --model lua {SAE_FIX} --overwrite$"),
         ("damaged-merge-record-other-kind", [MERGE, D, O, "--preset=tiny", "--eval_batches=1", "--batch_size=4"],
          put("out/luastories/merge.json", lambda ws: '{"kind": "results", "format": 1}'),
          r"merge\.json is analyze\.py's results, not a merge record"),

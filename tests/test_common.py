@@ -470,3 +470,36 @@ def test_keep_settings_gives_each_command_in_a_message_the_settings_it_does_not_
         "--out_dir=o --preset=paper --data_dir=mine; or python report.py --out_dir=o")
     assert common.keep_settings("python sae.py --model lua --out_dir=x", given) == \
         "python sae.py --data_dir='d x' --preset=paper --model lua --out_dir=x"
+
+
+def test_with_settings_names_what_a_recorded_config_sets_off_the_defaults_of_its_preset(monkeypatch):
+    """The fix that remakes a file names each setting its recorded config has off the script's defaults after the
+    config's preset (and variant); not the free ones, fast, those the command names, nor a value of another type
+    than the default's. Values as the command line takes them, quoted for the shell."""
+    defaults = {"model": "base", "arch": "relu", "lr": 0.1, "steps": 10, "shuffle": True, "seeds": [0, 1],
+                "note": "", "log": 5, "fast": True, "mix": "tokens", "preset": "paper"}
+    presets = {"paper": {}, "tiny": {"lr": 0.5, "steps": 2}, "tiny/finetune": {"lr": 0.25}}
+    variant = lambda c: "finetune" if c["arch"] == "topk" else "pretrain"  # noqa: E731
+    monkeypatch.setattr(common, "GIVEN", {"preset": "tiny"})
+    cmd, free = "python x.py --model lua", {"log"}
+    tiny = {**defaults, "preset": "tiny", "lr": 0.5, "steps": 2, "mix": "equal"}
+    assert common.with_settings(cmd, tiny, defaults, presets, free) == cmd + " --mix equal"
+    made = {**tiny, "model": "other", "steps": 3, "shuffle": False, "seeds": [0, 2], "note": "a b", "log": 9,
+            "fast": False, "lr": 1, "mix": "tokens"}
+    assert common.with_settings(cmd, made, defaults, presets, free) == \
+        cmd + " --lr 1 --steps 3 --shuffle false --seeds 0,2 --note 'a b'"
+    assert common.with_settings(cmd, {**made, "steps": "3", "lr": None, "shuffle": 0}, defaults, presets, free) == \
+        cmd + " --seeds 0,2 --note 'a b'"                                # hand-made types: left out
+    # the variant's preset: topk's lr 0.25 is its default; a config saved before `mix` existed had equal shares
+    topk = {k: v for k, v in tiny.items() if k != "mix"}
+    assert common.with_settings(cmd, {**topk, "arch": "topk", "lr": 0.25}, defaults, presets, free, variant) == \
+        cmd + " --arch topk --mix equal"
+    assert common.with_settings(cmd, {**topk, "lr": 0.25}, defaults, presets, free, variant) == \
+        cmd + " --lr 0.25 --mix equal"
+    # the preset itself where the command would run another (this run's, or the machine's default without one)
+    assert common.with_settings(cmd, {**defaults, "lr": 0.5}, defaults, presets, free) == \
+        cmd + " --preset paper --lr 0.5"
+    assert common.with_settings(cmd + " --preset=paper", {**defaults, "lr": 0.5}, defaults, presets, free) == \
+        cmd + " --preset=paper --lr 0.5"
+    for nothing in (None, {}, "a record", [1]):                          # nothing recorded: the command as it is
+        assert common.with_settings(cmd, nothing, defaults, presets, free) == cmd

@@ -352,7 +352,7 @@ def test_the_notes_name_the_analysis_of_this_study_not_of_the_default_folders(st
     assert f"re-run {want} to make them." in page
     assert f"(python sae.py{folders} --model base --seeds 0,1,2 --overwrite; python sae.py{folders} --model lua " in page
     assert res["null_missing"] == ["luastories"] and f"(make one with python sae.py{folders} --model luastories " \
-        "--seeds 0,1 --overwrite, which" in page
+        "--overwrite, which" in page                              # (seeds 0 and 1: sae.py's default, unnamed)
     res["diffing"] = {"stale": "made from other SAEs (lua); re-run python diffing.py"}
     assert f"re-run python diffing.py{folders}, then {want}.</p>" in report.render_report(res, pages, where)
     res["diffing"] = diffing_record(res)                           # an older diffing.py: no histogram
@@ -468,7 +468,7 @@ def test_the_ratio_table_shows_the_tenths_only():
     assert re.findall(r"<th>r &ge; ([\d.]+)</th>", page) == ["0.5", "0.6", "0.7", "0.8", "0.9"]
 
 
-def test_the_commands_a_section_names_keep_the_analysis_seeds():
+def test_the_commands_a_section_names_keep_the_analysis_seeds(monkeypatch):
     """The null's missing SAE is made with the analysis' seeds (--null_seed 3: seed 3, not 1); the third seed's
     commands take its spread seed (2 when the analysis asked for none, -1); a stale diffing record's fix that
     names the analysis already is not given it twice."""
@@ -481,6 +481,15 @@ def test_the_commands_a_section_names_keep_the_analysis_seeds():
                                                "python sae.py --model 'lua x' --seeds 0,3,5 --overwrite")
     res["provenance"]["config"]["spread_seed"] = -1
     assert report.third_seed_commands(res).startswith("python sae.py --model base --seeds 0,3,2 --overwrite;")
+    # with the settings the study's SAEs were trained with (results.json's sae_configs), off sae.py's defaults for
+    # their preset: without them the new seeds' SAEs, and the ones retrained with them, would be other SAEs
+    import sae
+    monkeypatch.setattr(report.common, "GIVEN", {"preset": "tiny"})  # (the study's: the page names it)
+    tiny = {**sae.config, **sae.PRESETS["tiny"], "preset": "tiny", "model": "base"}
+    res["provenance"]["sae_configs"] = {"base": {"config": {**tiny, "arch": "topk", "expansion": 4, "threads": 2}},
+                                        "lua x": {"config": tiny}}
+    assert report.third_seed_commands(res) == ("python sae.py --model base --seeds 0,3,2 --arch topk --expansion 4 "
+                                               "--overwrite; python sae.py --model 'lua x' --seeds 0,3,2 --overwrite")
     stale = "made from other SAEs (lua); re-run python diffing.py, then python analyze.py"
     html = report.section_diffing({"diffing": {"stale": stale}}, "o")
     assert html.count("python analyze.py") == 1 and "then python analyze.py --out_dir=o.</p>" in html

@@ -29,6 +29,10 @@ RUN = ["--preset=tiny", "--expansion=2", "--seqs_per_batch=8", "--tokens_per_seq
        "--buffer_batches=4", "--harvest_batch=16", "--eval_seqs=12", "--eval_batch=6", "--lr=3e-3",
        "--log_interval=8", "--eval_interval=1000", "--ckpt_interval=1000", "--dead_window=64",
        "--resample_every=6", "--resample_until=0.8", "--health_at=0", "--device=cpu"]
+# what a printed fix names of RUN's settings (common.with_settings): those off the tiny preset that change the SAEs
+# (not the log, evaluation batch or device), and seq_len as the run resolved it (0: the model's block_size, 32)
+FIX = ("--expansion 2 --resample_every 6 --resample_until 0.8 --dead_window 64 --lr 0.003 --seqs_per_batch 8 "
+       "--tokens_per_seq 4 --seq_len 32 --total_acts 768 --buffer_batches 4 --eval_seqs 12")
 
 
 def write_domain(data_dir, domain, seed, tok_hash="tok-A", n=4000):
@@ -563,7 +567,7 @@ def test_a_resume_on_other_tokens_is_refused_and_goes_on_with_its_own(dirs):
     run(dirs, "--model=base", "--stop_step=10")
     write_domain(dirs[0], "base", seed=9)
     with pytest.raises(SystemExit, match=r"began on other base tokens than .* holds now .*sae.py --model base "
-                                         r"--overwrite"):
+                                         + FIX + " --overwrite"):
         run(dirs, "--model=base", "--resume")
     write_domain(dirs[0], "base", seed=0)
     run(dirs, "--model=base", "--resume")
@@ -599,7 +603,7 @@ def test_a_damaged_or_swapped_seed_file_is_rewritten_by_resume_from_the_training
     for damage, message in ((lambda: os.truncate(p0, 1000), r"cannot load SAE .*sae_s0\.pt as data"),
                             (lambda: shutil.copy(p1, p0), r"sae_s0\.pt holds the SAE of seed 1, not seed 0")):
         damage()
-        with pytest.raises(SystemExit, match=message + r".*remake it: python sae\.py --model base --resume$"):
+        with pytest.raises(SystemExit, match=message + rf".*remake it: python sae\.py --model base {FIX} --resume$"):
             S.load_sae(dirs[1], "base", 0)
         run(dirs, "--model=base", "--resume")                              # from train_state.pt, not retrained
         for s in (0, 1):
@@ -617,8 +621,8 @@ def test_a_damaged_or_swapped_seed_file_is_rewritten_by_resume_from_the_training
                                                 for k, v in ck(dirs[1], "base", 0)["sae"].items())
     os.remove(os.path.join(dirs[1], "sae_base", S.STATE_FILE))             # no state: only retraining remakes it
     os.truncate(p0, 1000)
-    with pytest.raises(SystemExit, match=r"remake it: python sae\.py --model base --overwrite$"):
-        S.load_sae(dirs[1], "base", 0)
+    with pytest.raises(SystemExit, match=rf"remake it: python sae\.py --model base {FIX} --overwrite$"):
+        S.load_sae(dirs[1], "base", 0)                                     # (the settings: its metrics.json's)
 
 
 def test_the_fixes_name_the_seeds_the_run_or_the_file_needs(dirs):
@@ -626,16 +630,49 @@ def test_the_fixes_name_the_seeds_the_run_or_the_file_needs(dirs):
     python sae.py --model base --overwrite would train 0 and 1 and drop the run's seed 2), or the file's seed
     beside the study's 0 and 1."""
     args = ("--model=base", "--seeds=0,2", "--total_acts=64", "--resample_every=0")
+    fix = FIX.replace("--resample_every 6", "--resample_every 0").replace("--total_acts 768", "--total_acts 64")
     run(dirs, *args)
     os.remove(os.path.join(dirs[1], "sae_base", "metrics.json"))      # the state is needed: it is read
     os.truncate(os.path.join(dirs[1], "sae_base", S.STATE_FILE), 1000)
     with pytest.raises(SystemExit, match=r"train_state\.pt as data .*remake it: python sae\.py --model base "
-                                         r"--seeds 0,2 --overwrite$"):
+                                         rf"--seeds 0,2 {fix} --overwrite$"):
         run(dirs, *args, "--resume")
     _, sck = S.load_sae(dirs[1], "base", seed=2)
     _, mck = S.load_model(dirs[1], "base")
-    with pytest.raises(SystemExit, match=r"retrain the SAE: python sae\.py --model base --seeds 0,1,2 --overwrite$"):
+    with pytest.raises(SystemExit, match=rf"retrain the SAE: python sae\.py --model base --seeds 0,1,2 {fix} "
+                                         r"--overwrite$"):
         S.check_sae_matches(sck, {**mck, "tokenizer_hash": "tok-B"})
+
+
+def test_a_damaged_seed_files_fix_names_the_runs_settings_and_run_as_printed_remakes_that_sae(dirs):
+    """An SAE trained off the defaults (TopK, --expansion 3, --k 4, and RUN's sizes), its seed file damaged and its
+    training state gone: the fix names every setting that made it (its metrics.json's; not the log, evaluation
+    batch or device) and, run as printed with only the folders, preset and device a command line keeps, makes an
+    SAE of that shape and kind with the same settings (python sae.py --model base --overwrite would make a 16x
+    ReLU SAE at the defaults)."""
+    import shlex
+    run(dirs, "--model=base", "--arch=topk", "--expansion=3", "--k=4")
+    was = ck(dirs[1], "base", 0)["config"]
+    os.remove(os.path.join(dirs[1], "sae_base", S.STATE_FILE))
+    os.truncate(S.sae_path(dirs[1], "base", 0), 1000)
+    with pytest.raises(SystemExit, match=r"cannot load SAE .*sae_s0\.pt as data") as e:
+        S.load_sae(dirs[1], "base", 0)
+    printed = re.search(r"remake it: (python sae\.py .*)$", str(e.value)).group(1)
+    assert printed == ("python sae.py --model base --arch topk --expansion 3 --k 4 "
+                       + FIX.replace("--expansion 2 ", "") + " --overwrite")
+    S.main(["--preset=tiny", "--device=cpu", "--health_at=0", f"--data_dir={dirs[0]}", f"--out_dir={dirs[1]}",
+            *shlex.split(printed)[2:]])
+    sae, now = S.load_sae(dirs[1], "base", 0)
+    assert (now["sae_args"]["arch"], now["sae_args"]["n_features"], now["sae_args"]["k"]) == ("topk", 3 * 32, 4)
+    free = S.RESUME_FREE | {"overwrite"}
+    assert {k: v for k, v in now["config"].items() if k not in free} == {k: v for k, v in was.items() if k not in free}
+    # known answers: nothing named for the preset's values; a value off them named as the command line takes it
+    bare = {**S.config, **S.PRESETS["tiny"], "preset": "tiny"}
+    assert S.sae_how("base", 0, bare) == "python sae.py --model base"
+    assert S.sae_how("base", 0, {**bare, "lr": 4e-3, "mix": "tokens", "l1_coeff": 2}) == \
+        "python sae.py --model base --l1_coeff 2 --mix tokens"
+    assert S.sae_how("base", 2, {**bare, "threads": 3, "fast": False, "eval_interval": 7, "data_dir": "d"}) == \
+        "python sae.py --model base --seeds 0,1,2"                     # what changes nothing made is left out
 
 
 def test_a_failed_save_never_leaves_the_seeds_at_different_steps(dirs, tmp_path, monkeypatch):
