@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, fields
 
 # common first: its hook turns a missing package (numpy, torch, ...) into one line naming the install
 from common import (UserError, atomic_torch_save, check_file, check_torch, die, misfit, read_json, record_problem,
-                    stamp)
+                    stamp, with_settings)
 
 import torch
 import torch.nn as nn
@@ -277,17 +277,21 @@ STUDY_DOMAIN = {"base": "base", "lua": "lua", "tinystories": "tinystories", "lua
 def make_command(name, out_dir=None):
     """The command that makes model `name`: the study's (MAKES), or a variant's (train.py --name, merge.py --out:
     made by the command that named it; DOMAIN for the user to fill in, as --domain lua2 is no domain). A merge's
-    (luastories too: reproduce.sh may pass it settings) with the settings its merge.json in out_dir records."""
-    rec = None
-    if out_dir is not None and STUDY_DOMAIN.get(name) is None:
-        try:  # whole, or not used (its reader names it)
-            rec = read_json(os.path.join(out_dir, name, "merge.json"))
-            rec = rec if record_problem(rec, "merge") is None else None
+    (luastories too: reproduce.sh may pass it settings) with the settings its merge.json in out_dir records, a
+    trained model's with those of its metrics.json (what is known of a missing or damaged checkpoint)."""
+    def record(file, kind):  # whole, or not used (its reader names it)
+        try:
+            rec = read_json(os.path.join(out_dir, name, file)) if out_dir is not None else None
+            return rec if rec is not None and record_problem(rec, kind) is None else None
         except (OSError, ValueError):
-            pass
+            return None
+    rec = record("merge.json", "merge") if STUDY_DOMAIN.get(name) is None else None
     if rec is not None:
         return merge_command(name, rec)
-    return MAKES.get(name, f"python train.py --domain DOMAIN --name {name}")
+    rec = record("metrics.json", "train_metrics") or {}  # (of this model: a record copied in is another's)
+    made = rec.get("provenance") if rec.get("name") == name else None
+    return trained_with(MAKES.get(name, f"python train.py --domain DOMAIN --name {name}"),
+                        made.get("config") if isinstance(made, dict) else None)
 
 
 def train_command(domain, name, parent="base"):
@@ -305,8 +309,20 @@ def command_of(name, ckpt):
     parents = ckpt.get("parents")
     parent = parents[0].get("name") if isinstance(parents, list) and parents and isinstance(parents[0], dict) \
         else None
-    return MAKES.get(name, train_command(ckpt.get("domain"), name, parent if isinstance(parent, str) and parent
-                                         else "base"))
+    return trained_with(MAKES.get(name, train_command(ckpt.get("domain"), name, parent if isinstance(parent, str)
+                                                      and parent else "base")), ckpt.get("config"))
+
+
+def trained_with(how, made):
+    """how, a train.py command, with the settings of made (the config the model was trained with) that are not
+    train.py's defaults (common.with_settings), or it would train another model: all but its folder (the
+    command's) and those a resume may change; the batch size too (a resume keeps a step's, a new run would not).
+    Another stage's command (a merge's): as it is."""
+    if not how.startswith("python train.py"):
+        return how
+    import train  # (here: train.py imports this module)
+    return with_settings(how, made, train.config, train.PRESETS, (train.RESUME_FREE - {"batch_size"}) | {"name"},
+                         train.variant)
 
 
 def merge_command(name, rec, grid=None):
@@ -439,7 +455,8 @@ def model_from_checkpoint(ckpt, device="cpu", path="the checkpoint", how=None):
         model = Transformer(model_args_from_dict(ckpt["model_args"]))
         model.load_state_dict({clean_key(k): v for k, v in ckpt["model"].items()})
     except Exception as e:  # a size mismatch, a missing or mistyped arg, an assert of the model's shape
-        misfit(path, e, "model", how or f"python train.py --domain {ckpt.get('domain')}")
+        misfit(path, e, "model", how or trained_with(f"python train.py --domain {ckpt.get('domain')}",
+                                                     ckpt.get("config")))
     return model.to(device)
 
 

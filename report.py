@@ -473,7 +473,10 @@ def read_stage(out_dir, folder, name, kind):
         how = f"python merge.py --out {folder}"
     if not os.path.exists(path):
         return None
-    rec = common.read_record(path, kind, how)
+    try:
+        rec = common.read_record(path, kind, how)
+    except common.UserError:  # (the --resume that rewrites it is given its run's settings: it refuses others)
+        rec = common.read_record(path, kind, resume_how(how, out_dir, folder))
     # a record copied or moved from another stage's folder is whole and of the right kind: its model says so
     # (a fine-tune trained under another --name and its folder renamed keeps the checkpoint its record names)
     field, want = {"train_metrics": ("name", folder), "sae_metrics": ("model", folder[4:])}.get(kind, (None, None))
@@ -481,8 +484,26 @@ def read_stage(out_dir, folder, name, kind):
     if field and rec.get(field, want) != want and not (kind == "train_metrics" and os.path.isfile(ckpt)
                                                        and rec.get("checkpoint_sha256") == common.sha256_file(ckpt)):
         common.die(f"{path} is the record of '{rec[field]}', not '{want}': copied or swapped? put it back, or "
-                   f"remake it: {how}")
+                   f"remake it: {resume_how(how, out_dir, folder)}")
     return rec
+
+
+def resume_how(how, out_dir, folder):
+    """how, STAGE_HOW's --resume of a finished train.py or sae.py run in out_dir/<folder>/, with the settings the
+    run was made with (its checkpoint's, its SAE training state's): a resume refuses others. Else how."""
+    import model
+    import sae  # (torch: only for a record that cannot be read)
+    if how.startswith("python sae.py"):
+        made = sae.run_config(os.path.join(out_dir, folder))
+        seeds = made.get("seeds") if isinstance(made, dict) else None
+        return f"{sae.sae_how(folder[4:], seeds if isinstance(seeds, list) else [0, 1], made)} --resume"
+    if not how.startswith("python train.py"):  # (a merge's)
+        return how
+    try:
+        made = model.load_data(os.path.join(out_dir, folder, "ckpt.pt"), mmap=True)["config"]
+    except Exception:  # damaged too, or none: how as it is
+        return how
+    return f"{model.trained_with(how.removesuffix(' --resume'), made)} --resume"
 
 
 # the commands that remake a stage's record in out_dir/<folder>/ (a finished run rewrites a missing or damaged

@@ -32,7 +32,7 @@ import torch
 import data as datalib
 import fast
 from model import (MAKES, STUDY_DOMAIN, ModelArgs, Transformer, check_finished, check_preset, command_of, eval_loss,
-                   load_checkpoint, make_command, model_from_checkpoint, save_checkpoint, train_command)
+                   load_checkpoint, make_command, model_from_checkpoint, save_checkpoint, train_command, trained_with)
 
 # -----------------------------------------------------------------------------
 # config: the paper's pretraining values; PRESETS below override them per preset and per variant
@@ -218,8 +218,8 @@ def setup_devices(cfg):
 
 
 def run_how(cfg, name):
-    """The command that trains this run again (model.train_command)."""
-    return train_command(cfg["domain"], name, cfg["parent"])
+    """The command that trains this run again (model.train_command), with its settings (model.trained_with)."""
+    return trained_with(train_command(cfg["domain"], name, cfg["parent"]), cfg)
 
 
 def open_run(cfg, env, name, ckpt_path):
@@ -235,7 +235,7 @@ def open_run(cfg, env, name, ckpt_path):
     if not cfg["resume"]:
         die(f"{ckpt_path} exists; add --resume to continue it or --overwrite to start over")
     ck = load_checkpoint(ckpt_path, "checkpoint to resume",
-                         MAKES.get(name, run_how(cfg, name)))
+                         trained_with(MAKES[name], cfg) if name in MAKES else run_how(cfg, name))
     if "optimizer" not in ck:
         die(f"{ckpt_path} holds no training state (a merge?); it cannot be resumed, use --overwrite to train anew")
     was = batch_of(ck)

@@ -20,8 +20,9 @@ SAE = ["--expansion=2", "--seqs_per_batch=8", "--tokens_per_seq=4", "--total_act
        "--harvest_batch=16", "--eval_seqs=8", "--eval_batch=8", "--lr=3e-3", "--log_interval=8",
        "--eval_interval=1000", "--ckpt_interval=1000", "--dead_window=64", "--resample_every=6",
        "--health_at=0", "--device=cpu"]  # no early check: a few dozen steps on toy models are not what it checks
-# what a printed fix names of SAE's settings (common.with_settings): those off the tiny preset that change what is
-# made (not the log's, the evaluation's, threads or device); seq_len as sae.py resolved it (block_size 16)
+# what a printed fix names of MODEL's and SAE's settings (common.with_settings): those off the tiny preset that change
+# what is made (not the log's, the evaluation's, threads or device); seq_len as sae.py resolved it (block_size 16)
+MODEL_FIX = "--block_size 16 --d_model 32 --d_mlp 64 --batch_size 8 --warmup_iters 2"
 SAE_FIX = ("--expansion 2 --resample_every 6 --dead_window 64 --lr 0.003 --seqs_per_batch 8 --tokens_per_seq 4 "
            "--seq_len 16 --total_acts 384 --buffer_batches 4 --eval_seqs 8")
 ANALYZE = ["--models=base,lua", "--domains=base,lua", "--n_tokens=512", "--min_tokens=256", "--batch_size=16",
@@ -386,7 +387,8 @@ CASES = [
     # reader wants. The message names the file.
     ("train-parent-pickle-payload", LUA2, payload("out/base/ckpt.pt"), r"base/ckpt\.pt .*nothing in it was run"),
     ("train-resume-pickle-payload", [TRAIN, "--domain=lua", D, O, "--preset=tiny", *MODEL, "--max_iters=4", "--resume"],
-     payload("out/lua/ckpt.pt"), r"lua/ckpt\.pt .*nothing in it was run.*train\.py .*--domain lua --overwrite"),
+     payload("out/lua/ckpt.pt"),
+     rf"lua/ckpt\.pt .*nothing in it was run.*train\.py .*--domain lua {MODEL_FIX} --max_iters 4 --overwrite$"),
     ("sae-model-pickle-payload", SAE_TS, payload("out/tinystories/ckpt.pt"), r"tinystories/ckpt\.pt .*nothing in it"),
     ("sae-state-pickle-payload", SAE_LUA_RESUME, both(NEEDS_STATE, payload("out/sae_lua/train_state.pt")),
      r"train_state\.pt .*nothing in it"),
@@ -517,8 +519,8 @@ FAMILIES = {
         ("damaged-merge-val-bin-garbage", MERGE_M2, tokens_at("data/tinystories/val.bin", 3),
          r"tinystories/val\.bin is damaged"),
         ("damaged-finetune-bin-out-of-vocab", LUA2, tokens_at("data/lua/train.bin", V + 5), r"lua/train\.bin holds token id"),
-        ("damaged-merge-a-truncated", MERGE_M2, truncate("out/lua/ckpt.pt"),
-         r"lua/ckpt\.pt .*remake it: python train\.py .* --domain lua --overwrite$"),
+        ("damaged-merge-a-truncated", MERGE_M2, truncate("out/lua/ckpt.pt"),  # (the settings: its metrics.json's)
+         rf"lua/ckpt\.pt .*remake it: python train\.py .* --domain lua {MODEL_FIX} --max_iters 4 --overwrite$"),
         # inner values of the wrong type in whole JSON: one line naming the file and its fix, or (a stage's own
         # record of a finished run, REWRITTEN) the record rewritten from the run's checkpoint or state
         ("damaged-meta-split-a-list", SAE_LUA_RESUME, edit_meta("lua", lambda m: {**m, "splits": {**m["splits"],
@@ -559,11 +561,12 @@ FAMILIES = {
         r"out of memory|too large"),
        ("environment-fix-keeps-folders-unfinished-parent", [TRAIN, "--domain=lua", D, U, "--preset=tiny", *MODEL,
                                                             "--max_iters=3"], None,
-        r"python train\.py " + FIX_DIRS.format("unfinished") + r" --domain base --resume"),
+        r"python train\.py " + FIX_DIRS.format("unfinished") + rf" --domain base {MODEL_FIX} --max_iters 10 --resume"),
        ("environment-fix-keeps-folders-sae-unfinished", [SAE_RUN, "--model=base", D, U, "--preset=tiny", *SAE], None,
-        r"python train\.py " + FIX_DIRS.format("unfinished") + r" --domain base --resume"),
+        r"python train\.py " + FIX_DIRS.format("unfinished") + rf" --domain base {MODEL_FIX} --max_iters 10 --resume"),
        ("environment-fix-keeps-folders-damaged-parent", LUA2, flip("out/base/ckpt.pt"),
-        r"python train\.py " + FIX_DIRS.format("out") + r" --domain base --overwrite"),
+        r"python train\.py " + FIX_DIRS.format("out") + r" --domain base --block_size 16 --d_model 32 --d_mlp 64 "
+        r"--batch_size 8 --lr 0\.003 --warmup_iters 2 --max_iters 20 --overwrite"),  # (its metrics.json's settings)
        ("environment-fix-keeps-folders-no-sae", ["analyze.py", D, O, "--preset=tiny", "--models=base,tinystories",
                                                  "--domains=base,tinystories", *ANALYZE[2:]], None,
         r"python sae\.py " + FIX_DIRS.format("out") + r" --model tinystories"),
@@ -574,7 +577,8 @@ FAMILIES = {
            put("out/analysis/results.json", lambda ws: "[]"), put("out/analysis/pages.json", lambda ws: "{}")),
         r"remake it: python analyze\.py --data_dir=\S+/data --preset=tiny --out_dir \S+/out --overwrite$"),
        ("environment-fix-keeps-folders-model-py", ["model.py", D, O, "--model=lua"], flip("out/lua/ckpt.pt"),
-        r"remake it: python train\.py " + FIX_DIRS.format("out") + r" --domain lua --overwrite$"),
+        r"remake it: python train\.py " + FIX_DIRS.format("out") + rf" --domain lua {MODEL_FIX} --max_iters 4 "
+        r"--overwrite$"),
        # a variant (train.py --name) is remade under its --name; --domain lua2 is no domain
        ("environment-fix-names-a-variant-merge-input", [*MERGE_M2, "--a=lua2"], None,
         r"no 'lua2' model checkpoint .*: python train\.py " + FIX_DIRS.format("out") + r" --domain DOMAIN --name lua2$"),
@@ -584,7 +588,7 @@ FAMILIES = {
        ("environment-fix-keeps-the-parent", [TRAIN, "--domain=lua", "--name=lua4", "--parent=other", D, O, "--preset=tiny",
                                              *MODEL, "--max_iters=3", "--resume"],
         both(copy("out/lua/ckpt.pt", "out/lua4/ckpt.pt"), flip("out/lua4/ckpt.pt")),
-        r"lua4/ckpt\.pt is damaged.* --domain lua --name lua4 --parent other --overwrite$")],
+        rf"lua4/ckpt\.pt is damaged.* --domain lua --name lua4 --parent other {MODEL_FIX} --max_iters 3 --overwrite$")],
 }
 CASES += [case for cases in FAMILIES.values() for case in cases]
 

@@ -675,6 +675,24 @@ def test_a_damaged_seed_files_fix_names_the_runs_settings_and_run_as_printed_rem
         "python sae.py --model base --seeds 0,1,2"                     # what changes nothing made is left out
 
 
+def test_the_reports_fix_for_a_damaged_record_resumes_its_run_with_the_runs_settings(dirs):
+    """report.py's fix for a finished run's damaged metrics.json is a --resume, which refuses settings other than
+    the run's: it names them and the run's seeds (its training state's), and run as printed it rewrites it."""
+    import shlex
+
+    import report
+    run(dirs, "--model=base", "--seeds=0,2")
+    with open(os.path.join(dirs[1], "sae_base", "metrics.json"), "a") as f:
+        f.write("x")
+    with pytest.raises(SystemExit, match=r"metrics\.json is not readable JSON") as e:
+        report.read_stage(dirs[1], "sae_base", "metrics.json", "sae_metrics")
+    printed = re.search(r"remake it: (python sae\.py .*)$", str(e.value)).group(1)
+    assert printed == f"python sae.py --model base --seeds 0,2 {FIX} --resume"
+    S.main(["--preset=tiny", "--device=cpu", f"--data_dir={dirs[0]}", f"--out_dir={dirs[1]}",
+            *shlex.split(printed)[2:]])
+    assert set(report.read_stage(dirs[1], "sae_base", "metrics.json", "sae_metrics")["seeds"]) == {"0", "2"}
+
+
 def test_a_failed_save_never_leaves_the_seeds_at_different_steps(dirs, tmp_path, monkeypatch):
     ref, out = str(tmp_path / "ref"), dirs[1]
     write_model(ref, "base", seed=0)

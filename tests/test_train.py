@@ -15,6 +15,8 @@ from common import atomic_torch_save, sha256_file, stamp
 V = 64
 MODEL = ["--block_size=16", "--d_model=32", "--n_head=4", "--n_kv_head=2", "--d_mlp=64",
          "--batch_size=8", "--log_interval=5", "--eval_iters=4", "--warmup_iters=2"]
+# what a printed fix names of MODEL (model.trained_with): its settings off the tiny preset but the log's
+MODEL_FIX = "--block_size 16 --d_model 32 --d_mlp 64 --batch_size 8 --warmup_iters 2"
 
 
 def write_domain(data_dir, domain, seed, tok_hash="tok-A", n=6000):
@@ -101,7 +103,7 @@ def test_a_resume_on_other_tokens_is_refused_and_goes_on_with_its_own(dirs):
     run(dirs, *s, "--stop_iter=5")
     write_domain(dirs[0], "base", seed=7)
     with pytest.raises(SystemExit, match=r"began on other base tokens than .* holds now .*--domain base --name base "
-                                         r"--overwrite"):
+                                         rf"{MODEL_FIX} --max_iters 12 --overwrite$"):
         run(dirs, *s, "--resume")
     write_domain(dirs[0], "base", seed=0)
     run(dirs, *s, "--resume")
@@ -253,15 +255,16 @@ def test_a_finetune_is_not_resumed_from_a_parent_re_made_since_it_began(dirs):
     run(dirs, "--domain=base", "--max_iters=4", "--seed=7", "--overwrite")      # the parent re-made
     with pytest.raises(SystemExit, match=r"'base' was re-made since .*lua/ckpt\.pt began from it; start this "
                                          r"fine-tune over from the new one: python train\.py --domain lua "
-                                         r"--name lua --overwrite$"):
+                                         rf"--name lua {MODEL_FIX} --max_iters 6 --overwrite$"):
         run(dirs, "--domain=lua", "--max_iters=6", "--resume")
     run(dirs, "--domain=lua", "--max_iters=6", "--overwrite")
     assert load(dirs, "lua")["parents"][0]["hash"] == sha256_file(os.path.join(dirs[1], "base", "ckpt.pt"))
 
 
 def test_an_unfinished_fine_tune_of_another_parent_is_finished_by_its_printed_command(dirs):
-    # a fine-tune of base2 stopped early: the fix that finishes it names --parent base2 (without it the resume
-    # is refused, its settings having --parent base2, not base); run as printed, it finishes
+    # a fine-tune of base2 stopped early: the fix that finishes it names --parent base2 and the run's other
+    # settings (without them the resume is refused, its settings having --parent base2, not base, and MODEL's
+    # sizes); run as printed, with only the folders and preset a command line keeps, it finishes
     import shlex
 
     from model import load_model
@@ -270,15 +273,57 @@ def test_an_unfinished_fine_tune_of_another_parent_is_finished_by_its_printed_co
     with pytest.raises(SystemExit) as e:
         load_model(dirs[1], "lua2")
     printed = re.search(r"finish it with: (python train\.py .*), or pass --allow_unfinished", str(e.value)).group(1)
-    assert printed == "python train.py --domain lua --name lua2 --parent base2 --resume", printed
-    run(dirs, "--max_iters=6", *shlex.split(printed)[2:])
+    assert printed == f"python train.py --domain lua --name lua2 --parent base2 {MODEL_FIX} --max_iters 6 --resume"
+    train.main(["--preset=tiny", f"--data_dir={dirs[0]}", f"--out_dir={dirs[1]}", *shlex.split(printed)[2:]])
     assert load(dirs, "lua2")["finished"]
+
+def test_a_damaged_checkpoints_fix_names_its_runs_settings_and_run_as_printed_remakes_that_model(dirs):
+    """A model trained off the defaults (MODEL's sizes, --mlp gelu, --lr, --max_iters), its checkpoint damaged:
+    the fix names those settings (its metrics.json's, what is known of it; not the log's or evaluation's) and,
+    run as printed with only the folders and preset a command line keeps, trains the same model again (python
+    train.py --domain base --overwrite would train the tiny preset's 128-wide swiglu model for 2 epochs)."""
+    import shlex
+
+    from model import load_model
+    run(dirs, "--domain=base", "--max_iters=6", "--lr=1e-3", "--mlp=gelu")
+    was = load(dirs, "base")
+    os.truncate(os.path.join(dirs[1], "base", "ckpt.pt"), 1000)
+    with pytest.raises(SystemExit, match=r"cannot load 'base' model checkpoint .* as data") as e:
+        load_model(dirs[1], "base")
+    printed = re.search(r"remake it: (python train\.py .*)$", str(e.value)).group(1)
+    assert printed == ("python train.py --domain base --block_size 16 --d_model 32 --d_mlp 64 --mlp gelu "
+                       "--batch_size 8 --lr 0.001 --warmup_iters 2 --max_iters 6 --overwrite")
+    train.main(["--preset=tiny", f"--data_dir={dirs[0]}", f"--out_dir={dirs[1]}", *shlex.split(printed)[2:]])
+    now = load(dirs, "base")
+    assert now["model_args"] == was["model_args"] and now["iter_num"] == was["iter_num"] == 6
+    assert all(torch.equal(now["model"][k], v) for k, v in was["model"].items())
+
+
+def test_the_reports_fix_for_a_damaged_record_resumes_its_run_with_the_runs_settings(dirs):
+    """report.py's fix for a finished run's damaged metrics.json is a --resume, which refuses settings other than
+    the run's: it names them (its checkpoint's), and run as printed it rewrites the record."""
+    import shlex
+
+    import report
+    run(dirs, "--domain=base", "--max_iters=4", "--lr=1e-3")
+    path = os.path.join(dirs[1], "base", "metrics.json")
+    with open(path, "a") as f:
+        f.write("x")
+    with pytest.raises(SystemExit, match=r"metrics\.json is not readable JSON") as e:
+        report.read_stage(dirs[1], "base", "metrics.json", "train_metrics")
+    printed = re.search(r"remake it: (python train\.py .*)$", str(e.value)).group(1)
+    assert printed == ("python train.py --domain base --block_size 16 --d_model 32 --d_mlp 64 --batch_size 8 "
+                       "--lr 0.001 --warmup_iters 2 --max_iters 4 --resume")
+    train.main(["--preset=tiny", f"--data_dir={dirs[0]}", f"--out_dir={dirs[1]}", *shlex.split(printed)[2:]])
+    assert report.read_stage(dirs[1], "base", "metrics.json", "train_metrics")["iters"] == 4
+
 
 def test_finetune_refuses_an_unfinished_parent_unless_allowed(dirs):
     # 12.5: a parent stopped early (the state a kill leaves) was used without a word
     run(dirs, "--domain=base", "--max_iters=10", "--stop_iter=3")
     with pytest.raises(SystemExit, match=r"base/ckpt.pt is unfinished \(stopped at iter 3\); finish it with: "
-                                         r"python train.py --domain base --resume, or pass --allow_unfinished"):
+                                         rf"python train.py --domain base {MODEL_FIX} --max_iters 10 --resume, or "
+                                         r"pass --allow_unfinished"):
         run(dirs, "--domain=lua", "--max_iters=2")
     run(dirs, "--domain=lua", "--max_iters=2", "--allow_unfinished")
     assert load(dirs, "lua")["finished"]
