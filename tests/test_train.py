@@ -495,9 +495,14 @@ def test_metrics_carry_mfu_none_on_cpu(dirs):
 # right after each destroy_process_group written out
 THREADS_LEFT = """import os, runpy, sys
 import torch.distributed as dist
+def name(t):
+    try:
+        return open(f"/proc/self/task/{t}/comm").read().strip()
+    except OSError:  # a thread that ended after the listing
+        return "ended"
 def destroy(*args, _destroy=dist.destroy_process_group, **kwargs):
     _destroy(*args, **kwargs)
-    names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+    names = sorted(name(t) for t in os.listdir("/proc/self/task"))
     os.write(1, f"threads after destroy_process_group: {names}\\n".encode())  # one write: the ranks share the pipe
 dist.destroy_process_group = destroy
 sys.argv = sys.argv[1:]
